@@ -1,0 +1,310 @@
+use super::*;
+use proptest::prelude::*;
+
+fn arb_addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
+        (any::<[u8; 16]>(), any::<u16>())
+            .prop_map(|(ip, p)| SocketAddr::from((Ipv6Addr::from(ip), p))),
+    ]
+}
+
+fn arb_holes() -> impl Strategy<Value = Holes> {
+    prop_oneof![
+        proptest::collection::vec((0u16..30000, 1u16..1000), 0..20).prop_map(Holes::Ranges),
+        proptest::collection::vec(any::<u8>(), 0..100).prop_map(Holes::Bitmap),
+    ]
+}
+
+fn arb_nack_entry() -> impl Strategy<Value = NackEntry> {
+    (any::<u32>(), any::<u32>(), 1u16.., any::<u16>(), arb_holes()).prop_map(
+        |(o, b, missing, parity_seen, holes)| NackEntry {
+            object: ObjectId(o),
+            block: BlockIndex(b),
+            missing,
+            parity_seen,
+            holes,
+        },
+    )
+}
+
+fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
+    let s = any::<u32>().prop_map(SessionId);
+    prop_oneof![
+        (s.clone(), any::<bool>(), any::<u32>(), any::<u32>(), any::<u16>(), 1u16.., any::<u32>())
+            .prop_map(|(session, parity, o, b, i, end, ts)| {
+                let (index, round_end) = if parity { (i % end, end) } else { (i, 0) };
+                let h = UnitHeaderRepr {
+                    session,
+                    parity,
+                    repair: !parity && i % 2 == 1,
+                    object: ObjectId(o),
+                    block: BlockIndex(b),
+                    index,
+                    round_end,
+                    timestamp: ts,
+                };
+                Packet::Unit(h, &[7u8; 33][..1 + (i % 32) as usize])
+            }),
+        (
+            s.clone(),
+            arb_addr(),
+            (1u16..32000).prop_map(|u| u * 2),
+            1u16..=32768,
+            1u16..=32768,
+            1u16..,
+            any::<(u32, u64, u32, u32)>(),
+            1u32..=MAX_MANIFEST_LEN as u32,
+            any::<[u8; 32]>(),
+        )
+            .prop_map(|(session, control, unit_size, upb, mp, stripes, misc, ml, mh)| {
+                Packet::Announce(AnnounceRepr {
+                    session,
+                    control,
+                    unit_size,
+                    units_per_block: upb,
+                    max_parity: mp,
+                    stripes,
+                    object_count: misc.0,
+                    total_bytes: misc.1,
+                    manifest_len: ml,
+                    manifest_hash: mh,
+                    group_size: misc.2,
+                    grtt_us: misc.3,
+                    pass_object: ObjectId(misc.0 ^ 5),
+                    pass_block: BlockIndex(misc.2 ^ 9),
+                    timestamp: misc.3 ^ 1,
+                })
+            }),
+        (s.clone(), 0u32..1000, 1usize..40).prop_map(|(session, offset, n)| {
+            Packet::Manifest(ManifestChunkRepr {
+                session,
+                offset,
+                bytes: &[3u8; 40][..n],
+            })
+        }),
+        (s.clone(), any::<u64>()).prop_map(|(session, r)| Packet::Join(JoinRepr {
+            session,
+            receiver: ReceiverId(r)
+        })),
+        (s.clone(), any::<u64>(), any::<u32>()).prop_map(|(session, r, row)| Packet::Accept(
+            AcceptRepr {
+                session,
+                receiver: ReceiverId(r),
+                row
+            }
+        )),
+        (s.clone(), any::<u64>(), any::<bool>()).prop_map(|(session, r, f)| Packet::Leave(
+            LeaveRepr {
+                session,
+                receiver: ReceiverId(r),
+                reason: if f { LeaveReason::Failed } else { LeaveReason::Stopped },
+            }
+        )),
+        (s.clone(), any::<u64>(), proptest::collection::vec(arb_nack_entry(), 1..8)).prop_map(
+            |(session, r, entries)| Packet::Nack(NackRepr {
+                session,
+                receiver: ReceiverId(r),
+                entries
+            })
+        ),
+        (
+            s.clone(),
+            any::<(u64, bool, u32, u32, u64)>(),
+            0u32..=1_000_000,
+            proptest::collection::vec((any::<u32>(), 0u32..1 << 31, 1u32..1 << 31), 0..10)
+        )
+            .prop_map(|(session, m, loss, runs)| Packet::Receipt(ReceiptRepr {
+                session,
+                receiver: ReceiverId(m.0),
+                complete: m.1,
+                echo_timestamp: m.2,
+                echo_delay_us: m.3,
+                loss_ppm: loss,
+                watermark_object: ObjectId(m.2 ^ 3),
+                watermark_block: BlockIndex(m.3 ^ 3),
+                blocks_done: m.4,
+                runs: runs
+                    .into_iter()
+                    .map(|(o, s, l)| BlockRun {
+                        object: ObjectId(o),
+                        start: BlockIndex(s),
+                        len: l
+                    })
+                    .collect(),
+            })),
+        (s.clone(), any::<(u64, u32, u32, u16)>(), 1u32..).prop_map(|(session, m, count)| {
+            Packet::Priority(PriorityRepr {
+                session,
+                receiver: ReceiverId(m.0),
+                object: ObjectId(m.1),
+                block: BlockIndex(m.2),
+                unit: UnitIndex(m.3),
+                count,
+            })
+        }),
+        (s.clone(), 0u8..3).prop_map(|(session, r)| Packet::Done(DoneRepr::Session {
+            session,
+            reason: [DoneReason::Complete, DoneReason::Deadline, DoneReason::Aborted]
+                [r as usize],
+        })),
+        (s, any::<u64>()).prop_map(|(session, r)| Packet::Done(DoneRepr::Receiver {
+            session,
+            receiver: ReceiverId(r)
+        })),
+    ]
+}
+
+fn arb_manifest() -> impl Strategy<Value = Manifest> {
+    (
+        (1u16..200).prop_map(|u| u * 2),
+        1u16..64,
+        proptest::collection::vec(("[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,2}", 0u64..20_000), 0..5),
+    )
+        .prop_map(|(unit_size, units_per_block, objs)| {
+            let bs = u64::from(unit_size) * u64::from(units_per_block);
+            Manifest {
+                unit_size,
+                units_per_block,
+                objects: objs
+                    .into_iter()
+                    .map(|(name, size)| {
+                        let name = if name.split('/').any(|c| c == "." || c == "..") {
+                            "x".to_string()
+                        } else {
+                            name
+                        };
+                        ObjectEntry {
+                            name,
+                            size,
+                            hash: [size as u8; 32],
+                            block_hashes: (0..size.div_ceil(bs)).map(|i| [i as u8; 32]).collect(),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+}
+
+proptest! {
+    #[test]
+    fn packet_round_trip(p in arb_packet()) {
+        let mut buf = vec![0u8; p.buffer_len()];
+        let n = p.emit(&mut buf).unwrap();
+        prop_assert_eq!(n, p.buffer_len());
+        prop_assert_eq!(Packet::parse(&buf[..n]).unwrap(), p);
+    }
+
+    #[test]
+    fn emit_into_short_buffer_fails_cleanly(p in arb_packet(), cut in 0usize..64) {
+        let len = p.buffer_len().saturating_sub(cut + 1);
+        let mut buf = vec![0u8; len];
+        prop_assert_eq!(p.emit(&mut buf), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let _ = Packet::parse(&bytes);
+        let _ = UnitPacket::new_checked(&bytes[..]);
+        let _ = Manifest::parse(&bytes);
+    }
+
+    #[test]
+    fn parse_never_panics_after_valid_header(kind in 1u8..=12, tail in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut bytes = vec![0x42, 0x43, VERSION, kind, 0, 0, 1, 2, 3, 4];
+        bytes.extend_from_slice(&tail);
+        let _ = Packet::parse(&bytes);
+    }
+
+    #[test]
+    fn truncated_packets_are_rejected(p in arb_packet(), cut in 1usize..16) {
+        let mut buf = vec![0u8; p.buffer_len()];
+        let n = p.emit(&mut buf).unwrap();
+        let short = n.saturating_sub(cut);
+        // A shorter unit is still a valid (shorter) unit as long as a payload byte remains.
+        let still_valid = match p {
+            Packet::Unit(..) => short > UNIT_HEADER_LEN,
+            Packet::Manifest(..) => short > HEADER_LEN + 4,
+            _ => false,
+        };
+        if !still_valid {
+            prop_assert!(Packet::parse(&buf[..short]).is_err());
+        }
+    }
+
+    #[test]
+    fn manifest_round_trip(m in arb_manifest()) {
+        let bytes = m.emit().unwrap();
+        prop_assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn corrupted_manifest_never_panics(m in arb_manifest(), at in any::<usize>(), v in any::<u8>()) {
+        let mut bytes = m.emit().unwrap();
+        if !bytes.is_empty() {
+            let i = at % bytes.len();
+            bytes[i] = v;
+        }
+        let _ = Manifest::parse(&bytes);
+    }
+}
+
+#[test]
+fn unit_view_reads_fields() {
+    let h = UnitHeaderRepr {
+        session: SessionId(9),
+        parity: true,
+        repair: false,
+        object: ObjectId(1),
+        block: BlockIndex(70_000),
+        index: 3,
+        round_end: 5,
+        timestamp: 1234,
+    };
+    let mut buf = [0u8; UNIT_HEADER_LEN + 4];
+    h.emit(&mut buf).unwrap();
+    buf[UNIT_HEADER_LEN..].copy_from_slice(b"abcd");
+    let p = UnitPacket::new_checked(&buf[..]).unwrap();
+    assert_eq!(UnitHeaderRepr::from_packet(&p), h);
+    assert_eq!(p.payload(), b"abcd");
+}
+
+#[test]
+fn parity_index_past_round_end_is_malformed() {
+    let mut buf = [0u8; UNIT_HEADER_LEN + 2];
+    UnitHeaderRepr {
+        session: SessionId(1),
+        parity: true,
+        repair: false,
+        object: ObjectId(0),
+        block: BlockIndex(0),
+        index: 5,
+        round_end: 5,
+        timestamp: 0,
+    }
+    .emit(&mut buf)
+    .unwrap();
+    assert_eq!(UnitPacket::new_checked(&buf[..]).unwrap_err(), WireError::Malformed);
+}
+
+#[test]
+fn unsafe_names_are_rejected() {
+    for bad in ["", "/etc/passwd", "a/../b", "..", "a//b", "./a", "a\\b", "a\0b"] {
+        assert!(!manifest::valid_name(bad), "{bad:?}");
+    }
+    for good in ["a", "dir/file.bin", "x/y/z", ".hidden"] {
+        assert!(manifest::valid_name(good), "{good:?}");
+    }
+}
+
+#[test]
+fn header_checks() {
+    assert_eq!(Header::parse(&[]), Err(WireError::Truncated));
+    assert_eq!(Header::parse(&[0, 0, 1, 1, 0, 0, 0, 0, 0, 0]), Err(WireError::BadMagic));
+    assert_eq!(Header::parse(&[0x42, 0x43, 9, 1, 0, 0, 0, 0, 0, 0]), Err(WireError::BadVersion));
+    assert_eq!(Header::parse(&[0x42, 0x43, 1, 99, 0, 0, 0, 0, 0, 0]), Err(WireError::UnknownKind));
+    assert_eq!(
+        Header::parse(&[0x42, 0x43, 1, 1, FLAG_TAGGED, 0, 0, 0, 0, 0]),
+        Err(WireError::Malformed)
+    );
+}
