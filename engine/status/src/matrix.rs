@@ -527,12 +527,13 @@ mod tests {
         });
         let mut total_held = 0;
         for b in 0..BLOCKS {
+            for (r, &row) in rows.iter().enumerate() {
+                assert_eq!(m.holds(row, b), oracle[r * BLOCKS + b], "row {r} block {b}");
+            }
             let held = (0..RECEIVERS).filter(|&r| m.holds(rows[r], b)).count();
             let requested = (0..RECEIVERS)
                 .filter(|&r| m.is_requested(rows[r], b))
                 .count();
-            let expected = (0..RECEIVERS).filter(|&r| oracle[r * BLOCKS + b]).count();
-            assert_eq!(held, expected, "block {b}");
             assert_eq!(m.holders(b) as usize, held, "block {b}");
             assert_eq!(m.requesters(b) as usize, requested, "block {b}");
             assert_eq!(m.all_hold(b), held == RECEIVERS);
