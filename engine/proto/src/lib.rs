@@ -5,4 +5,82 @@
 //! See `docs/wire.md` for the packet formats and `docs/DESIGN.md` for the protocol.
 #![forbid(unsafe_code)]
 
+pub mod coding;
+pub mod receiver;
+mod rng;
+pub mod sender;
+pub mod store;
 pub mod wire;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats};
+pub use sender::{Sender, SenderConfig, SenderEvent, SenderStats};
+pub use store::{BlockSource, BlockStore, MemStore, SliceSource, StoreError};
+
+/// Where a datagram goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// The session's multicast group (data plane).
+    Group,
+    /// One peer, by unicast (control plane).
+    Peer(SocketAddr),
+}
+
+/// A datagram to send: the first `len` bytes of the caller's buffer, followed (for data
+/// units) by `payload` taken straight from the block source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: Destination,
+    /// Bytes written at the start of the caller's buffer (the whole datagram, or the unit
+    /// header when `payload` is set).
+    pub len: usize,
+    /// Source bytes that follow the header: a data unit sent without a copy.
+    pub payload: Option<UnitRef>,
+}
+
+impl Transmit {
+    /// Length of the whole datagram.
+    pub fn datagram_len(&self) -> usize {
+        self.len + self.payload.map_or(0, |p| p.len)
+    }
+}
+
+/// A unit's bytes inside the block source: `len` bytes at `offset` of the block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnitRef {
+    pub object: wire::ObjectId,
+    pub block: wire::BlockIndex,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl UnitRef {
+    /// The unit's bytes in `source`.
+    pub fn bytes<'a, S: BlockSource + ?Sized>(&self, source: &'a S) -> &'a [u8] {
+        &source.block(self.object, self.block)[self.offset..self.offset + self.len]
+    }
+}
+
+/// The geometry of a session: how objects are cut into blocks and units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Payload bytes per unit (even: the parity code needs it).
+    pub unit_size: u16,
+    /// Units per block, `k` of the parity code.
+    pub units_per_block: u16,
+    /// Parity units the code can make per block.
+    pub max_parity: u16,
+}
+
+impl Geometry {
+    pub fn block_size(&self) -> usize {
+        usize::from(self.unit_size) * usize::from(self.units_per_block)
+    }
+}
+
+/// Microseconds as the wire carries them (wrapping u32).
+pub(crate) fn micros(d: Duration) -> u32 {
+    d.as_micros() as u32
+}

@@ -1,0 +1,944 @@
+//! A receiver's side of a session, sans-IO (docs/DESIGN.md "Protocol").
+//!
+//! The receiver learns the session from an announce, assembles the manifest from its
+//! chunks, joins, places units by address into its [`BlockStore`], rebuilds blocks from
+//! parity units, verifies every block against its BLAKE3 hash before marking it done (a
+//! block that fails is discarded and fetched again), NACKs what it misses after a random
+//! backoff scaled to the group size and round-trip time, sends receipt notices, and reports
+//! done.
+//!
+//! Drive it like this: feed every datagram from the group and from the server's control
+//! address to [`Receiver::handle_datagram`]; call [`Receiver::handle_timeout`] when the
+//! instant from [`Receiver::poll_timeout`] passes; after either, call
+//! [`Receiver::poll_transmit`] until it returns `None` and send what it gives to the
+//! server's control address; drain [`Receiver::poll_event`].
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use blockcast_status::UnitBitmap;
+
+use crate::coding;
+use crate::rng::Rng;
+use crate::store::{BlockStore, StoreError};
+use crate::wire::{
+    AnnounceRepr, BlockIndex, BlockRun, DoneReason, DoneRepr, Holes, JoinRepr, LeaveReason,
+    LeaveRepr, Manifest, NackEntry, NackRepr, ObjectId, Packet, PriorityRepr, ReceiptRepr,
+    ReceiverId, SessionId, UnitIndex, UnitPacket, WireError,
+};
+use crate::{micros, Destination, Transmit};
+
+/// How a receiver behaves. `Default` gives the values the CLI starts from.
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    pub id: ReceiverId,
+    /// Seeds the backoff draws (a run is reproducible from it).
+    pub seed: u64,
+    /// Accept only this session; `None` takes the first one announced.
+    pub session: Option<SessionId>,
+    /// NACK backoff is drawn from `[0, backoff_factor * GRTT]`.
+    pub backoff_factor: f64,
+    /// Receipt notices the whole group may send the server per second (each receiver's
+    /// interval grows with the group size so the server's load stays bounded).
+    pub group_receipt_rate: f64,
+    /// Shortest interval between one receiver's receipt notices.
+    pub min_receipt_interval: Duration,
+    /// How often to repeat a join until it is accepted.
+    pub join_interval: Duration,
+    /// Report the server lost after hearing nothing for this long.
+    pub idle_timeout: Duration,
+    /// Largest datagram to send (NACKs are packed up to it).
+    pub max_datagram: usize,
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            id: ReceiverId(1),
+            seed: 1,
+            session: None,
+            backoff_factor: 4.0,
+            group_receipt_rate: 5_000.0,
+            min_receipt_interval: Duration::from_millis(100),
+            join_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(30),
+            max_datagram: 1400,
+        }
+    }
+}
+
+/// What happened, for the node to act on and report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// A session was announced and adopted.
+    Announced { session: SessionId, control: SocketAddr },
+    /// The manifest is complete and verified; the store has been prepared.
+    ManifestReady,
+    /// The server accepted the join.
+    Accepted { row: u32 },
+    /// A block was rebuilt (if needed), hashed, and matched the manifest.
+    BlockVerified { object: ObjectId, block: BlockIndex },
+    /// A block's bytes did not match its hash; it is discarded and fetched again.
+    BlockFailed { object: ObjectId, block: BlockIndex },
+    /// Every object is whole and verified.
+    Complete,
+    /// The server ended the session.
+    SessionEnded { reason: DoneReason, complete: bool },
+    /// Nothing heard from the server for the idle timeout.
+    ServerLost,
+    /// The store failed; the receiver has left the session.
+    StoreFailed(StoreError),
+    /// A datagram could not be decoded (counted in stats too).
+    BadPacket(WireError),
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub data_units: u64,
+    pub parity_units: u64,
+    pub duplicates: u64,
+    /// Units that arrived before the manifest was known (dropped).
+    pub early_units: u64,
+    pub decodes: u64,
+    pub blocks_verified: u64,
+    pub blocks_failed: u64,
+    pub nacks: u64,
+    pub nack_entries: u64,
+    pub nack_bytes: u64,
+    pub receipts: u64,
+    pub receipt_bytes: u64,
+    pub bad_packets: u64,
+    /// Packets of other sessions (ignored).
+    pub strangers: u64,
+}
+
+/// Assembly state of one block that is not yet verified.
+struct BlockState {
+    have: UnitBitmap,
+    parity: Vec<(u16, Box<[u8]>)>,
+    /// Parity indices below this have been seen.
+    parity_seen: u16,
+    round_end: u16,
+    last_parity_at: Option<Instant>,
+    nack_at: Option<Instant>,
+}
+
+impl BlockState {
+    fn new(k: u16) -> Self {
+        BlockState {
+            have: UnitBitmap::new(usize::from(k)),
+            parity: Vec::new(),
+            parity_seen: 0,
+            round_end: 0,
+            last_parity_at: None,
+            nack_at: None,
+        }
+    }
+}
+
+enum Out {
+    Join,
+    Leave(LeaveReason),
+    Receipt,
+    Priority(PriorityRepr),
+}
+
+/// A receiver's state machine for one session.
+pub struct Receiver<S> {
+    cfg: ReceiverConfig,
+    store: S,
+    rng: Rng,
+    session: Option<SessionId>,
+    announce: Option<AnnounceRepr>,
+    manifest_buf: Vec<u8>,
+    /// Byte ranges of the manifest received, sorted and merged.
+    manifest_ranges: Vec<(usize, usize)>,
+    manifest: Option<Manifest>,
+    block_base: Vec<u64>,
+    total_blocks: u64,
+    blocks: Vec<Option<Box<BlockState>>>,
+    done: UnitBitmap,
+    /// Blocks before this (global numbering) are verified: the in-order prefix.
+    prefix: u64,
+    /// Blocks before this have had their first pass.
+    passed: u64,
+    row: Option<u32>,
+    timers: BTreeSet<(Instant, u64)>,
+    nack_due: BTreeSet<u64>,
+    out: VecDeque<Out>,
+    next_join: Option<Instant>,
+    next_receipt: Option<Instant>,
+    complete: bool,
+    complete_acked: bool,
+    complete_tries: u32,
+    ended: bool,
+    last_heard: Option<Instant>,
+    server_lost: bool,
+    /// The latest server timestamp and when it arrived, echoed in receipt notices.
+    echo: Option<(u32, Instant)>,
+    loss_units: u64,
+    expected_units: u64,
+    events: VecDeque<ReceiverEvent>,
+    stats: ReceiverStats,
+}
+
+impl<S: BlockStore> Receiver<S> {
+    pub fn new(cfg: ReceiverConfig, store: S) -> Self {
+        Receiver {
+            rng: Rng::new(cfg.seed),
+            session: cfg.session,
+            cfg,
+            store,
+            announce: None,
+            manifest_buf: Vec::new(),
+            manifest_ranges: Vec::new(),
+            manifest: None,
+            block_base: Vec::new(),
+            total_blocks: 0,
+            blocks: Vec::new(),
+            done: UnitBitmap::new(0),
+            prefix: 0,
+            passed: 0,
+            row: None,
+            timers: BTreeSet::new(),
+            nack_due: BTreeSet::new(),
+            out: VecDeque::new(),
+            next_join: None,
+            next_receipt: None,
+            complete: false,
+            complete_acked: false,
+            complete_tries: 0,
+            ended: false,
+            last_heard: None,
+            server_lost: false,
+            echo: None,
+            loss_units: 0,
+            expected_units: 0,
+            events: VecDeque::new(),
+            stats: ReceiverStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    pub fn announce(&self) -> Option<&AnnounceRepr> {
+        self.announce.as_ref()
+    }
+
+    /// Every object is whole and verified.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The session is over for this receiver (ended by the server, or left).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Verified blocks in all.
+    pub fn blocks_done(&self) -> u64 {
+        self.done.count_ones() as u64
+    }
+
+    pub fn total_blocks(&self) -> u64 {
+        self.total_blocks
+    }
+
+    /// Blocks verified in order from the start (global numbering over the manifest's
+    /// objects): what may be played.
+    pub fn verified_prefix(&self) -> u64 {
+        self.prefix
+    }
+
+    /// Whether block `block` of `object` is verified.
+    pub fn is_verified(&self, object: ObjectId, block: BlockIndex) -> bool {
+        self.seq(object, block).is_some_and(|s| self.done.get(s as usize))
+    }
+
+    /// Ask the server to send these blocks next (play and seek).
+    pub fn request_priority(&mut self, object: ObjectId, block: BlockIndex, unit: UnitIndex, count: u32) {
+        if let Some(session) = self.session {
+            self.out.push_back(Out::Priority(PriorityRepr {
+                session,
+                receiver: self.cfg.id,
+                object,
+                block,
+                unit,
+                count: count.max(1),
+            }));
+        }
+    }
+
+    /// Leave the session (tells the server).
+    pub fn leave(&mut self, reason: LeaveReason) {
+        if self.session.is_some() && !self.ended {
+            self.out.push_back(Out::Leave(reason));
+        }
+        self.ended = true;
+        self.timers.clear();
+    }
+
+    fn grtt(&self) -> Duration {
+        self.announce
+            .as_ref()
+            .map_or(Duration::from_millis(5), |a| Duration::from_micros(u64::from(a.grtt_us)))
+    }
+
+    fn group_size(&self) -> u32 {
+        self.announce.as_ref().map_or(1, |a| a.group_size.max(1))
+    }
+
+    fn stripes(&self) -> u64 {
+        self.announce.as_ref().map_or(1, |a| u64::from(a.stripes))
+    }
+
+    fn seq(&self, object: ObjectId, block: BlockIndex) -> Option<u64> {
+        let m = self.manifest.as_ref()?;
+        let o = m.objects.get(object.0 as usize)?;
+        ((block.0 as usize) < o.block_hashes.len())
+            .then(|| self.block_base[object.0 as usize] + u64::from(block.0))
+    }
+
+    fn addr_of(&self, seq: u64) -> (ObjectId, BlockIndex) {
+        let o = self.block_base.partition_point(|&b| b <= seq) - 1;
+        (ObjectId(o as u32), BlockIndex((seq - self.block_base[o]) as u32))
+    }
+
+    fn block_len(&self, seq: u64) -> usize {
+        let (o, b) = self.addr_of(seq);
+        self.manifest
+            .as_ref()
+            .and_then(|m| m.block_len(o, b.0))
+            .unwrap_or(0)
+    }
+
+    fn units_in(&self, seq: u64) -> u16 {
+        let us = self.manifest.as_ref().map_or(1, |m| usize::from(m.unit_size));
+        self.block_len(seq).div_ceil(us) as u16
+    }
+
+    /// Handles one datagram from the group or the server.
+    pub fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, bytes: &[u8]) {
+        if self.ended {
+            return;
+        }
+        // Units are the hot path: read them through the zero-copy view.
+        if let Ok(unit) = UnitPacket::new_checked(bytes) {
+            if Some(unit.session()) != self.session {
+                self.stats.strangers += 1;
+                return;
+            }
+            self.heard(now, unit.timestamp());
+            self.on_unit(now, &unit);
+            return;
+        }
+        let packet = match Packet::parse(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.bad_packets += 1;
+                self.events.push_back(ReceiverEvent::BadPacket(e));
+                return;
+            }
+        };
+        if self.session.is_none() {
+            if let Packet::Announce(a) = &packet {
+                self.session = Some(a.session);
+            }
+        }
+        if Some(packet.session()) != self.session {
+            self.stats.strangers += 1;
+            return;
+        }
+        match packet {
+            Packet::Announce(a) => {
+                self.heard(now, a.timestamp);
+                self.on_announce(now, a);
+            }
+            Packet::Manifest(m) => {
+                self.last_heard = Some(now);
+                self.on_manifest_chunk(now, m.offset as usize, m.bytes);
+            }
+            Packet::Accept(a) if a.receiver == self.cfg.id => {
+                self.last_heard = Some(now);
+                if self.row.is_none() {
+                    self.row = Some(a.row);
+                    self.next_join = None;
+                    self.events.push_back(ReceiverEvent::Accepted { row: a.row });
+                    let first = now + self.receipt_interval();
+                    self.next_receipt = Some(first);
+                    // NACKs held back until now can go.
+                    let held: Vec<u64> = self.nack_due.iter().copied().collect();
+                    for seq in held {
+                        self.arm(seq, now);
+                    }
+                    self.nack_due.clear();
+                }
+            }
+            Packet::Done(DoneRepr::Receiver { receiver, .. }) if receiver == self.cfg.id => {
+                self.complete_acked = true;
+            }
+            Packet::Done(DoneRepr::Session { reason, .. }) => {
+                self.ended = true;
+                self.timers.clear();
+                self.events.push_back(ReceiverEvent::SessionEnded {
+                    reason,
+                    complete: self.complete,
+                });
+            }
+            _ => self.stats.strangers += 1,
+        }
+    }
+
+    fn heard(&mut self, now: Instant, timestamp: u32) {
+        self.last_heard = Some(now);
+        self.server_lost = false;
+        self.echo = Some((timestamp, now));
+    }
+
+    fn on_announce(&mut self, now: Instant, a: AnnounceRepr) {
+        let first = self.announce.is_none();
+        if let Some(old) = &self.announce {
+            if old.manifest_hash != a.manifest_hash || old.manifest_len != a.manifest_len {
+                // The session cannot change its manifest: ignore the impostor.
+                self.stats.bad_packets += 1;
+                return;
+            }
+        }
+        if first {
+            self.manifest_buf = vec![0u8; a.manifest_len as usize];
+            self.events.push_back(ReceiverEvent::Announced {
+                session: a.session,
+                control: a.control,
+            });
+            self.next_join = Some(now);
+        }
+        let pass_end = if a.pass_object.0 == u32::MAX {
+            Some(self.total_blocks)
+        } else {
+            self.seq(a.pass_object, a.pass_block)
+        };
+        self.announce = Some(a);
+        if let Some(p) = pass_end {
+            self.pass_through(now, p);
+        }
+    }
+
+    fn on_manifest_chunk(&mut self, now: Instant, offset: usize, bytes: &[u8]) {
+        if self.manifest.is_some() || self.manifest_buf.is_empty() {
+            return;
+        }
+        let end = offset + bytes.len();
+        if end > self.manifest_buf.len() {
+            self.stats.bad_packets += 1;
+            return;
+        }
+        self.manifest_buf[offset..end].copy_from_slice(bytes);
+        self.manifest_ranges.push((offset, end));
+        self.manifest_ranges.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.manifest_ranges.len());
+        for &(s, e) in &self.manifest_ranges {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.manifest_ranges = merged;
+        if self.manifest_ranges != [(0, self.manifest_buf.len())] {
+            return;
+        }
+        let Some(a) = self.announce.clone() else {
+            return;
+        };
+        let manifest = match (blake3::hash(&self.manifest_buf).as_bytes() == &a.manifest_hash)
+            .then(|| Manifest::parse(&self.manifest_buf))
+        {
+            Some(Ok(m)) if m.unit_size == a.unit_size && m.units_per_block == a.units_per_block => m,
+            _ => {
+                // A forged or corrupted chunk: start the manifest over.
+                self.stats.bad_packets += 1;
+                self.manifest_ranges.clear();
+                return;
+            }
+        };
+        if let Err(e) = self.store.prepare(&manifest) {
+            self.events.push_back(ReceiverEvent::StoreFailed(e));
+            self.leave(LeaveReason::Failed);
+            return;
+        }
+        self.block_base.clear();
+        let mut total = 0u64;
+        for o in &manifest.objects {
+            self.block_base.push(total);
+            total += o.block_hashes.len() as u64;
+        }
+        self.total_blocks = total;
+        self.blocks = (0..total).map(|_| None).collect();
+        self.done = UnitBitmap::new(total as usize);
+        self.manifest = Some(manifest);
+        self.manifest_buf = Vec::new();
+        self.events.push_back(ReceiverEvent::ManifestReady);
+        if total == 0 {
+            self.finish(now);
+        }
+        // Blocks the first pass has already gone by are missing entirely.
+        if let Some(a) = &self.announce {
+            let p = if a.pass_object.0 == u32::MAX {
+                Some(total)
+            } else {
+                self.seq(a.pass_object, a.pass_block)
+            };
+            if let Some(p) = p {
+                self.pass_through(now, p);
+            }
+        }
+    }
+
+    /// The first pass has gone by every block before `end`: those still incomplete miss
+    /// units, so arm their NACK timers.
+    fn pass_through(&mut self, now: Instant, end: u64) {
+        if self.manifest.is_none() {
+            return;
+        }
+        let end = end.min(self.total_blocks);
+        while self.passed < end {
+            let seq = self.passed;
+            self.passed += 1;
+            if self.done.get(seq as usize) {
+                self.expected_units += u64::from(self.units_in(seq));
+                continue;
+            }
+            let k = self.units_in(seq);
+            let have = self.blocks[seq as usize]
+                .as_ref()
+                .map_or(0, |b| b.have.count_ones() as u64);
+            self.expected_units += u64::from(k);
+            self.loss_units += u64::from(k) - have;
+            self.arm(seq, now);
+        }
+    }
+
+    /// Schedules a NACK for block `seq` after a random backoff.
+    fn arm(&mut self, seq: u64, now: Instant) {
+        let k = self.units_in(seq);
+        let grtt = self.grtt();
+        let n = f64::from(self.group_size()) + 1.0;
+        let x = self.rng.unit();
+        let state = self.blocks[seq as usize].get_or_insert_with(|| Box::new(BlockState::new(k)));
+        let missing = usize::from(k).saturating_sub(state.have.count_ones() + state.parity.len());
+        // NORM-style backoff: most receivers draw near the top of the window, few early, so
+        // the first NACKs' repairs reach the rest before their timers fire. Receivers that
+        // miss more units go earlier: their repairs cover those that miss fewer.
+        let spread = (1.0 + x.ln() / n.ln()).max(0.0);
+        let bias = 0.5 + 0.5 / (missing.max(1) as f64).min(8.0);
+        let window = grtt.as_secs_f64() * self.cfg.backoff_factor;
+        let delay = Duration::from_secs_f64(window * spread * bias) + grtt / 4;
+        let at = now + delay;
+        if let Some(old) = state.nack_at.replace(at) {
+            self.timers.remove(&(old, seq));
+        }
+        self.timers.insert((at, seq));
+    }
+
+    fn on_unit(&mut self, now: Instant, unit: &UnitPacket<&[u8]>) {
+        let Some(seq) = self.seq(unit.object(), unit.block()) else {
+            if self.manifest.is_none() {
+                self.stats.early_units += 1;
+            } else {
+                self.stats.bad_packets += 1;
+            }
+            return;
+        };
+        let stripes = self.stripes();
+        if !unit.is_parity() && !unit.is_repair() && seq + 1 > stripes {
+            // A first-pass unit of block `seq`: the first pass is done with every block of
+            // the same stripe before it.
+            self.pass_through(now, seq + 1 - stripes);
+        }
+        if self.done.get(seq as usize) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let (Some(m), Some(a)) = (self.manifest.as_ref(), self.announce.as_ref()) else {
+            return;
+        };
+        let us = usize::from(m.unit_size);
+        let max_parity = a.max_parity;
+        let (object, block) = (unit.object(), unit.block());
+        let block_len = self.block_len(seq);
+        let k = block_len.div_ceil(us) as u16;
+        let state = self.blocks[seq as usize].get_or_insert_with(|| Box::new(BlockState::new(k)));
+        let index = unit.index();
+        let payload = unit.payload();
+        if unit.is_parity() {
+            if index >= max_parity || payload.len() != us {
+                self.stats.bad_packets += 1;
+                return;
+            }
+            state.parity_seen = state.parity_seen.max(index + 1);
+            state.round_end = state.round_end.max(unit.round_end());
+            state.last_parity_at = Some(now);
+            if state.parity.iter().any(|(i, _)| *i == index) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            self.stats.parity_units += 1;
+            state.parity.push((index, payload.into()));
+        } else {
+            let offset = usize::from(index) * us;
+            if index >= k || payload.len() != (block_len - offset).min(us) {
+                self.stats.bad_packets += 1;
+                return;
+            }
+            if state.have.get(usize::from(index)) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            self.stats.data_units += 1;
+            self.store.block_mut(object, block, block_len)[offset..offset + payload.len()]
+                .copy_from_slice(payload);
+            state.have.set(usize::from(index));
+        }
+        if state.have.count_ones() + state.parity.len() >= usize::from(k) {
+            self.finish_block(now, seq);
+        }
+    }
+
+    /// Rebuilds (if needed) and verifies block `seq`, which has at least `k` units.
+    fn finish_block(&mut self, now: Instant, seq: u64) {
+        let (object, block) = self.addr_of(seq);
+        let block_len = self.block_len(seq);
+        let k = self.units_in(seq);
+        let (Some(m), Some(a)) = (self.manifest.as_ref(), self.announce.as_ref()) else {
+            return;
+        };
+        let (unit_size, max_parity) = (m.unit_size, a.max_parity);
+        let expected = m.objects[object.0 as usize].block_hashes[block.0 as usize];
+        let Some(state) = self.blocks[seq as usize].as_ref() else {
+            return;
+        };
+        let bytes = self.store.block_mut(object, block, block_len);
+        let mut ok = true;
+        if state.have.count_ones() < usize::from(k) {
+            self.stats.decodes += 1;
+            let parity: Vec<(u16, &[u8])> = state.parity.iter().map(|(i, p)| (*i, &p[..])).collect();
+            ok = coding::decode_block(bytes, |u| state.have.get(u), &parity, k, max_parity, unit_size)
+                .is_ok();
+        }
+        ok = ok && blake3::hash(bytes).as_bytes() == &expected;
+        if ok {
+            if let Some(state) = self.blocks[seq as usize].take() {
+                if let Some(at) = state.nack_at {
+                    self.timers.remove(&(at, seq));
+                }
+            }
+            self.done.set(seq as usize);
+            self.stats.blocks_verified += 1;
+            self.store.block_verified(object, block);
+            self.events.push_back(ReceiverEvent::BlockVerified { object, block });
+            while self.prefix < self.total_blocks && self.done.get(self.prefix as usize) {
+                self.prefix += 1;
+            }
+            if self.done.is_full() {
+                self.finish(now);
+            }
+        } else {
+            // Discard what we have and fetch the block again.
+            self.stats.blocks_failed += 1;
+            self.events.push_back(ReceiverEvent::BlockFailed { object, block });
+            let old = self.blocks[seq as usize].take();
+            let mut fresh = BlockState::new(k);
+            if let Some(old) = old {
+                fresh.parity_seen = old.parity_seen;
+                if let Some(at) = old.nack_at {
+                    self.timers.remove(&(at, seq));
+                }
+            }
+            self.blocks[seq as usize] = Some(Box::new(fresh));
+            if seq < self.passed {
+                self.arm(seq, now);
+            }
+        }
+    }
+
+    fn finish(&mut self, now: Instant) {
+        if !self.complete {
+            self.complete = true;
+            self.events.push_back(ReceiverEvent::Complete);
+            self.next_receipt = Some(now);
+        }
+    }
+
+    fn receipt_interval(&mut self) -> Duration {
+        let spread = f64::from(self.group_size()) / self.cfg.group_receipt_rate.max(1.0);
+        let base = self.cfg.min_receipt_interval.as_secs_f64().max(spread);
+        // Jitter so that a group that joined together does not report together.
+        Duration::from_secs_f64(base * (0.75 + 0.5 * self.rng.unit()))
+    }
+
+    /// Handles timers: call when the instant from [`Receiver::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ended {
+            return;
+        }
+        if self.last_heard.is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.idle_timeout)
+            && !self.server_lost
+        {
+            self.server_lost = true;
+            self.events.push_back(ReceiverEvent::ServerLost);
+        }
+        if self.next_join.is_some_and(|t| now >= t) && self.row.is_none() {
+            self.out.push_back(Out::Join);
+            self.next_join = Some(now + self.cfg.join_interval.max(self.grtt() * 2));
+        }
+        if self.next_receipt.is_some_and(|t| now >= t) && self.row.is_some() {
+            if self.complete && self.complete_acked {
+                self.next_receipt = None;
+            } else {
+                self.out.push_back(Out::Receipt);
+                self.next_receipt = if self.complete {
+                    self.complete_tries += 1;
+                    (self.complete_tries < 20)
+                        .then(|| now + (self.grtt() * 4).max(Duration::from_millis(20)))
+                } else {
+                    Some(now + self.receipt_interval())
+                };
+            }
+        }
+        while let Some(&(at, seq)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.on_nack_timer(now, seq);
+        }
+    }
+
+    fn on_nack_timer(&mut self, now: Instant, seq: u64) {
+        let k = self.units_in(seq);
+        let grtt = self.grtt();
+        let Some(state) = self.blocks[seq as usize].as_mut() else {
+            return;
+        };
+        state.nack_at = None;
+        let held = state.have.count_ones() + state.parity.len();
+        let missing = usize::from(k).saturating_sub(held);
+        if missing == 0 {
+            return;
+        }
+        // Parity of a round still on its way counts as coming.
+        let wait_until = state.last_parity_at.map(|t| t + grtt * 2);
+        let coming = if wait_until.is_some_and(|t| now < t) {
+            usize::from(state.round_end.saturating_sub(state.parity_seen))
+        } else {
+            0
+        };
+        if missing <= coming {
+            let at = wait_until.unwrap_or(now + grtt);
+            state.nack_at = Some(at);
+            self.timers.insert((at, seq));
+            return;
+        }
+        if self.row.is_none() {
+            // Not accepted yet: the server would ignore it. Send once accepted.
+            self.nack_due.insert(seq);
+            return;
+        }
+        self.nack_due.insert(seq);
+        // If neither the NACK nor its repair arrives, ask again.
+        let retry = grtt.mul_f64(2.0 + self.cfg.backoff_factor) + Duration::from_millis(1);
+        let at = now + retry;
+        state.nack_at = Some(at);
+        self.timers.insert((at, seq));
+    }
+
+    /// The next instant at which [`Receiver::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended {
+            return None;
+        }
+        let mut t = self.timers.first().map(|&(at, _)| at);
+        for x in [
+            self.next_join.filter(|_| self.row.is_none()),
+            self.next_receipt.filter(|_| self.row.is_some()),
+            self.last_heard
+                .filter(|_| !self.server_lost)
+                .map(|h| h + self.cfg.idle_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            t = Some(t.map_or(x, |t| t.min(x)));
+        }
+        t
+    }
+
+    /// Drains one event.
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// The server's control address, once announced.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.announce.as_ref().map(|a| a.control)
+    }
+
+    /// Writes the next datagram for the server into `buf`, or returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let session = self.session?;
+        let control = self.control_addr()?;
+        let receiver = self.cfg.id;
+        let packet = if let Some(out) = self.out.pop_front() {
+            match out {
+                Out::Join => Packet::Join(JoinRepr { session, receiver }),
+                Out::Leave(reason) => Packet::Leave(LeaveRepr {
+                    session,
+                    receiver,
+                    reason,
+                }),
+                Out::Priority(p) => Packet::Priority(p),
+                Out::Receipt => {
+                    let r = self.receipt(now);
+                    self.stats.receipts += 1;
+                    self.stats.receipt_bytes += r.buffer_len() as u64;
+                    Packet::Receipt(r)
+                }
+            }
+        } else if self.row.is_some() && !self.nack_due.is_empty() && !self.ended {
+            let n = self.build_nack(session);
+            self.stats.nacks += 1;
+            self.stats.nack_entries += n.entries.len() as u64;
+            self.stats.nack_bytes += n.buffer_len() as u64;
+            Packet::Nack(n)
+        } else {
+            return None;
+        };
+        let len = packet.emit(buf).ok()?;
+        Some(Transmit {
+            destination: Destination::Peer(control),
+            len,
+            payload: None,
+        })
+    }
+
+    fn build_nack(&mut self, session: SessionId) -> NackRepr {
+        let mut n = NackRepr {
+            session,
+            receiver: self.cfg.id,
+            entries: Vec::new(),
+        };
+        let mut len = n.buffer_len();
+        while let Some(&seq) = self.nack_due.first() {
+            let k = self.units_in(seq);
+            let Some(state) = self.blocks[seq as usize].as_ref() else {
+                self.nack_due.pop_first();
+                continue;
+            };
+            let missing = usize::from(k).saturating_sub(state.have.count_ones() + state.parity.len());
+            if missing == 0 {
+                self.nack_due.pop_first();
+                continue;
+            }
+            let runs: Vec<(u16, u16)> = state
+                .have
+                .zero_runs()
+                .map(|(s, l)| (s as u16, l as u16))
+                .collect();
+            let holes = if runs.len() * 4 <= usize::from(k).div_ceil(8) {
+                Holes::Ranges(runs)
+            } else {
+                let mut bits = vec![0u8; usize::from(k).div_ceil(8)];
+                for u in state.have.iter_zeros() {
+                    bits[u / 8] |= 0x80 >> (u % 8);
+                }
+                Holes::Bitmap(bits)
+            };
+            let (object, block) = self.addr_of(seq);
+            let entry = NackEntry {
+                object,
+                block,
+                missing: missing as u16,
+                parity_seen: state.parity_seen,
+                holes,
+            };
+            let add = NackRepr::entry_len(&entry);
+            if !n.entries.is_empty() && len + add > self.cfg.max_datagram {
+                break;
+            }
+            len += add;
+            n.entries.push(entry);
+            self.nack_due.pop_first();
+        }
+        n
+    }
+
+    fn receipt(&mut self, now: Instant) -> ReceiptRepr {
+        let (echo_timestamp, echo_delay_us) = match self.echo {
+            Some((ts, at)) => (ts, micros(now.saturating_duration_since(at))),
+            None => (0, 0),
+        };
+        let (watermark_object, watermark_block) = if self.prefix >= self.total_blocks {
+            (ObjectId(self.block_base.len() as u32), BlockIndex(0))
+        } else {
+            self.addr_of(self.prefix)
+        };
+        let mut runs = Vec::new();
+        let mut seq = self.prefix;
+        while seq < self.total_blocks && runs.len() < 32 {
+            if !self.done.get(seq as usize) {
+                seq += 1;
+                continue;
+            }
+            let (object, start) = self.addr_of(seq);
+            let obj_end = self
+                .block_base
+                .get(object.0 as usize + 1)
+                .copied()
+                .unwrap_or(self.total_blocks);
+            let mut end = seq;
+            while end < obj_end && self.done.get(end as usize) {
+                end += 1;
+            }
+            runs.push(BlockRun {
+                object,
+                start,
+                len: (end - seq) as u32,
+            });
+            seq = end;
+        }
+        let loss_ppm = if self.expected_units == 0 {
+            0
+        } else {
+            (self.loss_units * 1_000_000 / self.expected_units).min(1_000_000) as u32
+        };
+        self.loss_units = 0;
+        self.expected_units = 0;
+        ReceiptRepr {
+            session: self.session.unwrap_or_default(),
+            receiver: self.cfg.id,
+            complete: self.complete,
+            echo_timestamp,
+            echo_delay_us,
+            loss_ppm,
+            watermark_object,
+            watermark_block,
+            blocks_done: self.done.count_ones() as u64,
+            runs,
+        }
+    }
+}

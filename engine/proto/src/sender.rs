@@ -1,0 +1,945 @@
+//! The server's side of a session, sans-IO (docs/DESIGN.md "Protocol").
+//!
+//! The sender announces the session, carries the manifest, admits receivers, sends every
+//! block once in order (the first pass) at the configured rate, and answers NACKs: NACKs
+//! for a block are merged across receivers and answered with parity units (as many as the
+//! receiver that misses most still needs), or with the original units where a receiver
+//! holds too little of the block for parity to pay. It ends when every accepted receiver
+//! holds every block, or at the deadline.
+//!
+//! Drive it like this: feed every datagram that arrives at the control address to
+//! [`Sender::handle_datagram`]; call [`Sender::handle_timeout`] when the instant from
+//! [`Sender::poll_timeout`] passes; after either, call [`Sender::poll_transmit`] until it
+//! returns `None` and send what it gives; drain [`Sender::poll_event`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use blockcast_status::{RowId, StatusMatrix, UnitBitmap};
+
+use crate::coding;
+use crate::store::BlockSource;
+use crate::wire::{
+    AcceptRepr, AnnounceRepr, BlockIndex, DoneReason, DoneRepr, Holes, Manifest,
+    ManifestChunkRepr, NackEntry, ObjectId, Packet, ReceiptRepr, ReceiverId, SessionId,
+    UnitHeaderRepr, WireError, UNIT_HEADER_LEN,
+};
+use crate::{micros, Destination, Geometry, Transmit, UnitRef};
+
+/// How a sender behaves. `Default` gives the values the CLI starts from.
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    pub session: SessionId,
+    /// The control address receivers send to (advertised in every announce).
+    pub control: SocketAddr,
+    pub geometry: Geometry,
+    /// Stripes the blocks are dealt into (one per sending core).
+    pub stripes: u16,
+    /// Pacing: datagram bytes per second on the group.
+    pub rate: u64,
+    /// How much sending time pacing may catch up at once after a stall.
+    pub burst: Duration,
+    pub announce_interval: Duration,
+    /// Manifest chunks sent after each announce (a carousel for late joiners).
+    pub manifest_chunks_per_announce: usize,
+    /// Round-trip estimate until receivers have measured one.
+    pub initial_grtt: Duration,
+    /// Start the first pass once this many receivers are accepted...
+    pub min_receivers: usize,
+    /// ...or once this long has passed since the first announce.
+    pub max_wait: Duration,
+    /// Stop at this long after the first announce even if receivers are incomplete.
+    pub deadline: Option<Duration>,
+    /// A receiver not heard from for this long is dropped.
+    pub receiver_timeout: Duration,
+    /// Most receivers admitted (rows of the status matrix).
+    pub max_receivers: usize,
+    /// Blocks whose parity units are kept ready (each costs `max_parity * unit_size`).
+    pub parity_cache_blocks: usize,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            session: SessionId(1),
+            control: SocketAddr::from(([127, 0, 0, 1], 0)),
+            geometry: Geometry {
+                unit_size: 1400,
+                units_per_block: 749,
+                max_parity: 128,
+            },
+            stripes: 1,
+            rate: 1_000_000_000,
+            burst: Duration::from_millis(2),
+            announce_interval: Duration::from_millis(100),
+            manifest_chunks_per_announce: 64,
+            initial_grtt: Duration::from_millis(5),
+            min_receivers: 0,
+            max_wait: Duration::from_secs(5),
+            deadline: None,
+            receiver_timeout: Duration::from_secs(10),
+            max_receivers: 100_000,
+            parity_cache_blocks: 256,
+        }
+    }
+}
+
+/// What happened, for the node to report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SenderEvent {
+    ReceiverJoined { receiver: ReceiverId, addr: SocketAddr },
+    ReceiverLeft { receiver: ReceiverId, timed_out: bool },
+    ReceiverComplete { receiver: ReceiverId },
+    /// The first pass began (enough receivers, or the wait ran out).
+    FirstPassStarted,
+    /// Every block has been sent once.
+    FirstPassDone,
+    /// The session is over; nothing more will be sent.
+    Finished { reason: DoneReason },
+    /// A datagram could not be decoded (counted in stats too).
+    BadPacket { from: SocketAddr, error: WireError },
+}
+
+/// Counters. Bytes are datagram bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    pub data_units: u64,
+    pub data_bytes: u64,
+    /// Original units sent again as repairs.
+    pub repair_units: u64,
+    pub parity_units: u64,
+    pub parity_bytes: u64,
+    pub announces: u64,
+    pub manifest_chunks: u64,
+    pub control_sent: u64,
+    pub nacks: u64,
+    pub nack_bytes: u64,
+    pub receipts: u64,
+    pub receipt_bytes: u64,
+    pub joins: u64,
+    pub priority_requests: u64,
+    pub bad_packets: u64,
+    /// NACKs and notices from receivers that are not members (ignored).
+    pub strangers: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Sending,
+    Closing { reason: DoneReason, left: u32 },
+    Finished,
+}
+
+struct Member {
+    addr: SocketAddr,
+    row: RowId,
+    last_heard: Instant,
+    complete: bool,
+    rtt: Option<Duration>,
+    loss_ppm: u32,
+}
+
+/// Repair state of one block.
+#[derive(Default)]
+struct Repair {
+    /// Parity indices allocated so far (the current round ends here).
+    parity_end: u16,
+    /// Next parity index to send.
+    parity_next: u16,
+    /// Original units to send again.
+    originals: Option<UnitBitmap>,
+    queued: bool,
+}
+
+enum Control {
+    Accept(ReceiverId, u32),
+    DoneReceiver(ReceiverId),
+}
+
+/// The server's state machine for one session.
+pub struct Sender<S> {
+    cfg: SenderConfig,
+    source: S,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    manifest_hash: [u8; 32],
+    /// Global block number of each object's first block (manifest order).
+    block_base: Vec<u64>,
+    total_blocks: u64,
+    epoch: Option<Instant>,
+    phase: Phase,
+    next_send: Option<Instant>,
+    /// Next first-pass unit, or `None` once the first pass is done.
+    pass: Option<(u32, u32, u16)>,
+    next_announce: Option<Instant>,
+    announce_now: bool,
+    manifest_due: usize,
+    manifest_cursor: usize,
+    closing_at: Option<Instant>,
+    repairs: HashMap<u64, Repair>,
+    repair_queue: VecDeque<u64>,
+    parity_cache: HashMap<u64, Vec<u8>>,
+    parity_lru: VecDeque<u64>,
+    members: HashMap<ReceiverId, Member>,
+    matrix: StatusMatrix,
+    ever_joined: usize,
+    control_out: VecDeque<(SocketAddr, Control)>,
+    grtt: Duration,
+    grtt_window_max: Option<Duration>,
+    grtt_window_end: Option<Instant>,
+    next_member_scan: Option<Instant>,
+    events: VecDeque<SenderEvent>,
+    stats: SenderStats,
+}
+
+impl<S: BlockSource> Sender<S> {
+    /// A sender for `manifest`, reading block bytes from `source`.
+    ///
+    /// Fails if the geometry disagrees with the manifest or the parity code cannot use it.
+    pub fn new(cfg: SenderConfig, manifest: Manifest, source: S) -> Result<Self, &'static str> {
+        let g = cfg.geometry;
+        if g.unit_size != manifest.unit_size || g.units_per_block != manifest.units_per_block {
+            return Err("geometry differs from the manifest");
+        }
+        if g.unit_size < 2 || g.unit_size % 2 != 0 {
+            return Err("unit size must be even and at least 2");
+        }
+        if !coding::supported(g.units_per_block, g.max_parity) {
+            return Err("the parity code does not support this many units per block and parity units");
+        }
+        if cfg.stripes == 0 || cfg.rate == 0 {
+            return Err("stripes and rate must be positive");
+        }
+        let manifest_bytes = manifest.emit().map_err(|_| "manifest cannot be encoded")?;
+        let manifest_hash = *blake3::hash(&manifest_bytes).as_bytes();
+        let mut block_base = Vec::with_capacity(manifest.objects.len());
+        let mut total_blocks = 0u64;
+        for o in &manifest.objects {
+            block_base.push(total_blocks);
+            total_blocks += o.block_hashes.len() as u64;
+        }
+        let matrix = StatusMatrix::new(cfg.max_receivers, total_blocks as usize);
+        let first = first_block(&manifest, 0);
+        Ok(Sender {
+            grtt: cfg.initial_grtt,
+            cfg,
+            source,
+            pass: first.map(|(o, b)| (o, b, 0)),
+            manifest,
+            manifest_bytes,
+            manifest_hash,
+            block_base,
+            total_blocks,
+            epoch: None,
+            phase: Phase::Waiting,
+            next_send: None,
+            next_announce: None,
+            announce_now: true,
+            manifest_due: 0,
+            manifest_cursor: 0,
+            closing_at: None,
+            repairs: HashMap::new(),
+            repair_queue: VecDeque::new(),
+            parity_cache: HashMap::new(),
+            parity_lru: VecDeque::new(),
+            members: HashMap::new(),
+            matrix,
+            ever_joined: 0,
+            control_out: VecDeque::new(),
+            grtt_window_max: None,
+            grtt_window_end: None,
+            next_member_scan: None,
+            events: VecDeque::new(),
+            stats: SenderStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The status matrix: receivers x blocks, receive and request status.
+    pub fn status_matrix(&self) -> &StatusMatrix {
+        &self.matrix
+    }
+
+    /// Accepted receivers now.
+    pub fn receivers(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Each member's measured send->receipt time and reported loss, for the node's
+    /// summary and (later) relay choice.
+    pub fn receiver_report(&self) -> Vec<(ReceiverId, SocketAddr, bool, Option<Duration>, u32)> {
+        let mut v: Vec<_> = self
+            .members
+            .iter()
+            .map(|(id, m)| (*id, m.addr, m.complete, m.rtt, m.loss_ppm))
+            .collect();
+        v.sort_by_key(|e| e.0);
+        v
+    }
+
+    /// The group round-trip time estimate.
+    pub fn grtt(&self) -> Duration {
+        self.grtt
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// Change the pacing rate (datagram bytes per second).
+    pub fn set_rate(&mut self, rate: u64) {
+        self.cfg.rate = rate.max(1);
+    }
+
+    /// Stop: tell the group the session is over.
+    pub fn abort(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Closing { .. } | Phase::Finished) {
+            self.close(now, DoneReason::Aborted);
+        }
+    }
+
+    fn timestamp(&self, now: Instant) -> u32 {
+        micros(now.saturating_duration_since(self.epoch.unwrap_or(now)))
+    }
+
+    fn start(&mut self, now: Instant) {
+        if self.epoch.is_none() {
+            self.epoch = Some(now);
+            self.next_member_scan = Some(now + self.cfg.receiver_timeout / 4);
+            self.grtt_window_end = Some(now + self.grtt_window());
+        }
+    }
+
+    fn grtt_window(&self) -> Duration {
+        (self.cfg.announce_interval * 4).max(Duration::from_millis(100))
+    }
+
+    fn seq(&self, object: ObjectId, block: BlockIndex) -> Option<u64> {
+        let o = self.manifest.objects.get(object.0 as usize)?;
+        if (block.0 as usize) < o.block_hashes.len() {
+            Some(self.block_base[object.0 as usize] + u64::from(block.0))
+        } else {
+            None
+        }
+    }
+
+    fn addr_of(&self, seq: u64) -> (ObjectId, BlockIndex) {
+        let o = self.block_base.partition_point(|&b| b <= seq) - 1;
+        (ObjectId(o as u32), BlockIndex((seq - self.block_base[o]) as u32))
+    }
+
+    fn units_in(&self, object: ObjectId, block: BlockIndex) -> u16 {
+        let len = self.manifest.block_len(object, block.0).unwrap_or(0);
+        len.div_ceil(usize::from(self.cfg.geometry.unit_size)) as u16
+    }
+
+    /// Handles one datagram that arrived at the control address from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.start(now);
+        let packet = match Packet::parse(bytes) {
+            Ok(p) => p,
+            Err(error) => {
+                self.stats.bad_packets += 1;
+                self.events.push_back(SenderEvent::BadPacket { from, error });
+                return;
+            }
+        };
+        if packet.session() != self.cfg.session {
+            self.stats.strangers += 1;
+            return;
+        }
+        match packet {
+            Packet::Join(j) => self.on_join(now, from, j.receiver),
+            Packet::Leave(l) => {
+                if let Some(m) = self.members.remove(&l.receiver) {
+                    self.matrix.remove_receiver(m.row);
+                    self.events.push_back(SenderEvent::ReceiverLeft {
+                        receiver: l.receiver,
+                        timed_out: false,
+                    });
+                }
+            }
+            Packet::Nack(n) => {
+                self.stats.nacks += 1;
+                self.stats.nack_bytes += bytes.len() as u64;
+                let Some(m) = self.members.get_mut(&n.receiver) else {
+                    self.stats.strangers += 1;
+                    return;
+                };
+                m.last_heard = now;
+                for e in &n.entries {
+                    self.on_nack_entry(e);
+                }
+            }
+            Packet::Receipt(r) => {
+                self.stats.receipts += 1;
+                self.stats.receipt_bytes += bytes.len() as u64;
+                self.on_receipt(now, &r);
+            }
+            Packet::Priority(p) => {
+                self.stats.priority_requests += 1;
+                let first = self.seq(p.object, p.block);
+                if let (Some(m), Some(first)) = (self.members.get_mut(&p.receiver), first) {
+                    m.last_heard = now;
+                    let end = (first + u64::from(p.count)).min(self.total_blocks);
+                    for seq in first..end {
+                        self.matrix.request(m.row, seq as usize);
+                    }
+                }
+            }
+            // Server-to-receiver kinds arriving here are ignored.
+            Packet::Unit(..)
+            | Packet::Announce(_)
+            | Packet::Manifest(_)
+            | Packet::Accept(_)
+            | Packet::Done(_) => self.stats.strangers += 1,
+        }
+    }
+
+    fn on_join(&mut self, now: Instant, from: SocketAddr, id: ReceiverId) {
+        self.stats.joins += 1;
+        if let Some(m) = self.members.get_mut(&id) {
+            m.last_heard = now;
+            m.addr = from;
+            let row = m.row.index() as u32;
+            self.control_out.push_back((from, Control::Accept(id, row)));
+            return;
+        }
+        if matches!(self.phase, Phase::Closing { .. } | Phase::Finished) {
+            return;
+        }
+        let Some(row) = self.matrix.add_receiver() else {
+            return;
+        };
+        self.members.insert(
+            id,
+            Member {
+                addr: from,
+                row,
+                last_heard: now,
+                complete: false,
+                rtt: None,
+                loss_ppm: 0,
+            },
+        );
+        self.ever_joined += 1;
+        self.control_out
+            .push_back((from, Control::Accept(id, row.index() as u32)));
+        self.events.push_back(SenderEvent::ReceiverJoined {
+            receiver: id,
+            addr: from,
+        });
+    }
+
+    fn on_receipt(&mut self, now: Instant, r: &ReceiptRepr) {
+        let ts_now = self.timestamp(now);
+        let Some(m) = self.members.get_mut(&r.receiver) else {
+            self.stats.strangers += 1;
+            return;
+        };
+        m.last_heard = now;
+        m.loss_ppm = r.loss_ppm;
+        // Send->receipt time: now minus the echoed send time, less the time the receiver held it.
+        let elapsed = ts_now.wrapping_sub(r.echo_timestamp);
+        if r.echo_timestamp != 0 && elapsed < 60_000_000 {
+            let sample =
+                Duration::from_micros(u64::from(elapsed.saturating_sub(r.echo_delay_us)));
+            m.rtt = Some(match m.rtt {
+                Some(old) => (old * 7 + sample) / 8,
+                None => sample,
+            });
+            self.grtt_window_max = Some(self.grtt_window_max.map_or(sample, |w| w.max(sample)));
+        }
+        let row = m.row;
+        let newly_complete = r.complete && !m.complete;
+        if r.complete {
+            m.complete = true;
+            let addr = m.addr;
+            self.control_out
+                .push_back((addr, Control::DoneReceiver(r.receiver)));
+        }
+        // Receive status: the watermark and the runs past it.
+        if let Some(wm) = self.seq(r.watermark_object, r.watermark_block).or(
+            (r.watermark_object.0 as usize >= self.manifest.objects.len()).then_some(self.total_blocks),
+        ) {
+            for seq in 0..wm {
+                if self.matrix.holds(row, seq as usize) {
+                    continue;
+                }
+                self.matrix.mark_held(row, seq as usize);
+            }
+        }
+        for run in &r.runs {
+            if let Some(start) = self.seq(run.object, run.start) {
+                let end = (start + u64::from(run.len)).min(self.total_blocks);
+                for seq in start..end {
+                    self.matrix.mark_held(row, seq as usize);
+                }
+            }
+        }
+        if r.complete {
+            for seq in 0..self.total_blocks {
+                self.matrix.mark_held(row, seq as usize);
+            }
+        }
+        if newly_complete {
+            self.events.push_back(SenderEvent::ReceiverComplete {
+                receiver: r.receiver,
+            });
+        }
+    }
+
+    fn on_nack_entry(&mut self, e: &NackEntry) {
+        let Some(seq) = self.seq(e.object, e.block) else {
+            return;
+        };
+        let k = self.units_in(e.object, e.block);
+        let max_parity = self.cfg.geometry.max_parity;
+        let r = self.repairs.entry(seq).or_default();
+        // Parity already sent or queued that this receiver had not seen when it wrote.
+        let in_flight = r.parity_end.saturating_sub(e.parity_seen);
+        let want = e.missing.saturating_sub(in_flight);
+        if want == 0 {
+            return;
+        }
+        let whole = e.missing >= k;
+        if !whole && r.parity_end + want <= max_parity {
+            r.parity_end += want;
+        } else {
+            // Parity cannot cover it (or the receiver has nothing): send the originals it lists.
+            let originals = r.originals.get_or_insert_with(|| UnitBitmap::new(usize::from(k)));
+            let mut any = false;
+            for u in e.holes.units().take(usize::from(k)) {
+                if usize::from(u) < usize::from(k) {
+                    any |= originals.set(usize::from(u));
+                }
+            }
+            if matches!(&e.holes, Holes::Ranges(r) if r.is_empty()) && !any {
+                for u in 0..usize::from(k) {
+                    originals.set(u);
+                }
+            }
+        }
+        if !r.queued {
+            r.queued = true;
+            self.repair_queue.push_back(seq);
+        }
+    }
+
+    /// Handles timers: call when the instant from [`Sender::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.start(now);
+        if self.next_announce.is_some_and(|t| now >= t) {
+            self.announce_now = true;
+        }
+        if self.grtt_window_end.is_some_and(|t| now >= t) {
+            if let Some(w) = self.grtt_window_max.take() {
+                // Rise at once to the slowest receiver seen; fall back slowly.
+                self.grtt = if w > self.grtt { w } else { (self.grtt * 3 + w) / 4 };
+                self.grtt = self.grtt.max(Duration::from_micros(100));
+            }
+            self.grtt_window_end = Some(now + self.grtt_window());
+        }
+        if self.next_member_scan.is_some_and(|t| now >= t) {
+            let timeout = self.cfg.receiver_timeout;
+            let gone: Vec<ReceiverId> = self
+                .members
+                .iter()
+                .filter(|(_, m)| !m.complete && now.saturating_duration_since(m.last_heard) > timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in gone {
+                if let Some(m) = self.members.remove(&id) {
+                    self.matrix.remove_receiver(m.row);
+                }
+                self.events.push_back(SenderEvent::ReceiverLeft {
+                    receiver: id,
+                    timed_out: true,
+                });
+            }
+            self.next_member_scan = Some(now + timeout / 4);
+        }
+        self.advance_phase(now);
+    }
+
+    fn since_start(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.epoch.unwrap_or(now))
+    }
+
+    fn advance_phase(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Waiting => {
+                if self.members.len() >= self.cfg.min_receivers
+                    || self.since_start(now) >= self.cfg.max_wait
+                {
+                    self.phase = Phase::Sending;
+                    self.events.push_back(SenderEvent::FirstPassStarted);
+                }
+            }
+            Phase::Sending => {
+                if self.cfg.deadline.is_some_and(|d| self.since_start(now) >= d) {
+                    self.close(now, DoneReason::Deadline);
+                } else if self.pass.is_none()
+                    && self.repair_queue.is_empty()
+                    && self.members.values().all(|m| m.complete)
+                    && (self.ever_joined > 0 || self.cfg.min_receivers == 0)
+                {
+                    self.close(now, DoneReason::Complete);
+                }
+            }
+            Phase::Closing { reason, left } => {
+                if left == 0 && self.closing_at.is_some_and(|t| now >= t) {
+                    self.phase = Phase::Finished;
+                    self.events.push_back(SenderEvent::Finished { reason });
+                }
+            }
+            Phase::Finished => {}
+        }
+    }
+
+    fn close(&mut self, now: Instant, reason: DoneReason) {
+        self.phase = Phase::Closing { reason, left: 3 };
+        self.closing_at = Some(now);
+    }
+
+    /// The next instant at which [`Sender::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Finished {
+            return None;
+        }
+        let mut t: Option<Instant> = None;
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        consider(self.next_announce);
+        consider(self.grtt_window_end);
+        consider(self.next_member_scan);
+        if let Some(epoch) = self.epoch {
+            match self.phase {
+                Phase::Waiting => consider(Some(epoch + self.cfg.max_wait)),
+                Phase::Sending => {
+                    consider(self.cfg.deadline.map(|d| epoch + d));
+                    if self.has_paced_work() {
+                        consider(self.next_send);
+                    }
+                }
+                Phase::Closing { .. } => consider(self.closing_at),
+                Phase::Finished => {}
+            }
+        }
+        t
+    }
+
+    fn has_paced_work(&self) -> bool {
+        self.pass.is_some() || !self.repair_queue.is_empty()
+    }
+
+    /// Drains one event.
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    /// Writes the next datagram due at `now` into `buf` (at least `unit_size + 64` bytes,
+    /// and room for a manifest chunk) and says where it goes, or returns `None` when
+    /// nothing is due. For data units only the header is written: the payload follows from
+    /// the block source ([`Transmit::payload`]).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.start(now);
+        if self.phase == Phase::Finished {
+            return None;
+        }
+        if let Some((addr, c)) = self.control_out.pop_front() {
+            let session = self.cfg.session;
+            let p = match c {
+                Control::Accept(receiver, row) => Packet::Accept(AcceptRepr {
+                    session,
+                    receiver,
+                    row,
+                }),
+                Control::DoneReceiver(receiver) => {
+                    Packet::Done(DoneRepr::Receiver { session, receiver })
+                }
+            };
+            let len = p.emit(buf).ok()?;
+            self.stats.control_sent += 1;
+            return Some(Transmit {
+                destination: Destination::Peer(addr),
+                len,
+                payload: None,
+            });
+        }
+        if let Phase::Closing { reason, left } = self.phase {
+            if left > 0 && self.closing_at.is_some_and(|t| now >= t) {
+                let len = Packet::Done(DoneRepr::Session {
+                    session: self.cfg.session,
+                    reason,
+                })
+                .emit(buf)
+                .ok()?;
+                self.phase = Phase::Closing {
+                    reason,
+                    left: left - 1,
+                };
+                self.closing_at = Some(now + (self.grtt * 2).max(Duration::from_millis(1)));
+                return Some(self.group(len));
+            }
+            return None;
+        }
+        if self.announce_now {
+            self.announce_now = false;
+            self.next_announce = Some(now + self.cfg.announce_interval);
+            self.manifest_due = self.cfg.manifest_chunks_per_announce.max(1);
+            let len = Packet::Announce(self.announce_repr(now)).emit(buf).ok()?;
+            self.stats.announces += 1;
+            self.advance_phase(now);
+            return Some(self.group(len));
+        }
+        if self.manifest_due > 0 {
+            self.manifest_due -= 1;
+            let chunk = usize::from(self.cfg.geometry.unit_size).min(buf.len().saturating_sub(64));
+            let chunks = self.manifest_bytes.len().div_ceil(chunk);
+            let i = self.manifest_cursor % chunks;
+            self.manifest_cursor = (i + 1) % chunks;
+            if self.manifest_cursor == 0 {
+                // One full turn per announce is enough.
+                self.manifest_due = 0;
+            }
+            let start = i * chunk;
+            let end = (start + chunk).min(self.manifest_bytes.len());
+            let len = Packet::Manifest(ManifestChunkRepr {
+                session: self.cfg.session,
+                offset: start as u32,
+                bytes: &self.manifest_bytes[start..end],
+            })
+            .emit(buf)
+            .ok()?;
+            self.stats.manifest_chunks += 1;
+            return Some(self.group(len));
+        }
+        if self.phase != Phase::Sending {
+            self.advance_phase(now);
+            return None;
+        }
+        // Paced data: repairs first, then the first pass.
+        if !self.has_paced_work() {
+            self.advance_phase(now);
+            return None;
+        }
+        if self.next_send.is_some_and(|t| now < t) {
+            return None;
+        }
+        let t = self.send_repair(now, buf).or_else(|| self.send_first_pass(now, buf))?;
+        self.pace(now, t.datagram_len());
+        Some(t)
+    }
+
+    fn group(&self, len: usize) -> Transmit {
+        Transmit {
+            destination: Destination::Group,
+            len,
+            payload: None,
+        }
+    }
+
+    fn pace(&mut self, now: Instant, bytes: usize) {
+        let cost = Duration::from_nanos((bytes as u64).saturating_mul(1_000_000_000) / self.cfg.rate);
+        let base = match self.next_send {
+            Some(t) if t + self.cfg.burst > now => t,
+            _ => now.checked_sub(self.cfg.burst).unwrap_or(now),
+        };
+        self.next_send = Some(base.max(now.checked_sub(self.cfg.burst).unwrap_or(now)) + cost);
+    }
+
+    fn announce_repr(&self, now: Instant) -> AnnounceRepr {
+        let (po, pb) = match self.pass {
+            Some((o, b, _)) => (ObjectId(o), BlockIndex(b)),
+            None => (ObjectId(u32::MAX), BlockIndex(u32::MAX)),
+        };
+        AnnounceRepr {
+            session: self.cfg.session,
+            control: self.cfg.control,
+            unit_size: self.cfg.geometry.unit_size,
+            units_per_block: self.cfg.geometry.units_per_block,
+            max_parity: self.cfg.geometry.max_parity,
+            stripes: self.cfg.stripes,
+            object_count: self.manifest.objects.len() as u32,
+            total_bytes: self.manifest.total_bytes(),
+            manifest_len: self.manifest_bytes.len() as u32,
+            manifest_hash: self.manifest_hash,
+            group_size: (self.members.len() as u32).max(1),
+            grtt_us: micros(self.grtt).max(1),
+            pass_object: po,
+            pass_block: pb,
+            timestamp: self.timestamp(now),
+        }
+    }
+
+    fn data_unit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        object: ObjectId,
+        block: BlockIndex,
+        unit: u16,
+        repair: bool,
+    ) -> Option<Transmit> {
+        let us = usize::from(self.cfg.geometry.unit_size);
+        let block_len = self.manifest.block_len(object, block.0)?;
+        let offset = usize::from(unit) * us;
+        let len = (block_len - offset).min(us);
+        let hdr = UnitHeaderRepr {
+            session: self.cfg.session,
+            parity: false,
+            repair,
+            object,
+            block,
+            index: unit,
+            round_end: 0,
+            timestamp: self.timestamp(now),
+        };
+        let n = hdr.emit(buf).ok()?;
+        if repair {
+            self.stats.repair_units += 1;
+        } else {
+            self.stats.data_units += 1;
+        }
+        self.stats.data_bytes += (n + len) as u64;
+        Some(Transmit {
+            destination: Destination::Group,
+            len: n,
+            payload: Some(UnitRef {
+                object,
+                block,
+                offset,
+                len,
+            }),
+        })
+    }
+
+    fn send_first_pass(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let (o, b, u) = self.pass?;
+        let (object, block) = (ObjectId(o), BlockIndex(b));
+        let units = self.units_in(object, block);
+        let next_unit = u + 1;
+        self.pass = if next_unit < units {
+            Some((o, b, next_unit))
+        } else {
+            match first_block_after(&self.manifest, o, b) {
+                Some((no, nb)) => Some((no, nb, 0)),
+                None => None,
+            }
+        };
+        if self.pass.is_none() {
+            self.events.push_back(SenderEvent::FirstPassDone);
+            // Tell receivers at once that the first pass is over, so they NACK the tail.
+            self.announce_now = true;
+        }
+        self.data_unit(now, buf, object, block, u, false)
+    }
+
+    fn send_repair(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(&seq) = self.repair_queue.front() {
+            let (object, block) = self.addr_of(seq);
+            let r = self.repairs.get_mut(&seq)?;
+            if r.parity_next < r.parity_end {
+                let index = r.parity_next;
+                let round_end = r.parity_end;
+                r.parity_next += 1;
+                return self.parity_unit(now, buf, seq, object, block, index, round_end);
+            }
+            if let Some(orig) = r.originals.as_mut() {
+                if let Some(u) = orig.iter_ones().next() {
+                    orig.clear(u);
+                    return self.data_unit(now, buf, object, block, u as u16, true);
+                }
+            }
+            r.originals = None;
+            r.queued = false;
+            self.repair_queue.pop_front();
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn parity_unit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        seq: u64,
+        object: ObjectId,
+        block: BlockIndex,
+        index: u16,
+        round_end: u16,
+    ) -> Option<Transmit> {
+        let g = self.cfg.geometry;
+        let us = usize::from(g.unit_size);
+        if !self.parity_cache.contains_key(&seq) {
+            let data = self.source.block(object, block);
+            let k = self.units_in(object, block);
+            let parity = coding::encode_block(data, k, g.max_parity, g.unit_size).ok()?;
+            if self.parity_lru.len() >= self.cfg.parity_cache_blocks.max(1) {
+                if let Some(old) = self.parity_lru.pop_front() {
+                    self.parity_cache.remove(&old);
+                }
+            }
+            self.parity_cache.insert(seq, parity);
+            self.parity_lru.push_back(seq);
+        }
+        let parity = self.parity_cache.get(&seq)?;
+        let hdr = UnitHeaderRepr {
+            session: self.cfg.session,
+            parity: true,
+            repair: false,
+            object,
+            block,
+            index,
+            round_end,
+            timestamp: self.timestamp(now),
+        };
+        let n = hdr.emit(buf).ok()?;
+        let start = usize::from(index) * us;
+        buf.get_mut(n..n + us)?
+            .copy_from_slice(&parity[start..start + us]);
+        self.stats.parity_units += 1;
+        self.stats.parity_bytes += (UNIT_HEADER_LEN + us) as u64;
+        Some(Transmit {
+            destination: Destination::Group,
+            len: n + us,
+            payload: None,
+        })
+    }
+}
+
+/// The first block of the first non-empty object at or after `object`.
+fn first_block(m: &Manifest, object: u32) -> Option<(u32, u32)> {
+    m.objects
+        .iter()
+        .enumerate()
+        .skip(object as usize)
+        .find(|(_, o)| !o.block_hashes.is_empty())
+        .map(|(i, _)| (i as u32, 0))
+}
+
+fn first_block_after(m: &Manifest, object: u32, block: u32) -> Option<(u32, u32)> {
+    let o = m.objects.get(object as usize)?;
+    if (block as usize + 1) < o.block_hashes.len() {
+        Some((object, block + 1))
+    } else {
+        first_block(m, object + 1)
+    }
+}
