@@ -1,1 +1,612 @@
-//! placeholder
+//! A deterministic simulator of one blockcast server and many receivers.
+//!
+//! It drives the sans-IO [`Sender`] and [`Receiver`] state machines on a virtual clock.
+//! Multicast is a fan-out with independent (or bursty) loss per receiver; seeded
+//! duplication, reordering, extra delay and corruption act on each copy; feedback to the
+//! server crosses a lossy unicast link. Everything random comes from one seed, so a failing
+//! run is replayed exactly by its seed (`BLOCKCAST_SIM_SEED`).
+//!
+//! Time is virtual: a run of 10,000 receivers that takes a second of protocol time costs a
+//! few seconds of CPU, not a second of waiting.
+
+mod net;
+mod store;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use blockcast_proto::wire::{LeaveReason, Manifest, ObjectEntry, ReceiverId, SessionId};
+use blockcast_proto::{
+    Destination, Geometry, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
+    SenderEvent, SliceSource,
+};
+
+pub use net::{LinkFaults, LossModel, SimRng};
+pub use store::{SimStore, StoreKind};
+
+/// One simulated session.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub receivers: usize,
+    /// Object sizes in bytes (content is random from the seed).
+    pub objects: Vec<usize>,
+    pub geometry: Geometry,
+    /// Sender pacing, datagram bytes per second.
+    pub rate: u64,
+    /// One-way delay of every link.
+    pub delay: Duration,
+    /// Faults on the multicast copies each receiver gets.
+    pub data_faults: LinkFaults,
+    /// Faults on receiver -> server and server -> receiver unicast.
+    pub control_faults: LinkFaults,
+    /// Receivers that start late: (receiver index, start time).
+    pub late: Vec<(usize, Duration)>,
+    /// Receivers that fall silent (crash) at a time: they neither receive nor send again.
+    pub deaths: Vec<(usize, Duration)>,
+    /// Receivers that leave politely at a time.
+    pub leaves: Vec<(usize, Duration)>,
+    pub store: StoreKind,
+    /// Give up at this much virtual time.
+    pub time_limit: Duration,
+    pub sender: SenderConfig,
+    pub receiver: ReceiverConfig,
+}
+
+impl SimConfig {
+    /// A small session: `receivers` receivers, one 256 KiB object, 64 KiB blocks of 256-byte
+    /// units, 1 ms one-way delay, paced at 16 MB/s, `loss` independent loss on data copies.
+    pub fn small(seed: u64, receivers: usize, loss: f64) -> Self {
+        let geometry = Geometry {
+            unit_size: 256,
+            units_per_block: 128,
+            max_parity: 128,
+        };
+        let mut sender = SenderConfig {
+            geometry,
+            rate: 16_000_000,
+            announce_interval: Duration::from_millis(20),
+            initial_grtt: Duration::from_millis(2),
+            min_receivers: receivers,
+            max_wait: Duration::from_millis(500),
+            receiver_timeout: Duration::from_secs(2),
+            ..SenderConfig::default()
+        };
+        sender.control = SERVER;
+        let receiver = ReceiverConfig {
+            min_receipt_interval: Duration::from_millis(50),
+            join_interval: Duration::from_millis(20),
+            idle_timeout: Duration::from_secs(5),
+            max_datagram: 1400,
+            ..ReceiverConfig::default()
+        };
+        SimConfig {
+            seed,
+            receivers,
+            objects: vec![256 << 10],
+            geometry,
+            rate: sender.rate,
+            delay: Duration::from_millis(1),
+            data_faults: LinkFaults::lossy(loss),
+            control_faults: LinkFaults::lossy(loss),
+            late: Vec::new(),
+            deaths: Vec::new(),
+            leaves: Vec::new(),
+            store: StoreKind::Memory,
+            time_limit: Duration::from_secs(60),
+            sender,
+            receiver,
+        }
+    }
+
+    /// Applies `BLOCKCAST_SIM_SEED` if set (to replay a printed failing seed).
+    pub fn with_env_seed(mut self) -> Self {
+        if let Some(s) = std::env::var("BLOCKCAST_SIM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            self.seed = s;
+        }
+        self
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    pub seed: u64,
+    pub receivers: usize,
+    /// Receivers expected to finish (not dead, not left).
+    pub expected: usize,
+    /// Of those, how many hold every object, verified and equal to the source.
+    pub identical: usize,
+    /// Blocks marked done whose bytes differ from the source (must be 0).
+    pub bad_done_blocks: u64,
+    /// Blocks that failed verification and were fetched again.
+    pub blocks_failed: u64,
+    /// From the first data unit to the last expected receiver's completion.
+    pub completion: Duration,
+    /// The first pass alone at the configured rate: the lossless lower bound.
+    pub ideal: Duration,
+    pub minimal_units: u64,
+    pub data_units: u64,
+    pub repair_units: u64,
+    pub parity_units: u64,
+    pub data_bytes: u64,
+    pub parity_bytes: u64,
+    pub nack_packets: u64,
+    pub nack_bytes: u64,
+    pub receipt_packets: u64,
+    pub receipt_bytes: u64,
+    /// The sender finished and told the group.
+    pub sender_finished: bool,
+    /// Problems found; empty when the run passed.
+    pub failures: Vec<String>,
+    /// Wall-clock time the simulation took.
+    pub wall: Duration,
+}
+
+impl SimReport {
+    /// Units sent (data, repairs and parity) per unit of content.
+    pub fn units_ratio(&self) -> f64 {
+        (self.data_units + self.repair_units + self.parity_units) as f64
+            / self.minimal_units.max(1) as f64
+    }
+
+    pub fn completion_ratio(&self) -> f64 {
+        self.completion.as_secs_f64() / self.ideal.as_secs_f64().max(1e-9)
+    }
+
+    pub fn nack_share(&self) -> f64 {
+        self.nack_bytes as f64 / (self.data_bytes + self.parity_bytes).max(1) as f64
+    }
+
+    /// Panics with the seed and the failures (for tests).
+    pub fn assert_ok(&self) {
+        assert!(
+            self.failures.is_empty(),
+            "simulation failed (replay with BLOCKCAST_SIM_SEED={}): {:#?}",
+            self.seed,
+            self.failures
+        );
+    }
+}
+
+const SERVER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(127, 0, 0, 1),
+    4000,
+));
+
+fn receiver_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([127, (i >> 16) as u8 | 0x80, (i >> 8) as u8, i as u8], 7000))
+}
+
+fn receiver_index(a: SocketAddr) -> Option<usize> {
+    match a {
+        SocketAddr::V4(v4) if v4.port() == 7000 => {
+            let o = v4.ip().octets();
+            Some(((o[1] & 0x7f) as usize) << 16 | (o[2] as usize) << 8 | o[3] as usize)
+        }
+        _ => None,
+    }
+}
+
+enum Ev {
+    /// A datagram for the server from receiver `i`.
+    ToServer(usize, Rc<[u8]>),
+    /// A datagram for receiver `i` (unicast, or a delayed multicast copy).
+    ToReceiver(usize, Rc<[u8]>),
+    Start(usize),
+    Die(usize),
+    Leave(usize),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Life {
+    NotStarted,
+    Alive,
+    Gone,
+}
+
+struct Node {
+    rx: Receiver<SimStore>,
+    life: Life,
+    expected: bool,
+    scheduled: Option<Instant>,
+    complete_at: Option<Instant>,
+    burst: net::BurstState,
+}
+
+struct Sim<'a> {
+    cfg: &'a SimConfig,
+    rng: SimRng,
+    base: Instant,
+    sender: Sender<SliceSource<'a>>,
+    nodes: Vec<Node>,
+    mcast: VecDeque<(Instant, Rc<[u8]>)>,
+    events: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    event_data: Vec<Option<Ev>>,
+    free_events: Vec<usize>,
+    event_seq: u64,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    buf: Vec<u8>,
+    first_data: Option<Instant>,
+}
+
+/// Runs one simulated session to its end (or the time limit) and reports.
+pub fn run(cfg: &SimConfig) -> SimReport {
+    let wall = Instant::now();
+    let mut rng = SimRng::new(cfg.seed);
+    let content: Vec<Vec<u8>> = cfg
+        .objects
+        .iter()
+        .map(|&n| {
+            let mut v = vec![0u8; n];
+            rng.fill(&mut v);
+            v
+        })
+        .collect();
+    let block_size = cfg.geometry.block_size();
+    let manifest = Manifest {
+        unit_size: cfg.geometry.unit_size,
+        units_per_block: cfg.geometry.units_per_block,
+        objects: content
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ObjectEntry::from_content(format!("object-{i}"), c, block_size))
+            .collect(),
+    };
+    let source = SliceSource::new(content.iter().map(|c| &c[..]).collect(), block_size);
+    let mut scfg = cfg.sender.clone();
+    scfg.geometry = cfg.geometry;
+    scfg.rate = cfg.rate;
+    scfg.control = SERVER;
+    scfg.session = SessionId((cfg.seed as u32) | 1);
+    let sender = match Sender::new(scfg, manifest.clone(), source) {
+        Ok(s) => s,
+        Err(e) => {
+            return SimReport {
+                seed: cfg.seed,
+                failures: vec![format!("sender config rejected: {e}")],
+                ..SimReport::default()
+            }
+        }
+    };
+    let base = Instant::now();
+    let hashes: Rc<Vec<Vec<[u8; 32]>>> =
+        Rc::new(manifest.objects.iter().map(|o| o.block_hashes.clone()).collect());
+    let mut nodes = Vec::with_capacity(cfg.receivers);
+    for i in 0..cfg.receivers {
+        let mut rcfg = cfg.receiver.clone();
+        rcfg.id = ReceiverId(i as u64 + 1);
+        rcfg.seed = cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let store = SimStore::new(cfg.store, hashes.clone(), block_size);
+        nodes.push(Node {
+            rx: Receiver::new(rcfg, store),
+            life: Life::NotStarted,
+            expected: true,
+            scheduled: None,
+            complete_at: None,
+            burst: net::BurstState::default(),
+        });
+    }
+    let mut sim = Sim {
+        cfg,
+        rng,
+        base,
+        sender,
+        nodes,
+        mcast: VecDeque::new(),
+        events: BinaryHeap::new(),
+        event_data: Vec::new(),
+        free_events: Vec::new(),
+        event_seq: 0,
+        timers: BinaryHeap::new(),
+        buf: vec![0u8; 65_536],
+        first_data: None,
+    };
+    for i in 0..cfg.receivers {
+        let start = cfg
+            .late
+            .iter()
+            .find(|(r, _)| *r == i)
+            .map_or(Duration::ZERO, |(_, t)| *t);
+        sim.push(base + start, Ev::Start(i));
+    }
+    for &(i, t) in &cfg.deaths {
+        sim.nodes[i].expected = false;
+        sim.push(base + t, Ev::Die(i));
+    }
+    for &(i, t) in &cfg.leaves {
+        sim.nodes[i].expected = false;
+        sim.push(base + t, Ev::Leave(i));
+    }
+    let mut report = sim.run_loop();
+    report.wall = wall.elapsed();
+    // Check every expected receiver against the source.
+    let minimal: u64 = content
+        .iter()
+        .map(|c| {
+            (c.len() as u64).div_ceil(u64::from(cfg.geometry.unit_size))
+        })
+        .sum();
+    report.minimal_units = minimal;
+    let first_pass_bytes: u64 = content
+        .iter()
+        .map(|c| {
+            let units = (c.len() as u64).div_ceil(u64::from(cfg.geometry.unit_size));
+            c.len() as u64 + units * blockcast_proto::wire::UNIT_HEADER_LEN as u64
+        })
+        .sum();
+    report.ideal = Duration::from_secs_f64(first_pass_bytes as f64 / cfg.rate as f64) + cfg.delay;
+    let mut last_complete: Option<Instant> = None;
+    for (i, n) in sim.nodes.iter().enumerate() {
+        report.bad_done_blocks += n.rx.store().bad_blocks();
+        report.blocks_failed += n.rx.stats().blocks_failed;
+        report.nack_packets += 0;
+        if !n.expected {
+            continue;
+        }
+        report.expected += 1;
+        if !n.rx.is_complete() {
+            if std::env::var("BLOCKCAST_SIM_DEBUG").is_ok() {
+                eprintln!("receiver {i}: {}", n.rx.debug_blocks());
+                eprintln!("sender: {}", sim.sender.debug_state());
+            }
+            report.failures.push(format!(
+                "receiver {i} incomplete: {}/{} blocks",
+                n.rx.blocks_done(),
+                n.rx.total_blocks()
+            ));
+            continue;
+        }
+        if let Some(t) = n.complete_at {
+            last_complete = Some(last_complete.map_or(t, |l: Instant| l.max(t)));
+        }
+        match n.rx.store().equals(&content) {
+            Ok(()) => report.identical += 1,
+            Err(e) => report.failures.push(format!("receiver {i}: {e}")),
+        }
+    }
+    if report.bad_done_blocks > 0 {
+        report
+            .failures
+            .push(format!("{} blocks marked done differ from the source", report.bad_done_blocks));
+    }
+    if let (Some(first), Some(last)) = (sim.first_data, last_complete) {
+        report.completion = last.saturating_duration_since(first);
+    }
+    let s = sim.sender.stats();
+    report.seed = cfg.seed;
+    report.receivers = cfg.receivers;
+    report.data_units = s.data_units;
+    report.repair_units = s.repair_units;
+    report.parity_units = s.parity_units;
+    report.data_bytes = s.data_bytes;
+    report.parity_bytes = s.parity_bytes;
+    report.nack_packets = s.nacks;
+    report.nack_bytes = s.nack_bytes;
+    report.receipt_packets = s.receipts;
+    report.receipt_bytes = s.receipt_bytes;
+    report.sender_finished = sim.sender.is_finished();
+    if !report.sender_finished {
+        report.failures.push("sender did not finish".into());
+    }
+    report
+}
+
+impl<'a> Sim<'a> {
+    fn push(&mut self, at: Instant, ev: Ev) {
+        let slot = match self.free_events.pop() {
+            Some(s) => {
+                self.event_data[s] = Some(ev);
+                s
+            }
+            None => {
+                self.event_data.push(Some(ev));
+                self.event_data.len() - 1
+            }
+        };
+        self.event_seq += 1;
+        self.events.push(Reverse((at, self.event_seq, slot)));
+    }
+
+    fn run_loop(&mut self) -> SimReport {
+        let mut report = SimReport::default();
+        let limit = self.base + self.cfg.time_limit;
+        let mut now = self.base;
+        let mut stuck = 0u32;
+        loop {
+            self.flush_sender(now);
+            if self.sender.is_finished() {
+                break;
+            }
+            let mut next: Option<Instant> = self.sender.poll_timeout();
+            let mut take = |t: Option<Instant>| {
+                if let Some(t) = t {
+                    next = Some(next.map_or(t, |n: Instant| n.min(t)));
+                }
+            };
+            take(self.mcast.front().map(|(t, _)| *t));
+            take(self.events.peek().map(|Reverse((t, _, _))| *t));
+            take(self.timers.peek().map(|Reverse((t, _))| *t));
+            let Some(next) = next else {
+                report.failures.push("nothing left to do before the sender finished".into());
+                break;
+            };
+            if next > limit {
+                report.failures.push(format!("time limit {:?} reached", self.cfg.time_limit));
+                break;
+            }
+            if next <= now {
+                stuck += 1;
+                if stuck > 999_995 {
+                    eprintln!(
+                        "stuck: {} sender {:?} mcast {:?} events {:?} timers {:?} now {:?}",
+                        self.sender.debug_state(),
+                        self.sender.poll_timeout().map(|t| t - self.base),
+                        self.mcast.front().map(|(t, _)| *t - self.base),
+                        self.events.peek().map(|Reverse((t, _, _))| *t - self.base),
+                        self.timers.peek().map(|Reverse((t, i))| (*t - self.base, *i)),
+                        now - self.base
+                    );
+                }
+                if stuck > 1_000_000 {
+                    report.failures.push("simulation made no progress".into());
+                    break;
+                }
+            } else {
+                stuck = 0;
+            }
+            now = now.max(next);
+            while self.mcast.front().is_some_and(|(t, _)| *t <= now) {
+                let (_, bytes) = self.mcast.pop_front().expect("checked");
+                for i in 0..self.nodes.len() {
+                    self.deliver_copy(now, i, &bytes);
+                }
+            }
+            while let Some(&Reverse((t, _, slot))) = self.events.peek() {
+                if t > now {
+                    break;
+                }
+                self.events.pop();
+                let ev = self.event_data[slot].take().expect("event slot filled");
+                self.free_events.push(slot);
+                self.handle_event(now, ev);
+            }
+            if self.sender.poll_timeout().is_some_and(|t| t <= now) {
+                self.sender.handle_timeout(now);
+            }
+            while let Some(&Reverse((t, i))) = self.timers.peek() {
+                if t > now {
+                    break;
+                }
+                self.timers.pop();
+                if self.nodes[i].scheduled == Some(t) {
+                    self.nodes[i].scheduled = None;
+                }
+                if self.nodes[i].life == Life::Alive {
+                    if self.nodes[i].rx.poll_timeout().is_some_and(|t| t <= now) {
+                        self.nodes[i].rx.handle_timeout(now);
+                    }
+                    self.after_receiver(now, i);
+                }
+            }
+        }
+        report
+    }
+
+    fn handle_event(&mut self, now: Instant, ev: Ev) {
+        match ev {
+            Ev::ToServer(i, bytes) => {
+                self.sender.handle_datagram(now, receiver_addr(i), &bytes);
+            }
+            Ev::ToReceiver(i, bytes) => {
+                if self.nodes[i].life == Life::Alive {
+                    self.nodes[i].rx.handle_datagram(now, SERVER, &bytes);
+                    self.after_receiver(now, i);
+                }
+            }
+            Ev::Start(i) => {
+                if self.nodes[i].life == Life::NotStarted {
+                    self.nodes[i].life = Life::Alive;
+                }
+            }
+            Ev::Die(i) => self.nodes[i].life = Life::Gone,
+            Ev::Leave(i) => {
+                if self.nodes[i].life == Life::Alive {
+                    self.nodes[i].rx.leave(LeaveReason::Stopped);
+                    self.after_receiver(now, i);
+                }
+                self.nodes[i].life = Life::Gone;
+            }
+        }
+    }
+
+    /// One multicast copy to receiver `i`, through its faults.
+    fn deliver_copy(&mut self, now: Instant, i: usize, bytes: &Rc<[u8]>) {
+        if self.nodes[i].life != Life::Alive {
+            return;
+        }
+        let f = &self.cfg.data_faults;
+        if net::lost(&f.loss, &mut self.nodes[i].burst, &mut self.rng) {
+            return;
+        }
+        let copies = if f.duplicate > 0.0 && self.rng.chance(f.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let mut b = bytes.clone();
+            if f.corrupt > 0.0 && self.rng.chance(f.corrupt) {
+                let mut v = b.to_vec();
+                let at = self.rng.below(v.len() as u64) as usize;
+                v[at] ^= 1 << self.rng.below(8);
+                b = v.into();
+            }
+            if f.reorder > 0.0 && self.rng.chance(f.reorder) {
+                let extra = f.reorder_delay.mul_f64(self.rng.unit());
+                self.push(now + extra, Ev::ToReceiver(i, b));
+                continue;
+            }
+            self.nodes[i].rx.handle_datagram(now, SERVER, &b);
+        }
+        self.after_receiver(now, i);
+    }
+
+    /// After a receiver ran: send what it wants sent, note events, re-arm its timer.
+    fn after_receiver(&mut self, now: Instant, i: usize) {
+        while let Some(t) = self.nodes[i].rx.poll_transmit(now, &mut self.buf) {
+            if self.cfg.control_faults.loss.is_lossless()
+                || !net::lost(&self.cfg.control_faults.loss, &mut net::BurstState::default(), &mut self.rng)
+            {
+                let bytes: Rc<[u8]> = self.buf[..t.len].into();
+                self.push(now + self.cfg.delay, Ev::ToServer(i, bytes));
+            }
+        }
+        while let Some(e) = self.nodes[i].rx.poll_event() {
+            if e == ReceiverEvent::Complete {
+                self.nodes[i].complete_at = Some(now);
+            }
+        }
+        let n = &mut self.nodes[i];
+        if let Some(t) = n.rx.poll_timeout() {
+            if n.scheduled.is_none_or(|s| t < s) {
+                n.scheduled = Some(t);
+                self.timers.push(Reverse((t, i)));
+            }
+        }
+    }
+
+    fn flush_sender(&mut self, now: Instant) {
+        while let Some(t) = self.sender.poll_transmit(now, &mut self.buf) {
+            let mut bytes = self.buf[..t.len].to_vec();
+            if let Some(p) = t.payload {
+                if self.first_data.is_none() {
+                    self.first_data = Some(now);
+                }
+                bytes.extend_from_slice(p.bytes(self.sender.source()));
+            }
+            let bytes: Rc<[u8]> = bytes.into();
+            match t.destination {
+                Destination::Group => self.mcast.push_back((now + self.cfg.delay, bytes)),
+                Destination::Peer(addr) => {
+                    if let Some(i) = receiver_index(addr) {
+                        if !net::lost(
+                            &self.cfg.control_faults.loss,
+                            &mut net::BurstState::default(),
+                            &mut self.rng,
+                        ) {
+                            self.push(now + self.cfg.delay, Ev::ToReceiver(i, bytes));
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(e) = self.sender.poll_event() {
+            if let SenderEvent::FirstPassStarted = e {
+                // Data starts now; completion is measured from the first unit.
+            }
+        }
+    }
+}

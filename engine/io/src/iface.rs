@@ -112,7 +112,11 @@ pub fn resolve_ipv4(name_or_addr: &str) -> Result<Ipv4Addr, IoError> {
     }
     match all.iter().find(|i| i.name == name_or_addr) {
         None => Err(fail("no such interface")),
-        Some(i) => i.ipv4.first().copied().ok_or_else(|| fail("has no IPv4 address")),
+        Some(i) => i
+            .ipv4
+            .first()
+            .copied()
+            .ok_or_else(|| fail("has no IPv4 address")),
     }
 }
 

@@ -1,1 +1,37 @@
-//! placeholder
+//! blockcast's datapath: it moves bytes.
+//!
+//! Like quinn-udp, this crate knows UDP GSO/GRO, multicast socket options and io_uring, and
+//! nothing of blocks, units, NACKs or the protocol.
+//!
+//! * [`iface`]: find an interface's IPv4 address by name; list interfaces.
+//! * [`MulticastSender`] / [`MulticastReceiver`]: sockets with every multicast option set
+//!   explicitly (interface, TTL, loop, `IP_MULTICAST_ALL` off, `UDP_GRO`), buffer sizes
+//!   requested and reported ([`BufferSize`]); [`bind_unicast`] for the control plane.
+//! * [`SendRing`]: io_uring `SENDMSG` of GSO super-buffers gathered from
+//!   `[header | payload]` segments, payload sent from where it lies; in-flight memory is owned
+//!   by the ring's slots until the completion is reaped.
+//! * [`RecvBatch`]: `recvmmsg` of up to 64 datagrams, with the GRO segment size of each, and
+//!   [`split_segments`] to cut a super-datagram back into datagrams.
+//!
+//! Linux only; io_uring needs kernel 6.1 or newer for the preferred ring setup
+//! (`SINGLE_ISSUER | DEFER_TASKRUN`), older setups fall back.
+//!
+//! Every `unsafe` block carries a `// SAFETY:` comment naming the invariant and who upholds it.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod error;
+pub mod iface;
+mod recv;
+mod socket;
+mod sys;
+mod uring;
+
+pub use error::IoError;
+pub use recv::{split_segments, Datagram, RecvBatch, GRO_BUFFER_SIZE, MAX_RECV_BATCH};
+pub use socket::{bind_unicast, BufferSize, MulticastReceiver, MulticastSender};
+pub use uring::{
+    BatchError, GsoBatch, RingMode, SendRing, SendRingConfig, SendStats, Source, StableBytes,
+    MAX_GSO_SEGMENTS, MAX_SEND_BYTES,
+};

@@ -116,7 +116,10 @@ fn check_group(op: &'static str, group: SocketAddrV4) -> Result<(), IoError> {
         ));
     }
     if group.port() == 0 {
-        return Err(IoError::invalid(op, format!("{group}: the group needs a port")));
+        return Err(IoError::invalid(
+            op,
+            format!("{group}: the group needs a port"),
+        ));
     }
     Ok(())
 }

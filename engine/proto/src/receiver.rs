@@ -241,6 +241,24 @@ impl<S: BlockStore> Receiver<S> {
         self.announce.as_ref()
     }
 
+    #[doc(hidden)]
+    pub fn debug_blocks(&self) -> String {
+        let mut out = format!("row {:?} passed {} due {:?} timers {}\n", self.row, self.passed, self.nack_due, self.timers.len());
+        for (i, b) in self.blocks.iter().enumerate() {
+            if let Some(b) = b {
+                out += &format!(
+                    "  block {i}: have {} parity {} seen {} round_end {} nack_at {:?}\n",
+                    b.have.count_ones(),
+                    b.parity.len(),
+                    b.parity_seen,
+                    b.round_end,
+                    b.nack_at.is_some()
+                );
+            }
+        }
+        out
+    }
+
     /// Every object is whole and verified.
     pub fn is_complete(&self) -> bool {
         self.complete
@@ -426,7 +444,6 @@ impl<S: BlockStore> Receiver<S> {
                 session: a.session,
                 control: a.control,
             });
-            self.next_join = Some(now);
         }
         let pass_end = if a.pass_object.0 == u32::MAX {
             Some(self.total_blocks)
@@ -493,6 +510,9 @@ impl<S: BlockStore> Receiver<S> {
         self.manifest = Some(manifest);
         self.manifest_buf = Vec::new();
         self.events.push_back(ReceiverEvent::ManifestReady);
+        // Join once ready to place units: a server waiting for receivers then starts the
+        // first pass only when they can use it.
+        self.next_join = Some(now);
         if total == 0 {
             self.finish(now);
         }
@@ -564,12 +584,6 @@ impl<S: BlockStore> Receiver<S> {
             }
             return;
         };
-        let stripes = self.stripes();
-        if !unit.is_parity() && !unit.is_repair() && seq + 1 > stripes {
-            // A first-pass unit of block `seq`: the first pass is done with every block of
-            // the same stripe before it.
-            self.pass_through(now, seq + 1 - stripes);
-        }
         if self.done.get(seq as usize) {
             self.stats.duplicates += 1;
             return;
@@ -582,14 +596,25 @@ impl<S: BlockStore> Receiver<S> {
         let (object, block) = (unit.object(), unit.block());
         let block_len = self.block_len(seq);
         let k = block_len.div_ceil(us) as u16;
-        let state = self.blocks[seq as usize].get_or_insert_with(|| Box::new(BlockState::new(k)));
         let index = unit.index();
         let payload = unit.payload();
+        let valid = if unit.is_parity() {
+            index < max_parity && unit.round_end() <= max_parity && payload.len() == us
+        } else {
+            index < k && payload.len() == (block_len - usize::from(index) * us).min(us)
+        };
+        if !valid {
+            self.stats.bad_packets += 1;
+            return;
+        }
+        let stripes = self.stripes();
+        if !unit.is_parity() && !unit.is_repair() && seq + 1 > stripes {
+            // A first-pass unit of block `seq`: the first pass is done with every block of
+            // the same stripe before it.
+            self.pass_through(now, seq + 1 - stripes);
+        }
+        let state = self.blocks[seq as usize].get_or_insert_with(|| Box::new(BlockState::new(k)));
         if unit.is_parity() {
-            if index >= max_parity || payload.len() != us {
-                self.stats.bad_packets += 1;
-                return;
-            }
             state.parity_seen = state.parity_seen.max(index + 1);
             state.round_end = state.round_end.max(unit.round_end());
             state.last_parity_at = Some(now);
@@ -601,10 +626,6 @@ impl<S: BlockStore> Receiver<S> {
             state.parity.push((index, payload.into()));
         } else {
             let offset = usize::from(index) * us;
-            if index >= k || payload.len() != (block_len - offset).min(us) {
-                self.stats.bad_packets += 1;
-                return;
-            }
             if state.have.get(usize::from(index)) {
                 self.stats.duplicates += 1;
                 return;
@@ -873,7 +894,9 @@ impl<S: BlockStore> Receiver<S> {
                 object,
                 block,
                 missing: missing as u16,
-                parity_seen: state.parity_seen,
+                // A NACK goes only once the last round is over: its parity is sent, whether
+                // it arrived or was lost.
+                parity_seen: state.parity_seen.max(state.round_end),
                 holes,
             };
             let add = NackRepr::entry_len(&entry);

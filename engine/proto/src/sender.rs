@@ -139,6 +139,8 @@ struct Member {
     complete: bool,
     rtt: Option<Duration>,
     loss_ppm: u32,
+    /// Blocks before this are marked held in the status matrix.
+    marked: u64,
 }
 
 /// Repair state of one block.
@@ -148,6 +150,8 @@ struct Repair {
     parity_end: u16,
     /// Next parity index to send.
     parity_next: u16,
+    /// When the last parity unit of the block went out.
+    last_sent: Option<Instant>,
     /// Original units to send again.
     originals: Option<UnitBitmap>,
     queued: bool,
@@ -203,8 +207,14 @@ impl<S: BlockSource> Sender<S> {
         if g.unit_size != manifest.unit_size || g.units_per_block != manifest.units_per_block {
             return Err("geometry differs from the manifest");
         }
-        if g.unit_size < 2 || g.unit_size % 2 != 0 {
-            return Err("unit size must be even and at least 2");
+        if g.unit_size < 2
+            || g.unit_size % 2 != 0
+            || usize::from(g.unit_size) + UNIT_HEADER_LEN > crate::wire::MAX_DATAGRAM
+        {
+            return Err("unit size must be even, at least 2, and fit a datagram");
+        }
+        if g.units_per_block == 0 || g.units_per_block > 32_768 || g.max_parity == 0 || g.max_parity > 32_768 {
+            return Err("units per block and parity units must be 1..=32768");
         }
         if !coding::supported(g.units_per_block, g.max_parity) {
             return Err("the parity code does not support this many units per block and parity units");
@@ -295,6 +305,20 @@ impl<S: BlockSource> Sender<S> {
         self.grtt
     }
 
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        format!(
+            "phase {:?} pass {:?} queue {:?} next_send {:?} announce {:?} closing {:?} members {}",
+            self.phase,
+            self.pass,
+            self.repair_queue,
+            self.next_send,
+            self.next_announce,
+            self.closing_at,
+            self.members.len()
+        )
+    }
+
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Finished
     }
@@ -381,7 +405,7 @@ impl<S: BlockSource> Sender<S> {
                 };
                 m.last_heard = now;
                 for e in &n.entries {
-                    self.on_nack_entry(e);
+                    self.on_nack_entry(now, e);
                 }
             }
             Packet::Receipt(r) => {
@@ -433,6 +457,7 @@ impl<S: BlockSource> Sender<S> {
                 complete: false,
                 rtt: None,
                 loss_ppm: 0,
+                marked: 0,
             },
         );
         self.ever_joined += 1;
@@ -464,6 +489,7 @@ impl<S: BlockSource> Sender<S> {
             self.grtt_window_max = Some(self.grtt_window_max.map_or(sample, |w| w.max(sample)));
         }
         let row = m.row;
+        let marked = m.marked;
         let newly_complete = r.complete && !m.complete;
         if r.complete {
             m.complete = true;
@@ -471,15 +497,22 @@ impl<S: BlockSource> Sender<S> {
             self.control_out
                 .push_back((addr, Control::DoneReceiver(r.receiver)));
         }
-        // Receive status: the watermark and the runs past it.
-        if let Some(wm) = self.seq(r.watermark_object, r.watermark_block).or(
-            (r.watermark_object.0 as usize >= self.manifest.objects.len()).then_some(self.total_blocks),
-        ) {
-            for seq in 0..wm {
-                if self.matrix.holds(row, seq as usize) {
-                    continue;
-                }
+        // Receive status: the watermark (only what is new since the last notice) and the
+        // runs past it.
+        let wm = if r.complete {
+            Some(self.total_blocks)
+        } else {
+            self.seq(r.watermark_object, r.watermark_block).or(
+                (r.watermark_object.0 as usize >= self.manifest.objects.len())
+                    .then_some(self.total_blocks),
+            )
+        };
+        if let Some(wm) = wm.filter(|&wm| wm > marked) {
+            for seq in marked..wm {
                 self.matrix.mark_held(row, seq as usize);
+            }
+            if let Some(m) = self.members.get_mut(&r.receiver) {
+                m.marked = wm;
             }
         }
         for run in &r.runs {
@@ -490,11 +523,6 @@ impl<S: BlockSource> Sender<S> {
                 }
             }
         }
-        if r.complete {
-            for seq in 0..self.total_blocks {
-                self.matrix.mark_held(row, seq as usize);
-            }
-        }
         if newly_complete {
             self.events.push_back(SenderEvent::ReceiverComplete {
                 receiver: r.receiver,
@@ -502,15 +530,23 @@ impl<S: BlockSource> Sender<S> {
         }
     }
 
-    fn on_nack_entry(&mut self, e: &NackEntry) {
+    fn on_nack_entry(&mut self, now: Instant, e: &NackEntry) {
         let Some(seq) = self.seq(e.object, e.block) else {
             return;
         };
         let k = self.units_in(e.object, e.block);
         let max_parity = self.cfg.geometry.max_parity;
+        let settle = self.grtt * 2;
         let r = self.repairs.entry(seq).or_default();
-        // Parity already sent or queued that this receiver had not seen when it wrote.
-        let in_flight = r.parity_end.saturating_sub(e.parity_seen);
+        // Parity this receiver may still get: what is queued, and what was sent so recently
+        // that it may not have arrived when the receiver wrote. Parity sent longer ago either
+        // arrived (and the receiver counted it) or was lost (or sent before it listened).
+        let settled = if r.last_sent.is_some_and(|t| now.saturating_duration_since(t) > settle) {
+            r.parity_next
+        } else {
+            0
+        };
+        let in_flight = r.parity_end.saturating_sub(e.parity_seen.max(settled));
         let want = e.missing.saturating_sub(in_flight);
         if want == 0 {
             return;
@@ -617,8 +653,11 @@ impl<S: BlockSource> Sender<S> {
 
     /// The next instant at which [`Sender::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.phase == Phase::Finished {
-            return None;
+        match self.phase {
+            Phase::Finished => return None,
+            // Only the done packets are left to send.
+            Phase::Closing { .. } => return self.closing_at,
+            _ => {}
         }
         let mut t: Option<Instant> = None;
         let mut consider = |x: Option<Instant>| {
@@ -860,6 +899,7 @@ impl<S: BlockSource> Sender<S> {
                 let index = r.parity_next;
                 let round_end = r.parity_end;
                 r.parity_next += 1;
+                r.last_sent = Some(now);
                 return self.parity_unit(now, buf, seq, object, block, index, round_end);
             }
             if let Some(orig) = r.originals.as_mut() {
