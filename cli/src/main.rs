@@ -1,1 +1,250 @@
-fn main() {}
+//! `blockcast`: send files to many receivers at once over multicast UDP.
+#![forbid(unsafe_code)]
+
+mod demo;
+mod exit;
+mod output;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use blockcast_node::{collect_inputs, ReceiveConfig, ServeConfig};
+use blockcast_proto::Geometry;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "blockcast", version, about = "Send large files to many receivers at once over multicast UDP, verified block by block")]
+struct Cli {
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print one JSON summary on stdout (progress bars are off).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve files or directories to every receiver on a group.
+    Serve(ServeArgs),
+    /// Join a group and store what its server sends.
+    Receive(ReceiveArgs),
+    /// The whole thing on this machine's loopback: a sample file, a server and three receivers.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct NetArgs {
+    /// Multicast group and port, e.g. 239.255.0.1:9000.
+    #[arg(long)]
+    group: String,
+    /// Interface to use, by name (lo, eth1) or IPv4 address. Always explicit.
+    #[arg(long)]
+    iface: String,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Files or directories to send.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Send rate in bytes per second (suffixes k, M, G), or "auto" to follow the receivers.
+    #[arg(long, default_value = "auto")]
+    rate: String,
+    /// Bytes of payload per datagram (even; 1400 fits a 1500-byte MTU).
+    #[arg(long, default_value_t = 1400)]
+    unit_size: u16,
+    /// Units per block (a block is verified as a whole).
+    #[arg(long, default_value_t = 749)]
+    units_per_block: u16,
+    /// Wait for this many receivers before sending.
+    #[arg(long, default_value_t = 1)]
+    min_receivers: usize,
+    /// ...but no longer than this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    max_wait: f64,
+    /// Stop after this many seconds whatever the receivers hold.
+    #[arg(long)]
+    deadline: Option<f64>,
+    /// Control port (0: any).
+    #[arg(long, default_value_t = 0)]
+    control_port: u16,
+    /// Multicast TTL (1 keeps packets on the local link).
+    #[arg(long, default_value_t = 1)]
+    ttl: u32,
+}
+
+#[derive(Args, Debug)]
+struct ReceiveArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Where to store: a directory, or a file name for a single object.
+    #[arg(long)]
+    out: PathBuf,
+    /// Give up if no server is heard for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Receive buffer to ask the kernel for, bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    rcvbuf: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Size of the generated sample (suffixes k, M, G).
+    #[arg(long, default_value = "256M")]
+    size: String,
+    /// Receivers to start.
+    #[arg(long, default_value_t = 3)]
+    receivers: usize,
+    /// Send rate ("auto" or bytes per second with k, M, G).
+    #[arg(long, default_value = "auto")]
+    rate: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .init();
+    let stop = Arc::new(AtomicBool::new(false));
+    exit::on_interrupt(stop.clone());
+    let out = output::Output::new(cli.json, cli.quiet);
+    let result = match cli.command {
+        Command::Serve(a) => serve(a, &stop, &out),
+        Command::Receive(a) => receive(a, &stop, &out),
+        Command::Demo(a) => demo::run(a, &stop, &out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blockcast: {e:#}");
+            ExitCode::from(exit::code_for(&e))
+        }
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => bail!("unknown size suffix in {s:?} (use k, M or G)"),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: f64 = num.parse().with_context(|| format!("not a size: {s:?}"))?;
+    if !(n >= 0.0) {
+        bail!("not a size: {s:?}");
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+pub fn parse_rate(s: &str) -> Result<Option<u64>> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    let r = parse_size(s).context("--rate wants bytes per second (k, M, G) or auto")?;
+    if r == 0 {
+        bail!("--rate must be positive");
+    }
+    Ok(Some(r))
+}
+
+/// Parses the group and resolves the interface, with one clear error for each mistake.
+fn resolve_net(net: &NetArgs) -> Result<(SocketAddrV4, Ipv4Addr)> {
+    let group: SocketAddrV4 = net
+        .group
+        .parse()
+        .map_err(|_| exit::usage(format!("--group {:?} is not ADDRESS:PORT (e.g. 239.255.0.1:9000)", net.group)))?;
+    if !group.ip().is_multicast() {
+        return Err(exit::usage(format!(
+            "--group {} is not a multicast address (224.0.0.0/4; use 239.255.x.y on a LAN)",
+            group.ip()
+        )));
+    }
+    if group.port() == 0 {
+        return Err(exit::usage("--group needs a port other than 0".into()));
+    }
+    let iface = blockcast_io::iface::resolve_ipv4(&net.iface).map_err(|e| exit::net(e.to_string()))?;
+    Ok((group, iface))
+}
+
+fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
+    let (group, iface) = resolve_net(&a.net)?;
+    let inputs = collect_inputs(&a.paths).map_err(exit::node)?;
+    if a.unit_size < 2 || a.unit_size % 2 != 0 || a.unit_size > 8972 {
+        return Err(exit::usage("--unit-size must be even, 2..=8972".into()));
+    }
+    let cfg = ServeConfig {
+        inputs,
+        group,
+        iface,
+        control_port: a.control_port,
+        ttl: a.ttl,
+        rate: parse_rate(&a.rate)?,
+        geometry: Geometry {
+            unit_size: a.unit_size,
+            units_per_block: a.units_per_block,
+            max_parity: a.units_per_block.min(128),
+        },
+        min_receivers: a.min_receivers,
+        max_wait: Duration::from_secs_f64(a.max_wait.max(0.0)),
+        deadline: a.deadline.map(|d| Duration::from_secs_f64(d.max(0.0))),
+        session: session_id(),
+    };
+    let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;
+    out.serve_summary(&summary);
+    if summary.reason != blockcast_proto::wire::DoneReason::Complete {
+        return Err(exit::incomplete(format!("session ended: {:?}", summary.reason)));
+    }
+    Ok(())
+}
+
+fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
+    let (group, iface) = resolve_net(&a.net)?;
+    let cfg = ReceiveConfig {
+        group,
+        iface,
+        out: a.out,
+        timeout: Duration::from_secs_f64(a.timeout.max(0.1)),
+        rcvbuf: a.rcvbuf,
+        id: session_id() as u64 ^ (u64::from(std::process::id()) << 32),
+    };
+    let summary = output::run_receive(&cfg, stop, out).map_err(exit::node)?;
+    out.receive_summary(&summary);
+    Ok(())
+}
+
+/// A random-enough id from the clock and the process id (not secret).
+pub fn session_id() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let h = blake3::hash(&[&t.as_nanos().to_le_bytes()[..], &std::process::id().to_le_bytes()].concat());
+    u32::from_le_bytes(h.as_bytes()[..4].try_into().unwrap_or([1, 0, 0, 0])) | 1
+}

@@ -1,0 +1,87 @@
+//! Exit codes (stable; README lists them) and the error categories that map to them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use blockcast_node::NodeError;
+
+/// Success.
+pub const OK: u8 = 0;
+/// Anything not listed below.
+pub const FAILURE: u8 = 1;
+/// A usage mistake: bad flag value, group not multicast (clap's own errors also exit 2).
+pub const USAGE: u8 = 2;
+/// An input is missing or unreadable.
+pub const INPUT: u8 = 3;
+/// The output cannot be created or written (including a full disk; partial files are kept).
+pub const OUTPUT: u8 = 4;
+/// Network setup failed: unknown interface, port in use, io_uring unavailable.
+pub const NETWORK: u8 = 5;
+/// No server heard within --timeout, or the session ended before everything arrived.
+pub const INCOMPLETE: u8 = 6;
+/// Stopped by Ctrl-C.
+pub const INTERRUPTED: u8 = 130;
+
+/// An error that knows its exit code.
+#[derive(Debug)]
+pub struct Coded {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}
+
+pub fn usage(message: String) -> anyhow::Error {
+    Coded { code: USAGE, message }.into()
+}
+
+pub fn net(message: String) -> anyhow::Error {
+    Coded { code: NETWORK, message }.into()
+}
+
+pub fn incomplete(message: String) -> anyhow::Error {
+    Coded {
+        code: INCOMPLETE,
+        message,
+    }
+    .into()
+}
+
+/// Maps a node error to its exit code.
+pub fn node(e: NodeError) -> anyhow::Error {
+    let code = match &e {
+        NodeError::Io(_) => NETWORK,
+        NodeError::Input { .. } => INPUT,
+        NodeError::Output { .. } => OUTPUT,
+        NodeError::Config(_) => USAGE,
+        NodeError::NoServer { .. } | NodeError::Incomplete { .. } => INCOMPLETE,
+        NodeError::Interrupted => INTERRUPTED,
+    };
+    Coded {
+        code,
+        message: e.to_string(),
+    }
+    .into()
+}
+
+pub fn code_for(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<Coded>().map_or(FAILURE, |c| c.code)
+}
+
+/// Ctrl-C sets `stop`; the running node winds down cleanly (a second Ctrl-C exits at once).
+pub fn on_interrupt(stop: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+    });
+}
+
+#[allow(dead_code)]
+const _ALL: [u8; 8] = [OK, FAILURE, USAGE, INPUT, OUTPUT, NETWORK, INCOMPLETE, INTERRUPTED];

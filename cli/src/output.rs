@@ -1,0 +1,156 @@
+//! What the user sees: progress bars on a terminal (stderr), one JSON summary (stdout).
+
+use std::io::IsTerminal;
+use std::sync::atomic::AtomicBool;
+
+use blockcast_node::{
+    receive, serve, NodeError, ReceiveConfig, ReceiveSummary, ServeConfig, ServeSummary,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+    bars: bool,
+}
+
+impl Output {
+    pub fn new(json: bool, quiet: bool) -> Self {
+        Output {
+            json,
+            quiet,
+            bars: !json && !quiet && std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn bar(&self, total: u64, what: &str) -> ProgressBar {
+        if !self.bars {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_string());
+        bar
+    }
+
+    /// A line for people (stderr), unless quiet or JSON.
+    pub fn say(&self, line: &str) {
+        if !self.quiet && !self.json {
+            eprintln!("{line}");
+        }
+    }
+
+    pub fn serve_summary(&self, s: &ServeSummary) {
+        if self.json {
+            println!("{}", serve_json(s));
+        } else {
+            self.say(&format!(
+                "served {} object(s), {} bytes in {:.2} s ({:.1} MB/s) to {} receiver(s), {} complete; {} parity and {} repair units for {} NACKs",
+                s.objects,
+                s.bytes,
+                s.seconds,
+                s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
+                s.receivers.len(),
+                s.receivers.iter().filter(|r| r.complete).count(),
+                s.stats.parity_units,
+                s.stats.repair_units,
+                s.stats.nacks
+            ));
+        }
+    }
+
+    pub fn receive_summary(&self, s: &ReceiveSummary) {
+        if self.json {
+            println!("{}", receive_json(s));
+        } else {
+            self.say(&format!(
+                "received {} file(s), {} bytes in {:.2} s ({:.1} MB/s), every block verified",
+                s.files.len(),
+                s.bytes,
+                s.seconds,
+                s.bytes as f64 / s.seconds.max(1e-9) / 1e6
+            ));
+        }
+        if s.rcvbuf.1 {
+            tracing::warn!(
+                "the receive buffer was capped at {} bytes by net.core.rmem_max; raise it (sysctl -w net.core.rmem_max=67108864) to avoid losses at speed",
+                s.rcvbuf.0
+            );
+        }
+    }
+}
+
+pub fn serve_json(s: &ServeSummary) -> serde_json::Value {
+    json!({
+        "role": "server",
+        "objects": s.objects,
+        "bytes": s.bytes,
+        "seconds": s.seconds,
+        "mb_per_s": s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
+        "result": format!("{:?}", s.reason).to_lowercase(),
+        "data_units": s.stats.data_units,
+        "repair_units": s.stats.repair_units,
+        "parity_units": s.stats.parity_units,
+        "nacks": s.stats.nacks,
+        "nack_bytes": s.stats.nack_bytes,
+        "receipts": s.stats.receipts,
+        "receivers": s.receivers.iter().map(|r| json!({
+            "id": r.id.0,
+            "addr": r.addr.to_string(),
+            "complete": r.complete,
+            "rtt_us": r.rtt_us,
+            "loss_ppm": r.loss_ppm,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
+    json!({
+        "role": "receiver",
+        "files": s.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "bytes": s.bytes,
+        "seconds": s.seconds,
+        "mb_per_s": s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
+        "data_units": s.stats.data_units,
+        "parity_units": s.stats.parity_units,
+        "duplicates": s.stats.duplicates,
+        "decodes": s.stats.decodes,
+        "blocks_failed": s.stats.blocks_failed,
+        "nacks": s.stats.nacks,
+        "rcvbuf": s.rcvbuf.0,
+    })
+}
+
+pub fn run_serve(cfg: &ServeConfig, stop: &AtomicBool, out: &Output) -> Result<ServeSummary, NodeError> {
+    let total: u64 = cfg
+        .inputs
+        .iter()
+        .map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let bar = out.bar(total, "serving");
+    let r = serve(cfg, stop, &mut |p| {
+        bar.set_length(p.total_bytes.max(1));
+        bar.set_position(p.bytes_sent.min(p.total_bytes));
+        bar.set_message(format!("{} receiver(s), {} done", p.receivers, p.complete));
+    });
+    bar.finish_and_clear();
+    r
+}
+
+pub fn run_receive(cfg: &ReceiveConfig, stop: &AtomicBool, out: &Output) -> Result<ReceiveSummary, NodeError> {
+    let bar = out.bar(0, "receiving");
+    let r = receive(cfg, stop, &mut |p| {
+        bar.set_length(p.total_bytes.max(1));
+        bar.set_position(p.bytes_verified);
+        bar.set_message(format!("{}/{} blocks verified", p.blocks_done, p.blocks));
+    });
+    bar.finish_and_clear();
+    r
+}

@@ -1,0 +1,126 @@
+//! The server's content: files memory-mapped read-only, served as a block source.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blockcast_io::{Source, StableBytes};
+use blockcast_proto::wire::{BlockIndex, ObjectEntry, ObjectId};
+use blockcast_proto::BlockSource;
+use memmap2::Mmap;
+
+use crate::NodeError;
+
+/// One input file and the name receivers will store it under.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+/// Expands files and directories (recursively, sorted) into inputs. A file is named by its
+/// file name; a directory's files by their path from the directory's parent.
+pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>, NodeError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|source| NodeError::Input {
+            path: p.clone(),
+            source,
+        })?;
+        let base = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "content".into());
+        if meta.is_dir() {
+            walk(p, &base, &mut out)?;
+        } else {
+            out.push(Input {
+                path: p.clone(),
+                name: base,
+            });
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for i in &out {
+        if !seen.insert(i.name.clone()) {
+            return Err(NodeError::Config(format!("two inputs are both named {:?}", i.name)));
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<Input>) -> Result<(), NodeError> {
+    let err = |source| NodeError::Input {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(err)?
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = format!("{prefix}/{}", e.file_name().to_string_lossy());
+        let ft = e.file_type().map_err(err)?;
+        if ft.is_dir() {
+            walk(&e.path(), &name, out)?;
+        } else if ft.is_file() {
+            out.push(Input { path: e.path(), name });
+        }
+    }
+    Ok(())
+}
+
+/// A read-only mapping of a file.
+struct Mapped(Option<Mmap>);
+
+// SAFETY: the mapping's address and length are fixed for its life; it is unmapped only when
+// the value is dropped, which cannot happen while an Arc to it is shared. If the file is
+// truncated meanwhile, a send from it fails with EFAULT (the kernel copies), a read through
+// it could fault: the server documents that inputs must not change while served.
+unsafe impl StableBytes for Mapped {
+    fn stable_bytes(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+/// The mapped inputs, as the sender's block source and as the ring's payload sources.
+pub(crate) struct Content {
+    pub sources: Vec<Source>,
+    block_size: usize,
+}
+
+impl Content {
+    /// Maps every input and hashes it block by block for the manifest.
+    pub(crate) fn open(inputs: &[Input], block_size: usize) -> Result<(Self, Vec<ObjectEntry>), NodeError> {
+        let mut sources: Vec<Source> = Vec::with_capacity(inputs.len());
+        let mut entries = Vec::with_capacity(inputs.len());
+        for i in inputs {
+            let err = |source| NodeError::Input {
+                path: i.path.clone(),
+                source,
+            };
+            let f = File::open(&i.path).map_err(err)?;
+            let len = f.metadata().map_err(err)?.len();
+            let map = if len == 0 {
+                None
+            } else {
+                // SAFETY: read-only shared mapping; the server requires inputs not to change
+                // while they are served (README), the usual contract of a file server.
+                Some(unsafe { Mmap::map(&f) }.map_err(err)?)
+            };
+            let m = Mapped(map);
+            entries.push(ObjectEntry::from_content(i.name.clone(), m.stable_bytes(), block_size));
+            sources.push(Arc::new(m));
+        }
+        Ok((Content { sources, block_size }, entries))
+    }
+}
+
+impl BlockSource for Content {
+    fn block(&self, object: ObjectId, block: BlockIndex) -> &[u8] {
+        let o = self.sources[object.0 as usize].stable_bytes();
+        let start = block.0 as usize * self.block_size;
+        &o[start..(start + self.block_size).min(o.len())]
+    }
+}

@@ -1,0 +1,303 @@
+//! The receiver node: joins the group, stores every object in a preallocated file, verifies
+//! each block, and reports to the server's control address.
+
+use std::fs::{File, OpenOptions};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
+use blockcast_proto::wire::{BlockIndex, LeaveReason, Manifest, ObjectId, ReceiverId};
+use blockcast_proto::{
+    BlockStore, Destination, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StoreError,
+};
+use memmap2::MmapMut;
+
+use crate::wait::readable;
+use crate::NodeError;
+
+/// How to receive.
+#[derive(Clone, Debug)]
+pub struct ReceiveConfig {
+    pub group: SocketAddrV4,
+    pub iface: Ipv4Addr,
+    /// Where to store: a directory (objects under their names), or a file path when the
+    /// session carries one object and `out` does not name an existing directory.
+    pub out: PathBuf,
+    /// Give up if no server is heard for this long.
+    pub timeout: Duration,
+    /// Receive buffer to ask for.
+    pub rcvbuf: usize,
+    pub id: u64,
+}
+
+/// Progress, reported a few times per second.
+#[derive(Clone, Debug, Default)]
+pub struct ReceiveProgress {
+    pub objects: Vec<(String, u64)>,
+    pub bytes_verified: u64,
+    pub total_bytes: u64,
+    pub blocks_done: u64,
+    pub blocks: u64,
+}
+
+/// What a receive run did.
+#[derive(Clone, Debug)]
+pub struct ReceiveSummary {
+    pub files: Vec<PathBuf>,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub stats: ReceiverStats,
+    /// The receive buffer the kernel granted, and whether `net.core.rmem_max` capped it.
+    pub rcvbuf: (usize, bool),
+}
+
+/// Objects stored in preallocated files, written through shared writable mappings.
+struct FileStore {
+    out: PathBuf,
+    files: Vec<(PathBuf, Option<(File, MmapMut)>)>,
+    block_size: usize,
+    failed: Option<String>,
+}
+
+impl FileStore {
+    fn path_for(&self, manifest: &Manifest, name: &str) -> PathBuf {
+        if manifest.objects.len() == 1 && !self.out.is_dir() {
+            self.out.clone()
+        } else {
+            self.out.join(name)
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), NodeError> {
+        for (path, f) in &self.files {
+            if let Some((file, map)) = f {
+                let err = |source| NodeError::Output {
+                    path: path.clone(),
+                    source,
+                };
+                map.flush().map_err(err)?;
+                file.sync_all().map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn preallocate(path: &Path, size: u64) -> Result<(File, Option<MmapMut>), std::io::Error> {
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)?;
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    if size == 0 {
+        return Ok((file, None));
+    }
+    // Reserve every block on disk first, so a write through the mapping can never fault for
+    // lack of space (SIGBUS): a full disk is reported here, as an error.
+    // SAFETY: fallocate on an open file descriptor with a valid range.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the file is ours (just created and truncated) and sized; no one else maps it.
+    let map = unsafe { MmapMut::map_mut(&file)? };
+    Ok((file, Some(map)))
+}
+
+impl BlockStore for FileStore {
+    fn prepare(&mut self, manifest: &Manifest) -> Result<(), StoreError> {
+        self.block_size = manifest.block_size() as usize;
+        for o in &manifest.objects {
+            let path = self.path_for(manifest, &o.name);
+            match preallocate(&path, o.size) {
+                Ok((file, map)) => self.files.push((path, Some((file, map.unwrap_or_else(|| {
+                    // Zero-length objects have no mapping: an anonymous empty one stands in.
+                    MmapMut::map_anon(1).expect("one anonymous page")
+                }))))),
+                Err(e) => {
+                    let msg = format!("cannot create {}: {e}", path.display());
+                    self.failed = Some(msg.clone());
+                    return Err(StoreError(msg));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn block_mut(&mut self, object: ObjectId, block: BlockIndex, len: usize) -> &mut [u8] {
+        let (_, f) = &mut self.files[object.0 as usize];
+        let map = &mut f.as_mut().expect("prepared").1;
+        let start = block.0 as usize * self.block_size;
+        &mut map[start..start + len]
+    }
+}
+
+/// Receives one session into `cfg.out`. Returns when every object is whole and verified.
+pub fn receive(
+    cfg: &ReceiveConfig,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&ReceiveProgress),
+) -> Result<ReceiveSummary, NodeError> {
+    let data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
+    let granted = data.recv_buffer();
+    let control = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
+    let store = FileStore {
+        out: cfg.out.clone(),
+        files: Vec::new(),
+        block_size: 0,
+        failed: None,
+    };
+    let rcfg = ReceiverConfig {
+        id: ReceiverId(cfg.id),
+        seed: cfg.id,
+        idle_timeout: cfg.timeout,
+        ..ReceiverConfig::default()
+    };
+    let mut rx = Receiver::new(rcfg, store);
+    let mut batch = RecvBatch::new(32, GRO_BUFFER_SIZE)?;
+    let mut cbatch = RecvBatch::new(8, 2048)?;
+    let mut out = vec![0u8; 2048];
+    let started = Instant::now();
+    let mut heard = false;
+    let mut next_progress = started;
+    let mut complete_at: Option<Instant> = None;
+    let fds = [data.as_raw_fd(), control.as_raw_fd()];
+    loop {
+        let now = Instant::now();
+        if stop.load(Ordering::Relaxed) {
+            rx.leave(LeaveReason::Stopped);
+            flush(&mut rx, &control, now, &mut out);
+            return Err(NodeError::Interrupted);
+        }
+        let wake = rx.poll_timeout().unwrap_or(now + Duration::from_millis(100));
+        let wait = wake.saturating_duration_since(now).min(Duration::from_millis(100));
+        let ready = readable(&fds, wait);
+        let now = Instant::now();
+        if ready[0] {
+            // Drain what is queued, a bounded number of batches per turn.
+            for _ in 0..64 {
+                if batch.recv(&data, Duration::ZERO)? == 0 {
+                    break;
+                }
+                for d in batch.iter() {
+                    if d.truncated {
+                        continue;
+                    }
+                    for seg in d.segments() {
+                        rx.handle_datagram(now, SocketAddr::V4(d.source), seg);
+                    }
+                }
+            }
+        }
+        if ready[1] {
+            while cbatch.recv(&control, Duration::ZERO)? > 0 {
+                for d in cbatch.iter() {
+                    rx.handle_datagram(now, SocketAddr::V4(d.source), d.bytes);
+                }
+            }
+        }
+        if rx.poll_timeout().is_some_and(|t| t <= now) {
+            rx.handle_timeout(now);
+        }
+        flush(&mut rx, &control, now, &mut out);
+        while let Some(e) = rx.poll_event() {
+            match e {
+                ReceiverEvent::Announced { .. } => heard = true,
+                ReceiverEvent::Complete => complete_at = Some(now),
+                ReceiverEvent::ServerLost if !rx.is_complete() => {
+                    return Err(NodeError::Incomplete {
+                        blocks_done: rx.blocks_done(),
+                        blocks: rx.total_blocks(),
+                        why: "the server went quiet",
+                    })
+                }
+                ReceiverEvent::SessionEnded { complete: false, .. } => {
+                    return Err(NodeError::Incomplete {
+                        blocks_done: rx.blocks_done(),
+                        blocks: rx.total_blocks(),
+                        why: "the server ended the session",
+                    })
+                }
+                ReceiverEvent::StoreFailed(e) => {
+                    return Err(NodeError::Output {
+                        path: cfg.out.clone(),
+                        source: std::io::Error::other(e.0),
+                    })
+                }
+                _ => {}
+            }
+        }
+        if !heard && now.duration_since(started) >= cfg.timeout {
+            return Err(NodeError::NoServer {
+                waited_secs: cfg.timeout.as_secs_f64(),
+            });
+        }
+        if now >= next_progress || complete_at.is_some() {
+            progress(&report(&rx));
+            next_progress = now + Duration::from_millis(200);
+        }
+        // Done: complete, and the server has recorded it (or has ended the session, or a
+        // short grace period for its acknowledgement has passed).
+        if let Some(at) = complete_at {
+            if rx.poll_timeout().is_none() || rx.is_ended() || now.duration_since(at) > Duration::from_secs(2) {
+                break;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = rx.manifest().map_or(0, |m| m.total_bytes());
+    rx.store_mut().sync()?;
+    let files = rx.store().files.iter().map(|(p, _)| p.clone()).collect();
+    Ok(ReceiveSummary {
+        files,
+        bytes,
+        seconds,
+        stats: rx.stats().clone(),
+        rcvbuf: (granted.effective, granted.capped_by_sysctl),
+    })
+}
+
+fn flush(rx: &mut Receiver<FileStore>, control: &std::net::UdpSocket, now: Instant, out: &mut [u8]) {
+    while let Some(t) = rx.poll_transmit(now, out) {
+        if let Destination::Peer(addr) = t.destination {
+            // A dropped control packet is like a lost one: the protocol repeats what matters.
+            let _ = control.send_to(&out[..t.len], addr);
+        }
+    }
+}
+
+fn report(rx: &Receiver<FileStore>) -> ReceiveProgress {
+    let Some(m) = rx.manifest() else {
+        return ReceiveProgress::default();
+    };
+    let bs = m.block_size();
+    let mut objects = Vec::with_capacity(m.objects.len());
+    let mut verified = 0u64;
+    for (i, o) in m.objects.iter().enumerate() {
+        let mut v = 0u64;
+        for b in 0..o.block_hashes.len() as u32 {
+            if rx.is_verified(ObjectId(i as u32), BlockIndex(b)) {
+                v += m.block_len(ObjectId(i as u32), b).unwrap_or(0) as u64;
+            }
+        }
+        verified += v;
+        objects.push((o.name.clone(), v));
+    }
+    let _ = bs;
+    ReceiveProgress {
+        objects,
+        bytes_verified: verified,
+        total_bytes: m.total_bytes(),
+        blocks_done: rx.blocks_done(),
+        blocks: rx.total_blocks(),
+    }
+}

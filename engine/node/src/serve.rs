@@ -1,0 +1,293 @@
+//! The server node: maps the inputs, announces them on the group and sends them with
+//! io_uring UDP GSO, answering the control plane on a unicast address.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use blockcast_io::{MulticastSender, RecvBatch, SendRing, SendRingConfig};
+use blockcast_proto::wire::{DoneReason, Manifest, ReceiverId, SessionId};
+use blockcast_proto::{
+    Destination, Geometry, Sender, SenderConfig, SenderEvent, SenderStats, Transmit,
+};
+
+use crate::content::{Content, Input};
+use crate::wait::readable;
+use crate::NodeError;
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub inputs: Vec<Input>,
+    pub group: SocketAddrV4,
+    /// The interface's address: data leaves through it, the control address is bound on it.
+    pub iface: Ipv4Addr,
+    /// Control port (0: any free port; it is announced).
+    pub control_port: u16,
+    pub ttl: u32,
+    /// Fixed rate in bytes per second, or `None` to adapt to the receivers' reported loss.
+    pub rate: Option<u64>,
+    pub geometry: Geometry,
+    pub min_receivers: usize,
+    pub max_wait: Duration,
+    pub deadline: Option<Duration>,
+    pub session: u32,
+}
+
+/// Progress, reported a few times per second.
+#[derive(Clone, Debug)]
+pub struct ServeProgress {
+    pub receivers: usize,
+    pub complete: usize,
+    /// First-pass and repair bytes sent so far.
+    pub bytes_sent: u64,
+    pub total_bytes: u64,
+    pub rate: u64,
+}
+
+/// One receiver as the server saw it.
+#[derive(Clone, Debug)]
+pub struct ReceiverSummary {
+    pub id: ReceiverId,
+    pub addr: SocketAddr,
+    pub complete: bool,
+    pub rtt_us: Option<u64>,
+    pub loss_ppm: u32,
+}
+
+/// What a serve run did.
+#[derive(Clone, Debug)]
+pub struct ServeSummary {
+    pub objects: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub reason: DoneReason,
+    pub stats: SenderStats,
+    pub receivers: Vec<ReceiverSummary>,
+    pub control: SocketAddr,
+}
+
+const START_RATE: u64 = 1_500_000_000;
+const MIN_RATE: u64 = 10_000_000;
+
+/// Serves until every accepted receiver is complete, the deadline passes, or `stop` is set.
+pub fn serve(
+    cfg: &ServeConfig,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&ServeProgress),
+) -> Result<ServeSummary, NodeError> {
+    let block_size = cfg.geometry.block_size();
+    let (content, objects) = Content::open(&cfg.inputs, block_size)?;
+    let manifest = Manifest {
+        unit_size: cfg.geometry.unit_size,
+        units_per_block: cfg.geometry.units_per_block,
+        objects,
+    };
+    let total_bytes = manifest.total_bytes();
+    let control = blockcast_io::bind_unicast(
+        SocketAddr::from((cfg.iface, cfg.control_port)),
+        true,
+    )?;
+    let control_addr = control
+        .local_addr()
+        .map_err(|e| NodeError::Config(format!("control socket: {e}")))?;
+    let data = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 4 << 20)?;
+    // Small group packets (announce, manifest, parity, done) go out through a plain socket.
+    let side = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 1 << 20)?;
+    let mut ring = SendRing::new(data, SendRingConfig::default())?;
+    let rate = cfg.rate.unwrap_or(START_RATE);
+    let scfg = SenderConfig {
+        session: SessionId(cfg.session),
+        control: control_addr,
+        geometry: cfg.geometry,
+        stripes: 1,
+        rate,
+        burst: Duration::from_micros(500),
+        announce_interval: Duration::from_millis(100),
+        min_receivers: cfg.min_receivers,
+        max_wait: cfg.max_wait,
+        deadline: cfg.deadline,
+        initial_grtt: Duration::from_millis(2),
+        ..SenderConfig::default()
+    };
+    let mut sender = Sender::new(scfg, manifest, content).map_err(|e| NodeError::Config(e.into()))?;
+    if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.into_iter().next()) {
+        core_affinity::set_for_current(core);
+    }
+    let mut rx = RecvBatch::new(16, 2048)?;
+    let mut hdr = vec![0u8; 65_536];
+    let started = Instant::now();
+    let mut rate = rate;
+    let mut next_rate_check = started + Duration::from_millis(100);
+    let mut next_progress = started;
+    let mut reason = DoneReason::Complete;
+    let mut complete = 0usize;
+    loop {
+        let now = Instant::now();
+        if stop.load(Ordering::Relaxed) {
+            sender.abort(now);
+        }
+        // Control plane in.
+        while rx.recv(&control, Duration::ZERO)? > 0 {
+            for d in rx.iter() {
+                if !d.truncated {
+                    sender.handle_datagram(now, SocketAddr::V4(d.source), d.bytes);
+                }
+            }
+        }
+        if sender.poll_timeout().is_some_and(|t| t <= now) {
+            sender.handle_timeout(now);
+        }
+        // Everything due now: data units gathered into GSO super-buffers straight from the
+        // mapping, other packets sent as they are.
+        send_due(&mut sender, &mut ring, &side, &control, now, &mut hdr)?;
+        ring.flush()?;
+        while let Some(e) = sender.poll_event() {
+            match e {
+                SenderEvent::ReceiverComplete { .. } => complete += 1,
+                SenderEvent::Finished { reason: r } => reason = r,
+                _ => {}
+            }
+        }
+        if sender.is_finished() {
+            break;
+        }
+        if cfg.rate.is_none() && now >= next_rate_check {
+            rate = adapt_rate(&sender, rate);
+            sender.set_rate(rate);
+            next_rate_check = now + Duration::from_millis(50);
+        }
+        if now >= next_progress {
+            let s = sender.stats();
+            progress(&ServeProgress {
+                receivers: sender.receivers(),
+                complete,
+                bytes_sent: s.data_bytes + s.parity_bytes,
+                total_bytes,
+                rate,
+            });
+            next_progress = now + Duration::from_millis(200);
+        }
+        // Sleep until the next thing is due or a control packet arrives.
+        let wake = sender.poll_timeout().unwrap_or(now + Duration::from_millis(50));
+        let wait = wake.saturating_duration_since(Instant::now());
+        if ring.free_slots() == 0 {
+            ring.wait(Duration::from_millis(1))?;
+        } else if wait > Duration::from_micros(50) {
+            readable(&[control.as_raw_fd()], wait.min(Duration::from_millis(50)));
+        }
+    }
+    ring.drain(Duration::from_secs(1))?;
+    let receivers = sender
+        .receiver_report()
+        .into_iter()
+        .map(|(id, addr, complete, rtt, loss_ppm)| ReceiverSummary {
+            id,
+            addr,
+            complete,
+            rtt_us: rtt.map(|d| d.as_micros() as u64),
+            loss_ppm,
+        })
+        .collect();
+    Ok(ServeSummary {
+        objects: sender.manifest().objects.len(),
+        bytes: total_bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        reason,
+        stats: sender.stats().clone(),
+        receivers,
+        control: control_addr,
+    })
+}
+
+/// Follows the receiver that loses most: back off under loss, probe upward without it.
+fn adapt_rate(sender: &Sender<Content>, rate: u64) -> u64 {
+    let worst = sender
+        .receiver_report()
+        .iter()
+        .map(|r| r.4)
+        .max()
+        .unwrap_or(0);
+    if worst > 20_000 {
+        (rate * 3 / 4).max(MIN_RATE)
+    } else if worst > 2_000 {
+        (rate * 15 / 16).max(MIN_RATE)
+    } else {
+        (rate + rate / 16).min(START_RATE * 4)
+    }
+}
+
+fn send_due(
+    sender: &mut Sender<Content>,
+    ring: &mut SendRing,
+    side: &MulticastSender,
+    control: &UdpSocket,
+    now: Instant,
+    hdr: &mut [u8],
+) -> Result<(), NodeError> {
+    // A data unit that did not fit the last super-buffer, its header kept in `spare`.
+    let mut spare = [0u8; 64];
+    let mut carry: Option<Transmit> = None;
+    let block_size = sender.manifest().block_size() as usize;
+    loop {
+        while ring.free_slots() == 0 {
+            ring.wait(Duration::from_millis(5))?;
+        }
+        let (t, head): (Transmit, &[u8]) = match carry.take() {
+            Some(t) => (t, &spare[..t.len]),
+            None => match sender.poll_transmit(now, hdr) {
+                Some(t) => (t, &hdr[..t.len]),
+                None => return Ok(()),
+            },
+        };
+        let Some(unit) = t.payload else {
+            send_plain(t, head, side, control);
+            continue;
+        };
+        // Open a super-buffer for this unit's size and fill it while the sender has more
+        // units due that fit: payloads go from the mapping, only headers are copied.
+        let seg = t.datagram_len() as u16;
+        let mut batch = ring.batch(seg).map_err(|e| NodeError::Config(format!("send: {e:?}")))?;
+        let src = &sender.source().sources[unit.object.0 as usize];
+        let base = unit.block.0 as usize * block_size + unit.offset;
+        // The range lies inside the object: the sender made it from the manifest.
+        let _ = batch.push(head, src, base..base + unit.len);
+        while batch.room() > 0 {
+            let Some(next) = sender.poll_transmit(now, hdr) else {
+                break;
+            };
+            match next.payload {
+                Some(u) if next.datagram_len() <= usize::from(seg) => {
+                    let src = &sender.source().sources[u.object.0 as usize];
+                    let base = u.block.0 as usize * block_size + u.offset;
+                    let _ = batch.push(&hdr[..next.len], src, base..base + u.len);
+                }
+                Some(_) => {
+                    spare[..next.len].copy_from_slice(&hdr[..next.len]);
+                    carry = Some(next);
+                    break;
+                }
+                None => send_plain(next, &hdr[..next.len], side, control),
+            }
+        }
+        let _ = batch.submit();
+    }
+}
+
+fn send_plain(t: Transmit, bytes: &[u8], side: &MulticastSender, control: &UdpSocket) {
+    match t.destination {
+        // Control replies are small; a full socket buffer drops them, which the protocol
+        // treats as loss.
+        Destination::Peer(addr) => {
+            let _ = control.send_to(bytes, addr);
+        }
+        Destination::Group => {
+            // SAFETY: `side` is a connected UDP socket; the pointer and length describe the
+            // initialized slice `bytes`, which lives across the call.
+            unsafe {
+                libc::send(side.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0);
+            }
+        }
+    }
+}
