@@ -24,9 +24,18 @@ pub fn run(a: DemoArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
     result
 }
 
-fn run_in(a: &DemoArgs, size: u64, dir: &std::path::Path, stop: &AtomicBool, out: &Output) -> Result<()> {
+fn run_in(
+    a: &DemoArgs,
+    size: u64,
+    dir: &std::path::Path,
+    stop: &AtomicBool,
+    out: &Output,
+) -> Result<()> {
     let sample = dir.join("sample.bin");
-    out.say(&format!("generating a {size}-byte sample in {}", dir.display()));
+    out.say(&format!(
+        "generating a {size}-byte sample in {}",
+        dir.display()
+    ));
     write_sample(&sample, size)?;
     let want = blake3::hash(&std::fs::read(&sample)?);
     // Loopback only: the interface is 127.0.0.1 and the group is administratively scoped.
@@ -60,7 +69,9 @@ fn run_in(a: &DemoArgs, size: u64, dir: &std::path::Path, stop: &AtomicBool, out
         deadline: Some(Duration::from_secs(600)),
         session: id,
     };
-    let outs: Vec<PathBuf> = (0..a.receivers).map(|i| dir.join(format!("copy-{i}.bin"))).collect();
+    let outs: Vec<PathBuf> = (0..a.receivers)
+        .map(|i| dir.join(format!("copy-{i}.bin")))
+        .collect();
     let started = Instant::now();
     let results = std::thread::scope(|s| {
         let receivers: Vec<_> = outs
@@ -98,7 +109,8 @@ fn run_in(a: &DemoArgs, size: u64, dir: &std::path::Path, stop: &AtomicBool, out
         }
     }
     for (i, o) in outs.iter().enumerate() {
-        let got = blake3::hash(&std::fs::read(o).with_context(|| format!("reading {}", o.display()))?);
+        let got =
+            blake3::hash(&std::fs::read(o).with_context(|| format!("reading {}", o.display()))?);
         if got != want {
             bail!("copy {i} differs from the sample");
         }

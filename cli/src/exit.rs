@@ -38,11 +38,19 @@ impl std::fmt::Display for Coded {
 impl std::error::Error for Coded {}
 
 pub fn usage(message: String) -> anyhow::Error {
-    Coded { code: USAGE, message }.into()
+    Coded {
+        code: USAGE,
+        message,
+    }
+    .into()
 }
 
 pub fn net(message: String) -> anyhow::Error {
-    Coded { code: NETWORK, message }.into()
+    Coded {
+        code: NETWORK,
+        message,
+    }
+    .into()
 }
 
 pub fn incomplete(message: String) -> anyhow::Error {
@@ -84,4 +92,13 @@ pub fn on_interrupt(stop: Arc<AtomicBool>) {
 }
 
 #[allow(dead_code)]
-const _ALL: [u8; 8] = [OK, FAILURE, USAGE, INPUT, OUTPUT, NETWORK, INCOMPLETE, INTERRUPTED];
+const _ALL: [u8; 8] = [
+    OK,
+    FAILURE,
+    USAGE,
+    INPUT,
+    OUTPUT,
+    NETWORK,
+    INCOMPLETE,
+    INTERRUPTED,
+];

@@ -18,7 +18,11 @@ use blockcast_proto::Geometry;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "blockcast", version, about = "Send large files to many receivers at once over multicast UDP, verified block by block")]
+#[command(
+    name = "blockcast",
+    version,
+    about = "Send large files to many receivers at once over multicast UDP, verified block by block"
+)]
 struct Cli {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -158,7 +162,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
         _ => (s, 1),
     };
     let n: f64 = num.parse().with_context(|| format!("not a size: {s:?}"))?;
-    if !(n >= 0.0) {
+    if n.is_nan() || n < 0.0 {
         bail!("not a size: {s:?}");
     }
     Ok((n * mult as f64) as u64)
@@ -177,10 +181,12 @@ pub fn parse_rate(s: &str) -> Result<Option<u64>> {
 
 /// Parses the group and resolves the interface, with one clear error for each mistake.
 fn resolve_net(net: &NetArgs) -> Result<(SocketAddrV4, Ipv4Addr)> {
-    let group: SocketAddrV4 = net
-        .group
-        .parse()
-        .map_err(|_| exit::usage(format!("--group {:?} is not ADDRESS:PORT (e.g. 239.255.0.1:9000)", net.group)))?;
+    let group: SocketAddrV4 = net.group.parse().map_err(|_| {
+        exit::usage(format!(
+            "--group {:?} is not ADDRESS:PORT (e.g. 239.255.0.1:9000)",
+            net.group
+        ))
+    })?;
     if !group.ip().is_multicast() {
         return Err(exit::usage(format!(
             "--group {} is not a multicast address (224.0.0.0/4; use 239.255.x.y on a LAN)",
@@ -190,7 +196,8 @@ fn resolve_net(net: &NetArgs) -> Result<(SocketAddrV4, Ipv4Addr)> {
     if group.port() == 0 {
         return Err(exit::usage("--group needs a port other than 0".into()));
     }
-    let iface = blockcast_io::iface::resolve_ipv4(&net.iface).map_err(|e| exit::net(e.to_string()))?;
+    let iface =
+        blockcast_io::iface::resolve_ipv4(&net.iface).map_err(|e| exit::net(e.to_string()))?;
     Ok((group, iface))
 }
 
@@ -220,7 +227,10 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;
     out.serve_summary(&summary);
     if summary.reason != blockcast_proto::wire::DoneReason::Complete {
-        return Err(exit::incomplete(format!("session ended: {:?}", summary.reason)));
+        return Err(exit::incomplete(format!(
+            "session ended: {:?}",
+            summary.reason
+        )));
     }
     Ok(())
 }
@@ -245,6 +255,12 @@ pub fn session_id() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let h = blake3::hash(&[&t.as_nanos().to_le_bytes()[..], &std::process::id().to_le_bytes()].concat());
+    let h = blake3::hash(
+        &[
+            &t.as_nanos().to_le_bytes()[..],
+            &std::process::id().to_le_bytes(),
+        ]
+        .concat(),
+    );
     u32::from_le_bytes(h.as_bytes()[..4].try_into().unwrap_or([1, 0, 0, 0])) | 1
 }

@@ -128,7 +128,11 @@ pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
     })
 }
 
-pub fn run_serve(cfg: &ServeConfig, stop: &AtomicBool, out: &Output) -> Result<ServeSummary, NodeError> {
+pub fn run_serve(
+    cfg: &ServeConfig,
+    stop: &AtomicBool,
+    out: &Output,
+) -> Result<ServeSummary, NodeError> {
     let total: u64 = cfg
         .inputs
         .iter()
@@ -144,7 +148,11 @@ pub fn run_serve(cfg: &ServeConfig, stop: &AtomicBool, out: &Output) -> Result<S
     r
 }
 
-pub fn run_receive(cfg: &ReceiveConfig, stop: &AtomicBool, out: &Output) -> Result<ReceiveSummary, NodeError> {
+pub fn run_receive(
+    cfg: &ReceiveConfig,
+    stop: &AtomicBool,
+    out: &Output,
+) -> Result<ReceiveSummary, NodeError> {
     let bar = out.bar(0, "receiving");
     let r = receive(cfg, stop, &mut |p| {
         bar.set_length(p.total_bytes.max(1));

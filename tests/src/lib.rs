@@ -276,8 +276,13 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         }
     };
     let base = Instant::now();
-    let hashes: Rc<Vec<Vec<[u8; 32]>>> =
-        Rc::new(manifest.objects.iter().map(|o| o.block_hashes.clone()).collect());
+    let hashes: Rc<Vec<Vec<[u8; 32]>>> = Rc::new(
+        manifest
+            .objects
+            .iter()
+            .map(|o| o.block_hashes.clone())
+            .collect(),
+    );
     let mut nodes = Vec::with_capacity(cfg.receivers);
     for i in 0..cfg.receivers {
         let mut rcfg = cfg.receiver.clone();
@@ -329,9 +334,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     // Check every expected receiver against the source.
     let minimal: u64 = content
         .iter()
-        .map(|c| {
-            (c.len() as u64).div_ceil(u64::from(cfg.geometry.unit_size))
-        })
+        .map(|c| (c.len() as u64).div_ceil(u64::from(cfg.geometry.unit_size)))
         .sum();
     report.minimal_units = minimal;
     let first_pass_bytes: u64 = content
@@ -372,9 +375,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         }
     }
     if report.bad_done_blocks > 0 {
-        report
-            .failures
-            .push(format!("{} blocks marked done differ from the source", report.bad_done_blocks));
+        report.failures.push(format!(
+            "{} blocks marked done differ from the source",
+            report.bad_done_blocks
+        ));
     }
     if let (Some(first), Some(last)) = (sim.first_data, last_complete) {
         report.completion = last.saturating_duration_since(first);
@@ -434,11 +438,15 @@ impl<'a> Sim<'a> {
             take(self.events.peek().map(|Reverse((t, _, _))| *t));
             take(self.timers.peek().map(|Reverse((t, _))| *t));
             let Some(next) = next else {
-                report.failures.push("nothing left to do before the sender finished".into());
+                report
+                    .failures
+                    .push("nothing left to do before the sender finished".into());
                 break;
             };
             if next > limit {
-                report.failures.push(format!("time limit {:?} reached", self.cfg.time_limit));
+                report
+                    .failures
+                    .push(format!("time limit {:?} reached", self.cfg.time_limit));
                 break;
             }
             if next <= now {
@@ -450,7 +458,9 @@ impl<'a> Sim<'a> {
                         self.sender.poll_timeout().map(|t| t - self.base),
                         self.mcast.front().map(|(t, _)| *t - self.base),
                         self.events.peek().map(|Reverse((t, _, _))| *t - self.base),
-                        self.timers.peek().map(|Reverse((t, i))| (*t - self.base, *i)),
+                        self.timers
+                            .peek()
+                            .map(|Reverse((t, i))| (*t - self.base, *i)),
                         now - self.base
                     );
                 }
@@ -535,7 +545,11 @@ impl<'a> Sim<'a> {
         if net::lost(&f.loss, &mut self.nodes[i].burst, &mut self.rng) {
             return;
         }
-        let copies = if f.duplicate > 0.0 && self.rng.chance(f.duplicate) { 2 } else { 1 };
+        let copies = if f.duplicate > 0.0 && self.rng.chance(f.duplicate) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let mut b = bytes.clone();
             if f.corrupt > 0.0 && self.rng.chance(f.corrupt) {
@@ -558,7 +572,11 @@ impl<'a> Sim<'a> {
     fn after_receiver(&mut self, now: Instant, i: usize) {
         while let Some(t) = self.nodes[i].rx.poll_transmit(now, &mut self.buf) {
             if self.cfg.control_faults.loss.is_lossless()
-                || !net::lost(&self.cfg.control_faults.loss, &mut net::BurstState::default(), &mut self.rng)
+                || !net::lost(
+                    &self.cfg.control_faults.loss,
+                    &mut net::BurstState::default(),
+                    &mut self.rng,
+                )
             {
                 let bytes: Rc<[u8]> = self.buf[..t.len].into();
                 self.push(now + self.cfg.delay, Ev::ToServer(i, bytes));

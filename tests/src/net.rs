@@ -64,7 +64,11 @@ pub enum LossModel {
     /// Gilbert-Elliott: a receiver's link moves between a good state (no loss) and a bad
     /// state (loses `bad_loss` of copies); `enter` and `leave` are the per-copy chances of
     /// moving into and out of the bad state. Mean loss = bad_loss * enter / (enter + leave).
-    Bursty { enter: f64, leave: f64, bad_loss: f64 },
+    Bursty {
+        enter: f64,
+        leave: f64,
+        bad_loss: f64,
+    },
 }
 
 impl LossModel {

@@ -42,7 +42,10 @@ fn receivers_by_loss() {
             if loss == 0.0 {
                 assert_eq!(r.parity_units + r.repair_units, 0, "lossless run repaired");
             } else {
-                assert!(r.parity_units + r.repair_units > 0, "lossy run without repair");
+                assert!(
+                    r.parity_units + r.repair_units > 0,
+                    "lossy run without repair"
+                );
             }
         }
     }
@@ -91,7 +94,10 @@ fn corrupted_units_never_end_in_a_done_block() {
     let mut cfg = SimConfig::small(51, 10, 0.01);
     cfg.data_faults.corrupt = 0.002;
     let r = check(cfg);
-    assert!(r.blocks_failed > 0, "corruption was never detected: the test did not test");
+    assert!(
+        r.blocks_failed > 0,
+        "corruption was never detected: the test did not test"
+    );
     assert_eq!(r.bad_done_blocks, 0);
 }
 

@@ -112,9 +112,21 @@ fn main() {
     }
     let r = run(&config(&a, a.receivers, a.loss, a.bursty));
     header();
-    row(&r, &format!("{:.1} %{}", a.loss * 100.0, if a.bursty { " bursty" } else { "" }));
+    row(
+        &r,
+        &format!(
+            "{:.1} %{}",
+            a.loss * 100.0,
+            if a.bursty { " bursty" } else { "" }
+        ),
+    );
     println!();
-    println!("seed {}; virtual completion {:.3} s vs lossless {:.3} s", r.seed, r.completion.as_secs_f64(), r.ideal.as_secs_f64());
+    println!(
+        "seed {}; virtual completion {:.3} s vs lossless {:.3} s",
+        r.seed,
+        r.completion.as_secs_f64(),
+        r.ideal.as_secs_f64()
+    );
     if !r.failures.is_empty() {
         std::process::exit(1);
     }

@@ -129,21 +129,18 @@ struct RxResult {
     rcvbuf: usize,
 }
 
-fn receiver(rx: MulticastReceiver, done: Arc<AtomicBool>) -> RxResult {
+/// Errors end the run with a message (no unwrap/expect on OS results, even in an example).
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn receiver(rx: MulticastReceiver, done: Arc<AtomicBool>) -> Res<RxResult> {
     pin(1);
     let cpu0 = thread_cpu();
-    let mut batch = match RecvBatch::new(64, GRO_BUFFER_SIZE) {
-        Ok(b) => b,
-        Err(e) => panic!("RecvBatch: {e}"),
-    };
+    let mut batch = RecvBatch::new(64, GRO_BUFFER_SIZE)?;
     let (mut datagrams, mut bytes) = (0u64, 0u64);
     let (mut first, mut last) = (None, Instant::now());
     let hard_stop = Instant::now() + Duration::from_secs(30);
     while Instant::now() < hard_stop {
-        let n = match batch.recv(&rx, Duration::from_millis(200)) {
-            Ok(n) => n,
-            Err(e) => panic!("recv: {e}"),
-        };
+        let n = batch.recv(&rx, Duration::from_millis(200))?;
         if n == 0 {
             // Acquire pairs with the sender's Release store once it has drained its ring.
             if done.load(Ordering::Acquire) {
@@ -159,13 +156,13 @@ fn receiver(rx: MulticastReceiver, done: Arc<AtomicBool>) -> RxResult {
             bytes += d.bytes.len() as u64;
         }
     }
-    RxResult {
+    Ok(RxResult {
         datagrams,
         bytes,
         window: first.map(|f| last - f).unwrap_or_default(),
         cpu: thread_cpu() - cpu0,
         rcvbuf: rx.recv_buffer().effective,
-    }
+    })
 }
 
 struct TxResult {
@@ -174,17 +171,14 @@ struct TxResult {
     cpu: Duration,
 }
 
-fn sender(tx: MulticastSender, mode: Mode, args: &Args, source: &Source) -> TxResult {
+fn sender(tx: MulticastSender, mode: Mode, args: &Args, source: &Source) -> Res<TxResult> {
     pin(0);
     let seg = usize::from(args.seg);
     let cfg = SendRingConfig {
         max_segments: if mode == Mode::NoGso { 1 } else { 64 },
         ..SendRingConfig::default()
     };
-    let mut ring = match SendRing::new(tx, cfg) {
-        Ok(r) => r,
-        Err(e) => panic!("SendRing: {e}"),
-    };
+    let mut ring = SendRing::new(tx, cfg)?;
     let units = SOURCE_BYTES / seg;
     let cpu0 = thread_cpu();
     let start = Instant::now();
@@ -193,22 +187,16 @@ fn sender(tx: MulticastSender, mode: Mode, args: &Args, source: &Source) -> TxRe
     let mut since_flush = 0;
     while Instant::now() < deadline {
         while ring.free_slots() == 0 {
-            if let Err(e) = ring.wait(Duration::from_millis(100)) {
-                panic!("wait: {e}");
-            }
+            ring.wait(Duration::from_millis(100))?;
         }
-        let Ok(mut b) = ring.batch(args.seg) else {
-            continue;
-        };
+        let mut b = ring.batch(args.seg)?;
         let n = b.room();
         match mode {
             Mode::GsoGather | Mode::NoGso => {
                 let payload = seg - HEADER;
                 for _ in 0..n {
                     let off = (seq as usize % units) * payload;
-                    if let Err(e) = b.push(&seq.to_be_bytes(), source, off..off + payload) {
-                        panic!("push: {e}");
-                    }
+                    b.push(&seq.to_be_bytes(), source, off..off + payload)?;
                     seq += 1;
                 }
             }
@@ -216,33 +204,25 @@ fn sender(tx: MulticastSender, mode: Mode, args: &Args, source: &Source) -> TxRe
                 let len = n * seg;
                 let off = (seq as usize * seg) % (SOURCE_BYTES - len);
                 // One contiguous slice: the kernel cuts it every `seg` bytes.
-                if let Err(e) = b.push_run(source, off..off + len) {
-                    panic!("push_run: {e}");
-                }
+                b.push_run(source, off..off + len)?;
                 seq += n as u64;
             }
         }
-        if let Err(e) = b.submit() {
-            panic!("submit: {e}");
-        }
+        b.submit()?;
         since_flush += 1;
         if since_flush >= args.flush_every {
             since_flush = 0;
-            if let Err(e) = ring.flush() {
-                panic!("flush: {e}");
-            }
+            ring.flush()?;
         }
     }
-    match ring.drain(Duration::from_secs(5)) {
-        Ok(true) => {}
-        Ok(false) => eprintln!("warning: sends still in flight after 5 s"),
-        Err(e) => panic!("drain: {e}"),
+    if !ring.drain(Duration::from_secs(5))? {
+        eprintln!("warning: sends still in flight after 5 s");
     }
-    TxResult {
+    Ok(TxResult {
         stats: ring.stats(),
         elapsed: start.elapsed(),
         cpu: thread_cpu() - cpu0,
-    }
+    })
 }
 
 struct Row {
@@ -250,30 +230,21 @@ struct Row {
     gbps: f64,
 }
 
-fn run(mode: Mode, args: &Args, source: &Source) -> Row {
+fn run(mode: Mode, args: &Args, source: &Source) -> Res<Row> {
     // A port reserved on 127.0.0.1 for the run, a group octet from the pid: no collisions
     // with anything else running on this host.
-    let hold = match std::net::UdpSocket::bind((LO, 0)) {
-        Ok(s) => s,
-        Err(e) => panic!("bind: {e}"),
-    };
-    let port = hold.local_addr().map(|a| a.port()).unwrap_or(0);
+    let hold = std::net::UdpSocket::bind((LO, 0))?;
+    let port = hold.local_addr()?.port();
     let octet = (std::process::id() % 256) as u8;
     let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, octet, 200), port);
-    let rx = match MulticastReceiver::new(group, LO, 16 << 20, true) {
-        Ok(r) => r,
-        Err(e) => panic!("receiver: {e}"),
-    };
+    let rx = MulticastReceiver::new(group, LO, 16 << 20, true)?;
     if rx.recv_buffer().capped_by_sysctl {
         eprintln!(
             "warning: rcvbuf capped at {} bytes: raise net.core.rmem_max (or run as root)",
             rx.recv_buffer().effective
         );
     }
-    let tx = match MulticastSender::new(group, LO, 1, 0) {
-        Ok(t) => t,
-        Err(e) => panic!("sender: {e}"),
-    };
+    let tx = MulticastSender::new(group, LO, 1, 0)?;
     let done = Arc::new(AtomicBool::new(false));
     let rx_thread = {
         let done = Arc::clone(&done);
@@ -282,10 +253,8 @@ fn run(mode: Mode, args: &Args, source: &Source) -> Row {
     let t = sender(tx, mode, args, source);
     // Release: the receiver may stop once it sees this and its socket is empty.
     done.store(true, Ordering::Release);
-    let r = match rx_thread.join() {
-        Ok(r) => r,
-        Err(_) => panic!("receiver thread panicked"),
-    };
+    let r = rx_thread.join().map_err(|_| "receiver thread panicked")??;
+    let t = t?;
     drop(hold);
 
     let secs = r.window.as_secs_f64().max(1e-9);
@@ -313,7 +282,7 @@ fn run(mode: Mode, args: &Args, source: &Source) -> Row {
         r.rcvbuf >> 20,
         t.stats.segments_sent / t.stats.batches_sent.max(1),
     );
-    Row { mode, gbps }
+    Ok(Row { mode, gbps })
 }
 
 fn main() {
@@ -353,7 +322,15 @@ fn main() {
     let modes = [Mode::GsoGather, Mode::GsoRun, Mode::NoGso];
     let mut rows: Vec<Row> = Vec::new();
     for _ in 0..args.rounds {
-        rows.extend(modes.iter().map(|&m| run(m, &args, &source)));
+        for m in modes {
+            match run(m, &args, &source) {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    eprintln!("gso_blast: {}: {e}", m.name());
+                    std::process::exit(1);
+                }
+            }
+        }
     }
     let sorted = |m: Mode| {
         let mut v: Vec<f64> = rows

@@ -282,7 +282,7 @@ enum Target {
 /// while ring.free_slots() == 0 {
 ///     ring.wait(Duration::from_millis(10))?;
 /// }
-/// let mut batch = ring.batch(1400).expect("a slot is free and 1400 is a valid size");
+/// let mut batch = ring.batch(1400)?;
 /// for i in 0..batch.room() {
 ///     batch.push(&header, &object, i * unit..(i + 1) * unit)?;
 /// }
@@ -400,14 +400,16 @@ impl SendRing {
     /// `timeout` passes; reaps. Returns the number of completions reaped (0 on timeout or when
     /// nothing is in flight).
     ///
-    /// Call it when [`batch`](Self::batch) reports `QueueFull`.
+    /// Call it while [`free_slots`](Self::free_slots) is 0 (when [`batch`](Self::batch) would
+    /// report `QueueFull`).
     pub fn wait(&mut self, timeout: Duration) -> Result<usize, IoError> {
         if self.in_flight == 0 {
             return Ok(0);
         }
         let reaped = self.reap();
-        if reaped > 0 && self.ring.submission().is_empty() {
-            return Ok(reaped);
+        if reaped > 0 {
+            // Slots are free already: submit what is queued without waiting.
+            return Ok(reaped + self.flush()?);
         }
         let ts = types::Timespec::new()
             .sec(timeout.as_secs())

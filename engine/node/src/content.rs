@@ -43,7 +43,10 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<Input>, NodeError> {
     let mut seen = std::collections::HashSet::new();
     for i in &out {
         if !seen.insert(i.name.clone()) {
-            return Err(NodeError::Config(format!("two inputs are both named {:?}", i.name)));
+            return Err(NodeError::Config(format!(
+                "two inputs are both named {:?}",
+                i.name
+            )));
         }
     }
     Ok(out)
@@ -65,7 +68,10 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Input>) -> Result<(), NodeError>
         if ft.is_dir() {
             walk(&e.path(), &name, out)?;
         } else if ft.is_file() {
-            out.push(Input { path: e.path(), name });
+            out.push(Input {
+                path: e.path(),
+                name,
+            });
         }
     }
     Ok(())
@@ -92,7 +98,10 @@ pub(crate) struct Content {
 
 impl Content {
     /// Maps every input and hashes it block by block for the manifest.
-    pub(crate) fn open(inputs: &[Input], block_size: usize) -> Result<(Self, Vec<ObjectEntry>), NodeError> {
+    pub(crate) fn open(
+        inputs: &[Input],
+        block_size: usize,
+    ) -> Result<(Self, Vec<ObjectEntry>), NodeError> {
         let mut sources: Vec<Source> = Vec::with_capacity(inputs.len());
         let mut entries = Vec::with_capacity(inputs.len());
         for i in inputs {
@@ -110,10 +119,20 @@ impl Content {
                 Some(unsafe { Mmap::map(&f) }.map_err(err)?)
             };
             let m = Mapped(map);
-            entries.push(ObjectEntry::from_content(i.name.clone(), m.stable_bytes(), block_size));
+            entries.push(ObjectEntry::from_content(
+                i.name.clone(),
+                m.stable_bytes(),
+                block_size,
+            ));
             sources.push(Arc::new(m));
         }
-        Ok((Content { sources, block_size }, entries))
+        Ok((
+            Content {
+                sources,
+                block_size,
+            },
+            entries,
+        ))
     }
 }
 

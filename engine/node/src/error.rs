@@ -11,15 +11,25 @@ pub enum NodeError {
     /// A socket or ring could not be set up or used.
     Io(IoError),
     /// An input could not be read.
-    Input { path: PathBuf, source: std::io::Error },
+    Input {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The output could not be created or written.
-    Output { path: PathBuf, source: std::io::Error },
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A configuration the protocol refuses.
     Config(String),
     /// No server was heard within the timeout.
     NoServer { waited_secs: f64 },
     /// The server went quiet or ended the session before everything arrived.
-    Incomplete { blocks_done: u64, blocks: u64, why: &'static str },
+    Incomplete {
+        blocks_done: u64,
+        blocks: u64,
+        why: &'static str,
+    },
     /// Stopped by the user (Ctrl-C).
     Interrupted,
 }
@@ -28,7 +38,9 @@ impl fmt::Display for NodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NodeError::Io(e) => write!(f, "{e}"),
-            NodeError::Input { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            NodeError::Input { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
             NodeError::Output { path, source } => {
                 write!(f, "cannot write {}: {source}", path.display())
             }
@@ -40,7 +52,10 @@ impl fmt::Display for NodeError {
                 blocks_done,
                 blocks,
                 why,
-            } => write!(f, "{why} with {blocks_done} of {blocks} blocks verified (partial files kept)"),
+            } => write!(
+                f,
+                "{why} with {blocks_done} of {blocks} blocks verified (partial files kept)"
+            ),
             NodeError::Interrupted => f.write_str("interrupted"),
         }
     }

@@ -13,4 +13,4 @@ mod wait;
 pub use content::{collect_inputs, Input};
 pub use error::NodeError;
 pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary};
-pub use serve::{serve, ServeConfig, ServeProgress, ServeSummary, ReceiverSummary};
+pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};

@@ -119,10 +119,16 @@ impl BlockStore for FileStore {
         for o in &manifest.objects {
             let path = self.path_for(manifest, &o.name);
             match preallocate(&path, o.size) {
-                Ok((file, map)) => self.files.push((path, Some((file, map.unwrap_or_else(|| {
-                    // Zero-length objects have no mapping: an anonymous empty one stands in.
-                    MmapMut::map_anon(1).expect("one anonymous page")
-                }))))),
+                Ok((file, map)) => self.files.push((
+                    path,
+                    Some((
+                        file,
+                        map.unwrap_or_else(|| {
+                            // Zero-length objects have no mapping: an anonymous empty one stands in.
+                            MmapMut::map_anon(1).expect("one anonymous page")
+                        }),
+                    )),
+                )),
                 Err(e) => {
                     let msg = format!("cannot create {}: {e}", path.display());
                     self.failed = Some(msg.clone());
@@ -178,8 +184,12 @@ pub fn receive(
             flush(&mut rx, &control, now, &mut out);
             return Err(NodeError::Interrupted);
         }
-        let wake = rx.poll_timeout().unwrap_or(now + Duration::from_millis(100));
-        let wait = wake.saturating_duration_since(now).min(Duration::from_millis(100));
+        let wake = rx
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_millis(100));
+        let wait = wake
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(100));
         let ready = readable(&fds, wait);
         let now = Instant::now();
         if ready[0] {
@@ -220,7 +230,9 @@ pub fn receive(
                         why: "the server went quiet",
                     })
                 }
-                ReceiverEvent::SessionEnded { complete: false, .. } => {
+                ReceiverEvent::SessionEnded {
+                    complete: false, ..
+                } => {
                     return Err(NodeError::Incomplete {
                         blocks_done: rx.blocks_done(),
                         blocks: rx.total_blocks(),
@@ -248,7 +260,10 @@ pub fn receive(
         // Done: complete, and the server has recorded it (or has ended the session, or a
         // short grace period for its acknowledgement has passed).
         if let Some(at) = complete_at {
-            if rx.poll_timeout().is_none() || rx.is_ended() || now.duration_since(at) > Duration::from_secs(2) {
+            if rx.poll_timeout().is_none()
+                || rx.is_ended()
+                || now.duration_since(at) > Duration::from_secs(2)
+            {
                 break;
             }
         }
@@ -266,7 +281,12 @@ pub fn receive(
     })
 }
 
-fn flush(rx: &mut Receiver<FileStore>, control: &std::net::UdpSocket, now: Instant, out: &mut [u8]) {
+fn flush(
+    rx: &mut Receiver<FileStore>,
+    control: &std::net::UdpSocket,
+    now: Instant,
+    out: &mut [u8],
+) {
     while let Some(t) = rx.poll_transmit(now, out) {
         if let Destination::Peer(addr) = t.destination {
             // A dropped control packet is like a lost one: the protocol repeats what matters.

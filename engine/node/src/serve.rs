@@ -85,10 +85,8 @@ pub fn serve(
         objects,
     };
     let total_bytes = manifest.total_bytes();
-    let control = blockcast_io::bind_unicast(
-        SocketAddr::from((cfg.iface, cfg.control_port)),
-        true,
-    )?;
+    let control =
+        blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, cfg.control_port)), true)?;
     let control_addr = control
         .local_addr()
         .map_err(|e| NodeError::Config(format!("control socket: {e}")))?;
@@ -111,7 +109,8 @@ pub fn serve(
         initial_grtt: Duration::from_millis(2),
         ..SenderConfig::default()
     };
-    let mut sender = Sender::new(scfg, manifest, content).map_err(|e| NodeError::Config(e.into()))?;
+    let mut sender =
+        Sender::new(scfg, manifest, content).map_err(|e| NodeError::Config(e.into()))?;
     if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.into_iter().next()) {
         core_affinity::set_for_current(core);
     }
@@ -170,7 +169,9 @@ pub fn serve(
             next_progress = now + Duration::from_millis(200);
         }
         // Sleep until the next thing is due or a control packet arrives.
-        let wake = sender.poll_timeout().unwrap_or(now + Duration::from_millis(50));
+        let wake = sender
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_millis(50));
         let wait = wake.saturating_duration_since(Instant::now());
         if ring.free_slots() == 0 {
             ring.wait(Duration::from_millis(1))?;
@@ -248,7 +249,9 @@ fn send_due(
         // Open a super-buffer for this unit's size and fill it while the sender has more
         // units due that fit: payloads go from the mapping, only headers are copied.
         let seg = t.datagram_len() as u16;
-        let mut batch = ring.batch(seg).map_err(|e| NodeError::Config(format!("send: {e:?}")))?;
+        let mut batch = ring
+            .batch(seg)
+            .map_err(|e| NodeError::Config(format!("send: {e:?}")))?;
         let src = &sender.source().sources[unit.object.0 as usize];
         let base = unit.block.0 as usize * block_size + unit.offset;
         // The range lies inside the object: the sender made it from the manifest.

@@ -19,9 +19,18 @@ pub(crate) fn readable(fds: &[RawFd], timeout: Duration) -> Vec<bool> {
     };
     // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs that lives across the
     // call; `ts` is a valid timespec; a null sigmask leaves the mask unchanged.
-    let n = unsafe { libc::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+    let n = unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
     if n <= 0 {
         return vec![false; fds.len()];
     }
-    pfds.iter().map(|p| p.revents & (libc::POLLIN | libc::POLLERR) != 0).collect()
+    pfds.iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLERR) != 0)
+        .collect()
 }

@@ -90,7 +90,9 @@ mod tests {
         let k = 16u16;
         let m = 8u16;
         // A short last block: 15.5 units.
-        let data: Vec<u8> = (0..(usize::from(us) * 15 + 32)).map(|i| (i * 7 + 3) as u8).collect();
+        let data: Vec<u8> = (0..(usize::from(us) * 15 + 32))
+            .map(|i| (i * 7 + 3) as u8)
+            .collect();
         let parity = encode_block(&data, k, m, us).unwrap();
         let p = |i: u16| &parity[usize::from(i) * 64..usize::from(i + 1) * 64];
         // Receiver A lost units 0 and 15 (the short one), receiver B lost 3, 4 and 9.
@@ -100,7 +102,8 @@ mod tests {
                 let end = ((u + 1) * 64).min(block.len());
                 block[u * 64..end].fill(0xEE);
             }
-            let got: Vec<(u16, &[u8])> = (0..lost.len() as u16).map(|i| (i + 2, p(i + 2))).collect();
+            let got: Vec<(u16, &[u8])> =
+                (0..lost.len() as u16).map(|i| (i + 2, p(i + 2))).collect();
             decode_block(&mut block, |u| !lost.contains(&u), &got, k, m, us).unwrap();
             assert_eq!(block, data);
         }

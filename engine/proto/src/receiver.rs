@@ -72,7 +72,10 @@ impl Default for ReceiverConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReceiverEvent {
     /// A session was announced and adopted.
-    Announced { session: SessionId, control: SocketAddr },
+    Announced {
+        session: SessionId,
+        control: SocketAddr,
+    },
     /// The manifest is complete and verified; the store has been prepared.
     ManifestReady,
     /// The server accepted the join.
@@ -243,7 +246,13 @@ impl<S: BlockStore> Receiver<S> {
 
     #[doc(hidden)]
     pub fn debug_blocks(&self) -> String {
-        let mut out = format!("row {:?} passed {} due {:?} timers {}\n", self.row, self.passed, self.nack_due, self.timers.len());
+        let mut out = format!(
+            "row {:?} passed {} due {:?} timers {}\n",
+            self.row,
+            self.passed,
+            self.nack_due,
+            self.timers.len()
+        );
         for (i, b) in self.blocks.iter().enumerate() {
             if let Some(b) = b {
                 out += &format!(
@@ -286,11 +295,18 @@ impl<S: BlockStore> Receiver<S> {
 
     /// Whether block `block` of `object` is verified.
     pub fn is_verified(&self, object: ObjectId, block: BlockIndex) -> bool {
-        self.seq(object, block).is_some_and(|s| self.done.get(s as usize))
+        self.seq(object, block)
+            .is_some_and(|s| self.done.get(s as usize))
     }
 
     /// Ask the server to send these blocks next (play and seek).
-    pub fn request_priority(&mut self, object: ObjectId, block: BlockIndex, unit: UnitIndex, count: u32) {
+    pub fn request_priority(
+        &mut self,
+        object: ObjectId,
+        block: BlockIndex,
+        unit: UnitIndex,
+        count: u32,
+    ) {
         if let Some(session) = self.session {
             self.out.push_back(Out::Priority(PriorityRepr {
                 session,
@@ -315,7 +331,9 @@ impl<S: BlockStore> Receiver<S> {
     fn grtt(&self) -> Duration {
         self.announce
             .as_ref()
-            .map_or(Duration::from_millis(5), |a| Duration::from_micros(u64::from(a.grtt_us)))
+            .map_or(Duration::from_millis(5), |a| {
+                Duration::from_micros(u64::from(a.grtt_us))
+            })
     }
 
     fn group_size(&self) -> u32 {
@@ -335,7 +353,10 @@ impl<S: BlockStore> Receiver<S> {
 
     fn addr_of(&self, seq: u64) -> (ObjectId, BlockIndex) {
         let o = self.block_base.partition_point(|&b| b <= seq) - 1;
-        (ObjectId(o as u32), BlockIndex((seq - self.block_base[o]) as u32))
+        (
+            ObjectId(o as u32),
+            BlockIndex((seq - self.block_base[o]) as u32),
+        )
     }
 
     fn block_len(&self, seq: u64) -> usize {
@@ -347,7 +368,10 @@ impl<S: BlockStore> Receiver<S> {
     }
 
     fn units_in(&self, seq: u64) -> u16 {
-        let us = self.manifest.as_ref().map_or(1, |m| usize::from(m.unit_size));
+        let us = self
+            .manifest
+            .as_ref()
+            .map_or(1, |m| usize::from(m.unit_size));
         self.block_len(seq).div_ceil(us) as u16
     }
 
@@ -397,7 +421,8 @@ impl<S: BlockStore> Receiver<S> {
                 if self.row.is_none() {
                     self.row = Some(a.row);
                     self.next_join = None;
-                    self.events.push_back(ReceiverEvent::Accepted { row: a.row });
+                    self.events
+                        .push_back(ReceiverEvent::Accepted { row: a.row });
                     let first = now + self.receipt_interval();
                     self.next_receipt = Some(first);
                     // NACKs held back until now can go.
@@ -485,7 +510,9 @@ impl<S: BlockStore> Receiver<S> {
         let manifest = match (blake3::hash(&self.manifest_buf).as_bytes() == &a.manifest_hash)
             .then(|| Manifest::parse(&self.manifest_buf))
         {
-            Some(Ok(m)) if m.unit_size == a.unit_size && m.units_per_block == a.units_per_block => m,
+            Some(Ok(m)) if m.unit_size == a.unit_size && m.units_per_block == a.units_per_block => {
+                m
+            }
             _ => {
                 // A forged or corrupted chunk: start the manifest over.
                 self.stats.bad_packets += 1;
@@ -657,9 +684,17 @@ impl<S: BlockStore> Receiver<S> {
         let mut ok = true;
         if state.have.count_ones() < usize::from(k) {
             self.stats.decodes += 1;
-            let parity: Vec<(u16, &[u8])> = state.parity.iter().map(|(i, p)| (*i, &p[..])).collect();
-            ok = coding::decode_block(bytes, |u| state.have.get(u), &parity, k, max_parity, unit_size)
-                .is_ok();
+            let parity: Vec<(u16, &[u8])> =
+                state.parity.iter().map(|(i, p)| (*i, &p[..])).collect();
+            ok = coding::decode_block(
+                bytes,
+                |u| state.have.get(u),
+                &parity,
+                k,
+                max_parity,
+                unit_size,
+            )
+            .is_ok();
         }
         ok = ok && blake3::hash(bytes).as_bytes() == &expected;
         if ok {
@@ -671,7 +706,8 @@ impl<S: BlockStore> Receiver<S> {
             self.done.set(seq as usize);
             self.stats.blocks_verified += 1;
             self.store.block_verified(object, block);
-            self.events.push_back(ReceiverEvent::BlockVerified { object, block });
+            self.events
+                .push_back(ReceiverEvent::BlockVerified { object, block });
             while self.prefix < self.total_blocks && self.done.get(self.prefix as usize) {
                 self.prefix += 1;
             }
@@ -681,7 +717,8 @@ impl<S: BlockStore> Receiver<S> {
         } else {
             // Discard what we have and fetch the block again.
             self.stats.blocks_failed += 1;
-            self.events.push_back(ReceiverEvent::BlockFailed { object, block });
+            self.events
+                .push_back(ReceiverEvent::BlockFailed { object, block });
             let old = self.blocks[seq as usize].take();
             let mut fresh = BlockState::new(k);
             if let Some(old) = old {
@@ -717,7 +754,9 @@ impl<S: BlockStore> Receiver<S> {
         if self.ended {
             return;
         }
-        if self.last_heard.is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.idle_timeout)
+        if self
+            .last_heard
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.idle_timeout)
             && !self.server_lost
         {
             self.server_lost = true;
@@ -870,7 +909,8 @@ impl<S: BlockStore> Receiver<S> {
                 self.nack_due.pop_first();
                 continue;
             };
-            let missing = usize::from(k).saturating_sub(state.have.count_ones() + state.parity.len());
+            let missing =
+                usize::from(k).saturating_sub(state.have.count_ones() + state.parity.len());
             if missing == 0 {
                 self.nack_due.pop_first();
                 continue;
@@ -944,11 +984,9 @@ impl<S: BlockStore> Receiver<S> {
             });
             seq = end;
         }
-        let loss_ppm = if self.expected_units == 0 {
-            0
-        } else {
-            (self.loss_units * 1_000_000 / self.expected_units).min(1_000_000) as u32
-        };
+        let loss_ppm = (self.loss_units * 1_000_000)
+            .checked_div(self.expected_units)
+            .map_or(0, |p| p.min(1_000_000) as u32);
         self.loss_units = 0;
         self.expected_units = 0;
         ReceiptRepr {

@@ -21,9 +21,9 @@ use blockcast_status::{RowId, StatusMatrix, UnitBitmap};
 use crate::coding;
 use crate::store::BlockSource;
 use crate::wire::{
-    AcceptRepr, AnnounceRepr, BlockIndex, DoneReason, DoneRepr, Holes, Manifest,
-    ManifestChunkRepr, NackEntry, ObjectId, Packet, ReceiptRepr, ReceiverId, SessionId,
-    UnitHeaderRepr, WireError, UNIT_HEADER_LEN,
+    AcceptRepr, AnnounceRepr, BlockIndex, DoneReason, DoneRepr, Holes, Manifest, ManifestChunkRepr,
+    NackEntry, ObjectId, Packet, ReceiptRepr, ReceiverId, SessionId, UnitHeaderRepr, WireError,
+    UNIT_HEADER_LEN,
 };
 use crate::{micros, Destination, Geometry, Transmit, UnitRef};
 
@@ -88,17 +88,30 @@ impl Default for SenderConfig {
 /// What happened, for the node to report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SenderEvent {
-    ReceiverJoined { receiver: ReceiverId, addr: SocketAddr },
-    ReceiverLeft { receiver: ReceiverId, timed_out: bool },
-    ReceiverComplete { receiver: ReceiverId },
+    ReceiverJoined {
+        receiver: ReceiverId,
+        addr: SocketAddr,
+    },
+    ReceiverLeft {
+        receiver: ReceiverId,
+        timed_out: bool,
+    },
+    ReceiverComplete {
+        receiver: ReceiverId,
+    },
     /// The first pass began (enough receivers, or the wait ran out).
     FirstPassStarted,
     /// Every block has been sent once.
     FirstPassDone,
     /// The session is over; nothing more will be sent.
-    Finished { reason: DoneReason },
+    Finished {
+        reason: DoneReason,
+    },
     /// A datagram could not be decoded (counted in stats too).
-    BadPacket { from: SocketAddr, error: WireError },
+    BadPacket {
+        from: SocketAddr,
+        error: WireError,
+    },
 }
 
 /// Counters. Bytes are datagram bytes.
@@ -213,11 +226,17 @@ impl<S: BlockSource> Sender<S> {
         {
             return Err("unit size must be even, at least 2, and fit a datagram");
         }
-        if g.units_per_block == 0 || g.units_per_block > 32_768 || g.max_parity == 0 || g.max_parity > 32_768 {
+        if g.units_per_block == 0
+            || g.units_per_block > 32_768
+            || g.max_parity == 0
+            || g.max_parity > 32_768
+        {
             return Err("units per block and parity units must be 1..=32768");
         }
         if !coding::supported(g.units_per_block, g.max_parity) {
-            return Err("the parity code does not support this many units per block and parity units");
+            return Err(
+                "the parity code does not support this many units per block and parity units",
+            );
         }
         if cfg.stripes == 0 || cfg.rate == 0 {
             return Err("stripes and rate must be positive");
@@ -362,7 +381,10 @@ impl<S: BlockSource> Sender<S> {
 
     fn addr_of(&self, seq: u64) -> (ObjectId, BlockIndex) {
         let o = self.block_base.partition_point(|&b| b <= seq) - 1;
-        (ObjectId(o as u32), BlockIndex((seq - self.block_base[o]) as u32))
+        (
+            ObjectId(o as u32),
+            BlockIndex((seq - self.block_base[o]) as u32),
+        )
     }
 
     fn units_in(&self, object: ObjectId, block: BlockIndex) -> u16 {
@@ -377,7 +399,8 @@ impl<S: BlockSource> Sender<S> {
             Ok(p) => p,
             Err(error) => {
                 self.stats.bad_packets += 1;
-                self.events.push_back(SenderEvent::BadPacket { from, error });
+                self.events
+                    .push_back(SenderEvent::BadPacket { from, error });
                 return;
             }
         };
@@ -480,8 +503,7 @@ impl<S: BlockSource> Sender<S> {
         // Send->receipt time: now minus the echoed send time, less the time the receiver held it.
         let elapsed = ts_now.wrapping_sub(r.echo_timestamp);
         if r.echo_timestamp != 0 && elapsed < 60_000_000 {
-            let sample =
-                Duration::from_micros(u64::from(elapsed.saturating_sub(r.echo_delay_us)));
+            let sample = Duration::from_micros(u64::from(elapsed.saturating_sub(r.echo_delay_us)));
             m.rtt = Some(match m.rtt {
                 Some(old) => (old * 7 + sample) / 8,
                 None => sample,
@@ -502,10 +524,11 @@ impl<S: BlockSource> Sender<S> {
         let wm = if r.complete {
             Some(self.total_blocks)
         } else {
-            self.seq(r.watermark_object, r.watermark_block).or(
-                (r.watermark_object.0 as usize >= self.manifest.objects.len())
-                    .then_some(self.total_blocks),
-            )
+            self.seq(r.watermark_object, r.watermark_block)
+                .or(
+                    (r.watermark_object.0 as usize >= self.manifest.objects.len())
+                        .then_some(self.total_blocks),
+                )
         };
         if let Some(wm) = wm.filter(|&wm| wm > marked) {
             for seq in marked..wm {
@@ -541,7 +564,10 @@ impl<S: BlockSource> Sender<S> {
         // Parity this receiver may still get: what is queued, and what was sent so recently
         // that it may not have arrived when the receiver wrote. Parity sent longer ago either
         // arrived (and the receiver counted it) or was lost (or sent before it listened).
-        let settled = if r.last_sent.is_some_and(|t| now.saturating_duration_since(t) > settle) {
+        let settled = if r
+            .last_sent
+            .is_some_and(|t| now.saturating_duration_since(t) > settle)
+        {
             r.parity_next
         } else {
             0
@@ -556,7 +582,9 @@ impl<S: BlockSource> Sender<S> {
             r.parity_end += want;
         } else {
             // Parity cannot cover it (or the receiver has nothing): send the originals it lists.
-            let originals = r.originals.get_or_insert_with(|| UnitBitmap::new(usize::from(k)));
+            let originals = r
+                .originals
+                .get_or_insert_with(|| UnitBitmap::new(usize::from(k)));
             let mut any = false;
             for u in e.holes.units().take(usize::from(k)) {
                 if usize::from(u) < usize::from(k) {
@@ -584,7 +612,11 @@ impl<S: BlockSource> Sender<S> {
         if self.grtt_window_end.is_some_and(|t| now >= t) {
             if let Some(w) = self.grtt_window_max.take() {
                 // Rise at once to the slowest receiver seen; fall back slowly.
-                self.grtt = if w > self.grtt { w } else { (self.grtt * 3 + w) / 4 };
+                self.grtt = if w > self.grtt {
+                    w
+                } else {
+                    (self.grtt * 3 + w) / 4
+                };
                 self.grtt = self.grtt.max(Duration::from_micros(100));
             }
             self.grtt_window_end = Some(now + self.grtt_window());
@@ -594,7 +626,9 @@ impl<S: BlockSource> Sender<S> {
             let gone: Vec<ReceiverId> = self
                 .members
                 .iter()
-                .filter(|(_, m)| !m.complete && now.saturating_duration_since(m.last_heard) > timeout)
+                .filter(|(_, m)| {
+                    !m.complete && now.saturating_duration_since(m.last_heard) > timeout
+                })
                 .map(|(id, _)| *id)
                 .collect();
             for id in gone {
@@ -626,7 +660,11 @@ impl<S: BlockSource> Sender<S> {
                 }
             }
             Phase::Sending => {
-                if self.cfg.deadline.is_some_and(|d| self.since_start(now) >= d) {
+                if self
+                    .cfg
+                    .deadline
+                    .is_some_and(|d| self.since_start(now) >= d)
+                {
                     self.close(now, DoneReason::Deadline);
                 } else if self.pass.is_none()
                     && self.repair_queue.is_empty()
@@ -782,7 +820,9 @@ impl<S: BlockSource> Sender<S> {
         if self.next_send.is_some_and(|t| now < t) {
             return None;
         }
-        let t = self.send_repair(now, buf).or_else(|| self.send_first_pass(now, buf))?;
+        let t = self
+            .send_repair(now, buf)
+            .or_else(|| self.send_first_pass(now, buf))?;
         self.pace(now, t.datagram_len());
         Some(t)
     }
@@ -796,7 +836,8 @@ impl<S: BlockSource> Sender<S> {
     }
 
     fn pace(&mut self, now: Instant, bytes: usize) {
-        let cost = Duration::from_nanos((bytes as u64).saturating_mul(1_000_000_000) / self.cfg.rate);
+        let cost =
+            Duration::from_nanos((bytes as u64).saturating_mul(1_000_000_000) / self.cfg.rate);
         let base = match self.next_send {
             Some(t) if t + self.cfg.burst > now => t,
             _ => now.checked_sub(self.cfg.burst).unwrap_or(now),
@@ -878,10 +919,7 @@ impl<S: BlockSource> Sender<S> {
         self.pass = if next_unit < units {
             Some((o, b, next_unit))
         } else {
-            match first_block_after(&self.manifest, o, b) {
-                Some((no, nb)) => Some((no, nb, 0)),
-                None => None,
-            }
+            first_block_after(&self.manifest, o, b).map(|(no, nb)| (no, nb, 0))
         };
         if self.pass.is_none() {
             self.events.push_back(SenderEvent::FirstPassDone);

@@ -36,7 +36,9 @@ pub fn valid_name(name: &str) -> bool {
         && !name.starts_with('/')
         && !name.contains('\0')
         && !name.contains('\\')
-        && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 impl ObjectEntry {
@@ -84,7 +86,10 @@ impl Manifest {
     }
 
     pub fn total_blocks(&self) -> u64 {
-        self.objects.iter().map(|o| o.block_hashes.len() as u64).sum()
+        self.objects
+            .iter()
+            .map(|o| o.block_hashes.len() as u64)
+            .sum()
     }
 
     pub fn buffer_len(&self) -> usize {
@@ -137,8 +142,7 @@ impl Manifest {
         }
         let unit_size = r.u16()?;
         let units_per_block = r.u16()?;
-        if unit_size < 2 || unit_size % 2 != 0 || units_per_block == 0 || units_per_block > 32_768
-        {
+        if unit_size < 2 || unit_size % 2 != 0 || units_per_block == 0 || units_per_block > 32_768 {
             return Err(WireError::Malformed);
         }
         let block_size = u64::from(unit_size) * u64::from(units_per_block);
@@ -159,7 +163,8 @@ impl Manifest {
             }
             let hash = r.array()?;
             let blocks = r.u32()? as usize;
-            if blocks as u64 != size.div_ceil(block_size) || blocks.saturating_mul(32) > r.remaining()
+            if blocks as u64 != size.div_ceil(block_size)
+                || blocks.saturating_mul(32) > r.remaining()
             {
                 return Err(WireError::Malformed);
             }

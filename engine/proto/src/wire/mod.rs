@@ -267,7 +267,11 @@ impl UnitHeaderRepr {
     /// Writes the unit header into `buf[..UNIT_HEADER_LEN]`; the payload follows it.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
         let mut w = Writer::new(buf);
-        let kind = if self.parity { Kind::Parity } else { Kind::Data };
+        let kind = if self.parity {
+            Kind::Parity
+        } else {
+            Kind::Data
+        };
         let flags = if self.repair { FLAG_REPAIR } else { 0 };
         Header {
             kind,
@@ -491,10 +495,11 @@ impl Holes {
     /// Iterates the missing unit indices described.
     pub fn units(&self) -> Box<dyn Iterator<Item = u16> + '_> {
         match self {
-            Holes::Ranges(r) => Box::new(
-                r.iter()
-                    .flat_map(|&(s, n)| (u32::from(s)..u32::from(s) + u32::from(n)).map(|u| u as u16)),
-            ),
+            Holes::Ranges(r) => {
+                Box::new(r.iter().flat_map(|&(s, n)| {
+                    (u32::from(s)..u32::from(s) + u32::from(n)).map(|u| u as u16)
+                }))
+            }
             Holes::Bitmap(b) => Box::new(
                 (0..b.len() * 8)
                     .filter(move |i| b[i / 8] & (0x80 >> (i % 8)) != 0)
@@ -533,7 +538,14 @@ pub struct NackRepr {
 
 impl NackRepr {
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + 8 + 2 + self.entries.iter().map(NackEntry::buffer_len).sum::<usize>()
+        HEADER_LEN
+            + 8
+            + 2
+            + self
+                .entries
+                .iter()
+                .map(NackEntry::buffer_len)
+                .sum::<usize>()
     }
 
     /// Bytes one more entry would add.
@@ -649,15 +661,16 @@ impl<'a> Packet<'a> {
         let p = match h.kind {
             Kind::Data | Kind::Parity => {
                 let p = UnitPacket::new_checked(bytes)?;
-                return Ok(Packet::Unit(UnitHeaderRepr::from_packet(&p), &bytes[UNIT_HEADER_LEN..]));
+                return Ok(Packet::Unit(
+                    UnitHeaderRepr::from_packet(&p),
+                    &bytes[UNIT_HEADER_LEN..],
+                ));
             }
             Kind::Announce => Packet::Announce(AnnounceRepr::read(s, &mut r)?),
             Kind::Manifest => {
                 let offset = r.u32()?;
                 let chunk = r.rest();
-                if chunk.is_empty()
-                    || offset as usize + chunk.len() > MAX_MANIFEST_LEN
-                {
+                if chunk.is_empty() || offset as usize + chunk.len() > MAX_MANIFEST_LEN {
                     return Err(WireError::Malformed);
                 }
                 Packet::Manifest(ManifestChunkRepr {

@@ -17,21 +17,34 @@ fn arb_holes() -> impl Strategy<Value = Holes> {
 }
 
 fn arb_nack_entry() -> impl Strategy<Value = NackEntry> {
-    (any::<u32>(), any::<u32>(), 1u16.., any::<u16>(), arb_holes()).prop_map(
-        |(o, b, missing, parity_seen, holes)| NackEntry {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        1u16..,
+        any::<u16>(),
+        arb_holes(),
+    )
+        .prop_map(|(o, b, missing, parity_seen, holes)| NackEntry {
             object: ObjectId(o),
             block: BlockIndex(b),
             missing,
             parity_seen,
             holes,
-        },
-    )
+        })
 }
 
 fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
     let s = any::<u32>().prop_map(SessionId);
     prop_oneof![
-        (s.clone(), any::<bool>(), any::<u32>(), any::<u32>(), any::<u16>(), 1u16.., any::<u32>())
+        (
+            s.clone(),
+            any::<bool>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u16>(),
+            1u16..,
+            any::<u32>()
+        )
             .prop_map(|(session, parity, o, b, i, end, ts)| {
                 let (index, round_end) = if parity { (i % end, end) } else { (i, 0) };
                 let h = UnitHeaderRepr {
@@ -57,25 +70,27 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
             1u32..=MAX_MANIFEST_LEN as u32,
             any::<[u8; 32]>(),
         )
-            .prop_map(|(session, control, unit_size, upb, mp, stripes, misc, ml, mh)| {
-                Packet::Announce(AnnounceRepr {
-                    session,
-                    control,
-                    unit_size,
-                    units_per_block: upb,
-                    max_parity: mp,
-                    stripes,
-                    object_count: misc.0,
-                    total_bytes: misc.1,
-                    manifest_len: ml,
-                    manifest_hash: mh,
-                    group_size: misc.2,
-                    grtt_us: misc.3,
-                    pass_object: ObjectId(misc.0 ^ 5),
-                    pass_block: BlockIndex(misc.2 ^ 9),
-                    timestamp: misc.3 ^ 1,
-                })
-            }),
+            .prop_map(
+                |(session, control, unit_size, upb, mp, stripes, misc, ml, mh)| {
+                    Packet::Announce(AnnounceRepr {
+                        session,
+                        control,
+                        unit_size,
+                        units_per_block: upb,
+                        max_parity: mp,
+                        stripes,
+                        object_count: misc.0,
+                        total_bytes: misc.1,
+                        manifest_len: ml,
+                        manifest_hash: mh,
+                        group_size: misc.2,
+                        grtt_us: misc.3,
+                        pass_object: ObjectId(misc.0 ^ 5),
+                        pass_block: BlockIndex(misc.2 ^ 9),
+                        timestamp: misc.3 ^ 1,
+                    })
+                }
+            ),
         (s.clone(), 0u32..1000, 1usize..40).prop_map(|(session, offset, n)| {
             Packet::Manifest(ManifestChunkRepr {
                 session,
@@ -98,16 +113,23 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
             LeaveRepr {
                 session,
                 receiver: ReceiverId(r),
-                reason: if f { LeaveReason::Failed } else { LeaveReason::Stopped },
+                reason: if f {
+                    LeaveReason::Failed
+                } else {
+                    LeaveReason::Stopped
+                },
             }
         )),
-        (s.clone(), any::<u64>(), proptest::collection::vec(arb_nack_entry(), 1..8)).prop_map(
-            |(session, r, entries)| Packet::Nack(NackRepr {
+        (
+            s.clone(),
+            any::<u64>(),
+            proptest::collection::vec(arb_nack_entry(), 1..8)
+        )
+            .prop_map(|(session, r, entries)| Packet::Nack(NackRepr {
                 session,
                 receiver: ReceiverId(r),
                 entries
-            })
-        ),
+            })),
         (
             s.clone(),
             any::<(u64, bool, u32, u32, u64)>(),
@@ -145,8 +167,11 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
         }),
         (s.clone(), 0u8..3).prop_map(|(session, r)| Packet::Done(DoneRepr::Session {
             session,
-            reason: [DoneReason::Complete, DoneReason::Deadline, DoneReason::Aborted]
-                [r as usize],
+            reason: [
+                DoneReason::Complete,
+                DoneReason::Deadline,
+                DoneReason::Aborted
+            ][r as usize],
         })),
         (s, any::<u64>()).prop_map(|(session, r)| Packet::Done(DoneRepr::Receiver {
             session,
@@ -284,12 +309,24 @@ fn parity_index_past_round_end_is_malformed() {
     }
     .emit(&mut buf)
     .unwrap();
-    assert_eq!(UnitPacket::new_checked(&buf[..]).unwrap_err(), WireError::Malformed);
+    assert_eq!(
+        UnitPacket::new_checked(&buf[..]).unwrap_err(),
+        WireError::Malformed
+    );
 }
 
 #[test]
 fn unsafe_names_are_rejected() {
-    for bad in ["", "/etc/passwd", "a/../b", "..", "a//b", "./a", "a\\b", "a\0b"] {
+    for bad in [
+        "",
+        "/etc/passwd",
+        "a/../b",
+        "..",
+        "a//b",
+        "./a",
+        "a\\b",
+        "a\0b",
+    ] {
         assert!(!manifest::valid_name(bad), "{bad:?}");
     }
     for good in ["a", "dir/file.bin", "x/y/z", ".hidden"] {
@@ -300,9 +337,18 @@ fn unsafe_names_are_rejected() {
 #[test]
 fn header_checks() {
     assert_eq!(Header::parse(&[]), Err(WireError::Truncated));
-    assert_eq!(Header::parse(&[0, 0, 1, 1, 0, 0, 0, 0, 0, 0]), Err(WireError::BadMagic));
-    assert_eq!(Header::parse(&[0x42, 0x43, 9, 1, 0, 0, 0, 0, 0, 0]), Err(WireError::BadVersion));
-    assert_eq!(Header::parse(&[0x42, 0x43, 1, 99, 0, 0, 0, 0, 0, 0]), Err(WireError::UnknownKind));
+    assert_eq!(
+        Header::parse(&[0, 0, 1, 1, 0, 0, 0, 0, 0, 0]),
+        Err(WireError::BadMagic)
+    );
+    assert_eq!(
+        Header::parse(&[0x42, 0x43, 9, 1, 0, 0, 0, 0, 0, 0]),
+        Err(WireError::BadVersion)
+    );
+    assert_eq!(
+        Header::parse(&[0x42, 0x43, 1, 99, 0, 0, 0, 0, 0, 0]),
+        Err(WireError::UnknownKind)
+    );
     assert_eq!(
         Header::parse(&[0x42, 0x43, 1, 1, FLAG_TAGGED, 0, 0, 0, 0, 0]),
         Err(WireError::Malformed)
