@@ -1,0 +1,591 @@
+//! End-to-end tests of the real `blockcast` binary on loopback multicast, with real io_uring.
+//!
+//! Every process binds to 127.0.0.1 and a group in 239.255.0.0/16 (never another interface);
+//! each test has its own group and port, so tests run in parallel without hearing each other.
+//! Every child is bounded twice: by its own flags (`--timeout`, `--max-wait`, `--deadline`)
+//! and by the test, which waits with a deadline and kills what is left (see [`Proc`]).
+//! Receivers ask for a 4 MiB socket buffer, the most a default `net.core.rmem_max` grants, so
+//! the tests behave the same on machines where that cap applies.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_blockcast");
+/// The only interface any test uses.
+const IFACE: &str = "127.0.0.1";
+/// What a receiver asks for (a default `net.core.rmem_max`).
+const RCVBUF: &str = "4194304";
+/// Bytes per block with the CLI's default geometry (1400-byte units, 749 per block).
+const BLOCK: u64 = 1400 * 749;
+
+/// Group and port for test number `test`: the third octet and the port are the test's, the
+/// fourth octet and the port's low digits come from the process id, so two runs of this suite
+/// at once do not collide either.
+fn group(test: u8) -> String {
+    let pid = std::process::id();
+    let host = 1 + (pid % 253) as u8;
+    let port = 40_000 + u16::from(test) * 100 + (pid % 100) as u16;
+    format!("239.255.{}.{host}:{port}", 200 + u16::from(test))
+}
+
+/// A scratch directory under the system temp dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("blockcast-loopback-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create scratch dir");
+        Scratch(p)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `blockcast` child, its stdout and stderr captured in files (no pipe can fill up).
+/// Dropping it kills the child if it is still running, so a failing test leaves nothing behind.
+struct Proc {
+    name: String,
+    child: Child,
+    status: Option<ExitStatus>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn<I, S>(dir: &Path, name: &str, args: I) -> Proc
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        let child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("stdout file"))
+            .stderr(File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {BIN} for {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            status: None,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The exit status if the child has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait");
+        }
+        self.status
+    }
+
+    /// Waits for the child to exit, at most `limit`; panics (and the guard kills it) past that.
+    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
+        let end = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.exited() {
+                return s;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "{} still running after {limit:?}\nstderr:\n{}",
+                    self.name,
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for exit within `limit` and asserts the exit code.
+    fn expect_code(&mut self, limit: Duration, code: i32) {
+        let s = self.wait_within(limit);
+        assert_eq!(
+            s.code(),
+            Some(code),
+            "{} exited with {s}, wanted code {code}\nstdout:\n{}\nstderr:\n{}",
+            self.name,
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
+    /// Panics if the child has already exited (used while waiting for it to make progress).
+    fn assert_running(&mut self) {
+        if let Some(s) = self.exited() {
+            panic!(
+                "{} exited early with {s}\nstdout:\n{}\nstderr:\n{}",
+                self.name,
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+
+    fn kill(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            self.status = self.child.wait().ok();
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The JSON summary the child printed on stdout (`--json`).
+    fn json(&self) -> serde_json::Value {
+        let out = self.stdout();
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{}: stdout is not one JSON value ({e}):\n{out}", self.name))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after `limit`, saying `what` was awaited.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Writes `size` pseudo-random bytes (xorshift from `seed`).
+fn write_sample(path: &Path, size: u64, seed: u64) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("sample dir");
+    }
+    let mut f = std::io::BufWriter::new(File::create(path).expect("create sample"));
+    let mut x = seed | 1;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for w in chunk.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+        }
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).expect("write sample");
+        left -= n as u64;
+    }
+    f.flush().expect("flush sample");
+}
+
+fn hash_file(path: &Path) -> blake3::Hash {
+    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    h.finalize()
+}
+
+fn assert_identical(want: &Path, got: &Path) {
+    let (w, g) = (std::fs::metadata(want).unwrap(), std::fs::metadata(got));
+    let g = g.unwrap_or_else(|e| panic!("{}: {e}", got.display()));
+    assert_eq!(g.len(), w.len(), "{} has the wrong length", got.display());
+    assert_eq!(hash_file(got), hash_file(want), "{} differs from {}", got.display(), want.display());
+}
+
+/// True once the 4 KiB at `offset` of `path` are not all zero: the receiver preallocates its
+/// file with zeros when it gets the manifest and the first pass fills it in order, so for a
+/// random sample this says the first pass has reached `offset`.
+fn has_data_at(path: &Path, offset: u64) -> bool {
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let mut buf = [0u8; 4096];
+    if f.seek(SeekFrom::Start(offset)).is_err() || f.read_exact(&mut buf).is_err() {
+        return false;
+    }
+    buf.iter().any(|&b| b != 0)
+}
+
+fn receiver(dir: &Path, name: &str, group: &str, out: &Path, timeout_s: u32) -> Proc {
+    Proc::spawn(
+        dir,
+        name,
+        [
+            OsString::from("receive"),
+            "--group".into(),
+            group.into(),
+            "--iface".into(),
+            IFACE.into(),
+            "--out".into(),
+            out.into(),
+            "--timeout".into(),
+            timeout_s.to_string().into(),
+            "--rcvbuf".into(),
+            RCVBUF.into(),
+            "--json".into(),
+        ],
+    )
+}
+
+struct ServeOpts<'a> {
+    rate: &'a str,
+    min_receivers: usize,
+    max_wait_s: u32,
+    deadline_s: u32,
+}
+
+fn server(dir: &Path, group: &str, paths: &[&Path], o: &ServeOpts) -> Proc {
+    let mut args: Vec<OsString> = vec!["serve".into()];
+    args.extend(paths.iter().map(|p| p.as_os_str().to_owned()));
+    for (flag, value) in [
+        ("--group", group.to_string()),
+        ("--iface", IFACE.to_string()),
+        ("--rate", o.rate.to_string()),
+        ("--min-receivers", o.min_receivers.to_string()),
+        ("--max-wait", o.max_wait_s.to_string()),
+        ("--deadline", o.deadline_s.to_string()),
+    ] {
+        args.push(flag.into());
+        args.push(value.into());
+    }
+    args.push("--json".into());
+    Proc::spawn(dir, "server", args)
+}
+
+/// Asserts the server's summary says complete, with `complete` receivers done.
+fn assert_served(server: &Proc, complete: usize) -> serde_json::Value {
+    let v = server.json();
+    assert_eq!(v["result"], "complete", "server summary: {v}");
+    let done = v["receivers"]
+        .as_array()
+        .expect("receivers array")
+        .iter()
+        .filter(|r| r["complete"] == true)
+        .count();
+    assert_eq!(done, complete, "server summary: {v}");
+    v
+}
+
+#[test]
+fn one_receiver_gets_a_256_mib_file() {
+    let dir = Scratch::new("one");
+    let g = group(1);
+    let src = dir.path("big.bin");
+    write_sample(&src, 256 << 20, 1);
+    let out = dir.path("copy.bin");
+    let mut r = receiver(&dir.0, "receiver", &g, &out, 30);
+    let opts = ServeOpts {
+        rate: "200M",
+        min_receivers: 1,
+        max_wait_s: 20,
+        deadline_s: 120,
+    };
+    let mut s = server(&dir.0, &g, &[&src], &opts);
+    s.expect_code(Duration::from_secs(150), 0);
+    r.expect_code(Duration::from_secs(30), 0);
+    assert_served(&s, 1);
+    let rj = r.json();
+    assert_eq!(rj["bytes"], 256u64 << 20, "receiver summary: {rj}");
+    assert_eq!(rj["blocks_failed"], 0, "receiver summary: {rj}");
+    assert_identical(&src, &out);
+}
+
+#[test]
+fn four_receivers_get_identical_copies() {
+    let dir = Scratch::new("four");
+    let g = group(2);
+    let src = dir.path("sample.bin");
+    // Not a whole number of blocks or units: the last block and unit are short.
+    write_sample(&src, (64 << 20) + 12_345, 2);
+    // Two receivers write to a file path, two into existing directories (out/sample.bin).
+    let mut outs = Vec::new();
+    let mut rs = Vec::new();
+    for i in 0..4 {
+        let (arg, stored) = if i % 2 == 0 {
+            let p = dir.path(&format!("copy-{i}.bin"));
+            (p.clone(), p)
+        } else {
+            let d = dir.path(&format!("into-{i}"));
+            std::fs::create_dir(&d).expect("out dir");
+            (d.clone(), d.join("sample.bin"))
+        };
+        rs.push(receiver(&dir.0, &format!("receiver-{i}"), &g, &arg, 30));
+        outs.push(stored);
+    }
+    let opts = ServeOpts {
+        rate: "100M",
+        min_receivers: 4,
+        max_wait_s: 20,
+        deadline_s: 120,
+    };
+    let mut s = server(&dir.0, &g, &[&src], &opts);
+    s.expect_code(Duration::from_secs(150), 0);
+    for r in &mut rs {
+        r.expect_code(Duration::from_secs(30), 0);
+    }
+    assert_served(&s, 4);
+    for o in &outs {
+        assert_identical(&src, o);
+    }
+}
+
+#[test]
+fn a_directory_arrives_whole() {
+    let dir = Scratch::new("tree");
+    let g = group(3);
+    let tree = dir.path("tree");
+    // Files: odd sizes, exactly one block, one byte, and an empty one, nested two deep.
+    let files: [(&str, u64); 5] = [
+        ("a.bin", (3 << 20) + 777),
+        ("sub/b.bin", BLOCK),
+        ("sub/one", 1),
+        ("sub/deeper/c.bin", 2 * BLOCK + 1400 * 3 + 2),
+        ("sub/deeper/empty", 0),
+    ];
+    for (i, (rel, size)) in files.iter().enumerate() {
+        write_sample(&tree.join(rel), *size, 10 + i as u64);
+    }
+    // One receiver stores into an existing directory, the other into one it must create.
+    let existing = dir.path("got-a");
+    std::fs::create_dir(&existing).expect("out dir");
+    let fresh = dir.path("got-b");
+    let mut ra = receiver(&dir.0, "receiver-a", &g, &existing, 30);
+    let mut rb = receiver(&dir.0, "receiver-b", &g, &fresh, 30);
+    let opts = ServeOpts {
+        rate: "100M",
+        min_receivers: 2,
+        max_wait_s: 20,
+        deadline_s: 60,
+    };
+    let mut s = server(&dir.0, &g, &[&tree], &opts);
+    s.expect_code(Duration::from_secs(90), 0);
+    ra.expect_code(Duration::from_secs(30), 0);
+    rb.expect_code(Duration::from_secs(30), 0);
+    let v = assert_served(&s, 2);
+    assert_eq!(v["objects"], files.len(), "server summary: {v}");
+    for out in [&existing, &fresh] {
+        for (rel, _) in &files {
+            assert_identical(&tree.join(rel), &out.join("tree").join(rel));
+        }
+        // Nothing else was written.
+        let mut n = 0;
+        let mut stack = vec![out.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    n += 1;
+                }
+            }
+        }
+        assert_eq!(n, files.len(), "files under {}", out.display());
+    }
+}
+
+#[test]
+fn a_receiver_started_late_completes() {
+    let dir = Scratch::new("late");
+    let g = group(4);
+    let size: u64 = 128 << 20;
+    let src = dir.path("sample.bin");
+    write_sample(&src, size, 4);
+    let early_out = dir.path("early.bin");
+    let late_out = dir.path("late.bin");
+    let mut early = receiver(&dir.0, "early", &g, &early_out, 30);
+    // 128 MiB at 40 MB/s: the first pass takes over 3 s.
+    let opts = ServeOpts {
+        rate: "40M",
+        min_receivers: 1,
+        max_wait_s: 20,
+        deadline_s: 120,
+    };
+    let mut s = server(&dir.0, &g, &[&src], &opts);
+    // The late receiver starts once the first pass has reached a fifth of the file.
+    wait_until(Duration::from_secs(60), "the first pass to reach 20% of the file", || {
+        early.assert_running();
+        s.assert_running();
+        has_data_at(&early_out, size / 5)
+    });
+    let mut late = receiver(&dir.0, "late", &g, &late_out, 30);
+    s.expect_code(Duration::from_secs(150), 0);
+    early.expect_code(Duration::from_secs(30), 0);
+    late.expect_code(Duration::from_secs(30), 0);
+    let v = assert_served(&s, 2);
+    // The late receiver missed the start of the first pass: it was sent again for it.
+    let resent = v["repair_units"].as_u64().unwrap() + v["parity_units"].as_u64().unwrap();
+    assert!(resent > 0, "nothing was resent for the late receiver: {v}");
+    assert_identical(&src, &early_out);
+    assert_identical(&src, &late_out);
+}
+
+#[test]
+fn a_killed_receiver_does_not_stop_the_others() {
+    let dir = Scratch::new("killed");
+    let g = group(5);
+    let size: u64 = 64 << 20;
+    let src = dir.path("sample.bin");
+    write_sample(&src, size, 5);
+    let outs: Vec<PathBuf> = (0..3).map(|i| dir.path(&format!("copy-{i}.bin"))).collect();
+    let mut rs: Vec<Proc> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| receiver(&dir.0, &format!("receiver-{i}"), &g, o, 40))
+        .collect();
+    // 64 MiB at 20 MB/s: the first pass takes over 3 s.
+    let opts = ServeOpts {
+        rate: "20M",
+        min_receivers: 3,
+        max_wait_s: 20,
+        deadline_s: 120,
+    };
+    let mut s = server(&dir.0, &g, &[&src], &opts);
+    wait_until(Duration::from_secs(60), "the first pass to reach 10% of the file", || {
+        rs[0].assert_running();
+        s.assert_running();
+        has_data_at(&outs[0], size / 10)
+    });
+    rs[0].kill();
+    assert!(
+        !has_data_at(&outs[0], size - 4096),
+        "receiver 0 had the whole file before it was killed"
+    );
+    // The server drops the dead receiver once it has not been heard for its receiver timeout
+    // (10 s), then finishes with the two that remain.
+    s.expect_code(Duration::from_secs(150), 0);
+    for r in &mut rs[1..] {
+        r.expect_code(Duration::from_secs(40), 0);
+    }
+    assert_served(&s, 2);
+    for o in &outs[1..] {
+        assert_identical(&src, o);
+    }
+}
+
+#[test]
+fn a_missing_input_exits_3_naming_it() {
+    let dir = Scratch::new("missing");
+    let missing = dir.path("no-such-input.bin");
+    let opts = ServeOpts {
+        rate: "10M",
+        min_receivers: 1,
+        max_wait_s: 1,
+        deadline_s: 2,
+    };
+    let mut s = server(&dir.0, &group(6), &[&missing], &opts);
+    s.expect_code(Duration::from_secs(20), 3);
+    let err = s.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "stderr: {err}");
+    assert!(lines[0].contains(&*missing.to_string_lossy()), "stderr: {err}");
+    assert!(s.stdout().is_empty(), "stdout: {}", s.stdout());
+}
+
+#[test]
+fn a_bad_interface_exits_5_listing_the_interfaces() {
+    let dir = Scratch::new("badif");
+    let src = dir.path("x.bin");
+    write_sample(&src, 1000, 7);
+    let g = group(7);
+    let mut s = Proc::spawn(
+        &dir.0,
+        "server",
+        [
+            OsString::from("serve"),
+            src.clone().into(),
+            "--group".into(),
+            g.clone().into(),
+            "--iface".into(),
+            "nosuchif0".into(),
+            "--max-wait".into(),
+            "1".into(),
+            "--deadline".into(),
+            "2".into(),
+        ],
+    );
+    let mut r = Proc::spawn(
+        &dir.0,
+        "receiver",
+        [
+            "receive", "--group", &g, "--iface", "nosuchif0", "--out", "unused", "--timeout", "1",
+        ],
+    );
+    for p in [&mut s, &mut r] {
+        p.expect_code(Duration::from_secs(20), 5);
+        let err = p.stderr();
+        assert!(err.contains("nosuchif0"), "{}: stderr: {err}", p.name);
+        assert!(err.contains("lo"), "{}: stderr does not list lo: {err}", p.name);
+    }
+    assert!(!dir.path("unused").exists());
+}
+
+#[test]
+fn a_group_that_is_not_multicast_exits_2() {
+    let dir = Scratch::new("unicast");
+    let src = dir.path("x.bin");
+    write_sample(&src, 1000, 8);
+    let mut s = Proc::spawn(
+        &dir.0,
+        "server",
+        [
+            OsString::from("serve"),
+            src.clone().into(),
+            "--group".into(),
+            "10.1.2.3:9000".into(),
+            "--iface".into(),
+            IFACE.into(),
+            "--max-wait".into(),
+            "1".into(),
+            "--deadline".into(),
+            "2".into(),
+        ],
+    );
+    let mut r = Proc::spawn(
+        &dir.0,
+        "receiver",
+        [
+            "receive", "--group", "10.1.2.3:9000", "--iface", IFACE, "--out", "unused", "--timeout",
+            "1",
+        ],
+    );
+    for p in [&mut s, &mut r] {
+        p.expect_code(Duration::from_secs(20), 2);
+        let err = p.stderr();
+        assert!(err.contains("10.1.2.3"), "{}: stderr: {err}", p.name);
+    }
+}
+
+#[test]
+fn a_receiver_with_no_server_exits_6() {
+    let dir = Scratch::new("noserver");
+    let out = dir.path("never.bin");
+    let mut r = receiver(&dir.0, "receiver", &group(9), &out, 1);
+    r.expect_code(Duration::from_secs(20), 6);
+    assert!(r.stderr().contains("no server"), "stderr: {}", r.stderr());
+    assert!(!out.exists(), "a receiver that heard nothing created {}", out.display());
+}
