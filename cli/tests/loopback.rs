@@ -37,7 +37,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(test: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("blockcast-loopback-{test}-{}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("blockcast-loopback-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create scratch dir");
         Scratch(p)
@@ -173,7 +174,10 @@ impl Drop for Proc {
 fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -210,10 +214,18 @@ fn hash_file(path: &Path) -> blake3::Hash {
 }
 
 fn assert_identical(want: &Path, got: &Path) {
-    let (w, g) = (std::fs::metadata(want).unwrap(), std::fs::metadata(got));
-    let g = g.unwrap_or_else(|e| panic!("{}: {e}", got.display()));
-    assert_eq!(g.len(), w.len(), "{} has the wrong length", got.display());
-    assert_eq!(hash_file(got), hash_file(want), "{} differs from {}", got.display(), want.display());
+    let want_len = std::fs::metadata(want).expect("source metadata").len();
+    let got_len = std::fs::metadata(got)
+        .unwrap_or_else(|e| panic!("{}: {e}", got.display()))
+        .len();
+    assert_eq!(got_len, want_len, "{} has the wrong length", got.display());
+    assert_eq!(
+        hash_file(got),
+        hash_file(want),
+        "{} differs from {}",
+        got.display(),
+        want.display()
+    );
 }
 
 /// True once the 4 KiB at `offset` of `path` are not all zero: the receiver preallocates its
@@ -279,6 +291,7 @@ fn server(dir: &Path, group: &str, paths: &[&Path], o: &ServeOpts) -> Proc {
 /// Asserts the server's summary says complete, with `complete` receivers done.
 fn assert_served(server: &Proc, complete: usize) -> serde_json::Value {
     let v = server.json();
+    eprintln!("server summary: {v}");
     assert_eq!(v["result"], "complete", "server summary: {v}");
     let done = v["receivers"]
         .as_array()
@@ -427,11 +440,15 @@ fn a_receiver_started_late_completes() {
     };
     let mut s = server(&dir.0, &g, &[&src], &opts);
     // The late receiver starts once the first pass has reached a fifth of the file.
-    wait_until(Duration::from_secs(60), "the first pass to reach 20% of the file", || {
-        early.assert_running();
-        s.assert_running();
-        has_data_at(&early_out, size / 5)
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the first pass to reach 20% of the file",
+        || {
+            early.assert_running();
+            s.assert_running();
+            has_data_at(&early_out, size / 5)
+        },
+    );
     let mut late = receiver(&dir.0, "late", &g, &late_out, 30);
     s.expect_code(Duration::from_secs(150), 0);
     early.expect_code(Duration::from_secs(30), 0);
@@ -465,11 +482,15 @@ fn a_killed_receiver_does_not_stop_the_others() {
         deadline_s: 120,
     };
     let mut s = server(&dir.0, &g, &[&src], &opts);
-    wait_until(Duration::from_secs(60), "the first pass to reach 10% of the file", || {
-        rs[0].assert_running();
-        s.assert_running();
-        has_data_at(&outs[0], size / 10)
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "the first pass to reach 10% of the file",
+        || {
+            rs[0].assert_running();
+            s.assert_running();
+            has_data_at(&outs[0], size / 10)
+        },
+    );
     rs[0].kill();
     assert!(
         !has_data_at(&outs[0], size - 4096),
@@ -502,7 +523,10 @@ fn a_missing_input_exits_3_naming_it() {
     let err = s.stderr();
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "stderr: {err}");
-    assert!(lines[0].contains(&*missing.to_string_lossy()), "stderr: {err}");
+    assert!(
+        lines[0].contains(&*missing.to_string_lossy()),
+        "stderr: {err}"
+    );
     assert!(s.stdout().is_empty(), "stdout: {}", s.stdout());
 }
 
@@ -528,20 +552,33 @@ fn a_bad_interface_exits_5_listing_the_interfaces() {
             "2".into(),
         ],
     );
+    let unused = dir.path("unused");
     let mut r = Proc::spawn(
         &dir.0,
         "receiver",
         [
-            "receive", "--group", &g, "--iface", "nosuchif0", "--out", "unused", "--timeout", "1",
+            OsString::from("receive"),
+            "--group".into(),
+            g.into(),
+            "--iface".into(),
+            "nosuchif0".into(),
+            "--out".into(),
+            unused.clone().into(),
+            "--timeout".into(),
+            "1".into(),
         ],
     );
     for p in [&mut s, &mut r] {
         p.expect_code(Duration::from_secs(20), 5);
         let err = p.stderr();
         assert!(err.contains("nosuchif0"), "{}: stderr: {err}", p.name);
-        assert!(err.contains("lo"), "{}: stderr does not list lo: {err}", p.name);
+        assert!(
+            err.contains("lo"),
+            "{}: stderr does not list lo: {err}",
+            p.name
+        );
     }
-    assert!(!dir.path("unused").exists());
+    assert!(!unused.exists());
 }
 
 #[test]
@@ -565,12 +602,20 @@ fn a_group_that_is_not_multicast_exits_2() {
             "2".into(),
         ],
     );
+    let unused = dir.path("unused");
     let mut r = Proc::spawn(
         &dir.0,
         "receiver",
         [
-            "receive", "--group", "10.1.2.3:9000", "--iface", IFACE, "--out", "unused", "--timeout",
-            "1",
+            OsString::from("receive"),
+            "--group".into(),
+            "10.1.2.3:9000".into(),
+            "--iface".into(),
+            IFACE.into(),
+            "--out".into(),
+            unused.clone().into(),
+            "--timeout".into(),
+            "1".into(),
         ],
     );
     for p in [&mut s, &mut r] {
@@ -578,6 +623,7 @@ fn a_group_that_is_not_multicast_exits_2() {
         let err = p.stderr();
         assert!(err.contains("10.1.2.3"), "{}: stderr: {err}", p.name);
     }
+    assert!(!unused.exists());
 }
 
 #[test]
@@ -587,5 +633,9 @@ fn a_receiver_with_no_server_exits_6() {
     let mut r = receiver(&dir.0, "receiver", &group(9), &out, 1);
     r.expect_code(Duration::from_secs(20), 6);
     assert!(r.stderr().contains("no server"), "stderr: {}", r.stderr());
-    assert!(!out.exists(), "a receiver that heard nothing created {}", out.display());
+    assert!(
+        !out.exists(),
+        "a receiver that heard nothing created {}",
+        out.display()
+    );
 }

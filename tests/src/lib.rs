@@ -18,7 +18,10 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use blockcast_proto::wire::{LeaveReason, Manifest, ObjectEntry, ReceiverId, SessionId};
+use blockcast_proto::wire::{
+    BlockIndex, LeaveReason, Manifest, ObjectEntry, ObjectId, ReceiverId, SessionId,
+};
+use blockcast_proto::BlockSource;
 use blockcast_proto::{
     Destination, Geometry, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
     SenderEvent, SliceSource,
@@ -50,6 +53,10 @@ pub struct SimConfig {
     /// Receivers that leave politely at a time.
     pub leaves: Vec<(usize, Duration)>,
     pub store: StoreKind,
+    /// Stripes sent by separate "data threads" (the node's thread-per-core shape): with more
+    /// than one, the simulator sends the first pass itself, stripe by stripe with random skew
+    /// between them, and reports progress to the sender (`external_first_pass`).
+    pub stripes: u16,
     /// Give up at this much virtual time.
     pub time_limit: Duration,
     pub sender: SenderConfig,
@@ -96,6 +103,7 @@ impl SimConfig {
             deaths: Vec::new(),
             leaves: Vec::new(),
             store: StoreKind::Memory,
+            stripes: 1,
             time_limit: Duration::from_secs(60),
             sender,
             receiver,
@@ -234,6 +242,13 @@ struct Sim<'a> {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     buf: Vec<u8>,
     first_data: Option<Instant>,
+    /// External first pass: per stripe, the next (global block, unit) to send.
+    stripe_cursor: Vec<(u64, u16)>,
+    block_addrs: Vec<(ObjectId, BlockIndex, u16)>,
+    next_data: Option<Instant>,
+    /// First-pass units the simulated data threads sent.
+    stripe_units: u64,
+    stripe_bytes: u64,
 }
 
 /// Runs one simulated session to its end (or the time limit) and reports.
@@ -265,6 +280,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     scfg.rate = cfg.rate;
     scfg.control = SERVER;
     scfg.session = SessionId((cfg.seed as u32) | 1);
+    scfg.stripes = cfg.stripes.max(1);
+    scfg.external_first_pass = cfg.stripes > 1;
     let sender = match Sender::new(scfg, manifest.clone(), source) {
         Ok(s) => s,
         Err(e) => {
@@ -312,6 +329,23 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         timers: BinaryHeap::new(),
         buf: vec![0u8; 65_536],
         first_data: None,
+        stripe_cursor: (0..u64::from(cfg.stripes.max(1))).map(|s| (s, 0)).collect(),
+        block_addrs: manifest
+            .objects
+            .iter()
+            .enumerate()
+            .flat_map(|(o, e)| {
+                let units = |b: usize| -> u16 {
+                    let len = (e.size as usize - b * block_size).min(block_size);
+                    len.div_ceil(usize::from(cfg.geometry.unit_size)) as u16
+                };
+                (0..e.block_hashes.len())
+                    .map(move |b| (ObjectId(o as u32), BlockIndex(b as u32), units(b)))
+            })
+            .collect(),
+        next_data: None,
+        stripe_units: 0,
+        stripe_bytes: 0,
     };
     for i in 0..cfg.receivers {
         let start = cfg
@@ -386,10 +420,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let s = sim.sender.stats();
     report.seed = cfg.seed;
     report.receivers = cfg.receivers;
-    report.data_units = s.data_units;
+    report.data_units = s.data_units + sim.stripe_units;
     report.repair_units = s.repair_units;
     report.parity_units = s.parity_units;
-    report.data_bytes = s.data_bytes;
+    report.data_bytes = s.data_bytes + sim.stripe_bytes;
     report.parity_bytes = s.parity_bytes;
     report.nack_packets = s.nacks;
     report.nack_bytes = s.nack_bytes;
@@ -437,6 +471,9 @@ impl<'a> Sim<'a> {
             take(self.mcast.front().map(|(t, _)| *t));
             take(self.events.peek().map(|Reverse((t, _, _))| *t));
             take(self.timers.peek().map(|Reverse((t, _))| *t));
+            if self.cfg.stripes > 1 && self.sender.is_sending() && self.stripes_left() {
+                take(Some(self.next_data.unwrap_or(now)));
+            }
             let Some(next) = next else {
                 report
                     .failures
@@ -489,6 +526,9 @@ impl<'a> Sim<'a> {
             }
             if self.sender.poll_timeout().is_some_and(|t| t <= now) {
                 self.sender.handle_timeout(now);
+            }
+            if self.cfg.stripes > 1 && self.sender.is_sending() {
+                self.send_stripes(now);
             }
             while let Some(&Reverse((t, i))) = self.timers.peek() {
                 if t > now {
@@ -593,6 +633,58 @@ impl<'a> Sim<'a> {
                 n.scheduled = Some(t);
                 self.timers.push(Reverse((t, i)));
             }
+        }
+    }
+
+    fn stripes_left(&self) -> bool {
+        self.stripe_cursor
+            .iter()
+            .any(|&(seq, _)| (seq as usize) < self.block_addrs.len())
+    }
+
+    /// The data threads: each stripe sends its blocks in order; which stripe goes next is
+    /// random (threads are not in lock step), all paced together at the configured rate.
+    fn send_stripes(&mut self, now: Instant) {
+        let total = self.block_addrs.len() as u64;
+        while self.next_data.is_none_or(|t| t <= now) && self.stripes_left() {
+            let live: Vec<usize> = (0..self.stripe_cursor.len())
+                .filter(|&s| self.stripe_cursor[s].0 < total)
+                .collect();
+            let s = live[self.rng.below(live.len() as u64) as usize];
+            let (seq, unit) = self.stripe_cursor[s];
+            let (object, block, units) = self.block_addrs[seq as usize];
+            let epoch = self.sender.epoch().unwrap_or(now);
+            let hdr = blockcast_proto::wire::UnitHeaderRepr {
+                session: SessionId((self.cfg.seed as u32) | 1),
+                parity: false,
+                repair: false,
+                object,
+                block,
+                index: unit,
+                round_end: 0,
+                timestamp: now.saturating_duration_since(epoch).as_micros() as u32,
+            };
+            let mut bytes = vec![0u8; blockcast_proto::wire::UNIT_HEADER_LEN];
+            let _ = hdr.emit(&mut bytes);
+            let us = usize::from(self.cfg.geometry.unit_size);
+            let b = self.sender.source().block(object, block);
+            let start = usize::from(unit) * us;
+            bytes.extend_from_slice(&b[start..(start + us).min(b.len())]);
+            let cost = Duration::from_secs_f64(bytes.len() as f64 / self.cfg.rate as f64);
+            self.next_data = Some(self.next_data.unwrap_or(now).max(now - cost) + cost);
+            if self.first_data.is_none() {
+                self.first_data = Some(now);
+            }
+            self.stripe_units += 1;
+            self.stripe_bytes += bytes.len() as u64;
+            self.mcast.push_back((now + self.cfg.delay, bytes.into()));
+            self.stripe_cursor[s] = if unit + 1 < units {
+                (seq, unit + 1)
+            } else {
+                (seq + self.stripe_cursor.len() as u64, 0)
+            };
+            let sent_before = self.stripe_cursor.iter().map(|c| c.0).min().unwrap_or(total);
+            self.sender.handle_first_pass(now, sent_before);
         }
     }
 

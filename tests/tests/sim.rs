@@ -120,3 +120,18 @@ fn leaving_or_dying_receivers_do_not_hold_the_others() {
     let r = check(cfg);
     assert!(r.sender_finished);
 }
+
+#[test]
+fn striped_first_pass_from_data_threads() {
+    // Three stripes sent by separate "threads" that drift apart, as the server's data threads do.
+    for loss in [0.0, 0.02] {
+        let mut cfg = SimConfig::small(81, 20, loss);
+        cfg.stripes = 3;
+        cfg.objects = vec![100_000, 0, 200_000];
+        let r = check(cfg);
+        assert_eq!(r.data_units, r.minimal_units, "each first-pass unit is sent exactly once");
+        if loss == 0.0 {
+            assert_eq!(r.parity_units + r.repair_units, 0, "stripe drift was taken for loss");
+        }
+    }
+}

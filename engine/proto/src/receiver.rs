@@ -167,6 +167,10 @@ pub struct Receiver<S> {
     prefix: u64,
     /// Blocks before this have had their first pass.
     passed: u64,
+    /// Blocks whose first pass is over (from either rule below).
+    passed_map: UnitBitmap,
+    /// Per stripe, the next block of that stripe whose first pass is not known to be over.
+    stripe_next: Vec<u64>,
     row: Option<u32>,
     timers: BTreeSet<(Instant, u64)>,
     nack_due: BTreeSet<u64>,
@@ -204,6 +208,8 @@ impl<S: BlockStore> Receiver<S> {
             done: UnitBitmap::new(0),
             prefix: 0,
             passed: 0,
+            passed_map: UnitBitmap::new(0),
+            stripe_next: Vec::new(),
             row: None,
             timers: BTreeSet::new(),
             nack_due: BTreeSet::new(),
@@ -534,6 +540,7 @@ impl<S: BlockStore> Receiver<S> {
         self.total_blocks = total;
         self.blocks = (0..total).map(|_| None).collect();
         self.done = UnitBitmap::new(total as usize);
+        self.passed_map = UnitBitmap::new(total as usize);
         self.manifest = Some(manifest);
         self.manifest_buf = Vec::new();
         self.events.push_back(ReceiverEvent::ManifestReady);
@@ -556,8 +563,7 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
-    /// The first pass has gone by every block before `end`: those still incomplete miss
-    /// units, so arm their NACK timers.
+    /// The first pass has gone by every block before `end` (the announce says so).
     fn pass_through(&mut self, now: Instant, end: u64) {
         if self.manifest.is_none() {
             return;
@@ -566,22 +572,48 @@ impl<S: BlockStore> Receiver<S> {
         while self.passed < end {
             let seq = self.passed;
             self.passed += 1;
-            if self.done.get(seq as usize) {
-                self.expected_units += u64::from(self.units_in(seq));
-                continue;
-            }
-            let k = self.units_in(seq);
-            let have = self.blocks[seq as usize]
-                .as_ref()
-                .map_or(0, |b| b.have.count_ones() as u64);
-            self.expected_units += u64::from(k);
-            self.loss_units += u64::from(k) - have;
-            self.arm(seq, now);
+            self.mark_passed(now, seq);
         }
+    }
+
+    /// A first-pass unit of block `seq` arrived: its stripe's sender is done with every
+    /// earlier block of the same stripe (stripes send in block order, independently).
+    fn pass_stripe(&mut self, now: Instant, seq: u64) {
+        let stripes = self.stripes();
+        if self.stripe_next.len() as u64 != stripes {
+            self.stripe_next = (0..stripes).collect();
+        }
+        let s = (seq % stripes) as usize;
+        while self.stripe_next[s] < seq {
+            let b = self.stripe_next[s];
+            self.stripe_next[s] += stripes;
+            self.mark_passed(now, b);
+        }
+    }
+
+    /// Block `seq`'s first pass is over: if it is incomplete it misses units, so count them
+    /// as lost and arm its NACK timer.
+    fn mark_passed(&mut self, now: Instant, seq: u64) {
+        if !self.passed_map.try_set(seq as usize).unwrap_or(false) {
+            return;
+        }
+        let k = self.units_in(seq);
+        self.expected_units += u64::from(k);
+        if self.done.get(seq as usize) {
+            return;
+        }
+        let have = self.blocks[seq as usize]
+            .as_ref()
+            .map_or(0, |b| b.have.count_ones() as u64);
+        self.loss_units += u64::from(k) - have;
+        self.arm(seq, now);
     }
 
     /// Schedules a NACK for block `seq` after a random backoff.
     fn arm(&mut self, seq: u64, now: Instant) {
+        if self.done.get(seq as usize) {
+            return;
+        }
         let k = self.units_in(seq);
         let grtt = self.grtt();
         let n = f64::from(self.group_size()) + 1.0;
@@ -634,11 +666,8 @@ impl<S: BlockStore> Receiver<S> {
             self.stats.bad_packets += 1;
             return;
         }
-        let stripes = self.stripes();
-        if !unit.is_parity() && !unit.is_repair() && seq + 1 > stripes {
-            // A first-pass unit of block `seq`: the first pass is done with every block of
-            // the same stripe before it.
-            self.pass_through(now, seq + 1 - stripes);
+        if !unit.is_parity() && !unit.is_repair() {
+            self.pass_stripe(now, seq);
         }
         let state = self.blocks[seq as usize].get_or_insert_with(|| Box::new(BlockState::new(k)));
         if unit.is_parity() {
@@ -728,7 +757,7 @@ impl<S: BlockStore> Receiver<S> {
                 }
             }
             self.blocks[seq as usize] = Some(Box::new(fresh));
-            if seq < self.passed {
+            if self.passed_map.get(seq as usize) {
                 self.arm(seq, now);
             }
         }

@@ -57,6 +57,10 @@ pub struct SenderConfig {
     pub max_receivers: usize,
     /// Blocks whose parity units are kept ready (each costs `max_parity * unit_size`).
     pub parity_cache_blocks: usize,
+    /// The node sends the first pass itself (one data thread per stripe, straight from the
+    /// source) and reports how far it got with [`Sender::handle_first_pass`]; the sender then
+    /// announces, repairs and tracks receivers, and never emits first-pass units.
+    pub external_first_pass: bool,
 }
 
 impl Default for SenderConfig {
@@ -81,6 +85,7 @@ impl Default for SenderConfig {
             receiver_timeout: Duration::from_secs(10),
             max_receivers: 100_000,
             parity_cache_blocks: 256,
+            external_first_pass: false,
         }
     }
 }
@@ -188,8 +193,10 @@ pub struct Sender<S> {
     epoch: Option<Instant>,
     phase: Phase,
     next_send: Option<Instant>,
-    /// Next first-pass unit, or `None` once the first pass is done.
+    /// Next first-pass unit, or `None` once the first pass is done (or is external).
     pass: Option<(u32, u32, u16)>,
+    /// External first pass: every block before this (global numbering) has been sent.
+    external_sent: u64,
     next_announce: Option<Instant>,
     announce_now: bool,
     manifest_due: usize,
@@ -250,12 +257,13 @@ impl<S: BlockSource> Sender<S> {
             total_blocks += o.block_hashes.len() as u64;
         }
         let matrix = StatusMatrix::new(cfg.max_receivers, total_blocks as usize);
-        let first = first_block(&manifest, 0);
+        let first = first_block(&manifest, 0).filter(|_| !cfg.external_first_pass);
         Ok(Sender {
             grtt: cfg.initial_grtt,
             cfg,
             source,
             pass: first.map(|(o, b)| (o, b, 0)),
+            external_sent: 0,
             manifest,
             manifest_bytes,
             manifest_hash,
@@ -340,6 +348,41 @@ impl<S: BlockSource> Sender<S> {
 
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Finished
+    }
+
+    /// The first pass may run: enough receivers joined, or the wait ran out. An external
+    /// first pass starts when this turns true.
+    pub fn is_sending(&self) -> bool {
+        self.phase != Phase::Waiting
+    }
+
+    /// The session's start: unit timestamps are microseconds since this instant.
+    pub fn epoch(&self) -> Option<Instant> {
+        self.epoch
+    }
+
+    /// External first pass: every block before `sent_before` (global numbering over the
+    /// manifest's objects) has been sent by every data thread. Call it as the data threads
+    /// progress; a value at or past the last block ends the first pass.
+    pub fn handle_first_pass(&mut self, now: Instant, sent_before: u64) {
+        if !self.cfg.external_first_pass || sent_before <= self.external_sent {
+            return;
+        }
+        let was_done = self.first_pass_done();
+        self.external_sent = sent_before.min(self.total_blocks);
+        if !was_done && self.first_pass_done() {
+            self.events.push_back(SenderEvent::FirstPassDone);
+            self.announce_now = true;
+        }
+        self.advance_phase(now);
+    }
+
+    fn first_pass_done(&self) -> bool {
+        if self.cfg.external_first_pass {
+            self.external_sent >= self.total_blocks
+        } else {
+            self.pass.is_none()
+        }
     }
 
     /// Change the pacing rate (datagram bytes per second).
@@ -578,6 +621,7 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         let whole = e.missing >= k;
+
         if !whole && r.parity_end + want <= max_parity {
             r.parity_end += want;
         } else {
@@ -666,7 +710,7 @@ impl<S: BlockSource> Sender<S> {
                     .is_some_and(|d| self.since_start(now) >= d)
                 {
                     self.close(now, DoneReason::Deadline);
-                } else if self.pass.is_none()
+                } else if self.first_pass_done()
                     && self.repair_queue.is_empty()
                     && self.members.values().all(|m| m.complete)
                     && (self.ever_joined > 0 || self.cfg.min_receivers == 0)
@@ -847,8 +891,12 @@ impl<S: BlockSource> Sender<S> {
 
     fn announce_repr(&self, now: Instant) -> AnnounceRepr {
         let (po, pb) = match self.pass {
+            _ if self.first_pass_done() => (ObjectId(u32::MAX), BlockIndex(u32::MAX)),
             Some((o, b, _)) => (ObjectId(o), BlockIndex(b)),
-            None => (ObjectId(u32::MAX), BlockIndex(u32::MAX)),
+            None => {
+                let (o, b) = self.addr_of(self.external_sent);
+                (o, b)
+            }
         };
         AnnounceRepr {
             session: self.cfg.session,
