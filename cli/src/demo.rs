@@ -68,6 +68,7 @@ fn run_in(
         max_wait: Duration::from_secs(10),
         deadline: Some(Duration::from_secs(600)),
         session: id,
+        threads: a.threads.max(1),
     };
     let outs: Vec<PathBuf> = (0..a.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))
@@ -86,7 +87,10 @@ fn run_in(
                     rcvbuf: 32 << 20,
                     id: u64::from(id) << 8 | i as u64,
                 };
-                s.spawn(move || receive(&cfg, stop, &mut |_| {}))
+                std::thread::Builder::new()
+                    .name(format!("bc-recv-{i}"))
+                    .spawn_scoped(s, move || receive(&cfg, stop, &mut |_| {}))
+                    .expect("spawn a receiver thread")
             })
             .collect();
         let bar = out.bar(size, "demo");

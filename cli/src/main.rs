@@ -88,6 +88,9 @@ struct ServeArgs {
     /// Multicast TTL (1 keeps packets on the local link).
     #[arg(long, default_value_t = 1)]
     ttl: u32,
+    /// Data threads, one stripe of blocks each, pinned one per core (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +119,9 @@ pub struct DemoArgs {
     /// Send rate ("auto" or bytes per second with k, M, G).
     #[arg(long, default_value = "auto")]
     rate: String,
+    /// Server data threads (the receivers share this machine's cores with them).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
@@ -223,6 +229,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         max_wait: Duration::from_secs_f64(a.max_wait.max(0.0)),
         deadline: a.deadline.map(|d| Duration::from_secs_f64(d.max(0.0))),
         session: session_id(),
+        threads: a.threads.unwrap_or_else(cores).max(1),
     };
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;
     out.serve_summary(&summary);
@@ -248,6 +255,11 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
     let summary = output::run_receive(&cfg, stop, out).map_err(exit::node)?;
     out.receive_summary(&summary);
     Ok(())
+}
+
+/// Cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// A random-enough id from the clock and the process id (not secret).

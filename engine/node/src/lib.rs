@@ -8,9 +8,24 @@ mod content;
 mod error;
 mod receive;
 mod serve;
+mod stripe;
 mod wait;
 
 pub use content::{collect_inputs, Input};
 pub use error::NodeError;
 pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};
+
+/// CPU time the calling thread has used, in seconds.
+pub fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call writes into.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}

@@ -48,7 +48,14 @@ pub struct ReceiveProgress {
 pub struct ReceiveSummary {
     pub files: Vec<PathBuf>,
     pub bytes: u64,
+    /// From start until every block was verified (in the page cache).
     pub seconds: f64,
+    /// From the first data unit until every block was verified.
+    pub transfer_seconds: f64,
+    /// Flushing the files to disk at the end (fsync).
+    pub sync_seconds: f64,
+    /// CPU time of the receiving thread.
+    pub cpu_seconds: f64,
     pub stats: ReceiverStats,
     /// The receive buffer the kernel granted, and whether `net.core.rmem_max` capped it.
     pub rcvbuf: (usize, bool),
@@ -176,6 +183,7 @@ pub fn receive(
     let mut heard = false;
     let mut next_progress = started;
     let mut complete_at: Option<Instant> = None;
+    let mut first_unit: Option<Instant> = None;
     let fds = [data.as_raw_fd(), control.as_raw_fd()];
     loop {
         let now = Instant::now();
@@ -192,6 +200,9 @@ pub fn receive(
             .min(Duration::from_millis(100));
         let ready = readable(&fds, wait);
         let now = Instant::now();
+        if ready[0] && first_unit.is_none() && rx.manifest().is_some() {
+            first_unit = Some(now);
+        }
         if ready[0] {
             // Drain what is queued, a bounded number of batches per turn.
             for _ in 0..64 {
@@ -268,14 +279,21 @@ pub fn receive(
             }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let done = complete_at.unwrap_or_else(Instant::now);
+    let seconds = done.duration_since(started).as_secs_f64();
+    let transfer_seconds = first_unit.map_or(0.0, |f| done.saturating_duration_since(f).as_secs_f64());
     let bytes = rx.manifest().map_or(0, |m| m.total_bytes());
+    let sync_start = Instant::now();
     rx.store_mut().sync()?;
+    let sync_seconds = sync_start.elapsed().as_secs_f64();
     let files = rx.store().files.iter().map(|(p, _)| p.clone()).collect();
     Ok(ReceiveSummary {
         files,
         bytes,
         seconds,
+        transfer_seconds,
+        sync_seconds,
+        cpu_seconds: crate::thread_cpu_seconds(),
         stats: rx.stats().clone(),
         rcvbuf: (granted.effective, granted.capped_by_sysctl),
     })

@@ -3,16 +3,17 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, RecvBatch, SendRing, SendRingConfig};
-use blockcast_proto::wire::{DoneReason, Manifest, ReceiverId, SessionId};
+use blockcast_proto::wire::{BlockIndex, DoneReason, Manifest, ObjectId, ReceiverId, SessionId};
 use blockcast_proto::{
     Destination, Geometry, Sender, SenderConfig, SenderEvent, SenderStats, Transmit,
 };
 
 use crate::content::{Content, Input};
+use crate::stripe::{self, BlockTable, StripePlan};
 use crate::wait::readable;
 use crate::NodeError;
 
@@ -33,6 +34,8 @@ pub struct ServeConfig {
     pub max_wait: Duration,
     pub deadline: Option<Duration>,
     pub session: u32,
+    /// Data threads (stripes), each pinned to a core with its own socket and ring.
+    pub threads: usize,
 }
 
 /// Progress, reported a few times per second.
@@ -66,6 +69,8 @@ pub struct ServeSummary {
     pub stats: SenderStats,
     pub receivers: Vec<ReceiverSummary>,
     pub control: SocketAddr,
+    /// CPU time of the control thread and of the data threads.
+    pub cpu_seconds: f64,
 }
 
 const START_RATE: u64 = 1_500_000_000;
@@ -75,7 +80,7 @@ const MIN_RATE: u64 = 10_000_000;
 pub fn serve(
     cfg: &ServeConfig,
     stop: &AtomicBool,
-    progress: &mut dyn FnMut(&ServeProgress),
+    progress_cb: &mut dyn FnMut(&ServeProgress),
 ) -> Result<ServeSummary, NodeError> {
     let block_size = cfg.geometry.block_size();
     let (content, objects) = Content::open(&cfg.inputs, block_size)?;
@@ -95,11 +100,23 @@ pub fn serve(
     let side = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 1 << 20)?;
     let mut ring = SendRing::new(data, SendRingConfig::default())?;
     let rate = cfg.rate.unwrap_or(START_RATE);
+    let stripes = cfg.threads.clamp(1, 64);
+    let block_size = cfg.geometry.block_size();
+    let sources = content.sources.clone();
+    let mut blocks: BlockTable = Vec::new();
+    for (o, e) in manifest.objects.iter().enumerate() {
+        for b in 0..e.block_hashes.len() {
+            let start = b * block_size;
+            let len = (e.size as usize - start).min(block_size);
+            blocks.push((ObjectId(o as u32), BlockIndex(b as u32), start, len));
+        }
+    }
     let scfg = SenderConfig {
         session: SessionId(cfg.session),
         control: control_addr,
         geometry: cfg.geometry,
-        stripes: 1,
+        stripes: stripes as u16,
+        external_first_pass: true,
         rate,
         burst: Duration::from_micros(500),
         announce_interval: Duration::from_millis(100),
@@ -111,13 +128,113 @@ pub fn serve(
     };
     let mut sender =
         Sender::new(scfg, manifest, content).map_err(|e| NodeError::Config(e.into()))?;
-    if let Some(core) = core_affinity::get_core_ids().and_then(|c| c.into_iter().next()) {
-        core_affinity::set_for_current(core);
-    }
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let shared_rate = AtomicU64::new(rate);
+    let progress: Vec<AtomicU64> = (0..stripes).map(|s| AtomicU64::new(s as u64)).collect();
+    let data_stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        let mut spawn_error = None;
+        let r = control_loop(
+            cfg,
+            stop,
+            progress_cb,
+            &mut sender,
+            &mut ring,
+            &side,
+            &control,
+            total_bytes,
+            &shared_rate,
+            &progress,
+            &mut |epoch| {
+                for s in 0..stripes {
+                    let plan = StripePlan {
+                        stripe: s,
+                        stripes,
+                        core: (!cores.is_empty()).then(|| cores[s % cores.len()]),
+                        group: cfg.group,
+                        iface: cfg.iface,
+                        ttl: cfg.ttl,
+                        session: SessionId(cfg.session),
+                        unit_size: cfg.geometry.unit_size,
+                        epoch,
+                        sources: &sources,
+                        blocks: &blocks,
+                        rate: &shared_rate,
+                        progress: &progress[s],
+                        stop: &data_stop,
+                    };
+                    let t = std::thread::Builder::new()
+                        .name(format!("bc-data-{s}"))
+                        .spawn_scoped(scope, move || stripe::run(plan));
+                    match t {
+                        Ok(t) => threads.push(t),
+                        Err(e) => spawn_error = Some(NodeError::Config(format!("cannot start a data thread: {e}"))),
+                    }
+                }
+            },
+        );
+        data_stop.store(true, Ordering::Relaxed);
+        let mut first_err = spawn_error;
+        let mut data_cpu = 0.0;
+        for t in threads {
+            match t.join() {
+                Ok(Ok(cpu)) => data_cpu += cpu,
+                Ok(Err(e)) => first_err = first_err.or(Some(e)),
+                Err(_) => first_err = first_err.or(Some(NodeError::Config("a data thread panicked".into()))),
+            }
+        }
+        match (r, first_err) {
+            (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+            (Ok((reason, secs)), None) => Ok((reason, secs, data_cpu + crate::thread_cpu_seconds())),
+        }
+    })
+    .map(|(reason, seconds, cpu_seconds)| {
+        let receivers = sender
+            .receiver_report()
+            .into_iter()
+            .map(|(id, addr, complete, rtt, loss_ppm)| ReceiverSummary {
+                id,
+                addr,
+                complete,
+                rtt_us: rtt.map(|d| d.as_micros() as u64),
+                loss_ppm,
+            })
+            .collect();
+        ServeSummary {
+            objects: sender.manifest().objects.len(),
+            bytes: total_bytes,
+            seconds,
+            reason,
+            stats: sender.stats().clone(),
+            receivers,
+            control: control_addr,
+            cpu_seconds,
+        }
+    })
+}
+
+/// The control thread: the protocol core, the control socket, repairs; starts the data
+/// threads once the first pass may begin. Returns why the session ended and how long it took.
+#[allow(clippy::too_many_arguments)]
+fn control_loop(
+    cfg: &ServeConfig,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&ServeProgress),
+    sender: &mut Sender<Content>,
+    ring: &mut SendRing,
+    side: &MulticastSender,
+    control: &UdpSocket,
+    total_bytes: u64,
+    shared_rate: &AtomicU64,
+    stripe_progress: &[AtomicU64],
+    start_data: &mut dyn FnMut(Instant),
+) -> Result<(DoneReason, f64), NodeError> {
+    let mut data_started = false;
     let mut rx = RecvBatch::new(16, 2048)?;
     let mut hdr = vec![0u8; 65_536];
     let started = Instant::now();
-    let mut rate = rate;
+    let mut rate = shared_rate.load(Ordering::Relaxed);
     let mut next_rate_check = started + Duration::from_millis(100);
     let mut next_progress = started;
     let mut reason = DoneReason::Complete;
@@ -138,9 +255,22 @@ pub fn serve(
         if sender.poll_timeout().is_some_and(|t| t <= now) {
             sender.handle_timeout(now);
         }
+        if !data_started && sender.is_sending() {
+            data_started = true;
+            start_data(sender.epoch().unwrap_or(now));
+        }
+        if data_started {
+            // Acquire: pairs with the data threads' Release after each finished block.
+            let sent_before = stripe_progress
+                .iter()
+                .map(|p| p.load(Ordering::Acquire))
+                .min()
+                .unwrap_or(u64::MAX);
+            sender.handle_first_pass(now, sent_before);
+        }
         // Everything due now: data units gathered into GSO super-buffers straight from the
         // mapping, other packets sent as they are.
-        send_due(&mut sender, &mut ring, &side, &control, now, &mut hdr)?;
+        send_due(sender, ring, side, control, now, &mut hdr)?;
         ring.flush()?;
         while let Some(e) = sender.poll_event() {
             match e {
@@ -153,8 +283,9 @@ pub fn serve(
             break;
         }
         if cfg.rate.is_none() && now >= next_rate_check {
-            rate = adapt_rate(&sender, rate);
+            rate = adapt_rate(sender, rate);
             sender.set_rate(rate);
+            shared_rate.store(rate, Ordering::Relaxed);
             next_rate_check = now + Duration::from_millis(50);
         }
         if now >= next_progress {
@@ -180,26 +311,7 @@ pub fn serve(
         }
     }
     ring.drain(Duration::from_secs(1))?;
-    let receivers = sender
-        .receiver_report()
-        .into_iter()
-        .map(|(id, addr, complete, rtt, loss_ppm)| ReceiverSummary {
-            id,
-            addr,
-            complete,
-            rtt_us: rtt.map(|d| d.as_micros() as u64),
-            loss_ppm,
-        })
-        .collect();
-    Ok(ServeSummary {
-        objects: sender.manifest().objects.len(),
-        bytes: total_bytes,
-        seconds: started.elapsed().as_secs_f64(),
-        reason,
-        stats: sender.stats().clone(),
-        receivers,
-        control: control_addr,
-    })
+    Ok((reason, started.elapsed().as_secs_f64()))
 }
 
 /// Follows the receiver that loses most: back off under loss, probe upward without it.

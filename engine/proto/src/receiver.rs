@@ -126,6 +126,8 @@ struct BlockState {
     round_end: u16,
     last_parity_at: Option<Instant>,
     nack_at: Option<Instant>,
+    /// Its loss was counted (once, when its first NACK timer fired).
+    loss_counted: bool,
 }
 
 impl BlockState {
@@ -137,6 +139,7 @@ impl BlockState {
             round_end: 0,
             last_parity_at: None,
             nack_at: None,
+            loss_counted: false,
         }
     }
 }
@@ -597,15 +600,7 @@ impl<S: BlockStore> Receiver<S> {
         if !self.passed_map.try_set(seq as usize).unwrap_or(false) {
             return;
         }
-        let k = self.units_in(seq);
-        self.expected_units += u64::from(k);
-        if self.done.get(seq as usize) {
-            return;
-        }
-        let have = self.blocks[seq as usize]
-            .as_ref()
-            .map_or(0, |b| b.have.count_ones() as u64);
-        self.loss_units += u64::from(k) - have;
+        self.expected_units += u64::from(self.units_in(seq));
         self.arm(seq, now);
     }
 
@@ -827,6 +822,11 @@ impl<S: BlockStore> Receiver<S> {
         state.nack_at = None;
         let held = state.have.count_ones() + state.parity.len();
         let missing = usize::from(k).saturating_sub(held);
+        if !state.loss_counted {
+            // Units still missing once the backoff has passed were lost (late ones were not).
+            state.loss_counted = true;
+            self.loss_units += (usize::from(k) - state.have.count_ones()) as u64;
+        }
         if missing == 0 {
             return;
         }

@@ -1,0 +1,197 @@
+//! Loopback throughput: one server and N receivers in this process, over loopback multicast
+//! (interface 127.0.0.1, TTL 1), a file in the page cache, every copy verified.
+//!
+//! `cargo run --release -p blockcast-bench --bin loopback -- --size 1G --receivers 1,4 --unit-sizes 1400,8972`
+//!
+//! Configurations run interleaved (A B A B ...) and each figure is the median of the runs.
+//! GB/s per receiver = bytes / (first data unit -> every block verified), the slowest
+//! receiver; fsync at the end is reported separately. CPU s/GB: the server's threads, and
+//! the receivers' threads per receiver, per GB delivered.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use blockcast_node::{receive, serve, Input, ReceiveConfig, ServeConfig};
+use blockcast_proto::Geometry;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Bytes to send (k, M, G suffixes).
+    #[arg(long, default_value = "1G")]
+    size: String,
+    /// Receiver counts to run, comma-separated.
+    #[arg(long, default_value = "1,4")]
+    receivers: String,
+    /// Unit sizes to run, comma-separated (8972 is the largest that fits a 9000-byte MTU;
+    /// loopback's MTU is 65536).
+    #[arg(long, default_value = "1400,8972")]
+    unit_sizes: String,
+    /// Send rate, bytes per second ("auto" adapts to loss).
+    #[arg(long, default_value = "auto")]
+    rate: String,
+    /// Server data threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Directory for the source and the copies (a disk-backed file system: page cache).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn size(s: &str) -> u64 {
+    let (n, m) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    (n.parse::<f64>().expect("a size") * m as f64) as u64
+}
+
+struct Run {
+    gbps: f64,
+    server_cpu_per_gb: f64,
+    receiver_cpu_per_gb: f64,
+    sync_s: f64,
+    repairs: u64,
+    ok: bool,
+}
+
+fn one_run(src: &Path, dir: &Path, bytes: u64, n: usize, unit: u16, rate: Option<u64>, threads: usize, tag: u16) -> Run {
+    let iface = Ipv4Addr::LOCALHOST;
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, (tag % 250) as u8 + 1), 30_000 + tag);
+    let upb = ((1u32 << 20) / u32::from(unit)).clamp(1, 32_768) as u16;
+    let scfg = ServeConfig {
+        inputs: vec![Input { path: src.to_path_buf(), name: "src.bin".into() }],
+        group,
+        iface,
+        control_port: 0,
+        ttl: 1,
+        rate,
+        geometry: Geometry { unit_size: unit, units_per_block: upb, max_parity: upb.min(128) },
+        min_receivers: n,
+        max_wait: Duration::from_secs(10),
+        deadline: Some(Duration::from_secs(300)),
+        session: u32::from(tag) << 8 | 1,
+        threads,
+    };
+    let stop = AtomicBool::new(false);
+    let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();
+    let (served, got) = std::thread::scope(|s| {
+        let hs: Vec<_> = outs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let cfg = ReceiveConfig {
+                    group,
+                    iface,
+                    out: o.clone(),
+                    timeout: Duration::from_secs(30),
+                    rcvbuf: 32 << 20,
+                    id: u64::from(tag) << 16 | i as u64,
+                };
+                let stop = &stop;
+                std::thread::Builder::new()
+                    .name(format!("bc-recv-{i}"))
+                    .spawn_scoped(s, move || receive(&cfg, stop, &mut |_| {}))
+                    .expect("spawn")
+            })
+            .collect();
+        let served = serve(&scfg, &stop, &mut |_| {});
+        let got: Vec<_> = hs.into_iter().map(|h| h.join().expect("receiver thread")).collect();
+        (served, got)
+    });
+    let want = blake3::hash(&std::fs::read(src).expect("read source"));
+    let mut ok = served.is_ok();
+    let mut slowest = 0.0f64;
+    let mut rcpu = 0.0;
+    let mut sync = 0.0f64;
+    for (g, o) in got.iter().zip(&outs) {
+        match g {
+            Ok(r) => {
+                slowest = slowest.max(r.transfer_seconds);
+                rcpu += r.cpu_seconds;
+                sync = sync.max(r.sync_seconds);
+                ok &= blake3::hash(&std::fs::read(o).expect("read copy")) == want;
+            }
+            Err(e) => {
+                eprintln!("receiver failed: {e}");
+                ok = false;
+            }
+        }
+        let _ = std::fs::remove_file(o);
+    }
+    let gb = bytes as f64 / 1e9;
+    let (scpu, repairs) = served.as_ref().map_or((0.0, 0), |s| (s.cpu_seconds, s.stats.repair_units + s.stats.parity_units));
+    Run {
+        gbps: gb / slowest.max(1e-9),
+        server_cpu_per_gb: scpu / gb,
+        receiver_cpu_per_gb: rcpu / n as f64 / gb,
+        sync_s: sync,
+        repairs,
+        ok,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn main() {
+    let a = Args::parse();
+    let bytes = size(&a.size);
+    let rate = if a.rate == "auto" { None } else { Some(size(&a.rate)) };
+    let dir = a.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("blockcast-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let src = dir.join("src.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).expect("create source"));
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            for w in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+            }
+            let n = left.min(buf.len() as u64) as usize;
+            f.write_all(&buf[..n]).expect("write source");
+            left -= n as u64;
+        }
+    }
+    let ns: Vec<usize> = a.receivers.split(',').map(|s| s.trim().parse().expect("receiver count")).collect();
+    let units: Vec<u16> = a.unit_sizes.split(',').map(|s| s.trim().parse().expect("unit size")).collect();
+    let configs: Vec<(usize, u16)> = ns.iter().flat_map(|&n| units.iter().map(move |&u| (n, u))).collect();
+    let mut results: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
+    let mut tag = (std::process::id() % 1000) as u16 * 10;
+    for _ in 0..a.runs {
+        for (i, &(n, u)) in configs.iter().enumerate() {
+            tag = tag.wrapping_add(1);
+            results[i].push(one_run(&src, &dir, bytes, n, u, rate, a.threads, tag));
+        }
+    }
+    println!("| receivers | unit bytes | GB/s per receiver (median of {}) | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
+    println!("|---:|---:|---:|---|---:|---:|---:|---:|---|");
+    for (i, &(n, u)) in configs.iter().enumerate() {
+        let r = &results[i];
+        println!(
+            "| {n} | {u} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            median(r.iter().map(|x| x.gbps).collect()),
+            r.iter().map(|x| format!("{:.2}", x.gbps)).collect::<Vec<_>>().join(" "),
+            median(r.iter().map(|x| x.server_cpu_per_gb).collect()),
+            median(r.iter().map(|x| x.receiver_cpu_per_gb).collect()),
+            median(r.iter().map(|x| x.sync_s).collect()),
+            median(r.iter().map(|x| x.repairs as f64).collect()) as u64,
+            if r.iter().all(|x| x.ok) { "all" } else { "FAILED" },
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
