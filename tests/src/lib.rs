@@ -683,7 +683,12 @@ impl<'a> Sim<'a> {
             } else {
                 (seq + self.stripe_cursor.len() as u64, 0)
             };
-            let sent_before = self.stripe_cursor.iter().map(|c| c.0).min().unwrap_or(total);
+            let sent_before = self
+                .stripe_cursor
+                .iter()
+                .map(|c| c.0)
+                .min()
+                .unwrap_or(total);
             self.sender.handle_first_pass(now, sent_before);
         }
     }

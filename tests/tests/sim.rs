@@ -129,9 +129,16 @@ fn striped_first_pass_from_data_threads() {
         cfg.stripes = 3;
         cfg.objects = vec![100_000, 0, 200_000];
         let r = check(cfg);
-        assert_eq!(r.data_units, r.minimal_units, "each first-pass unit is sent exactly once");
+        assert_eq!(
+            r.data_units, r.minimal_units,
+            "each first-pass unit is sent exactly once"
+        );
         if loss == 0.0 {
-            assert_eq!(r.parity_units + r.repair_units, 0, "stripe drift was taken for loss");
+            assert_eq!(
+                r.parity_units + r.repair_units,
+                0,
+                "stripe drift was taken for loss"
+            );
         }
     }
 }

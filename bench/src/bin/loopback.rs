@@ -61,18 +61,37 @@ struct Run {
     ok: bool,
 }
 
-fn one_run(src: &Path, dir: &Path, bytes: u64, n: usize, unit: u16, rate: Option<u64>, threads: usize, tag: u16) -> Run {
+fn one_run(
+    src: &Path,
+    dir: &Path,
+    bytes: u64,
+    n: usize,
+    unit: u16,
+    rate: Option<u64>,
+    threads: usize,
+    tag: u16,
+) -> Run {
     let iface = Ipv4Addr::LOCALHOST;
-    let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, (tag % 250) as u8 + 1), 30_000 + tag);
+    let group = SocketAddrV4::new(
+        Ipv4Addr::new(239, 255, 77, (tag % 250) as u8 + 1),
+        30_000 + tag,
+    );
     let upb = ((1u32 << 20) / u32::from(unit)).clamp(1, 32_768) as u16;
     let scfg = ServeConfig {
-        inputs: vec![Input { path: src.to_path_buf(), name: "src.bin".into() }],
+        inputs: vec![Input {
+            path: src.to_path_buf(),
+            name: "src.bin".into(),
+        }],
         group,
         iface,
         control_port: 0,
         ttl: 1,
         rate,
-        geometry: Geometry { unit_size: unit, units_per_block: upb, max_parity: upb.min(128) },
+        geometry: Geometry {
+            unit_size: unit,
+            units_per_block: upb,
+            max_parity: upb.min(128),
+        },
         min_receivers: n,
         max_wait: Duration::from_secs(10),
         deadline: Some(Duration::from_secs(300)),
@@ -102,7 +121,10 @@ fn one_run(src: &Path, dir: &Path, bytes: u64, n: usize, unit: u16, rate: Option
             })
             .collect();
         let served = serve(&scfg, &stop, &mut |_| {});
-        let got: Vec<_> = hs.into_iter().map(|h| h.join().expect("receiver thread")).collect();
+        let got: Vec<_> = hs
+            .into_iter()
+            .map(|h| h.join().expect("receiver thread"))
+            .collect();
         (served, got)
     });
     let want = blake3::hash(&std::fs::read(src).expect("read source"));
@@ -126,7 +148,9 @@ fn one_run(src: &Path, dir: &Path, bytes: u64, n: usize, unit: u16, rate: Option
         let _ = std::fs::remove_file(o);
     }
     let gb = bytes as f64 / 1e9;
-    let (scpu, repairs) = served.as_ref().map_or((0.0, 0), |s| (s.cpu_seconds, s.stats.repair_units + s.stats.parity_units));
+    let (scpu, repairs) = served.as_ref().map_or((0.0, 0), |s| {
+        (s.cpu_seconds, s.stats.repair_units + s.stats.parity_units)
+    });
     Run {
         gbps: gb / slowest.max(1e-9),
         server_cpu_per_gb: scpu / gb,
@@ -139,14 +163,24 @@ fn one_run(src: &Path, dir: &Path, bytes: u64, n: usize, unit: u16, rate: Option
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 fn main() {
     let a = Args::parse();
     let bytes = size(&a.size);
-    let rate = if a.rate == "auto" { None } else { Some(size(&a.rate)) };
-    let dir = a.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("blockcast-bench-{}", std::process::id())));
+    let rate = if a.rate == "auto" {
+        None
+    } else {
+        Some(size(&a.rate))
+    };
+    let dir = a.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("blockcast-bench-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&dir).expect("bench dir");
     let src = dir.join("src.bin");
     {
@@ -167,9 +201,20 @@ fn main() {
             left -= n as u64;
         }
     }
-    let ns: Vec<usize> = a.receivers.split(',').map(|s| s.trim().parse().expect("receiver count")).collect();
-    let units: Vec<u16> = a.unit_sizes.split(',').map(|s| s.trim().parse().expect("unit size")).collect();
-    let configs: Vec<(usize, u16)> = ns.iter().flat_map(|&n| units.iter().map(move |&u| (n, u))).collect();
+    let ns: Vec<usize> = a
+        .receivers
+        .split(',')
+        .map(|s| s.trim().parse().expect("receiver count"))
+        .collect();
+    let units: Vec<u16> = a
+        .unit_sizes
+        .split(',')
+        .map(|s| s.trim().parse().expect("unit size"))
+        .collect();
+    let configs: Vec<(usize, u16)> = ns
+        .iter()
+        .flat_map(|&n| units.iter().map(move |&u| (n, u)))
+        .collect();
     let mut results: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
     let mut tag = (std::process::id() % 1000) as u16 * 10;
     for _ in 0..a.runs {
@@ -185,12 +230,19 @@ fn main() {
         println!(
             "| {n} | {u} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
             median(r.iter().map(|x| x.gbps).collect()),
-            r.iter().map(|x| format!("{:.2}", x.gbps)).collect::<Vec<_>>().join(" "),
+            r.iter()
+                .map(|x| format!("{:.2}", x.gbps))
+                .collect::<Vec<_>>()
+                .join(" "),
             median(r.iter().map(|x| x.server_cpu_per_gb).collect()),
             median(r.iter().map(|x| x.receiver_cpu_per_gb).collect()),
             median(r.iter().map(|x| x.sync_s).collect()),
             median(r.iter().map(|x| x.repairs as f64).collect()) as u64,
-            if r.iter().all(|x| x.ok) { "all" } else { "FAILED" },
+            if r.iter().all(|x| x.ok) {
+                "all"
+            } else {
+                "FAILED"
+            },
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -73,8 +73,10 @@ pub struct ServeSummary {
     pub cpu_seconds: f64,
 }
 
-const START_RATE: u64 = 1_500_000_000;
+/// Where `--rate auto` starts: fast, but below what one loopback receiver can take.
+const START_RATE: u64 = 400_000_000;
 const MIN_RATE: u64 = 10_000_000;
+const MAX_RATE: u64 = 8_000_000_000;
 
 /// Serves until every accepted receiver is complete, the deadline passes, or `stop` is set.
 pub fn serve(
@@ -128,6 +130,7 @@ pub fn serve(
     };
     let mut sender =
         Sender::new(scfg, manifest, content).map_err(|e| NodeError::Config(e.into()))?;
+    let cpu_start = crate::thread_cpu_seconds();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let shared_rate = AtomicU64::new(rate);
     let progress: Vec<AtomicU64> = (0..stripes).map(|s| AtomicU64::new(s as u64)).collect();
@@ -169,7 +172,11 @@ pub fn serve(
                         .spawn_scoped(scope, move || stripe::run(plan));
                     match t {
                         Ok(t) => threads.push(t),
-                        Err(e) => spawn_error = Some(NodeError::Config(format!("cannot start a data thread: {e}"))),
+                        Err(e) => {
+                            spawn_error = Some(NodeError::Config(format!(
+                                "cannot start a data thread: {e}"
+                            )))
+                        }
                     }
                 }
             },
@@ -181,12 +188,19 @@ pub fn serve(
             match t.join() {
                 Ok(Ok(cpu)) => data_cpu += cpu,
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(_) => first_err = first_err.or(Some(NodeError::Config("a data thread panicked".into()))),
+                Err(_) => {
+                    first_err =
+                        first_err.or(Some(NodeError::Config("a data thread panicked".into())))
+                }
             }
         }
         match (r, first_err) {
             (Err(e), _) | (Ok(_), Some(e)) => Err(e),
-            (Ok((reason, secs)), None) => Ok((reason, secs, data_cpu + crate::thread_cpu_seconds())),
+            (Ok((reason, secs)), None) => Ok((
+                reason,
+                secs,
+                data_cpu + crate::thread_cpu_seconds() - cpu_start,
+            )),
         }
     })
     .map(|(reason, seconds, cpu_seconds)| {
@@ -286,7 +300,7 @@ fn control_loop(
             rate = adapt_rate(sender, rate);
             sender.set_rate(rate);
             shared_rate.store(rate, Ordering::Relaxed);
-            next_rate_check = now + Duration::from_millis(50);
+            next_rate_check = now + Duration::from_millis(100);
         }
         if now >= next_progress {
             let s = sender.stats();
@@ -314,7 +328,9 @@ fn control_loop(
     Ok((reason, started.elapsed().as_secs_f64()))
 }
 
-/// Follows the receiver that loses most: back off under loss, probe upward without it.
+/// Follows the receiver that loses most (receipt notices carry each receiver's loss since its
+/// last notice): back off hard under real loss, gently under a little, and probe upward by
+/// 12 % per step while nobody loses.
 fn adapt_rate(sender: &Sender<Content>, rate: u64) -> u64 {
     let worst = sender
         .receiver_report()
@@ -322,12 +338,14 @@ fn adapt_rate(sender: &Sender<Content>, rate: u64) -> u64 {
         .map(|r| r.4)
         .max()
         .unwrap_or(0);
-    if worst > 20_000 {
-        (rate * 3 / 4).max(MIN_RATE)
-    } else if worst > 2_000 {
-        (rate * 15 / 16).max(MIN_RATE)
+    if worst > 10_000 {
+        (rate * 7 / 10).max(MIN_RATE)
+    } else if worst > 1_000 {
+        (rate * 9 / 10).max(MIN_RATE)
+    } else if worst > 100 {
+        rate
     } else {
-        (rate + rate / 16).min(START_RATE * 4)
+        (rate + rate / 8).min(MAX_RATE)
     }
 }
 

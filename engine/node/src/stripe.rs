@@ -106,7 +106,8 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<f64, NodeError> {
             next_send = next_send.max(now.checked_sub(BURST).unwrap_or(now)) + cost;
         }
         // Release: the control thread that reads this with Acquire sees a finished block.
-        p.progress.store((seq + p.stripes) as u64, Ordering::Release);
+        p.progress
+            .store((seq + p.stripes) as u64, Ordering::Release);
         seq += p.stripes;
     }
     p.progress.store(u64::MAX, Ordering::Release);
