@@ -15,7 +15,7 @@ mod store;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockcast_proto::wire::{
@@ -57,6 +57,9 @@ pub struct SimConfig {
     /// than one, the simulator sends the first pass itself, stripe by stripe with random skew
     /// between them, and reports progress to the sender (`external_first_pass`).
     pub stripes: u16,
+    /// Threads that deliver multicast copies to receivers (0: one per core). The run is the
+    /// same whatever the number.
+    pub threads: usize,
     /// Give up at this much virtual time.
     pub time_limit: Duration,
     pub sender: SenderConfig,
@@ -104,6 +107,7 @@ impl SimConfig {
             leaves: Vec::new(),
             store: StoreKind::Memory,
             stripes: 1,
+            threads: 0,
             time_limit: Duration::from_secs(60),
             sender,
             receiver,
@@ -204,9 +208,9 @@ fn receiver_index(a: SocketAddr) -> Option<usize> {
 
 enum Ev {
     /// A datagram for the server from receiver `i`.
-    ToServer(usize, Rc<[u8]>),
+    ToServer(usize, Arc<[u8]>),
     /// A datagram for receiver `i` (unicast, or a delayed multicast copy).
-    ToReceiver(usize, Rc<[u8]>),
+    ToReceiver(usize, Arc<[u8]>),
     Start(usize),
     Die(usize),
     Leave(usize),
@@ -226,6 +230,9 @@ struct Node {
     scheduled: Option<Instant>,
     complete_at: Option<Instant>,
     burst: net::BurstState,
+    /// This receiver's own draws (loss, faults of its copies and of its feedback), so a run
+    /// is the same whichever thread delivers to it.
+    rng: SimRng,
 }
 
 struct Sim<'a> {
@@ -234,7 +241,7 @@ struct Sim<'a> {
     base: Instant,
     sender: Sender<SliceSource<'a>>,
     nodes: Vec<Node>,
-    mcast: VecDeque<(Instant, Rc<[u8]>)>,
+    mcast: VecDeque<(Instant, Arc<[u8]>)>,
     events: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     event_data: Vec<Option<Ev>>,
     free_events: Vec<usize>,
@@ -293,7 +300,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         }
     };
     let base = Instant::now();
-    let hashes: Rc<Vec<Vec<[u8; 32]>>> = Rc::new(
+    let hashes: Arc<Vec<Vec<[u8; 32]>>> = Arc::new(
         manifest
             .objects
             .iter()
@@ -313,6 +320,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             scheduled: None,
             complete_at: None,
             burst: net::BurstState::default(),
+            rng: SimRng::new(cfg.seed ^ (i as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)),
         });
     }
     let mut sim = Sim {
@@ -511,9 +519,7 @@ impl<'a> Sim<'a> {
             now = now.max(next);
             while self.mcast.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, bytes) = self.mcast.pop_front().expect("checked");
-                for i in 0..self.nodes.len() {
-                    self.deliver_copy(now, i, &bytes);
-                }
+                self.fan_out(now, &bytes);
             }
             while let Some(&Reverse((t, _, slot))) = self.events.peek() {
                 if t > now {
@@ -576,63 +582,62 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// One multicast copy to receiver `i`, through its faults.
-    fn deliver_copy(&mut self, now: Instant, i: usize, bytes: &Rc<[u8]>) {
-        if self.nodes[i].life != Life::Alive {
-            return;
+    /// Applies what receivers asked for, in receiver order (so threads do not change a run).
+    fn apply(&mut self, fx: &mut Effects) {
+        for (at, ev) in fx.events.drain(..) {
+            self.push(at, ev);
         }
-        let f = &self.cfg.data_faults;
-        if net::lost(&f.loss, &mut self.nodes[i].burst, &mut self.rng) {
-            return;
+        for (t, i) in fx.timers.drain(..) {
+            self.timers.push(Reverse((t, i)));
         }
-        let copies = if f.duplicate > 0.0 && self.rng.chance(f.duplicate) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let mut b = bytes.clone();
-            if f.corrupt > 0.0 && self.rng.chance(f.corrupt) {
-                let mut v = b.to_vec();
-                let at = self.rng.below(v.len() as u64) as usize;
-                v[at] ^= 1 << self.rng.below(8);
-                b = v.into();
-            }
-            if f.reorder > 0.0 && self.rng.chance(f.reorder) {
-                let extra = f.reorder_delay.mul_f64(self.rng.unit());
-                self.push(now + extra, Ev::ToReceiver(i, b));
-                continue;
-            }
-            self.nodes[i].rx.handle_datagram(now, SERVER, &b);
-        }
-        self.after_receiver(now, i);
     }
 
-    /// After a receiver ran: send what it wants sent, note events, re-arm its timer.
+    /// After a receiver ran outside the fan-out: send what it wants sent, re-arm its timer.
     fn after_receiver(&mut self, now: Instant, i: usize) {
-        while let Some(t) = self.nodes[i].rx.poll_transmit(now, &mut self.buf) {
-            if self.cfg.control_faults.loss.is_lossless()
-                || !net::lost(
-                    &self.cfg.control_faults.loss,
-                    &mut net::BurstState::default(),
-                    &mut self.rng,
-                )
-            {
-                let bytes: Rc<[u8]> = self.buf[..t.len].into();
-                self.push(now + self.cfg.delay, Ev::ToServer(i, bytes));
+        let mut fx = Effects::default();
+        after_node(self.cfg, &mut self.nodes[i], i, now, &mut self.buf, &mut fx);
+        self.apply(&mut fx);
+    }
+
+    /// One multicast datagram to every receiver, on `threads` threads for large groups.
+    fn fan_out(&mut self, now: Instant, bytes: &Arc<[u8]>) {
+        let threads = match self.cfg.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let cfg = self.cfg;
+        if threads <= 1 || self.nodes.len() < 512 {
+            let mut fx = Effects::default();
+            for (i, node) in self.nodes.iter_mut().enumerate() {
+                deliver_copy(cfg, node, i, now, bytes, &mut self.buf, &mut fx);
             }
+            self.apply(&mut fx);
+            return;
         }
-        while let Some(e) = self.nodes[i].rx.poll_event() {
-            if e == ReceiverEvent::Complete {
-                self.nodes[i].complete_at = Some(now);
-            }
-        }
-        let n = &mut self.nodes[i];
-        if let Some(t) = n.rx.poll_timeout() {
-            if n.scheduled.is_none_or(|s| t < s) {
-                n.scheduled = Some(t);
-                self.timers.push(Reverse((t, i)));
-            }
+        let chunk = self.nodes.len().div_ceil(threads);
+        let mut results: Vec<Effects> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .nodes
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(c, nodes)| {
+                    s.spawn(move || {
+                        let mut fx = Effects::default();
+                        let mut buf = vec![0u8; 65_536];
+                        for (j, node) in nodes.iter_mut().enumerate() {
+                            deliver_copy(cfg, node, c * chunk + j, now, bytes, &mut buf, &mut fx);
+                        }
+                        fx
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a delivery thread panicked"))
+                .collect()
+        });
+        for fx in &mut results {
+            self.apply(fx);
         }
     }
 
@@ -702,7 +707,7 @@ impl<'a> Sim<'a> {
                 }
                 bytes.extend_from_slice(p.bytes(self.sender.source()));
             }
-            let bytes: Rc<[u8]> = bytes.into();
+            let bytes: Arc<[u8]> = bytes.into();
             match t.destination {
                 Destination::Group => self.mcast.push_back((now + self.cfg.delay, bytes)),
                 Destination::Peer(addr) => {
@@ -722,6 +727,87 @@ impl<'a> Sim<'a> {
             if let SenderEvent::FirstPassStarted = e {
                 // Data starts now; completion is measured from the first unit.
             }
+        }
+    }
+}
+
+/// What receivers asked the simulator to do, collected so that deliveries can run on several
+/// threads and be applied afterwards in a fixed order.
+#[derive(Default)]
+struct Effects {
+    events: Vec<(Instant, Ev)>,
+    timers: Vec<(Instant, usize)>,
+}
+
+/// One multicast copy to receiver `i`, through its faults.
+fn deliver_copy(
+    cfg: &SimConfig,
+    node: &mut Node,
+    i: usize,
+    now: Instant,
+    bytes: &Arc<[u8]>,
+    buf: &mut [u8],
+    fx: &mut Effects,
+) {
+    if node.life != Life::Alive {
+        return;
+    }
+    let f = &cfg.data_faults;
+    if net::lost(&f.loss, &mut node.burst, &mut node.rng) {
+        return;
+    }
+    let copies = if f.duplicate > 0.0 && node.rng.chance(f.duplicate) {
+        2
+    } else {
+        1
+    };
+    for _ in 0..copies {
+        let mut b = bytes.clone();
+        if f.corrupt > 0.0 && node.rng.chance(f.corrupt) {
+            let mut v = b.to_vec();
+            let at = node.rng.below(v.len() as u64) as usize;
+            v[at] ^= 1 << node.rng.below(8);
+            b = v.into();
+        }
+        if f.reorder > 0.0 && node.rng.chance(f.reorder) {
+            let extra = f.reorder_delay.mul_f64(node.rng.unit());
+            fx.events.push((now + extra, Ev::ToReceiver(i, b)));
+            continue;
+        }
+        node.rx.handle_datagram(now, SERVER, &b);
+    }
+    after_node(cfg, node, i, now, buf, fx);
+}
+
+/// After a receiver ran: what it wants sent (through the feedback link's loss), its events,
+/// and its next timer.
+fn after_node(
+    cfg: &SimConfig,
+    node: &mut Node,
+    i: usize,
+    now: Instant,
+    buf: &mut [u8],
+    fx: &mut Effects,
+) {
+    while let Some(t) = node.rx.poll_transmit(now, buf) {
+        if !net::lost(
+            &cfg.control_faults.loss,
+            &mut net::BurstState::default(),
+            &mut node.rng,
+        ) {
+            fx.events
+                .push((now + cfg.delay, Ev::ToServer(i, buf[..t.len].into())));
+        }
+    }
+    while let Some(e) = node.rx.poll_event() {
+        if e == ReceiverEvent::Complete {
+            node.complete_at = Some(now);
+        }
+    }
+    if let Some(t) = node.rx.poll_timeout() {
+        if node.scheduled.is_none_or(|s| t < s) {
+            node.scheduled = Some(t);
+            fx.timers.push((t, i));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Receiver stores for the simulator.
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use blockcast_proto::wire::{BlockIndex, Manifest, ObjectId};
 use blockcast_proto::{BlockStore, MemStore, StoreError};
@@ -22,7 +22,7 @@ pub struct SimStore {
     kind: StoreKind,
     mem: MemStore,
     open: HashMap<(u32, u32), Vec<u8>>,
-    truth: Rc<Vec<Vec<[u8; 32]>>>,
+    truth: Arc<Vec<Vec<[u8; 32]>>>,
     block_size: usize,
     bad: u64,
     verified: u64,
@@ -30,7 +30,7 @@ pub struct SimStore {
 
 impl SimStore {
     /// `truth` is the source's block hashes, computed by the simulator from the content.
-    pub fn new(kind: StoreKind, truth: Rc<Vec<Vec<[u8; 32]>>>, block_size: usize) -> Self {
+    pub fn new(kind: StoreKind, truth: Arc<Vec<Vec<[u8; 32]>>>, block_size: usize) -> Self {
         SimStore {
             kind,
             mem: MemStore::default(),

@@ -142,3 +142,30 @@ fn striped_first_pass_from_data_threads() {
         }
     }
 }
+
+#[test]
+fn threads_do_not_change_a_run() {
+    let mut cfg = SimConfig::small(91, 600, 0.02);
+    cfg.objects = vec![64 << 10];
+    cfg.store = StoreKind::Hashed;
+    cfg.threads = 1;
+    let one = check(cfg.clone());
+    cfg.threads = 2;
+    let two = check(cfg);
+    assert_eq!(
+        (
+            one.completion,
+            one.parity_units,
+            one.nack_packets,
+            one.nack_bytes,
+            one.receipt_packets
+        ),
+        (
+            two.completion,
+            two.parity_units,
+            two.nack_packets,
+            two.nack_bytes,
+            two.receipt_packets
+        )
+    );
+}
