@@ -233,11 +233,17 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
     };
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;
     out.serve_summary(&summary);
-    if summary.reason != blockcast_proto::wire::DoneReason::Complete {
-        return Err(exit::incomplete(format!(
-            "session ended: {:?}",
-            summary.reason
-        )));
+    match summary.reason {
+        blockcast_proto::wire::DoneReason::Complete => {}
+        blockcast_proto::wire::DoneReason::Aborted => {
+            return Err(exit::node(blockcast_node::NodeError::Interrupted))
+        }
+        blockcast_proto::wire::DoneReason::Deadline => {
+            let missing = summary.receivers.iter().filter(|r| !r.complete).count();
+            return Err(exit::incomplete(format!(
+                "the deadline passed with {missing} receiver(s) incomplete"
+            )));
+        }
     }
     Ok(())
 }

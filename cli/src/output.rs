@@ -78,12 +78,6 @@ impl Output {
                 s.bytes as f64 / s.seconds.max(1e-9) / 1e6
             ));
         }
-        if s.rcvbuf.1 {
-            tracing::warn!(
-                "the receive buffer was capped at {} bytes by net.core.rmem_max; raise it (sysctl -w net.core.rmem_max=67108864) to avoid losses at speed",
-                s.rcvbuf.0
-            );
-        }
     }
 }
 

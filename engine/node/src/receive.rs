@@ -176,6 +176,13 @@ pub fn receive(
 ) -> Result<ReceiveSummary, NodeError> {
     let data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
     let granted = data.recv_buffer();
+    if granted.capped_by_sysctl {
+        tracing::warn!(
+            "the kernel capped the receive buffer at {} bytes (asked for {}): raise net.core.rmem_max (sysctl -w net.core.rmem_max=67108864), or bursts will be lost and repaired",
+            granted.effective,
+            granted.requested
+        );
+    }
     let control = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
     let store = FileStore {
         out: cfg.out.clone(),

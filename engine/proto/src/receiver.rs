@@ -466,7 +466,15 @@ impl<S: BlockStore> Receiver<S> {
     fn on_announce(&mut self, now: Instant, a: AnnounceRepr) {
         let first = self.announce.is_none();
         if let Some(old) = &self.announce {
-            if old.manifest_hash != a.manifest_hash || old.manifest_len != a.manifest_len {
+            // A session cannot change its manifest, geometry or control address mid-way.
+            if old.manifest_hash != a.manifest_hash
+                || old.manifest_len != a.manifest_len
+                || old.control != a.control
+                || old.unit_size != a.unit_size
+                || old.units_per_block != a.units_per_block
+                || old.max_parity != a.max_parity
+                || old.stripes != a.stripes
+            {
                 // The session cannot change its manifest: ignore the impostor.
                 self.stats.bad_packets += 1;
                 return;

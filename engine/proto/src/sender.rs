@@ -583,7 +583,10 @@ impl<S: BlockSource> Sender<S> {
         }
         for run in &r.runs {
             if let Some(start) = self.seq(run.object, run.start) {
-                let end = (start + u64::from(run.len)).min(self.total_blocks);
+                // A run stays inside its object.
+                let obj_end = self.block_base[run.object.0 as usize]
+                    + self.manifest.objects[run.object.0 as usize].block_hashes.len() as u64;
+                let end = (start + u64::from(run.len)).min(obj_end);
                 for seq in start..end {
                     self.matrix.mark_held(row, seq as usize);
                 }
@@ -832,7 +835,11 @@ impl<S: BlockSource> Sender<S> {
         }
         if self.manifest_due > 0 {
             self.manifest_due -= 1;
-            let chunk = usize::from(self.cfg.geometry.unit_size).min(buf.len().saturating_sub(64));
+            let chunk =
+                usize::from(self.cfg.geometry.unit_size).min(buf.len().saturating_sub(64));
+            if chunk == 0 {
+                return None;
+            }
             let chunks = self.manifest_bytes.len().div_ceil(chunk);
             let i = self.manifest_cursor % chunks;
             self.manifest_cursor = (i + 1) % chunks;

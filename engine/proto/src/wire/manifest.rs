@@ -180,6 +180,18 @@ impl Manifest {
             });
         }
         r.finish()?;
+        // Two objects may not land on the same path, nor one inside the other ("a", "a/b").
+        let names: std::collections::HashSet<&str> =
+            objects.iter().map(|o| o.name.as_str()).collect();
+        if names.len() != objects.len() {
+            return Err(WireError::Malformed);
+        }
+        for o in &objects {
+            let n = o.name.as_str();
+            if n.match_indices('/').any(|(i, _)| names.contains(&n[..i])) {
+                return Err(WireError::Malformed);
+            }
+        }
         Ok(Manifest {
             unit_size,
             units_per_block,

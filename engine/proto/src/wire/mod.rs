@@ -388,7 +388,11 @@ impl AnnounceRepr {
             pass_block: BlockIndex(r.u32()?),
             timestamp: r.u32()?,
         };
-        if a.unit_size < 2
+        let control_ok = a.control.port() != 0
+            && !a.control.ip().is_unspecified()
+            && !a.control.ip().is_multicast();
+        if !control_ok
+            || a.unit_size < 2
             || a.unit_size % 2 != 0
             || usize::from(a.unit_size) + UNIT_HEADER_LEN > MAX_DATAGRAM
             || a.units_per_block == 0

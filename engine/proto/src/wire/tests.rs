@@ -2,10 +2,15 @@ use super::*;
 use proptest::prelude::*;
 
 fn arb_addr() -> impl Strategy<Value = SocketAddr> {
+    // A control address: a unicast address and a port (what a valid announce carries).
     prop_oneof![
-        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p))),
-        (any::<[u8; 16]>(), any::<u16>())
-            .prop_map(|(ip, p)| SocketAddr::from((Ipv6Addr::from(ip), p))),
+        (1u8..224, any::<[u8; 3]>(), 1u16..).prop_map(|(a, r, p)| SocketAddr::from(([a, r[0], r[1], r[2]], p))),
+        (1u16..0xff00, any::<[u8; 14]>(), 1u16..).prop_map(|(head, rest, p)| {
+            let mut ip = [0u8; 16];
+            ip[..2].copy_from_slice(&head.to_be_bytes());
+            ip[2..].copy_from_slice(&rest);
+            SocketAddr::from((Ipv6Addr::from(ip), p))
+        }),
     ]
 }
 
@@ -193,11 +198,12 @@ fn arb_manifest() -> impl Strategy<Value = Manifest> {
                 units_per_block,
                 objects: objs
                     .into_iter()
-                    .map(|(name, size)| {
+                    .enumerate()
+                    .map(|(i, (name, size))| {
                         let name = if name.split('/').any(|c| c == "." || c == "..") {
-                            "x".to_string()
+                            format!("{i}-x")
                         } else {
-                            name
+                            format!("{i}-{name}")
                         };
                         ObjectEntry {
                             name,
@@ -313,6 +319,25 @@ fn parity_index_past_round_end_is_malformed() {
         UnitPacket::new_checked(&buf[..]).unwrap_err(),
         WireError::Malformed
     );
+}
+
+#[test]
+fn duplicate_or_nested_names_are_rejected() {
+    let entry = |name: &str| ObjectEntry {
+        name: name.into(),
+        size: 0,
+        hash: [0; 32],
+        block_hashes: vec![],
+    };
+    for names in [vec!["a", "a"], vec!["a", "a/b"], vec!["d/x", "d"]] {
+        let m = Manifest {
+            unit_size: 2,
+            units_per_block: 1,
+            objects: names.iter().map(|n| entry(n)).collect(),
+        };
+        let bytes = m.emit().unwrap();
+        assert_eq!(Manifest::parse(&bytes), Err(WireError::Malformed), "{names:?}");
+    }
 }
 
 #[test]
