@@ -199,7 +199,7 @@ pub fn receive(
         ..ReceiverConfig::default()
     };
     let mut rx = Receiver::new(rcfg, store);
-    let mut batch = RecvBatch::new(32, GRO_BUFFER_SIZE)?;
+    let mut batch = RecvBatch::new(8, GRO_BUFFER_SIZE)?;
     let mut cbatch = RecvBatch::new(8, 2048)?;
     let mut out = vec![0u8; 2048];
     let started = Instant::now();
