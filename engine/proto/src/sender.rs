@@ -585,7 +585,9 @@ impl<S: BlockSource> Sender<S> {
             if let Some(start) = self.seq(run.object, run.start) {
                 // A run stays inside its object.
                 let obj_end = self.block_base[run.object.0 as usize]
-                    + self.manifest.objects[run.object.0 as usize].block_hashes.len() as u64;
+                    + self.manifest.objects[run.object.0 as usize]
+                        .block_hashes
+                        .len() as u64;
                 let end = (start + u64::from(run.len)).min(obj_end);
                 for seq in start..end {
                     self.matrix.mark_held(row, seq as usize);
@@ -835,8 +837,7 @@ impl<S: BlockSource> Sender<S> {
         }
         if self.manifest_due > 0 {
             self.manifest_due -= 1;
-            let chunk =
-                usize::from(self.cfg.geometry.unit_size).min(buf.len().saturating_sub(64));
+            let chunk = usize::from(self.cfg.geometry.unit_size).min(buf.len().saturating_sub(64));
             if chunk == 0 {
                 return None;
             }

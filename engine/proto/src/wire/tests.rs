@@ -4,7 +4,8 @@ use proptest::prelude::*;
 fn arb_addr() -> impl Strategy<Value = SocketAddr> {
     // A control address: a unicast address and a port (what a valid announce carries).
     prop_oneof![
-        (1u8..224, any::<[u8; 3]>(), 1u16..).prop_map(|(a, r, p)| SocketAddr::from(([a, r[0], r[1], r[2]], p))),
+        (1u8..224, any::<[u8; 3]>(), 1u16..)
+            .prop_map(|(a, r, p)| SocketAddr::from(([a, r[0], r[1], r[2]], p))),
         (1u16..0xff00, any::<[u8; 14]>(), 1u16..).prop_map(|(head, rest, p)| {
             let mut ip = [0u8; 16];
             ip[..2].copy_from_slice(&head.to_be_bytes());
@@ -336,7 +337,11 @@ fn duplicate_or_nested_names_are_rejected() {
             objects: names.iter().map(|n| entry(n)).collect(),
         };
         let bytes = m.emit().unwrap();
-        assert_eq!(Manifest::parse(&bytes), Err(WireError::Malformed), "{names:?}");
+        assert_eq!(
+            Manifest::parse(&bytes),
+            Err(WireError::Malformed),
+            "{names:?}"
+        );
     }
 }
 
