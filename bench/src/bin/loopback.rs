@@ -61,16 +61,26 @@ struct Run {
     ok: bool,
 }
 
-fn one_run(
-    src: &Path,
-    dir: &Path,
+/// One configuration of one run.
+#[derive(Clone, Copy)]
+struct Spec {
     bytes: u64,
-    n: usize,
+    receivers: usize,
     unit: u16,
     rate: Option<u64>,
     threads: usize,
     tag: u16,
-) -> Run {
+}
+
+fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
+    let Spec {
+        bytes,
+        receivers: n,
+        unit,
+        rate,
+        threads,
+        tag,
+    } = *spec;
     let iface = Ipv4Addr::LOCALHOST;
     let group = SocketAddrV4::new(
         Ipv4Addr::new(239, 255, 77, (tag % 250) as u8 + 1),
@@ -220,7 +230,15 @@ fn main() {
     for _ in 0..a.runs {
         for (i, &(n, u)) in configs.iter().enumerate() {
             tag = tag.wrapping_add(1);
-            results[i].push(one_run(&src, &dir, bytes, n, u, rate, a.threads, tag));
+            let spec = Spec {
+                bytes,
+                receivers: n,
+                unit: u,
+                rate,
+                threads: a.threads,
+                tag,
+            };
+            results[i].push(one_run(&src, &dir, &spec));
         }
     }
     println!("| receivers | unit bytes | GB/s per receiver (median of {}) | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
