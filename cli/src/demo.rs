@@ -6,7 +6,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use blockcast_node::{receive, serve, Input, ReceiveConfig, ServeConfig};
+use blockcast_node::local::{run_local, write_sample};
+use blockcast_node::{Input, ReceiveConfig, ServeConfig};
 use blockcast_proto::Geometry;
 
 use crate::output::Output;
@@ -36,7 +37,8 @@ fn run_in(
         "generating a {size}-byte sample in {}",
         dir.display()
     ));
-    write_sample(&sample, size)?;
+    write_sample(&sample, size, 0x9E37_79B9_7F4A_7C15)
+        .with_context(|| format!("writing {}", sample.display()))?;
     let want = blake3::hash(&std::fs::read(&sample)?);
     // Loopback only: the interface is 127.0.0.1 and the group is administratively scoped.
     let iface = Ipv4Addr::LOCALHOST;
@@ -73,44 +75,31 @@ fn run_in(
     let outs: Vec<PathBuf> = (0..a.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))
         .collect();
+    let rcfgs: Vec<ReceiveConfig> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| ReceiveConfig {
+            group,
+            iface,
+            out: o.clone(),
+            timeout: Duration::from_secs(20),
+            rcvbuf: 32 << 20,
+            id: u64::from(id) << 8 | i as u64,
+        })
+        .collect();
     let started = Instant::now();
-    let results = std::thread::scope(|s| {
-        let receivers: Vec<_> = outs
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let cfg = ReceiveConfig {
-                    group,
-                    iface,
-                    out: o.clone(),
-                    timeout: Duration::from_secs(20),
-                    rcvbuf: 32 << 20,
-                    id: u64::from(id) << 8 | i as u64,
-                };
-                std::thread::Builder::new()
-                    .name(format!("bc-recv-{i}"))
-                    .spawn_scoped(s, move || receive(&cfg, stop, &mut |_| {}))
-                    .expect("spawn a receiver thread")
-            })
-            .collect();
-        let bar = out.bar(size, "demo");
-        let served = serve(&scfg, stop, &mut |p| {
-            bar.set_position(p.bytes_sent.min(p.total_bytes));
-            bar.set_message(format!("{} receiver(s), {} done", p.receivers, p.complete));
-        });
-        bar.finish_and_clear();
-        let got: Vec<_> = receivers.into_iter().map(|h| h.join()).collect();
-        (served, got)
+    let bar = out.bar(size, "demo");
+    let run = run_local(&scfg, &rcfgs, stop, &mut |p| {
+        bar.set_position(p.bytes_sent.min(p.total_bytes));
+        bar.set_message(format!("{} receiver(s), {} done", p.receivers, p.complete));
     });
+    bar.finish_and_clear();
+    let (served, got) = (run.served, run.received);
     let seconds = started.elapsed().as_secs_f64();
-    let (served, got) = results;
     let served = served.map_err(exit::node)?;
     for (i, r) in got.into_iter().enumerate() {
-        match r {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(exit::node(e)).with_context(|| format!("receiver {i}")),
-            Err(_) => bail!("receiver {i} panicked"),
-        }
+        r.map_err(exit::node)
+            .with_context(|| format!("receiver {i}"))?;
     }
     for (i, o) in outs.iter().enumerate() {
         let got =
@@ -141,28 +130,5 @@ fn run_in(
             served.stats.nacks
         ));
     }
-    Ok(())
-}
-
-/// Writes `size` pseudo-random bytes (a fixed seed: the same sample every time).
-fn write_sample(path: &std::path::Path, size: u64) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for w in chunk.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let b = x.to_le_bytes();
-            w.copy_from_slice(&b[..w.len()]);
-        }
-        let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
     Ok(())
 }

@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -187,22 +187,7 @@ fn write_sample(path: &Path, size: u64, seed: u64) {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).expect("sample dir");
     }
-    let mut f = std::io::BufWriter::new(File::create(path).expect("create sample"));
-    let mut x = seed | 1;
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for w in chunk.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
-        }
-        let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n]).expect("write sample");
-        left -= n as u64;
-    }
-    f.flush().expect("flush sample");
+    blockcast_node::local::write_sample(path, size, seed).expect("write sample");
 }
 
 fn hash_file(path: &Path) -> blake3::Hash {

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use blockcast_node::{receive, serve, Input, ReceiveConfig, ServeConfig};
+use blockcast_node::local::{run_local, write_sample};
+use blockcast_node::{Input, ReceiveConfig, ServeConfig};
 use blockcast_proto::Geometry;
 use clap::Parser;
 
@@ -110,33 +111,20 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();
-    let (served, got) = std::thread::scope(|s| {
-        let hs: Vec<_> = outs
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let cfg = ReceiveConfig {
-                    group,
-                    iface,
-                    out: o.clone(),
-                    timeout: Duration::from_secs(30),
-                    rcvbuf: 32 << 20,
-                    id: u64::from(tag) << 16 | i as u64,
-                };
-                let stop = &stop;
-                std::thread::Builder::new()
-                    .name(format!("bc-recv-{i}"))
-                    .spawn_scoped(s, move || receive(&cfg, stop, &mut |_| {}))
-                    .expect("spawn")
-            })
-            .collect();
-        let served = serve(&scfg, &stop, &mut |_| {});
-        let got: Vec<_> = hs
-            .into_iter()
-            .map(|h| h.join().expect("receiver thread"))
-            .collect();
-        (served, got)
-    });
+    let rcfgs: Vec<ReceiveConfig> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| ReceiveConfig {
+            group,
+            iface,
+            out: o.clone(),
+            timeout: Duration::from_secs(30),
+            rcvbuf: 32 << 20,
+            id: u64::from(tag) << 16 | i as u64,
+        })
+        .collect();
+    let run = run_local(&scfg, &rcfgs, &stop, &mut |_| {});
+    let (served, got) = (run.served, run.received);
     let want = blake3::hash(&std::fs::read(src).expect("read source"));
     let mut ok = served.is_ok();
     let mut slowest = 0.0f64;
@@ -193,24 +181,7 @@ fn main() {
     });
     std::fs::create_dir_all(&dir).expect("bench dir");
     let src = dir.join("src.bin");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).expect("create source"));
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = bytes;
-        while left > 0 {
-            for w in buf.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
-            }
-            let n = left.min(buf.len() as u64) as usize;
-            f.write_all(&buf[..n]).expect("write source");
-            left -= n as u64;
-        }
-    }
+    write_sample(&src, bytes, 0x2545_F491_4F6C_DD1D).expect("write the source");
     let ns: Vec<usize> = a
         .receivers
         .split(',')

@@ -6,6 +6,7 @@
 
 mod content;
 mod error;
+pub mod local;
 mod receive;
 mod serve;
 mod stripe;
