@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockcast_proto::wire::{
-    BlockIndex, LeaveReason, Manifest, ObjectEntry, ObjectId, ReceiverId, SessionId,
+    BlockIndex, LeaveReason, Manifest, ObjectEntry, ObjectId, ReceiverId, SessionId, UnitIndex,
 };
 use blockcast_proto::BlockSource;
 use blockcast_proto::{
@@ -57,6 +57,9 @@ pub struct SimConfig {
     /// than one, the simulator sends the first pass itself, stripe by stripe with random skew
     /// between them, and reports progress to the sender (`external_first_pass`).
     pub stripes: u16,
+    /// One receiver asks for blocks first once it is accepted: (receiver, object, block, unit,
+    /// count). The report says when it got the first of them and when the first pass got there.
+    pub priority: Option<(usize, ObjectId, BlockIndex, UnitIndex, u32)>,
     /// Threads that deliver multicast copies to receivers (0: one per core). The run is the
     /// same whatever the number.
     pub threads: usize,
@@ -107,6 +110,7 @@ impl SimConfig {
             leaves: Vec::new(),
             store: StoreKind::Memory,
             stripes: 1,
+            priority: None,
             threads: 0,
             time_limit: Duration::from_secs(60),
             sender,
@@ -157,6 +161,9 @@ pub struct SimReport {
     pub sender_finished: bool,
     /// Problems found; empty when the run passed.
     pub failures: Vec<String>,
+    /// With `SimConfig::priority`: when the asking receiver verified the first block it asked
+    /// for, and when the first pass sent that block's first unit (from the first data unit).
+    pub priority_verified: Option<(Duration, Duration)>,
     /// Wall-clock time the simulation took.
     pub wall: Duration,
 }
@@ -230,6 +237,9 @@ struct Node {
     scheduled: Option<Instant>,
     complete_at: Option<Instant>,
     burst: net::BurstState,
+    /// Blocks to ask for first once accepted, and when the first of them was verified.
+    ask: Option<(ObjectId, BlockIndex, UnitIndex, u32)>,
+    asked_verified_at: Option<Instant>,
     /// This receiver's own draws (loss, faults of its copies and of its feedback), so a run
     /// is the same whichever thread delivers to it.
     rng: SimRng,
@@ -256,6 +266,8 @@ struct Sim<'a> {
     /// First-pass units the simulated data threads sent.
     stripe_units: u64,
     stripe_bytes: u64,
+    /// When the first pass sent the first unit of the block asked for first.
+    pass_reached: Option<Instant>,
 }
 
 /// Runs one simulated session to its end (or the time limit) and reports.
@@ -321,6 +333,11 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             complete_at: None,
             burst: net::BurstState::default(),
             rng: SimRng::new(cfg.seed ^ (i as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)),
+            ask: cfg
+                .priority
+                .filter(|p| p.0 == i)
+                .map(|(_, o, b, u, c)| (o, b, u, c)),
+            asked_verified_at: None,
         });
     }
     let mut sim = Sim {
@@ -354,6 +371,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         next_data: None,
         stripe_units: 0,
         stripe_bytes: 0,
+        pass_reached: None,
     };
     for i in 0..cfg.receivers {
         let start = cfg
@@ -438,6 +456,14 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     report.receipt_packets = s.receipts;
     report.receipt_bytes = s.receipt_bytes;
     report.sender_finished = sim.sender.is_finished();
+    if let (Some(first), Some(p)) = (sim.first_data, cfg.priority) {
+        if let Some(got) = sim.nodes[p.0].asked_verified_at {
+            let reached = sim
+                .pass_reached
+                .map_or(Duration::MAX, |t| t.saturating_duration_since(first));
+            report.priority_verified = Some((got.saturating_duration_since(first), reached));
+        }
+    }
     if !report.sender_finished {
         report.failures.push("sender did not finish".into());
     }
@@ -705,6 +731,18 @@ impl<'a> Sim<'a> {
                 if self.first_data.is_none() {
                     self.first_data = Some(now);
                 }
+                let first_pass = !bytes
+                    .get(4)
+                    .is_some_and(|f| f & blockcast_proto::wire::FLAG_REPAIR != 0);
+                if first_pass
+                    && self.pass_reached.is_none()
+                    && self
+                        .cfg
+                        .priority
+                        .is_some_and(|(_, o, b, _, _)| (o, b) == (p.object, p.block))
+                {
+                    self.pass_reached = Some(now);
+                }
                 bytes.extend_from_slice(p.bytes(self.sender.source()));
             }
             let bytes: Arc<[u8]> = bytes.into();
@@ -789,6 +827,25 @@ fn after_node(
     buf: &mut [u8],
     fx: &mut Effects,
 ) {
+    while let Some(e) = node.rx.poll_event() {
+        match e {
+            ReceiverEvent::Complete => node.complete_at = Some(now),
+            ReceiverEvent::Accepted { .. } => {
+                if let Some((o, b, u, c)) = node.ask {
+                    node.rx.request_priority(o, b, u, c);
+                }
+            }
+            ReceiverEvent::BlockVerified { object, block } => {
+                if node
+                    .ask
+                    .is_some_and(|(o, b, _, _)| (o, b) == (object, block))
+                {
+                    node.asked_verified_at.get_or_insert(now);
+                }
+            }
+            _ => {}
+        }
+    }
     while let Some(t) = node.rx.poll_transmit(now, buf) {
         if !net::lost(
             &cfg.control_faults.loss,
@@ -797,11 +854,6 @@ fn after_node(
         ) {
             fx.events
                 .push((now + cfg.delay, Ev::ToServer(i, buf[..t.len].into())));
-        }
-    }
-    while let Some(e) = node.rx.poll_event() {
-        if e == ReceiverEvent::Complete {
-            node.complete_at = Some(now);
         }
     }
     if let Some(t) = node.rx.poll_timeout() {

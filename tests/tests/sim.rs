@@ -169,3 +169,21 @@ fn threads_do_not_change_a_run() {
         )
     );
 }
+
+#[test]
+fn priority_request_is_served_before_the_first_pass_gets_there() {
+    use blockcast_proto::wire::{BlockIndex, ObjectId, UnitIndex};
+    // The last block is asked for at the start; it must be verified long before the first
+    // pass reaches it, and the other receivers must still get everything.
+    let mut cfg = SimConfig::small(101, 5, 0.01);
+    cfg.objects = vec![1 << 20];
+    cfg.priority = Some((0, ObjectId(0), BlockIndex(31), UnitIndex(0), 1));
+    let r = check(cfg);
+    let (got, pass_reached) = r
+        .priority_verified
+        .expect("the asked-for block was verified");
+    assert!(
+        got < pass_reached,
+        "asked-for block verified at {got:?}, first pass reached it at {pass_reached:?}"
+    );
+}

@@ -671,6 +671,10 @@ impl<S: BlockStore> Receiver<S> {
         }
         if !unit.is_parity() && !unit.is_repair() {
             self.pass_stripe(now, seq);
+        } else if unit.is_repair() && index + 1 == k {
+            // The last unit of a block sent whole ahead of the first pass (a priority
+            // request): what is missing now was lost, so NACK it without waiting for the pass.
+            self.mark_passed(now, seq);
         }
         let state = self.blocks[seq as usize].get_or_insert_with(|| Box::new(BlockState::new(k)));
         if unit.is_parity() {

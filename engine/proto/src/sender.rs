@@ -175,6 +175,9 @@ struct Repair {
     queued: bool,
 }
 
+/// Most blocks one priority request may ask for.
+const PRIORITY_BLOCKS: u32 = 16;
+
 enum Control {
     Accept(ReceiverId, u32),
     DoneReceiver(ReceiverId),
@@ -484,9 +487,21 @@ impl<S: BlockSource> Sender<S> {
                 let first = self.seq(p.object, p.block);
                 if let (Some(m), Some(first)) = (self.members.get_mut(&p.receiver), first) {
                     m.last_heard = now;
-                    let end = (first + u64::from(p.count)).min(self.total_blocks);
+                    let row = m.row;
+                    // A request covers at most PRIORITY_BLOCKS blocks, inside its object: a
+                    // player asks again as it goes, and one receiver cannot claim the link.
+                    let obj_end = self.block_base[p.object.0 as usize]
+                        + self.manifest.objects[p.object.0 as usize]
+                            .block_hashes
+                            .len() as u64;
+                    let end = (first + u64::from(p.count.min(PRIORITY_BLOCKS))).min(obj_end);
                     for seq in first..end {
-                        self.matrix.request(m.row, seq as usize);
+                        // Request status per receiver and block; requests merge: a block
+                        // already on its way (asked for by anyone) is not queued twice.
+                        self.matrix.request(row, seq as usize);
+                        if !self.repairs.get(&seq).is_some_and(|r| r.queued) {
+                            self.queue_priority(seq);
+                        }
                     }
                 }
             }
@@ -599,6 +614,20 @@ impl<S: BlockSource> Sender<S> {
                 receiver: r.receiver,
             });
         }
+    }
+
+    /// Sends block `seq` whole, ahead of the repairs already queued: a receiver is waiting to
+    /// play or serve it. The first pass goes on meanwhile (data threads are not held).
+    fn queue_priority(&mut self, seq: u64) {
+        let (object, block) = self.addr_of(seq);
+        let k = usize::from(self.units_in(object, block));
+        let r = self.repairs.entry(seq).or_default();
+        let originals = r.originals.get_or_insert_with(|| UnitBitmap::new(k));
+        for u in 0..k {
+            originals.set(u);
+        }
+        r.queued = true;
+        self.repair_queue.push_front(seq);
     }
 
     fn on_nack_entry(&mut self, now: Instant, e: &NackEntry) {
