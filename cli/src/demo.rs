@@ -84,6 +84,9 @@ fn run_in(
             out: o.clone(),
             timeout: Duration::from_secs(20),
             rcvbuf: 32 << 20,
+            play: None,
+            start_at: None,
+            http: None,
             id: u64::from(id) << 8 | i as u64,
         })
         .collect();

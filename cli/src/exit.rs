@@ -64,7 +64,7 @@ pub fn incomplete(message: String) -> anyhow::Error {
 /// Maps a node error to its exit code.
 pub fn node(e: NodeError) -> anyhow::Error {
     let code = match &e {
-        NodeError::Io(_) => NETWORK,
+        NodeError::Io(_) | NodeError::Listen { .. } => NETWORK,
         NodeError::Input { .. } => INPUT,
         NodeError::Output { .. } => OUTPUT,
         NodeError::Config(_) => USAGE,

@@ -5,7 +5,7 @@ mod demo;
 mod exit;
 mod output;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use blockcast_node::play::{PlayTo, StartAt};
 use blockcast_node::{collect_inputs, ReceiveConfig, ServeConfig};
 use blockcast_proto::Geometry;
 use clap::{Args, Parser, Subcommand};
@@ -106,6 +107,22 @@ struct ReceiveArgs {
     /// Receive buffer to ask the kernel for, bytes.
     #[arg(long, default_value_t = 32 << 20)]
     rcvbuf: usize,
+    /// Play while receiving: write the verified bytes, in order, to standard output ("-").
+    #[arg(long, value_name = "-")]
+    play: Option<String>,
+    /// Play while receiving into a command's standard input, e.g. "ffplay -" or "mpv -".
+    #[arg(long, value_name = "COMMAND", conflicts_with = "play")]
+    play_cmd: Option<String>,
+    /// Start playing at a block address (BLOCK or BLOCK:UNIT); it is fetched first.
+    #[arg(long, value_name = "BLOCK[:UNIT]", conflicts_with = "start_byte")]
+    start_at: Option<String>,
+    /// Start playing at a byte offset (k, M, G suffixes); it is fetched first.
+    #[arg(long, value_name = "OFFSET")]
+    start_byte: Option<String>,
+    /// Serve the objects over HTTP (GET, HEAD, Range) on this address while they arrive, e.g.
+    /// 127.0.0.1:8080; after the transfer it keeps serving until Ctrl-C.
+    #[arg(long, value_name = "ADDR:PORT")]
+    http: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -257,10 +274,56 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
         timeout: Duration::from_secs_f64(a.timeout.max(0.1)),
         rcvbuf: a.rcvbuf,
         id: session_id() as u64 ^ (u64::from(std::process::id()) << 32),
+        play: match (&a.play, &a.play_cmd) {
+            (Some(p), _) if p == "-" => Some(PlayTo::Stdout),
+            (Some(p), _) => {
+                return Err(exit::usage(format!(
+                    "--play takes \"-\" (standard output), not {p:?}; use --play-cmd for a player"
+                )))
+            }
+            (None, Some(cmd)) => Some(PlayTo::Command(cmd.clone())),
+            (None, None) => None,
+        },
+        start_at: match (&a.start_at, &a.start_byte) {
+            (Some(s), _) => Some(parse_start_at(s)?),
+            (None, Some(b)) => Some(StartAt::Byte(parse_size(b)?)),
+            (None, None) => None,
+        },
+        http: a
+            .http
+            .as_deref()
+            .map(|h| {
+                h.parse::<SocketAddr>().map_err(|_| {
+                    exit::usage(format!(
+                        "--http {h:?} is not ADDRESS:PORT (e.g. 127.0.0.1:8080)"
+                    ))
+                })
+            })
+            .transpose()?,
     };
+    if cfg.play == Some(PlayTo::Stdout) && out.json {
+        return Err(exit::usage(
+            "--json and --play - both write to standard output; pick one".into(),
+        ));
+    }
+    if (a.start_at.is_some() || a.start_byte.is_some()) && cfg.play.is_none() {
+        return Err(exit::usage(
+            "--start-at and --start-byte need --play or --play-cmd".into(),
+        ));
+    }
     let summary = output::run_receive(&cfg, stop, out).map_err(exit::node)?;
     out.receive_summary(&summary);
     Ok(())
+}
+
+/// Parses BLOCK or BLOCK:UNIT.
+fn parse_start_at(s: &str) -> Result<StartAt> {
+    let bad = || exit::usage(format!("--start-at {s:?} is not BLOCK or BLOCK:UNIT"));
+    let (b, u) = s.split_once(':').unwrap_or((s, "0"));
+    Ok(StartAt::Unit {
+        block: b.trim().parse().map_err(|_| bad())?,
+        unit: u.trim().parse().map_err(|_| bad())?,
+    })
 }
 
 /// Cores this process may run on.

@@ -107,6 +107,7 @@ pub fn serve_json(s: &ServeSummary) -> serde_json::Value {
 
 pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
     json!({
+        "event": "summary",
         "role": "receiver",
         "files": s.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "bytes": s.bytes,
@@ -119,6 +120,11 @@ pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
         "blocks_failed": s.stats.blocks_failed,
         "nacks": s.stats.nacks,
         "rcvbuf": s.rcvbuf.0,
+        "transfer_seconds": s.transfer_seconds,
+        "sync_seconds": s.sync_seconds,
+        "cpu_seconds": s.cpu_seconds,
+        "played_bytes": s.play.as_ref().map(|p| p.bytes),
+        "first_byte_seconds": s.play.as_ref().and_then(|p| p.first_byte_secs),
     })
 }
 
@@ -148,10 +154,27 @@ pub fn run_receive(
     out: &Output,
 ) -> Result<ReceiveSummary, NodeError> {
     let bar = out.bar(0, "receiving");
+    let json = out.json;
+    let mut last = (u64::MAX, u64::MAX);
     let r = receive(cfg, stop, &mut |p| {
         bar.set_length(p.total_bytes.max(1));
         bar.set_position(p.bytes_verified);
         bar.set_message(format!("{}/{} blocks verified", p.blocks_done, p.blocks));
+        if json && (p.blocks_done, p.blocks) != last {
+            // One JSON event per change of the receive status (NDJSON on stdout).
+            last = (p.blocks_done, p.blocks);
+            println!(
+                "{}",
+                json!({
+                    "event": "progress",
+                    "blocks_verified": p.blocks_done,
+                    "blocks": p.blocks,
+                    "bytes_verified": p.bytes_verified,
+                    "bytes": p.total_bytes,
+                    "objects": p.objects.iter().map(|(name, v)| json!({"name": name, "bytes_verified": v})).collect::<Vec<_>>(),
+                })
+            );
+        }
     });
     bar.finish_and_clear();
     r

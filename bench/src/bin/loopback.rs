@@ -120,6 +120,9 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
             out: o.clone(),
             timeout: Duration::from_secs(30),
             rcvbuf: 32 << 20,
+            play: None,
+            start_at: None,
+            http: None,
             id: u64::from(tag) << 16 | i as u64,
         })
         .collect();

@@ -22,6 +22,11 @@ pub enum NodeError {
     },
     /// A configuration the protocol refuses.
     Config(String),
+    /// The HTTP address cannot be listened on (in use, not local).
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     /// No server was heard within the timeout.
     NoServer { waited_secs: f64 },
     /// The server went quiet or ended the session before everything arrived.
@@ -45,6 +50,7 @@ impl fmt::Display for NodeError {
                 write!(f, "cannot write {}: {source}", path.display())
             }
             NodeError::Config(s) => f.write_str(s),
+            NodeError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             NodeError::NoServer { waited_secs } => {
                 write!(f, "no server heard on the group within {waited_secs:.0} s")
             }
@@ -65,7 +71,9 @@ impl std::error::Error for NodeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             NodeError::Io(e) => Some(e),
-            NodeError::Input { source, .. } | NodeError::Output { source, .. } => Some(source),
+            NodeError::Input { source, .. }
+            | NodeError::Output { source, .. }
+            | NodeError::Listen { source, .. } => Some(source),
             _ => None,
         }
     }

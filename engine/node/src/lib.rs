@@ -6,7 +6,10 @@
 
 mod content;
 mod error;
+pub mod http;
 pub mod local;
+pub mod play;
+pub mod published;
 mod receive;
 mod serve;
 mod stripe;

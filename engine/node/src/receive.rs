@@ -9,12 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
-use blockcast_proto::wire::{BlockIndex, LeaveReason, Manifest, ObjectId, ReceiverId};
+use blockcast_proto::wire::{BlockIndex, LeaveReason, Manifest, ObjectId, ReceiverId, UnitIndex};
 use blockcast_proto::{
     BlockStore, Destination, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StoreError,
 };
 use memmap2::MmapMut;
 
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use crate::play::{self, PlaySummary, PlayTo, StartAt};
+use crate::published::{Ask, Published};
 use crate::wait::readable;
 use crate::NodeError;
 
@@ -31,6 +37,13 @@ pub struct ReceiveConfig {
     /// Receive buffer to ask for.
     pub rcvbuf: usize,
     pub id: u64,
+    /// Play the verified bytes in order while receiving.
+    pub play: Option<PlayTo>,
+    /// Where playback starts (a priority request fetches it first).
+    pub start_at: Option<StartAt>,
+    /// Serve the objects over HTTP on this address while they arrive (and after, until
+    /// stopped).
+    pub http: Option<SocketAddr>,
 }
 
 /// Progress, reported a few times per second.
@@ -59,6 +72,8 @@ pub struct ReceiveSummary {
     pub stats: ReceiverStats,
     /// The receive buffer the kernel granted, and whether `net.core.rmem_max` capped it.
     pub rcvbuf: (usize, bool),
+    /// What playback did, when playing.
+    pub play: Option<PlaySummary>,
 }
 
 /// Objects stored in preallocated files, written through shared writable mappings.
@@ -168,11 +183,82 @@ impl BlockStore for FileStore {
     }
 }
 
-/// Receives one session into `cfg.out`. Returns when every object is whole and verified.
+/// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
+/// played, when playing; with `http`, once `stop` is set after that).
 pub fn receive(
     cfg: &ReceiveConfig,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(&ReceiveProgress),
+) -> Result<ReceiveSummary, NodeError> {
+    let published = Arc::new(Published::default());
+    let (ask_tx, ask_rx) = mpsc::channel::<Ask>();
+    let listener = match cfg.http {
+        Some(addr) => {
+            Some(TcpListener::bind(addr).map_err(|source| NodeError::Listen { addr, source })?)
+        }
+        None => None,
+    };
+    let started = Instant::now();
+    let side_stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let player = cfg.play.clone().map(|to| {
+            let (p, a, start) = (published.clone(), ask_tx.clone(), cfg.start_at);
+            let wait = cfg.timeout;
+            std::thread::Builder::new()
+                .name("bc-play".into())
+                .spawn_scoped(scope, move || play::run(to, start, p, a, started, wait))
+        });
+        let http = listener.map(|l| {
+            let (p, a) = (published.clone(), ask_tx.clone());
+            let side_stop = &side_stop;
+            std::thread::Builder::new()
+                .name("bc-http-accept".into())
+                .spawn_scoped(scope, move || {
+                    crate::http::serve_http(l, p, a, crate::http::HttpConfig::default(), side_stop)
+                })
+        });
+        let result = receive_loop(cfg, stop, progress, &published, &ask_rx);
+        published.end();
+        // Playback drains what was verified, at the player's pace.
+        let play = match player {
+            Some(Ok(h)) => match h.join() {
+                Ok(Ok(s)) => Some(s),
+                Ok(Err(e)) => {
+                    tracing::warn!("playback stopped: {e}");
+                    None
+                }
+                Err(_) => None,
+            },
+            Some(Err(e)) => {
+                tracing::warn!("cannot start playback: {e}");
+                None
+            }
+            None => None,
+        };
+        if let Some(Ok(h)) = http {
+            if result.is_ok() {
+                // Complete: keep serving until asked to stop.
+                tracing::info!("transfer complete; still serving HTTP until stopped");
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(Duration::from_millis(100));
+                }
+            }
+            side_stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
+        result.map(|mut s| {
+            s.play = play;
+            s
+        })
+    })
+}
+
+fn receive_loop(
+    cfg: &ReceiveConfig,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&ReceiveProgress),
+    published: &Published,
+    asks: &mpsc::Receiver<Ask>,
 ) -> Result<ReceiveSummary, NodeError> {
     let data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
     let granted = data.recv_buffer();
@@ -208,6 +294,8 @@ pub fn receive(
     let mut next_progress = started;
     let mut complete_at: Option<Instant> = None;
     let mut first_unit: Option<Instant> = None;
+    let mut asked: std::collections::HashMap<(u32, u32), Instant> =
+        std::collections::HashMap::new();
     let fds = [data.as_raw_fd(), control.as_raw_fd()];
     loop {
         let now = Instant::now();
@@ -254,8 +342,36 @@ pub fn receive(
             rx.handle_timeout(now);
         }
         flush(&mut rx, &control, now, &mut out);
+        // Priority asks from the player and the HTTP endpoint (merged: one per block per
+        // 200 ms).
+        while let Ok(a) = asks.try_recv() {
+            let key = (a.object, a.block);
+            if asked
+                .get(&key)
+                .is_none_or(|t| now.duration_since(*t) > Duration::from_millis(200))
+            {
+                asked.insert(key, now);
+                rx.request_priority(
+                    ObjectId(a.object),
+                    BlockIndex(a.block),
+                    UnitIndex(0),
+                    a.count,
+                );
+            }
+        }
+        let mut published_any = false;
         while let Some(e) = rx.poll_event() {
             match e {
+                ReceiverEvent::ManifestReady => {
+                    if let Some(m) = rx.manifest() {
+                        let paths = rx.store().files.iter().map(|(p, _)| p.clone()).collect();
+                        published.publish_manifest(m, paths);
+                    }
+                }
+                ReceiverEvent::BlockVerified { object, block } => {
+                    published.publish_block(object.0, block.0);
+                    published_any = true;
+                }
                 ReceiverEvent::Announced { .. } => heard = true,
                 ReceiverEvent::Complete => complete_at = Some(now),
                 ReceiverEvent::ServerLost if !rx.is_complete() => {
@@ -282,6 +398,9 @@ pub fn receive(
                 }
                 _ => {}
             }
+        }
+        if published_any {
+            published.notify();
         }
         if !heard && now.duration_since(started) >= cfg.timeout {
             return Err(NodeError::NoServer {
@@ -321,6 +440,7 @@ pub fn receive(
         cpu_seconds: crate::thread_cpu_seconds() - cpu_start,
         stats: rx.stats().clone(),
         rcvbuf: (granted.effective, granted.capped_by_sysctl),
+        play: None,
     })
 }
 

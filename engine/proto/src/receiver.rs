@@ -117,6 +117,9 @@ pub struct ReceiverStats {
     pub strangers: u64,
 }
 
+/// Blocks just ahead of the first pass that a priority request leaves to it.
+const PRIORITY_MARGIN: u64 = 4;
+
 /// Assembly state of one block that is not yet verified.
 struct BlockState {
     have: UnitBitmap,
@@ -174,6 +177,10 @@ pub struct Receiver<S> {
     passed_map: UnitBitmap,
     /// Per stripe, the next block of that stripe whose first pass is not known to be over.
     stripe_next: Vec<u64>,
+    /// The furthest block the first pass has been seen sending.
+    pass_frontier: u64,
+    /// A priority request made before the server accepted us.
+    held_priority: Option<PriorityRepr>,
     row: Option<u32>,
     timers: BTreeSet<(Instant, u64)>,
     nack_due: BTreeSet<u64>,
@@ -213,6 +220,8 @@ impl<S: BlockStore> Receiver<S> {
             passed: 0,
             passed_map: UnitBitmap::new(0),
             stripe_next: Vec::new(),
+            pass_frontier: 0,
+            held_priority: None,
             row: None,
             timers: BTreeSet::new(),
             nack_due: BTreeSet::new(),
@@ -316,15 +325,41 @@ impl<S: BlockStore> Receiver<S> {
         unit: UnitIndex,
         count: u32,
     ) {
-        if let Some(session) = self.session {
-            self.out.push_back(Out::Priority(PriorityRepr {
-                session,
-                receiver: self.cfg.id,
-                object,
-                block,
-                unit,
-                count: count.max(1),
-            }));
+        let Some(session) = self.session else {
+            return;
+        };
+        // Ask only when the block wanted now is one the first pass is not about to deliver:
+        // blocks it has gone by are repaired by NACKs, blocks just ahead of it arrive anyway.
+        // Asking for those would only send them twice.
+        let (mut block, mut count, mut unit) = (block.0, count.max(1), unit);
+        if let Some(first) = self.seq(object, BlockIndex(block)) {
+            if first <= self.pass_frontier + PRIORITY_MARGIN {
+                return;
+            }
+            let end = first + u64::from(count);
+            let Some(start) = (first..end).find(|&s| !self.done.get(s as usize)) else {
+                return;
+            };
+            if start != first {
+                unit = UnitIndex(0);
+            }
+            block += (start - first) as u32;
+            count = (end - start) as u32;
+        }
+        let p = PriorityRepr {
+            session,
+            receiver: self.cfg.id,
+            object,
+            block: BlockIndex(block),
+            unit,
+            count,
+        };
+        if self.row.is_some() {
+            self.out.push_back(Out::Priority(p));
+        } else {
+            // The server ignores requests from receivers it has not accepted: hold the latest
+            // until it has.
+            self.held_priority = Some(p);
         }
     }
 
@@ -590,6 +625,7 @@ impl<S: BlockStore> Receiver<S> {
     /// A first-pass unit of block `seq` arrived: its stripe's sender is done with every
     /// earlier block of the same stripe (stripes send in block order, independently).
     fn pass_stripe(&mut self, now: Instant, seq: u64) {
+        self.pass_frontier = self.pass_frontier.max(seq);
         let stripes = self.stripes();
         if self.stripe_next.len() as u64 != stripes {
             self.stripe_next = (0..stripes).collect();

@@ -495,7 +495,8 @@ impl<S: BlockSource> Sender<S> {
                             .block_hashes
                             .len() as u64;
                     let end = (first + u64::from(p.count.min(PRIORITY_BLOCKS))).min(obj_end);
-                    for seq in first..end {
+                    // Last first: each goes to the front, so the first asked for leaves first.
+                    for seq in (first..end).rev() {
                         // Request status per receiver and block; requests merge: a block
                         // already on its way (asked for by anyone) is not queued twice.
                         self.matrix.request(row, seq as usize);
