@@ -731,9 +731,9 @@ impl<'a> Sim<'a> {
                 if self.first_data.is_none() {
                     self.first_data = Some(now);
                 }
-                let first_pass = !bytes
+                let first_pass = bytes
                     .get(4)
-                    .is_some_and(|f| f & blockcast_proto::wire::FLAG_REPAIR != 0);
+                    .is_none_or(|f| f & blockcast_proto::wire::FLAG_REPAIR == 0);
                 if first_pass
                     && self.pass_reached.is_none()
                     && self
@@ -835,13 +835,12 @@ fn after_node(
                     node.rx.request_priority(o, b, u, c);
                 }
             }
-            ReceiverEvent::BlockVerified { object, block } => {
+            ReceiverEvent::BlockVerified { object, block }
                 if node
                     .ask
-                    .is_some_and(|(o, b, _, _)| (o, b) == (object, block))
-                {
-                    node.asked_verified_at.get_or_insert(now);
-                }
+                    .is_some_and(|(o, b, _, _)| (o, b) == (object, block)) =>
+            {
+                node.asked_verified_at.get_or_insert(now);
             }
             _ => {}
         }
