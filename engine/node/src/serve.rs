@@ -13,7 +13,7 @@ use blockcast_proto::{
 };
 
 use crate::content::{Content, Input};
-use crate::stripe::{self, BlockTable, StripePlan};
+use crate::stripe::{self, BlockTable, StripePlan, StripeStats};
 use crate::wait::readable;
 use crate::NodeError;
 
@@ -183,10 +183,14 @@ pub fn serve(
         );
         data_stop.store(true, Ordering::Relaxed);
         let mut first_err = spawn_error;
-        let mut data_cpu = 0.0;
+        let mut data = StripeStats::default();
         for t in threads {
             match t.join() {
-                Ok(Ok(cpu)) => data_cpu += cpu,
+                Ok(Ok(s)) => {
+                    data.cpu_seconds += s.cpu_seconds;
+                    data.units += s.units;
+                    data.bytes += s.bytes;
+                }
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
                 Err(_) => {
                     first_err =
@@ -199,11 +203,12 @@ pub fn serve(
             (Ok((reason, secs)), None) => Ok((
                 reason,
                 secs,
-                data_cpu + crate::thread_cpu_seconds() - cpu_start,
+                data.cpu_seconds + crate::thread_cpu_seconds() - cpu_start,
+                data,
             )),
         }
     })
-    .map(|(reason, seconds, cpu_seconds)| {
+    .map(|(reason, seconds, cpu_seconds, data)| {
         let receivers = sender
             .receiver_report()
             .into_iter()
@@ -220,7 +225,13 @@ pub fn serve(
             bytes: total_bytes,
             seconds,
             reason,
-            stats: sender.stats().clone(),
+            stats: {
+                // The data threads sent the first pass; the protocol core counted the rest.
+                let mut s = sender.stats().clone();
+                s.data_units += data.units;
+                s.data_bytes += data.bytes;
+                s
+            },
             receivers,
             control: control_addr,
             cpu_seconds,

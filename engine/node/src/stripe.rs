@@ -40,8 +40,17 @@ pub(crate) struct StripePlan<'a> {
 const BURST: Duration = Duration::from_micros(500);
 
 /// Runs one data thread to the end of its stripe (or until `stop`).
-/// Returns the thread's CPU seconds.
-pub(crate) fn run(p: StripePlan<'_>) -> Result<f64, NodeError> {
+/// What a data thread did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StripeStats {
+    pub cpu_seconds: f64,
+    /// First-pass units and datagram bytes handed to the kernel.
+    pub units: u64,
+    pub bytes: u64,
+}
+
+/// Runs the stripe's first pass; returns what the thread did.
+pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
     if let Some(core) = p.core {
         core_affinity::set_for_current(core);
     }
@@ -51,6 +60,7 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<f64, NodeError> {
     let seg = (UNIT_HEADER_LEN + us) as u16;
     let mut hdr = [0u8; UNIT_HEADER_LEN];
     let mut next_send = Instant::now();
+    let mut stats = StripeStats::default();
     let total = p.blocks.len();
     let mut seq = p.stripe;
     while seq < total {
@@ -61,7 +71,8 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<f64, NodeError> {
         while u < units {
             if p.stop.load(Ordering::Relaxed) {
                 ring.drain(Duration::from_secs(1))?;
-                return Ok(crate::thread_cpu_seconds());
+                stats.cpu_seconds = crate::thread_cpu_seconds();
+                return Ok(stats);
             }
             // Pacing: this stripe's share of the rate (Relaxed: a rate a moment old is fine).
             let rate = (p.rate.load(Ordering::Relaxed) / p.stripes as u64).max(1);
@@ -98,10 +109,12 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<f64, NodeError> {
                     .push(&hdr, source, base + off..base + off + plen)
                     .map_err(|e| NodeError::Config(format!("send batch: {e:?}")))?;
                 bytes += UNIT_HEADER_LEN + plen;
+                stats.units += 1;
                 u += 1;
             }
             let _ = batch.submit();
             ring.flush()?;
+            stats.bytes += bytes as u64;
             let cost = Duration::from_nanos((bytes as u64).saturating_mul(1_000_000_000) / rate);
             next_send = next_send.max(now.checked_sub(BURST).unwrap_or(now)) + cost;
         }
@@ -112,5 +125,6 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<f64, NodeError> {
     }
     p.progress.store(u64::MAX, Ordering::Release);
     ring.drain(Duration::from_secs(1))?;
-    Ok(crate::thread_cpu_seconds())
+    stats.cpu_seconds = crate::thread_cpu_seconds();
+    Ok(stats)
 }
