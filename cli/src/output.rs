@@ -160,7 +160,7 @@ pub fn run_receive(
         bar.set_length(p.total_bytes.max(1));
         bar.set_position(p.bytes_verified);
         bar.set_message(format!("{}/{} blocks verified", p.blocks_done, p.blocks));
-        if json && (p.blocks_done, p.blocks) != last {
+        if json && p.blocks > 0 && (p.blocks_done, p.blocks) != last {
             // One JSON event per change of the receive status (NDJSON on stdout).
             last = (p.blocks_done, p.blocks);
             println!(

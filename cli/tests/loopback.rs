@@ -156,11 +156,13 @@ impl Proc {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// The JSON summary the child printed on stdout (`--json`).
+    /// The JSON summary the child printed on stdout (`--json`): the last line (a receiver
+    /// prints progress events before it).
     fn json(&self) -> serde_json::Value {
         let out = self.stdout();
-        serde_json::from_str(out.trim())
-            .unwrap_or_else(|e| panic!("{}: stdout is not one JSON value ({e}):\n{out}", self.name))
+        let last = out.trim().lines().last().unwrap_or("");
+        serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("{}: last stdout line is not JSON ({e}):\n{out}", self.name))
     }
 }
 

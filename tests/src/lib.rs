@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use blockcast_proto::wire::{
     BlockIndex, LeaveReason, Manifest, ObjectEntry, ObjectId, ReceiverId, SessionId, UnitIndex,
 };
-use blockcast_proto::BlockSource;
+use blockcast_proto::{BlockSource, BlockStore};
 use blockcast_proto::{
     Destination, Geometry, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
     SliceSource,
@@ -826,6 +826,21 @@ fn after_node(
     while let Some(e) = node.rx.poll_event() {
         match e {
             ReceiverEvent::Complete => node.complete_at = Some(now),
+            ReceiverEvent::VerifyBlock {
+                object,
+                block,
+                expected,
+            } => {
+                // External verification, answered at once (the node does it on another core).
+                let len = node
+                    .rx
+                    .manifest()
+                    .and_then(|m| m.block_len(object, block.0))
+                    .unwrap_or(0);
+                let ok = blake3::hash(node.rx.store_mut().block_mut(object, block, len)).as_bytes()
+                    == &expected;
+                node.rx.handle_verified(now, object, block, ok);
+            }
             ReceiverEvent::Accepted { .. } => {
                 if let Some((o, b, u, c)) = node.ask {
                     node.rx.request_priority(o, b, u, c);

@@ -187,3 +187,18 @@ fn priority_request_is_served_before_the_first_pass_gets_there() {
         "asked-for block verified at {got:?}, first pass reached it at {pass_reached:?}"
     );
 }
+
+#[test]
+fn external_verification_is_the_same_protocol() {
+    // Blocks hashed outside the state machine (as the node does on another core), with
+    // corruption so that failed blocks take that path too.
+    let mut cfg = SimConfig::small(111, 10, 0.01);
+    cfg.receiver.external_verify = true;
+    cfg.data_faults.corrupt = 0.002;
+    let r = check(cfg);
+    assert!(
+        r.blocks_failed > 0,
+        "no block failed: the failure path was not exercised"
+    );
+    assert_eq!(r.bad_done_blocks, 0);
+}

@@ -67,7 +67,7 @@ pub struct ReceiveSummary {
     pub transfer_seconds: f64,
     /// Flushing the files to disk at the end (fsync).
     pub sync_seconds: f64,
-    /// CPU time of the receiving thread.
+    /// CPU time of the receiving thread and its verify thread.
     pub cpu_seconds: f64,
     pub stats: ReceiverStats,
     /// The receive buffer the kernel granted, and whether `net.core.rmem_max` capped it.
@@ -82,6 +82,10 @@ struct FileStore {
     files: Vec<(PathBuf, Option<(File, MmapMut)>)>,
     /// Per object, blocks whose pages have been populated.
     touched: Vec<Vec<bool>>,
+    /// Per object, the mapping's base address and length (null and 0 for empty objects).
+    /// Blocks are handed out as slices of their own range only, so the receive thread can
+    /// write one block while the verify thread reads another.
+    bases: Vec<(*mut u8, usize)>,
     block_size: usize,
     failed: Option<String>,
 }
@@ -148,16 +152,19 @@ impl BlockStore for FileStore {
         for o in &manifest.objects {
             let path = self.path_for(manifest, &o.name);
             match preallocate(&path, o.size) {
-                Ok((file, map)) => self.files.push((
-                    path,
-                    Some((
-                        file,
-                        map.unwrap_or_else(|| {
-                            // Zero-length objects have no mapping: an anonymous empty one stands in.
-                            MmapMut::map_anon(1).expect("one anonymous page")
-                        }),
-                    )),
-                )),
+                Ok((file, map)) => {
+                    let mut map = map.unwrap_or_else(|| {
+                        // Zero-length objects have no mapping: an anonymous empty one stands in.
+                        MmapMut::map_anon(1).expect("one anonymous page")
+                    });
+                    let base = if o.size == 0 {
+                        (std::ptr::null_mut(), 0)
+                    } else {
+                        (map.as_mut_ptr(), map.len())
+                    };
+                    self.bases.push(base);
+                    self.files.push((path, Some((file, map))));
+                }
                 Err(e) => {
                     let msg = format!("cannot create {}: {e}", path.display());
                     self.failed = Some(msg.clone());
@@ -169,17 +176,61 @@ impl BlockStore for FileStore {
     }
 
     fn block_mut(&mut self, object: ObjectId, block: BlockIndex, len: usize) -> &mut [u8] {
-        let (_, f) = &mut self.files[object.0 as usize];
-        let map = &mut f.as_mut().expect("prepared").1;
         let start = block.0 as usize * self.block_size;
+        let (base, map_len) = self.bases[object.0 as usize];
+        assert!(start + len <= map_len, "block outside its object");
         let touched = &mut self.touched[object.0 as usize][block.0 as usize];
         if !*touched {
             // Fault the block's pages in with one call instead of one fault per page (the
             // kernel zeroes them either way). Advice only: on failure pages fault one by one.
             *touched = true;
-            let _ = map.advise_range(memmap2::Advice::PopulateWrite, start, len);
+            if let Some((_, map)) = &self.files[object.0 as usize].1 {
+                let _ = map.advise_range(memmap2::Advice::PopulateWrite, start, len);
+            }
         }
-        &mut map[start..start + len]
+        // SAFETY: [start, start+len) lies inside the live mapping (checked above; the mapping
+        // is owned by `self.files` and unmapped only when the store is dropped, after the
+        // verify thread has been joined). The slice covers this block only: the protocol core
+        // writes a block only while it is not being verified, and the verify thread reads only
+        // a block the core has handed out (`VerifyBlock`) and does not write until answered.
+        unsafe { std::slice::from_raw_parts_mut(base.add(start), len) }
+    }
+}
+
+impl FileStore {
+    /// Where block `block` of `object` lies, for the verify thread.
+    fn block_ptr(
+        &self,
+        object: ObjectId,
+        block: BlockIndex,
+        len: usize,
+    ) -> Option<(*const u8, usize)> {
+        let start = block.0 as usize * self.block_size;
+        let (base, map_len) = *self.bases.get(object.0 as usize)?;
+        // SAFETY: in bounds of the mapping, checked first.
+        (start + len <= map_len && len > 0).then(|| (unsafe { base.add(start) } as *const u8, len))
+    }
+}
+
+/// A block to hash on the verify thread.
+struct VerifyJob {
+    object: ObjectId,
+    block: BlockIndex,
+    ptr: *const u8,
+    len: usize,
+    expected: [u8; 32],
+}
+
+// SAFETY: the pointer is into a file mapping that outlives the verify thread (joined before
+// the store is dropped), and the block it covers is not written until the job is answered.
+unsafe impl Send for VerifyJob {}
+
+impl VerifyJob {
+    fn run(&self) -> bool {
+        // SAFETY: see `unsafe impl Send for VerifyJob`: valid for reads of `len` bytes and not
+        // written while this job is outstanding.
+        let bytes = unsafe { std::slice::from_raw_parts(self.ptr, self.len) };
+        blake3::hash(bytes).as_bytes() == &self.expected
     }
 }
 
@@ -274,6 +325,7 @@ fn receive_loop(
         out: cfg.out.clone(),
         files: Vec::new(),
         touched: Vec::new(),
+        bases: Vec::new(),
         block_size: 0,
         failed: None,
     };
@@ -282,6 +334,7 @@ fn receive_loop(
         seed: cfg.id,
         idle_timeout: cfg.timeout,
         min_receipt_interval: Duration::from_millis(50),
+        external_verify: true,
         ..ReceiverConfig::default()
     };
     let mut rx = Receiver::new(rcfg, store);
@@ -297,131 +350,190 @@ fn receive_loop(
     let mut asked: std::collections::HashMap<(u32, u32), Instant> =
         std::collections::HashMap::new();
     let fds = [data.as_raw_fd(), control.as_raw_fd()];
-    loop {
-        let now = Instant::now();
-        if stop.load(Ordering::Relaxed) {
-            rx.leave(LeaveReason::Stopped);
-            flush(&mut rx, &control, now, &mut out);
-            return Err(NodeError::Interrupted);
-        }
-        let wake = rx
-            .poll_timeout()
-            .unwrap_or(now + Duration::from_millis(100));
-        let wait = wake
-            .saturating_duration_since(now)
-            .min(Duration::from_millis(100));
-        let ready = readable(&fds, wait);
-        let now = Instant::now();
-        if ready[0] && first_unit.is_none() && rx.manifest().is_some() {
-            first_unit = Some(now);
-        }
-        if ready[0] {
-            // Drain what is queued, a bounded number of batches per turn.
-            for _ in 0..64 {
-                if batch.recv(&data, Duration::ZERO)? == 0 {
-                    break;
-                }
-                for d in batch.iter() {
-                    if d.truncated {
-                        continue;
-                    }
-                    for seg in d.segments() {
-                        rx.handle_datagram(now, SocketAddr::V4(d.source), seg);
+    let mut verifying = 0usize;
+    let mut verify_cpu = 0.0;
+    std::thread::scope(|scope| -> Result<(), NodeError> {
+        // Blocks are hashed on their own thread (another core, where there is one), so the
+        // receive thread only places units.
+        let (job_tx, job_rx) = mpsc::channel::<VerifyJob>();
+        let (res_tx, res_rx) = mpsc::channel::<(ObjectId, BlockIndex, bool)>();
+        let worker = std::thread::Builder::new()
+            .name("bc-verify".into())
+            .spawn_scoped(scope, move || {
+                for job in job_rx {
+                    if res_tx.send((job.object, job.block, job.run())).is_err() {
+                        break;
                     }
                 }
-            }
-        }
-        if ready[1] {
-            while cbatch.recv(&control, Duration::ZERO)? > 0 {
-                for d in cbatch.iter() {
-                    rx.handle_datagram(now, SocketAddr::V4(d.source), d.bytes);
+                crate::thread_cpu_seconds()
+            })
+            .map_err(|e| NodeError::Config(format!("cannot start the verify thread: {e}")))?;
+        let result = (|| -> Result<(), NodeError> {
+            loop {
+                let now = Instant::now();
+                if stop.load(Ordering::Relaxed) {
+                    rx.leave(LeaveReason::Stopped);
+                    flush(&mut rx, &control, now, &mut out);
+                    return Err(NodeError::Interrupted);
                 }
-            }
-        }
-        if rx.poll_timeout().is_some_and(|t| t <= now) {
-            rx.handle_timeout(now);
-        }
-        flush(&mut rx, &control, now, &mut out);
-        // Priority asks from the player and the HTTP endpoint (merged: one per block per
-        // 200 ms).
-        while let Ok(a) = asks.try_recv() {
-            let key = (a.object, a.block);
-            if asked
-                .get(&key)
-                .is_none_or(|t| now.duration_since(*t) > Duration::from_millis(200))
-            {
-                asked.insert(key, now);
-                rx.request_priority(
-                    ObjectId(a.object),
-                    BlockIndex(a.block),
-                    UnitIndex(0),
-                    a.count,
-                );
-            }
-        }
-        let mut published_any = false;
-        while let Some(e) = rx.poll_event() {
-            match e {
-                ReceiverEvent::ManifestReady => {
-                    if let Some(m) = rx.manifest() {
-                        let paths = rx.store().files.iter().map(|(p, _)| p.clone()).collect();
-                        published.publish_manifest(m, paths);
+                let wake = rx
+                    .poll_timeout()
+                    .unwrap_or(now + Duration::from_millis(100));
+                // While blocks are out for hashing, come back soon for the answers.
+                let cap = if verifying > 0 {
+                    Duration::from_millis(1)
+                } else {
+                    Duration::from_millis(100)
+                };
+                let wait = wake.saturating_duration_since(now).min(cap);
+                let ready = readable(&fds, wait);
+                let now = Instant::now();
+                if ready[0] && first_unit.is_none() && rx.manifest().is_some() {
+                    first_unit = Some(now);
+                }
+                if ready[0] {
+                    // Drain what is queued, a bounded number of batches per turn.
+                    for _ in 0..64 {
+                        if batch.recv(&data, Duration::ZERO)? == 0 {
+                            break;
+                        }
+                        for d in batch.iter() {
+                            if d.truncated {
+                                continue;
+                            }
+                            for seg in d.segments() {
+                                rx.handle_datagram(now, SocketAddr::V4(d.source), seg);
+                            }
+                        }
                     }
                 }
-                ReceiverEvent::BlockVerified { object, block } => {
-                    published.publish_block(object.0, block.0);
-                    published_any = true;
+                if ready[1] {
+                    while cbatch.recv(&control, Duration::ZERO)? > 0 {
+                        for d in cbatch.iter() {
+                            rx.handle_datagram(now, SocketAddr::V4(d.source), d.bytes);
+                        }
+                    }
                 }
-                ReceiverEvent::Announced { .. } => heard = true,
-                ReceiverEvent::Complete => complete_at = Some(now),
-                ReceiverEvent::ServerLost if !rx.is_complete() => {
-                    return Err(NodeError::Incomplete {
-                        blocks_done: rx.blocks_done(),
-                        blocks: rx.total_blocks(),
-                        why: "the server went quiet",
-                    })
+                while let Ok((object, block, ok)) = res_rx.try_recv() {
+                    verifying -= 1;
+                    rx.handle_verified(now, object, block, ok);
                 }
-                ReceiverEvent::SessionEnded {
-                    complete: false, ..
-                } => {
-                    return Err(NodeError::Incomplete {
-                        blocks_done: rx.blocks_done(),
-                        blocks: rx.total_blocks(),
-                        why: "the server ended the session",
-                    })
+                if rx.poll_timeout().is_some_and(|t| t <= now) {
+                    rx.handle_timeout(now);
                 }
-                ReceiverEvent::StoreFailed(e) => {
-                    return Err(NodeError::Output {
-                        path: cfg.out.clone(),
-                        source: std::io::Error::other(e.0),
-                    })
+                flush(&mut rx, &control, now, &mut out);
+                // Priority asks from the player and the HTTP endpoint (merged: one per block per
+                // 200 ms).
+                while let Ok(a) = asks.try_recv() {
+                    let key = (a.object, a.block);
+                    if asked
+                        .get(&key)
+                        .is_none_or(|t| now.duration_since(*t) > Duration::from_millis(200))
+                    {
+                        asked.insert(key, now);
+                        rx.request_priority(
+                            ObjectId(a.object),
+                            BlockIndex(a.block),
+                            UnitIndex(0),
+                            a.count,
+                        );
+                    }
                 }
-                _ => {}
+                let mut published_any = false;
+                while let Some(e) = rx.poll_event() {
+                    match e {
+                        ReceiverEvent::ManifestReady => {
+                            if let Some(m) = rx.manifest() {
+                                let paths =
+                                    rx.store().files.iter().map(|(p, _)| p.clone()).collect();
+                                published.publish_manifest(m, paths);
+                            }
+                        }
+                        ReceiverEvent::VerifyBlock {
+                            object,
+                            block,
+                            expected,
+                        } => {
+                            let len = rx
+                                .manifest()
+                                .and_then(|m| m.block_len(object, block.0))
+                                .unwrap_or(0);
+                            match rx.store().block_ptr(object, block, len) {
+                                Some((ptr, len)) => {
+                                    let job = VerifyJob {
+                                        object,
+                                        block,
+                                        ptr,
+                                        len,
+                                        expected,
+                                    };
+                                    if job_tx.send(job).is_ok() {
+                                        verifying += 1;
+                                    }
+                                }
+                                None => rx.handle_verified(now, object, block, false),
+                            }
+                        }
+                        ReceiverEvent::BlockVerified { object, block } => {
+                            published.publish_block(object.0, block.0);
+                            published_any = true;
+                        }
+                        ReceiverEvent::Announced { .. } => heard = true,
+                        ReceiverEvent::Complete => complete_at = Some(now),
+                        ReceiverEvent::ServerLost if !rx.is_complete() => {
+                            return Err(NodeError::Incomplete {
+                                blocks_done: rx.blocks_done(),
+                                blocks: rx.total_blocks(),
+                                why: "the server went quiet",
+                            })
+                        }
+                        ReceiverEvent::SessionEnded {
+                            complete: false, ..
+                        } => {
+                            return Err(NodeError::Incomplete {
+                                blocks_done: rx.blocks_done(),
+                                blocks: rx.total_blocks(),
+                                why: "the server ended the session",
+                            })
+                        }
+                        ReceiverEvent::StoreFailed(e) => {
+                            return Err(NodeError::Output {
+                                path: cfg.out.clone(),
+                                source: std::io::Error::other(e.0),
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                if published_any {
+                    published.notify();
+                }
+                if !heard && now.duration_since(started) >= cfg.timeout {
+                    return Err(NodeError::NoServer {
+                        waited_secs: cfg.timeout.as_secs_f64(),
+                    });
+                }
+                if now >= next_progress || complete_at.is_some() {
+                    progress(&report(&rx));
+                    next_progress = now + Duration::from_millis(200);
+                }
+                // Done: complete, and the server has recorded it (or has ended the session, or a
+                // short grace period for its acknowledgement has passed).
+                if let Some(at) = complete_at {
+                    if rx.poll_timeout().is_none()
+                        || rx.is_ended()
+                        || now.duration_since(at) > Duration::from_secs(2)
+                    {
+                        break;
+                    }
+                }
             }
-        }
-        if published_any {
-            published.notify();
-        }
-        if !heard && now.duration_since(started) >= cfg.timeout {
-            return Err(NodeError::NoServer {
-                waited_secs: cfg.timeout.as_secs_f64(),
-            });
-        }
-        if now >= next_progress || complete_at.is_some() {
-            progress(&report(&rx));
-            next_progress = now + Duration::from_millis(200);
-        }
-        // Done: complete, and the server has recorded it (or has ended the session, or a
-        // short grace period for its acknowledgement has passed).
-        if let Some(at) = complete_at {
-            if rx.poll_timeout().is_none()
-                || rx.is_ended()
-                || now.duration_since(at) > Duration::from_secs(2)
-            {
-                break;
-            }
-        }
-    }
+            Ok(())
+        })();
+        drop(job_tx);
+        verify_cpu = worker.join().unwrap_or(0.0);
+        result
+    })?;
     let done = complete_at.unwrap_or_else(Instant::now);
     let seconds = done.duration_since(started).as_secs_f64();
     let transfer_seconds =
@@ -437,7 +549,7 @@ fn receive_loop(
         seconds,
         transfer_seconds,
         sync_seconds,
-        cpu_seconds: crate::thread_cpu_seconds() - cpu_start,
+        cpu_seconds: crate::thread_cpu_seconds() - cpu_start + verify_cpu,
         stats: rx.stats().clone(),
         rcvbuf: (granted.effective, granted.capped_by_sysctl),
         play: None,

@@ -50,6 +50,10 @@ pub struct ReceiverConfig {
     pub idle_timeout: Duration,
     /// Largest datagram to send (NACKs are packed up to it).
     pub max_datagram: usize,
+    /// Do not hash completed blocks here: emit [`ReceiverEvent::VerifyBlock`] and wait for
+    /// [`Receiver::handle_verified`] (the node hashes on another core). The block's bytes
+    /// are not written meanwhile.
+    pub external_verify: bool,
 }
 
 impl Default for ReceiverConfig {
@@ -64,6 +68,7 @@ impl Default for ReceiverConfig {
             join_interval: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(30),
             max_datagram: 1400,
+            external_verify: false,
         }
     }
 }
@@ -82,6 +87,13 @@ pub enum ReceiverEvent {
     Accepted { row: u32 },
     /// A block was rebuilt (if needed), hashed, and matched the manifest.
     BlockVerified { object: ObjectId, block: BlockIndex },
+    /// External verification: hash this block (its bytes in the store) against `expected`
+    /// and answer with [`Receiver::handle_verified`].
+    VerifyBlock {
+        object: ObjectId,
+        block: BlockIndex,
+        expected: [u8; 32],
+    },
     /// A block's bytes did not match its hash; it is discarded and fetched again.
     BlockFailed { object: ObjectId, block: BlockIndex },
     /// Every object is whole and verified.
@@ -131,6 +143,8 @@ struct BlockState {
     nack_at: Option<Instant>,
     /// Its loss was counted (once, when its first NACK timer fired).
     loss_counted: bool,
+    /// Whole and handed out for hashing: nothing may write to it until the answer.
+    verifying: bool,
 }
 
 impl BlockState {
@@ -143,6 +157,7 @@ impl BlockState {
             last_parity_at: None,
             nack_at: None,
             loss_counted: false,
+            verifying: false,
         }
     }
 }
@@ -713,6 +728,10 @@ impl<S: BlockStore> Receiver<S> {
             self.mark_passed(now, seq);
         }
         let state = self.blocks[seq as usize].get_or_insert_with(|| Box::new(BlockState::new(k)));
+        if state.verifying {
+            self.stats.duplicates += 1;
+            return;
+        }
         if unit.is_parity() {
             state.parity_seen = state.parity_seen.max(index + 1);
             state.round_end = state.round_end.max(unit.round_end());
@@ -768,7 +787,40 @@ impl<S: BlockStore> Receiver<S> {
             )
             .is_ok();
         }
+        if ok && self.cfg.external_verify {
+            // The node hashes the block on another core and calls `handle_verified`.
+            if let Some(state) = self.blocks[seq as usize].as_mut() {
+                state.verifying = true;
+            }
+            self.events.push_back(ReceiverEvent::VerifyBlock {
+                object,
+                block,
+                expected,
+            });
+            return;
+        }
         ok = ok && blake3::hash(bytes).as_bytes() == &expected;
+        self.verified(now, seq, ok);
+    }
+
+    /// External verification ([`ReceiverConfig::external_verify`]): the block asked for by
+    /// [`ReceiverEvent::VerifyBlock`] hashed to its manifest hash (`ok`) or not.
+    pub fn handle_verified(&mut self, now: Instant, object: ObjectId, block: BlockIndex, ok: bool) {
+        let Some(seq) = self.seq(object, block) else {
+            return;
+        };
+        if self.blocks[seq as usize]
+            .as_ref()
+            .is_some_and(|s| s.verifying)
+        {
+            self.verified(now, seq, ok);
+        }
+    }
+
+    /// Block `seq` has been hashed: it is done, or it is discarded and fetched again.
+    fn verified(&mut self, now: Instant, seq: u64, ok: bool) {
+        let (object, block) = self.addr_of(seq);
+        let k = self.units_in(seq);
         if ok {
             if let Some(state) = self.blocks[seq as usize].take() {
                 if let Some(at) = state.nack_at {
