@@ -87,7 +87,6 @@ struct FileStore {
     /// write one block while the verify thread reads another.
     bases: Vec<(*mut u8, usize)>,
     block_size: usize,
-    failed: Option<String>,
 }
 
 impl FileStore {
@@ -166,9 +165,7 @@ impl BlockStore for FileStore {
                     self.files.push((path, Some((file, map))));
                 }
                 Err(e) => {
-                    let msg = format!("cannot create {}: {e}", path.display());
-                    self.failed = Some(msg.clone());
-                    return Err(StoreError(msg));
+                    return Err(StoreError(format!("cannot create {}: {e}", path.display())));
                 }
             }
         }
@@ -327,7 +324,6 @@ fn receive_loop(
         touched: Vec::new(),
         bases: Vec::new(),
         block_size: 0,
-        failed: None,
     };
     let rcfg = ReceiverConfig {
         id: ReceiverId(cfg.id),
