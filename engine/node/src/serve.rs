@@ -16,6 +16,7 @@ use crate::content::{Content, Input};
 use crate::stripe::{self, BlockTable, StripePlan, StripeStats};
 use crate::wait::readable;
 use crate::NodeError;
+use blockcast_status::AtomicBitmap;
 
 /// How to serve.
 #[derive(Clone, Debug)]
@@ -119,7 +120,7 @@ pub fn serve(
         geometry: cfg.geometry,
         stripes: stripes as u16,
         external_first_pass: true,
-        rate,
+        rate: (rate / 2).max(1),
         burst: Duration::from_micros(500),
         announce_interval: Duration::from_millis(100),
         min_receivers: cfg.min_receivers,
@@ -134,6 +135,7 @@ pub fn serve(
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let shared_rate = AtomicU64::new(rate);
     let progress: Vec<AtomicU64> = (0..stripes).map(|s| AtomicU64::new(s as u64)).collect();
+    let skip = AtomicBitmap::new(blocks.len());
     let data_stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let mut threads = Vec::new();
@@ -149,6 +151,7 @@ pub fn serve(
             total_bytes,
             &shared_rate,
             &progress,
+            &skip,
             &mut |epoch| {
                 for s in 0..stripes {
                     let plan = StripePlan {
@@ -165,6 +168,7 @@ pub fn serve(
                         blocks: &blocks,
                         rate: &shared_rate,
                         progress: &progress[s],
+                        skip: &skip,
                         stop: &data_stop,
                     };
                     let t = std::thread::Builder::new()
@@ -253,9 +257,11 @@ fn control_loop(
     total_bytes: u64,
     shared_rate: &AtomicU64,
     stripe_progress: &[AtomicU64],
+    skip: &AtomicBitmap,
     start_data: &mut dyn FnMut(Instant),
 ) -> Result<(DoneReason, f64), NodeError> {
     let mut data_started = false;
+    let mut next_skip_scan = Instant::now();
     let mut rx = RecvBatch::new(16, 2048)?;
     let mut hdr = vec![0u8; 65_536];
     let started = Instant::now();
@@ -292,6 +298,27 @@ fn control_loop(
                 .min()
                 .unwrap_or(u64::MAX);
             sender.handle_first_pass(now, sent_before);
+            if now >= next_skip_scan {
+                // Blocks ahead of the first pass that every receiver already holds (they were
+                // sent for a priority request) are not sent again.
+                next_skip_scan = now + Duration::from_millis(20);
+                let from = sent_before.min(sender.total_blocks());
+                let to = (from + 4096).min(sender.total_blocks());
+                for seq in from..to {
+                    if sender.all_hold(seq) {
+                        // Release: a data thread that sees the bit skips a block all hold.
+                        skip.set(seq as usize);
+                    }
+                }
+            }
+            // Repairs and priority blocks share the rate with the first pass: while any are
+            // queued, each gets half (Relaxed: the data threads read it once per batch).
+            let data_rate = if sender.repair_backlog() > 0 {
+                rate / 2
+            } else {
+                rate
+            };
+            shared_rate.store(data_rate.max(1), Ordering::Relaxed);
         }
         // Everything due now: data units gathered into GSO super-buffers straight from the
         // mapping, other packets sent as they are.
@@ -309,8 +336,7 @@ fn control_loop(
         }
         if cfg.rate.is_none() && now >= next_rate_check {
             rate = adapt_rate(sender, rate);
-            sender.set_rate(rate);
-            shared_rate.store(rate, Ordering::Relaxed);
+            sender.set_rate((rate / 2).max(1));
             next_rate_check = now + Duration::from_millis(100);
         }
         if now >= next_progress {

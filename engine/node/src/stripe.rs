@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, SendRing, SendRingConfig, Source};
 use blockcast_proto::wire::{BlockIndex, ObjectId, SessionId, UnitHeaderRepr, UNIT_HEADER_LEN};
+use blockcast_status::AtomicBitmap;
 
 use crate::NodeError;
 
@@ -33,6 +34,8 @@ pub(crate) struct StripePlan<'a> {
     pub rate: &'a AtomicU64,
     /// Every block of this stripe before this global block number has been sent.
     pub progress: &'a AtomicU64,
+    /// Blocks every receiver already holds (sent ahead for a priority request): skipped.
+    pub skip: &'a AtomicBitmap,
     pub stop: &'a AtomicBool,
 }
 
@@ -64,6 +67,13 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
     let total = p.blocks.len();
     let mut seq = p.stripe;
     while seq < total {
+        if p.skip.get(seq) {
+            // Release: as below, the control thread sees this block as done.
+            p.progress
+                .store((seq + p.stripes) as u64, Ordering::Release);
+            seq += p.stripes;
+            continue;
+        }
         let (object, block, base, len) = p.blocks[seq];
         let source = &p.sources[object.0 as usize];
         let units = len.div_ceil(us);

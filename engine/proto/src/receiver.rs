@@ -352,7 +352,15 @@ impl<S: BlockStore> Receiver<S> {
                 return;
             }
             let end = first + u64::from(count);
-            let Some(start) = (first..end).find(|&s| !self.done.get(s as usize)) else {
+            // Blocks already verified, or already arriving (some units here: NACKs finish
+            // them), are not asked for again.
+            let untouched = |s: u64| {
+                !self.done.get(s as usize)
+                    && self.blocks[s as usize].as_ref().is_none_or(|b| {
+                        b.have.count_ones() == 0 && b.parity.is_empty() && !b.verifying
+                    })
+            };
+            let Some(start) = (first..end).find(|&s| untouched(s)) else {
                 return;
             };
             if start != first {

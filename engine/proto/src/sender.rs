@@ -170,6 +170,8 @@ struct Repair {
     parity_next: u16,
     /// When the last parity unit of the block went out.
     last_sent: Option<Instant>,
+    /// When the block was last sent whole for a priority request.
+    whole_sent_at: Option<Instant>,
     /// Original units to send again.
     originals: Option<UnitBitmap>,
     queued: bool,
@@ -311,6 +313,21 @@ impl<S: BlockSource> Sender<S> {
     /// The status matrix: receivers x blocks, receive and request status.
     pub fn status_matrix(&self) -> &StatusMatrix {
         &self.matrix
+    }
+
+    /// Blocks waiting in the repair queue (NACK answers and priority blocks).
+    pub fn repair_backlog(&self) -> usize {
+        self.repair_queue.len()
+    }
+
+    /// Every accepted receiver reports holding block `seq` (global numbering).
+    pub fn all_hold(&self, seq: u64) -> bool {
+        !self.members.is_empty() && self.matrix.all_hold(seq as usize)
+    }
+
+    /// Blocks in the session (global numbering runs over the manifest's objects).
+    pub fn total_blocks(&self) -> u64 {
+        self.total_blocks
     }
 
     /// Accepted receivers now.
@@ -500,7 +517,14 @@ impl<S: BlockSource> Sender<S> {
                         // Request status per receiver and block; requests merge: a block
                         // already on its way (asked for by anyone) is not queued twice.
                         self.matrix.request(row, seq as usize);
-                        if !self.repairs.get(&seq).is_some_and(|r| r.queued) {
+                        // Not while it is queued or just went out (it may still be on its way).
+                        let settle = self.grtt * 2;
+                        let busy = self.repairs.get(&seq).is_some_and(|r| {
+                            r.queued
+                                || r.whole_sent_at
+                                    .is_some_and(|t| now.saturating_duration_since(t) < settle)
+                        });
+                        if !busy {
                             self.queue_priority(seq);
                         }
                     }
@@ -1029,6 +1053,9 @@ impl<S: BlockSource> Sender<S> {
             if let Some(orig) = r.originals.as_mut() {
                 if let Some(u) = orig.iter_ones().next() {
                     orig.clear(u);
+                    if orig.count_ones() == 0 {
+                        r.whole_sent_at = Some(now);
+                    }
                     return self.data_unit(now, buf, object, block, u as u16, true);
                 }
             }
