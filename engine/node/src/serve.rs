@@ -328,6 +328,13 @@ fn control_loop(
             match e {
                 SenderEvent::ReceiverComplete { .. } => complete += 1,
                 SenderEvent::Finished { reason: r } => reason = r,
+                SenderEvent::SentWhole { object, block } => {
+                    // The group got this block whole: the first pass skips it (Release: a
+                    // data thread that sees the bit skips the block).
+                    if let Some(seq) = sender.global_block(object, block) {
+                        skip.set(seq as usize);
+                    }
+                }
                 _ => {}
             }
         }

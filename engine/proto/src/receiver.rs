@@ -366,8 +366,10 @@ impl<S: BlockStore> Receiver<S> {
             if start != first {
                 unit = UnitIndex(0);
             }
+            // Only the run of untouched blocks from there: the rest is arriving already.
+            let run_end = (start..end).find(|&s| !untouched(s)).unwrap_or(end);
             block += (start - first) as u32;
-            count = (end - start) as u32;
+            count = (run_end - start) as u32;
         }
         let p = PriorityRepr {
             session,

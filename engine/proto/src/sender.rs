@@ -108,6 +108,12 @@ pub enum SenderEvent {
     FirstPassStarted,
     /// Every block has been sent once.
     FirstPassDone,
+    /// A block went out whole ahead of the first pass (a priority request): an external
+    /// first pass need not send it again (receivers that lost some of it NACK).
+    SentWhole {
+        object: ObjectId,
+        block: BlockIndex,
+    },
     /// The session is over; nothing more will be sent.
     Finished {
         reason: DoneReason,
@@ -172,6 +178,8 @@ struct Repair {
     last_sent: Option<Instant>,
     /// When the block was last sent whole for a priority request.
     whole_sent_at: Option<Instant>,
+    /// The originals queued are the whole block (a priority request).
+    whole: bool,
     /// Original units to send again.
     originals: Option<UnitBitmap>,
     queued: bool,
@@ -323,6 +331,12 @@ impl<S: BlockSource> Sender<S> {
     /// Every accepted receiver reports holding block `seq` (global numbering).
     pub fn all_hold(&self, seq: u64) -> bool {
         !self.members.is_empty() && self.matrix.all_hold(seq as usize)
+    }
+
+    /// The global number of block `block` of `object` (numbering runs over the manifest's
+    /// objects in order), if it exists.
+    pub fn global_block(&self, object: ObjectId, block: BlockIndex) -> Option<u64> {
+        self.seq(object, block)
     }
 
     /// Blocks in the session (global numbering runs over the manifest's objects).
@@ -651,6 +665,7 @@ impl<S: BlockSource> Sender<S> {
         for u in 0..k {
             originals.set(u);
         }
+        r.whole = true;
         r.queued = true;
         self.repair_queue.push_front(seq);
     }
@@ -1055,6 +1070,10 @@ impl<S: BlockSource> Sender<S> {
                     orig.clear(u);
                     if orig.count_ones() == 0 {
                         r.whole_sent_at = Some(now);
+                        if std::mem::take(&mut r.whole) {
+                            self.events
+                                .push_back(SenderEvent::SentWhole { object, block });
+                        }
                     }
                     return self.data_unit(now, buf, object, block, u as u16, true);
                 }
