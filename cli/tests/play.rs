@@ -15,259 +15,27 @@
 //! not reached the end of the file. The measured latencies are printed, and only checked
 //! against a loose sanity bound.
 
+mod common;
+
+use common::*;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_blockcast");
-/// The only interface any test uses.
-const IFACE: &str = "127.0.0.1";
-/// What a receiver asks for (a default `net.core.rmem_max`).
-const RCVBUF: &str = "4194304";
 /// 200 MiB: at `--rate 20M` (20 MiB/s) the first pass takes about 10 s.
 const BIG: u64 = 200 << 20;
 const MIB: u64 = 1 << 20;
 
-/// Group and port for test number `test`: the third octet and the port are the test's, the
-/// fourth octet and the port's low digits come from the process id, so two runs of this suite
-/// at once do not collide either.
+/// Group and port for test number `test`: third octet 160 + test (loopback.rs uses
+/// 200 + test), port 46_000 + 100 * test (see [`common::group`]).
 fn group(test: u8) -> String {
-    let pid = std::process::id();
-    let host = 1 + (pid % 253) as u8;
-    let port = 46_000 + u16::from(test) * 100 + (pid % 100) as u16;
-    format!("239.255.{}.{host}:{port}", 160 + u16::from(test))
-}
-
-/// A scratch directory under the system temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("blockcast-play-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("create scratch dir");
-        Scratch(p)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.0.join(rel)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running child, its stderr (and stdout, unless the test reads it from a pipe) captured in
-/// files. Dropping it kills the child if it is still running, so a failing test leaves
-/// nothing behind.
-struct Proc {
-    name: String,
-    child: Child,
-    status: Option<ExitStatus>,
-    stdout: Option<PathBuf>,
-    stderr: PathBuf,
-}
-
-/// Where a child's stdout goes.
-enum Out {
-    /// A file in the scratch directory (read with [`Proc::stdout`]).
-    File,
-    /// A pipe the test takes from [`Proc::child`].
-    Piped,
-}
-
-impl Proc {
-    /// Starts `cmd` with stderr in a file and stdout as `out` says; stdin is the caller's
-    /// choice (set on `cmd`).
-    fn start(dir: &Path, name: &str, cmd: &mut Command, out: Out) -> Proc {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let stdout = match out {
-            Out::File => {
-                let p = dir.join(format!("{name}.stdout"));
-                cmd.stdout(File::create(&p).expect("stdout file"));
-                Some(p)
-            }
-            Out::Piped => {
-                cmd.stdout(Stdio::piped());
-                None
-            }
-        };
-        let child = cmd
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            status: None,
-            stdout,
-            stderr,
-        }
-    }
-
-    /// Starts `blockcast` with `args` and stdin closed.
-    fn blockcast<I, S>(dir: &Path, name: &str, args: I, out: Out) -> Proc
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<OsString>,
-    {
-        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        Proc::start(
-            dir,
-            name,
-            Command::new(BIN).args(&args).stdin(Stdio::null()),
-            out,
-        )
-    }
-
-    /// The exit status if the child has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().expect("try_wait");
-        }
-        self.status
-    }
-
-    /// Waits for the child to exit, at most `limit`; panics (and the guard kills it) past that.
-    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
-        let end = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.exited() {
-                return s;
-            }
-            if Instant::now() >= end {
-                panic!(
-                    "{} still running after {limit:?}\nstderr:\n{}",
-                    self.name,
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for exit within `limit` and asserts the exit code.
-    fn expect_code(&mut self, limit: Duration, code: i32) {
-        let s = self.wait_within(limit);
-        assert_eq!(
-            s.code(),
-            Some(code),
-            "{} exited with {s}, wanted code {code}\nstdout:\n{}\nstderr:\n{}",
-            self.name,
-            self.stdout(),
-            self.stderr()
-        );
-    }
-
-    /// Panics if the child has already exited (used while waiting for it to make progress).
-    fn assert_running(&mut self) {
-        if let Some(s) = self.exited() {
-            panic!(
-                "{} exited early with {s}\nstdout:\n{}\nstderr:\n{}",
-                self.name,
-                self.stdout(),
-                self.stderr()
-            );
-        }
-    }
-
-    fn kill(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            self.status = self.child.wait().ok();
-        }
-    }
-
-    /// Sends SIGINT (what Ctrl-C sends).
-    fn interrupt(&mut self) {
-        let pid = self.child.id();
-        let st = Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -INT {pid} ({}): {st}", self.name);
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout
-            .as_ref()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .unwrap_or_else(|| "(piped)".into())
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Polls `cond` every 10 ms until it holds; panics after `limit`, saying `what` was awaited.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Writes `size` pseudo-random bytes (xorshift from `seed`).
-fn write_sample(path: &Path, size: u64, seed: u64) {
-    blockcast_node::local::write_sample(path, size, seed).expect("write sample");
-}
-
-fn hash_file(path: &Path) -> blake3::Hash {
-    let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let mut h = blake3::Hasher::new();
-    h.update_reader(f)
-        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    h.finalize()
-}
-
-fn assert_identical(want: &Path, got: &Path) {
-    let want_len = std::fs::metadata(want).expect("source metadata").len();
-    let got_len = std::fs::metadata(got)
-        .unwrap_or_else(|e| panic!("{}: {e}", got.display()))
-        .len();
-    assert_eq!(got_len, want_len, "{} has the wrong length", got.display());
-    assert_eq!(
-        hash_file(got),
-        hash_file(want),
-        "{} differs from {}",
-        got.display(),
-        want.display()
-    );
-}
-
-/// True once the 4 KiB at `offset` of `path` are not all zero: the receiver preallocates its
-/// file with zeros when it gets the manifest and the first pass fills it in order, so for a
-/// random sample (or an MPEG-TS, with a sync byte every 188 bytes) this says the first pass
-/// has reached `offset`.
-fn has_data_at(path: &Path, offset: u64) -> bool {
-    let Ok(mut f) = File::open(path) else {
-        return false;
-    };
-    let mut buf = [0u8; 4096];
-    if f.seek(SeekFrom::Start(offset)).is_err() || f.read_exact(&mut buf).is_err() {
-        return false;
-    }
-    buf.iter().any(|&b| b != 0)
+    common::group(160, 46_000, test)
 }
 
 /// `len` bytes of `path` from `offset`.
