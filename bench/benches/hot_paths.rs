@@ -1,0 +1,165 @@
+//! Micro-benchmarks of the hot paths: unit header encode/decode, status bitmaps, parity
+//! encode/decode per block size, NACK encode/decode, and the in-order verified prefix.
+//!
+//! `cargo bench -p blockcast-bench --bench hot_paths`
+
+use std::hint::black_box;
+
+use blockcast_proto::coding;
+use blockcast_proto::wire::{
+    BlockIndex, Holes, NackEntry, NackRepr, ObjectId, Packet, ReceiverId, SessionId,
+    UnitHeaderRepr, UnitPacket, UNIT_HEADER_LEN,
+};
+use blockcast_status::{AtomicBitmap, UnitBitmap};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+fn unit_header(c: &mut Criterion) {
+    let hdr = UnitHeaderRepr {
+        session: SessionId(7),
+        parity: false,
+        repair: false,
+        object: ObjectId(3),
+        block: BlockIndex(1234),
+        index: 321,
+        round_end: 0,
+        timestamp: 987_654,
+    };
+    let mut buf = vec![0u8; UNIT_HEADER_LEN + 1400];
+    let mut g = c.benchmark_group("unit_header");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("emit", |b| {
+        b.iter(|| black_box(&hdr).emit(black_box(&mut buf)).unwrap())
+    });
+    hdr.emit(&mut buf).unwrap();
+    g.bench_function("view_and_read", |b| {
+        b.iter(|| {
+            let p = UnitPacket::new_checked(black_box(&buf[..])).unwrap();
+            (
+                p.object(),
+                p.block(),
+                p.index(),
+                p.timestamp(),
+                p.payload().len(),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn bitmaps(c: &mut Criterion) {
+    let mut g = c.benchmark_group("bitmaps");
+    let n = 749;
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("unit_bitmap_set_block", |b| {
+        b.iter(|| {
+            let mut m = UnitBitmap::new(n);
+            for i in 0..n {
+                m.set(black_box(i));
+            }
+            m.is_full()
+        })
+    });
+    let atomic = AtomicBitmap::new(1 << 20);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("atomic_bitmap_set", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 7919) & ((1 << 20) - 1);
+            atomic.set(black_box(i))
+        })
+    });
+    let mut holes = UnitBitmap::new(n);
+    for i in (0..n).filter(|i| i % 97 != 0) {
+        holes.set(i);
+    }
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("zero_runs_749", |b| {
+        b.iter(|| black_box(&holes).zero_runs().count())
+    });
+    g.finish();
+}
+
+fn parity(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parity");
+    g.sample_size(20);
+    for &(k, us) in &[(128u16, 1400u16), (256, 1400), (749, 1400)] {
+        let m = 128u16;
+        let block: Vec<u8> = (0..usize::from(k) * usize::from(us))
+            .map(|i| (i * 31) as u8)
+            .collect();
+        g.throughput(Throughput::Bytes(block.len() as u64));
+        g.bench_with_input(BenchmarkId::new("encode", k), &k, |b, &k| {
+            b.iter(|| coding::encode_block(black_box(&block), k, m, us).unwrap())
+        });
+        let parity = coding::encode_block(&block, k, m, us).unwrap();
+        let lost: Vec<usize> = vec![1, 5, 9];
+        let got: Vec<(u16, &[u8])> = (0..lost.len() as u16)
+            .map(|i| {
+                (
+                    i,
+                    &parity[usize::from(i) * usize::from(us)..usize::from(i + 1) * usize::from(us)],
+                )
+            })
+            .collect();
+        g.bench_with_input(BenchmarkId::new("decode_3_lost", k), &k, |b, &k| {
+            let mut work = block.clone();
+            b.iter(|| {
+                coding::decode_block(black_box(&mut work), |u| !lost.contains(&u), &got, k, m, us)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn nack(c: &mut Criterion) {
+    let n = NackRepr {
+        session: SessionId(1),
+        receiver: ReceiverId(42),
+        entries: (0..40)
+            .map(|b| NackEntry {
+                object: ObjectId(0),
+                block: BlockIndex(b),
+                missing: 3,
+                parity_seen: 0,
+                holes: Holes::Ranges(vec![(5, 1), (200, 2)]),
+            })
+            .collect(),
+    };
+    let p = Packet::Nack(n);
+    let mut buf = vec![0u8; p.buffer_len()];
+    let mut g = c.benchmark_group("nack");
+    g.throughput(Throughput::Elements(40));
+    g.bench_function("emit_40_blocks", |b| {
+        b.iter(|| black_box(&p).emit(&mut buf).unwrap())
+    });
+    p.emit(&mut buf).unwrap();
+    g.bench_function("parse_40_blocks", |b| {
+        b.iter(|| Packet::parse(black_box(&buf)).unwrap())
+    });
+    g.finish();
+}
+
+fn in_order_prefix(c: &mut Criterion) {
+    // The verified prefix a player follows: the first unverified block of an object.
+    let blocks = 1 << 16;
+    let bits = AtomicBitmap::new(blocks);
+    for i in 0..blocks - 1 {
+        bits.set(i);
+    }
+    let mut g = c.benchmark_group("in_order");
+    g.bench_function("prefix_of_65536_blocks", |b| {
+        b.iter(|| black_box(&bits).first_zero_from(0))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    hot_paths,
+    unit_header,
+    bitmaps,
+    parity,
+    nack,
+    in_order_prefix
+);
+criterion_main!(hot_paths);
