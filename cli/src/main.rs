@@ -46,6 +46,8 @@ enum Command {
     Receive(ReceiveArgs),
     /// The whole thing on this machine's loopback: a sample file, a server and three receivers.
     Demo(DemoArgs),
+    /// Measure on loopback: GB/s, packets/s, CPU per GB, repairs, block-completion latency.
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,6 +128,25 @@ struct ReceiveArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Bytes to send (k, M, G suffixes).
+    #[arg(long, default_value = "1G")]
+    size: String,
+    /// Receivers (threads of this process).
+    #[arg(long, default_value_t = 1)]
+    receivers: usize,
+    /// Payload bytes per datagram (even, at most 8972).
+    #[arg(long, default_value_t = 1400)]
+    unit_size: u16,
+    /// Send rate ("auto" or bytes per second with k, M, G).
+    #[arg(long, default_value = "auto")]
+    rate: String,
+    /// Server data threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Size of the generated sample (suffixes k, M, G).
     #[arg(long, default_value = "256M")]
@@ -159,7 +180,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve(a, &stop, &out),
         Command::Receive(a) => receive(a, &stop, &out),
-        Command::Demo(a) => demo::run(a, &stop, &out),
+        Command::Demo(a) => demo::demo(a, &stop, &out),
+        Command::Bench(a) => demo::bench(a, &stop, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

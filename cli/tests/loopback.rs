@@ -420,3 +420,32 @@ fn a_receiver_with_no_server_exits_6() {
         out.display()
     );
 }
+
+#[test]
+fn bench_measures_a_verified_local_transfer() {
+    let dir = Scratch::new("bench");
+    let mut b = Proc::spawn(
+        &dir.0,
+        "bench",
+        [
+            "--json",
+            "bench",
+            "--size",
+            "16M",
+            "--receivers",
+            "2",
+            "--rate",
+            "100M",
+        ],
+    );
+    b.expect_code(Duration::from_secs(60), 0);
+    let v = b.json();
+    assert_eq!(v["role"], "bench");
+    assert_eq!(v["copies_verified"], 2);
+    assert_eq!(v["bytes"], 16 << 20);
+    let per = v["gb_per_s_per_receiver"].as_f64().expect("a rate");
+    assert!(per > 0.0, "{v}");
+    let p50 = v["block_latency_us"]["p50"].as_u64().expect("a latency");
+    let max = v["block_latency_us"]["max"].as_u64().expect("a latency");
+    assert!(p50 > 0 && p50 <= max, "{v}");
+}

@@ -74,14 +74,17 @@ pub struct ReceiveSummary {
     pub rcvbuf: (usize, bool),
     /// What playback did, when playing.
     pub play: Option<PlaySummary>,
+    /// Block-completion latency (first unit written -> block verified), microseconds:
+    /// p50, p99, p99.9, max.
+    pub block_latency_us: [u64; 4],
 }
 
 /// Objects stored in preallocated files, written through shared writable mappings.
 struct FileStore {
     out: PathBuf,
     files: Vec<(PathBuf, Option<(File, MmapMut)>)>,
-    /// Per object, blocks whose pages have been populated.
-    touched: Vec<Vec<bool>>,
+    /// Per object and block, when its first unit was written (its pages populated then).
+    touched: Vec<Vec<Option<Instant>>>,
     /// Per object, the mapping's base address and length (null and 0 for empty objects).
     /// Blocks are handed out as slices of their own range only, so the receive thread can
     /// write one block while the verify thread reads another.
@@ -146,7 +149,7 @@ impl BlockStore for FileStore {
         self.touched = manifest
             .objects
             .iter()
-            .map(|o| vec![false; o.block_hashes.len()])
+            .map(|o| vec![None; o.block_hashes.len()])
             .collect();
         for o in &manifest.objects {
             let path = self.path_for(manifest, &o.name);
@@ -177,10 +180,10 @@ impl BlockStore for FileStore {
         let (base, map_len) = self.bases[object.0 as usize];
         assert!(start + len <= map_len, "block outside its object");
         let touched = &mut self.touched[object.0 as usize][block.0 as usize];
-        if !*touched {
+        if touched.is_none() {
             // Fault the block's pages in with one call instead of one fault per page (the
             // kernel zeroes them either way). Advice only: on failure pages fault one by one.
-            *touched = true;
+            *touched = Some(Instant::now());
             if let Some((_, map)) = &self.files[object.0 as usize].1 {
                 let _ = map.advise_range(memmap2::Advice::PopulateWrite, start, len);
             }
@@ -347,6 +350,9 @@ fn receive_loop(
         std::collections::HashMap::new();
     let fds = [data.as_raw_fd(), control.as_raw_fd()];
     let mut verifying = 0usize;
+    // Microseconds, 1 us .. 1 h, 3 significant digits.
+    let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| NodeError::Config(format!("histogram: {e}")))?;
     let mut verify_cpu = 0.0;
     std::thread::scope(|scope| -> Result<(), NodeError> {
         // Blocks are hashed on their own thread (another core, where there is one), so the
@@ -471,6 +477,16 @@ fn receive_loop(
                             }
                         }
                         ReceiverEvent::BlockVerified { object, block } => {
+                            // Block-completion latency: its first unit written -> verified.
+                            if let Some(Some(t)) = rx
+                                .store()
+                                .touched
+                                .get(object.0 as usize)
+                                .and_then(|o| o.get(block.0 as usize))
+                            {
+                                let us = now.saturating_duration_since(*t).as_micros() as u64;
+                                let _ = latency.record(us.max(1));
+                            }
                             published.publish_block(object.0, block.0);
                             published_any = true;
                         }
@@ -549,6 +565,12 @@ fn receive_loop(
         stats: rx.stats().clone(),
         rcvbuf: (granted.effective, granted.capped_by_sysctl),
         play: None,
+        block_latency_us: [
+            latency.value_at_quantile(0.5),
+            latency.value_at_quantile(0.99),
+            latency.value_at_quantile(0.999),
+            latency.max(),
+        ],
     })
 }
 
