@@ -270,9 +270,16 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         session: session_id(),
         threads: a.threads.unwrap_or_else(cores).max(1),
     };
+    let (a_max_wait, a_min_receivers) = (a.max_wait, a.min_receivers);
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;
     out.serve_summary(&summary);
     match summary.reason {
+        blockcast_proto::wire::DoneReason::Complete if summary.receivers_ever == 0 => {
+            return Err(exit::incomplete(format!(
+                "no receiver joined (waited {} s for {}); the content was sent once to the group",
+                a_max_wait, a_min_receivers
+            )));
+        }
         blockcast_proto::wire::DoneReason::Complete => {}
         blockcast_proto::wire::DoneReason::Aborted => {
             return Err(exit::node(blockcast_node::NodeError::Interrupted))

@@ -449,3 +449,27 @@ fn bench_measures_a_verified_local_transfer() {
     let max = v["block_latency_us"]["max"].as_u64().expect("a latency");
     assert!(p50 > 0 && p50 <= max, "{v}");
 }
+
+#[test]
+fn a_server_nobody_joins_exits_6() {
+    let dir = Scratch::new("nobody");
+    let src = dir.path("src.bin");
+    write_sample(&src, 4 << 20, 31);
+    let mut s = server(
+        &dir.0,
+        &group(11),
+        &[&src],
+        &ServeOpts {
+            rate: "100M",
+            min_receivers: 1,
+            max_wait_s: 1,
+            deadline_s: 30,
+        },
+    );
+    s.expect_code(Duration::from_secs(30), 6);
+    assert!(
+        s.stderr().contains("no receiver joined"),
+        "stderr: {}",
+        s.stderr()
+    );
+}

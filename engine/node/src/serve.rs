@@ -72,6 +72,8 @@ pub struct ServeSummary {
     pub control: SocketAddr,
     /// CPU time of the control thread and of the data threads.
     pub cpu_seconds: f64,
+    /// Receivers ever accepted (some may have left or timed out since).
+    pub receivers_ever: usize,
 }
 
 /// Where `--rate auto` starts: fast, but below what one loopback receiver can take.
@@ -239,6 +241,7 @@ pub fn serve(
             receivers,
             control: control_addr,
             cpu_seconds,
+            receivers_ever: sender.receivers_ever(),
         }
     })
 }

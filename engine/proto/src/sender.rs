@@ -344,6 +344,11 @@ impl<S: BlockSource> Sender<S> {
         self.total_blocks
     }
 
+    /// Receivers ever accepted in this session.
+    pub fn receivers_ever(&self) -> usize {
+        self.ever_joined
+    }
+
     /// Accepted receivers now.
     pub fn receivers(&self) -> usize {
         self.members.len()
@@ -787,8 +792,9 @@ impl<S: BlockSource> Sender<S> {
                 } else if self.first_pass_done()
                     && self.repair_queue.is_empty()
                     && self.members.values().all(|m| m.complete)
-                    && (self.ever_joined > 0 || self.cfg.min_receivers == 0)
                 {
+                    // Every member holds everything (also when nobody joined: the node tells
+                    // the user that no receiver was there).
                     self.close(now, DoneReason::Complete);
                 }
             }
