@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use blockcast_node::local::{run_local, write_sample};
-use blockcast_node::{Input, ReceiveConfig, ReceiveSummary, ServeConfig, ServeSummary};
+use blockcast_node::local::{local_receivers, run_local, write_sample};
+use blockcast_node::{Input, ReceiveSummary, ServeConfig, ServeSummary};
 use blockcast_proto::Geometry;
 use serde_json::json;
 
@@ -229,21 +229,13 @@ fn run_session(
     let outs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))
         .collect();
-    let rcfgs: Vec<ReceiveConfig> = outs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| ReceiveConfig {
-            group,
-            iface,
-            out: o.clone(),
-            timeout: Duration::from_secs(20),
-            rcvbuf: 32 << 20,
-            play: None,
-            start_at: None,
-            http: None,
-            id: u64::from(id) << 8 | i as u64,
-        })
-        .collect();
+    let rcfgs = local_receivers(
+        group,
+        iface,
+        &outs,
+        Duration::from_secs(20),
+        u64::from(id) << 8,
+    );
     let started = Instant::now();
     let bar = out.bar(size, if chatty { "demo" } else { "bench" });
     let run = run_local(&scfg, &rcfgs, stop, &mut |p| {

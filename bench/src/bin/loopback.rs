@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use blockcast_node::local::{run_local, write_sample};
-use blockcast_node::{Input, ReceiveConfig, ServeConfig};
+use blockcast_node::local::{local_receivers, run_local, write_sample};
+use blockcast_node::{Input, ServeConfig};
 use blockcast_proto::Geometry;
 use clap::Parser;
 
@@ -111,21 +111,13 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();
-    let rcfgs: Vec<ReceiveConfig> = outs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| ReceiveConfig {
-            group,
-            iface,
-            out: o.clone(),
-            timeout: Duration::from_secs(30),
-            rcvbuf: 32 << 20,
-            play: None,
-            start_at: None,
-            http: None,
-            id: u64::from(tag) << 16 | i as u64,
-        })
-        .collect();
+    let rcfgs = local_receivers(
+        group,
+        iface,
+        &outs,
+        Duration::from_secs(30),
+        u64::from(tag) << 16,
+    );
     let run = run_local(&scfg, &rcfgs, &stop, &mut |_| {});
     let (served, got) = (run.served, run.received);
     let want = blake3::hash(&std::fs::read(src).expect("read source"));

@@ -30,6 +30,31 @@ pub fn write_sample(path: &Path, size: u64, seed: u64) -> std::io::Result<()> {
     f.flush()
 }
 
+/// Receivers for a local session: one per output path, on `group` through `iface`, with a
+/// 32 MiB receive buffer, nothing played or served, ids `id_base + i`.
+pub fn local_receivers(
+    group: std::net::SocketAddrV4,
+    iface: std::net::Ipv4Addr,
+    outs: &[std::path::PathBuf],
+    timeout: std::time::Duration,
+    id_base: u64,
+) -> Vec<ReceiveConfig> {
+    outs.iter()
+        .enumerate()
+        .map(|(i, o)| ReceiveConfig {
+            group,
+            iface,
+            out: o.clone(),
+            timeout,
+            rcvbuf: 32 << 20,
+            id: id_base + i as u64,
+            play: None,
+            start_at: None,
+            http: None,
+        })
+        .collect()
+}
+
 /// What a local session did: the server's result and each receiver's, in order.
 pub struct LocalRun {
     pub served: Result<ServeSummary, NodeError>,
