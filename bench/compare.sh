@@ -10,7 +10,7 @@
 #
 # Usage: bench/compare.sh [--size 256M] [--reps 3] [--receivers "1 4"] [--loss "1 5"]
 #                         [--tools "blockcast uftp udpcast"] [--mtu 9000] [--run-timeout 180]
-#                         [--work /tmp/blockcast-compare] [--no-install] [--no-build]
+#                         [--work /tmp/blockcast-compare] [--bc-unit BYTES] [--no-install] [--no-build]
 # GB/s per receiver = file bytes / (server start -> last receiver done) (for UFTP, whose
 # receiver daemon never exits: server start -> server exit, which happens once every client
 # has reported the file complete). Start-up of the receivers is not timed (they are started
@@ -27,6 +27,7 @@ RUN_TIMEOUT=180
 WORK=/tmp/blockcast-compare
 INSTALL=1
 BUILD=1
+BC_UNIT_OPT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
@@ -37,6 +38,7 @@ while [ $# -gt 0 ]; do
     --mtu) MTU=$2; shift 2 ;;
     --run-timeout) RUN_TIMEOUT=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
+    --bc-unit) BC_UNIT_OPT=$2; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
     -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
@@ -257,7 +259,9 @@ run_uftp() {
 }
 
 # ---------------------------------------------------------------- runs
-BC_UNIT=$(( MTU >= 9000 ? 8972 : 1400 ))
+# blockcast's datagram is unit + 26-byte header + 28 bytes UDP/IP: 8944 is the largest unit that
+# fits a 9000-byte MTU unfragmented (8972 would be fragmented in two).
+BC_UNIT=${BC_UNIT_OPT:-$(( MTU >= 9000 ? 8944 : 1400 ))}
 UFTP_BLOCK=$(( MTU >= 9000 ? 8800 : 1300 ))
 command -v bc >/dev/null || die "needs bc"
 declare -A RUNS OKS   # key "tool|n|loss" -> space-separated GB/s (or FAIL) / count of verified runs
