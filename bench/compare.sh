@@ -200,7 +200,7 @@ run_blockcast() {  # n tag
   sleep 1
   t0=$(now)
   ip netns exec "$P-srv" "${TO[@]}" "$BC" serve "$SRC" --group "$group" --iface "$SRV_IP" \
-    --unit-size "$BC_UNIT" --min-receivers "$n" --max-wait 20 --deadline 300 -q \
+    --unit-size "$BC_UNIT" --min-receivers "$n" --max-wait 20 --deadline 300 -q ${BC_SERVE_ARGS:-} \
     >"$WORK/logs/$tag.srv.log" 2>&1 &
   spid=$!
   for i in "${pids[@]}"; do wait "$i" || rc=$?; done
