@@ -11,6 +11,7 @@
 # Usage: bench/compare.sh [--size 256M] [--reps 3] [--receivers "1 4"] [--loss "1 5"]
 #                         [--tools "blockcast uftp udpcast"] [--mtu 9000] [--run-timeout 180]
 #                         [--work /tmp/blockcast-compare] [--bc-unit BYTES] [--no-install] [--no-build]
+# Environment: BC_SERVE_ARGS adds flags to every `blockcast serve` (e.g. "--threads 1 --rate 800M").
 # GB/s per receiver = file bytes / (server start -> last receiver done) (for UFTP, whose
 # receiver daemon never exits: server start -> server exit, which happens once every client
 # has reported the file complete). Start-up of the receivers is not timed (they are started
