@@ -70,7 +70,8 @@ struct ServeArgs {
     /// Send rate in bytes per second (suffixes k, M, G), or "auto" to follow the receivers.
     #[arg(long, default_value = "auto")]
     rate: String,
-    /// Bytes of payload per datagram (even; 1400 fits a 1500-byte MTU).
+    /// Bytes of payload per datagram (even; 1400 fits a 1500-byte MTU, 8946 a 9000-byte one;
+    /// a unit that does not fit the interface's MTU is refused).
     #[arg(long, default_value_t = 1400)]
     unit_size: u16,
     /// Units per block (a block is verified as a whole).
@@ -249,8 +250,19 @@ fn resolve_net(net: &NetArgs) -> Result<(SocketAddrV4, Ipv4Addr)> {
 fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
     let (group, iface) = resolve_net(&a.net)?;
     let inputs = collect_inputs(&a.paths).map_err(exit::node)?;
-    if a.unit_size < 2 || a.unit_size % 2 != 0 || a.unit_size > 8972 {
-        return Err(exit::usage("--unit-size must be even, 2..=8972".into()));
+    if a.unit_size < 2 || a.unit_size % 2 != 0 || a.unit_size > 65_480 {
+        return Err(exit::usage("--unit-size must be even, 2..=65480".into()));
+    }
+    // A unit whose datagram does not fit the interface's MTU is sent as IP fragments: slow,
+    // and under loss the kernel's reassembly queue can stall a receiver for seconds.
+    if let Some(mtu) = iface_mtu(iface) {
+        let largest = mtu.saturating_sub(20 + 8 + blockcast_proto::wire::UNIT_HEADER_LEN) & !1;
+        if usize::from(a.unit_size) > largest {
+            return Err(exit::usage(format!(
+                "--unit-size {} does not fit the interface's MTU of {mtu} bytes: use at most {largest}",
+                a.unit_size
+            )));
+        }
     }
     let cfg = ServeConfig {
         inputs,
@@ -343,6 +355,20 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
     let summary = output::run_receive(&cfg, stop, out).map_err(exit::node)?;
     out.receive_summary(&summary);
     Ok(())
+}
+
+/// The MTU of the interface that has address `addr` (from /sys), if it can be read.
+fn iface_mtu(addr: Ipv4Addr) -> Option<usize> {
+    let name = blockcast_io::iface::list()
+        .ok()?
+        .into_iter()
+        .find(|i| i.ipv4.contains(&addr))?
+        .name;
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Parses BLOCK or BLOCK:UNIT.
