@@ -121,7 +121,6 @@ fn play_all(
             let block = (offset / bs) as u32;
             // Wait as long as the transfer goes on (the player takes what comes), asking again
             // each second in case a request or its answer was lost.
-            let _ = wait_limit;
             match published.wait_block(
                 o as u32,
                 block,

@@ -592,7 +592,6 @@ fn report(rx: &Receiver<FileStore>) -> ReceiveProgress {
     let Some(m) = rx.manifest() else {
         return ReceiveProgress::default();
     };
-    let bs = m.block_size();
     let mut objects = Vec::with_capacity(m.objects.len());
     let mut verified = 0u64;
     for (i, o) in m.objects.iter().enumerate() {
@@ -605,7 +604,6 @@ fn report(rx: &Receiver<FileStore>) -> ReceiveProgress {
         verified += v;
         objects.push((o.name.clone(), v));
     }
-    let _ = bs;
     ReceiveProgress {
         objects,
         bytes_verified: verified,
