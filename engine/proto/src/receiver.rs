@@ -127,6 +127,8 @@ pub struct ReceiverStats {
     pub bad_packets: u64,
     /// Packets of other sessions (ignored).
     pub strangers: u64,
+    /// Fail-overs to another source ([`Receiver::switch_source`]).
+    pub switches: u64,
 }
 
 /// Blocks just ahead of the first pass that a priority request leaves to it.
@@ -176,6 +178,8 @@ pub struct Receiver<S> {
     rng: Rng,
     session: Option<SessionId>,
     announce: Option<AnnounceRepr>,
+    /// The manifest hash of the session we follow, kept across a fail-over.
+    known_hash: Option<[u8; 32]>,
     manifest_buf: Vec<u8>,
     /// Byte ranges of the manifest received, sorted and merged.
     manifest_ranges: Vec<(usize, usize)>,
@@ -224,6 +228,7 @@ impl<S: BlockStore> Receiver<S> {
             cfg,
             store,
             announce: None,
+            known_hash: None,
             manifest_buf: Vec::new(),
             manifest_ranges: Vec::new(),
             manifest: None,
@@ -469,6 +474,11 @@ impl<S: BlockStore> Receiver<S> {
         };
         if self.session.is_none() {
             if let Packet::Announce(a) = &packet {
+                if self.known_hash.is_some_and(|h| h != a.manifest_hash) {
+                    // After a fail-over only a source of the same content will do.
+                    self.stats.strangers += 1;
+                    return;
+                }
                 self.session = Some(a.session);
             }
         }
@@ -517,6 +527,40 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
+    /// Fail over to another source of the same content (a standby relay, or the server):
+    /// forget the current server, keep every block received so far, and take the next
+    /// Announce whose manifest hash matches ours as the new server; join it at once. Blocks
+    /// already verified are not asked for again; the new server learns what we hold from our
+    /// receipt notices and repairs the rest.
+    pub fn switch_source(&mut self, now: Instant) {
+        if self.ended && self.complete {
+            return;
+        }
+        self.known_hash = self
+            .announce
+            .as_ref()
+            .map(|a| a.manifest_hash)
+            .or(self.known_hash);
+        self.announce = None;
+        self.session = self.cfg.session;
+        self.row = None;
+        self.ended = false;
+        self.complete_acked = false;
+        self.complete_tries = 0;
+        self.server_lost = false;
+        self.last_heard = Some(now);
+        self.echo = None;
+        self.stripe_next.clear();
+        self.next_receipt = None;
+        self.next_join = self.manifest.is_some().then_some(now);
+        if self.manifest.is_none() {
+            // Start the manifest over from the new source.
+            self.manifest_buf = Vec::new();
+            self.manifest_ranges.clear();
+        }
+        self.stats.switches += 1;
+    }
+
     fn heard(&mut self, now: Instant, timestamp: u32) {
         self.last_heard = Some(now);
         self.server_lost = false;
@@ -540,8 +584,10 @@ impl<S: BlockStore> Receiver<S> {
                 return;
             }
         }
-        if first {
+        if first && self.manifest.is_none() {
             self.manifest_buf = vec![0u8; a.manifest_len as usize];
+        }
+        if first {
             self.events.push_back(ReceiverEvent::Announced {
                 session: a.session,
                 control: a.control,

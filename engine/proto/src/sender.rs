@@ -185,6 +185,9 @@ struct Repair {
     queued: bool,
 }
 
+/// How often a first pass waiting for an unavailable block looks again.
+const STALL_RECHECK: Duration = Duration::from_millis(1);
+
 /// Most blocks one priority request may ask for.
 const PRIORITY_BLOCKS: u32 = 16;
 
@@ -227,6 +230,8 @@ pub struct Sender<S> {
     grtt_window_max: Option<Duration>,
     grtt_window_end: Option<Instant>,
     next_member_scan: Option<Instant>,
+    /// The first pass waits for a block that is not available yet: look again at this time.
+    stall_check: Option<Instant>,
     events: VecDeque<SenderEvent>,
     stats: SenderStats,
 }
@@ -301,6 +306,7 @@ impl<S: BlockSource> Sender<S> {
             grtt_window_max: None,
             grtt_window_end: None,
             next_member_scan: None,
+            stall_check: None,
             events: VecDeque::new(),
             stats: SenderStats::default(),
         })
@@ -316,6 +322,11 @@ impl<S: BlockSource> Sender<S> {
 
     pub fn source(&self) -> &S {
         &self.source
+    }
+
+    /// The block source, to fill in blocks as they become available (a relay).
+    pub fn source_mut(&mut self) -> &mut S {
+        &mut self.source
     }
 
     /// The status matrix: receivers x blocks, receive and request status.
@@ -543,7 +554,8 @@ impl<S: BlockSource> Sender<S> {
                                 || r.whole_sent_at
                                     .is_some_and(|t| now.saturating_duration_since(t) < settle)
                         });
-                        if !busy {
+                        let (o, b) = self.addr_of(seq);
+                        if !busy && self.source.available(o, b) {
                             self.queue_priority(seq);
                         }
                     }
@@ -679,6 +691,10 @@ impl<S: BlockSource> Sender<S> {
         let Some(seq) = self.seq(e.object, e.block) else {
             return;
         };
+        if !self.source.available(e.object, e.block) {
+            // Not here yet (a relay still receiving it): the first pass brings it.
+            return;
+        }
         let k = self.units_in(e.object, e.block);
         let max_parity = self.cfg.geometry.max_parity;
         let settle = self.grtt * 2;
@@ -837,6 +853,8 @@ impl<S: BlockSource> Sender<S> {
                     consider(self.cfg.deadline.map(|d| epoch + d));
                     if self.has_paced_work() {
                         consider(self.next_send);
+                    } else if self.pass.is_some() {
+                        consider(self.stall_check);
                     }
                 }
                 Phase::Closing { .. } => consider(self.closing_at),
@@ -847,7 +865,13 @@ impl<S: BlockSource> Sender<S> {
     }
 
     fn has_paced_work(&self) -> bool {
-        self.pass.is_some() || !self.repair_queue.is_empty()
+        self.pass_ready() || !self.repair_queue.is_empty()
+    }
+
+    /// The first pass has a unit to send now (its block is available).
+    fn pass_ready(&self) -> bool {
+        self.pass
+            .is_some_and(|(o, b, _)| self.source.available(ObjectId(o), BlockIndex(b)))
     }
 
     /// Drains one event.
@@ -941,6 +965,10 @@ impl<S: BlockSource> Sender<S> {
         }
         // Paced data: repairs first, then the first pass.
         if !self.has_paced_work() {
+            if self.pass.is_some() {
+                // The first pass waits for its next block to become available.
+                self.stall_check = Some(now + STALL_RECHECK);
+            }
             self.advance_phase(now);
             return None;
         }
@@ -1045,6 +1073,9 @@ impl<S: BlockSource> Sender<S> {
     fn send_first_pass(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let (o, b, u) = self.pass?;
         let (object, block) = (ObjectId(o), BlockIndex(b));
+        if !self.source.available(object, block) {
+            return None;
+        }
         let units = self.units_in(object, block);
         let next_unit = u + 1;
         self.pass = if next_unit < units {
@@ -1157,5 +1188,87 @@ fn first_block_after(m: &Manifest, object: u32, block: u32) -> Option<(u32, u32)
         Some((object, block + 1))
     } else {
         first_block(m, object + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ObjectEntry, UnitPacket};
+
+    /// Two blocks of 4 units; only the blocks before `ready` are available.
+    struct Gated {
+        bytes: Vec<u8>,
+        ready: u32,
+    }
+
+    impl BlockSource for Gated {
+        fn block(&self, _o: ObjectId, b: BlockIndex) -> &[u8] {
+            &self.bytes[b.0 as usize * 32..(b.0 as usize + 1) * 32]
+        }
+        fn available(&self, _o: ObjectId, b: BlockIndex) -> bool {
+            b.0 < self.ready
+        }
+    }
+
+    fn gated_sender() -> Sender<Gated> {
+        let bytes: Vec<u8> = (0..64u8).collect();
+        let manifest = Manifest {
+            unit_size: 8,
+            units_per_block: 4,
+            objects: vec![ObjectEntry {
+                name: "a".into(),
+                size: 64,
+                hash: *blake3::hash(&bytes).as_bytes(),
+                block_hashes: bytes
+                    .chunks(32)
+                    .map(|c| *blake3::hash(c).as_bytes())
+                    .collect(),
+            }],
+        };
+        let cfg = SenderConfig {
+            geometry: Geometry {
+                unit_size: 8,
+                units_per_block: 4,
+                max_parity: 4,
+            },
+            max_wait: Duration::ZERO,
+            ..SenderConfig::default()
+        };
+        Sender::new(cfg, manifest, Gated { bytes, ready: 1 }).unwrap()
+    }
+
+    /// Data units the sender gives out at `now`, as (block, unit).
+    fn units_due(s: &mut Sender<Gated>, now: Instant) -> Vec<(u32, u16)> {
+        let mut buf = vec![0u8; 4096];
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+            let Some(t) = s.poll_transmit(now, &mut buf) else {
+                break;
+            };
+            if t.payload.is_some() {
+                let u = UnitPacket::new_checked(&buf[..t.len + 8]).unwrap();
+                out.push((u.block().0, u.index()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn first_pass_waits_for_an_unavailable_block() {
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let mut got = units_due(&mut s, t0);
+        got.extend(units_due(&mut s, t0 + Duration::from_millis(10)));
+        assert_eq!(got, [(0, 0), (0, 1), (0, 2), (0, 3)]);
+        // Waiting, it asks to be woken to look again (not never, not in the past).
+        let t1 = t0 + Duration::from_millis(20);
+        assert!(s.poll_timeout().is_some());
+        s.source_mut().ready = 2;
+        let later = units_due(&mut s, t1 + Duration::from_millis(10));
+        assert_eq!(later, [(1, 0), (1, 1), (1, 2), (1, 3)]);
     }
 }

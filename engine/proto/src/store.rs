@@ -10,6 +10,13 @@ pub trait BlockSource {
     /// Bytes of one block (the manifest's block length). Called only for blocks the
     /// manifest lists.
     fn block(&self, object: ObjectId, block: BlockIndex) -> &[u8];
+
+    /// Whether the block's bytes are here yet. A relay serves blocks as they arrive and are
+    /// verified upstream: the sender neither sends nor repairs a block before it is
+    /// available (its first pass waits for it). A server's own content is always available.
+    fn available(&self, _object: ObjectId, _block: BlockIndex) -> bool {
+        true
+    }
 }
 
 /// A failure of the receiver's storage (disk full, not writable).
