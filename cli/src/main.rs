@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use blockcast_node::play::{PlayTo, StartAt};
-use blockcast_node::{collect_inputs, ReceiveConfig, ServeConfig};
+use blockcast_node::{collect_inputs, Downstream, ReceiveConfig, RelayConfig, ServeConfig};
 use blockcast_proto::Geometry;
 use clap::{Args, Parser, Subcommand};
 
@@ -44,6 +44,9 @@ enum Command {
     Serve(ServeArgs),
     /// Join a group and store what its server sends.
     Receive(ReceiveArgs),
+    /// Receive from an upstream group and serve the same content to downstream groups,
+    /// block by block as it is verified (fan-out across subnets; feedback stops here).
+    Relay(RelayArgs),
     /// The whole thing on this machine's loopback: a sample file, a server and three receivers.
     Demo(DemoArgs),
     /// Measure on loopback: GB/s, packets/s, CPU per GB, repairs, block-completion latency.
@@ -126,6 +129,68 @@ struct ReceiveArgs {
     /// 127.0.0.1:8080; after the transfer it keeps serving until Ctrl-C.
     #[arg(long, value_name = "ADDR:PORT")]
     http: Option<String>,
+    #[command(flatten)]
+    failover: FailoverArgs,
+}
+
+#[derive(Args, Debug)]
+struct FailoverArgs {
+    /// Another group that carries the same content (a standby relay, the server's group); when
+    /// the current source is silent for --failover-after seconds the receiver switches to the
+    /// next one, keeping every block it has. Repeat for more.
+    #[arg(long, value_name = "GROUP:PORT")]
+    fallback: Vec<String>,
+    /// Seconds of silence before failing over to the next --fallback group.
+    #[arg(long, default_value_t = 3.0)]
+    failover_after: f64,
+}
+
+#[derive(Args, Debug)]
+struct RelayArgs {
+    /// The upstream group and port to receive from.
+    #[arg(long, value_name = "GROUP:PORT")]
+    upstream: String,
+    /// Interface for the upstream group (name or IPv4 address).
+    #[arg(long)]
+    iface: String,
+    /// A downstream group and port to serve (repeat for several groups).
+    #[arg(long, value_name = "GROUP:PORT", required = true)]
+    downstream: Vec<String>,
+    /// Interface for the downstream groups (default: --iface). Give one, or one per
+    /// --downstream in the same order.
+    #[arg(long)]
+    downstream_iface: Vec<String>,
+    /// Where the relay keeps what it forwards: a directory, or a file name for one object.
+    /// Kept afterwards (it is a verified copy).
+    #[arg(long)]
+    cache: PathBuf,
+    /// Downstream send rate per group (k, M, G), or "auto" to follow its receivers.
+    #[arg(long, default_value = "auto")]
+    rate: String,
+    /// Downstream: wait for this many receivers before sending (a standby relay: 1 and a long
+    /// --max-wait, so it sends only once receivers fail over to it).
+    #[arg(long, default_value_t = 1)]
+    min_receivers: usize,
+    /// ...but no longer than this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    max_wait: f64,
+    /// Downstream: stop after this many seconds whatever the receivers hold.
+    #[arg(long)]
+    deadline: Option<f64>,
+    /// Downstream control port (0: any; with several groups each takes the next port).
+    #[arg(long, default_value_t = 0)]
+    control_port: u16,
+    /// Multicast TTL downstream.
+    #[arg(long, default_value_t = 1)]
+    ttl: u32,
+    /// Data threads per downstream group.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Give up if no upstream server is heard for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    #[command(flatten)]
+    failover: FailoverArgs,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +246,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve(a, &stop, &out),
         Command::Receive(a) => receive(a, &stop, &out),
+        Command::Relay(a) => relay(a, &stop, &out),
         Command::Demo(a) => demo::demo(a, &stop, &out),
         Command::Bench(a) => demo::bench(a, &stop, &out),
     };
@@ -227,24 +293,125 @@ pub fn parse_rate(s: &str) -> Result<Option<u64>> {
 
 /// Parses the group and resolves the interface, with one clear error for each mistake.
 fn resolve_net(net: &NetArgs) -> Result<(SocketAddrV4, Ipv4Addr)> {
-    let group: SocketAddrV4 = net.group.parse().map_err(|_| {
+    Ok((
+        parse_group("--group", &net.group)?,
+        resolve_iface(&net.iface)?,
+    ))
+}
+
+/// A multicast ADDRESS:PORT given to `flag`.
+fn parse_group(flag: &str, s: &str) -> Result<SocketAddrV4> {
+    let group: SocketAddrV4 = s.parse().map_err(|_| {
         exit::usage(format!(
-            "--group {:?} is not ADDRESS:PORT (e.g. 239.255.0.1:9000)",
-            net.group
+            "{flag} {s:?} is not ADDRESS:PORT (e.g. 239.255.0.1:9000)"
         ))
     })?;
     if !group.ip().is_multicast() {
         return Err(exit::usage(format!(
-            "--group {} is not a multicast address (224.0.0.0/4; use 239.255.x.y on a LAN)",
+            "{flag} {} is not a multicast address (224.0.0.0/4; use 239.255.x.y on a LAN)",
             group.ip()
         )));
     }
     if group.port() == 0 {
-        return Err(exit::usage("--group needs a port other than 0".into()));
+        return Err(exit::usage(format!("{flag} needs a port other than 0")));
     }
-    let iface =
-        blockcast_io::iface::resolve_ipv4(&net.iface).map_err(|e| exit::net(e.to_string()))?;
-    Ok((group, iface))
+    Ok(group)
+}
+
+fn resolve_iface(s: &str) -> Result<Ipv4Addr> {
+    blockcast_io::iface::resolve_ipv4(s).map_err(|e| exit::net(e.to_string()))
+}
+
+fn parse_failover(f: &FailoverArgs) -> Result<(Vec<SocketAddrV4>, Duration)> {
+    let groups = f
+        .fallback
+        .iter()
+        .map(|g| parse_group("--fallback", g))
+        .collect::<Result<_>>()?;
+    if f.failover_after.is_nan() || f.failover_after <= 0.0 {
+        return Err(exit::usage("--failover-after must be positive".into()));
+    }
+    Ok((groups, Duration::from_secs_f64(f.failover_after)))
+}
+
+fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
+    let upstream = parse_group("--upstream", &a.upstream)?;
+    let iface = resolve_iface(&a.iface)?;
+    let groups = a
+        .downstream
+        .iter()
+        .map(|g| parse_group("--downstream", g))
+        .collect::<Result<Vec<_>>>()?;
+    let ifaces = match a.downstream_iface.len() {
+        0 => vec![iface; groups.len()],
+        1 => vec![resolve_iface(&a.downstream_iface[0])?; groups.len()],
+        n if n == groups.len() => a
+            .downstream_iface
+            .iter()
+            .map(|i| resolve_iface(i))
+            .collect::<Result<_>>()?,
+        n => {
+            return Err(exit::usage(format!(
+                "--downstream-iface given {n} times for {} --downstream groups: give one, or one per group",
+                groups.len()
+            )))
+        }
+    };
+    if groups.contains(&upstream) {
+        return Err(exit::usage(format!(
+            "--downstream {upstream} is the upstream group: a relay would feed itself"
+        )));
+    }
+    let (fallback, failover_after) = parse_failover(&a.failover)?;
+    let cfg = RelayConfig {
+        upstream: ReceiveConfig {
+            group: upstream,
+            iface,
+            out: a.cache,
+            timeout: Duration::from_secs_f64(a.timeout.max(0.1)),
+            rcvbuf: 32 << 20,
+            id: session_id() as u64 ^ (u64::from(std::process::id()) << 32),
+            play: None,
+            start_at: None,
+            http: None,
+            fallback,
+            failover_after,
+        },
+        downstream: groups
+            .iter()
+            .zip(&ifaces)
+            .enumerate()
+            .map(|(i, (&group, &iface))| Downstream {
+                group,
+                iface,
+                control_port: if a.control_port == 0 {
+                    0
+                } else {
+                    a.control_port.saturating_add(i as u16)
+                },
+            })
+            .collect(),
+        ttl: a.ttl,
+        rate: parse_rate(&a.rate)?,
+        min_receivers: a.min_receivers,
+        max_wait: Duration::from_secs_f64(a.max_wait.max(0.0)),
+        deadline: a.deadline.map(|d| Duration::from_secs_f64(d.max(0.0))),
+        threads: a.threads.max(1),
+    };
+    let summary = output::run_relay(&cfg, stop, out).map_err(exit::node)?;
+    out.relay_summary(&summary);
+    let short: usize = summary
+        .downstream
+        .iter()
+        .filter(|s| s.reason == blockcast_proto::wire::DoneReason::Deadline)
+        .map(|s| s.receivers.iter().filter(|r| !r.complete).count())
+        .sum();
+    if short > 0 {
+        return Err(exit::incomplete(format!(
+            "the deadline passed with {short} downstream receiver(s) incomplete"
+        )));
+    }
+    Ok(())
 }
 
 fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
@@ -308,6 +475,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
 
 fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
     let (group, iface) = resolve_net(&a.net)?;
+    let (fallback, failover_after) = parse_failover(&a.failover)?;
     let cfg = ReceiveConfig {
         group,
         iface,
@@ -341,6 +509,8 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
                 })
             })
             .transpose()?,
+        fallback,
+        failover_after,
     };
     if cfg.play == Some(PlayTo::Stdout) && out.json {
         return Err(exit::usage(

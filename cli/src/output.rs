@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::sync::atomic::AtomicBool;
 
 use blockcast_node::{
-    receive, serve, NodeError, ReceiveConfig, ReceiveSummary, ServeConfig, ServeSummary,
+    receive, relay, serve, NodeError, ReceiveConfig, ReceiveSummary, RelayConfig, RelaySummary,
+    ServeConfig, ServeSummary,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -63,6 +64,36 @@ impl Output {
                 s.stats.repair_units,
                 s.stats.nacks
             ));
+        }
+    }
+
+    pub fn relay_summary(&self, s: &RelaySummary) {
+        if self.json {
+            println!(
+                "{}",
+                json!({
+                    "role": "relay",
+                    "upstream": receive_json(&s.upstream),
+                    "downstream": s.downstream.iter().map(serve_json).collect::<Vec<_>>(),
+                })
+            );
+        } else {
+            self.say(&format!(
+                "relayed {} bytes: received and verified in {:.2} s",
+                s.upstream.bytes, s.upstream.seconds
+            ));
+            for (i, d) in s.downstream.iter().enumerate() {
+                self.say(&format!(
+                    "  downstream {i} (control {}): {} receiver(s), {} complete, {:.2} s; {} parity and {} repair units for {} NACKs",
+                    d.control,
+                    d.receivers.len(),
+                    d.receivers.iter().filter(|r| r.complete).count(),
+                    d.seconds,
+                    d.stats.parity_units,
+                    d.stats.repair_units,
+                    d.stats.nacks
+                ));
+            }
         }
     }
 
@@ -177,5 +208,38 @@ pub fn run_receive(
         }
     });
     bar.finish_and_clear();
+    r
+}
+
+pub fn run_relay(
+    cfg: &RelayConfig,
+    stop: &AtomicBool,
+    out: &Output,
+) -> Result<RelaySummary, NodeError> {
+    // One line per side, drawn together.
+    let lines = indicatif::MultiProgress::new();
+    let up = lines.add(out.bar(0, "upstream"));
+    let downs: Vec<_> = (0..cfg.downstream.len())
+        .map(|i| lines.add(out.bar(0, &format!("down {i}"))))
+        .collect();
+    let r = relay(cfg, stop, &mut |p| {
+        up.set_length(p.upstream.total_bytes.max(1));
+        up.set_position(p.upstream.bytes_verified);
+        up.set_message(format!(
+            "{}/{} blocks verified",
+            p.upstream.blocks_done, p.upstream.blocks
+        ));
+        for (bar, d) in downs.iter().zip(&p.downstream) {
+            if let Some(d) = d {
+                bar.set_length(d.total_bytes.max(1));
+                bar.set_position(d.bytes_sent.min(d.total_bytes));
+                bar.set_message(format!("{} receiver(s), {} done", d.receivers, d.complete));
+            }
+        }
+    });
+    up.finish_and_clear();
+    for b in downs {
+        b.finish_and_clear();
+    }
     r
 }

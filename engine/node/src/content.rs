@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blockcast_io::{Source, StableBytes};
-use blockcast_proto::wire::{BlockIndex, ObjectEntry, ObjectId};
+use blockcast_proto::wire::{BlockIndex, Manifest, ObjectEntry, ObjectId};
 use blockcast_proto::BlockSource;
 use memmap2::Mmap;
 
+use crate::published::Published;
 use crate::NodeError;
 
 /// One input file and the name receivers will store it under.
@@ -94,6 +95,8 @@ unsafe impl StableBytes for Mapped {
 pub(crate) struct Content {
     pub sources: Vec<Source>,
     block_size: usize,
+    /// A relay's cache: only verified blocks may be sent (`None`: a server's own files).
+    ready: Option<Arc<Published>>,
 }
 
 impl Content {
@@ -130,9 +133,63 @@ impl Content {
             Content {
                 sources,
                 block_size,
+                ready: None,
             },
             entries,
         ))
+    }
+
+    /// A relay's cache: maps the files a receive loop is filling (already sized to the
+    /// manifest), without hashing them. Blocks are available once `ready` has them verified.
+    pub(crate) fn cached(
+        paths: &[PathBuf],
+        manifest: &Manifest,
+        ready: Arc<Published>,
+    ) -> Result<Self, NodeError> {
+        let mut sources: Vec<Source> = Vec::with_capacity(paths.len());
+        for (path, o) in paths.iter().zip(&manifest.objects) {
+            let err = |source| NodeError::Input {
+                path: path.clone(),
+                source,
+            };
+            let f = File::open(path).map_err(err)?;
+            let len = f.metadata().map_err(err)?.len();
+            if len != o.size {
+                return Err(NodeError::Config(format!(
+                    "cache file {} is {len} bytes, the manifest says {}",
+                    path.display(),
+                    o.size
+                )));
+            }
+            let map = if len == 0 {
+                None
+            } else {
+                // SAFETY: read-only shared mapping of a file this process preallocated and
+                // writes only through its own mapping, block by block; blocks are read from
+                // here only after they are verified (and never written again).
+                Some(unsafe { Mmap::map(&f) }.map_err(err)?)
+            };
+            sources.push(Arc::new(Mapped(map)));
+        }
+        Ok(Content {
+            sources,
+            block_size: manifest.block_size() as usize,
+            ready: Some(ready),
+        })
+    }
+
+    /// The same files, as another sender's source.
+    pub(crate) fn share(&self) -> Self {
+        Content {
+            sources: self.sources.clone(),
+            block_size: self.block_size,
+            ready: self.ready.clone(),
+        }
+    }
+
+    /// What the data threads wait on before sending a block (a relay's verified blocks).
+    pub(crate) fn ready(&self) -> Option<Arc<Published>> {
+        self.ready.clone()
     }
 }
 
@@ -141,5 +198,11 @@ impl BlockSource for Content {
         let o = self.sources[object.0 as usize].stable_bytes();
         let start = block.0 as usize * self.block_size;
         &o[start..(start + self.block_size).min(o.len())]
+    }
+
+    fn available(&self, object: ObjectId, block: BlockIndex) -> bool {
+        self.ready
+            .as_ref()
+            .is_none_or(|r| r.is_verified(object.0, block.0))
     }
 }

@@ -1,4 +1,4 @@
-//! blockcast nodes: the server and the receiver, driving the sans-IO protocol core over real
+//! blockcast nodes: the server, the receiver and the relay, driving the sans-IO protocol core over real
 //! sockets (blockcast-io: multicast, UDP GSO/GRO, io_uring) and real files.
 //!
 //! This is the only layer that reads the clock. It reports progress through a callback and
@@ -11,6 +11,7 @@ pub mod local;
 pub mod play;
 pub mod published;
 mod receive;
+mod relay;
 mod serve;
 mod stripe;
 mod wait;
@@ -18,6 +19,7 @@ mod wait;
 pub use content::{collect_inputs, Input};
 pub use error::NodeError;
 pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary};
+pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};
 
 /// CPU time the calling thread has used, in seconds.

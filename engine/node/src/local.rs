@@ -51,6 +51,8 @@ pub fn local_receivers(
             play: None,
             start_at: None,
             http: None,
+            fallback: Vec::new(),
+            failover_after: std::time::Duration::from_secs(3),
         })
         .collect()
 }

@@ -38,6 +38,8 @@ pub enum WaitError {
 
 /// The receive status shared with readers.
 pub struct Published {
+    /// The session id and the server's control address, from the first announce.
+    session: OnceLock<(u32, std::net::SocketAddr)>,
     manifest: OnceLock<Arc<Manifest>>,
     paths: OnceLock<Vec<PathBuf>>,
     verified: OnceLock<Vec<AtomicBitmap>>,
@@ -49,6 +51,7 @@ pub struct Published {
 impl Default for Published {
     fn default() -> Self {
         Published {
+            session: OnceLock::new(),
             manifest: OnceLock::new(),
             paths: OnceLock::new(),
             verified: OnceLock::new(),
@@ -71,6 +74,21 @@ impl Published {
         let _ = self.paths.set(paths);
         let _ = self.manifest.set(Arc::new(manifest.clone()));
         self.notify();
+    }
+
+    /// Receive loop: the first announce named the session and the server.
+    pub(crate) fn publish_session(&self, session: u32, control: std::net::SocketAddr) {
+        let _ = self.session.set((session, control));
+    }
+
+    /// The session id and the control address of the server first heard.
+    pub fn session(&self) -> Option<(u32, std::net::SocketAddr)> {
+        self.session.get().copied()
+    }
+
+    /// Paths of the output files (once the manifest is known).
+    pub fn paths(&self) -> Option<&[PathBuf]> {
+        self.paths.get().map(|p| p.as_slice())
     }
 
     /// Receive loop: block `block` of `object` is verified and in its file.
@@ -178,6 +196,16 @@ impl Published {
             block,
             count: (ahead + 1).min(blocks - block),
         });
+        self.wait_verified(object, block, deadline)
+    }
+
+    /// Waits until block `block` of `object` is verified, without asking for it.
+    pub fn wait_verified(
+        &self,
+        object: u32,
+        block: u32,
+        deadline: Instant,
+    ) -> Result<(), WaitError> {
         let mut g = self.generation.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if self.is_verified(object, block) {

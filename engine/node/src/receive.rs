@@ -44,6 +44,10 @@ pub struct ReceiveConfig {
     /// Serve the objects over HTTP on this address while they arrive (and after, until
     /// stopped).
     pub http: Option<SocketAddr>,
+    /// Other sources of the same content (standby relays, the server's group), tried in
+    /// turn when the current one goes quiet for `failover_after`.
+    pub fallback: Vec<SocketAddrV4>,
+    pub failover_after: Duration,
 }
 
 /// Progress, reported a few times per second.
@@ -241,7 +245,16 @@ pub fn receive(
     stop: &AtomicBool,
     progress: &mut dyn FnMut(&ReceiveProgress),
 ) -> Result<ReceiveSummary, NodeError> {
-    let published = Arc::new(Published::default());
+    receive_shared(cfg, stop, progress, Arc::new(Published::default()))
+}
+
+/// [`receive`], publishing what is verified to `published` (a relay sends from it).
+pub(crate) fn receive_shared(
+    cfg: &ReceiveConfig,
+    stop: &AtomicBool,
+    progress: &mut dyn FnMut(&ReceiveProgress),
+    published: Arc<Published>,
+) -> Result<ReceiveSummary, NodeError> {
     let (ask_tx, ask_rx) = mpsc::channel::<Ask>();
     let listener = match cfg.http {
         Some(addr) => {
@@ -311,7 +324,11 @@ fn receive_loop(
     published: &Published,
     asks: &mpsc::Receiver<Ask>,
 ) -> Result<ReceiveSummary, NodeError> {
-    let data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
+    let sources: Vec<SocketAddrV4> = std::iter::once(cfg.group)
+        .chain(cfg.fallback.iter().copied())
+        .collect();
+    let mut source = 0usize;
+    let mut data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
     let granted = data.recv_buffer();
     if granted.capped_by_sysctl {
         tracing::warn!(
@@ -348,7 +365,8 @@ fn receive_loop(
     let mut first_unit: Option<Instant> = None;
     let mut asked: std::collections::HashMap<(u32, u32), Instant> =
         std::collections::HashMap::new();
-    let fds = [data.as_raw_fd(), control.as_raw_fd()];
+    let mut fds = [data.as_raw_fd(), control.as_raw_fd()];
+    let mut last_packet = started;
     let mut verifying = 0usize;
     // Microseconds, 1 us .. 1 h, 3 significant digits.
     let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
@@ -390,6 +408,26 @@ fn receive_loop(
                 let wait = wake.saturating_duration_since(now).min(cap);
                 let ready = readable(&fds, wait);
                 let now = Instant::now();
+                if ready[0] || ready[1] {
+                    last_packet = now;
+                } else if sources.len() > 1
+                    && heard
+                    && !rx.is_complete()
+                    && now.duration_since(last_packet) >= cfg.failover_after
+                {
+                    // The source went quiet: fail over to the next one, keeping every block.
+                    source = (source + 1) % sources.len();
+                    tracing::warn!(
+                        "no packet for {:.1} s: failing over to {}",
+                        cfg.failover_after.as_secs_f64(),
+                        sources[source]
+                    );
+                    data = MulticastReceiver::new(sources[source], cfg.iface, cfg.rcvbuf, true)?;
+                    fds[0] = data.as_raw_fd();
+                    rx.switch_source(now);
+                    last_packet = now;
+                    continue;
+                }
                 if ready[0] && first_unit.is_none() && rx.manifest().is_some() {
                     first_unit = Some(now);
                 }
@@ -490,7 +528,10 @@ fn receive_loop(
                             published.publish_block(object.0, block.0);
                             published_any = true;
                         }
-                        ReceiverEvent::Announced { .. } => heard = true,
+                        ReceiverEvent::Announced { session, control } => {
+                            heard = true;
+                            published.publish_session(session.0, control);
+                        }
                         ReceiverEvent::Complete => complete_at = Some(now),
                         ReceiverEvent::ServerLost if !rx.is_complete() => {
                             return Err(NodeError::Incomplete {

@@ -94,6 +94,18 @@ pub fn serve(
         units_per_block: cfg.geometry.units_per_block,
         objects,
     };
+    serve_content(cfg, manifest, content, stop, progress_cb)
+}
+
+/// Serves `content` as `manifest` describes it (a server's mapped inputs, or a relay's cache
+/// that fills as blocks are verified upstream).
+pub(crate) fn serve_content(
+    cfg: &ServeConfig,
+    manifest: Manifest,
+    content: Content,
+    stop: &AtomicBool,
+    progress_cb: &mut dyn FnMut(&ServeProgress),
+) -> Result<ServeSummary, NodeError> {
     let total_bytes = manifest.total_bytes();
     let control =
         blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, cfg.control_port)), true)?;
@@ -108,6 +120,7 @@ pub fn serve(
     let stripes = cfg.threads.clamp(1, 64);
     let block_size = cfg.geometry.block_size();
     let sources = content.sources.clone();
+    let ready = content.ready();
     let mut blocks: BlockTable = Vec::new();
     for (o, e) in manifest.objects.iter().enumerate() {
         for b in 0..e.block_hashes.len() {
@@ -171,6 +184,7 @@ pub fn serve(
                         rate: &shared_rate,
                         progress: &progress[s],
                         skip: &skip,
+                        ready: ready.as_deref(),
                         stop: &data_stop,
                     };
                     let t = std::thread::Builder::new()

@@ -12,6 +12,7 @@ use blockcast_io::{MulticastSender, SendRing, SendRingConfig, Source};
 use blockcast_proto::wire::{BlockIndex, ObjectId, SessionId, UnitHeaderRepr, UNIT_HEADER_LEN};
 use blockcast_status::AtomicBitmap;
 
+use crate::published::{Published, WaitError};
 use crate::NodeError;
 
 /// Where each block lies: (object, block address, byte offset in the object, length).
@@ -36,6 +37,8 @@ pub(crate) struct StripePlan<'a> {
     pub progress: &'a AtomicU64,
     /// Blocks every receiver already holds (sent ahead for a priority request): skipped.
     pub skip: &'a AtomicBitmap,
+    /// A relay: send a block only once it is verified here (cut-through by block).
+    pub ready: Option<&'a Published>,
     pub stop: &'a AtomicBool,
 }
 
@@ -75,6 +78,29 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
             continue;
         }
         let (object, block, base, len) = p.blocks[seq];
+        if let Some(ready) = p.ready {
+            // A relay sends a block as soon as it is verified upstream, not before.
+            loop {
+                if p.stop.load(Ordering::Relaxed) {
+                    ring.drain(Duration::from_secs(1))?;
+                    stats.cpu_seconds = crate::thread_cpu_seconds();
+                    return Ok(stats);
+                }
+                let deadline = Instant::now() + Duration::from_millis(50);
+                match ready.wait_verified(object.0, block.0, deadline) {
+                    Ok(()) => break,
+                    Err(WaitError::TimedOut) => continue,
+                    // Upstream ended without it: the block will not come.
+                    Err(_) => {
+                        ring.drain(Duration::from_secs(1))?;
+                        stats.cpu_seconds = crate::thread_cpu_seconds();
+                        return Ok(stats);
+                    }
+                }
+            }
+            // Pacing restarts after a wait: no burst to catch up on time spent waiting.
+            next_send = next_send.max(Instant::now());
+        }
         let source = &p.sources[object.0 as usize];
         let units = len.div_ceil(us);
         let mut u = 0usize;
