@@ -220,6 +220,40 @@ impl Lab {
         }
     }
 
+    /// Gives `node` a second interface, `veth1`, on bridge `bridge` (a relay between two
+    /// segments); returns that side of the node.
+    pub fn attach(&mut self, node: &Node, bridge: u8) -> Node {
+        let b = usize::from(bridge);
+        assert!(b < self.bridges, "no bridge {bridge}");
+        self.hosts[b] += 1;
+        let host = self.hosts[b];
+        assert!(host < 255, "bridge {bridge} is full");
+        let addr = Ipv4Addr::new(10, self.net, bridge, host);
+        let port = format!("p{bridge}-{host}");
+        in_ns(
+            &self.hub,
+            &[
+                "ip", "link", "add", &port, "type", "veth", "peer", "name", "veth1", "netns",
+                &node.ns,
+            ],
+        );
+        in_ns(
+            &self.hub,
+            &["ip", "link", "set", &port, "master", &format!("br{bridge}")],
+        );
+        in_ns(&self.hub, &["ip", "link", "set", &port, "up"]);
+        in_ns(
+            &node.ns,
+            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "veth1"],
+        );
+        in_ns(&node.ns, &["ip", "link", "set", "veth1", "up"]);
+        Node {
+            ns: node.ns.clone(),
+            addr,
+            iface: "veth1",
+        }
+    }
+
     /// Starts `blockcast args...` inside `node` with stdin closed, stdout and stderr in files of
     /// `dir` (see [`Proc`]).
     pub fn spawn<I, S>(&self, node: &Node, dir: &Path, name: &str, args: I) -> Proc
