@@ -10,6 +10,7 @@
 //! few seconds of CPU, not a second of waiting.
 
 mod net;
+mod relay;
 mod store;
 
 use std::cmp::Reverse;
@@ -28,6 +29,7 @@ use blockcast_proto::{
 };
 
 pub use net::{LinkFaults, LossModel, SimRng};
+pub use relay::{run_relays, FailOver, RelayConfig, RelayReport, TierReport};
 pub use store::{SimStore, StoreKind};
 
 /// One simulated session.

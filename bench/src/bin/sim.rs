@@ -2,10 +2,14 @@
 //!
 //! `cargo run --release -p blockcast-bench --bin sim -- --receivers 10000 --loss 0.01`
 //! `cargo run --release -p blockcast-bench --bin sim -- --table` (the committed table)
+//! `cargo run --release -p blockcast-bench --bin sim -- --receivers 10000 --relays 100`
+//! (the same receivers behind relays, then direct, in one run)
 
 use std::time::Duration;
 
-use blockcast_sim::{run, LossModel, SimConfig, SimReport, StoreKind};
+use blockcast_sim::{
+    run, run_relays, LossModel, RelayConfig, RelayReport, SimConfig, SimReport, StoreKind,
+};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -38,6 +42,10 @@ struct Args {
     /// Run the receivers x loss table instead of one run, as Markdown.
     #[arg(long)]
     table: bool,
+    /// Put the receivers behind this many relays (2 tiers) and compare with direct
+    /// multicast to the same receivers, in one run.
+    #[arg(long)]
+    relays: Option<usize>,
 }
 
 fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
@@ -94,8 +102,81 @@ fn row(r: &SimReport, loss: &str) {
     }
 }
 
+fn relay_header() {
+    println!(
+        "| topology | complete | time / lossless | time / direct | units / minimal, per tier | server fan-in, control pkt/s | relay fan-in, mean / max pkt/s | control pkts at server | NACK bytes, per tier | receipt bytes, per tier | fail-overs | wall s |"
+    );
+    println!("|---|---:|---:|---:|---|---:|---:|---:|---|---|---:|---:|");
+}
+
+fn relay_row(r: &RelayReport, direct: Option<&RelayReport>) {
+    let per_tier = |f: &dyn Fn(&blockcast_sim::TierReport) -> String| {
+        r.tiers.iter().map(f).collect::<Vec<_>>().join(" / ")
+    };
+    let relays = r.tiers.get(1);
+    println!(
+        "| {} | {}/{} | {:.3} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.1} |",
+        if r.fanout.len() == 1 {
+            format!("direct, {} receivers", r.leaves)
+        } else {
+            format!(
+                "{} relays x {} receivers",
+                r.fanout[0],
+                r.fanout[1..].iter().product::<usize>()
+            )
+        },
+        r.identical,
+        r.expected,
+        r.completion_ratio(),
+        direct.map_or("1".into(), |d| format!(
+            "{:.3}",
+            r.completion.as_secs_f64() / d.completion.as_secs_f64().max(1e-9)
+        )),
+        per_tier(&|t| format!("{:.3}", t.units_ratio)),
+        r.server_fan_in(),
+        relays.map_or("-".into(), |t| format!(
+            "{:.0} / {:.0}",
+            t.fan_in_mean, t.fan_in_max
+        )),
+        r.tiers[0].control_in,
+        per_tier(&|t| t.nack_bytes.to_string()),
+        per_tier(&|t| t.receipt_bytes.to_string()),
+        r.switches,
+        r.wall.as_secs_f64()
+    );
+    for f in &r.failures {
+        println!("<!-- FAILED (seed {}): {f} -->", r.seed);
+    }
+}
+
 fn main() {
     let a = Args::parse();
+    if let Some(relays) = a.relays {
+        let relays = relays.max(1);
+        let per_relay = a.receivers.div_ceil(relays);
+        let base = config(&a, 0, a.loss, a.bursty);
+        let mut via = RelayConfig::small(a.seed, vec![relays, per_relay], a.loss);
+        via.base = base;
+        let mut direct = via.clone();
+        direct.fanout = vec![relays * per_relay];
+        let d = run_relays(&direct);
+        let v = run_relays(&via);
+        relay_header();
+        relay_row(&v, Some(&d));
+        relay_row(&d, None);
+        println!();
+        println!(
+            "seed {}; virtual completion {:.3} s via relays, {:.3} s direct, lossless {:.3} s",
+            a.seed,
+            v.completion.as_secs_f64(),
+            d.completion.as_secs_f64(),
+            v.ideal.as_secs_f64()
+        );
+        if !v.failures.is_empty() || !d.failures.is_empty() {
+            std::process::exit(1);
+        }
+        return;
+    }
     if a.table {
         header();
         for n in [10usize, 100, 1000, 10_000] {
