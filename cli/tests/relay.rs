@@ -180,3 +180,46 @@ fn relays_fan_out_to_three_groups_and_a_dead_relay_is_replaced() {
     // The server drops the dead relay when it times out, then ends complete.
     server.expect_code(Duration::from_secs(60), 0);
 }
+
+/// A relay's mistakes get one clear line and their exit code: its upstream group named as a
+/// downstream (it would feed itself), a downstream that is not multicast, an unknown
+/// interface, no upstream server within --timeout.
+#[test]
+fn relay_mistakes_are_refused_with_their_exit_codes() {
+    let dir = Scratch::new("relay-mistakes");
+    let up = group(90, 30_000, 0);
+    let other = group(90, 30_000, 1);
+    let cache = dir.path("cache.bin").display().to_string();
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &["--iface", IFACE, "--downstream", &up],
+            2,
+            "is the upstream group",
+        ),
+        (
+            &["--iface", IFACE, "--downstream", "10.0.0.1:9000"],
+            2,
+            "not a multicast address",
+        ),
+        (
+            &["--iface", "nosuch0", "--downstream", &other],
+            5,
+            "no such interface",
+        ),
+        (
+            &["--iface", IFACE, "--downstream", &other, "--timeout", "0.5"],
+            6,
+            "no server heard",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let out = std::process::Command::new(BIN)
+            .args(["relay", "--upstream", &up, "--cache", &cache])
+            .args(args)
+            .output()
+            .expect("run blockcast relay");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?} should say {says:?}: {err}");
+    }
+}
