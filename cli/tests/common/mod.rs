@@ -282,3 +282,5 @@ pub fn has_data_at(path: &Path, offset: u64) -> bool {
     }
     buf.iter().any(|&b| b != 0)
 }
+
+pub mod netns;

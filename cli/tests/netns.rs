@@ -1,0 +1,123 @@
+//! The network-namespace lab itself (common/netns.rs): it builds hosts on a bridge that carry
+//! the real binary's traffic, injects loss and bans multicast where told, and leaves no
+//! namespace behind, also when a test panics. Root only; skipped with the reason otherwise.
+
+mod common;
+
+use common::netns::{namespaces, Lab};
+use common::*;
+use std::time::Duration;
+
+fn skip() -> bool {
+    if let Some(why) = Lab::skip_reason() {
+        eprintln!("skipped: {why}");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn a_lab_is_deleted_when_its_test_panics() {
+    if skip() {
+        return;
+    }
+    let made = std::panic::catch_unwind(|| {
+        let mut lab = Lab::new("panic", 91);
+        let br = lab.add_bridge();
+        lab.add_node("a", br);
+        let made = lab.namespaces().to_vec();
+        assert!(
+            made.iter().all(|n| namespaces().contains(n)),
+            "{made:?} not in `ip netns list`"
+        );
+        std::panic::panic_any(made);
+    })
+    .expect_err("the closure panics")
+    .downcast::<Vec<String>>()
+    .expect("the panic carries the namespace names");
+    assert_eq!(made.len(), 2, "{made:?}");
+    let left = namespaces();
+    assert!(
+        made.iter().all(|n| !left.contains(n)),
+        "left behind: {made:?} in {left:?}"
+    );
+}
+
+/// A multicast transfer across the bridge with 1 % loss arrives whole; a node with multicast
+/// banned hears nothing (its counter shows the drops) and gives up.
+#[test]
+fn multicast_crosses_the_bridge_unless_banned() {
+    if skip() {
+        return;
+    }
+    let dir = Scratch::new("mcast");
+    let mut lab = Lab::new("mc", 92);
+    let br = lab.add_bridge();
+    let srv = lab.add_node("srv", br);
+    let rcv = lab.add_node("rcv", br);
+    let banned = lab.add_node("ban", br);
+    lab.drop_udp(&rcv, 10);
+    lab.drop_multicast(&banned);
+    let src = dir.path("sample.bin");
+    write_sample(&src, 3 << 20, 7);
+    let group = format!("239.255.92.{}:47000", 1 + std::process::id() % 250);
+    let receive = |node: &common::netns::Node, name: &str, timeout: &str| {
+        lab.spawn(
+            node,
+            &dir.0,
+            name,
+            [
+                "receive",
+                "--group",
+                &group,
+                "--iface",
+                &node.addr.to_string(),
+                "--out",
+                dir.path(&format!("{name}.bin"))
+                    .to_str()
+                    .expect("utf-8 path"),
+                "--timeout",
+                timeout,
+                "--json",
+            ],
+        )
+    };
+    let mut r = receive(&rcv, "rcv", "20");
+    let mut b = receive(&banned, "ban", "3");
+    let mut s = lab.spawn(
+        &srv,
+        &dir.0,
+        "server",
+        [
+            "serve",
+            src.to_str().expect("utf-8 path"),
+            "--group",
+            &group,
+            "--iface",
+            &srv.addr.to_string(),
+            "--rate",
+            "50M",
+            "--min-receivers",
+            "1",
+            "--max-wait",
+            "10",
+            "--deadline",
+            "30",
+            "--json",
+        ],
+    );
+    s.expect_code(Duration::from_secs(40), 0);
+    r.expect_code(Duration::from_secs(10), 0);
+    assert_identical(&src, &dir.path("rcv.bin"));
+    // No server heard: exit code 6 (incomplete).
+    b.expect_code(Duration::from_secs(20), 6);
+    assert!(
+        lab.multicast_dropped(&banned) > 0,
+        "the ban counted nothing"
+    );
+    drop((s, r, b));
+    let made = lab.namespaces().to_vec();
+    drop(lab);
+    let left = namespaces();
+    assert!(made.iter().all(|n| !left.contains(n)), "left: {left:?}");
+}
