@@ -10,6 +10,7 @@
 //! few seconds of CPU, not a second of waiting.
 
 mod net;
+mod split;
 mod store;
 
 use std::cmp::Reverse;
@@ -28,6 +29,7 @@ use blockcast_proto::{
 };
 
 pub use net::{LinkFaults, LossModel, SimRng};
+pub use split::{run_split, SplitReport, SplitSimConfig, ZoneSpec};
 pub use store::{SimStore, StoreKind};
 
 /// One simulated session.
