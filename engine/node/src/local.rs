@@ -51,6 +51,7 @@ pub fn local_receivers(
             play: None,
             start_at: None,
             http: None,
+            split: None,
         })
         .collect()
 }
