@@ -1,4 +1,4 @@
-//! Split mode's copy plan (docs/wire.md §12, docs/DESIGN.md "Split and copy"): which member
+//! Split mode's copy plan (docs/wire.md §14, docs/DESIGN.md "Split and copy"): which member
 //! owns which units, and where each member forwards copies.
 //!
 //! Members are grouped by the zone they name. Zones are ordered by measured overhead (the mean
@@ -85,13 +85,17 @@ pub(crate) struct Plan {
 /// Owner slots in a plan.
 const OWNER_SLOTS: usize = 256;
 
+/// Overhead differences below about this much are noise (a busy receive loop, a scheduler
+/// tick), not capacity: it is added to both sides of the ratio.
+const OVERHEAD_FLOOR: Duration = Duration::from_millis(2);
+
 /// A member's capacity weight, in eighths (1..=8): its overhead against the best in its cell
-/// (lower overhead: faster to feed) times the share of units it receives (its loss), both
-/// floored at a quarter so a slow member still takes part. Quantized so that small changes in
-/// measurements do not change the plan.
+/// (lower overhead: faster to feed; both plus [`OVERHEAD_FLOOR`]) times the share of units it
+/// receives (its loss), both floored at a quarter so a slow member still takes part.
+/// Quantized so that small changes in measurements do not change the plan.
 fn weight(m: &MemberInfo, best: Duration, default_rtt: Duration) -> u32 {
-    let rtt = m.rtt.unwrap_or(default_rtt).max(Duration::from_micros(1));
-    let speed = (best.as_secs_f64() / rtt.as_secs_f64()).clamp(0.25, 1.0);
+    let rtt = m.rtt.unwrap_or(default_rtt) + OVERHEAD_FLOOR;
+    let speed = ((best + OVERHEAD_FLOOR).as_secs_f64() / rtt.as_secs_f64()).clamp(0.25, 1.0);
     let delivery = (1.0 - f64::from(m.loss_ppm) / 1e6).clamp(0.25, 1.0);
     ((speed * delivery * 8.0).round() as u32).clamp(1, 8)
 }
@@ -315,9 +319,9 @@ mod tests {
 
     #[test]
     fn capacity_weights_the_owner_shares() {
-        // Member 0 is four times slower than the others: it owns a quarter of their share.
+        // Member 0's overhead is ten times the others': it owns a quarter of their share.
         let ms = vec![
-            member(0, 0, Some(8)),
+            member(0, 0, Some(20)),
             member(1, 0, Some(2)),
             member(2, 0, Some(2)),
         ];
