@@ -1,4 +1,4 @@
-//! A deterministic simulator of split mode (docs/wire.md §12): no multicast. The server sends
+//! A deterministic simulator of split mode (docs/wire.md §14): no multicast. The server sends
 //! each unit by unicast to one member; members forward copies as their plan and the unit's
 //! copy flags say, exactly as the node does (flags rewritten in the datagram). Members sit in
 //! zones with their own delay to the server and between each other; every datagram on every

@@ -1,7 +1,7 @@
 //! The receiver node: joins the group, stores every object in a preallocated file, verifies
 //! each block, and reports to the server's control address.
 //!
-//! In split mode (no multicast, docs/wire.md §12) it is a member: one unicast socket on its
+//! In split mode (no multicast, docs/wire.md §14) it is a member: one unicast socket on its
 //! interface carries data and control; it asks the server for the session, and forwards
 //! copies of the units it gets as their copy flags and its plan say, straight from the
 //! received (GRO super-)datagram with the flags rewritten in place, one GSO send per peer.

@@ -1,7 +1,7 @@
 //! The server node: maps the inputs, announces them on the group and sends them with
 //! io_uring UDP GSO, answering the control plane on a unicast address.
 //!
-//! In split mode (no multicast, docs/wire.md §12) the control thread sends everything: each
+//! In split mode (no multicast, docs/wire.md §14) the control thread sends everything: each
 //! unit by unicast to the member that owns it, runs of units to one member as one GSO
 //! super-buffer addressed to it; the members copy them on.
 
@@ -45,7 +45,7 @@ pub struct ServeConfig {
     /// control thread, in split mode).
     pub threads: usize,
     /// Split mode: no multicast; units go by unicast to one member each and members copy
-    /// them on (docs/wire.md §12).
+    /// them on (docs/wire.md §14).
     pub split: bool,
     /// A receiver not heard from for this long is dropped (in split mode: planned without).
     pub receiver_timeout: Duration,

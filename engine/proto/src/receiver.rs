@@ -55,7 +55,7 @@ pub struct ReceiverConfig {
     /// [`Receiver::handle_verified`] (the node hashes on another core). The block's bytes
     /// are not written meanwhile.
     pub external_verify: bool,
-    /// Split mode (wire.md §12): no multicast. The receiver asks the server for the session
+    /// Split mode (wire.md §14): no multicast. The receiver asks the server for the session
     /// by unicast, takes copy plans, and keeps reporting after it is complete (it still
     /// forwards copies until the session ends).
     pub split: Option<SplitMember>,

@@ -62,7 +62,7 @@ pub struct SenderConfig {
     /// source) and reports how far it got with [`Sender::handle_first_pass`]; the sender then
     /// announces, repairs and tracks receivers, and never emits first-pass units.
     pub external_first_pass: bool,
-    /// Split mode (wire.md §12): no multicast. Every unit goes by unicast to one member,
+    /// Split mode (wire.md §14): no multicast. Every unit goes by unicast to one member,
     /// which copies it on as its plan says; announces, manifests and done packets go to each
     /// member by unicast. Needs an internal first pass.
     pub split: Option<SplitConfig>,

@@ -27,10 +27,10 @@ pub const MAX_DATAGRAM: usize = 65_507;
 
 /// Header flag: a data unit that is a repair (a resent original), not part of the first pass.
 pub const FLAG_REPAIR: u8 = 0x01;
-/// Unit flag (split mode, wire.md §12): the member that gets this unit forwards a copy to
+/// Unit flag (split mode, wire.md §2.2, §14): the member that gets this unit forwards a copy to
 /// every other member of its copy cell.
 pub const FLAG_COPY_ZONE: u8 = 0x02;
-/// Unit flag (split mode, wire.md §12): the member that gets this unit forwards a copy, with
+/// Unit flag (split mode, wire.md §2.2, §14): the member that gets this unit forwards a copy, with
 /// both copy flags set, to its designated member in the next cell.
 pub const FLAG_COPY_NEXT: u8 = 0x04;
 /// Header flag reserved for an authentication trailer (wire.md §2.2); v1 rejects it.
@@ -39,7 +39,7 @@ const KNOWN_FLAGS: u8 = FLAG_REPAIR | FLAG_COPY_ZONE | FLAG_COPY_NEXT;
 /// Offset of the flags byte in every packet.
 const FLAGS_AT: usize = 4;
 
-/// Where copies of a unit go (split mode, wire.md §12): its copy flags.
+/// Where copies of a unit go (split mode, wire.md §2.2, §14): its copy flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CopyFlags {
     /// Forward to every other member of my copy cell.
@@ -79,7 +79,7 @@ impl CopyFlags {
 
 /// Rewrites the copy flags of the data or parity unit at the start of `datagram` in place
 /// (the other flags are kept), as the server does before sending a unit to its owner and a
-/// member does before forwarding it (wire.md §12).
+/// member does before forwarding it (wire.md §14).
 ///
 /// Fails, changing nothing, if `datagram` does not start with a unit's common header.
 pub fn set_copy_flags(datagram: &mut [u8], copy: CopyFlags) -> Result<(), WireError> {
@@ -727,10 +727,10 @@ pub enum Packet<'a> {
 /// Bounds on what a single datagram may claim (wire.md §7, §8).
 const MAX_NACK_ENTRIES: usize = 4096;
 
-/// Most cell peers one plan names (wire.md §11): a plan then fits a 1500-byte MTU.
+/// Most cell peers one plan names (wire.md §13.1): a plan then fits a 1500-byte MTU.
 pub const MAX_PLAN_PEERS: usize = 63;
 
-/// Server -> member (split mode): where this member forwards copies (wire.md §11).
+/// Server -> member (split mode): where this member forwards copies (wire.md §13.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlanRepr {
     pub session: SessionId,
@@ -760,7 +760,7 @@ impl PlanRepr {
 }
 
 /// Member -> server (split mode, before the manifest): send me the announce and the
-/// manifest by unicast; I am in `zone` (wire.md §13). Session 0 asks for any session.
+/// manifest by unicast; I am in `zone` (wire.md §13.2). Session 0 asks for any session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SolicitRepr {
     pub session: SessionId,
