@@ -350,3 +350,103 @@ mod tests {
         assert!(seen.len() > 200, "runs reach {} of 256 slots", seen.len());
     }
 }
+
+#[cfg(test)]
+mod state_machine_tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::wire::{AnnounceRepr, BlockIndex, CopyFlags, ObjectId, Packet, PlanRepr, SessionId};
+    use crate::{Destination, MemStore, Receiver, ReceiverConfig, SplitMember};
+
+    const SERVER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(10, 0, 0, 1),
+        9000,
+    ));
+
+    fn peer(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 1, i], 7000))
+    }
+
+    fn emit(p: &Packet<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; p.buffer_len()];
+        p.emit(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_member_asks_for_the_session_and_keeps_the_newest_plan() {
+        let now = Instant::now();
+        let cfg = ReceiverConfig {
+            id: ReceiverId(5),
+            split: Some(SplitMember {
+                server: SERVER,
+                zone: 3,
+            }),
+            ..ReceiverConfig::default()
+        };
+        let mut rx = Receiver::new(cfg, MemStore::default());
+        let mut buf = [0u8; 2048];
+        // Before anything: a Solicit to the server, for any session, with the zone.
+        let t = rx.poll_transmit(now, &mut buf).expect("a solicit");
+        assert_eq!(t.destination, Destination::Peer(SERVER));
+        match Packet::parse(&buf[..t.len]).unwrap() {
+            Packet::Solicit(s) => {
+                assert_eq!(
+                    (s.session, s.receiver, s.zone),
+                    (SessionId(0), ReceiverId(5), 3)
+                )
+            }
+            p => panic!("not a solicit: {p:?}"),
+        }
+        // Not again until the join interval has passed.
+        assert!(rx.poll_transmit(now, &mut buf).is_none());
+        let session = SessionId(77);
+        let announce = Packet::Announce(AnnounceRepr {
+            session,
+            control: SERVER,
+            unit_size: 256,
+            units_per_block: 4,
+            max_parity: 4,
+            stripes: 1,
+            object_count: 1,
+            total_bytes: 1024,
+            manifest_len: 100,
+            manifest_hash: [0; 32],
+            group_size: 1,
+            grtt_us: 1000,
+            pass_object: ObjectId(0),
+            pass_block: BlockIndex(0),
+            timestamp: 5,
+        });
+        rx.handle_datagram(now, SERVER, &emit(&announce));
+        assert_eq!(rx.session(), Some(session));
+        assert!(rx.copy_targets(CopyFlags::ALL).is_empty(), "no plan yet");
+        let plan = |epoch, next: Option<SocketAddr>, peers: Vec<SocketAddr>| {
+            emit(&Packet::Plan(PlanRepr {
+                session,
+                receiver: ReceiverId(5),
+                epoch,
+                zone: 3,
+                next,
+                peers,
+            }))
+        };
+        rx.handle_datagram(now, SERVER, &plan(2, Some(peer(9)), vec![peer(1), peer(2)]));
+        // An older plan arriving late, and a plan for someone else, change nothing.
+        rx.handle_datagram(now, SERVER, &plan(1, None, vec![peer(3)]));
+        let mut other = plan(3, None, vec![]);
+        other[10..18].copy_from_slice(&6u64.to_be_bytes());
+        rx.handle_datagram(now, SERVER, &other);
+        assert_eq!(rx.plan_epoch(), Some(2));
+        let all = rx.copy_targets(CopyFlags::ALL);
+        assert_eq!(all.zone, &[peer(1), peer(2)]);
+        assert_eq!(all.next, Some(peer(9)));
+        let zone_only = rx.copy_targets(CopyFlags {
+            zone: true,
+            next: false,
+        });
+        assert_eq!((zone_only.zone.len(), zone_only.next), (2, None));
+        assert!(rx.copy_targets(CopyFlags::NONE).is_empty());
+    }
+}
