@@ -225,6 +225,8 @@ fn run_session(
         deadline: Some(Duration::from_secs(600)),
         session: id,
         threads: s.threads.max(1),
+        split: false,
+        receiver_timeout: Duration::from_secs(10),
     };
     let outs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))

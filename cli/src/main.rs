@@ -55,9 +55,9 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 struct NetArgs {
-    /// Multicast group and port, e.g. 239.255.0.1:9000.
+    /// Multicast group and port, e.g. 239.255.0.1:9000 (not with split mode).
     #[arg(long)]
-    group: String,
+    group: Option<String>,
     /// Interface to use, by name (lo, eth1) or IPv4 address. Always explicit.
     #[arg(long)]
     iface: String,
@@ -98,6 +98,15 @@ struct ServeArgs {
     /// Data threads, one stripe of blocks each, pinned one per core (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Without multicast: send each unit by unicast to one receiver, which copies it to the
+    /// others of its zone and on to the next zone (receivers use --server and --zone). Prints
+    /// the control address receivers need.
+    #[arg(long, conflicts_with = "group")]
+    split: bool,
+    /// Drop a receiver not heard from for this many seconds (in split mode the copy plan is
+    /// rebuilt without it).
+    #[arg(long, default_value_t = 10.0)]
+    receiver_timeout: f64,
 }
 
 #[derive(Args, Debug)]
@@ -129,6 +138,14 @@ struct ReceiveArgs {
     /// 127.0.0.1:8080; after the transfer it keeps serving until Ctrl-C.
     #[arg(long, value_name = "ADDR:PORT")]
     http: Option<String>,
+    /// Without multicast (split mode): the server's control address, as `serve --split`
+    /// prints it.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with = "group")]
+    server: Option<String>,
+    /// Split mode: the zone this receiver is in (receivers of a zone copy to each other, so
+    /// give receivers that are near each other the same zone).
+    #[arg(long, default_value_t = 0, requires = "server")]
+    zone: u16,
     #[command(flatten)]
     failover: FailoverArgs,
 }
@@ -291,12 +308,19 @@ pub fn parse_rate(s: &str) -> Result<Option<u64>> {
     Ok(Some(r))
 }
 
-/// Parses the group and resolves the interface, with one clear error for each mistake.
-fn resolve_net(net: &NetArgs) -> Result<(SocketAddrV4, Ipv4Addr)> {
-    Ok((
-        parse_group("--group", &net.group)?,
-        resolve_iface(&net.iface)?,
-    ))
+/// Parses the group and resolves the interface, with one clear error for each mistake. In
+/// split mode (`split`) there is no group: an unused placeholder stands in.
+fn resolve_net(net: &NetArgs, split: bool) -> Result<(SocketAddrV4, Ipv4Addr)> {
+    let iface = resolve_iface(&net.iface)?;
+    if split {
+        return Ok((SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), iface));
+    }
+    let Some(group_arg) = net.group.as_deref() else {
+        return Err(exit::usage(
+            "--group is required (or, without multicast, serve --split / receive --server)".into(),
+        ));
+    };
+    Ok((parse_group("--group", group_arg)?, iface))
 }
 
 /// A multicast ADDRESS:PORT given to `flag`.
@@ -376,6 +400,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             http: None,
             fallback,
             failover_after,
+            split: None,
         },
         downstream: groups
             .iter()
@@ -415,7 +440,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
 }
 
 fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
-    let (group, iface) = resolve_net(&a.net)?;
+    let (group, iface) = resolve_net(&a.net, a.split)?;
     let inputs = collect_inputs(&a.paths).map_err(exit::node)?;
     if a.unit_size < 2 || a.unit_size % 2 != 0 || a.unit_size > 65_480 {
         return Err(exit::usage("--unit-size must be even, 2..=65480".into()));
@@ -448,6 +473,8 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         deadline: a.deadline.map(|d| Duration::from_secs_f64(d.max(0.0))),
         session: session_id(),
         threads: a.threads.unwrap_or_else(cores).max(1),
+        split: a.split,
+        receiver_timeout: Duration::from_secs_f64(a.receiver_timeout.max(0.1)),
     };
     let (a_max_wait, a_min_receivers) = (a.max_wait, a.min_receivers);
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;
@@ -474,9 +501,29 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
 }
 
 fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
-    let (group, iface) = resolve_net(&a.net)?;
+    let split = match a.server.as_deref() {
+        Some(s) => {
+            let server: SocketAddr = s.parse().map_err(|_| {
+                exit::usage(format!(
+                    "--server {s:?} is not ADDRESS:PORT (what serve --split prints)"
+                ))
+            })?;
+            if server.port() == 0 || server.ip().is_unspecified() || server.ip().is_multicast() {
+                return Err(exit::usage(format!(
+                    "--server {server} is not a unicast address with a port"
+                )));
+            }
+            Some(blockcast_proto::SplitMember {
+                server,
+                zone: a.zone,
+            })
+        }
+        None => None,
+    };
+    let (group, iface) = resolve_net(&a.net, split.is_some())?;
     let (fallback, failover_after) = parse_failover(&a.failover)?;
     let cfg = ReceiveConfig {
+        split,
         group,
         iface,
         out: a.out,

@@ -126,6 +126,7 @@ pub fn serve_json(s: &ServeSummary) -> serde_json::Value {
         "nacks": s.stats.nacks,
         "nack_bytes": s.stats.nack_bytes,
         "receipts": s.stats.receipts,
+        "control": s.control.to_string(),
         "receivers": s.receivers.iter().map(|r| json!({
             "id": r.id.0,
             "addr": r.addr.to_string(),
@@ -154,6 +155,7 @@ pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
         "transfer_seconds": s.transfer_seconds,
         "sync_seconds": s.sync_seconds,
         "cpu_seconds": s.cpu_seconds,
+        "forwarded": s.forwarded,
         "played_bytes": s.play.as_ref().map(|p| p.bytes),
         "first_byte_seconds": s.play.as_ref().and_then(|p| p.first_byte_secs),
     })
@@ -170,7 +172,16 @@ pub fn run_serve(
         .map(|i| std::fs::metadata(&i.path).map(|m| m.len()).unwrap_or(0))
         .sum();
     let bar = out.bar(total, "serving");
+    let mut told = false;
     let r = serve(cfg, stop, &mut |p| {
+        if cfg.split && !told && !out.quiet {
+            // Receivers need this address; stderr, so it shows with --json too.
+            told = true;
+            eprintln!(
+                "blockcast: split mode: receivers join with --server {} --zone N",
+                p.control
+            );
+        }
         bar.set_length(p.total_bytes.max(1));
         bar.set_position(p.bytes_sent.min(p.total_bytes));
         bar.set_message(format!("{} receiver(s), {} done", p.receivers, p.complete));

@@ -11,6 +11,7 @@
 
 mod net;
 mod relay;
+mod split;
 mod store;
 
 use std::cmp::Reverse;
@@ -30,6 +31,7 @@ use blockcast_proto::{
 
 pub use net::{LinkFaults, LossModel, SimRng};
 pub use relay::{run_relays, FailOver, RelayConfig, RelayReport, TierReport};
+pub use split::{run_split, SplitReport, SplitSimConfig, ZoneSpec};
 pub use store::{SimStore, StoreKind};
 
 /// One simulated session.

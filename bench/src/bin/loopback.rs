@@ -108,6 +108,8 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         deadline: Some(Duration::from_secs(300)),
         session: u32::from(tag) << 8 | 1,
         threads,
+        split: false,
+        receiver_timeout: Duration::from_secs(10),
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();

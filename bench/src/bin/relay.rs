@@ -94,6 +94,8 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         deadline: Some(Duration::from_secs(300)),
         session: u32::from(tag) << 8 | 1,
         threads: 1,
+        split: false,
+        receiver_timeout: Duration::from_secs(10),
     };
     let outs: Vec<PathBuf> = (0..total)
         .map(|i| dir.join(format!("copy-{i}.bin")))

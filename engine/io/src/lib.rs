@@ -6,7 +6,9 @@
 //! * [`iface`]: find an interface's IPv4 address by name; list interfaces.
 //! * [`MulticastSender`] / [`MulticastReceiver`]: sockets with every multicast option set
 //!   explicitly (interface, TTL, loop, `IP_MULTICAST_ALL` off, `UDP_GRO`), buffer sizes
-//!   requested and reported ([`BufferSize`]); [`bind_unicast`] for the control plane.
+//!   requested and reported ([`BufferSize`]); [`bind_unicast`] for the control plane;
+//!   [`bind_data_unicast`] and [`send_segments`] for split mode's unicast data (GRO in, GSO
+//!   out, one destination per send).
 //! * [`SendRing`]: io_uring `SENDMSG` of GSO super-buffers gathered from
 //!   `[header | payload]` segments, payload sent from where it lies; in-flight memory is owned
 //!   by the ring's slots until the completion is reaped.
@@ -26,11 +28,13 @@ pub mod iface;
 mod recv;
 mod socket;
 mod sys;
+mod unicast;
 mod uring;
 
 pub use error::IoError;
 pub use recv::{split_segments, Datagram, RecvBatch, GRO_BUFFER_SIZE, MAX_RECV_BATCH};
 pub use socket::{bind_unicast, BufferSize, MulticastReceiver, MulticastSender};
+pub use unicast::{bind_data_unicast, send_segments};
 pub use uring::{
     BatchError, GsoBatch, RingMode, SendRing, SendRingConfig, SendStats, Source, StableBytes,
     MAX_GSO_SEGMENTS, MAX_SEND_BYTES,

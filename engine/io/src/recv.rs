@@ -150,6 +150,14 @@ impl RecvBatch {
         })
     }
 
+    /// The bytes of the `i`-th datagram of the last batch, writable (to rewrite a header in
+    /// place before forwarding it).
+    pub fn bytes_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        let m = self.meta.get(i)?;
+        let start = i * self.buf_size;
+        Some(&mut self.bufs[start..start + m.len])
+    }
+
     /// The datagrams of the last batch, in arrival order.
     pub fn iter(&self) -> impl Iterator<Item = Datagram<'_>> + '_ {
         (0..self.meta.len()).filter_map(move |i| self.get(i))

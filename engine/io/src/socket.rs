@@ -34,14 +34,18 @@ pub struct BufferSize {
 }
 
 #[derive(Clone, Copy)]
-enum BufKind {
+pub(crate) enum BufKind {
     Recv,
     Send,
 }
 
 /// Asks for a socket buffer of `requested` bytes: `SO_RCVBUF`/`SO_SNDBUF` first, then (when
 /// the sysctl maximum clamped it) `SO_*BUFFORCE`, which works with CAP_NET_ADMIN.
-fn request_buffer(sock: &Socket, kind: BufKind, requested: usize) -> Result<BufferSize, IoError> {
+pub(crate) fn request_buffer(
+    sock: &Socket,
+    kind: BufKind,
+    requested: usize,
+) -> Result<BufferSize, IoError> {
     let fd = sock.as_raw_fd();
     let (opt, force, set_op, get_op, force_op) = match kind {
         BufKind::Recv => (
@@ -92,7 +96,7 @@ fn request_buffer(sock: &Socket, kind: BufKind, requested: usize) -> Result<Buff
 
 /// Checks that `iface_addr` can name an interface for multicast: not unspecified, not
 /// multicast, and assigned to an interface of this host (the error lists those that exist).
-fn check_iface_addr(op: &'static str, iface_addr: Ipv4Addr) -> Result<(), IoError> {
+pub(crate) fn check_iface_addr(op: &'static str, iface_addr: Ipv4Addr) -> Result<(), IoError> {
     if iface_addr.is_unspecified() {
         return Err(IoError::invalid(
             op,

@@ -65,3 +65,13 @@ pub(crate) fn sockaddr_in_to_std(sin: &libc::sockaddr_in) -> std::net::SocketAdd
         u16::from_be(sin.sin_port),
     )
 }
+
+/// Converts a Rust address into a `sockaddr_in` for the kernel.
+pub(crate) fn sockaddr_in_from_std(a: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is a plain C struct of integers; all-zero is a valid value.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = a.port().to_be();
+    sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+    sin
+}

@@ -217,6 +217,8 @@ struct Slot {
     state: SlotState,
     segments: u16,
     bytes: usize,
+    /// Where this send goes, when not to the socket's connected peer.
+    dest: Option<libc::sockaddr_in>,
 }
 
 impl Slot {
@@ -242,6 +244,7 @@ impl Slot {
             state: SlotState::Free,
             segments: 0,
             bytes: 0,
+            dest: None,
         }
     }
 
@@ -250,6 +253,7 @@ impl Slot {
         self.iov_len = 0;
         self.segments = 0;
         self.bytes = 0;
+        self.dest = None;
         self.state = SlotState::Free;
     }
 }
@@ -690,6 +694,15 @@ impl GsoBatch<'_> {
         Ok(())
     }
 
+    /// Sends this super-buffer to `to` instead of the socket's connected peer (an unconnected
+    /// unicast socket, split mode: one destination per super-buffer).
+    ///
+    /// Call it any time before [`submit`](Self::submit); the address is kept in the slot while
+    /// the send is in flight.
+    pub fn set_destination(&mut self, to: std::net::SocketAddrV4) {
+        self.ring.slot_mut(self.idx).dest = Some(crate::sys::sockaddr_in_from_std(to));
+    }
+
     /// Full-size segments that still fit (0 once a short segment was pushed).
     ///
     /// Call it to fill a super-buffer exactly.
@@ -730,8 +743,16 @@ impl GsoBatch<'_> {
         if slot.segments == 0 {
             return Err(BatchError::Empty);
         }
-        slot.msg.msg_name = std::ptr::null_mut();
-        slot.msg.msg_namelen = 0;
+        match slot.dest.as_mut() {
+            Some(dest) => {
+                slot.msg.msg_name = (dest as *mut libc::sockaddr_in).cast();
+                slot.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
+            }
+            None => {
+                slot.msg.msg_name = std::ptr::null_mut();
+                slot.msg.msg_namelen = 0;
+            }
+        }
         slot.msg.msg_iov = slot.iov.as_mut_ptr();
         slot.msg.msg_iovlen = slot.iov_len as _;
         slot.msg.msg_flags = 0;
@@ -772,6 +793,7 @@ impl GsoBatch<'_> {
         .user_data(u64::from(idx))
         .flags(squeue::Flags::empty());
         // SAFETY: the entry points at this slot's msghdr, which points at the slot's iovecs,
+        // destination address (if any),
         // control message and header storage, and at payload memory kept alive by the slot's
         // `keep` sources or promised by the caller of `push_borrowed`. The slot is marked
         // InFlight below and not touched, reused or freed until its completion is reaped

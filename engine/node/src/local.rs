@@ -53,6 +53,7 @@ pub fn local_receivers(
             http: None,
             fallback: Vec::new(),
             failover_after: std::time::Duration::from_secs(3),
+            split: None,
         })
         .collect()
 }

@@ -1,5 +1,10 @@
 //! The receiver node: joins the group, stores every object in a preallocated file, verifies
 //! each block, and reports to the server's control address.
+//!
+//! In split mode (no multicast, docs/wire.md §14) it is a member: one unicast socket on its
+//! interface carries data and control; it asks the server for the session, and forwards
+//! copies of the units it gets as their copy flags and its plan say, straight from the
+//! received (GRO super-)datagram with the flags rewritten in place, one GSO send per peer.
 
 use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -9,11 +14,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
-use blockcast_proto::wire::{BlockIndex, LeaveReason, Manifest, ObjectId, ReceiverId, UnitIndex};
+use blockcast_proto::wire::{
+    set_copy_flags, BlockIndex, CopyFlags, LeaveReason, Manifest, ObjectId, ReceiverId, UnitIndex,
+    UnitPacket,
+};
 use blockcast_proto::{
-    BlockStore, Destination, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, StoreError,
+    BlockStore, Destination, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, SplitMember,
+    StoreError,
 };
 use memmap2::MmapMut;
+use std::os::fd::OwnedFd;
 
 use std::net::TcpListener;
 use std::sync::mpsc;
@@ -27,6 +37,7 @@ use crate::NodeError;
 /// How to receive.
 #[derive(Clone, Debug)]
 pub struct ReceiveConfig {
+    /// The multicast group (ignored in split mode).
     pub group: SocketAddrV4,
     pub iface: Ipv4Addr,
     /// Where to store: a directory (objects under their names), or a file path when the
@@ -48,6 +59,8 @@ pub struct ReceiveConfig {
     /// turn when the current one goes quiet for `failover_after`.
     pub fallback: Vec<SocketAddrV4>,
     pub failover_after: Duration,
+    /// Split mode: no multicast; the server's control address and this member's zone.
+    pub split: Option<SplitMember>,
 }
 
 /// Progress, reported a few times per second.
@@ -81,6 +94,8 @@ pub struct ReceiveSummary {
     /// Block-completion latency (first unit written -> block verified), microseconds:
     /// p50, p99, p99.9, max.
     pub block_latency_us: [u64; 4],
+    /// Split mode: copies forwarded to other members (datagrams).
+    pub forwarded: u64,
 }
 
 /// Objects stored in preallocated files, written through shared writable mappings.
@@ -328,8 +343,24 @@ fn receive_loop(
         .chain(cfg.fallback.iter().copied())
         .collect();
     let mut source = 0usize;
-    let mut data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
-    let granted = data.recv_buffer();
+    // Split mode: one unicast socket for data and control (`control` is a second handle to
+    // it, for the sends); otherwise the group's socket and a control socket.
+    let (mut data, control, granted): (OwnedFd, std::net::UdpSocket, _) = match cfg.split {
+        Some(_) => {
+            let (sock, granted) =
+                blockcast_io::bind_data_unicast(SocketAddrV4::new(cfg.iface, 0), cfg.rcvbuf)?;
+            let control = sock
+                .try_clone()
+                .map_err(|e| NodeError::Config(format!("member socket: {e}")))?;
+            (sock.into(), control, granted)
+        }
+        None => {
+            let data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
+            let granted = data.recv_buffer();
+            let control = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
+            (data.into(), control, granted)
+        }
+    };
     if granted.capped_by_sysctl {
         tracing::warn!(
             "the kernel capped the receive buffer at {} bytes (asked for {}): raise net.core.rmem_max (sysctl -w net.core.rmem_max=67108864), or bursts will be lost and repaired",
@@ -337,7 +368,6 @@ fn receive_loop(
             granted.requested
         );
     }
-    let control = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
     let store = FileStore {
         out: cfg.out.clone(),
         files: Vec::new(),
@@ -351,6 +381,7 @@ fn receive_loop(
         idle_timeout: cfg.timeout,
         min_receipt_interval: Duration::from_millis(50),
         external_verify: true,
+        split: cfg.split,
         ..ReceiverConfig::default()
     };
     let mut rx = Receiver::new(rcfg, store);
@@ -368,6 +399,9 @@ fn receive_loop(
     let mut fds = [data.as_raw_fd(), control.as_raw_fd()];
     let mut last_packet = started;
     let mut verifying = 0usize;
+    let mut forwarded = 0u64;
+    let mut targets: Vec<SocketAddrV4> = Vec::new();
+    let mut server_gone = false;
     // Microseconds, 1 us .. 1 h, 3 significant digits.
     let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| NodeError::Config(format!("histogram: {e}")))?;
@@ -411,6 +445,7 @@ fn receive_loop(
                 if ready[0] || ready[1] {
                     last_packet = now;
                 } else if sources.len() > 1
+                    && cfg.split.is_none()
                     && heard
                     && !rx.is_complete()
                     && now.duration_since(last_packet) >= cfg.failover_after
@@ -422,7 +457,8 @@ fn receive_loop(
                         cfg.failover_after.as_secs_f64(),
                         sources[source]
                     );
-                    data = MulticastReceiver::new(sources[source], cfg.iface, cfg.rcvbuf, true)?;
+                    data = MulticastReceiver::new(sources[source], cfg.iface, cfg.rcvbuf, true)?
+                        .into();
                     fds[0] = data.as_raw_fd();
                     rx.switch_source(now);
                     last_packet = now;
@@ -437,6 +473,16 @@ fn receive_loop(
                         if batch.recv(&data, Duration::ZERO)? == 0 {
                             break;
                         }
+                        if cfg.split.is_some() {
+                            forwarded += forward_and_handle(
+                                &mut rx,
+                                &mut batch,
+                                &control,
+                                &mut targets,
+                                now,
+                            );
+                            continue;
+                        }
                         for d in batch.iter() {
                             if d.truncated {
                                 continue;
@@ -447,7 +493,8 @@ fn receive_loop(
                         }
                     }
                 }
-                if ready[1] {
+                // Split mode: control packets arrive on the data socket (read above).
+                if ready[1] && cfg.split.is_none() {
                     while cbatch.recv(&control, Duration::ZERO)? > 0 {
                         for d in cbatch.iter() {
                             rx.handle_datagram(now, SocketAddr::V4(d.source), d.bytes);
@@ -533,7 +580,8 @@ fn receive_loop(
                             published.publish_session(session.0, control);
                         }
                         ReceiverEvent::Complete => complete_at = Some(now),
-                        ReceiverEvent::ServerLost if !rx.is_complete() => {
+                        ReceiverEvent::ServerLost if rx.is_complete() => server_gone = true,
+                        ReceiverEvent::ServerLost => {
                             return Err(NodeError::Incomplete {
                                 blocks_done: rx.blocks_done(),
                                 blocks: rx.total_blocks(),
@@ -572,7 +620,13 @@ fn receive_loop(
                 }
                 // Done: complete, and the server has recorded it (or has ended the session, or a
                 // short grace period for its acknowledgement has passed).
-                if let Some(at) = complete_at {
+                if complete_at.is_some() && cfg.split.is_some() {
+                    // Split mode: others may still need the copies this member forwards, so it
+                    // stays until the server ends the session (or falls silent).
+                    if rx.is_ended() || server_gone {
+                        break;
+                    }
+                } else if let Some(at) = complete_at {
                     if rx.poll_timeout().is_none()
                         || rx.is_ended()
                         || now.duration_since(at) > Duration::from_secs(2)
@@ -612,7 +666,119 @@ fn receive_loop(
             latency.value_at_quantile(0.999),
             latency.max(),
         ],
+        forwarded,
     })
+}
+
+/// Split mode: forwards copies of the units of the last batch as their copy flags and the
+/// member's plan say, then hands every datagram to the protocol. A GRO super-datagram whose
+/// segments all carry the same flags goes to each peer whole (one GSO send per peer), its
+/// flags rewritten in place; otherwise segment by segment. Returns the datagrams forwarded.
+fn forward_and_handle(
+    rx: &mut Receiver<FileStore>,
+    batch: &mut RecvBatch,
+    socket: &std::net::UdpSocket,
+    targets: &mut Vec<SocketAddrV4>,
+    now: Instant,
+) -> u64 {
+    let mut sent = 0u64;
+    for i in 0..batch.len() {
+        let Some(d) = batch.get(i) else { continue };
+        if d.truncated {
+            continue;
+        }
+        let (source, seg) = (d.source, d.segment_size);
+        let Some(bytes) = batch.bytes_mut(i) else {
+            continue;
+        };
+        let size = match seg {
+            Some(s) if s > 0 => usize::from(s),
+            _ => bytes.len().max(1),
+        };
+        // The copy flags of every segment, if they are all the same and the segments are
+        // units of this session (nothing else is forwarded).
+        let session = rx.session();
+        let mut common: Option<CopyFlags> = None;
+        let mut uniform = true;
+        for s in bytes.chunks(size) {
+            match UnitPacket::new_checked(s) {
+                Ok(u) if Some(u.session()) == session => {
+                    let c = u.copy_flags();
+                    if common.is_some_and(|x| x != c) {
+                        uniform = false;
+                    }
+                    common = Some(c);
+                }
+                _ => uniform = false,
+            }
+        }
+        if uniform {
+            if let Some(copy) = common.filter(|c| c.any()) {
+                sent += forward(rx, bytes, size, seg, copy, socket, targets);
+            }
+        } else {
+            for s in bytes.chunks_mut(size) {
+                let copy = match UnitPacket::new_checked(&*s) {
+                    Ok(u) if Some(u.session()) == session => u.copy_flags(),
+                    _ => continue,
+                };
+                if copy.any() {
+                    let len = s.len();
+                    sent += forward(rx, s, len, None, copy, socket, targets);
+                }
+            }
+        }
+        for s in bytes.chunks(size) {
+            rx.handle_datagram(now, SocketAddr::V4(source), s);
+        }
+    }
+    sent
+}
+
+/// Sends `bytes` (segments of `size` bytes, all units with copy flags `copy`) to the peers
+/// the plan names: with no flags to the cell, with both to the next cell's member.
+fn forward(
+    rx: &Receiver<FileStore>,
+    bytes: &mut [u8],
+    size: usize,
+    seg: Option<u16>,
+    copy: CopyFlags,
+    socket: &std::net::UdpSocket,
+    targets: &mut Vec<SocketAddrV4>,
+) -> u64 {
+    let t = rx.copy_targets(copy);
+    targets.clear();
+    targets.extend(t.zone.iter().filter_map(|a| match a {
+        SocketAddr::V4(v4) => Some(*v4),
+        SocketAddr::V6(_) => None,
+    }));
+    let next = match t.next {
+        Some(SocketAddr::V4(v4)) => Some(v4),
+        _ => None,
+    };
+    let segments = bytes.len().div_ceil(size) as u64;
+    let mut sent = 0;
+    let rewrite = |bytes: &mut [u8], flags: CopyFlags| {
+        for s in bytes.chunks_mut(size) {
+            let _ = set_copy_flags(s, flags);
+        }
+    };
+    if !targets.is_empty() {
+        rewrite(bytes, CopyFlags::NONE);
+        for to in targets.iter() {
+            // A full send buffer drops the copy: the protocol treats it as loss.
+            if blockcast_io::send_segments(socket, *to, bytes, seg).is_ok() {
+                sent += segments;
+            }
+        }
+    }
+    if let Some(to) = next {
+        rewrite(bytes, CopyFlags::ALL);
+        if blockcast_io::send_segments(socket, to, bytes, seg).is_ok() {
+            sent += segments;
+        }
+    }
+    sent
 }
 
 fn flush(

@@ -134,6 +134,8 @@ pub fn relay(
                             // server: the session id and manifest stay the same everywhere.
                             session,
                             threads: cfg.threads.max(1),
+                            split: false,
+                            receiver_timeout: Duration::from_secs(10),
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());
                         let (state, down_stop) = (&state, &down_stop);

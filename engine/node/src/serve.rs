@@ -1,5 +1,9 @@
 //! The server node: maps the inputs, announces them on the group and sends them with
 //! io_uring UDP GSO, answering the control plane on a unicast address.
+//!
+//! In split mode (no multicast, docs/wire.md §14) the control thread sends everything: each
+//! unit by unicast to the member that owns it, runs of units to one member as one GSO
+//! super-buffer addressed to it; the members copy them on.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -8,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, RecvBatch, SendRing, SendRingConfig};
 use blockcast_proto::wire::{BlockIndex, DoneReason, Manifest, ObjectId, ReceiverId, SessionId};
+use blockcast_proto::SplitConfig;
 use blockcast_proto::{
     Destination, Geometry, Sender, SenderConfig, SenderEvent, SenderStats, Transmit,
 };
@@ -22,6 +27,7 @@ use blockcast_status::AtomicBitmap;
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     pub inputs: Vec<Input>,
+    /// The multicast group (ignored in split mode).
     pub group: SocketAddrV4,
     /// The interface's address: data leaves through it, the control address is bound on it.
     pub iface: Ipv4Addr,
@@ -35,8 +41,14 @@ pub struct ServeConfig {
     pub max_wait: Duration,
     pub deadline: Option<Duration>,
     pub session: u32,
-    /// Data threads (stripes), each pinned to a core with its own socket and ring.
+    /// Data threads (stripes), each pinned to a core with its own socket and ring (one, the
+    /// control thread, in split mode).
     pub threads: usize,
+    /// Split mode: no multicast; units go by unicast to one member each and members copy
+    /// them on (docs/wire.md §14).
+    pub split: bool,
+    /// A receiver not heard from for this long is dropped (in split mode: planned without).
+    pub receiver_timeout: Duration,
 }
 
 /// Progress, reported a few times per second.
@@ -48,6 +60,8 @@ pub struct ServeProgress {
     pub bytes_sent: u64,
     pub total_bytes: u64,
     pub rate: u64,
+    /// Where receivers send to (split-mode members are given it as `--server`).
+    pub control: SocketAddr,
 }
 
 /// One receiver as the server saw it.
@@ -112,12 +126,23 @@ pub(crate) fn serve_content(
     let control_addr = control
         .local_addr()
         .map_err(|e| NodeError::Config(format!("control socket: {e}")))?;
-    let data = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 4 << 20)?;
-    // Small group packets (announce, manifest, parity, done) go out through a plain socket.
-    let side = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 1 << 20)?;
-    let mut ring = SendRing::new(data, SendRingConfig::default())?;
+    let (mut ring, side) = if cfg.split {
+        // Split mode: units leave from an unconnected unicast socket on the interface, each
+        // super-buffer addressed to its member; small packets go from the control socket.
+        let data = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
+        (SendRing::new(data, SendRingConfig::default())?, None)
+    } else {
+        let data = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 4 << 20)?;
+        // Small group packets (announce, manifest, parity, done) go out through a plain socket.
+        let side = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 1 << 20)?;
+        (SendRing::new(data, SendRingConfig::default())?, Some(side))
+    };
     let rate = cfg.rate.unwrap_or(START_RATE);
-    let stripes = cfg.threads.clamp(1, 64);
+    let stripes = if cfg.split {
+        1
+    } else {
+        cfg.threads.clamp(1, 64)
+    };
     let block_size = cfg.geometry.block_size();
     let sources = content.sources.clone();
     let ready = content.ready();
@@ -134,8 +159,12 @@ pub(crate) fn serve_content(
         control: control_addr,
         geometry: cfg.geometry,
         stripes: stripes as u16,
-        external_first_pass: true,
-        rate: (rate / 2).max(1),
+        external_first_pass: !cfg.split,
+        split: cfg.split.then(SplitConfig::default),
+        receiver_timeout: cfg.receiver_timeout,
+        // The data threads take half of the rate for the first pass; in split mode the
+        // control thread sends everything.
+        rate: if cfg.split { rate } else { (rate / 2).max(1) },
         burst: Duration::from_micros(500),
         announce_interval: Duration::from_millis(100),
         min_receivers: cfg.min_receivers,
@@ -161,7 +190,7 @@ pub(crate) fn serve_content(
             progress_cb,
             &mut sender,
             &mut ring,
-            &side,
+            side.as_ref(),
             &control,
             total_bytes,
             &shared_rate,
@@ -269,7 +298,7 @@ fn control_loop(
     progress: &mut dyn FnMut(&ServeProgress),
     sender: &mut Sender<Content>,
     ring: &mut SendRing,
-    side: &MulticastSender,
+    side: Option<&MulticastSender>,
     control: &UdpSocket,
     total_bytes: u64,
     shared_rate: &AtomicU64,
@@ -303,7 +332,7 @@ fn control_loop(
         if sender.poll_timeout().is_some_and(|t| t <= now) {
             sender.handle_timeout(now);
         }
-        if !data_started && sender.is_sending() {
+        if !data_started && sender.is_sending() && !cfg.split {
             data_started = true;
             start_data(sender.epoch().unwrap_or(now));
         }
@@ -360,7 +389,7 @@ fn control_loop(
         }
         if cfg.rate.is_none() && now >= next_rate_check {
             rate = adapt_rate(sender, rate);
-            sender.set_rate((rate / 2).max(1));
+            sender.set_rate(if cfg.split { rate } else { (rate / 2).max(1) });
             next_rate_check = now + Duration::from_millis(100);
         }
         if now >= next_progress {
@@ -371,6 +400,9 @@ fn control_loop(
                 bytes_sent: s.data_bytes + s.parity_bytes,
                 total_bytes,
                 rate,
+                control: control
+                    .local_addr()
+                    .unwrap_or(SocketAddr::from((cfg.iface, 0))),
             });
             next_progress = now + Duration::from_millis(200);
         }
@@ -413,7 +445,7 @@ fn adapt_rate(sender: &Sender<Content>, rate: u64) -> u64 {
 fn send_due(
     sender: &mut Sender<Content>,
     ring: &mut SendRing,
-    side: &MulticastSender,
+    side: Option<&MulticastSender>,
     control: &UdpSocket,
     now: Instant,
     hdr: &mut [u8],
@@ -443,6 +475,12 @@ fn send_due(
         let mut batch = ring
             .batch(seg)
             .map_err(|e| NodeError::Config(format!("send: {e:?}")))?;
+        // Split mode: the super-buffer goes to the unit's owner, and only units for the same
+        // owner join it.
+        let dest = t.destination;
+        if let Destination::Peer(SocketAddr::V4(to)) = dest {
+            batch.set_destination(to);
+        }
         let src = &sender.source().sources[unit.object.0 as usize];
         let base = unit.block.0 as usize * block_size + unit.offset;
         // The range lies inside the object: the sender made it from the manifest.
@@ -452,7 +490,7 @@ fn send_due(
                 break;
             };
             match next.payload {
-                Some(u) if next.datagram_len() <= usize::from(seg) => {
+                Some(u) if next.datagram_len() <= usize::from(seg) && next.destination == dest => {
                     let src = &sender.source().sources[u.object.0 as usize];
                     let base = u.block.0 as usize * block_size + u.offset;
                     let _ = batch.push(&hdr[..next.len], src, base..base + u.len);
@@ -469,7 +507,7 @@ fn send_due(
     }
 }
 
-fn send_plain(t: Transmit, bytes: &[u8], side: &MulticastSender, control: &UdpSocket) {
+fn send_plain(t: Transmit, bytes: &[u8], side: Option<&MulticastSender>, control: &UdpSocket) {
     match t.destination {
         // Control replies are small; a full socket buffer drops them, which the protocol
         // treats as loss.
@@ -477,6 +515,10 @@ fn send_plain(t: Transmit, bytes: &[u8], side: &MulticastSender, control: &UdpSo
             let _ = control.send_to(bytes, addr);
         }
         Destination::Group => {
+            // Split mode sends nothing to a group (it has no group socket).
+            let Some(side) = side else {
+                return;
+            };
             // SAFETY: `side` is a connected UDP socket; the pointer and length describe the
             // initialized slice `bytes`, which lives across the call.
             unsafe {

@@ -9,14 +9,18 @@ pub mod coding;
 pub mod receiver;
 mod rng;
 pub mod sender;
+pub mod split;
 pub mod store;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use receiver::{Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats};
+pub use receiver::{
+    CopyTargets, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, SplitMember,
+};
 pub use sender::{Sender, SenderConfig, SenderEvent, SenderStats};
+pub use split::SplitConfig;
 pub use store::{BlockSource, BlockStore, MemStore, SliceSource, StoreError};
 
 /// Where a datagram goes.

@@ -23,9 +23,10 @@ use crate::coding;
 use crate::rng::Rng;
 use crate::store::{BlockStore, StoreError};
 use crate::wire::{
-    AnnounceRepr, BlockIndex, BlockRun, DoneReason, DoneRepr, Holes, JoinRepr, LeaveReason,
-    LeaveRepr, Manifest, NackEntry, NackRepr, ObjectId, Packet, PriorityRepr, ReceiptRepr,
-    ReceiverId, SessionId, UnitIndex, UnitPacket, WireError,
+    AnnounceRepr, BlockIndex, BlockRun, CopyFlags, DoneReason, DoneRepr, Holes, JoinRepr,
+    LeaveReason, LeaveRepr, Manifest, NackEntry, NackRepr, ObjectId, Packet, PlanRepr,
+    PriorityRepr, ReceiptRepr, ReceiverId, SessionId, SolicitRepr, UnitIndex, UnitPacket,
+    WireError,
 };
 use crate::{micros, Destination, Transmit};
 
@@ -54,6 +55,34 @@ pub struct ReceiverConfig {
     /// [`Receiver::handle_verified`] (the node hashes on another core). The block's bytes
     /// are not written meanwhile.
     pub external_verify: bool,
+    /// Split mode (wire.md §14): no multicast. The receiver asks the server for the session
+    /// by unicast, takes copy plans, and keeps reporting after it is complete (it still
+    /// forwards copies until the session ends).
+    pub split: Option<SplitMember>,
+}
+
+/// A split-mode member's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitMember {
+    /// The server's control address, where the receiver asks for the session.
+    pub server: SocketAddr,
+    /// The zone the member is in (members of a zone copy to each other).
+    pub zone: u16,
+}
+
+/// Where copies of one unit go (split mode): see [`Receiver::copy_targets`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyTargets<'a> {
+    /// Forward a copy with no copy flags to each of these (the other members of my cell).
+    pub zone: &'a [SocketAddr],
+    /// Forward a copy with both copy flags to this one (my member in the next cell).
+    pub next: Option<SocketAddr>,
+}
+
+impl CopyTargets<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.zone.is_empty() && self.next.is_none()
+    }
 }
 
 impl Default for ReceiverConfig {
@@ -69,6 +98,7 @@ impl Default for ReceiverConfig {
             idle_timeout: Duration::from_secs(30),
             max_datagram: 1400,
             external_verify: false,
+            split: None,
         }
     }
 }
@@ -218,7 +248,23 @@ pub struct Receiver<S> {
     expected_units: u64,
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
+    /// Split mode: the newest copy plan.
+    plan: Option<PlanRepr>,
+    /// Split mode: when to ask for the session again (until the manifest is here).
+    next_solicit: Option<Instant>,
+    /// Split mode: the local instant and server timestamp of the first direct packet, the
+    /// base for comparing one-way delays.
+    clock_base: Option<(Instant, u32)>,
+    /// Split mode: the smallest (local - server) time offset of a direct packet, us.
+    direct_offset: Option<i64>,
+    /// Split mode: how much later than a direct packet copies arrive (the copy path's extra
+    /// delay), smoothed; NACKs wait this much longer.
+    copy_lag: Duration,
 }
+
+/// Split mode: blocks the first pass must be ahead before an earlier block counts as passed
+/// (copies take paths of different lengths, so units arrive less in order than by multicast).
+const SPLIT_PASS_LAG: u64 = 2;
 
 impl<S: BlockStore> Receiver<S> {
     pub fn new(cfg: ReceiverConfig, store: S) -> Self {
@@ -259,7 +305,73 @@ impl<S: BlockStore> Receiver<S> {
             expected_units: 0,
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
+            plan: None,
+            next_solicit: None,
+            clock_base: None,
+            direct_offset: None,
+            copy_lag: Duration::ZERO,
         }
+    }
+
+    /// Split mode: the time offset (local arrival - server send) of a packet, microseconds,
+    /// against the first direct packet's.
+    fn offset(&mut self, now: Instant, timestamp: u32) -> i64 {
+        let (t0, ts0) = *self.clock_base.get_or_insert((now, timestamp));
+        let local = now.saturating_duration_since(t0).as_micros() as i64;
+        let remote = i64::from(timestamp.wrapping_sub(ts0) as i32);
+        local - remote
+    }
+
+    /// Split mode: a packet straight from the server (announce) sets the reference delay.
+    fn direct_timing(&mut self, now: Instant, timestamp: u32) {
+        let o = self.offset(now, timestamp);
+        self.direct_offset = Some(self.direct_offset.map_or(o, |d| d.min(o)));
+    }
+
+    /// Split mode: a unit (possibly a copy of a copy) measures the copy path's extra delay.
+    fn copy_timing(&mut self, now: Instant, timestamp: u32) {
+        let Some(direct) = self.direct_offset else {
+            return;
+        };
+        let lag_us = (self.offset(now, timestamp) - direct).clamp(0, 10_000_000) as u64;
+        let sample = Duration::from_micros(lag_us);
+        // Rise at once, fall back slowly: a NACK sent too early costs a repair to everyone.
+        self.copy_lag = if sample > self.copy_lag {
+            sample
+        } else {
+            (self.copy_lag * 63 + sample) / 64
+        };
+    }
+
+    /// Split mode: the copy path's extra delay as measured (NACKs wait for it).
+    pub fn copy_lag(&self) -> Duration {
+        self.copy_lag
+    }
+
+    /// Split mode: where copies of a unit with copy flags `copy` go, from the newest plan
+    /// (nowhere before a plan has arrived). Units of other sessions are not to be forwarded:
+    /// check [`Receiver::session`] first.
+    pub fn copy_targets(&self, copy: CopyFlags) -> CopyTargets<'_> {
+        match &self.plan {
+            Some(p) => CopyTargets {
+                zone: if copy.zone { &p.peers } else { &[] },
+                next: if copy.next { p.next } else { None },
+            },
+            None => CopyTargets {
+                zone: &[],
+                next: None,
+            },
+        }
+    }
+
+    /// The session adopted, once announced (or configured).
+    pub fn session(&self) -> Option<SessionId> {
+        self.session
+    }
+
+    /// Split mode: the epoch of the newest plan taken.
+    pub fn plan_epoch(&self) -> Option<u32> {
+        self.plan.as_ref().map(|p| p.epoch)
     }
 
     pub fn stats(&self) -> &ReceiverStats {
@@ -460,7 +572,15 @@ impl<S: BlockStore> Receiver<S> {
                 self.stats.strangers += 1;
                 return;
             }
-            self.heard(now, unit.timestamp());
+            if self.cfg.split.is_some() {
+                // Split mode: a unit may come by a chain of copies, so its timestamp does not
+                // measure this member's own overhead; only the server's direct packets do.
+                self.last_heard = Some(now);
+                self.server_lost = false;
+                self.copy_timing(now, unit.timestamp());
+            } else {
+                self.heard(now, unit.timestamp());
+            }
             self.on_unit(now, &unit);
             return;
         }
@@ -489,6 +609,9 @@ impl<S: BlockStore> Receiver<S> {
         match packet {
             Packet::Announce(a) => {
                 self.heard(now, a.timestamp);
+                if self.cfg.split.is_some() {
+                    self.direct_timing(now, a.timestamp);
+                }
                 self.on_announce(now, a);
             }
             Packet::Manifest(m) => {
@@ -514,6 +637,13 @@ impl<S: BlockStore> Receiver<S> {
             }
             Packet::Done(DoneRepr::Receiver { receiver, .. }) if receiver == self.cfg.id => {
                 self.complete_acked = true;
+            }
+            Packet::Plan(p) if p.receiver == self.cfg.id && self.cfg.split.is_some() => {
+                self.last_heard = Some(now);
+                // The newest plan wins (epochs count up; a late, older one is ignored).
+                if self.plan.as_ref().is_none_or(|old| p.epoch > old.epoch) {
+                    self.plan = Some(p);
+                }
             }
             Packet::Done(DoneRepr::Session { reason, .. }) => {
                 self.ended = true;
@@ -702,6 +832,11 @@ impl<S: BlockStore> Receiver<S> {
             self.stripe_next = (0..stripes).collect();
         }
         let s = (seq % stripes) as usize;
+        let seq = if self.cfg.split.is_some() {
+            seq.saturating_sub(SPLIT_PASS_LAG * stripes)
+        } else {
+            seq
+        };
         while self.stripe_next[s] < seq {
             let b = self.stripe_next[s];
             self.stripe_next[s] += stripes;
@@ -736,7 +871,9 @@ impl<S: BlockStore> Receiver<S> {
         let spread = (1.0 + x.ln() / n.ln()).max(0.0);
         let bias = 0.5 + 0.5 / (missing.max(1) as f64).min(8.0);
         let window = grtt.as_secs_f64() * self.cfg.backoff_factor;
-        let delay = Duration::from_secs_f64(window * spread * bias) + grtt / 4;
+        // Split mode: copies come later than the server's own packets by the copy path's
+        // delay; a NACK before that would ask for units on their way.
+        let delay = Duration::from_secs_f64(window * spread * bias) + grtt / 4 + self.copy_lag;
         let at = now + delay;
         if let Some(old) = state.nack_at.replace(at) {
             self.timers.remove(&(old, seq));
@@ -947,7 +1084,12 @@ impl<S: BlockStore> Receiver<S> {
             self.next_join = Some(now + self.cfg.join_interval.max(self.grtt() * 2));
         }
         if self.next_receipt.is_some_and(|t| now >= t) && self.row.is_some() {
-            if self.complete && self.complete_acked {
+            if self.complete && self.cfg.split.is_some() {
+                // Split mode: still forwarding copies, so still reporting (the server times
+                // out a member that falls silent, complete or not).
+                self.out.push_back(Out::Receipt);
+                self.next_receipt = Some(now + self.receipt_interval());
+            } else if self.complete && self.complete_acked {
                 self.next_receipt = None;
             } else {
                 self.out.push_back(Out::Receipt);
@@ -1006,7 +1148,8 @@ impl<S: BlockStore> Receiver<S> {
         }
         self.nack_due.insert(seq);
         // If neither the NACK nor its repair arrives, ask again.
-        let retry = grtt.mul_f64(2.0 + self.cfg.backoff_factor) + Duration::from_millis(1);
+        let retry =
+            grtt.mul_f64(2.0 + self.cfg.backoff_factor) + Duration::from_millis(1) + self.copy_lag;
         let at = now + retry;
         state.nack_at = Some(at);
         self.timers.insert((at, seq));
@@ -1019,6 +1162,8 @@ impl<S: BlockStore> Receiver<S> {
         }
         let mut t = self.timers.first().map(|&(at, _)| at);
         for x in [
+            self.next_solicit
+                .filter(|_| self.cfg.split.is_some() && self.manifest.is_none()),
             self.next_join.filter(|_| self.row.is_none()),
             self.next_receipt.filter(|_| self.row.is_some()),
             self.last_heard
@@ -1045,6 +1190,26 @@ impl<S: BlockStore> Receiver<S> {
 
     /// Writes the next datagram for the server into `buf`, or returns `None`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if let Some(split) = self.cfg.split {
+            // Split mode: ask the server for the announce and the manifest by unicast until
+            // the manifest is here (no multicast carousel to wait for).
+            if self.manifest.is_none() && !self.ended && self.next_solicit.is_none_or(|t| now >= t)
+            {
+                self.next_solicit = Some(now + self.cfg.join_interval);
+                let len = Packet::Solicit(SolicitRepr {
+                    session: self.session.unwrap_or_default(),
+                    receiver: self.cfg.id,
+                    zone: split.zone,
+                })
+                .emit(buf)
+                .ok()?;
+                return Some(Transmit {
+                    destination: Destination::Peer(split.server),
+                    len,
+                    payload: None,
+                });
+            }
+        }
         let session = self.session?;
         let control = self.control_addr()?;
         let receiver = self.cfg.id;

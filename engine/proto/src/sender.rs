@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use blockcast_status::{RowId, StatusMatrix, UnitBitmap};
 
 use crate::coding;
+use crate::split::{self, MemberInfo, SplitConfig};
 use crate::store::BlockSource;
 use crate::wire::{
-    AcceptRepr, AnnounceRepr, BlockIndex, DoneReason, DoneRepr, Holes, Manifest, ManifestChunkRepr,
-    NackEntry, ObjectId, Packet, ReceiptRepr, ReceiverId, SessionId, UnitHeaderRepr, WireError,
-    UNIT_HEADER_LEN,
+    set_copy_flags, AcceptRepr, AnnounceRepr, BlockIndex, CopyFlags, DoneReason, DoneRepr, Holes,
+    Manifest, ManifestChunkRepr, NackEntry, ObjectId, Packet, PlanRepr, ReceiptRepr, ReceiverId,
+    SessionId, SolicitRepr, UnitHeaderRepr, WireError, UNIT_HEADER_LEN,
 };
 use crate::{micros, Destination, Geometry, Transmit, UnitRef};
 
@@ -61,6 +62,10 @@ pub struct SenderConfig {
     /// source) and reports how far it got with [`Sender::handle_first_pass`]; the sender then
     /// announces, repairs and tracks receivers, and never emits first-pass units.
     pub external_first_pass: bool,
+    /// Split mode (wire.md §14): no multicast. Every unit goes by unicast to one member,
+    /// which copies it on as its plan says; announces, manifests and done packets go to each
+    /// member by unicast. Needs an internal first pass.
+    pub split: Option<SplitConfig>,
 }
 
 impl Default for SenderConfig {
@@ -86,6 +91,7 @@ impl Default for SenderConfig {
             max_receivers: 100_000,
             parity_cache_blocks: 256,
             external_first_pass: false,
+            split: None,
         }
     }
 }
@@ -165,6 +171,41 @@ struct Member {
     loss_ppm: u32,
     /// Blocks before this are marked held in the status matrix.
     marked: u64,
+    /// The zone it named (split mode; 0 otherwise).
+    zone: u16,
+}
+
+/// A unicast packet split mode sends in place of one group packet.
+#[derive(Clone, Copy, Debug)]
+enum Fan {
+    Announce,
+    Chunk(usize),
+    Plan(ReceiverId),
+    Done(DoneReason),
+}
+
+/// A receiver that asked for the session by unicast and has not joined yet.
+struct Solicitor {
+    addr: SocketAddr,
+    zone: u16,
+    last_heard: Instant,
+    answered: Option<Instant>,
+}
+
+/// Split mode's state.
+struct SplitState {
+    cfg: SplitConfig,
+    epoch: u32,
+    plan: split::Plan,
+    /// Each member's current plan, as sent.
+    plans: HashMap<ReceiverId, PlanRepr>,
+    /// Membership changed since the plan was made.
+    dirty: bool,
+    last_replan: Option<Instant>,
+    next_replan: Option<Instant>,
+    next_plan_round: Option<Instant>,
+    solicitors: HashMap<ReceiverId, Solicitor>,
+    fanout: VecDeque<(SocketAddr, Fan)>,
 }
 
 /// Repair state of one block.
@@ -234,6 +275,7 @@ pub struct Sender<S> {
     stall_check: Option<Instant>,
     events: VecDeque<SenderEvent>,
     stats: SenderStats,
+    split: Option<SplitState>,
 }
 
 impl<S: BlockSource> Sender<S> {
@@ -266,6 +308,9 @@ impl<S: BlockSource> Sender<S> {
         if cfg.stripes == 0 || cfg.rate == 0 {
             return Err("stripes and rate must be positive");
         }
+        if cfg.split.is_some() && cfg.external_first_pass {
+            return Err("split mode sends the first pass itself (no external first pass)");
+        }
         let manifest_bytes = manifest.emit().map_err(|_| "manifest cannot be encoded")?;
         let manifest_hash = *blake3::hash(&manifest_bytes).as_bytes();
         let mut block_base = Vec::with_capacity(manifest.objects.len());
@@ -276,7 +321,20 @@ impl<S: BlockSource> Sender<S> {
         }
         let matrix = StatusMatrix::new(cfg.max_receivers, total_blocks as usize);
         let first = first_block(&manifest, 0).filter(|_| !cfg.external_first_pass);
+        let split = cfg.split.clone().map(|cfg| SplitState {
+            cfg,
+            epoch: 0,
+            plan: split::Plan::default(),
+            plans: HashMap::new(),
+            dirty: false,
+            last_replan: None,
+            next_replan: None,
+            next_plan_round: None,
+            solicitors: HashMap::new(),
+            fanout: VecDeque::new(),
+        });
         Ok(Sender {
+            split,
             grtt: cfg.initial_grtt,
             cfg,
             source,
@@ -497,6 +555,10 @@ impl<S: BlockSource> Sender<S> {
                 return;
             }
         };
+        if let Packet::Solicit(sol) = &packet {
+            self.on_solicit(now, from, sol);
+            return;
+        }
         if packet.session() != self.cfg.session {
             self.stats.strangers += 1;
             return;
@@ -506,6 +568,7 @@ impl<S: BlockSource> Sender<S> {
             Packet::Leave(l) => {
                 if let Some(m) = self.members.remove(&l.receiver) {
                     self.matrix.remove_receiver(m.row);
+                    self.membership_changed();
                     self.events.push_back(SenderEvent::ReceiverLeft {
                         receiver: l.receiver,
                         timed_out: false,
@@ -566,15 +629,239 @@ impl<S: BlockSource> Sender<S> {
             | Packet::Announce(_)
             | Packet::Manifest(_)
             | Packet::Accept(_)
+            | Packet::Plan(_)
+            | Packet::Solicit(_)
             | Packet::Done(_) => self.stats.strangers += 1,
         }
+    }
+
+    /// Split mode: a receiver asks for the session by unicast. Answer with the announce and
+    /// the whole manifest (at most once per announce interval per receiver), and remember its
+    /// zone for its join.
+    fn on_solicit(&mut self, now: Instant, from: SocketAddr, sol: &SolicitRepr) {
+        let interval = self.cfg.announce_interval;
+        let max = self.cfg.max_receivers;
+        let chunks = self.manifest_chunks();
+        let closing = matches!(self.phase, Phase::Closing { .. } | Phase::Finished);
+        let Some(sp) = self.split.as_mut() else {
+            self.stats.strangers += 1;
+            return;
+        };
+        if (sol.session.0 != 0 && sol.session != self.cfg.session) || closing {
+            self.stats.strangers += 1;
+            return;
+        }
+        if !sp.solicitors.contains_key(&sol.receiver) && sp.solicitors.len() >= max {
+            return;
+        }
+        let s = sp.solicitors.entry(sol.receiver).or_insert(Solicitor {
+            addr: from,
+            zone: sol.zone,
+            last_heard: now,
+            answered: None,
+        });
+        s.addr = from;
+        s.zone = sol.zone;
+        s.last_heard = now;
+        if s.answered
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            return;
+        }
+        s.answered = Some(now);
+        sp.fanout.push_back((from, Fan::Announce));
+        for i in 0..chunks {
+            sp.fanout.push_back((from, Fan::Chunk(i)));
+        }
+    }
+
+    fn manifest_chunk_len(&self) -> usize {
+        usize::from(self.cfg.geometry.unit_size).clamp(1, 1200)
+    }
+
+    fn manifest_chunks(&self) -> usize {
+        self.manifest_bytes
+            .len()
+            .div_ceil(self.manifest_chunk_len())
+    }
+
+    /// Split mode: the plan must be rebuilt (a member joined, left or timed out).
+    fn membership_changed(&mut self) {
+        if let Some(sp) = self.split.as_mut() {
+            sp.dirty = true;
+        }
+    }
+
+    /// Split mode: rebuilds the plan when membership changed (at most once per
+    /// `replan_gap`) or when `replan_interval` has passed, and queues the plans that changed;
+    /// repeats every plan each `plan_interval`.
+    fn maybe_replan(&mut self, now: Instant) {
+        if self.phase != Phase::Sending {
+            // Nothing is sent before the first pass, so nothing needs a plan yet.
+            return;
+        }
+        let grtt = self.grtt;
+        let Some(sp) = self.split.as_ref() else {
+            return;
+        };
+        let due_change = sp.dirty
+            && (sp.plan.owners.is_empty()
+                || sp
+                    .last_replan
+                    .is_none_or(|t| now.saturating_duration_since(t) >= sp.cfg.replan_gap));
+        let due_refresh = sp.next_replan.is_none_or(|t| now >= t);
+        if due_change || due_refresh {
+            let infos: Vec<MemberInfo> = self
+                .members
+                .iter()
+                .map(|(id, m)| MemberInfo {
+                    id: *id,
+                    addr: m.addr,
+                    zone: m.zone,
+                    rtt: m.rtt,
+                    loss_ppm: m.loss_ppm,
+                })
+                .collect();
+            let session = self.cfg.session;
+            let Some(sp) = self.split.as_mut() else {
+                return;
+            };
+            let plan = split::plan(&infos, &sp.cfg, grtt);
+            sp.dirty = false;
+            sp.last_replan = Some(now);
+            sp.next_replan = Some(now + sp.cfg.replan_interval);
+            if plan != sp.plan {
+                sp.epoch = sp.epoch.wrapping_add(1);
+                sp.plans.clear();
+                for m in &plan.members {
+                    sp.plans.insert(
+                        m.id,
+                        PlanRepr {
+                            session,
+                            receiver: m.id,
+                            epoch: sp.epoch,
+                            zone: m.zone,
+                            next: m.next,
+                            peers: m.peers.clone(),
+                        },
+                    );
+                    sp.fanout.push_back((m.addr, Fan::Plan(m.id)));
+                }
+                sp.plan = plan;
+                sp.next_plan_round = Some(now + sp.cfg.plan_interval);
+            }
+        }
+        let Some(sp) = self.split.as_mut() else {
+            return;
+        };
+        if sp.next_plan_round.is_some_and(|t| now >= t) {
+            for m in &sp.plan.members {
+                sp.fanout.push_back((m.addr, Fan::Plan(m.id)));
+            }
+            sp.next_plan_round = Some(now + sp.cfg.plan_interval);
+        }
+    }
+
+    /// Split mode: the next unicast packet standing in for a group packet.
+    fn poll_fanout(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        loop {
+            let (addr, fan) = self.split.as_mut()?.fanout.pop_front()?;
+            let session = self.cfg.session;
+            let len = match fan {
+                Fan::Announce => {
+                    self.stats.announces += 1;
+                    Packet::Announce(self.announce_repr(now)).emit(buf)
+                }
+                Fan::Chunk(i) => {
+                    let chunk = self.manifest_chunk_len();
+                    let start = i * chunk;
+                    let end = (start + chunk).min(self.manifest_bytes.len());
+                    if start >= end {
+                        continue;
+                    }
+                    self.stats.manifest_chunks += 1;
+                    Packet::Manifest(ManifestChunkRepr {
+                        session,
+                        offset: start as u32,
+                        bytes: &self.manifest_bytes[start..end],
+                    })
+                    .emit(buf)
+                }
+                Fan::Plan(id) => {
+                    let Some(p) = self.split.as_ref().and_then(|sp| sp.plans.get(&id)) else {
+                        continue;
+                    };
+                    self.stats.control_sent += 1;
+                    Packet::Plan(p.clone()).emit(buf)
+                }
+                Fan::Done(reason) => Packet::Done(DoneRepr::Session { session, reason }).emit(buf),
+            };
+            let Ok(len) = len else {
+                continue;
+            };
+            return Some(Transmit {
+                destination: Destination::Peer(addr),
+                len,
+                payload: None,
+            });
+        }
+    }
+
+    /// Split mode: queues one unicast copy of a group packet for every member (and, for an
+    /// announce, every receiver still asking for the session).
+    fn fan_out(&mut self, fan: Fan) {
+        let Some(sp) = self.split.as_mut() else {
+            return;
+        };
+        for m in self.members.values() {
+            sp.fanout.push_back((m.addr, fan));
+        }
+        if matches!(fan, Fan::Announce) {
+            for s in sp.solicitors.values() {
+                sp.fanout.push_back((s.addr, fan));
+            }
+        }
+    }
+
+    /// Split mode: the member a unit goes to, with both copy flags set in its header.
+    fn route(
+        &self,
+        mut t: Transmit,
+        buf: &mut [u8],
+        seq: u64,
+        parity: bool,
+        index: u16,
+    ) -> Option<Transmit> {
+        let Some(sp) = self.split.as_ref() else {
+            return Some(t);
+        };
+        let owners = &sp.plan.owners;
+        if owners.is_empty() {
+            return None;
+        }
+        let slot = split::owner_slot(seq, parity, index, sp.cfg.run_units, owners.len());
+        set_copy_flags(&mut buf[..t.len], CopyFlags::ALL).ok()?;
+        t.destination = Destination::Peer(owners[slot]);
+        Some(t)
+    }
+
+    /// Split mode: the current plan's epoch and its cells (member ids in chain order).
+    pub fn split_plan(&self) -> Option<(u32, Vec<Vec<ReceiverId>>)> {
+        self.split
+            .as_ref()
+            .map(|sp| (sp.epoch, sp.plan.cells.clone()))
     }
 
     fn on_join(&mut self, now: Instant, from: SocketAddr, id: ReceiverId) {
         self.stats.joins += 1;
         if let Some(m) = self.members.get_mut(&id) {
             m.last_heard = now;
-            m.addr = from;
+            if m.addr != from {
+                m.addr = from;
+                if let Some(sp) = self.split.as_mut() {
+                    sp.dirty = true;
+                }
+            }
             let row = m.row.index() as u32;
             self.control_out.push_back((from, Control::Accept(id, row)));
             return;
@@ -585,6 +872,13 @@ impl<S: BlockSource> Sender<S> {
         let Some(row) = self.matrix.add_receiver() else {
             return;
         };
+        // Split mode: the zone it named when it asked for the session (zone 0 otherwise).
+        let zone = self
+            .split
+            .as_mut()
+            .and_then(|sp| sp.solicitors.remove(&id))
+            .map_or(0, |s| s.zone);
+        self.membership_changed();
         self.members.insert(
             id,
             Member {
@@ -595,6 +889,7 @@ impl<S: BlockSource> Sender<S> {
                 rtt: None,
                 loss_ppm: 0,
                 marked: 0,
+                zone,
             },
         );
         self.ever_joined += 1;
@@ -618,10 +913,18 @@ impl<S: BlockSource> Sender<S> {
         let elapsed = ts_now.wrapping_sub(r.echo_timestamp);
         if r.echo_timestamp != 0 && elapsed < 60_000_000 {
             let sample = Duration::from_micros(u64::from(elapsed.saturating_sub(r.echo_delay_us)));
+            let first = m.rtt.is_none();
             m.rtt = Some(match m.rtt {
                 Some(old) => (old * 7 + sample) / 8,
                 None => sample,
             });
+            if first {
+                // Split mode: a first measurement may change the plan (which zone is served
+                // directly, who relays to whom), so plan again soon.
+                if let Some(sp) = self.split.as_mut() {
+                    sp.dirty = true;
+                }
+            }
             self.grtt_window_max = Some(self.grtt_window_max.map_or(sample, |w| w.max(sample)));
         }
         let row = m.row;
@@ -762,11 +1065,14 @@ impl<S: BlockSource> Sender<S> {
         }
         if self.next_member_scan.is_some_and(|t| now >= t) {
             let timeout = self.cfg.receiver_timeout;
+            // Split mode: complete members keep reporting (they still forward copies), so a
+            // silent one is gone whether complete or not.
+            let split = self.split.is_some();
             let gone: Vec<ReceiverId> = self
                 .members
                 .iter()
                 .filter(|(_, m)| {
-                    !m.complete && now.saturating_duration_since(m.last_heard) > timeout
+                    (split || !m.complete) && now.saturating_duration_since(m.last_heard) > timeout
                 })
                 .map(|(id, _)| *id)
                 .collect();
@@ -774,10 +1080,15 @@ impl<S: BlockSource> Sender<S> {
                 if let Some(m) = self.members.remove(&id) {
                     self.matrix.remove_receiver(m.row);
                 }
+                self.membership_changed();
                 self.events.push_back(SenderEvent::ReceiverLeft {
                     receiver: id,
                     timed_out: true,
                 });
+            }
+            if let Some(sp) = self.split.as_mut() {
+                sp.solicitors
+                    .retain(|_, s| now.saturating_duration_since(s.last_heard) <= timeout);
             }
             self.next_member_scan = Some(now + timeout / 4);
         }
@@ -795,6 +1106,7 @@ impl<S: BlockSource> Sender<S> {
                     || self.since_start(now) >= self.cfg.max_wait
                 {
                     self.phase = Phase::Sending;
+                    self.membership_changed();
                     self.events.push_back(SenderEvent::FirstPassStarted);
                 }
             }
@@ -846,6 +1158,13 @@ impl<S: BlockSource> Sender<S> {
         consider(self.next_announce);
         consider(self.grtt_window_end);
         consider(self.next_member_scan);
+        if let Some(sp) = self.split.as_ref().filter(|_| self.phase == Phase::Sending) {
+            consider(sp.next_replan);
+            consider(sp.next_plan_round);
+            if sp.dirty {
+                consider(sp.last_replan.map(|t| t + sp.cfg.replan_gap).or(self.epoch));
+            }
+        }
         if let Some(epoch) = self.epoch {
             match self.phase {
                 Phase::Waiting => consider(Some(epoch + self.cfg.max_wait)),
@@ -908,7 +1227,23 @@ impl<S: BlockSource> Sender<S> {
                 payload: None,
             });
         }
+        if self.split.is_some() {
+            self.maybe_replan(now);
+            if let Some(t) = self.poll_fanout(now, buf) {
+                return Some(t);
+            }
+        }
         if let Phase::Closing { reason, left } = self.phase {
+            if left > 0 && self.closing_at.is_some_and(|t| now >= t) && self.split.is_some() {
+                // Split mode: the done packet goes to every member by unicast.
+                self.phase = Phase::Closing {
+                    reason,
+                    left: left - 1,
+                };
+                self.closing_at = Some(now + (self.grtt * 2).max(Duration::from_millis(1)));
+                self.fan_out(Fan::Done(reason));
+                return self.poll_fanout(now, buf);
+            }
             if left > 0 && self.closing_at.is_some_and(|t| now >= t) {
                 let len = Packet::Done(DoneRepr::Session {
                     session: self.cfg.session,
@@ -924,6 +1259,17 @@ impl<S: BlockSource> Sender<S> {
                 return Some(self.group(len));
             }
             return None;
+        }
+        if self.announce_now && self.split.is_some() {
+            // Split mode: one announce to each member and each receiver still asking; the
+            // manifest went to those when they asked.
+            self.announce_now = false;
+            self.next_announce = Some(now + self.cfg.announce_interval);
+            self.fan_out(Fan::Announce);
+            self.advance_phase(now);
+            if let Some(t) = self.poll_fanout(now, buf) {
+                return Some(t);
+            }
         }
         if self.announce_now {
             self.announce_now = false;
@@ -962,6 +1308,20 @@ impl<S: BlockSource> Sender<S> {
         if self.phase != Phase::Sending {
             self.advance_phase(now);
             return None;
+        }
+        if self
+            .split
+            .as_ref()
+            .is_some_and(|sp| sp.plan.owners.is_empty())
+        {
+            // Split mode with no member: nobody to send to, so the first pass and the repairs
+            // are over.
+            if self.pass.take().is_some() {
+                self.events.push_back(SenderEvent::FirstPassDone);
+                self.announce_now = true;
+            }
+            self.repair_queue.clear();
+            self.repairs.clear();
         }
         // Paced data: repairs first, then the first pass.
         if !self.has_paced_work() {
@@ -1058,7 +1418,7 @@ impl<S: BlockSource> Sender<S> {
             self.stats.data_units += 1;
         }
         self.stats.data_bytes += (n + len) as u64;
-        Some(Transmit {
+        let t = Transmit {
             destination: Destination::Group,
             len: n,
             payload: Some(UnitRef {
@@ -1067,7 +1427,9 @@ impl<S: BlockSource> Sender<S> {
                 offset,
                 len,
             }),
-        })
+        };
+        let seq = self.seq(object, block)?;
+        self.route(t, buf, seq, false, unit)
     }
 
     fn send_first_pass(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -1164,11 +1526,12 @@ impl<S: BlockSource> Sender<S> {
             .copy_from_slice(&parity[start..start + us]);
         self.stats.parity_units += 1;
         self.stats.parity_bytes += (UNIT_HEADER_LEN + us) as u64;
-        Some(Transmit {
+        let t = Transmit {
             destination: Destination::Group,
             len: n + us,
             payload: None,
-        })
+        };
+        self.route(t, buf, seq, true, index)
     }
 }
 

@@ -27,9 +27,70 @@ pub const MAX_DATAGRAM: usize = 65_507;
 
 /// Header flag: a data unit that is a repair (a resent original), not part of the first pass.
 pub const FLAG_REPAIR: u8 = 0x01;
+/// Unit flag (split mode, wire.md §2.2, §14): the member that gets this unit forwards a copy to
+/// every other member of its copy cell.
+pub const FLAG_COPY_ZONE: u8 = 0x02;
+/// Unit flag (split mode, wire.md §2.2, §14): the member that gets this unit forwards a copy, with
+/// both copy flags set, to its designated member in the next cell.
+pub const FLAG_COPY_NEXT: u8 = 0x04;
 /// Header flag reserved for an authentication trailer (wire.md §2.2); v1 rejects it.
 pub const FLAG_TAGGED: u8 = 0x80;
-const KNOWN_FLAGS: u8 = FLAG_REPAIR;
+const KNOWN_FLAGS: u8 = FLAG_REPAIR | FLAG_COPY_ZONE | FLAG_COPY_NEXT;
+/// Offset of the flags byte in every packet.
+const FLAGS_AT: usize = 4;
+
+/// Where copies of a unit go (split mode, wire.md §2.2, §14): its copy flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CopyFlags {
+    /// Forward to every other member of my copy cell.
+    pub zone: bool,
+    /// Forward to my designated member in the next cell (that copy carries both flags).
+    pub next: bool,
+}
+
+impl CopyFlags {
+    /// No copies: what multicast units and copies to cell peers carry.
+    pub const NONE: CopyFlags = CopyFlags {
+        zone: false,
+        next: false,
+    };
+    /// Spread everywhere: what the server's units and copies to the next cell carry.
+    pub const ALL: CopyFlags = CopyFlags {
+        zone: true,
+        next: true,
+    };
+
+    fn bits(self) -> u8 {
+        (if self.zone { FLAG_COPY_ZONE } else { 0 }) | (if self.next { FLAG_COPY_NEXT } else { 0 })
+    }
+
+    fn from_bits(flags: u8) -> Self {
+        CopyFlags {
+            zone: flags & FLAG_COPY_ZONE != 0,
+            next: flags & FLAG_COPY_NEXT != 0,
+        }
+    }
+
+    /// Any copy to make.
+    pub fn any(self) -> bool {
+        self.zone || self.next
+    }
+}
+
+/// Rewrites the copy flags of the data or parity unit at the start of `datagram` in place
+/// (the other flags are kept), as the server does before sending a unit to its owner and a
+/// member does before forwarding it (wire.md §14).
+///
+/// Fails, changing nothing, if `datagram` does not start with a unit's common header.
+pub fn set_copy_flags(datagram: &mut [u8], copy: CopyFlags) -> Result<(), WireError> {
+    let h = Header::parse(datagram)?;
+    if !matches!(h.kind, Kind::Data | Kind::Parity) {
+        return Err(WireError::UnknownKind);
+    }
+    let f = &mut datagram[FLAGS_AT];
+    *f = (*f & !(FLAG_COPY_ZONE | FLAG_COPY_NEXT)) | copy.bits();
+    Ok(())
+}
 
 /// Why a datagram could not be decoded. Small and `Copy`: counted, never printed per packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,6 +153,8 @@ pub enum Kind {
     Receipt = 9,
     Priority = 10,
     Done = 11,
+    Plan = 12,
+    Solicit = 13,
 }
 
 impl Kind {
@@ -108,6 +171,8 @@ impl Kind {
             9 => Kind::Receipt,
             10 => Kind::Priority,
             11 => Kind::Done,
+            12 => Kind::Plan,
+            13 => Kind::Solicit,
             _ => return Err(WireError::UnknownKind),
         })
     }
@@ -226,6 +291,10 @@ impl<T: AsRef<[u8]>> UnitPacket<T> {
     pub fn is_repair(&self) -> bool {
         self.header.flags & FLAG_REPAIR != 0
     }
+    /// Where copies of this unit go (split mode; none on a multicast unit).
+    pub fn copy_flags(&self) -> CopyFlags {
+        CopyFlags::from_bits(self.header.flags)
+    }
     pub fn object(&self) -> ObjectId {
         ObjectId(self.be32(field::OBJECT))
     }
@@ -251,6 +320,9 @@ impl<T: AsRef<[u8]>> UnitPacket<T> {
 
 /// The parsed header of a data or parity unit; the payload travels separately (it is sent
 /// straight from the source, wire.md §3).
+///
+/// The copy flags of split mode are routing, not content, and are not part of it: `emit`
+/// writes none; set them with [`set_copy_flags`] and read them with [`UnitPacket::copy_flags`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnitHeaderRepr {
     pub session: SessionId,
@@ -648,17 +720,116 @@ pub enum Packet<'a> {
     Receipt(ReceiptRepr),
     Priority(PriorityRepr),
     Done(DoneRepr),
+    Plan(PlanRepr),
+    Solicit(SolicitRepr),
 }
 
 /// Bounds on what a single datagram may claim (wire.md §7, §8).
 const MAX_NACK_ENTRIES: usize = 4096;
+
+/// Most cell peers one plan names (wire.md §13.1): a plan then fits a 1500-byte MTU.
+pub const MAX_PLAN_PEERS: usize = 63;
+
+/// Server -> member (split mode): where this member forwards copies (wire.md §13.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanRepr {
+    pub session: SessionId,
+    /// The member this plan is for.
+    pub receiver: ReceiverId,
+    /// Plans are numbered; a member keeps the newest (higher epoch) it has seen.
+    pub epoch: u32,
+    /// The member's zone, as it asked.
+    pub zone: u16,
+    /// Its designated member in the next cell, if there is a next cell.
+    pub next: Option<SocketAddr>,
+    /// The other members of its copy cell (at most [`MAX_PLAN_PEERS`]).
+    pub peers: Vec<SocketAddr>,
+}
+
+impl PlanRepr {
+    pub fn buffer_len(&self) -> usize {
+        HEADER_LEN
+            + 8
+            + 4
+            + 2
+            + 1
+            + self.next.map_or(0, |_| ADDR_LEN)
+            + 2
+            + ADDR_LEN * self.peers.len()
+    }
+}
+
+/// Member -> server (split mode, before the manifest): send me the announce and the
+/// manifest by unicast; I am in `zone` (wire.md §13.2). Session 0 asks for any session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SolicitRepr {
+    pub session: SessionId,
+    pub receiver: ReceiverId,
+    pub zone: u16,
+}
+
+/// A member address in a plan: a unicast address with a port.
+fn peer_addr_ok(a: &SocketAddr) -> bool {
+    a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast()
+}
+
+fn read_plan(session: SessionId, r: &mut Reader<'_>) -> Result<PlanRepr, WireError> {
+    let receiver = ReceiverId(r.u64()?);
+    let epoch = r.u32()?;
+    let zone = r.u16()?;
+    let next = match r.u8()? {
+        0 => None,
+        1 => Some(read_addr(r)?),
+        _ => return Err(WireError::Malformed),
+    };
+    let count = usize::from(r.u16()?);
+    if count > MAX_PLAN_PEERS || count * ADDR_LEN != r.remaining() {
+        return Err(WireError::Malformed);
+    }
+    let mut peers = Vec::with_capacity(count);
+    for _ in 0..count {
+        peers.push(read_addr(r)?);
+    }
+    if !next.iter().chain(peers.iter()).all(peer_addr_ok) {
+        return Err(WireError::Malformed);
+    }
+    Ok(PlanRepr {
+        session,
+        receiver,
+        epoch,
+        zone,
+        next,
+        peers,
+    })
+}
+
+fn write_plan(p: &PlanRepr, w: &mut Writer<'_>) -> Result<(), WireError> {
+    if p.peers.len() > MAX_PLAN_PEERS || !p.next.iter().chain(p.peers.iter()).all(peer_addr_ok) {
+        return Err(WireError::Malformed);
+    }
+    w.u64(p.receiver.0)?;
+    w.u32(p.epoch)?;
+    w.u16(p.zone)?;
+    match &p.next {
+        None => w.u8(0)?,
+        Some(a) => {
+            w.u8(1)?;
+            write_addr(w, a)?;
+        }
+    }
+    w.u16(p.peers.len() as u16)?;
+    for a in &p.peers {
+        write_addr(w, a)?;
+    }
+    Ok(())
+}
 
 impl<'a> Packet<'a> {
     /// Parses one datagram. Never panics; every count is checked against the bytes present.
     pub fn parse(bytes: &'a [u8]) -> Result<Packet<'a>, WireError> {
         let mut r = Reader::new(bytes);
         let h = Header::read(&mut r)?;
-        if h.kind != Kind::Data && h.flags != 0 {
+        if !matches!(h.kind, Kind::Data | Kind::Parity) && h.flags != 0 {
             return Err(WireError::Malformed);
         }
         let s = h.session;
@@ -748,6 +919,12 @@ impl<'a> Packet<'a> {
                     _ => return Err(WireError::Malformed),
                 }
             }
+            Kind::Plan => Packet::Plan(read_plan(s, &mut r)?),
+            Kind::Solicit => Packet::Solicit(SolicitRepr {
+                session: s,
+                receiver: ReceiverId(r.u64()?),
+                zone: r.u16()?,
+            }),
         };
         r.finish()?;
         Ok(p)
@@ -767,6 +944,8 @@ impl<'a> Packet<'a> {
             Packet::Priority(p) => p.session,
             Packet::Done(DoneRepr::Session { session, .. })
             | Packet::Done(DoneRepr::Receiver { session, .. }) => *session,
+            Packet::Plan(p) => p.session,
+            Packet::Solicit(p) => p.session,
         }
     }
 
@@ -783,6 +962,8 @@ impl<'a> Packet<'a> {
             Packet::Receipt(r) => r.buffer_len(),
             Packet::Priority(_) => HEADER_LEN + 22,
             Packet::Done(_) => HEADER_LEN + 10,
+            Packet::Plan(p) => p.buffer_len(),
+            Packet::Solicit(_) => HEADER_LEN + 10,
         }
     }
 
@@ -807,6 +988,8 @@ impl<'a> Packet<'a> {
             Packet::Receipt(_) => Kind::Receipt,
             Packet::Priority(_) => Kind::Priority,
             Packet::Done(_) => Kind::Done,
+            Packet::Plan(_) => Kind::Plan,
+            Packet::Solicit(_) => Kind::Solicit,
         };
         let mut w = Writer::new(buf);
         Header {
@@ -849,6 +1032,11 @@ impl<'a> Packet<'a> {
                 w.u8(1)?;
                 w.u8(0)?;
                 w.u64(receiver.0)?;
+            }
+            Packet::Plan(p) => write_plan(p, &mut w)?,
+            Packet::Solicit(p) => {
+                w.u64(p.receiver.0)?;
+                w.u16(p.zone)?;
             }
         }
         Ok(w.len())

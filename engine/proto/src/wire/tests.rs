@@ -179,10 +179,31 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
                 DoneReason::Aborted
             ][r as usize],
         })),
-        (s, any::<u64>()).prop_map(|(session, r)| Packet::Done(DoneRepr::Receiver {
+        (s.clone(), any::<u64>()).prop_map(|(session, r)| Packet::Done(DoneRepr::Receiver {
             session,
             receiver: ReceiverId(r)
         })),
+        (
+            s.clone(),
+            any::<(u64, u32, u16)>(),
+            proptest::option::of(arb_addr()),
+            proptest::collection::vec(arb_addr(), 0..=MAX_PLAN_PEERS)
+        )
+            .prop_map(|(session, m, next, peers)| Packet::Plan(PlanRepr {
+                session,
+                receiver: ReceiverId(m.0),
+                epoch: m.1,
+                zone: m.2,
+                next,
+                peers,
+            })),
+        (s, any::<u64>(), any::<u16>()).prop_map(|(session, r, zone)| Packet::Solicit(
+            SolicitRepr {
+                session,
+                receiver: ReceiverId(r),
+                zone
+            }
+        )),
     ]
 }
 
@@ -242,8 +263,8 @@ proptest! {
     }
 
     #[test]
-    fn parse_never_panics_after_valid_header(kind in 1u8..=12, tail in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let mut bytes = vec![0x42, 0x43, VERSION, kind, 0, 0, 1, 2, 3, 4];
+    fn parse_never_panics_after_valid_header(kind in 1u8..=13, flags in any::<u8>(), tail in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut bytes = vec![0x42, 0x43, VERSION, kind, flags & !FLAG_TAGGED, 0, 1, 2, 3, 4];
         bytes.extend_from_slice(&tail);
         let _ = Packet::parse(&bytes);
     }
@@ -261,6 +282,30 @@ proptest! {
         };
         if !still_valid {
             prop_assert!(Packet::parse(&buf[..short]).is_err());
+        }
+    }
+
+    #[test]
+    fn copy_flags_survive_a_rewrite(p in arb_packet(), zone in any::<bool>(), next in any::<bool>()) {
+        let mut buf = vec![0u8; p.buffer_len()];
+        let n = p.emit(&mut buf).unwrap();
+        let copy = CopyFlags { zone, next };
+        match &p {
+            Packet::Unit(h, payload) => {
+                set_copy_flags(&mut buf[..n], copy).unwrap();
+                let u = UnitPacket::new_checked(&buf[..n]).unwrap();
+                prop_assert_eq!(u.copy_flags(), copy);
+                prop_assert_eq!(u.is_repair(), h.repair);
+                // Everything else reads as before.
+                prop_assert_eq!(Packet::parse(&buf[..n]).unwrap(), Packet::Unit(*h, payload));
+                set_copy_flags(&mut buf[..n], CopyFlags::NONE).unwrap();
+                prop_assert_eq!(Packet::parse(&buf[..n]).unwrap(), p.clone());
+            }
+            _ => {
+                let before = buf.clone();
+                prop_assert!(set_copy_flags(&mut buf[..n], copy).is_err());
+                prop_assert_eq!(buf, before);
+            }
         }
     }
 
@@ -382,5 +427,84 @@ fn header_checks() {
     assert_eq!(
         Header::parse(&[0x42, 0x43, 1, 1, FLAG_TAGGED, 0, 0, 0, 0, 0]),
         Err(WireError::Malformed)
+    );
+}
+
+#[test]
+fn plans_are_bounded_and_name_unicast_peers() {
+    let peer = SocketAddr::from(([10, 0, 0, 1], 9000));
+    let mut plan = PlanRepr {
+        session: SessionId(3),
+        receiver: ReceiverId(7),
+        epoch: 1,
+        zone: 2,
+        next: Some(peer),
+        peers: vec![peer; MAX_PLAN_PEERS],
+    };
+    let p = Packet::Plan(plan.clone());
+    assert!(
+        p.buffer_len() <= 1500 - 28,
+        "a full plan must fit one 1500-byte MTU"
+    );
+    let mut buf = vec![0u8; 4096];
+    let n = p.emit(&mut buf).unwrap();
+    assert_eq!(Packet::parse(&buf[..n]).unwrap(), p);
+    // One peer too many is refused on both sides.
+    plan.peers.push(peer);
+    assert_eq!(
+        Packet::Plan(plan.clone()).emit(&mut buf),
+        Err(WireError::Malformed)
+    );
+    let count_at = n - MAX_PLAN_PEERS * 19 - 2;
+    buf[count_at..count_at + 2].copy_from_slice(&(MAX_PLAN_PEERS as u16 + 1).to_be_bytes());
+    let mut long = buf[..n].to_vec();
+    long.extend_from_slice(&buf[n - 19..n]);
+    assert_eq!(Packet::parse(&long), Err(WireError::Malformed));
+    // A multicast or unspecified peer is refused.
+    for bad in ["239.255.0.1:9000", "0.0.0.0:9000", "10.0.0.1:0"] {
+        plan.peers = vec![bad.parse().unwrap()];
+        assert_eq!(
+            Packet::Plan(plan.clone()).emit(&mut buf),
+            Err(WireError::Malformed),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn copy_flags_only_on_units() {
+    // A join with a copy flag set is malformed; a parity unit may carry copy flags but not
+    // the repair flag.
+    let mut buf = [0u8; 64];
+    let n = Packet::Join(JoinRepr {
+        session: SessionId(1),
+        receiver: ReceiverId(2),
+    })
+    .emit(&mut buf)
+    .unwrap();
+    buf[4] = FLAG_COPY_ZONE;
+    assert_eq!(Packet::parse(&buf[..n]), Err(WireError::Malformed));
+    let mut unit = [0u8; UNIT_HEADER_LEN + 2];
+    UnitHeaderRepr {
+        session: SessionId(1),
+        parity: true,
+        repair: false,
+        object: ObjectId(0),
+        block: BlockIndex(0),
+        index: 0,
+        round_end: 1,
+        timestamp: 0,
+    }
+    .emit(&mut unit)
+    .unwrap();
+    set_copy_flags(&mut unit, CopyFlags::ALL).unwrap();
+    assert_eq!(
+        UnitPacket::new_checked(&unit[..]).unwrap().copy_flags(),
+        CopyFlags::ALL
+    );
+    unit[4] |= FLAG_REPAIR;
+    assert_eq!(
+        UnitPacket::new_checked(&unit[..]).unwrap_err(),
+        WireError::Malformed
     );
 }

@@ -1,0 +1,452 @@
+//! Split mode's copy plan (docs/wire.md §14, docs/DESIGN.md "Split and copy"): which member
+//! owns which units, and where each member forwards copies.
+//!
+//! Members are grouped by the zone they name. Zones are ordered by measured overhead (the mean
+//! send->receipt time of their members, the lowest first: that zone is served directly), and a
+//! zone larger than [`SplitConfig::max_cell`] members is cut into several copy cells. The cells
+//! form a chain: the server sends each unit by unicast to exactly one member of the first cell
+//! (its owner, chosen per run of consecutive units, weighted by measured capacity); a member that
+//! gets a unit with both copy flags forwards it to every other member of its cell (no flags) and
+//! to its designated member of the next cell (both flags), which spreads it there in turn. Each
+//! member's designated member is chosen greedily: the one of the next cell with the least load
+//! per capacity so far, the lower overhead first on a tie, so no member of the next cell
+//! relays much more than its share.
+//!
+//! Everything here is a pure function of the members' measurements: the sender calls it when
+//! membership changes and from time to time as measurements move.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::wire::{ReceiverId, MAX_PLAN_PEERS};
+
+/// How split mode behaves. `Default` gives the values the CLI starts from.
+#[derive(Clone, Debug)]
+pub struct SplitConfig {
+    /// Consecutive units given to one owner (they leave as one GSO send).
+    pub run_units: u16,
+    /// Most members of one copy cell (a larger zone is cut into cells); at most
+    /// `MAX_PLAN_PEERS + 1`.
+    pub max_cell: usize,
+    /// Every plan is sent again this often (plans travel by UDP and can be lost).
+    pub plan_interval: Duration,
+    /// The plan is recomputed from fresh measurements this often (and sent if it changed).
+    pub replan_interval: Duration,
+    /// After a membership change, the plan is rebuilt at most this often.
+    pub replan_gap: Duration,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            run_units: 32,
+            max_cell: MAX_PLAN_PEERS + 1,
+            plan_interval: Duration::from_millis(500),
+            replan_interval: Duration::from_secs(2),
+            replan_gap: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What the planner knows of one member.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MemberInfo {
+    pub id: ReceiverId,
+    pub addr: SocketAddr,
+    pub zone: u16,
+    /// Measured send->receipt time (direct from the server), if any yet.
+    pub rtt: Option<Duration>,
+    pub loss_ppm: u32,
+}
+
+/// One member's part of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MemberPlan {
+    pub id: ReceiverId,
+    pub addr: SocketAddr,
+    pub zone: u16,
+    pub next: Option<SocketAddr>,
+    pub peers: Vec<SocketAddr>,
+}
+
+/// A whole plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Owner slots: a unit's run is hashed to a slot; each member of the first cell holds
+    /// slots in proportion to its capacity.
+    pub owners: Vec<SocketAddr>,
+    /// Every member's plan, in chain order.
+    pub members: Vec<MemberPlan>,
+    /// The cells in chain order (member ids).
+    pub cells: Vec<Vec<ReceiverId>>,
+}
+
+/// Owner slots in a plan.
+const OWNER_SLOTS: usize = 256;
+
+/// Overhead differences below about this much are noise (a busy receive loop, a scheduler
+/// tick), not capacity: it is added to both sides of the ratio.
+const OVERHEAD_FLOOR: Duration = Duration::from_millis(2);
+
+/// A member's capacity weight, in eighths (1..=8): its overhead against the best in its cell
+/// (lower overhead: faster to feed; both plus [`OVERHEAD_FLOOR`]) times the share of units it
+/// receives (its loss), both floored at a quarter so a slow member still takes part.
+/// Quantized so that small changes in measurements do not change the plan.
+fn weight(m: &MemberInfo, best: Duration, default_rtt: Duration) -> u32 {
+    let rtt = m.rtt.unwrap_or(default_rtt) + OVERHEAD_FLOOR;
+    let speed = ((best + OVERHEAD_FLOOR).as_secs_f64() / rtt.as_secs_f64()).clamp(0.25, 1.0);
+    let delivery = (1.0 - f64::from(m.loss_ppm) / 1e6).clamp(0.25, 1.0);
+    ((speed * delivery * 8.0).round() as u32).clamp(1, 8)
+}
+
+/// Builds the plan for `members`; `default_rtt` stands in for members not measured yet.
+pub(crate) fn plan(members: &[MemberInfo], cfg: &SplitConfig, default_rtt: Duration) -> Plan {
+    if members.is_empty() {
+        return Plan::default();
+    }
+    let max_cell = cfg.max_cell.clamp(1, MAX_PLAN_PEERS + 1);
+    let rtt_of = |m: &MemberInfo| m.rtt.unwrap_or(default_rtt);
+    // Zones, each with its members from the lowest overhead up.
+    let mut zones: BTreeMap<u16, Vec<MemberInfo>> = BTreeMap::new();
+    for m in members {
+        zones.entry(m.zone).or_default().push(*m);
+    }
+    let mut zones: Vec<(Duration, u16, Vec<MemberInfo>)> = zones
+        .into_iter()
+        .map(|(z, mut ms)| {
+            ms.sort_by_key(|m| (rtt_of(m), m.id));
+            let mean = ms.iter().map(rtt_of).sum::<Duration>() / ms.len() as u32;
+            (mean, z, ms)
+        })
+        .collect();
+    // The zone with the lowest overhead is served directly; the others follow in order.
+    zones.sort_by_key(|(mean, z, _)| (*mean, *z));
+    // Cells: a zone of n members becomes ceil(n / max_cell) cells, dealt round robin so each
+    // cell gets members of every overhead and the cells are the same size give or take one.
+    let mut cells: Vec<Vec<MemberInfo>> = Vec::new();
+    for (_, _, ms) in zones {
+        let n = ms.len().div_ceil(max_cell);
+        let mut zone_cells: Vec<Vec<MemberInfo>> = vec![Vec::new(); n];
+        for (i, m) in ms.into_iter().enumerate() {
+            zone_cells[i % n].push(m);
+        }
+        cells.extend(zone_cells);
+    }
+    // Owner slots for the first cell, by capacity (largest remainder).
+    let first = &cells[0];
+    let best = first.iter().map(rtt_of).min().unwrap_or(default_rtt);
+    let weights: Vec<u32> = first.iter().map(|m| weight(m, best, default_rtt)).collect();
+    let total: u32 = weights.iter().sum();
+    let mut owners = Vec::with_capacity(OWNER_SLOTS);
+    let mut counts: Vec<usize> = weights
+        .iter()
+        .map(|&w| OWNER_SLOTS * w as usize / total as usize)
+        .collect();
+    let mut short = OWNER_SLOTS - counts.iter().sum::<usize>();
+    let mut by_remainder: Vec<usize> = (0..first.len()).collect();
+    by_remainder
+        .sort_by_key(|&i| std::cmp::Reverse((OWNER_SLOTS * weights[i] as usize) % total as usize));
+    for &i in by_remainder.iter().cycle() {
+        if short == 0 {
+            break;
+        }
+        counts[i] += 1;
+        short -= 1;
+    }
+    // Interleave the slots (slot s goes to the member whose quota is least used), so a run
+    // of hashes near each other still spreads.
+    let mut used = vec![0usize; first.len()];
+    for _ in 0..OWNER_SLOTS {
+        let i = (0..first.len())
+            .filter(|&i| used[i] < counts[i])
+            .min_by(|&a, &b| {
+                let fa = used[a] as f64 / counts[a] as f64;
+                let fb = used[b] as f64 / counts[b] as f64;
+                fa.total_cmp(&fb).then(a.cmp(&b))
+            });
+        let Some(i) = i else { break };
+        used[i] += 1;
+        owners.push(first[i].addr);
+    }
+    // Load each first-cell member relays: its share of the units.
+    let mut load: Vec<f64> = counts
+        .iter()
+        .map(|&c| c as f64 / OWNER_SLOTS as f64)
+        .collect();
+    let mut next: Vec<Vec<Option<SocketAddr>>> =
+        cells.iter().map(|c| vec![None; c.len()]).collect();
+    for i in 0..cells.len().saturating_sub(1) {
+        let to = &cells[i + 1];
+        let best = to.iter().map(rtt_of).min().unwrap_or(default_rtt);
+        let cap: Vec<f64> = to
+            .iter()
+            .map(|m| f64::from(weight(m, best, default_rtt)))
+            .collect();
+        let mut assigned = vec![0.0f64; to.len()];
+        let mut order: Vec<usize> = (0..cells[i].len()).collect();
+        order.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
+        for a in order {
+            // A member that relays nothing yet still gets a designated member (a plan change
+            // may give it load); it counts for a sliver so these spread too.
+            let l = load[a].max(1e-6);
+            // `to` is sorted by overhead within its zone's deal, so the first minimum is the
+            // lower overhead.
+            let t = (0..to.len())
+                .min_by(|&x, &y| {
+                    ((assigned[x] + l) / cap[x])
+                        .total_cmp(&((assigned[y] + l) / cap[y]))
+                        .then(rtt_of(&to[x]).cmp(&rtt_of(&to[y])))
+                        .then(x.cmp(&y))
+                })
+                .unwrap_or(0);
+            assigned[t] += l;
+            next[i][a] = Some(to[t].addr);
+        }
+        load = assigned;
+    }
+    let mut out = Vec::with_capacity(members.len());
+    for (ci, cell) in cells.iter().enumerate() {
+        for (mi, m) in cell.iter().enumerate() {
+            out.push(MemberPlan {
+                id: m.id,
+                addr: m.addr,
+                zone: m.zone,
+                next: next[ci][mi],
+                peers: cell
+                    .iter()
+                    .filter(|p| p.id != m.id)
+                    .map(|p| p.addr)
+                    .collect(),
+            });
+        }
+    }
+    Plan {
+        owners,
+        members: out,
+        cells: cells
+            .iter()
+            .map(|c| c.iter().map(|m| m.id).collect())
+            .collect(),
+    }
+}
+
+/// The owner slot of a unit: consecutive units of a block (or parity units of a block) share
+/// an owner for `run_units` at a time; runs are spread over the slots by a multiplicative hash.
+pub(crate) fn owner_slot(
+    seq: u64,
+    parity: bool,
+    index: u16,
+    run_units: u16,
+    slots: usize,
+) -> usize {
+    let key = (seq << 17) | (u64::from(parity) << 16) | u64::from(index);
+    let run = key / u64::from(run_units.max(1));
+    let h = run.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    ((h * slots as u64) >> 32) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(i: u64, zone: u16, rtt_ms: Option<u64>) -> MemberInfo {
+        MemberInfo {
+            id: ReceiverId(i),
+            addr: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 9000)),
+            zone,
+            rtt: rtt_ms.map(Duration::from_millis),
+            loss_ppm: 0,
+        }
+    }
+
+    #[test]
+    fn the_lowest_overhead_zone_is_served_and_chained_in_order() {
+        let mut ms = Vec::new();
+        for i in 0..6 {
+            // Zone 7 is near (1 ms), zone 3 middling (5 ms), zone 5 far (20 ms).
+            ms.push(member(i, 3, Some(5)));
+            ms.push(member(100 + i, 7, Some(1)));
+            ms.push(member(200 + i, 5, Some(20)));
+        }
+        let p = plan(&ms, &SplitConfig::default(), Duration::from_millis(5));
+        assert_eq!(p.cells.len(), 3);
+        let zone_of = |id: &ReceiverId| ms.iter().find(|m| m.id == *id).unwrap().zone;
+        let order: Vec<u16> = p.cells.iter().map(|c| zone_of(&c[0])).collect();
+        assert_eq!(order, [7, 3, 5]);
+        // Owners are members of the first cell only, each with a fair share (equal weights).
+        for m in &p.cells[0] {
+            let addr = ms.iter().find(|x| x.id == *m).unwrap().addr;
+            let n = p.owners.iter().filter(|a| **a == addr).count();
+            assert!((42..=43).contains(&n), "{n} slots");
+        }
+        // Each member of a cell but the last names one member of the next cell, each of which
+        // is named once (6 -> 6); the last cell names nobody.
+        for (ci, cell) in p.cells.iter().enumerate() {
+            let plans: Vec<&MemberPlan> =
+                p.members.iter().filter(|m| cell.contains(&m.id)).collect();
+            for m in &plans {
+                assert_eq!(m.peers.len(), cell.len() - 1);
+                assert!(!m.peers.contains(&m.addr));
+            }
+            if ci + 1 == p.cells.len() {
+                assert!(plans.iter().all(|m| m.next.is_none()));
+            } else {
+                let mut named: Vec<SocketAddr> = plans.iter().map(|m| m.next.unwrap()).collect();
+                named.sort();
+                named.dedup();
+                assert_eq!(named.len(), cell.len(), "balanced: each named once");
+            }
+        }
+    }
+
+    #[test]
+    fn big_zones_are_cut_into_bounded_cells() {
+        let ms: Vec<MemberInfo> = (0..1000).map(|i| member(i, (i % 3) as u16, None)).collect();
+        let cfg = SplitConfig::default();
+        let p = plan(&ms, &cfg, Duration::from_millis(5));
+        assert_eq!(p.members.len(), 1000);
+        assert!(p
+            .cells
+            .iter()
+            .all(|c| c.len() <= cfg.max_cell && !c.is_empty()));
+        assert!(p.members.iter().all(|m| m.peers.len() <= MAX_PLAN_PEERS));
+        // 334 members in zone 0 -> 6 cells of 55 or 56.
+        assert_eq!(p.cells.len(), 6 + 6 + 6);
+        let with_next = p.members.iter().filter(|m| m.next.is_some()).count();
+        assert_eq!(with_next, 1000 - p.cells.last().unwrap().len());
+    }
+
+    #[test]
+    fn capacity_weights_the_owner_shares() {
+        // Member 0's overhead is ten times the others': it owns a quarter of their share.
+        let ms = vec![
+            member(0, 0, Some(20)),
+            member(1, 0, Some(2)),
+            member(2, 0, Some(2)),
+        ];
+        let p = plan(&ms, &SplitConfig::default(), Duration::from_millis(5));
+        let n = |i: usize| p.owners.iter().filter(|a| **a == ms[i].addr).count();
+        assert_eq!(n(0) + n(1) + n(2), OWNER_SLOTS);
+        assert!(
+            n(0) * 3 < n(1) && n(1).abs_diff(n(2)) <= 1,
+            "{} {} {}",
+            n(0),
+            n(1),
+            n(2)
+        );
+    }
+
+    #[test]
+    fn runs_of_units_share_an_owner_and_runs_spread() {
+        let slot = |u: u16| owner_slot(5, false, u, 32, 256);
+        assert!((0..32).all(|u| slot(u) == slot(0)));
+        let mut seen = std::collections::HashSet::new();
+        for seq in 0..64 {
+            for u in (0..749).step_by(32) {
+                seen.insert(owner_slot(seq, false, u, 32, 256));
+            }
+        }
+        assert!(seen.len() > 200, "runs reach {} of 256 slots", seen.len());
+    }
+}
+
+#[cfg(test)]
+mod state_machine_tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::wire::{AnnounceRepr, BlockIndex, CopyFlags, ObjectId, Packet, PlanRepr, SessionId};
+    use crate::{Destination, MemStore, Receiver, ReceiverConfig, SplitMember};
+
+    const SERVER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(10, 0, 0, 1),
+        9000,
+    ));
+
+    fn peer(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 1, i], 7000))
+    }
+
+    fn emit(p: &Packet<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; p.buffer_len()];
+        p.emit(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_member_asks_for_the_session_and_keeps_the_newest_plan() {
+        let now = Instant::now();
+        let cfg = ReceiverConfig {
+            id: ReceiverId(5),
+            split: Some(SplitMember {
+                server: SERVER,
+                zone: 3,
+            }),
+            ..ReceiverConfig::default()
+        };
+        let mut rx = Receiver::new(cfg, MemStore::default());
+        let mut buf = [0u8; 2048];
+        // Before anything: a Solicit to the server, for any session, with the zone.
+        let t = rx.poll_transmit(now, &mut buf).expect("a solicit");
+        assert_eq!(t.destination, Destination::Peer(SERVER));
+        match Packet::parse(&buf[..t.len]).unwrap() {
+            Packet::Solicit(s) => {
+                assert_eq!(
+                    (s.session, s.receiver, s.zone),
+                    (SessionId(0), ReceiverId(5), 3)
+                )
+            }
+            p => panic!("not a solicit: {p:?}"),
+        }
+        // Not again until the join interval has passed.
+        assert!(rx.poll_transmit(now, &mut buf).is_none());
+        let session = SessionId(77);
+        let announce = Packet::Announce(AnnounceRepr {
+            session,
+            control: SERVER,
+            unit_size: 256,
+            units_per_block: 4,
+            max_parity: 4,
+            stripes: 1,
+            object_count: 1,
+            total_bytes: 1024,
+            manifest_len: 100,
+            manifest_hash: [0; 32],
+            group_size: 1,
+            grtt_us: 1000,
+            pass_object: ObjectId(0),
+            pass_block: BlockIndex(0),
+            timestamp: 5,
+        });
+        rx.handle_datagram(now, SERVER, &emit(&announce));
+        assert_eq!(rx.session(), Some(session));
+        assert!(rx.copy_targets(CopyFlags::ALL).is_empty(), "no plan yet");
+        let plan = |epoch, next: Option<SocketAddr>, peers: Vec<SocketAddr>| {
+            emit(&Packet::Plan(PlanRepr {
+                session,
+                receiver: ReceiverId(5),
+                epoch,
+                zone: 3,
+                next,
+                peers,
+            }))
+        };
+        rx.handle_datagram(now, SERVER, &plan(2, Some(peer(9)), vec![peer(1), peer(2)]));
+        // An older plan arriving late, and a plan for someone else, change nothing.
+        rx.handle_datagram(now, SERVER, &plan(1, None, vec![peer(3)]));
+        let mut other = plan(3, None, vec![]);
+        other[10..18].copy_from_slice(&6u64.to_be_bytes());
+        rx.handle_datagram(now, SERVER, &other);
+        assert_eq!(rx.plan_epoch(), Some(2));
+        let all = rx.copy_targets(CopyFlags::ALL);
+        assert_eq!(all.zone, &[peer(1), peer(2)]);
+        assert_eq!(all.next, Some(peer(9)));
+        let zone_only = rx.copy_targets(CopyFlags {
+            zone: true,
+            next: false,
+        });
+        assert_eq!((zone_only.zone.len(), zone_only.next), (2, None));
+        assert!(rx.copy_targets(CopyFlags::NONE).is_empty());
+    }
+}
