@@ -398,6 +398,8 @@ fn receive_loop(
         std::collections::HashMap::new();
     let mut fds = [data.as_raw_fd(), control.as_raw_fd()];
     let mut last_packet = started;
+    // The current source ended the session before we were complete (fail over, if we can).
+    let mut source_ended = false;
     let mut verifying = 0usize;
     let mut forwarded = 0u64;
     let mut targets: Vec<SocketAddrV4> = Vec::new();
@@ -444,17 +446,26 @@ fn receive_loop(
                 let now = Instant::now();
                 if ready[0] || ready[1] {
                     last_packet = now;
-                } else if sources.len() > 1
+                }
+                let quiet = !(ready[0] || ready[1])
+                    && now.duration_since(last_packet) >= cfg.failover_after;
+                if sources.len() > 1
                     && cfg.split.is_none()
                     && heard
                     && !rx.is_complete()
-                    && now.duration_since(last_packet) >= cfg.failover_after
+                    && (quiet || source_ended)
                 {
-                    // The source went quiet: fail over to the next one, keeping every block.
+                    // The source went quiet or gave up (a relay whose upstream failed): fail
+                    // over to the next one, keeping every block.
                     source = (source + 1) % sources.len();
+                    source_ended = false;
                     tracing::warn!(
-                        "no packet for {:.1} s: failing over to {}",
-                        cfg.failover_after.as_secs_f64(),
+                        "{}: failing over to {}",
+                        if quiet {
+                            format!("no packet for {:.1} s", cfg.failover_after.as_secs_f64())
+                        } else {
+                            "the source ended the session".to_string()
+                        },
                         sources[source]
                     );
                     data = MulticastReceiver::new(sources[source], cfg.iface, cfg.rcvbuf, true)?
@@ -588,6 +599,9 @@ fn receive_loop(
                                 why: "the server went quiet",
                             })
                         }
+                        ReceiverEvent::SessionEnded {
+                            complete: false, ..
+                        } if sources.len() > 1 && cfg.split.is_none() => source_ended = true,
                         ReceiverEvent::SessionEnded {
                             complete: false, ..
                         } => {
