@@ -11,7 +11,8 @@
 # Usage: bench/compare.sh [--size 256M] [--reps 3] [--receivers "1 4"] [--loss "1 5"]
 #                         [--tools "blockcast uftp udpcast"] [--mtu 9000] [--run-timeout 180]
 #                         [--work /tmp/blockcast-compare] [--bc-unit BYTES] [--no-install] [--no-build]
-# Environment: BC_SERVE_ARGS adds flags to every `blockcast serve` (e.g. "--threads 1 --rate 800M").
+# Environment: BC_SERVE_ARGS adds flags to every `blockcast serve` (e.g. "--threads 1 --rate 800M");
+# BC_BIN runs another blockcast binary (default: target/release/blockcast).
 # GB/s per receiver = file bytes / (server start -> last receiver done) (for UFTP, whose
 # receiver daemon never exits: server start -> server exit, which happens once every client
 # has reported the file complete). Start-up of the receivers is not timed (they are started
@@ -48,7 +49,7 @@ while [ $# -gt 0 ]; do
 done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BC=$ROOT/target/release/blockcast
+BC=${BC_BIN:-$ROOT/target/release/blockcast}
 GUARD=$ROOT/../shared/tools/net-guard
 [ -x "$GUARD" ] || GUARD=/work/shared/tools/net-guard
 MAXN=4
@@ -195,7 +196,7 @@ run_blockcast() {  # n tag
   copy_path() { echo "$WORK/out/r$1/copy"; }
   for i in $(seq 1 "$n"); do
     ip netns exec "$P-r$i" "${TO[@]}" "$BC" receive --group "$group" --iface "$(rip "$i")" \
-      --out "$WORK/out/r$i/copy" --timeout 30 -q >"$WORK/logs/$tag.r$i.log" 2>&1 &
+      --out "$WORK/out/r$i/copy" --timeout 30 -q --json >"$WORK/logs/$tag.r$i.log" 2>&1 &
     pids+=($!)
   done
   sleep 1

@@ -78,6 +78,50 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Input>) -> Result<(), NodeError>
     Ok(())
 }
 
+/// The manifest entry of one object: its BLAKE3 and each block's, computed on every core at
+/// once (the whole-object hash on one thread, the blocks split over the others). The server
+/// cannot send before its manifest is known, so this is start-up time every run pays: two
+/// passes over 256 MiB take 0.2 s on one core here.
+fn hash_object(name: String, content: &[u8], block_size: usize) -> ObjectEntry {
+    let block_size = block_size.max(1);
+    let blocks: Vec<&[u8]> = content.chunks(block_size).collect();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_sub(1)
+        .clamp(1, 15);
+    if content.len() < 8 << 20 {
+        return ObjectEntry::from_content(name, content, block_size);
+    }
+    let per = blocks.len().div_ceil(workers);
+    let (hash, block_hashes) = std::thread::scope(|s| {
+        let whole = s.spawn(|| *blake3::hash(content).as_bytes());
+        let parts: Vec<_> = blocks
+            .chunks(per.max(1))
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|b| *blake3::hash(b).as_bytes())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut block_hashes = Vec::with_capacity(blocks.len());
+        for p in parts {
+            block_hashes.extend(p.join().expect("a hashing thread panicked"));
+        }
+        (
+            whole.join().expect("a hashing thread panicked"),
+            block_hashes,
+        )
+    });
+    ObjectEntry {
+        name,
+        size: content.len() as u64,
+        hash,
+        block_hashes,
+    }
+}
+
 /// A read-only mapping of a file.
 struct Mapped(Option<Mmap>);
 
@@ -122,11 +166,7 @@ impl Content {
                 Some(unsafe { Mmap::map(&f) }.map_err(err)?)
             };
             let m = Mapped(map);
-            entries.push(ObjectEntry::from_content(
-                i.name.clone(),
-                m.stable_bytes(),
-                block_size,
-            ));
+            entries.push(hash_object(i.name.clone(), m.stable_bytes(), block_size));
             sources.push(Arc::new(m));
         }
         Ok((
@@ -204,5 +244,20 @@ impl BlockSource for Content {
         self.ready
             .as_ref()
             .is_none_or(|r| r.is_verified(object.0, block.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_hashing_matches_the_plain_entry() {
+        // Large enough to take the threaded path, with a short last block.
+        let content: Vec<u8> = (0..(9usize << 20) + 12_345)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
+            .collect();
+        let want = ObjectEntry::from_content("x", &content, 1400 * 749);
+        assert_eq!(hash_object("x".into(), &content, 1400 * 749), want);
     }
 }
