@@ -78,6 +78,11 @@ pub struct RecvBatch {
     names: Box<[libc::sockaddr_in]>,
     cmsgs: Box<[CmsgBuf]>,
     meta: Vec<Meta>,
+    /// Datagrams received through this batch, in all (GRO super-datagrams count once).
+    received: u64,
+    /// The socket's latest `SO_RXQ_OVFL` count: datagrams it dropped for lack of buffer space
+    /// since it was opened (wraps).
+    drops: Option<u32>,
 }
 
 impl RecvBatch {
@@ -104,6 +109,8 @@ impl RecvBatch {
             names: vec![zero_name; batch].into_boxed_slice(),
             cmsgs: vec![CmsgBuf([0; CMSG_ROOM]); batch].into_boxed_slice(),
             meta: Vec::with_capacity(batch),
+            received: 0,
+            drops: None,
         })
     }
 
@@ -156,6 +163,18 @@ impl RecvBatch {
         let m = self.meta.get(i)?;
         let start = i * self.buf_size;
         Some(&mut self.bufs[start..start + m.len])
+    }
+
+    /// Datagrams received through this batch so far (a GRO super-datagram counts once, as the
+    /// socket's drop count does).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The socket's count of datagrams dropped because its receive buffer was full, as of the
+    /// last datagram received (`SO_RXQ_OVFL`, wrapping u32), if the socket reports it.
+    pub fn socket_drops(&self) -> Option<u32> {
+        self.drops
     }
 
     /// The datagrams of the last batch, in arrival order.
@@ -224,10 +243,15 @@ impl RecvBatch {
             } else {
                 SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)
             };
+            let (segment_size, drops) = control_values(hdr);
+            if drops.is_some() {
+                self.drops = drops;
+            }
+            self.received += 1;
             self.meta.push(Meta {
                 len,
                 source,
-                segment_size: gro_segment_size(hdr),
+                segment_size,
                 truncated,
             });
         }
@@ -235,10 +259,12 @@ impl RecvBatch {
     }
 }
 
-/// The `UDP_GRO` segment size in a received message's control data, if any.
-fn gro_segment_size(hdr: &libc::msghdr) -> Option<u16> {
+/// From a received message's control data: the `UDP_GRO` segment size, and the socket's
+/// `SO_RXQ_OVFL` drop count, each if present.
+fn control_values(hdr: &libc::msghdr) -> (Option<u16>, Option<u32>) {
+    let (mut gro, mut drops) = (None, None);
     if hdr.msg_control.is_null() || hdr.msg_controllen == 0 {
-        return None;
+        return (gro, drops);
     }
     // SAFETY: CMSG_LEN is pure arithmetic.
     let header_len = unsafe { libc::CMSG_LEN(0) } as usize;
@@ -249,9 +275,9 @@ fn gro_segment_size(hdr: &libc::msghdr) -> Option<u16> {
         let mut c = libc::CMSG_FIRSTHDR(hdr);
         while !c.is_null() {
             let cm = &*c;
+            let data_len = (cm.cmsg_len as usize).saturating_sub(header_len);
+            let data = libc::CMSG_DATA(c);
             if cm.cmsg_level == libc::SOL_UDP && cm.cmsg_type == libc::UDP_GRO {
-                let data_len = (cm.cmsg_len as usize).saturating_sub(header_len);
-                let data = libc::CMSG_DATA(c);
                 let size = if data_len >= 4 {
                     Some(std::ptr::read_unaligned(data.cast::<i32>()))
                 } else if data_len >= 2 {
@@ -259,12 +285,17 @@ fn gro_segment_size(hdr: &libc::msghdr) -> Option<u16> {
                 } else {
                     None
                 };
-                return size.and_then(|s| u16::try_from(s).ok()).filter(|&s| s > 0);
+                gro = size.and_then(|s| u16::try_from(s).ok()).filter(|&s| s > 0);
+            } else if cm.cmsg_level == libc::SOL_SOCKET
+                && cm.cmsg_type == libc::SO_RXQ_OVFL
+                && data_len >= 4
+            {
+                drops = Some(std::ptr::read_unaligned(data.cast::<u32>()));
             }
             c = libc::CMSG_NXTHDR(hdr, c);
         }
     }
-    None
+    (gro, drops)
 }
 
 /// Blocks until `fd` is readable or `timeout` passes (`ppoll`).

@@ -283,6 +283,16 @@ impl MulticastReceiver {
                 "setsockopt(UDP_GRO)",
             )?;
         }
+        // Every datagram carries the socket's count of datagrams dropped for lack of buffer
+        // space (`RecvBatch::socket_drops`): congestion at this receiver, told apart from
+        // loss on the way.
+        sys::setsockopt_int(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            1,
+            "setsockopt(SO_RXQ_OVFL)",
+        )?;
         socket
             .bind(&SockAddr::from(group))
             .map_err(|e| IoError::os("bind", &ctx, e))?;

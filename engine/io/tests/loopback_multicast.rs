@@ -306,3 +306,38 @@ fn receivers_see_only_their_group() {
         assert_eq!(batch.recv(&rx, Duration::from_millis(50)).unwrap(), 0);
     }
 }
+
+/// A receiver whose buffer overflows learns how many datagrams its socket dropped
+/// (`SO_RXQ_OVFL`), and the count matches what was sent and not received.
+#[test]
+fn socket_drops_are_reported() {
+    const N: u64 = 400;
+    let (g, _hold) = group(6);
+    // The smallest buffer the kernel grants: a few datagrams fit, the rest are dropped.
+    let rx = MulticastReceiver::new(g, LO, 1, false).unwrap();
+    // The sender's socket is connected to the group: send on it as a plain UDP socket.
+    let tx = std::net::UdpSocket::from(std::os::fd::OwnedFd::from(
+        MulticastSender::new(g, LO, 1, 0).unwrap(),
+    ));
+    // Loopback delivers inside the send call, so every datagram is queued or dropped by the
+    // time it returns; nothing reads meanwhile.
+    let payload = vec![7u8; 1400];
+    for _ in 0..N {
+        let _ = tx.send(&payload);
+    }
+    let mut batch = RecvBatch::new(64, 2048).unwrap();
+    let drain = |batch: &mut RecvBatch| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && batch.recv(&rx, Duration::from_millis(50)).unwrap() > 0 {
+        }
+    };
+    drain(&mut batch);
+    // The count travels with datagrams queued after the drops: send one more.
+    let queued = batch.received();
+    tx.send(&payload).unwrap();
+    drain(&mut batch);
+    assert_eq!(batch.received(), queued + 1);
+    let drops = u64::from(batch.socket_drops().expect("the socket reports its drops"));
+    assert!(queued > 0 && queued < N, "received {queued} of {N}");
+    assert_eq!(queued + drops, N, "received {queued} + dropped {drops}");
+}

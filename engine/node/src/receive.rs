@@ -471,6 +471,8 @@ fn receive_loop(
                     data = MulticastReceiver::new(sources[source], cfg.iface, cfg.rcvbuf, true)?
                         .into();
                     fds[0] = data.as_raw_fd();
+                    // A new socket counts its drops from 0.
+                    batch = RecvBatch::new(8, GRO_BUFFER_SIZE)?;
                     rx.switch_source(now);
                     last_packet = now;
                     continue;
@@ -484,6 +486,7 @@ fn receive_loop(
                         if batch.recv(&data, Duration::ZERO)? == 0 {
                             break;
                         }
+                        rx.note_socket(batch.received(), batch.socket_drops().unwrap_or(0));
                         if cfg.split.is_some() {
                             forwarded += forward_and_handle(
                                 &mut rx,

@@ -421,21 +421,32 @@ fn control_loop(
     Ok((reason, started.elapsed().as_secs_f64()))
 }
 
-/// Follows the receiver that loses most (receipt notices carry each receiver's loss since its
-/// last notice): back off hard under real loss, gently under a little, and probe upward by
-/// 12 % per step while nobody loses.
+/// Loss (not overflow) a receiver may report before `--rate auto` takes it for congestion on
+/// the way: a link that collapses under the rate. Steady loss below it is left to the repairs.
+const HEAVY_LOSS_PPM: u32 = 200_000;
+
+/// `--rate auto`: follows congestion at the receivers. Each receipt notice carries the share of
+/// datagrams the receiver's own socket dropped for lack of buffer space (`overflow_ppm`, from
+/// `SO_RXQ_OVFL`): the sender is too fast for that receiver. Back off hard under real
+/// overflow, gently under a little, and probe upward by 12 % per step while there is none.
+/// Loss on the way (a lossy link, nftables in the tests) does not slow the sender down unless
+/// it is heavy (over 20 %): slowing down does not make a lossy link lose less, and the repairs
+/// cover it (docs/DESIGN.md, 2026-11-22).
 fn adapt_rate(sender: &Sender<Content>, rate: u64) -> u64 {
-    let worst = sender
+    let loss = sender
         .receiver_report()
         .iter()
         .map(|r| r.4)
         .max()
         .unwrap_or(0);
-    if worst > 10_000 {
+    let congestion = sender
+        .worst_overflow_ppm()
+        .max(if loss > HEAVY_LOSS_PPM { loss } else { 0 });
+    if congestion > 10_000 {
         (rate * 7 / 10).max(MIN_RATE)
-    } else if worst > 1_000 {
+    } else if congestion > 1_000 {
         (rate * 9 / 10).max(MIN_RATE)
-    } else if worst > 100 {
+    } else if congestion > 100 {
         rate
     } else {
         (rate + rate / 8).min(MAX_RATE)

@@ -246,6 +246,10 @@ pub struct Receiver<S> {
     echo: Option<(u32, Instant)>,
     loss_units: u64,
     expected_units: u64,
+    /// The data socket's datagrams received and dropped for lack of buffer space (from the
+    /// node), now and at the last receipt notice.
+    socket: (u64, u32),
+    socket_at_receipt: (u64, u32),
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
     /// Split mode: the newest copy plan.
@@ -303,6 +307,8 @@ impl<S: BlockStore> Receiver<S> {
             echo: None,
             loss_units: 0,
             expected_units: 0,
+            socket: (0, 0),
+            socket_at_receipt: (0, 0),
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
             plan: None,
@@ -683,12 +689,22 @@ impl<S: BlockStore> Receiver<S> {
         self.stripe_next.clear();
         self.next_receipt = None;
         self.next_join = self.manifest.is_some().then_some(now);
+        self.socket = (0, 0);
+        self.socket_at_receipt = (0, 0);
         if self.manifest.is_none() {
             // Start the manifest over from the new source.
             self.manifest_buf = Vec::new();
             self.manifest_ranges.clear();
         }
         self.stats.switches += 1;
+    }
+
+    /// The node's count of datagrams its data socket received and of those the socket dropped
+    /// for lack of buffer space (`SO_RXQ_OVFL`, wrapping), both since it was opened. Receipt
+    /// notices report the dropped share since the previous notice (`overflow_ppm`): the
+    /// server slows down for that, not for loss on the way.
+    pub fn note_socket(&mut self, received: u64, dropped: u32) {
+        self.socket = (received, dropped);
     }
 
     fn heard(&mut self, now: Instant, timestamp: u32) {
@@ -1339,6 +1355,18 @@ impl<S: BlockStore> Receiver<S> {
             .map_or(0, |p| p.min(1_000_000) as u32);
         self.loss_units = 0;
         self.expected_units = 0;
+        let (received, dropped) = self.socket;
+        let (r0, d0) = self.socket_at_receipt;
+        // Counters that went backwards belong to a new socket (a fail-over): count from 0.
+        let (got, lost) = if received < r0 || dropped < d0 {
+            (received, u64::from(dropped))
+        } else {
+            (received - r0, u64::from(dropped - d0))
+        };
+        let overflow_ppm = (lost * 1_000_000)
+            .checked_div(got + lost)
+            .map_or(0, |p| p.min(1_000_000) as u32);
+        self.socket_at_receipt = self.socket;
         ReceiptRepr {
             session: self.session.unwrap_or_default(),
             receiver: self.cfg.id,
@@ -1346,6 +1374,7 @@ impl<S: BlockStore> Receiver<S> {
             echo_timestamp,
             echo_delay_us,
             loss_ppm,
+            overflow_ppm,
             watermark_object,
             watermark_block,
             blocks_done: self.done.count_ones() as u64,

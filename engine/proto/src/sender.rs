@@ -169,6 +169,8 @@ struct Member {
     complete: bool,
     rtt: Option<Duration>,
     loss_ppm: u32,
+    /// Its socket's overflow share, from its latest notice (parts per million).
+    overflow_ppm: u32,
     /// Blocks before this are marked held in the status matrix.
     marked: u64,
     /// The zone it named (split mode; 0 otherwise).
@@ -433,6 +435,16 @@ impl<S: BlockSource> Sender<S> {
             .collect();
         v.sort_by_key(|e| e.0);
         v
+    }
+
+    /// The worst socket overflow share among the members' latest receipt notices (parts per
+    /// million): congestion at a receiver, the signal `--rate auto` slows down for.
+    pub fn worst_overflow_ppm(&self) -> u32 {
+        self.members
+            .values()
+            .map(|m| m.overflow_ppm)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The group round-trip time estimate.
@@ -888,6 +900,7 @@ impl<S: BlockSource> Sender<S> {
                 complete: false,
                 rtt: None,
                 loss_ppm: 0,
+                overflow_ppm: 0,
                 marked: 0,
                 zone,
             },
@@ -909,6 +922,7 @@ impl<S: BlockSource> Sender<S> {
         };
         m.last_heard = now;
         m.loss_ppm = r.loss_ppm;
+        m.overflow_ppm = r.overflow_ppm;
         // Send->receipt time: now minus the echoed send time, less the time the receiver held it.
         let elapsed = ts_now.wrapping_sub(r.echo_timestamp);
         if r.echo_timestamp != 0 && elapsed < 60_000_000 {

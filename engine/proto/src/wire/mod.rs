@@ -651,6 +651,10 @@ pub struct ReceiptRepr {
     pub echo_delay_us: u32,
     /// Loss the receiver measured since its last notice, parts per million.
     pub loss_ppm: u32,
+    /// Datagrams the receiver's own socket dropped for lack of buffer space since its last
+    /// notice, per million datagrams that reached it: congestion at the receiver (the sender
+    /// is too fast for it), as opposed to loss on the way.
+    pub overflow_ppm: u32,
     /// Verified-block watermark: every block before (object, block) in manifest order is
     /// verified.
     pub watermark_object: ObjectId,
@@ -663,7 +667,7 @@ pub struct ReceiptRepr {
 
 impl ReceiptRepr {
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + 8 + 1 + 4 * 5 + 8 + 2 + 12 * self.runs.len()
+        HEADER_LEN + 8 + 1 + 4 * 6 + 8 + 2 + 12 * self.runs.len()
     }
 }
 
@@ -1137,7 +1141,8 @@ fn read_receipt(session: SessionId, r: &mut Reader<'_>) -> Result<ReceiptRepr, W
     let echo_timestamp = r.u32()?;
     let echo_delay_us = r.u32()?;
     let loss_ppm = r.u32()?;
-    if loss_ppm > 1_000_000 {
+    let overflow_ppm = r.u32()?;
+    if loss_ppm > 1_000_000 || overflow_ppm > 1_000_000 {
         return Err(WireError::Malformed);
     }
     let watermark_object = ObjectId(r.u32()?);
@@ -1166,6 +1171,7 @@ fn read_receipt(session: SessionId, r: &mut Reader<'_>) -> Result<ReceiptRepr, W
         echo_timestamp,
         echo_delay_us,
         loss_ppm,
+        overflow_ppm,
         watermark_object,
         watermark_block,
         blocks_done,
@@ -1179,6 +1185,7 @@ fn write_receipt(n: &ReceiptRepr, w: &mut Writer<'_>) -> Result<(), WireError> {
     w.u32(n.echo_timestamp)?;
     w.u32(n.echo_delay_us)?;
     w.u32(n.loss_ppm)?;
+    w.u32(n.overflow_ppm)?;
     w.u32(n.watermark_object.0)?;
     w.u32(n.watermark_block.0)?;
     w.u64(n.blocks_done)?;
