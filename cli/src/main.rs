@@ -63,24 +63,14 @@ struct NetArgs {
     iface: String,
 }
 
+/// How a server session sends: `serve`, and each downstream group of a `relay`.
 #[derive(Args, Debug)]
-struct ServeArgs {
-    /// Files or directories to send.
-    #[arg(required = true)]
-    paths: Vec<PathBuf>,
-    #[command(flatten)]
-    net: NetArgs,
+struct SendArgs {
     /// Send rate in bytes per second (suffixes k, M, G), or "auto" to follow the receivers.
     #[arg(long, default_value = "auto")]
     rate: String,
-    /// Bytes of payload per datagram (even; 1400 fits a 1500-byte MTU, 8946 a 9000-byte one;
-    /// a unit that does not fit the interface's MTU is refused).
-    #[arg(long, default_value_t = 1400)]
-    unit_size: u16,
-    /// Units per block (a block is verified as a whole).
-    #[arg(long, default_value_t = 749)]
-    units_per_block: u16,
-    /// Wait for this many receivers before sending.
+    /// Wait for this many receivers before sending (a standby relay: 1 and a long --max-wait,
+    /// so it sends only once receivers fail over to it).
     #[arg(long, default_value_t = 1)]
     min_receivers: usize,
     /// ...but no longer than this many seconds.
@@ -89,15 +79,44 @@ struct ServeArgs {
     /// Stop after this many seconds whatever the receivers hold.
     #[arg(long)]
     deadline: Option<f64>,
-    /// Control port (0: any).
+    /// Control port (0: any; a relay's downstream groups take this one and the next ones).
     #[arg(long, default_value_t = 0)]
     control_port: u16,
     /// Multicast TTL (1 keeps packets on the local link).
     #[arg(long, default_value_t = 1)]
     ttl: u32,
-    /// Data threads, one stripe of blocks each, pinned one per core (default: one per core).
+    /// Data threads per session, one stripe of blocks each, pinned one per core (default: one
+    /// per core for serve, one per downstream group for relay).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+impl SendArgs {
+    fn max_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.max_wait.max(0.0))
+    }
+
+    fn deadline(&self) -> Option<Duration> {
+        self.deadline.map(|d| Duration::from_secs_f64(d.max(0.0)))
+    }
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Files or directories to send.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    net: NetArgs,
+    #[command(flatten)]
+    send: SendArgs,
+    /// Bytes of payload per datagram (even; 1400 fits a 1500-byte MTU, 8946 a 9000-byte one;
+    /// a unit that does not fit the interface's MTU is refused).
+    #[arg(long, default_value_t = 1400)]
+    unit_size: u16,
+    /// Units per block (a block is verified as a whole).
+    #[arg(long, default_value_t = 749)]
+    units_per_block: u16,
     /// Without multicast: send each unit by unicast to one receiver, which copies it to the
     /// others of its zone and on to the next zone (receivers use --server and --zone). Prints
     /// the control address receivers need.
@@ -181,28 +200,9 @@ struct RelayArgs {
     /// Kept afterwards (it is a verified copy).
     #[arg(long)]
     cache: PathBuf,
-    /// Downstream send rate per group (k, M, G), or "auto" to follow its receivers.
-    #[arg(long, default_value = "auto")]
-    rate: String,
-    /// Downstream: wait for this many receivers before sending (a standby relay: 1 and a long
-    /// --max-wait, so it sends only once receivers fail over to it).
-    #[arg(long, default_value_t = 1)]
-    min_receivers: usize,
-    /// ...but no longer than this many seconds.
-    #[arg(long, default_value_t = 10.0)]
-    max_wait: f64,
-    /// Downstream: stop after this many seconds whatever the receivers hold.
-    #[arg(long)]
-    deadline: Option<f64>,
-    /// Downstream control port (0: any; with several groups each takes the next port).
-    #[arg(long, default_value_t = 0)]
-    control_port: u16,
-    /// Multicast TTL downstream.
-    #[arg(long, default_value_t = 1)]
-    ttl: u32,
-    /// Data threads per downstream group.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// The downstream sessions (one per group) send as `serve` does.
+    #[command(flatten)]
+    send: SendArgs,
     /// Give up if no upstream server is heard for this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
@@ -409,19 +409,19 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             .map(|(i, (&group, &iface))| Downstream {
                 group,
                 iface,
-                control_port: if a.control_port == 0 {
+                control_port: if a.send.control_port == 0 {
                     0
                 } else {
-                    a.control_port.saturating_add(i as u16)
+                    a.send.control_port.saturating_add(i as u16)
                 },
             })
             .collect(),
-        ttl: a.ttl,
-        rate: parse_rate(&a.rate)?,
-        min_receivers: a.min_receivers,
-        max_wait: Duration::from_secs_f64(a.max_wait.max(0.0)),
-        deadline: a.deadline.map(|d| Duration::from_secs_f64(d.max(0.0))),
-        threads: a.threads.max(1),
+        ttl: a.send.ttl,
+        rate: parse_rate(&a.send.rate)?,
+        min_receivers: a.send.min_receivers,
+        max_wait: a.send.max_wait(),
+        deadline: a.send.deadline(),
+        threads: a.send.threads.unwrap_or(1).max(1),
     };
     let summary = output::run_relay(&cfg, stop, out).map_err(exit::node)?;
     out.relay_summary(&summary);
@@ -460,23 +460,23 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         inputs,
         group,
         iface,
-        control_port: a.control_port,
-        ttl: a.ttl,
-        rate: parse_rate(&a.rate)?,
+        control_port: a.send.control_port,
+        ttl: a.send.ttl,
+        rate: parse_rate(&a.send.rate)?,
         geometry: Geometry {
             unit_size: a.unit_size,
             units_per_block: a.units_per_block,
             max_parity: a.units_per_block.min(128),
         },
-        min_receivers: a.min_receivers,
-        max_wait: Duration::from_secs_f64(a.max_wait.max(0.0)),
-        deadline: a.deadline.map(|d| Duration::from_secs_f64(d.max(0.0))),
+        min_receivers: a.send.min_receivers,
+        max_wait: a.send.max_wait(),
+        deadline: a.send.deadline(),
         session: session_id(),
-        threads: a.threads.unwrap_or_else(cores).max(1),
+        threads: a.send.threads.unwrap_or_else(cores).max(1),
         split: a.split,
         receiver_timeout: Duration::from_secs_f64(a.receiver_timeout.max(0.1)),
     };
-    let (a_max_wait, a_min_receivers) = (a.max_wait, a.min_receivers);
+    let (a_max_wait, a_min_receivers) = (a.send.max_wait, a.send.min_receivers);
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;
     out.serve_summary(&summary);
     match summary.reason {

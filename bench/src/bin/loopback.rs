@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use blockcast_bench::{median, size};
 use blockcast_node::local::{local_receivers, run_local, write_sample};
 use blockcast_node::{Input, ServeConfig};
 use blockcast_proto::Geometry;
@@ -41,16 +42,6 @@ struct Args {
     /// Directory for the source and the copies (a disk-backed file system: page cache).
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-fn size(s: &str) -> u64 {
-    let (n, m) = match s.chars().last() {
-        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    (n.parse::<f64>().expect("a size") * m as f64) as u64
 }
 
 struct Run {
@@ -153,15 +144,6 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         sync_s: sync,
         repairs,
         ok,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
     }
 }
 

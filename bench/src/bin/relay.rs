@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use blockcast_bench::{median, size};
 use blockcast_node::local::{local_receivers, write_sample};
 use blockcast_node::{receive, relay, Downstream, Input, RelayConfig, ServeConfig};
 use blockcast_proto::Geometry;
@@ -40,16 +41,6 @@ struct Args {
     /// Directory for the source and the copies (a disk-backed file system: page cache).
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-fn size(s: &str) -> u64 {
-    let (n, m) = match s.chars().last() {
-        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    (n.parse::<f64>().expect("a size") * m as f64) as u64
 }
 
 struct Run {
@@ -198,15 +189,6 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         server_units,
         server_nacks,
         ok,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
     }
 }
 
