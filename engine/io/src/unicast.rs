@@ -37,6 +37,15 @@ pub fn bind_data_unicast(
         1,
         "setsockopt(UDP_GRO)",
     )?;
+    // Drops for lack of buffer space are reported with the datagrams that follow them
+    // (`RecvBatch::socket_drops`), as on a multicast receiver.
+    sys::setsockopt_int(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RXQ_OVFL,
+        1,
+        "setsockopt(SO_RXQ_OVFL)",
+    )?;
     socket
         .bind(&SockAddr::from(addr))
         .map_err(|e| IoError::os("bind", &ctx, e))?;
