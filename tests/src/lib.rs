@@ -9,27 +9,29 @@
 //! Time is virtual: a run of 10,000 receivers that takes a second of protocol time costs a
 //! few seconds of CPU, not a second of waiting.
 
+mod content;
+mod fanout;
 mod net;
+mod queue;
 mod relay;
 mod split;
 mod store;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockcast_proto::wire::{
-    BlockIndex, LeaveReason, Manifest, ObjectEntry, ObjectId, ReceiverId, SessionId, UnitIndex,
-};
+use blockcast_proto::wire::{BlockIndex, LeaveReason, ObjectId, ReceiverId, SessionId, UnitIndex};
 use blockcast_proto::{BlockSource, BlockStore};
 use blockcast_proto::{
     Destination, Geometry, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
     SliceSource,
 };
 
+use net::Arrival;
 pub use net::{LinkFaults, LossModel, SimRng};
+use queue::{Clock, EventQueue, Halt, Timers};
 pub use relay::{run_relays, FailOver, RelayConfig, RelayReport, TierReport};
 pub use split::{run_split, SplitReport, SplitSimConfig, ZoneSpec};
 pub use store::{SimStore, StoreKind};
@@ -124,14 +126,17 @@ impl SimConfig {
 
     /// Applies `BLOCKCAST_SIM_SEED` if set (to replay a printed failing seed).
     pub fn with_env_seed(mut self) -> Self {
-        if let Some(s) = std::env::var("BLOCKCAST_SIM_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-        {
-            self.seed = s;
-        }
+        self.seed = env_seed(self.seed);
         self
     }
+}
+
+/// `BLOCKCAST_SIM_SEED` if set (to replay a printed failing seed), else `seed`.
+fn env_seed(seed: u64) -> u64 {
+    std::env::var("BLOCKCAST_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(seed)
 }
 
 /// What a run did.
@@ -227,6 +232,7 @@ enum Ev {
     Leave(usize),
 }
 
+/// Where a simulated node is in its life.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Life {
     NotStarted,
@@ -256,11 +262,8 @@ struct Sim<'a> {
     sender: Sender<SliceSource<'a>>,
     nodes: Vec<Node>,
     mcast: VecDeque<(Instant, Arc<[u8]>)>,
-    events: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    event_data: Vec<Option<Ev>>,
-    free_events: Vec<usize>,
-    event_seq: u64,
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    events: EventQueue<Ev>,
+    timers: Timers,
     buf: Vec<u8>,
     first_data: Option<Instant>,
     /// External first pass: per stripe, the next (global block, unit) to send.
@@ -278,25 +281,9 @@ struct Sim<'a> {
 pub fn run(cfg: &SimConfig) -> SimReport {
     let wall = Instant::now();
     let mut rng = SimRng::new(cfg.seed);
-    let content: Vec<Vec<u8>> = cfg
-        .objects
-        .iter()
-        .map(|&n| {
-            let mut v = vec![0u8; n];
-            rng.fill(&mut v);
-            v
-        })
-        .collect();
+    let content = content::random_content(&mut rng, &cfg.objects);
     let block_size = cfg.geometry.block_size();
-    let manifest = Manifest {
-        unit_size: cfg.geometry.unit_size,
-        units_per_block: cfg.geometry.units_per_block,
-        objects: content
-            .iter()
-            .enumerate()
-            .map(|(i, c)| ObjectEntry::from_content(format!("object-{i}"), c, block_size))
-            .collect(),
-    };
+    let manifest = content::manifest(cfg.geometry, &content);
     let source = SliceSource::new(content.iter().map(|c| &c[..]).collect(), block_size);
     let mut scfg = cfg.sender.clone();
     scfg.geometry = cfg.geometry;
@@ -316,13 +303,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         }
     };
     let base = Instant::now();
-    let hashes: Arc<Vec<Vec<[u8; 32]>>> = Arc::new(
-        manifest
-            .objects
-            .iter()
-            .map(|o| o.block_hashes.clone())
-            .collect(),
-    );
+    let hashes = content::block_hashes(&manifest);
     let mut nodes = Vec::with_capacity(cfg.receivers);
     for i in 0..cfg.receivers {
         let mut rcfg = cfg.receiver.clone();
@@ -351,11 +332,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         sender,
         nodes,
         mcast: VecDeque::new(),
-        events: BinaryHeap::new(),
-        event_data: Vec::new(),
-        free_events: Vec::new(),
-        event_seq: 0,
-        timers: BinaryHeap::new(),
+        events: EventQueue::new(),
+        timers: Timers::new(),
         buf: vec![0u8; 65_536],
         first_data: None,
         stripe_cursor: (0..u64::from(cfg.stripes.max(1))).map(|s| (s, 0)).collect(),
@@ -396,19 +374,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let mut report = sim.run_loop();
     report.wall = wall.elapsed();
     // Check every expected receiver against the source.
-    let minimal: u64 = content
-        .iter()
-        .map(|c| (c.len() as u64).div_ceil(u64::from(cfg.geometry.unit_size)))
-        .sum();
-    report.minimal_units = minimal;
-    let first_pass_bytes: u64 = content
-        .iter()
-        .map(|c| {
-            let units = (c.len() as u64).div_ceil(u64::from(cfg.geometry.unit_size));
-            c.len() as u64 + units * blockcast_proto::wire::UNIT_HEADER_LEN as u64
-        })
-        .sum();
-    report.ideal = Duration::from_secs_f64(first_pass_bytes as f64 / cfg.rate as f64) + cfg.delay;
+    report.minimal_units = content::minimal_units(&content, cfg.geometry.unit_size);
+    report.ideal = content::ideal_time(&content, cfg.geometry.unit_size, cfg.rate, cfg.delay);
     let mut last_complete: Option<Instant> = None;
     for (i, n) in sim.nodes.iter().enumerate() {
         report.bad_done_blocks += n.rx.store().bad_blocks();
@@ -475,88 +442,54 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 
 impl<'a> Sim<'a> {
     fn push(&mut self, at: Instant, ev: Ev) {
-        let slot = match self.free_events.pop() {
-            Some(s) => {
-                self.event_data[s] = Some(ev);
-                s
-            }
-            None => {
-                self.event_data.push(Some(ev));
-                self.event_data.len() - 1
-            }
-        };
-        self.event_seq += 1;
-        self.events.push(Reverse((at, self.event_seq, slot)));
+        self.events.push(at, ev);
     }
 
     fn run_loop(&mut self) -> SimReport {
         let mut report = SimReport::default();
-        let limit = self.base + self.cfg.time_limit;
-        let mut now = self.base;
-        let mut stuck = 0u32;
+        let mut clock = Clock::new(self.base, self.base + self.cfg.time_limit);
         loop {
+            let now = clock.now();
             self.flush_sender(now);
             if self.sender.is_finished() {
                 break;
             }
-            let mut next: Option<Instant> = self.sender.poll_timeout();
-            let mut take = |t: Option<Instant>| {
-                if let Some(t) = t {
-                    next = Some(next.map_or(t, |n: Instant| n.min(t)));
-                }
-            };
-            take(self.mcast.front().map(|(t, _)| *t));
-            take(self.events.peek().map(|Reverse((t, _, _))| *t));
-            take(self.timers.peek().map(|Reverse((t, _))| *t));
-            if self.cfg.stripes > 1 && self.sender.is_sending() && self.stripes_left() {
-                take(Some(self.next_data.unwrap_or(now)));
+            let striping = self.cfg.stripes > 1 && self.sender.is_sending() && self.stripes_left();
+            let next = queue::earliest([
+                self.sender.poll_timeout(),
+                self.mcast.front().map(|(t, _)| *t),
+                self.events.peek_time(),
+                self.timers.peek().map(|(t, _)| t),
+                striping.then(|| self.next_data.unwrap_or(now)),
+            ]);
+            let step = clock.advance(next);
+            if matches!(step, Ok(_) | Err(Halt::NoProgress))
+                && clock.stuck() > queue::STUCK_LIMIT - 5
+            {
+                eprintln!(
+                    "stuck: {} sender {:?} mcast {:?} events {:?} timers {:?} now {:?}",
+                    self.sender.debug_state(),
+                    self.sender.poll_timeout().map(|t| t - self.base),
+                    self.mcast.front().map(|(t, _)| *t - self.base),
+                    self.events.peek_time().map(|t| t - self.base),
+                    self.timers.peek().map(|(t, i)| (t - self.base, i)),
+                    now - self.base
+                );
             }
-            let Some(next) = next else {
-                report
-                    .failures
-                    .push("nothing left to do before the sender finished".into());
-                break;
-            };
-            if next > limit {
-                report
-                    .failures
-                    .push(format!("time limit {:?} reached", self.cfg.time_limit));
-                break;
-            }
-            if next <= now {
-                stuck += 1;
-                if stuck > 999_995 {
-                    eprintln!(
-                        "stuck: {} sender {:?} mcast {:?} events {:?} timers {:?} now {:?}",
-                        self.sender.debug_state(),
-                        self.sender.poll_timeout().map(|t| t - self.base),
-                        self.mcast.front().map(|(t, _)| *t - self.base),
-                        self.events.peek().map(|Reverse((t, _, _))| *t - self.base),
-                        self.timers
-                            .peek()
-                            .map(|Reverse((t, i))| (*t - self.base, *i)),
-                        now - self.base
-                    );
-                }
-                if stuck > 1_000_000 {
-                    report.failures.push("simulation made no progress".into());
+            let now = match step {
+                Ok(now) => now,
+                Err(halt) => {
+                    report
+                        .failures
+                        .push(halt.describe(self.cfg.time_limit, "sender"));
                     break;
                 }
-            } else {
-                stuck = 0;
-            }
-            now = now.max(next);
+            };
             while self.mcast.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, bytes) = self.mcast.pop_front().expect("checked");
                 self.fan_out(now, &bytes);
             }
-            while let Some(&Reverse((t, _, slot))) = self.events.peek() {
-                if t > now {
-                    break;
-                }
-                self.events.pop();
-                let ev = self.event_data[slot].take().expect("event slot filled");
-                self.free_events.push(slot);
+            while let Some(ev) = self.events.pop_due(now) {
                 self.handle_event(now, ev);
             }
             if self.sender.poll_timeout().is_some_and(|t| t <= now) {
@@ -565,11 +498,7 @@ impl<'a> Sim<'a> {
             if self.cfg.stripes > 1 && self.sender.is_sending() {
                 self.send_stripes(now);
             }
-            while let Some(&Reverse((t, i))) = self.timers.peek() {
-                if t > now {
-                    break;
-                }
-                self.timers.pop();
+            while let Some((t, i)) = self.timers.pop_due(now) {
                 if self.nodes[i].scheduled == Some(t) {
                     self.nodes[i].scheduled = None;
                 }
@@ -617,7 +546,7 @@ impl<'a> Sim<'a> {
             self.push(at, ev);
         }
         for (t, i) in fx.timers.drain(..) {
-            self.timers.push(Reverse((t, i)));
+            self.timers.push(t, i);
         }
     }
 
@@ -630,10 +559,7 @@ impl<'a> Sim<'a> {
 
     /// One multicast datagram to every receiver, on `threads` threads for large groups.
     fn fan_out(&mut self, now: Instant, bytes: &Arc<[u8]>) {
-        let threads = match self.cfg.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let threads = fanout::threads(self.cfg.threads);
         let cfg = self.cfg;
         if threads <= 1 || self.nodes.len() < 512 {
             let mut fx = Effects::default();
@@ -643,27 +569,8 @@ impl<'a> Sim<'a> {
             self.apply(&mut fx);
             return;
         }
-        let chunk = self.nodes.len().div_ceil(threads);
-        let mut results: Vec<Effects> = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .nodes
-                .chunks_mut(chunk)
-                .enumerate()
-                .map(|(c, nodes)| {
-                    s.spawn(move || {
-                        let mut fx = Effects::default();
-                        let mut buf = vec![0u8; 65_536];
-                        for (j, node) in nodes.iter_mut().enumerate() {
-                            deliver_copy(cfg, node, c * chunk + j, now, bytes, &mut buf, &mut fx);
-                        }
-                        fx
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a delivery thread panicked"))
-                .collect()
+        let mut results = fanout::in_parallel(&mut self.nodes, 0, threads, |i, node, buf, fx| {
+            deliver_copy(cfg, node, i, now, bytes, buf, fx)
         });
         for fx in &mut results {
             self.apply(fx);
@@ -790,30 +697,17 @@ fn deliver_copy(
     if node.life != Life::Alive {
         return;
     }
-    let f = &cfg.data_faults;
-    if net::lost(&f.loss, &mut node.burst, &mut node.rng) {
-        return;
-    }
-    let copies = if f.duplicate > 0.0 && node.rng.chance(f.duplicate) {
-        2
-    } else {
-        1
-    };
-    for _ in 0..copies {
-        let mut b = bytes.clone();
-        if f.corrupt > 0.0 && node.rng.chance(f.corrupt) {
-            let mut v = b.to_vec();
-            let at = node.rng.below(v.len() as u64) as usize;
-            v[at] ^= 1 << node.rng.below(8);
-            b = v.into();
-        }
-        if f.reorder > 0.0 && node.rng.chance(f.reorder) {
-            let extra = f.reorder_delay.mul_f64(node.rng.unit());
-            fx.events.push((now + extra, Ev::ToReceiver(i, b)));
-            continue;
-        }
-        node.rx.handle_datagram(now, SERVER, &b);
-    }
+    let rx = &mut node.rx;
+    net::through_faults(
+        &cfg.data_faults,
+        &mut node.burst,
+        &mut node.rng,
+        bytes,
+        |arrival| match arrival {
+            Arrival::Now(b) => rx.handle_datagram(now, SERVER, &b),
+            Arrival::Later(extra, b) => fx.events.push((now + extra, Ev::ToReceiver(i, b))),
+        },
+    );
     after_node(cfg, node, i, now, buf, fx);
 }
 
@@ -871,8 +765,7 @@ fn after_node(
         }
     }
     if let Some(t) = node.rx.poll_timeout() {
-        if node.scheduled.is_none_or(|s| t < s) {
-            node.scheduled = Some(t);
+        if queue::rearm(&mut node.scheduled, t) {
             fx.timers.push((t, i));
         }
     }

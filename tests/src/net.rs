@@ -1,5 +1,6 @@
 //! The simulated network: a seeded generator, loss models and per-copy faults.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A fast seeded generator (xoshiro256**-style state from splitmix64).
@@ -137,5 +138,47 @@ pub fn lost(model: &LossModel, state: &mut BurstState, rng: &mut SimRng) -> bool
             }
             state.bad && rng.chance(bad_loss)
         }
+    }
+}
+
+/// How one copy of a datagram arrives.
+pub(crate) enum Arrival {
+    /// Now.
+    Now(Arc<[u8]>),
+    /// Held back this much longer (reordered).
+    Later(Duration, Arc<[u8]>),
+}
+
+/// One datagram through a link's faults: lost, or passed to `arrive` once or twice
+/// (duplicated), each copy perhaps with one bit flipped and perhaps held back. Draws from
+/// `rng` in a fixed order, so a run is replayed by its seed.
+pub(crate) fn through_faults(
+    f: &LinkFaults,
+    burst: &mut BurstState,
+    rng: &mut SimRng,
+    bytes: &Arc<[u8]>,
+    mut arrive: impl FnMut(Arrival),
+) {
+    if lost(&f.loss, burst, rng) {
+        return;
+    }
+    let copies = if f.duplicate > 0.0 && rng.chance(f.duplicate) {
+        2
+    } else {
+        1
+    };
+    for _ in 0..copies {
+        let mut b = bytes.clone();
+        if f.corrupt > 0.0 && rng.chance(f.corrupt) {
+            let mut v = b.to_vec();
+            let at = rng.below(v.len() as u64) as usize;
+            v[at] ^= 1 << rng.below(8);
+            b = v.into();
+        }
+        if f.reorder > 0.0 && rng.chance(f.reorder) {
+            arrive(Arrival::Later(f.reorder_delay.mul_f64(rng.unit()), b));
+            continue;
+        }
+        arrive(Arrival::Now(b));
     }
 }

@@ -20,22 +20,20 @@
 //! The simulator never tells a receiver which relays are alive: a choice that is silent too
 //! is found out by the same timeout.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockcast_proto::wire::{
-    BlockIndex, Manifest, ObjectEntry, ObjectId, ReceiverId, SessionId, UNIT_HEADER_LEN,
-};
+use blockcast_proto::wire::{BlockIndex, Manifest, ObjectId, ReceiverId, SessionId};
 use blockcast_proto::{
     BlockSource, BlockStore, Destination, Receiver, ReceiverEvent, Sender, StoreError,
 };
 
-use crate::net::{self, BurstState, SimRng};
-use crate::{SimConfig, SimStore};
+use crate::net::{self, Arrival, BurstState, SimRng};
+use crate::queue::{self, Clock, EventQueue, Timers};
+use crate::{content, fanout, Life};
+use crate::{SimConfig, SimStore, StoreKind};
 
 /// Where a receiver whose source fell silent goes first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,43 +184,12 @@ impl RelayReport {
     }
 }
 
-/// A relay's receiver store: whole objects in memory, each verified block re-hashed against
-/// the source's hash (computed by the simulator) and handed to the relay's sender.
-struct RelayStore {
-    objects: Vec<Vec<u8>>,
-    block_size: usize,
-    truth: Arc<Vec<Vec<[u8; 32]>>>,
-    bad: u64,
-}
-
-impl BlockStore for RelayStore {
-    fn prepare(&mut self, manifest: &Manifest) -> Result<(), StoreError> {
-        self.objects = manifest
-            .objects
-            .iter()
-            .map(|o| vec![0u8; o.size as usize])
-            .collect();
-        Ok(())
-    }
-
-    fn block_mut(&mut self, object: ObjectId, block: BlockIndex, len: usize) -> &mut [u8] {
-        let start = block.0 as usize * self.block_size;
-        &mut self.objects[object.0 as usize][start..start + len]
-    }
-
-    fn block_verified(&mut self, object: ObjectId, block: BlockIndex) {
-        let start = block.0 as usize * self.block_size;
-        let o = &self.objects[object.0 as usize];
-        let hash = blake3::hash(&o[start..(start + self.block_size).min(o.len())]);
-        if hash.as_bytes() != &self.truth[object.0 as usize][block.0 as usize] {
-            self.bad += 1;
-        }
-    }
-}
-
+/// A node's receiver store. A relay's always keeps whole objects in memory
+/// ([`StoreKind::Memory`]): each block it verifies is re-hashed against the source's hash
+/// and handed to the relay's sender.
 enum NodeStore {
     Leaf(SimStore),
-    Relay(RelayStore),
+    Relay(SimStore),
 }
 
 impl BlockStore for NodeStore {
@@ -328,13 +295,6 @@ enum Ev {
     Die(usize),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Life {
-    NotStarted,
-    Alive,
-    Gone,
-}
-
 struct Node {
     tier: usize,
     /// The source it receives from now (None for the server).
@@ -375,33 +335,11 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
     let seed = base_cfg.seed;
     let mut failures = Vec::new();
     let mut rng = SimRng::new(seed);
-    let content: Vec<Vec<u8>> = base_cfg
-        .objects
-        .iter()
-        .map(|&n| {
-            let mut v = vec![0u8; n];
-            rng.fill(&mut v);
-            v
-        })
-        .collect();
+    let content = content::random_content(&mut rng, &base_cfg.objects);
     let geometry = base_cfg.geometry;
     let block_size = geometry.block_size();
-    let manifest = Manifest {
-        unit_size: geometry.unit_size,
-        units_per_block: geometry.units_per_block,
-        objects: content
-            .iter()
-            .enumerate()
-            .map(|(i, c)| ObjectEntry::from_content(format!("object-{i}"), c, block_size))
-            .collect(),
-    };
-    let truth: Arc<Vec<Vec<[u8; 32]>>> = Arc::new(
-        manifest
-            .objects
-            .iter()
-            .map(|o| o.block_hashes.clone())
-            .collect(),
-    );
+    let manifest = content::manifest(geometry, &content);
+    let truth = content::block_hashes(&manifest);
     let tiers = cfg.fanout.len();
     let leaf_tier = cfg.tier(tiers);
     let total = leaf_tier.end;
@@ -435,12 +373,7 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
                 let store = if t == tiers {
                     NodeStore::Leaf(SimStore::new(base_cfg.store, truth.clone(), block_size))
                 } else {
-                    NodeStore::Relay(RelayStore {
-                        objects: Vec::new(),
-                        block_size,
-                        truth: truth.clone(),
-                        bad: 0,
-                    })
+                    NodeStore::Relay(SimStore::new(StoreKind::Memory, truth.clone(), block_size))
                 };
                 Receiver::new(r, store)
             });
@@ -494,15 +427,12 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
         ctx: Ctx { cfg },
         nodes,
         members,
-        events: BinaryHeap::new(),
-        event_data: Vec::new(),
-        free_events: Vec::new(),
-        event_seq: 0,
-        timers: BinaryHeap::new(),
+        events: EventQueue::new(),
+        timers: Timers::new(),
         buf: vec![0u8; 65_536],
         switches: 0,
     };
-    sim.timers.push(Reverse((base, 0)));
+    sim.timers.push(base, 0);
     sim.nodes[0].scheduled = Some(base);
     for i in 1..total {
         sim.push(base + late_at(i).unwrap_or(Duration::ZERO), Ev::Start(i));
@@ -534,11 +464,8 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
             failures.push(format!("node {i}: {f}"));
         }
         let Some(rx) = &n.rx else { continue };
-        let bad = match rx.store() {
-            NodeStore::Leaf(s) => s.bad_blocks(),
-            NodeStore::Relay(s) => s.bad,
-        };
-        report.bad_done_blocks += bad;
+        let (NodeStore::Leaf(store) | NodeStore::Relay(store)) = rx.store();
+        report.bad_done_blocks += store.bad_blocks();
         if n.tier == tiers {
             report.leaf_nack_bytes += rx.stats().nack_bytes;
             report.leaf_receipt_bytes += rx.stats().receipt_bytes;
@@ -560,12 +487,7 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
         if let Some(t) = n.complete_at {
             last_complete = Some(last_complete.map_or(t, |l: Instant| l.max(t)));
         }
-        let same = match rx.store() {
-            NodeStore::Leaf(s) => s.equals(&content),
-            NodeStore::Relay(s) if s.objects == content => Ok(()),
-            NodeStore::Relay(_) => Err("relay's objects differ from the source".into()),
-        };
-        match same {
+        match store.equals(&content) {
             Ok(()) => report.identical += 1,
             Err(e) => failures.push(format!("node {i}: {e}")),
         }
@@ -581,19 +503,8 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
         _ => (base, base),
     };
     report.completion = window_end.saturating_duration_since(window_start);
-    report.minimal_units = content
-        .iter()
-        .map(|c| (c.len() as u64).div_ceil(u64::from(geometry.unit_size)))
-        .sum();
-    let first_pass_bytes: u64 = content
-        .iter()
-        .map(|c| {
-            let units = (c.len() as u64).div_ceil(u64::from(geometry.unit_size));
-            c.len() as u64 + units * UNIT_HEADER_LEN as u64
-        })
-        .sum();
-    report.ideal =
-        Duration::from_secs_f64(first_pass_bytes as f64 / base_cfg.rate as f64) + base_cfg.delay;
+    report.minimal_units = content::minimal_units(&content, geometry.unit_size);
+    report.ideal = content::ideal_time(&content, geometry.unit_size, base_cfg.rate, base_cfg.delay);
     let window = report.completion.as_secs_f64().max(1e-9);
     for t in 0..tiers {
         let mut tr = TierReport {
@@ -641,29 +552,15 @@ struct RelaySim<'a> {
     nodes: Vec<Node>,
     /// Each sender's multicast group: the nodes that receive from it now.
     members: Vec<Vec<usize>>,
-    events: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    event_data: Vec<Option<Ev>>,
-    free_events: Vec<usize>,
-    event_seq: u64,
-    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    events: EventQueue<Ev>,
+    timers: Timers,
     buf: Vec<u8>,
     switches: u64,
 }
 
 impl RelaySim<'_> {
     fn push(&mut self, at: Instant, ev: Ev) {
-        let slot = match self.free_events.pop() {
-            Some(s) => {
-                self.event_data[s] = Some(ev);
-                s
-            }
-            None => {
-                self.event_data.push(Some(ev));
-                self.event_data.len() - 1
-            }
-        };
-        self.event_seq += 1;
-        self.events.push(Reverse((at, self.event_seq, slot)));
+        self.events.push(at, ev);
     }
 
     /// Every sender that is alive has finished.
@@ -675,51 +572,21 @@ impl RelaySim<'_> {
     }
 
     fn run_loop(&mut self, base: Instant, limit: Instant) -> Vec<String> {
-        let mut now = base;
-        let mut stuck = 0u32;
+        let mut clock = Clock::new(base, limit);
         loop {
             if self.nodes[0].tx.as_ref().is_some_and(|t| t.is_finished()) && self.all_finished() {
                 return Vec::new();
             }
-            let next = match (
-                self.events.peek().map(|Reverse((t, _, _))| *t),
-                self.timers.peek().map(|Reverse((t, _))| *t),
-            ) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) | (None, Some(a)) => a,
-                (None, None) => {
-                    return vec!["nothing left to do before the senders finished".into()]
-                }
+            let next =
+                queue::earliest([self.events.peek_time(), self.timers.peek().map(|(t, _)| t)]);
+            let now = match clock.advance(next) {
+                Ok(now) => now,
+                Err(halt) => return vec![halt.describe(self.ctx.cfg.base.time_limit, "senders")],
             };
-            if next > limit {
-                return vec![format!(
-                    "time limit {:?} reached",
-                    self.ctx.cfg.base.time_limit
-                )];
-            }
-            if next <= now {
-                stuck += 1;
-                if stuck > 1_000_000 {
-                    return vec!["simulation made no progress".into()];
-                }
-            } else {
-                stuck = 0;
-            }
-            now = now.max(next);
-            while let Some(&Reverse((t, _, slot))) = self.events.peek() {
-                if t > now {
-                    break;
-                }
-                self.events.pop();
-                let ev = self.event_data[slot].take().expect("event slot filled");
-                self.free_events.push(slot);
+            while let Some(ev) = self.events.pop_due(now) {
                 self.handle_event(now, ev);
             }
-            while let Some(&Reverse((t, i))) = self.timers.peek() {
-                if t > now {
-                    break;
-                }
-                self.timers.pop();
+            while let Some((t, i)) = self.timers.pop_due(now) {
                 let n = &mut self.nodes[i];
                 if n.scheduled == Some(t) {
                     n.scheduled = None;
@@ -778,7 +645,7 @@ impl RelaySim<'_> {
             self.push(at, ev);
         }
         for (t, i) in fx.timers.drain(..) {
-            self.timers.push(Reverse((t, i)));
+            self.timers.push(t, i);
         }
         for i in std::mem::take(&mut fx.lost) {
             self.fail_over(now, i);
@@ -845,10 +712,7 @@ impl RelaySim<'_> {
     /// One multicast datagram from node `from` to its group, on threads for large groups
     /// whose members are consecutive nodes.
     fn fan_out(&mut self, now: Instant, from: usize, bytes: &Arc<[u8]>) {
-        let threads = match self.ctx.cfg.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
+        let threads = fanout::threads(self.ctx.cfg.threads);
         let group = &self.members[from];
         let consecutive =
             group.len() >= 512 && group.windows(2).all(|w| w[1] == w[0] + 1) && threads > 1;
@@ -871,30 +735,14 @@ impl RelaySim<'_> {
             return;
         }
         let range = group[0]..group[0] + group.len();
-        let chunk = range.len().div_ceil(threads);
         let ctx = &self.ctx;
         let start = range.start;
-        let mut results: Vec<Effects> = std::thread::scope(|s| {
-            let handles: Vec<_> = self.nodes[range]
-                .chunks_mut(chunk)
-                .enumerate()
-                .map(|(c, nodes)| {
-                    s.spawn(move || {
-                        let mut fx = Effects::default();
-                        let mut buf = vec![0u8; 65_536];
-                        for (j, node) in nodes.iter_mut().enumerate() {
-                            let i = start + c * chunk + j;
-                            deliver_copy(ctx, node, i, now, bytes, &mut buf, &mut fx);
-                        }
-                        fx
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a delivery thread panicked"))
-                .collect()
-        });
+        let mut results = fanout::in_parallel(
+            &mut self.nodes[range],
+            start,
+            threads,
+            |i, node, buf, fx| deliver_copy(ctx, node, i, now, bytes, buf, fx),
+        );
         for fx in &mut results {
             self.apply(now, fx);
         }
@@ -914,33 +762,22 @@ fn deliver_copy(
     if node.life != Life::Alive || node.rx.is_none() {
         return;
     }
-    let f = &ctx.cfg.base.data_faults;
-    if net::lost(&f.loss, &mut node.burst, &mut node.rng) {
-        return;
-    }
-    let copies = if f.duplicate > 0.0 && node.rng.chance(f.duplicate) {
-        2
-    } else {
-        1
-    };
     let from = node_addr(node.parent.unwrap_or(0));
-    for _ in 0..copies {
-        let mut b = bytes.clone();
-        if f.corrupt > 0.0 && node.rng.chance(f.corrupt) {
-            let mut v = b.to_vec();
-            let at = node.rng.below(v.len() as u64) as usize;
-            v[at] ^= 1 << node.rng.below(8);
-            b = v.into();
-        }
-        if f.reorder > 0.0 && node.rng.chance(f.reorder) {
-            let extra = f.reorder_delay.mul_f64(node.rng.unit());
-            fx.events.push((now + extra, Ev::ToReceiver(i, b)));
-            continue;
-        }
-        if let Some(rx) = node.rx.as_mut() {
-            rx.handle_datagram(now, from, &b);
-        }
-    }
+    let rx = &mut node.rx;
+    net::through_faults(
+        &ctx.cfg.base.data_faults,
+        &mut node.burst,
+        &mut node.rng,
+        bytes,
+        |arrival| match arrival {
+            Arrival::Now(b) => {
+                if let Some(rx) = rx.as_mut() {
+                    rx.handle_datagram(now, from, &b);
+                }
+            }
+            Arrival::Later(extra, b) => fx.events.push((now + extra, Ev::ToReceiver(i, b))),
+        },
+    );
     after_node(ctx, node, i, now, buf, fx);
 }
 
@@ -976,10 +813,9 @@ fn after_node(
                 ReceiverEvent::BlockVerified { object, block } => {
                     if let (Some(tx), NodeStore::Relay(s)) = (node.tx.as_mut(), rx.store()) {
                         // Cut-through: the block is served as soon as it is verified.
-                        let start = block.0 as usize * s.block_size;
-                        let o = &s.objects[object.0 as usize];
-                        let end = (start + s.block_size).min(o.len());
-                        tx.source_mut().fill(object, block, &o[start..end]);
+                        if let Some(bytes) = s.block(object, block) {
+                            tx.source_mut().fill(object, block, bytes);
+                        }
                     }
                 }
                 _ => {}
@@ -1023,8 +859,7 @@ fn after_node(
         (a, b) => a.or(b),
     };
     if let Some(t) = next {
-        if node.scheduled.is_none_or(|s| t < s) {
-            node.scheduled = Some(t);
+        if queue::rearm(&mut node.scheduled, t) {
             fx.timers.push((t, i));
         }
     }
@@ -1058,10 +893,11 @@ fn relay_sender(
         for b in 0..entry.block_hashes.len() {
             let (object, block) = (ObjectId(o as u32), BlockIndex(b as u32));
             if rx.is_verified(object, block) {
-                if let NodeStore::Relay(st) = rx.store() {
-                    let start = b * st.block_size;
-                    let end = (start + st.block_size).min(st.objects[o].len());
-                    source.fill(object, block, &st.objects[o][start..end]);
+                if let Some(bytes) = match rx.store() {
+                    NodeStore::Relay(st) => st.block(object, block),
+                    NodeStore::Leaf(_) => None,
+                } {
+                    source.fill(object, block, bytes);
                 }
             }
         }

@@ -7,20 +7,18 @@
 //! Virtual time, one seed: a failing run is replayed exactly by its seed
 //! (`BLOCKCAST_SIM_SEED`).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockcast_proto::wire::{
-    set_copy_flags, CopyFlags, Manifest, ObjectEntry, ReceiverId, SessionId, UnitPacket,
-};
+use blockcast_proto::wire::{set_copy_flags, CopyFlags, ReceiverId, SessionId, UnitPacket};
 use blockcast_proto::{
     Destination, Geometry, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
     SliceSource, SplitConfig, SplitMember,
 };
 
+use crate::content;
+use crate::queue::{self, EventQueue};
 use crate::{SimRng, SimStore, StoreKind};
 
 /// One zone of members.
@@ -107,12 +105,7 @@ impl SplitSimConfig {
 
     /// Applies `BLOCKCAST_SIM_SEED` if set (to replay a printed failing seed).
     pub fn with_env_seed(mut self) -> Self {
-        if let Some(s) = std::env::var("BLOCKCAST_SIM_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-        {
-            self.seed = s;
-        }
+        self.seed = crate::env_seed(self.seed);
         self
     }
 }
@@ -205,18 +198,14 @@ struct Sim<'a> {
     sender_scheduled: Option<Instant>,
     members: Vec<Member>,
     by_addr: HashMap<SocketAddr, usize>,
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    events: HashMap<u64, Ev>,
-    seq: u64,
+    events: EventQueue<Ev>,
     buf: Vec<u8>,
     report: SplitReport,
 }
 
 impl Sim<'_> {
     fn push(&mut self, at: Instant, ev: Ev) {
-        self.seq += 1;
-        self.events.insert(self.seq, ev);
-        self.queue.push(Reverse((at, self.seq)));
+        self.events.push(at, ev);
     }
 
     fn delay(&self, from: At, to: At) -> Duration {
@@ -258,8 +247,7 @@ impl Sim<'_> {
             return;
         }
         if let Some(t) = m.rx.poll_timeout() {
-            if m.scheduled.is_none_or(|s| t < s) {
-                self.members[i].scheduled = Some(t);
+            if queue::rearm(&mut self.members[i].scheduled, t) {
                 self.push(t, Ev::Timer(At::Member(i)));
             }
         }
@@ -267,8 +255,7 @@ impl Sim<'_> {
 
     fn schedule_sender(&mut self) {
         if let Some(t) = self.sender.poll_timeout() {
-            if self.sender_scheduled.is_none_or(|s| t < s) {
-                self.sender_scheduled = Some(t);
+            if queue::rearm(&mut self.sender_scheduled, t) {
                 self.push(t, Ev::Timer(At::Server));
             }
         }
@@ -366,16 +353,13 @@ impl Sim<'_> {
             self.drain_member(self.base, i);
         }
         self.drain_sender(self.base);
-        while let Some(Reverse((at, id))) = self.queue.pop() {
+        while let Some((at, ev)) = self.events.pop() {
             if at > limit {
                 self.report
                     .failures
                     .push(format!("time limit {:?} reached", self.cfg.time_limit));
                 break;
             }
-            let Some(ev) = self.events.remove(&id) else {
-                continue;
-            };
             match ev {
                 Ev::Deliver {
                     to: At::Server,
@@ -425,15 +409,10 @@ impl Sim<'_> {
 pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
     let wall = Instant::now();
     let mut rng = SimRng::new(cfg.seed);
-    let mut content = vec![0u8; cfg.object_size];
-    rng.fill(&mut content);
+    let content = content::random_content(&mut rng, &[cfg.object_size]);
     let block_size = cfg.geometry.block_size();
-    let manifest = Manifest {
-        unit_size: cfg.geometry.unit_size,
-        units_per_block: cfg.geometry.units_per_block,
-        objects: vec![ObjectEntry::from_content("object-0", &content, block_size)],
-    };
-    let source = SliceSource::new(vec![&content[..]], block_size);
+    let manifest = content::manifest(cfg.geometry, &content);
+    let source = SliceSource::new(vec![&content[0][..]], block_size);
     let mut scfg = cfg.sender.clone();
     scfg.geometry = cfg.geometry;
     scfg.control = SERVER;
@@ -451,7 +430,7 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
             return report;
         }
     };
-    let hashes = Arc::new(vec![manifest.objects[0].block_hashes.clone()]);
+    let hashes = content::block_hashes(&manifest);
     let mut members = Vec::new();
     let mut by_addr = HashMap::new();
     for (z, spec) in cfg.zones.iter().enumerate() {
@@ -484,9 +463,7 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
         sender_scheduled: None,
         members,
         by_addr,
-        queue: BinaryHeap::new(),
-        events: HashMap::new(),
-        seq: 0,
+        events: EventQueue::new(),
         buf: vec![0u8; 65_536],
         report,
     };
@@ -522,7 +499,7 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
             ));
             continue;
         }
-        match m.rx.store().equals(std::slice::from_ref(&content)) {
+        match m.rx.store().equals(&content) {
             Ok(()) => report.identical += 1,
             Err(e) => report.failures.push(format!("member {i}: {e}")),
         }

@@ -47,6 +47,19 @@ impl SimStore {
         self.bad
     }
 
+    /// A block as held in memory ([`StoreKind::Memory`]); None for a hashed store, which keeps
+    /// only blocks under assembly.
+    pub(crate) fn block(&self, object: ObjectId, block: BlockIndex) -> Option<&[u8]> {
+        match self.kind {
+            StoreKind::Memory => {
+                let o = self.mem.objects.get(object.0 as usize)?;
+                let start = block.0 as usize * self.block_size;
+                o.get(start..(start + self.block_size).min(o.len()))
+            }
+            StoreKind::Hashed => None,
+        }
+    }
+
     /// Compares what the store holds with the source.
     pub fn equals(&self, content: &[Vec<u8>]) -> Result<(), String> {
         match self.kind {
@@ -94,11 +107,7 @@ impl BlockStore for SimStore {
     fn block_verified(&mut self, object: ObjectId, block: BlockIndex) {
         let truth = self.truth[object.0 as usize][block.0 as usize];
         let hash = match self.kind {
-            StoreKind::Memory => {
-                let start = block.0 as usize * self.block_size;
-                let o = &self.mem.objects[object.0 as usize];
-                blake3::hash(&o[start..(start + self.block_size).min(o.len())])
-            }
+            StoreKind::Memory => blake3::hash(self.block(object, block).expect("object prepared")),
             StoreKind::Hashed => {
                 blake3::hash(&self.open.remove(&(object.0, block.0)).unwrap_or_default())
             }
