@@ -41,6 +41,28 @@ pub(crate) enum BufKind {
 
 /// Asks for a socket buffer of `requested` bytes: `SO_RCVBUF`/`SO_SNDBUF` first, then (when
 /// the sysctl maximum clamped it) `SO_*BUFFORCE`, which works with CAP_NET_ADMIN.
+/// Options every data receiver sets: `UDP_GRO` when asked, and `SO_RXQ_OVFL`, so that each
+/// datagram carries the socket's count of datagrams dropped for lack of buffer space
+/// (`RecvBatch::socket_drops`): congestion at this receiver, told apart from loss on the way.
+pub(crate) fn receive_options(socket: &Socket, gro: bool) -> Result<(), IoError> {
+    if gro {
+        sys::setsockopt_int(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            1,
+            "setsockopt(UDP_GRO)",
+        )?;
+    }
+    sys::setsockopt_int(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RXQ_OVFL,
+        1,
+        "setsockopt(SO_RXQ_OVFL)",
+    )
+}
+
 pub(crate) fn request_buffer(
     sock: &Socket,
     kind: BufKind,
@@ -274,25 +296,7 @@ impl MulticastReceiver {
             .set_multicast_all_v4(false)
             .map_err(|e| IoError::os("setsockopt(IP_MULTICAST_ALL)", &ctx, e))?;
         let recv_buffer = request_buffer(&socket, BufKind::Recv, rcvbuf)?;
-        if gro {
-            sys::setsockopt_int(
-                socket.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_GRO,
-                1,
-                "setsockopt(UDP_GRO)",
-            )?;
-        }
-        // Every datagram carries the socket's count of datagrams dropped for lack of buffer
-        // space (`RecvBatch::socket_drops`): congestion at this receiver, told apart from
-        // loss on the way.
-        sys::setsockopt_int(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RXQ_OVFL,
-            1,
-            "setsockopt(SO_RXQ_OVFL)",
-        )?;
+        receive_options(&socket, gro)?;
         socket
             .bind(&SockAddr::from(group))
             .map_err(|e| IoError::os("bind", &ctx, e))?;

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::error::IoError;
-use crate::socket::{check_iface_addr, request_buffer, BufKind, BufferSize};
+use crate::socket::{check_iface_addr, receive_options, request_buffer, BufKind, BufferSize};
 use crate::sys;
 
 /// Opens a unicast UDP socket bound to `addr` (an explicit interface address; port 0 lets the
@@ -30,22 +30,7 @@ pub fn bind_data_unicast(
     let granted = request_buffer(&socket, BufKind::Recv, rcvbuf)?;
     // Forwarding sends a super-datagram to each peer in a burst: room for several.
     request_buffer(&socket, BufKind::Send, 4 << 20)?;
-    sys::setsockopt_int(
-        socket.as_raw_fd(),
-        libc::SOL_UDP,
-        libc::UDP_GRO,
-        1,
-        "setsockopt(UDP_GRO)",
-    )?;
-    // Drops for lack of buffer space are reported with the datagrams that follow them
-    // (`RecvBatch::socket_drops`), as on a multicast receiver.
-    sys::setsockopt_int(
-        socket.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_RXQ_OVFL,
-        1,
-        "setsockopt(SO_RXQ_OVFL)",
-    )?;
+    receive_options(&socket, true)?;
     socket
         .bind(&SockAddr::from(addr))
         .map_err(|e| IoError::os("bind", &ctx, e))?;
