@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -217,6 +217,13 @@ impl BlockStore for FileStore {
 }
 
 impl FileStore {
+    /// The output file's descriptor and block `block`'s offset in it, for write-out.
+    fn writeback(&self, object: ObjectId, block: BlockIndex) -> Option<(RawFd, u64)> {
+        let (_, f) = self.files.get(object.0 as usize)?;
+        let (file, _) = f.as_ref()?;
+        Some((file.as_raw_fd(), block.0 as u64 * self.block_size as u64))
+    }
+
     /// Where block `block` of `object` lies, for the verify thread.
     fn block_ptr(
         &self,
@@ -238,6 +245,10 @@ struct VerifyJob {
     ptr: *const u8,
     len: usize,
     expected: [u8; 32],
+    /// The file and the block's offset in it: once verified, its pages are handed to the disk
+    /// at once (`sync_file_range`, write-out started, not waited for), so the `fsync` at the end
+    /// finds little left to write.
+    writeback: Option<(RawFd, u64)>,
 }
 
 // SAFETY: the pointer is into a file mapping that outlives the verify thread (joined before
@@ -249,7 +260,21 @@ impl VerifyJob {
         // SAFETY: see `unsafe impl Send for VerifyJob`: valid for reads of `len` bytes and not
         // written while this job is outstanding.
         let bytes = unsafe { std::slice::from_raw_parts(self.ptr, self.len) };
-        blake3::hash(bytes).as_bytes() == &self.expected
+        let ok = blake3::hash(bytes).as_bytes() == &self.expected;
+        if let (true, Some((fd, offset))) = (ok, self.writeback) {
+            // SAFETY: `fd` is the open output file (closed only after this thread is joined);
+            // the call only starts write-out of that byte range. Advice: errors are ignored
+            // (the final fsync reports them).
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    offset as libc::off64_t,
+                    self.len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        ok
     }
 }
 
@@ -567,6 +592,7 @@ fn receive_loop(
                                         ptr,
                                         len,
                                         expected,
+                                        writeback: rx.store().writeback(object, block),
                                     };
                                     if job_tx.send(job).is_ok() {
                                         verifying += 1;
