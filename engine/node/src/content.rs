@@ -84,14 +84,14 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Input>) -> Result<(), NodeError>
 /// passes over 256 MiB take 0.2 s on one core here.
 fn hash_object(name: String, content: &[u8], block_size: usize) -> ObjectEntry {
     let block_size = block_size.max(1);
+    if content.len() < 8 << 20 {
+        return ObjectEntry::from_content(name, content, block_size);
+    }
     let blocks: Vec<&[u8]> = content.chunks(block_size).collect();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .saturating_sub(1)
         .clamp(1, 15);
-    if content.len() < 8 << 20 {
-        return ObjectEntry::from_content(name, content, block_size);
-    }
     let per = blocks.len().div_ceil(workers);
     let (hash, block_hashes) = std::thread::scope(|s| {
         let whole = s.spawn(|| *blake3::hash(content).as_bytes());

@@ -45,7 +45,6 @@ pub(crate) struct StripePlan<'a> {
 /// How far a pacing catch-up may go after a stall.
 const BURST: Duration = Duration::from_micros(500);
 
-/// Runs one data thread to the end of its stripe (or until `stop`).
 /// What a data thread did.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct StripeStats {
@@ -55,18 +54,31 @@ pub(crate) struct StripeStats {
     pub bytes: u64,
 }
 
-/// Runs the stripe's first pass; returns what the thread did.
+/// Runs one data thread to the end of its stripe (or until `stop`, or until a relay's upstream
+/// ends without a block); returns what the thread did.
 pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
     if let Some(core) = p.core {
         core_affinity::set_for_current(core);
     }
     let socket = MulticastSender::new(p.group, p.iface, p.ttl, 4 << 20)?;
     let mut ring = SendRing::new(socket, SendRingConfig::default())?;
+    let mut stats = StripeStats::default();
+    first_pass(&p, &mut ring, &mut stats)?;
+    ring.drain(Duration::from_secs(1))?;
+    stats.cpu_seconds = crate::thread_cpu_seconds();
+    Ok(stats)
+}
+
+/// Sends the stripe's blocks in order; returns early (Ok) when stopped.
+fn first_pass(
+    p: &StripePlan<'_>,
+    ring: &mut SendRing,
+    stats: &mut StripeStats,
+) -> Result<(), NodeError> {
     let us = usize::from(p.unit_size);
     let seg = (UNIT_HEADER_LEN + us) as u16;
     let mut hdr = [0u8; UNIT_HEADER_LEN];
     let mut next_send = Instant::now();
-    let mut stats = StripeStats::default();
     let total = p.blocks.len();
     let mut seq = p.stripe;
     while seq < total {
@@ -82,9 +94,7 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
             // A relay sends a block as soon as it is verified upstream, not before.
             loop {
                 if p.stop.load(Ordering::Relaxed) {
-                    ring.drain(Duration::from_secs(1))?;
-                    stats.cpu_seconds = crate::thread_cpu_seconds();
-                    return Ok(stats);
+                    return Ok(());
                 }
                 let deadline = Instant::now() + Duration::from_millis(50);
                 match ready.wait_verified(object.0, block.0, deadline) {
@@ -92,9 +102,7 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
                     Err(WaitError::TimedOut) => continue,
                     // Upstream ended without it: the block will not come.
                     Err(_) => {
-                        ring.drain(Duration::from_secs(1))?;
-                        stats.cpu_seconds = crate::thread_cpu_seconds();
-                        return Ok(stats);
+                        return Ok(());
                     }
                 }
             }
@@ -106,9 +114,7 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
         let mut u = 0usize;
         while u < units {
             if p.stop.load(Ordering::Relaxed) {
-                ring.drain(Duration::from_secs(1))?;
-                stats.cpu_seconds = crate::thread_cpu_seconds();
-                return Ok(stats);
+                return Ok(());
             }
             // Pacing: this stripe's share of the rate (Relaxed: a rate a moment old is fine).
             let rate = (p.rate.load(Ordering::Relaxed) / p.stripes as u64).max(1);
@@ -160,7 +166,5 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
         seq += p.stripes;
     }
     p.progress.store(u64::MAX, Ordering::Release);
-    ring.drain(Duration::from_secs(1))?;
-    stats.cpu_seconds = crate::thread_cpu_seconds();
-    Ok(stats)
+    Ok(())
 }
