@@ -227,6 +227,7 @@ fn run_session(
         threads: s.threads.max(1),
         split: false,
         receiver_timeout: Duration::from_secs(10),
+        originals_factor: blockcast_proto::ORIGINALS_FACTOR,
     };
     let outs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))

@@ -89,6 +89,12 @@ struct SendArgs {
     /// per core for serve, one per downstream group for relay).
     #[arg(long)]
     threads: Option<usize>,
+    /// Repair with the original units receivers ask for while that costs at most this many
+    /// times the bandwidth of parity (about N for N receivers that lose alike), else with
+    /// parity units, which serve many receivers at once but cost each a decode of its block.
+    /// 0: parity always (for a link slower than the receivers' CPUs).
+    #[arg(long, default_value_t = blockcast_proto::ORIGINALS_FACTOR)]
+    originals_factor: u32,
 }
 
 impl SendArgs {
@@ -422,6 +428,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         max_wait: a.send.max_wait(),
         deadline: a.send.deadline(),
         threads: a.send.threads.unwrap_or(1).max(1),
+        originals_factor: a.send.originals_factor,
     };
     let summary = output::run_relay(&cfg, stop, out).map_err(exit::node)?;
     out.relay_summary(&summary);
@@ -475,6 +482,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         threads: a.send.threads.unwrap_or_else(cores).max(1),
         split: a.split,
         receiver_timeout: Duration::from_secs_f64(a.receiver_timeout.max(0.1)),
+        originals_factor: a.send.originals_factor,
     };
     let (a_max_wait, a_min_receivers) = (a.send.max_wait, a.send.min_receivers);
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;

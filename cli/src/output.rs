@@ -148,6 +148,7 @@ pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
         "data_units": s.stats.data_units,
         "parity_units": s.stats.parity_units,
         "duplicates": s.stats.duplicates,
+        "socket_drops": s.stats.socket_drops,
         "decodes": s.stats.decodes,
         "blocks_failed": s.stats.blocks_failed,
         "nacks": s.stats.nacks,

@@ -728,6 +728,7 @@ fn after_node(
                 object,
                 block,
                 expected,
+                rebuild,
             } => {
                 // External verification, answered at once (the node does it on another core).
                 let len = node
@@ -735,8 +736,9 @@ fn after_node(
                     .manifest()
                     .and_then(|m| m.block_len(object, block.0))
                     .unwrap_or(0);
-                let ok = blake3::hash(node.rx.store_mut().block_mut(object, block, len)).as_bytes()
-                    == &expected;
+                let bytes = node.rx.store_mut().block_mut(object, block, len);
+                let ok = rebuild.is_none_or(|r| r.apply(bytes))
+                    && blake3::hash(bytes).as_bytes() == &expected;
                 node.rx.handle_verified(now, object, block, ok);
             }
             ReceiverEvent::Accepted { .. } => {

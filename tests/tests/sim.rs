@@ -105,8 +105,11 @@ fn corrupted_units_never_end_in_a_done_block() {
 fn late_joiner_completes_without_restart() {
     let mut cfg = SimConfig::small(61, 5, 0.01);
     cfg.sender.min_receivers = 4;
-    // Receiver 4 starts when the first pass is about half way.
-    cfg.late = vec![(4, Duration::from_millis(12))];
+    // 1 MiB: a first pass of 65 ms, so the session is still on when the late receiver has
+    // heard an announce (every 20 ms) and joined, however fast the others finish.
+    cfg.objects = vec![1 << 20];
+    // Receiver 4 starts when the first pass is about a quarter of the way.
+    cfg.late = vec![(4, Duration::from_millis(16))];
     let r = check(cfg);
     // The sender never starts over: first-pass units are sent once.
     assert_eq!(r.data_units, r.minimal_units);
@@ -201,4 +204,17 @@ fn external_verification_is_the_same_protocol() {
         "no block failed: the failure path was not exercised"
     );
     assert_eq!(r.bad_done_blocks, 0);
+}
+
+#[test]
+fn small_groups_are_repaired_with_originals_large_ones_with_parity() {
+    // Four receivers that lose alike: resending the union of their holes costs about 4x
+    // parity's units and spares each of them a decode of the whole block.
+    let small = check(SimConfig::small(91, 4, 0.05));
+    assert_eq!(small.parity_units, 0);
+    assert!(small.repair_units > 0);
+    // Forty: the originals would cost about 40x, so parity it is.
+    let large = check(SimConfig::small(92, 40, 0.05));
+    assert!(large.parity_units > 0);
+    assert!(large.repair_units < large.parity_units);
 }

@@ -101,6 +101,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         threads,
         split: false,
         receiver_timeout: Duration::from_secs(10),
+        originals_factor: blockcast_proto::ORIGINALS_FACTOR,
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();

@@ -87,6 +87,7 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         threads: 1,
         split: false,
         receiver_timeout: Duration::from_secs(10),
+        originals_factor: blockcast_proto::ORIGINALS_FACTOR,
     };
     let outs: Vec<PathBuf> = (0..total)
         .map(|i| dir.join(format!("copy-{i}.bin")))
@@ -130,6 +131,7 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
             max_wait: Duration::from_secs(10),
             deadline: Some(Duration::from_secs(300)),
             threads: 1,
+            originals_factor: blockcast_proto::ORIGINALS_FACTOR,
         })
         .collect();
     let stop = AtomicBool::new(false);

@@ -46,6 +46,10 @@ struct Args {
     /// multicast to the same receivers, in one run.
     #[arg(long)]
     relays: Option<usize>,
+    /// Repair with originals while they cost at most this many times parity (0: parity
+    /// always; the sender's default is 4).
+    #[arg(long, default_value_t = blockcast_proto::ORIGINALS_FACTOR)]
+    originals_factor: u32,
 }
 
 fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
@@ -58,6 +62,7 @@ fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
     c.delay = Duration::from_secs_f64(a.delay_ms / 1000.0);
     c.store = StoreKind::Hashed;
     c.sender.max_wait = Duration::from_secs(2);
+    c.sender.originals_factor = a.originals_factor;
     c.time_limit = Duration::from_secs(600);
     if bursty {
         // Bursts of ~20 copies in which half are lost.

@@ -19,8 +19,8 @@ use blockcast_proto::wire::{
     UnitPacket,
 };
 use blockcast_proto::{
-    BlockStore, Destination, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, SplitMember,
-    StoreError,
+    BlockStore, Destination, Rebuild, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats,
+    SplitMember, StoreError,
 };
 use memmap2::MmapMut;
 use std::os::fd::OwnedFd;
@@ -230,21 +230,22 @@ impl FileStore {
         object: ObjectId,
         block: BlockIndex,
         len: usize,
-    ) -> Option<(*const u8, usize)> {
+    ) -> Option<(*mut u8, usize)> {
         let start = block.0 as usize * self.block_size;
         let (base, map_len) = *self.bases.get(object.0 as usize)?;
         // SAFETY: in bounds of the mapping, checked first.
-        (start + len <= map_len && len > 0).then(|| (unsafe { base.add(start) } as *const u8, len))
+        (start + len <= map_len && len > 0).then(|| (unsafe { base.add(start) }, len))
     }
 }
 
-/// A block to hash on the verify thread.
+/// A block to rebuild (when parity stands in for some units) and hash on the verify thread.
 struct VerifyJob {
     object: ObjectId,
     block: BlockIndex,
-    ptr: *const u8,
+    ptr: *mut u8,
     len: usize,
     expected: [u8; 32],
+    rebuild: Option<Rebuild>,
     /// The file and the block's offset in it: once verified, its pages are handed to the disk
     /// at once (`sync_file_range`, write-out started, not waited for), so the `fsync` at the end
     /// finds little left to write.
@@ -252,14 +253,18 @@ struct VerifyJob {
 }
 
 // SAFETY: the pointer is into a file mapping that outlives the verify thread (joined before
-// the store is dropped), and the block it covers is not written until the job is answered.
+// the store is dropped), and the block it covers is neither read nor written by the receive
+// thread until the job is answered.
 unsafe impl Send for VerifyJob {}
 
 impl VerifyJob {
     fn run(&self) -> bool {
-        // SAFETY: see `unsafe impl Send for VerifyJob`: valid for reads of `len` bytes and not
-        // written while this job is outstanding.
-        let bytes = unsafe { std::slice::from_raw_parts(self.ptr, self.len) };
+        // SAFETY: see `unsafe impl Send for VerifyJob`: valid for reads and writes of `len`
+        // bytes, and this job is the only user of them while it is outstanding.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) };
+        if self.rebuild.as_ref().is_some_and(|r| !r.apply(bytes)) {
+            return false;
+        }
         let ok = blake3::hash(bytes).as_bytes() == &self.expected;
         if let (true, Some((fd, offset))) = (ok, self.writeback) {
             // SAFETY: `fd` is the open output file (closed only after this thread is joined);
@@ -579,6 +584,7 @@ fn receive_loop(
                             object,
                             block,
                             expected,
+                            rebuild,
                         } => {
                             let len = rx
                                 .manifest()
@@ -592,6 +598,7 @@ fn receive_loop(
                                         ptr,
                                         len,
                                         expected,
+                                        rebuild,
                                         writeback: rx.store().writeback(object, block),
                                     };
                                     if job_tx.send(job).is_ok() {

@@ -48,6 +48,8 @@ pub struct RelayConfig {
     pub deadline: Option<Duration>,
     /// Data threads per downstream group.
     pub threads: usize,
+    /// Downstream repairs: see [`ServeConfig::originals_factor`].
+    pub originals_factor: u32,
 }
 
 /// Progress of both sides, reported a few times per second.
@@ -136,6 +138,7 @@ pub fn relay(
                             threads: cfg.threads.max(1),
                             split: false,
                             receiver_timeout: Duration::from_secs(10),
+                            originals_factor: cfg.originals_factor,
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());
                         let (state, down_stop) = (&state, &down_stop);

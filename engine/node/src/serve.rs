@@ -49,6 +49,9 @@ pub struct ServeConfig {
     pub split: bool,
     /// A receiver not heard from for this long is dropped (in split mode: planned without).
     pub receiver_timeout: Duration,
+    /// Repair with originals while they cost at most this many times parity's bandwidth
+    /// ([`blockcast_proto::SenderConfig::originals_factor`]; 0: parity always).
+    pub originals_factor: u32,
 }
 
 /// Progress, reported a few times per second.
@@ -171,6 +174,7 @@ pub(crate) fn serve_content(
         max_wait: cfg.max_wait,
         deadline: cfg.deadline,
         initial_grtt: Duration::from_millis(2),
+        originals_factor: cfg.originals_factor,
         ..SenderConfig::default()
     };
     let mut sender =

@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use receiver::{
-    CopyTargets, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, SplitMember,
+    CopyTargets, Rebuild, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, SplitMember,
 };
-pub use sender::{Sender, SenderConfig, SenderEvent, SenderStats};
+pub use sender::{Sender, SenderConfig, SenderEvent, SenderStats, ORIGINALS_FACTOR};
 pub use split::SplitConfig;
 pub use store::{BlockSource, BlockStore, MemStore, SliceSource, StoreError};
 

@@ -117,12 +117,16 @@ pub enum ReceiverEvent {
     Accepted { row: u32 },
     /// A block was rebuilt (if needed), hashed, and matched the manifest.
     BlockVerified { object: ObjectId, block: BlockIndex },
-    /// External verification: hash this block (its bytes in the store) against `expected`
-    /// and answer with [`Receiver::handle_verified`].
+    /// External verification: rebuild this block's missing units (`rebuild`, when some
+    /// came as parity), hash it (its bytes in the store) against `expected` and answer with
+    /// [`Receiver::handle_verified`]. Both the decode and the hash belong off the receive
+    /// path: a decode of a large block takes milliseconds, long enough for a socket to
+    /// overflow behind it.
     VerifyBlock {
         object: ObjectId,
         block: BlockIndex,
         expected: [u8; 32],
+        rebuild: Option<Rebuild>,
     },
     /// A block's bytes did not match its hash; it is discarded and fetched again.
     BlockFailed { object: ObjectId, block: BlockIndex },
@@ -159,6 +163,44 @@ pub struct ReceiverStats {
     pub strangers: u64,
     /// Fail-overs to another source ([`Receiver::switch_source`]).
     pub switches: u64,
+    /// Datagrams the receiving socket dropped for lack of buffer space, as last reported
+    /// through [`Receiver::note_socket`].
+    pub socket_drops: u64,
+}
+
+/// What a block needs to be made whole from parity: which originals it holds and the parity
+/// units it got. Handed out with [`ReceiverEvent::VerifyBlock`] so that the decode runs where
+/// the hash runs (the node's verify thread), not on the receive path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebuild {
+    have: UnitBitmap,
+    parity: Vec<(u16, Box<[u8]>)>,
+    k: u16,
+    max_parity: u16,
+    unit_size: u16,
+}
+
+impl Rebuild {
+    /// Restores the missing original units of `block` (the block's bytes, with every unit
+    /// it holds in place) from the parity units. False when they cannot (a damaged unit or
+    /// too few of them): the block is then failed and fetched again like a bad hash.
+    pub fn apply(&self, block: &mut [u8]) -> bool {
+        let parity: Vec<(u16, &[u8])> = self.parity.iter().map(|(i, p)| (*i, &p[..])).collect();
+        coding::decode_block(
+            block,
+            |u| self.have.get(u),
+            &parity,
+            self.k,
+            self.max_parity,
+            self.unit_size,
+        )
+        .is_ok()
+    }
+
+    /// Original units the rebuild restores.
+    pub fn missing(&self) -> usize {
+        usize::from(self.k) - self.have.count_ones()
+    }
 }
 
 /// Blocks just ahead of the first pass that a priority request leaves to it.
@@ -705,6 +747,7 @@ impl<S: BlockStore> Receiver<S> {
     /// server slows down for that, not for loss on the way.
     pub fn note_socket(&mut self, received: u64, dropped: u32) {
         self.socket = (received, dropped);
+        self.stats.socket_drops = u64::from(dropped);
     }
 
     fn heard(&mut self, now: Instant, timestamp: u32) {
@@ -977,9 +1020,31 @@ impl<S: BlockStore> Receiver<S> {
         };
         let (unit_size, max_parity) = (m.unit_size, a.max_parity);
         let expected = m.objects[object.0 as usize].block_hashes[block.0 as usize];
-        let Some(state) = self.blocks[seq as usize].as_ref() else {
+        let Some(state) = self.blocks[seq as usize].as_mut() else {
             return;
         };
+        if self.cfg.external_verify {
+            // The node rebuilds and hashes the block on another core and calls
+            // `handle_verified`; nothing writes to the block meanwhile.
+            state.verifying = true;
+            let rebuild = (state.have.count_ones() < usize::from(k)).then(|| Rebuild {
+                have: state.have.clone(),
+                parity: std::mem::take(&mut state.parity),
+                k,
+                max_parity,
+                unit_size,
+            });
+            if rebuild.is_some() {
+                self.stats.decodes += 1;
+            }
+            self.events.push_back(ReceiverEvent::VerifyBlock {
+                object,
+                block,
+                expected,
+                rebuild,
+            });
+            return;
+        }
         let bytes = self.store.block_mut(object, block, block_len);
         let mut ok = true;
         if state.have.count_ones() < usize::from(k) {
@@ -995,18 +1060,6 @@ impl<S: BlockStore> Receiver<S> {
                 unit_size,
             )
             .is_ok();
-        }
-        if ok && self.cfg.external_verify {
-            // The node hashes the block on another core and calls `handle_verified`.
-            if let Some(state) = self.blocks[seq as usize].as_mut() {
-                state.verifying = true;
-            }
-            self.events.push_back(ReceiverEvent::VerifyBlock {
-                object,
-                block,
-                expected,
-            });
-            return;
         }
         ok = ok && blake3::hash(bytes).as_bytes() == &expected;
         self.verified(now, seq, ok);
@@ -1134,6 +1187,10 @@ impl<S: BlockStore> Receiver<S> {
             return;
         };
         state.nack_at = None;
+        if state.verifying {
+            // Out for rebuild and hashing: the answer decides (a failure re-arms it).
+            return;
+        }
         let held = state.have.count_ones() + state.parity.len();
         let missing = usize::from(k).saturating_sub(held);
         if !state.loss_counted {
@@ -1277,7 +1334,7 @@ impl<S: BlockStore> Receiver<S> {
             };
             let missing =
                 usize::from(k).saturating_sub(state.have.count_ones() + state.parity.len());
-            if missing == 0 {
+            if missing == 0 || state.verifying {
                 self.nack_due.pop_first();
                 continue;
             }

@@ -58,6 +58,14 @@ pub struct SenderConfig {
     pub max_receivers: usize,
     /// Blocks whose parity units are kept ready (each costs `max_parity * unit_size`).
     pub parity_cache_blocks: usize,
+    /// Repair with the original units receivers name rather than with parity while that
+    /// costs at most this many times parity's bandwidth. Parity serves every receiver with
+    /// one set of units, but each receiver that takes one must decode its whole block
+    /// (milliseconds of CPU per MiB, whatever it lost); originals only need receiving. The
+    /// cost ratio is estimated as the sum of the incomplete members' loss rates over the
+    /// largest (about N for N receivers that lose alike; the member count until losses are
+    /// reported), so small groups get originals and large ones parity. 0: parity always.
+    pub originals_factor: u32,
     /// The node sends the first pass itself (one data thread per stripe, straight from the
     /// source) and reports how far it got with [`Sender::handle_first_pass`]; the sender then
     /// announces, repairs and tracks receivers, and never emits first-pass units.
@@ -67,6 +75,10 @@ pub struct SenderConfig {
     /// member by unicast. Needs an internal first pass.
     pub split: Option<SplitConfig>,
 }
+
+/// The default [`SenderConfig::originals_factor`]: groups of up to about four receivers that
+/// lose alike get originals (measured in docs/DESIGN.md, 2026-11-22).
+pub const ORIGINALS_FACTOR: u32 = 4;
 
 impl Default for SenderConfig {
     fn default() -> Self {
@@ -90,6 +102,7 @@ impl Default for SenderConfig {
             receiver_timeout: Duration::from_secs(10),
             max_receivers: 100_000,
             parity_cache_blocks: 256,
+            originals_factor: ORIGINALS_FACTOR,
             external_first_pass: false,
             split: None,
         }
@@ -169,6 +182,8 @@ struct Member {
     complete: bool,
     rtt: Option<Duration>,
     loss_ppm: u32,
+    /// Its loss rate, smoothed over the notices that reported any (parts per million).
+    loss_est_ppm: u32,
     /// Its socket's overflow share, from its latest notice (parts per million).
     overflow_ppm: u32,
     /// Blocks before this are marked held in the status matrix.
@@ -262,6 +277,9 @@ pub struct Sender<S> {
     manifest_cursor: usize,
     closing_at: Option<Instant>,
     repairs: HashMap<u64, Repair>,
+    /// Repairs go as originals ([`Sender::repair_by_originals`]), as decided at this instant.
+    by_originals: bool,
+    originals_checked: Option<Instant>,
     repair_queue: VecDeque<u64>,
     parity_cache: HashMap<u64, Vec<u8>>,
     parity_lru: VecDeque<u64>,
@@ -356,6 +374,8 @@ impl<S: BlockSource> Sender<S> {
             manifest_cursor: 0,
             closing_at: None,
             repairs: HashMap::new(),
+            by_originals: false,
+            originals_checked: None,
             repair_queue: VecDeque::new(),
             parity_cache: HashMap::new(),
             parity_lru: VecDeque::new(),
@@ -900,6 +920,7 @@ impl<S: BlockSource> Sender<S> {
                 complete: false,
                 rtt: None,
                 loss_ppm: 0,
+                loss_est_ppm: 0,
                 overflow_ppm: 0,
                 marked: 0,
                 zone,
@@ -922,6 +943,14 @@ impl<S: BlockSource> Sender<S> {
         };
         m.last_heard = now;
         m.loss_ppm = r.loss_ppm;
+        if r.loss_ppm > 0 {
+            // A notice covering no finished block says 0: keep the last estimate then.
+            m.loss_est_ppm = if m.loss_est_ppm == 0 {
+                r.loss_ppm
+            } else {
+                ((3 * u64::from(m.loss_est_ppm) + u64::from(r.loss_ppm)) / 4) as u32
+            };
+        }
         m.overflow_ppm = r.overflow_ppm;
         // Send->receipt time: now minus the echoed send time, less the time the receiver held it.
         let elapsed = ts_now.wrapping_sub(r.echo_timestamp);
@@ -1014,6 +1043,7 @@ impl<S: BlockSource> Sender<S> {
         }
         let k = self.units_in(e.object, e.block);
         let max_parity = self.cfg.geometry.max_parity;
+        let by_originals = self.repair_by_originals(now);
         let settle = self.grtt * 2;
         let r = self.repairs.entry(seq).or_default();
         // Parity this receiver may still get: what is queued, and what was sent so recently
@@ -1034,7 +1064,7 @@ impl<S: BlockSource> Sender<S> {
         }
         let whole = e.missing >= k;
 
-        if !whole && r.parity_end + want <= max_parity {
+        if !whole && !by_originals && r.parity_end + want <= max_parity {
             r.parity_end += want;
         } else {
             // Parity cannot cover it (or the receiver has nothing): send the originals it lists.
@@ -1057,6 +1087,35 @@ impl<S: BlockSource> Sender<S> {
             r.queued = true;
             self.repair_queue.push_back(seq);
         }
+    }
+
+    /// Whether repairs go as originals now ([`SenderConfig::originals_factor`]); decided
+    /// again at most every 100 ms (it looks at every member).
+    fn repair_by_originals(&mut self, now: Instant) -> bool {
+        let factor = u64::from(self.cfg.originals_factor);
+        if factor == 0 {
+            return false;
+        }
+        if self
+            .originals_checked
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(100))
+        {
+            return self.by_originals;
+        }
+        let (mut sum, mut max, mut n) = (0u64, 0u64, 0u64);
+        for m in self.members.values().filter(|m| !m.complete) {
+            let p = u64::from(m.loss_est_ppm);
+            sum += p;
+            max = max.max(p);
+            n += 1;
+        }
+        self.by_originals = if max == 0 {
+            n <= factor
+        } else {
+            sum <= factor * max
+        };
+        self.originals_checked = Some(now);
+        self.by_originals
     }
 
     /// Handles timers: call when the instant from [`Sender::poll_timeout`] has passed.
@@ -1647,5 +1706,40 @@ mod tests {
         s.source_mut().ready = 2;
         let later = units_due(&mut s, t1 + Duration::from_millis(10));
         assert_eq!(later, [(1, 0), (1, 1), (1, 2), (1, 3)]);
+    }
+    #[test]
+    fn repairs_go_as_originals_while_they_cost_at_most_the_factor_times_parity() {
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        // Members with these smoothed loss rates (ppm); the decision at a fresh instant.
+        let decide = |s: &mut Sender<Gated>, losses: &[u32], at: Duration| {
+            for (i, &p) in losses.iter().enumerate() {
+                let id = ReceiverId(i as u64 + 1);
+                s.on_join(t0, addr, id);
+                s.members.get_mut(&id).unwrap().loss_est_ppm = p;
+            }
+            s.repair_by_originals(t0 + at)
+        };
+        // No loss reported yet: the member count decides (4 by default).
+        assert!(decide(&mut s, &[0; 4], Duration::ZERO));
+        // Decided again only after 100 ms.
+        assert!(decide(&mut s, &[0; 5], Duration::from_millis(50)));
+        assert!(!decide(&mut s, &[0; 5], Duration::from_millis(200)));
+        // 20 members losing alike: originals would cost 20x parity's bandwidth.
+        assert!(!decide(&mut s, &[10_000; 20], Duration::from_millis(400)));
+        // One of them loses far more: the others' holes add little to its own.
+        let mut losses = [1_000; 20];
+        losses[7] = 50_000;
+        assert!(decide(&mut s, &losses, Duration::from_millis(600)));
+        // Complete members do not count: 20 alike, of which 17 are done.
+        assert!(!decide(&mut s, &[10_000; 20], Duration::from_millis(800)));
+        for (i, m) in s.members.values_mut().enumerate() {
+            m.complete = i >= 3;
+        }
+        assert!(s.repair_by_originals(t0 + Duration::from_millis(1000)));
+        // Factor 0: parity always.
+        s.cfg.originals_factor = 0;
+        assert!(!s.repair_by_originals(t0 + Duration::from_millis(1200)));
     }
 }
