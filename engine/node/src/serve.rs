@@ -105,7 +105,13 @@ pub fn serve(
     progress_cb: &mut dyn FnMut(&ServeProgress),
 ) -> Result<ServeSummary, NodeError> {
     let block_size = cfg.geometry.block_size();
+    let hashing = Instant::now();
     let (content, objects) = Content::open(&cfg.inputs, block_size)?;
+    tracing::debug!(
+        objects = objects.len(),
+        seconds = hashing.elapsed().as_secs_f64(),
+        "inputs mapped and hashed"
+    );
     let manifest = Manifest {
         unit_size: cfg.geometry.unit_size,
         units_per_block: cfg.geometry.units_per_block,
@@ -337,6 +343,11 @@ fn control_loop(
             sender.handle_timeout(now);
         }
         if !data_started && sender.is_sending() && !cfg.split {
+            tracing::debug!(
+                receivers = sender.receivers(),
+                seconds = started.elapsed().as_secs_f64(),
+                "first pass starts"
+            );
             data_started = true;
             start_data(sender.epoch().unwrap_or(now));
         }
@@ -376,7 +387,20 @@ fn control_loop(
         ring.flush()?;
         while let Some(e) = sender.poll_event() {
             match e {
-                SenderEvent::ReceiverComplete { .. } => complete += 1,
+                SenderEvent::ReceiverComplete { receiver } => {
+                    tracing::debug!(
+                        receiver = receiver.0,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "receiver complete"
+                    );
+                    complete += 1
+                }
+                SenderEvent::ReceiverJoined { receiver, addr } => tracing::debug!(
+                    receiver = receiver.0,
+                    %addr,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "receiver joined"
+                ),
                 SenderEvent::Finished { reason: r } => reason = r,
                 SenderEvent::SentWhole { object, block } => {
                     // The group got this block whole: the first pass skips it (Release: a

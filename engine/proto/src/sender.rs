@@ -1240,7 +1240,14 @@ impl<S: BlockSource> Sender<S> {
         }
         if let Some(epoch) = self.epoch {
             match self.phase {
-                Phase::Waiting => consider(Some(epoch + self.cfg.max_wait)),
+                Phase::Waiting => {
+                    // Enough receivers: start at once, not at the next timer (a join arrives
+                    // between timers, up to an announce interval before the next one).
+                    if self.members.len() >= self.cfg.min_receivers {
+                        consider(Some(epoch));
+                    }
+                    consider(Some(epoch + self.cfg.max_wait));
+                }
                 Phase::Sending => {
                     consider(self.cfg.deadline.map(|d| epoch + d));
                     if self.has_paced_work() {
@@ -1741,5 +1748,24 @@ mod tests {
         // Factor 0: parity always.
         s.cfg.originals_factor = 0;
         assert!(!s.repair_by_originals(t0 + Duration::from_millis(1200)));
+    }
+    #[test]
+    fn first_pass_starts_as_soon_as_enough_receivers_joined() {
+        let mut s = gated_sender();
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(10);
+        let t0 = Instant::now();
+        s.handle_timeout(t0);
+        assert!(!s.is_sending());
+        // Nothing is due before the next announce while nobody is there.
+        assert!(s
+            .poll_timeout()
+            .is_some_and(|t| t > t0 + Duration::from_millis(50)));
+        let t1 = t0 + Duration::from_millis(1);
+        s.on_join(t1, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        // Due at once, not at the next announce.
+        assert!(s.poll_timeout().is_some_and(|t| t <= t1));
+        s.handle_timeout(t1);
+        assert!(s.is_sending());
     }
 }
