@@ -33,7 +33,7 @@ mod uring;
 
 pub use error::IoError;
 pub use recv::{split_segments, Datagram, RecvBatch, GRO_BUFFER_SIZE, MAX_RECV_BATCH};
-pub use socket::{bind_unicast, BufferSize, MulticastReceiver, MulticastSender};
+pub use socket::{bind_unicast, receive_queue_ppm, BufferSize, MulticastReceiver, MulticastSender};
 pub use unicast::{bind_data_unicast, send_segments};
 pub use uring::{
     BatchError, GsoBatch, RingMode, SendRing, SendRingConfig, SendStats, Source, StableBytes,

@@ -352,6 +352,34 @@ impl From<MulticastReceiver> for OwnedFd {
     }
 }
 
+/// `SO_MEMINFO` (include/uapi/asm-generic/socket.h; libc does not name it).
+const SO_MEMINFO: libc::c_int = 55;
+
+/// How full `socket`'s receive buffer is, in parts per million of it: the memory its queued
+/// datagrams take (`SK_MEMINFO_RMEM_ALLOC`) over the buffer's size (`SK_MEMINFO_RCVBUF`),
+/// from `SO_MEMINFO`. `None` if the kernel does not say. One `getsockopt`, no allocation.
+pub fn receive_queue_ppm(socket: &impl AsFd) -> Option<u32> {
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` and `len` are valid for writes during the call and `len` holds the size
+    // of `info`; the kernel writes at most `len` bytes and sets `len` to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    let alloc = info[libc::SK_MEMINFO_RMEM_ALLOC as usize];
+    let size = info[libc::SK_MEMINFO_RCVBUF as usize];
+    if rc != 0 || (len as usize) < 8 || size == 0 {
+        return None;
+    }
+    Some((u64::from(alloc) * 1_000_000 / u64::from(size)).min(1_000_000) as u32)
+}
+
 /// Opens a unicast UDP socket bound to `addr` for the control plane (joins, NACKs, receipt
 /// notices).
 ///

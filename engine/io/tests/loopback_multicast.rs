@@ -13,8 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use blockcast_io::{
-    iface, BatchError, IoError, MulticastReceiver, MulticastSender, RecvBatch, SendRing,
-    SendRingConfig, Source, GRO_BUFFER_SIZE,
+    iface, receive_queue_ppm, BatchError, IoError, MulticastReceiver, MulticastSender, RecvBatch,
+    SendRing, SendRingConfig, Source, GRO_BUFFER_SIZE,
 };
 
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
@@ -340,4 +340,37 @@ fn socket_drops_are_reported() {
     let drops = u64::from(batch.socket_drops().expect("the socket reports its drops"));
     assert!(queued > 0 && queued < N, "received {queued} of {N}");
     assert_eq!(queued + drops, N, "received {queued} + dropped {drops}");
+}
+
+/// The receive queue's fill (`SO_MEMINFO`) rises with queued datagrams and falls back to
+/// zero once they are read.
+#[test]
+fn receive_queue_fill_is_reported() {
+    let (g, _hold) = group(7);
+    let rx = MulticastReceiver::new(g, LO, 1 << 20, false).unwrap();
+    let tx = std::net::UdpSocket::from(std::os::fd::OwnedFd::from(
+        MulticastSender::new(g, LO, 1, 0).unwrap(),
+    ));
+    assert_eq!(receive_queue_ppm(&rx), Some(0));
+    let payload = vec![7u8; 1400];
+    for _ in 0..50 {
+        tx.send(&payload).unwrap();
+    }
+    // Loopback queues inside the send call: the 50 datagrams are there now.
+    let full = receive_queue_ppm(&rx).unwrap();
+    // At least their payload, at most the whole buffer (nothing was dropped).
+    let buffer = rx.recv_buffer().effective as u64;
+    assert!(
+        u64::from(full) >= 50 * 1400 * 1_000_000 / buffer,
+        "{full} ppm"
+    );
+    assert!(full < 1_000_000, "{full} ppm");
+    let mut batch = RecvBatch::new(64, 2048).unwrap();
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while got < 50 && Instant::now() < deadline {
+        got += batch.recv(&rx, Duration::from_millis(50)).unwrap();
+    }
+    assert_eq!(got, 50);
+    assert_eq!(receive_queue_ppm(&rx), Some(0));
 }

@@ -511,6 +511,11 @@ fn receive_loop(
                     first_unit = Some(now);
                 }
                 if ready[0] {
+                    // How far behind this receiver is, for the server's rate (one getsockopt
+                    // per turn, not per datagram).
+                    if let Some(q) = blockcast_io::receive_queue_ppm(&data) {
+                        rx.note_queue(q);
+                    }
                     // Drain what is queued, a bounded number of batches per turn.
                     for _ in 0..64 {
                         if batch.recv(&data, Duration::ZERO)? == 0 {

@@ -323,6 +323,8 @@ fn control_loop(
     let started = Instant::now();
     let mut rate = shared_rate.load(Ordering::Relaxed);
     let mut next_rate_check = started + Duration::from_millis(100);
+    let mut pace = RateControl::new(rate);
+    let (mut last_sent, mut last_step) = (0u64, started);
     let mut next_progress = started;
     let mut reason = DoneReason::Complete;
     let mut complete = 0usize;
@@ -416,7 +418,28 @@ fn control_loop(
             break;
         }
         if cfg.rate.is_none() && now >= next_rate_check {
-            rate = adapt_rate(sender, rate);
+            // What went out since the last step: first-pass blocks from the data threads,
+            // repairs and parity from here.
+            let stripes = stripe_progress.len().max(1) as u64;
+            let blocks = stripe_progress
+                .iter()
+                .map(|p| p.load(Ordering::Relaxed).min(sender.total_blocks()))
+                .sum::<u64>()
+                / stripes;
+            let st = sender.stats();
+            let sent = blocks * cfg.geometry.block_size() as u64 + st.data_bytes + st.parity_bytes;
+            let secs = now.saturating_duration_since(last_step).as_secs_f64();
+            let achieved = (sent.saturating_sub(last_sent) as f64 / secs.max(1e-3)) as u64;
+            (last_sent, last_step) = (sent, now);
+            rate = pace.step(sender, now, achieved);
+            tracing::debug!(
+                rate,
+                achieved,
+                overflow_ppm = sender.worst_overflow_ppm(),
+                queue_ppm = sender.worst_queue_ppm(),
+                delivery = sender.slowest_delivery(),
+                "rate step"
+            );
             sender.set_rate(if cfg.split { rate } else { (rate / 2).max(1) });
             next_rate_check = now + Duration::from_millis(100);
         }
@@ -455,31 +478,88 @@ const HEAVY_LOSS_PPM: u32 = 200_000;
 
 /// `--rate auto`: follows congestion at the receivers. Each receipt notice carries the share of
 /// datagrams the receiver's own socket dropped for lack of buffer space (`overflow_ppm`, from
-/// `SO_RXQ_OVFL`): the sender is too fast for that receiver. Back off hard under real
-/// overflow, gently under a little, and probe upward by 12 % per step while there is none.
+/// `SO_RXQ_OVFL`) and how full that buffer got (`queue_ppm`, from `SO_MEMINFO`).
+/// - Overflow, or a buffer found more than half full: the sender is too fast for that
+///   receiver. Back off (hard under real overflow, gently otherwise), then hold for
+///   [`RateControl::SETTLE`]: notices lag the sends by up to a notice interval, and backing
+///   off again on the same stale news would take the rate far below what the receivers take.
+/// - A little overflow, or a buffer more than a quarter full: no faster.
+/// - Neither: faster, by a quarter per step until the first sign of a queue (slow start, as
+///   TCP's), by 12 % per step after, never more than twice what actually went out in the last
+///   step (a rate the sender cannot reach says nothing, and would take many steps to come
+///   down). The receivers' delivery rate is not a cap here: under loss, blocks are verified
+///   late (after their repairs), so it understates what they take.
+///
 /// Loss on the way (a lossy link, nftables in the tests) does not slow the sender down unless
 /// it is heavy (over 20 %): slowing down does not make a lossy link lose less, and the repairs
 /// cover it (docs/DESIGN.md, 2026-11-22).
-fn adapt_rate(sender: &Sender<Content>, rate: u64) -> u64 {
-    let loss = sender
-        .receiver_report()
-        .iter()
-        .map(|r| r.4)
-        .max()
-        .unwrap_or(0);
-    let congestion = sender
-        .worst_overflow_ppm()
-        .max(if loss > HEAVY_LOSS_PPM { loss } else { 0 });
-    if congestion > 10_000 {
-        (rate * 7 / 10).max(MIN_RATE)
-    } else if congestion > 1_000 {
-        (rate * 9 / 10).max(MIN_RATE)
-    } else if congestion > 100 {
-        rate
-    } else {
-        (rate + rate / 8).min(MAX_RATE)
+struct RateControl {
+    rate: u64,
+    slow_start: bool,
+    hold_until: Option<Instant>,
+}
+
+impl RateControl {
+    const SETTLE: Duration = Duration::from_millis(300);
+
+    fn new(rate: u64) -> Self {
+        RateControl {
+            rate,
+            slow_start: true,
+            hold_until: None,
+        }
+    }
+
+    /// One step (every 100 ms): `achieved` is what went out since the last, bytes per second.
+    fn step(&mut self, sender: &Sender<Content>, now: Instant, achieved: u64) -> u64 {
+        let loss = sender
+            .receiver_report()
+            .iter()
+            .map(|r| r.4)
+            .max()
+            .unwrap_or(0);
+        let congestion =
+            sender
+                .worst_overflow_ppm()
+                .max(if loss > HEAVY_LOSS_PPM { loss } else { 0 });
+        let queue = sender.worst_queue_ppm();
+        let rate = self.rate;
+        let settled = self.hold_until.is_none_or(|t| now >= t);
+        self.rate = if congestion > 1_000 || queue > QUEUE_HIGH_PPM {
+            self.slow_start = false;
+            if settled {
+                self.hold_until = Some(now + Self::SETTLE);
+                let backed_off = if congestion > 10_000 {
+                    rate * 7 / 10
+                } else {
+                    rate * 9 / 10
+                };
+                // Straight down to what the slowest receiver verified lately, if that is
+                // lower (but no lower than half): one step instead of many.
+                match sender.slowest_delivery() {
+                    Some(d) => backed_off.min(d.max(rate / 2)),
+                    None => backed_off,
+                }
+            } else {
+                rate
+            }
+        } else if congestion > 100 || queue > QUEUE_RISING_PPM {
+            self.slow_start = false;
+            rate
+        } else {
+            // Not far past what went out.
+            let up = if self.slow_start { rate / 4 } else { rate / 8 };
+            (rate + up).min(achieved.saturating_mul(2).max(START_RATE))
+        }
+        .clamp(MIN_RATE, MAX_RATE);
+        self.rate
     }
 }
+
+/// A receiver whose socket buffer was found more than half full is falling behind.
+const QUEUE_HIGH_PPM: u32 = 500_000;
+/// More than a quarter: no faster.
+const QUEUE_RISING_PPM: u32 = 250_000;
 
 fn send_due(
     sender: &mut Sender<Content>,

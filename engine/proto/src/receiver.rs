@@ -292,6 +292,8 @@ pub struct Receiver<S> {
     /// node), now and at the last receipt notice.
     socket: (u64, u32),
     socket_at_receipt: (u64, u32),
+    /// The fullest the data socket's receive buffer was seen since the last notice (ppm).
+    queue_max: u32,
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
     /// Split mode: the newest copy plan.
@@ -350,6 +352,7 @@ impl<S: BlockStore> Receiver<S> {
             loss_units: 0,
             expected_units: 0,
             socket: (0, 0),
+            queue_max: 0,
             socket_at_receipt: (0, 0),
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
@@ -748,6 +751,13 @@ impl<S: BlockStore> Receiver<S> {
     pub fn note_socket(&mut self, received: u64, dropped: u32) {
         self.socket = (received, dropped);
         self.stats.socket_drops = u64::from(dropped);
+    }
+
+    /// How full the node found its data socket's receive buffer (parts per million of it),
+    /// before a read. Receipt notices report the fullest since the previous one
+    /// (`queue_ppm`): the server's automatic rate stops rising before the socket overflows.
+    pub fn note_queue(&mut self, ppm: u32) {
+        self.queue_max = self.queue_max.max(ppm.min(1_000_000));
     }
 
     fn heard(&mut self, now: Instant, timestamp: u32) {
@@ -1432,6 +1442,7 @@ impl<S: BlockStore> Receiver<S> {
             echo_delay_us,
             loss_ppm,
             overflow_ppm,
+            queue_ppm: std::mem::take(&mut self.queue_max),
             watermark_object,
             watermark_block,
             blocks_done: self.done.count_ones() as u64,

@@ -186,6 +186,12 @@ struct Member {
     loss_est_ppm: u32,
     /// Its socket's overflow share, from its latest notice (parts per million).
     overflow_ppm: u32,
+    /// How full its socket's receive buffer got, from its latest notice (parts per million).
+    queue_ppm: u32,
+    /// Its verified blocks at its previous notice, and when that notice came.
+    delivered: Option<(Instant, u64)>,
+    /// Bytes per second it verified between notices, smoothed; 0 until measured.
+    delivery: u64,
     /// Blocks before this are marked held in the status matrix.
     marked: u64,
     /// The zone it named (split mode; 0 otherwise).
@@ -465,6 +471,26 @@ impl<S: BlockSource> Sender<S> {
             .map(|m| m.overflow_ppm)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The fullest receive buffer among the members' latest receipt notices (parts per
+    /// million of the buffer): a receiver falling behind, before it overflows.
+    pub fn worst_queue_ppm(&self) -> u32 {
+        self.members
+            .values()
+            .map(|m| m.queue_ppm)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The slowest incomplete member's delivery rate: bytes per second it verified between
+    /// its recent notices (smoothed), among those measured; what the group demonstrably takes.
+    pub fn slowest_delivery(&self) -> Option<u64> {
+        self.members
+            .values()
+            .filter(|m| !m.complete && m.delivery > 0)
+            .map(|m| m.delivery)
+            .min()
     }
 
     /// The group round-trip time estimate.
@@ -922,6 +948,9 @@ impl<S: BlockSource> Sender<S> {
                 loss_ppm: 0,
                 loss_est_ppm: 0,
                 overflow_ppm: 0,
+                queue_ppm: 0,
+                delivered: None,
+                delivery: 0,
                 marked: 0,
                 zone,
             },
@@ -952,6 +981,24 @@ impl<S: BlockSource> Sender<S> {
             };
         }
         m.overflow_ppm = r.overflow_ppm;
+        m.queue_ppm = r.queue_ppm;
+        // Delivery rate: what it verified since its previous notice (at least 20 ms ago).
+        match m.delivered {
+            Some((t, b)) if now.saturating_duration_since(t) >= Duration::from_millis(20) => {
+                let block = u64::from(self.cfg.geometry.unit_size)
+                    * u64::from(self.cfg.geometry.units_per_block);
+                let dt = now.saturating_duration_since(t).as_secs_f64();
+                let rate = (r.blocks_done.saturating_sub(b) * block) as f64 / dt;
+                m.delivery = if m.delivery == 0 {
+                    rate as u64
+                } else {
+                    ((m.delivery as f64 + rate) / 2.0) as u64
+                };
+                m.delivered = Some((now, r.blocks_done));
+            }
+            Some(_) => {}
+            None => m.delivered = Some((now, r.blocks_done)),
+        }
         // Send->receipt time: now minus the echoed send time, less the time the receiver held it.
         let elapsed = ts_now.wrapping_sub(r.echo_timestamp);
         if r.echo_timestamp != 0 && elapsed < 60_000_000 {
@@ -1767,5 +1814,39 @@ mod tests {
         assert!(s.poll_timeout().is_some_and(|t| t <= t1));
         s.handle_timeout(t1);
         assert!(s.is_sending());
+    }
+    #[test]
+    fn delivery_rate_is_what_the_slowest_receiver_verified_between_notices() {
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let notice = |id: u64, blocks_done: u64, queue_ppm: u32| ReceiptRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(id),
+            complete: false,
+            echo_timestamp: 0,
+            echo_delay_us: 0,
+            loss_ppm: 0,
+            overflow_ppm: 0,
+            queue_ppm,
+            watermark_object: ObjectId(0),
+            watermark_block: BlockIndex(0),
+            blocks_done,
+            runs: Vec::new(),
+        };
+        let (a, b) = (notice(1, 0, 0), notice(2, 0, 0));
+        let (a2, b2) = (notice(1, 10, 0), notice(2, 4, 300_000));
+        for id in [1, 2] {
+            s.on_join(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(id));
+        }
+        s.on_receipt(t0, &a);
+        s.on_receipt(t0, &b);
+        assert_eq!(s.slowest_delivery(), None, "one notice measures nothing");
+        let t1 = t0 + Duration::from_millis(100);
+        s.on_receipt(t1, &a2);
+        s.on_receipt(t1, &b2);
+        // Blocks of 4 units of 8 bytes: 4 blocks in 100 ms is 1,280 bytes per second.
+        let d = s.slowest_delivery().unwrap();
+        assert!((1_270..=1_290).contains(&d), "{d}");
+        assert_eq!(s.worst_queue_ppm(), 300_000);
     }
 }

@@ -655,6 +655,9 @@ pub struct ReceiptRepr {
     /// notice, per million datagrams that reached it: congestion at the receiver (the sender
     /// is too fast for it), as opposed to loss on the way.
     pub overflow_ppm: u32,
+    /// The fullest its socket's receive buffer was found since its last notice, per million
+    /// of the buffer: a queue that fills warns of overflow before any datagram is dropped.
+    pub queue_ppm: u32,
     /// Verified-block watermark: every block before (object, block) in manifest order is
     /// verified.
     pub watermark_object: ObjectId,
@@ -667,7 +670,7 @@ pub struct ReceiptRepr {
 
 impl ReceiptRepr {
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + 8 + 1 + 4 * 6 + 8 + 2 + 12 * self.runs.len()
+        HEADER_LEN + 8 + 1 + 4 * 7 + 8 + 2 + 12 * self.runs.len()
     }
 }
 
@@ -1142,7 +1145,8 @@ fn read_receipt(session: SessionId, r: &mut Reader<'_>) -> Result<ReceiptRepr, W
     let echo_delay_us = r.u32()?;
     let loss_ppm = r.u32()?;
     let overflow_ppm = r.u32()?;
-    if loss_ppm > 1_000_000 || overflow_ppm > 1_000_000 {
+    let queue_ppm = r.u32()?;
+    if loss_ppm > 1_000_000 || overflow_ppm > 1_000_000 || queue_ppm > 1_000_000 {
         return Err(WireError::Malformed);
     }
     let watermark_object = ObjectId(r.u32()?);
@@ -1172,6 +1176,7 @@ fn read_receipt(session: SessionId, r: &mut Reader<'_>) -> Result<ReceiptRepr, W
         echo_delay_us,
         loss_ppm,
         overflow_ppm,
+        queue_ppm,
         watermark_object,
         watermark_block,
         blocks_done,
@@ -1186,6 +1191,7 @@ fn write_receipt(n: &ReceiptRepr, w: &mut Writer<'_>) -> Result<(), WireError> {
     w.u32(n.echo_delay_us)?;
     w.u32(n.loss_ppm)?;
     w.u32(n.overflow_ppm)?;
+    w.u32(n.queue_ppm)?;
     w.u32(n.watermark_object.0)?;
     w.u32(n.watermark_block.0)?;
     w.u64(n.blocks_done)?;

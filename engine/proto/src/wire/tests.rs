@@ -139,11 +139,11 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
         (
             s.clone(),
             any::<(u64, bool, u32, u32, u64)>(),
-            (0u32..=1_000_000, 0u32..=1_000_000),
+            (0u32..=1_000_000, 0u32..=1_000_000, 0u32..=1_000_000),
             proptest::collection::vec((any::<u32>(), 0u32..1 << 31, 1u32..1 << 31), 0..10)
         )
-            .prop_map(|(session, m, (loss, overflow), runs)| Packet::Receipt(
-                ReceiptRepr {
+            .prop_map(
+                |(session, m, (loss, overflow, queue), runs)| Packet::Receipt(ReceiptRepr {
                     session,
                     receiver: ReceiverId(m.0),
                     complete: m.1,
@@ -151,6 +151,7 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
                     echo_delay_us: m.3,
                     loss_ppm: loss,
                     overflow_ppm: overflow,
+                    queue_ppm: queue,
                     watermark_object: ObjectId(m.2 ^ 3),
                     watermark_block: BlockIndex(m.3 ^ 3),
                     blocks_done: m.4,
@@ -162,8 +163,8 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
                             len: l
                         })
                         .collect(),
-                }
-            )),
+                })
+            ),
         (s.clone(), any::<(u64, u32, u32, u16)>(), 1u32..).prop_map(|(session, m, count)| {
             Packet::Priority(PriorityRepr {
                 session,
