@@ -86,7 +86,8 @@ struct SendArgs {
     #[arg(long, default_value_t = 1)]
     ttl: u32,
     /// Data threads per session, one stripe of blocks each, pinned one per core (default: one
-    /// per core for serve, one per downstream group for relay).
+    /// per two cores for serve, leaving the rest to the control thread, the kernel's network
+    /// work and whatever else the host runs; one per downstream group for relay).
     #[arg(long)]
     threads: Option<usize>,
     /// Repair with the original units receivers ask for while that costs at most this many
@@ -479,7 +480,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         max_wait: a.send.max_wait(),
         deadline: a.send.deadline(),
         session: session_id(),
-        threads: a.send.threads.unwrap_or_else(cores).max(1),
+        threads: a.send.threads.unwrap_or_else(|| cores() / 2).max(1),
         split: a.split,
         receiver_timeout: Duration::from_secs_f64(a.receiver_timeout.max(0.1)),
         originals_factor: a.send.originals_factor,
