@@ -51,6 +51,25 @@ enum Command {
     Demo(DemoArgs),
     /// Measure on loopback: GB/s, packets/s, CPU per GB, repairs, block-completion latency.
     Bench(BenchArgs),
+    /// Hash files or directories into the hash cache now (as `serve` would before sending), so
+    /// that serving them later starts at once; prints each object's BLAKE3.
+    Hash(HashArgs),
+}
+
+#[derive(Args, Debug)]
+struct HashArgs {
+    /// Files or directories, as `serve` takes them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The geometry `serve` will use (the cache keeps hashes per block size).
+    #[arg(long, default_value_t = 1400)]
+    unit_size: u16,
+    #[arg(long, default_value_t = 749)]
+    units_per_block: u16,
+    /// The cache directory (default: $XDG_CACHE_HOME/blockcast/hashes or
+    /// ~/.cache/blockcast/hashes).
+    #[arg(long, value_name = "DIR")]
+    hash_cache: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -129,6 +148,15 @@ struct ServeArgs {
     /// the control address receivers need.
     #[arg(long, conflicts_with = "group")]
     split: bool,
+    /// Where to keep each input's hashes between runs, so that serving the same file again
+    /// starts at once instead of after reading and hashing it (default:
+    /// $XDG_CACHE_HOME/blockcast/hashes or ~/.cache/blockcast/hashes). An entry is used only
+    /// while the file's inode, size and change times are those it was hashed with.
+    #[arg(long, value_name = "DIR")]
+    hash_cache: Option<PathBuf>,
+    /// Hash the inputs every time; read and write no cache.
+    #[arg(long, conflicts_with = "hash_cache")]
+    no_hash_cache: bool,
     /// Drop a receiver not heard from for this many seconds (in split mode the copy plan is
     /// rebuilt without it).
     #[arg(long, default_value_t = 10.0)]
@@ -273,6 +301,7 @@ fn main() -> ExitCode {
         Command::Relay(a) => relay(a, &stop, &out),
         Command::Demo(a) => demo::demo(a, &stop, &out),
         Command::Bench(a) => demo::bench(a, &stop, &out),
+        Command::Hash(a) => hash(a, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -447,6 +476,55 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
     Ok(())
 }
 
+fn hash(a: HashArgs, out: &output::Output) -> Result<()> {
+    let inputs = collect_inputs(&a.paths).map_err(exit::node)?;
+    let Some(dir) = a.hash_cache.or_else(blockcast_node::HashCache::default_dir) else {
+        return Err(exit::usage(
+            "no cache directory: give --hash-cache DIR (neither XDG_CACHE_HOME nor HOME is set)"
+                .into(),
+        ));
+    };
+    let cache = blockcast_node::HashCache::new(dir);
+    let block_size = usize::from(a.unit_size) * usize::from(a.units_per_block);
+    let started = std::time::Instant::now();
+    let (entries, cached) =
+        blockcast_node::hash_inputs(&inputs, block_size, Some(&cache)).map_err(exit::node)?;
+    let seconds = started.elapsed().as_secs_f64();
+    if out.json {
+        let objects: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.name,
+                    "bytes": e.size,
+                    "blocks": e.block_hashes.len(),
+                    "blake3": blake3::Hash::from(e.hash).to_hex().as_str(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "role": "hash",
+                "objects": objects,
+                "from_cache": cached,
+                "seconds": seconds,
+                "cache": cache.dir().display().to_string(),
+            })
+        );
+    } else {
+        for e in &entries {
+            println!("{}  {}", blake3::Hash::from(e.hash).to_hex(), e.name);
+        }
+        out.say(&format!(
+            "{} object(s) in {seconds:.2} s, {cached} from the cache ({})",
+            entries.len(),
+            cache.dir().display()
+        ));
+    }
+    Ok(())
+}
+
 fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
     let (group, iface) = resolve_net(&a.net, a.split)?;
     let inputs = collect_inputs(&a.paths).map_err(exit::node)?;
@@ -484,6 +562,13 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         split: a.split,
         receiver_timeout: Duration::from_secs_f64(a.receiver_timeout.max(0.1)),
         originals_factor: a.send.originals_factor,
+        hash_cache: if a.no_hash_cache {
+            None
+        } else {
+            a.hash_cache
+                .or_else(blockcast_node::HashCache::default_dir)
+                .map(blockcast_node::HashCache::new)
+        },
     };
     let (a_max_wait, a_min_receivers) = (a.send.max_wait, a.send.min_receivers);
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;

@@ -9,6 +9,7 @@ use blockcast_proto::wire::{BlockIndex, Manifest, ObjectEntry, ObjectId};
 use blockcast_proto::BlockSource;
 use memmap2::Mmap;
 
+use crate::hashcache::HashCache;
 use crate::published::Published;
 use crate::NodeError;
 
@@ -122,6 +123,21 @@ fn hash_object(name: String, content: &[u8], block_size: usize) -> ObjectEntry {
     }
 }
 
+/// Hashes the inputs as `serve` would for blocks of `block_size` bytes, taking and storing
+/// them in `cache` (files of 8 MiB and more): the manifest entries, and how many came from the
+/// cache. A file hashed here is served later without hashing it again.
+pub fn hash_inputs(
+    inputs: &[Input],
+    block_size: usize,
+    cache: Option<&HashCache>,
+) -> Result<(Vec<ObjectEntry>, usize), NodeError> {
+    let (_, entries, cached) = Content::open(inputs, block_size, cache)?;
+    Ok((entries, cached))
+}
+
+/// Files smaller than this are hashed every time (milliseconds; not worth a cache entry each).
+const CACHED_FROM: u64 = 8 << 20;
+
 /// A read-only mapping of a file.
 struct Mapped(Option<Mmap>);
 
@@ -145,19 +161,25 @@ pub(crate) struct Content {
 
 impl Content {
     /// Maps every input and hashes it block by block for the manifest.
+    /// Maps and hashes the inputs; with `cache`, files of 8 MiB and more take their hashes from
+    /// it when an earlier run stored them for the same content, and store them otherwise.
+    /// Returns the content, the manifest entries and how many came from the cache.
     pub(crate) fn open(
         inputs: &[Input],
         block_size: usize,
-    ) -> Result<(Self, Vec<ObjectEntry>), NodeError> {
+        cache: Option<&HashCache>,
+    ) -> Result<(Self, Vec<ObjectEntry>, usize), NodeError> {
         let mut sources: Vec<Source> = Vec::with_capacity(inputs.len());
         let mut entries = Vec::with_capacity(inputs.len());
+        let mut cached = 0;
         for i in inputs {
             let err = |source| NodeError::Input {
                 path: i.path.clone(),
                 source,
             };
             let f = File::open(&i.path).map_err(err)?;
-            let len = f.metadata().map_err(err)?.len();
+            let meta = f.metadata().map_err(err)?;
+            let len = meta.len();
             let map = if len == 0 {
                 None
             } else {
@@ -166,7 +188,32 @@ impl Content {
                 Some(unsafe { Mmap::map(&f) }.map_err(err)?)
             };
             let m = Mapped(map);
-            entries.push(hash_object(i.name.clone(), m.stable_bytes(), block_size));
+            let cache = cache.filter(|_| len >= CACHED_FROM);
+            let entry = match cache.and_then(|c| c.get(&i.path, &meta, block_size)) {
+                Some((hash, block_hashes)) => {
+                    cached += 1;
+                    ObjectEntry {
+                        name: i.name.clone(),
+                        size: len,
+                        hash,
+                        block_hashes,
+                    }
+                }
+                None => {
+                    let e = hash_object(i.name.clone(), m.stable_bytes(), block_size);
+                    if let (Some(c), Ok(after)) = (cache, f.metadata()) {
+                        c.put(
+                            &i.path,
+                            &meta,
+                            &after,
+                            block_size,
+                            (&e.hash, &e.block_hashes),
+                        );
+                    }
+                    e
+                }
+            };
+            entries.push(entry);
             sources.push(Arc::new(m));
         }
         Ok((
@@ -176,6 +223,7 @@ impl Content {
                 ready: None,
             },
             entries,
+            cached,
         ))
     }
 

@@ -6,6 +6,7 @@
 
 mod content;
 mod error;
+mod hashcache;
 pub mod http;
 pub mod local;
 pub mod play;
@@ -16,8 +17,9 @@ mod serve;
 mod stripe;
 mod wait;
 
-pub use content::{collect_inputs, Input};
+pub use content::{collect_inputs, hash_inputs, Input};
 pub use error::NodeError;
+pub use hashcache::HashCache;
 pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary};
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};

@@ -139,6 +139,7 @@ pub fn relay(
                             split: false,
                             receiver_timeout: Duration::from_secs(10),
                             originals_factor: cfg.originals_factor,
+                            hash_cache: None,
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());
                         let (state, down_stop) = (&state, &down_stop);

@@ -18,6 +18,7 @@ use blockcast_proto::{
 };
 
 use crate::content::{Content, Input};
+use crate::hashcache::HashCache;
 use crate::stripe::{self, BlockTable, StripePlan, StripeStats};
 use crate::wait::readable;
 use crate::NodeError;
@@ -49,6 +50,9 @@ pub struct ServeConfig {
     pub split: bool,
     /// A receiver not heard from for this long is dropped (in split mode: planned without).
     pub receiver_timeout: Duration,
+    /// Where each input's hashes are kept between runs, so that serving the same file again
+    /// does not read and hash it first (`None`: hash every time).
+    pub hash_cache: Option<HashCache>,
     /// Repair with originals while they cost at most this many times parity's bandwidth
     /// ([`blockcast_proto::SenderConfig::originals_factor`]; 0: parity always).
     pub originals_factor: u32,
@@ -108,9 +112,11 @@ pub fn serve(
 ) -> Result<ServeSummary, NodeError> {
     let block_size = cfg.geometry.block_size();
     let hashing = Instant::now();
-    let (content, objects) = Content::open(&cfg.inputs, block_size)?;
+    let (content, objects, cached) =
+        Content::open(&cfg.inputs, block_size, cfg.hash_cache.as_ref())?;
     tracing::debug!(
         objects = objects.len(),
+        from_cache = cached,
         seconds = hashing.elapsed().as_secs_f64(),
         "inputs mapped and hashed"
     );
