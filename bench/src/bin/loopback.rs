@@ -102,6 +102,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         split: false,
         receiver_timeout: Duration::from_secs(10),
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
+        hash_cache: None,
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();

@@ -88,6 +88,7 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         split: false,
         receiver_timeout: Duration::from_secs(10),
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
+        hash_cache: None,
     };
     let outs: Vec<PathBuf> = (0..total)
         .map(|i| dir.join(format!("copy-{i}.bin")))
