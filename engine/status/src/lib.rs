@@ -55,5 +55,5 @@ mod test_rng;
 
 pub use atomic::AtomicBitmap;
 pub use bits::{zero_runs, BitIter, ZeroRuns};
-pub use matrix::{CachePadded, RowId, StatusMatrix};
+pub use matrix::{CachePadded, RowId, StatusMatrix, ROW_CHUNK};
 pub use unit::UnitBitmap;

