@@ -21,6 +21,9 @@ impl<T> Deref for CachePadded<T> {
     }
 }
 
+/// [`ROW_CHUNK`] rows, allocated together.
+type Chunk = Box<[CachePadded<Row>]>;
+
 /// Rows per allocation of the status matrix.
 pub const ROW_CHUNK: usize = 1024;
 
@@ -98,7 +101,7 @@ struct TransferStatus {
 ///   several ([`all_hold`](Self::all_hold)) is exact only while membership is not changing.
 pub struct StatusMatrix {
     /// Chunks of [`ROW_CHUNK`] rows (the last may be shorter), each allocated on first use.
-    rows: Box<[OnceLock<Box<[CachePadded<Row>]>>]>,
+    rows: Box<[OnceLock<Chunk>]>,
     max_receivers: usize,
     transfer: Box<[TransferStatus]>,
     active: CachePadded<AtomicU32>,
