@@ -102,16 +102,86 @@ pub struct ReceiveSummary {
 struct FileStore {
     out: PathBuf,
     files: Vec<(PathBuf, Option<(File, MmapMut)>)>,
-    /// Per object and block, when its first unit was written (its pages populated then).
+    /// Per object and block, when its first unit was written.
     touched: Vec<Vec<Option<Instant>>>,
     /// Per object, the mapping's base address and length (null and 0 for empty objects).
     /// Blocks are handed out as slices of their own range only, so the receive thread can
     /// write one block while the verify thread reads another.
     bases: Vec<(*mut u8, usize)>,
     block_size: usize,
+    /// Unit writes not made yet: (file, offset in it, bytes, length). The bytes lie in the
+    /// receive batch's buffer, which holds them until its next `recv`; the receive loop calls
+    /// [`FileStore::flush_writes`] after handling each batch, before that.
+    pending: Vec<(RawFd, u64, *const u8, usize)>,
 }
 
 impl FileStore {
+    /// Makes the queued unit writes: each run of writes that follow each other in one file is
+    /// one `pwritev` (a GRO super-datagram of consecutive units is one call). Writing with
+    /// `pwritev` rather than through the mapping spares the kernel zeroing each fresh page
+    /// before the unit is copied over it (measured: 1 GiB into a fresh file, 0.27 s of CPU
+    /// against 0.48-0.72 through a mapping).
+    fn flush_writes(&mut self) -> std::io::Result<()> {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let (fd, start, _, _) = self.pending[i];
+            let mut end = start;
+            let mut j = i;
+            while j < self.pending.len()
+                && j - i < MAX_IOV
+                && self.pending[j].0 == fd
+                && self.pending[j].1 == end
+            {
+                end += self.pending[j].3 as u64;
+                j += 1;
+            }
+            let mut iov: Vec<libc::iovec> = self.pending[i..j]
+                .iter()
+                .map(|&(_, _, ptr, len)| libc::iovec {
+                    iov_base: ptr as *mut libc::c_void,
+                    iov_len: len,
+                })
+                .collect();
+            let mut at = start;
+            let mut first = 0;
+            while first < iov.len() {
+                // SAFETY: every iovec points at bytes of the receive batch's buffer, alive and
+                // unchanged until its next `recv`, which comes after this call (see `pending`);
+                // `fd` is the open output file, sized (fallocate) to hold [start, end).
+                let n = unsafe {
+                    libc::pwritev(
+                        fd,
+                        iov[first..].as_ptr(),
+                        (iov.len() - first) as libc::c_int,
+                        at as libc::off_t,
+                    )
+                };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    self.pending.clear();
+                    return Err(e);
+                }
+                // A short write: skip what was written and go on with the rest.
+                let mut n = n as usize;
+                at += n as u64;
+                while first < iov.len() && n >= iov[first].iov_len {
+                    n -= iov[first].iov_len;
+                    first += 1;
+                }
+                if n > 0 {
+                    iov[first].iov_base = (iov[first].iov_base as usize + n) as *mut libc::c_void;
+                    iov[first].iov_len -= n;
+                }
+            }
+            i = j;
+        }
+        self.pending.clear();
+        Ok(())
+    }
+
     fn path_for(&self, manifest: &Manifest, name: &str) -> PathBuf {
         if manifest.objects.len() == 1 && !self.out.is_dir() {
             self.out.clone()
@@ -214,7 +284,49 @@ impl BlockStore for FileStore {
         // a block the core has handed out (`VerifyBlock`) and does not write until answered.
         unsafe { std::slice::from_raw_parts_mut(base.add(start), len) }
     }
+
+    fn write_unit(
+        &mut self,
+        object: ObjectId,
+        block: BlockIndex,
+        len: usize,
+        offset: usize,
+        bytes: &[u8],
+    ) {
+        let start = block.0 as usize * self.block_size;
+        let (_, map_len) = self.bases[object.0 as usize];
+        assert!(
+            offset + bytes.len() <= len && start + len <= map_len,
+            "unit outside its block"
+        );
+        let touched = &mut self.touched[object.0 as usize][block.0 as usize];
+        if touched.is_none() {
+            *touched = Some(Instant::now());
+        }
+        let Some((file, _)) = &self.files[object.0 as usize].1 else {
+            return;
+        };
+        self.pending.push((
+            file.as_raw_fd(),
+            (start + offset) as u64,
+            bytes.as_ptr(),
+            bytes.len(),
+        ));
+    }
 }
+
+/// Writes the units the protocol core queued ([`FileStore::flush_writes`]).
+fn flush_writes(rx: &mut Receiver<FileStore>, out: &Path) -> Result<(), NodeError> {
+    rx.store_mut()
+        .flush_writes()
+        .map_err(|source| NodeError::Output {
+            path: out.to_path_buf(),
+            source,
+        })
+}
+
+/// Most iovecs one `pwritev` takes (`IOV_MAX`).
+const MAX_IOV: usize = 1024;
 
 impl FileStore {
     /// The output file's descriptor and block `block`'s offset in it, for write-out.
@@ -404,6 +516,7 @@ fn receive_loop(
         touched: Vec::new(),
         bases: Vec::new(),
         block_size: 0,
+        pending: Vec::new(),
     };
     let rcfg = ReceiverConfig {
         id: ReceiverId(cfg.id),
@@ -530,16 +643,19 @@ fn receive_loop(
                                 &mut targets,
                                 now,
                             );
-                            continue;
-                        }
-                        for d in batch.iter() {
-                            if d.truncated {
-                                continue;
+                        } else {
+                            for d in batch.iter() {
+                                if d.truncated {
+                                    continue;
+                                }
+                                for seg in d.segments() {
+                                    rx.handle_datagram(now, SocketAddr::V4(d.source), seg);
+                                }
                             }
-                            for seg in d.segments() {
-                                rx.handle_datagram(now, SocketAddr::V4(d.source), seg);
-                            }
                         }
+                        // The units were queued for writing from the batch's buffer: write
+                        // them before the next `recv` reuses it.
+                        flush_writes(&mut rx, &cfg.out)?;
                     }
                 }
                 // Split mode: control packets arrive on the data socket (read above).
@@ -548,6 +664,9 @@ fn receive_loop(
                         for d in cbatch.iter() {
                             rx.handle_datagram(now, SocketAddr::V4(d.source), d.bytes);
                         }
+                        // Control packets carry no units, but a stray one would be queued
+                        // from this buffer like any other.
+                        flush_writes(&mut rx, &cfg.out)?;
                     }
                 }
                 while let Ok((object, block, ok)) = res_rx.try_recv() {

@@ -1011,8 +1011,8 @@ impl<S: BlockStore> Receiver<S> {
                 return;
             }
             self.stats.data_units += 1;
-            self.store.block_mut(object, block, block_len)[offset..offset + payload.len()]
-                .copy_from_slice(payload);
+            self.store
+                .write_unit(object, block, block_len, offset, payload);
             state.have.set(usize::from(index));
         }
         if state.have.count_ones() + state.parity.len() >= usize::from(k) {

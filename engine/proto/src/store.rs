@@ -38,6 +38,20 @@ pub trait BlockStore {
     /// The bytes of one block, `len` long (the manifest's block length), to write units
     /// into and to hash. Called only after `prepare` succeeded, for blocks the manifest lists.
     fn block_mut(&mut self, object: ObjectId, block: BlockIndex, len: usize) -> &mut [u8];
+    /// Writes one unit's bytes at `offset` in the block (`len` is the block's length). By
+    /// default through [`BlockStore::block_mut`]; a store may write another way (the node's
+    /// file store queues the write and makes it with `pwritev`, which does not zero fresh
+    /// pages first as a write through a mapping does).
+    fn write_unit(
+        &mut self,
+        object: ObjectId,
+        block: BlockIndex,
+        len: usize,
+        offset: usize,
+        bytes: &[u8],
+    ) {
+        self.block_mut(object, block, len)[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
     /// The block was verified against its hash: it is final (a store may flush it).
     fn block_verified(&mut self, _object: ObjectId, _block: BlockIndex) {}
 }
