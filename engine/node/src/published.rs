@@ -95,7 +95,7 @@ impl Published {
     pub(crate) fn publish_block(&self, object: u32, block: u32) {
         if let Some(v) = self.verified.get().and_then(|v| v.get(object as usize)) {
             // The bitmap's Release pairs with readers' Acquire: a reader that sees the bit
-            // reads the block's bytes after they were written through the mapping.
+            // reads the block's bytes after they were written (and rebuilt) into the file.
             v.set(block as usize);
         }
     }

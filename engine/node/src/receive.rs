@@ -98,7 +98,8 @@ pub struct ReceiveSummary {
     pub forwarded: u64,
 }
 
-/// Objects stored in preallocated files, written through shared writable mappings.
+/// Objects stored in preallocated files: units written with `pwritev` (queued per receive
+/// batch), blocks read, rebuilt and hashed through shared mappings of the same files.
 struct FileStore {
     out: PathBuf,
     files: Vec<(PathBuf, Option<(File, MmapMut)>)>,
