@@ -80,6 +80,9 @@ impl Proc {
     /// Starts `cmd` with stderr in a file and stdout as `out` says; stdin is the caller's
     /// choice (set on `cmd`).
     pub fn start(dir: &Path, name: &str, cmd: &mut Command, out: Out) -> Proc {
+        // `serve` keeps a hash cache under XDG_CACHE_HOME: inside the scratch dir, never in
+        // the home of whoever runs the tests.
+        cmd.env("XDG_CACHE_HOME", dir.join("cache"));
         let stderr = dir.join(format!("{name}.stderr"));
         let stdout = match out {
             Out::File => {

@@ -114,6 +114,8 @@ struct FileStore {
     /// receive batch's buffer, which holds them until its next `recv`; the receive loop calls
     /// [`FileStore::flush_writes`] after handling each batch, before that.
     pending: Vec<(RawFd, u64, *const u8, usize)>,
+    /// The iovecs of one `pwritev`, kept to be reused (no allocation per write).
+    iov: Vec<libc::iovec>,
 }
 
 impl FileStore {
@@ -136,13 +138,16 @@ impl FileStore {
                 end += self.pending[j].3 as u64;
                 j += 1;
             }
-            let mut iov: Vec<libc::iovec> = self.pending[i..j]
-                .iter()
-                .map(|&(_, _, ptr, len)| libc::iovec {
-                    iov_base: ptr as *mut libc::c_void,
-                    iov_len: len,
-                })
-                .collect();
+            let iov = &mut self.iov;
+            iov.clear();
+            iov.extend(
+                self.pending[i..j]
+                    .iter()
+                    .map(|&(_, _, ptr, len)| libc::iovec {
+                        iov_base: ptr as *mut libc::c_void,
+                        iov_len: len,
+                    }),
+            );
             let mut at = start;
             let mut first = 0;
             while first < iov.len() {
@@ -518,6 +523,7 @@ fn receive_loop(
         bases: Vec::new(),
         block_size: 0,
         pending: Vec::new(),
+        iov: Vec::with_capacity(MAX_IOV),
     };
     let rcfg = ReceiverConfig {
         id: ReceiverId(cfg.id),

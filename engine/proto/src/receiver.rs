@@ -196,11 +196,6 @@ impl Rebuild {
         )
         .is_ok()
     }
-
-    /// Original units the rebuild restores.
-    pub fn missing(&self) -> usize {
-        usize::from(self.k) - self.have.count_ones()
-    }
 }
 
 /// Blocks just ahead of the first pass that a priority request leaves to it.
@@ -1033,20 +1028,22 @@ impl<S: BlockStore> Receiver<S> {
         let Some(state) = self.blocks[seq as usize].as_mut() else {
             return;
         };
+        // Whatever happens next, the block's state is dropped (verified) or started afresh
+        // (failed): its parity units can be moved out.
+        let rebuild = (state.have.count_ones() < usize::from(k)).then(|| Rebuild {
+            have: state.have.clone(),
+            parity: std::mem::take(&mut state.parity),
+            k,
+            max_parity,
+            unit_size,
+        });
+        if rebuild.is_some() {
+            self.stats.decodes += 1;
+        }
         if self.cfg.external_verify {
             // The node rebuilds and hashes the block on another core and calls
             // `handle_verified`; nothing writes to the block meanwhile.
             state.verifying = true;
-            let rebuild = (state.have.count_ones() < usize::from(k)).then(|| Rebuild {
-                have: state.have.clone(),
-                parity: std::mem::take(&mut state.parity),
-                k,
-                max_parity,
-                unit_size,
-            });
-            if rebuild.is_some() {
-                self.stats.decodes += 1;
-            }
             self.events.push_back(ReceiverEvent::VerifyBlock {
                 object,
                 block,
@@ -1056,22 +1053,8 @@ impl<S: BlockStore> Receiver<S> {
             return;
         }
         let bytes = self.store.block_mut(object, block, block_len);
-        let mut ok = true;
-        if state.have.count_ones() < usize::from(k) {
-            self.stats.decodes += 1;
-            let parity: Vec<(u16, &[u8])> =
-                state.parity.iter().map(|(i, p)| (*i, &p[..])).collect();
-            ok = coding::decode_block(
-                bytes,
-                |u| state.have.get(u),
-                &parity,
-                k,
-                max_parity,
-                unit_size,
-            )
-            .is_ok();
-        }
-        ok = ok && blake3::hash(bytes).as_bytes() == &expected;
+        let ok =
+            rebuild.is_none_or(|r| r.apply(bytes)) && blake3::hash(bytes).as_bytes() == &expected;
         self.verified(now, seq, ok);
     }
 
