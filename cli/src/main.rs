@@ -173,9 +173,14 @@ struct ReceiveArgs {
     /// Give up if no server is heard for this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// Receive buffer to ask the kernel for, bytes.
+    /// Receive buffer to ask the kernel for, bytes (per socket).
     #[arg(long, default_value_t = 32 << 20)]
     rcvbuf: usize,
+    /// Receive threads for a server with several data threads: its stripe s arrives on the
+    /// group's port + s, and up to this many threads read those sockets (default: one per two
+    /// cores; each block is also hashed on a thread of its own).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Play while receiving: write the verified bytes, in order, to standard output ("-").
     #[arg(long, value_name = "-")]
     play: Option<String>,
@@ -437,6 +442,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             fallback,
             failover_after,
             split: None,
+            threads: (cores() / 2).max(1),
         },
         downstream: groups
             .iter()
@@ -618,6 +624,7 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
     let (fallback, failover_after) = parse_failover(&a.failover)?;
     let cfg = ReceiveConfig {
         split,
+        threads: a.threads.unwrap_or_else(|| cores() / 2).max(1),
         group,
         iface,
         out: a.out,

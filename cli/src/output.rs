@@ -157,6 +157,7 @@ pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
         "sync_seconds": s.sync_seconds,
         "cpu_seconds": s.cpu_seconds,
         "forwarded": s.forwarded,
+        "stripe_datagrams": s.stripe_datagrams,
         "played_bytes": s.play.as_ref().map(|p| p.bytes),
         "first_byte_seconds": s.play.as_ref().and_then(|p| p.first_byte_secs),
     })

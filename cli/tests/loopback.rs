@@ -147,6 +147,66 @@ fn four_receivers_get_identical_copies() {
     }
 }
 
+/// A server with two data threads sends stripe 1 to the group's port + 1: a receiver reading
+/// it on a thread of its own and one reading both sockets on its receive thread both get
+/// identical copies, and both read datagrams on the second socket (a receiver that missed the
+/// stripe would report none there, and a server sending every stripe to one port likewise).
+#[test]
+fn a_striped_server_reaches_receivers_with_one_and_two_threads() {
+    let dir = Scratch::new("striped");
+    let g = group(12);
+    let src = dir.path("striped.bin");
+    write_sample(&src, (48 << 20) + 777, 12);
+    let mut rs = Vec::new();
+    let mut outs = Vec::new();
+    for threads in [1, 2] {
+        let out = dir.path(&format!("copy-{threads}.bin"));
+        let mut args: Vec<OsString> = vec!["receive".into()];
+        for (flag, value) in [
+            ("--group", g.clone()),
+            ("--iface", IFACE.to_string()),
+            ("--out", out.display().to_string()),
+            ("--timeout", "30".into()),
+            ("--rcvbuf", RCVBUF.to_string()),
+            ("--threads", threads.to_string()),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+        args.push("--json".into());
+        rs.push(Proc::spawn(&dir.0, &format!("receiver-{threads}"), args));
+        outs.push(out);
+    }
+    let mut args: Vec<OsString> = vec!["serve".into(), src.clone().into()];
+    for (flag, value) in [
+        ("--group", g.clone()),
+        ("--iface", IFACE.to_string()),
+        ("--rate", "100M".into()),
+        ("--threads", "2".into()),
+        ("--min-receivers", "2".into()),
+        ("--max-wait", "20".into()),
+        ("--deadline", "120".into()),
+    ] {
+        args.push(flag.into());
+        args.push(value.into());
+    }
+    args.push("--json".into());
+    let mut s = Proc::spawn(&dir.0, "server", args);
+    s.expect_code(Duration::from_secs(150), 0);
+    for r in &mut rs {
+        r.expect_code(Duration::from_secs(30), 0);
+    }
+    assert_served(&s, 2);
+    for (r, o) in rs.iter().zip(&outs) {
+        let v = r.json();
+        assert!(
+            v["stripe_datagrams"].as_u64().unwrap_or(0) > 0,
+            "nothing read on stripe 1's port: {v}"
+        );
+        assert_identical(&src, o);
+    }
+}
+
 #[test]
 fn a_directory_arrives_whole() {
     let dir = Scratch::new("tree");

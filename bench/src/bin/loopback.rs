@@ -34,9 +34,13 @@ struct Args {
     /// Send rate, bytes per second ("auto" adapts to loss).
     #[arg(long, default_value = "auto")]
     rate: String,
-    /// Server data threads.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Server data threads (stripes) to run, comma-separated.
+    #[arg(long, default_value = "1")]
+    threads: String,
+    /// Receive threads per receiver to run, comma-separated (they matter when the server has
+    /// several stripes: stripe s arrives on the group's port + s).
+    #[arg(long, default_value = "1")]
+    recv_threads: String,
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Directory for the source and the copies (a disk-backed file system: page cache).
@@ -61,6 +65,7 @@ struct Spec {
     unit: u16,
     rate: Option<u64>,
     threads: usize,
+    recv_threads: usize,
     tag: u16,
 }
 
@@ -71,6 +76,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         unit,
         rate,
         threads,
+        recv_threads,
         tag,
     } = *spec;
     let iface = Ipv4Addr::LOCALHOST;
@@ -106,13 +112,16 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();
-    let rcfgs = local_receivers(
+    let mut rcfgs = local_receivers(
         group,
         iface,
         &outs,
         Duration::from_secs(30),
         u64::from(tag) << 16,
     );
+    for r in &mut rcfgs {
+        r.threads = recv_threads;
+    }
     let run = run_local(&scfg, &rcfgs, &stop, &mut |_| {});
     let (served, got) = (run.served, run.received);
     let want = blake3::hash(&std::fs::read(src).expect("read source"));
@@ -173,32 +182,45 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().expect("unit size"))
         .collect();
-    let configs: Vec<(usize, u16)> = ns
-        .iter()
-        .flat_map(|&n| units.iter().map(move |&u| (n, u)))
-        .collect();
+    let list = |s: &str| -> Vec<usize> {
+        s.split(',')
+            .map(|x| x.trim().parse().expect("thread count"))
+            .collect()
+    };
+    let (ts, rts) = (list(&a.threads), list(&a.recv_threads));
+    let mut configs: Vec<(usize, u16, usize, usize)> = Vec::new();
+    for &n in &ns {
+        for &u in &units {
+            for &t in &ts {
+                for &rt in &rts {
+                    configs.push((n, u, t, rt));
+                }
+            }
+        }
+    }
     let mut results: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
     let mut tag = (std::process::id() % 1000) as u16 * 10;
     for _ in 0..a.runs {
-        for (i, &(n, u)) in configs.iter().enumerate() {
-            tag = tag.wrapping_add(1);
+        for (i, &(n, u, t, rt)) in configs.iter().enumerate() {
+            tag = tag.wrapping_add(t as u16);
             let spec = Spec {
                 bytes,
                 receivers: n,
                 unit: u,
                 rate,
-                threads: a.threads,
+                threads: t,
+                recv_threads: rt,
                 tag,
             };
             results[i].push(one_run(&src, &dir, &spec));
         }
     }
-    println!("| receivers | unit bytes | GB/s per receiver (median of {}) | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
-    println!("|---:|---:|---:|---|---:|---:|---:|---:|---|");
-    for (i, &(n, u)) in configs.iter().enumerate() {
+    println!("| receivers | unit bytes | server / receive threads | GB/s per receiver (median of {}) | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
+    println!("|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
+    for (i, &(n, u, t, rt)) in configs.iter().enumerate() {
         let r = &results[i];
         println!(
-            "| {n} | {u} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {n} | {u} | {t} / {rt} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
             median(r.iter().map(|x| x.gbps).collect()),
             r.iter()
                 .map(|x| format!("{:.2}", x.gbps))

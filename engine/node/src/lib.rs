@@ -15,6 +15,7 @@ mod receive;
 mod relay;
 mod serve;
 mod stripe;
+mod stripe_rx;
 mod wait;
 
 pub use content::{collect_inputs, hash_inputs, Input};

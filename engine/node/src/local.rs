@@ -31,7 +31,7 @@ pub fn write_sample(path: &Path, size: u64, seed: u64) -> std::io::Result<()> {
 }
 
 /// Receivers for a local session: one per output path, on `group` through `iface`, with a
-/// 32 MiB receive buffer, nothing played or served, ids `id_base + i`.
+/// 32 MiB receive buffer, one receive thread, nothing played or served, ids `id_base + i`.
 pub fn local_receivers(
     group: std::net::SocketAddrV4,
     iface: std::net::Ipv4Addr,
@@ -54,6 +54,7 @@ pub fn local_receivers(
             fallback: Vec::new(),
             failover_after: std::time::Duration::from_secs(3),
             split: None,
+            threads: 1,
         })
         .collect()
 }

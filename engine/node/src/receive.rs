@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use crate::play::{self, PlaySummary, PlayTo, StartAt};
 use crate::published::{Ask, Published};
+use crate::stripe_rx::StripeSockets;
 use crate::wait::readable;
 use crate::NodeError;
 
@@ -61,6 +62,10 @@ pub struct ReceiveConfig {
     pub failover_after: Duration,
     /// Split mode: no multicast; the server's control address and this member's zone.
     pub split: Option<SplitMember>,
+    /// Receive threads: a session striped over `S` data threads sends stripe `s` to the
+    /// group's port + `s`; `min(S, threads)` threads read those sockets (this one included),
+    /// each doing the kernel's copy for its stripes, while the protocol stays on one.
+    pub threads: usize,
 }
 
 /// Progress, reported a few times per second.
@@ -84,7 +89,7 @@ pub struct ReceiveSummary {
     pub transfer_seconds: f64,
     /// Flushing the files to disk at the end (fsync).
     pub sync_seconds: f64,
-    /// CPU time of the receiving thread and its verify thread.
+    /// CPU time of the receiving thread, its verify thread and its stripe readers.
     pub cpu_seconds: f64,
     pub stats: ReceiverStats,
     /// The receive buffer the kernel granted, and whether `net.core.rmem_max` capped it.
@@ -96,6 +101,9 @@ pub struct ReceiveSummary {
     pub block_latency_us: [u64; 4],
     /// Split mode: copies forwarded to other members (datagrams).
     pub forwarded: u64,
+    /// Datagrams read from the sockets of stripes 1.. of a striped first pass (a GRO
+    /// super-datagram counts once).
+    pub stripe_datagrams: u64,
 }
 
 /// Objects stored in preallocated files: units written with `pwritev` (queued per receive
@@ -546,7 +554,7 @@ fn receive_loop(
     let mut first_unit: Option<Instant> = None;
     let mut asked: std::collections::HashMap<(u32, u32), Instant> =
         std::collections::HashMap::new();
-    let mut fds = [data.as_raw_fd(), control.as_raw_fd()];
+    let mut fds = vec![data.as_raw_fd(), control.as_raw_fd()];
     let mut last_packet = started;
     // The current source ended the session before we were complete (fail over, if we can).
     let mut source_ended = false;
@@ -558,7 +566,10 @@ fn receive_loop(
     let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| NodeError::Config(format!("histogram: {e}")))?;
     let mut verify_cpu = 0.0;
+    let mut stripe_datagrams = 0u64;
     std::thread::scope(|scope| -> Result<(), NodeError> {
+        // Sockets (and threads) for stripes 1.. of a striped first pass, once announced.
+        let mut stripes: Option<StripeSockets<'_>> = None;
         // Blocks are hashed on their own thread (another core, where there is one), so the
         // receive thread only places units.
         let (job_tx, job_rx) = mpsc::channel::<VerifyJob>();
@@ -620,6 +631,12 @@ fn receive_loop(
                     );
                     data = MulticastReceiver::new(sources[source], cfg.iface, cfg.rcvbuf, true)?
                         .into();
+                    if let Some(s) = stripes.take() {
+                        let (cpu, n) = s.shutdown();
+                        verify_cpu += cpu;
+                        stripe_datagrams += n;
+                    }
+                    fds.truncate(2);
                     fds[0] = data.as_raw_fd();
                     // A new socket counts its drops from 0.
                     batch = RecvBatch::new(8, GRO_BUFFER_SIZE)?;
@@ -627,7 +644,22 @@ fn receive_loop(
                     last_packet = now;
                     continue;
                 }
-                if ready[0] && first_unit.is_none() && rx.manifest().is_some() {
+                // Stripes 1.. (their readers' batches, or sockets this thread reads itself).
+                let striped = match stripes.as_mut() {
+                    Some(st) => {
+                        let got = st.drain(&ready[2..], &mut |b| {
+                            handle_batch(&mut rx, b, now);
+                            flush_writes(&mut rx, &cfg.out)
+                        })?;
+                        rx.note_queue(st.take_queue_ppm());
+                        got
+                    }
+                    None => false,
+                };
+                if striped {
+                    last_packet = now;
+                }
+                if (ready[0] || striped) && first_unit.is_none() && rx.manifest().is_some() {
                     first_unit = Some(now);
                 }
                 if ready[0] {
@@ -641,7 +673,12 @@ fn receive_loop(
                         if batch.recv(&data, Duration::ZERO)? == 0 {
                             break;
                         }
-                        rx.note_socket(batch.received(), batch.socket_drops().unwrap_or(0));
+                        let (more, more_drops) =
+                            stripes.as_ref().map_or((0, 0), |s| s.socket_totals());
+                        rx.note_socket(
+                            batch.received() + more,
+                            batch.socket_drops().unwrap_or(0).wrapping_add(more_drops),
+                        );
                         if cfg.split.is_some() {
                             forwarded += forward_and_handle(
                                 &mut rx,
@@ -651,14 +688,7 @@ fn receive_loop(
                                 now,
                             );
                         } else {
-                            for d in batch.iter() {
-                                if d.truncated {
-                                    continue;
-                                }
-                                for seg in d.segments() {
-                                    rx.handle_datagram(now, SocketAddr::V4(d.source), seg);
-                                }
-                            }
+                            handle_batch(&mut rx, &batch, now);
                         }
                         // The units were queued for writing from the batch's buffer: write
                         // them before the next `recv` reuses it.
@@ -674,6 +704,23 @@ fn receive_loop(
                         // Control packets carry no units, but a stray one would be queued
                         // from this buffer like any other.
                         flush_writes(&mut rx, &cfg.out)?;
+                    }
+                }
+                // A striped session: open its other stripes' sockets before this turn's
+                // packets go out (the join among them), so the first pass finds them joined.
+                if stripes.is_none() && cfg.split.is_none() {
+                    if let Some(n) = rx.announced_stripes().filter(|&n| n > 1) {
+                        let st = StripeSockets::open(
+                            scope,
+                            sources[source],
+                            cfg.iface,
+                            cfg.rcvbuf,
+                            n,
+                            cfg.threads,
+                        )?;
+                        fds.truncate(2);
+                        fds.extend(st.fds());
+                        stripes = Some(st);
                     }
                 }
                 while let Ok((object, block, ok)) = res_rx.try_recv() {
@@ -819,7 +866,12 @@ fn receive_loop(
             Ok(())
         })();
         drop(job_tx);
-        verify_cpu = worker.join().unwrap_or(0.0);
+        if let Some(s) = stripes.take() {
+            let (cpu, n) = s.shutdown();
+            verify_cpu += cpu;
+            stripe_datagrams += n;
+        }
+        verify_cpu += worker.join().unwrap_or(0.0);
         result
     })?;
     let done = complete_at.unwrap_or_else(Instant::now);
@@ -848,7 +900,20 @@ fn receive_loop(
             latency.max(),
         ],
         forwarded,
+        stripe_datagrams,
     })
+}
+
+/// Hands every unit of a received batch to the protocol (multicast mode).
+fn handle_batch(rx: &mut Receiver<FileStore>, batch: &RecvBatch, now: Instant) {
+    for d in batch.iter() {
+        if d.truncated {
+            continue;
+        }
+        for seg in d.segments() {
+            rx.handle_datagram(now, SocketAddr::V4(d.source), seg);
+        }
+    }
 }
 
 /// Split mode: forwards copies of the units of the last batch as their copy flags and the

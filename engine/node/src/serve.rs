@@ -43,7 +43,8 @@ pub struct ServeConfig {
     pub deadline: Option<Duration>,
     pub session: u32,
     /// Data threads (stripes), each pinned to a core with its own socket and ring (one, the
-    /// control thread, in split mode).
+    /// control thread, in split mode). Stripe `s` sends its first pass to the group's port +
+    /// `s`, so receivers can read each stripe on its own socket and thread.
     pub threads: usize,
     /// Split mode: no multicast; units go by unicast to one member each and members copy
     /// them on (docs/wire.md §14).
@@ -160,6 +161,15 @@ pub(crate) fn serve_content(
     } else {
         cfg.threads.clamp(1, 64)
     };
+    // Stripe s sends its first pass to the group's port + s (docs/wire.md §3.1).
+    if usize::from(cfg.group.port()) + stripes - 1 > usize::from(u16::MAX) {
+        return Err(NodeError::Config(format!(
+            "{} data threads need ports {}..={} of the group (one per stripe): pick a lower port",
+            stripes,
+            cfg.group.port(),
+            usize::from(cfg.group.port()) + stripes - 1
+        )));
+    }
     let block_size = cfg.geometry.block_size();
     let sources = content.sources.clone();
     let ready = content.ready();

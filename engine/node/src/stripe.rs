@@ -60,7 +60,9 @@ pub(crate) fn run(p: StripePlan<'_>) -> Result<StripeStats, NodeError> {
     if let Some(core) = p.core {
         core_affinity::set_for_current(core);
     }
-    let socket = MulticastSender::new(p.group, p.iface, p.ttl, 4 << 20)?;
+    // Each stripe has its own port (docs/wire.md §3.1): a receiver reads it on its own socket.
+    let group = SocketAddrV4::new(*p.group.ip(), p.group.port() + p.stripe as u16);
+    let socket = MulticastSender::new(group, p.iface, p.ttl, 4 << 20)?;
     let mut ring = SendRing::new(socket, SendRingConfig::default())?;
     let mut stats = StripeStats::default();
     first_pass(&p, &mut ring, &mut stats)?;

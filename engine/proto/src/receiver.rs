@@ -572,6 +572,12 @@ impl<S: BlockStore> Receiver<S> {
         self.announce.as_ref().map_or(1, |a| a.group_size.max(1))
     }
 
+    /// Stripes of the adopted session's first pass (its Announce), once one is adopted: the
+    /// node reads stripe `s` on the group's port + `s` (docs/wire.md §3.1).
+    pub fn announced_stripes(&self) -> Option<u16> {
+        self.announce.as_ref().map(|a| a.stripes)
+    }
+
     fn stripes(&self) -> u64 {
         self.announce.as_ref().map_or(1, |a| u64::from(a.stripes))
     }

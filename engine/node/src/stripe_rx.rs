@@ -1,0 +1,329 @@
+//! The receiving side of a striped first pass: stripe `s` of an `S`-stripe session arrives on
+//! the group's port + `s` (docs/wire.md §3.1), so each stripe has its own socket and the
+//! kernel's copy out of those sockets (about half of a receiver's CPU) runs on as many threads
+//! as the receiver is given. The protocol core stays on the receive thread: readers hand it
+//! whole batches (GRO super-datagrams as they came) through a channel, wake it with an
+//! eventfd, and get the emptied batches back; no lock is taken per datagram or per batch.
+//!
+//! With `threads` receive threads in all, stripe `s >= 1` is read by thread `s mod threads`,
+//! where thread 0 is the receive thread itself (which also reads stripe 0 on the group's own
+//! port, with the announces, parity and repairs).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Duration;
+
+use blockcast_io::{IoError, MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
+
+use crate::wait::readable;
+use crate::NodeError;
+
+/// Batches each reader thread cycles through (8 datagrams of up to 64 KiB each).
+const BATCHES_PER_READER: usize = 4;
+/// How often an idle reader looks at its stop flag.
+const READER_TICK: Duration = Duration::from_millis(50);
+
+/// What one stripe socket saw, for the receiver's reports.
+#[derive(Default)]
+struct Counters {
+    /// Datagrams received (a GRO super-datagram counts once).
+    received: AtomicU64,
+    /// The socket's overflow count (`SO_RXQ_OVFL`) at its last read.
+    drops: AtomicU32,
+    /// Fullest receive queue seen since the receive thread last asked, ppm.
+    queue_ppm: AtomicU32,
+}
+
+enum Msg {
+    /// A filled batch from reader `reader`.
+    Batch {
+        reader: usize,
+        batch: RecvBatch,
+    },
+    Failed(IoError),
+}
+
+/// The sockets of stripes 1..S of the current source, and the threads reading them.
+pub(crate) struct StripeSockets<'scope> {
+    /// Stripes the receive thread reads itself: (stripe, socket).
+    own: Vec<(usize, OwnedFd)>,
+    own_batch: RecvBatch,
+    /// Per stripe 1..S (index `stripe - 1`).
+    counters: Arc<[Counters]>,
+    filled: mpsc::Receiver<Msg>,
+    /// Where each reader's emptied batches go back.
+    free: Vec<mpsc::Sender<RecvBatch>>,
+    wake: Arc<OwnedFd>,
+    /// Written at shutdown: wakes readers waiting on their sockets.
+    halt: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    readers: Vec<ScopedJoinHandle<'scope, f64>>,
+}
+
+impl<'scope> StripeSockets<'scope> {
+    /// Joins `group`'s ports + 1 ..= + `stripes - 1` on `iface` and starts
+    /// `min(stripes, threads) - 1` reader threads in `scope`.
+    pub(crate) fn open<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        group: SocketAddrV4,
+        iface: Ipv4Addr,
+        rcvbuf: usize,
+        stripes: u16,
+        threads: usize,
+    ) -> Result<Self, NodeError> {
+        let stripes = usize::from(stripes.max(1));
+        let threads = threads.clamp(1, stripes);
+        if usize::from(group.port()) + stripes - 1 > usize::from(u16::MAX) {
+            return Err(NodeError::Config(format!(
+                "the session has {stripes} stripes, more ports than {group} has above it"
+            )));
+        }
+        let counters: Arc<[Counters]> = (1..stripes).map(|_| Counters::default()).collect();
+        let wake = Arc::new(eventfd()?);
+        let halt = Arc::new(eventfd()?);
+        let mut per_thread: Vec<Vec<(usize, OwnedFd)>> = (0..threads).map(|_| Vec::new()).collect();
+        for s in 1..stripes {
+            let addr = SocketAddrV4::new(*group.ip(), group.port() + s as u16);
+            let sock: OwnedFd = MulticastReceiver::new(addr, iface, rcvbuf, true)?.into();
+            per_thread[s % threads].push((s, sock));
+        }
+        let own = std::mem::take(&mut per_thread[0]);
+        let (filled_tx, filled) = mpsc::channel::<Msg>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut free = Vec::new();
+        let mut readers = Vec::new();
+        for (r, socks) in per_thread.into_iter().enumerate().skip(1) {
+            let (free_tx, free_rx) = mpsc::channel::<RecvBatch>();
+            for _ in 0..BATCHES_PER_READER {
+                let _ = free_tx.send(RecvBatch::new(8, GRO_BUFFER_SIZE)?);
+            }
+            free.push(free_tx);
+            let reader = Reader {
+                index: r - 1,
+                socks,
+                counters: counters.clone(),
+                free: free_rx,
+                filled: filled_tx.clone(),
+                wake: wake.clone(),
+                halt: halt.clone(),
+                stop: stop.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("bc-recv-{r}"))
+                .spawn_scoped(scope, move || reader.run())
+                .map_err(|e| NodeError::Config(format!("cannot start a receive thread: {e}")))?;
+            readers.push(h);
+        }
+        Ok(StripeSockets {
+            own,
+            own_batch: RecvBatch::new(8, GRO_BUFFER_SIZE)?,
+            counters,
+            filled,
+            free,
+            wake,
+            halt,
+            stop,
+            readers,
+        })
+    }
+
+    /// Descriptors the receive thread waits on for these stripes: the readers' eventfd first,
+    /// then its own stripe sockets (the order [`drain`](Self::drain) takes `ready` in).
+    pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        std::iter::once(self.wake.as_raw_fd()).chain(self.own.iter().map(|(_, s)| s.as_raw_fd()))
+    }
+
+    /// Hands every batch that arrived on these stripes to `handle`: the receive thread's own
+    /// sockets that `ready` (in [`fds`](Self::fds) order) marks, then what the readers filled.
+    /// Returns whether any datagram came.
+    pub(crate) fn drain(
+        &mut self,
+        ready: &[bool],
+        handle: &mut dyn FnMut(&RecvBatch) -> Result<(), NodeError>,
+    ) -> Result<bool, NodeError> {
+        let mut any = false;
+        if ready.first().copied().unwrap_or(false) {
+            let mut v = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into `v`; a non-blocking eventfd read only resets
+            // its counter (EAGAIN when it was already 0 is fine).
+            unsafe { libc::read(self.wake.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
+        }
+        for (k, (stripe, sock)) in self.own.iter().enumerate() {
+            if !ready.get(k + 1).copied().unwrap_or(false) {
+                continue;
+            }
+            let c = &self.counters[stripe - 1];
+            if let Some(q) = blockcast_io::receive_queue_ppm(sock) {
+                c.queue_ppm.fetch_max(q, Ordering::Relaxed);
+            }
+            for _ in 0..64 {
+                let before = self.own_batch.received();
+                let n = self.own_batch.recv(sock, Duration::ZERO)?;
+                c.received
+                    .fetch_add(self.own_batch.received() - before, Ordering::Relaxed);
+                if let Some(d) = self.own_batch.socket_drops() {
+                    c.drops.store(d, Ordering::Relaxed);
+                }
+                if n == 0 {
+                    break;
+                }
+                any = true;
+                handle(&self.own_batch)?;
+            }
+        }
+        while let Ok(msg) = self.filled.try_recv() {
+            match msg {
+                Msg::Batch { reader, batch } => {
+                    any = true;
+                    let r = handle(&batch);
+                    // The reader may have stopped (shutdown); then the batch is just dropped.
+                    let _ = self.free[reader].send(batch);
+                    r?;
+                }
+                Msg::Failed(e) => return Err(e.into()),
+            }
+        }
+        Ok(any)
+    }
+
+    /// Datagrams received and the overflow count, summed over these stripes' sockets.
+    pub(crate) fn socket_totals(&self) -> (u64, u32) {
+        self.counters.iter().fold((0, 0), |(r, d), c| {
+            (
+                r + c.received.load(Ordering::Relaxed),
+                d.wrapping_add(c.drops.load(Ordering::Relaxed)),
+            )
+        })
+    }
+
+    /// The fullest these stripes' sockets were since the last call, ppm.
+    pub(crate) fn take_queue_ppm(&self) -> u32 {
+        self.counters
+            .iter()
+            .map(|c| c.queue_ppm.swap(0, Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Stops and joins the readers; returns their CPU seconds and the datagrams these
+    /// stripes' sockets received.
+    pub(crate) fn shutdown(self) -> (f64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        poke(&self.halt);
+        drop(self.free);
+        let cpu = self
+            .readers
+            .into_iter()
+            .map(|h| h.join().unwrap_or(0.0))
+            .sum();
+        let received = self
+            .counters
+            .iter()
+            .map(|c| c.received.load(Ordering::Relaxed))
+            .sum();
+        (cpu, received)
+    }
+}
+
+/// One reader thread: its stripe sockets, batches in and out.
+struct Reader {
+    index: usize,
+    socks: Vec<(usize, OwnedFd)>,
+    counters: Arc<[Counters]>,
+    free: mpsc::Receiver<RecvBatch>,
+    filled: mpsc::Sender<Msg>,
+    wake: Arc<OwnedFd>,
+    halt: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Reader {
+    /// Reads until stopped (or the receive thread is gone); returns the thread's CPU seconds.
+    fn run(self) -> f64 {
+        if let Err(e) = self.read() {
+            let _ = self.filled.send(Msg::Failed(e));
+            poke(&self.wake);
+        }
+        crate::thread_cpu_seconds()
+    }
+
+    fn read(&self) -> Result<(), IoError> {
+        // The sockets, then the halt eventfd (never read: once written, the reader ends).
+        let fds: Vec<RawFd> = self
+            .socks
+            .iter()
+            .map(|(_, s)| s.as_raw_fd())
+            .chain(std::iter::once(self.halt.as_raw_fd()))
+            .collect();
+        let mut spare: Option<RecvBatch> = None;
+        while !self.stop.load(Ordering::Relaxed) {
+            let ready = readable(&fds, READER_TICK);
+            for (k, (stripe, sock)) in self.socks.iter().enumerate() {
+                if !ready[k] {
+                    continue;
+                }
+                let c = &self.counters[stripe - 1];
+                if let Some(q) = blockcast_io::receive_queue_ppm(sock) {
+                    c.queue_ppm.fetch_max(q, Ordering::Relaxed);
+                }
+                for _ in 0..64 {
+                    let mut batch = match spare.take() {
+                        Some(b) => b,
+                        // Every batch is with the receive thread: wait for one (the socket
+                        // buffer holds what arrives meanwhile).
+                        None => match self.free.recv_timeout(READER_TICK) {
+                            Ok(b) => b,
+                            Err(mpsc::RecvTimeoutError::Timeout) => break,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                        },
+                    };
+                    let before = batch.received();
+                    let n = batch.recv(sock, Duration::ZERO)?;
+                    c.received
+                        .fetch_add(batch.received() - before, Ordering::Relaxed);
+                    if let Some(d) = batch.socket_drops() {
+                        c.drops.store(d, Ordering::Relaxed);
+                    }
+                    if n == 0 {
+                        spare = Some(batch);
+                        break;
+                    }
+                    let msg = Msg::Batch {
+                        reader: self.index,
+                        batch,
+                    };
+                    if self.filled.send(msg).is_err() {
+                        return Ok(());
+                    }
+                    poke(&self.wake);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn eventfd() -> Result<OwnedFd, NodeError> {
+    // SAFETY: plain syscall; the descriptor it returns (if any) is owned below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(NodeError::Config(format!(
+            "eventfd: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes `fd` (an eventfd) readable.
+fn poke(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from `one` to the eventfd; a full counter (EAGAIN) means a
+    // wake-up is pending anyway.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
