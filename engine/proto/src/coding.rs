@@ -4,7 +4,16 @@
 //! units rebuild the block, so one parity unit repairs any one missing unit at any receiver.
 //! Units are shards of `unit_size` bytes; the short last unit of an object is zero-padded.
 
+use std::cell::RefCell;
+
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
+
+thread_local! {
+    // One encoder and one decoder per thread, reset for each block: a fresh one allocates (and
+    // the kernel zeroes) its whole working space, several MB for a block of large units.
+    static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
+    static DECODER: RefCell<Option<ReedSolomonDecoder>> = const { RefCell::new(None) };
+}
 
 /// Whether the code supports `k` original and `m` parity units per block.
 pub fn supported(k: u16, m: u16) -> bool {
@@ -20,7 +29,24 @@ pub fn encode_block(
     unit_size: u16,
 ) -> Result<Vec<u8>, reed_solomon_simd::Error> {
     let us = usize::from(unit_size);
-    let mut enc = ReedSolomonEncoder::new(usize::from(k), usize::from(max_parity), us)?;
+    let (k_, m_) = (usize::from(k), usize::from(max_parity));
+    ENCODER.with_borrow_mut(|slot| {
+        match slot {
+            Some(enc) => enc.reset(k_, m_, us)?,
+            None => *slot = Some(ReedSolomonEncoder::new(k_, m_, us)?),
+        }
+        let enc = slot.as_mut().expect("set above");
+        encode_with(enc, block, k, m_, us)
+    })
+}
+
+fn encode_with(
+    enc: &mut ReedSolomonEncoder,
+    block: &[u8],
+    k: u16,
+    m: usize,
+    us: usize,
+) -> Result<Vec<u8>, reed_solomon_simd::Error> {
     let mut pad = vec![0u8; us];
     for u in 0..usize::from(k) {
         let start = (u * us).min(block.len());
@@ -34,7 +60,7 @@ pub fn encode_block(
         }
     }
     let result = enc.encode()?;
-    let mut out = Vec::with_capacity(us * usize::from(max_parity));
+    let mut out = Vec::with_capacity(us * m);
     for shard in result.recovery_iter() {
         out.extend_from_slice(shard);
     }
@@ -55,7 +81,25 @@ pub fn decode_block(
     unit_size: u16,
 ) -> Result<(), reed_solomon_simd::Error> {
     let us = usize::from(unit_size);
-    let mut dec = ReedSolomonDecoder::new(usize::from(k), usize::from(max_parity), us)?;
+    let (k_, m_) = (usize::from(k), usize::from(max_parity));
+    DECODER.with_borrow_mut(|slot| {
+        match slot {
+            Some(dec) => dec.reset(k_, m_, us)?,
+            None => *slot = Some(ReedSolomonDecoder::new(k_, m_, us)?),
+        }
+        let dec = slot.as_mut().expect("set above");
+        decode_with(dec, block, have, parity, k, us)
+    })
+}
+
+fn decode_with(
+    dec: &mut ReedSolomonDecoder,
+    block: &mut [u8],
+    have: impl Fn(usize) -> bool,
+    parity: &[(u16, &[u8])],
+    k: u16,
+    us: usize,
+) -> Result<(), reed_solomon_simd::Error> {
     let mut pad = vec![0u8; us];
     for u in (0..usize::from(k)).filter(|&u| have(u)) {
         let start = (u * us).min(block.len());
@@ -106,6 +150,35 @@ mod tests {
                 (0..lost.len() as u16).map(|i| (i + 2, p(i + 2))).collect();
             decode_block(&mut block, |u| !lost.contains(&u), &got, k, m, us).unwrap();
             assert_eq!(block, data);
+        }
+    }
+
+    #[test]
+    fn the_reused_coders_follow_each_blocks_geometry() {
+        // One thread, so the same encoder and decoder are reset between shapes.
+        for (k, m, us) in [
+            (16u16, 8u16, 64u16),
+            (4, 2, 128),
+            (749, 128, 64),
+            (16, 8, 64),
+        ] {
+            let n = usize::from(k) * usize::from(us) - 10;
+            let data: Vec<u8> = (0..n).map(|i| (i * 13 + usize::from(k)) as u8).collect();
+            let parity = encode_block(&data, k, m, us).unwrap();
+            assert_eq!(parity.len(), usize::from(m) * usize::from(us));
+            let lost = [1usize, usize::from(k) - 1];
+            let mut block = data.clone();
+            for &u in &lost {
+                let end = ((u + 1) * usize::from(us)).min(n);
+                block[u * usize::from(us)..end].fill(0);
+            }
+            let us_ = usize::from(us);
+            // The last two parity units stand in for the two lost.
+            let got: Vec<(u16, &[u8])> = (m - 2..m)
+                .map(|i| (i, &parity[usize::from(i) * us_..usize::from(i + 1) * us_]))
+                .collect();
+            decode_block(&mut block, |u| !lost.contains(&u), &got, k, m, us).unwrap();
+            assert_eq!(block, data, "k {k} m {m} unit {us}");
         }
     }
 
