@@ -228,6 +228,7 @@ fn run_session(
         split: false,
         receiver_timeout: Duration::from_secs(10),
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
+        xor_repairs: true,
         hash_cache: None,
     };
     let outs: Vec<PathBuf> = (0..s.receivers)

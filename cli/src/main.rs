@@ -115,6 +115,10 @@ struct SendArgs {
     /// 0: parity always (for a link slower than the receivers' CPUs).
     #[arg(long, default_value_t = blockcast_proto::ORIGINALS_FACTOR)]
     originals_factor: u32,
+    /// Resend originals one by one instead of combining the units different receivers miss
+    /// into XOR repairs (one datagram for up to four receivers; docs/wire.md §3.2).
+    #[arg(long)]
+    no_xor_repairs: bool,
 }
 
 impl SendArgs {
@@ -465,6 +469,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         deadline: a.send.deadline(),
         threads: a.send.threads.unwrap_or(1).max(1),
         originals_factor: a.send.originals_factor,
+        xor_repairs: !a.send.no_xor_repairs,
     };
     let summary = output::run_relay(&cfg, stop, out).map_err(exit::node)?;
     out.relay_summary(&summary);
@@ -568,6 +573,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         split: a.split,
         receiver_timeout: Duration::from_secs_f64(a.receiver_timeout.max(0.1)),
         originals_factor: a.send.originals_factor,
+        xor_repairs: !a.send.no_xor_repairs,
         hash_cache: if a.no_hash_cache {
             None
         } else {

@@ -53,7 +53,7 @@ impl Output {
             println!("{}", serve_json(s));
         } else {
             self.say(&format!(
-                "served {} object(s), {} bytes in {:.2} s ({:.1} MB/s) to {} receiver(s), {} complete; {} parity and {} repair units for {} NACKs",
+                "served {} object(s), {} bytes in {:.2} s ({:.1} MB/s) to {} receiver(s), {} complete; {} parity, {} repair and {} XOR units (carrying {}) for {} NACKs",
                 s.objects,
                 s.bytes,
                 s.seconds,
@@ -62,6 +62,8 @@ impl Output {
                 s.receivers.iter().filter(|r| r.complete).count(),
                 s.stats.parity_units,
                 s.stats.repair_units,
+                s.stats.xor_units,
+                s.stats.xor_carried,
                 s.stats.nacks
             ));
         }
@@ -122,6 +124,8 @@ pub fn serve_json(s: &ServeSummary) -> serde_json::Value {
         "result": format!("{:?}", s.reason).to_lowercase(),
         "data_units": s.stats.data_units,
         "repair_units": s.stats.repair_units,
+        "xor_units": s.stats.xor_units,
+        "xor_carried": s.stats.xor_carried,
         "parity_units": s.stats.parity_units,
         "nacks": s.stats.nacks,
         "nack_bytes": s.stats.nack_bytes,
@@ -147,6 +151,8 @@ pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
         "mb_per_s": s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
         "data_units": s.stats.data_units,
         "parity_units": s.stats.parity_units,
+        "xor_units": s.stats.xor_units,
+        "xor_unusable": s.stats.xor_unusable,
         "duplicates": s.stats.duplicates,
         "socket_drops": s.stats.socket_drops,
         "decodes": s.stats.decodes,

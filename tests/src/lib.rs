@@ -159,6 +159,8 @@ pub struct SimReport {
     pub minimal_units: u64,
     pub data_units: u64,
     pub repair_units: u64,
+    /// XOR repairs (each one datagram carrying two to four units).
+    pub xor_units: u64,
     pub parity_units: u64,
     pub data_bytes: u64,
     pub parity_bytes: u64,
@@ -178,9 +180,9 @@ pub struct SimReport {
 }
 
 impl SimReport {
-    /// Units sent (data, repairs and parity) per unit of content.
+    /// Units sent (data, repairs, XOR repairs and parity) per unit of content.
     pub fn units_ratio(&self) -> f64 {
-        (self.data_units + self.repair_units + self.parity_units) as f64
+        (self.data_units + self.repair_units + self.xor_units + self.parity_units) as f64
             / self.minimal_units.max(1) as f64
     }
 
@@ -418,6 +420,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     report.receivers = cfg.receivers;
     report.data_units = s.data_units + sim.stripe_units;
     report.repair_units = s.repair_units;
+    report.xor_units = s.xor_units;
     report.parity_units = s.parity_units;
     report.data_bytes = s.data_bytes + sim.stripe_bytes;
     report.parity_bytes = s.parity_bytes;

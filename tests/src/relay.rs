@@ -518,7 +518,7 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
             tr.senders += 1;
             if let Some(tx) = &n.tx {
                 let s = tx.stats();
-                let units = s.data_units + s.repair_units + s.parity_units;
+                let units = s.data_units + s.repair_units + s.xor_units + s.parity_units;
                 tr.units += units;
                 sending += u64::from(units > 0);
                 tr.parity_units += s.parity_units;

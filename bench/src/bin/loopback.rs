@@ -108,6 +108,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         split: false,
         receiver_timeout: Duration::from_secs(10),
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
+        xor_repairs: true,
         hash_cache: None,
     };
     let stop = AtomicBool::new(false);

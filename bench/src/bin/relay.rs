@@ -88,6 +88,7 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         split: false,
         receiver_timeout: Duration::from_secs(10),
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
+        xor_repairs: true,
         hash_cache: None,
     };
     let outs: Vec<PathBuf> = (0..total)
@@ -133,6 +134,7 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
             deadline: Some(Duration::from_secs(300)),
             threads: 1,
             originals_factor: blockcast_proto::ORIGINALS_FACTOR,
+            xor_repairs: true,
         })
         .collect();
     let stop = AtomicBool::new(false);

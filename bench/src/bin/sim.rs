@@ -50,6 +50,9 @@ struct Args {
     /// always; the sender's default is 4).
     #[arg(long, default_value_t = blockcast_proto::ORIGINALS_FACTOR)]
     originals_factor: u32,
+    /// Resend originals one by one (no XOR repairs).
+    #[arg(long)]
+    no_xor_repairs: bool,
 }
 
 fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
@@ -63,6 +66,7 @@ fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
     c.store = StoreKind::Hashed;
     c.sender.max_wait = Duration::from_secs(2);
     c.sender.originals_factor = a.originals_factor;
+    c.sender.xor_repairs = !a.no_xor_repairs;
     c.time_limit = Duration::from_secs(600);
     if bursty {
         // Bursts of ~20 copies in which half are lost.
@@ -80,14 +84,14 @@ fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
 
 fn header() {
     println!(
-        "| receivers | loss | complete | time / lossless | data units / minimal | parity units | all units / minimal | NACK packets | NACK bytes | NACK % of data | receipt notices | wall s |"
+        "| receivers | loss | complete | time / lossless | data units / minimal | parity units | XOR units | all units / minimal | NACK packets | NACK bytes | NACK % of data | receipt notices | wall s |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 }
 
 fn row(r: &SimReport, loss: &str) {
     println!(
-        "| {} | {} | {}/{} | {:.3} | {:.3} | {} | {:.3} | {} | {} | {:.2} | {} | {:.1} |",
+        "| {} | {} | {}/{} | {:.3} | {:.3} | {} | {} | {:.3} | {} | {} | {:.2} | {} | {:.1} |",
         r.receivers,
         loss,
         r.identical,
@@ -95,6 +99,7 @@ fn row(r: &SimReport, loss: &str) {
         r.completion_ratio(),
         (r.data_units + r.repair_units) as f64 / r.minimal_units.max(1) as f64,
         r.parity_units,
+        r.xor_units,
         r.units_ratio(),
         r.nack_packets,
         r.nack_bytes,

@@ -50,6 +50,8 @@ pub struct RelayConfig {
     pub threads: usize,
     /// Downstream repairs: see [`ServeConfig::originals_factor`].
     pub originals_factor: u32,
+    /// Downstream repairs: see [`ServeConfig::xor_repairs`].
+    pub xor_repairs: bool,
 }
 
 /// Progress of both sides, reported a few times per second.
@@ -139,6 +141,7 @@ pub fn relay(
                             split: false,
                             receiver_timeout: Duration::from_secs(10),
                             originals_factor: cfg.originals_factor,
+                            xor_repairs: cfg.xor_repairs,
                             hash_cache: None,
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());

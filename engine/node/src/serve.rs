@@ -57,6 +57,9 @@ pub struct ServeConfig {
     /// Repair with originals while they cost at most this many times parity's bandwidth
     /// ([`blockcast_proto::SenderConfig::originals_factor`]; 0: parity always).
     pub originals_factor: u32,
+    /// Combine the originals different receivers miss into XOR repairs
+    /// ([`blockcast_proto::SenderConfig::xor_repairs`]).
+    pub xor_repairs: bool,
 }
 
 /// Progress, reported a few times per second.
@@ -199,6 +202,7 @@ pub(crate) fn serve_content(
         deadline: cfg.deadline,
         initial_grtt: Duration::from_millis(2),
         originals_factor: cfg.originals_factor,
+        xor_repairs: cfg.xor_repairs,
         ..SenderConfig::default()
     };
     let mut sender =

@@ -26,7 +26,7 @@ use crate::wire::{
     AnnounceRepr, BlockIndex, BlockRun, CopyFlags, DoneReason, DoneRepr, Holes, JoinRepr,
     LeaveReason, LeaveRepr, Manifest, NackEntry, NackRepr, ObjectId, Packet, PlanRepr,
     PriorityRepr, ReceiptRepr, ReceiverId, SessionId, SolicitRepr, UnitIndex, UnitPacket,
-    WireError,
+    WireError, XorRepr, XOR_NONE, XOR_WIDTH,
 };
 use crate::{micros, Destination, Transmit};
 
@@ -166,14 +166,29 @@ pub struct ReceiverStats {
     /// Datagrams the receiving socket dropped for lack of buffer space, as last reported
     /// through [`Receiver::note_socket`].
     pub socket_drops: u64,
+    /// XOR repairs that gave this receiver a unit (wire.md §3.2).
+    pub xor_units: u64,
+    /// XOR repairs it could not use: it missed two or more of their units.
+    pub xor_unusable: u64,
 }
 
-/// What a block needs to be made whole from parity: which originals it holds and the parity
-/// units it got. Handed out with [`ReceiverEvent::VerifyBlock`] so that the decode runs where
-/// the hash runs (the node's verify thread), not on the receive path.
+/// One XOR repair a block took: the unit it rebuilds, the units combined (wire.md §3.2),
+/// and the payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct XorUnit {
+    unit: u16,
+    units: [u16; XOR_WIDTH],
+    payload: Box<[u8]>,
+}
+
+/// What a block needs to be made whole: the units XOR repairs rebuild, in arrival order, and
+/// the parity units it got with the originals it holds. Handed out with
+/// [`ReceiverEvent::VerifyBlock`] so that the rebuild runs where the hash runs (the node's
+/// verify thread), not on the receive path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rebuild {
     have: UnitBitmap,
+    xors: Vec<XorUnit>,
     parity: Vec<(u16, Box<[u8]>)>,
     k: u16,
     max_parity: u16,
@@ -182,9 +197,35 @@ pub struct Rebuild {
 
 impl Rebuild {
     /// Restores the missing original units of `block` (the block's bytes, with every unit
-    /// it holds in place) from the parity units. False when they cannot (a damaged unit or
-    /// too few of them): the block is then failed and fetched again like a bad hash.
+    /// it holds in place): first each XOR repair's unit from the units it holds (a few
+    /// XORs), then, if parity stands in for some, the rest by decoding. False when they
+    /// cannot (a damaged unit or too few of them): the block is then failed and fetched again
+    /// like a bad hash.
     pub fn apply(&self, block: &mut [u8]) -> bool {
+        let us = usize::from(self.unit_size);
+        let block_len = block.len();
+        let unit_range = |u: u16| {
+            let start = (usize::from(u) * us).min(block_len);
+            start..(start + us).min(block_len)
+        };
+        let mut acc = vec![0u8; us];
+        for x in &self.xors {
+            acc.copy_from_slice(&x.payload);
+            for &u in x.units.iter().take_while(|&&u| u != XOR_NONE) {
+                if u != x.unit {
+                    let r = unit_range(u);
+                    for (a, b) in acc.iter_mut().zip(&block[r]) {
+                        *a ^= b;
+                    }
+                }
+            }
+            let r = unit_range(x.unit);
+            let len = r.len();
+            block[r].copy_from_slice(&acc[..len]);
+        }
+        if self.parity.is_empty() {
+            return true;
+        }
         let parity: Vec<(u16, &[u8])> = self.parity.iter().map(|(i, p)| (*i, &p[..])).collect();
         coding::decode_block(
             block,
@@ -203,7 +244,9 @@ const PRIORITY_MARGIN: u64 = 4;
 
 /// Assembly state of one block that is not yet verified.
 struct BlockState {
+    /// Units held, or rebuilt by an XOR repair in `xors` when the block is finished.
     have: UnitBitmap,
+    xors: Vec<XorUnit>,
     parity: Vec<(u16, Box<[u8]>)>,
     /// Parity indices below this have been seen.
     parity_seen: u16,
@@ -220,6 +263,7 @@ impl BlockState {
     fn new(k: u16) -> Self {
         BlockState {
             have: UnitBitmap::new(usize::from(k)),
+            xors: Vec::new(),
             parity: Vec::new(),
             parity_seen: 0,
             round_end: 0,
@@ -697,6 +741,12 @@ impl<S: BlockStore> Receiver<S> {
                     self.plan = Some(p);
                 }
             }
+            Packet::Xor(x, payload) => {
+                // No timestamp: the header's last slots carry unit indices.
+                self.last_heard = Some(now);
+                self.server_lost = false;
+                self.on_xor(now, &x, payload);
+            }
             Packet::Done(DoneRepr::Session { reason, .. }) => {
                 self.ended = true;
                 self.timers.clear();
@@ -1021,6 +1071,59 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
+    /// An XOR repair: if this receiver misses exactly one of its units, that unit will be
+    /// rebuilt from it (and the others, held) when the block is finished.
+    fn on_xor(&mut self, now: Instant, x: &XorRepr, payload: &[u8]) {
+        let Some(seq) = self.seq(x.object, x.block) else {
+            if self.manifest.is_none() {
+                self.stats.early_units += 1;
+            } else {
+                self.stats.bad_packets += 1;
+            }
+            return;
+        };
+        if self.done.get(seq as usize) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let Some(m) = self.manifest.as_ref() else {
+            return;
+        };
+        let us = usize::from(m.unit_size);
+        let k = self.block_len(seq).div_ceil(us) as u16;
+        if payload.len() != us || x.iter().any(|u| u >= k) {
+            self.stats.bad_packets += 1;
+            return;
+        }
+        let state = self.blocks[seq as usize].get_or_insert_with(|| Box::new(BlockState::new(k)));
+        if state.verifying {
+            self.stats.duplicates += 1;
+            return;
+        }
+        let mut missing = x.iter().filter(|&u| !state.have.get(usize::from(u)));
+        let unit = match (missing.next(), missing.next()) {
+            (Some(u), None) => u,
+            (None, _) => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            (Some(_), Some(_)) => {
+                self.stats.xor_unusable += 1;
+                return;
+            }
+        };
+        state.have.set(usize::from(unit));
+        state.xors.push(XorUnit {
+            unit,
+            units: x.units,
+            payload: payload.into(),
+        });
+        self.stats.xor_units += 1;
+        if state.have.count_ones() + state.parity.len() >= usize::from(k) {
+            self.finish_block(now, seq);
+        }
+    }
+
     /// Rebuilds (if needed) and verifies block `seq`, which has at least `k` units.
     fn finish_block(&mut self, now: Instant, seq: u64) {
         let (object, block) = self.addr_of(seq);
@@ -1036,14 +1139,20 @@ impl<S: BlockStore> Receiver<S> {
         };
         // Whatever happens next, the block's state is dropped (verified) or started afresh
         // (failed): its parity units can be moved out.
-        let rebuild = (state.have.count_ones() < usize::from(k)).then(|| Rebuild {
+        let decode = state.have.count_ones() < usize::from(k);
+        let rebuild = (decode || !state.xors.is_empty()).then(|| Rebuild {
             have: state.have.clone(),
-            parity: std::mem::take(&mut state.parity),
+            xors: std::mem::take(&mut state.xors),
+            parity: if decode {
+                std::mem::take(&mut state.parity)
+            } else {
+                Vec::new()
+            },
             k,
             max_parity,
             unit_size,
         });
-        if rebuild.is_some() {
+        if decode {
             self.stats.decodes += 1;
         }
         if self.cfg.external_verify {

@@ -24,7 +24,8 @@ use crate::store::BlockSource;
 use crate::wire::{
     set_copy_flags, AcceptRepr, AnnounceRepr, BlockIndex, CopyFlags, DoneReason, DoneRepr, Holes,
     Manifest, ManifestChunkRepr, NackEntry, ObjectId, Packet, PlanRepr, ReceiptRepr, ReceiverId,
-    SessionId, SolicitRepr, UnitHeaderRepr, WireError, UNIT_HEADER_LEN,
+    SessionId, SolicitRepr, UnitHeaderRepr, WireError, XorRepr, UNIT_HEADER_LEN, XOR_NONE,
+    XOR_WIDTH,
 };
 use crate::{micros, Destination, Geometry, Transmit, UnitRef};
 
@@ -66,6 +67,13 @@ pub struct SenderConfig {
     /// largest (about N for N receivers that lose alike; the member count until losses are
     /// reported), so small groups get originals and large ones parity. 0: parity always.
     pub originals_factor: u32,
+    /// While repairs go as originals, combine the units different receivers miss into XOR
+    /// repairs (wire.md §3.2): one datagram carries up to four units, each for a receiver
+    /// that holds the others, so a small group gets about its largest member's losses resent
+    /// instead of the union of everyone's, and a receiver rebuilds with a few XORs, not a
+    /// decode of its block. The server waits up to [`XOR_GATHER_GRTTS`] round trips after a
+    /// block's first NACK for the others'. Multicast only (not in split mode).
+    pub xor_repairs: bool,
     /// The node sends the first pass itself (one data thread per stripe, straight from the
     /// source) and reports how far it got with [`Sender::handle_first_pass`]; the sender then
     /// announces, repairs and tracks receivers, and never emits first-pass units.
@@ -79,6 +87,11 @@ pub struct SenderConfig {
 /// The default [`SenderConfig::originals_factor`]: groups of up to about four receivers that
 /// lose alike get originals (measured in docs/DESIGN.md, 2026-11-22).
 pub const ORIGINALS_FACTOR: u32 = 4;
+
+/// How long the server holds a block's XOR repairs after its first NACK, in round trips:
+/// receivers draw their NACK times from a window of a few round trips, and a combination can
+/// only serve the receivers whose NACKs are in.
+pub const XOR_GATHER_GRTTS: u32 = 2;
 
 impl Default for SenderConfig {
     fn default() -> Self {
@@ -103,6 +116,7 @@ impl Default for SenderConfig {
             max_receivers: 100_000,
             parity_cache_blocks: 256,
             originals_factor: ORIGINALS_FACTOR,
+            xor_repairs: true,
             external_first_pass: false,
             split: None,
         }
@@ -151,6 +165,10 @@ pub struct SenderStats {
     pub data_bytes: u64,
     /// Original units sent again as repairs.
     pub repair_units: u64,
+    /// XOR repairs sent (each combines two to four original units).
+    pub xor_units: u64,
+    /// Original units those XOR repairs carried.
+    pub xor_carried: u64,
     pub parity_units: u64,
     pub parity_bytes: u64,
     pub announces: u64,
@@ -246,6 +264,11 @@ struct Repair {
     whole: bool,
     /// Original units to send again.
     originals: Option<UnitBitmap>,
+    /// XOR repairs: what each receiver's latest NACK for the block asked for and is not yet
+    /// sent (ascending unit indices).
+    wants: Vec<(ReceiverId, Vec<u16>)>,
+    /// XOR repairs wait until then for the other receivers' NACKs.
+    gather_until: Option<Instant>,
     queued: bool,
 }
 
@@ -422,7 +445,19 @@ impl<S: BlockSource> Sender<S> {
 
     /// Blocks waiting in the repair queue (NACK answers and priority blocks).
     pub fn repair_backlog(&self) -> usize {
-        self.repair_queue.len()
+        // Blocks whose XOR repairs wait for more NACKs have nothing to send yet.
+        let waiting = |seq: &u64| {
+            self.repairs.get(seq).is_some_and(|r| {
+                r.gather_until.is_some()
+                    && !r.wants.is_empty()
+                    && r.parity_next >= r.parity_end
+                    && r.originals.as_ref().is_none_or(|o| o.count_ones() == 0)
+            })
+        };
+        if self.first_pass_done() {
+            return self.repair_queue.len();
+        }
+        self.repair_queue.iter().filter(|s| !waiting(s)).count()
     }
 
     /// Every accepted receiver reports holding block `seq` (global numbering).
@@ -641,8 +676,9 @@ impl<S: BlockSource> Sender<S> {
                     return;
                 };
                 m.last_heard = now;
+                let incomplete = self.members.values().filter(|m| !m.complete).count();
                 for e in &n.entries {
-                    self.on_nack_entry(now, e);
+                    self.on_nack_entry(now, n.receiver, incomplete, e);
                 }
             }
             Packet::Receipt(r) => {
@@ -689,6 +725,7 @@ impl<S: BlockSource> Sender<S> {
             | Packet::Accept(_)
             | Packet::Plan(_)
             | Packet::Solicit(_)
+            | Packet::Xor(..)
             | Packet::Done(_) => self.stats.strangers += 1,
         }
     }
@@ -1080,7 +1117,15 @@ impl<S: BlockSource> Sender<S> {
         self.repair_queue.push_front(seq);
     }
 
-    fn on_nack_entry(&mut self, now: Instant, e: &NackEntry) {
+    /// One block of a NACK from `receiver`; `incomplete` members are still receiving (when
+    /// all of them asked for a block, its XOR repairs need not wait for more NACKs).
+    fn on_nack_entry(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        incomplete: usize,
+        e: &NackEntry,
+    ) {
         let Some(seq) = self.seq(e.object, e.block) else {
             return;
         };
@@ -1091,6 +1136,8 @@ impl<S: BlockSource> Sender<S> {
         let k = self.units_in(e.object, e.block);
         let max_parity = self.cfg.geometry.max_parity;
         let by_originals = self.repair_by_originals(now);
+        let xor = by_originals && self.cfg.xor_repairs && self.split.is_none();
+        let gather = self.grtt * XOR_GATHER_GRTTS;
         let settle = self.grtt * 2;
         let r = self.repairs.entry(seq).or_default();
         // Parity this receiver may still get: what is queued, and what was sent so recently
@@ -1110,9 +1157,27 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         let whole = e.missing >= k;
+        let listed = !matches!(&e.holes, Holes::Ranges(r) if r.is_empty());
 
         if !whole && !by_originals && r.parity_end + want <= max_parity {
             r.parity_end += want;
+        } else if xor && !whole && listed {
+            let mut list: Vec<u16> = e
+                .holes
+                .units()
+                .take(usize::from(k))
+                .filter(|&u| u < k)
+                .collect();
+            list.sort_unstable();
+            list.dedup();
+            match r.wants.iter_mut().find(|(id, _)| *id == receiver) {
+                Some(w) => w.1 = list,
+                None => r.wants.push((receiver, list)),
+            }
+            let until = *r.gather_until.get_or_insert(now + gather);
+            if r.wants.len() >= incomplete {
+                r.gather_until = Some(until.min(now));
+            }
         } else {
             // Parity cannot cover it (or the receiver has nothing): send the originals it lists.
             let originals = r
@@ -1298,7 +1363,13 @@ impl<S: BlockSource> Sender<S> {
                 Phase::Sending => {
                     consider(self.cfg.deadline.map(|d| epoch + d));
                     if self.has_paced_work() {
-                        consider(self.next_send);
+                        // A head repair still gathering NACKs sends nothing before then.
+                        let due = match (self.next_send, self.repair_gathering()) {
+                            (Some(a), Some(b)) if !self.pass_ready() => Some(a.max(b)),
+                            (None, Some(b)) if !self.pass_ready() => Some(b),
+                            (a, _) => a,
+                        };
+                        consider(due);
                     } else if self.pass.is_some() {
                         consider(self.stall_check);
                     }
@@ -1312,6 +1383,23 @@ impl<S: BlockSource> Sender<S> {
 
     fn has_paced_work(&self) -> bool {
         self.pass_ready() || !self.repair_queue.is_empty()
+    }
+
+    /// When every queued repair is an XOR repair still gathering NACKs: the earliest time one
+    /// of them is done gathering.
+    fn repair_gathering(&self) -> Option<Instant> {
+        if self.first_pass_done() {
+            return None;
+        }
+        let mut first: Option<Instant> = None;
+        for seq in &self.repair_queue {
+            let r = self.repairs.get(seq)?;
+            let idle = r.parity_next >= r.parity_end
+                && r.originals.as_ref().is_none_or(|o| o.count_ones() == 0);
+            let t = r.gather_until.filter(|_| idle && !r.wants.is_empty())?;
+            first = Some(first.map_or(t, |f| f.min(t)));
+        }
+        first
     }
 
     /// The first pass has a unit to send now (its block is available).
@@ -1581,6 +1669,10 @@ impl<S: BlockSource> Sender<S> {
     }
 
     fn send_repair(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        // Blocks still gathering NACKs for their XOR repairs step aside, once each; after the
+        // first pass nothing waits (the tail's round trips are the transfer's end).
+        let mut rotations = self.repair_queue.len();
+        let tail = self.first_pass_done();
         while let Some(&seq) = self.repair_queue.front() {
             let (object, block) = self.addr_of(seq);
             let r = self.repairs.get_mut(&seq)?;
@@ -1605,10 +1697,71 @@ impl<S: BlockSource> Sender<S> {
                 }
             }
             r.originals = None;
+            if !r.wants.is_empty() {
+                if !tail && r.gather_until.is_some_and(|t| now < t) {
+                    // Other receivers' NACKs for this block may still come: wait for them,
+                    // and let the blocks behind it go first.
+                    if rotations == 0 {
+                        return None;
+                    }
+                    rotations -= 1;
+                    self.repair_queue.rotate_left(1);
+                    continue;
+                }
+                let (units, n) = next_combo(&mut r.wants);
+                r.wants.retain(|(_, l)| !l.is_empty());
+                if r.wants.is_empty() {
+                    r.gather_until = None;
+                }
+                return match n {
+                    0 => continue,
+                    1 => self.data_unit(now, buf, object, block, units[0], true),
+                    _ => self.xor_unit(buf, object, block, units, n),
+                };
+            }
+            r.gather_until = None;
             r.queued = false;
             self.repair_queue.pop_front();
         }
         None
+    }
+
+    /// An XOR repair of `units[..n]` of a block (wire.md §3.2).
+    fn xor_unit(
+        &mut self,
+        buf: &mut [u8],
+        object: ObjectId,
+        block: BlockIndex,
+        units: [u16; XOR_WIDTH],
+        n: usize,
+    ) -> Option<Transmit> {
+        let us = usize::from(self.cfg.geometry.unit_size);
+        let block_len = self.manifest.block_len(object, block.0)?;
+        let hdr = XorRepr {
+            session: self.cfg.session,
+            object,
+            block,
+            units,
+        };
+        let h = hdr.emit(buf).ok()?;
+        let out = buf.get_mut(h..h + us)?;
+        out.fill(0);
+        let data = self.source.block(object, block);
+        for &u in &units[..n] {
+            let off = usize::from(u) * us;
+            let len = block_len.checked_sub(off)?.min(us);
+            for (o, d) in out[..len].iter_mut().zip(data.get(off..off + len)?) {
+                *o ^= d;
+            }
+        }
+        self.stats.xor_units += 1;
+        self.stats.xor_carried += n as u64;
+        self.stats.data_bytes += (h + us) as u64;
+        Some(Transmit {
+            destination: Destination::Group,
+            len: h + us,
+            payload: None,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1660,6 +1813,53 @@ impl<S: BlockSource> Sender<S> {
         };
         self.route(t, buf, seq, true, index)
     }
+}
+
+/// Picks the next XOR repair from what each receiver wants of one block: up to
+/// [`XOR_WIDTH`] units such that every receiver wanting any of them holds all the others (as
+/// its NACK says), so each rebuilds its unit from the one datagram. Starts from the receiver
+/// that wants most; the units picked leave every list. Returns the units (ascending, unused
+/// slots [`XOR_NONE`]) and how many; one unit is a plain original repair, 0 when nothing is
+/// wanted.
+fn next_combo(wants: &mut [(ReceiverId, Vec<u16>)]) -> ([u16; XOR_WIDTH], usize) {
+    let misses = |l: &Vec<u16>, u: u16| l.binary_search(&u).is_ok();
+    let mut order: Vec<usize> = (0..wants.len())
+        .filter(|&i| !wants[i].1.is_empty())
+        .collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(wants[i].1.len()));
+    let Some(&first) = order.first() else {
+        return ([XOR_NONE; XOR_WIDTH], 0);
+    };
+    let mut combo: Vec<u16> = vec![wants[first].1[0]];
+    let mut covered: Vec<bool> = wants.iter().map(|(_, l)| misses(l, combo[0])).collect();
+    for &i in &order[1..] {
+        if combo.len() == XOR_WIDTH {
+            break;
+        }
+        if covered[i] {
+            continue;
+        }
+        // A unit this receiver misses that every receiver missing it can use: each of them
+        // holds every unit already picked. (Then every receiver misses at most one.)
+        let pick = wants[i].1.iter().copied().find(|&y| {
+            wants
+                .iter()
+                .all(|(_, l)| !misses(l, y) || combo.iter().all(|&c| !misses(l, c)))
+        });
+        if let Some(y) = pick {
+            for (j, (_, l)) in wants.iter().enumerate() {
+                covered[j] |= misses(l, y);
+            }
+            combo.push(y);
+        }
+    }
+    for (_, l) in wants.iter_mut() {
+        l.retain(|u| !combo.contains(u));
+    }
+    combo.sort_unstable();
+    let mut units = [XOR_NONE; XOR_WIDTH];
+    units[..combo.len()].copy_from_slice(&combo);
+    (units, combo.len())
 }
 
 /// The first block of the first non-empty object at or after `object`.
@@ -1745,6 +1945,46 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn xor_combinations_serve_each_receiver_one_unit_at_a_time() {
+        // Four receivers; units 9 and 20 are missed by two of them.
+        let lists: [&[u16]; 4] = [&[1, 9, 12], &[2, 9, 30], &[3, 20], &[4, 20, 31, 40]];
+        let mut wants: Vec<(ReceiverId, Vec<u16>)> = lists
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (ReceiverId(i as u64), l.to_vec()))
+            .collect();
+        let mut delivered: Vec<Vec<u16>> = vec![Vec::new(); 4];
+        let mut datagrams = 0;
+        loop {
+            let before: Vec<Vec<u16>> = wants.iter().map(|(_, l)| l.clone()).collect();
+            let (units, n) = next_combo(&mut wants);
+            if n == 0 {
+                break;
+            }
+            datagrams += 1;
+            let picked = &units[..n];
+            assert!(picked.windows(2).all(|w| w[0] < w[1]), "{units:?}");
+            assert!(units[n..].iter().all(|&u| u == XOR_NONE));
+            for (i, l) in before.iter().enumerate() {
+                let missed: Vec<u16> = picked.iter().copied().filter(|u| l.contains(u)).collect();
+                // Each receiver misses at most one unit of a combination (so it can use it).
+                assert!(
+                    missed.len() <= 1,
+                    "receiver {i} misses {missed:?} of {picked:?}"
+                );
+                delivered[i].extend(missed);
+            }
+        }
+        for (i, l) in lists.iter().enumerate() {
+            let mut d = delivered[i].clone();
+            d.sort_unstable();
+            assert_eq!(d, l.to_vec(), "receiver {i}");
+        }
+        // 11 distinct units (12 wants) in fewer datagrams than originals would take.
+        assert!(datagrams < 11, "{datagrams} datagrams");
     }
 
     #[test]

@@ -155,6 +155,7 @@ pub enum Kind {
     Done = 11,
     Plan = 12,
     Solicit = 13,
+    Xor = 14,
 }
 
 impl Kind {
@@ -173,6 +174,7 @@ impl Kind {
             11 => Kind::Done,
             12 => Kind::Plan,
             13 => Kind::Solicit,
+            14 => Kind::Xor,
             _ => return Err(WireError::UnknownKind),
         })
     }
@@ -729,6 +731,57 @@ pub enum Packet<'a> {
     Done(DoneRepr),
     Plan(PlanRepr),
     Solicit(SolicitRepr),
+    /// An XOR of original units of one block, each for a receiver that holds the others.
+    Xor(XorRepr, &'a [u8]),
+}
+
+/// Most units one XOR repair combines (wire.md §3.2): four slots of the unit header.
+pub const XOR_WIDTH: usize = 4;
+/// An unused slot of an XOR repair's unit list.
+pub const XOR_NONE: u16 = 0xFFFF;
+
+/// Server -> group: the XOR of original units of one block, each zero-padded to the unit
+/// size (wire.md §3.2). A receiver that holds all but one of `units` rebuilds that one; one
+/// datagram repairs a different unit at each of up to four receivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XorRepr {
+    pub session: SessionId,
+    pub object: ObjectId,
+    pub block: BlockIndex,
+    /// Ascending unit indices; unused slots at the end are [`XOR_NONE`]; at least two used.
+    pub units: [u16; XOR_WIDTH],
+}
+
+impl XorRepr {
+    /// The unit indices combined.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.units.iter().copied().take_while(|&u| u != XOR_NONE)
+    }
+
+    /// Whether the list is well formed: two to four ascending indices, then unused slots.
+    pub fn is_valid(&self) -> bool {
+        let used = self.iter().count();
+        used >= 2
+            && self.units[used..].iter().all(|&u| u == XOR_NONE)
+            && self.units[..used].windows(2).all(|w| w[0] < w[1])
+    }
+
+    /// Writes the header (the same 26 bytes as a unit's, wire.md §3.2); the payload follows.
+    pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
+        let mut w = Writer::new(buf);
+        Header {
+            kind: Kind::Xor,
+            flags: 0,
+            session: self.session,
+        }
+        .write(&mut w)?;
+        w.u32(self.object.0)?;
+        w.u32(self.block.0)?;
+        for u in self.units {
+            w.u16(u)?;
+        }
+        Ok(w.len())
+    }
 }
 
 /// Bounds on what a single datagram may claim (wire.md §7, §8).
@@ -932,6 +985,28 @@ impl<'a> Packet<'a> {
                 receiver: ReceiverId(r.u64()?),
                 zone: r.u16()?,
             }),
+            Kind::Xor => {
+                let object = ObjectId(r.u32()?);
+                let block = BlockIndex(r.u32()?);
+                let mut units = [XOR_NONE; XOR_WIDTH];
+                for u in &mut units {
+                    *u = r.u16()?;
+                }
+                let x = XorRepr {
+                    session: s,
+                    object,
+                    block,
+                    units,
+                };
+                if !x.is_valid() {
+                    return Err(WireError::Malformed);
+                }
+                let payload = r.rest();
+                if payload.is_empty() {
+                    return Err(WireError::Truncated);
+                }
+                return Ok(Packet::Xor(x, payload));
+            }
         };
         r.finish()?;
         Ok(p)
@@ -953,6 +1028,7 @@ impl<'a> Packet<'a> {
             | Packet::Done(DoneRepr::Receiver { session, .. }) => *session,
             Packet::Plan(p) => p.session,
             Packet::Solicit(p) => p.session,
+            Packet::Xor(x, _) => x.session,
         }
     }
 
@@ -971,11 +1047,20 @@ impl<'a> Packet<'a> {
             Packet::Done(_) => HEADER_LEN + 10,
             Packet::Plan(p) => p.buffer_len(),
             Packet::Solicit(_) => HEADER_LEN + 10,
+            Packet::Xor(_, payload) => UNIT_HEADER_LEN + payload.len(),
         }
     }
 
     /// Writes the packet into `buf`; returns the bytes written.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
+        if let Packet::Xor(x, payload) = self {
+            let n = x.emit(buf)?;
+            let end = n + payload.len();
+            buf.get_mut(n..end)
+                .ok_or(WireError::Truncated)?
+                .copy_from_slice(payload);
+            return Ok(end);
+        }
         if let Packet::Unit(h, payload) = self {
             let n = h.emit(buf)?;
             let end = n + payload.len();
@@ -985,7 +1070,7 @@ impl<'a> Packet<'a> {
             return Ok(end);
         }
         let kind = match self {
-            Packet::Unit(..) => unreachable!("handled above"),
+            Packet::Unit(..) | Packet::Xor(..) => unreachable!("handled above"),
             Packet::Announce(_) => Kind::Announce,
             Packet::Manifest(_) => Kind::Manifest,
             Packet::Join(_) => Kind::Join,
@@ -1006,7 +1091,7 @@ impl<'a> Packet<'a> {
         }
         .write(&mut w)?;
         match self {
-            Packet::Unit(..) => unreachable!("handled above"),
+            Packet::Unit(..) | Packet::Xor(..) => unreachable!("handled above"),
             Packet::Announce(a) => a.write(&mut w)?,
             Packet::Manifest(m) => {
                 w.u32(m.offset)?;

@@ -201,13 +201,34 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
                 next,
                 peers,
             })),
-        (s, any::<u64>(), any::<u16>()).prop_map(|(session, r, zone)| Packet::Solicit(
+        (s.clone(), any::<u64>(), any::<u16>()).prop_map(|(session, r, zone)| Packet::Solicit(
             SolicitRepr {
                 session,
                 receiver: ReceiverId(r),
                 zone
             }
         )),
+        (
+            s,
+            any::<(u32, u32)>(),
+            proptest::collection::btree_set(0u16..XOR_NONE, 2..=XOR_WIDTH),
+            0u32..40
+        )
+            .prop_map(|(session, (o, b), set, i)| {
+                let mut units = [XOR_NONE; XOR_WIDTH];
+                for (slot, u) in units.iter_mut().zip(set) {
+                    *slot = u;
+                }
+                Packet::Xor(
+                    XorRepr {
+                        session,
+                        object: ObjectId(o),
+                        block: BlockIndex(b),
+                        units,
+                    },
+                    &[9u8; 41][..1 + (i % 40) as usize],
+                )
+            }),
     ]
 }
 
@@ -280,7 +301,7 @@ proptest! {
         let short = n.saturating_sub(cut);
         // A shorter unit is still a valid (shorter) unit as long as a payload byte remains.
         let still_valid = match p {
-            Packet::Unit(..) => short > UNIT_HEADER_LEN,
+            Packet::Unit(..) | Packet::Xor(..) => short > UNIT_HEADER_LEN,
             Packet::Manifest(..) => short > HEADER_LEN + 4,
             _ => false,
         };
@@ -511,4 +532,46 @@ fn copy_flags_only_on_units() {
         UnitPacket::new_checked(&unit[..]).unwrap_err(),
         WireError::Malformed
     );
+}
+
+#[test]
+fn xor_unit_lists_must_be_two_to_four_ascending() {
+    let emit = |units: [u16; XOR_WIDTH]| {
+        let x = XorRepr {
+            session: SessionId(7),
+            object: ObjectId(1),
+            block: BlockIndex(2),
+            units,
+        };
+        let mut buf = [0u8; 64];
+        let n = x.emit(&mut buf).unwrap();
+        assert_eq!(n, UNIT_HEADER_LEN, "same header length as a unit");
+        buf[n] = 0xAB;
+        Packet::parse(&buf[..n + 1]).map(|p| match p {
+            Packet::Xor(x, payload) => (x.iter().collect::<Vec<_>>(), payload.to_vec()),
+            other => panic!("parsed as {other:?}"),
+        })
+    };
+    let n = XOR_NONE;
+    assert_eq!(emit([3, 9, n, n]), Ok((vec![3, 9], vec![0xAB])));
+    assert!(emit([0, 1, 2, 3]).is_ok());
+    for bad in [
+        [3, n, n, n],
+        [9, 3, n, n],
+        [3, 3, n, n],
+        [3, n, 9, n],
+        [n, n, n, n],
+    ] {
+        assert_eq!(emit(bad), Err(WireError::Malformed), "{bad:?}");
+    }
+    // A header with no payload is truncated.
+    let mut buf = [0u8; UNIT_HEADER_LEN];
+    let x = XorRepr {
+        session: SessionId(7),
+        object: ObjectId(1),
+        block: BlockIndex(2),
+        units: [1, 2, n, n],
+    };
+    x.emit(&mut buf).unwrap();
+    assert_eq!(Packet::parse(&buf), Err(WireError::Truncated));
 }
