@@ -425,6 +425,11 @@ fn control_loop(
                     seconds = started.elapsed().as_secs_f64(),
                     "receiver joined"
                 ),
+                SenderEvent::FirstPassDone => tracing::debug!(
+                    seconds = started.elapsed().as_secs_f64(),
+                    repair_backlog = sender.repair_backlog(),
+                    "first pass done"
+                ),
                 SenderEvent::Finished { reason: r } => reason = r,
                 SenderEvent::SentWhole { object, block } => {
                     // The group got this block whole: the first pass skips it (Release: a
@@ -460,6 +465,7 @@ fn control_loop(
                 overflow_ppm = sender.worst_overflow_ppm(),
                 queue_ppm = sender.worst_queue_ppm(),
                 delivery = sender.slowest_delivery(),
+                grtt_us = sender.grtt().as_micros() as u64,
                 "rate step"
             );
             sender.set_rate(if cfg.split { rate } else { (rate / 2).max(1) });
