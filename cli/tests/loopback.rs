@@ -24,24 +24,21 @@ fn group(test: u8) -> String {
 }
 
 fn receiver(dir: &Path, name: &str, group: &str, out: &Path, timeout_s: u32) -> Proc {
-    Proc::spawn(
-        dir,
-        name,
-        [
-            OsString::from("receive"),
-            "--group".into(),
-            group.into(),
-            "--iface".into(),
-            IFACE.into(),
-            "--out".into(),
-            out.into(),
-            "--timeout".into(),
-            timeout_s.to_string().into(),
-            "--rcvbuf".into(),
-            RCVBUF.into(),
-            "--json".into(),
-        ],
-    )
+    receiver_with(dir, name, group, out, timeout_s, &[])
+}
+
+/// [`receiver`] with more arguments.
+fn receiver_with(
+    dir: &Path,
+    name: &str,
+    group: &str,
+    out: &Path,
+    timeout_s: u32,
+    extra: &[&str],
+) -> Proc {
+    let mut args = receive_args(group, out, timeout_s, &["--json"]);
+    args.extend(extra.iter().map(OsString::from));
+    Proc::spawn(dir, name, args)
 }
 
 struct ServeOpts<'a> {
@@ -52,6 +49,11 @@ struct ServeOpts<'a> {
 }
 
 fn server(dir: &Path, group: &str, paths: &[&Path], o: &ServeOpts) -> Proc {
+    server_with(dir, group, paths, o, &[])
+}
+
+/// [`server`] with more arguments.
+fn server_with(dir: &Path, group: &str, paths: &[&Path], o: &ServeOpts, extra: &[&str]) -> Proc {
     let mut args: Vec<OsString> = vec!["serve".into()];
     args.extend(paths.iter().map(|p| p.as_os_str().to_owned()));
     for (flag, value) in [
@@ -66,6 +68,7 @@ fn server(dir: &Path, group: &str, paths: &[&Path], o: &ServeOpts) -> Proc {
         args.push(value.into());
     }
     args.push("--json".into());
+    args.extend(extra.iter().map(OsString::from));
     Proc::spawn(dir, "server", args)
 }
 
@@ -159,39 +162,26 @@ fn a_striped_server_reaches_receivers_with_one_and_two_threads() {
     write_sample(&src, (48 << 20) + 777, 12);
     let mut rs = Vec::new();
     let mut outs = Vec::new();
-    for threads in [1, 2] {
+    for threads in ["1", "2"] {
         let out = dir.path(&format!("copy-{threads}.bin"));
-        let mut args: Vec<OsString> = vec!["receive".into()];
-        for (flag, value) in [
-            ("--group", g.clone()),
-            ("--iface", IFACE.to_string()),
-            ("--out", out.display().to_string()),
-            ("--timeout", "30".into()),
-            ("--rcvbuf", RCVBUF.to_string()),
-            ("--threads", threads.to_string()),
-        ] {
-            args.push(flag.into());
-            args.push(value.into());
-        }
-        args.push("--json".into());
-        rs.push(Proc::spawn(&dir.0, &format!("receiver-{threads}"), args));
+        let name = format!("receiver-{threads}");
+        rs.push(receiver_with(
+            &dir.0,
+            &name,
+            &g,
+            &out,
+            30,
+            &["--threads", threads],
+        ));
         outs.push(out);
     }
-    let mut args: Vec<OsString> = vec!["serve".into(), src.clone().into()];
-    for (flag, value) in [
-        ("--group", g.clone()),
-        ("--iface", IFACE.to_string()),
-        ("--rate", "100M".into()),
-        ("--threads", "2".into()),
-        ("--min-receivers", "2".into()),
-        ("--max-wait", "20".into()),
-        ("--deadline", "120".into()),
-    ] {
-        args.push(flag.into());
-        args.push(value.into());
-    }
-    args.push("--json".into());
-    let mut s = Proc::spawn(&dir.0, "server", args);
+    let opts = ServeOpts {
+        rate: "100M",
+        min_receivers: 2,
+        max_wait_s: 20,
+        deadline_s: 120,
+    };
+    let mut s = server_with(&dir.0, &g, &[&src], &opts, &["--threads", "2"]);
     s.expect_code(Duration::from_secs(150), 0);
     for r in &mut rs {
         r.expect_code(Duration::from_secs(30), 0);

@@ -65,25 +65,6 @@ fn serve_args(src: &Path, group: &str, rate: &str) -> Vec<OsString> {
     args
 }
 
-/// The arguments of `blockcast receive` into `out`, followed by `extra`.
-fn receive_args(group: &str, out: &Path, extra: &[&str]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "receive".into(),
-        "--group".into(),
-        group.into(),
-        "--iface".into(),
-        IFACE.into(),
-        "--out".into(),
-        out.into(),
-        "--timeout".into(),
-        "30".into(),
-        "--rcvbuf".into(),
-        RCVBUF.into(),
-    ];
-    args.extend(extra.iter().map(OsString::from));
-    args
-}
-
 /// Asserts the server's summary (its stdout, one JSON value) says complete, with one receiver
 /// done.
 fn assert_served(server: &Proc) {
@@ -243,7 +224,7 @@ fn play_to_stdout_starts_while_receiving_and_matches() {
     let mut r = Proc::blockcast(
         &dir.0,
         "receiver",
-        receive_args(&g, &out, &["--play", "-"]),
+        receive_args(&g, &out, 30, &["--play", "-"]),
         Out::Piped,
     );
     let mut pipe = r.child.stdout.take().expect("receiver stdout pipe");
@@ -335,7 +316,7 @@ fn http_ranges_while_receiving() {
     let mut r = Proc::blockcast(
         &dir.0,
         "receiver",
-        receive_args(&g, &out, &["--http", &http, "--json"]),
+        receive_args(&g, &out, 30, &["--http", &http, "--json"]),
         Out::File,
     );
     let mut s = Proc::blockcast(&dir.0, "server", serve_args(&src, &g, "20M"), Out::File);
@@ -489,7 +470,7 @@ fn mpeg_ts_decodes_while_receiving() {
     let mut r = Proc::blockcast(
         &dir.0,
         "receiver",
-        receive_args(&g, &out, &["--play", "-"]),
+        receive_args(&g, &out, 30, &["--play", "-"]),
         Out::Piped,
     );
     let played = Stdio::from(r.child.stdout.take().expect("receiver stdout pipe"));

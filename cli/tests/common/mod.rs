@@ -241,6 +241,26 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Writes `size` pseudo-random bytes (xorshift from `seed`), creating the parent directories.
+/// The arguments of `blockcast receive` on `group` into `out` (127.0.0.1, the 4 MiB buffer
+/// every test asks for, giving up after `timeout_s` without a server), followed by `extra`.
+pub fn receive_args(group: &str, out: &Path, timeout_s: u32, extra: &[&str]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "receive".into(),
+        "--group".into(),
+        group.into(),
+        "--iface".into(),
+        IFACE.into(),
+        "--out".into(),
+        out.into(),
+        "--timeout".into(),
+        timeout_s.to_string().into(),
+        "--rcvbuf".into(),
+        RCVBUF.into(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    args
+}
+
 pub fn write_sample(path: &Path, size: u64, seed: u64) {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).expect("sample dir");

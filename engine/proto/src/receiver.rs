@@ -1001,19 +1001,28 @@ impl<S: BlockStore> Receiver<S> {
         self.timers.insert((at, seq));
     }
 
-    fn on_unit(&mut self, now: Instant, unit: &UnitPacket<&[u8]>) {
-        let Some(seq) = self.seq(unit.object(), unit.block()) else {
+    /// The block a unit or XOR repair is for, if it still needs units: otherwise the packet
+    /// is counted (early, bad, or a duplicate for a verified block) and `None` returned.
+    fn open_block(&mut self, object: ObjectId, block: BlockIndex) -> Option<u64> {
+        let Some(seq) = self.seq(object, block) else {
             if self.manifest.is_none() {
                 self.stats.early_units += 1;
             } else {
                 self.stats.bad_packets += 1;
             }
-            return;
+            return None;
         };
         if self.done.get(seq as usize) {
             self.stats.duplicates += 1;
-            return;
+            return None;
         }
+        Some(seq)
+    }
+
+    fn on_unit(&mut self, now: Instant, unit: &UnitPacket<&[u8]>) {
+        let Some(seq) = self.open_block(unit.object(), unit.block()) else {
+            return;
+        };
         let (Some(m), Some(a)) = (self.manifest.as_ref(), self.announce.as_ref()) else {
             return;
         };
@@ -1074,18 +1083,9 @@ impl<S: BlockStore> Receiver<S> {
     /// An XOR repair: if this receiver misses exactly one of its units, that unit will be
     /// rebuilt from it (and the others, held) when the block is finished.
     fn on_xor(&mut self, now: Instant, x: &XorRepr, payload: &[u8]) {
-        let Some(seq) = self.seq(x.object, x.block) else {
-            if self.manifest.is_none() {
-                self.stats.early_units += 1;
-            } else {
-                self.stats.bad_packets += 1;
-            }
+        let Some(seq) = self.open_block(x.object, x.block) else {
             return;
         };
-        if self.done.get(seq as usize) {
-            self.stats.duplicates += 1;
-            return;
-        }
         let Some(m) = self.manifest.as_ref() else {
             return;
         };

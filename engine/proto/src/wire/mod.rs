@@ -1053,16 +1053,13 @@ impl<'a> Packet<'a> {
 
     /// Writes the packet into `buf`; returns the bytes written.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
-        if let Packet::Xor(x, payload) = self {
-            let n = x.emit(buf)?;
-            let end = n + payload.len();
-            buf.get_mut(n..end)
-                .ok_or(WireError::Truncated)?
-                .copy_from_slice(payload);
-            return Ok(end);
-        }
-        if let Packet::Unit(h, payload) = self {
-            let n = h.emit(buf)?;
+        // Units and XOR repairs: a 26-byte header, then the payload.
+        let unit = match self {
+            Packet::Unit(h, payload) => Some((h.emit(buf)?, payload)),
+            Packet::Xor(x, payload) => Some((x.emit(buf)?, payload)),
+            _ => None,
+        };
+        if let Some((n, payload)) = unit {
             let end = n + payload.len();
             buf.get_mut(n..end)
                 .ok_or(WireError::Truncated)?
