@@ -9,8 +9,12 @@
 # See ../shared/reference/peer-tools.md for why UFTP and udpcast must stay inside namespaces.
 #
 # Usage: bench/compare.sh [--size 256M] [--reps 3] [--receivers "1 4"] [--loss "1 5"]
-#                         [--tools "blockcast blockcast_tuned uftp udpcast"] [--mtu 9000] [--run-timeout 180]
+#                         [--tools "blockcast blockcast_tuned uftp udpcast uftp_default udpcast_default"]
+#                         [--mtu 9000] [--run-timeout 180] [--default-size 4M]
 #                         [--work /tmp/blockcast-compare] [--bc-unit BYTES] [--no-install] [--no-build]
+# uftp_default and udpcast_default run each tool with nothing but the options that keep it on
+# the namespaces' veth (its defaults otherwise), without loss only; UFTP's default rate is
+# 1 Mbit/s, so uftp_default sends a --default-size file instead of the full one.
 # Environment: BC_SERVE_ARGS adds flags to every `blockcast serve` (e.g. "--threads 1 --rate 800M");
 # BC_BIN runs another blockcast binary (default: target/release/blockcast).
 # GB/s per receiver = file bytes / (server start -> last receiver done) (for UFTP, whose
@@ -23,7 +27,8 @@ SIZE=256M
 REPS=3
 RECEIVERS="1 4"
 LOSS=""
-TOOLS="blockcast blockcast_tuned uftp udpcast"
+TOOLS="blockcast blockcast_tuned uftp udpcast uftp_default udpcast_default"
+DEFAULT_SIZE=4M
 MTU=9000
 RUN_TIMEOUT=180
 WORK=/tmp/blockcast-compare
@@ -39,11 +44,12 @@ while [ $# -gt 0 ]; do
     --tools) TOOLS=$2; shift 2 ;;
     --mtu) MTU=$2; shift 2 ;;
     --run-timeout) RUN_TIMEOUT=$2; shift 2 ;;
+    --default-size) DEFAULT_SIZE=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
     --bc-unit) BC_UNIT_OPT=$2; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --no-build) BUILD=0; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -171,9 +177,18 @@ if [ ! -f "$SRC" ] || [ "$(stat -c %s "$SRC")" != "$want" ]; then
 fi
 BYTES=$(stat -c %s "$SRC")
 SRC_HASH=$(b3sum --no-names "$SRC")
+# The smaller file uftp_default sends.
+SMALL=$WORK/src-small.bin
+want=$(numfmt --from=iec "$DEFAULT_SIZE")
+if [ ! -f "$SMALL" ] || [ "$(stat -c %s "$SMALL")" != "$want" ]; then
+  head -c "$want" /dev/urandom > "$SMALL.tmp" && mv "$SMALL.tmp" "$SMALL"
+fi
+SMALL_BYTES=$(stat -c %s "$SMALL")
+SMALL_HASH=$(b3sum --no-names "$SMALL")
 cat "$SRC" > /dev/null   # into the page cache
 
 now() { date +%s.%N; }
+gbps() { awk -v g="$1" 'BEGIN { if (g >= 0.01) printf "%.3f", g; else printf "%.6f", g }'; }
 TO=(timeout -k 5 "$RUN_TIMEOUT")
 RUNSEQ=0
 
@@ -184,7 +199,7 @@ verify_copies() {  # n file-for-receiver-i-pattern...
     f=$(copy_path "$i")
     if [ ! -f "$f" ]; then log "  r$i: no copy at $f"; good=0; continue; fi
     h=$(b3sum --no-names "$f")
-    [ "$h" = "$SRC_HASH" ] || { log "  r$i: hash mismatch ($(stat -c %s "$f") bytes)"; good=0; }
+    [ "$h" = "$RUN_HASH" ] || { log "  r$i: hash mismatch ($(stat -c %s "$f") bytes)"; good=0; }
   done
   echo $good
 }
@@ -227,12 +242,13 @@ run_blockcast_tuned() {
   unset BC_HASH
 }
 
-run_udpcast() {
-  local n=$1 tag=$2 i t0 t1 rc=0 pids=() spid
+run_udpcast() {  # n tag [defaults]
+  local n=$1 tag=$2 i t0 t1 rc=0 pids=() spid rbuf=(--rcvbuf 4194304) best=(--full-duplex --nopointopoint)
+  if [ "${3:-}" = defaults ]; then rbuf=(); best=(); fi
   copy_path() { echo "$WORK/out/r$1/copy"; }
   for i in $(seq 1 "$n"); do
     ip netns exec "$P-r$i" "${TO[@]}" udp-receiver --interface veth0 --mcast-rdv-address 239.255.71.1 \
-      --portbase 9170 --nokbd --start-timeout 60 --receive-timeout 60 --rcvbuf 4194304 \
+      --portbase 9170 --nokbd --start-timeout 60 --receive-timeout 60 "${rbuf[@]}" \
       --file "$WORK/out/r$i/copy" </dev/null >"$WORK/logs/$tag.r$i.log" 2>&1 &
     pids+=($!)
   done
@@ -240,7 +256,7 @@ run_udpcast() {
   t0=$(now)
   ip netns exec "$P-srv" "${TO[@]}" udp-sender --interface veth0 --mcast-rdv-address 239.255.71.1 \
     --mcast-data-address 239.255.71.2 --portbase 9170 --nokbd --min-receivers "$n" --max-wait 20 \
-    --start-timeout 60 --full-duplex --nopointopoint --file "$SRC" </dev/null \
+    --start-timeout 60 "${best[@]}" --file "$SRC" </dev/null \
     >"$WORK/logs/$tag.srv.log" 2>&1 &
   spid=$!
   for i in "${pids[@]}"; do wait "$i" || rc=$?; done
@@ -251,20 +267,22 @@ run_udpcast() {
   [ $rc = 0 ] || { log "  udpcast exit status $rc (124/137 = timed out)"; OK=0; }
 }
 
-run_uftp() {
-  local n=$1 tag=$2 i t0 t1 rc=0 pids=() hosts="" rate=(-R -1 -b "$UFTP_BLOCK")
-  copy_path() { echo "$WORK/out/r$1/$(basename "$SRC")"; }
-  [ "$CUR_LOSS" -gt 0 ] && rate=(-R 400000 -b 1400)   # peer-tools.md: -R -1 collapses under loss
+run_uftp() {  # n tag [defaults]
+  local n=$1 tag=$2 i t0 t1 rc=0 pids=() hosts="" rate=(-R -1 -b "$UFTP_BLOCK" -B 4194304) rbuf=(-B 4194304)
+  local src=$SRC
+  [ "$CUR_LOSS" -gt 0 ] && rate=(-R 400000 -b 1400 -B 4194304)   # peer-tools.md: -R -1 collapses under loss
+  if [ "${3:-}" = defaults ]; then rate=(); rbuf=(); src=$SMALL; RUN_BYTES=$SMALL_BYTES; RUN_HASH=$SMALL_HASH; fi
+  copy_path() { echo "$WORK/out/r$1/$(basename "$src")"; }
   for i in $(seq 1 "$n"); do
     ip netns exec "$P-r$i" "${TO[@]}" uftpd -d -q -I veth0 -M 239.255.72.1 -U "0x0000A00$i" \
-      -B 4194304 -D "$WORK/out/r$i" >"$WORK/logs/$tag.r$i.log" 2>&1 &
+      "${rbuf[@]}" -D "$WORK/out/r$i" >"$WORK/logs/$tag.r$i.log" 2>&1 &
     pids+=($!)
     hosts="$hosts${hosts:+,}0x0000A00$i"
   done
   sleep 1
   t0=$(now)
   ip netns exec "$P-srv" "${TO[@]}" uftp -I veth0 -M 239.255.72.1 -P 239.255.72.2 -H "$hosts" \
-    "${rate[@]}" -B 4194304 "$SRC" >"$WORK/logs/$tag.srv.log" 2>&1
+    "${rate[@]}" "$src" >"$WORK/logs/$tag.srv.log" 2>&1
   rc=$?
   t1=$(now)
   for i in "${pids[@]}"; do kill "$i" 2>/dev/null; done   # uftpd never exits by itself
@@ -273,6 +291,10 @@ run_uftp() {
   OK=$(verify_copies "$n")
   [ $rc = 0 ] || { log "  uftp exit status $rc (124/137 = timed out)"; OK=0; }
 }
+
+# The tools with nothing but the options that keep them on the namespaces' veth.
+run_uftp_default() { run_uftp "$1" "$2" defaults; }
+run_udpcast_default() { run_udpcast "$1" "$2" defaults; }
 
 # ---------------------------------------------------------------- runs
 # blockcast's datagram is unit + 26-byte header + 28 bytes UDP/IP: 8944 is the largest unit that
@@ -305,16 +327,19 @@ for c in "${cases[@]}"; do
   set_loss "$CUR_LOSS"
   for rep in $(seq 1 "$REPS"); do
     for tool in $TOOLS; do
+      # Defaults are measured without loss only.
+      [[ $tool == *_default && $CUR_LOSS -gt 0 ]] && continue
       RUNSEQ=$((RUNSEQ + 1))
       key="$tool|$n|$CUR_LOSS"
       tag="$RUNSEQ.$tool.n$n.l$CUR_LOSS.r$rep"
       reset_out
       sync
+      RUN_BYTES=$BYTES RUN_HASH=$SRC_HASH
       "run_$tool" "$n" "$tag"
       kill_ns_procs   # anything a tool left behind
       if [ "$OK" = 1 ]; then
-        g=$(echo "scale=4; $BYTES / $ELAPSED / 1000000000" | bc -l)
-        g=$(printf '%.3f' "$g")
+        g=$(echo "scale=9; $RUN_BYTES / $ELAPSED / 1000000000" | bc -l)
+        g=$(gbps "$g")
       else
         g=FAIL
       fi
@@ -329,7 +354,8 @@ set_loss 0
 # ---------------------------------------------------------------- table
 median() {  # numbers on stdin, FAIL ignored
   grep -v FAIL | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "-"; exit}
-    if (NR%2) printf "%.3f", a[(NR+1)/2]; else printf "%.3f", (a[NR/2]+a[NR/2+1])/2}'
+    m = (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2
+    if (m >= 0.01) printf "%.3f", m; else printf "%.6f", m}'
 }
 echo
 echo "Source $(numfmt --to=iec "$BYTES") ($BYTES bytes), $REPS interleaved reps, mtu $MTU, blockcast unit $BC_UNIT, UFTP block $UFTP_BLOCK (1400 at 400 Mbit/s under loss)."
@@ -345,12 +371,17 @@ for c in "${cases[@]}"; do
   [ -n "$bm" ] || bm=-
   for tool in $TOOLS; do
     key="$tool|$n|$l"
+    [[ $tool == *_default && $l -gt 0 ]] && continue
     m=$(tr ' ' '\n' <<<"${RUNS[$key]}" | median)
-    if [ "$m" = - ] || [ "$bm" = - ] || [ "$m" = 0.000 ]; then r=-; else r=$(printf '%.2f' "$(echo "$bm / $m" | bc -l)"); fi
+    if [ "$m" = - ] || [ "$bm" = - ] || [ "$(echo "$m == 0" | bc)" = 1 ]; then r=-; else r=$(printf '%.2f' "$(echo "$bm / $m" | bc -l)"); fi
     v=no; [ "${OKS[$key]}" = "$REPS" ] && v=yes
     [ "$v" = no ] && v="no (${OKS[$key]}/$REPS)"
     echo "| $tool | $n | $(awk -v p="$l" 'BEGIN{printf "%g %%", p/10}') | $m | ${RUNS[$key]} | $r | $v |"
   done
 done
+if [[ " $TOOLS " == *" uftp_default "* ]]; then
+  echo
+  echo "uftp_default sent a $(numfmt --to=iec "$SMALL_BYTES") file (UFTP's default rate, 1 Mbit/s, would take $(echo "$BYTES * 8 / 1000000 / 60" | bc) min for the full one); the *_default rows ran without loss only."
+fi
 echo
 echo "Logs: $WORK/logs"
