@@ -22,6 +22,7 @@ struct Session {
     receivers: usize,
     rate: Option<u64>,
     threads: usize,
+    recv_threads: usize,
     unit_size: u16,
 }
 
@@ -40,6 +41,7 @@ pub fn demo(a: DemoArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
         receivers: a.receivers,
         rate: parse_rate(&a.rate)?,
         threads: a.threads,
+        recv_threads: 1,
         unit_size: 1400,
     };
     let o = in_temp_dir("demo", |dir| run_session(&s, dir, stop, out, true))?;
@@ -55,13 +57,14 @@ pub fn demo(a: DemoArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
             &o.hash.to_hex()[..16]
         ));
         out.say(&format!(
-            "{:.1} MB in {:.2} s: {:.1} MB/s per receiver, {:.1} MB/s delivered in all; {} parity and {} repair units for {} NACKs",
+            "{:.1} MB in {:.2} s: {:.1} MB/s per receiver, {:.1} MB/s delivered in all; {} parity, {} repair and {} XOR units for {} NACKs",
             o.size as f64 / 1e6,
             o.seconds,
             o.size as f64 / o.seconds / 1e6,
             o.size as f64 * s.receivers as f64 / o.seconds / 1e6,
             o.served.stats.parity_units,
             o.served.stats.repair_units,
+            o.served.stats.xor_units,
             o.served.stats.nacks
         ));
     }
@@ -74,6 +77,7 @@ pub fn bench(a: BenchArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
         receivers: a.receivers,
         rate: parse_rate(&a.rate)?,
         threads: a.threads,
+        recv_threads: a.recv_threads.max(1),
         unit_size: a.unit_size,
     };
     if s.unit_size < 2 || s.unit_size % 2 != 0 || s.unit_size > 8972 {
@@ -89,7 +93,7 @@ pub fn bench(a: BenchArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
         .max(1e-9);
     let gb = o.size as f64 / 1e9;
     let st = &o.served.stats;
-    let units = st.data_units + st.repair_units + st.parity_units;
+    let units = st.data_units + st.repair_units + st.xor_units + st.parity_units;
     let receiver_cpu = o.received.iter().map(|r| r.cpu_seconds).sum::<f64>() / s.receivers as f64;
     let worst_loss = o
         .served
@@ -117,6 +121,7 @@ pub fn bench(a: BenchArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
         "nacks": st.nacks,
         "parity_units": st.parity_units,
         "repair_units": st.repair_units,
+        "xor_units": st.xor_units,
         "worst_loss_ppm": worst_loss,
         "block_latency_us": {"p50": lat[0], "p99": lat[1], "p99_9": lat[2], "max": lat[3]},
         "copies_verified": s.receivers,
@@ -146,10 +151,12 @@ pub fn bench(a: BenchArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
         receiver_cpu / gb
     );
     println!(
-        "  repair       {} NACKs, {} parity + {} original units; worst reported loss {:.3} %",
+        "  repair       {} NACKs, {} parity + {} original units + {} XOR repairs (carrying {}); worst reported loss {:.3} %",
         st.nacks,
         st.parity_units,
         st.repair_units,
+        st.xor_units,
+        st.xor_carried,
         worst_loss as f64 / 1e4
     );
     println!(
@@ -234,13 +241,16 @@ fn run_session(
     let outs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))
         .collect();
-    let rcfgs = local_receivers(
+    let mut rcfgs = local_receivers(
         group,
         iface,
         &outs,
         Duration::from_secs(20),
         u64::from(id) << 8,
     );
+    for r in &mut rcfgs {
+        r.threads = s.recv_threads;
+    }
     let started = Instant::now();
     let bar = out.bar(size, if chatty { "demo" } else { "bench" });
     let run = run_local(&scfg, &rcfgs, stop, &mut |p| {

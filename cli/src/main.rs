@@ -268,9 +268,13 @@ pub struct BenchArgs {
     /// Send rate ("auto" or bytes per second with k, M, G).
     #[arg(long, default_value = "auto")]
     rate: String,
-    /// Server data threads.
+    /// Server data threads (stripes).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Receive threads per receiver (they read the stripes of a server with several data
+    /// threads, each on its own port).
+    #[arg(long, default_value_t = 1)]
+    recv_threads: usize,
 }
 
 #[derive(Args, Debug)]
