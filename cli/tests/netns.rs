@@ -1,6 +1,7 @@
 //! The network-namespace lab itself (common/netns.rs): it builds hosts on a bridge that carry
 //! the real binary's traffic, injects loss and bans multicast where told, and leaves no
-//! namespace behind, also when a test panics. Root only; skipped with the reason otherwise.
+//! namespace behind, also when a test panics; and the repairs that loss calls for, through
+//! the real receive path. Root only; skipped with the reason otherwise.
 
 mod common;
 
@@ -120,4 +121,83 @@ fn multicast_crosses_the_bridge_unless_banned() {
     drop(lab);
     let left = namespaces();
     assert!(made.iter().all(|n| !left.contains(n)), "left: {left:?}");
+}
+
+/// Three receivers losing 5 % each: the server combines units they miss into XOR repairs, and
+/// each rebuilds its units on its verify thread from the file it is writing. Every copy is
+/// whole and no block failed its hash (a wrong rebuild fails it and is fetched again, so
+/// identical copies alone would not show it).
+#[test]
+fn xor_repairs_rebuild_units_across_the_bridge() {
+    if skip() {
+        return;
+    }
+    let dir = Scratch::new("xor");
+    let mut lab = Lab::new("xor", 94);
+    let br = lab.add_bridge();
+    let srv = lab.add_node("srv", br);
+    let src = dir.path("sample.bin");
+    write_sample(&src, (8 << 20) + 4321, 9);
+    let group = format!("239.255.94.{}:47100", 1 + std::process::id() % 250);
+    let mut rs = Vec::new();
+    for i in 0..3 {
+        let node = lab.add_node(&format!("r{i}"), br);
+        lab.drop_udp(&node, 50);
+        let out = dir.path(&format!("r{i}.bin"));
+        let out = out.to_str().expect("utf-8 path").to_string();
+        let iface = node.addr.to_string();
+        let args = [
+            "receive",
+            "--group",
+            &group,
+            "--iface",
+            &iface,
+            "--out",
+            &out,
+            "--timeout",
+            "20",
+            "--json",
+        ];
+        rs.push(lab.spawn(&node, &dir.0, &format!("r{i}"), args));
+    }
+    let srv_iface = srv.addr.to_string();
+    let mut s = lab.spawn(
+        &srv,
+        &dir.0,
+        "server",
+        [
+            "serve",
+            src.to_str().expect("utf-8 path"),
+            "--group",
+            &group,
+            "--iface",
+            &srv_iface,
+            "--rate",
+            "50M",
+            "--min-receivers",
+            "3",
+            "--max-wait",
+            "10",
+            "--deadline",
+            "60",
+            "--no-hash-cache",
+            "--json",
+        ],
+    );
+    s.expect_code(Duration::from_secs(70), 0);
+    let mut rebuilt = 0;
+    for (i, r) in rs.iter_mut().enumerate() {
+        r.expect_code(Duration::from_secs(10), 0);
+        let v = r.json();
+        assert_eq!(v["blocks_failed"], 0, "receiver {i}: {v}");
+        rebuilt += v["xor_units"].as_u64().expect("xor_units");
+        assert_identical(&src, &dir.path(&format!("r{i}.bin")));
+    }
+    let served = s.json();
+    assert!(
+        served["xor_units"].as_u64().unwrap_or(0) > 0 && rebuilt > 0,
+        "no XOR repair: server {served}, units rebuilt {rebuilt}"
+    );
+    drop((s, rs));
+    drop(lab);
 }
