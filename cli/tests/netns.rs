@@ -63,50 +63,22 @@ fn multicast_crosses_the_bridge_unless_banned() {
     write_sample(&src, 3 << 20, 7);
     let group = format!("239.255.92.{}:47000", 1 + std::process::id() % 250);
     let receive = |node: &common::netns::Node, name: &str, timeout: &str| {
-        lab.spawn(
-            node,
-            &dir.0,
-            name,
-            [
-                "receive",
-                "--group",
-                &group,
-                "--iface",
-                &node.addr.to_string(),
-                "--out",
-                dir.path(&format!("{name}.bin"))
-                    .to_str()
-                    .expect("utf-8 path"),
-                "--timeout",
-                timeout,
-                "--json",
-            ],
-        )
+        let out = dir.path(&format!("{name}.bin"));
+        lab.receive(node, &dir.0, name, &group, &out, &["--timeout", timeout])
     };
     let mut r = receive(&rcv, "rcv", "20");
     let mut b = receive(&banned, "ban", "3");
-    let mut s = lab.spawn(
-        &srv,
-        &dir.0,
-        "server",
-        [
-            "serve",
-            src.to_str().expect("utf-8 path"),
-            "--group",
-            &group,
-            "--iface",
-            &srv.addr.to_string(),
-            "--rate",
-            "50M",
-            "--min-receivers",
-            "1",
-            "--max-wait",
-            "10",
-            "--deadline",
-            "30",
-            "--json",
-        ],
-    );
+    let extra = [
+        "--rate",
+        "50M",
+        "--min-receivers",
+        "1",
+        "--max-wait",
+        "10",
+        "--deadline",
+        "30",
+    ];
+    let mut s = lab.serve(&srv, &dir.0, &src, &group, &extra);
     s.expect_code(Duration::from_secs(40), 0);
     r.expect_code(Duration::from_secs(10), 0);
     assert_identical(&src, &dir.path("rcv.bin"));
@@ -143,47 +115,21 @@ fn xor_repairs_rebuild_units_across_the_bridge() {
     for i in 0..3 {
         let node = lab.add_node(&format!("r{i}"), br);
         lab.drop_udp(&node, 50);
-        let out = dir.path(&format!("r{i}.bin"));
-        let out = out.to_str().expect("utf-8 path").to_string();
-        let iface = node.addr.to_string();
-        let args = [
-            "receive",
-            "--group",
-            &group,
-            "--iface",
-            &iface,
-            "--out",
-            &out,
-            "--timeout",
-            "20",
-            "--json",
-        ];
-        rs.push(lab.spawn(&node, &dir.0, &format!("r{i}"), args));
+        let (name, out) = (format!("r{i}"), dir.path(&format!("r{i}.bin")));
+        rs.push(lab.receive(&node, &dir.0, &name, &group, &out, &["--timeout", "20"]));
     }
-    let srv_iface = srv.addr.to_string();
-    let mut s = lab.spawn(
-        &srv,
-        &dir.0,
-        "server",
-        [
-            "serve",
-            src.to_str().expect("utf-8 path"),
-            "--group",
-            &group,
-            "--iface",
-            &srv_iface,
-            "--rate",
-            "50M",
-            "--min-receivers",
-            "3",
-            "--max-wait",
-            "10",
-            "--deadline",
-            "60",
-            "--no-hash-cache",
-            "--json",
-        ],
-    );
+    let extra = [
+        "--rate",
+        "50M",
+        "--min-receivers",
+        "3",
+        "--max-wait",
+        "10",
+        "--deadline",
+        "60",
+        "--no-hash-cache",
+    ];
+    let mut s = lab.serve(&srv, &dir.0, &src, &group, &extra);
     s.expect_code(Duration::from_secs(70), 0);
     let mut rebuilt = 0;
     for (i, r) in rs.iter_mut().enumerate() {

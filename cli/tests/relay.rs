@@ -63,27 +63,20 @@ fn relays_fan_out_to_three_groups_and_a_dead_relay_is_replaced() {
         .iter()
         .enumerate()
         .map(|(i, (n, group))| {
-            let mut args = vec![
-                "receive".to_string(),
-                "--group".into(),
-                downstream[[0, 2, 3][*group]].clone(),
-                "--iface".into(),
-                n.addr.to_string(),
-                "--out".into(),
-                dir.path(&format!("out{i}.bin")).display().to_string(),
-                "--timeout".into(),
-                "40".into(),
-                "--json".into(),
-            ];
+            let out = dir.path(&format!("out{i}.bin"));
+            let mut extra = vec!["--timeout", "40"];
             if *group == 0 {
-                args.extend([
-                    "--fallback".into(),
-                    downstream[1].clone(),
-                    "--failover-after".into(),
-                    "1".into(),
-                ]);
+                extra.extend(["--fallback", &downstream[1], "--failover-after", "1"]);
             }
-            lab.spawn(n, &dir.0, &format!("rcv{i}"), args)
+            let name = format!("rcv{i}");
+            lab.receive(
+                n,
+                &dir.0,
+                &name,
+                &downstream[[0, 2, 3][*group]],
+                &out,
+                &extra,
+            )
         })
         .collect();
     let mut relays: Vec<Proc> = relay_sides
@@ -125,28 +118,17 @@ fn relays_fan_out_to_three_groups_and_a_dead_relay_is_replaced() {
             )
         })
         .collect();
-    let mut server = lab.spawn(
-        &srv,
-        &dir.0,
-        "server",
-        [
-            "serve",
-            src.to_str().expect("utf-8 path"),
-            "--group",
-            &upstream,
-            "--iface",
-            &srv.addr.to_string(),
-            "--min-receivers",
-            "4",
-            "--max-wait",
-            "20",
-            "--rate",
-            "30M",
-            "--deadline",
-            "90",
-            "--json",
-        ],
-    );
+    let extra = [
+        "--min-receivers",
+        "4",
+        "--max-wait",
+        "20",
+        "--rate",
+        "30M",
+        "--deadline",
+        "90",
+    ];
+    let mut server = lab.serve(&srv, &dir.0, &src, &upstream, &extra);
     // Kill group 0's relay once its receivers hold part of the object, not all.
     let blocks = (24u64 << 20).div_ceil(1400 * 749);
     wait_until(

@@ -273,6 +273,38 @@ impl Lab {
         )
     }
 
+    /// `blockcast serve SRC --group GROUP --iface <node's address> --json`, then `extra`,
+    /// inside `node` (the process is named "server").
+    pub fn serve(&self, node: &Node, dir: &Path, src: &Path, group: &str, extra: &[&str]) -> Proc {
+        let mut args: Vec<OsString> = vec!["serve".into(), src.into()];
+        let iface = node.addr.to_string();
+        for a in ["--group", group, "--iface", &iface, "--json"] {
+            args.push(a.into());
+        }
+        args.extend(extra.iter().map(OsString::from));
+        self.spawn(node, dir, "server", args)
+    }
+
+    /// `blockcast receive --group GROUP --iface <node's address> --out OUT --json`, then
+    /// `extra`, inside `node`.
+    pub fn receive(
+        &self,
+        node: &Node,
+        dir: &Path,
+        name: &str,
+        group: &str,
+        out: &Path,
+        extra: &[&str],
+    ) -> Proc {
+        let mut args: Vec<OsString> = vec!["receive".into(), "--out".into(), out.into()];
+        let iface = node.addr.to_string();
+        for a in ["--group", group, "--iface", &iface, "--json"] {
+            args.push(a.into());
+        }
+        args.extend(extra.iter().map(OsString::from));
+        self.spawn(node, dir, name, args)
+    }
+
     /// Drops `permille`/1000 of the UDP datagrams that arrive at `node`, at random
     /// (`numgen random mod 1000 < permille`). One table per node holds every rule of this lab.
     pub fn drop_udp(&self, node: &Node, permille: u32) {
