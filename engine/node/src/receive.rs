@@ -565,7 +565,8 @@ fn receive_loop(
     // Microseconds, 1 us .. 1 h, 3 significant digits.
     let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| NodeError::Config(format!("histogram: {e}")))?;
-    let mut verify_cpu = 0.0;
+    // CPU of the helper threads (verify, stripe readers), added to this thread's.
+    let mut helper_cpu = 0.0;
     let mut stripe_datagrams = 0u64;
     std::thread::scope(|scope| -> Result<(), NodeError> {
         // Sockets (and threads) for stripes 1.. of a striped first pass, once announced.
@@ -633,7 +634,7 @@ fn receive_loop(
                         .into();
                     if let Some(s) = stripes.take() {
                         let (cpu, n) = s.shutdown();
-                        verify_cpu += cpu;
+                        helper_cpu += cpu;
                         stripe_datagrams += n;
                     }
                     fds.truncate(2);
@@ -673,12 +674,6 @@ fn receive_loop(
                         if batch.recv(&data, Duration::ZERO)? == 0 {
                             break;
                         }
-                        let (more, more_drops) =
-                            stripes.as_ref().map_or((0, 0), |s| s.socket_totals());
-                        rx.note_socket(
-                            batch.received() + more,
-                            batch.socket_drops().unwrap_or(0).wrapping_add(more_drops),
-                        );
                         if cfg.split.is_some() {
                             forwarded += forward_and_handle(
                                 &mut rx,
@@ -694,6 +689,14 @@ fn receive_loop(
                         // them before the next `recv` reuses it.
                         flush_writes(&mut rx, &cfg.out)?;
                     }
+                }
+                if ready[0] || striped {
+                    // What every data socket received and dropped (for the loss reports).
+                    let (more, more_drops) = stripes.as_ref().map_or((0, 0), |s| s.socket_totals());
+                    rx.note_socket(
+                        batch.received() + more,
+                        batch.socket_drops().unwrap_or(0).wrapping_add(more_drops),
+                    );
                 }
                 // Split mode: control packets arrive on the data socket (read above).
                 if ready[1] && cfg.split.is_none() {
@@ -868,10 +871,10 @@ fn receive_loop(
         drop(job_tx);
         if let Some(s) = stripes.take() {
             let (cpu, n) = s.shutdown();
-            verify_cpu += cpu;
+            helper_cpu += cpu;
             stripe_datagrams += n;
         }
-        verify_cpu += worker.join().unwrap_or(0.0);
+        helper_cpu += worker.join().unwrap_or(0.0);
         result
     })?;
     let done = complete_at.unwrap_or_else(Instant::now);
@@ -889,7 +892,7 @@ fn receive_loop(
         seconds,
         transfer_seconds,
         sync_seconds,
-        cpu_seconds: crate::thread_cpu_seconds() - cpu_start + verify_cpu,
+        cpu_seconds: crate::thread_cpu_seconds() - cpu_start + helper_cpu,
         stats: rx.stats().clone(),
         rcvbuf: (granted.effective, granted.capped_by_sysctl),
         play: None,

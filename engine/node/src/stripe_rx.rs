@@ -11,7 +11,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
@@ -24,7 +24,7 @@ use crate::NodeError;
 
 /// Batches each reader thread cycles through (8 datagrams of up to 64 KiB each).
 const BATCHES_PER_READER: usize = 4;
-/// How often an idle reader looks at its stop flag.
+/// Longest a reader waits in one call (for its sockets, or for a batch to come back).
 const READER_TICK: Duration = Duration::from_millis(50);
 
 /// What one stripe socket saw, for the receiver's reports.
@@ -36,6 +36,27 @@ struct Counters {
     drops: AtomicU32,
     /// Fullest receive queue seen since the receive thread last asked, ppm.
     queue_ppm: AtomicU32,
+}
+
+impl Counters {
+    /// Notes how full `sock`'s receive queue is (once per turn, one `getsockopt`).
+    fn note_queue(&self, sock: &OwnedFd) {
+        if let Some(q) = blockcast_io::receive_queue_ppm(sock) {
+            self.queue_ppm.fetch_max(q, Ordering::Relaxed);
+        }
+    }
+
+    /// One `recvmmsg` from `sock` into `batch`, counted; returns the datagrams received.
+    fn recv(&self, batch: &mut RecvBatch, sock: &OwnedFd) -> Result<usize, IoError> {
+        let before = batch.received();
+        let n = batch.recv(sock, Duration::ZERO)?;
+        self.received
+            .fetch_add(batch.received() - before, Ordering::Relaxed);
+        if let Some(d) = batch.socket_drops() {
+            self.drops.store(d, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
 }
 
 enum Msg {
@@ -58,9 +79,8 @@ pub(crate) struct StripeSockets<'scope> {
     /// Where each reader's emptied batches go back.
     free: Vec<mpsc::Sender<RecvBatch>>,
     wake: Arc<OwnedFd>,
-    /// Written at shutdown: wakes readers waiting on their sockets.
+    /// Written at shutdown: the readers end when they see it.
     halt: Arc<OwnedFd>,
-    stop: Arc<AtomicBool>,
     readers: Vec<ScopedJoinHandle<'scope, f64>>,
 }
 
@@ -92,17 +112,18 @@ impl<'scope> StripeSockets<'scope> {
             per_thread[s % threads].push((s, sock));
         }
         let own = std::mem::take(&mut per_thread[0]);
+        let own_batch = RecvBatch::new(8, GRO_BUFFER_SIZE)?;
+        // Everything that can fail is made before the first reader starts.
         let (filled_tx, filled) = mpsc::channel::<Msg>();
-        let stop = Arc::new(AtomicBool::new(false));
         let mut free = Vec::new();
-        let mut readers = Vec::new();
+        let mut to_start = Vec::new();
         for (r, socks) in per_thread.into_iter().enumerate().skip(1) {
             let (free_tx, free_rx) = mpsc::channel::<RecvBatch>();
             for _ in 0..BATCHES_PER_READER {
                 let _ = free_tx.send(RecvBatch::new(8, GRO_BUFFER_SIZE)?);
             }
             free.push(free_tx);
-            let reader = Reader {
+            to_start.push(Reader {
                 index: r - 1,
                 socks,
                 counters: counters.clone(),
@@ -110,23 +131,33 @@ impl<'scope> StripeSockets<'scope> {
                 filled: filled_tx.clone(),
                 wake: wake.clone(),
                 halt: halt.clone(),
-                stop: stop.clone(),
-            };
-            let h = std::thread::Builder::new()
-                .name(format!("bc-recv-{r}"))
+            });
+        }
+        let mut readers = Vec::new();
+        for reader in to_start {
+            let name = format!("bc-recv-{}", reader.index + 1);
+            match std::thread::Builder::new()
+                .name(name)
                 .spawn_scoped(scope, move || reader.run())
-                .map_err(|e| NodeError::Config(format!("cannot start a receive thread: {e}")))?;
-            readers.push(h);
+            {
+                Ok(h) => readers.push(h),
+                Err(e) => {
+                    // The readers already started end at the halt.
+                    poke(&halt);
+                    return Err(NodeError::Config(format!(
+                        "cannot start a receive thread: {e}"
+                    )));
+                }
+            }
         }
         Ok(StripeSockets {
             own,
-            own_batch: RecvBatch::new(8, GRO_BUFFER_SIZE)?,
+            own_batch,
             counters,
             filled,
             free,
             wake,
             halt,
-            stop,
             readers,
         })
     }
@@ -157,18 +188,9 @@ impl<'scope> StripeSockets<'scope> {
                 continue;
             }
             let c = &self.counters[stripe - 1];
-            if let Some(q) = blockcast_io::receive_queue_ppm(sock) {
-                c.queue_ppm.fetch_max(q, Ordering::Relaxed);
-            }
+            c.note_queue(sock);
             for _ in 0..64 {
-                let before = self.own_batch.received();
-                let n = self.own_batch.recv(sock, Duration::ZERO)?;
-                c.received
-                    .fetch_add(self.own_batch.received() - before, Ordering::Relaxed);
-                if let Some(d) = self.own_batch.socket_drops() {
-                    c.drops.store(d, Ordering::Relaxed);
-                }
-                if n == 0 {
+                if c.recv(&mut self.own_batch, sock)? == 0 {
                     break;
                 }
                 any = true;
@@ -212,7 +234,6 @@ impl<'scope> StripeSockets<'scope> {
     /// Stops and joins the readers; returns their CPU seconds and the datagrams these
     /// stripes' sockets received.
     pub(crate) fn shutdown(self) -> (f64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
         poke(&self.halt);
         drop(self.free);
         let cpu = self
@@ -238,11 +259,10 @@ struct Reader {
     filled: mpsc::Sender<Msg>,
     wake: Arc<OwnedFd>,
     halt: Arc<OwnedFd>,
-    stop: Arc<AtomicBool>,
 }
 
 impl Reader {
-    /// Reads until stopped (or the receive thread is gone); returns the thread's CPU seconds.
+    /// Reads until halted (or the receive thread is gone); returns the thread's CPU seconds.
     fn run(self) -> f64 {
         if let Err(e) = self.read() {
             let _ = self.filled.send(Msg::Failed(e));
@@ -260,16 +280,17 @@ impl Reader {
             .chain(std::iter::once(self.halt.as_raw_fd()))
             .collect();
         let mut spare: Option<RecvBatch> = None;
-        while !self.stop.load(Ordering::Relaxed) {
+        loop {
             let ready = readable(&fds, READER_TICK);
+            if ready[self.socks.len()] {
+                return Ok(());
+            }
             for (k, (stripe, sock)) in self.socks.iter().enumerate() {
                 if !ready[k] {
                     continue;
                 }
                 let c = &self.counters[stripe - 1];
-                if let Some(q) = blockcast_io::receive_queue_ppm(sock) {
-                    c.queue_ppm.fetch_max(q, Ordering::Relaxed);
-                }
+                c.note_queue(sock);
                 for _ in 0..64 {
                     let mut batch = match spare.take() {
                         Some(b) => b,
@@ -281,14 +302,7 @@ impl Reader {
                             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
                         },
                     };
-                    let before = batch.received();
-                    let n = batch.recv(sock, Duration::ZERO)?;
-                    c.received
-                        .fetch_add(batch.received() - before, Ordering::Relaxed);
-                    if let Some(d) = batch.socket_drops() {
-                        c.drops.store(d, Ordering::Relaxed);
-                    }
-                    if n == 0 {
+                    if c.recv(&mut batch, sock)? == 0 {
                         spare = Some(batch);
                         break;
                     }
@@ -303,7 +317,6 @@ impl Reader {
                 }
             }
         }
-        Ok(())
     }
 }
 

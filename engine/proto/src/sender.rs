@@ -272,6 +272,15 @@ struct Repair {
     queued: bool,
 }
 
+impl Repair {
+    /// Until when the block waits for more NACKs, if XOR repairs are all it has left to send.
+    fn gathering(&self) -> Option<Instant> {
+        let idle = self.parity_next >= self.parity_end
+            && self.originals.as_ref().is_none_or(|o| o.count_ones() == 0);
+        self.gather_until.filter(|_| idle && !self.wants.is_empty())
+    }
+}
+
 /// How often a first pass waiting for an unavailable block looks again.
 const STALL_RECHECK: Duration = Duration::from_millis(1);
 
@@ -445,19 +454,14 @@ impl<S: BlockSource> Sender<S> {
 
     /// Blocks waiting in the repair queue (NACK answers and priority blocks).
     pub fn repair_backlog(&self) -> usize {
-        // Blocks whose XOR repairs wait for more NACKs have nothing to send yet.
-        let waiting = |seq: &u64| {
-            self.repairs.get(seq).is_some_and(|r| {
-                r.gather_until.is_some()
-                    && !r.wants.is_empty()
-                    && r.parity_next >= r.parity_end
-                    && r.originals.as_ref().is_none_or(|o| o.count_ones() == 0)
-            })
-        };
         if self.first_pass_done() {
             return self.repair_queue.len();
         }
-        self.repair_queue.iter().filter(|s| !waiting(s)).count()
+        // Blocks whose XOR repairs wait for more NACKs have nothing to send yet.
+        self.repair_queue
+            .iter()
+            .filter(|s| self.repairs.get(s).and_then(Repair::gathering).is_none())
+            .count()
     }
 
     /// Every accepted receiver reports holding block `seq` (global numbering).
@@ -1393,10 +1397,7 @@ impl<S: BlockSource> Sender<S> {
         }
         let mut first: Option<Instant> = None;
         for seq in &self.repair_queue {
-            let r = self.repairs.get(seq)?;
-            let idle = r.parity_next >= r.parity_end
-                && r.originals.as_ref().is_none_or(|o| o.count_ones() == 0);
-            let t = r.gather_until.filter(|_| idle && !r.wants.is_empty())?;
+            let t = self.repairs.get(seq)?.gathering()?;
             first = Some(first.map_or(t, |f| f.min(t)));
         }
         first
