@@ -633,7 +633,13 @@ impl<'a> Sim<'a> {
                 .map(|c| c.0)
                 .min()
                 .unwrap_or(total);
-            self.sender.handle_first_pass(now, sent_before);
+            self.sender.handle_first_pass(
+                now,
+                blockcast_proto::FirstPassProgress {
+                    sent_before,
+                    bytes: self.stripe_bytes,
+                },
+            );
         }
     }
 
@@ -660,7 +666,9 @@ impl<'a> Sim<'a> {
             }
             let bytes: Arc<[u8]> = bytes.into();
             match t.destination {
-                Destination::Group => self.mcast.push_back((now + self.cfg.delay, bytes)),
+                Destination::Group | Destination::Stripe(_) => {
+                    self.mcast.push_back((now + self.cfg.delay, bytes))
+                }
                 Destination::Peer(addr) => {
                     if let Some(i) = receiver_index(addr) {
                         if !net::lost(

@@ -839,7 +839,9 @@ fn after_node(
                 bytes.extend_from_slice(p.bytes(tx.source()));
             }
             match t.destination {
-                Destination::Group => fx.events.push((now + delay, Ev::Mcast(i, bytes.into()))),
+                Destination::Group | Destination::Stripe(_) => {
+                    fx.events.push((now + delay, Ev::Mcast(i, bytes.into())))
+                }
                 Destination::Peer(addr) => {
                     let lost = net::lost(control_loss, &mut BurstState::default(), &mut node.rng);
                     if let (false, Some(to)) = (lost, node_index(addr)) {

@@ -304,7 +304,7 @@ impl Sim<'_> {
                         self.send(now, At::Server, At::Member(j), bytes);
                     }
                 }
-                Destination::Group => self
+                Destination::Group | Destination::Stripe(_) => self
                     .report
                     .failures
                     .push("split mode sent to the group".into()),

@@ -293,12 +293,12 @@ pub(crate) fn serve_content(
         let receivers = sender
             .receiver_report()
             .into_iter()
-            .map(|(id, addr, complete, rtt, loss_ppm)| ReceiverSummary {
-                id,
-                addr,
-                complete,
-                rtt_us: rtt.map(|d| d.as_micros() as u64),
-                loss_ppm,
+            .map(|r| ReceiverSummary {
+                id: r.id,
+                addr: r.addr,
+                complete: r.complete,
+                rtt_us: r.rtt.map(|d| d.as_micros() as u64),
+                loss_ppm: r.loss_ppm,
             })
             .collect();
         ServeSummary {
@@ -382,7 +382,13 @@ fn control_loop(
                 .map(|p| p.load(Ordering::Acquire))
                 .min()
                 .unwrap_or(u64::MAX);
-            sender.handle_first_pass(now, sent_before);
+            sender.handle_first_pass(
+                now,
+                blockcast_proto::FirstPassProgress {
+                    sent_before,
+                    bytes: 0,
+                },
+            );
             if now >= next_skip_scan {
                 // Blocks ahead of the first pass that every receiver already holds (they were
                 // sent for a priority request) are not sent again.
@@ -543,7 +549,7 @@ impl RateControl {
         let loss = sender
             .receiver_report()
             .iter()
-            .map(|r| r.4)
+            .map(|r| r.loss_ppm)
             .max()
             .unwrap_or(0);
         let congestion =
@@ -661,7 +667,7 @@ fn send_plain(t: Transmit, bytes: &[u8], side: Option<&MulticastSender>, control
         Destination::Peer(addr) => {
             let _ = control.send_to(bytes, addr);
         }
-        Destination::Group => {
+        Destination::Group | Destination::Stripe(_) => {
             // Split mode sends nothing to a group (it has no group socket).
             let Some(side) = side else {
                 return;

@@ -6,28 +6,43 @@
 #![forbid(unsafe_code)]
 
 pub mod coding;
+pub mod endpoint;
+pub mod numbering;
+pub mod pacer;
+pub mod rate;
 pub mod receiver;
 mod rng;
 pub mod sender;
 pub mod split;
 pub mod store;
+pub mod stripe;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use endpoint::Endpoint;
+pub use numbering::{BlockAddr, BlockNumbering};
+pub use rate::{Congestion, RateControl, RateLimits};
 pub use receiver::{
     CopyTargets, Rebuild, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, SplitMember,
 };
-pub use sender::{Sender, SenderConfig, SenderEvent, SenderStats, ORIGINALS_FACTOR};
-pub use split::SplitConfig;
+pub use sender::{
+    FirstPassProgress, MemberReport, Sender, SenderConfig, SenderEvent, SenderStats,
+    ORIGINALS_FACTOR,
+};
+pub use split::{copies, SplitConfig};
 pub use store::{BlockSource, BlockStore, MemStore, SliceSource, StoreError};
+pub use stripe::{StripePass, StripeStats};
 
 /// Where a datagram goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Destination {
     /// The session's multicast group (data plane).
     Group,
+    /// Stripe `s` of a striped first pass: the group's address, port + `s` (docs/wire.md
+    /// §3.1).
+    Stripe(u16),
     /// One peer, by unicast (control plane).
     Peer(SocketAddr),
 }

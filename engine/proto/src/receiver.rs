@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use blockcast_status::UnitBitmap;
 
 use crate::coding;
+use crate::endpoint::Endpoint;
 use crate::rng::Rng;
 use crate::store::{BlockStore, StoreError};
 use crate::wire::{
@@ -1546,5 +1547,34 @@ impl<S: BlockStore> Receiver<S> {
             blocks_done: self.done.count_ones() as u64,
             runs,
         }
+    }
+}
+
+impl<S: BlockStore> Endpoint for Receiver<S> {
+    type Event = ReceiverEvent;
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        Receiver::handle_datagram(self, now, from, bytes)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Receiver::handle_timeout(self, now)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        Receiver::poll_transmit(self, now, buf)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Receiver::poll_timeout(self)
+    }
+
+    fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        Receiver::poll_event(self)
+    }
+
+    /// Over once the session ended for it (ended by the server, or left).
+    fn is_finished(&self) -> bool {
+        self.is_ended()
     }
 }

@@ -14,13 +14,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockcast_status::{RowId, StatusMatrix, UnitBitmap};
+use blockcast_status::{AtomicBitmap, RowId, StatusMatrix, UnitBitmap};
 
 use crate::coding;
+use crate::endpoint::Endpoint;
+use crate::numbering::BlockNumbering;
+use crate::pacer::Pacer;
+use crate::rate::{Congestion, RateControl, RateLimits};
 use crate::split::{self, MemberInfo, SplitConfig};
 use crate::store::BlockSource;
+use crate::stripe::StripePass;
 use crate::wire::{
     set_copy_flags, AcceptRepr, AnnounceRepr, BlockIndex, CopyFlags, DoneReason, DoneRepr, Holes,
     Manifest, ManifestChunkRepr, NackEntry, ObjectId, Packet, PlanRepr, ReceiptRepr, ReceiverId,
@@ -38,8 +44,14 @@ pub struct SenderConfig {
     pub geometry: Geometry,
     /// Stripes the blocks are dealt into (one per sending core).
     pub stripes: u16,
-    /// Pacing: datagram bytes per second on the group.
+    /// Pacing: datagram bytes per second on the group, first pass and repairs together
+    /// (with an external first pass, repairs get half of it while any are queued, and the
+    /// first pass the rest: [`Sender::first_pass_rate`]). With `rate_control` this is
+    /// where the automatic rate starts.
     pub rate: u64,
+    /// `--rate auto`: follow congestion at the receivers within these bounds
+    /// ([`crate::rate`]); `None`: a fixed `rate`.
+    pub rate_control: Option<RateLimits>,
     /// How much sending time pacing may catch up at once after a stall.
     pub burst: Duration,
     pub announce_interval: Duration,
@@ -105,6 +117,7 @@ impl Default for SenderConfig {
             },
             stripes: 1,
             rate: 1_000_000_000,
+            rate_control: None,
             burst: Duration::from_millis(2),
             announce_interval: Duration::from_millis(100),
             manifest_chunks_per_announce: 64,
@@ -184,6 +197,32 @@ pub struct SenderStats {
     /// NACKs and notices from receivers that are not members (ignored).
     pub strangers: u64,
 }
+
+/// One member as the sender sees it (for the node's summary and relay choice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberReport {
+    pub id: ReceiverId,
+    pub addr: SocketAddr,
+    pub complete: bool,
+    /// Measured send -> receipt time, smoothed.
+    pub rtt: Option<Duration>,
+    /// Loss from its latest receipt notice (ppm).
+    pub loss_ppm: u32,
+}
+
+/// How far an external first pass got ([`Sender::handle_first_pass`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirstPassProgress {
+    /// Every block numbered below this has been sent by every stripe.
+    pub sent_before: u64,
+    /// Datagram bytes the stripes sent so far, in all.
+    pub bytes: u64,
+}
+
+/// How often the first pass's skip set is brought up to date from the status matrix.
+const SKIP_SCAN: Duration = Duration::from_millis(20);
+/// How far ahead of the first pass the skip scan looks, in blocks.
+const SKIP_SCAN_AHEAD: u64 = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -302,13 +341,24 @@ pub struct Sender<S> {
     /// Global block number of each object's first block (manifest order).
     block_base: Vec<u64>,
     total_blocks: u64,
+    numbering: BlockNumbering,
     epoch: Option<Instant>,
     phase: Phase,
-    next_send: Option<Instant>,
+    /// Paces what this sender sends itself (repairs, and an internal first pass).
+    pacer: Pacer,
+    /// The automatic rate, when on; its next step, and the bytes sent at the last one.
+    rate_control: Option<RateControl>,
+    next_rate_step: Option<Instant>,
+    rate_sent: (Instant, u64),
+    /// Blocks the first pass skips: every member holds them already.
+    skip: Arc<AtomicBitmap>,
+    next_skip_scan: Option<Instant>,
     /// Next first-pass unit, or `None` once the first pass is done (or is external).
     pass: Option<(u32, u32, u16)>,
     /// External first pass: every block before this (global numbering) has been sent.
     external_sent: u64,
+    /// External first pass: datagram bytes its stripes sent.
+    external_bytes: u64,
     next_announce: Option<Instant>,
     announce_now: bool,
     manifest_due: usize,
@@ -378,6 +428,7 @@ impl<S: BlockSource> Sender<S> {
             total_blocks += o.block_hashes.len() as u64;
         }
         let matrix = StatusMatrix::new(cfg.max_receivers, total_blocks as usize);
+        let numbering = BlockNumbering::new(&manifest);
         let first = first_block(&manifest, 0).filter(|_| !cfg.external_first_pass);
         let split = cfg.split.clone().map(|cfg| SplitState {
             cfg,
@@ -391,8 +442,26 @@ impl<S: BlockSource> Sender<S> {
             solicitors: HashMap::new(),
             fanout: VecDeque::new(),
         });
+        let own_rate = if cfg.external_first_pass {
+            cfg.rate / 2
+        } else {
+            cfg.rate
+        };
         Ok(Sender {
             split,
+            numbering,
+            pacer: Pacer::new(own_rate, cfg.burst),
+            rate_control: cfg.rate_control.map(|l| {
+                RateControl::new(RateLimits {
+                    start: cfg.rate,
+                    ..l
+                })
+            }),
+            next_rate_step: None,
+            rate_sent: (Instant::now(), 0),
+            skip: Arc::new(AtomicBitmap::new(total_blocks as usize)),
+            next_skip_scan: None,
+            external_bytes: 0,
             grtt: cfg.initial_grtt,
             cfg,
             source,
@@ -405,7 +474,6 @@ impl<S: BlockSource> Sender<S> {
             total_blocks,
             epoch: None,
             phase: Phase::Waiting,
-            next_send: None,
             next_announce: None,
             announce_now: true,
             manifest_due: 0,
@@ -490,16 +558,88 @@ impl<S: BlockSource> Sender<S> {
         self.members.len()
     }
 
-    /// Each member's measured send->receipt time and reported loss, for the node's
-    /// summary and (later) relay choice.
-    pub fn receiver_report(&self) -> Vec<(ReceiverId, SocketAddr, bool, Option<Duration>, u32)> {
+    /// Each member's measured send->receipt time and reported loss, by id, for the node's
+    /// summary and relay choice.
+    pub fn receiver_report(&self) -> Vec<MemberReport> {
         let mut v: Vec<_> = self
             .members
             .iter()
-            .map(|(id, m)| (*id, m.addr, m.complete, m.rtt, m.loss_ppm))
+            .map(|(id, m)| MemberReport {
+                id: *id,
+                addr: m.addr,
+                complete: m.complete,
+                rtt: m.rtt,
+                loss_ppm: m.loss_ppm,
+            })
             .collect();
-        v.sort_by_key(|e| e.0);
+        v.sort_by_key(|r| r.id);
         v
+    }
+
+    /// What the members' latest receipt notices say of congestion, summed up for
+    /// `--rate auto`.
+    pub fn congestion(&self) -> Congestion {
+        Congestion {
+            overflow_ppm: self.worst_overflow_ppm(),
+            queue_ppm: self.worst_queue_ppm(),
+            loss_ppm: self.members.values().map(|m| m.loss_ppm).max().unwrap_or(0),
+            slowest_delivery: self.slowest_delivery(),
+        }
+    }
+
+    /// The rate now (datagram bytes per second, first pass and repairs together): the fixed
+    /// one, or where `--rate auto` has taken it.
+    pub fn rate(&self) -> u64 {
+        self.rate_control
+            .as_ref()
+            .map_or(self.cfg.rate, RateControl::rate)
+    }
+
+    /// An external first pass's share of the rate: all of it, or half while repairs or
+    /// priority blocks are queued (they take the other half).
+    pub fn first_pass_rate(&self) -> u64 {
+        let rate = self.rate();
+        if self.repair_backlog() > 0 {
+            (rate / 2).max(1)
+        } else {
+            rate
+        }
+    }
+
+    /// The blocks the first pass skips because every member holds them (sent whole ahead
+    /// of it for a priority request): shared with the stripes
+    /// ([`StripePass`]), which read it lock-free.
+    pub fn skip_set(&self) -> Arc<AtomicBitmap> {
+        self.skip.clone()
+    }
+
+    /// The session's block numbering.
+    pub fn numbering(&self) -> &BlockNumbering {
+        &self.numbering
+    }
+
+    /// Stripe `stripe` of an external first pass, once the first pass may start (the sender
+    /// is sending: [`Sender::is_sending`]). Its units are stamped from the session's epoch;
+    /// its rate is [`Sender::first_pass_rate`] (keep it up to date with
+    /// [`StripePass::set_rate`]).
+    pub fn stripe_pass(&self, stripe: u16) -> Option<StripePass<S>>
+    where
+        S: Clone,
+    {
+        let epoch = self.epoch.filter(|_| self.is_sending())?;
+        (stripe < self.cfg.stripes).then(|| {
+            StripePass::new(
+                self.cfg.session,
+                stripe,
+                self.cfg.stripes,
+                self.numbering.clone(),
+                self.source.clone(),
+                self.skip.clone(),
+                epoch,
+                self.first_pass_rate(),
+                self.cfg.burst,
+            )
+        })
     }
 
     /// The worst socket overflow share among the members' latest receipt notices (parts per
@@ -544,7 +684,7 @@ impl<S: BlockSource> Sender<S> {
             self.phase,
             self.pass,
             self.repair_queue,
-            self.next_send,
+            self.pacer.next_send(),
             self.next_announce,
             self.closing_at,
             self.members.len()
@@ -569,8 +709,13 @@ impl<S: BlockSource> Sender<S> {
     /// External first pass: every block before `sent_before` (global numbering over the
     /// manifest's objects) has been sent by every data thread. Call it as the data threads
     /// progress; a value at or past the last block ends the first pass.
-    pub fn handle_first_pass(&mut self, now: Instant, sent_before: u64) {
-        if !self.cfg.external_first_pass || sent_before <= self.external_sent {
+    pub fn handle_first_pass(&mut self, now: Instant, progress: FirstPassProgress) {
+        if !self.cfg.external_first_pass {
+            return;
+        }
+        self.external_bytes = self.external_bytes.max(progress.bytes);
+        let sent_before = progress.sent_before;
+        if sent_before <= self.external_sent {
             return;
         }
         let was_done = self.first_pass_done();
@@ -590,9 +735,57 @@ impl<S: BlockSource> Sender<S> {
         }
     }
 
-    /// Change the pacing rate (datagram bytes per second).
+    /// Change the rate (datagram bytes per second, first pass and repairs together); with
+    /// `--rate auto` the next step starts from the controller's own rate again.
     pub fn set_rate(&mut self, rate: u64) {
         self.cfg.rate = rate.max(1);
+        self.apply_rate();
+    }
+
+    /// Paces this sender's own sends at its share of the rate.
+    fn apply_rate(&mut self) {
+        let rate = self.rate();
+        self.pacer.set_rate(if self.cfg.external_first_pass {
+            (rate / 2).max(1)
+        } else {
+            rate
+        });
+    }
+
+    /// `--rate auto`: one step of the controller, on what went out since the last.
+    fn step_rate(&mut self, now: Instant) {
+        let sent = self.stats.data_bytes + self.stats.parity_bytes + self.external_bytes;
+        let (t0, sent0) = self.rate_sent;
+        let secs = now.saturating_duration_since(t0).as_secs_f64().max(1e-3);
+        let achieved = (sent.saturating_sub(sent0) as f64 / secs) as u64;
+        self.rate_sent = (now, sent);
+        let congestion = self.congestion();
+        if let Some(rc) = self.rate_control.as_mut() {
+            rc.step(now, congestion, achieved);
+        }
+        self.apply_rate();
+    }
+
+    /// Brings the skip set up to date: blocks ahead of the first pass that every member
+    /// holds are not sent again.
+    fn scan_skips(&mut self) {
+        let from = if self.cfg.external_first_pass {
+            self.external_sent
+        } else {
+            self.pass.map_or(self.total_blocks, |(o, b, _)| {
+                self.numbering
+                    .seq(ObjectId(o), BlockIndex(b))
+                    .unwrap_or(self.total_blocks)
+            })
+        };
+        let from = from.min(self.total_blocks);
+        let to = (from + SKIP_SCAN_AHEAD).min(self.total_blocks);
+        for seq in from..to {
+            if self.all_hold(seq) {
+                // Release: a stripe that sees the bit skips a block every member holds.
+                self.skip.set(seq as usize);
+            }
+        }
     }
 
     /// Stop: tell the group the session is over.
@@ -611,6 +804,7 @@ impl<S: BlockSource> Sender<S> {
             self.epoch = Some(now);
             self.next_member_scan = Some(now + self.cfg.receiver_timeout / 4);
             self.grtt_window_end = Some(now + self.grtt_window());
+            self.rate_sent = (now, 0);
         }
     }
 
@@ -1281,6 +1475,16 @@ impl<S: BlockSource> Sender<S> {
             }
             self.next_member_scan = Some(now + timeout / 4);
         }
+        if self.phase == Phase::Sending {
+            if self.next_rate_step.is_some_and(|t| now >= t) {
+                self.step_rate(now);
+                self.next_rate_step = Some(now + RateControl::STEP);
+            }
+            if self.next_skip_scan.is_some_and(|t| now >= t) {
+                self.scan_skips();
+                self.next_skip_scan = (!self.first_pass_done()).then(|| now + SKIP_SCAN);
+            }
+        }
         self.advance_phase(now);
     }
 
@@ -1297,6 +1501,11 @@ impl<S: BlockSource> Sender<S> {
                     self.phase = Phase::Sending;
                     self.membership_changed();
                     self.events.push_back(SenderEvent::FirstPassStarted);
+                    if self.rate_control.is_some() {
+                        self.next_rate_step = Some(now + RateControl::STEP);
+                        self.rate_sent = (now, self.rate_sent.1);
+                    }
+                    self.next_skip_scan = Some(now);
                 }
             }
             Phase::Sending => {
@@ -1366,9 +1575,11 @@ impl<S: BlockSource> Sender<S> {
                 }
                 Phase::Sending => {
                     consider(self.cfg.deadline.map(|d| epoch + d));
+                    consider(self.next_rate_step);
+                    consider(self.next_skip_scan);
                     if self.has_paced_work() {
                         // A head repair still gathering NACKs sends nothing before then.
-                        let due = match (self.next_send, self.repair_gathering()) {
+                        let due = match (self.pacer.next_send(), self.repair_gathering()) {
                             (Some(a), Some(b)) if !self.pass_ready() => Some(a.max(b)),
                             (None, Some(b)) if !self.pass_ready() => Some(b),
                             (a, _) => a,
@@ -1548,13 +1759,13 @@ impl<S: BlockSource> Sender<S> {
             self.advance_phase(now);
             return None;
         }
-        if self.next_send.is_some_and(|t| now < t) {
+        if !self.pacer.ready(now) {
             return None;
         }
         let t = self
             .send_repair(now, buf)
             .or_else(|| self.send_first_pass(now, buf))?;
-        self.pace(now, t.datagram_len());
+        self.pacer.spend(now, t.datagram_len());
         Some(t)
     }
 
@@ -1564,16 +1775,6 @@ impl<S: BlockSource> Sender<S> {
             len,
             payload: None,
         }
-    }
-
-    fn pace(&mut self, now: Instant, bytes: usize) {
-        let cost =
-            Duration::from_nanos((bytes as u64).saturating_mul(1_000_000_000) / self.cfg.rate);
-        let base = match self.next_send {
-            Some(t) if t + self.cfg.burst > now => t,
-            _ => now.checked_sub(self.cfg.burst).unwrap_or(now),
-        };
-        self.next_send = Some(base.max(now.checked_sub(self.cfg.burst).unwrap_or(now)) + cost);
     }
 
     fn announce_repr(&self, now: Instant) -> AnnounceRepr {
@@ -1649,7 +1850,26 @@ impl<S: BlockSource> Sender<S> {
     }
 
     fn send_first_pass(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let (o, b, u) = self.pass?;
+        let (mut o, mut b, u) = self.pass?;
+        if u == 0 {
+            // Blocks every member holds already are not sent again.
+            while self
+                .numbering
+                .seq(ObjectId(o), BlockIndex(b))
+                .is_some_and(|seq| self.skip.get(seq as usize))
+            {
+                match first_block_after(&self.manifest, o, b) {
+                    Some((no, nb)) => (o, b) = (no, nb),
+                    None => {
+                        self.pass = None;
+                        self.events.push_back(SenderEvent::FirstPassDone);
+                        self.announce_now = true;
+                        return None;
+                    }
+                }
+            }
+            self.pass = Some((o, b, 0));
+        }
         let (object, block) = (ObjectId(o), BlockIndex(b));
         if !self.source.available(object, block) {
             return None;
@@ -1690,6 +1910,10 @@ impl<S: BlockSource> Sender<S> {
                     if orig.count_ones() == 0 {
                         r.whole_sent_at = Some(now);
                         if std::mem::take(&mut r.whole) {
+                            // The group got it whole: the first pass skips it (Release: a
+                            // stripe that sees the bit skips the block). Receivers that lost
+                            // some of it NACK.
+                            self.skip.set(seq as usize);
                             self.events
                                 .push_back(SenderEvent::SentWhole { object, block });
                         }
@@ -1813,6 +2037,34 @@ impl<S: BlockSource> Sender<S> {
             payload: None,
         };
         self.route(t, buf, seq, true, index)
+    }
+}
+
+impl<S: BlockSource> Endpoint for Sender<S> {
+    type Event = SenderEvent;
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        Sender::handle_datagram(self, now, from, bytes)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Sender::handle_timeout(self, now)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        Sender::poll_transmit(self, now, buf)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Sender::poll_timeout(self)
+    }
+
+    fn poll_event(&mut self) -> Option<SenderEvent> {
+        Sender::poll_event(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        Sender::is_finished(self)
     }
 }
 

@@ -19,7 +19,20 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::wire::{ReceiverId, MAX_PLAN_PEERS};
+use crate::receiver::CopyTargets;
+use crate::wire::{CopyFlags, ReceiverId, MAX_PLAN_PEERS};
+
+/// Where a member forwards a unit that arrived with copy flags, and with which flags each
+/// copy goes ([`Receiver::copy_targets`](crate::Receiver::copy_targets) names the peers): a
+/// copy to each other member of its cell carries no flags (they keep it), the copy to its
+/// member of the next cell carries both (that member spreads it there in turn).
+pub fn copies(targets: CopyTargets<'_>) -> impl Iterator<Item = (SocketAddr, CopyFlags)> + '_ {
+    targets
+        .zone
+        .iter()
+        .map(|&a| (a, CopyFlags::NONE))
+        .chain(targets.next.map(|a| (a, CopyFlags::ALL)))
+}
 
 /// How split mode behaves. `Default` gives the values the CLI starts from.
 #[derive(Clone, Debug)]

@@ -1,0 +1,299 @@
+//! The striped first pass (docs/DESIGN.md "Nodes"; docs/wire.md §3.1): block `n` belongs to
+//! stripe `n mod S`, and each stripe sends its blocks once, in order, paced at its share of
+//! the rate, to the group's port + its stripe number. A server runs one [`StripePass`] per
+//! data thread (the simulator runs the same ones); the [`Sender`](crate::Sender) hears how far
+//! they got through [`Sender::handle_first_pass`](crate::Sender::handle_first_pass) and
+//! answers NACKs, announces and repairs meanwhile.
+//!
+//! A stripe never waits for the control plane. It skips blocks in the session's skip set
+//! (every member holds them already, [`Sender::skip_set`](crate::Sender::skip_set)), and
+//! sends a block only once its source has it ([`BlockSource::available`]: a relay sends what
+//! it has verified upstream).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blockcast_status::AtomicBitmap;
+
+use crate::endpoint::Endpoint;
+use crate::numbering::{BlockAddr, BlockNumbering};
+use crate::pacer::Pacer;
+use crate::store::BlockSource;
+use crate::wire::{SessionId, UnitHeaderRepr};
+use crate::{micros, Destination, Transmit, UnitRef};
+
+/// How often a stripe waiting for a block its source does not have yet looks again (a driver
+/// that can wait for the block itself does better: [`StripePass::waiting_for`]).
+pub const STALL_RECHECK: Duration = Duration::from_millis(1);
+
+/// What one stripe sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StripeStats {
+    /// First-pass units and their datagram bytes.
+    pub units: u64,
+    pub bytes: u64,
+}
+
+/// One stripe's first pass: a sans-IO endpoint that only sends.
+pub struct StripePass<S> {
+    session: SessionId,
+    stripe: u16,
+    stripes: u16,
+    numbering: BlockNumbering,
+    source: S,
+    skip: Arc<AtomicBitmap>,
+    epoch: Instant,
+    pacer: Pacer,
+    /// Next (block number, unit) to send; `None` once the stripe is done.
+    next: Option<(u64, u16)>,
+    /// The block the pass waits for (its source does not have it yet), and since when.
+    waiting: Option<(BlockAddr, Instant)>,
+    stats: StripeStats,
+}
+
+impl<S: BlockSource> StripePass<S> {
+    /// Stripe `stripe` of `stripes`, sending units of `session` stamped from `epoch`, at
+    /// `rate` (the whole first pass's, datagram bytes per second: the stripe takes its share).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        session: SessionId,
+        stripe: u16,
+        stripes: u16,
+        numbering: BlockNumbering,
+        source: S,
+        skip: Arc<AtomicBitmap>,
+        epoch: Instant,
+        rate: u64,
+        burst: Duration,
+    ) -> Self {
+        let stripes = stripes.max(1);
+        let first = u64::from(stripe);
+        let next = (first < numbering.total()).then_some((first, 0));
+        StripePass {
+            session,
+            stripe,
+            stripes,
+            numbering,
+            source,
+            skip,
+            epoch,
+            pacer: Pacer::new(share(rate, stripes), burst),
+            next,
+            waiting: None,
+            stats: StripeStats::default(),
+        }
+    }
+
+    /// The whole first pass's rate changed (the stripe takes its share).
+    pub fn set_rate(&mut self, rate: u64) {
+        self.pacer.set_rate(share(rate, self.stripes));
+    }
+
+    /// Every block of this stripe numbered below this has been sent (`u64::MAX` once the
+    /// stripe is done): what [`Sender::handle_first_pass`](crate::Sender::handle_first_pass)
+    /// takes, as the least over the stripes.
+    pub fn sent_before(&self) -> u64 {
+        self.next.map_or(u64::MAX, |(seq, _)| seq)
+    }
+
+    /// The block the pass waits for: its source does not have it yet.
+    pub fn waiting_for(&self) -> Option<BlockAddr> {
+        self.waiting.map(|(a, _)| a)
+    }
+
+    pub fn stats(&self) -> StripeStats {
+        self.stats
+    }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    pub fn stripe(&self) -> u16 {
+        self.stripe
+    }
+
+    /// Moves to the next block of the stripe.
+    fn next_block(&mut self, seq: u64) {
+        let n = seq + u64::from(self.stripes);
+        self.next = (n < self.numbering.total()).then_some((n, 0));
+    }
+}
+
+fn share(rate: u64, stripes: u16) -> u64 {
+    (rate / u64::from(stripes)).max(1)
+}
+
+impl<S: BlockSource> Endpoint for StripePass<S> {
+    type Event = ();
+
+    /// A stripe takes no datagrams.
+    fn handle_datagram(&mut self, _now: Instant, _from: SocketAddr, _bytes: &[u8]) {}
+
+    fn handle_timeout(&mut self, _now: Instant) {}
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        loop {
+            let (seq, unit) = self.next?;
+            if unit == 0 && self.skip.get(seq as usize) {
+                // Every member holds it (sent whole ahead of the pass for a priority request).
+                self.next_block(seq);
+                continue;
+            }
+            let addr = self.numbering.addr(seq);
+            if !self.source.available(addr.object, addr.block) {
+                let since = self
+                    .waiting
+                    .filter(|(a, _)| *a == addr)
+                    .map_or(now, |w| w.1);
+                self.waiting = Some((addr, since));
+                return None;
+            }
+            if self.waiting.take().is_some() {
+                // No burst to catch up on time spent waiting.
+                self.pacer.restart(now);
+            }
+            if !self.pacer.ready(now) {
+                return None;
+            }
+            let block_len = self.numbering.block_len(seq);
+            let us = self.numbering.unit_size();
+            let offset = usize::from(unit) * us;
+            let len = us.min(block_len - offset);
+            let hdr = UnitHeaderRepr {
+                session: self.session,
+                parity: false,
+                repair: false,
+                object: addr.object,
+                block: addr.block,
+                index: unit,
+                round_end: 0,
+                timestamp: micros(now.saturating_duration_since(self.epoch)),
+            };
+            let n = hdr.emit(buf).ok()?;
+            if usize::from(unit) + 1 < block_len.div_ceil(us) {
+                self.next = Some((seq, unit + 1));
+            } else {
+                self.next_block(seq);
+            }
+            self.pacer.spend(now, n + len);
+            self.stats.units += 1;
+            self.stats.bytes += (n + len) as u64;
+            return Some(Transmit {
+                destination: Destination::Stripe(self.stripe),
+                len: n,
+                payload: Some(UnitRef {
+                    object: addr.object,
+                    block: addr.block,
+                    offset,
+                    len,
+                }),
+            });
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.next?;
+        match self.waiting {
+            Some((_, since)) => Some(since + STALL_RECHECK),
+            // Never sent yet: due at once.
+            None => Some(self.pacer.next_send().unwrap_or(self.epoch)),
+        }
+    }
+
+    fn poll_event(&mut self) -> Option<()> {
+        None
+    }
+
+    fn is_finished(&self) -> bool {
+        self.next.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SliceSource;
+    use crate::wire::{Manifest, ObjectEntry, UnitPacket};
+
+    fn manifest(size: usize) -> (Vec<u8>, Manifest) {
+        let bytes: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        let m = Manifest {
+            unit_size: 4,
+            units_per_block: 2,
+            objects: vec![ObjectEntry::from_content("a", &bytes, 8)],
+        };
+        (bytes, m)
+    }
+
+    #[test]
+    fn a_stripe_sends_its_blocks_in_order_skips_held_ones_and_reports_progress() {
+        let (bytes, m) = manifest(8 * 5 + 3);
+        let n = BlockNumbering::new(&m);
+        let skip = Arc::new(AtomicBitmap::new(n.total() as usize));
+        skip.set(3);
+        let t0 = Instant::now();
+        let source = SliceSource::new(vec![&bytes[..]], 8);
+        let mut p = StripePass::new(
+            SessionId(7),
+            1,
+            2,
+            n,
+            source,
+            skip,
+            t0,
+            u64::MAX,
+            Duration::ZERO,
+        );
+        assert_eq!(p.sent_before(), 1);
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while let Some(t) = p.poll_transmit(t0, &mut buf) {
+            let unit = t.payload.expect("a unit");
+            let mut d = buf[..t.len].to_vec();
+            d.extend_from_slice(unit.bytes(p.source()));
+            let u = UnitPacket::new_checked(&d[..]).expect("valid unit");
+            got.push((u.block().0, u.index(), u.payload().to_vec()));
+            assert_eq!(t.destination, Destination::Stripe(1));
+        }
+        // Blocks 1 and 5 (block 3 is held by everyone); block 5 is 3 bytes long.
+        assert_eq!(
+            got,
+            vec![
+                (1, 0, bytes[8..12].to_vec()),
+                (1, 1, bytes[12..16].to_vec()),
+                (5, 0, bytes[40..43].to_vec()),
+            ]
+        );
+        assert_eq!(p.sent_before(), u64::MAX);
+        assert!(p.is_finished());
+        assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_stripe_is_paced_at_its_share_of_the_rate() {
+        let (bytes, m) = manifest(8 * 4);
+        let n = BlockNumbering::new(&m);
+        let skip = Arc::new(AtomicBitmap::new(n.total() as usize));
+        let t0 = Instant::now();
+        // 2 stripes at 2 * 30 bytes/s: one 30-byte datagram (26-byte header + 4) per second.
+        let mut p = StripePass::new(
+            SessionId(7),
+            0,
+            2,
+            n,
+            SliceSource::new(vec![&bytes[..]], 8),
+            skip,
+            t0,
+            60,
+            Duration::ZERO,
+        );
+        let mut buf = [0u8; 64];
+        assert!(p.poll_transmit(t0, &mut buf).is_some());
+        assert!(p.poll_transmit(t0, &mut buf).is_none());
+        let next = p.poll_timeout().expect("more to send");
+        assert_eq!(next - t0, Duration::from_secs(1));
+        assert!(p.poll_transmit(next, &mut buf).is_some());
+    }
+}
