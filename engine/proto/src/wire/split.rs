@@ -1,0 +1,103 @@
+//! Split-mode packets (wire.md §13): the solicit a member sends before it has the manifest,
+//! and the plan that tells it where to forward copies.
+
+use super::cursor::{Reader, Writer};
+use super::{read_addr, write_addr, ReceiverId, SessionId, WireError, ADDR_LEN, HEADER_LEN};
+use std::net::SocketAddr;
+
+/// Most cell peers one plan names (wire.md §13.1): a plan then fits a 1500-byte MTU.
+pub const MAX_PLAN_PEERS: usize = 63;
+
+/// Server -> member (split mode): where this member forwards copies (wire.md §13.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanRepr {
+    pub session: SessionId,
+    /// The member this plan is for.
+    pub receiver: ReceiverId,
+    /// Plans are numbered; a member keeps the newest (higher epoch) it has seen.
+    pub epoch: u32,
+    /// The member's zone, as it asked.
+    pub zone: u16,
+    /// Its designated member in the next cell, if there is a next cell.
+    pub next: Option<SocketAddr>,
+    /// The other members of its copy cell (at most [`MAX_PLAN_PEERS`]).
+    pub peers: Vec<SocketAddr>,
+}
+
+impl PlanRepr {
+    pub fn buffer_len(&self) -> usize {
+        HEADER_LEN
+            + 8
+            + 4
+            + 2
+            + 1
+            + self.next.map_or(0, |_| ADDR_LEN)
+            + 2
+            + ADDR_LEN * self.peers.len()
+    }
+}
+
+/// Member -> server (split mode, before the manifest): send me the announce and the
+/// manifest by unicast; I am in `zone` (wire.md §13.2). Session 0 asks for any session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SolicitRepr {
+    pub session: SessionId,
+    pub receiver: ReceiverId,
+    pub zone: u16,
+}
+
+/// A member address in a plan: a unicast address with a port.
+fn peer_addr_ok(a: &SocketAddr) -> bool {
+    a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast()
+}
+
+pub(super) fn read_plan(session: SessionId, r: &mut Reader<'_>) -> Result<PlanRepr, WireError> {
+    let receiver = ReceiverId(r.u64()?);
+    let epoch = r.u32()?;
+    let zone = r.u16()?;
+    let next = match r.u8()? {
+        0 => None,
+        1 => Some(read_addr(r)?),
+        _ => return Err(WireError::Malformed),
+    };
+    let count = usize::from(r.u16()?);
+    if count > MAX_PLAN_PEERS || count * ADDR_LEN != r.remaining() {
+        return Err(WireError::Malformed);
+    }
+    let mut peers = Vec::with_capacity(count);
+    for _ in 0..count {
+        peers.push(read_addr(r)?);
+    }
+    if !next.iter().chain(peers.iter()).all(peer_addr_ok) {
+        return Err(WireError::Malformed);
+    }
+    Ok(PlanRepr {
+        session,
+        receiver,
+        epoch,
+        zone,
+        next,
+        peers,
+    })
+}
+
+pub(super) fn write_plan(p: &PlanRepr, w: &mut Writer<'_>) -> Result<(), WireError> {
+    if p.peers.len() > MAX_PLAN_PEERS || !p.next.iter().chain(p.peers.iter()).all(peer_addr_ok) {
+        return Err(WireError::Malformed);
+    }
+    w.u64(p.receiver.0)?;
+    w.u32(p.epoch)?;
+    w.u16(p.zone)?;
+    match &p.next {
+        None => w.u8(0)?,
+        Some(a) => {
+            w.u8(1)?;
+            write_addr(w, a)?;
+        }
+    }
+    w.u16(p.peers.len() as u16)?;
+    for a in &p.peers {
+        write_addr(w, a)?;
+    }
+    Ok(())
+}
