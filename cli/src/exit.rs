@@ -70,6 +70,8 @@ pub fn node(e: NodeError) -> anyhow::Error {
         NodeError::Config(_) => USAGE,
         NodeError::NoServer { .. } | NodeError::Incomplete { .. } => INCOMPLETE,
         NodeError::Interrupted => INTERRUPTED,
+        NodeError::Thread { .. } => FAILURE,
+        NodeError::Send(_) => NETWORK,
     };
     Coded {
         code,

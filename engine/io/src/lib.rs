@@ -15,6 +15,9 @@
 //! * [`RecvBatch`]: `recvmmsg` of up to 64 datagrams, with the GRO segment size of each, and
 //!   [`split_segments`] to cut a super-datagram back into datagrams.
 //!
+//! * [`os`]: the other system calls the nodes make (waiting with a deadline, eventfd,
+//!   thread CPU time, preallocation, vectored positioned writes, write-out), wrapped once.
+//!
 //! Linux only; io_uring needs kernel 6.1 or newer for the preferred ring setup
 //! (`SINGLE_ISSUER | DEFER_TASKRUN`), older setups fall back.
 //!
@@ -25,6 +28,7 @@
 
 mod error;
 pub mod iface;
+pub mod os;
 mod recv;
 mod socket;
 mod sys;
@@ -32,7 +36,9 @@ mod unicast;
 mod uring;
 
 pub use error::IoError;
-pub use recv::{split_segments, Datagram, RecvBatch, GRO_BUFFER_SIZE, MAX_RECV_BATCH};
+pub use recv::{
+    split_segments, BatchLocator, BatchRange, Datagram, RecvBatch, GRO_BUFFER_SIZE, MAX_RECV_BATCH,
+};
 pub use socket::{bind_unicast, receive_queue_ppm, BufferSize, MulticastReceiver, MulticastSender};
 pub use unicast::{bind_data_unicast, send_segments};
 pub use uring::{

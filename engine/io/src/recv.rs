@@ -83,6 +83,49 @@ pub struct RecvBatch {
     /// The socket's latest `SO_RXQ_OVFL` count: datagrams it dropped for lack of buffer space
     /// since it was opened (wraps).
     drops: Option<u32>,
+    /// Counts the `recv` calls: bytes of one batch are told from the next one's.
+    generation: u64,
+}
+
+/// Where some bytes of a batch lie in its buffer: valid for one generation of the batch
+/// (until its next `recv`), checked when read back ([`RecvBatch::bytes_at`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchRange {
+    generation: u64,
+    range: std::ops::Range<usize>,
+}
+
+impl BatchRange {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+}
+
+/// Places slices of one generation of a [`RecvBatch`] (see [`RecvBatch::locator`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLocator {
+    base: usize,
+    len: usize,
+    generation: u64,
+}
+
+impl BatchLocator {
+    /// Where `bytes` lies in the batch's buffer, if it lies there.
+    pub fn range_of(&self, bytes: &[u8]) -> Option<BatchRange> {
+        // Address arithmetic only: nothing is dereferenced.
+        let start = (bytes.as_ptr() as usize).checked_sub(self.base)?;
+        let end = start.checked_add(bytes.len())?;
+        (end <= self.len).then_some(BatchRange {
+            generation: self.generation,
+            range: start..end,
+        })
+    }
 }
 
 impl RecvBatch {
@@ -111,6 +154,7 @@ impl RecvBatch {
             meta: Vec::with_capacity(batch),
             received: 0,
             drops: None,
+            generation: 0,
         })
     }
 
@@ -122,6 +166,7 @@ impl RecvBatch {
     pub fn recv(&mut self, socket: &impl AsFd, timeout: Duration) -> Result<usize, IoError> {
         let fd = socket.as_fd().as_raw_fd();
         self.meta.clear();
+        self.generation += 1;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(n) = self.try_recvmmsg(fd)? {
@@ -175,6 +220,32 @@ impl RecvBatch {
     /// last datagram received (`SO_RXQ_OVFL`, wrapping u32), if the socket reports it.
     pub fn socket_drops(&self) -> Option<u32> {
         self.drops
+    }
+
+    /// Where `bytes` (a slice of a datagram of the last batch, e.g. a unit's payload) lies in
+    /// the batch's buffer, to be read back after the batch has been handled and before the
+    /// next `recv` (a receiver queues its file writes this way and makes them in one call).
+    /// `None` if `bytes` is not inside this batch's buffer.
+    pub fn range_of(&self, bytes: &[u8]) -> Option<BatchRange> {
+        self.locator().range_of(bytes)
+    }
+
+    /// What [`BatchLocator::range_of`] needs to place slices of this batch, for code that
+    /// sees the slices but not the batch (a store handed unit payloads by the protocol).
+    pub fn locator(&self) -> BatchLocator {
+        BatchLocator {
+            base: self.bufs.as_ptr() as usize,
+            len: self.bufs.len(),
+            generation: self.generation,
+        }
+    }
+
+    /// The bytes a [`BatchRange`] of this batch names, if it belongs to the current batch
+    /// (it was taken since the last `recv`).
+    pub fn bytes_at(&self, r: &BatchRange) -> Option<&[u8]> {
+        (r.generation == self.generation)
+            .then(|| self.bufs.get(r.range.clone()))
+            .flatten()
     }
 
     /// The datagrams of the last batch, in arrival order.

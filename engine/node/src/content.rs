@@ -151,7 +151,9 @@ unsafe impl StableBytes for Mapped {
     }
 }
 
-/// The mapped inputs, as the sender's block source and as the ring's payload sources.
+/// The mapped inputs, as the sender's block source and as the ring's payload sources. A
+/// clone shares the mappings (each data thread's stripe holds one).
+#[derive(Clone)]
 pub(crate) struct Content {
     pub sources: Vec<Source>,
     block_size: usize,
@@ -268,11 +270,12 @@ impl Content {
 
     /// The same files, as another sender's source.
     pub(crate) fn share(&self) -> Self {
-        Content {
-            sources: self.sources.clone(),
-            block_size: self.block_size,
-            ready: self.ready.clone(),
-        }
+        self.clone()
+    }
+
+    /// Bytes in a whole block.
+    pub(crate) fn block_size(&self) -> usize {
+        self.block_size
     }
 
     /// What the data threads wait on before sending a block (a relay's verified blocks).

@@ -37,6 +37,10 @@ pub enum NodeError {
     },
     /// Stopped by the user (Ctrl-C).
     Interrupted,
+    /// A thread of the node could not start, or panicked.
+    Thread { what: &'static str, panicked: bool },
+    /// Sending failed in a way that is not loss (the send ring broke).
+    Send(String),
 }
 
 impl fmt::Display for NodeError {
@@ -63,6 +67,15 @@ impl fmt::Display for NodeError {
                 "{why} with {blocks_done} of {blocks} blocks verified (partial files kept)"
             ),
             NodeError::Interrupted => f.write_str("interrupted"),
+            NodeError::Thread {
+                what,
+                panicked: true,
+            } => write!(f, "{what} panicked"),
+            NodeError::Thread {
+                what,
+                panicked: false,
+            } => write!(f, "cannot start {what}"),
+            NodeError::Send(s) => write!(f, "send failed: {s}"),
         }
     }
 }

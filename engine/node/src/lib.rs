@@ -5,6 +5,7 @@
 //! stops when asked through an [`AtomicBool`](std::sync::atomic::AtomicBool).
 
 mod content;
+mod driver;
 mod error;
 mod hashcache;
 pub mod http;
@@ -16,7 +17,6 @@ mod relay;
 mod serve;
 mod stripe;
 mod stripe_rx;
-mod wait;
 
 pub use content::{collect_inputs, hash_inputs, Input};
 pub use error::NodeError;
@@ -26,15 +26,4 @@ pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};
 
 /// CPU time the calling thread has used, in seconds.
-pub fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec the call writes into.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0.0;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-}
+pub use blockcast_io::os::thread_cpu_seconds;

@@ -104,7 +104,10 @@ pub fn relay(
                 up_done.store(true, Ordering::Release);
                 r
             })
-            .map_err(|e| NodeError::Config(format!("cannot start the upstream thread: {e}")))?;
+            .map_err(|_| NodeError::Thread {
+                what: "the upstream thread",
+                panicked: false,
+            })?;
         // The downstream sessions start once the manifest is known (the cache files exist).
         let mut manifest = None;
         while manifest.is_none() && !up_done.load(Ordering::Acquire) {
@@ -176,20 +179,27 @@ pub fn relay(
             std::thread::sleep(Duration::from_millis(100));
         }
         progress(&lock(&state));
-        let upstream = up
-            .join()
-            .unwrap_or_else(|_| Err(NodeError::Config("the upstream thread panicked".into())))?;
+        let upstream = up.join().unwrap_or_else(|_| {
+            Err(NodeError::Thread {
+                what: "the upstream thread",
+                panicked: true,
+            })
+        })?;
         let mut downstream = Vec::new();
         for h in downs {
             let s = h.join().unwrap_or_else(|_| {
-                Err(NodeError::Config("a downstream thread panicked".into()))
+                Err(NodeError::Thread {
+                    what: "a downstream thread",
+                    panicked: true,
+                })
             })?;
             downstream.push(s);
         }
         if downstream.len() != cfg.downstream.len() {
-            return Err(NodeError::Config(
-                "not every downstream session could start".into(),
-            ));
+            return Err(NodeError::Thread {
+                what: "every downstream session",
+                panicked: false,
+            });
         }
         if stop.load(Ordering::Relaxed)
             && downstream.iter().any(|s| s.reason == DoneReason::Aborted)

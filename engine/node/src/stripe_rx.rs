@@ -10,16 +10,16 @@
 //! port, with the announces, parity and repairs).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Duration;
 
+use blockcast_io::os::{wait_readable, EventFd};
 use blockcast_io::{IoError, MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
 
-use crate::wait::readable;
 use crate::NodeError;
 
 /// Batches each reader thread cycles through (8 datagrams of up to 64 KiB each).
@@ -78,9 +78,9 @@ pub(crate) struct StripeSockets<'scope> {
     filled: mpsc::Receiver<Msg>,
     /// Where each reader's emptied batches go back.
     free: Vec<mpsc::Sender<RecvBatch>>,
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     /// Written at shutdown: the readers end when they see it.
-    halt: Arc<OwnedFd>,
+    halt: Arc<EventFd>,
     readers: Vec<ScopedJoinHandle<'scope, f64>>,
 }
 
@@ -103,6 +103,7 @@ impl<'scope> StripeSockets<'scope> {
             )));
         }
         let counters: Arc<[Counters]> = (1..stripes).map(|_| Counters::default()).collect();
+        let eventfd = || EventFd::new().map_err(|e| NodeError::Config(format!("eventfd: {e}")));
         let wake = Arc::new(eventfd()?);
         let halt = Arc::new(eventfd()?);
         let mut per_thread: Vec<Vec<(usize, OwnedFd)>> = (0..threads).map(|_| Vec::new()).collect();
@@ -143,10 +144,12 @@ impl<'scope> StripeSockets<'scope> {
                 Ok(h) => readers.push(h),
                 Err(e) => {
                     // The readers already started end at the halt.
-                    poke(&halt);
-                    return Err(NodeError::Config(format!(
-                        "cannot start a receive thread: {e}"
-                    )));
+                    halt.poke();
+                    tracing::debug!("cannot start a receive thread: {e}");
+                    return Err(NodeError::Thread {
+                        what: "a receive thread",
+                        panicked: false,
+                    });
                 }
             }
         }
@@ -178,10 +181,7 @@ impl<'scope> StripeSockets<'scope> {
     ) -> Result<bool, NodeError> {
         let mut any = false;
         if ready.first().copied().unwrap_or(false) {
-            let mut v = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into `v`; a non-blocking eventfd read only resets
-            // its counter (EAGAIN when it was already 0 is fine).
-            unsafe { libc::read(self.wake.as_raw_fd(), v.as_mut_ptr().cast(), v.len()) };
+            self.wake.clear();
         }
         for (k, (stripe, sock)) in self.own.iter().enumerate() {
             if !ready.get(k + 1).copied().unwrap_or(false) {
@@ -234,7 +234,7 @@ impl<'scope> StripeSockets<'scope> {
     /// Stops and joins the readers; returns their CPU seconds and the datagrams these
     /// stripes' sockets received.
     pub(crate) fn shutdown(self) -> (f64, u64) {
-        poke(&self.halt);
+        self.halt.poke();
         drop(self.free);
         let cpu = self
             .readers
@@ -257,8 +257,8 @@ struct Reader {
     counters: Arc<[Counters]>,
     free: mpsc::Receiver<RecvBatch>,
     filled: mpsc::Sender<Msg>,
-    wake: Arc<OwnedFd>,
-    halt: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
+    halt: Arc<EventFd>,
 }
 
 impl Reader {
@@ -266,9 +266,9 @@ impl Reader {
     fn run(self) -> f64 {
         if let Err(e) = self.read() {
             let _ = self.filled.send(Msg::Failed(e));
-            poke(&self.wake);
+            self.wake.poke();
         }
-        crate::thread_cpu_seconds()
+        blockcast_io::os::thread_cpu_seconds()
     }
 
     fn read(&self) -> Result<(), IoError> {
@@ -280,8 +280,9 @@ impl Reader {
             .chain(std::iter::once(self.halt.as_raw_fd()))
             .collect();
         let mut spare: Option<RecvBatch> = None;
+        let mut ready = vec![false; fds.len()];
         loop {
-            let ready = readable(&fds, READER_TICK);
+            wait_readable(&fds, READER_TICK, &mut ready);
             if ready[self.socks.len()] {
                 return Ok(());
             }
@@ -313,30 +314,9 @@ impl Reader {
                     if self.filled.send(msg).is_err() {
                         return Ok(());
                     }
-                    poke(&self.wake);
+                    self.wake.poke();
                 }
             }
         }
     }
-}
-
-fn eventfd() -> Result<OwnedFd, NodeError> {
-    // SAFETY: plain syscall; the descriptor it returns (if any) is owned below.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(NodeError::Config(format!(
-            "eventfd: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Makes `fd` (an eventfd) readable.
-fn poke(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from `one` to the eventfd; a full counter (EAGAIN) means a
-    // wake-up is pending anyway.
-    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
 }

@@ -1,0 +1,403 @@
+//! The one real driver: runs any protocol [`Endpoint`] over sockets, io_uring and the clock.
+//!
+//! Every node thread that speaks the protocol (the server's control thread and data threads,
+//! a receiver, each half of a relay) is this loop with a [`Host`] of its own: the host brings
+//! what the node adds around the protocol (a verify thread's answers, a player's priority
+//! asks, the data threads' progress, fail-over), never a second copy of the loop. The
+//! simulator's driver (tests/src/driver.rs) runs the same endpoints on a virtual network.
+//!
+//! One turn: the host's inputs from elsewhere ([`Host::begin`]); every datagram queued on
+//! the input sockets, a bounded number of batches each ([`Host::on_batch`]); the endpoint's
+//! timers; every datagram due ([`Out::send_due`]: data units gathered into GSO super-buffers
+//! straight from where they lie, the rest sent as they are); the endpoint's events
+//! ([`Host::on_event`]); the host's bookkeeping ([`Host::end`]); then a wait until the next
+//! datagram, the endpoint's next timer or the host's cap, whichever is first.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use blockcast_io::os::wait_readable;
+use blockcast_io::{MulticastSender, RecvBatch, SendRing, Source};
+use blockcast_proto::{Destination, Endpoint, Transmit, UnitRef};
+
+use crate::NodeError;
+
+/// Batches read from one socket per turn at most (the rest waits for the next turn, so
+/// timers and sends are not starved by a flood).
+const MAX_BATCHES_PER_TURN: usize = 64;
+/// A wait shorter than this is not worth a system call: the next turn starts at once.
+const MIN_WAIT: Duration = Duration::from_micros(50);
+/// Largest datagram an endpoint writes.
+const TRANSMIT_BUF: usize = 65_536;
+
+/// Whether the loop goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Continue,
+    Stop,
+}
+
+/// An endpoint whose data units the driver can send without a copy: where a unit's payload
+/// lies (a mapped file), for the ring to gather.
+pub(crate) trait Sends: Endpoint {
+    /// The source holding `unit`'s bytes and their range in it.
+    fn payload(&self, _unit: &UnitRef) -> Option<(&Source, Range<usize>)> {
+        None
+    }
+}
+
+/// One socket the driver reads, with its batch buffers.
+pub(crate) struct Input {
+    pub fd: OwnedFd,
+    pub batch: RecvBatch,
+}
+
+impl Input {
+    pub(crate) fn new(fd: impl Into<OwnedFd>, batch: RecvBatch) -> Self {
+        Input {
+            fd: fd.into(),
+            batch,
+        }
+    }
+}
+
+/// Where the endpoint's datagrams leave.
+pub(crate) struct Out {
+    /// Data units: GSO super-buffers gathered from the payload sources. Its socket is
+    /// connected to the group (or the stripe's port); unconnected in split mode, where each
+    /// super-buffer names its member.
+    pub ring: Option<SendRing>,
+    /// Other group datagrams (announces, manifest chunks, parity, done), one at a time.
+    pub group: Option<MulticastSender>,
+    /// Unicast datagrams (control replies, NACKs, receipt notices, split mode's packets).
+    pub control: Option<UdpSocket>,
+}
+
+/// What a node adds around the protocol.
+pub(crate) trait Host<E: Endpoint> {
+    /// Turn start, before the sockets are read: inputs from other threads or the user.
+    fn begin(&mut self, _ep: &mut E, _now: Instant, _io: &mut Io) -> Result<Flow, NodeError> {
+        Ok(Flow::Continue)
+    }
+
+    /// A batch arrived on input `input`: hand it to the endpoint (by default every datagram,
+    /// each GRO segment apart).
+    fn on_batch(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        _input: usize,
+        batch: &mut RecvBatch,
+    ) -> Result<(), NodeError> {
+        feed(ep, now, batch);
+        Ok(())
+    }
+
+    /// Descriptors of other threads' wake-ups, waited on after the inputs.
+    fn extra_fds(&self, _fds: &mut Vec<RawFd>) {}
+
+    /// After the inputs were read: `ready` says which of [`Host::extra_fds`] woke the wait.
+    fn after_inputs(
+        &mut self,
+        _ep: &mut E,
+        _now: Instant,
+        _io: &mut Io,
+        _ready: &[bool],
+    ) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// One event of the endpoint.
+    fn on_event(&mut self, ep: &mut E, now: Instant, event: E::Event) -> Result<Flow, NodeError>;
+
+    /// Turn end: progress, completion.
+    fn end(&mut self, _ep: &mut E, _now: Instant) -> Result<Flow, NodeError> {
+        Ok(Flow::Continue)
+    }
+
+    /// The longest this turn's wait may be.
+    fn max_wait(&self, _ep: &E) -> Duration {
+        Duration::from_millis(50)
+    }
+
+    /// Waits until `deadline` the host's own way, instead of for the sockets (a relay's data
+    /// thread waits for the block it needs); false leaves the wait to the driver.
+    fn wait(&mut self, _ep: &E, _deadline: Instant) -> bool {
+        false
+    }
+}
+
+/// A driver's sockets.
+pub(crate) struct Io {
+    pub inputs: Vec<Input>,
+    pub out: Out,
+    /// Which inputs were readable at the last wait (all, when the wait was skipped).
+    ready: Vec<bool>,
+    extra: Vec<RawFd>,
+    buf: Vec<u8>,
+}
+
+impl Io {
+    pub(crate) fn new(inputs: Vec<Input>, out: Out) -> Self {
+        Io {
+            ready: vec![true; inputs.len()],
+            inputs,
+            out,
+            extra: Vec::new(),
+            buf: vec![0u8; TRANSMIT_BUF],
+        }
+    }
+
+    /// Replaces input `i` (a fail-over to another source's socket).
+    pub(crate) fn replace_input(&mut self, i: usize, input: Input) {
+        self.inputs[i] = input;
+        self.ready[i] = true;
+    }
+
+    /// Whether input `i` was readable at the last wait (or the wait was skipped).
+    pub(crate) fn is_ready(&self, i: usize) -> bool {
+        self.ready.get(i).copied().unwrap_or(true)
+    }
+
+    /// Sends what the endpoint has due now (a leave on the way out).
+    pub(crate) fn flush<E: Sends>(&mut self, ep: &mut E, now: Instant) -> Result<(), NodeError> {
+        self.out.send_due(ep, now, &mut self.buf)
+    }
+
+    /// Marks every input to be read at the next turn.
+    fn all_ready(&mut self) {
+        self.ready.resize(self.inputs.len(), true);
+        self.ready.fill(true);
+    }
+}
+
+/// Hands every datagram of `batch` to `ep`, each GRO segment apart (truncated ones dropped).
+pub(crate) fn feed<E: Endpoint>(ep: &mut E, now: Instant, batch: &RecvBatch) {
+    for d in batch.iter() {
+        if d.truncated {
+            continue;
+        }
+        for seg in d.segments() {
+            ep.handle_datagram(now, SocketAddr::V4(d.source), seg);
+        }
+    }
+}
+
+/// Runs `ep` until the host or the endpoint says stop.
+pub(crate) fn run<E: Sends, H: Host<E>>(
+    ep: &mut E,
+    io: &mut Io,
+    host: &mut H,
+) -> Result<(), NodeError> {
+    let mut extra_ready: Vec<bool> = Vec::new();
+    loop {
+        let now = Instant::now();
+        if host.begin(ep, now, io)? == Flow::Stop {
+            break;
+        }
+        read_inputs(ep, now, io, host)?;
+        host.after_inputs(ep, now, io, &extra_ready)?;
+        if ep.poll_timeout().is_some_and(|t| t <= now) {
+            ep.handle_timeout(now);
+        }
+        io.out.send_due(ep, now, &mut io.buf)?;
+        let mut flow = Flow::Continue;
+        while let Some(e) = ep.poll_event() {
+            if host.on_event(ep, now, e)? == Flow::Stop {
+                flow = Flow::Stop;
+            }
+        }
+        // What the events asked for (a verified block's answer, a leave) goes now.
+        io.out.send_due(ep, now, &mut io.buf)?;
+        if flow == Flow::Stop || host.end(ep, now)? == Flow::Stop {
+            break;
+        }
+        wait(ep, io, host, &mut extra_ready)?;
+    }
+    if let Some(ring) = io.out.ring.as_mut() {
+        ring.drain(Duration::from_secs(1))?;
+    }
+    Ok(())
+}
+
+/// Reads what is queued on the inputs the last wait found readable.
+fn read_inputs<E: Sends, H: Host<E>>(
+    ep: &mut E,
+    now: Instant,
+    io: &mut Io,
+    host: &mut H,
+) -> Result<(), NodeError> {
+    for (i, input) in io.inputs.iter_mut().enumerate() {
+        if !io.ready.get(i).copied().unwrap_or(true) {
+            continue;
+        }
+        for _ in 0..MAX_BATCHES_PER_TURN {
+            if input.batch.recv(&input.fd, Duration::ZERO)? == 0 {
+                break;
+            }
+            host.on_batch(ep, now, i, &mut input.batch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the next datagram, the endpoint's next timer or the host's cap.
+fn wait<E: Sends, H: Host<E>>(
+    ep: &E,
+    io: &mut Io,
+    host: &mut H,
+    extra_ready: &mut Vec<bool>,
+) -> Result<(), NodeError> {
+    let now = Instant::now();
+    let cap = host.max_wait(ep);
+    let wake = ep.poll_timeout().map_or(now + cap, |t| t.min(now + cap));
+    let left = wake.saturating_duration_since(now);
+    io.extra.clear();
+    host.extra_fds(&mut io.extra);
+    extra_ready.clear();
+    extra_ready.resize(io.extra.len(), false);
+    if io.out.ring.as_ref().is_some_and(|r| r.free_slots() == 0) {
+        // Sends in flight fill the ring: wait for one to complete instead.
+        io.out
+            .ring
+            .as_mut()
+            .map(|r| r.wait(Duration::from_millis(1)))
+            .transpose()?;
+        io.all_ready();
+        extra_ready.fill(true);
+        return Ok(());
+    }
+    if left < MIN_WAIT {
+        io.all_ready();
+        extra_ready.fill(true);
+        return Ok(());
+    }
+    if host.wait(ep, wake) {
+        io.all_ready();
+        extra_ready.fill(true);
+        return Ok(());
+    }
+    let mut fds: Vec<RawFd> = io.inputs.iter().map(|i| i.fd.as_raw_fd()).collect();
+    fds.extend_from_slice(&io.extra);
+    let mut ready = vec![false; fds.len()];
+    wait_readable(&fds, left, &mut ready);
+    let n = io.inputs.len();
+    io.ready.clear();
+    io.ready.extend_from_slice(&ready[..n]);
+    extra_ready.copy_from_slice(&ready[n..]);
+    Ok(())
+}
+
+impl Out {
+    /// Sends every datagram the endpoint has due at `now`: data units gathered into GSO
+    /// super-buffers straight from their sources (only headers are copied), other datagrams
+    /// as they are.
+    pub(crate) fn send_due<E: Sends>(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<(), NodeError> {
+        // A data unit that did not fit the last super-buffer, its header kept in `spare`.
+        let mut spare = [0u8; 64];
+        let mut carry: Option<Transmit> = None;
+        loop {
+            if let Some(ring) = self.ring.as_mut() {
+                while ring.free_slots() == 0 {
+                    ring.wait(Duration::from_millis(5))?;
+                }
+            }
+            let (t, head): (Transmit, &[u8]) = match carry.take() {
+                Some(t) => (t, &spare[..t.len]),
+                None => match ep.poll_transmit(now, buf) {
+                    Some(t) => (t, &buf[..t.len]),
+                    None => return Ok(()),
+                },
+            };
+            let (Some(unit), Some(ring)) = (t.payload, self.ring.as_mut()) else {
+                self.send_plain(&t, head, ep);
+                continue;
+            };
+            let Some((src, range)) = ep.payload(&unit) else {
+                continue;
+            };
+            // Open a super-buffer for this unit's size and fill it while the endpoint has more
+            // units due that fit and go to the same place.
+            let seg = t.datagram_len() as u16;
+            let mut batch = ring
+                .batch(seg)
+                .map_err(|e| NodeError::Send(format!("send ring: {e:?}")))?;
+            let dest = t.destination;
+            if let Destination::Peer(SocketAddr::V4(to)) = dest {
+                batch.set_destination(to);
+            }
+            // The range lies inside the source: the endpoint made it from the manifest.
+            let _ = batch.push(head, src, range);
+            while batch.room() > 0 {
+                let Some(next) = ep.poll_transmit(now, buf) else {
+                    break;
+                };
+                match next.payload {
+                    Some(u)
+                        if next.datagram_len() <= usize::from(seg) && next.destination == dest =>
+                    {
+                        if let Some((src, range)) = ep.payload(&u) {
+                            let _ = batch.push(&buf[..next.len], src, range);
+                        }
+                    }
+                    Some(_) => {
+                        spare[..next.len].copy_from_slice(&buf[..next.len]);
+                        carry = Some(next);
+                        break;
+                    }
+                    None => {
+                        let (group, control) = (self.group.as_ref(), self.control.as_ref());
+                        send_small(&next, &buf[..next.len], group, control);
+                    }
+                }
+            }
+            let _ = batch.submit();
+            if let Some(ring) = self.ring.as_mut() {
+                ring.flush()?;
+            }
+        }
+    }
+
+    /// A datagram with no payload to gather (or no ring to gather it in: its payload is
+    /// copied after the header).
+    fn send_plain<E: Sends>(&self, t: &Transmit, head: &[u8], ep: &E) {
+        match t.payload.and_then(|u| ep.payload(&u)) {
+            None => send_small(t, head, self.group.as_ref(), self.control.as_ref()),
+            Some((src, range)) => {
+                let mut d = head.to_vec();
+                d.extend_from_slice(&src.stable_bytes()[range]);
+                send_small(t, &d, self.group.as_ref(), self.control.as_ref());
+            }
+        }
+    }
+}
+
+/// Sends one datagram as it is: to a peer through the control socket, to the group through
+/// the group socket. A full socket buffer drops it: the protocol treats that as loss.
+fn send_small(
+    t: &Transmit,
+    bytes: &[u8],
+    group: Option<&MulticastSender>,
+    control: Option<&UdpSocket>,
+) {
+    match t.destination {
+        Destination::Peer(addr) => {
+            if let Some(c) = control {
+                let _ = c.send_to(bytes, addr);
+            }
+        }
+        Destination::Group | Destination::Stripe(_) => {
+            // Split mode sends nothing to a group (it has no group socket).
+            if let Some(g) = group {
+                let _ = blockcast_io::os::send_connected(&g.as_fd(), bytes);
+            }
+        }
+    }
+}
