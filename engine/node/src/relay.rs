@@ -179,20 +179,16 @@ pub fn relay(
             std::thread::sleep(Duration::from_millis(100));
         }
         progress(&lock(&state));
-        let upstream = up.join().unwrap_or_else(|_| {
-            Err(NodeError::Thread {
-                what: "the upstream thread",
-                panicked: true,
-            })
-        })?;
+        let upstream = up.join().unwrap_or(Err(NodeError::Thread {
+            what: "the upstream thread",
+            panicked: true,
+        }))?;
         let mut downstream = Vec::new();
         for h in downs {
-            let s = h.join().unwrap_or_else(|_| {
-                Err(NodeError::Thread {
-                    what: "a downstream thread",
-                    panicked: true,
-                })
-            })?;
+            let s = h.join().unwrap_or(Err(NodeError::Thread {
+                what: "a downstream thread",
+                panicked: true,
+            }))?;
             downstream.push(s);
         }
         if downstream.len() != cfg.downstream.len() {

@@ -154,25 +154,10 @@ pub fn serve_http(
 
 /// Waits up to `timeout_ms` for the listener to have a connection to accept.
 fn wait_readable(listener: &TcpListener, timeout_ms: i32) -> io::Result<bool> {
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `fd` is one valid pollfd, and the count says one.
-    let rc = unsafe { libc::poll(&mut fd, 1, timeout_ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
-    if fd.revents & libc::POLLNVAL != 0 {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    Ok(rc > 0)
+    let mut ready = [false];
+    let timeout = Duration::from_millis(timeout_ms.max(0) as u64);
+    blockcast_io::os::wait_readable(&[listener.as_raw_fd()], timeout, &mut ready);
+    Ok(ready[0])
 }
 
 /// Sets a flag when dropped.
