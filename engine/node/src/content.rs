@@ -243,7 +243,8 @@ impl Content {
             let f = File::open(path).map_err(err)?;
             let len = f.metadata().map_err(err)?.len();
             if len != o.size {
-                return Err(NodeError::Config(format!(
+                // The receive loop sized this file to the manifest: another writer changed it.
+                return Err(NodeError::Internal(format!(
                     "cache file {} is {len} bytes, the manifest says {}",
                     path.display(),
                     o.size
