@@ -220,6 +220,21 @@ impl Proc {
         serde_json::from_str(last)
             .unwrap_or_else(|e| panic!("{}: last stdout line is not JSON ({e}):\n{out}", self.name))
     }
+
+    /// Every line the child has finished writing to stdout so far, each parsed as one JSON
+    /// document (`--json` prints one per line: a receiver's progress events, then its
+    /// summary). A line still being written is left out.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        let out = self.stdout();
+        out.split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("{}: stdout line is not JSON ({e}): {l}\n{out}", self.name)
+                })
+            })
+            .collect()
+    }
 }
 
 impl Drop for Proc {
