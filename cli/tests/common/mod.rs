@@ -243,6 +243,44 @@ impl Drop for Proc {
     }
 }
 
+/// What a test that cannot run here does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CannotRun {
+    /// Print this line and return, green: off CI, where the reason is the machine's.
+    Skip(String),
+    /// Panic with this message, red: under CI a skipped test is a test that cannot fail.
+    Fail(String),
+}
+
+/// The rule for a test that cannot run for `reason`, given the value of `CI` (`None`: unset):
+/// it fails when `CI` is set to anything but "", "0" or "false", and is skipped otherwise.
+pub fn cannot_run(ci: Option<&str>, reason: &str) -> CannotRun {
+    let ci = ci.map(str::trim).unwrap_or("");
+    if ci.is_empty() || ci == "0" || ci.eq_ignore_ascii_case("false") {
+        CannotRun::Skip(format!("skipped: {reason}"))
+    } else {
+        CannotRun::Fail(format!("cannot run under CI={ci}: {reason}"))
+    }
+}
+
+/// Whether the test can run: `true` when `why_not` is `None`. Otherwise the test is skipped
+/// (the reason printed) or, under CI, failed here ([`cannot_run`]); the caller returns on
+/// `false`.
+#[track_caller]
+pub fn can_run(why_not: Option<String>) -> bool {
+    let Some(reason) = why_not else {
+        return true;
+    };
+    let ci = std::env::var_os("CI").map(|v| v.to_string_lossy().into_owned());
+    match cannot_run(ci.as_deref(), &reason) {
+        CannotRun::Skip(line) => {
+            eprintln!("{line}");
+            false
+        }
+        CannotRun::Fail(message) => panic!("{message}"),
+    }
+}
+
 /// Polls `cond` every 10 ms until it holds; panics after `limit`, saying `what` was awaited.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
