@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use blockcast_node::local::{local_receivers, run_local, write_sample};
 use blockcast_node::{Input, ReceiveSummary, ServeConfig, ServeSummary};
 use blockcast_proto::Geometry;
-use serde_json::json;
 
+use crate::json::{self, BenchJson, DemoJson, LatencyJson, ServeJson};
 use crate::output::Output;
 use crate::{exit, parse_rate, parse_size, session_id, BenchArgs, DemoArgs};
 
@@ -46,10 +46,10 @@ pub fn demo(a: DemoArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
     };
     let o = in_temp_dir("demo", |dir| run_session(&s, dir, stop, out, true))?;
     if out.json {
-        let mut v = crate::output::serve_json(&o.served);
-        v["role"] = "demo".into();
-        v["copies_verified"] = s.receivers.into();
-        println!("{v}");
+        json::print(&DemoJson {
+            served: ServeJson::new("demo", &o.served),
+            copies_verified: s.receivers,
+        });
     } else {
         out.say(&format!(
             "all {} copies are identical to the sample (BLAKE3 {})",
@@ -108,26 +108,30 @@ pub fn bench(a: BenchArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
             *l = (*l).max(v);
         }
     }
-    let v = json!({
-        "role": "bench",
-        "receivers": s.receivers,
-        "bytes": o.size,
-        "unit_size": s.unit_size,
-        "gb_per_s_per_receiver": gb / transfer,
-        "gb_per_s_aggregate": gb * s.receivers as f64 / transfer,
-        "packets_per_s": units as f64 / transfer,
-        "server_cpu_s_per_gb": o.served.cpu_seconds / gb,
-        "receiver_cpu_s_per_gb": receiver_cpu / gb,
-        "nacks": st.nacks,
-        "parity_units": st.parity_units,
-        "repair_units": st.repair_units,
-        "xor_units": st.xor_units,
-        "worst_loss_ppm": worst_loss,
-        "block_latency_us": {"p50": lat[0], "p99": lat[1], "p99_9": lat[2], "max": lat[3]},
-        "copies_verified": s.receivers,
-    });
     if out.json {
-        println!("{v}");
+        json::print(&BenchJson {
+            role: "bench",
+            receivers: s.receivers,
+            bytes: o.size,
+            unit_size: s.unit_size,
+            gb_per_s_per_receiver: gb / transfer,
+            gb_per_s_aggregate: gb * s.receivers as f64 / transfer,
+            packets_per_s: units as f64 / transfer,
+            server_cpu_s_per_gb: o.served.cpu_seconds / gb,
+            receiver_cpu_s_per_gb: receiver_cpu / gb,
+            nacks: st.nacks,
+            parity_units: st.parity_units,
+            repair_units: st.repair_units,
+            xor_units: st.xor_units,
+            worst_loss_ppm: worst_loss,
+            block_latency_us: LatencyJson {
+                p50: lat[0],
+                p99: lat[1],
+                p99_9: lat[2],
+                max: lat[3],
+            },
+            copies_verified: s.receivers,
+        });
         return Ok(());
     }
     println!(

@@ -7,7 +7,7 @@ use blockcast_node::NodeError;
 
 /// Success.
 pub const OK: u8 = 0;
-/// Anything not listed below.
+/// Anything not listed below: a thread that panicked or could not start, an internal error.
 pub const FAILURE: u8 = 1;
 /// A usage mistake: bad flag value, group not multicast (clap's own errors also exit 2).
 pub const USAGE: u8 = 2;
@@ -15,7 +15,8 @@ pub const USAGE: u8 = 2;
 pub const INPUT: u8 = 3;
 /// The output cannot be created or written (including a full disk; partial files are kept).
 pub const OUTPUT: u8 = 4;
-/// Network setup failed: unknown interface, port in use, io_uring unavailable.
+/// The network failed: unknown interface, port in use, io_uring unavailable, units that could
+/// not be queued for sending.
 pub const NETWORK: u8 = 5;
 /// No server heard within --timeout, or the session ended before everything arrived.
 pub const INCOMPLETE: u8 = 6;
@@ -64,14 +65,13 @@ pub fn incomplete(message: String) -> anyhow::Error {
 /// Maps a node error to its exit code.
 pub fn node(e: NodeError) -> anyhow::Error {
     let code = match &e {
-        NodeError::Io(_) | NodeError::Listen { .. } => NETWORK,
+        NodeError::Io(_) | NodeError::Listen { .. } | NodeError::Send { .. } => NETWORK,
         NodeError::Input { .. } => INPUT,
         NodeError::Output { .. } => OUTPUT,
         NodeError::Config(_) => USAGE,
+        NodeError::Thread { .. } | NodeError::Internal(_) => FAILURE,
         NodeError::NoServer { .. } | NodeError::Incomplete { .. } => INCOMPLETE,
         NodeError::Interrupted => INTERRUPTED,
-        NodeError::Thread { .. } => FAILURE,
-        NodeError::Send(_) => NETWORK,
     };
     Coded {
         code,
@@ -104,3 +104,36 @@ const _ALL: [u8; 8] = [
     INCOMPLETE,
     INTERRUPTED,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: NodeError) -> u8 {
+        code_for(&node(e))
+    }
+
+    #[test]
+    fn a_failed_thread_or_send_is_not_a_usage_error() {
+        assert_eq!(code(NodeError::panicked("a data thread")), FAILURE);
+        let refused = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+        assert_eq!(
+            code(NodeError::spawn("the verify thread", refused)),
+            FAILURE
+        );
+        assert_eq!(code(NodeError::Internal("eventfd: EMFILE".into())), FAILURE);
+        let send = NodeError::Send {
+            op: "first pass",
+            source: blockcast_io::BatchError::QueueFull,
+        };
+        assert_eq!(code(send), NETWORK);
+        assert_eq!(code(NodeError::Config("two inputs named a".into())), USAGE);
+        assert_eq!(code(NodeError::Interrupted), INTERRUPTED);
+    }
+
+    #[test]
+    fn the_message_is_the_node_error_s() {
+        let e = node(NodeError::panicked("the upstream thread"));
+        assert_eq!(e.to_string(), "the upstream thread panicked");
+    }
+}

@@ -3,6 +3,7 @@
 
 mod demo;
 mod exit;
+mod json;
 mod output;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -506,27 +507,21 @@ fn hash(a: HashArgs, out: &output::Output) -> Result<()> {
         blockcast_node::hash_inputs(&inputs, block_size, Some(&cache)).map_err(exit::node)?;
     let seconds = started.elapsed().as_secs_f64();
     if out.json {
-        let objects: Vec<_> = entries
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "name": e.name,
-                    "bytes": e.size,
-                    "blocks": e.block_hashes.len(),
-                    "blake3": blake3::Hash::from(e.hash).to_hex().as_str(),
+        json::print(&json::HashJson {
+            role: "hash",
+            objects: entries
+                .iter()
+                .map(|e| json::HashedObjectJson {
+                    name: &e.name,
+                    bytes: e.size,
+                    blocks: e.block_hashes.len(),
+                    blake3: blake3::Hash::from(e.hash).to_hex().to_string(),
                 })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "role": "hash",
-                "objects": objects,
-                "from_cache": cached,
-                "seconds": seconds,
-                "cache": cache.dir().display().to_string(),
-            })
-        );
+                .collect(),
+            from_cache: cached,
+            seconds,
+            cache: cache.dir().display().to_string(),
+        });
     } else {
         for e in &entries {
             println!("{}  {}", blake3::Hash::from(e.hash).to_hex(), e.name);

@@ -8,7 +8,8 @@ use blockcast_node::{
     ServeConfig, ServeSummary,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
+
+use crate::json::{self, ProgressJson, ReceiveJson, RelayJson, ServeJson};
 
 pub struct Output {
     pub json: bool,
@@ -50,7 +51,7 @@ impl Output {
 
     pub fn serve_summary(&self, s: &ServeSummary) {
         if self.json {
-            println!("{}", serve_json(s));
+            json::print(&ServeJson::new("server", s));
         } else {
             self.say(&format!(
                 "served {} object(s), {} bytes in {:.2} s ({:.1} MB/s) to {} receiver(s), {} complete; {} parity, {} repair and {} XOR units (carrying {}) for {} NACKs",
@@ -71,14 +72,15 @@ impl Output {
 
     pub fn relay_summary(&self, s: &RelaySummary) {
         if self.json {
-            println!(
-                "{}",
-                json!({
-                    "role": "relay",
-                    "upstream": receive_json(&s.upstream),
-                    "downstream": s.downstream.iter().map(serve_json).collect::<Vec<_>>(),
-                })
-            );
+            json::print(&RelayJson {
+                role: "relay",
+                upstream: ReceiveJson::new(&s.upstream),
+                downstream: s
+                    .downstream
+                    .iter()
+                    .map(|d| ServeJson::new("server", d))
+                    .collect(),
+            });
         } else {
             self.say(&format!(
                 "relayed {} bytes: received and verified in {:.2} s",
@@ -101,7 +103,7 @@ impl Output {
 
     pub fn receive_summary(&self, s: &ReceiveSummary) {
         if self.json {
-            println!("{}", receive_json(s));
+            json::print(&ReceiveJson::new(s));
         } else {
             self.say(&format!(
                 "received {} file(s), {} bytes in {:.2} s ({:.1} MB/s), every block verified",
@@ -112,61 +114,6 @@ impl Output {
             ));
         }
     }
-}
-
-pub fn serve_json(s: &ServeSummary) -> serde_json::Value {
-    json!({
-        "role": "server",
-        "objects": s.objects,
-        "bytes": s.bytes,
-        "seconds": s.seconds,
-        "mb_per_s": s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
-        "result": format!("{:?}", s.reason).to_lowercase(),
-        "data_units": s.stats.data_units,
-        "repair_units": s.stats.repair_units,
-        "xor_units": s.stats.xor_units,
-        "xor_carried": s.stats.xor_carried,
-        "parity_units": s.stats.parity_units,
-        "nacks": s.stats.nacks,
-        "nack_bytes": s.stats.nack_bytes,
-        "receipts": s.stats.receipts,
-        "control": s.control.to_string(),
-        "receivers": s.receivers.iter().map(|r| json!({
-            "id": r.id.0,
-            "addr": r.addr.to_string(),
-            "complete": r.complete,
-            "rtt_us": r.rtt_us,
-            "loss_ppm": r.loss_ppm,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-pub fn receive_json(s: &ReceiveSummary) -> serde_json::Value {
-    json!({
-        "event": "summary",
-        "role": "receiver",
-        "files": s.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "bytes": s.bytes,
-        "seconds": s.seconds,
-        "mb_per_s": s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
-        "data_units": s.stats.data_units,
-        "parity_units": s.stats.parity_units,
-        "xor_units": s.stats.xor_units,
-        "xor_unusable": s.stats.xor_unusable,
-        "duplicates": s.stats.duplicates,
-        "socket_drops": s.stats.socket_drops,
-        "decodes": s.stats.decodes,
-        "blocks_failed": s.stats.blocks_failed,
-        "nacks": s.stats.nacks,
-        "rcvbuf": s.rcvbuf.0,
-        "transfer_seconds": s.transfer_seconds,
-        "sync_seconds": s.sync_seconds,
-        "cpu_seconds": s.cpu_seconds,
-        "forwarded": s.forwarded,
-        "stripe_datagrams": s.stripe_datagrams,
-        "played_bytes": s.play.as_ref().map(|p| p.bytes),
-        "first_byte_seconds": s.play.as_ref().and_then(|p| p.first_byte_secs),
-    })
 }
 
 pub fn run_serve(
@@ -204,26 +151,16 @@ pub fn run_receive(
     out: &Output,
 ) -> Result<ReceiveSummary, NodeError> {
     let bar = out.bar(0, "receiving");
-    let json = out.json;
+    let events = out.json;
     let mut last = (u64::MAX, u64::MAX);
     let r = receive(cfg, stop, &mut |p| {
         bar.set_length(p.total_bytes.max(1));
         bar.set_position(p.bytes_verified);
         bar.set_message(format!("{}/{} blocks verified", p.blocks_done, p.blocks));
-        if json && p.blocks > 0 && (p.blocks_done, p.blocks) != last {
+        if events && p.blocks > 0 && (p.blocks_done, p.blocks) != last {
             // One JSON event per change of the receive status (NDJSON on stdout).
             last = (p.blocks_done, p.blocks);
-            println!(
-                "{}",
-                json!({
-                    "event": "progress",
-                    "blocks_verified": p.blocks_done,
-                    "blocks": p.blocks,
-                    "bytes_verified": p.bytes_verified,
-                    "bytes": p.total_bytes,
-                    "objects": p.objects.iter().map(|(name, v)| json!({"name": name, "bytes_verified": v})).collect::<Vec<_>>(),
-                })
-            );
+            json::print(&ProgressJson::new(p));
         }
     });
     bar.finish_and_clear();

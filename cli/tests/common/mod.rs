@@ -220,11 +220,64 @@ impl Proc {
         serde_json::from_str(last)
             .unwrap_or_else(|e| panic!("{}: last stdout line is not JSON ({e}):\n{out}", self.name))
     }
+
+    /// Every line the child has finished writing to stdout so far, each parsed as one JSON
+    /// document (`--json` prints one per line: a receiver's progress events, then its
+    /// summary). A line still being written is left out.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        let out = self.stdout();
+        out.split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("{}: stdout line is not JSON ({e}): {l}\n{out}", self.name)
+                })
+            })
+            .collect()
+    }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// What a test that cannot run here does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CannotRun {
+    /// Print this line and return, green: off CI, where the reason is the machine's.
+    Skip(String),
+    /// Panic with this message, red: under CI a skipped test is a test that cannot fail.
+    Fail(String),
+}
+
+/// The rule for a test that cannot run for `reason`, given the value of `CI` (`None`: unset):
+/// it fails when `CI` is set to anything but "", "0" or "false", and is skipped otherwise.
+pub fn cannot_run(ci: Option<&str>, reason: &str) -> CannotRun {
+    let ci = ci.map(str::trim).unwrap_or("");
+    if ci.is_empty() || ci == "0" || ci.eq_ignore_ascii_case("false") {
+        CannotRun::Skip(format!("skipped: {reason}"))
+    } else {
+        CannotRun::Fail(format!("cannot run under CI={ci}: {reason}"))
+    }
+}
+
+/// Whether the test can run: `true` when `why_not` is `None`. Otherwise the test is skipped
+/// (the reason printed) or, under CI, failed here ([`cannot_run`]); the caller returns on
+/// `false`.
+#[track_caller]
+pub fn can_run(why_not: Option<String>) -> bool {
+    let Some(reason) = why_not else {
+        return true;
+    };
+    let ci = std::env::var_os("CI").map(|v| v.to_string_lossy().into_owned());
+    match cannot_run(ci.as_deref(), &reason) {
+        CannotRun::Skip(line) => {
+            eprintln!("{line}");
+            false
+        }
+        CannotRun::Fail(message) => panic!("{message}"),
     }
 }
 

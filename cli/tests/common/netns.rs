@@ -1,7 +1,8 @@
 //! A network-namespace lab for end-to-end tests of the real binary across several hosts.
 //!
 //! Root only: [`Lab::skip_reason`] says why a test cannot run here (not root, `ip` or `nft`
-//! missing), and the test prints it and returns. A [`Lab`] creates uniquely named namespaces
+//! missing); tests hand it to [`can_run`](super::can_run), which skips them with the reason,
+//! or fails them under CI. A [`Lab`] creates uniquely named namespaces
 //! (`bc<pid>-<tag>-<name>`): one hub namespace holding Linux bridges, and one namespace per node
 //! with a veth pair to its bridge, an address in `10.<net>.<bridge>.0/24`, `lo` up and IPv6 off
 //! (no router solicitations or MLD reports: the only multicast a node sends is the test's).

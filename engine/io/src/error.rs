@@ -44,7 +44,7 @@ impl IoError {
     }
 
     /// Wraps `source` for `op` on `context`.
-    pub(crate) fn os(op: &'static str, context: impl Into<String>, source: io::Error) -> Self {
+    pub fn os(op: &'static str, context: impl Into<String>, source: io::Error) -> Self {
         IoError::Os {
             op,
             context: context.into(),

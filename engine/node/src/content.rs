@@ -83,10 +83,10 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Input>) -> Result<(), NodeError>
 /// once (the whole-object hash on one thread, the blocks split over the others). The server
 /// cannot send before its manifest is known, so this is start-up time every run pays: two
 /// passes over 256 MiB take 0.2 s on one core here.
-fn hash_object(name: String, content: &[u8], block_size: usize) -> ObjectEntry {
+fn hash_object(name: String, content: &[u8], block_size: usize) -> Result<ObjectEntry, NodeError> {
     let block_size = block_size.max(1);
     if content.len() < 8 << 20 {
-        return ObjectEntry::from_content(name, content, block_size);
+        return Ok(ObjectEntry::from_content(name, content, block_size));
     }
     let blocks: Vec<&[u8]> = content.chunks(block_size).collect();
     let workers = std::thread::available_parallelism()
@@ -94,33 +94,40 @@ fn hash_object(name: String, content: &[u8], block_size: usize) -> ObjectEntry {
         .saturating_sub(1)
         .clamp(1, 15);
     let per = blocks.len().div_ceil(workers);
+    const WHAT: &str = "a hashing thread";
     let (hash, block_hashes) = std::thread::scope(|s| {
-        let whole = s.spawn(|| *blake3::hash(content).as_bytes());
-        let parts: Vec<_> = blocks
+        let whole = std::thread::Builder::new()
+            .spawn_scoped(s, || *blake3::hash(content).as_bytes())
+            .map_err(|e| NodeError::spawn(WHAT, e))?;
+        let parts = blocks
             .chunks(per.max(1))
             .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|b| *blake3::hash(b).as_bytes())
-                        .collect::<Vec<_>>()
-                })
+                std::thread::Builder::new()
+                    .spawn_scoped(s, move || {
+                        part.iter()
+                            .map(|b| *blake3::hash(b).as_bytes())
+                            .collect::<Vec<_>>()
+                    })
+                    .map_err(|e| NodeError::spawn(WHAT, e))
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
+        // Every thread is joined before any failure is returned (the scope would panic on a
+        // panicked thread left unjoined).
+        let hash = whole.join();
+        let parts: Vec<_> = parts.into_iter().map(|p| p.join()).collect();
+        let hash = hash.map_err(|_| NodeError::panicked(WHAT))?;
         let mut block_hashes = Vec::with_capacity(blocks.len());
         for p in parts {
-            block_hashes.extend(p.join().expect("a hashing thread panicked"));
+            block_hashes.extend(p.map_err(|_| NodeError::panicked(WHAT))?);
         }
-        (
-            whole.join().expect("a hashing thread panicked"),
-            block_hashes,
-        )
-    });
-    ObjectEntry {
+        Ok::<_, NodeError>((hash, block_hashes))
+    })?;
+    Ok(ObjectEntry {
         name,
         size: content.len() as u64,
         hash,
         block_hashes,
-    }
+    })
 }
 
 /// Hashes the inputs as `serve` would for blocks of `block_size` bytes, taking and storing
@@ -202,7 +209,7 @@ impl Content {
                     }
                 }
                 None => {
-                    let e = hash_object(i.name.clone(), m.stable_bytes(), block_size);
+                    let e = hash_object(i.name.clone(), m.stable_bytes(), block_size)?;
                     if let (Some(c), Ok(after)) = (cache, f.metadata()) {
                         c.put(
                             &i.path,
@@ -245,7 +252,8 @@ impl Content {
             let f = File::open(path).map_err(err)?;
             let len = f.metadata().map_err(err)?.len();
             if len != o.size {
-                return Err(NodeError::Config(format!(
+                // The receive loop sized this file to the manifest: another writer changed it.
+                return Err(NodeError::Internal(format!(
                     "cache file {} is {len} bytes, the manifest says {}",
                     path.display(),
                     o.size
@@ -309,6 +317,7 @@ mod tests {
             .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1])
             .collect();
         let want = ObjectEntry::from_content("x", &content, 1400 * 749);
-        assert_eq!(hash_object("x".into(), &content, 1400 * 749), want);
+        let got = hash_object("x".into(), &content, 1400 * 749).expect("hashing threads start");
+        assert_eq!(got, want);
     }
 }

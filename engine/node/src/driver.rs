@@ -326,9 +326,10 @@ impl Out {
             // Open a super-buffer for this unit's size and fill it while the endpoint has more
             // units due that fit and go to the same place.
             let seg = t.datagram_len() as u16;
-            let mut batch = ring
-                .batch(seg)
-                .map_err(|e| NodeError::Send(format!("send ring: {e:?}")))?;
+            let mut batch = ring.batch(seg).map_err(|source| NodeError::Send {
+                op: "units",
+                source,
+            })?;
             let dest = t.destination;
             if let Destination::Peer(SocketAddr::V4(to)) = dest {
                 batch.set_destination(to);

@@ -1,99 +1,137 @@
-//! Errors a node reports, each with the context a user needs to act on it.
+//! Errors a node reports, each with the context a user needs to act on it. Each variant means
+//! one kind of failure, so a caller can map it to one exit code (the CLI does, cli/src/exit.rs).
 
-use std::fmt;
 use std::path::PathBuf;
 
-use blockcast_io::IoError;
+use blockcast_io::{BatchError, IoError};
 
 /// Why a node stopped before finishing its job.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// A socket or ring could not be set up or used.
-    Io(IoError),
+    #[error("{0}")]
+    Io(#[from] IoError),
     /// An input could not be read.
+    #[error("cannot read {}: {source}", path.display())]
     Input {
         path: PathBuf,
         source: std::io::Error,
     },
     /// The output could not be created or written.
+    #[error("cannot write {}: {source}", path.display())]
     Output {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A configuration the protocol refuses.
+    /// A configuration the protocol refuses: other flags or inputs fix it.
+    #[error("{0}")]
     Config(String),
     /// The HTTP address cannot be listened on (in use, not local).
+    #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    /// A thread of the node could not be started, or panicked (its panic message went to
+    /// stderr when it happened).
+    #[error("{what} {kind}")]
+    Thread {
+        /// Which thread, as a noun phrase: "the upstream thread", "a receiver thread".
+        what: &'static str,
+        kind: ThreadFailure,
+    },
+    /// Units could not be queued for sending.
+    #[error("{op}: {source}")]
+    Send {
+        /// What was being sent, e.g. "first pass" (a data thread).
+        op: &'static str,
+        source: BatchError,
+    },
+    /// A failure that is no one's configuration: a broken invariant of this program, or the
+    /// system out of something every node needs (descriptors for an eventfd).
+    #[error("{0}")]
+    Internal(String),
     /// No server was heard within the timeout.
+    #[error("no server heard on the group within {waited_secs:.0} s")]
     NoServer { waited_secs: f64 },
     /// The server went quiet or ended the session before everything arrived.
+    #[error("{why} with {blocks_done} of {blocks} blocks verified (partial files kept)")]
     Incomplete {
         blocks_done: u64,
         blocks: u64,
         why: &'static str,
     },
     /// Stopped by the user (Ctrl-C).
+    #[error("interrupted")]
     Interrupted,
-    /// A thread of the node could not start, or panicked.
-    Thread { what: &'static str, panicked: bool },
-    /// Sending failed in a way that is not loss (the send ring broke).
-    Send(String),
 }
 
-impl fmt::Display for NodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NodeError::Io(e) => write!(f, "{e}"),
-            NodeError::Input { path, source } => {
-                write!(f, "cannot read {}: {source}", path.display())
-            }
-            NodeError::Output { path, source } => {
-                write!(f, "cannot write {}: {source}", path.display())
-            }
-            NodeError::Config(s) => f.write_str(s),
-            NodeError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
-            NodeError::NoServer { waited_secs } => {
-                write!(f, "no server heard on the group within {waited_secs:.0} s")
-            }
+/// How a thread failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadFailure {
+    /// The OS refused a new thread (a thread or memory limit).
+    #[error("could not start: {0}")]
+    Spawn(std::io::Error),
+    /// It panicked.
+    #[error("panicked")]
+    Panicked,
+}
+
+impl NodeError {
+    /// `what` (a noun phrase: "a receiver thread") could not be started.
+    pub fn spawn(what: &'static str, e: std::io::Error) -> Self {
+        NodeError::Thread {
+            what,
+            kind: ThreadFailure::Spawn(e),
+        }
+    }
+
+    /// `what` (a noun phrase: "the upstream thread") panicked.
+    pub fn panicked(what: &'static str) -> Self {
+        NodeError::Thread {
+            what,
+            kind: ThreadFailure::Panicked,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_failures_read_as_sentences() {
+        assert_eq!(
+            NodeError::panicked("the upstream thread").to_string(),
+            "the upstream thread panicked"
+        );
+        let e = std::io::Error::from_raw_os_error(libc::EAGAIN);
+        assert!(NodeError::spawn("a receiver thread", e)
+            .to_string()
+            .starts_with("a receiver thread could not start: "));
+    }
+
+    #[test]
+    fn messages_keep_their_context() {
+        let e = NodeError::Input {
+            path: "/srv/a.iso".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(e.to_string(), "cannot read /srv/a.iso: entity not found");
+        assert!(std::error::Error::source(&e).is_some());
+        let e = NodeError::Send {
+            op: "first pass",
+            source: BatchError::QueueFull,
+        };
+        assert_eq!(e.to_string(), "first pass: all send slots are in flight");
+        assert_eq!(
             NodeError::Incomplete {
-                blocks_done,
-                blocks,
-                why,
-            } => write!(
-                f,
-                "{why} with {blocks_done} of {blocks} blocks verified (partial files kept)"
-            ),
-            NodeError::Interrupted => f.write_str("interrupted"),
-            NodeError::Thread {
-                what,
-                panicked: true,
-            } => write!(f, "{what} panicked"),
-            NodeError::Thread {
-                what,
-                panicked: false,
-            } => write!(f, "cannot start {what}"),
-            NodeError::Send(s) => write!(f, "send failed: {s}"),
-        }
-    }
-}
-
-impl std::error::Error for NodeError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            NodeError::Io(e) => Some(e),
-            NodeError::Input { source, .. }
-            | NodeError::Output { source, .. }
-            | NodeError::Listen { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-impl From<IoError> for NodeError {
-    fn from(e: IoError) -> Self {
-        NodeError::Io(e)
+                blocks_done: 3,
+                blocks: 8,
+                why: "the server ended the session"
+            }
+            .to_string(),
+            "the server ended the session with 3 of 8 blocks verified (partial files kept)"
+        );
     }
 }

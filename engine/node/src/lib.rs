@@ -19,7 +19,7 @@ mod stripe;
 mod stripe_rx;
 
 pub use content::{collect_inputs, hash_inputs, Input};
-pub use error::NodeError;
+pub use error::{NodeError, ThreadFailure};
 pub use hashcache::HashCache;
 pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary};
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};

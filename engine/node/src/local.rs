@@ -86,12 +86,10 @@ pub fn run_local(
         let received = handles
             .into_iter()
             .map(|h| match h {
-                Ok(h) => h.join().unwrap_or_else(|_| {
-                    Err(NodeError::Config("a receiver thread panicked".into()))
-                }),
-                Err(e) => Err(NodeError::Config(format!(
-                    "cannot start a receiver thread: {e}"
-                ))),
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(NodeError::panicked("a receiver thread"))),
+                Err(e) => Err(NodeError::spawn("a receiver thread", e)),
             })
             .collect();
         LocalRun { served, received }

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use blockcast_proto::wire::Manifest;
 use blockcast_status::AtomicBitmap;
+use serde::Serialize;
 
 /// A request to fetch blocks first: `count` blocks of `object` from `block` on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,46 +247,86 @@ impl Published {
         Ok(done)
     }
 
-    /// The receive status as JSON: per object, its name, size, blocks verified, and the
-    /// verified prefix in bytes.
+    /// The receive status as JSON ([`ReceiveStatus`]).
     pub fn status_json(&self) -> String {
-        let Some(m) = self.manifest() else {
-            return r#"{"manifest":false,"objects":[]}"#.to_string();
+        let status = match self.manifest() {
+            None => ReceiveStatus {
+                manifest: false,
+                ended: None,
+                objects: Vec::new(),
+            },
+            Some(m) => ReceiveStatus {
+                manifest: true,
+                ended: Some(self.is_ended()),
+                objects: m
+                    .objects
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| {
+                        let (blocks_verified, blocks) = self.verified_blocks(i as u32);
+                        ObjectStatus {
+                            name: &o.name,
+                            size: o.size,
+                            blocks,
+                            blocks_verified,
+                            verified_prefix_bytes: self.verified_prefix(i as u32),
+                        }
+                    })
+                    .collect(),
+            },
         };
-        let mut out = String::from(r#"{"manifest":true,"ended":"#);
-        out += if self.is_ended() { "true" } else { "false" };
-        out += r#","objects":["#;
-        for (i, o) in m.objects.iter().enumerate() {
-            let (done, blocks) = self.verified_blocks(i as u32);
-            if i > 0 {
-                out.push(',');
-            }
-            out += &format!(
-                r#"{{"name":{},"size":{},"blocks":{},"blocks_verified":{},"verified_prefix_bytes":{}}}"#,
-                json_string(&o.name),
-                o.size,
-                blocks,
-                done,
-                self.verified_prefix(i as u32)
-            );
-        }
-        out += "]}";
-        out
+        serde_json::to_string(&status)
+            .expect("strings, numbers and booleans always serialize (no maps with non-string keys)")
     }
 }
 
-/// A JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out += "\\\"",
-            '\\' => out += "\\\\",
-            c if (c as u32) < 0x20 => out += &format!("\\u{:04x}", c as u32),
-            c => out.push(c),
-        }
+/// The receive status (`GET /status`): whether the manifest is known, whether the transfer is
+/// over (absent until the manifest is known), and each object's progress.
+#[derive(Serialize)]
+struct ReceiveStatus<'a> {
+    manifest: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended: Option<bool>,
+    objects: Vec<ObjectStatus<'a>>,
+}
+
+/// One object of [`ReceiveStatus`]: its name and size, its blocks and how many are verified,
+/// and the bytes verified in order from its start.
+#[derive(Serialize)]
+struct ObjectStatus<'a> {
+    name: &'a str,
+    size: u64,
+    blocks: usize,
+    blocks_verified: usize,
+    verified_prefix_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockcast_proto::wire::ObjectEntry;
+
+    #[test]
+    fn status_json_is_the_documented_shape_and_escapes_names() {
+        let p = Published::default();
+        assert_eq!(p.status_json(), r#"{"manifest":false,"objects":[]}"#);
+        // Two blocks of 16 bytes; a name with a quote, a backslash and a control character.
+        let name = "a \"b\"\\c\u{1}.bin";
+        let manifest = Manifest {
+            unit_size: 8,
+            units_per_block: 2,
+            objects: vec![ObjectEntry::from_content(name, &[7u8; 20], 16)],
+        };
+        p.publish_manifest(&manifest, vec![PathBuf::from("/nonexistent")]);
+        p.publish_block(0, 0);
+        let v: serde_json::Value = serde_json::from_str(&p.status_json()).expect("valid JSON");
+        assert_eq!(v["manifest"], true);
+        assert_eq!(v["ended"], false);
+        let o = &v["objects"][0];
+        assert_eq!(o["name"], name);
+        assert_eq!(o["size"], 20);
+        assert_eq!(o["blocks"], 2);
+        assert_eq!(o["blocks_verified"], 1);
+        assert_eq!(o["verified_prefix_bytes"], 16);
     }
-    out.push('"');
-    out
 }

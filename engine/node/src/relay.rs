@@ -104,10 +104,7 @@ pub fn relay(
                 up_done.store(true, Ordering::Release);
                 r
             })
-            .map_err(|_| NodeError::Thread {
-                what: "the upstream thread",
-                panicked: false,
-            })?;
+            .map_err(|e| NodeError::spawn("the upstream thread", e))?;
         // The downstream sessions start once the manifest is known (the cache files exist).
         let mut manifest = None;
         while manifest.is_none() && !up_done.load(Ordering::Acquire) {
@@ -115,6 +112,8 @@ pub fn relay(
             progress(&lock(&state));
         }
         let mut downs = Vec::new();
+        // Why a downstream session could not start (the relay then fails with it).
+        let mut start_error: Option<NodeError> = None;
         if let (Some(manifest), Some(paths), Some((session, _))) =
             (manifest, published.paths(), published.session())
         {
@@ -160,14 +159,14 @@ pub fn relay(
                             Ok(h) => downs.push(h),
                             Err(e) => {
                                 down_stop.store(true, Ordering::Relaxed);
-                                tracing::error!("cannot start a downstream thread: {e}");
+                                start_error = Some(NodeError::spawn("a downstream thread", e));
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    tracing::error!("cannot map the cache: {e}");
                     down_stop.store(true, Ordering::Relaxed);
+                    start_error = Some(e);
                 }
             }
         }
@@ -179,23 +178,23 @@ pub fn relay(
             std::thread::sleep(Duration::from_millis(100));
         }
         progress(&lock(&state));
-        let upstream = up.join().unwrap_or(Err(NodeError::Thread {
-            what: "the upstream thread",
-            panicked: true,
-        }))?;
+        let upstream = up
+            .join()
+            .unwrap_or(Err(NodeError::panicked("the upstream thread")))?;
         let mut downstream = Vec::new();
         for h in downs {
-            let s = h.join().unwrap_or(Err(NodeError::Thread {
-                what: "a downstream thread",
-                panicked: true,
-            }))?;
+            let s = h
+                .join()
+                .unwrap_or(Err(NodeError::panicked("a downstream thread")))?;
             downstream.push(s);
         }
+        if let Some(e) = start_error {
+            return Err(e);
+        }
         if downstream.len() != cfg.downstream.len() {
-            return Err(NodeError::Thread {
-                what: "every downstream session",
-                panicked: false,
-            });
+            return Err(NodeError::Internal(
+                "the upstream copy finished without a manifest for the downstream sessions".into(),
+            ));
         }
         if stop.load(Ordering::Relaxed)
             && downstream.iter().any(|s| s.reason == DoneReason::Aborted)

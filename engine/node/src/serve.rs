@@ -148,59 +148,10 @@ pub(crate) fn serve_content(
             usize::from(cfg.group.port()) + stripes - 1
         )));
     }
-    let control =
-        blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, cfg.control_port)), true)?;
-    let control_addr = control
-        .local_addr()
-        .map_err(|e| NodeError::Config(format!("control socket: {e}")))?;
-    let (ring, group) = if cfg.split {
-        // Split mode: units leave from an unconnected unicast socket on the interface, each
-        // super-buffer addressed to its member; small packets go from the control socket.
-        let data = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
-        (SendRing::new(data, SendRingConfig::default())?, None)
-    } else {
-        let data = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 4 << 20)?;
-        // Small group packets (announce, manifest, parity, done) go out through a plain socket.
-        let side = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 1 << 20)?;
-        (SendRing::new(data, SendRingConfig::default())?, Some(side))
-    };
-    let limits = RateLimits::default();
-    let scfg = SenderConfig {
-        session: SessionId(cfg.session),
-        control: control_addr,
-        geometry: cfg.geometry,
-        stripes: stripes as u16,
-        external_first_pass: !cfg.split,
-        split: cfg.split.then(SplitConfig::default),
-        receiver_timeout: cfg.receiver_timeout,
-        rate: cfg.rate.unwrap_or(limits.start),
-        rate_control: cfg.rate.is_none().then_some(limits),
-        burst: Duration::from_micros(500),
-        announce_interval: Duration::from_millis(100),
-        min_receivers: cfg.min_receivers,
-        max_wait: cfg.max_wait,
-        deadline: cfg.deadline,
-        initial_grtt: Duration::from_millis(2),
-        originals_factor: cfg.originals_factor,
-        xor_repairs: cfg.xor_repairs,
-        ..SenderConfig::default()
-    };
+    let (mut io, control_addr) = open_sockets(cfg)?;
+    let scfg = sender_config(cfg, stripes, control_addr);
     let mut sender =
         Sender::new(scfg, manifest, content).map_err(|e| NodeError::Config(e.into()))?;
-    let inputs = vec![DriverInput::new(
-        control
-            .try_clone()
-            .map_err(|e| NodeError::Config(format!("control socket: {e}")))?,
-        RecvBatch::new(16, 2048)?,
-    )];
-    let mut io = Io::new(
-        inputs,
-        Out {
-            ring: Some(ring),
-            group,
-            control: Some(control),
-        },
-    );
     let cpu_start = blockcast_io::os::thread_cpu_seconds();
     let shared = StripeShared::new(stripes, sender.first_pass_rate());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -223,12 +174,7 @@ pub(crate) fn serve_content(
                     .spawn_scoped(scope, move || stripe::run(pass, t))
                 {
                     Ok(h) => threads.push(h),
-                    Err(_) => {
-                        spawn_error = Some(NodeError::Thread {
-                            what: "a data thread",
-                            panicked: false,
-                        })
-                    }
+                    Err(e) => spawn_error = Some(NodeError::spawn("a data thread", e)),
                 }
             }
         };
@@ -256,12 +202,7 @@ pub(crate) fn serve_content(
             match t.join() {
                 Ok(Ok(s)) => data.add(&s),
                 Ok(Err(e)) => first_err = first_err.or(Some(e)),
-                Err(_) => {
-                    first_err = first_err.or(Some(NodeError::Thread {
-                        what: "a data thread",
-                        panicked: true,
-                    }))
-                }
+                Err(_) => first_err = first_err.or(Some(NodeError::panicked("a data thread"))),
             }
         }
         match (r, first_err) {
@@ -295,6 +236,61 @@ pub(crate) fn serve_content(
         cpu_seconds: data.cpu_seconds + blockcast_io::os::thread_cpu_seconds() - cpu_start,
         receivers_ever: sender.receivers_ever(),
     })
+}
+
+/// The control socket (the driver's input and its unicast output), and where data leaves: a
+/// ring on the group (a side socket for small group packets) or, in split mode, a ring on an
+/// unconnected unicast socket whose super-buffers each name their member.
+fn open_sockets(cfg: &ServeConfig) -> Result<(Io, SocketAddr), NodeError> {
+    let control =
+        blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, cfg.control_port)), true)?;
+    let socket_err = |e| NodeError::Io(blockcast_io::IoError::os("control socket", "bind", e));
+    let control_addr = control.local_addr().map_err(socket_err)?;
+    let (ring, group) = if cfg.split {
+        let data = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
+        (SendRing::new(data, SendRingConfig::default())?, None)
+    } else {
+        let data = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 4 << 20)?;
+        // Small group packets (announce, manifest, parity, done) go out through a plain socket.
+        let side = MulticastSender::new(cfg.group, cfg.iface, cfg.ttl, 1 << 20)?;
+        (SendRing::new(data, SendRingConfig::default())?, Some(side))
+    };
+    let input = DriverInput::new(
+        control.try_clone().map_err(socket_err)?,
+        RecvBatch::new(16, 2048)?,
+    );
+    let out = Out {
+        ring: Some(ring),
+        group,
+        control: Some(control),
+    };
+    Ok((Io::new(vec![input], out), control_addr))
+}
+
+/// The protocol's configuration for this server: `--rate auto` unless a rate is fixed, an
+/// external (striped) first pass except in split mode.
+fn sender_config(cfg: &ServeConfig, stripes: usize, control: SocketAddr) -> SenderConfig {
+    let limits = RateLimits::default();
+    SenderConfig {
+        session: SessionId(cfg.session),
+        control,
+        geometry: cfg.geometry,
+        stripes: stripes as u16,
+        external_first_pass: !cfg.split,
+        split: cfg.split.then(SplitConfig::default),
+        receiver_timeout: cfg.receiver_timeout,
+        rate: cfg.rate.unwrap_or(limits.start),
+        rate_control: cfg.rate.is_none().then_some(limits),
+        burst: Duration::from_micros(500),
+        announce_interval: Duration::from_millis(100),
+        min_receivers: cfg.min_receivers,
+        max_wait: cfg.max_wait,
+        deadline: cfg.deadline,
+        initial_grtt: Duration::from_millis(2),
+        originals_factor: cfg.originals_factor,
+        xor_repairs: cfg.xor_repairs,
+        ..SenderConfig::default()
+    }
 }
 
 /// The control thread's part around the sender: the user's stop, the data threads' progress

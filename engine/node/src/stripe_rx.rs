@@ -103,7 +103,7 @@ impl<'scope> StripeSockets<'scope> {
             )));
         }
         let counters: Arc<[Counters]> = (1..stripes).map(|_| Counters::default()).collect();
-        let eventfd = || EventFd::new().map_err(|e| NodeError::Config(format!("eventfd: {e}")));
+        let eventfd = || EventFd::new().map_err(|e| NodeError::Internal(format!("eventfd: {e}")));
         let wake = Arc::new(eventfd()?);
         let halt = Arc::new(eventfd()?);
         let mut per_thread: Vec<Vec<(usize, OwnedFd)>> = (0..threads).map(|_| Vec::new()).collect();
@@ -145,11 +145,7 @@ impl<'scope> StripeSockets<'scope> {
                 Err(e) => {
                     // The readers already started end at the halt.
                     halt.poke();
-                    tracing::debug!("cannot start a receive thread: {e}");
-                    return Err(NodeError::Thread {
-                        what: "a receive thread",
-                        panicked: false,
-                    });
+                    return Err(NodeError::spawn("a receive thread", e));
                 }
             }
         }

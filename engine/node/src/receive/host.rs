@@ -95,7 +95,7 @@ impl<'a, 'scope, 'env> ReceiveHost<'a, 'scope, 'env> {
             started,
             // Microseconds, 1 us .. 1 h, 3 significant digits.
             latency: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .map_err(|e| NodeError::Config(format!("histogram: {e}")))?,
+                .map_err(|e| NodeError::Internal(format!("histogram: {e}")))?,
             source: 0,
             stripes: None,
             heard: false,

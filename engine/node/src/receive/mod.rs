@@ -189,7 +189,7 @@ fn receive_session(
     published: &Published,
     asks: &mpsc::Receiver<Ask>,
 ) -> Result<ReceiveSummary, NodeError> {
-    let socket_err = |e: std::io::Error| NodeError::Config(format!("receive socket: {e}"));
+    let socket_err = |e| NodeError::Io(blockcast_io::IoError::os("dup", "receive socket", e));
     // Split mode: one unicast socket for data and control; otherwise the group's socket and
     // a control socket.
     let (inputs, control, split_socket, granted) = match cfg.split {

@@ -77,10 +77,7 @@ impl<'scope> Verifier<'scope> {
                 }
                 blockcast_io::os::thread_cpu_seconds()
             })
-            .map_err(|_| NodeError::Thread {
-                what: "the verify thread",
-                panicked: false,
-            })?;
+            .map_err(|e| NodeError::spawn("the verify thread", e))?;
         Ok(Verifier {
             jobs: Some(job_tx),
             verdicts,
