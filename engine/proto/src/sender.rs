@@ -21,7 +21,7 @@ use blockcast_status::{AtomicBitmap, RowId, StatusMatrix, UnitBitmap};
 
 use crate::coding;
 use crate::endpoint::Endpoint;
-use crate::numbering::BlockNumbering;
+use crate::numbering::{BlockAddr, BlockNumbering};
 use crate::pacer::Pacer;
 use crate::rate::{Congestion, RateControl, RateLimits};
 use crate::split::{self, MemberInfo, SplitConfig};
@@ -326,6 +326,13 @@ const STALL_RECHECK: Duration = Duration::from_millis(1);
 /// Most blocks one priority request may ask for.
 const PRIORITY_BLOCKS: u32 = 16;
 
+/// The next unit of the first pass: unit `unit` of block number `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PassCursor {
+    seq: u64,
+    unit: u16,
+}
+
 enum Control {
     Accept(ReceiverId, u32),
     DoneReceiver(ReceiverId),
@@ -338,9 +345,6 @@ pub struct Sender<S> {
     manifest: Manifest,
     manifest_bytes: Vec<u8>,
     manifest_hash: [u8; 32],
-    /// Global block number of each object's first block (manifest order).
-    block_base: Vec<u64>,
-    total_blocks: u64,
     numbering: BlockNumbering,
     epoch: Option<Instant>,
     phase: Phase,
@@ -354,7 +358,7 @@ pub struct Sender<S> {
     skip: Arc<AtomicBitmap>,
     next_skip_scan: Option<Instant>,
     /// Next first-pass unit, or `None` once the first pass is done (or is external).
-    pass: Option<(u32, u32, u16)>,
+    pass: Option<PassCursor>,
     /// External first pass: every block before this (global numbering) has been sent.
     external_sent: u64,
     /// External first pass: datagram bytes its stripes sent.
@@ -421,15 +425,12 @@ impl<S: BlockSource> Sender<S> {
         }
         let manifest_bytes = manifest.emit().map_err(|_| "manifest cannot be encoded")?;
         let manifest_hash = *blake3::hash(&manifest_bytes).as_bytes();
-        let mut block_base = Vec::with_capacity(manifest.objects.len());
-        let mut total_blocks = 0u64;
-        for o in &manifest.objects {
-            block_base.push(total_blocks);
-            total_blocks += o.block_hashes.len() as u64;
-        }
-        let matrix = StatusMatrix::new(cfg.max_receivers, total_blocks as usize);
         let numbering = BlockNumbering::new(&manifest);
-        let first = first_block(&manifest, 0).filter(|_| !cfg.external_first_pass);
+        let total_blocks = numbering.total();
+        let matrix = StatusMatrix::new(cfg.max_receivers, total_blocks as usize);
+        // Block 0 is the first block of the first object that has any.
+        let first = (total_blocks > 0 && !cfg.external_first_pass)
+            .then_some(PassCursor { seq: 0, unit: 0 });
         let split = cfg.split.clone().map(|cfg| SplitState {
             cfg,
             epoch: 0,
@@ -465,13 +466,11 @@ impl<S: BlockSource> Sender<S> {
             grtt: cfg.initial_grtt,
             cfg,
             source,
-            pass: first.map(|(o, b)| (o, b, 0)),
+            pass: first,
             external_sent: 0,
             manifest,
             manifest_bytes,
             manifest_hash,
-            block_base,
-            total_blocks,
             epoch: None,
             phase: Phase::Waiting,
             next_announce: None,
@@ -540,12 +539,12 @@ impl<S: BlockSource> Sender<S> {
     /// The global number of block `block` of `object` (numbering runs over the manifest's
     /// objects in order), if it exists.
     pub fn global_block(&self, object: ObjectId, block: BlockIndex) -> Option<u64> {
-        self.seq(object, block)
+        self.numbering.seq(object, block)
     }
 
     /// Blocks in the session (global numbering runs over the manifest's objects).
     pub fn total_blocks(&self) -> u64 {
-        self.total_blocks
+        self.numbering.total()
     }
 
     /// Receivers ever accepted in this session.
@@ -719,7 +718,7 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         let was_done = self.first_pass_done();
-        self.external_sent = sent_before.min(self.total_blocks);
+        self.external_sent = sent_before.min(self.numbering.total());
         if !was_done && self.first_pass_done() {
             self.events.push_back(SenderEvent::FirstPassDone);
             self.announce_now = true;
@@ -729,7 +728,7 @@ impl<S: BlockSource> Sender<S> {
 
     fn first_pass_done(&self) -> bool {
         if self.cfg.external_first_pass {
-            self.external_sent >= self.total_blocks
+            self.external_sent >= self.numbering.total()
         } else {
             self.pass.is_none()
         }
@@ -769,17 +768,14 @@ impl<S: BlockSource> Sender<S> {
     /// Brings the skip set up to date: blocks ahead of the first pass that every member
     /// holds are not sent again.
     fn scan_skips(&mut self) {
+        let total = self.numbering.total();
         let from = if self.cfg.external_first_pass {
             self.external_sent
         } else {
-            self.pass.map_or(self.total_blocks, |(o, b, _)| {
-                self.numbering
-                    .seq(ObjectId(o), BlockIndex(b))
-                    .unwrap_or(self.total_blocks)
-            })
+            self.pass.map_or(total, |p| p.seq)
         };
-        let from = from.min(self.total_blocks);
-        let to = (from + SKIP_SCAN_AHEAD).min(self.total_blocks);
+        let from = from.min(total);
+        let to = (from + SKIP_SCAN_AHEAD).min(total);
         for seq in from..to {
             if self.all_hold(seq) {
                 // Release: a stripe that sees the bit skips a block every member holds.
@@ -810,28 +806,6 @@ impl<S: BlockSource> Sender<S> {
 
     fn grtt_window(&self) -> Duration {
         (self.cfg.announce_interval * 4).max(Duration::from_millis(100))
-    }
-
-    fn seq(&self, object: ObjectId, block: BlockIndex) -> Option<u64> {
-        let o = self.manifest.objects.get(object.0 as usize)?;
-        if (block.0 as usize) < o.block_hashes.len() {
-            Some(self.block_base[object.0 as usize] + u64::from(block.0))
-        } else {
-            None
-        }
-    }
-
-    fn addr_of(&self, seq: u64) -> (ObjectId, BlockIndex) {
-        let o = self.block_base.partition_point(|&b| b <= seq) - 1;
-        (
-            ObjectId(o as u32),
-            BlockIndex((seq - self.block_base[o]) as u32),
-        )
-    }
-
-    fn units_in(&self, object: ObjectId, block: BlockIndex) -> u16 {
-        let len = self.manifest.block_len(object, block.0).unwrap_or(0);
-        len.div_ceil(usize::from(self.cfg.geometry.unit_size)) as u16
     }
 
     /// Handles one datagram that arrived at the control address from `from`.
@@ -886,16 +860,13 @@ impl<S: BlockSource> Sender<S> {
             }
             Packet::Priority(p) => {
                 self.stats.priority_requests += 1;
-                let first = self.seq(p.object, p.block);
+                let first = self.numbering.seq(p.object, p.block);
                 if let (Some(m), Some(first)) = (self.members.get_mut(&p.receiver), first) {
                     m.last_heard = now;
                     let row = m.row;
                     // A request covers at most PRIORITY_BLOCKS blocks, inside its object: a
                     // player asks again as it goes, and one receiver cannot claim the link.
-                    let obj_end = self.block_base[p.object.0 as usize]
-                        + self.manifest.objects[p.object.0 as usize]
-                            .block_hashes
-                            .len() as u64;
+                    let obj_end = self.numbering.object_end(p.object);
                     let end = (first + u64::from(p.count.min(PRIORITY_BLOCKS))).min(obj_end);
                     // Last first: each goes to the front, so the first asked for leaves first.
                     for seq in (first..end).rev() {
@@ -909,8 +880,8 @@ impl<S: BlockSource> Sender<S> {
                                 || r.whole_sent_at
                                     .is_some_and(|t| now.saturating_duration_since(t) < settle)
                         });
-                        let (o, b) = self.addr_of(seq);
-                        if !busy && self.source.available(o, b) {
+                        let a = self.numbering.addr(seq);
+                        if !busy && self.source.available(a.object, a.block) {
                             self.queue_priority(seq);
                         }
                     }
@@ -1263,14 +1234,13 @@ impl<S: BlockSource> Sender<S> {
         }
         // Receive status: the watermark (only what is new since the last notice) and the
         // runs past it.
+        let total = self.numbering.total();
         let wm = if r.complete {
-            Some(self.total_blocks)
+            Some(total)
         } else {
-            self.seq(r.watermark_object, r.watermark_block)
-                .or(
-                    (r.watermark_object.0 as usize >= self.manifest.objects.len())
-                        .then_some(self.total_blocks),
-                )
+            self.numbering
+                .seq(r.watermark_object, r.watermark_block)
+                .or((r.watermark_object.0 as usize >= self.numbering.objects()).then_some(total))
         };
         if let Some(wm) = wm.filter(|&wm| wm > marked) {
             for seq in marked..wm {
@@ -1281,12 +1251,9 @@ impl<S: BlockSource> Sender<S> {
             }
         }
         for run in &r.runs {
-            if let Some(start) = self.seq(run.object, run.start) {
+            if let Some(start) = self.numbering.seq(run.object, run.start) {
                 // A run stays inside its object.
-                let obj_end = self.block_base[run.object.0 as usize]
-                    + self.manifest.objects[run.object.0 as usize]
-                        .block_hashes
-                        .len() as u64;
+                let obj_end = self.numbering.object_end(run.object);
                 let end = (start + u64::from(run.len)).min(obj_end);
                 for seq in start..end {
                     self.matrix.mark_held(row, seq as usize);
@@ -1303,8 +1270,7 @@ impl<S: BlockSource> Sender<S> {
     /// Sends block `seq` whole, ahead of the repairs already queued: a receiver is waiting to
     /// play or serve it. The first pass goes on meanwhile (data threads are not held).
     fn queue_priority(&mut self, seq: u64) {
-        let (object, block) = self.addr_of(seq);
-        let k = usize::from(self.units_in(object, block));
+        let k = usize::from(self.numbering.units_in(seq));
         let r = self.repairs.entry(seq).or_default();
         let originals = r.originals.get_or_insert_with(|| UnitBitmap::new(k));
         for u in 0..k {
@@ -1324,14 +1290,14 @@ impl<S: BlockSource> Sender<S> {
         incomplete: usize,
         e: &NackEntry,
     ) {
-        let Some(seq) = self.seq(e.object, e.block) else {
+        let Some(seq) = self.numbering.seq(e.object, e.block) else {
             return;
         };
         if !self.source.available(e.object, e.block) {
             // Not here yet (a relay still receiving it): the first pass brings it.
             return;
         }
-        let k = self.units_in(e.object, e.block);
+        let k = self.numbering.units_in(seq);
         let max_parity = self.cfg.geometry.max_parity;
         let by_originals = self.repair_by_originals(now);
         let xor = by_originals && self.cfg.xor_repairs && self.split.is_none();
@@ -1616,8 +1582,10 @@ impl<S: BlockSource> Sender<S> {
 
     /// The first pass has a unit to send now (its block is available).
     fn pass_ready(&self) -> bool {
-        self.pass
-            .is_some_and(|(o, b, _)| self.source.available(ObjectId(o), BlockIndex(b)))
+        self.pass.is_some_and(|p| {
+            let a = self.numbering.addr(p.seq);
+            self.source.available(a.object, a.block)
+        })
     }
 
     /// Drains one event.
@@ -1780,10 +1748,13 @@ impl<S: BlockSource> Sender<S> {
     fn announce_repr(&self, now: Instant) -> AnnounceRepr {
         let (po, pb) = match self.pass {
             _ if self.first_pass_done() => (ObjectId(u32::MAX), BlockIndex(u32::MAX)),
-            Some((o, b, _)) => (ObjectId(o), BlockIndex(b)),
+            Some(p) => {
+                let a = self.numbering.addr(p.seq);
+                (a.object, a.block)
+            }
             None => {
-                let (o, b) = self.addr_of(self.external_sent);
-                (o, b)
+                let a = self.numbering.addr(self.external_sent);
+                (a.object, a.block)
             }
         };
         AnnounceRepr {
@@ -1805,17 +1776,22 @@ impl<S: BlockSource> Sender<S> {
         }
     }
 
+    /// Unit `unit` of block `seq` (global numbering), a first-pass unit or a repair: the
+    /// header in `buf`, the payload by reference.
     fn data_unit(
         &mut self,
         now: Instant,
         buf: &mut [u8],
-        object: ObjectId,
-        block: BlockIndex,
+        seq: u64,
         unit: u16,
         repair: bool,
     ) -> Option<Transmit> {
         let us = usize::from(self.cfg.geometry.unit_size);
-        let block_len = self.manifest.block_len(object, block.0)?;
+        let BlockAddr { object, block } = self.numbering.addr(seq);
+        let block_len = self.numbering.block_len(seq);
+        if block_len == 0 {
+            return None;
+        }
         let offset = usize::from(unit) * us;
         let len = (block_len - offset).min(us);
         let hdr = UnitHeaderRepr {
@@ -1845,48 +1821,49 @@ impl<S: BlockSource> Sender<S> {
                 len,
             }),
         };
-        let seq = self.seq(object, block)?;
         self.route(t, buf, seq, false, unit)
     }
 
     fn send_first_pass(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let (mut o, mut b, u) = self.pass?;
-        if u == 0 {
+        let PassCursor { mut seq, unit } = self.pass?;
+        let total = self.numbering.total();
+        if unit == 0 {
             // Blocks every member holds already are not sent again.
-            while self
-                .numbering
-                .seq(ObjectId(o), BlockIndex(b))
-                .is_some_and(|seq| self.skip.get(seq as usize))
-            {
-                match first_block_after(&self.manifest, o, b) {
-                    Some((no, nb)) => (o, b) = (no, nb),
-                    None => {
-                        self.pass = None;
-                        self.events.push_back(SenderEvent::FirstPassDone);
-                        self.announce_now = true;
-                        return None;
-                    }
+            while self.skip.get(seq as usize) {
+                if seq + 1 < total {
+                    seq += 1;
+                } else {
+                    self.pass = None;
+                    self.events.push_back(SenderEvent::FirstPassDone);
+                    self.announce_now = true;
+                    return None;
                 }
             }
-            self.pass = Some((o, b, 0));
+            self.pass = Some(PassCursor { seq, unit: 0 });
         }
-        let (object, block) = (ObjectId(o), BlockIndex(b));
-        if !self.source.available(object, block) {
+        let a = self.numbering.addr(seq);
+        if !self.source.available(a.object, a.block) {
             return None;
         }
-        let units = self.units_in(object, block);
-        let next_unit = u + 1;
+        let units = self.numbering.units_in(seq);
+        let next_unit = unit + 1;
         self.pass = if next_unit < units {
-            Some((o, b, next_unit))
+            Some(PassCursor {
+                seq,
+                unit: next_unit,
+            })
         } else {
-            first_block_after(&self.manifest, o, b).map(|(no, nb)| (no, nb, 0))
+            (seq + 1 < total).then_some(PassCursor {
+                seq: seq + 1,
+                unit: 0,
+            })
         };
         if self.pass.is_none() {
             self.events.push_back(SenderEvent::FirstPassDone);
             // Tell receivers at once that the first pass is over, so they NACK the tail.
             self.announce_now = true;
         }
-        self.data_unit(now, buf, object, block, u, false)
+        self.data_unit(now, buf, seq, unit, false)
     }
 
     fn send_repair(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -1895,14 +1872,14 @@ impl<S: BlockSource> Sender<S> {
         let mut rotations = self.repair_queue.len();
         let tail = self.first_pass_done();
         while let Some(&seq) = self.repair_queue.front() {
-            let (object, block) = self.addr_of(seq);
+            let BlockAddr { object, block } = self.numbering.addr(seq);
             let r = self.repairs.get_mut(&seq)?;
             if r.parity_next < r.parity_end {
                 let index = r.parity_next;
                 let round_end = r.parity_end;
                 r.parity_next += 1;
                 r.last_sent = Some(now);
-                return self.parity_unit(now, buf, seq, object, block, index, round_end);
+                return self.parity_unit(now, buf, seq, index, round_end);
             }
             if let Some(orig) = r.originals.as_mut() {
                 if let Some(u) = orig.iter_ones().next() {
@@ -1918,7 +1895,7 @@ impl<S: BlockSource> Sender<S> {
                                 .push_back(SenderEvent::SentWhole { object, block });
                         }
                     }
-                    return self.data_unit(now, buf, object, block, u as u16, true);
+                    return self.data_unit(now, buf, seq, u as u16, true);
                 }
             }
             r.originals = None;
@@ -1940,8 +1917,8 @@ impl<S: BlockSource> Sender<S> {
                 }
                 return match n {
                     0 => continue,
-                    1 => self.data_unit(now, buf, object, block, units[0], true),
-                    _ => self.xor_unit(buf, object, block, units, n),
+                    1 => self.data_unit(now, buf, seq, units[0], true),
+                    _ => self.xor_unit(buf, seq, units, n),
                 };
             }
             r.gather_until = None;
@@ -1955,13 +1932,16 @@ impl<S: BlockSource> Sender<S> {
     fn xor_unit(
         &mut self,
         buf: &mut [u8],
-        object: ObjectId,
-        block: BlockIndex,
+        seq: u64,
         units: [u16; XOR_WIDTH],
         n: usize,
     ) -> Option<Transmit> {
         let us = usize::from(self.cfg.geometry.unit_size);
-        let block_len = self.manifest.block_len(object, block.0)?;
+        let BlockAddr { object, block } = self.numbering.addr(seq);
+        let block_len = self.numbering.block_len(seq);
+        if block_len == 0 {
+            return None;
+        }
         let hdr = XorRepr {
             session: self.cfg.session,
             object,
@@ -1989,22 +1969,20 @@ impl<S: BlockSource> Sender<S> {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn parity_unit(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         seq: u64,
-        object: ObjectId,
-        block: BlockIndex,
         index: u16,
         round_end: u16,
     ) -> Option<Transmit> {
         let g = self.cfg.geometry;
         let us = usize::from(g.unit_size);
+        let BlockAddr { object, block } = self.numbering.addr(seq);
         if !self.parity_cache.contains_key(&seq) {
             let data = self.source.block(object, block);
-            let k = self.units_in(object, block);
+            let k = self.numbering.units_in(seq);
             let parity = coding::encode_block(data, k, g.max_parity, g.unit_size).ok()?;
             if self.parity_lru.len() >= self.cfg.parity_cache_blocks.max(1) {
                 if let Some(old) = self.parity_lru.pop_front() {
@@ -2113,25 +2091,6 @@ fn next_combo(wants: &mut [(ReceiverId, Vec<u16>)]) -> ([u16; XOR_WIDTH], usize)
     let mut units = [XOR_NONE; XOR_WIDTH];
     units[..combo.len()].copy_from_slice(&combo);
     (units, combo.len())
-}
-
-/// The first block of the first non-empty object at or after `object`.
-fn first_block(m: &Manifest, object: u32) -> Option<(u32, u32)> {
-    m.objects
-        .iter()
-        .enumerate()
-        .skip(object as usize)
-        .find(|(_, o)| !o.block_hashes.is_empty())
-        .map(|(i, _)| (i as u32, 0))
-}
-
-fn first_block_after(m: &Manifest, object: u32, block: u32) -> Option<(u32, u32)> {
-    let o = m.objects.get(object as usize)?;
-    if (block as usize + 1) < o.block_hashes.len() {
-        Some((object, block + 1))
-    } else {
-        first_block(m, object + 1)
-    }
 }
 
 #[cfg(test)]
