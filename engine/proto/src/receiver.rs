@@ -21,6 +21,7 @@ use blockcast_status::UnitBitmap;
 
 use crate::coding;
 use crate::endpoint::Endpoint;
+use crate::numbering::{BlockAddr, BlockNumbering};
 use crate::rng::Rng;
 use crate::store::{BlockStore, StoreError};
 use crate::wire::{
@@ -296,8 +297,8 @@ pub struct Receiver<S> {
     /// Byte ranges of the manifest received, sorted and merged.
     manifest_ranges: Vec<(usize, usize)>,
     manifest: Option<Manifest>,
-    block_base: Vec<u64>,
-    total_blocks: u64,
+    /// The manifest's block numbering (empty until the manifest is here).
+    numbering: BlockNumbering,
     blocks: Vec<Option<Box<BlockState>>>,
     done: UnitBitmap,
     /// Blocks before this (global numbering) are verified: the in-order prefix.
@@ -366,8 +367,7 @@ impl<S: BlockStore> Receiver<S> {
             manifest_buf: Vec::new(),
             manifest_ranges: Vec::new(),
             manifest: None,
-            block_base: Vec::new(),
-            total_blocks: 0,
+            numbering: BlockNumbering::default(),
             blocks: Vec::new(),
             done: UnitBitmap::new(0),
             prefix: 0,
@@ -525,7 +525,7 @@ impl<S: BlockStore> Receiver<S> {
     }
 
     pub fn total_blocks(&self) -> u64 {
-        self.total_blocks
+        self.numbering.total()
     }
 
     /// Blocks verified in order from the start (global numbering over the manifest's
@@ -536,7 +536,8 @@ impl<S: BlockStore> Receiver<S> {
 
     /// Whether block `block` of `object` is verified.
     pub fn is_verified(&self, object: ObjectId, block: BlockIndex) -> bool {
-        self.seq(object, block)
+        self.numbering
+            .seq(object, block)
             .is_some_and(|s| self.done.get(s as usize))
     }
 
@@ -555,7 +556,7 @@ impl<S: BlockStore> Receiver<S> {
         // blocks it has gone by are repaired by NACKs, blocks just ahead of it arrive anyway.
         // Asking for those would only send them twice.
         let (mut block, mut count, mut unit) = (block.0, count.max(1), unit);
-        if let Some(first) = self.seq(object, BlockIndex(block)) {
+        if let Some(first) = self.numbering.seq(object, BlockIndex(block)) {
             if first <= self.pass_frontier + PRIORITY_MARGIN {
                 return;
             }
@@ -625,37 +626,6 @@ impl<S: BlockStore> Receiver<S> {
 
     fn stripes(&self) -> u64 {
         self.announce.as_ref().map_or(1, |a| u64::from(a.stripes))
-    }
-
-    fn seq(&self, object: ObjectId, block: BlockIndex) -> Option<u64> {
-        let m = self.manifest.as_ref()?;
-        let o = m.objects.get(object.0 as usize)?;
-        ((block.0 as usize) < o.block_hashes.len())
-            .then(|| self.block_base[object.0 as usize] + u64::from(block.0))
-    }
-
-    fn addr_of(&self, seq: u64) -> (ObjectId, BlockIndex) {
-        let o = self.block_base.partition_point(|&b| b <= seq) - 1;
-        (
-            ObjectId(o as u32),
-            BlockIndex((seq - self.block_base[o]) as u32),
-        )
-    }
-
-    fn block_len(&self, seq: u64) -> usize {
-        let (o, b) = self.addr_of(seq);
-        self.manifest
-            .as_ref()
-            .and_then(|m| m.block_len(o, b.0))
-            .unwrap_or(0)
-    }
-
-    fn units_in(&self, seq: u64) -> u16 {
-        let us = self
-            .manifest
-            .as_ref()
-            .map_or(1, |m| usize::from(m.unit_size));
-        self.block_len(seq).div_ceil(us) as u16
     }
 
     /// Handles one datagram from the group or the server.
@@ -845,9 +815,9 @@ impl<S: BlockStore> Receiver<S> {
             });
         }
         let pass_end = if a.pass_object.0 == u32::MAX {
-            Some(self.total_blocks)
+            Some(self.numbering.total())
         } else {
-            self.seq(a.pass_object, a.pass_block)
+            self.numbering.seq(a.pass_object, a.pass_block)
         };
         self.announce = Some(a);
         if let Some(p) = pass_end {
@@ -899,13 +869,8 @@ impl<S: BlockStore> Receiver<S> {
             self.leave(LeaveReason::Failed);
             return;
         }
-        self.block_base.clear();
-        let mut total = 0u64;
-        for o in &manifest.objects {
-            self.block_base.push(total);
-            total += o.block_hashes.len() as u64;
-        }
-        self.total_blocks = total;
+        self.numbering = BlockNumbering::new(&manifest);
+        let total = self.numbering.total();
         self.blocks = (0..total).map(|_| None).collect();
         self.done = UnitBitmap::new(total as usize);
         self.passed_map = UnitBitmap::new(total as usize);
@@ -923,7 +888,7 @@ impl<S: BlockStore> Receiver<S> {
             let p = if a.pass_object.0 == u32::MAX {
                 Some(total)
             } else {
-                self.seq(a.pass_object, a.pass_block)
+                self.numbering.seq(a.pass_object, a.pass_block)
             };
             if let Some(p) = p {
                 self.pass_through(now, p);
@@ -936,7 +901,7 @@ impl<S: BlockStore> Receiver<S> {
         if self.manifest.is_none() {
             return;
         }
-        let end = end.min(self.total_blocks);
+        let end = end.min(self.numbering.total());
         while self.passed < end {
             let seq = self.passed;
             self.passed += 1;
@@ -971,7 +936,7 @@ impl<S: BlockStore> Receiver<S> {
         if !self.passed_map.try_set(seq as usize).unwrap_or(false) {
             return;
         }
-        self.expected_units += u64::from(self.units_in(seq));
+        self.expected_units += u64::from(self.numbering.units_in(seq));
         self.arm(seq, now);
     }
 
@@ -980,7 +945,7 @@ impl<S: BlockStore> Receiver<S> {
         if self.done.get(seq as usize) {
             return;
         }
-        let k = self.units_in(seq);
+        let k = self.numbering.units_in(seq);
         let grtt = self.grtt();
         let n = f64::from(self.group_size()) + 1.0;
         let x = self.rng.unit();
@@ -1005,7 +970,7 @@ impl<S: BlockStore> Receiver<S> {
     /// The block a unit or XOR repair is for, if it still needs units: otherwise the packet
     /// is counted (early, bad, or a duplicate for a verified block) and `None` returned.
     fn open_block(&mut self, object: ObjectId, block: BlockIndex) -> Option<u64> {
-        let Some(seq) = self.seq(object, block) else {
+        let Some(seq) = self.numbering.seq(object, block) else {
             if self.manifest.is_none() {
                 self.stats.early_units += 1;
             } else {
@@ -1030,8 +995,8 @@ impl<S: BlockStore> Receiver<S> {
         let us = usize::from(m.unit_size);
         let max_parity = a.max_parity;
         let (object, block) = (unit.object(), unit.block());
-        let block_len = self.block_len(seq);
-        let k = block_len.div_ceil(us) as u16;
+        let block_len = self.numbering.block_len(seq);
+        let k = self.numbering.units_in(seq);
         let index = unit.index();
         let payload = unit.payload();
         let valid = if unit.is_parity() {
@@ -1091,7 +1056,7 @@ impl<S: BlockStore> Receiver<S> {
             return;
         };
         let us = usize::from(m.unit_size);
-        let k = self.block_len(seq).div_ceil(us) as u16;
+        let k = self.numbering.units_in(seq);
         if payload.len() != us || x.iter().any(|u| u >= k) {
             self.stats.bad_packets += 1;
             return;
@@ -1127,9 +1092,9 @@ impl<S: BlockStore> Receiver<S> {
 
     /// Rebuilds (if needed) and verifies block `seq`, which has at least `k` units.
     fn finish_block(&mut self, now: Instant, seq: u64) {
-        let (object, block) = self.addr_of(seq);
-        let block_len = self.block_len(seq);
-        let k = self.units_in(seq);
+        let BlockAddr { object, block } = self.numbering.addr(seq);
+        let block_len = self.numbering.block_len(seq);
+        let k = self.numbering.units_in(seq);
         let (Some(m), Some(a)) = (self.manifest.as_ref(), self.announce.as_ref()) else {
             return;
         };
@@ -1177,7 +1142,7 @@ impl<S: BlockStore> Receiver<S> {
     /// External verification ([`ReceiverConfig::external_verify`]): the block asked for by
     /// [`ReceiverEvent::VerifyBlock`] hashed to its manifest hash (`ok`) or not.
     pub fn handle_verified(&mut self, now: Instant, object: ObjectId, block: BlockIndex, ok: bool) {
-        let Some(seq) = self.seq(object, block) else {
+        let Some(seq) = self.numbering.seq(object, block) else {
             return;
         };
         if self.blocks[seq as usize]
@@ -1190,8 +1155,8 @@ impl<S: BlockStore> Receiver<S> {
 
     /// Block `seq` has been hashed: it is done, or it is discarded and fetched again.
     fn verified(&mut self, now: Instant, seq: u64, ok: bool) {
-        let (object, block) = self.addr_of(seq);
-        let k = self.units_in(seq);
+        let BlockAddr { object, block } = self.numbering.addr(seq);
+        let k = self.numbering.units_in(seq);
         if ok {
             if let Some(state) = self.blocks[seq as usize].take() {
                 if let Some(at) = state.nack_at {
@@ -1203,7 +1168,7 @@ impl<S: BlockStore> Receiver<S> {
             self.store.block_verified(object, block);
             self.events
                 .push_back(ReceiverEvent::BlockVerified { object, block });
-            while self.prefix < self.total_blocks && self.done.get(self.prefix as usize) {
+            while self.prefix < self.numbering.total() && self.done.get(self.prefix as usize) {
                 self.prefix += 1;
             }
             if self.done.is_full() {
@@ -1290,7 +1255,7 @@ impl<S: BlockStore> Receiver<S> {
     }
 
     fn on_nack_timer(&mut self, now: Instant, seq: u64) {
-        let k = self.units_in(seq);
+        let k = self.numbering.units_in(seq);
         let grtt = self.grtt();
         let Some(state) = self.blocks[seq as usize].as_mut() else {
             return;
@@ -1436,7 +1401,7 @@ impl<S: BlockStore> Receiver<S> {
         };
         let mut len = n.buffer_len();
         while let Some(&seq) = self.nack_due.first() {
-            let k = self.units_in(seq);
+            let k = self.numbering.units_in(seq);
             let Some(state) = self.blocks[seq as usize].as_ref() else {
                 self.nack_due.pop_first();
                 continue;
@@ -1461,7 +1426,7 @@ impl<S: BlockStore> Receiver<S> {
                 }
                 Holes::Bitmap(bits)
             };
-            let (object, block) = self.addr_of(seq);
+            let BlockAddr { object, block } = self.numbering.addr(seq);
             let entry = NackEntry {
                 object,
                 block,
@@ -1487,24 +1452,25 @@ impl<S: BlockStore> Receiver<S> {
             Some((ts, at)) => (ts, micros(now.saturating_duration_since(at))),
             None => (0, 0),
         };
-        let (watermark_object, watermark_block) = if self.prefix >= self.total_blocks {
-            (ObjectId(self.block_base.len() as u32), BlockIndex(0))
+        let total = self.numbering.total();
+        let (watermark_object, watermark_block) = if self.prefix >= total {
+            (ObjectId(self.numbering.objects() as u32), BlockIndex(0))
         } else {
-            self.addr_of(self.prefix)
+            let a = self.numbering.addr(self.prefix);
+            (a.object, a.block)
         };
         let mut runs = Vec::new();
         let mut seq = self.prefix;
-        while seq < self.total_blocks && runs.len() < 32 {
+        while seq < total && runs.len() < 32 {
             if !self.done.get(seq as usize) {
                 seq += 1;
                 continue;
             }
-            let (object, start) = self.addr_of(seq);
-            let obj_end = self
-                .block_base
-                .get(object.0 as usize + 1)
-                .copied()
-                .unwrap_or(self.total_blocks);
+            let BlockAddr {
+                object,
+                block: start,
+            } = self.numbering.addr(seq);
+            let obj_end = self.numbering.object_end(object);
             let mut end = seq;
             while end < obj_end && self.done.get(end as usize) {
                 end += 1;
