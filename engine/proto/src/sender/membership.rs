@@ -28,13 +28,20 @@ pub(super) struct Member {
     /// How full its socket's receive buffer got, from its latest notice (parts per million).
     queue_ppm: u32,
     /// Its verified blocks at its previous notice, and when that notice came.
-    delivered: Option<(Instant, u64)>,
+    delivered: Option<Delivered>,
     /// Bytes per second it verified between notices, smoothed; 0 until measured.
     delivery: u64,
     /// Blocks before this are marked held in the status matrix.
     marked: u64,
     /// The zone it named (split mode; 0 otherwise).
     pub(super) zone: u16,
+}
+
+/// A member's count of verified blocks, as of one receipt notice.
+#[derive(Clone, Copy, Debug)]
+struct Delivered {
+    at: Instant,
+    blocks: u64,
 }
 
 /// A unicast answer to one receiver.
@@ -371,9 +378,10 @@ impl<S: BlockSource> Sender<S> {
         m.queue_ppm = r.queue_ppm;
         // Delivery rate: what it verified since its previous notice (at least 20 ms ago).
         match m.delivered {
-            Some((t, b)) if now.saturating_duration_since(t) >= Duration::from_millis(20) => {
-                let block = u64::from(self.cfg.geometry.unit_size)
-                    * u64::from(self.cfg.geometry.units_per_block);
+            Some(Delivered { at: t, blocks: b })
+                if now.saturating_duration_since(t) >= Duration::from_millis(20) =>
+            {
+                let block = self.numbering.block_size() as u64;
                 let dt = now.saturating_duration_since(t).as_secs_f64();
                 let rate = (r.blocks_done.saturating_sub(b) * block) as f64 / dt;
                 m.delivery = if m.delivery == 0 {
@@ -381,10 +389,18 @@ impl<S: BlockSource> Sender<S> {
                 } else {
                     ((m.delivery as f64 + rate) / 2.0) as u64
                 };
-                m.delivered = Some((now, r.blocks_done));
+                m.delivered = Some(Delivered {
+                    at: now,
+                    blocks: r.blocks_done,
+                });
             }
             Some(_) => {}
-            None => m.delivered = Some((now, r.blocks_done)),
+            None => {
+                m.delivered = Some(Delivered {
+                    at: now,
+                    blocks: r.blocks_done,
+                });
+            }
         }
         // Send->receipt time: now minus the echoed send time, less the time the receiver held it.
         let elapsed = ts_now.wrapping_sub(r.echo_timestamp);
