@@ -1,0 +1,513 @@
+//! What a receiver tells the server: NACKs after a random backoff (docs/DESIGN.md
+//! "Protocol"), receipt notices with what they report (receive status, loss, the socket's
+//! overflow and fill, the echoed timestamp), joins, leaves and priority requests.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{Receiver, ReceiverEvent};
+use crate::numbering::BlockAddr;
+use crate::store::BlockStore;
+use crate::wire::{
+    AcceptRepr, BlockIndex, BlockRun, Holes, JoinRepr, LeaveReason, LeaveRepr, NackEntry, NackRepr,
+    ObjectId, Packet, PriorityRepr, ReceiptRepr, SessionId, UnitIndex,
+};
+use crate::{micros, Destination, Transmit};
+
+/// Blocks just ahead of the first pass that a priority request leaves to it.
+const PRIORITY_MARGIN: u64 = 4;
+
+enum Out {
+    Join,
+    Leave(LeaveReason),
+    Receipt,
+    Priority(PriorityRepr),
+}
+
+/// When block `seq`'s NACK timer fires (ordered by time, then block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct NackTimer {
+    at: Instant,
+    seq: u64,
+}
+
+/// The latest server timestamp and when it arrived, echoed in receipt notices.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Echo {
+    pub(super) timestamp: u32,
+    pub(super) at: Instant,
+}
+
+/// The data socket's counters, from the node: datagrams received, and dropped for lack of
+/// buffer space (`SO_RXQ_OVFL`, wrapping).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SocketCounts {
+    received: u64,
+    dropped: u32,
+}
+
+/// The NACK timers, the out-queue, and what the next receipt notice reports.
+pub(super) struct Feedback {
+    pub(super) timers: BTreeSet<NackTimer>,
+    pub(super) nack_due: BTreeSet<u64>,
+    out: VecDeque<Out>,
+    /// A priority request made before the server accepted us.
+    held_priority: Option<PriorityRepr>,
+    pub(super) next_join: Option<Instant>,
+    pub(super) next_receipt: Option<Instant>,
+    pub(super) complete_acked: bool,
+    complete_tries: u32,
+    /// The latest server timestamp and when it arrived, echoed in receipt notices.
+    pub(super) echo: Option<Echo>,
+    loss_units: u64,
+    pub(super) expected_units: u64,
+    /// The data socket's datagrams received and dropped for lack of buffer space (from the
+    /// node), now and at the last receipt notice.
+    socket: SocketCounts,
+    socket_at_receipt: SocketCounts,
+    /// The fullest the data socket's receive buffer was seen since the last notice (ppm).
+    queue_max: u32,
+}
+
+impl Feedback {
+    pub(super) fn new() -> Self {
+        Feedback {
+            timers: BTreeSet::new(),
+            nack_due: BTreeSet::new(),
+            out: VecDeque::new(),
+            held_priority: None,
+            next_join: None,
+            next_receipt: None,
+            complete_acked: false,
+            complete_tries: 0,
+            echo: None,
+            loss_units: 0,
+            expected_units: 0,
+            socket: SocketCounts::default(),
+            socket_at_receipt: SocketCounts::default(),
+            queue_max: 0,
+        }
+    }
+
+    /// Drops block `seq`'s NACK timer, set for `at`.
+    pub(super) fn cancel_nack(&mut self, seq: u64, at: Instant) {
+        self.timers.remove(&NackTimer { at, seq });
+    }
+
+    /// A fail-over: a new server, a new socket. Join it at `join` (once the manifest is
+    /// here); nothing is echoed or acknowledged yet.
+    pub(super) fn new_source(&mut self, join: Option<Instant>) {
+        self.complete_acked = false;
+        self.complete_tries = 0;
+        self.echo = None;
+        self.next_receipt = None;
+        self.next_join = join;
+        self.socket = SocketCounts::default();
+        self.socket_at_receipt = SocketCounts::default();
+    }
+
+    /// The earliest timer: a NACK, or (not yet accepted) a join, or (accepted) a notice.
+    pub(super) fn next_timeout(&self, accepted: bool) -> Option<Instant> {
+        let nack = self.timers.first().map(|t| t.at);
+        let join = self.next_join.filter(|_| !accepted);
+        let receipt = self.next_receipt.filter(|_| accepted);
+        [nack, join, receipt].into_iter().flatten().min()
+    }
+}
+
+impl<S: BlockStore> Receiver<S> {
+    /// Ask the server to send these blocks next (play and seek).
+    pub fn request_priority(
+        &mut self,
+        object: ObjectId,
+        block: BlockIndex,
+        unit: UnitIndex,
+        count: u32,
+    ) {
+        let Some(session) = self.session else {
+            return;
+        };
+        // Ask only when the block wanted now is one the first pass is not about to deliver:
+        // blocks it has gone by are repaired by NACKs, blocks just ahead of it arrive anyway.
+        // Asking for those would only send them twice.
+        let (mut block, mut count, mut unit) = (block.0, count.max(1), unit);
+        if let Some(first) = self.numbering.seq(object, BlockIndex(block)) {
+            if first <= self.first_pass.frontier + PRIORITY_MARGIN {
+                return;
+            }
+            let end = first + u64::from(count);
+            // Blocks already verified, or already arriving (some units here: NACKs finish
+            // them), are not asked for again.
+            let untouched = |s: u64| {
+                !self.blocks.done.get(s as usize)
+                    && self.blocks.states[s as usize].as_ref().is_none_or(|b| {
+                        b.have.count_ones() == 0 && b.parity.is_empty() && !b.verifying
+                    })
+            };
+            let Some(start) = (first..end).find(|&s| untouched(s)) else {
+                return;
+            };
+            if start != first {
+                unit = UnitIndex(0);
+            }
+            // Only the run of untouched blocks from there: the rest is arriving already.
+            let run_end = (start..end).find(|&s| !untouched(s)).unwrap_or(end);
+            block += (start - first) as u32;
+            count = (run_end - start) as u32;
+        }
+        let p = PriorityRepr {
+            session,
+            receiver: self.cfg.id,
+            object,
+            block: BlockIndex(block),
+            unit,
+            count,
+        };
+        if self.row.is_some() {
+            self.feedback.out.push_back(Out::Priority(p));
+        } else {
+            // The server ignores requests from receivers it has not accepted: hold the latest
+            // until it has.
+            self.feedback.held_priority = Some(p);
+        }
+    }
+
+    /// Leave the session (tells the server).
+    pub fn leave(&mut self, reason: LeaveReason) {
+        if self.session.is_some() && !self.ended {
+            self.feedback.out.push_back(Out::Leave(reason));
+        }
+        self.ended = true;
+        self.feedback.timers.clear();
+    }
+
+    /// The node's count of datagrams its data socket received and of those the socket dropped
+    /// for lack of buffer space (`SO_RXQ_OVFL`, wrapping), both since it was opened. Receipt
+    /// notices report the dropped share since the previous notice (`overflow_ppm`): the
+    /// server slows down for that, not for loss on the way.
+    pub fn note_socket(&mut self, received: u64, dropped: u32) {
+        self.feedback.socket = SocketCounts { received, dropped };
+        self.stats.socket_drops = u64::from(dropped);
+    }
+
+    /// How full the node found its data socket's receive buffer (parts per million of it),
+    /// before a read. Receipt notices report the fullest since the previous one
+    /// (`queue_ppm`): the server's automatic rate stops rising before the socket overflows.
+    pub fn note_queue(&mut self, ppm: u32) {
+        self.feedback.queue_max = self.feedback.queue_max.max(ppm.min(1_000_000));
+    }
+
+    /// The server accepted our join: notices start, and NACKs held back until now can go.
+    pub(super) fn on_accept(&mut self, now: Instant, a: &AcceptRepr) {
+        self.last_heard = Some(now);
+        if self.row.is_none() {
+            self.row = Some(a.row);
+            self.feedback.next_join = None;
+            self.events
+                .push_back(ReceiverEvent::Accepted { row: a.row });
+            let first = now + self.receipt_interval();
+            self.feedback.next_receipt = Some(first);
+            // NACKs held back until now can go.
+            let held: Vec<u64> = self.feedback.nack_due.iter().copied().collect();
+            for seq in held {
+                self.arm(seq, now);
+            }
+            self.feedback.nack_due.clear();
+        }
+    }
+
+    /// Schedules a NACK for block `seq` after a random backoff.
+    pub(super) fn arm(&mut self, seq: u64, now: Instant) {
+        if self.blocks.done.get(seq as usize) {
+            return;
+        }
+        let k = self.numbering.units_in(seq);
+        let grtt = self.grtt();
+        let n = f64::from(self.group_size()) + 1.0;
+        let x = self.rng.unit();
+        let state = self.blocks.state(seq, k);
+        let missing = usize::from(k).saturating_sub(state.held());
+        // NORM-style backoff: most receivers draw near the top of the window, few early, so
+        // the first NACKs' repairs reach the rest before their timers fire. Receivers that
+        // miss more units go earlier: their repairs cover those that miss fewer.
+        let spread = (1.0 + x.ln() / n.ln()).max(0.0);
+        let bias = 0.5 + 0.5 / (missing.max(1) as f64).min(8.0);
+        let window = grtt.as_secs_f64() * self.cfg.backoff_factor;
+        // Split mode: copies come later than the server's own packets by the copy path's
+        // delay; a NACK before that would ask for units on their way.
+        let delay =
+            Duration::from_secs_f64(window * spread * bias) + grtt / 4 + self.split.copy_lag;
+        let at = now + delay;
+        if let Some(old) = state.nack_at.replace(at) {
+            self.feedback.timers.remove(&NackTimer { at: old, seq });
+        }
+        self.feedback.timers.insert(NackTimer { at, seq });
+    }
+
+    fn receipt_interval(&mut self) -> Duration {
+        let spread = f64::from(self.group_size()) / self.cfg.group_receipt_rate.max(1.0);
+        let base = self.cfg.min_receipt_interval.as_secs_f64().max(spread);
+        // Jitter so that a group that joined together does not report together.
+        Duration::from_secs_f64(base * (0.75 + 0.5 * self.rng.unit()))
+    }
+
+    /// Timers: a join until accepted, receipt notices once accepted, and NACK timers.
+    pub(super) fn feedback_timeout(&mut self, now: Instant) {
+        if self.feedback.next_join.is_some_and(|t| now >= t) && self.row.is_none() {
+            self.feedback.out.push_back(Out::Join);
+            self.feedback.next_join = Some(now + self.cfg.join_interval.max(self.grtt() * 2));
+        }
+        if self.feedback.next_receipt.is_some_and(|t| now >= t) && self.row.is_some() {
+            if self.complete && self.cfg.split.is_some() {
+                // Split mode: still forwarding copies, so still reporting (the server times
+                // out a member that falls silent, complete or not).
+                self.feedback.out.push_back(Out::Receipt);
+                self.feedback.next_receipt = Some(now + self.receipt_interval());
+            } else if self.complete && self.feedback.complete_acked {
+                self.feedback.next_receipt = None;
+            } else {
+                self.feedback.out.push_back(Out::Receipt);
+                self.feedback.next_receipt = if self.complete {
+                    self.feedback.complete_tries += 1;
+                    (self.feedback.complete_tries < 20)
+                        .then(|| now + (self.grtt() * 4).max(Duration::from_millis(20)))
+                } else {
+                    Some(now + self.receipt_interval())
+                };
+            }
+        }
+        while let Some(&NackTimer { at, seq }) = self.feedback.timers.first() {
+            if at > now {
+                break;
+            }
+            self.feedback.timers.pop_first();
+            self.on_nack_timer(now, seq);
+        }
+    }
+
+    fn on_nack_timer(&mut self, now: Instant, seq: u64) {
+        let k = self.numbering.units_in(seq);
+        let grtt = self.grtt();
+        let Some(state) = self.blocks.states[seq as usize].as_mut() else {
+            return;
+        };
+        state.nack_at = None;
+        if state.verifying {
+            // Out for rebuild and hashing: the answer decides (a failure re-arms it).
+            return;
+        }
+        let held = state.held();
+        let missing = usize::from(k).saturating_sub(held);
+        if !state.loss_counted {
+            // Units still missing once the backoff has passed were lost (late ones were not).
+            state.loss_counted = true;
+            self.feedback.loss_units += (usize::from(k) - state.have.count_ones()) as u64;
+        }
+        if missing == 0 {
+            return;
+        }
+        // Parity of a round still on its way counts as coming.
+        let wait_until = state.last_parity_at.map(|t| t + grtt * 2);
+        let coming = if wait_until.is_some_and(|t| now < t) {
+            usize::from(state.round_end.saturating_sub(state.parity_seen))
+        } else {
+            0
+        };
+        if missing <= coming {
+            let at = wait_until.unwrap_or(now + grtt);
+            state.nack_at = Some(at);
+            self.feedback.timers.insert(NackTimer { at, seq });
+            return;
+        }
+        if self.row.is_none() {
+            // Not accepted yet: the server would ignore it. Send once accepted.
+            self.feedback.nack_due.insert(seq);
+            return;
+        }
+        self.feedback.nack_due.insert(seq);
+        // If neither the NACK nor its repair arrives, ask again.
+        let retry = grtt.mul_f64(2.0 + self.cfg.backoff_factor)
+            + Duration::from_millis(1)
+            + self.split.copy_lag;
+        let at = now + retry;
+        state.nack_at = Some(at);
+        self.feedback.timers.insert(NackTimer { at, seq });
+    }
+
+    /// The next packet for the server: what is queued (joins, leaves, priority requests,
+    /// receipt notices), else a NACK of the blocks due.
+    pub(super) fn poll_feedback(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let session = self.session?;
+        let control = self.control_addr()?;
+        let receiver = self.cfg.id;
+        let packet = if let Some(out) = self.feedback.out.pop_front() {
+            match out {
+                Out::Join => Packet::Join(JoinRepr { session, receiver }),
+                Out::Leave(reason) => Packet::Leave(LeaveRepr {
+                    session,
+                    receiver,
+                    reason,
+                }),
+                Out::Priority(p) => Packet::Priority(p),
+                Out::Receipt => {
+                    let r = self.receipt(now);
+                    self.stats.receipts += 1;
+                    self.stats.receipt_bytes += r.buffer_len() as u64;
+                    Packet::Receipt(r)
+                }
+            }
+        } else if self.row.is_some() && !self.feedback.nack_due.is_empty() && !self.ended {
+            let n = self.build_nack(session);
+            self.stats.nacks += 1;
+            self.stats.nack_entries += n.entries.len() as u64;
+            self.stats.nack_bytes += n.buffer_len() as u64;
+            Packet::Nack(n)
+        } else {
+            return None;
+        };
+        let len = packet.emit(buf).ok()?;
+        Some(peer(control, len))
+    }
+
+    fn build_nack(&mut self, session: SessionId) -> NackRepr {
+        let mut n = NackRepr {
+            session,
+            receiver: self.cfg.id,
+            entries: Vec::new(),
+        };
+        let mut len = n.buffer_len();
+        while let Some(&seq) = self.feedback.nack_due.first() {
+            let k = self.numbering.units_in(seq);
+            let Some(state) = self.blocks.states[seq as usize].as_ref() else {
+                self.feedback.nack_due.pop_first();
+                continue;
+            };
+            let missing = usize::from(k).saturating_sub(state.held());
+            if missing == 0 || state.verifying {
+                self.feedback.nack_due.pop_first();
+                continue;
+            }
+            let runs: Vec<(u16, u16)> = state
+                .have
+                .zero_runs()
+                .map(|(s, l)| (s as u16, l as u16))
+                .collect();
+            let holes = if runs.len() * 4 <= usize::from(k).div_ceil(8) {
+                Holes::Ranges(runs)
+            } else {
+                let mut bits = vec![0u8; usize::from(k).div_ceil(8)];
+                for u in state.have.iter_zeros() {
+                    bits[u / 8] |= 0x80 >> (u % 8);
+                }
+                Holes::Bitmap(bits)
+            };
+            let BlockAddr { object, block } = self.numbering.addr(seq);
+            let entry = NackEntry {
+                object,
+                block,
+                missing: missing as u16,
+                // A NACK goes only once the last round is over: its parity is sent, whether
+                // it arrived or was lost.
+                parity_seen: state.parity_seen.max(state.round_end),
+                holes,
+            };
+            let add = NackRepr::entry_len(&entry);
+            if !n.entries.is_empty() && len + add > self.cfg.max_datagram {
+                break;
+            }
+            len += add;
+            n.entries.push(entry);
+            self.feedback.nack_due.pop_first();
+        }
+        n
+    }
+
+    fn receipt(&mut self, now: Instant) -> ReceiptRepr {
+        let (echo_timestamp, echo_delay_us) = match self.feedback.echo {
+            Some(e) => (e.timestamp, micros(now.saturating_duration_since(e.at))),
+            None => (0, 0),
+        };
+        let total = self.numbering.total();
+        let (watermark_object, watermark_block) = if self.blocks.prefix >= total {
+            (ObjectId(self.numbering.objects() as u32), BlockIndex(0))
+        } else {
+            let a = self.numbering.addr(self.blocks.prefix);
+            (a.object, a.block)
+        };
+        let runs = self.done_runs(self.blocks.prefix);
+        let fb = &mut self.feedback;
+        let loss_ppm = (fb.loss_units * 1_000_000)
+            .checked_div(fb.expected_units)
+            .map_or(0, |p| p.min(1_000_000) as u32);
+        fb.loss_units = 0;
+        fb.expected_units = 0;
+        let SocketCounts { received, dropped } = fb.socket;
+        let SocketCounts {
+            received: r0,
+            dropped: d0,
+        } = fb.socket_at_receipt;
+        // Counters that went backwards belong to a new socket (a fail-over): count from 0.
+        let (got, lost) = if received < r0 || dropped < d0 {
+            (received, u64::from(dropped))
+        } else {
+            (received - r0, u64::from(dropped - d0))
+        };
+        let overflow_ppm = (lost * 1_000_000)
+            .checked_div(got + lost)
+            .map_or(0, |p| p.min(1_000_000) as u32);
+        fb.socket_at_receipt = fb.socket;
+        ReceiptRepr {
+            session: self.session.unwrap_or_default(),
+            receiver: self.cfg.id,
+            complete: self.complete,
+            echo_timestamp,
+            echo_delay_us,
+            loss_ppm,
+            overflow_ppm,
+            queue_ppm: std::mem::take(&mut self.feedback.queue_max),
+            watermark_object,
+            watermark_block,
+            blocks_done: self.blocks.done.count_ones() as u64,
+            runs,
+        }
+    }
+
+    /// Up to 32 runs of verified blocks from `from` on, each inside its object.
+    fn done_runs(&self, from: u64) -> Vec<BlockRun> {
+        let total = self.numbering.total();
+        let mut runs = Vec::new();
+        let mut seq = from;
+        while seq < total && runs.len() < 32 {
+            if !self.blocks.done.get(seq as usize) {
+                seq += 1;
+                continue;
+            }
+            let BlockAddr {
+                object,
+                block: start,
+            } = self.numbering.addr(seq);
+            let obj_end = self.numbering.object_end(object);
+            let mut end = seq;
+            while end < obj_end && self.blocks.done.get(end as usize) {
+                end += 1;
+            }
+            runs.push(BlockRun {
+                object,
+                start,
+                len: (end - seq) as u32,
+            });
+            seq = end;
+        }
+        runs
+    }
+}
+
+/// A datagram of `len` bytes to `to` by unicast.
+pub(super) fn peer(to: SocketAddr, len: usize) -> Transmit {
+    Transmit {
+        destination: Destination::Peer(to),
+        len,
+        payload: None,
+    }
+}

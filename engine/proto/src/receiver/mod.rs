@@ -1,0 +1,496 @@
+//! A receiver's side of a session, sans-IO (docs/DESIGN.md "Protocol").
+//!
+//! The receiver learns the session from an announce, assembles the manifest from its
+//! chunks, joins, places units by address into its [`BlockStore`], rebuilds blocks from
+//! parity units, verifies every block against its BLAKE3 hash before marking it done (a
+//! block that fails is discarded and fetched again), NACKs what it misses after a random
+//! backoff scaled to the group size and round-trip time, sends receipt notices, and reports
+//! done.
+//!
+//! Drive it like this: feed every datagram from the group and from the server's control
+//! address to [`Receiver::handle_datagram`]; call [`Receiver::handle_timeout`] when the
+//! instant from [`Receiver::poll_timeout`] passes; after either, call
+//! [`Receiver::poll_transmit`] until it returns `None` and send what it gives to the
+//! server's control address; drain [`Receiver::poll_event`].
+
+mod blocks;
+mod feedback;
+mod manifest;
+mod split;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::endpoint::Endpoint;
+use crate::numbering::BlockNumbering;
+use crate::rng::Rng;
+use crate::store::{BlockStore, StoreError};
+use crate::wire::{
+    AnnounceRepr, BlockIndex, DoneReason, DoneRepr, Manifest, ObjectId, Packet, ReceiverId,
+    SessionId, UnitPacket, WireError,
+};
+use crate::Transmit;
+
+pub use blocks::Rebuild;
+use blocks::{Blocks, PassFrontier};
+use feedback::{Echo, Feedback};
+use manifest::ManifestAssembly;
+use split::SplitState;
+
+/// How a receiver behaves. `Default` gives the values the CLI starts from.
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    pub id: ReceiverId,
+    /// Seeds the backoff draws (a run is reproducible from it).
+    pub seed: u64,
+    /// Accept only this session; `None` takes the first one announced.
+    pub session: Option<SessionId>,
+    /// NACK backoff is drawn from `[0, backoff_factor * GRTT]`.
+    pub backoff_factor: f64,
+    /// Receipt notices the whole group may send the server per second (each receiver's
+    /// interval grows with the group size so the server's load stays bounded).
+    pub group_receipt_rate: f64,
+    /// Shortest interval between one receiver's receipt notices.
+    pub min_receipt_interval: Duration,
+    /// How often to repeat a join until it is accepted.
+    pub join_interval: Duration,
+    /// Report the server lost after hearing nothing for this long.
+    pub idle_timeout: Duration,
+    /// Largest datagram to send (NACKs are packed up to it).
+    pub max_datagram: usize,
+    /// Do not hash completed blocks here: emit [`ReceiverEvent::VerifyBlock`] and wait for
+    /// [`Receiver::handle_verified`] (the node hashes on another core). The block's bytes
+    /// are not written meanwhile.
+    pub external_verify: bool,
+    /// Split mode (wire.md §14): no multicast. The receiver asks the server for the session
+    /// by unicast, takes copy plans, and keeps reporting after it is complete (it still
+    /// forwards copies until the session ends).
+    pub split: Option<SplitMember>,
+}
+
+/// A split-mode member's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitMember {
+    /// The server's control address, where the receiver asks for the session.
+    pub server: SocketAddr,
+    /// The zone the member is in (members of a zone copy to each other).
+    pub zone: u16,
+}
+
+/// Where copies of one unit go (split mode): see [`Receiver::copy_targets`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyTargets<'a> {
+    /// Forward a copy with no copy flags to each of these (the other members of my cell).
+    pub zone: &'a [SocketAddr],
+    /// Forward a copy with both copy flags to this one (my member in the next cell).
+    pub next: Option<SocketAddr>,
+}
+
+impl CopyTargets<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.zone.is_empty() && self.next.is_none()
+    }
+}
+
+impl Default for ReceiverConfig {
+    fn default() -> Self {
+        ReceiverConfig {
+            id: ReceiverId(1),
+            seed: 1,
+            session: None,
+            backoff_factor: 4.0,
+            group_receipt_rate: 5_000.0,
+            min_receipt_interval: Duration::from_millis(100),
+            join_interval: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(30),
+            max_datagram: 1400,
+            external_verify: false,
+            split: None,
+        }
+    }
+}
+
+/// What happened, for the node to act on and report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// A session was announced and adopted.
+    Announced {
+        session: SessionId,
+        control: SocketAddr,
+    },
+    /// The manifest is complete and verified; the store has been prepared.
+    ManifestReady,
+    /// The server accepted the join.
+    Accepted { row: u32 },
+    /// A block was rebuilt (if needed), hashed, and matched the manifest.
+    BlockVerified { object: ObjectId, block: BlockIndex },
+    /// External verification: rebuild this block's missing units (`rebuild`, when some
+    /// came as parity), hash it (its bytes in the store) against `expected` and answer with
+    /// [`Receiver::handle_verified`]. Both the decode and the hash belong off the receive
+    /// path: a decode of a large block takes milliseconds, long enough for a socket to
+    /// overflow behind it.
+    VerifyBlock {
+        object: ObjectId,
+        block: BlockIndex,
+        expected: [u8; 32],
+        rebuild: Option<Rebuild>,
+    },
+    /// A block's bytes did not match its hash; it is discarded and fetched again.
+    BlockFailed { object: ObjectId, block: BlockIndex },
+    /// Every object is whole and verified.
+    Complete,
+    /// The server ended the session.
+    SessionEnded { reason: DoneReason, complete: bool },
+    /// Nothing heard from the server for the idle timeout.
+    ServerLost,
+    /// The store failed; the receiver has left the session.
+    StoreFailed(StoreError),
+    /// A datagram could not be decoded (counted in stats too).
+    BadPacket(WireError),
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverStats {
+    pub data_units: u64,
+    pub parity_units: u64,
+    pub duplicates: u64,
+    /// Units that arrived before the manifest was known (dropped).
+    pub early_units: u64,
+    pub decodes: u64,
+    pub blocks_verified: u64,
+    pub blocks_failed: u64,
+    pub nacks: u64,
+    pub nack_entries: u64,
+    pub nack_bytes: u64,
+    pub receipts: u64,
+    pub receipt_bytes: u64,
+    pub bad_packets: u64,
+    /// Packets of other sessions (ignored).
+    pub strangers: u64,
+    /// Fail-overs to another source ([`Receiver::switch_source`]).
+    pub switches: u64,
+    /// Datagrams the receiving socket dropped for lack of buffer space, as last reported
+    /// through [`Receiver::note_socket`].
+    pub socket_drops: u64,
+    /// XOR repairs that gave this receiver a unit (wire.md §3.2).
+    pub xor_units: u64,
+    /// XOR repairs it could not use: it missed two or more of their units.
+    pub xor_unusable: u64,
+}
+
+/// A receiver's state machine for one session.
+pub struct Receiver<S> {
+    cfg: ReceiverConfig,
+    store: S,
+    rng: Rng,
+    session: Option<SessionId>,
+    announce: Option<AnnounceRepr>,
+    /// The manifest hash of the session we follow, kept across a fail-over.
+    known_hash: Option<[u8; 32]>,
+    assembly: ManifestAssembly,
+    manifest: Option<Manifest>,
+    /// The manifest's block numbering (empty until the manifest is here).
+    numbering: BlockNumbering,
+    blocks: Blocks,
+    first_pass: PassFrontier,
+    row: Option<u32>,
+    feedback: Feedback,
+    complete: bool,
+    ended: bool,
+    last_heard: Option<Instant>,
+    server_lost: bool,
+    events: VecDeque<ReceiverEvent>,
+    stats: ReceiverStats,
+    split: SplitState,
+}
+
+impl<S: BlockStore> Receiver<S> {
+    pub fn new(cfg: ReceiverConfig, store: S) -> Self {
+        Receiver {
+            rng: Rng::new(cfg.seed),
+            session: cfg.session,
+            cfg,
+            store,
+            announce: None,
+            known_hash: None,
+            assembly: ManifestAssembly::default(),
+            manifest: None,
+            numbering: BlockNumbering::default(),
+            blocks: Blocks::new(0),
+            first_pass: PassFrontier::new(0),
+            row: None,
+            feedback: Feedback::new(),
+            complete: false,
+            ended: false,
+            last_heard: None,
+            server_lost: false,
+            events: VecDeque::new(),
+            stats: ReceiverStats::default(),
+            split: SplitState::default(),
+        }
+    }
+
+    /// The session adopted, once announced (or configured).
+    pub fn session(&self) -> Option<SessionId> {
+        self.session
+    }
+
+    pub fn stats(&self) -> &ReceiverStats {
+        &self.stats
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    pub fn announce(&self) -> Option<&AnnounceRepr> {
+        self.announce.as_ref()
+    }
+
+    /// Every object is whole and verified.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The session is over for this receiver (ended by the server, or left).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    pub fn total_blocks(&self) -> u64 {
+        self.numbering.total()
+    }
+
+    /// The server's control address, once announced.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.announce.as_ref().map(|a| a.control)
+    }
+
+    /// Stripes of the adopted session's first pass (its Announce), once one is adopted: the
+    /// node reads stripe `s` on the group's port + `s` (docs/wire.md §3.1).
+    pub fn announced_stripes(&self) -> Option<u16> {
+        self.announce.as_ref().map(|a| a.stripes)
+    }
+
+    fn stripes(&self) -> u64 {
+        self.announce.as_ref().map_or(1, |a| u64::from(a.stripes))
+    }
+
+    fn grtt(&self) -> Duration {
+        self.announce
+            .as_ref()
+            .map_or(Duration::from_millis(5), |a| {
+                Duration::from_micros(u64::from(a.grtt_us))
+            })
+    }
+
+    fn group_size(&self) -> u32 {
+        self.announce.as_ref().map_or(1, |a| a.group_size.max(1))
+    }
+
+    /// Handles one datagram from the group or the server.
+    pub fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, bytes: &[u8]) {
+        if self.ended {
+            return;
+        }
+        // Units are the hot path: read them through the zero-copy view.
+        if let Ok(unit) = UnitPacket::new_checked(bytes) {
+            if Some(unit.session()) != self.session {
+                self.stats.strangers += 1;
+                return;
+            }
+            if self.cfg.split.is_some() {
+                // Split mode: a unit may come by a chain of copies, so its timestamp does not
+                // measure this member's own overhead; only the server's direct packets do.
+                self.last_heard = Some(now);
+                self.server_lost = false;
+                self.split.copy_timing(now, unit.timestamp());
+            } else {
+                self.heard(now, unit.timestamp());
+            }
+            self.on_unit(now, &unit);
+            return;
+        }
+        let packet = match Packet::parse(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.bad_packets += 1;
+                self.events.push_back(ReceiverEvent::BadPacket(e));
+                return;
+            }
+        };
+        if self.session.is_none() {
+            if let Packet::Announce(a) = &packet {
+                if self.known_hash.is_some_and(|h| h != a.manifest_hash) {
+                    // After a fail-over only a source of the same content will do.
+                    self.stats.strangers += 1;
+                    return;
+                }
+                self.session = Some(a.session);
+            }
+        }
+        if Some(packet.session()) != self.session {
+            self.stats.strangers += 1;
+            return;
+        }
+        match packet {
+            Packet::Announce(a) => {
+                self.heard(now, a.timestamp);
+                if self.cfg.split.is_some() {
+                    self.split.direct_timing(now, a.timestamp);
+                }
+                self.on_announce(now, a);
+            }
+            Packet::Manifest(m) => {
+                self.last_heard = Some(now);
+                self.on_manifest_chunk(now, m.offset as usize, m.bytes);
+            }
+            Packet::Accept(a) if a.receiver == self.cfg.id => self.on_accept(now, &a),
+            Packet::Done(DoneRepr::Receiver { receiver, .. }) if receiver == self.cfg.id => {
+                self.feedback.complete_acked = true;
+            }
+            Packet::Plan(p) if p.receiver == self.cfg.id && self.cfg.split.is_some() => {
+                self.last_heard = Some(now);
+                self.split.take_plan(p);
+            }
+            Packet::Xor(x, payload) => {
+                // No timestamp: the header's last slots carry unit indices.
+                self.last_heard = Some(now);
+                self.server_lost = false;
+                self.on_xor(now, &x, payload);
+            }
+            Packet::Done(DoneRepr::Session { reason, .. }) => {
+                self.ended = true;
+                self.feedback.timers.clear();
+                self.events.push_back(ReceiverEvent::SessionEnded {
+                    reason,
+                    complete: self.complete,
+                });
+            }
+            _ => self.stats.strangers += 1,
+        }
+    }
+
+    /// Fail over to another source of the same content (a standby relay, or the server):
+    /// forget the current server, keep every block received so far, and take the next
+    /// Announce whose manifest hash matches ours as the new server; join it at once. Blocks
+    /// already verified are not asked for again; the new server learns what we hold from our
+    /// receipt notices and repairs the rest.
+    pub fn switch_source(&mut self, now: Instant) {
+        if self.ended && self.complete {
+            return;
+        }
+        self.known_hash = self
+            .announce
+            .as_ref()
+            .map(|a| a.manifest_hash)
+            .or(self.known_hash);
+        self.announce = None;
+        self.session = self.cfg.session;
+        self.row = None;
+        self.ended = false;
+        self.server_lost = false;
+        self.last_heard = Some(now);
+        self.first_pass.stripe_next.clear();
+        self.feedback
+            .new_source(self.manifest.is_some().then_some(now));
+        if self.manifest.is_none() {
+            // Start the manifest over from the new source.
+            self.assembly.reset();
+        }
+        self.stats.switches += 1;
+    }
+
+    fn heard(&mut self, now: Instant, timestamp: u32) {
+        self.last_heard = Some(now);
+        self.server_lost = false;
+        self.feedback.echo = Some(Echo { timestamp, at: now });
+    }
+
+    /// Handles timers: call when the instant from [`Receiver::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ended {
+            return;
+        }
+        if self
+            .last_heard
+            .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.idle_timeout)
+            && !self.server_lost
+        {
+            self.server_lost = true;
+            self.events.push_back(ReceiverEvent::ServerLost);
+        }
+        self.feedback_timeout(now);
+    }
+
+    /// The next instant at which [`Receiver::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended {
+            return None;
+        }
+        [
+            self.feedback.next_timeout(self.row.is_some()),
+            self.split
+                .next_solicit()
+                .filter(|_| self.cfg.split.is_some() && self.manifest.is_none()),
+            self.last_heard
+                .filter(|_| !self.server_lost)
+                .map(|h| h + self.cfg.idle_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Drains one event.
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    /// Writes the next datagram for the server into `buf`, or returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if self.solicit_due(now) {
+            return self.solicit(now, buf);
+        }
+        self.poll_feedback(now, buf)
+    }
+}
+
+impl<S: BlockStore> Endpoint for Receiver<S> {
+    type Event = ReceiverEvent;
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        Receiver::handle_datagram(self, now, from, bytes)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Receiver::handle_timeout(self, now)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        Receiver::poll_transmit(self, now, buf)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Receiver::poll_timeout(self)
+    }
+
+    fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        Receiver::poll_event(self)
+    }
+
+    /// Over once the session ended for it (ended by the server, or left).
+    fn is_finished(&self) -> bool {
+        self.is_ended()
+    }
+}

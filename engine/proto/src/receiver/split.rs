@@ -1,0 +1,132 @@
+//! Split mode (wire.md §14) on a member's side: asking the server for the session by
+//! unicast, the copy plan units are forwarded by, and how much later copies arrive than the
+//! server's own packets (NACKs wait that much longer).
+
+use std::time::{Duration, Instant};
+
+use super::feedback::peer;
+use super::{CopyTargets, Receiver};
+use crate::store::BlockStore;
+use crate::wire::{CopyFlags, Packet, PlanRepr, SolicitRepr};
+use crate::Transmit;
+
+/// The local instant and server timestamp of the first direct packet, the base for
+/// comparing one-way delays.
+#[derive(Clone, Copy, Debug)]
+struct ClockBase {
+    local: Instant,
+    server: u32,
+}
+
+/// Split mode's state (outside split mode it stays as made: no plan, no copy lag).
+#[derive(Default)]
+pub(super) struct SplitState {
+    /// The newest copy plan.
+    plan: Option<PlanRepr>,
+    /// When to ask for the session again (until the manifest is here).
+    next_solicit: Option<Instant>,
+    clock_base: Option<ClockBase>,
+    /// The smallest (local - server) time offset of a direct packet, us.
+    direct_offset: Option<i64>,
+    /// How much later than a direct packet copies arrive (the copy path's extra delay),
+    /// smoothed; NACKs wait this much longer.
+    pub(super) copy_lag: Duration,
+}
+
+impl SplitState {
+    /// The time offset (local arrival - server send) of a packet, microseconds, against the
+    /// first direct packet's.
+    fn offset(&mut self, now: Instant, timestamp: u32) -> i64 {
+        let base = *self.clock_base.get_or_insert(ClockBase {
+            local: now,
+            server: timestamp,
+        });
+        let local = now.saturating_duration_since(base.local).as_micros() as i64;
+        let remote = i64::from(timestamp.wrapping_sub(base.server) as i32);
+        local - remote
+    }
+
+    /// A packet straight from the server (announce) sets the reference delay.
+    pub(super) fn direct_timing(&mut self, now: Instant, timestamp: u32) {
+        let o = self.offset(now, timestamp);
+        self.direct_offset = Some(self.direct_offset.map_or(o, |d| d.min(o)));
+    }
+
+    /// A unit (possibly a copy of a copy) measures the copy path's extra delay.
+    pub(super) fn copy_timing(&mut self, now: Instant, timestamp: u32) {
+        let Some(direct) = self.direct_offset else {
+            return;
+        };
+        let lag_us = (self.offset(now, timestamp) - direct).clamp(0, 10_000_000) as u64;
+        let sample = Duration::from_micros(lag_us);
+        // Rise at once, fall back slowly: a NACK sent too early costs a repair to everyone.
+        self.copy_lag = if sample > self.copy_lag {
+            sample
+        } else {
+            (self.copy_lag * 63 + sample) / 64
+        };
+    }
+
+    /// A plan for us: the newest wins (epochs count up; a late, older one is ignored).
+    pub(super) fn take_plan(&mut self, p: PlanRepr) {
+        if self.plan.as_ref().is_none_or(|old| p.epoch > old.epoch) {
+            self.plan = Some(p);
+        }
+    }
+
+    /// The next instant to ask for the session, while asking (split mode, no manifest yet).
+    pub(super) fn next_solicit(&self) -> Option<Instant> {
+        self.next_solicit
+    }
+}
+
+impl<S: BlockStore> Receiver<S> {
+    /// Split mode: the copy path's extra delay as measured (NACKs wait for it).
+    pub fn copy_lag(&self) -> Duration {
+        self.split.copy_lag
+    }
+
+    /// Split mode: where copies of a unit with copy flags `copy` go, from the newest plan
+    /// (nowhere before a plan has arrived). Units of other sessions are not to be forwarded:
+    /// check [`Receiver::session`] first.
+    pub fn copy_targets(&self, copy: CopyFlags) -> CopyTargets<'_> {
+        match &self.split.plan {
+            Some(p) => CopyTargets {
+                zone: if copy.zone { &p.peers } else { &[] },
+                next: if copy.next { p.next } else { None },
+            },
+            None => CopyTargets {
+                zone: &[],
+                next: None,
+            },
+        }
+    }
+
+    /// Split mode: the epoch of the newest plan taken.
+    pub fn plan_epoch(&self) -> Option<u32> {
+        self.split.plan.as_ref().map(|p| p.epoch)
+    }
+
+    /// Split mode: whether to ask the server for the session now (until the manifest is
+    /// here: there is no multicast carousel to wait for).
+    pub(super) fn solicit_due(&self, now: Instant) -> bool {
+        self.cfg.split.is_some()
+            && self.manifest.is_none()
+            && !self.ended
+            && self.split.next_solicit.is_none_or(|t| now >= t)
+    }
+
+    /// Split mode: asks the server for the announce and the manifest by unicast.
+    pub(super) fn solicit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let split = self.cfg.split?;
+        self.split.next_solicit = Some(now + self.cfg.join_interval);
+        let len = Packet::Solicit(SolicitRepr {
+            session: self.session.unwrap_or_default(),
+            receiver: self.cfg.id,
+            zone: split.zone,
+        })
+        .emit(buf)
+        .ok()?;
+        Some(peer(split.server, len))
+    }
+}

@@ -1,0 +1,110 @@
+//! How a sender behaves: [`SenderConfig`] and the defaults the CLI starts from.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::rate::RateLimits;
+use crate::split::SplitConfig;
+use crate::wire::SessionId;
+use crate::Geometry;
+
+/// How a sender behaves. `Default` gives the values the CLI starts from.
+#[derive(Clone, Debug)]
+pub struct SenderConfig {
+    pub session: SessionId,
+    /// The control address receivers send to (advertised in every announce).
+    pub control: SocketAddr,
+    pub geometry: Geometry,
+    /// Stripes the blocks are dealt into (one per sending core).
+    pub stripes: u16,
+    /// Pacing: datagram bytes per second on the group, first pass and repairs together
+    /// (with an external first pass, repairs get half of it while any are queued, and the
+    /// first pass the rest: [`Sender::first_pass_rate`](super::Sender::first_pass_rate)). With `rate_control` this is
+    /// where the automatic rate starts.
+    pub rate: u64,
+    /// `--rate auto`: follow congestion at the receivers within these bounds
+    /// ([`crate::rate`]); `None`: a fixed `rate`.
+    pub rate_control: Option<RateLimits>,
+    /// How much sending time pacing may catch up at once after a stall.
+    pub burst: Duration,
+    pub announce_interval: Duration,
+    /// Manifest chunks sent after each announce (a carousel for late joiners).
+    pub manifest_chunks_per_announce: usize,
+    /// Round-trip estimate until receivers have measured one.
+    pub initial_grtt: Duration,
+    /// Start the first pass once this many receivers are accepted...
+    pub min_receivers: usize,
+    /// ...or once this long has passed since the first announce.
+    pub max_wait: Duration,
+    /// Stop at this long after the first announce even if receivers are incomplete.
+    pub deadline: Option<Duration>,
+    /// A receiver not heard from for this long is dropped.
+    pub receiver_timeout: Duration,
+    /// Most receivers admitted (rows of the status matrix).
+    pub max_receivers: usize,
+    /// Blocks whose parity units are kept ready (each costs `max_parity * unit_size`).
+    pub parity_cache_blocks: usize,
+    /// Repair with the original units receivers name rather than with parity while that
+    /// costs at most this many times parity's bandwidth. Parity serves every receiver with
+    /// one set of units, but each receiver that takes one must decode its whole block
+    /// (milliseconds of CPU per MiB, whatever it lost); originals only need receiving. The
+    /// cost ratio is estimated as the sum of the incomplete members' loss rates over the
+    /// largest (about N for N receivers that lose alike; the member count until losses are
+    /// reported), so small groups get originals and large ones parity. 0: parity always.
+    pub originals_factor: u32,
+    /// While repairs go as originals, combine the units different receivers miss into XOR
+    /// repairs (wire.md §3.2): one datagram carries up to four units, each for a receiver
+    /// that holds the others, so a small group gets about its largest member's losses resent
+    /// instead of the union of everyone's, and a receiver rebuilds with a few XORs, not a
+    /// decode of its block. The server waits up to [`XOR_GATHER_GRTTS`] round trips after a
+    /// block's first NACK for the others'. Multicast only (not in split mode).
+    pub xor_repairs: bool,
+    /// The node sends the first pass itself (one data thread per stripe, straight from the
+    /// source) and reports how far it got with [`Sender::handle_first_pass`](super::Sender::handle_first_pass); the sender then
+    /// announces, repairs and tracks receivers, and never emits first-pass units.
+    pub external_first_pass: bool,
+    /// Split mode (wire.md §14): no multicast. Every unit goes by unicast to one member,
+    /// which copies it on as its plan says; announces, manifests and done packets go to each
+    /// member by unicast. Needs an internal first pass.
+    pub split: Option<SplitConfig>,
+}
+
+/// The default [`SenderConfig::originals_factor`]: groups of up to about four receivers that
+/// lose alike get originals (measured in docs/DESIGN.md, 2026-11-22).
+pub const ORIGINALS_FACTOR: u32 = 4;
+
+/// How long the server holds a block's XOR repairs after its first NACK, in round trips:
+/// receivers draw their NACK times from a window of a few round trips, and a combination can
+/// only serve the receivers whose NACKs are in.
+pub const XOR_GATHER_GRTTS: u32 = 2;
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        SenderConfig {
+            session: SessionId(1),
+            control: SocketAddr::from(([127, 0, 0, 1], 0)),
+            geometry: Geometry {
+                unit_size: 1400,
+                units_per_block: 749,
+                max_parity: 128,
+            },
+            stripes: 1,
+            rate: 1_000_000_000,
+            rate_control: None,
+            burst: Duration::from_millis(2),
+            announce_interval: Duration::from_millis(100),
+            manifest_chunks_per_announce: 64,
+            initial_grtt: Duration::from_millis(5),
+            min_receivers: 0,
+            max_wait: Duration::from_secs(5),
+            deadline: None,
+            receiver_timeout: Duration::from_secs(10),
+            max_receivers: 100_000,
+            parity_cache_blocks: 256,
+            originals_factor: ORIGINALS_FACTOR,
+            xor_repairs: true,
+            external_first_pass: false,
+            split: None,
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The first pass: every block once, in order (sent here, or by the node's data threads as
+//! an external first pass that reports its progress), past the blocks every member holds
+//! already (the skip set); and the rate it and the repairs are paced at, fixed or
+//! `--rate auto`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blockcast_status::AtomicBitmap;
+
+use super::{FirstPassProgress, Sender, SenderEvent};
+use crate::numbering::BlockAddr;
+use crate::rate::RateControl;
+use crate::store::BlockSource;
+use crate::stripe::StripePass;
+use crate::wire::UnitHeaderRepr;
+use crate::{Destination, Transmit, UnitRef};
+
+/// How often the first pass's skip set is brought up to date from the status matrix.
+pub(super) const SKIP_SCAN: Duration = Duration::from_millis(20);
+
+/// How far ahead of the first pass the skip scan looks, in blocks.
+const SKIP_SCAN_AHEAD: u64 = 4096;
+
+/// How often a first pass waiting for an unavailable block looks again.
+pub(super) const STALL_RECHECK: Duration = Duration::from_millis(1);
+
+/// The next unit of the first pass: unit `unit` of block number `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct PassCursor {
+    pub(super) seq: u64,
+    unit: u16,
+}
+
+/// Where the first pass is.
+pub(super) struct FirstPass {
+    /// Next first-pass unit, or `None` once the first pass is done (or is external).
+    pub(super) next: Option<PassCursor>,
+    /// External first pass: every block before this (global numbering) has been sent.
+    pub(super) external_sent: u64,
+    /// External first pass: datagram bytes its stripes sent.
+    external_bytes: u64,
+    /// Blocks the first pass skips: every member holds them already.
+    pub(super) skip: Arc<AtomicBitmap>,
+    pub(super) next_skip_scan: Option<Instant>,
+    /// The first pass waits for a block that is not available yet: look again at this time.
+    pub(super) stall_check: Option<Instant>,
+}
+
+impl FirstPass {
+    /// A first pass over `blocks` blocks, from block 0 unless the node sends it (`external`).
+    pub(super) fn new(blocks: u64, external: bool) -> Self {
+        FirstPass {
+            // Block 0 is the first block of the first object that has any.
+            next: (blocks > 0 && !external).then_some(PassCursor { seq: 0, unit: 0 }),
+            external_sent: 0,
+            external_bytes: 0,
+            skip: Arc::new(AtomicBitmap::new(blocks as usize)),
+            next_skip_scan: None,
+            stall_check: None,
+        }
+    }
+}
+
+/// `--rate auto`: the controller, its next step, and the bytes sent at the last one.
+pub(super) struct AutoRate {
+    control: RateControl,
+    pub(super) next_step: Option<Instant>,
+    /// When the last step was (or the session started).
+    pub(super) stepped_at: Instant,
+    /// Datagram bytes sent in all at that time.
+    pub(super) sent_then: u64,
+}
+
+impl AutoRate {
+    pub(super) fn new(control: RateControl) -> Self {
+        AutoRate {
+            control,
+            next_step: None,
+            stepped_at: Instant::now(),
+            sent_then: 0,
+        }
+    }
+}
+
+impl<S: BlockSource> Sender<S> {
+    /// The rate now (datagram bytes per second, first pass and repairs together): the fixed
+    /// one, or where `--rate auto` has taken it.
+    pub fn rate(&self) -> u64 {
+        self.auto_rate
+            .as_ref()
+            .map_or(self.cfg.rate, |a| a.control.rate())
+    }
+
+    /// An external first pass's share of the rate: all of it, or half while repairs or
+    /// priority blocks are queued (they take the other half).
+    pub fn first_pass_rate(&self) -> u64 {
+        let rate = self.rate();
+        if self.repair_backlog() > 0 {
+            (rate / 2).max(1)
+        } else {
+            rate
+        }
+    }
+
+    /// Change the rate (datagram bytes per second, first pass and repairs together); with
+    /// `--rate auto` the next step starts from the controller's own rate again.
+    pub fn set_rate(&mut self, rate: u64) {
+        self.cfg.rate = rate.max(1);
+        self.apply_rate();
+    }
+
+    /// Paces this sender's own sends at its share of the rate.
+    fn apply_rate(&mut self) {
+        let rate = self.rate();
+        self.pacer.set_rate(if self.cfg.external_first_pass {
+            (rate / 2).max(1)
+        } else {
+            rate
+        });
+    }
+
+    /// `--rate auto`: one step of the controller, on what went out since the last; the next
+    /// is due [`RateControl::STEP`] later.
+    pub(super) fn step_rate(&mut self, now: Instant) {
+        let sent = self.stats.data_bytes + self.stats.parity_bytes + self.first_pass.external_bytes;
+        let congestion = self.congestion();
+        if let Some(a) = self.auto_rate.as_mut() {
+            let secs = now
+                .saturating_duration_since(a.stepped_at)
+                .as_secs_f64()
+                .max(1e-3);
+            let achieved = (sent.saturating_sub(a.sent_then) as f64 / secs) as u64;
+            a.stepped_at = now;
+            a.sent_then = sent;
+            a.control.step(now, congestion, achieved);
+            a.next_step = Some(now + RateControl::STEP);
+        }
+        self.apply_rate();
+    }
+
+    /// The blocks the first pass skips because every member holds them (sent whole ahead
+    /// of it for a priority request): shared with the stripes
+    /// ([`StripePass`]), which read it lock-free.
+    pub fn skip_set(&self) -> Arc<AtomicBitmap> {
+        self.first_pass.skip.clone()
+    }
+
+    /// Stripe `stripe` of an external first pass, once the first pass may start (the sender
+    /// is sending: [`Sender::is_sending`]). Its units are stamped from the session's epoch;
+    /// its rate is [`Sender::first_pass_rate`] (keep it up to date with
+    /// [`StripePass::set_rate`]).
+    pub fn stripe_pass(&self, stripe: u16) -> Option<StripePass<S>>
+    where
+        S: Clone,
+    {
+        let epoch = self.epoch.filter(|_| self.is_sending())?;
+        (stripe < self.cfg.stripes).then(|| {
+            StripePass::new(
+                self.cfg.session,
+                stripe,
+                self.cfg.stripes,
+                self.numbering.clone(),
+                self.source.clone(),
+                self.first_pass.skip.clone(),
+                epoch,
+                self.first_pass_rate(),
+                self.cfg.burst,
+            )
+        })
+    }
+
+    /// External first pass: every block before `sent_before` (global numbering over the
+    /// manifest's objects) has been sent by every data thread. Call it as the data threads
+    /// progress; a value at or past the last block ends the first pass.
+    pub fn handle_first_pass(&mut self, now: Instant, progress: FirstPassProgress) {
+        if !self.cfg.external_first_pass {
+            return;
+        }
+        self.first_pass.external_bytes = self.first_pass.external_bytes.max(progress.bytes);
+        let sent_before = progress.sent_before;
+        if sent_before <= self.first_pass.external_sent {
+            return;
+        }
+        let was_done = self.first_pass_done();
+        self.first_pass.external_sent = sent_before.min(self.numbering.total());
+        if !was_done && self.first_pass_done() {
+            self.events.push_back(SenderEvent::FirstPassDone);
+            self.carousel.announce_now = true;
+        }
+        self.advance_phase(now);
+    }
+
+    pub(super) fn first_pass_done(&self) -> bool {
+        if self.cfg.external_first_pass {
+            self.first_pass.external_sent >= self.numbering.total()
+        } else {
+            self.first_pass.next.is_none()
+        }
+    }
+
+    /// Brings the skip set up to date: blocks ahead of the first pass that every member
+    /// holds are not sent again.
+    pub(super) fn scan_skips(&mut self) {
+        let total = self.numbering.total();
+        let from = if self.cfg.external_first_pass {
+            self.first_pass.external_sent
+        } else {
+            self.first_pass.next.map_or(total, |p| p.seq)
+        };
+        let from = from.min(total);
+        let to = (from + SKIP_SCAN_AHEAD).min(total);
+        for seq in from..to {
+            if self.all_hold(seq) {
+                // Release: a stripe that sees the bit skips a block every member holds.
+                self.first_pass.skip.set(seq as usize);
+            }
+        }
+    }
+
+    pub(super) fn has_paced_work(&self) -> bool {
+        self.pass_ready() || !self.repairs.is_empty()
+    }
+
+    /// The first pass has a unit to send now (its block is available).
+    pub(super) fn pass_ready(&self) -> bool {
+        self.first_pass.next.is_some_and(|p| {
+            let a = self.numbering.addr(p.seq);
+            self.source.available(a.object, a.block)
+        })
+    }
+
+    pub(super) fn send_first_pass(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let PassCursor { mut seq, unit } = self.first_pass.next?;
+        let total = self.numbering.total();
+        if unit == 0 {
+            // Blocks every member holds already are not sent again.
+            while self.first_pass.skip.get(seq as usize) {
+                if seq + 1 < total {
+                    seq += 1;
+                } else {
+                    self.first_pass.next = None;
+                    self.events.push_back(SenderEvent::FirstPassDone);
+                    self.carousel.announce_now = true;
+                    return None;
+                }
+            }
+            self.first_pass.next = Some(PassCursor { seq, unit: 0 });
+        }
+        let a = self.numbering.addr(seq);
+        if !self.source.available(a.object, a.block) {
+            return None;
+        }
+        let units = self.numbering.units_in(seq);
+        let next_unit = unit + 1;
+        self.first_pass.next = if next_unit < units {
+            Some(PassCursor {
+                seq,
+                unit: next_unit,
+            })
+        } else {
+            (seq + 1 < total).then_some(PassCursor {
+                seq: seq + 1,
+                unit: 0,
+            })
+        };
+        if self.first_pass.next.is_none() {
+            self.events.push_back(SenderEvent::FirstPassDone);
+            // Tell receivers at once that the first pass is over, so they NACK the tail.
+            self.carousel.announce_now = true;
+        }
+        self.data_unit(now, buf, seq, unit, false)
+    }
+
+    /// Unit `unit` of block `seq` (global numbering), a first-pass unit or a repair: the
+    /// header in `buf`, the payload by reference.
+    pub(super) fn data_unit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        seq: u64,
+        unit: u16,
+        repair: bool,
+    ) -> Option<Transmit> {
+        let us = usize::from(self.cfg.geometry.unit_size);
+        let BlockAddr { object, block } = self.numbering.addr(seq);
+        let block_len = self.numbering.block_len(seq);
+        if block_len == 0 {
+            return None;
+        }
+        let offset = usize::from(unit) * us;
+        let len = (block_len - offset).min(us);
+        let hdr = UnitHeaderRepr {
+            session: self.cfg.session,
+            parity: false,
+            repair,
+            object,
+            block,
+            index: unit,
+            round_end: 0,
+            timestamp: self.timestamp(now),
+        };
+        let n = hdr.emit(buf).ok()?;
+        if repair {
+            self.stats.repair_units += 1;
+        } else {
+            self.stats.data_units += 1;
+        }
+        self.stats.data_bytes += (n + len) as u64;
+        let t = Transmit {
+            destination: Destination::Group,
+            len: n,
+            payload: Some(UnitRef {
+                object,
+                block,
+                offset,
+                len,
+            }),
+        };
+        self.route(t, buf, seq, false, unit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{gated_sender, units_due};
+    use super::*;
+
+    #[test]
+    fn first_pass_waits_for_an_unavailable_block() {
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let mut got = units_due(&mut s, t0);
+        got.extend(units_due(&mut s, t0 + Duration::from_millis(10)));
+        assert_eq!(got, [(0, 0), (0, 1), (0, 2), (0, 3)]);
+        // Waiting, it asks to be woken to look again (not never, not in the past).
+        let t1 = t0 + Duration::from_millis(20);
+        assert!(s.poll_timeout().is_some());
+        s.source_mut().ready = 2;
+        let later = units_due(&mut s, t1 + Duration::from_millis(10));
+        assert_eq!(later, [(1, 0), (1, 1), (1, 2), (1, 3)]);
+    }
+}

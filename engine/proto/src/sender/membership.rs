@@ -1,0 +1,511 @@
+//! Who is in the session: joins, leaves and timeouts; receipt notices turned into the status
+//! matrix, the group round-trip time, each member's delivery rate and the congestion summary
+//! `--rate auto` follows.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use blockcast_status::{RowId, StatusMatrix};
+
+use super::{MemberReport, Phase, Sender, SenderEvent};
+use crate::rate::Congestion;
+use crate::store::BlockSource;
+use crate::wire::{AcceptRepr, DoneRepr, Packet, ReceiptRepr, ReceiverId};
+use crate::{Destination, Transmit};
+
+pub(super) struct Member {
+    pub(super) addr: SocketAddr,
+    row: RowId,
+    last_heard: Instant,
+    pub(super) complete: bool,
+    pub(super) rtt: Option<Duration>,
+    pub(super) loss_ppm: u32,
+    /// Its loss rate, smoothed over the notices that reported any (parts per million).
+    pub(super) loss_est_ppm: u32,
+    /// Its socket's overflow share, from its latest notice (parts per million).
+    overflow_ppm: u32,
+    /// How full its socket's receive buffer got, from its latest notice (parts per million).
+    queue_ppm: u32,
+    /// Its verified blocks at its previous notice, and when that notice came.
+    delivered: Option<Delivered>,
+    /// Bytes per second it verified between notices, smoothed; 0 until measured.
+    delivery: u64,
+    /// Blocks before this are marked held in the status matrix.
+    marked: u64,
+    /// The zone it named (split mode; 0 otherwise).
+    pub(super) zone: u16,
+}
+
+/// A member's count of verified blocks, as of one receipt notice.
+#[derive(Clone, Copy, Debug)]
+struct Delivered {
+    at: Instant,
+    blocks: u64,
+}
+
+/// A unicast answer to one receiver.
+pub(super) enum Reply {
+    /// Its join is accepted: it has row `row` of the status matrix.
+    Accept {
+        to: SocketAddr,
+        receiver: ReceiverId,
+        row: u32,
+    },
+    /// It holds everything (the answer to its final receipt notices).
+    Done {
+        to: SocketAddr,
+        receiver: ReceiverId,
+    },
+}
+
+/// The members, the status matrix their receipt notices fill, and the group round-trip
+/// time their echoes measure.
+pub(super) struct Membership {
+    pub(super) members: HashMap<ReceiverId, Member>,
+    pub(super) matrix: StatusMatrix,
+    /// Receivers ever accepted.
+    pub(super) ever_joined: usize,
+    /// Answers to receivers, sent before anything else.
+    pub(super) replies: VecDeque<Reply>,
+    pub(super) grtt: Duration,
+    /// The slowest send->receipt time measured in the current window.
+    grtt_window_max: Option<Duration>,
+    pub(super) grtt_window_end: Option<Instant>,
+    /// When to look for members that fell silent.
+    pub(super) next_scan: Option<Instant>,
+}
+
+impl Membership {
+    pub(super) fn new(max_receivers: usize, blocks: u64, grtt: Duration) -> Self {
+        Membership {
+            members: HashMap::new(),
+            matrix: StatusMatrix::new(max_receivers, blocks as usize),
+            ever_joined: 0,
+            replies: VecDeque::new(),
+            grtt,
+            grtt_window_max: None,
+            grtt_window_end: None,
+            next_scan: None,
+        }
+    }
+
+    /// Members still receiving.
+    pub(super) fn incomplete(&self) -> usize {
+        self.members.values().filter(|m| !m.complete).count()
+    }
+
+    /// Every member holds everything (also when there is none).
+    pub(super) fn all_complete(&self) -> bool {
+        self.members.values().all(|m| m.complete)
+    }
+
+    /// Ends a GRTT window (the estimate follows the slowest receiver seen in it) and starts
+    /// the next, `window` long.
+    fn end_grtt_window(&mut self, now: Instant, window: Duration) {
+        if let Some(w) = self.grtt_window_max.take() {
+            // Rise at once to the slowest receiver seen; fall back slowly.
+            self.grtt = if w > self.grtt {
+                w
+            } else {
+                (self.grtt * 3 + w) / 4
+            };
+            self.grtt = self.grtt.max(Duration::from_micros(100));
+        }
+        self.grtt_window_end = Some(now + window);
+    }
+}
+
+impl<S: BlockSource> Sender<S> {
+    /// The status matrix: receivers x blocks, receive and request status.
+    pub fn status_matrix(&self) -> &StatusMatrix {
+        &self.membership.matrix
+    }
+
+    /// Every accepted receiver reports holding block `seq` (global numbering).
+    pub fn all_hold(&self, seq: u64) -> bool {
+        !self.membership.members.is_empty() && self.membership.matrix.all_hold(seq as usize)
+    }
+
+    /// Receivers ever accepted in this session.
+    pub fn receivers_ever(&self) -> usize {
+        self.membership.ever_joined
+    }
+
+    /// Accepted receivers now.
+    pub fn receivers(&self) -> usize {
+        self.membership.members.len()
+    }
+
+    /// Each member's measured send->receipt time and reported loss, by id, for the node's
+    /// summary and relay choice.
+    pub fn receiver_report(&self) -> Vec<MemberReport> {
+        let mut v: Vec<_> = self
+            .membership
+            .members
+            .iter()
+            .map(|(id, m)| MemberReport {
+                id: *id,
+                addr: m.addr,
+                complete: m.complete,
+                rtt: m.rtt,
+                loss_ppm: m.loss_ppm,
+            })
+            .collect();
+        v.sort_by_key(|r| r.id);
+        v
+    }
+
+    /// What the members' latest receipt notices say of congestion, summed up for
+    /// `--rate auto`.
+    pub fn congestion(&self) -> Congestion {
+        Congestion {
+            overflow_ppm: self.worst_overflow_ppm(),
+            queue_ppm: self.worst_queue_ppm(),
+            loss_ppm: self
+                .membership
+                .members
+                .values()
+                .map(|m| m.loss_ppm)
+                .max()
+                .unwrap_or(0),
+            slowest_delivery: self.slowest_delivery(),
+        }
+    }
+
+    /// The worst socket overflow share among the members' latest receipt notices (parts per
+    /// million): congestion at a receiver, the signal `--rate auto` slows down for.
+    pub fn worst_overflow_ppm(&self) -> u32 {
+        self.membership
+            .members
+            .values()
+            .map(|m| m.overflow_ppm)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The fullest receive buffer among the members' latest receipt notices (parts per
+    /// million of the buffer): a receiver falling behind, before it overflows.
+    pub fn worst_queue_ppm(&self) -> u32 {
+        self.membership
+            .members
+            .values()
+            .map(|m| m.queue_ppm)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The slowest incomplete member's delivery rate: bytes per second it verified between
+    /// its recent notices (smoothed), among those measured; what the group demonstrably takes.
+    pub fn slowest_delivery(&self) -> Option<u64> {
+        self.membership
+            .members
+            .values()
+            .filter(|m| !m.complete && m.delivery > 0)
+            .map(|m| m.delivery)
+            .min()
+    }
+
+    /// The group round-trip time estimate.
+    pub fn grtt(&self) -> Duration {
+        self.membership.grtt
+    }
+
+    pub(super) fn grtt_window(&self) -> Duration {
+        (self.cfg.announce_interval * 4).max(Duration::from_millis(100))
+    }
+
+    /// Timers: the GRTT window's end.
+    pub(super) fn end_grtt_window(&mut self, now: Instant) {
+        let window = self.grtt_window();
+        self.membership.end_grtt_window(now, window);
+    }
+
+    /// Sends one answer to a receiver (an accept, or done for it).
+    pub(super) fn send_reply(&mut self, reply: Reply, buf: &mut [u8]) -> Option<Transmit> {
+        let session = self.cfg.session;
+        let (addr, p) = match reply {
+            Reply::Accept { to, receiver, row } => (
+                to,
+                Packet::Accept(AcceptRepr {
+                    session,
+                    receiver,
+                    row,
+                }),
+            ),
+            Reply::Done { to, receiver } => {
+                (to, Packet::Done(DoneRepr::Receiver { session, receiver }))
+            }
+        };
+        let len = p.emit(buf).ok()?;
+        self.stats.control_sent += 1;
+        Some(Transmit {
+            destination: Destination::Peer(addr),
+            len,
+            payload: None,
+        })
+    }
+
+    pub(super) fn on_join(&mut self, now: Instant, from: SocketAddr, id: ReceiverId) {
+        self.stats.joins += 1;
+        if let Some(m) = self.membership.members.get_mut(&id) {
+            m.last_heard = now;
+            if m.addr != from {
+                m.addr = from;
+                if let Some(sp) = self.split.as_mut() {
+                    sp.dirty = true;
+                }
+            }
+            let row = m.row.index() as u32;
+            self.membership.replies.push_back(Reply::Accept {
+                to: from,
+                receiver: id,
+                row,
+            });
+            return;
+        }
+        if matches!(self.phase, Phase::Closing { .. } | Phase::Finished) {
+            return;
+        }
+        let Some(row) = self.membership.matrix.add_receiver() else {
+            return;
+        };
+        // Split mode: the zone it named when it asked for the session (zone 0 otherwise).
+        let zone = self
+            .split
+            .as_mut()
+            .and_then(|sp| sp.solicitors.remove(&id))
+            .map_or(0, |s| s.zone);
+        self.membership_changed();
+        self.membership.members.insert(
+            id,
+            Member {
+                addr: from,
+                row,
+                last_heard: now,
+                complete: false,
+                rtt: None,
+                loss_ppm: 0,
+                loss_est_ppm: 0,
+                overflow_ppm: 0,
+                queue_ppm: 0,
+                delivered: None,
+                delivery: 0,
+                marked: 0,
+                zone,
+            },
+        );
+        self.membership.ever_joined += 1;
+        self.membership.replies.push_back(Reply::Accept {
+            to: from,
+            receiver: id,
+            row: row.index() as u32,
+        });
+        self.events.push_back(SenderEvent::ReceiverJoined {
+            receiver: id,
+            addr: from,
+        });
+    }
+
+    /// A member says it leaves.
+    pub(super) fn on_leave(&mut self, receiver: ReceiverId) {
+        if let Some(m) = self.membership.members.remove(&receiver) {
+            self.membership.matrix.remove_receiver(m.row);
+            self.membership_changed();
+            self.events.push_back(SenderEvent::ReceiverLeft {
+                receiver,
+                timed_out: false,
+            });
+        }
+    }
+
+    /// A member was heard from (a NACK or a priority request): it is not silent.
+    pub(super) fn heard_from(&mut self, now: Instant, receiver: ReceiverId) -> Option<RowId> {
+        let m = self.membership.members.get_mut(&receiver)?;
+        m.last_heard = now;
+        Some(m.row)
+    }
+
+    /// Timers: members not heard from for the receiver timeout are dropped.
+    pub(super) fn scan_members(&mut self, now: Instant) {
+        let timeout = self.cfg.receiver_timeout;
+        // Split mode: complete members keep reporting (they still forward copies), so a
+        // silent one is gone whether complete or not.
+        let split = self.split.is_some();
+        let gone: Vec<ReceiverId> = self
+            .membership
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                (split || !m.complete) && now.saturating_duration_since(m.last_heard) > timeout
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(m) = self.membership.members.remove(&id) {
+                self.membership.matrix.remove_receiver(m.row);
+            }
+            self.membership_changed();
+            self.events.push_back(SenderEvent::ReceiverLeft {
+                receiver: id,
+                timed_out: true,
+            });
+        }
+        if let Some(sp) = self.split.as_mut() {
+            sp.solicitors
+                .retain(|_, s| now.saturating_duration_since(s.last_heard) <= timeout);
+        }
+        self.membership.next_scan = Some(now + timeout / 4);
+    }
+
+    pub(super) fn on_receipt(&mut self, now: Instant, r: &ReceiptRepr) {
+        let ts_now = self.timestamp(now);
+        let Some(m) = self.membership.members.get_mut(&r.receiver) else {
+            self.stats.strangers += 1;
+            return;
+        };
+        m.last_heard = now;
+        m.loss_ppm = r.loss_ppm;
+        if r.loss_ppm > 0 {
+            // A notice covering no finished block says 0: keep the last estimate then.
+            m.loss_est_ppm = if m.loss_est_ppm == 0 {
+                r.loss_ppm
+            } else {
+                ((3 * u64::from(m.loss_est_ppm) + u64::from(r.loss_ppm)) / 4) as u32
+            };
+        }
+        m.overflow_ppm = r.overflow_ppm;
+        m.queue_ppm = r.queue_ppm;
+        // Delivery rate: what it verified since its previous notice (at least 20 ms ago).
+        match m.delivered {
+            Some(Delivered { at: t, blocks: b })
+                if now.saturating_duration_since(t) >= Duration::from_millis(20) =>
+            {
+                let block = self.numbering.block_size() as u64;
+                let dt = now.saturating_duration_since(t).as_secs_f64();
+                let rate = (r.blocks_done.saturating_sub(b) * block) as f64 / dt;
+                m.delivery = if m.delivery == 0 {
+                    rate as u64
+                } else {
+                    ((m.delivery as f64 + rate) / 2.0) as u64
+                };
+                m.delivered = Some(Delivered {
+                    at: now,
+                    blocks: r.blocks_done,
+                });
+            }
+            Some(_) => {}
+            None => {
+                m.delivered = Some(Delivered {
+                    at: now,
+                    blocks: r.blocks_done,
+                });
+            }
+        }
+        // Send->receipt time: now minus the echoed send time, less the time the receiver held it.
+        let elapsed = ts_now.wrapping_sub(r.echo_timestamp);
+        if r.echo_timestamp != 0 && elapsed < 60_000_000 {
+            let sample = Duration::from_micros(u64::from(elapsed.saturating_sub(r.echo_delay_us)));
+            let first = m.rtt.is_none();
+            m.rtt = Some(match m.rtt {
+                Some(old) => (old * 7 + sample) / 8,
+                None => sample,
+            });
+            if first {
+                // Split mode: a first measurement may change the plan (which zone is served
+                // directly, who relays to whom), so plan again soon.
+                if let Some(sp) = self.split.as_mut() {
+                    sp.dirty = true;
+                }
+            }
+            let w = &mut self.membership.grtt_window_max;
+            *w = Some(w.map_or(sample, |w| w.max(sample)));
+        }
+        let row = m.row;
+        let marked = m.marked;
+        let newly_complete = r.complete && !m.complete;
+        if r.complete {
+            m.complete = true;
+            let to = m.addr;
+            self.membership.replies.push_back(Reply::Done {
+                to,
+                receiver: r.receiver,
+            });
+        }
+        // Receive status: the watermark (only what is new since the last notice) and the
+        // runs past it.
+        let total = self.numbering.total();
+        let wm = if r.complete {
+            Some(total)
+        } else {
+            self.numbering
+                .seq(r.watermark_object, r.watermark_block)
+                .or((r.watermark_object.0 as usize >= self.numbering.objects()).then_some(total))
+        };
+        if let Some(wm) = wm.filter(|&wm| wm > marked) {
+            for seq in marked..wm {
+                self.membership.matrix.mark_held(row, seq as usize);
+            }
+            if let Some(m) = self.membership.members.get_mut(&r.receiver) {
+                m.marked = wm;
+            }
+        }
+        for run in &r.runs {
+            if let Some(start) = self.numbering.seq(run.object, run.start) {
+                // A run stays inside its object.
+                let obj_end = self.numbering.object_end(run.object);
+                let end = (start + u64::from(run.len)).min(obj_end);
+                for seq in start..end {
+                    self.membership.matrix.mark_held(row, seq as usize);
+                }
+            }
+        }
+        if newly_complete {
+            self.events.push_back(SenderEvent::ReceiverComplete {
+                receiver: r.receiver,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::gated_sender;
+    use super::*;
+    use crate::wire::{BlockIndex, ObjectId};
+
+    #[test]
+    fn delivery_rate_is_what_the_slowest_receiver_verified_between_notices() {
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let notice = |id: u64, blocks_done: u64, queue_ppm: u32| ReceiptRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(id),
+            complete: false,
+            echo_timestamp: 0,
+            echo_delay_us: 0,
+            loss_ppm: 0,
+            overflow_ppm: 0,
+            queue_ppm,
+            watermark_object: ObjectId(0),
+            watermark_block: BlockIndex(0),
+            blocks_done,
+            runs: Vec::new(),
+        };
+        let (a, b) = (notice(1, 0, 0), notice(2, 0, 0));
+        let (a2, b2) = (notice(1, 10, 0), notice(2, 4, 300_000));
+        for id in [1, 2] {
+            s.on_join(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(id));
+        }
+        s.on_receipt(t0, &a);
+        s.on_receipt(t0, &b);
+        assert_eq!(s.slowest_delivery(), None, "one notice measures nothing");
+        let t1 = t0 + Duration::from_millis(100);
+        s.on_receipt(t1, &a2);
+        s.on_receipt(t1, &b2);
+        // Blocks of 4 units of 8 bytes: 4 blocks in 100 ms is 1,280 bytes per second.
+        let d = s.slowest_delivery().unwrap();
+        assert!((1_270..=1_290).contains(&d), "{d}");
+        assert_eq!(s.worst_queue_ppm(), 300_000);
+    }
+}

@@ -1,0 +1,677 @@
+//! The server's side of a session, sans-IO (docs/DESIGN.md "Protocol").
+//!
+//! The sender announces the session, carries the manifest, admits receivers, sends every
+//! block once in order (the first pass) at the configured rate, and answers NACKs: NACKs
+//! for a block are merged across receivers and answered with parity units (as many as the
+//! receiver that misses most still needs), or with the original units where a receiver
+//! holds too little of the block for parity to pay. It ends when every accepted receiver
+//! holds every block, or at the deadline.
+//!
+//! Drive it like this: feed every datagram that arrives at the control address to
+//! [`Sender::handle_datagram`]; call [`Sender::handle_timeout`] when the instant from
+//! [`Sender::poll_timeout`] passes; after either, call [`Sender::poll_transmit`] until it
+//! returns `None` and send what it gives; drain [`Sender::poll_event`].
+
+mod carousel;
+mod config;
+mod first_pass;
+mod membership;
+mod repair;
+mod split;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::coding;
+use crate::endpoint::Endpoint;
+use crate::numbering::BlockNumbering;
+use crate::pacer::Pacer;
+use crate::rate::{RateControl, RateLimits};
+use crate::store::BlockSource;
+use crate::wire::{
+    BlockIndex, DoneReason, Manifest, ObjectId, Packet, ReceiverId, WireError, UNIT_HEADER_LEN,
+};
+use crate::{Destination, Transmit};
+
+use carousel::Carousel;
+pub use config::{SenderConfig, ORIGINALS_FACTOR, XOR_GATHER_GRTTS};
+use first_pass::{AutoRate, FirstPass, SKIP_SCAN, STALL_RECHECK};
+use membership::Membership;
+use repair::Repairs;
+use split::SplitState;
+
+/// What happened, for the node to report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SenderEvent {
+    ReceiverJoined {
+        receiver: ReceiverId,
+        addr: SocketAddr,
+    },
+    ReceiverLeft {
+        receiver: ReceiverId,
+        timed_out: bool,
+    },
+    ReceiverComplete {
+        receiver: ReceiverId,
+    },
+    /// The first pass began (enough receivers, or the wait ran out).
+    FirstPassStarted,
+    /// Every block has been sent once.
+    FirstPassDone,
+    /// A block went out whole ahead of the first pass (a priority request): an external
+    /// first pass need not send it again (receivers that lost some of it NACK).
+    SentWhole {
+        object: ObjectId,
+        block: BlockIndex,
+    },
+    /// The session is over; nothing more will be sent.
+    Finished {
+        reason: DoneReason,
+    },
+    /// A datagram could not be decoded (counted in stats too).
+    BadPacket {
+        from: SocketAddr,
+        error: WireError,
+    },
+}
+
+/// Counters. Bytes are datagram bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    pub data_units: u64,
+    pub data_bytes: u64,
+    /// Original units sent again as repairs.
+    pub repair_units: u64,
+    /// XOR repairs sent (each combines two to four original units).
+    pub xor_units: u64,
+    /// Original units those XOR repairs carried.
+    pub xor_carried: u64,
+    pub parity_units: u64,
+    pub parity_bytes: u64,
+    pub announces: u64,
+    pub manifest_chunks: u64,
+    pub control_sent: u64,
+    pub nacks: u64,
+    pub nack_bytes: u64,
+    pub receipts: u64,
+    pub receipt_bytes: u64,
+    pub joins: u64,
+    pub priority_requests: u64,
+    pub bad_packets: u64,
+    /// NACKs and notices from receivers that are not members (ignored).
+    pub strangers: u64,
+}
+
+/// One member as the sender sees it (for the node's summary and relay choice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberReport {
+    pub id: ReceiverId,
+    pub addr: SocketAddr,
+    pub complete: bool,
+    /// Measured send -> receipt time, smoothed.
+    pub rtt: Option<Duration>,
+    /// Loss from its latest receipt notice (ppm).
+    pub loss_ppm: u32,
+}
+
+/// How far an external first pass got ([`Sender::handle_first_pass`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirstPassProgress {
+    /// Every block numbered below this has been sent by every stripe.
+    pub sent_before: u64,
+    /// Datagram bytes the stripes sent so far, in all.
+    pub bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Sending,
+    Closing { reason: DoneReason, left: u32 },
+    Finished,
+}
+
+/// The server's state machine for one session.
+pub struct Sender<S> {
+    cfg: SenderConfig,
+    source: S,
+    manifest: Manifest,
+    numbering: BlockNumbering,
+    epoch: Option<Instant>,
+    phase: Phase,
+    /// Closing: when the next done packet goes out.
+    closing_at: Option<Instant>,
+    /// Paces what this sender sends itself (repairs, and an internal first pass).
+    pacer: Pacer,
+    /// The automatic rate, when on.
+    auto_rate: Option<AutoRate>,
+    first_pass: FirstPass,
+    carousel: Carousel,
+    membership: Membership,
+    repairs: Repairs,
+    events: VecDeque<SenderEvent>,
+    stats: SenderStats,
+    split: Option<SplitState>,
+}
+
+impl<S: BlockSource> Sender<S> {
+    /// A sender for `manifest`, reading block bytes from `source`.
+    ///
+    /// Fails if the geometry disagrees with the manifest or the parity code cannot use it.
+    pub fn new(cfg: SenderConfig, manifest: Manifest, source: S) -> Result<Self, &'static str> {
+        let g = cfg.geometry;
+        if g.unit_size != manifest.unit_size || g.units_per_block != manifest.units_per_block {
+            return Err("geometry differs from the manifest");
+        }
+        if g.unit_size < 2
+            || g.unit_size % 2 != 0
+            || usize::from(g.unit_size) + UNIT_HEADER_LEN > crate::wire::MAX_DATAGRAM
+        {
+            return Err("unit size must be even, at least 2, and fit a datagram");
+        }
+        if g.units_per_block == 0
+            || g.units_per_block > 32_768
+            || g.max_parity == 0
+            || g.max_parity > 32_768
+        {
+            return Err("units per block and parity units must be 1..=32768");
+        }
+        if !coding::supported(g.units_per_block, g.max_parity) {
+            return Err(
+                "the parity code does not support this many units per block and parity units",
+            );
+        }
+        if cfg.stripes == 0 || cfg.rate == 0 {
+            return Err("stripes and rate must be positive");
+        }
+        if cfg.split.is_some() && cfg.external_first_pass {
+            return Err("split mode sends the first pass itself (no external first pass)");
+        }
+        let carousel = Carousel::new(&manifest)?;
+        let numbering = BlockNumbering::new(&manifest);
+        let blocks = numbering.total();
+        let own_rate = if cfg.external_first_pass {
+            cfg.rate / 2
+        } else {
+            cfg.rate
+        };
+        Ok(Sender {
+            split: cfg.split.clone().map(SplitState::new),
+            pacer: Pacer::new(own_rate, cfg.burst),
+            auto_rate: cfg.rate_control.map(|l| {
+                AutoRate::new(RateControl::new(RateLimits {
+                    start: cfg.rate,
+                    ..l
+                }))
+            }),
+            first_pass: FirstPass::new(blocks, cfg.external_first_pass),
+            membership: Membership::new(cfg.max_receivers, blocks, cfg.initial_grtt),
+            carousel,
+            repairs: Repairs::default(),
+            cfg,
+            source,
+            manifest,
+            numbering,
+            epoch: None,
+            phase: Phase::Waiting,
+            closing_at: None,
+            events: VecDeque::new(),
+            stats: SenderStats::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &SenderStats {
+        &self.stats
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The block source, to fill in blocks as they become available (a relay).
+    pub fn source_mut(&mut self) -> &mut S {
+        &mut self.source
+    }
+
+    /// The global number of block `block` of `object` (numbering runs over the manifest's
+    /// objects in order), if it exists.
+    pub fn global_block(&self, object: ObjectId, block: BlockIndex) -> Option<u64> {
+        self.numbering.seq(object, block)
+    }
+
+    /// Blocks in the session (global numbering runs over the manifest's objects).
+    pub fn total_blocks(&self) -> u64 {
+        self.numbering.total()
+    }
+
+    /// The session's block numbering.
+    pub fn numbering(&self) -> &BlockNumbering {
+        &self.numbering
+    }
+
+    #[doc(hidden)]
+    pub fn debug_state(&self) -> String {
+        format!(
+            "phase {:?} pass {:?} queue {:?} next_send {:?} announce {:?} closing {:?} members {}",
+            self.phase,
+            self.first_pass.next,
+            self.repairs.queue,
+            self.pacer.next_send(),
+            self.carousel.next_announce,
+            self.closing_at,
+            self.membership.members.len()
+        )
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// The first pass may run: enough receivers joined, or the wait ran out. An external
+    /// first pass starts when this turns true.
+    pub fn is_sending(&self) -> bool {
+        self.phase != Phase::Waiting
+    }
+
+    /// The session's start: unit timestamps are microseconds since this instant.
+    pub fn epoch(&self) -> Option<Instant> {
+        self.epoch
+    }
+
+    /// Stop: tell the group the session is over.
+    pub fn abort(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Closing { .. } | Phase::Finished) {
+            self.close(now, DoneReason::Aborted);
+        }
+    }
+
+    fn timestamp(&self, now: Instant) -> u32 {
+        crate::micros(now.saturating_duration_since(self.epoch.unwrap_or(now)))
+    }
+
+    fn start(&mut self, now: Instant) {
+        if self.epoch.is_none() {
+            self.epoch = Some(now);
+            self.membership.next_scan = Some(now + self.cfg.receiver_timeout / 4);
+            self.membership.grtt_window_end = Some(now + self.grtt_window());
+            if let Some(a) = self.auto_rate.as_mut() {
+                a.stepped_at = now;
+                a.sent_then = 0;
+            }
+        }
+    }
+
+    fn since_start(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.epoch.unwrap_or(now))
+    }
+
+    /// Handles one datagram that arrived at the control address from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.start(now);
+        let packet = match Packet::parse(bytes) {
+            Ok(p) => p,
+            Err(error) => {
+                self.stats.bad_packets += 1;
+                self.events
+                    .push_back(SenderEvent::BadPacket { from, error });
+                return;
+            }
+        };
+        if let Packet::Solicit(sol) = &packet {
+            self.on_solicit(now, from, sol);
+            return;
+        }
+        if packet.session() != self.cfg.session {
+            self.stats.strangers += 1;
+            return;
+        }
+        match packet {
+            Packet::Join(j) => self.on_join(now, from, j.receiver),
+            Packet::Leave(l) => self.on_leave(l.receiver),
+            Packet::Nack(n) => {
+                self.stats.nacks += 1;
+                self.stats.nack_bytes += bytes.len() as u64;
+                self.on_nack(now, &n);
+            }
+            Packet::Receipt(r) => {
+                self.stats.receipts += 1;
+                self.stats.receipt_bytes += bytes.len() as u64;
+                self.on_receipt(now, &r);
+            }
+            Packet::Priority(p) => {
+                self.stats.priority_requests += 1;
+                self.on_priority(now, &p);
+            }
+            // Server-to-receiver kinds arriving here are ignored.
+            Packet::Unit(..)
+            | Packet::Announce(_)
+            | Packet::Manifest(_)
+            | Packet::Accept(_)
+            | Packet::Plan(_)
+            | Packet::Solicit(_)
+            | Packet::Xor(..)
+            | Packet::Done(_) => self.stats.strangers += 1,
+        }
+    }
+
+    /// Handles timers: call when the instant from [`Sender::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.start(now);
+        if self.carousel.next_announce.is_some_and(|t| now >= t) {
+            self.carousel.announce_now = true;
+        }
+        if self.membership.grtt_window_end.is_some_and(|t| now >= t) {
+            self.end_grtt_window(now);
+        }
+        if self.membership.next_scan.is_some_and(|t| now >= t) {
+            self.scan_members(now);
+        }
+        if self.phase == Phase::Sending {
+            if self
+                .auto_rate
+                .as_ref()
+                .and_then(|a| a.next_step)
+                .is_some_and(|t| now >= t)
+            {
+                self.step_rate(now);
+            }
+            if self.first_pass.next_skip_scan.is_some_and(|t| now >= t) {
+                self.scan_skips();
+                self.first_pass.next_skip_scan = (!self.first_pass_done()).then(|| now + SKIP_SCAN);
+            }
+        }
+        self.advance_phase(now);
+    }
+
+    fn advance_phase(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Waiting => {
+                if self.membership.members.len() >= self.cfg.min_receivers
+                    || self.since_start(now) >= self.cfg.max_wait
+                {
+                    self.phase = Phase::Sending;
+                    self.membership_changed();
+                    self.events.push_back(SenderEvent::FirstPassStarted);
+                    if let Some(a) = self.auto_rate.as_mut() {
+                        a.next_step = Some(now + RateControl::STEP);
+                        a.stepped_at = now;
+                    }
+                    self.first_pass.next_skip_scan = Some(now);
+                }
+            }
+            Phase::Sending => {
+                if self
+                    .cfg
+                    .deadline
+                    .is_some_and(|d| self.since_start(now) >= d)
+                {
+                    self.close(now, DoneReason::Deadline);
+                } else if self.first_pass_done()
+                    && self.repairs.is_empty()
+                    && self.membership.all_complete()
+                {
+                    // Every member holds everything (also when nobody joined: the node tells
+                    // the user that no receiver was there).
+                    self.close(now, DoneReason::Complete);
+                }
+            }
+            Phase::Closing { reason, left } => {
+                if left == 0 && self.closing_at.is_some_and(|t| now >= t) {
+                    self.phase = Phase::Finished;
+                    self.events.push_back(SenderEvent::Finished { reason });
+                }
+            }
+            Phase::Finished => {}
+        }
+    }
+
+    fn close(&mut self, now: Instant, reason: DoneReason) {
+        self.phase = Phase::Closing { reason, left: 3 };
+        self.closing_at = Some(now);
+    }
+
+    /// The next instant at which [`Sender::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Finished => return None,
+            // Only the done packets are left to send.
+            Phase::Closing { .. } => return self.closing_at,
+            _ => {}
+        }
+        let mut t: Option<Instant> = None;
+        let mut consider = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        consider(self.carousel.next_announce);
+        consider(self.membership.grtt_window_end);
+        consider(self.membership.next_scan);
+        consider(self.split_timeout());
+        if let Some(epoch) = self.epoch {
+            match self.phase {
+                Phase::Waiting => {
+                    // Enough receivers: start at once, not at the next timer (a join arrives
+                    // between timers, up to an announce interval before the next one).
+                    if self.membership.members.len() >= self.cfg.min_receivers {
+                        consider(Some(epoch));
+                    }
+                    consider(Some(epoch + self.cfg.max_wait));
+                }
+                Phase::Sending => {
+                    consider(self.cfg.deadline.map(|d| epoch + d));
+                    consider(self.auto_rate.as_ref().and_then(|a| a.next_step));
+                    consider(self.first_pass.next_skip_scan);
+                    if self.has_paced_work() {
+                        // A head repair still gathering NACKs sends nothing before then.
+                        let due = match (self.pacer.next_send(), self.repair_gathering()) {
+                            (Some(a), Some(b)) if !self.pass_ready() => Some(a.max(b)),
+                            (None, Some(b)) if !self.pass_ready() => Some(b),
+                            (a, _) => a,
+                        };
+                        consider(due);
+                    } else if self.first_pass.next.is_some() {
+                        consider(self.first_pass.stall_check);
+                    }
+                }
+                Phase::Closing { .. } => consider(self.closing_at),
+                Phase::Finished => {}
+            }
+        }
+        t
+    }
+
+    /// Drains one event.
+    pub fn poll_event(&mut self) -> Option<SenderEvent> {
+        self.events.pop_front()
+    }
+
+    /// Writes the next datagram due at `now` into `buf` (at least `unit_size + 64` bytes,
+    /// and room for a manifest chunk) and says where it goes, or returns `None` when
+    /// nothing is due. For data units only the header is written: the payload follows from
+    /// the block source ([`Transmit::payload`]).
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.start(now);
+        if self.phase == Phase::Finished {
+            return None;
+        }
+        if let Some(reply) = self.membership.replies.pop_front() {
+            return self.send_reply(reply, buf);
+        }
+        if self.split.is_some() {
+            self.maybe_replan(now);
+            if let Some(t) = self.poll_fanout(now, buf) {
+                return Some(t);
+            }
+        }
+        if let Phase::Closing { reason, left } = self.phase {
+            return self.poll_done(now, buf, reason, left);
+        }
+        if self.carousel.announce_now && self.split.is_some() {
+            if let Some(t) = self.fan_out_announce(now, buf) {
+                return Some(t);
+            }
+        }
+        if self.carousel.is_due() {
+            return self.poll_carousel(now, buf);
+        }
+        if self.phase != Phase::Sending {
+            self.advance_phase(now);
+            return None;
+        }
+        self.end_work_without_members();
+        // Paced data: repairs first, then the first pass.
+        if !self.has_paced_work() {
+            if self.first_pass.next.is_some() {
+                // The first pass waits for its next block to become available.
+                self.first_pass.stall_check = Some(now + STALL_RECHECK);
+            }
+            self.advance_phase(now);
+            return None;
+        }
+        if !self.pacer.ready(now) {
+            return None;
+        }
+        let t = self
+            .send_repair(now, buf)
+            .or_else(|| self.send_first_pass(now, buf))?;
+        self.pacer.spend(now, t.datagram_len());
+        Some(t)
+    }
+
+    fn group(&self, len: usize) -> Transmit {
+        Transmit {
+            destination: Destination::Group,
+            len,
+            payload: None,
+        }
+    }
+}
+
+impl<S: BlockSource> Endpoint for Sender<S> {
+    type Event = SenderEvent;
+
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        Sender::handle_datagram(self, now, from, bytes)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Sender::handle_timeout(self, now)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        Sender::poll_transmit(self, now, buf)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Sender::poll_timeout(self)
+    }
+
+    fn poll_event(&mut self) -> Option<SenderEvent> {
+        Sender::poll_event(self)
+    }
+
+    fn is_finished(&self) -> bool {
+        Sender::is_finished(self)
+    }
+}
+
+/// A small sender for the unit tests of the sender's parts.
+#[cfg(test)]
+mod testing {
+    use super::*;
+    use crate::wire::{ObjectEntry, UnitPacket};
+    use crate::Geometry;
+
+    /// Two blocks of 4 units; only the blocks before `ready` are available.
+    pub(super) struct Gated {
+        bytes: Vec<u8>,
+        pub(super) ready: u32,
+    }
+
+    impl BlockSource for Gated {
+        fn block(&self, _o: ObjectId, b: BlockIndex) -> &[u8] {
+            &self.bytes[b.0 as usize * 32..(b.0 as usize + 1) * 32]
+        }
+        fn available(&self, _o: ObjectId, b: BlockIndex) -> bool {
+            b.0 < self.ready
+        }
+    }
+
+    pub(super) fn gated_sender() -> Sender<Gated> {
+        let bytes: Vec<u8> = (0..64u8).collect();
+        let manifest = Manifest {
+            unit_size: 8,
+            units_per_block: 4,
+            objects: vec![ObjectEntry {
+                name: "a".into(),
+                size: 64,
+                hash: *blake3::hash(&bytes).as_bytes(),
+                block_hashes: bytes
+                    .chunks(32)
+                    .map(|c| *blake3::hash(c).as_bytes())
+                    .collect(),
+            }],
+        };
+        let cfg = SenderConfig {
+            geometry: Geometry {
+                unit_size: 8,
+                units_per_block: 4,
+                max_parity: 4,
+            },
+            max_wait: Duration::ZERO,
+            ..SenderConfig::default()
+        };
+        Sender::new(cfg, manifest, Gated { bytes, ready: 1 }).unwrap()
+    }
+
+    /// Data units the sender gives out at `now`, as (block, unit).
+    pub(super) fn units_due(s: &mut Sender<Gated>, now: Instant) -> Vec<(u32, u16)> {
+        let mut buf = vec![0u8; 4096];
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+            let Some(t) = s.poll_transmit(now, &mut buf) else {
+                break;
+            };
+            if t.payload.is_some() {
+                let u = UnitPacket::new_checked(&buf[..t.len + 8]).unwrap();
+                out.push((u.block().0, u.index()));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::gated_sender;
+    use super::*;
+
+    #[test]
+    fn first_pass_starts_as_soon_as_enough_receivers_joined() {
+        let mut s = gated_sender();
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(10);
+        let t0 = Instant::now();
+        s.handle_timeout(t0);
+        assert!(!s.is_sending());
+        // Nothing is due before the next announce while nobody is there.
+        assert!(s
+            .poll_timeout()
+            .is_some_and(|t| t > t0 + Duration::from_millis(50)));
+        let t1 = t0 + Duration::from_millis(1);
+        s.on_join(t1, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        // Due at once, not at the next announce.
+        assert!(s.poll_timeout().is_some_and(|t| t <= t1));
+        s.handle_timeout(t1);
+        assert!(s.is_sending());
+    }
+}

@@ -1,0 +1,609 @@
+//! Repairs: NACKs merged per block and answered with parity, originals or XOR repairs
+//! (docs/DESIGN.md "Protocol"), priority requests sent whole ahead of the first pass, and
+//! the parity cache.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use blockcast_status::UnitBitmap;
+
+use super::{Sender, SenderEvent, XOR_GATHER_GRTTS};
+use crate::coding;
+use crate::numbering::BlockAddr;
+use crate::store::BlockSource;
+use crate::wire::{
+    Holes, NackEntry, NackRepr, PriorityRepr, ReceiverId, UnitHeaderRepr, XorRepr, UNIT_HEADER_LEN,
+    XOR_NONE, XOR_WIDTH,
+};
+use crate::{Destination, Transmit};
+
+/// Most blocks one priority request may ask for.
+const PRIORITY_BLOCKS: u32 = 16;
+
+/// What one receiver's latest NACK for a block asked for, for XOR repairs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Wanted {
+    receiver: ReceiverId,
+    /// Units not yet sent, ascending.
+    units: Vec<u16>,
+}
+
+/// Repair state of one block.
+#[derive(Default)]
+pub(super) struct Repair {
+    /// Parity indices allocated so far (the current round ends here).
+    parity_end: u16,
+    /// Next parity index to send.
+    parity_next: u16,
+    /// When the last parity unit of the block went out.
+    last_sent: Option<Instant>,
+    /// When the block was last sent whole for a priority request.
+    whole_sent_at: Option<Instant>,
+    /// The originals queued are the whole block (a priority request).
+    whole: bool,
+    /// Original units to send again.
+    originals: Option<UnitBitmap>,
+    /// XOR repairs: what each receiver's latest NACK for the block asked for and is not yet
+    /// sent (ascending unit indices).
+    wants: Vec<Wanted>,
+    /// XOR repairs wait until then for the other receivers' NACKs.
+    gather_until: Option<Instant>,
+    queued: bool,
+}
+
+impl Repair {
+    /// Until when the block waits for more NACKs, if XOR repairs are all it has left to send.
+    fn gathering(&self) -> Option<Instant> {
+        let idle = self.parity_next >= self.parity_end
+            && self.originals.as_ref().is_none_or(|o| o.count_ones() == 0);
+        self.gather_until.filter(|_| idle && !self.wants.is_empty())
+    }
+}
+
+/// Parity units per block, computed once and kept for the most recently computed blocks.
+#[derive(Default)]
+struct ParityCache {
+    blocks: HashMap<u64, Vec<u8>>,
+    /// The blocks kept, oldest first.
+    lru: VecDeque<u64>,
+}
+
+impl ParityCache {
+    /// Block `seq`'s parity units, from `encode` if they are not kept; keeps at most `keep`
+    /// blocks (the oldest goes).
+    fn get_or_encode(
+        &mut self,
+        seq: u64,
+        keep: usize,
+        encode: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Option<&[u8]> {
+        if !self.blocks.contains_key(&seq) {
+            let parity = encode()?;
+            if self.lru.len() >= keep.max(1) {
+                if let Some(old) = self.lru.pop_front() {
+                    self.blocks.remove(&old);
+                }
+            }
+            self.blocks.insert(seq, parity);
+            self.lru.push_back(seq);
+        }
+        self.blocks.get(&seq).map(Vec::as_slice)
+    }
+}
+
+/// The sender's repair state: per block, and the order blocks are served in.
+#[derive(Default)]
+pub(super) struct Repairs {
+    /// Repair state by block number (global numbering).
+    blocks: HashMap<u64, Repair>,
+    /// Blocks with repairs to send: NACK answers at the back, priority blocks at the front.
+    pub(super) queue: VecDeque<u64>,
+    parity: ParityCache,
+    /// Repairs go as originals ([`Sender::repair_by_originals`]), as decided at this instant.
+    by_originals: bool,
+    originals_checked: Option<Instant>,
+}
+
+impl Repairs {
+    /// Nothing is queued.
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Drops every repair (nobody is left to send them to).
+    pub(super) fn clear(&mut self) {
+        self.queue.clear();
+        self.blocks.clear();
+    }
+}
+
+impl<S: BlockSource> Sender<S> {
+    /// Blocks waiting in the repair queue (NACK answers and priority blocks).
+    pub fn repair_backlog(&self) -> usize {
+        if self.first_pass_done() {
+            return self.repairs.queue.len();
+        }
+        // Blocks whose XOR repairs wait for more NACKs have nothing to send yet.
+        self.repairs
+            .queue
+            .iter()
+            .filter(|s| {
+                self.repairs
+                    .blocks
+                    .get(s)
+                    .and_then(Repair::gathering)
+                    .is_none()
+            })
+            .count()
+    }
+
+    /// A NACK from a member: each block it names joins that block's repairs.
+    pub(super) fn on_nack(&mut self, now: Instant, n: &NackRepr) {
+        if self.heard_from(now, n.receiver).is_none() {
+            self.stats.strangers += 1;
+            return;
+        }
+        let incomplete = self.membership.incomplete();
+        for e in &n.entries {
+            self.on_nack_entry(now, n.receiver, incomplete, e);
+        }
+    }
+
+    /// A priority request from a member: the blocks it names go out whole, first.
+    pub(super) fn on_priority(&mut self, now: Instant, p: &PriorityRepr) {
+        let Some(first) = self.numbering.seq(p.object, p.block) else {
+            return;
+        };
+        let Some(row) = self.heard_from(now, p.receiver) else {
+            return;
+        };
+        // A request covers at most PRIORITY_BLOCKS blocks, inside its object: a
+        // player asks again as it goes, and one receiver cannot claim the link.
+        let obj_end = self.numbering.object_end(p.object);
+        let end = (first + u64::from(p.count.min(PRIORITY_BLOCKS))).min(obj_end);
+        // Last first: each goes to the front, so the first asked for leaves first.
+        for seq in (first..end).rev() {
+            // Request status per receiver and block; requests merge: a block
+            // already on its way (asked for by anyone) is not queued twice.
+            self.membership.matrix.request(row, seq as usize);
+            // Not while it is queued or just went out (it may still be on its way).
+            let settle = self.grtt() * 2;
+            let busy = self.repairs.blocks.get(&seq).is_some_and(|r| {
+                r.queued
+                    || r.whole_sent_at
+                        .is_some_and(|t| now.saturating_duration_since(t) < settle)
+            });
+            let a = self.numbering.addr(seq);
+            if !busy && self.source.available(a.object, a.block) {
+                self.queue_priority(seq);
+            }
+        }
+    }
+
+    /// Sends block `seq` whole, ahead of the repairs already queued: a receiver is waiting to
+    /// play or serve it. The first pass goes on meanwhile (data threads are not held).
+    fn queue_priority(&mut self, seq: u64) {
+        let k = usize::from(self.numbering.units_in(seq));
+        let r = self.repairs.blocks.entry(seq).or_default();
+        let originals = r.originals.get_or_insert_with(|| UnitBitmap::new(k));
+        for u in 0..k {
+            originals.set(u);
+        }
+        r.whole = true;
+        r.queued = true;
+        self.repairs.queue.push_front(seq);
+    }
+
+    /// One block of a NACK from `receiver`; `incomplete` members are still receiving (when
+    /// all of them asked for a block, its XOR repairs need not wait for more NACKs).
+    fn on_nack_entry(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        incomplete: usize,
+        e: &NackEntry,
+    ) {
+        let Some(seq) = self.numbering.seq(e.object, e.block) else {
+            return;
+        };
+        if !self.source.available(e.object, e.block) {
+            // Not here yet (a relay still receiving it): the first pass brings it.
+            return;
+        }
+        let k = self.numbering.units_in(seq);
+        let max_parity = self.cfg.geometry.max_parity;
+        let by_originals = self.repair_by_originals(now);
+        let xor = by_originals && self.cfg.xor_repairs && self.split.is_none();
+        let gather = self.grtt() * XOR_GATHER_GRTTS;
+        let settle = self.grtt() * 2;
+        let r = self.repairs.blocks.entry(seq).or_default();
+        // Parity this receiver may still get: what is queued, and what was sent so recently
+        // that it may not have arrived when the receiver wrote. Parity sent longer ago either
+        // arrived (and the receiver counted it) or was lost (or sent before it listened).
+        let settled = if r
+            .last_sent
+            .is_some_and(|t| now.saturating_duration_since(t) > settle)
+        {
+            r.parity_next
+        } else {
+            0
+        };
+        let in_flight = r.parity_end.saturating_sub(e.parity_seen.max(settled));
+        let want = e.missing.saturating_sub(in_flight);
+        if want == 0 {
+            return;
+        }
+        let whole = e.missing >= k;
+        let listed = !matches!(&e.holes, Holes::Ranges(r) if r.is_empty());
+
+        if !whole && !by_originals && r.parity_end + want <= max_parity {
+            r.parity_end += want;
+        } else if xor && !whole && listed {
+            let mut list: Vec<u16> = e
+                .holes
+                .units()
+                .take(usize::from(k))
+                .filter(|&u| u < k)
+                .collect();
+            list.sort_unstable();
+            list.dedup();
+            match r.wants.iter_mut().find(|w| w.receiver == receiver) {
+                Some(w) => w.units = list,
+                None => r.wants.push(Wanted {
+                    receiver,
+                    units: list,
+                }),
+            }
+            let until = *r.gather_until.get_or_insert(now + gather);
+            if r.wants.len() >= incomplete {
+                r.gather_until = Some(until.min(now));
+            }
+        } else {
+            // Parity cannot cover it (or the receiver has nothing): send the originals it lists.
+            let originals = r
+                .originals
+                .get_or_insert_with(|| UnitBitmap::new(usize::from(k)));
+            let mut any = false;
+            for u in e.holes.units().take(usize::from(k)) {
+                if usize::from(u) < usize::from(k) {
+                    any |= originals.set(usize::from(u));
+                }
+            }
+            if matches!(&e.holes, Holes::Ranges(r) if r.is_empty()) && !any {
+                for u in 0..usize::from(k) {
+                    originals.set(u);
+                }
+            }
+        }
+        if !r.queued {
+            r.queued = true;
+            self.repairs.queue.push_back(seq);
+        }
+    }
+
+    /// Whether repairs go as originals now ([`SenderConfig::originals_factor`]); decided
+    /// again at most every 100 ms (it looks at every member).
+    ///
+    /// [`SenderConfig::originals_factor`]: super::SenderConfig::originals_factor
+    fn repair_by_originals(&mut self, now: Instant) -> bool {
+        let factor = u64::from(self.cfg.originals_factor);
+        if factor == 0 {
+            return false;
+        }
+        if self
+            .repairs
+            .originals_checked
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(100))
+        {
+            return self.repairs.by_originals;
+        }
+        let (mut sum, mut max, mut n) = (0u64, 0u64, 0u64);
+        for m in self.membership.members.values().filter(|m| !m.complete) {
+            let p = u64::from(m.loss_est_ppm);
+            sum += p;
+            max = max.max(p);
+            n += 1;
+        }
+        self.repairs.by_originals = if max == 0 {
+            n <= factor
+        } else {
+            sum <= factor * max
+        };
+        self.repairs.originals_checked = Some(now);
+        self.repairs.by_originals
+    }
+
+    /// When every queued repair is an XOR repair still gathering NACKs: the earliest time one
+    /// of them is done gathering.
+    pub(super) fn repair_gathering(&self) -> Option<Instant> {
+        if self.first_pass_done() {
+            return None;
+        }
+        let mut first: Option<Instant> = None;
+        for seq in &self.repairs.queue {
+            let t = self.repairs.blocks.get(seq)?.gathering()?;
+            first = Some(first.map_or(t, |f| f.min(t)));
+        }
+        first
+    }
+
+    pub(super) fn send_repair(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        // Blocks still gathering NACKs for their XOR repairs step aside, once each; after the
+        // first pass nothing waits (the tail's round trips are the transfer's end).
+        let mut rotations = self.repairs.queue.len();
+        let tail = self.first_pass_done();
+        while let Some(&seq) = self.repairs.queue.front() {
+            let BlockAddr { object, block } = self.numbering.addr(seq);
+            let r = self.repairs.blocks.get_mut(&seq)?;
+            if r.parity_next < r.parity_end {
+                let index = r.parity_next;
+                let round_end = r.parity_end;
+                r.parity_next += 1;
+                r.last_sent = Some(now);
+                return self.parity_unit(now, buf, seq, index, round_end);
+            }
+            if let Some(orig) = r.originals.as_mut() {
+                if let Some(u) = orig.iter_ones().next() {
+                    orig.clear(u);
+                    if orig.count_ones() == 0 {
+                        r.whole_sent_at = Some(now);
+                        if std::mem::take(&mut r.whole) {
+                            // The group got it whole: the first pass skips it (Release: a
+                            // stripe that sees the bit skips the block). Receivers that lost
+                            // some of it NACK.
+                            self.first_pass.skip.set(seq as usize);
+                            self.events
+                                .push_back(SenderEvent::SentWhole { object, block });
+                        }
+                    }
+                    return self.data_unit(now, buf, seq, u as u16, true);
+                }
+            }
+            r.originals = None;
+            if !r.wants.is_empty() {
+                if !tail && r.gather_until.is_some_and(|t| now < t) {
+                    // Other receivers' NACKs for this block may still come: wait for them,
+                    // and let the blocks behind it go first.
+                    if rotations == 0 {
+                        return None;
+                    }
+                    rotations -= 1;
+                    self.repairs.queue.rotate_left(1);
+                    continue;
+                }
+                let (units, n) = next_combo(&mut r.wants);
+                r.wants.retain(|w| !w.units.is_empty());
+                if r.wants.is_empty() {
+                    r.gather_until = None;
+                }
+                return match n {
+                    0 => continue,
+                    1 => self.data_unit(now, buf, seq, units[0], true),
+                    _ => self.xor_unit(buf, seq, units, n),
+                };
+            }
+            r.gather_until = None;
+            r.queued = false;
+            self.repairs.queue.pop_front();
+        }
+        None
+    }
+
+    /// An XOR repair of `units[..n]` of a block (wire.md §3.2).
+    fn xor_unit(
+        &mut self,
+        buf: &mut [u8],
+        seq: u64,
+        units: [u16; XOR_WIDTH],
+        n: usize,
+    ) -> Option<Transmit> {
+        let us = usize::from(self.cfg.geometry.unit_size);
+        let BlockAddr { object, block } = self.numbering.addr(seq);
+        let block_len = self.numbering.block_len(seq);
+        if block_len == 0 {
+            return None;
+        }
+        let hdr = XorRepr {
+            session: self.cfg.session,
+            object,
+            block,
+            units,
+        };
+        let h = hdr.emit(buf).ok()?;
+        let out = buf.get_mut(h..h + us)?;
+        out.fill(0);
+        let data = self.source.block(object, block);
+        for &u in &units[..n] {
+            let off = usize::from(u) * us;
+            let len = block_len.checked_sub(off)?.min(us);
+            for (o, d) in out[..len].iter_mut().zip(data.get(off..off + len)?) {
+                *o ^= d;
+            }
+        }
+        self.stats.xor_units += 1;
+        self.stats.xor_carried += n as u64;
+        self.stats.data_bytes += (h + us) as u64;
+        Some(Transmit {
+            destination: Destination::Group,
+            len: h + us,
+            payload: None,
+        })
+    }
+
+    fn parity_unit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        seq: u64,
+        index: u16,
+        round_end: u16,
+    ) -> Option<Transmit> {
+        let g = self.cfg.geometry;
+        let us = usize::from(g.unit_size);
+        let BlockAddr { object, block } = self.numbering.addr(seq);
+        let k = self.numbering.units_in(seq);
+        let hdr = UnitHeaderRepr {
+            session: self.cfg.session,
+            parity: true,
+            repair: false,
+            object,
+            block,
+            index,
+            round_end,
+            timestamp: self.timestamp(now),
+        };
+        let source = &self.source;
+        let parity =
+            self.repairs
+                .parity
+                .get_or_encode(seq, self.cfg.parity_cache_blocks, || {
+                    let data = source.block(object, block);
+                    coding::encode_block(data, k, g.max_parity, g.unit_size).ok()
+                })?;
+        let n = hdr.emit(buf).ok()?;
+        let start = usize::from(index) * us;
+        buf.get_mut(n..n + us)?
+            .copy_from_slice(&parity[start..start + us]);
+        self.stats.parity_units += 1;
+        self.stats.parity_bytes += (UNIT_HEADER_LEN + us) as u64;
+        let t = Transmit {
+            destination: Destination::Group,
+            len: n + us,
+            payload: None,
+        };
+        self.route(t, buf, seq, true, index)
+    }
+}
+
+/// Picks the next XOR repair from what each receiver wants of one block: up to
+/// [`XOR_WIDTH`] units such that every receiver wanting any of them holds all the others (as
+/// its NACK says), so each rebuilds its unit from the one datagram. Starts from the receiver
+/// that wants most; the units picked leave every list. Returns the units (ascending, unused
+/// slots [`XOR_NONE`]) and how many; one unit is a plain original repair, 0 when nothing is
+/// wanted.
+fn next_combo(wants: &mut [Wanted]) -> ([u16; XOR_WIDTH], usize) {
+    let misses = |l: &Vec<u16>, u: u16| l.binary_search(&u).is_ok();
+    let mut order: Vec<usize> = (0..wants.len())
+        .filter(|&i| !wants[i].units.is_empty())
+        .collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(wants[i].units.len()));
+    let Some(&first) = order.first() else {
+        return ([XOR_NONE; XOR_WIDTH], 0);
+    };
+    let mut combo: Vec<u16> = vec![wants[first].units[0]];
+    let mut covered: Vec<bool> = wants.iter().map(|w| misses(&w.units, combo[0])).collect();
+    for &i in &order[1..] {
+        if combo.len() == XOR_WIDTH {
+            break;
+        }
+        if covered[i] {
+            continue;
+        }
+        // A unit this receiver misses that every receiver missing it can use: each of them
+        // holds every unit already picked. (Then every receiver misses at most one.)
+        let pick = wants[i].units.iter().copied().find(|&y| {
+            wants
+                .iter()
+                .all(|w| !misses(&w.units, y) || combo.iter().all(|&c| !misses(&w.units, c)))
+        });
+        if let Some(y) = pick {
+            for (j, w) in wants.iter().enumerate() {
+                covered[j] |= misses(&w.units, y);
+            }
+            combo.push(y);
+        }
+    }
+    for w in wants.iter_mut() {
+        w.units.retain(|u| !combo.contains(u));
+    }
+    combo.sort_unstable();
+    let mut units = [XOR_NONE; XOR_WIDTH];
+    units[..combo.len()].copy_from_slice(&combo);
+    (units, combo.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{gated_sender, Gated};
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn xor_combinations_serve_each_receiver_one_unit_at_a_time() {
+        // Four receivers; units 9 and 20 are missed by two of them.
+        let lists: [&[u16]; 4] = [&[1, 9, 12], &[2, 9, 30], &[3, 20], &[4, 20, 31, 40]];
+        let mut wants: Vec<Wanted> = lists
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Wanted {
+                receiver: ReceiverId(i as u64),
+                units: l.to_vec(),
+            })
+            .collect();
+        let mut delivered: Vec<Vec<u16>> = vec![Vec::new(); 4];
+        let mut datagrams = 0;
+        loop {
+            let before: Vec<Vec<u16>> = wants.iter().map(|w| w.units.clone()).collect();
+            let (units, n) = next_combo(&mut wants);
+            if n == 0 {
+                break;
+            }
+            datagrams += 1;
+            let picked = &units[..n];
+            assert!(picked.windows(2).all(|w| w[0] < w[1]), "{units:?}");
+            assert!(units[n..].iter().all(|&u| u == XOR_NONE));
+            for (i, l) in before.iter().enumerate() {
+                let missed: Vec<u16> = picked.iter().copied().filter(|u| l.contains(u)).collect();
+                // Each receiver misses at most one unit of a combination (so it can use it).
+                assert!(
+                    missed.len() <= 1,
+                    "receiver {i} misses {missed:?} of {picked:?}"
+                );
+                delivered[i].extend(missed);
+            }
+        }
+        for (i, l) in lists.iter().enumerate() {
+            let mut d = delivered[i].clone();
+            d.sort_unstable();
+            assert_eq!(d, l.to_vec(), "receiver {i}");
+        }
+        // 11 distinct units (12 wants) in fewer datagrams than originals would take.
+        assert!(datagrams < 11, "{datagrams} datagrams");
+    }
+
+    #[test]
+    fn repairs_go_as_originals_while_they_cost_at_most_the_factor_times_parity() {
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        // Members with these smoothed loss rates (ppm); the decision at a fresh instant.
+        let decide = |s: &mut Sender<Gated>, losses: &[u32], at: Duration| {
+            for (i, &p) in losses.iter().enumerate() {
+                let id = ReceiverId(i as u64 + 1);
+                s.on_join(t0, addr, id);
+                s.membership.members.get_mut(&id).unwrap().loss_est_ppm = p;
+            }
+            s.repair_by_originals(t0 + at)
+        };
+        // No loss reported yet: the member count decides (4 by default).
+        assert!(decide(&mut s, &[0; 4], Duration::ZERO));
+        // Decided again only after 100 ms.
+        assert!(decide(&mut s, &[0; 5], Duration::from_millis(50)));
+        assert!(!decide(&mut s, &[0; 5], Duration::from_millis(200)));
+        // 20 members losing alike: originals would cost 20x parity's bandwidth.
+        assert!(!decide(&mut s, &[10_000; 20], Duration::from_millis(400)));
+        // One of them loses far more: the others' holes add little to its own.
+        let mut losses = [1_000; 20];
+        losses[7] = 50_000;
+        assert!(decide(&mut s, &losses, Duration::from_millis(600)));
+        // Complete members do not count: 20 alike, of which 17 are done.
+        assert!(!decide(&mut s, &[10_000; 20], Duration::from_millis(800)));
+        for (i, m) in s.membership.members.values_mut().enumerate() {
+            m.complete = i >= 3;
+        }
+        assert!(s.repair_by_originals(t0 + Duration::from_millis(1000)));
+        // Factor 0: parity always.
+        s.cfg.originals_factor = 0;
+        assert!(!s.repair_by_originals(t0 + Duration::from_millis(1200)));
+    }
+}
