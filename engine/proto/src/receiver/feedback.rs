@@ -214,6 +214,10 @@ impl<S: BlockStore> Receiver<S> {
                 self.arm(seq, now);
             }
             self.feedback.nack_due.clear();
+            // A priority request made before we were accepted goes now.
+            if let Some(p) = self.feedback.held_priority.take() {
+                self.feedback.out.push_back(Out::Priority(p));
+            }
         }
     }
 
@@ -509,5 +513,87 @@ pub(super) fn peer(to: SocketAddr, len: usize) -> Transmit {
         destination: Destination::Peer(to),
         len,
         payload: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use crate::wire::{BlockIndex, Manifest, ObjectEntry, ObjectId, Packet, ReceiverId, UnitIndex};
+    use crate::{
+        Destination, Geometry, MemStore, Receiver, ReceiverConfig, Sender, SenderConfig,
+        SliceSource,
+    };
+
+    /// Sends what `from` has due to `to`, as the simulator would (no loss).
+    fn deliver_sender(s: &mut Sender<SliceSource<'_>>, r: &mut Receiver<MemStore>, now: Instant) {
+        let mut buf = vec![0u8; 4096];
+        while let Some(t) = s.poll_transmit(now, &mut buf) {
+            if t.payload.is_none() {
+                r.handle_datagram(now, SocketAddr::from(([127, 0, 0, 1], 1)), &buf[..t.len]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_priority_request_made_before_acceptance_goes_once_accepted() {
+        // 32 blocks of 8 units of 256 bytes.
+        let content = vec![7u8; 2048 * 32];
+        let geometry = Geometry {
+            unit_size: 256,
+            units_per_block: 8,
+            max_parity: 8,
+        };
+        let manifest = Manifest {
+            unit_size: 256,
+            units_per_block: 8,
+            objects: vec![ObjectEntry::from_content("a", &content, 2048)],
+        };
+        let t0 = Instant::now();
+        let mut s = Sender::new(
+            SenderConfig {
+                geometry,
+                control: SocketAddr::from(([127, 0, 0, 1], 4000)),
+                min_receivers: 2,
+                max_wait: Duration::from_secs(60),
+                ..SenderConfig::default()
+            },
+            manifest,
+            SliceSource::new(vec![&content[..]], 2048),
+        )
+        .expect("sender");
+        let mut r = Receiver::new(
+            ReceiverConfig {
+                id: ReceiverId(9),
+                ..ReceiverConfig::default()
+            },
+            MemStore::default(),
+        );
+        deliver_sender(&mut s, &mut r, t0);
+        assert!(r.manifest().is_some(), "announce and manifest arrived");
+        r.request_priority(ObjectId(0), BlockIndex(20), UnitIndex(0), 2);
+        let mut buf = vec![0u8; 4096];
+        r.handle_timeout(t0);
+        let mut kinds = Vec::new();
+        while let Some(t) = r.poll_transmit(t0, &mut buf) {
+            let Destination::Peer(_) = t.destination else {
+                panic!("a receiver sends to the server");
+            };
+            let p = Packet::parse(&buf[..t.len]).expect("valid");
+            kinds.push(matches!(p, Packet::Priority(_)));
+            s.handle_datagram(t0, SocketAddr::from(([127, 0, 0, 2], 2)), &buf[..t.len]);
+        }
+        assert_eq!(kinds, vec![false], "only the join before acceptance");
+        deliver_sender(&mut s, &mut r, t0);
+        let mut priority = 0;
+        while let Some(t) = r.poll_transmit(t0, &mut buf) {
+            if let Ok(Packet::Priority(p)) = Packet::parse(&buf[..t.len]) {
+                assert_eq!((p.block, p.count), (BlockIndex(20), 2));
+                priority += 1;
+            }
+        }
+        assert_eq!(priority, 1, "the held request went after the accept");
     }
 }

@@ -2,7 +2,7 @@
 //! matrix, the group round-trip time, each member's delivery rate and the congestion summary
 //! `--rate auto` follows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ pub(super) enum Reply {
 /// The members, the status matrix their receipt notices fill, and the group round-trip
 /// time their echoes measure.
 pub(super) struct Membership {
-    pub(super) members: HashMap<ReceiverId, Member>,
+    pub(super) members: BTreeMap<ReceiverId, Member>,
     pub(super) matrix: StatusMatrix,
     /// Receivers ever accepted.
     pub(super) ever_joined: usize,
@@ -79,7 +79,7 @@ pub(super) struct Membership {
 impl Membership {
     pub(super) fn new(max_receivers: usize, blocks: u64, grtt: Duration) -> Self {
         Membership {
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             matrix: StatusMatrix::new(max_receivers, blocks as usize),
             ever_joined: 0,
             replies: VecDeque::new(),

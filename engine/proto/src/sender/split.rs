@@ -3,7 +3,7 @@
 //! its owner (routing), receivers ask for the session by unicast (solicitors), and the copy
 //! plans are made and repeated here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -51,7 +51,7 @@ pub(super) struct SplitState {
     last_replan: Option<Instant>,
     next_replan: Option<Instant>,
     next_plan_round: Option<Instant>,
-    pub(super) solicitors: HashMap<ReceiverId, Solicitor>,
+    pub(super) solicitors: BTreeMap<ReceiverId, Solicitor>,
     fanout: VecDeque<FanOut>,
 }
 
@@ -66,7 +66,7 @@ impl SplitState {
             last_replan: None,
             next_replan: None,
             next_plan_round: None,
-            solicitors: HashMap::new(),
+            solicitors: BTreeMap::new(),
             fanout: VecDeque::new(),
         }
     }
