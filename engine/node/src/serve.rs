@@ -282,6 +282,8 @@ fn sender_config(cfg: &ServeConfig, stripes: usize, control: SocketAddr) -> Send
         rate: cfg.rate.unwrap_or(limits.start),
         rate_control: cfg.rate.is_none().then_some(limits),
         burst: Duration::from_micros(500),
+        // Paced threads send whole GSO super-buffers and sleep between them.
+        pace_quantum: blockcast_io::MAX_SEND_BYTES,
         announce_interval: Duration::from_millis(100),
         min_receivers: cfg.min_receivers,
         max_wait: cfg.max_wait,

@@ -1,5 +1,8 @@
 //! Pacing: datagrams leave no faster than a rate, with a small burst allowance so that a
-//! sender woken late catches up a little (timer slack) but never floods after a stall.
+//! sender woken late catches up a little (timer slack) but never floods after a stall, and
+//! in quanta: once a datagram may go, a quantum's worth of bytes goes together (a node sets
+//! it to one GSO super-buffer, so a paced thread sends whole super-buffers and sleeps
+//! between them instead of waking for every datagram).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +15,10 @@ pub struct Pacer {
     burst: Duration,
     /// When the next datagram may go (`None`: at once).
     next: Option<Instant>,
+    /// Bytes that go together once the time has come (0: each datagram waits its turn).
+    quantum: usize,
+    /// Bytes left of the current quantum.
+    credit: usize,
 }
 
 impl Pacer {
@@ -20,7 +27,15 @@ impl Pacer {
             rate: rate.max(1),
             burst,
             next: None,
+            quantum: 0,
+            credit: 0,
         }
+    }
+
+    /// Lets `bytes` go together once a datagram may go (they are charged all the same).
+    pub fn with_quantum(mut self, bytes: usize) -> Self {
+        self.quantum = bytes;
+        self
     }
 
     pub fn rate(&self) -> u64 {
@@ -31,9 +46,10 @@ impl Pacer {
         self.rate = rate.max(1);
     }
 
-    /// A datagram may go at `now`.
-    pub fn ready(&self, now: Instant) -> bool {
-        self.next.is_none_or(|t| now >= t)
+    /// A datagram of `bytes` may go at `now`: its time has come, or it fits what is left of
+    /// the current quantum (so a quantum sized to a GSO super-buffer fills one exactly).
+    pub fn ready(&self, now: Instant, bytes: usize) -> bool {
+        (self.credit > 0 && bytes <= self.credit) || self.next.is_none_or(|t| now >= t)
     }
 
     /// When the next datagram may go (`None`: at once).
@@ -43,6 +59,11 @@ impl Pacer {
 
     /// A datagram of `bytes` went at `now`.
     pub fn spend(&mut self, now: Instant, bytes: usize) {
+        if self.credit == 0 {
+            // A new quantum starts with this datagram.
+            self.credit = self.quantum;
+        }
+        self.credit = self.credit.saturating_sub(bytes);
         let cost = Duration::from_nanos((bytes as u64).saturating_mul(1_000_000_000) / self.rate);
         let floor = now.checked_sub(self.burst).unwrap_or(now);
         self.next = Some(self.next.map_or(floor, |t| t.max(floor)) + cost);
@@ -59,6 +80,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_quantum_goes_together_and_is_charged_in_full() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(1_000, Duration::ZERO).with_quantum(3);
+        let mut sent = 0;
+        while p.ready(t0, 1) {
+            p.spend(t0, 1);
+            sent += 1;
+        }
+        assert_eq!(sent, 3);
+        assert_eq!(p.next_send(), Some(t0 + Duration::from_millis(3)));
+        assert!(!p.ready(t0 + Duration::from_millis(2), 1));
+        assert!(p.ready(t0 + Duration::from_millis(3), 1));
+    }
+
+    #[test]
     fn catches_up_at_most_the_burst_after_a_stall() {
         let t0 = Instant::now();
         let mut p = Pacer::new(1_000, Duration::from_millis(10));
@@ -67,7 +103,7 @@ mod tests {
         assert_eq!(p.next_send(), Some(t0 - Duration::from_millis(9)));
         let late = t0 + Duration::from_secs(1);
         let mut sent = 0;
-        while p.ready(late) {
+        while p.ready(late, 1) {
             p.spend(late, 1);
             sent += 1;
         }

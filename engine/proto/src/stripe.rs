@@ -20,7 +20,7 @@ use crate::endpoint::Endpoint;
 use crate::numbering::{BlockAddr, BlockNumbering};
 use crate::pacer::Pacer;
 use crate::store::BlockSource;
-use crate::wire::{SessionId, UnitHeaderRepr};
+use crate::wire::{SessionId, UnitHeaderRepr, UNIT_HEADER_LEN};
 use crate::{micros, Destination, Transmit, UnitRef};
 
 /// How often a stripe waiting for a block its source does not have yet looks again (a driver
@@ -49,12 +49,14 @@ pub struct StripePass<S> {
     next: Option<(u64, u16)>,
     /// The block the pass waits for (its source does not have it yet), and since when.
     waiting: Option<(BlockAddr, Instant)>,
+    /// The block being sent: its number, address and length (looked up once per block).
+    current: Option<(u64, BlockAddr, usize)>,
     stats: StripeStats,
 }
 
 impl<S: BlockSource> StripePass<S> {
-    /// Stripe `stripe` of `stripes`, sending units of `session` stamped from `epoch`, at
-    /// `rate` (the whole first pass's, datagram bytes per second: the stripe takes its share).
+    /// Stripe `stripe` of `stripes`, sending units of `session` stamped from `epoch`, paced
+    /// by `pacer` set to the whole first pass's rate (the stripe takes its share).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         session: SessionId,
@@ -64,8 +66,7 @@ impl<S: BlockSource> StripePass<S> {
         source: S,
         skip: Arc<AtomicBitmap>,
         epoch: Instant,
-        rate: u64,
-        burst: Duration,
+        mut pacer: Pacer,
     ) -> Self {
         let stripes = stripes.max(1);
         let first = u64::from(stripe);
@@ -78,9 +79,13 @@ impl<S: BlockSource> StripePass<S> {
             source,
             skip,
             epoch,
-            pacer: Pacer::new(share(rate, stripes), burst),
+            pacer: {
+                pacer.set_rate(share(pacer.rate(), stripes));
+                pacer
+            },
             next,
             waiting: None,
+            current: None,
             stats: StripeStats::default(),
         }
     }
@@ -141,8 +146,16 @@ impl<S: BlockSource> Endpoint for StripePass<S> {
                 self.next_block(seq);
                 continue;
             }
-            let addr = self.numbering.addr(seq);
-            if !self.source.available(addr.object, addr.block) {
+            let (addr, block_len) = match self.current {
+                Some((s, a, l)) if s == seq => (a, l),
+                _ => {
+                    let a = self.numbering.addr(seq);
+                    let l = self.numbering.block_len(seq);
+                    self.current = Some((seq, a, l));
+                    (a, l)
+                }
+            };
+            if unit == 0 && !self.source.available(addr.object, addr.block) {
                 let since = self
                     .waiting
                     .filter(|(a, _)| *a == addr)
@@ -154,13 +167,12 @@ impl<S: BlockSource> Endpoint for StripePass<S> {
                 // No burst to catch up on time spent waiting.
                 self.pacer.restart(now);
             }
-            if !self.pacer.ready(now) {
-                return None;
-            }
-            let block_len = self.numbering.block_len(seq);
             let us = self.numbering.unit_size();
             let offset = usize::from(unit) * us;
             let len = us.min(block_len - offset);
+            if !self.pacer.ready(now, UNIT_HEADER_LEN + len) {
+                return None;
+            }
             let hdr = UnitHeaderRepr {
                 session: self.session,
                 parity: false,
@@ -243,8 +255,7 @@ mod tests {
             source,
             skip,
             t0,
-            u64::MAX,
-            Duration::ZERO,
+            Pacer::new(u64::MAX, Duration::ZERO),
         );
         assert_eq!(p.sent_before(), 1);
         let mut buf = [0u8; 64];
@@ -286,8 +297,7 @@ mod tests {
             SliceSource::new(vec![&bytes[..]], 8),
             skip,
             t0,
-            60,
-            Duration::ZERO,
+            Pacer::new(60, Duration::ZERO),
         );
         let mut buf = [0u8; 64];
         assert!(p.poll_transmit(t0, &mut buf).is_some());

@@ -27,6 +27,10 @@ pub struct SenderConfig {
     pub rate_control: Option<RateLimits>,
     /// How much sending time pacing may catch up at once after a stall.
     pub burst: Duration,
+    /// Bytes that leave together once pacing lets a datagram go (a node sets one GSO
+    /// super-buffer, so paced threads send whole super-buffers and sleep between them); 0:
+    /// every datagram waits its own turn.
+    pub pace_quantum: usize,
     pub announce_interval: Duration,
     /// Manifest chunks sent after each announce (a carousel for late joiners).
     pub manifest_chunks_per_announce: usize,
@@ -92,6 +96,7 @@ impl Default for SenderConfig {
             rate: 1_000_000_000,
             rate_control: None,
             burst: Duration::from_millis(2),
+            pace_quantum: 0,
             announce_interval: Duration::from_millis(100),
             manifest_chunks_per_announce: 64,
             initial_grtt: Duration::from_millis(5),

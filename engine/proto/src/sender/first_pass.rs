@@ -10,6 +10,7 @@ use blockcast_status::AtomicBitmap;
 
 use super::{FirstPassProgress, Sender, SenderEvent};
 use crate::numbering::BlockAddr;
+use crate::pacer::Pacer;
 use crate::rate::RateControl;
 use crate::store::BlockSource;
 use crate::stripe::StripePass;
@@ -164,8 +165,8 @@ impl<S: BlockSource> Sender<S> {
                 self.source.clone(),
                 self.first_pass.skip.clone(),
                 epoch,
-                self.first_pass_rate(),
-                self.cfg.burst,
+                Pacer::new(self.first_pass_rate(), self.cfg.burst)
+                    .with_quantum(self.cfg.pace_quantum),
             )
         })
     }

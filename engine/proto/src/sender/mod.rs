@@ -198,7 +198,7 @@ impl<S: BlockSource> Sender<S> {
         };
         Ok(Sender {
             split: cfg.split.clone().map(SplitState::new),
-            pacer: Pacer::new(own_rate, cfg.burst),
+            pacer: Pacer::new(own_rate, cfg.burst).with_quantum(cfg.pace_quantum),
             auto_rate: cfg.rate_control.map(|l| {
                 AutoRate::new(RateControl::new(RateLimits {
                     start: cfg.rate,
@@ -534,7 +534,9 @@ impl<S: BlockSource> Sender<S> {
             self.advance_phase(now);
             return None;
         }
-        if !self.pacer.ready(now) {
+        // Most of what is paced is a unit long.
+        let unit = UNIT_HEADER_LEN + usize::from(self.cfg.geometry.unit_size);
+        if !self.pacer.ready(now, unit) {
             return None;
         }
         let t = self
