@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use blockcast_proto::wire::{Manifest, ObjectEntry, UNIT_HEADER_LEN};
-use blockcast_proto::Geometry;
+use blockcast_proto::wire::{BlockIndex, Manifest, ObjectEntry, ObjectId, UNIT_HEADER_LEN};
+use blockcast_proto::{BlockSource, Geometry};
 
 use crate::SimRng;
 
@@ -18,6 +18,30 @@ pub(crate) fn random_content(rng: &mut SimRng, sizes: &[usize]) -> Vec<Vec<u8>> 
             v
         })
         .collect()
+}
+
+/// A server's content, shared: the sender and each of its stripes read the same bytes.
+#[derive(Clone)]
+pub(crate) struct ContentSource {
+    objects: Arc<Vec<Vec<u8>>>,
+    block_size: usize,
+}
+
+impl ContentSource {
+    pub(crate) fn new(objects: Arc<Vec<Vec<u8>>>, block_size: usize) -> Self {
+        ContentSource {
+            objects,
+            block_size,
+        }
+    }
+}
+
+impl BlockSource for ContentSource {
+    fn block(&self, object: ObjectId, block: BlockIndex) -> &[u8] {
+        let o = &self.objects[object.0 as usize];
+        let start = block.0 as usize * self.block_size;
+        &o[start..(start + self.block_size).min(o.len())]
+    }
 }
 
 /// The manifest of `content`, objects named `object-0`, `object-1`, ...

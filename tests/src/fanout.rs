@@ -1,4 +1,5 @@
-//! Multicast fan-out to large groups on several threads.
+//! Runs of consecutive hosts on several threads: multicast fan-out to a large group, and many
+//! hosts running at one instant.
 
 /// Threads that deliver copies: `configured`, or one per core if 0.
 pub(crate) fn threads(configured: usize) -> usize {

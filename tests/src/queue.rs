@@ -1,4 +1,4 @@
-//! The drivers' shared machinery: the event queue, node timers and the virtual clock.
+//! The driver's machinery: the event queue, host timers and the virtual clock.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -60,8 +60,8 @@ impl<E> EventQueue<E> {
     }
 }
 
-/// Node timers: (due time, node index), earliest first. A node may be listed more than once;
-/// the driver checks each entry against the node itself when it comes due.
+/// Host timers: (due time, host index), earliest first. A host may be listed more than once;
+/// the driver checks each entry against the host itself when it comes due.
 pub(crate) struct Timers {
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
 }
@@ -90,7 +90,7 @@ impl Timers {
     }
 }
 
-/// Records `t` as a node's next wake-up if it is earlier than the one already scheduled;
+/// Records `t` as a host's next wake-up if it is earlier than the one already scheduled;
 /// true if the caller must queue a timer for it.
 pub(crate) fn rearm(scheduled: &mut Option<Instant>, t: Instant) -> bool {
     if scheduled.is_none_or(|s| t < s) {
@@ -145,15 +145,6 @@ impl Clock {
             limit,
             stuck: 0,
         }
-    }
-
-    pub(crate) fn now(&self) -> Instant {
-        self.now
-    }
-
-    /// Steps in a row so far that did not move the clock.
-    pub(crate) fn stuck(&self) -> u32 {
-        self.stuck
     }
 
     /// Moves to `next`, the earliest thing due (never backwards), or says why the run ends.

@@ -1,12 +1,14 @@
 //! Relays in the simulator: a server, tiers of relays, and receivers behind them.
 //!
-//! A relay is built from the real state machines: a [`Receiver`] that joins its upstream
-//! source (the server or a relay of the tier above), and, once that receiver has the
-//! manifest, a [`Sender`] with the same manifest and session id and its own control
-//! address, serving its own multicast group. Each block the receiver verifies is copied into
-//! the sender's source and becomes available ([`BlockSource::available`]) at once: the relay
-//! cuts through by block. Downstream NACKs and receipt notices stop at the relay; only the
-//! relay's own receiver reports upstream.
+//! A relay is a host of the one driver ([`crate::driver`]) with two addresses and two real
+//! endpoints: a [`Receiver`] at its own address that joins its upstream source (the server
+//! or a relay of the tier above), and, once that receiver has the manifest, a [`Sender`]
+//! with the same manifest and session id at its control address, serving its own multicast
+//! group. Datagrams are routed by the address they arrive at: the control address to the
+//! sender, the rest (the upstream group, unicast from upstream) to the receiver. Each block
+//! the receiver verifies is copied into the sender's source and becomes available
+//! ([`BlockSource::available`]) at once: the relay cuts through by block. Downstream NACKs
+//! and receipt notices stop at the relay; only the relay's own receiver reports upstream.
 //!
 //! The tree is given by fan-outs: `[R, K]` is a server, R relays and K receivers behind each;
 //! `[R1, R2, K]` adds a tier; `[N]` is direct multicast to N receivers (the comparison). Every
@@ -14,7 +16,7 @@
 //! own generator, so a run is replayed exactly by its seed whatever the number of threads.
 //!
 //! Fail-over: every receiver's idle timeout is set to [`RelayConfig::failover_after`]. When
-//! its source falls silent that long (the receiver reports [`ReceiverEvent::ServerLost`]),
+//! its source falls silent that long (the receiver reports [`blockcast_proto::ReceiverEvent::ServerLost`]),
 //! the simulator moves it to another source and calls [`Receiver::switch_source`]: first a
 //! sibling of the silent relay (if [`FailOver::Sibling`]), then up the tree to the server.
 //! The simulator never tells a receiver which relays are alive: a choice that is silent too
@@ -22,17 +24,17 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockcast_proto::wire::{BlockIndex, Manifest, ObjectId, ReceiverId, SessionId};
 use blockcast_proto::{
-    BlockSource, BlockStore, Destination, Receiver, ReceiverEvent, Sender, StoreError,
+    BlockSource, BlockStore, Destination, Receiver, Sender, SenderConfig, StoreError,
 };
 
-use crate::net::{self, Arrival, BurstState, SimRng};
-use crate::queue::{self, Clock, EventQueue, Timers};
-use crate::{content, fanout, Life};
+use crate::content;
+use crate::driver::{host_seed, Datagram, Driven, Host, HostId, Io, Life, Net, Scenario};
+use crate::hosts::{MulticastLinks, ReceiverHooks, SenderHooks};
+use crate::net::SimRng;
 use crate::{SimConfig, SimStore, StoreKind};
 
 /// Where a receiver whose source fell silent goes first.
@@ -270,62 +272,199 @@ impl BlockSource for RelaySource {
     }
 }
 
+/// A node's receiver address.
 fn node_addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7000))
 }
 
-fn node_index(a: SocketAddr) -> Option<usize> {
-    match a {
-        SocketAddr::V4(v4) if v4.port() == 7000 && v4.ip().octets()[0] == 10 => {
-            let o = v4.ip().octets();
-            Some((o[1] as usize) << 16 | (o[2] as usize) << 8 | o[3] as usize)
-        }
-        _ => None,
-    }
+/// A node's control address (its sender's, advertised in its announces).
+fn control_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7001))
 }
 
-enum Ev {
-    /// A datagram node `from` sent to its group, arriving now at its members.
-    Mcast(usize, Arc<[u8]>),
-    /// A datagram for node `to`'s sender (control address) from node `from`.
-    ToSender(usize, usize, Arc<[u8]>),
-    /// A datagram for node `i`'s receiver (unicast, or a delayed multicast copy).
-    ToReceiver(usize, Arc<[u8]>),
-    Start(usize),
-    Die(usize),
-}
-
+/// One node of the tree as a host: the server (a sender), a relay (a receiver, then a
+/// sender too), or a receiver at the end of the tree.
 struct Node {
     tier: usize,
     /// The source it receives from now (None for the server).
-    parent: Option<usize>,
+    parent: Option<HostId>,
     /// Its first source, for the fail-over order.
-    home: Option<usize>,
-    rx: Option<Receiver<NodeStore>>,
-    tx: Option<Sender<RelaySource>>,
-    /// Children that start on time (the sender waits for them).
-    initial_children: usize,
-    life: Life,
-    scheduled: Option<Instant>,
-    complete_at: Option<Instant>,
+    home: Option<HostId>,
     failovers: u32,
-    burst: BurstState,
-    rng: SimRng,
-    /// When control packets arrived at its sender.
-    control_in: Vec<Instant>,
-    first_data: Option<Instant>,
+    rx: Option<Driven<Receiver<NodeStore>, ReceiverHooks>>,
+    tx: Option<Driven<Sender<RelaySource>, SenderHooks>>,
+    /// A relay's sender settings, used once its receiver has the manifest.
+    relay: Option<SenderConfig>,
+    control: SocketAddr,
     failure: Option<String>,
 }
 
-#[derive(Default)]
-struct Effects {
-    events: Vec<(Instant, Ev)>,
-    timers: Vec<(Instant, usize)>,
-    lost: Vec<usize>,
+impl Node {
+    /// A relay passes on what its receiver did: it starts serving once it has the manifest,
+    /// and each block it verifies becomes available to its sender.
+    fn pass_on(&mut self) {
+        let Some(rx) = self.rx.as_mut() else { return };
+        if self.tx.is_none() && rx.hooks.manifest_ready {
+            if let Some(s) = self.relay.take() {
+                match relay_sender(s, &rx.ep) {
+                    Ok(tx) => self.tx = Some(Driven::new(tx, SenderHooks::default(), self.control)),
+                    Err(e) => self.failure = Some(format!("relay sender: {e}")),
+                }
+            }
+        }
+        let (Some(tx), NodeStore::Relay(store)) = (self.tx.as_mut(), rx.ep.store()) else {
+            return;
+        };
+        for (object, block) in rx.hooks.verified.drain(..) {
+            if let Some(bytes) = store.block(object, block) {
+                tx.ep.source_mut().fill(object, block, bytes);
+            }
+        }
+    }
 }
 
-struct Ctx<'a> {
+impl Host for Node {
+    /// By the address it arrived at: the control address to the sender, the rest to the
+    /// receiver.
+    fn handle_datagram(&mut self, now: Instant, d: Datagram<'_>, io: &mut Io<'_>) {
+        if d.to == Destination::Peer(self.control) {
+            if let Some(tx) = self.tx.as_mut() {
+                tx.handle_datagram(now, d, io);
+            }
+        } else if let Some(rx) = self.rx.as_mut() {
+            rx.handle_datagram(now, d, io);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Some(rx) = self.rx.as_mut() {
+            rx.handle_timeout(now);
+        }
+        if let Some(tx) = self.tx.as_mut() {
+            tx.handle_timeout(now);
+        }
+    }
+
+    fn poll(&mut self, now: Instant, io: &mut Io<'_>) {
+        if let Some(rx) = self.rx.as_mut() {
+            rx.poll(now, io);
+        }
+        self.pass_on();
+        if let Some(tx) = self.tx.as_mut() {
+            tx.poll(now, io);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let rx = self.rx.as_ref().and_then(|r| r.poll_timeout());
+        let tx = self.tx.as_ref().and_then(|t| t.poll_timeout());
+        rx.into_iter().chain(tx).min()
+    }
+}
+
+/// A relay's sender: the upstream manifest and session, its own control address.
+fn relay_sender(
+    mut s: SenderConfig,
+    rx: &Receiver<NodeStore>,
+) -> Result<Sender<RelaySource>, &'static str> {
+    let (Some(m), Some(a)) = (rx.manifest(), rx.announce()) else {
+        return Err("manifest ready without an announce");
+    };
+    s.geometry = blockcast_proto::Geometry {
+        unit_size: m.unit_size,
+        units_per_block: m.units_per_block,
+        max_parity: a.max_parity,
+    };
+    s.session = a.session;
+    let mut source = RelaySource::empty(m);
+    // Blocks verified before the sender existed (none in practice: units need the manifest).
+    for (o, entry) in m.objects.iter().enumerate() {
+        for b in 0..entry.block_hashes.len() {
+            let (object, block) = (ObjectId(o as u32), BlockIndex(b as u32));
+            if rx.is_verified(object, block) {
+                if let NodeStore::Relay(st) = rx.store() {
+                    if let Some(bytes) = st.block(object, block) {
+                        source.fill(object, block, bytes);
+                    }
+                }
+            }
+        }
+    }
+    Sender::new(s, m.clone(), source)
+}
+
+/// The tree's run: over when every live sender has finished; a receiver whose source fell
+/// silent moves to the next source in its fail-over order.
+struct Tree<'a> {
     cfg: &'a RelayConfig,
+    switches: u64,
+}
+
+impl Scenario<Node> for Tree<'_> {
+    fn is_done(&self, net: &Net<Node>) -> bool {
+        let senders = self.cfg.tier(self.cfg.fanout.len()).start;
+        let finished = |i: usize| {
+            let n = net.host(HostId(i));
+            net.life(HostId(i)) != Life::Alive || n.tx.as_ref().is_none_or(|t| t.ep.is_finished())
+        };
+        net.host(HostId(0))
+            .tx
+            .as_ref()
+            .is_some_and(|t| t.ep.is_finished())
+            && (0..senders).all(finished)
+    }
+
+    fn after(&mut self, net: &mut Net<Node>, now: Instant, id: HostId) {
+        let lost = net
+            .host_mut(id)
+            .rx
+            .as_mut()
+            .is_some_and(|r| std::mem::take(&mut r.hooks.lost));
+        if lost {
+            self.fail_over(net, now, id);
+        }
+    }
+}
+
+impl Tree<'_> {
+    /// Node `i`'s source fell silent: move it to the next source in its fail-over order.
+    fn fail_over(&mut self, net: &mut Net<Node>, now: Instant, i: HostId) {
+        let cfg = self.cfg;
+        let node = net.host(i);
+        let Some(old) = node.parent else { return };
+        let k = node.failovers;
+        let home = node.home.unwrap_or(old);
+        let home_tier = net.host(home).tier;
+        let siblings = cfg.tier(home_tier);
+        let new = if cfg.failover == FailOver::Sibling && k == 0 && home_tier > 0 {
+            // A sibling of the home relay, spread by the receiver's index.
+            let others = siblings.len() - 1;
+            if others == 0 {
+                net.host(home).parent
+            } else {
+                let step = 1 + i.0 % others;
+                let sibling = siblings.start + (home.0 - siblings.start + step) % siblings.len();
+                Some(HostId(sibling))
+            }
+        } else {
+            // Up the tree from where it is, stopping at the server.
+            net.host(old).parent.or(Some(old))
+        };
+        let Some(new) = new else { return };
+        if new != old {
+            // Otherwise it is at the server already: nowhere else to go; it listens again.
+            net.leave_group(i, old);
+            net.join(i, new);
+        }
+        let node = net.host_mut(i);
+        node.failovers += 1;
+        node.parent = Some(new);
+        if let Some(rx) = node.rx.as_mut() {
+            rx.ep.switch_source(now);
+        }
+        self.switches += 1;
+        net.touch(i);
+    }
 }
 
 /// Runs one relay tree to its end (or the time limit) and reports.
@@ -333,86 +472,11 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
     let wall = Instant::now();
     let base_cfg = &cfg.base;
     let seed = base_cfg.seed;
-    let mut failures = Vec::new();
     let mut rng = SimRng::new(seed);
     let content = content::random_content(&mut rng, &base_cfg.objects);
-    let geometry = base_cfg.geometry;
-    let block_size = geometry.block_size();
-    let manifest = content::manifest(geometry, &content);
-    let truth = content::block_hashes(&manifest);
-    let tiers = cfg.fanout.len();
-    let leaf_tier = cfg.tier(tiers);
-    let total = leaf_tier.end;
-    let late_at = |i: usize| -> Option<Duration> {
-        (leaf_tier.contains(&i))
-            .then(|| {
-                cfg.late
-                    .iter()
-                    .find(|(l, _)| leaf_tier.start + l == i)
-                    .map(|(_, t)| *t)
-            })
-            .flatten()
-    };
-    // Build the tree: node i of tier t+1 is child (i - start) / fanout of tier t's nodes.
-    let mut nodes: Vec<Node> = Vec::with_capacity(total);
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); total];
-    for t in 0..=tiers {
-        for i in cfg.tier(t) {
-            let parent = (t > 0).then(|| {
-                let up = cfg.tier(t - 1);
-                up.start + (i - cfg.tier(t).start) / cfg.fanout[t - 1]
-            });
-            if let Some(p) = parent {
-                members[p].push(i);
-            }
-            let rx = parent.map(|_| {
-                let mut r = base_cfg.receiver.clone();
-                r.id = ReceiverId(i as u64);
-                r.seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                r.idle_timeout = cfg.failover_after;
-                let store = if t == tiers {
-                    NodeStore::Leaf(SimStore::new(base_cfg.store, truth.clone(), block_size))
-                } else {
-                    NodeStore::Relay(SimStore::new(StoreKind::Memory, truth.clone(), block_size))
-                };
-                Receiver::new(r, store)
-            });
-            nodes.push(Node {
-                tier: t,
-                parent,
-                home: parent,
-                rx,
-                tx: None,
-                initial_children: 0,
-                life: Life::NotStarted,
-                scheduled: None,
-                complete_at: None,
-                failovers: 0,
-                burst: BurstState::default(),
-                rng: SimRng::new(seed ^ (i as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)),
-                control_in: Vec::new(),
-                first_data: None,
-                failure: None,
-            });
-        }
-    }
-    for (p, m) in members.iter().enumerate() {
-        nodes[p].initial_children = m.iter().filter(|&&c| late_at(c).is_none()).count();
-    }
-    let mut scfg = base_cfg.sender.clone();
-    scfg.geometry = geometry;
-    scfg.rate = base_cfg.rate;
-    scfg.control = node_addr(0);
-    scfg.session = SessionId((seed as u32) | 1);
-    scfg.stripes = 1;
-    scfg.external_first_pass = false;
-    scfg.min_receivers = nodes[0].initial_children;
-    match Sender::new(
-        scfg,
-        manifest.clone(),
-        RelaySource::full(&content, block_size),
-    ) {
-        Ok(s) => nodes[0].tx = Some(s),
+    let manifest = content::manifest(base_cfg.geometry, &content);
+    let mut net = match build_tree(cfg, &content, &manifest) {
+        Ok(net) => net,
         Err(e) => {
             return RelayReport {
                 seed,
@@ -420,24 +484,10 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
                 ..RelayReport::default()
             }
         }
-    }
-    nodes[0].life = Life::Alive;
-    let base = Instant::now();
-    let mut sim = RelaySim {
-        ctx: Ctx { cfg },
-        nodes,
-        members,
-        events: EventQueue::new(),
-        timers: Timers::new(),
-        buf: vec![0u8; 65_536],
-        switches: 0,
     };
-    sim.timers.push(base, 0);
-    sim.nodes[0].scheduled = Some(base);
-    for i in 1..total {
-        sim.push(base + late_at(i).unwrap_or(Duration::ZERO), Ev::Start(i));
-    }
-    let mut dead = vec![false; total];
+    let tiers = cfg.fanout.len();
+    let mut failures = Vec::new();
+    let mut dead = vec![false; cfg.tier(tiers).end];
     for &(t, k, at) in &cfg.relay_deaths {
         let r = cfg.tier(t);
         if t == 0 || t >= tiers || k >= r.len() {
@@ -445,49 +495,177 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
             continue;
         }
         dead[r.start + k] = true;
-        sim.push(base + at, Ev::Die(r.start + k));
+        net.die_at(HostId(r.start + k), at);
     }
-    failures.extend(sim.run_loop(base, base + base_cfg.time_limit));
-
-    // Check every expected node against the source.
+    let mut tree = Tree { cfg, switches: 0 };
+    if let Err(halt) = net.run(base_cfg.time_limit, &mut tree) {
+        failures.push(halt.describe(base_cfg.time_limit, "senders"));
+    }
     let mut report = RelayReport {
         seed,
         fanout: cfg.fanout.clone(),
-        leaves: leaf_tier.len(),
-        switches: sim.switches,
+        leaves: cfg.tier(tiers).len(),
+        switches: tree.switches,
+        minimal_units: content::minimal_units(&content, base_cfg.geometry.unit_size),
+        ideal: content::ideal_time(
+            &content,
+            base_cfg.geometry.unit_size,
+            base_cfg.rate,
+            base_cfg.delay,
+        ),
         ..RelayReport::default()
     };
-    let first = sim.nodes[0].first_data;
+    let window = check_nodes(cfg, &net, &dead, &content, &mut report, &mut failures);
+    report_tiers(cfg, &net, &dead, window, &mut report);
+    report.failures = failures;
+    report.wall = wall.elapsed();
+    report
+}
+
+/// The tree's hosts: the server (node 0, started at once) and its sender, then tier by tier
+/// each node joined to its parent's group; node i is host i.
+fn build_tree(
+    cfg: &RelayConfig,
+    content: &[Vec<u8>],
+    manifest: &Manifest,
+) -> Result<Net<Node>, &'static str> {
+    let base_cfg = &cfg.base;
+    let seed = base_cfg.seed;
+    let block_size = base_cfg.geometry.block_size();
+    let truth = content::block_hashes(manifest);
+    let tiers = cfg.fanout.len();
+    let leaf_tier = cfg.tier(tiers);
+    let late_at = |i: usize| -> Option<Duration> {
+        let late = cfg.late.iter().find(|(l, _)| leaf_tier.start + l == i);
+        late.filter(|_| leaf_tier.contains(&i)).map(|(_, t)| *t)
+    };
+    let links = MulticastLinks {
+        delay: base_cfg.delay,
+        data: base_cfg.data_faults.clone(),
+        control: base_cfg.control_faults.clone(),
+    };
+    let mut net = Net::new(Instant::now(), links, cfg.threads);
+    for t in 0..=tiers {
+        for i in cfg.tier(t) {
+            let parent = (t > 0).then(|| {
+                let up = cfg.tier(t - 1);
+                HostId(up.start + (i - cfg.tier(t).start) / cfg.fanout[t - 1])
+            });
+            // The sender waits for the children that start on time.
+            let children = cfg.tier(t + 1).filter(|&c| {
+                let up = cfg.tier(t);
+                t < tiers && (c - cfg.tier(t + 1).start) / cfg.fanout[t] == i - up.start
+            });
+            let initial_children = children.filter(|&c| late_at(c).is_none()).count();
+            let mut sender = base_cfg.sender.clone();
+            sender.rate = base_cfg.rate;
+            sender.control = control_addr(i);
+            sender.stripes = 1;
+            sender.external_first_pass = false;
+            sender.min_receivers = initial_children;
+            let rx = parent.map(|_| {
+                let mut r = base_cfg.receiver.clone();
+                r.id = ReceiverId(i as u64);
+                r.seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                r.idle_timeout = cfg.failover_after;
+                let (store, pass_on) = if t == tiers {
+                    (
+                        SimStore::new(base_cfg.store, truth.clone(), block_size),
+                        false,
+                    )
+                } else {
+                    (
+                        SimStore::new(StoreKind::Memory, truth.clone(), block_size),
+                        true,
+                    )
+                };
+                let store = if pass_on {
+                    NodeStore::Relay(store)
+                } else {
+                    NodeStore::Leaf(store)
+                };
+                let hooks = ReceiverHooks {
+                    pass_on,
+                    ..ReceiverHooks::default()
+                };
+                Driven::new(Receiver::new(r, store), hooks, node_addr(i))
+            });
+            let tx = if t == 0 {
+                sender.geometry = base_cfg.geometry;
+                sender.session = SessionId((seed as u32) | 1);
+                let source = RelaySource::full(content, block_size);
+                let tx = Sender::new(sender.clone(), manifest.clone(), source)?;
+                Some(Driven::new(tx, SenderHooks::default(), control_addr(i)))
+            } else {
+                None
+            };
+            let node = Node {
+                tier: t,
+                parent,
+                home: parent,
+                failovers: 0,
+                rx,
+                tx,
+                relay: (t > 0 && t < tiers).then_some(sender),
+                control: control_addr(i),
+                failure: None,
+            };
+            let id = net.add_host(node, &[node_addr(i), control_addr(i)], host_seed(seed, i));
+            if let Some(p) = parent {
+                net.join(id, p);
+            }
+            net.start_at(id, late_at(i).unwrap_or(Duration::ZERO));
+        }
+    }
+    Ok(net)
+}
+
+/// Checks every expected node against the source; returns the transfer's window (the
+/// server's first data unit to the last expected node's completion).
+fn check_nodes(
+    cfg: &RelayConfig,
+    net: &Net<Node>,
+    dead: &[bool],
+    content: &[Vec<u8>],
+    report: &mut RelayReport,
+    failures: &mut Vec<String>,
+) -> (Instant, Instant) {
+    let tiers = cfg.fanout.len();
+    let first = net
+        .host(HostId(0))
+        .tx
+        .as_ref()
+        .and_then(|t| t.hooks.first_data);
     let mut last_complete: Option<Instant> = None;
-    for (i, n) in sim.nodes.iter().enumerate() {
+    for (HostId(i), n) in net.hosts() {
         if let Some(f) = &n.failure {
             failures.push(format!("node {i}: {f}"));
         }
         let Some(rx) = &n.rx else { continue };
-        let (NodeStore::Leaf(store) | NodeStore::Relay(store)) = rx.store();
+        let (NodeStore::Leaf(store) | NodeStore::Relay(store)) = rx.ep.store();
         report.bad_done_blocks += store.bad_blocks();
         if n.tier == tiers {
-            report.leaf_nack_bytes += rx.stats().nack_bytes;
-            report.leaf_receipt_bytes += rx.stats().receipt_bytes;
+            report.leaf_nack_bytes += rx.ep.stats().nack_bytes;
+            report.leaf_receipt_bytes += rx.ep.stats().receipt_bytes;
         }
         if dead[i] {
             continue;
         }
         report.expected += 1;
-        if !rx.is_complete() {
+        if !rx.ep.is_complete() {
             failures.push(format!(
                 "node {i} (tier {}) incomplete: {}/{} blocks, {} fail-overs",
                 n.tier,
-                rx.blocks_done(),
-                rx.total_blocks(),
+                rx.ep.blocks_done(),
+                rx.ep.total_blocks(),
                 n.failovers
             ));
             continue;
         }
-        if let Some(t) = n.complete_at {
+        if let Some(t) = rx.hooks.complete_at {
             last_complete = Some(last_complete.map_or(t, |l: Instant| l.max(t)));
         }
-        match store.equals(&content) {
+        match store.equals(content) {
             Ok(()) => report.identical += 1,
             Err(e) => failures.push(format!("node {i}: {e}")),
         }
@@ -498,15 +676,25 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
             report.bad_done_blocks
         ));
     }
-    let (window_start, window_end) = match (first, last_complete) {
+    let base = first.unwrap_or_else(Instant::now);
+    let window = match (first, last_complete) {
         (Some(f), Some(l)) => (f, l.max(f)),
         _ => (base, base),
     };
-    report.completion = window_end.saturating_duration_since(window_start);
-    report.minimal_units = content::minimal_units(&content, geometry.unit_size);
-    report.ideal = content::ideal_time(&content, geometry.unit_size, base_cfg.rate, base_cfg.delay);
+    report.completion = window.1.saturating_duration_since(window.0);
+    window
+}
+
+/// What each tier's senders sent and heard.
+fn report_tiers(
+    cfg: &RelayConfig,
+    net: &Net<Node>,
+    dead: &[bool],
+    (window_start, window_end): (Instant, Instant),
+    report: &mut RelayReport,
+) {
     let window = report.completion.as_secs_f64().max(1e-9);
-    for t in 0..tiers {
+    for t in 0..cfg.fanout.len() {
         let mut tr = TierReport {
             tier: t,
             ..TierReport::default()
@@ -514,23 +702,27 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
         let mut rates = Vec::new();
         let mut sending = 0u64;
         for i in cfg.tier(t) {
-            let n = &sim.nodes[i];
+            let n = net.host(HostId(i));
             tr.senders += 1;
-            if let Some(tx) = &n.tx {
-                let s = tx.stats();
-                let units = s.data_units + s.repair_units + s.xor_units + s.parity_units;
-                tr.units += units;
-                sending += u64::from(units > 0);
-                tr.parity_units += s.parity_units;
-                tr.nack_packets += s.nacks;
-                tr.nack_bytes += s.nack_bytes;
-                tr.receipt_packets += s.receipts;
-                tr.receipt_bytes += s.receipt_bytes;
-            }
-            tr.control_in += n.control_in.len() as u64;
+            let Some(tx) = &n.tx else {
+                if !dead[i] {
+                    rates.push(0.0);
+                }
+                continue;
+            };
+            let s = tx.ep.stats();
+            let units = s.data_units + s.repair_units + s.xor_units + s.parity_units;
+            tr.units += units;
+            sending += u64::from(units > 0);
+            tr.parity_units += s.parity_units;
+            tr.nack_packets += s.nacks;
+            tr.nack_bytes += s.nack_bytes;
+            tr.receipt_packets += s.receipts;
+            tr.receipt_bytes += s.receipt_bytes;
+            let control_in = &tx.hooks.control_in;
+            tr.control_in += control_in.len() as u64;
             if !dead[i] {
-                let inside = n
-                    .control_in
+                let inside = control_in
                     .iter()
                     .filter(|&&at| at >= window_start && at <= window_end)
                     .count();
@@ -542,367 +734,4 @@ pub fn run_relays(cfg: &RelayConfig) -> RelayReport {
         tr.fan_in_max = rates.iter().copied().fold(0.0, f64::max);
         report.tiers.push(tr);
     }
-    report.failures = failures;
-    report.wall = wall.elapsed();
-    report
-}
-
-struct RelaySim<'a> {
-    ctx: Ctx<'a>,
-    nodes: Vec<Node>,
-    /// Each sender's multicast group: the nodes that receive from it now.
-    members: Vec<Vec<usize>>,
-    events: EventQueue<Ev>,
-    timers: Timers,
-    buf: Vec<u8>,
-    switches: u64,
-}
-
-impl RelaySim<'_> {
-    fn push(&mut self, at: Instant, ev: Ev) {
-        self.events.push(at, ev);
-    }
-
-    /// Every sender that is alive has finished.
-    fn all_finished(&self) -> bool {
-        let senders = self.ctx.cfg.tier(self.ctx.cfg.fanout.len()).start;
-        self.nodes[..senders]
-            .iter()
-            .all(|n| n.life != Life::Alive || n.tx.as_ref().is_none_or(|t| t.is_finished()))
-    }
-
-    fn run_loop(&mut self, base: Instant, limit: Instant) -> Vec<String> {
-        let mut clock = Clock::new(base, limit);
-        loop {
-            if self.nodes[0].tx.as_ref().is_some_and(|t| t.is_finished()) && self.all_finished() {
-                return Vec::new();
-            }
-            let next =
-                queue::earliest([self.events.peek_time(), self.timers.peek().map(|(t, _)| t)]);
-            let now = match clock.advance(next) {
-                Ok(now) => now,
-                Err(halt) => return vec![halt.describe(self.ctx.cfg.base.time_limit, "senders")],
-            };
-            while let Some(ev) = self.events.pop_due(now) {
-                self.handle_event(now, ev);
-            }
-            while let Some((t, i)) = self.timers.pop_due(now) {
-                let n = &mut self.nodes[i];
-                if n.scheduled == Some(t) {
-                    n.scheduled = None;
-                }
-                if n.life != Life::Alive {
-                    continue;
-                }
-                if let Some(rx) = n.rx.as_mut() {
-                    if rx.poll_timeout().is_some_and(|t| t <= now) {
-                        rx.handle_timeout(now);
-                    }
-                }
-                if let Some(tx) = n.tx.as_mut() {
-                    if tx.poll_timeout().is_some_and(|t| t <= now) {
-                        tx.handle_timeout(now);
-                    }
-                }
-                self.after(now, i);
-            }
-        }
-    }
-
-    fn handle_event(&mut self, now: Instant, ev: Ev) {
-        match ev {
-            Ev::Mcast(from, bytes) => self.fan_out(now, from, &bytes),
-            Ev::ToSender(to, from, bytes) => {
-                let n = &mut self.nodes[to];
-                if n.life == Life::Alive {
-                    n.control_in.push(now);
-                    if let Some(tx) = n.tx.as_mut() {
-                        tx.handle_datagram(now, node_addr(from), &bytes);
-                        self.after(now, to);
-                    }
-                }
-            }
-            Ev::ToReceiver(i, bytes) => {
-                let n = &mut self.nodes[i];
-                if n.life == Life::Alive {
-                    if let Some(rx) = n.rx.as_mut() {
-                        rx.handle_datagram(now, node_addr(n.parent.unwrap_or(0)), &bytes);
-                        self.after(now, i);
-                    }
-                }
-            }
-            Ev::Start(i) => {
-                if self.nodes[i].life == Life::NotStarted {
-                    self.nodes[i].life = Life::Alive;
-                }
-            }
-            Ev::Die(i) => self.nodes[i].life = Life::Gone,
-        }
-    }
-
-    fn apply(&mut self, now: Instant, fx: &mut Effects) {
-        for (at, ev) in fx.events.drain(..) {
-            self.push(at, ev);
-        }
-        for (t, i) in fx.timers.drain(..) {
-            self.timers.push(t, i);
-        }
-        for i in std::mem::take(&mut fx.lost) {
-            self.fail_over(now, i);
-        }
-    }
-
-    fn after(&mut self, now: Instant, i: usize) {
-        let mut fx = Effects::default();
-        after_node(
-            &self.ctx,
-            &mut self.nodes[i],
-            i,
-            now,
-            &mut self.buf,
-            &mut fx,
-        );
-        self.apply(now, &mut fx);
-    }
-
-    /// Node `i`'s source fell silent: move it to the next source in its fail-over order.
-    fn fail_over(&mut self, now: Instant, i: usize) {
-        let cfg = self.ctx.cfg;
-        let Some(old) = self.nodes[i].parent else {
-            return;
-        };
-        let k = self.nodes[i].failovers;
-        let home = self.nodes[i].home.unwrap_or(old);
-        let home_tier = self.nodes[home].tier;
-        let siblings = cfg.tier(home_tier);
-        let new = if cfg.failover == FailOver::Sibling && k == 0 && home_tier > 0 {
-            // A sibling of the home relay, spread by the receiver's index.
-            let others = siblings.len() - 1;
-            if others == 0 {
-                self.nodes[home].parent
-            } else {
-                let step = 1 + i % others;
-                Some(siblings.start + (home - siblings.start + step) % siblings.len())
-            }
-        } else {
-            // Up the tree from where it is, stopping at the server.
-            self.nodes[old].parent.or(Some(old))
-        };
-        let Some(new) = new else { return };
-        self.nodes[i].failovers += 1;
-        if new == old {
-            // Already at the server: nowhere else to go; listen again.
-            if let Some(rx) = self.nodes[i].rx.as_mut() {
-                rx.switch_source(now);
-            }
-            self.switches += 1;
-            self.after(now, i);
-            return;
-        }
-        self.members[old].retain(|&c| c != i);
-        self.members[new].push(i);
-        self.nodes[i].parent = Some(new);
-        if let Some(rx) = self.nodes[i].rx.as_mut() {
-            rx.switch_source(now);
-        }
-        self.switches += 1;
-        self.after(now, i);
-    }
-
-    /// One multicast datagram from node `from` to its group, on threads for large groups
-    /// whose members are consecutive nodes.
-    fn fan_out(&mut self, now: Instant, from: usize, bytes: &Arc<[u8]>) {
-        let threads = fanout::threads(self.ctx.cfg.threads);
-        let group = &self.members[from];
-        let consecutive =
-            group.len() >= 512 && group.windows(2).all(|w| w[1] == w[0] + 1) && threads > 1;
-        if !consecutive {
-            let group = std::mem::take(&mut self.members[from]);
-            let mut fx = Effects::default();
-            for &i in &group {
-                deliver_copy(
-                    &self.ctx,
-                    &mut self.nodes[i],
-                    i,
-                    now,
-                    bytes,
-                    &mut self.buf,
-                    &mut fx,
-                );
-            }
-            self.members[from] = group;
-            self.apply(now, &mut fx);
-            return;
-        }
-        let range = group[0]..group[0] + group.len();
-        let ctx = &self.ctx;
-        let start = range.start;
-        let mut results = fanout::in_parallel(
-            &mut self.nodes[range],
-            start,
-            threads,
-            |i, node, buf, fx| deliver_copy(ctx, node, i, now, bytes, buf, fx),
-        );
-        for fx in &mut results {
-            self.apply(now, fx);
-        }
-    }
-}
-
-/// One multicast copy to node `i`, through the faults of its link.
-fn deliver_copy(
-    ctx: &Ctx<'_>,
-    node: &mut Node,
-    i: usize,
-    now: Instant,
-    bytes: &Arc<[u8]>,
-    buf: &mut [u8],
-    fx: &mut Effects,
-) {
-    if node.life != Life::Alive || node.rx.is_none() {
-        return;
-    }
-    let from = node_addr(node.parent.unwrap_or(0));
-    let rx = &mut node.rx;
-    net::through_faults(
-        &ctx.cfg.base.data_faults,
-        &mut node.burst,
-        &mut node.rng,
-        bytes,
-        |arrival| match arrival {
-            Arrival::Now(b) => {
-                if let Some(rx) = rx.as_mut() {
-                    rx.handle_datagram(now, from, &b);
-                }
-            }
-            Arrival::Later(extra, b) => fx.events.push((now + extra, Ev::ToReceiver(i, b))),
-        },
-    );
-    after_node(ctx, node, i, now, buf, fx);
-}
-
-/// After a node ran: its receiver's events (a relay starts serving once it has the manifest
-/// and passes on each block it verifies), what its receiver and sender want sent, and its
-/// next timer.
-fn after_node(
-    ctx: &Ctx<'_>,
-    node: &mut Node,
-    i: usize,
-    now: Instant,
-    buf: &mut [u8],
-    fx: &mut Effects,
-) {
-    let cfg = ctx.cfg;
-    let delay = cfg.base.delay;
-    let control_loss = &cfg.base.control_faults.loss;
-    if let Some(rx) = node.rx.as_mut() {
-        while let Some(e) = rx.poll_event() {
-            match e {
-                ReceiverEvent::Complete => {
-                    node.complete_at.get_or_insert(now);
-                }
-                ReceiverEvent::ServerLost => fx.lost.push(i),
-                ReceiverEvent::ManifestReady if node.tx.is_none() => {
-                    if let NodeStore::Relay(_) = rx.store() {
-                        match relay_sender(cfg, node.initial_children, i, rx) {
-                            Ok(tx) => node.tx = Some(tx),
-                            Err(e) => node.failure = Some(format!("relay sender: {e}")),
-                        }
-                    }
-                }
-                ReceiverEvent::BlockVerified { object, block } => {
-                    if let (Some(tx), NodeStore::Relay(s)) = (node.tx.as_mut(), rx.store()) {
-                        // Cut-through: the block is served as soon as it is verified.
-                        if let Some(bytes) = s.block(object, block) {
-                            tx.source_mut().fill(object, block, bytes);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        while let Some(t) = rx.poll_transmit(now, buf) {
-            if let Destination::Peer(addr) = t.destination {
-                let lost = net::lost(control_loss, &mut BurstState::default(), &mut node.rng);
-                if let (false, Some(to)) = (lost, node_index(addr)) {
-                    fx.events
-                        .push((now + delay, Ev::ToSender(to, i, buf[..t.len].into())));
-                }
-            }
-        }
-    }
-    if let Some(tx) = node.tx.as_mut() {
-        while let Some(t) = tx.poll_transmit(now, buf) {
-            let mut bytes = buf[..t.len].to_vec();
-            if let Some(p) = t.payload {
-                node.first_data.get_or_insert(now);
-                bytes.extend_from_slice(p.bytes(tx.source()));
-            }
-            match t.destination {
-                Destination::Group | Destination::Stripe(_) => {
-                    fx.events.push((now + delay, Ev::Mcast(i, bytes.into())))
-                }
-                Destination::Peer(addr) => {
-                    let lost = net::lost(control_loss, &mut BurstState::default(), &mut node.rng);
-                    if let (false, Some(to)) = (lost, node_index(addr)) {
-                        fx.events
-                            .push((now + delay, Ev::ToReceiver(to, bytes.into())));
-                    }
-                }
-            }
-        }
-        while tx.poll_event().is_some() {}
-    }
-    let next = match (
-        node.rx.as_ref().and_then(|r| r.poll_timeout()),
-        node.tx.as_ref().and_then(|t| t.poll_timeout()),
-    ) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    if let Some(t) = next {
-        if queue::rearm(&mut node.scheduled, t) {
-            fx.timers.push((t, i));
-        }
-    }
-}
-
-/// A relay's sender: the upstream manifest and session, its own control address.
-fn relay_sender(
-    cfg: &RelayConfig,
-    children: usize,
-    i: usize,
-    rx: &Receiver<NodeStore>,
-) -> Result<Sender<RelaySource>, &'static str> {
-    let (Some(m), Some(a)) = (rx.manifest(), rx.announce()) else {
-        return Err("manifest ready without an announce");
-    };
-    let mut s = cfg.base.sender.clone();
-    s.geometry = blockcast_proto::Geometry {
-        unit_size: m.unit_size,
-        units_per_block: m.units_per_block,
-        max_parity: a.max_parity,
-    };
-    s.rate = cfg.base.rate;
-    s.control = node_addr(i);
-    s.session = a.session;
-    s.stripes = 1;
-    s.external_first_pass = false;
-    s.min_receivers = children;
-    let mut source = RelaySource::empty(m);
-    // Blocks verified before the sender existed (none in practice: units need the manifest).
-    for (o, entry) in m.objects.iter().enumerate() {
-        for b in 0..entry.block_hashes.len() {
-            let (object, block) = (ObjectId(o as u32), BlockIndex(b as u32));
-            if rx.is_verified(object, block) {
-                if let Some(bytes) = match rx.store() {
-                    NodeStore::Relay(st) => st.block(object, block),
-                    NodeStore::Leaf(_) => None,
-                } {
-                    source.fill(object, block, bytes);
-                }
-            }
-        }
-    }
-    Sender::new(s, m.clone(), source)
 }

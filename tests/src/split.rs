@@ -1,24 +1,27 @@
 //! A deterministic simulator of split mode (docs/wire.md §14): no multicast. The server sends
 //! each unit by unicast to one member; members forward copies as their plan and the unit's
-//! copy flags say, exactly as the node does (flags rewritten in the datagram). Members sit in
-//! zones with their own delay to the server and between each other; every datagram on every
-//! link is lost independently with the configured probability; members can die mid-transfer.
+//! copy flags say ([`blockcast_proto::copies`]), exactly as the node does (flags rewritten in
+//! the datagram with `set_copy_flags`). Members sit in zones with their own delay to the
+//! server and between each other; every datagram on every link is lost independently with
+//! the configured probability; members can die mid-transfer. Runs on the one driver
+//! ([`crate::driver`]): the zones are its link model.
 //!
 //! Virtual time, one seed: a failing run is replayed exactly by its seed
 //! (`BLOCKCAST_SIM_SEED`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blockcast_proto::wire::{set_copy_flags, CopyFlags, ReceiverId, SessionId, UnitPacket};
+use blockcast_proto::wire::{ReceiverId, SessionId};
 use blockcast_proto::{
-    Destination, Geometry, Receiver, ReceiverConfig, ReceiverEvent, Sender, SenderConfig,
-    SliceSource, SplitConfig, SplitMember,
+    Geometry, Receiver, ReceiverConfig, Sender, SenderConfig, SplitConfig, SplitMember,
 };
 
-use crate::content;
-use crate::queue::{self, EventQueue};
+use crate::content::{self, ContentSource};
+use crate::driver::{host_seed, Driven, HostId, Links, Net, Path};
+use crate::hosts::{ReceiverHooks, SenderHooks, ServerHost, SimHost, UntilServerDone};
+use crate::net::LinkFaults;
 use crate::{SimRng, SimStore, StoreKind};
 
 /// One zone of members.
@@ -166,253 +169,39 @@ fn member_addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7000))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum At {
-    Server,
-    Member(usize),
+/// The zones as links: host 0 is the server, host i + 1 member i.
+struct ZoneLinks {
+    /// Each host's zone (index into `zones`); None for the server.
+    zone: Vec<Option<usize>>,
+    zones: Vec<ZoneSpec>,
+    inter_zone: Duration,
+    faults: LinkFaults,
 }
 
-enum Ev {
-    Deliver {
-        to: At,
-        from: SocketAddr,
-        bytes: Vec<u8>,
-    },
-    Timer(At),
-    Die(usize),
-}
-
-struct Member {
-    rx: Receiver<SimStore>,
-    zone: usize,
-    alive: bool,
-    scheduled: Option<Instant>,
-    complete_at: Option<Instant>,
-}
-
-struct Sim<'a> {
-    cfg: &'a SplitSimConfig,
-    rng: SimRng,
-    base: Instant,
-    sender: Sender<SliceSource<'a>>,
-    sender_scheduled: Option<Instant>,
-    members: Vec<Member>,
-    by_addr: HashMap<SocketAddr, usize>,
-    events: EventQueue<Ev>,
-    buf: Vec<u8>,
-    report: SplitReport,
-}
-
-impl Sim<'_> {
-    fn push(&mut self, at: Instant, ev: Ev) {
-        self.events.push(at, ev);
-    }
-
-    fn delay(&self, from: At, to: At) -> Duration {
-        let zone = |a: At| match a {
-            At::Server => None,
-            At::Member(i) => Some(self.members[i].zone),
-        };
-        match (zone(from), zone(to)) {
-            (None, Some(z)) | (Some(z), None) => self.cfg.zones[z].server_delay,
-            (Some(a), Some(b)) if a == b => self.cfg.zones[a].peer_delay,
-            (Some(_), Some(_)) => self.cfg.inter_zone_delay,
+impl Links for ZoneLinks {
+    fn delay(&self, from: HostId, to: HostId) -> Duration {
+        match (self.zone[from.0], self.zone[to.0]) {
+            (None, Some(z)) | (Some(z), None) => self.zones[z].server_delay,
+            (Some(a), Some(b)) if a == b => self.zones[a].peer_delay,
+            (Some(_), Some(_)) => self.inter_zone,
             (None, None) => Duration::ZERO,
         }
     }
 
-    /// Sends a datagram over a lossy link.
-    fn send(&mut self, now: Instant, from: At, to: At, bytes: Vec<u8>) {
-        if self.rng.chance(self.cfg.loss) {
-            return;
-        }
-        let from_addr = match from {
-            At::Server => SERVER,
-            At::Member(i) => member_addr(i),
-        };
-        let at = now + self.delay(from, to);
-        self.push(
-            at,
-            Ev::Deliver {
-                to,
-                from: from_addr,
-                bytes,
-            },
-        );
-    }
-
-    fn schedule_member(&mut self, i: usize) {
-        let m = &self.members[i];
-        if !m.alive {
-            return;
-        }
-        if let Some(t) = m.rx.poll_timeout() {
-            if queue::rearm(&mut self.members[i].scheduled, t) {
-                self.push(t, Ev::Timer(At::Member(i)));
-            }
-        }
-    }
-
-    fn schedule_sender(&mut self) {
-        if let Some(t) = self.sender.poll_timeout() {
-            if queue::rearm(&mut self.sender_scheduled, t) {
-                self.push(t, Ev::Timer(At::Server));
-            }
-        }
-    }
-
-    fn drain_member(&mut self, now: Instant, i: usize) {
-        while let Some(t) = self.members[i].rx.poll_transmit(now, &mut self.buf) {
-            if let Destination::Peer(addr) = t.destination {
-                let bytes = self.buf[..t.len].to_vec();
-                let to = if addr == SERVER {
-                    At::Server
-                } else {
-                    match self.by_addr.get(&addr) {
-                        Some(&j) => At::Member(j),
-                        None => continue,
-                    }
-                };
-                self.send(now, At::Member(i), to, bytes);
-            }
-        }
-        while let Some(e) = self.members[i].rx.poll_event() {
-            match e {
-                ReceiverEvent::Complete => self.members[i].complete_at = Some(now),
-                ReceiverEvent::StoreFailed(e) => self
-                    .report
-                    .failures
-                    .push(format!("member {i}: store failed: {e:?}")),
-                _ => {}
-            }
-        }
-        self.schedule_member(i);
-    }
-
-    fn drain_sender(&mut self, now: Instant) {
-        while let Some(t) = self.sender.poll_transmit(now, &mut self.buf) {
-            let mut bytes = self.buf[..t.len].to_vec();
-            if let Some(u) = t.payload {
-                bytes.extend_from_slice(u.bytes(self.sender.source()));
-            }
-            match t.destination {
-                Destination::Peer(addr) => {
-                    if let Some(&j) = self.by_addr.get(&addr) {
-                        if UnitPacket::new_checked(&bytes[..]).is_ok() {
-                            self.report.server_units += 1;
-                        }
-                        self.send(now, At::Server, At::Member(j), bytes);
-                    }
-                }
-                Destination::Group | Destination::Stripe(_) => self
-                    .report
-                    .failures
-                    .push("split mode sent to the group".into()),
-            }
-        }
-        while self.sender.poll_event().is_some() {}
-        self.schedule_sender();
-    }
-
-    /// A member got a datagram: forward copies first (as the node does), then handle it.
-    fn member_gets(&mut self, now: Instant, i: usize, from: SocketAddr, mut bytes: Vec<u8>) {
-        if !self.members[i].alive {
-            return;
-        }
-        let copy = UnitPacket::new_checked(&bytes[..])
-            .ok()
-            .filter(|u| Some(u.session()) == self.members[i].rx.session())
-            .map(|u| u.copy_flags());
-        if let Some(copy) = copy.filter(|c| c.any()) {
-            let targets = self.members[i].rx.copy_targets(copy);
-            let zone: Vec<SocketAddr> = targets.zone.to_vec();
-            let next = targets.next;
-            self.members[i].rx.handle_datagram(now, from, &bytes);
-            for addr in zone {
-                if let Some(&j) = self.by_addr.get(&addr) {
-                    let mut b = bytes.clone();
-                    let _ = set_copy_flags(&mut b, CopyFlags::NONE);
-                    self.report.forwarded += 1;
-                    self.send(now, At::Member(i), At::Member(j), b);
-                }
-            }
-            if let Some(&j) = next.and_then(|a| self.by_addr.get(&a)) {
-                let _ = set_copy_flags(&mut bytes, CopyFlags::ALL);
-                self.report.forwarded += 1;
-                self.send(now, At::Member(i), At::Member(j), bytes);
-            }
-        } else {
-            self.members[i].rx.handle_datagram(now, from, &bytes);
-        }
-        self.drain_member(now, i);
-    }
-
-    fn run(&mut self) {
-        let limit = self.base + self.cfg.time_limit;
-        for i in 0..self.members.len() {
-            self.drain_member(self.base, i);
-        }
-        self.drain_sender(self.base);
-        while let Some((at, ev)) = self.events.pop() {
-            if at > limit {
-                self.report
-                    .failures
-                    .push(format!("time limit {:?} reached", self.cfg.time_limit));
-                break;
-            }
-            match ev {
-                Ev::Deliver {
-                    to: At::Server,
-                    from,
-                    bytes,
-                } => {
-                    if let Ok(blockcast_proto::wire::Packet::Nack(_)) =
-                        blockcast_proto::wire::Packet::parse(&bytes)
-                    {
-                        self.report.nacks += 1;
-                    }
-                    self.sender.handle_datagram(at, from, &bytes);
-                    self.drain_sender(at);
-                }
-                Ev::Deliver {
-                    to: At::Member(i),
-                    from,
-                    bytes,
-                } => self.member_gets(at, i, from, bytes),
-                Ev::Timer(At::Server) => {
-                    self.sender_scheduled = None;
-                    if self.sender.poll_timeout().is_some_and(|t| t <= at) {
-                        self.sender.handle_timeout(at);
-                    }
-                    self.drain_sender(at);
-                }
-                Ev::Timer(At::Member(i)) => {
-                    self.members[i].scheduled = None;
-                    if !self.members[i].alive {
-                        continue;
-                    }
-                    if self.members[i].rx.poll_timeout().is_some_and(|t| t <= at) {
-                        self.members[i].rx.handle_timeout(at);
-                    }
-                    self.drain_member(at, i);
-                }
-                Ev::Die(i) => self.members[i].alive = false,
-            }
-            if self.sender.is_finished() {
-                break;
-            }
-        }
+    fn faults(&self, _from: HostId, _to: HostId, _path: Path) -> &LinkFaults {
+        &self.faults
     }
 }
+
+type SplitHost = SimHost<ContentSource, SimStore>;
 
 /// Runs one split-mode session to its end (or the time limit) and reports.
 pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
     let wall = Instant::now();
     let mut rng = SimRng::new(cfg.seed);
-    let content = content::random_content(&mut rng, &[cfg.object_size]);
+    let content = Arc::new(content::random_content(&mut rng, &[cfg.object_size]));
     let block_size = cfg.geometry.block_size();
     let manifest = content::manifest(cfg.geometry, &content);
-    let source = SliceSource::new(vec![&content[0][..]], block_size);
     let mut scfg = cfg.sender.clone();
     scfg.geometry = cfg.geometry;
     scfg.control = SERVER;
@@ -423,6 +212,7 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
         object_units: (cfg.object_size as u64).div_ceil(u64::from(cfg.geometry.unit_size)),
         ..SplitReport::default()
     };
+    let source = ContentSource::new(content.clone(), block_size);
     let sender = match Sender::new(scfg, manifest.clone(), source) {
         Ok(s) => s,
         Err(e) => {
@@ -430,10 +220,26 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
             return report;
         }
     };
+    let mut zone = vec![None];
+    for (z, spec) in cfg.zones.iter().enumerate() {
+        zone.extend(std::iter::repeat_n(Some(z), spec.members));
+    }
+    let links = ZoneLinks {
+        zone,
+        zones: cfg.zones.clone(),
+        inter_zone: cfg.inter_zone_delay,
+        faults: LinkFaults::lossy(cfg.loss),
+    };
+    let base = Instant::now();
+    let mut net: Net<SplitHost> = Net::new(base, links, 1);
+    let server = ServerHost::new(sender, SenderHooks::default(), SERVER, false);
+    let members_in_all = cfg.zones.iter().map(|z| z.members).sum();
+    let seed = host_seed(cfg.seed, members_in_all);
+    let server = net.add_host(SimHost::Server(Box::new(server)), &[SERVER], seed);
+    net.start_at(server, Duration::ZERO);
     let hashes = content::block_hashes(&manifest);
     let mut members = Vec::new();
-    let mut by_addr = HashMap::new();
-    for (z, spec) in cfg.zones.iter().enumerate() {
+    for spec in &cfg.zones {
         for _ in 0..spec.members {
             let i = members.len();
             let mut rcfg = cfg.receiver.clone();
@@ -443,67 +249,78 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
                 server: SERVER,
                 zone: spec.zone,
             });
-            by_addr.insert(member_addr(i), i);
-            members.push(Member {
-                rx: Receiver::new(rcfg, SimStore::new(cfg.store, hashes.clone(), block_size)),
-                zone: z,
-                alive: true,
-                scheduled: None,
-                complete_at: None,
-            });
+            let store = SimStore::new(cfg.store, hashes.clone(), block_size);
+            let hooks = ReceiverHooks {
+                forward: true,
+                ..ReceiverHooks::default()
+            };
+            let rx = Driven::new(Receiver::new(rcfg, store), hooks, member_addr(i));
+            let id = net.add_host(
+                SimHost::Receiver(rx),
+                &[member_addr(i)],
+                host_seed(cfg.seed, i),
+            );
+            net.start_at(id, Duration::ZERO);
+            members.push((id, spec.zone));
         }
     }
     report.members = members.len();
-    let base = Instant::now();
-    let mut sim = Sim {
-        cfg,
-        rng,
-        base,
-        sender,
-        sender_scheduled: None,
-        members,
-        by_addr,
-        events: EventQueue::new(),
-        buf: vec![0u8; 65_536],
-        report,
-    };
     for &(i, t) in &cfg.deaths {
-        sim.push(base + t, Ev::Die(i));
+        net.die_at(members[i].0, t);
     }
-    sim.run();
-    let mut report = std::mem::take(&mut sim.report);
-    if let Some((epoch, cells)) = sim.sender.split_plan() {
+    if let Err(halt) = net.run(cfg.time_limit, &mut UntilServerDone(server)) {
+        report
+            .failures
+            .push(halt.describe(cfg.time_limit, "sender"));
+    }
+    let Some(server) = net.host(server).server() else {
+        unreachable!("host 0 is the server")
+    };
+    let tx = &server.sender;
+    report.server_units = tx.hooks.units;
+    report.nacks = tx.hooks.nacks;
+    if tx.hooks.group_sends > 0 {
+        report.failures.push("split mode sent to the group".into());
+    }
+    if let Some((epoch, cells)) = tx.ep.split_plan() {
         report.plan_epoch = epoch;
         report.direct_zone = cells
             .first()
             .and_then(|c| c.first())
-            .map(|id| cfg.zones[sim.members[id.0 as usize - 1].zone].zone);
+            .and_then(|id| members.get(id.0 as usize - 1))
+            .map(|m| m.1);
     }
     let mut last = None::<Instant>;
-    for (i, m) in sim.members.iter().enumerate() {
-        report.blocks_failed += m.rx.stats().blocks_failed;
-        report.bad_done_blocks += m.rx.store().bad_blocks();
-        if m.rx.plan_epoch().is_some() {
+    for (i, &(id, zone)) in members.iter().enumerate() {
+        let Some(m) = net.host(id).receiver() else {
+            continue;
+        };
+        report.forwarded += m.hooks.forwarded;
+        report.blocks_failed += m.ep.stats().blocks_failed;
+        report.bad_done_blocks += m.ep.store().bad_blocks();
+        if let Some(f) = &m.hooks.failure {
+            report.failures.push(format!("member {i}: {f}"));
+        }
+        if m.ep.plan_epoch().is_some() {
             report.members_with_plan += 1;
         }
         if cfg.deaths.iter().any(|(d, _)| *d == i) {
             continue;
         }
         report.expected += 1;
-        if !m.rx.is_complete() {
+        if !m.ep.is_complete() {
             report.failures.push(format!(
-                "member {i} (zone {}) incomplete: {}/{} blocks",
-                cfg.zones[m.zone].zone,
-                m.rx.blocks_done(),
-                m.rx.total_blocks()
+                "member {i} (zone {zone}) incomplete: {}/{} blocks",
+                m.ep.blocks_done(),
+                m.ep.total_blocks()
             ));
             continue;
         }
-        match m.rx.store().equals(&content) {
+        match m.ep.store().equals(&content) {
             Ok(()) => report.identical += 1,
             Err(e) => report.failures.push(format!("member {i}: {e}")),
         }
-        if let Some(t) = m.complete_at {
+        if let Some(t) = m.hooks.complete_at {
             last = Some(last.map_or(t, |l| l.max(t)));
         }
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use blockcast_proto::RateLimits;
 use blockcast_sim::{run, LinkFaults, LossModel, SimConfig, SimReport, StoreKind};
 
 fn check(cfg: SimConfig) -> SimReport {
@@ -239,5 +240,76 @@ fn xor_repairs_send_fewer_units_than_the_union_of_holes() {
         "XOR repairs: {} datagrams, originals: {}",
         repairs(&x),
         repairs(&o)
+    );
+}
+
+#[test]
+fn a_striped_first_pass_runs_the_real_stripe_passes() {
+    // Four stripes, each a real StripePass made by the sender (as the server's data threads
+    // are), paced at the sender's first-pass rate and reporting their progress to it.
+    for loss in [0.0, 0.02] {
+        let mut cfg = SimConfig::small(131, 20, loss);
+        cfg.stripes = 4;
+        cfg.objects = vec![300_000, 5_000, 200_000];
+        let r = check(cfg);
+        assert_eq!(
+            r.stripe_units.len(),
+            4,
+            "stripes made: {:?}",
+            r.stripe_units
+        );
+        assert!(
+            r.stripe_units.iter().all(|&u| u > 0),
+            "a stripe sent nothing: {:?}",
+            r.stripe_units
+        );
+        assert_eq!(
+            r.stripe_units.iter().sum::<u64>(),
+            r.data_units,
+            "the sender sent first-pass units itself"
+        );
+        assert_eq!(r.data_units, r.minimal_units);
+    }
+}
+
+#[test]
+fn rate_control_runs_in_the_simulator() {
+    // `--rate auto`'s controller lives in the sender, so the simulator runs it as it ships:
+    // with no congestion reported the rate climbs from its start and the transfer ends
+    // sooner; on a link that loses more than the controller tolerates it backs off.
+    let mut cfg = SimConfig::small(121, 10, 0.0);
+    // A first pass of about half a second: several of the controller's steps.
+    cfg.objects = vec![1 << 20];
+    cfg.rate = 2_000_000;
+    let fixed = check(cfg.clone());
+    cfg.rate_control = Some(RateLimits {
+        start: cfg.rate,
+        min: cfg.rate / 8,
+        max: cfg.rate * 16,
+    });
+    let auto = check(cfg.clone());
+    assert_eq!(fixed.final_rate, cfg.rate, "a fixed rate moved");
+    assert!(
+        auto.final_rate > cfg.rate,
+        "the rate stayed at {} from {}",
+        auto.final_rate,
+        cfg.rate
+    );
+    assert!(
+        auto.completion < fixed.completion,
+        "auto {:?}, fixed {:?}",
+        auto.completion,
+        fixed.completion
+    );
+    // Half again the loss the controller takes for a link collapsing under the rate.
+    let heavy = f64::from(blockcast_proto::rate::HEAVY_LOSS_PPM) * 1.5 / 1e6;
+    cfg.data_faults = LinkFaults::lossy(heavy);
+    cfg.control_faults = LinkFaults::lossy(heavy);
+    let lossy = check(cfg.clone());
+    assert!(
+        lossy.final_rate < cfg.rate,
+        "at {heavy} loss the rate went from {} to {}",
+        cfg.rate,
+        lossy.final_rate
     );
 }
