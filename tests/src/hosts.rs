@@ -293,9 +293,10 @@ impl<S: BlockSource + Clone + Send> Host for ServerHost<S> {
             return;
         }
         let rate = self.sender.ep.first_pass_rate();
+        let live = self.stripes.iter().filter(|p| !p.ep.is_finished()).count() as u16;
         for (p, &start) in self.stripes.iter_mut().zip(&self.starts) {
             if now >= start {
-                p.ep.set_rate(rate);
+                p.ep.set_rate(rate, live);
                 p.poll(now, io);
             }
         }

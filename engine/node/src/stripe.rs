@@ -42,6 +42,17 @@ impl StripeShared {
         self.sent_before.len()
     }
 
+    /// Stripes still sending.
+    fn live(&self) -> u16 {
+        // Relaxed: a count a moment old only delays a stripe's share by a turn.
+        let done = self
+            .sent_before
+            .iter()
+            .filter(|p| p.load(Ordering::Relaxed) == u64::MAX)
+            .count();
+        (self.stripes() - done).max(1) as u16
+    }
+
     /// How far the first pass got: every block numbered below the first value has been sent
     /// by every stripe; the second is the bytes they sent.
     pub(crate) fn progress(&self) -> (u64, u64) {
@@ -137,7 +148,7 @@ impl driver::Host<StripePass<Content>> for StripeHost<'_> {
             return Ok(Flow::Stop);
         }
         // Relaxed: a rate a moment old is fine.
-        pass.set_rate(self.shared.rate.load(Ordering::Relaxed));
+        pass.set_rate(self.shared.rate.load(Ordering::Relaxed), self.shared.live());
         Ok(Flow::Continue)
     }
 

@@ -90,9 +90,11 @@ impl<S: BlockSource> StripePass<S> {
         }
     }
 
-    /// The whole first pass's rate changed (the stripe takes its share).
-    pub fn set_rate(&mut self, rate: u64) {
-        self.pacer.set_rate(share(rate, self.stripes));
+    /// The whole first pass's rate is `rate`, shared by the `live` stripes still sending
+    /// (stripes differ by a block in length: one that is done leaves its share to the rest).
+    pub fn set_rate(&mut self, rate: u64, live: u16) {
+        self.pacer
+            .set_rate(share(rate, live.clamp(1, self.stripes)));
     }
 
     /// Every block of this stripe numbered below this has been sent (`u64::MAX` once the
