@@ -103,6 +103,8 @@ pub(crate) fn run(
     if let Some(core) = t.core {
         core_affinity::set_for_current(core);
     }
+    // Paced: waits of a GSO super-buffer's worth of time, woken close to their deadline.
+    blockcast_io::os::set_timer_slack(Duration::from_micros(1));
     // Each stripe has its own port (docs/wire.md §3.1): a receiver reads it on its own socket.
     let group = SocketAddrV4::new(*t.group.ip(), t.group.port() + pass.stripe());
     let socket = MulticastSender::new(group, t.iface, t.ttl, 4 << 20)?;
