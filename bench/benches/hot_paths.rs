@@ -116,6 +116,7 @@ fn nack(c: &mut Criterion) {
     let n = NackRepr {
         session: SessionId(1),
         receiver: ReceiverId(42),
+        cookie: 7,
         entries: (0..40)
             .map(|b| NackEntry {
                 object: ObjectId(0),

@@ -110,6 +110,8 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
         xor_repairs: true,
         hash_cache: None,
+        signer: None,
+        statement: None,
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();

@@ -333,6 +333,13 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
     ) -> Result<Flow, NodeError> {
         match event {
             ReceiverEvent::ManifestReady => {
+                if let (Some(a), Some(session)) = (rx.announce(), rx.session()) {
+                    self.published.publish_session(
+                        session.0,
+                        a.control,
+                        (a.issued, a.statement_sig),
+                    );
+                }
                 if let Some(m) = rx.manifest() {
                     self.published.publish_manifest(m, rx.store().paths());
                 }
@@ -357,10 +364,7 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
                 self.published.publish_block(object.0, block.0);
                 self.published_any = true;
             }
-            ReceiverEvent::Announced { session, control } => {
-                self.heard = true;
-                self.published.publish_session(session.0, control);
-            }
+            ReceiverEvent::Announced { .. } => self.heard = true,
             ReceiverEvent::Complete => self.tally.complete_at = Some(now),
             ReceiverEvent::ServerLost if rx.is_complete() => self.server_gone = true,
             ReceiverEvent::ServerLost => {
@@ -390,6 +394,7 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         if !self.heard && now.duration_since(self.started) >= self.cfg.timeout {
             return Err(NodeError::NoServer {
                 waited_secs: self.cfg.timeout.as_secs_f64(),
+                refused: rx.stats().forged_announces,
             });
         }
         let complete_at = self.tally.complete_at;

@@ -22,6 +22,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::auth::{Signature, TrustedKeys, Verdict};
+use crate::bucket::TokenBucket;
 use crate::endpoint::Endpoint;
 use crate::numbering::BlockNumbering;
 use crate::rng::Rng;
@@ -67,6 +69,16 @@ pub struct ReceiverConfig {
     /// by unicast, takes copy plans, and keeps reporting after it is complete (it still
     /// forwards copies until the session ends).
     pub split: Option<SplitMember>,
+    /// Signed sessions (docs/wire.md §15): accept only a session whose statement is signed by
+    /// one of these keys, and only Announces and Dones its sender signed with one of them.
+    /// Empty: nothing is checked (the session is unauthenticated).
+    pub trust: TrustedKeys,
+    /// Pin the content without keys: the manifest hash, or the BLAKE3 of the object of a
+    /// one-object session. Sessions of other content are not adopted.
+    pub expect: Option<[u8; 32]>,
+    /// Most bytes of parity and XOR repair payloads held for blocks not yet verified: what a
+    /// peer can make this receiver keep in memory (more is dropped and asked for again).
+    pub max_parity_bytes: usize,
 }
 
 /// A split-mode member's settings.
@@ -107,8 +119,30 @@ impl Default for ReceiverConfig {
             max_datagram: 1400,
             external_verify: false,
             split: None,
+            trust: TrustedKeys::default(),
+            expect: None,
+            max_parity_bytes: 256 << 20,
         }
     }
+}
+
+/// Signature checks a receiver makes per second at most, and in a burst: a flood of forged
+/// announces costs it this much CPU (each check is tens of microseconds), no more.
+const SIGNATURE_CHECKS_PER_SEC: f64 = 256.0;
+const SIGNATURE_CHECK_BURST: f64 = 64.0;
+
+/// Manifest hashes of sessions this receiver adopted and then found to be other content
+/// (`expect` naming an object's hash): kept so that their announces are not adopted again.
+const REJECTED_KEPT: usize = 16;
+
+/// What the receiver knows of the adopted session's signatures.
+#[derive(Clone, Copy, Debug, Default)]
+struct SessionAuth {
+    /// The statement's signature, checked and trusted (the key is the content's signer).
+    statement: Option<Signature>,
+    /// The adopted announces are signed by a trusted key; a session Done must be too. False
+    /// for a relay without a key (content pinned by the statement, control unsigned).
+    control_signed: bool,
 }
 
 /// What happened, for the node to act on and report.
@@ -178,6 +212,15 @@ pub struct ReceiverStats {
     pub xor_units: u64,
     /// XOR repairs it could not use: it missed two or more of their units.
     pub xor_unusable: u64,
+    /// Announces refused for their signatures (none, an untrusted key, or one that does not
+    /// hold) or for content other than `expect` pins.
+    pub forged_announces: u64,
+    /// Session Dones refused for their signatures: treated as no Done.
+    pub forged_dones: u64,
+    /// Signed packets dropped unchecked: more arrived than the signature-check budget allows.
+    pub unchecked_signatures: u64,
+    /// Parity and XOR repair units dropped because the parity memory bound was reached.
+    pub parity_dropped: u64,
 }
 
 /// A receiver's state machine for one session.
@@ -204,6 +247,12 @@ pub struct Receiver<S> {
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
     split: SplitState,
+    /// The cookie of the server's latest Accept (or challenge), echoed in every packet to it.
+    cookie: u64,
+    auth: SessionAuth,
+    /// Manifest hashes of sessions found to be other content than `expect` pins.
+    rejected: Vec<[u8; 32]>,
+    signature_checks: TokenBucket,
 }
 
 impl<S: BlockStore> Receiver<S> {
@@ -229,7 +278,165 @@ impl<S: BlockStore> Receiver<S> {
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
             split: SplitState::default(),
+            cookie: 0,
+            auth: SessionAuth::default(),
+            rejected: Vec::new(),
+            signature_checks: TokenBucket::new(SIGNATURE_CHECK_BURST),
         }
+    }
+
+    /// The key that signed the adopted session's statement (`None`: unauthenticated).
+    pub fn signer(&self) -> Option<[u8; 32]> {
+        self.auth.statement.map(|s| s.key)
+    }
+
+    /// Whether the adopted session's Announces (and so its Done) are signed by a trusted key.
+    pub fn control_signed(&self) -> bool {
+        self.auth.control_signed
+    }
+
+    /// The manifest hash of the session followed, once one is adopted.
+    pub fn manifest_hash(&self) -> Option<[u8; 32]> {
+        self.announce
+            .as_ref()
+            .map(|a| a.manifest_hash)
+            .or(self.known_hash)
+    }
+
+    /// Whether this receiver may adopt the session `a` announces (it follows none yet): the
+    /// one place that decides. After a fail-over only the same content will do; content
+    /// other than `expect` pins is refused, so is an announce whose manifest cannot be as
+    /// long as it says for its objects and bytes; with trusted keys the statement must be
+    /// signed by one of them, and the announce too when it is signed at all (an unsigned
+    /// announce comes from a relay without a key: the statement still pins the content).
+    pub fn may_adopt(&mut self, now: Instant, a: &AnnounceRepr) -> bool {
+        if self.known_hash.is_some_and(|h| h != a.manifest_hash)
+            || self.rejected.contains(&a.manifest_hash)
+        {
+            self.stats.strangers += 1;
+            return false;
+        }
+        if u64::from(a.manifest_len) > manifest_bound(a) {
+            self.stats.bad_packets += 1;
+            return false;
+        }
+        if let Some(want) = self.cfg.expect {
+            // The manifest hash, or (a one-object session) the object's hash, checked when
+            // the manifest is here.
+            if want != a.manifest_hash && a.object_count != 1 {
+                self.stats.forged_announces += 1;
+                return false;
+            }
+        }
+        self.announce_trusted(now, a)
+    }
+
+    /// With trusted keys: whether `a` carries a trusted statement and, if signed, a trusted
+    /// announce signature (counted as forged otherwise). Without keys: true.
+    fn announce_trusted(&mut self, now: Instant, a: &AnnounceRepr) -> bool {
+        if self.cfg.trust.is_empty() {
+            return true;
+        }
+        let forged = |rx: &mut Self| {
+            rx.stats.forged_announces += 1;
+            false
+        };
+        let Some(st) = a.statement_sig else {
+            return forged(self);
+        };
+        if !self.cfg.trust.contains(&st.key) {
+            return forged(self);
+        }
+        let adopted = self.announce.is_some();
+        if adopted {
+            // The session's statement was checked: another one is a forgery, and a session
+            // whose announces were signed does not take unsigned ones.
+            if self.auth.statement != Some(st)
+                || (self.auth.control_signed && a.announce_sig.is_none())
+            {
+                return forged(self);
+            }
+        }
+        if let Some(s) = &a.announce_sig {
+            if !self.cfg.trust.contains(&s.key) {
+                return forged(self);
+            }
+        }
+        let checks =
+            usize::from(self.auth.statement != Some(st)) + usize::from(a.announce_sig.is_some());
+        if !self
+            .signature_checks
+            .take(now, SIGNATURE_CHECKS_PER_SEC, checks as f64)
+        {
+            self.stats.unchecked_signatures += 1;
+            return false;
+        }
+        if self.auth.statement != Some(st) && self.cfg.trust.check_statement(a) != Verdict::Trusted
+        {
+            return forged(self);
+        }
+        if a.announce_sig.is_some() && self.cfg.trust.check_announce(a) != Verdict::Trusted {
+            return forged(self);
+        }
+        if !adopted {
+            self.auth = SessionAuth {
+                statement: Some(st),
+                control_signed: a.announce_sig.is_some(),
+            };
+        }
+        true
+    }
+
+    /// With trusted keys: whether a session Done may end the session (signed by a trusted key
+    /// for the adopted control address, and the session's announces were signed). Counted
+    /// as forged otherwise. Without keys: true.
+    fn done_trusted(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        reason: DoneReason,
+        sig: Option<&Signature>,
+    ) -> bool {
+        if self.cfg.trust.is_empty() {
+            return true;
+        }
+        let Some(control) = self.control_addr() else {
+            self.stats.forged_dones += 1;
+            return false;
+        };
+        let trusted_key = sig.is_some_and(|s| self.cfg.trust.contains(&s.key));
+        if !self.auth.control_signed || !trusted_key {
+            self.stats.forged_dones += 1;
+            return false;
+        }
+        if !self
+            .signature_checks
+            .take(now, SIGNATURE_CHECKS_PER_SEC, 1.0)
+        {
+            self.stats.unchecked_signatures += 1;
+            return false;
+        }
+        if self.cfg.trust.check_done(session, reason, control, sig) != Verdict::Trusted {
+            self.stats.forged_dones += 1;
+            return false;
+        }
+        true
+    }
+
+    /// The adopted session turned out to be other content than `expect` pins: forget it and
+    /// wait for another.
+    fn reject_session(&mut self) {
+        if let Some(a) = self.announce.take() {
+            if self.rejected.len() >= REJECTED_KEPT {
+                self.rejected.remove(0);
+            }
+            self.rejected.push(a.manifest_hash);
+        }
+        self.stats.forged_announces += 1;
+        self.session = self.cfg.session;
+        self.auth = SessionAuth::default();
+        self.cookie = 0;
+        self.assembly.reset();
     }
 
     /// The session adopted, once announced (or configured).
@@ -299,7 +506,7 @@ impl<S: BlockStore> Receiver<S> {
     }
 
     /// Handles one datagram from the group or the server.
-    pub fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, bytes: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         if self.ended {
             return;
         }
@@ -329,15 +536,33 @@ impl<S: BlockStore> Receiver<S> {
                 return;
             }
         };
-        if self.session.is_none() {
-            if let Packet::Announce(a) = &packet {
-                if self.known_hash.is_some_and(|h| h != a.manifest_hash) {
-                    // After a fail-over only a source of the same content will do.
+        match &packet {
+            Packet::Announce(a) if self.announce.is_none() => {
+                if self.session.is_some_and(|s| s != a.session) {
                     self.stats.strangers += 1;
+                    return;
+                }
+                if !self.may_adopt(now, a) {
                     return;
                 }
                 self.session = Some(a.session);
             }
+            Packet::Announce(a) if Some(a.session) == self.session => {
+                if !self.announce_trusted(now, a) {
+                    return;
+                }
+            }
+            // Split mode: the server's challenge to our Solicit comes before any session.
+            Packet::Accept(a)
+                if self.session.is_none()
+                    && a.receiver == self.cfg.id
+                    && a.is_challenge()
+                    && self.cfg.split.is_some_and(|s| s.server == from) =>
+            {
+                self.on_challenge(now, a.cookie);
+                return;
+            }
+            _ => {}
         }
         if Some(packet.session()) != self.session {
             self.stats.strangers += 1;
@@ -369,7 +594,14 @@ impl<S: BlockStore> Receiver<S> {
                 self.server_lost = false;
                 self.on_xor(now, &x, payload);
             }
-            Packet::Done(DoneRepr::Session { reason, .. }) => {
+            Packet::Done(DoneRepr::Session {
+                session,
+                reason,
+                sig,
+            }) => {
+                if !self.done_trusted(now, session, reason, sig.as_ref()) {
+                    return;
+                }
                 self.ended = true;
                 self.feedback.timers.clear();
                 self.events.push_back(ReceiverEvent::SessionEnded {
@@ -397,6 +629,7 @@ impl<S: BlockStore> Receiver<S> {
             .or(self.known_hash);
         self.announce = None;
         self.session = self.cfg.session;
+        self.cookie = 0;
         self.row = None;
         self.ended = false;
         self.server_lost = false;
@@ -464,6 +697,19 @@ impl<S: BlockStore> Receiver<S> {
         }
         self.poll_feedback(now, buf)
     }
+}
+
+/// The longest manifest an announce's object count and total bytes can justify (wire.md
+/// §5.1): the fixed part, each object's entry with the longest name, and a hash per block
+/// (at most one partial block per object).
+pub fn manifest_bound(a: &AnnounceRepr) -> u64 {
+    let objects = u64::from(a.object_count);
+    let blocks = a
+        .total_bytes
+        .div_ceil(a.block_size().max(1))
+        .saturating_add(objects);
+    9u64.saturating_add(objects.saturating_mul(46 + crate::wire::MAX_NAME_LEN as u64))
+        .saturating_add(blocks.saturating_mul(32))
 }
 
 impl<S: BlockStore> Endpoint for Receiver<S> {
