@@ -96,6 +96,16 @@ impl NodeError {
     }
 }
 
+fn no_server(waited_secs: f64, refused: u64) -> String {
+    if refused == 0 {
+        format!("no server heard on the group within {waited_secs:.0} s")
+    } else {
+        format!(
+            "no acceptable server heard on the group within {waited_secs:.0} s ({refused} announce(s) refused: unsigned, signed by a key not trusted, or other content than --expect pins)"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,15 +144,5 @@ mod tests {
             .to_string(),
             "the server ended the session with 3 of 8 blocks verified (partial files kept)"
         );
-    }
-}
-
-fn no_server(waited_secs: f64, refused: u64) -> String {
-    if refused == 0 {
-        format!("no server heard on the group within {waited_secs:.0} s")
-    } else {
-        format!(
-            "no acceptable server heard on the group within {waited_secs:.0} s ({refused} announce(s) refused: unsigned, signed by a key not trusted, or other content than --expect pins)"
-        )
     }
 }

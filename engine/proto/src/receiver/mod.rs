@@ -17,6 +17,8 @@ mod blocks;
 mod feedback;
 mod manifest;
 mod split;
+#[cfg(test)]
+mod trust_tests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -547,10 +549,11 @@ impl<S: BlockStore> Receiver<S> {
                 }
                 self.session = Some(a.session);
             }
-            Packet::Announce(a) if Some(a.session) == self.session => {
-                if !self.announce_trusted(now, a) {
-                    return;
-                }
+            // A later announce of the adopted session: its signatures are checked again.
+            Packet::Announce(a)
+                if Some(a.session) == self.session && !self.announce_trusted(now, a) =>
+            {
+                return;
             }
             // Split mode: the server's challenge to our Solicit comes before any session.
             Packet::Accept(a)

@@ -346,7 +346,7 @@ impl<S: BlockSource> Sender<S> {
             .and_then(|sp| sp.solicitors.remove(&id))
             .map_or(0, |s| s.zone);
         self.membership_changed();
-        let budget = self.new_budget(now);
+        let budget = self.new_budget();
         self.membership.members.insert(
             id,
             Member {
@@ -438,7 +438,7 @@ impl<S: BlockSource> Sender<S> {
             return;
         };
         m.last_heard = now;
-        m.budget.progress(now, r.blocks_done);
+        m.budget.progress(r.blocks_done);
         m.loss_ppm = r.loss_ppm;
         if r.loss_ppm > 0 {
             // A notice covering no finished block says 0: keep the last estimate then.

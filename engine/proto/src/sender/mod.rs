@@ -664,13 +664,27 @@ mod testing {
     }
 
     pub(super) fn gated_sender() -> Sender<Gated> {
-        let bytes: Vec<u8> = (0..64u8).collect();
+        gated_sender_with(2, 1)
+    }
+
+    /// `blocks` blocks of 4 units of 8 bytes; the blocks before `ready` are available.
+    pub(super) fn gated_sender_with(blocks: u32, ready: u32) -> Sender<Gated> {
+        gated_sender_cfg(blocks, ready, None)
+    }
+
+    /// As [`gated_sender_with`], in split mode when `split` is given.
+    pub(super) fn gated_sender_cfg(
+        blocks: u32,
+        ready: u32,
+        split: Option<crate::split::SplitConfig>,
+    ) -> Sender<Gated> {
+        let bytes: Vec<u8> = (0..blocks * 32).map(|i| (i % 251) as u8).collect();
         let manifest = Manifest {
             unit_size: 8,
             units_per_block: 4,
             objects: vec![ObjectEntry {
                 name: "a".into(),
-                size: 64,
+                size: bytes.len() as u64,
                 hash: *blake3::hash(&bytes).as_bytes(),
                 block_hashes: bytes
                     .chunks(32)
@@ -685,9 +699,10 @@ mod testing {
                 max_parity: 4,
             },
             max_wait: Duration::ZERO,
+            split,
             ..SenderConfig::default()
         };
-        Sender::new(cfg, manifest, Gated { bytes, ready: 1 }).unwrap()
+        Sender::new(cfg, manifest, Gated { bytes, ready }).unwrap()
     }
 
     /// Data units the sender gives out at `now`, as (block, unit).

@@ -230,6 +230,10 @@ fn write_addr(w: &mut Writer<'_>, a: &SocketAddr) -> Result<(), WireError> {
 const ADDR_LEN: usize = 19;
 
 /// Any packet, parsed (payloads borrowed from the datagram).
+///
+/// A signed Announce makes the enum a few hundred bytes: it lives on the stack for one
+/// datagram, and boxing it would allocate per announce instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet<'a> {
     /// A data or parity unit.
