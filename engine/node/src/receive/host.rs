@@ -64,6 +64,8 @@ pub(crate) struct ReceiveHost<'a, 'scope, 'env> {
     published_any: bool,
     /// Priority asks merged: one per block per 200 ms.
     asked: HashMap<(u32, u32), Instant>,
+    /// Forged announces and Dones refused so far (logged as they grow).
+    refused: (u64, u64),
     tally: Tally,
 }
 
@@ -106,6 +108,7 @@ impl<'a, 'scope, 'env> ReceiveHost<'a, 'scope, 'env> {
             got_data: false,
             published_any: false,
             asked: HashMap::new(),
+            refused: (0, 0),
             tally: Tally::default(),
         })
     }
@@ -388,6 +391,17 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
     }
 
     fn end(&mut self, rx: &mut Receiver<FileStore>, now: Instant) -> Result<Flow, NodeError> {
+        let st = rx.stats();
+        let refused = (st.forged_announces, st.forged_dones);
+        if refused != self.refused && now >= self.next_progress {
+            // Said when it grows, at most a few times per second.
+            tracing::warn!(
+                announces = refused.0,
+                dones = refused.1,
+                "refused forged packets (unsigned, signed by a key not trusted, a bad signature, or other content than pinned)"
+            );
+            self.refused = refused;
+        }
         if std::mem::take(&mut self.published_any) {
             self.published.notify();
         }

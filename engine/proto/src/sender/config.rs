@@ -89,9 +89,10 @@ pub struct SenderConfig {
 /// lose alike get originals (measured in docs/DESIGN.md, 2026-11-22).
 pub const ORIGINALS_FACTOR: u32 = 4;
 
-/// The default [`SenderConfig::member_repair_share`]: a member that loses up to about 6 % of
-/// what is sent keeps up; one that asks for more gets that much of the rate, no more.
-pub const MEMBER_REPAIR_SHARE: f64 = 1.0 / 16.0;
+/// The default [`SenderConfig::member_repair_share`]: a member that loses up to about 3 % of
+/// what is sent keeps up; one that asks for more gets that much of the rate, no more (so one
+/// member that claims to miss everything costs the session about 3 %, plus one block).
+pub const MEMBER_REPAIR_SHARE: f64 = 1.0 / 32.0;
 
 /// How long the server holds a block's XOR repairs after its first NACK, in round trips:
 /// receivers draw their NACK times from a window of a few round trips, and a combination can

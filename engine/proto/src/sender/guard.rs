@@ -526,7 +526,7 @@ mod tests {
             sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
         }
         assert_eq!(sent as u64, burst, "its burst, sent");
-        // 800 ms later: a share (1/16) of 1,000 units per second for 800 ms more, no more
+        // 800 ms later: a share of 1,000 units per second for 800 ms more, no more
         // (and within the second after which a slow member is dropped).
         let later = now + Duration::from_millis(800);
         let p = every_block_nack(&s, 1, cookie);
