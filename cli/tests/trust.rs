@@ -443,7 +443,7 @@ fn spoofed_leave_receipt_nack_and_join_from_a_raw_socket_change_nothing() {
 fn a_nack_and_priority_flood_from_a_joined_member_costs_at_most_a_tenth_more() {
     let dir = Scratch::new("flood");
     let src = dir.path("sample.bin");
-    write_sample(&src, 32 << 20, 5);
+    write_sample(&src, 64 << 20, 5);
     let mut sent = Vec::new();
     for (i, attack) in [(5u8, false), (6u8, true)] {
         let g = group(i);
@@ -537,6 +537,10 @@ fn a_nack_and_priority_flood_from_a_joined_member_costs_at_most_a_tenth_more() {
             assert!(j["priority_denied"].as_u64().unwrap() > 0, "{j}");
             assert_eq!(j["dropped_slow"], 1, "{j}");
         }
+        eprintln!(
+            "server: {}",
+            serde_json::json!({"data_units": j["data_units"], "repair_units": j["repair_units"], "xor": j["xor_units"], "parity": j["parity_units"], "denied": j["repair_denied"], "pdenied": j["priority_denied"], "slow": j["dropped_slow"], "seconds": j["seconds"]})
+        );
         sent.push(j["bytes_sent"].as_u64().unwrap());
     }
     let ratio = sent[1] as f64 / sent[0] as f64;

@@ -22,8 +22,14 @@ pub(super) const CHALLENGE_BURST: f64 = 1_000.0;
 /// Priority requests one member may make per second (and in a burst).
 const PRIORITY_PER_SEC: f64 = 8.0;
 
-/// A slow member whose reported progress has not moved for this long is dropped once every
-/// other member is complete.
+/// Blocks ahead of the first pass one member may have sent whole for free (the first pass then
+/// skips them), in a burst and per second: a player seeking ahead gets its blocks at once; a
+/// member asking for every block ahead cannot move the whole first pass onto the repair path.
+const AHEAD_BURST: f64 = 16.0;
+const AHEAD_PER_SEC: f64 = 4.0;
+
+/// A slow member whose reported progress has not moved for this long (or for two blocks'
+/// time at its share of the rate, if longer) is dropped once every other member is complete.
 const SLOW_STALL: Duration = Duration::from_secs(1);
 
 /// A member's allowance of repairs: charged for every unit its NACKs and priority requests
@@ -32,6 +38,7 @@ const SLOW_STALL: Duration = Duration::from_secs(1);
 pub(super) struct RepairBudget {
     bucket: TokenBucket,
     priority: TokenBucket,
+    ahead: TokenBucket,
     /// Units charged so far.
     charged: u64,
     /// Repair units the server had sent when the member joined.
@@ -48,6 +55,7 @@ impl RepairBudget {
         RepairBudget {
             bucket: TokenBucket::new(burst_units),
             priority: TokenBucket::new(PRIORITY_PER_SEC),
+            ahead: TokenBucket::new(AHEAD_BURST),
             charged: 0,
             repairs_at_join: repairs_sent,
             slow_since: None,
@@ -73,6 +81,8 @@ pub(super) struct Allowance {
     /// Units of the blocks the first pass has gone by, plus repairs sent since it joined.
     missable: u64,
     repairs_sent: u64,
+    /// Blocks (global numbering) before this have had their first pass.
+    pub(super) passed: u64,
 }
 
 /// Charges `m` for `units` of repairs: true if its budget allows them (what it can have
@@ -163,6 +173,7 @@ impl<S: BlockSource> Sender<S> {
             burst: self.repair_burst(),
             missable: passed * k,
             repairs_sent: self.repairs_sent(),
+            passed,
         }
     }
 
@@ -189,6 +200,15 @@ impl<S: BlockSource> Sender<S> {
         ok
     }
 
+    /// Whether member `id` may have one more block ahead of the first pass sent whole without
+    /// charge ([`AHEAD_BURST`]).
+    pub(super) fn free_ahead(&mut self, now: Instant, id: ReceiverId) -> bool {
+        self.membership
+            .members
+            .get_mut(&id)
+            .is_some_and(|m| m.budget.ahead.take(now, AHEAD_PER_SEC, 1.0))
+    }
+
     /// Once the first pass is over and every member that kept within its budget is
     /// complete, the slow ones (refused repairs, and no progress reported in the
     /// [`SLOW_STALL`] since) are dropped, as UFTP drops slow clients: the session does not wait on a member that
@@ -197,6 +217,13 @@ impl<S: BlockSource> Sender<S> {
         if !self.first_pass_done() || !self.membership.any_denied {
             return;
         }
+        // A slow member that is catching up completes a block at least every block's time at
+        // its share of the rate (grants go to its lowest blocks first): give it two.
+        let share = self.rate() as f64 * self.cfg.member_repair_share;
+        let block = self.numbering.block_size() as f64;
+        let stall = SLOW_STALL.max(Duration::from_secs_f64(
+            (2.0 * block / share.max(1.0)).min(3600.0),
+        ));
         let members = &self.membership.members;
         let others_done = members
             .values()
@@ -210,7 +237,7 @@ impl<S: BlockSource> Sender<S> {
                 !m.complete
                     && m.budget
                         .slow_since
-                        .is_some_and(|t| now.saturating_duration_since(t) >= SLOW_STALL)
+                        .is_some_and(|t| now.saturating_duration_since(t) >= stall)
             })
             .map(|(id, _)| *id)
             .collect();

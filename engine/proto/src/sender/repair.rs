@@ -210,9 +210,16 @@ impl<S: BlockSource> Sender<S> {
             });
             let a = self.numbering.addr(seq);
             if !busy && self.source.available(a.object, a.block) {
-                // A whole block is that many repair units of this member's budget.
+                // A block the first pass has gone by, or one already sent whole, is sent
+                // again: that many repair units of this member's budget. One ahead of it
+                // costs nothing more (the first pass skips it), within the member's
+                // allowance of blocks ahead.
                 let k = u64::from(self.numbering.units_in(seq));
-                if !self.charge_member(now, p.receiver, allowance, k) {
+                // The blocks at the first pass's position (one per stripe) are on their way.
+                let in_flight = allowance.passed + u64::from(self.cfg.stripes);
+                let again = seq < in_flight || self.first_pass.skip.get(seq as usize);
+                let free = !again && self.free_ahead(now, p.receiver);
+                if !free && !self.charge_member(now, p.receiver, allowance, k) {
                     return;
                 }
                 self.queue_priority(seq);
@@ -232,6 +239,10 @@ impl<S: BlockSource> Sender<S> {
         r.whole = true;
         r.queued = true;
         self.repairs.queue.push_front(seq);
+        // The first pass skips it from now on (Release: a stripe that sees the bit skips the
+        // block): were it set only once the block had gone out whole, a stripe reaching the
+        // block meanwhile would send it a second time.
+        self.first_pass.skip.set(seq as usize);
     }
 
     /// One block of a NACK from `receiver`; `incomplete` members are still receiving (when
@@ -418,10 +429,8 @@ impl<S: BlockSource> Sender<S> {
                     if orig.count_ones() == 0 {
                         r.whole_sent_at = Some(now);
                         if std::mem::take(&mut r.whole) {
-                            // The group got it whole: the first pass skips it (Release: a
-                            // stripe that sees the bit skips the block). Receivers that lost
-                            // some of it NACK.
-                            self.first_pass.skip.set(seq as usize);
+                            // The group got it whole (the first pass skips it since it was
+                            // queued). Receivers that lost some of it NACK.
                             self.events
                                 .push_back(SenderEvent::SentWhole { object, block });
                         }
