@@ -622,3 +622,107 @@ fn a_solicit_reflection_attempt_gets_a_challenge_and_nothing_more() {
     let j = server.json();
     assert!(j["challenges"].as_u64().unwrap() >= 100, "{j}");
 }
+
+/// Trust across tiers: the origin's signed statement goes through relays unchanged. A relay
+/// with its own key signs its announces (its receivers trust both keys: fully signed); a relay
+/// without a key sends them unsigned (its receivers trust the origin's key only: the content is
+/// authenticated, the control is not).
+#[test]
+fn the_origins_signature_reaches_across_relays_with_and_without_their_own_key() {
+    let dir = Scratch::new("relays");
+    let (origin_key, origin_pub, origin_hex) = keygen(&dir.0, "origin");
+    let (relay_key, relay_pub, _) = keygen(&dir.0, "relay");
+    let src = dir.path("sample.bin");
+    write_sample(&src, 4 << 20, 8);
+    let (up, down_signed, down_plain) = (group(8), group(9), group(10));
+    let trust_origin = origin_pub.to_str().unwrap();
+    let relay = |name: &str, down: &str, extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec!["relay".into()];
+        let cache = dir.path(&format!("{name}.cache"));
+        for a in [
+            "--upstream",
+            up.as_str(),
+            "--iface",
+            IFACE,
+            "--downstream",
+            down,
+            "--cache",
+            cache.to_str().unwrap(),
+            "--json",
+            "--trust",
+            trust_origin,
+            "--timeout",
+            "30",
+        ] {
+            args.push(a.into());
+        }
+        args.extend(extra.iter().map(Into::into));
+        Proc::spawn(&dir.0, name, args)
+    };
+    let mut signed_relay = relay(
+        "relay-signed",
+        &down_signed,
+        &["--sign", relay_key.to_str().unwrap()],
+    );
+    let mut plain_relay = relay("relay-plain", &down_plain, &[]);
+    let out_a = dir.path("a.bin");
+    let out_b = dir.path("b.bin");
+    let trust_relay = relay_pub.to_str().unwrap();
+    let mut a = Proc::spawn(
+        &dir.0,
+        "receiver-a",
+        receive_args(
+            &down_signed,
+            &out_a,
+            30,
+            &["--json", "--trust", trust_origin, "--trust", trust_relay],
+        ),
+    );
+    let mut b = Proc::spawn(
+        &dir.0,
+        "receiver-b",
+        receive_args(
+            &down_plain,
+            &out_b,
+            30,
+            &["--json", "--trust", trust_origin],
+        ),
+    );
+    let control = addr(&up).port() + 50;
+    let mut server = serve(
+        &dir.0,
+        "server",
+        &up,
+        &src,
+        control,
+        &[
+            "--rate",
+            "50M",
+            "--min-receivers",
+            "2",
+            "--sign",
+            origin_key.to_str().unwrap(),
+        ],
+    );
+    a.expect_code(Duration::from_secs(60), 0);
+    b.expect_code(Duration::from_secs(60), 0);
+    server.expect_code(Duration::from_secs(30), 0);
+    signed_relay.expect_code(Duration::from_secs(30), 0);
+    plain_relay.expect_code(Duration::from_secs(30), 0);
+    assert_identical(&src, &out_a);
+    assert_identical(&src, &out_b);
+    let (ja, jb) = (a.json(), b.json());
+    for j in [&ja, &jb] {
+        assert_eq!(j["authenticated"], true, "{j}");
+        assert_eq!(
+            j["signer"],
+            origin_hex.as_str(),
+            "the origin's key, through the relay"
+        );
+    }
+    assert_eq!(ja["control_signed"], true, "{ja}");
+    assert_eq!(jb["control_signed"], false, "{jb}");
+    assert!(b.stderr().contains("announces unsigned"), "{}", b.stderr());
+    // The relays checked the origin too.
+    assert_eq!(signed_relay.json()["upstream"]["authenticated"], true);
+}
