@@ -67,6 +67,14 @@ impl Output {
                 s.stats.xor_carried,
                 s.stats.nacks
             ));
+            self.say(&format!(
+                "manifest {} ({}); receivers can pin it with --expect",
+                blockcast_proto::auth::hex(&s.manifest_hash),
+                match s.signer {
+                    Some(k) => format!("signed by {}", blockcast_proto::auth::hex(&k)),
+                    None => "unsigned".into(),
+                }
+            ));
         }
     }
 
