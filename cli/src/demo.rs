@@ -241,6 +241,8 @@ fn run_session(
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
         xor_repairs: true,
         hash_cache: None,
+        signer: None,
+        statement: None,
     };
     let outs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))

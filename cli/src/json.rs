@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use blockcast_node::{ReceiveProgress, ReceiveSummary, ServeSummary};
 use serde::Serialize;
 
+use blockcast_proto::auth::hex;
+
 /// Megabytes (10^6) per second, for a time that may be zero.
 fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
     bytes as f64 / seconds.max(1e-9) / 1e6
@@ -33,6 +35,22 @@ pub struct ServeJson {
     /// The control address receivers report to.
     pub control: SocketAddr,
     pub receivers: Vec<ReceiverJson>,
+    /// Datagram bytes of units sent: first pass, repairs, parity and XOR repairs.
+    pub bytes_sent: u64,
+    /// BLAKE3 of the manifest, hex: what `receive --expect` pins.
+    pub manifest_hash: String,
+    /// The public key (hex) the session statement is signed with; null: unsigned.
+    pub signer: Option<String>,
+    /// Packets naming a member from another address or with a wrong cookie (dropped).
+    pub bad_cookies: u64,
+    /// Challenges sent to unproven addresses, and those the challenge rate held back.
+    pub challenges: u64,
+    pub challenges_dropped: u64,
+    /// Repair units and priority requests refused for members' budgets.
+    pub repair_denied: u64,
+    pub priority_denied: u64,
+    /// Members dropped as slow (they asked for more than their share, and made no progress).
+    pub dropped_slow: u64,
 }
 
 /// One receiver as the server saw it.
@@ -63,6 +81,15 @@ impl ServeJson {
             nack_bytes: s.stats.nack_bytes,
             receipts: s.stats.receipts,
             control: s.control,
+            bytes_sent: s.stats.data_bytes + s.stats.parity_bytes,
+            manifest_hash: hex(&s.manifest_hash),
+            signer: s.signer.map(|k| hex(&k)),
+            bad_cookies: s.stats.bad_cookies,
+            challenges: s.stats.challenges,
+            challenges_dropped: s.stats.challenges_dropped,
+            repair_denied: s.stats.repair_denied,
+            priority_denied: s.stats.priority_denied,
+            dropped_slow: s.stats.dropped_slow,
             receivers: s
                 .receivers
                 .iter()
@@ -108,6 +135,23 @@ pub struct ReceiveJson {
     /// Bytes handed to the player (null without --play / --play-cmd).
     pub played_bytes: Option<u64>,
     pub first_byte_seconds: Option<f64>,
+    /// The session statement was signed by a key given with --trust.
+    pub authenticated: bool,
+    /// That key (hex); null when unauthenticated.
+    pub signer: Option<String>,
+    /// Its announces and Done were signed by a trusted key too (false behind a relay without
+    /// a key).
+    pub control_signed: bool,
+    /// BLAKE3 of the manifest (hex): pin it with --expect.
+    pub manifest_hash: Option<String>,
+    /// Announces refused (unsigned, untrusted key, bad signature, other content than pinned).
+    pub forged_announces: u64,
+    /// Session Dones refused for their signatures (treated as no Done).
+    pub forged_dones: u64,
+    /// Signed packets dropped unchecked (more than the signature-check budget).
+    pub unchecked_signatures: u64,
+    /// Parity and XOR units dropped at the parity memory bound.
+    pub parity_dropped: u64,
 }
 
 impl ReceiveJson {
@@ -136,6 +180,14 @@ impl ReceiveJson {
             stripe_datagrams: s.stripe_datagrams,
             played_bytes: s.play.as_ref().map(|p| p.bytes),
             first_byte_seconds: s.play.as_ref().and_then(|p| p.first_byte_secs),
+            authenticated: s.session.is_some_and(|t| t.signer.is_some()),
+            signer: s.session.and_then(|t| t.signer).map(|k| hex(&k)),
+            control_signed: s.session.is_some_and(|t| t.control_signed),
+            manifest_hash: s.session.map(|t| hex(&t.manifest_hash)),
+            forged_announces: s.stats.forged_announces,
+            forged_dones: s.stats.forged_dones,
+            unchecked_signatures: s.stats.unchecked_signatures,
+            parity_dropped: s.stats.parity_dropped,
         }
     }
 }
@@ -186,6 +238,17 @@ pub struct RelayJson {
     pub role: &'static str,
     pub upstream: ReceiveJson,
     pub downstream: Vec<ServeJson>,
+}
+
+/// `keygen --json`: where the key pair went.
+#[derive(Serialize)]
+pub struct KeygenJson {
+    /// Always "keygen".
+    pub role: &'static str,
+    pub secret: String,
+    pub public: String,
+    /// The public key, hex (what `--trust` also takes).
+    pub key: String,
 }
 
 /// `demo --json`: the server's summary (role "demo") and the copies checked against the sample.
@@ -286,6 +349,7 @@ mod tests {
             total_bytes: 2800,
             blocks_done: 1,
             blocks: 2,
+            session: None,
         };
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&ProgressJson::new(&p)).unwrap()).unwrap();

@@ -55,6 +55,61 @@ enum Command {
     /// Hash files or directories into the hash cache now (as `serve` would before sending), so
     /// that serving them later starts at once; prints each object's BLAKE3.
     Hash(HashArgs),
+    /// Make a signing key pair: NAME.key (the secret, mode 0600; give it to serve --sign) and
+    /// NAME.pub (give it to receivers: receive --trust NAME.pub). Never overwrites a key.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// Path and name of the key pair, without suffix: NAME.key and NAME.pub are written.
+    name: PathBuf,
+}
+
+/// Who to believe: `receive`, and the upstream side of `relay`.
+#[derive(Args, Debug)]
+struct TrustArgs {
+    /// Accept only a session signed by this key: a NAME.pub file from `blockcast keygen`, or
+    /// its 64 hex digits. Repeat to trust several (the origin's and its relays' keys). Forged
+    /// announces and Dones are ignored and counted.
+    #[arg(long, value_name = "KEY.pub")]
+    trust: Vec<String>,
+    /// Accept only this content, without keys: the manifest hash the server prints (or, for a
+    /// one-object session, the object's BLAKE3, as `blockcast hash` and b3sum print it).
+    #[arg(long, value_name = "HASH")]
+    expect: Option<String>,
+}
+
+impl TrustArgs {
+    fn keys(&self) -> Result<Vec<[u8; 32]>> {
+        let keys = self
+            .trust
+            .iter()
+            .map(|k| blockcast_node::keys::read_public(k).map_err(exit::node))
+            .collect::<Result<Vec<_>>>()?;
+        blockcast_proto::auth::TrustedKeys::new(&keys)
+            .map_err(|e| exit::usage(format!("--trust: {e}")))?;
+        Ok(keys)
+    }
+
+    fn expect(&self) -> Result<Option<[u8; 32]>> {
+        self.expect
+            .as_deref()
+            .map(|h| {
+                blockcast_proto::auth::from_hex::<32>(h).ok_or_else(|| {
+                    exit::usage(format!(
+                        "--expect {h:?} is not a BLAKE3 hash (64 hex digits)"
+                    ))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Reads `--sign KEY`.
+fn signer(path: Option<&PathBuf>) -> Result<Option<blockcast_proto::auth::Signer>> {
+    path.map(|p| blockcast_node::keys::read_secret(p).map_err(exit::node))
+        .transpose()
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +175,11 @@ struct SendArgs {
     /// into XOR repairs (one datagram for up to four receivers; docs/wire.md §3.2).
     #[arg(long)]
     no_xor_repairs: bool,
+    /// Sign the session with this key (NAME.key from `blockcast keygen`): receivers given
+    /// NAME.pub with --trust accept nothing else. A relay signs its own announces with it and
+    /// passes the origin's signed statement on unchanged.
+    #[arg(long, value_name = "KEY.key")]
+    sign: Option<PathBuf>,
 }
 
 impl SendArgs {
@@ -212,6 +272,8 @@ struct ReceiveArgs {
     zone: u16,
     #[command(flatten)]
     failover: FailoverArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Args, Debug)]
@@ -253,6 +315,8 @@ struct RelayArgs {
     timeout: f64,
     #[command(flatten)]
     failover: FailoverArgs,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Args, Debug)]
@@ -316,6 +380,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::demo(a, &stop, &out),
         Command::Bench(a) => demo::bench(a, &stop, &out),
         Command::Hash(a) => hash(a, &out),
+        Command::Keygen(a) => keygen(a, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -444,7 +509,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             out: a.cache,
             timeout: Duration::from_secs_f64(a.timeout.max(0.1)),
             rcvbuf: 32 << 20,
-            id: session_id() as u64 ^ (u64::from(std::process::id()) << 32),
+            id: receiver_id()?,
             play: None,
             start_at: None,
             http: None,
@@ -452,6 +517,8 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             failover_after,
             split: None,
             threads: (cores() / 2).max(1),
+            trust: a.trust.keys()?,
+            expect: a.trust.expect()?,
         },
         downstream: groups
             .iter()
@@ -475,6 +542,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         threads: a.send.threads.unwrap_or(1).max(1),
         originals_factor: a.send.originals_factor,
         xor_repairs: !a.send.no_xor_repairs,
+        signer: signer(a.send.sign.as_ref())?,
     };
     let summary = output::run_relay(&cfg, stop, out).map_err(exit::node)?;
     out.relay_summary(&summary);
@@ -573,6 +641,8 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         receiver_timeout: Duration::from_secs_f64(a.receiver_timeout.max(0.1)),
         originals_factor: a.send.originals_factor,
         xor_repairs: !a.send.no_xor_repairs,
+        signer: signer(a.send.sign.as_ref())?,
+        statement: None,
         hash_cache: if a.no_hash_cache {
             None
         } else {
@@ -635,7 +705,9 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
         out: a.out,
         timeout: Duration::from_secs_f64(a.timeout.max(0.1)),
         rcvbuf: a.rcvbuf,
-        id: session_id() as u64 ^ (u64::from(std::process::id()) << 32),
+        id: receiver_id()?,
+        trust: a.trust.keys()?,
+        expect: a.trust.expect()?,
         play: match (&a.play, &a.play_cmd) {
             (Some(p), _) if p == "-" => Some(PlayTo::Stdout),
             (Some(p), _) => {
@@ -678,6 +750,35 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
     let summary = output::run_receive(&cfg, stop, out).map_err(exit::node)?;
     out.receive_summary(&summary);
     Ok(())
+}
+
+fn keygen(a: KeygenArgs, out: &output::Output) -> Result<()> {
+    let pair = blockcast_node::keys::generate(&a.name).map_err(exit::node)?;
+    let key = blockcast_proto::auth::hex(&pair.key);
+    if out.json {
+        json::print(&json::KeygenJson {
+            role: "keygen",
+            secret: pair.secret.display().to_string(),
+            public: pair.public.display().to_string(),
+            key,
+        });
+    } else {
+        println!("{key}");
+        out.say(&format!(
+            "wrote {} (secret: serve --sign) and {} (public: receive --trust)",
+            pair.secret.display(),
+            pair.public.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A receiver's id: 64 random bits (it names the receiver to the server; nobody off the path
+/// should be able to guess it).
+fn receiver_id() -> Result<u64> {
+    Ok(u64::from_le_bytes(
+        blockcast_node::keys::random_bytes().map_err(exit::node)?,
+    ))
 }
 
 /// The MTU of the interface that has address `addr` (from /sys), if it can be read.

@@ -67,6 +67,14 @@ impl Output {
                 s.stats.xor_carried,
                 s.stats.nacks
             ));
+            self.say(&format!(
+                "manifest {} ({}); receivers can pin it with --expect",
+                blockcast_proto::auth::hex(&s.manifest_hash),
+                match s.signer {
+                    Some(k) => format!("signed by {}", blockcast_proto::auth::hex(&k)),
+                    None => "unsigned".into(),
+                }
+            ));
         }
     }
 
@@ -153,7 +161,16 @@ pub fn run_receive(
     let bar = out.bar(0, "receiving");
     let events = out.json;
     let mut last = (u64::MAX, u64::MAX);
+    let mut told = false;
     let r = receive(cfg, stop, &mut |p| {
+        if let (Some(t), false) = (p.session, told) {
+            // Once, on stderr (so with --json too): whom the session is from, or that
+            // nobody vouches for it.
+            told = true;
+            if !out.quiet {
+                bar.suspend(|| eprintln!("blockcast: {}", session_line(&t)));
+            }
+        }
         bar.set_length(p.total_bytes.max(1));
         bar.set_position(p.bytes_verified);
         bar.set_message(format!("{}/{} blocks verified", p.blocks_done, p.blocks));
@@ -198,4 +215,22 @@ pub fn run_relay(
         b.finish_and_clear();
     }
     r
+}
+
+/// What a receiver says of its session's authenticity.
+pub fn session_line(t: &blockcast_node::SessionTrust) -> String {
+    let hash = blockcast_proto::auth::hex(&t.manifest_hash);
+    match t.signer {
+        Some(k) if t.control_signed => format!(
+            "session signed by trusted key {}; manifest {hash}",
+            blockcast_proto::auth::hex(&k)
+        ),
+        Some(k) => format!(
+            "content signed by trusted key {} (announces unsigned: a relay without a key); manifest {hash}",
+            blockcast_proto::auth::hex(&k)
+        ),
+        None => format!(
+            "session UNAUTHENTICATED (no --trust): manifest {hash}; pin it with --expect {hash} or use signed sessions"
+        ),
+    }
 }

@@ -3,6 +3,10 @@
 //!
 //! `cargo run --release -p blockcast-bench --bin loopback -- --size 1G --receivers 1,4 --unit-sizes 1400,8972`
 //!
+//! `--sign plain,signed` runs each configuration unsigned and signed (`serve --sign`,
+//! receivers with `--trust`; keys made at run time), interleaved, to measure what signing
+//! costs.
+//!
 //! Configurations run interleaved (A B A B ...) and each figure is the median of the runs.
 //! GB/s per receiver = bytes / (first data unit -> every block verified), the slowest
 //! receiver; fsync at the end is reported separately. CPU s/GB: the server's threads, and
@@ -43,6 +47,10 @@ struct Args {
     recv_threads: String,
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Sessions to run, comma-separated: "plain" (unsigned) and/or "signed" (the server signs
+    /// with a key made at run time, receivers trust only it).
+    #[arg(long, default_value = "plain")]
+    sign: String,
     /// Directory for the source and the copies (a disk-backed file system: page cache).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -66,6 +74,7 @@ struct Spec {
     rate: Option<u64>,
     threads: usize,
     recv_threads: usize,
+    signed: bool,
     tag: u16,
 }
 
@@ -77,8 +86,14 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         rate,
         threads,
         recv_threads,
+        signed,
         tag,
     } = *spec;
+    let signer = signed.then(|| {
+        blockcast_proto::auth::Signer::from_seed(
+            &blockcast_node::keys::random_bytes().expect("randomness"),
+        )
+    });
     let iface = Ipv4Addr::LOCALHOST;
     let group = SocketAddrV4::new(
         Ipv4Addr::new(239, 255, 77, (tag % 250) as u8 + 1),
@@ -110,6 +125,8 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
         xor_repairs: true,
         hash_cache: None,
+        signer: signer.clone(),
+        statement: None,
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();
@@ -122,6 +139,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     );
     for r in &mut rcfgs {
         r.threads = recv_threads;
+        r.trust = signer.iter().map(|s| s.public_key()).collect();
     }
     let run = run_local(&scfg, &rcfgs, &stop, &mut |_| {});
     let (served, got) = (run.served, run.received);
@@ -137,6 +155,8 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
                 rcpu += r.cpu_seconds;
                 sync = sync.max(r.sync_seconds);
                 ok &= blake3::hash(&std::fs::read(o).expect("read copy")) == want;
+                // Signed runs must have been authenticated, plain ones not.
+                ok &= r.session.is_some_and(|t| t.signer.is_some() == signed);
             }
             Err(e) => {
                 eprintln!("receiver failed: {e}");
@@ -189,12 +209,23 @@ fn main() {
             .collect()
     };
     let (ts, rts) = (list(&a.threads), list(&a.recv_threads));
-    let mut configs: Vec<(usize, u16, usize, usize)> = Vec::new();
+    let signs: Vec<bool> = a
+        .sign
+        .split(',')
+        .map(|s| match s.trim() {
+            "plain" => false,
+            "signed" => true,
+            other => panic!("--sign takes plain and/or signed, not {other:?}"),
+        })
+        .collect();
+    let mut configs: Vec<(usize, u16, usize, usize, bool)> = Vec::new();
     for &n in &ns {
         for &u in &units {
             for &t in &ts {
                 for &rt in &rts {
-                    configs.push((n, u, t, rt));
+                    for &sg in &signs {
+                        configs.push((n, u, t, rt, sg));
+                    }
                 }
             }
         }
@@ -202,7 +233,7 @@ fn main() {
     let mut results: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
     let mut tag = (std::process::id() % 1000) as u16 * 10;
     for _ in 0..a.runs {
-        for (i, &(n, u, t, rt)) in configs.iter().enumerate() {
+        for (i, &(n, u, t, rt, sg)) in configs.iter().enumerate() {
             tag = tag.wrapping_add(t as u16);
             let spec = Spec {
                 bytes,
@@ -211,17 +242,19 @@ fn main() {
                 rate,
                 threads: t,
                 recv_threads: rt,
+                signed: sg,
                 tag,
             };
             results[i].push(one_run(&src, &dir, &spec));
         }
     }
-    println!("| receivers | unit bytes | server / receive threads | GB/s per receiver (median of {}) | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
-    println!("|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
-    for (i, &(n, u, t, rt)) in configs.iter().enumerate() {
+    println!("| receivers | unit bytes | server / receive threads | session | GB/s per receiver (median of {}) | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
+    println!("|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|");
+    for (i, &(n, u, t, rt, sg)) in configs.iter().enumerate() {
         let r = &results[i];
+        let session = if sg { "signed" } else { "plain" };
         println!(
-            "| {n} | {u} | {t} / {rt} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {n} | {u} | {t} / {rt} | {session} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
             median(r.iter().map(|x| x.gbps).collect()),
             r.iter()
                 .map(|x| format!("{:.2}", x.gbps))

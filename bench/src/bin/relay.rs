@@ -90,6 +90,8 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         originals_factor: blockcast_proto::ORIGINALS_FACTOR,
         xor_repairs: true,
         hash_cache: None,
+        signer: None,
+        statement: None,
     };
     let outs: Vec<PathBuf> = (0..total)
         .map(|i| dir.join(format!("copy-{i}.bin")))
@@ -135,6 +137,7 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
             threads: 1,
             originals_factor: blockcast_proto::ORIGINALS_FACTOR,
             xor_repairs: true,
+            signer: None,
         })
         .collect();
     let stop = AtomicBool::new(false);

@@ -51,9 +51,10 @@ pub enum NodeError {
     /// system out of something every node needs (descriptors for an eventfd).
     #[error("{0}")]
     Internal(String),
-    /// No server was heard within the timeout.
-    #[error("no server heard on the group within {waited_secs:.0} s")]
-    NoServer { waited_secs: f64 },
+    /// No server was heard within the timeout (`refused`: announces heard but refused, for
+    /// their signatures or for other content than pinned).
+    #[error("{}", no_server(*.waited_secs, *.refused))]
+    NoServer { waited_secs: f64, refused: u64 },
     /// The server went quiet or ended the session before everything arrived.
     #[error("{why} with {blocks_done} of {blocks} blocks verified (partial files kept)")]
     Incomplete {
@@ -92,6 +93,16 @@ impl NodeError {
             what,
             kind: ThreadFailure::Panicked,
         }
+    }
+}
+
+fn no_server(waited_secs: f64, refused: u64) -> String {
+    if refused == 0 {
+        format!("no server heard on the group within {waited_secs:.0} s")
+    } else {
+        format!(
+            "no acceptable server heard on the group within {waited_secs:.0} s ({refused} announce(s) refused: unsigned, signed by a key not trusted, or other content than --expect pins)"
+        )
     }
 }
 

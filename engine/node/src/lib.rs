@@ -9,6 +9,7 @@ mod driver;
 mod error;
 mod hashcache;
 pub mod http;
+pub mod keys;
 pub mod local;
 pub mod play;
 pub mod published;
@@ -21,7 +22,7 @@ mod stripe_rx;
 pub use content::{collect_inputs, hash_inputs, Input};
 pub use error::{NodeError, ThreadFailure};
 pub use hashcache::HashCache;
-pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary};
+pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary, SessionTrust};
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};
 

@@ -6,6 +6,7 @@
 //! the bits, wait on a condition variable for more, ask for priority through a channel, and
 //! read verified bytes back from the output files. Only verified bytes are ever handed out.
 
+use blockcast_proto::auth::Signature;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub enum WaitError {
 pub struct Published {
     /// The session id and the server's control address, from the first announce.
     session: OnceLock<(u32, std::net::SocketAddr)>,
+    /// The session statement of the adopted session: when it was made and its signature.
+    statement: OnceLock<(u64, Option<Signature>)>,
     manifest: OnceLock<Arc<Manifest>>,
     paths: OnceLock<Vec<PathBuf>>,
     verified: OnceLock<Vec<AtomicBitmap>>,
@@ -53,6 +56,7 @@ impl Default for Published {
     fn default() -> Self {
         Published {
             session: OnceLock::new(),
+            statement: OnceLock::new(),
             manifest: OnceLock::new(),
             paths: OnceLock::new(),
             verified: OnceLock::new(),
@@ -77,9 +81,20 @@ impl Published {
         self.notify();
     }
 
-    /// Receive loop: the first announce named the session and the server.
-    pub(crate) fn publish_session(&self, session: u32, control: std::net::SocketAddr) {
+    /// Receive loop: the session whose manifest was taken, its server, and its statement.
+    pub(crate) fn publish_session(
+        &self,
+        session: u32,
+        control: std::net::SocketAddr,
+        statement: (u64, Option<Signature>),
+    ) {
         let _ = self.session.set((session, control));
+        let _ = self.statement.set(statement);
+    }
+
+    /// The adopted session's statement (a relay passes it on unchanged).
+    pub fn statement(&self) -> Option<(u64, Option<Signature>)> {
+        self.statement.get().copied()
     }
 
     /// The session id and the control address of the server first heard.

@@ -52,6 +52,9 @@ pub struct RelayConfig {
     pub originals_factor: u32,
     /// Downstream repairs: see [`ServeConfig::xor_repairs`].
     pub xor_repairs: bool,
+    /// Sign the downstream Announces and Dones with this key (the origin's session statement
+    /// is passed on unchanged either way; docs/wire.md §15.4).
+    pub signer: Option<blockcast_proto::auth::Signer>,
 }
 
 /// Progress of both sides, reported a few times per second.
@@ -145,6 +148,9 @@ pub fn relay(
                             originals_factor: cfg.originals_factor,
                             xor_repairs: cfg.xor_repairs,
                             hash_cache: None,
+                            signer: cfg.signer.clone(),
+                            // The origin's statement, unchanged: trust reaches across tiers.
+                            statement: Some(published.statement().unwrap_or((0, None))),
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());
                         let (state, down_stop) = (&state, &down_stop);

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, RecvBatch, SendRing, SendRingConfig, Source};
+use blockcast_proto::auth::{Signature, Signer};
 use blockcast_proto::wire::{DoneReason, Manifest, ReceiverId, SessionId};
 use blockcast_proto::{
     FirstPassProgress, Geometry, RateLimits, Sender, SenderConfig, SenderEvent, SenderStats,
@@ -59,6 +60,12 @@ pub struct ServeConfig {
     /// Combine the originals different receivers miss into XOR repairs
     /// ([`blockcast_proto::SenderConfig::xor_repairs`]).
     pub xor_repairs: bool,
+    /// Sign the session statement, every Announce and every session Done with this key
+    /// (docs/wire.md §15).
+    pub signer: Option<Signer>,
+    /// A relay: the origin's session statement (when it was made, and its signature, if
+    /// signed), passed on unchanged.
+    pub statement: Option<(u64, Option<Signature>)>,
 }
 
 /// Progress, reported a few times per second.
@@ -98,6 +105,10 @@ pub struct ServeSummary {
     pub cpu_seconds: f64,
     /// Receivers ever accepted (some may have left or timed out since).
     pub receivers_ever: usize,
+    /// BLAKE3 of the manifest: what `receive --expect` pins.
+    pub manifest_hash: [u8; 32],
+    /// The key the session statement is signed with (the origin's, for a relay).
+    pub signer: Option<[u8; 32]>,
 }
 
 /// Serves until every accepted receiver is complete, the deadline passes, or `stop` is set.
@@ -149,7 +160,7 @@ pub(crate) fn serve_content(
         )));
     }
     let (mut io, control_addr) = open_sockets(cfg)?;
-    let scfg = sender_config(cfg, stripes, control_addr);
+    let scfg = sender_config(cfg, stripes, control_addr)?;
     let mut sender =
         Sender::new(scfg, manifest, content).map_err(|e| NodeError::Config(e.into()))?;
     let cpu_start = blockcast_io::os::thread_cpu_seconds();
@@ -235,6 +246,8 @@ pub(crate) fn serve_content(
         control: control_addr,
         cpu_seconds: data.cpu_seconds + blockcast_io::os::thread_cpu_seconds() - cpu_start,
         receivers_ever: sender.receivers_ever(),
+        manifest_hash: sender.manifest_hash(),
+        signer: sender.statement_signer(),
     })
 }
 
@@ -268,10 +281,23 @@ fn open_sockets(cfg: &ServeConfig) -> Result<(Io, SocketAddr), NodeError> {
 }
 
 /// The protocol's configuration for this server: `--rate auto` unless a rate is fixed, an
-/// external (striped) first pass except in split mode.
-fn sender_config(cfg: &ServeConfig, stripes: usize, control: SocketAddr) -> SenderConfig {
+/// external (striped) first pass except in split mode, a fresh cookie secret, the signing key
+/// (and a relay's origin statement).
+fn sender_config(
+    cfg: &ServeConfig,
+    stripes: usize,
+    control: SocketAddr,
+) -> Result<SenderConfig, NodeError> {
     let limits = RateLimits::default();
-    SenderConfig {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (issued, statement) = cfg.statement.unwrap_or((now, None));
+    Ok(SenderConfig {
+        cookie_key: crate::keys::random_bytes()?,
+        signer: cfg.signer.clone(),
+        statement,
+        issued,
         session: SessionId(cfg.session),
         control,
         geometry: cfg.geometry,
@@ -292,7 +318,7 @@ fn sender_config(cfg: &ServeConfig, stripes: usize, control: SocketAddr) -> Send
         originals_factor: cfg.originals_factor,
         xor_repairs: cfg.xor_repairs,
         ..SenderConfig::default()
-    }
+    })
 }
 
 /// The control thread's part around the sender: the user's stop, the data threads' progress
@@ -356,6 +382,11 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
                 "first pass done"
             ),
             SenderEvent::Finished { reason } => self.reason = reason,
+            SenderEvent::ReceiverDropped { receiver, reason } => tracing::warn!(
+                receiver = receiver.0,
+                ?reason,
+                "receiver dropped: it asked for more repairs than its share and made no progress"
+            ),
             _ => {}
         }
         Ok(Flow::Continue)

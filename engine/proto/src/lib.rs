@@ -5,6 +5,8 @@
 //! See `docs/wire.md` for the packet formats and `docs/DESIGN.md` for the protocol.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+mod bucket;
 pub mod coding;
 pub mod endpoint;
 pub mod numbering;

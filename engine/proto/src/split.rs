@@ -431,6 +431,9 @@ mod state_machine_tests {
             pass_object: ObjectId(0),
             pass_block: BlockIndex(0),
             timestamp: 5,
+            issued: 0,
+            statement_sig: None,
+            announce_sig: None,
         });
         rx.handle_datagram(now, SERVER, &emit(&announce));
         assert_eq!(rx.session(), Some(session));

@@ -64,6 +64,8 @@ pub(crate) struct ReceiveHost<'a, 'scope, 'env> {
     published_any: bool,
     /// Priority asks merged: one per block per 200 ms.
     asked: HashMap<(u32, u32), Instant>,
+    /// Forged announces and Dones refused so far (logged as they grow).
+    refused: (u64, u64),
     tally: Tally,
 }
 
@@ -106,6 +108,7 @@ impl<'a, 'scope, 'env> ReceiveHost<'a, 'scope, 'env> {
             got_data: false,
             published_any: false,
             asked: HashMap::new(),
+            refused: (0, 0),
             tally: Tally::default(),
         })
     }
@@ -333,6 +336,13 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
     ) -> Result<Flow, NodeError> {
         match event {
             ReceiverEvent::ManifestReady => {
+                if let (Some(a), Some(session)) = (rx.announce(), rx.session()) {
+                    self.published.publish_session(
+                        session.0,
+                        a.control,
+                        (a.issued, a.statement_sig),
+                    );
+                }
                 if let Some(m) = rx.manifest() {
                     self.published.publish_manifest(m, rx.store().paths());
                 }
@@ -357,10 +367,7 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
                 self.published.publish_block(object.0, block.0);
                 self.published_any = true;
             }
-            ReceiverEvent::Announced { session, control } => {
-                self.heard = true;
-                self.published.publish_session(session.0, control);
-            }
+            ReceiverEvent::Announced { .. } => self.heard = true,
             ReceiverEvent::Complete => self.tally.complete_at = Some(now),
             ReceiverEvent::ServerLost if rx.is_complete() => self.server_gone = true,
             ReceiverEvent::ServerLost => {
@@ -384,12 +391,24 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
     }
 
     fn end(&mut self, rx: &mut Receiver<FileStore>, now: Instant) -> Result<Flow, NodeError> {
+        let st = rx.stats();
+        let refused = (st.forged_announces, st.forged_dones);
+        if refused != self.refused && now >= self.next_progress {
+            // Said when it grows, at most a few times per second.
+            tracing::warn!(
+                announces = refused.0,
+                dones = refused.1,
+                "refused forged packets (unsigned, signed by a key not trusted, a bad signature, or other content than pinned)"
+            );
+            self.refused = refused;
+        }
         if std::mem::take(&mut self.published_any) {
             self.published.notify();
         }
         if !self.heard && now.duration_since(self.started) >= self.cfg.timeout {
             return Err(NodeError::NoServer {
                 waited_secs: self.cfg.timeout.as_secs_f64(),
+                refused: rx.stats().forged_announces,
             });
         }
         let complete_at = self.tally.complete_at;

@@ -62,6 +62,23 @@ pub struct ReceiveConfig {
     /// group's port + `s`; `min(S, threads)` threads read those sockets (this one included),
     /// each doing the kernel's copy for its stripes, while the protocol stays on one.
     pub threads: usize,
+    /// Accept only sessions signed by one of these keys (docs/wire.md §15); empty: any
+    /// session, unauthenticated.
+    pub trust: Vec<[u8; 32]>,
+    /// Pin the content without keys: the manifest hash, or a one-object session's BLAKE3.
+    pub expect: Option<[u8; 32]>,
+}
+
+/// What the receiver knows of the session's authenticity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionTrust {
+    /// BLAKE3 of the manifest (what `--expect` pins).
+    pub manifest_hash: [u8; 32],
+    /// The trusted key the session statement is signed with; `None`: unauthenticated.
+    pub signer: Option<[u8; 32]>,
+    /// Its announces and its Done are signed by a trusted key too (not behind a relay
+    /// without a key).
+    pub control_signed: bool,
 }
 
 /// Progress, reported a few times per second.
@@ -72,6 +89,8 @@ pub struct ReceiveProgress {
     pub total_bytes: u64,
     pub blocks_done: u64,
     pub blocks: u64,
+    /// Once the manifest is known: the session's authenticity.
+    pub session: Option<SessionTrust>,
 }
 
 /// What a receive run did.
@@ -100,6 +119,8 @@ pub struct ReceiveSummary {
     /// Datagrams read from the sockets of stripes 1.. of a striped first pass (a GRO
     /// super-datagram counts once).
     pub stripe_datagrams: u64,
+    /// The session's authenticity.
+    pub session: Option<SessionTrust>,
 }
 
 /// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
@@ -222,9 +243,13 @@ fn receive_session(
             granted.requested
         );
     }
+    let trust = blockcast_proto::auth::TrustedKeys::new(&cfg.trust)
+        .map_err(|e| NodeError::Config(format!("--trust: {e}")))?;
     let rcfg = ReceiverConfig {
         id: ReceiverId(cfg.id),
         seed: cfg.id,
+        trust,
+        expect: cfg.expect,
         idle_timeout: cfg.timeout,
         min_receipt_interval: Duration::from_millis(50),
         external_verify: true,
@@ -284,10 +309,21 @@ fn receive_session(
         ],
         forwarded: tally.forwarded,
         stripe_datagrams: tally.stripe_datagrams,
+        session: session_trust(&rx),
     })
 }
 
 impl<S: blockcast_proto::BlockStore> Sends for Receiver<S> {}
+
+/// The session's authenticity, once its manifest is known.
+fn session_trust<S: blockcast_proto::BlockStore>(rx: &Receiver<S>) -> Option<SessionTrust> {
+    rx.manifest()?;
+    Some(SessionTrust {
+        manifest_hash: rx.manifest_hash()?,
+        signer: rx.signer(),
+        control_signed: rx.control_signed(),
+    })
+}
 
 pub(crate) fn report(rx: &Receiver<FileStore>) -> ReceiveProgress {
     let Some(m) = rx.manifest() else {
@@ -311,5 +347,6 @@ pub(crate) fn report(rx: &Receiver<FileStore>) -> ReceiveProgress {
         total_bytes: m.total_bytes(),
         blocks_done: rx.blocks_done(),
         blocks: rx.total_blocks(),
+        session: session_trust(rx),
     }
 }

@@ -115,6 +115,12 @@ impl BlockState {
         }
     }
 
+    /// Bytes of parity and XOR repair payloads it holds.
+    fn payload_bytes(&self) -> usize {
+        self.parity.iter().map(|(_, p)| p.len()).sum::<usize>()
+            + self.xors.iter().map(|x| x.payload.len()).sum::<usize>()
+    }
+
     /// Units it holds or can rebuild from parity.
     pub(super) fn held(&self) -> usize {
         self.have.count_ones() + self.parity.len()
@@ -129,6 +135,9 @@ pub(super) struct Blocks {
     pub(super) done: UnitBitmap,
     /// Blocks before this (global numbering) are verified: the in-order prefix.
     pub(super) prefix: u64,
+    /// Bytes of parity and XOR payloads held in `states` (bounded by
+    /// `ReceiverConfig::max_parity_bytes`).
+    pub(super) held_bytes: usize,
 }
 
 impl Blocks {
@@ -137,7 +146,15 @@ impl Blocks {
             states: (0..blocks).map(|_| None).collect(),
             done: UnitBitmap::new(blocks as usize),
             prefix: 0,
+            held_bytes: 0,
         }
+    }
+
+    /// Drops block `seq`'s state, releasing the payloads it held; returns it.
+    pub(super) fn take_state(&mut self, seq: u64) -> Option<Box<BlockState>> {
+        let state = self.states.get_mut(seq as usize)?.take()?;
+        self.held_bytes = self.held_bytes.saturating_sub(state.payload_bytes());
+        Some(state)
     }
 
     /// Block `seq`'s state, new (for `k` units) if it had none.
@@ -309,6 +326,8 @@ impl<S: BlockStore> Receiver<S> {
             // request): what is missing now was lost, so NACK it without waiting for the pass.
             self.mark_passed(now, seq);
         }
+        let full = self.blocks.held_bytes + us > self.cfg.max_parity_bytes;
+        let mut added = 0;
         let state = self.blocks.state(seq, k);
         if state.verifying {
             self.stats.duplicates += 1;
@@ -322,8 +341,14 @@ impl<S: BlockStore> Receiver<S> {
                 self.stats.duplicates += 1;
                 return;
             }
+            if full {
+                // The parity memory bound: drop it; the block is NACKed again.
+                self.stats.parity_dropped += 1;
+                return;
+            }
             self.stats.parity_units += 1;
             state.parity.push((index, payload.into()));
+            added = us;
         } else {
             let offset = usize::from(index) * us;
             if state.have.get(usize::from(index)) {
@@ -335,7 +360,9 @@ impl<S: BlockStore> Receiver<S> {
                 .write_unit(object, block, block_len, offset, payload);
             state.have.set(usize::from(index));
         }
-        if state.held() >= usize::from(k) {
+        let whole = state.held() >= usize::from(k);
+        self.blocks.held_bytes += added;
+        if whole {
             self.finish_block(now, seq);
         }
     }
@@ -355,6 +382,7 @@ impl<S: BlockStore> Receiver<S> {
             self.stats.bad_packets += 1;
             return;
         }
+        let full = self.blocks.held_bytes + us > self.cfg.max_parity_bytes;
         let state = self.blocks.state(seq, k);
         if state.verifying {
             self.stats.duplicates += 1;
@@ -372,6 +400,10 @@ impl<S: BlockStore> Receiver<S> {
                 return;
             }
         };
+        if full {
+            self.stats.parity_dropped += 1;
+            return;
+        }
         state.have.set(usize::from(unit));
         state.xors.push(XorUnit {
             unit,
@@ -379,7 +411,9 @@ impl<S: BlockStore> Receiver<S> {
             payload: payload.into(),
         });
         self.stats.xor_units += 1;
-        if state.held() >= usize::from(k) {
+        let whole = state.held() >= usize::from(k);
+        self.blocks.held_bytes += us;
+        if whole {
             self.finish_block(now, seq);
         }
     }
@@ -400,6 +434,7 @@ impl<S: BlockStore> Receiver<S> {
         // Whatever happens next, the block's state is dropped (verified) or started afresh
         // (failed): its parity units can be moved out.
         let decode = state.have.count_ones() < usize::from(k);
+        let before = state.payload_bytes();
         let rebuild = (decode || !state.xors.is_empty()).then(|| Rebuild {
             have: state.have.clone(),
             xors: std::mem::take(&mut state.xors),
@@ -412,6 +447,11 @@ impl<S: BlockStore> Receiver<S> {
             max_parity,
             unit_size,
         });
+        // Moved out to the rebuild: no longer held here.
+        self.blocks.held_bytes = self
+            .blocks
+            .held_bytes
+            .saturating_sub(before - state.payload_bytes());
         if decode {
             self.stats.decodes += 1;
         }
@@ -454,7 +494,7 @@ impl<S: BlockStore> Receiver<S> {
         let BlockAddr { object, block } = self.numbering.addr(seq);
         let k = self.numbering.units_in(seq);
         if ok {
-            if let Some(state) = self.blocks.states[seq as usize].take() {
+            if let Some(state) = self.blocks.take_state(seq) {
                 if let Some(at) = state.nack_at {
                     self.feedback.cancel_nack(seq, at);
                 }
@@ -477,7 +517,7 @@ impl<S: BlockStore> Receiver<S> {
             self.stats.blocks_failed += 1;
             self.events
                 .push_back(ReceiverEvent::BlockFailed { object, block });
-            let old = self.blocks.states[seq as usize].take();
+            let old = self.blocks.take_state(seq);
             let mut fresh = BlockState::new(k);
             if let Some(old) = old {
                 fresh.parity_seen = old.parity_seen;

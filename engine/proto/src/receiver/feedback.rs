@@ -159,6 +159,7 @@ impl<S: BlockStore> Receiver<S> {
         let p = PriorityRepr {
             session,
             receiver: self.cfg.id,
+            cookie: 0,
             object,
             block: BlockIndex(block),
             unit,
@@ -198,10 +199,30 @@ impl<S: BlockStore> Receiver<S> {
         self.feedback.queue_max = self.feedback.queue_max.max(ppm.min(1_000_000));
     }
 
+    /// The server asks us to prove our address (wire.md §6.1): ask again at once, echoing
+    /// its cookie (a Join, or in split mode before the manifest a Solicit).
+    pub(super) fn on_challenge(&mut self, now: Instant, cookie: u64) {
+        if self.row.is_some() {
+            return;
+        }
+        self.cookie = cookie;
+        if self.cfg.split.is_some() && self.manifest.is_none() {
+            self.split.solicit_now();
+        } else if self.feedback.next_join.is_some() {
+            self.feedback.out.push_back(Out::Join);
+            self.feedback.next_join = Some(now + self.cfg.join_interval.max(self.grtt() * 2));
+        }
+    }
+
     /// The server accepted our join: notices start, and NACKs held back until now can go.
     pub(super) fn on_accept(&mut self, now: Instant, a: &AcceptRepr) {
         self.last_heard = Some(now);
+        if a.is_challenge() {
+            self.on_challenge(now, a.cookie);
+            return;
+        }
         if self.row.is_none() {
+            self.cookie = a.cookie;
             self.row = Some(a.row);
             self.feedback.next_join = None;
             self.events
@@ -345,15 +366,21 @@ impl<S: BlockStore> Receiver<S> {
         let session = self.session?;
         let control = self.control_addr()?;
         let receiver = self.cfg.id;
+        let cookie = self.cookie;
         let packet = if let Some(out) = self.feedback.out.pop_front() {
             match out {
-                Out::Join => Packet::Join(JoinRepr { session, receiver }),
+                Out::Join => Packet::Join(JoinRepr {
+                    session,
+                    receiver,
+                    cookie,
+                }),
                 Out::Leave(reason) => Packet::Leave(LeaveRepr {
                     session,
                     receiver,
+                    cookie,
                     reason,
                 }),
-                Out::Priority(p) => Packet::Priority(p),
+                Out::Priority(p) => Packet::Priority(PriorityRepr { cookie, ..p }),
                 Out::Receipt => {
                     let r = self.receipt(now);
                     self.stats.receipts += 1;
@@ -378,6 +405,7 @@ impl<S: BlockStore> Receiver<S> {
         let mut n = NackRepr {
             session,
             receiver: self.cfg.id,
+            cookie: self.cookie,
             entries: Vec::new(),
         };
         let mut len = n.buffer_len();
@@ -464,6 +492,7 @@ impl<S: BlockStore> Receiver<S> {
         ReceiptRepr {
             session: self.session.unwrap_or_default(),
             receiver: self.cfg.id,
+            cookie: self.cookie,
             complete: self.complete,
             echo_timestamp,
             echo_delay_us,
@@ -586,12 +615,16 @@ mod tests {
             s.handle_datagram(t0, SocketAddr::from(([127, 0, 0, 2], 2)), &buf[..t.len]);
         }
         assert_eq!(kinds, vec![false], "only the join before acceptance");
-        deliver_sender(&mut s, &mut r, t0);
+        // The challenge, the join that echoes its cookie, the accept; then the held request.
         let mut priority = 0;
-        while let Some(t) = r.poll_transmit(t0, &mut buf) {
-            if let Ok(Packet::Priority(p)) = Packet::parse(&buf[..t.len]) {
-                assert_eq!((p.block, p.count), (BlockIndex(20), 2));
-                priority += 1;
+        for _ in 0..4 {
+            deliver_sender(&mut s, &mut r, t0);
+            while let Some(t) = r.poll_transmit(t0, &mut buf) {
+                if let Ok(Packet::Priority(p)) = Packet::parse(&buf[..t.len]) {
+                    assert_eq!((p.block, p.count), (BlockIndex(20), 2));
+                    priority += 1;
+                }
+                s.handle_datagram(t0, SocketAddr::from(([127, 0, 0, 2], 2)), &buf[..t.len]);
             }
         }
         assert_eq!(priority, 1, "the held request went after the accept");

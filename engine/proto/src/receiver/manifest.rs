@@ -2,7 +2,7 @@
 //! the manifest, assembled from its chunks, checked against the announced hash, and handed
 //! to the store to prepare.
 
-use std::ops::Range;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::blocks::{Blocks, PassFrontier};
@@ -11,42 +11,90 @@ use crate::numbering::BlockNumbering;
 use crate::store::BlockStore;
 use crate::wire::{AnnounceRepr, LeaveReason, Manifest};
 
-/// The manifest's bytes as its chunks arrive.
+/// Bytes of manifest storage allocated at a time, as chunks arrive: an announce alone makes
+/// the receiver allocate nothing, chunks make it allocate at most a page each.
+const PAGE: usize = 64 << 10;
+
+/// The manifest's bytes as its chunks arrive, and the byte ranges received: an interval set
+/// (start -> end, disjoint, merged on insert), so placing a chunk costs O(log n) amortized
+/// whatever the chunks' sizes and order (each range is removed at most once).
 #[derive(Default)]
 pub(super) struct ManifestAssembly {
-    /// As long as the announced manifest (empty before the first announce, and once the
-    /// manifest is complete).
-    buf: Vec<u8>,
-    /// Byte ranges of the manifest received, sorted and merged.
-    ranges: Vec<Range<usize>>,
+    /// The announced manifest length (0: none announced, or the manifest is complete).
+    len: usize,
+    pages: Vec<Option<Box<[u8]>>>,
+    ranges: BTreeMap<usize, usize>,
 }
 
 impl ManifestAssembly {
-    /// Start over from nothing (a fail-over before the manifest was complete).
+    /// Start over from nothing (a fail-over before the manifest was complete, a session
+    /// given up).
     pub(super) fn reset(&mut self) {
-        self.buf = Vec::new();
-        self.ranges.clear();
+        *self = ManifestAssembly::default();
+    }
+
+    /// Assemble a manifest of `len` bytes.
+    fn open(&mut self, len: usize) {
+        self.reset();
+        self.len = len;
+        self.pages = (0..len.div_ceil(PAGE)).map(|_| None).collect();
+    }
+
+    fn is_open(&self) -> bool {
+        self.len > 0
+    }
+
+    /// Forgets every byte received (a hash or parse failure: start over from the next
+    /// chunks).
+    fn forget(&mut self) {
+        let len = self.len;
+        self.open(len);
     }
 
     /// Places `bytes` at `offset`: `None` if they do not fit the manifest, else whether
     /// every byte of it is here now.
     fn place(&mut self, offset: usize, bytes: &[u8]) -> Option<bool> {
-        let end = offset + bytes.len();
-        if end > self.buf.len() {
+        let end = offset.checked_add(bytes.len())?;
+        if end > self.len || bytes.is_empty() {
             return None;
         }
-        self.buf[offset..end].copy_from_slice(bytes);
-        self.ranges.push(offset..end);
-        self.ranges.sort_unstable_by_key(|r| (r.start, r.end));
-        let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.ranges.len());
-        for r in self.ranges.drain(..) {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => merged.push(r),
+        let mut at = offset;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (page, within) = (at / PAGE, at % PAGE);
+            let n = rest.len().min(PAGE - within);
+            let page_len = PAGE.min(self.len - page * PAGE);
+            let p = self.pages[page].get_or_insert_with(|| vec![0u8; page_len].into_boxed_slice());
+            p[within..within + n].copy_from_slice(&rest[..n]);
+            at += n;
+            rest = &rest[n..];
+        }
+        let (mut start, mut stop) = (offset, end);
+        if let Some((&s, &e)) = self.ranges.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                stop = stop.max(e);
+                self.ranges.remove(&s);
             }
         }
-        self.ranges = merged;
-        Some(self.ranges.len() == 1 && self.ranges[0] == (0..self.buf.len()))
+        while let Some((&s, &e)) = self.ranges.range(start..).next() {
+            if s > stop {
+                break;
+            }
+            stop = stop.max(e);
+            self.ranges.remove(&s);
+        }
+        self.ranges.insert(start, stop);
+        Some(self.ranges.len() == 1 && self.ranges.get(&0) == Some(&self.len))
+    }
+
+    /// The whole manifest (call once every byte is here).
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for p in self.pages.iter().flatten() {
+            out.extend_from_slice(p);
+        }
+        out
     }
 }
 
@@ -79,7 +127,7 @@ impl<S: BlockStore> Receiver<S> {
             }
         }
         if first && self.manifest.is_none() {
-            self.assembly.buf = vec![0u8; a.manifest_len as usize];
+            self.assembly.open(a.manifest_len as usize);
         }
         if first {
             self.events.push_back(ReceiverEvent::Announced {
@@ -95,7 +143,7 @@ impl<S: BlockStore> Receiver<S> {
     }
 
     pub(super) fn on_manifest_chunk(&mut self, now: Instant, offset: usize, bytes: &[u8]) {
-        if self.manifest.is_some() || self.assembly.buf.is_empty() {
+        if self.manifest.is_some() || !self.assembly.is_open() {
             return;
         }
         match self.assembly.place(offset, bytes) {
@@ -109,20 +157,34 @@ impl<S: BlockStore> Receiver<S> {
         let Some(a) = self.announce.clone() else {
             return;
         };
-        let buf = &self.assembly.buf;
-        let manifest = match (blake3::hash(buf).as_bytes() == &a.manifest_hash)
-            .then(|| Manifest::parse(buf))
+        let buf = self.assembly.bytes();
+        let manifest = match (blake3::hash(&buf).as_bytes() == &a.manifest_hash)
+            .then(|| Manifest::parse(&buf))
         {
-            Some(Ok(m)) if m.unit_size == a.unit_size && m.units_per_block == a.units_per_block => {
+            // What the announce (and its signed statement) says of the manifest must hold.
+            Some(Ok(m))
+                if m.unit_size == a.unit_size
+                    && m.units_per_block == a.units_per_block
+                    && m.objects.len() as u64 == u64::from(a.object_count)
+                    && m.total_bytes() == a.total_bytes =>
+            {
                 m
             }
             _ => {
                 // A forged or corrupted chunk: start the manifest over.
                 self.stats.bad_packets += 1;
-                self.assembly.ranges.clear();
+                self.assembly.forget();
                 return;
             }
         };
+        if let Some(want) = self.cfg.expect {
+            // Pinned by the object's hash (the manifest hash was checked at adoption).
+            let object_ok = manifest.objects.len() == 1 && manifest.objects[0].hash == want;
+            if want != a.manifest_hash && !object_ok {
+                self.reject_session();
+                return;
+            }
+        }
         if let Err(e) = self.store.prepare(&manifest) {
             self.events.push_back(ReceiverEvent::StoreFailed(e));
             self.leave(LeaveReason::Failed);
@@ -133,7 +195,7 @@ impl<S: BlockStore> Receiver<S> {
         self.blocks = Blocks::new(total);
         self.first_pass = PassFrontier::new(total);
         self.manifest = Some(manifest);
-        self.assembly.buf = Vec::new();
+        self.assembly.reset();
         self.events.push_back(ReceiverEvent::ManifestReady);
         // Join once ready to place units: a server waiting for receivers then starts the
         // first pass only when they can use it.
@@ -145,5 +207,57 @@ impl<S: BlockStore> Receiver<S> {
         if let Some(p) = self.announce.as_ref().and_then(|a| self.announced_pass(a)) {
             self.pass_through(now, p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_in_any_order_and_size_assemble_the_manifest_once() {
+        let len = 3 * PAGE + 17;
+        let want: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut m = ManifestAssembly::default();
+        m.open(len);
+        // Odd-sized chunks, backwards, overlapping: complete only with the last one.
+        let mut pieces: Vec<(usize, usize)> = Vec::new();
+        let mut at = 0;
+        let mut step = 1;
+        while at < len {
+            let end = (at + step).min(len);
+            pieces.push((if at > 1 { at - 1 } else { at }, end));
+            at = end;
+            step = step % 997 + 13;
+        }
+        let last = pieces.len() - 1;
+        for (i, &(s, e)) in pieces.iter().rev().enumerate() {
+            assert_eq!(m.place(s, &want[s..e]), Some(i == last), "piece {i}");
+        }
+        assert_eq!(m.bytes(), want);
+        assert_eq!(m.place(len - 1, &[0, 0]), None, "past the end");
+    }
+
+    #[test]
+    fn one_byte_chunks_keep_one_range_each_gap_and_no_more() {
+        let len = 4096;
+        let mut m = ManifestAssembly::default();
+        m.open(len);
+        // Every other byte: 2,048 disjoint ranges.
+        for i in (0..len).step_by(2) {
+            assert_eq!(m.place(i, &[1]), Some(false));
+        }
+        assert_eq!(m.ranges.len(), len / 2);
+        // Filling the gaps merges them all into one.
+        for i in (1..len).step_by(2) {
+            m.place(i, &[1]);
+        }
+        assert_eq!(m.ranges.len(), 1);
+        // An announce alone allocates nothing; a chunk at most a page.
+        let mut fresh = ManifestAssembly::default();
+        fresh.open(64 << 20);
+        assert!(fresh.pages.iter().all(Option::is_none));
+        fresh.place(40 << 20, &[1; 10]);
+        assert_eq!(fresh.pages.iter().flatten().count(), 1);
     }
 }

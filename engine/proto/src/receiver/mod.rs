@@ -17,11 +17,16 @@ mod blocks;
 mod feedback;
 mod manifest;
 mod split;
+mod trust;
+#[cfg(test)]
+mod trust_tests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::auth::TrustedKeys;
+use crate::bucket::TokenBucket;
 use crate::endpoint::Endpoint;
 use crate::numbering::BlockNumbering;
 use crate::rng::Rng;
@@ -37,6 +42,8 @@ use blocks::{Blocks, PassFrontier};
 use feedback::{Echo, Feedback};
 use manifest::ManifestAssembly;
 use split::SplitState;
+pub use trust::manifest_bound;
+use trust::{SessionAuth, SIGNATURE_CHECK_BURST};
 
 /// How a receiver behaves. `Default` gives the values the CLI starts from.
 #[derive(Clone, Debug)]
@@ -67,6 +74,16 @@ pub struct ReceiverConfig {
     /// by unicast, takes copy plans, and keeps reporting after it is complete (it still
     /// forwards copies until the session ends).
     pub split: Option<SplitMember>,
+    /// Signed sessions (docs/wire.md §15): accept only a session whose statement is signed by
+    /// one of these keys, and only Announces and Dones its sender signed with one of them.
+    /// Empty: nothing is checked (the session is unauthenticated).
+    pub trust: TrustedKeys,
+    /// Pin the content without keys: the manifest hash, or the BLAKE3 of the object of a
+    /// one-object session. Sessions of other content are not adopted.
+    pub expect: Option<[u8; 32]>,
+    /// Most bytes of parity and XOR repair payloads held for blocks not yet verified: what a
+    /// peer can make this receiver keep in memory (more is dropped and asked for again).
+    pub max_parity_bytes: usize,
 }
 
 /// A split-mode member's settings.
@@ -107,6 +124,9 @@ impl Default for ReceiverConfig {
             max_datagram: 1400,
             external_verify: false,
             split: None,
+            trust: TrustedKeys::default(),
+            expect: None,
+            max_parity_bytes: 256 << 20,
         }
     }
 }
@@ -178,6 +198,15 @@ pub struct ReceiverStats {
     pub xor_units: u64,
     /// XOR repairs it could not use: it missed two or more of their units.
     pub xor_unusable: u64,
+    /// Announces refused for their signatures (none, an untrusted key, or one that does not
+    /// hold) or for content other than `expect` pins.
+    pub forged_announces: u64,
+    /// Session Dones refused for their signatures: treated as no Done.
+    pub forged_dones: u64,
+    /// Signed packets dropped unchecked: more arrived than the signature-check budget allows.
+    pub unchecked_signatures: u64,
+    /// Parity and XOR repair units dropped because the parity memory bound was reached.
+    pub parity_dropped: u64,
 }
 
 /// A receiver's state machine for one session.
@@ -204,6 +233,12 @@ pub struct Receiver<S> {
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
     split: SplitState,
+    /// The cookie of the server's latest Accept (or challenge), echoed in every packet to it.
+    cookie: u64,
+    auth: SessionAuth,
+    /// Manifest hashes of sessions found to be other content than `expect` pins.
+    rejected: Vec<[u8; 32]>,
+    signature_checks: TokenBucket,
 }
 
 impl<S: BlockStore> Receiver<S> {
@@ -229,7 +264,29 @@ impl<S: BlockStore> Receiver<S> {
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
             split: SplitState::default(),
+            cookie: 0,
+            auth: SessionAuth::default(),
+            rejected: Vec::new(),
+            signature_checks: TokenBucket::new(SIGNATURE_CHECK_BURST),
         }
+    }
+
+    /// The key that signed the adopted session's statement (`None`: unauthenticated).
+    pub fn signer(&self) -> Option<[u8; 32]> {
+        self.auth.statement.map(|s| s.key)
+    }
+
+    /// Whether the adopted session's Announces (and so its Done) are signed by a trusted key.
+    pub fn control_signed(&self) -> bool {
+        self.auth.control_signed
+    }
+
+    /// The manifest hash of the session followed, once one is adopted.
+    pub fn manifest_hash(&self) -> Option<[u8; 32]> {
+        self.announce
+            .as_ref()
+            .map(|a| a.manifest_hash)
+            .or(self.known_hash)
     }
 
     /// The session adopted, once announced (or configured).
@@ -299,7 +356,7 @@ impl<S: BlockStore> Receiver<S> {
     }
 
     /// Handles one datagram from the group or the server.
-    pub fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, bytes: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         if self.ended {
             return;
         }
@@ -329,15 +386,34 @@ impl<S: BlockStore> Receiver<S> {
                 return;
             }
         };
-        if self.session.is_none() {
-            if let Packet::Announce(a) = &packet {
-                if self.known_hash.is_some_and(|h| h != a.manifest_hash) {
-                    // After a fail-over only a source of the same content will do.
+        match &packet {
+            Packet::Announce(a) if self.announce.is_none() => {
+                if self.session.is_some_and(|s| s != a.session) {
                     self.stats.strangers += 1;
+                    return;
+                }
+                if !self.may_adopt(now, a) {
                     return;
                 }
                 self.session = Some(a.session);
             }
+            // A later announce of the adopted session: its signatures are checked again.
+            Packet::Announce(a)
+                if Some(a.session) == self.session && !self.announce_trusted(now, a) =>
+            {
+                return;
+            }
+            // Split mode: the server's challenge to our Solicit comes before any session.
+            Packet::Accept(a)
+                if self.session.is_none()
+                    && a.receiver == self.cfg.id
+                    && a.is_challenge()
+                    && self.cfg.split.is_some_and(|s| s.server == from) =>
+            {
+                self.on_challenge(now, a.cookie);
+                return;
+            }
+            _ => {}
         }
         if Some(packet.session()) != self.session {
             self.stats.strangers += 1;
@@ -369,7 +445,14 @@ impl<S: BlockStore> Receiver<S> {
                 self.server_lost = false;
                 self.on_xor(now, &x, payload);
             }
-            Packet::Done(DoneRepr::Session { reason, .. }) => {
+            Packet::Done(DoneRepr::Session {
+                session,
+                reason,
+                sig,
+            }) => {
+                if !self.done_trusted(now, session, reason, sig.as_ref()) {
+                    return;
+                }
                 self.ended = true;
                 self.feedback.timers.clear();
                 self.events.push_back(ReceiverEvent::SessionEnded {
@@ -397,6 +480,7 @@ impl<S: BlockStore> Receiver<S> {
             .or(self.known_hash);
         self.announce = None;
         self.session = self.cfg.session;
+        self.cookie = 0;
         self.row = None;
         self.ended = false;
         self.server_lost = false;

@@ -74,6 +74,11 @@ impl SplitState {
         }
     }
 
+    /// Ask for the session again at once (the server's challenge came).
+    pub(super) fn solicit_now(&mut self) {
+        self.next_solicit = None;
+    }
+
     /// The next instant to ask for the session, while asking (split mode, no manifest yet).
     pub(super) fn next_solicit(&self) -> Option<Instant> {
         self.next_solicit
@@ -123,6 +128,7 @@ impl<S: BlockStore> Receiver<S> {
         let len = Packet::Solicit(SolicitRepr {
             session: self.session.unwrap_or_default(),
             receiver: self.cfg.id,
+            cookie: self.cookie,
             zone: split.zone,
         })
         .emit(buf)

@@ -85,6 +85,47 @@ impl<S: BlockSource> Sender<S> {
             pass_object: po,
             pass_block: pb,
             timestamp: self.timestamp(now),
+            issued: self.cfg.issued,
+            statement_sig: self.statement_sig,
+            announce_sig: None,
+        }
+    }
+
+    /// The announce to send at `now`, signed when the server has a key (wire.md §15): the
+    /// statement once, the announce whenever it changed since the last one signed.
+    pub(super) fn signed_announce(&mut self, now: Instant) -> AnnounceRepr {
+        let Some(signer) = self.cfg.signer.clone() else {
+            return self.announce_repr(now);
+        };
+        if self.statement_sig.is_none() {
+            self.statement_sig = Some(signer.sign_statement(&self.announce_repr(now)));
+        }
+        let a = self.announce_repr(now);
+        if let Some(last) = &self.signed_announce {
+            let unsigned = AnnounceRepr {
+                announce_sig: None,
+                ..last.clone()
+            };
+            if unsigned == a {
+                return last.clone();
+            }
+        }
+        let mut a = a;
+        signer.sign_announce(&mut a);
+        self.signed_announce = Some(a.clone());
+        a
+    }
+
+    /// A session Done for `reason`, signed when the server has a key.
+    pub(super) fn session_done(&self, reason: DoneReason) -> DoneRepr {
+        DoneRepr::Session {
+            session: self.cfg.session,
+            reason,
+            sig: self
+                .cfg
+                .signer
+                .as_ref()
+                .map(|s| s.sign_done(self.cfg.session, reason, self.cfg.control)),
         }
     }
 
@@ -95,7 +136,7 @@ impl<S: BlockSource> Sender<S> {
             self.carousel.announce_now = false;
             self.carousel.next_announce = Some(now + self.cfg.announce_interval);
             self.carousel.manifest_due = self.cfg.manifest_chunks_per_announce.max(1);
-            let len = Packet::Announce(self.announce_repr(now)).emit(buf).ok()?;
+            let len = Packet::Announce(self.signed_announce(now)).emit(buf).ok()?;
             self.stats.announces += 1;
             self.advance_phase(now);
             return Some(self.group(len));
@@ -151,12 +192,7 @@ impl<S: BlockSource> Sender<S> {
             self.fan_out(Fan::Done(reason));
             return self.poll_fanout(now, buf);
         }
-        let len = Packet::Done(DoneRepr::Session {
-            session: self.cfg.session,
-            reason,
-        })
-        .emit(buf)
-        .ok()?;
+        let len = Packet::Done(self.session_done(reason)).emit(buf).ok()?;
         self.phase = Phase::Closing {
             reason,
             left: left - 1,

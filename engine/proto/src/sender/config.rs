@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::{Signature, Signer};
 use crate::rate::RateLimits;
 use crate::split::SplitConfig;
 use crate::wire::SessionId;
@@ -71,11 +72,31 @@ pub struct SenderConfig {
     /// which copies it on as its plan says; announces, manifests and done packets go to each
     /// member by unicast. Needs an internal first pass.
     pub split: Option<SplitConfig>,
+    /// The server's secret for return-routability cookies (wire.md §6.1): random, made at
+    /// start by the node, never sent.
+    pub cookie_key: [u8; 32],
+    /// Sign the session statement (unless `statement` is given), every Announce and every
+    /// session Done with this key (wire.md §15).
+    pub signer: Option<Signer>,
+    /// A relay: the origin's session statement signature, passed on unchanged.
+    pub statement: Option<Signature>,
+    /// When the session statement was made (Unix seconds; a relay passes the origin's on).
+    pub issued: u64,
+    /// Each member's repairs beyond a burst of one block: at most this share of the rate
+    /// (docs/wire.md §12.11). More makes it a slow member.
+    pub member_repair_share: f64,
+    /// Challenges (Accepts handing out a cookie) sent per second at most.
+    pub challenges_per_sec: f64,
 }
 
 /// The default [`SenderConfig::originals_factor`]: groups of up to about four receivers that
 /// lose alike get originals (measured in docs/DESIGN.md, 2026-11-22).
 pub const ORIGINALS_FACTOR: u32 = 4;
+
+/// The default [`SenderConfig::member_repair_share`]: a member that loses up to about 3 % of
+/// what is sent keeps up; one that asks for more gets that much of the rate, no more (so one
+/// member that claims to miss everything costs the session about 3 %, plus one block).
+pub const MEMBER_REPAIR_SHARE: f64 = 1.0 / 32.0;
 
 /// How long the server holds a block's XOR repairs after its first NACK, in round trips:
 /// receivers draw their NACK times from a window of a few round trips, and a combination can
@@ -110,6 +131,12 @@ impl Default for SenderConfig {
             xor_repairs: true,
             external_first_pass: false,
             split: None,
+            cookie_key: [0; 32],
+            signer: None,
+            statement: None,
+            issued: 0,
+            member_repair_share: MEMBER_REPAIR_SHARE,
+            challenges_per_sec: super::guard::CHALLENGES_PER_SEC,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_status::{RowId, StatusMatrix};
 
+use super::guard::RepairBudget;
 use super::{MemberReport, Phase, Sender, SenderEvent};
 use crate::rate::Congestion;
 use crate::store::BlockSource;
@@ -16,7 +17,7 @@ use crate::{Destination, Transmit};
 
 pub(super) struct Member {
     pub(super) addr: SocketAddr,
-    row: RowId,
+    pub(super) row: RowId,
     last_heard: Instant,
     pub(super) complete: bool,
     pub(super) rtt: Option<Duration>,
@@ -35,7 +36,15 @@ pub(super) struct Member {
     marked: u64,
     /// The zone it named (split mode; 0 otherwise).
     pub(super) zone: u16,
+    /// The cookie for its address, which its packets echo (wire.md §6.1).
+    pub(super) cookie: u64,
+    /// What it may still ask to be repaired.
+    pub(super) budget: RepairBudget,
 }
+
+/// Members that left complete (expired after falling silent), kept for the summary: at most
+/// this many.
+const DEPARTED_KEPT: usize = 4096;
 
 /// A member's count of verified blocks, as of one receipt notice.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +60,13 @@ pub(super) enum Reply {
         to: SocketAddr,
         receiver: ReceiverId,
         row: u32,
+        cookie: u64,
+    },
+    /// Prove your address: send again with this cookie (wire.md §6.1).
+    Challenge {
+        to: SocketAddr,
+        receiver: ReceiverId,
+        cookie: u64,
     },
     /// It holds everything (the answer to its final receipt notices).
     Done {
@@ -74,6 +90,10 @@ pub(super) struct Membership {
     pub(super) grtt_window_end: Option<Instant>,
     /// When to look for members that fell silent.
     pub(super) next_scan: Option<Instant>,
+    /// Some member was refused repairs (there may be slow members to drop).
+    pub(super) any_denied: bool,
+    /// Members that expired complete, for the summary.
+    departed: Vec<MemberReport>,
 }
 
 impl Membership {
@@ -87,6 +107,8 @@ impl Membership {
             grtt_window_max: None,
             grtt_window_end: None,
             next_scan: None,
+            any_denied: false,
+            departed: Vec::new(),
         }
     }
 
@@ -116,6 +138,18 @@ impl Membership {
     }
 }
 
+impl Member {
+    fn report(&self, id: ReceiverId) -> MemberReport {
+        MemberReport {
+            id,
+            addr: self.addr,
+            complete: self.complete,
+            rtt: self.rtt,
+            loss_ppm: self.loss_ppm,
+        }
+    }
+}
+
 impl<S: BlockSource> Sender<S> {
     /// The status matrix: receivers x blocks, receive and request status.
     pub fn status_matrix(&self) -> &StatusMatrix {
@@ -138,19 +172,14 @@ impl<S: BlockSource> Sender<S> {
     }
 
     /// Each member's measured send->receipt time and reported loss, by id, for the node's
-    /// summary and relay choice.
+    /// summary and relay choice (members that expired complete included).
     pub fn receiver_report(&self) -> Vec<MemberReport> {
         let mut v: Vec<_> = self
             .membership
             .members
             .iter()
-            .map(|(id, m)| MemberReport {
-                id: *id,
-                addr: m.addr,
-                complete: m.complete,
-                rtt: m.rtt,
-                loss_ppm: m.loss_ppm,
-            })
+            .map(|(id, m)| m.report(*id))
+            .chain(self.membership.departed.iter().copied())
             .collect();
         v.sort_by_key(|r| r.id);
         v
@@ -225,12 +254,31 @@ impl<S: BlockSource> Sender<S> {
     pub(super) fn send_reply(&mut self, reply: Reply, buf: &mut [u8]) -> Option<Transmit> {
         let session = self.cfg.session;
         let (addr, p) = match reply {
-            Reply::Accept { to, receiver, row } => (
+            Reply::Accept {
+                to,
+                receiver,
+                row,
+                cookie,
+            } => (
                 to,
                 Packet::Accept(AcceptRepr {
                     session,
                     receiver,
                     row,
+                    cookie,
+                }),
+            ),
+            Reply::Challenge {
+                to,
+                receiver,
+                cookie,
+            } => (
+                to,
+                Packet::Accept(AcceptRepr {
+                    session,
+                    receiver,
+                    row: AcceptRepr::CHALLENGE,
+                    cookie,
                 }),
             ),
             Reply::Done { to, receiver } => {
@@ -246,12 +294,32 @@ impl<S: BlockSource> Sender<S> {
         })
     }
 
-    pub(super) fn on_join(&mut self, now: Instant, from: SocketAddr, id: ReceiverId) {
+    /// A Join: from an address it has proven (its cookie for that address), a receiver is
+    /// admitted, or a member's address moves there; from any other, it is challenged
+    /// (wire.md §6.1). Nothing changes before the proof.
+    pub(super) fn on_join(&mut self, now: Instant, from: SocketAddr, id: ReceiverId, cookie: u64) {
         self.stats.joins += 1;
+        if matches!(self.phase, Phase::Closing { .. } | Phase::Finished)
+            && !self.membership.members.contains_key(&id)
+        {
+            return;
+        }
+        if cookie != self.cookie_for(id, from) {
+            self.challenge(now, from, id);
+            return;
+        }
+        self.admit(now, from, id);
+    }
+
+    /// Admits receiver `id` at `from` (proven), or refreshes a member and moves its address
+    /// there.
+    pub(super) fn admit(&mut self, now: Instant, from: SocketAddr, id: ReceiverId) {
+        let cookie = self.cookie_for(id, from);
         if let Some(m) = self.membership.members.get_mut(&id) {
             m.last_heard = now;
             if m.addr != from {
                 m.addr = from;
+                m.cookie = cookie;
                 if let Some(sp) = self.split.as_mut() {
                     sp.dirty = true;
                 }
@@ -261,6 +329,7 @@ impl<S: BlockSource> Sender<S> {
                 to: from,
                 receiver: id,
                 row,
+                cookie,
             });
             return;
         }
@@ -277,6 +346,7 @@ impl<S: BlockSource> Sender<S> {
             .and_then(|sp| sp.solicitors.remove(&id))
             .map_or(0, |s| s.zone);
         self.membership_changed();
+        let budget = self.new_budget();
         self.membership.members.insert(
             id,
             Member {
@@ -293,6 +363,8 @@ impl<S: BlockSource> Sender<S> {
                 delivery: 0,
                 marked: 0,
                 zone,
+                cookie,
+                budget,
             },
         );
         self.membership.ever_joined += 1;
@@ -300,6 +372,7 @@ impl<S: BlockSource> Sender<S> {
             to: from,
             receiver: id,
             row: row.index() as u32,
+            cookie,
         });
         self.events.push_back(SenderEvent::ReceiverJoined {
             receiver: id,
@@ -326,24 +399,24 @@ impl<S: BlockSource> Sender<S> {
         Some(m.row)
     }
 
-    /// Timers: members not heard from for the receiver timeout are dropped.
+    /// Timers: members not heard from for the receiver timeout are dropped, whatever they
+    /// claimed: a complete member too (its row is freed; it is kept in the summary).
     pub(super) fn scan_members(&mut self, now: Instant) {
         let timeout = self.cfg.receiver_timeout;
-        // Split mode: complete members keep reporting (they still forward copies), so a
-        // silent one is gone whether complete or not.
-        let split = self.split.is_some();
         let gone: Vec<ReceiverId> = self
             .membership
             .members
             .iter()
-            .filter(|(_, m)| {
-                (split || !m.complete) && now.saturating_duration_since(m.last_heard) > timeout
-            })
+            .filter(|(_, m)| now.saturating_duration_since(m.last_heard) > timeout)
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
             if let Some(m) = self.membership.members.remove(&id) {
                 self.membership.matrix.remove_receiver(m.row);
+                self.stats.expired += 1;
+                if m.complete && self.membership.departed.len() < DEPARTED_KEPT {
+                    self.membership.departed.push(m.report(id));
+                }
             }
             self.membership_changed();
             self.events.push_back(SenderEvent::ReceiverLeft {
@@ -365,6 +438,7 @@ impl<S: BlockSource> Sender<S> {
             return;
         };
         m.last_heard = now;
+        m.budget.progress(r.blocks_done);
         m.loss_ppm = r.loss_ppm;
         if r.loss_ppm > 0 {
             // A notice covering no finished block says 0: keep the last estimate then.
@@ -481,6 +555,7 @@ mod tests {
         let notice = |id: u64, blocks_done: u64, queue_ppm: u32| ReceiptRepr {
             session: s.cfg.session,
             receiver: ReceiverId(id),
+            cookie: 0,
             complete: false,
             echo_timestamp: 0,
             echo_delay_us: 0,
@@ -495,7 +570,7 @@ mod tests {
         let (a, b) = (notice(1, 0, 0), notice(2, 0, 0));
         let (a2, b2) = (notice(1, 10, 0), notice(2, 4, 300_000));
         for id in [1, 2] {
-            s.on_join(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(id));
+            s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(id));
         }
         s.on_receipt(t0, &a);
         s.on_receipt(t0, &b);

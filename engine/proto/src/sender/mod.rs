@@ -15,6 +15,7 @@
 mod carousel;
 mod config;
 mod first_pass;
+mod guard;
 mod membership;
 mod repair;
 mod split;
@@ -23,6 +24,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::auth::Signature;
+use crate::bucket::TokenBucket;
 use crate::coding;
 use crate::endpoint::Endpoint;
 use crate::numbering::BlockNumbering;
@@ -35,8 +38,9 @@ use crate::wire::{
 use crate::{Destination, Transmit};
 
 use carousel::Carousel;
-pub use config::{SenderConfig, ORIGINALS_FACTOR, XOR_GATHER_GRTTS};
+pub use config::{SenderConfig, MEMBER_REPAIR_SHARE, ORIGINALS_FACTOR, XOR_GATHER_GRTTS};
 use first_pass::{AutoRate, FirstPass, SKIP_SCAN, STALL_RECHECK};
+pub use guard::DropReason;
 use membership::Membership;
 use repair::Repairs;
 use split::SplitState;
@@ -54,6 +58,11 @@ pub enum SenderEvent {
     },
     ReceiverComplete {
         receiver: ReceiverId,
+    },
+    /// The server dropped a member (it is no longer waited for).
+    ReceiverDropped {
+        receiver: ReceiverId,
+        reason: DropReason,
     },
     /// The first pass began (enough receivers, or the wait ran out).
     FirstPassStarted,
@@ -101,6 +110,21 @@ pub struct SenderStats {
     pub bad_packets: u64,
     /// NACKs and notices from receivers that are not members (ignored).
     pub strangers: u64,
+    /// Packets naming a member from another address than its own, or with a cookie that is
+    /// not its (a spoofed source): dropped.
+    pub bad_cookies: u64,
+    /// Challenges sent (Accepts handing out a cookie to an unproven address).
+    pub challenges: u64,
+    /// Challenges not sent: more Joins and Solicits came than the challenge rate allows.
+    pub challenges_dropped: u64,
+    /// Repair units members asked for beyond their budget (refused).
+    pub repair_denied: u64,
+    /// Priority requests beyond a member's request rate (refused).
+    pub priority_denied: u64,
+    /// Members dropped as slow.
+    pub dropped_slow: u64,
+    /// Members that expired after falling silent (complete ones included).
+    pub expired: u64,
 }
 
 /// One member as the sender sees it (for the node's summary and relay choice).
@@ -153,6 +177,14 @@ pub struct Sender<S> {
     events: VecDeque<SenderEvent>,
     stats: SenderStats,
     split: Option<SplitState>,
+    /// Challenges' budget ([`SenderConfig::challenges_per_sec`]).
+    challenges: TokenBucket,
+    /// The session statement's signature (signed at the first announce, or a relay's
+    /// origin's).
+    statement_sig: Option<Signature>,
+    /// The latest signed announce, reused while nothing in it changes (split mode sends the
+    /// same announce to every member).
+    signed_announce: Option<crate::wire::AnnounceRepr>,
 }
 
 impl<S: BlockSource> Sender<S> {
@@ -189,6 +221,7 @@ impl<S: BlockSource> Sender<S> {
             return Err("split mode sends the first pass itself (no external first pass)");
         }
         let carousel = Carousel::new(&manifest)?;
+        let cfg_statement = cfg.statement;
         let numbering = BlockNumbering::new(&manifest);
         let blocks = numbering.total();
         let own_rate = if cfg.external_first_pass {
@@ -218,6 +251,9 @@ impl<S: BlockSource> Sender<S> {
             closing_at: None,
             events: VecDeque::new(),
             stats: SenderStats::default(),
+            challenges: TokenBucket::new(guard::CHALLENGE_BURST),
+            statement_sig: cfg_statement,
+            signed_announce: None,
         })
     }
 
@@ -227,6 +263,19 @@ impl<S: BlockSource> Sender<S> {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// BLAKE3 of the serialized manifest (what every Announce carries).
+    pub fn manifest_hash(&self) -> [u8; 32] {
+        self.carousel.hash
+    }
+
+    /// The key that signs the session statement: this server's, or the origin's that a relay
+    /// passes on.
+    pub fn statement_signer(&self) -> Option<[u8; 32]> {
+        self.statement_sig
+            .map(|s| s.key)
+            .or_else(|| self.cfg.signer.as_ref().map(|s| s.public_key()))
     }
 
     pub fn source(&self) -> &S {
@@ -331,21 +380,31 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         match packet {
-            Packet::Join(j) => self.on_join(now, from, j.receiver),
-            Packet::Leave(l) => self.on_leave(l.receiver),
+            Packet::Join(j) => self.on_join(now, from, j.receiver, j.cookie),
+            Packet::Leave(l) => {
+                if self.authenticate(from, l.receiver, l.cookie) {
+                    self.on_leave(l.receiver);
+                }
+            }
             Packet::Nack(n) => {
                 self.stats.nacks += 1;
                 self.stats.nack_bytes += bytes.len() as u64;
-                self.on_nack(now, &n);
+                if self.authenticate(from, n.receiver, n.cookie) {
+                    self.on_nack(now, &n);
+                }
             }
             Packet::Receipt(r) => {
                 self.stats.receipts += 1;
                 self.stats.receipt_bytes += bytes.len() as u64;
-                self.on_receipt(now, &r);
+                if self.authenticate(from, r.receiver, r.cookie) {
+                    self.on_receipt(now, &r);
+                }
             }
             Packet::Priority(p) => {
                 self.stats.priority_requests += 1;
-                self.on_priority(now, &p);
+                if self.authenticate(from, p.receiver, p.cookie) {
+                    self.on_priority(now, &p);
+                }
             }
             // Server-to-receiver kinds arriving here are ignored.
             Packet::Unit(..)
@@ -405,6 +464,7 @@ impl<S: BlockSource> Sender<S> {
                 }
             }
             Phase::Sending => {
+                self.drop_slow_members(now);
                 if self
                     .cfg
                     .deadline
@@ -606,13 +666,27 @@ mod testing {
     }
 
     pub(super) fn gated_sender() -> Sender<Gated> {
-        let bytes: Vec<u8> = (0..64u8).collect();
+        gated_sender_with(2, 1)
+    }
+
+    /// `blocks` blocks of 4 units of 8 bytes; the blocks before `ready` are available.
+    pub(super) fn gated_sender_with(blocks: u32, ready: u32) -> Sender<Gated> {
+        gated_sender_cfg(blocks, ready, None)
+    }
+
+    /// As [`gated_sender_with`], in split mode when `split` is given.
+    pub(super) fn gated_sender_cfg(
+        blocks: u32,
+        ready: u32,
+        split: Option<crate::split::SplitConfig>,
+    ) -> Sender<Gated> {
+        let bytes: Vec<u8> = (0..blocks * 32).map(|i| (i % 251) as u8).collect();
         let manifest = Manifest {
             unit_size: 8,
             units_per_block: 4,
             objects: vec![ObjectEntry {
                 name: "a".into(),
-                size: 64,
+                size: bytes.len() as u64,
                 hash: *blake3::hash(&bytes).as_bytes(),
                 block_hashes: bytes
                     .chunks(32)
@@ -627,9 +701,10 @@ mod testing {
                 max_parity: 4,
             },
             max_wait: Duration::ZERO,
+            split,
             ..SenderConfig::default()
         };
-        Sender::new(cfg, manifest, Gated { bytes, ready: 1 }).unwrap()
+        Sender::new(cfg, manifest, Gated { bytes, ready }).unwrap()
     }
 
     /// Data units the sender gives out at `now`, as (block, unit).
@@ -670,7 +745,7 @@ mod tests {
             .poll_timeout()
             .is_some_and(|t| t > t0 + Duration::from_millis(50)));
         let t1 = t0 + Duration::from_millis(1);
-        s.on_join(t1, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        s.admit(t1, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
         // Due at once, not at the next announce.
         assert!(s.poll_timeout().is_some_and(|t| t <= t1));
         s.handle_timeout(t1);

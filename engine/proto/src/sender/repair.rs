@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_status::UnitBitmap;
 
+use super::guard::{charge, Allowance};
 use super::{Sender, SenderEvent, XOR_GATHER_GRTTS};
 use crate::coding;
 use crate::numbering::BlockAddr;
@@ -58,6 +59,16 @@ impl Repair {
             && self.originals.as_ref().is_none_or(|o| o.count_ones() == 0);
         self.gather_until.filter(|_| idle && !self.wants.is_empty())
     }
+}
+
+/// What one NACK entry adds to a block's repairs.
+enum How {
+    /// This many more parity units.
+    Parity(u16),
+    /// The member's wanted units for XOR repairs (ascending).
+    Xor(Vec<u16>),
+    /// These original units.
+    Originals(Vec<u16>),
 }
 
 /// Parity units per block, computed once and kept for the most recently computed blocks.
@@ -144,9 +155,29 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         let incomplete = self.membership.incomplete();
+        let allowance = self.allowance();
         for e in &n.entries {
-            self.on_nack_entry(now, n.receiver, incomplete, e);
+            self.on_nack_entry(now, n.receiver, incomplete, allowance, e);
         }
+    }
+
+    /// Charges member `receiver` for `units` of repairs ([`charge`]); counts a refusal.
+    fn charge_member(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        allowance: Allowance,
+        units: u64,
+    ) -> bool {
+        let Some(m) = self.membership.members.get_mut(&receiver) else {
+            return false;
+        };
+        if charge(m, now, allowance, units) {
+            return true;
+        }
+        self.membership.any_denied = true;
+        self.stats.repair_denied += units;
+        false
     }
 
     /// A priority request from a member: the blocks it names go out whole, first.
@@ -157,6 +188,10 @@ impl<S: BlockSource> Sender<S> {
         let Some(row) = self.heard_from(now, p.receiver) else {
             return;
         };
+        if !self.priority_allowed(now, p.receiver) {
+            return;
+        }
+        let allowance = self.allowance();
         // A request covers at most PRIORITY_BLOCKS blocks, inside its object: a
         // player asks again as it goes, and one receiver cannot claim the link.
         let obj_end = self.numbering.object_end(p.object);
@@ -175,6 +210,18 @@ impl<S: BlockSource> Sender<S> {
             });
             let a = self.numbering.addr(seq);
             if !busy && self.source.available(a.object, a.block) {
+                // A block the first pass has gone by, or one already sent whole, is sent
+                // again: that many repair units of this member's budget. One ahead of it
+                // costs nothing more (the first pass skips it), within the member's
+                // allowance of blocks ahead.
+                let k = u64::from(self.numbering.units_in(seq));
+                // The blocks at the first pass's position (one per stripe) are on their way.
+                let in_flight = allowance.passed + u64::from(self.cfg.stripes);
+                let again = seq < in_flight || self.first_pass.skip.get(seq as usize);
+                let free = !again && self.free_ahead(now, p.receiver);
+                if !free && !self.charge_member(now, p.receiver, allowance, k) {
+                    return;
+                }
                 self.queue_priority(seq);
             }
         }
@@ -192,6 +239,10 @@ impl<S: BlockSource> Sender<S> {
         r.whole = true;
         r.queued = true;
         self.repairs.queue.push_front(seq);
+        // The first pass skips it from now on (Release: a stripe that sees the bit skips the
+        // block): were it set only once the block had gone out whole, a stripe reaching the
+        // block meanwhile would send it a second time.
+        self.first_pass.skip.set(seq as usize);
     }
 
     /// One block of a NACK from `receiver`; `incomplete` members are still receiving (when
@@ -201,6 +252,7 @@ impl<S: BlockSource> Sender<S> {
         now: Instant,
         receiver: ReceiverId,
         incomplete: usize,
+        allowance: Allowance,
         e: &NackEntry,
     ) {
         let Some(seq) = self.numbering.seq(e.object, e.block) else {
@@ -235,9 +287,9 @@ impl<S: BlockSource> Sender<S> {
         }
         let whole = e.missing >= k;
         let listed = !matches!(&e.holes, Holes::Ranges(r) if r.is_empty());
-
-        if !whole && !by_originals && r.parity_end + want <= max_parity {
-            r.parity_end += want;
+        // What this entry adds to the repair queue, charged to the member first.
+        let how = if !whole && !by_originals && r.parity_end + want <= max_parity {
+            How::Parity(want)
         } else if xor && !whole && listed {
             let mut list: Vec<u16> = e
                 .holes
@@ -247,31 +299,60 @@ impl<S: BlockSource> Sender<S> {
                 .collect();
             list.sort_unstable();
             list.dedup();
-            match r.wants.iter_mut().find(|w| w.receiver == receiver) {
-                Some(w) => w.units = list,
-                None => r.wants.push(Wanted {
-                    receiver,
-                    units: list,
-                }),
-            }
-            let until = *r.gather_until.get_or_insert(now + gather);
-            if r.wants.len() >= incomplete {
-                r.gather_until = Some(until.min(now));
-            }
+            How::Xor(list)
         } else {
-            // Parity cannot cover it (or the receiver has nothing): send the originals it lists.
-            let originals = r
-                .originals
-                .get_or_insert_with(|| UnitBitmap::new(usize::from(k)));
-            let mut any = false;
-            for u in e.holes.units().take(usize::from(k)) {
-                if usize::from(u) < usize::from(k) {
-                    any |= originals.set(usize::from(u));
+            // Parity cannot cover it (or the receiver has nothing): the originals it lists.
+            let mut units: Vec<u16> = e
+                .holes
+                .units()
+                .take(usize::from(k))
+                .filter(|&u| u < k)
+                .collect();
+            if !listed {
+                units = (0..k).collect();
+            }
+            How::Originals(units)
+        };
+        let cost = match &how {
+            How::Parity(n) => u64::from(*n),
+            How::Xor(list) => {
+                let old = r.wants.iter().find(|w| w.receiver == receiver);
+                list.iter()
+                    .filter(|u| old.is_none_or(|w| w.units.binary_search(u).is_err()))
+                    .count() as u64
+            }
+            How::Originals(units) => match r.originals.as_ref() {
+                Some(o) => units.iter().filter(|&&u| !o.get(usize::from(u))).count() as u64,
+                None => units.len() as u64,
+            },
+        };
+        if !self.charge_member(now, receiver, allowance, cost) {
+            return;
+        }
+        let Some(r) = self.repairs.blocks.get_mut(&seq) else {
+            return;
+        };
+        match how {
+            How::Parity(n) => r.parity_end += n,
+            How::Xor(list) => {
+                match r.wants.iter_mut().find(|w| w.receiver == receiver) {
+                    Some(w) => w.units = list,
+                    None => r.wants.push(Wanted {
+                        receiver,
+                        units: list,
+                    }),
+                }
+                let until = *r.gather_until.get_or_insert(now + gather);
+                if r.wants.len() >= incomplete {
+                    r.gather_until = Some(until.min(now));
                 }
             }
-            if matches!(&e.holes, Holes::Ranges(r) if r.is_empty()) && !any {
-                for u in 0..usize::from(k) {
-                    originals.set(u);
+            How::Originals(units) => {
+                let originals = r
+                    .originals
+                    .get_or_insert_with(|| UnitBitmap::new(usize::from(k)));
+                for u in units {
+                    originals.set(usize::from(u));
                 }
             }
         }
@@ -348,10 +429,8 @@ impl<S: BlockSource> Sender<S> {
                     if orig.count_ones() == 0 {
                         r.whole_sent_at = Some(now);
                         if std::mem::take(&mut r.whole) {
-                            // The group got it whole: the first pass skips it (Release: a
-                            // stripe that sees the bit skips the block). Receivers that lost
-                            // some of it NACK.
-                            self.first_pass.skip.set(seq as usize);
+                            // The group got it whole (the first pass skips it since it was
+                            // queued). Receivers that lost some of it NACK.
                             self.events
                                 .push_back(SenderEvent::SentWhole { object, block });
                         }
@@ -580,7 +659,7 @@ mod tests {
         let decide = |s: &mut Sender<Gated>, losses: &[u32], at: Duration| {
             for (i, &p) in losses.iter().enumerate() {
                 let id = ReceiverId(i as u64 + 1);
-                s.on_join(t0, addr, id);
+                s.admit(t0, addr, id);
                 s.membership.members.get_mut(&id).unwrap().loss_est_ppm = p;
             }
             s.repair_by_originals(t0 + at)

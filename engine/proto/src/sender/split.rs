@@ -11,8 +11,8 @@ use super::{Phase, Sender, SenderEvent};
 use crate::split::{self as planner, MemberInfo, SplitConfig};
 use crate::store::BlockSource;
 use crate::wire::{
-    set_copy_flags, CopyFlags, DoneReason, DoneRepr, ManifestChunkRepr, Packet, PlanRepr,
-    ReceiverId, SolicitRepr,
+    set_copy_flags, CopyFlags, DoneReason, ManifestChunkRepr, Packet, PlanRepr, ReceiverId,
+    SolicitRepr,
 };
 use crate::{Destination, Transmit};
 
@@ -84,6 +84,15 @@ impl<S: BlockSource> Sender<S> {
     /// the whole manifest (at most once per announce interval per receiver), and remember its
     /// zone for its join.
     pub(super) fn on_solicit(&mut self, now: Instant, from: SocketAddr, sol: &SolicitRepr) {
+        if self.split.is_some()
+            && (sol.session.0 == 0 || sol.session == self.cfg.session)
+            && sol.cookie != self.cookie_for(sol.receiver, from)
+        {
+            // Unproven address: a challenge no larger than a small multiple of the Solicit;
+            // the announce and the manifest only once it echoes the cookie (wire.md §13.2).
+            self.challenge(now, from, sol.receiver);
+            return;
+        }
         let interval = self.cfg.announce_interval;
         let max = self.cfg.max_receivers;
         let chunks = self.manifest_chunks();
@@ -234,7 +243,7 @@ impl<S: BlockSource> Sender<S> {
             let len = match fan {
                 Fan::Announce => {
                     self.stats.announces += 1;
-                    Packet::Announce(self.announce_repr(now)).emit(buf)
+                    Packet::Announce(self.signed_announce(now)).emit(buf)
                 }
                 Fan::Chunk(i) => {
                     let chunk = self.manifest_chunk_len();
@@ -258,7 +267,7 @@ impl<S: BlockSource> Sender<S> {
                     self.stats.control_sent += 1;
                     Packet::Plan(p.clone()).emit(buf)
                 }
-                Fan::Done(reason) => Packet::Done(DoneRepr::Session { session, reason }).emit(buf),
+                Fan::Done(reason) => Packet::Done(self.session_done(reason)).emit(buf),
             };
             let Ok(len) = len else {
                 continue;

@@ -3,9 +3,26 @@
 use super::cursor::{Reader, Writer};
 use super::{
     read_addr, write_addr, BlockIndex, ObjectId, ReceiverId, SessionId, WireError, ADDR_LEN,
-    HEADER_LEN, MAX_DATAGRAM, MAX_MANIFEST_LEN, UNIT_HEADER_LEN,
+    HEADER_LEN, MAX_DATAGRAM, MAX_MANIFEST_LEN, MAX_STRIPES, UNIT_HEADER_LEN,
 };
+use crate::auth::{Signature, SIGNED_LEN};
 use std::net::SocketAddr;
+
+/// Announce `auth` bits (wire.md §4): which signature blocks follow.
+const AUTH_STATEMENT: u8 = 0x01;
+const AUTH_ANNOUNCE: u8 = 0x02;
+
+pub(super) fn read_signature(r: &mut Reader<'_>) -> Result<Signature, WireError> {
+    Ok(Signature {
+        key: r.array()?,
+        sig: r.array()?,
+    })
+}
+
+pub(super) fn write_signature(w: &mut Writer<'_>, s: &Signature) -> Result<(), WireError> {
+    w.bytes(&s.key)?;
+    w.bytes(&s.sig)
+}
 
 /// Session summary, repeated by the server so late joiners can start (wire.md §4).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,13 +48,24 @@ pub struct AnnounceRepr {
     pub pass_object: ObjectId,
     pub pass_block: BlockIndex,
     pub timestamp: u32,
+    /// Session statement (wire.md §15.1): when it was made, Unix seconds (0: not said).
+    pub issued: u64,
+    /// The session statement's signature: the origin's, passed on unchanged by relays.
+    pub statement_sig: Option<Signature>,
+    /// This announce's signature, by whoever sends it (wire.md §15.2).
+    pub announce_sig: Option<Signature>,
 }
 
 impl AnnounceRepr {
-    pub const LEN: usize = HEADER_LEN + ADDR_LEN + 2 * 4 + 4 + 8 + 4 + 32 + 4 + 4 + 4 + 4 + 4;
+    /// Length of an announce without signatures (with both: + 2 × 96).
+    pub const LEN: usize =
+        HEADER_LEN + ADDR_LEN + 2 * 4 + 4 + 8 + 4 + 32 + 4 + 4 + 4 + 4 + 4 + 8 + 1;
 
     pub fn buffer_len(&self) -> usize {
         Self::LEN
+            + SIGNED_LEN
+                * (usize::from(self.statement_sig.is_some())
+                    + usize::from(self.announce_sig.is_some()))
     }
 
     pub(super) fn read(session: SessionId, r: &mut Reader<'_>) -> Result<Self, WireError> {
@@ -57,7 +85,21 @@ impl AnnounceRepr {
             pass_object: ObjectId(r.u32()?),
             pass_block: BlockIndex(r.u32()?),
             timestamp: r.u32()?,
+            issued: r.u64()?,
+            statement_sig: None,
+            announce_sig: None,
         };
+        let mut a = a;
+        let auth = r.u8()?;
+        if auth & !(AUTH_STATEMENT | AUTH_ANNOUNCE) != 0 {
+            return Err(WireError::Malformed);
+        }
+        if auth & AUTH_STATEMENT != 0 {
+            a.statement_sig = Some(read_signature(r)?);
+        }
+        if auth & AUTH_ANNOUNCE != 0 {
+            a.announce_sig = Some(read_signature(r)?);
+        }
         let control_ok = a.control.port() != 0
             && !a.control.ip().is_unspecified()
             && !a.control.ip().is_multicast();
@@ -70,6 +112,7 @@ impl AnnounceRepr {
             || a.max_parity == 0
             || a.max_parity > 32_768
             || a.stripes == 0
+            || usize::from(a.stripes) > MAX_STRIPES
             || a.manifest_len == 0
             || a.manifest_len as usize > MAX_MANIFEST_LEN
         {
@@ -92,7 +135,25 @@ impl AnnounceRepr {
         w.u32(self.grtt_us)?;
         w.u32(self.pass_object.0)?;
         w.u32(self.pass_block.0)?;
-        w.u32(self.timestamp)
+        w.u32(self.timestamp)?;
+        w.u64(self.issued)?;
+        let auth = if self.statement_sig.is_some() {
+            AUTH_STATEMENT
+        } else {
+            0
+        } | if self.announce_sig.is_some() {
+            AUTH_ANNOUNCE
+        } else {
+            0
+        };
+        w.u8(auth)?;
+        if let Some(s) = &self.statement_sig {
+            write_signature(w, s)?;
+        }
+        if let Some(s) = &self.announce_sig {
+            write_signature(w, s)?;
+        }
+        Ok(())
     }
 
     /// Bytes in one block.
@@ -116,21 +177,37 @@ impl ManifestChunkRepr<'_> {
     }
 }
 
-/// Server -> receiver: you are in; `row` is your row in the status matrix (wire.md §6).
+/// Server -> receiver: you are in; `row` is your row in the status matrix (wire.md §6). With
+/// `row` = [`AcceptRepr::CHALLENGE`] it is not an admission but a return-routability challenge:
+/// send again, echoing `cookie`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AcceptRepr {
     pub session: SessionId,
     pub receiver: ReceiverId,
     pub row: u32,
+    /// What every later packet of this receiver echoes, from this address (wire.md §6.1).
+    pub cookie: u64,
+}
+
+impl AcceptRepr {
+    /// The `row` of a challenge: "prove your address", not "you are in".
+    pub const CHALLENGE: u32 = u32::MAX;
+
+    /// A challenge, not an admission.
+    pub fn is_challenge(&self) -> bool {
+        self.row == Self::CHALLENGE
+    }
 }
 
 /// What a done packet says (wire.md §10).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DoneRepr {
-    /// Server -> group: the session is over.
+    /// Server -> group: the session is over. Signed by the sender when it has a key
+    /// (wire.md §15.3).
     Session {
         session: SessionId,
         reason: DoneReason,
+        sig: Option<Signature>,
     },
     /// Server -> receiver: your completion is recorded; stop reporting.
     Receiver {

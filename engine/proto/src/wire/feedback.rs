@@ -8,6 +8,8 @@ use super::{BlockIndex, ObjectId, ReceiverId, SessionId, UnitIndex, WireError, H
 pub struct JoinRepr {
     pub session: SessionId,
     pub receiver: ReceiverId,
+    /// The cookie of the server's challenge to this address (0 before one: wire.md §6.1).
+    pub cookie: u64,
 }
 
 /// Why a receiver leaves.
@@ -25,6 +27,8 @@ pub enum LeaveReason {
 pub struct LeaveRepr {
     pub session: SessionId,
     pub receiver: ReceiverId,
+    /// The cookie of this receiver's Accept (wire.md §6.1).
+    pub cookie: u64,
     pub reason: LeaveReason,
 }
 
@@ -86,12 +90,15 @@ impl NackEntry {
 pub struct NackRepr {
     pub session: SessionId,
     pub receiver: ReceiverId,
+    /// The cookie of this receiver's Accept (wire.md §6.1).
+    pub cookie: u64,
     pub entries: Vec<NackEntry>,
 }
 
 impl NackRepr {
     pub fn buffer_len(&self) -> usize {
         HEADER_LEN
+            + 8
             + 8
             + 2
             + self
@@ -120,6 +127,8 @@ pub struct BlockRun {
 pub struct ReceiptRepr {
     pub session: SessionId,
     pub receiver: ReceiverId,
+    /// The cookie of this receiver's Accept (wire.md §6.1).
+    pub cookie: u64,
     /// Every object is whole and verified.
     pub complete: bool,
     /// The latest server timestamp the receiver saw, echoed.
@@ -147,7 +156,7 @@ pub struct ReceiptRepr {
 
 impl ReceiptRepr {
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + 8 + 1 + 4 * 7 + 8 + 2 + 12 * self.runs.len()
+        HEADER_LEN + 8 + 8 + 1 + 4 * 7 + 8 + 2 + 12 * self.runs.len()
     }
 }
 
@@ -156,6 +165,8 @@ impl ReceiptRepr {
 pub struct PriorityRepr {
     pub session: SessionId,
     pub receiver: ReceiverId,
+    /// The cookie of this receiver's Accept (wire.md §6.1).
+    pub cookie: u64,
     pub object: ObjectId,
     pub block: BlockIndex,
     pub unit: UnitIndex,
@@ -168,6 +179,7 @@ const MAX_NACK_ENTRIES: usize = 4096;
 
 pub(super) fn read_nack(session: SessionId, r: &mut Reader<'_>) -> Result<NackRepr, WireError> {
     let receiver = ReceiverId(r.u64()?);
+    let cookie = r.u64()?;
     let count = usize::from(r.u16()?);
     // Each entry takes at least 15 bytes: a count that cannot fit is rejected before allocating.
     if count == 0 || count > MAX_NACK_ENTRIES || count * 15 > r.remaining() {
@@ -217,6 +229,7 @@ pub(super) fn read_nack(session: SessionId, r: &mut Reader<'_>) -> Result<NackRe
     Ok(NackRepr {
         session,
         receiver,
+        cookie,
         entries,
     })
 }
@@ -226,6 +239,7 @@ pub(super) fn write_nack(n: &NackRepr, w: &mut Writer<'_>) -> Result<(), WireErr
         return Err(WireError::Malformed);
     }
     w.u64(n.receiver.0)?;
+    w.u64(n.cookie)?;
     w.u16(n.entries.len() as u16)?;
     for e in &n.entries {
         w.u32(e.object.0)?;
@@ -256,6 +270,7 @@ pub(super) fn read_receipt(
     r: &mut Reader<'_>,
 ) -> Result<ReceiptRepr, WireError> {
     let receiver = ReceiverId(r.u64()?);
+    let cookie = r.u64()?;
     let flags = r.u8()?;
     if flags & !1 != 0 {
         return Err(WireError::Malformed);
@@ -290,6 +305,7 @@ pub(super) fn read_receipt(
     Ok(ReceiptRepr {
         session,
         receiver,
+        cookie,
         complete: flags & 1 != 0,
         echo_timestamp,
         echo_delay_us,
@@ -305,6 +321,7 @@ pub(super) fn read_receipt(
 
 pub(super) fn write_receipt(n: &ReceiptRepr, w: &mut Writer<'_>) -> Result<(), WireError> {
     w.u64(n.receiver.0)?;
+    w.u64(n.cookie)?;
     w.u8(u8::from(n.complete))?;
     w.u32(n.echo_timestamp)?;
     w.u32(n.echo_delay_us)?;

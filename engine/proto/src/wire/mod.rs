@@ -24,6 +24,7 @@ pub use unit::{
     set_copy_flags, CopyFlags, UnitHeaderRepr, UnitPacket, XorRepr, XOR_NONE, XOR_WIDTH,
 };
 
+use control::{read_signature, write_signature};
 use cursor::{Reader, Writer};
 use feedback::{read_nack, read_receipt, write_nack, write_receipt};
 use split::{read_plan, write_plan};
@@ -32,13 +33,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// First two bytes of every packet: "BC".
 pub const MAGIC: u16 = 0x4243;
 /// The protocol version this crate speaks (wire.md §2).
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the common header.
 pub const HEADER_LEN: usize = 10;
 /// Length of a data or parity unit header, common header included (wire.md §3).
 pub const UNIT_HEADER_LEN: usize = HEADER_LEN + 16;
 /// Largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
+/// Most stripes an Announce may name (wire.md §4): a receiver opens a socket per stripe.
+pub const MAX_STRIPES: usize = 64;
 
 /// Header flag: a data unit that is a repair (a resent original), not part of the first pass.
 pub const FLAG_REPAIR: u8 = 0x01;
@@ -227,6 +230,10 @@ fn write_addr(w: &mut Writer<'_>, a: &SocketAddr) -> Result<(), WireError> {
 const ADDR_LEN: usize = 19;
 
 /// Any packet, parsed (payloads borrowed from the datagram).
+///
+/// A signed Announce makes the enum a few hundred bytes: it lives on the stack for one
+/// datagram, and boxing it would allocate per announce instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet<'a> {
     /// A data or parity unit.
@@ -279,15 +286,18 @@ impl<'a> Packet<'a> {
             Kind::Join => Packet::Join(JoinRepr {
                 session: s,
                 receiver: ReceiverId(r.u64()?),
+                cookie: r.u64()?,
             }),
             Kind::Accept => Packet::Accept(AcceptRepr {
                 session: s,
                 receiver: ReceiverId(r.u64()?),
                 row: r.u32()?,
+                cookie: r.u64()?,
             }),
             Kind::Leave => Packet::Leave(LeaveRepr {
                 session: s,
                 receiver: ReceiverId(r.u64()?),
+                cookie: r.u64()?,
                 reason: match r.u8()? {
                     0 => LeaveReason::Stopped,
                     1 => LeaveReason::Failed,
@@ -300,6 +310,7 @@ impl<'a> Packet<'a> {
                 let p = PriorityRepr {
                     session: s,
                     receiver: ReceiverId(r.u64()?),
+                    cookie: r.u64()?,
                     object: ObjectId(r.u32()?),
                     block: BlockIndex(r.u32()?),
                     unit: UnitIndex(r.u16()?),
@@ -314,6 +325,11 @@ impl<'a> Packet<'a> {
                 let scope = r.u8()?;
                 let reason = r.u8()?;
                 let receiver = r.u64()?;
+                let sig = match r.u8()? {
+                    0 => None,
+                    1 => Some(read_signature(&mut r)?),
+                    _ => return Err(WireError::Malformed),
+                };
                 match scope {
                     0 => {
                         if receiver != 0 {
@@ -327,10 +343,12 @@ impl<'a> Packet<'a> {
                                 2 => DoneReason::Aborted,
                                 _ => return Err(WireError::Malformed),
                             },
+                            sig,
                         })
                     }
                     1 => {
-                        if reason != 0 {
+                        // Only a session Done is signed (wire.md §10).
+                        if reason != 0 || sig.is_some() {
                             return Err(WireError::Malformed);
                         }
                         Packet::Done(DoneRepr::Receiver {
@@ -345,6 +363,7 @@ impl<'a> Packet<'a> {
             Kind::Solicit => Packet::Solicit(SolicitRepr {
                 session: s,
                 receiver: ReceiverId(r.u64()?),
+                cookie: r.u64()?,
                 zone: r.u16()?,
             }),
             Kind::Xor => {
@@ -400,15 +419,18 @@ impl<'a> Packet<'a> {
             Packet::Unit(_, payload) => UNIT_HEADER_LEN + payload.len(),
             Packet::Announce(a) => a.buffer_len(),
             Packet::Manifest(m) => m.buffer_len(),
-            Packet::Join(_) => HEADER_LEN + 8,
-            Packet::Accept(_) => HEADER_LEN + 12,
-            Packet::Leave(_) => HEADER_LEN + 9,
+            Packet::Join(_) => HEADER_LEN + 16,
+            Packet::Accept(_) => HEADER_LEN + 20,
+            Packet::Leave(_) => HEADER_LEN + 17,
             Packet::Nack(n) => n.buffer_len(),
             Packet::Receipt(r) => r.buffer_len(),
-            Packet::Priority(_) => HEADER_LEN + 22,
-            Packet::Done(_) => HEADER_LEN + 10,
+            Packet::Priority(_) => HEADER_LEN + 30,
+            Packet::Done(DoneRepr::Session { sig: Some(_), .. }) => {
+                HEADER_LEN + 11 + crate::auth::SIGNED_LEN
+            }
+            Packet::Done(_) => HEADER_LEN + 11,
             Packet::Plan(p) => p.buffer_len(),
-            Packet::Solicit(_) => HEADER_LEN + 10,
+            Packet::Solicit(_) => HEADER_LEN + 18,
             Packet::Xor(_, payload) => UNIT_HEADER_LEN + payload.len(),
         }
     }
@@ -456,37 +478,52 @@ impl<'a> Packet<'a> {
                 w.u32(m.offset)?;
                 w.bytes(m.bytes)?;
             }
-            Packet::Join(j) => w.u64(j.receiver.0)?,
+            Packet::Join(j) => {
+                w.u64(j.receiver.0)?;
+                w.u64(j.cookie)?;
+            }
             Packet::Accept(a) => {
                 w.u64(a.receiver.0)?;
                 w.u32(a.row)?;
+                w.u64(a.cookie)?;
             }
             Packet::Leave(l) => {
                 w.u64(l.receiver.0)?;
+                w.u64(l.cookie)?;
                 w.u8(l.reason as u8)?;
             }
             Packet::Nack(n) => write_nack(n, &mut w)?,
             Packet::Receipt(r) => write_receipt(r, &mut w)?,
             Packet::Priority(p) => {
                 w.u64(p.receiver.0)?;
+                w.u64(p.cookie)?;
                 w.u32(p.object.0)?;
                 w.u32(p.block.0)?;
                 w.u16(p.unit.0)?;
                 w.u32(p.count)?;
             }
-            Packet::Done(DoneRepr::Session { reason, .. }) => {
+            Packet::Done(DoneRepr::Session { reason, sig, .. }) => {
                 w.u8(0)?;
                 w.u8(*reason as u8)?;
                 w.u64(0)?;
+                match sig {
+                    None => w.u8(0)?,
+                    Some(s) => {
+                        w.u8(1)?;
+                        write_signature(&mut w, s)?;
+                    }
+                }
             }
             Packet::Done(DoneRepr::Receiver { receiver, .. }) => {
                 w.u8(1)?;
                 w.u8(0)?;
                 w.u64(receiver.0)?;
+                w.u8(0)?;
             }
             Packet::Plan(p) => write_plan(p, &mut w)?,
             Packet::Solicit(p) => {
                 w.u64(p.receiver.0)?;
+                w.u64(p.cookie)?;
                 w.u16(p.zone)?;
             }
         }

@@ -43,6 +43,8 @@ impl PlanRepr {
 pub struct SolicitRepr {
     pub session: SessionId,
     pub receiver: ReceiverId,
+    /// The cookie of the server's challenge to this address (0 before one: wire.md §13.2).
+    pub cookie: u64,
     pub zone: u16,
 }
 

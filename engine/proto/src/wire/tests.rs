@@ -39,6 +39,17 @@ fn arb_nack_entry() -> impl Strategy<Value = NackEntry> {
         })
 }
 
+fn arb_sig() -> impl Strategy<Value = Option<crate::auth::Signature>> {
+    proptest::option::of(
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(key, a, b)| {
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&a);
+            sig[32..].copy_from_slice(&b);
+            crate::auth::Signature { key, sig }
+        }),
+    )
+}
+
 fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
     let s = any::<u32>().prop_map(SessionId);
     prop_oneof![
@@ -71,13 +82,14 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
             (1u16..32000).prop_map(|u| u * 2),
             1u16..=32768,
             1u16..=32768,
-            1u16..,
+            1u16..=MAX_STRIPES as u16,
             any::<(u32, u64, u32, u32)>(),
             1u32..=MAX_MANIFEST_LEN as u32,
             any::<[u8; 32]>(),
+            (any::<u64>(), arb_sig(), arb_sig()),
         )
             .prop_map(
-                |(session, control, unit_size, upb, mp, stripes, misc, ml, mh)| {
+                |(session, control, unit_size, upb, mp, stripes, misc, ml, mh, auth)| {
                     Packet::Announce(AnnounceRepr {
                         session,
                         control,
@@ -94,6 +106,9 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
                         pass_object: ObjectId(misc.0 ^ 5),
                         pass_block: BlockIndex(misc.2 ^ 9),
                         timestamp: misc.3 ^ 1,
+                        issued: auth.0,
+                        statement_sig: auth.1,
+                        announce_sig: auth.2,
                     })
                 }
             ),
@@ -104,28 +119,33 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
                 bytes: &[3u8; 40][..n],
             })
         }),
-        (s.clone(), any::<u64>()).prop_map(|(session, r)| Packet::Join(JoinRepr {
-            session,
-            receiver: ReceiverId(r)
-        })),
-        (s.clone(), any::<u64>(), any::<u32>()).prop_map(|(session, r, row)| Packet::Accept(
-            AcceptRepr {
+        (s.clone(), any::<u64>(), any::<u64>()).prop_map(|(session, r, cookie)| Packet::Join(
+            JoinRepr {
                 session,
                 receiver: ReceiverId(r),
-                row
+                cookie
             }
         )),
-        (s.clone(), any::<u64>(), any::<bool>()).prop_map(|(session, r, f)| Packet::Leave(
-            LeaveRepr {
+        (s.clone(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
+            |(session, r, row, cookie)| Packet::Accept(AcceptRepr {
                 session,
                 receiver: ReceiverId(r),
+                row,
+                cookie
+            })
+        ),
+        (s.clone(), any::<u64>(), any::<bool>(), any::<u64>()).prop_map(
+            |(session, r, f, cookie)| Packet::Leave(LeaveRepr {
+                session,
+                receiver: ReceiverId(r),
+                cookie,
                 reason: if f {
                     LeaveReason::Failed
                 } else {
                     LeaveReason::Stopped
                 },
-            }
-        )),
+            })
+        ),
         (
             s.clone(),
             any::<u64>(),
@@ -134,6 +154,7 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
             .prop_map(|(session, r, entries)| Packet::Nack(NackRepr {
                 session,
                 receiver: ReceiverId(r),
+                cookie: r.rotate_left(7),
                 entries
             })),
         (
@@ -146,6 +167,7 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
                 |(session, m, (loss, overflow, queue), runs)| Packet::Receipt(ReceiptRepr {
                     session,
                     receiver: ReceiverId(m.0),
+                    cookie: m.4 ^ 5,
                     complete: m.1,
                     echo_timestamp: m.2,
                     echo_delay_us: m.3,
@@ -169,20 +191,24 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
             Packet::Priority(PriorityRepr {
                 session,
                 receiver: ReceiverId(m.0),
+                cookie: m.0 ^ 77,
                 object: ObjectId(m.1),
                 block: BlockIndex(m.2),
                 unit: UnitIndex(m.3),
                 count,
             })
         }),
-        (s.clone(), 0u8..3).prop_map(|(session, r)| Packet::Done(DoneRepr::Session {
-            session,
-            reason: [
-                DoneReason::Complete,
-                DoneReason::Deadline,
-                DoneReason::Aborted
-            ][r as usize],
-        })),
+        (s.clone(), 0u8..3, arb_sig()).prop_map(|(session, r, sig)| Packet::Done(
+            DoneRepr::Session {
+                session,
+                reason: [
+                    DoneReason::Complete,
+                    DoneReason::Deadline,
+                    DoneReason::Aborted
+                ][r as usize],
+                sig,
+            }
+        )),
         (s.clone(), any::<u64>()).prop_map(|(session, r)| Packet::Done(DoneRepr::Receiver {
             session,
             receiver: ReceiverId(r)
@@ -205,6 +231,7 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
             SolicitRepr {
                 session,
                 receiver: ReceiverId(r),
+                cookie: r ^ 1,
                 zone
             }
         )),
@@ -288,7 +315,7 @@ proptest! {
     }
 
     #[test]
-    fn parse_never_panics_after_valid_header(kind in 1u8..=13, flags in any::<u8>(), tail in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn parse_never_panics_after_valid_header(kind in 1u8..=14, flags in any::<u8>(), tail in proptest::collection::vec(any::<u8>(), 0..300)) {
         let mut bytes = vec![0x42, 0x43, VERSION, kind, flags & !FLAG_TAGGED, 0, 1, 2, 3, 4];
         bytes.extend_from_slice(&tail);
         let _ = Packet::parse(&bytes);
@@ -442,15 +469,15 @@ fn header_checks() {
         Err(WireError::BadMagic)
     );
     assert_eq!(
-        Header::parse(&[0x42, 0x43, 9, 1, 0, 0, 0, 0, 0, 0]),
+        Header::parse(&[0x42, 0x43, 1, 1, 0, 0, 0, 0, 0, 0]),
         Err(WireError::BadVersion)
     );
     assert_eq!(
-        Header::parse(&[0x42, 0x43, 1, 99, 0, 0, 0, 0, 0, 0]),
+        Header::parse(&[0x42, 0x43, VERSION, 99, 0, 0, 0, 0, 0, 0]),
         Err(WireError::UnknownKind)
     );
     assert_eq!(
-        Header::parse(&[0x42, 0x43, 1, 1, FLAG_TAGGED, 0, 0, 0, 0, 0]),
+        Header::parse(&[0x42, 0x43, VERSION, 1, FLAG_TAGGED, 0, 0, 0, 0, 0]),
         Err(WireError::Malformed)
     );
 }
@@ -504,6 +531,7 @@ fn copy_flags_only_on_units() {
     let n = Packet::Join(JoinRepr {
         session: SessionId(1),
         receiver: ReceiverId(2),
+        cookie: 0,
     })
     .emit(&mut buf)
     .unwrap();
@@ -574,4 +602,53 @@ fn xor_unit_lists_must_be_two_to_four_ascending() {
     };
     x.emit(&mut buf).unwrap();
     assert_eq!(Packet::parse(&buf), Err(WireError::Truncated));
+}
+
+#[test]
+fn version_1_packets_are_refused() {
+    let mut buf = vec![0u8; 64];
+    let n = Packet::Join(JoinRepr {
+        session: SessionId(1),
+        receiver: ReceiverId(2),
+        cookie: 3,
+    })
+    .emit(&mut buf)
+    .unwrap();
+    assert_eq!(buf[2], VERSION);
+    buf[2] = 1;
+    assert_eq!(Packet::parse(&buf[..n]), Err(WireError::BadVersion));
+}
+
+#[test]
+fn an_announce_names_at_most_max_stripes_and_known_auth_bits() {
+    let a = AnnounceRepr {
+        session: SessionId(1),
+        control: SocketAddr::from(([127, 0, 0, 1], 9)),
+        unit_size: 8,
+        units_per_block: 4,
+        max_parity: 4,
+        stripes: MAX_STRIPES as u16,
+        object_count: 1,
+        total_bytes: 64,
+        manifest_len: 100,
+        manifest_hash: [0; 32],
+        group_size: 1,
+        grtt_us: 1,
+        pass_object: ObjectId(0),
+        pass_block: BlockIndex(0),
+        timestamp: 0,
+        issued: 0,
+        statement_sig: None,
+        announce_sig: None,
+    };
+    let mut buf = vec![0u8; 512];
+    let n = Packet::Announce(a.clone()).emit(&mut buf).unwrap();
+    assert!(Packet::parse(&buf[..n]).is_ok());
+    // stripes is at offset 35.
+    buf[35..37].copy_from_slice(&(MAX_STRIPES as u16 + 1).to_be_bytes());
+    assert_eq!(Packet::parse(&buf[..n]), Err(WireError::Malformed));
+    let n = Packet::Announce(a).emit(&mut buf).unwrap();
+    // The auth byte is the last: an unknown bit is malformed.
+    buf[n - 1] = 0x04;
+    assert_eq!(Packet::parse(&buf[..n]), Err(WireError::Malformed));
 }

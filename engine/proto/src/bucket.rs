@@ -1,0 +1,68 @@
+//! A token bucket: how much a peer may make us do per second, with a burst.
+
+use std::time::Instant;
+
+/// Tokens refill continuously at a rate given at each use (the rate a bucket follows, such as
+/// a share of the send rate, may change), up to `burst`.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst` tokens.
+    pub(crate) fn new(burst: f64) -> Self {
+        TokenBucket {
+            tokens: burst,
+            burst,
+            last: None,
+        }
+    }
+
+    /// Changes the most the bucket holds (its tokens are capped at once).
+    pub(crate) fn set_burst(&mut self, burst: f64) {
+        self.burst = burst;
+        self.tokens = self.tokens.min(burst);
+    }
+
+    fn refill(&mut self, now: Instant, per_sec: f64) {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + dt * per_sec).min(self.burst);
+        }
+        self.last = Some(now);
+    }
+
+    /// Takes `n` tokens if the bucket holds them, refilling at `per_sec` since the last use.
+    pub(crate) fn take(&mut self, now: Instant, per_sec: f64, n: f64) -> bool {
+        self.refill(now, per_sec);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0);
+        assert!(b.take(t0, 100.0, 10.0));
+        assert!(!b.take(t0, 100.0, 1.0));
+        // 100 per second: 5 after 50 ms, never more than the burst.
+        let t1 = t0 + Duration::from_millis(50);
+        assert!(!b.take(t1, 100.0, 6.0));
+        assert!(b.take(t1, 100.0, 5.0));
+        assert!(!b.take(t0 + Duration::from_secs(60), 100.0, 11.0));
+        assert!(b.take(t0 + Duration::from_secs(60), 100.0, 10.0));
+    }
+}

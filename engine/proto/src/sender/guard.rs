@@ -1,0 +1,693 @@
+//! What a peer can make the server do, bounded (docs/wire.md §6.1, §12.11; docs/SECURITY.md):
+//! return-routability cookies (a member's packets count only from its proven address), the
+//! stateless challenges that hand them out at a bounded rate, each member's repair budget
+//! (what it can have missed, at most a share of the rate beyond a burst), and the slow members
+//! dropped once everybody else is done.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use super::membership::{Member, Reply};
+use super::{Sender, SenderEvent};
+use crate::bucket::TokenBucket;
+use crate::store::BlockSource;
+use crate::wire::{ReceiverId, UNIT_HEADER_LEN};
+
+/// Stateless challenges (Accepts that hand out a cookie) sent per second at most, and in a
+/// burst: the answer to a Join from an unproven address is hardly larger than the Join, and
+/// no more of them than this go out whatever arrives.
+pub(super) const CHALLENGES_PER_SEC: f64 = 10_000.0;
+pub(super) const CHALLENGE_BURST: f64 = 1_000.0;
+
+/// Priority requests one member may make per second (and in a burst).
+const PRIORITY_PER_SEC: f64 = 8.0;
+
+/// Blocks ahead of the first pass one member may have sent whole for free (the first pass then
+/// skips them), in a burst and per second: a player seeking ahead gets its blocks at once; a
+/// member asking for every block ahead cannot move the whole first pass onto the repair path.
+const AHEAD_BURST: f64 = 16.0;
+const AHEAD_PER_SEC: f64 = 4.0;
+
+/// A slow member whose reported progress has not moved for this long (or for two blocks'
+/// time at its share of the rate, if longer) is dropped once every other member is complete.
+const SLOW_STALL: Duration = Duration::from_secs(1);
+
+/// A member's allowance of repairs: charged for every unit its NACKs and priority requests
+/// add to the repair queue.
+#[derive(Clone, Debug)]
+pub(super) struct RepairBudget {
+    bucket: TokenBucket,
+    priority: TokenBucket,
+    ahead: TokenBucket,
+    /// Units charged so far.
+    charged: u64,
+    /// Repair units the server had sent when the member joined.
+    repairs_at_join: u64,
+    /// Since when it has been a slow member: a demand of its was refused (it asks for more
+    /// than its share) and it has reported no progress since.
+    pub(super) slow_since: Option<Instant>,
+    /// Verified blocks it last reported.
+    blocks_done: u64,
+}
+
+impl RepairBudget {
+    pub(super) fn new(burst_units: f64, repairs_sent: u64) -> Self {
+        RepairBudget {
+            bucket: TokenBucket::new(burst_units),
+            priority: TokenBucket::new(PRIORITY_PER_SEC),
+            ahead: TokenBucket::new(AHEAD_BURST),
+            charged: 0,
+            repairs_at_join: repairs_sent,
+            slow_since: None,
+            blocks_done: 0,
+        }
+    }
+
+    /// Its receipt notice says it verified `blocks_done` blocks: progress ends slowness.
+    pub(super) fn progress(&mut self, blocks_done: u64) {
+        if blocks_done > self.blocks_done {
+            self.blocks_done = blocks_done;
+            self.slow_since = None;
+        }
+    }
+}
+
+/// What a member may be charged now: its bucket's refill rate, and the most it can have
+/// missed (`cap`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Allowance {
+    per_sec: f64,
+    burst: f64,
+    /// Units of the blocks the first pass has gone by, plus repairs sent since it joined.
+    missable: u64,
+    repairs_sent: u64,
+    /// Blocks (global numbering) before this have had their first pass.
+    pub(super) passed: u64,
+}
+
+/// Charges `m` for `units` of repairs: true if its budget allows them (what it can have
+/// missed, and its bucket), else it is marked slow and nothing is charged.
+pub(super) fn charge(m: &mut Member, now: Instant, a: Allowance, units: u64) -> bool {
+    if units == 0 {
+        return true;
+    }
+    let b = &mut m.budget;
+    b.bucket.set_burst(a.burst);
+    let missable = a.missable + a.repairs_sent.saturating_sub(b.repairs_at_join);
+    if b.charged + units > missable || !b.bucket.take(now, a.per_sec, units as f64) {
+        b.slow_since.get_or_insert(now);
+        return false;
+    }
+    b.charged += units;
+    true
+}
+
+impl<S: BlockSource> Sender<S> {
+    /// The cookie of receiver `id` at `addr` (wire.md §6.1): a keyed BLAKE3 of the session,
+    /// the id and the address under the server's secret, never 0.
+    pub(super) fn cookie_for(&self, id: ReceiverId, addr: SocketAddr) -> u64 {
+        let mut h = blake3::Hasher::new_keyed(&self.cfg.cookie_key);
+        h.update(&self.cfg.session.0.to_be_bytes());
+        h.update(&id.0.to_be_bytes());
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        h.update(&ip);
+        h.update(&addr.port().to_be_bytes());
+        let b = h.finalize();
+        u64::from_be_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8])).max(1)
+    }
+
+    /// A packet from `from` that says it is member `id` and echoes `cookie`: true if it is that
+    /// member, from its proven address. Otherwise it is dropped and counted (a stranger, or a
+    /// bad cookie: a spoofed source or another address than the member's).
+    pub(super) fn authenticate(&mut self, from: SocketAddr, id: ReceiverId, cookie: u64) -> bool {
+        match self.membership.members.get(&id) {
+            None => {
+                self.stats.strangers += 1;
+                false
+            }
+            Some(m) if m.addr == from && m.cookie == cookie => true,
+            Some(_) => {
+                self.stats.bad_cookies += 1;
+                false
+            }
+        }
+    }
+
+    /// Answers `id` at `from` with a challenge (an Accept that admits nobody, carrying the
+    /// cookie for that address), within the challenge rate.
+    pub(super) fn challenge(&mut self, now: Instant, from: SocketAddr, id: ReceiverId) {
+        if self.challenges.take(now, self.cfg.challenges_per_sec, 1.0) {
+            let cookie = self.cookie_for(id, from);
+            self.stats.challenges += 1;
+            self.membership.replies.push_back(Reply::Challenge {
+                to: from,
+                receiver: id,
+                cookie,
+            });
+        } else {
+            self.stats.challenges_dropped += 1;
+        }
+    }
+
+    /// Repair units (of every kind) sent so far.
+    fn repairs_sent(&self) -> u64 {
+        self.stats.repair_units + self.stats.parity_units + self.stats.xor_carried
+    }
+
+    /// What members may be charged now ([`charge`]).
+    pub(super) fn allowance(&self) -> Allowance {
+        let unit = (usize::from(self.cfg.geometry.unit_size) + UNIT_HEADER_LEN) as f64;
+        let k = u64::from(self.cfg.geometry.units_per_block);
+        let passed = if self.first_pass_done() {
+            self.numbering.total()
+        } else {
+            self.first_pass
+                .next
+                .map_or(self.first_pass.external_sent, |p| p.seq)
+        };
+        Allowance {
+            per_sec: self.rate() as f64 * self.cfg.member_repair_share / unit,
+            burst: self.repair_burst(),
+            missable: passed * k,
+            repairs_sent: self.repairs_sent(),
+            passed,
+        }
+    }
+
+    /// A member's repair burst, in units: one block (at least 64 units).
+    pub(super) fn repair_burst(&self) -> f64 {
+        f64::from(self.cfg.geometry.units_per_block.max(64))
+    }
+
+    /// A new member's budget.
+    pub(super) fn new_budget(&self) -> RepairBudget {
+        RepairBudget::new(self.repair_burst(), self.repairs_sent())
+    }
+
+    /// A priority request from member `id`: within its request rate?
+    pub(super) fn priority_allowed(&mut self, now: Instant, id: ReceiverId) -> bool {
+        let ok = self
+            .membership
+            .members
+            .get_mut(&id)
+            .is_some_and(|m| m.budget.priority.take(now, PRIORITY_PER_SEC, 1.0));
+        if !ok {
+            self.stats.priority_denied += 1;
+        }
+        ok
+    }
+
+    /// Whether member `id` may have one more block ahead of the first pass sent whole without
+    /// charge ([`AHEAD_BURST`]).
+    pub(super) fn free_ahead(&mut self, now: Instant, id: ReceiverId) -> bool {
+        self.membership
+            .members
+            .get_mut(&id)
+            .is_some_and(|m| m.budget.ahead.take(now, AHEAD_PER_SEC, 1.0))
+    }
+
+    /// Once the first pass is over and every member that kept within its budget is
+    /// complete, the slow ones (refused repairs, and no progress reported in the
+    /// [`SLOW_STALL`] since) are dropped, as UFTP drops slow clients: the session does not wait on a member that
+    /// asks for everything and completes nothing.
+    pub(super) fn drop_slow_members(&mut self, now: Instant) {
+        if !self.first_pass_done() || !self.membership.any_denied {
+            return;
+        }
+        // A slow member that is catching up completes a block at least every block's time at
+        // its share of the rate (grants go to its lowest blocks first): give it two.
+        let share = self.rate() as f64 * self.cfg.member_repair_share;
+        let block = self.numbering.block_size() as f64;
+        let stall = SLOW_STALL.max(Duration::from_secs_f64(
+            (2.0 * block / share.max(1.0)).min(3600.0),
+        ));
+        let members = &self.membership.members;
+        let others_done = members
+            .values()
+            .all(|m| m.complete || m.budget.slow_since.is_some());
+        if !others_done {
+            return;
+        }
+        let slow: Vec<ReceiverId> = members
+            .iter()
+            .filter(|(_, m)| {
+                !m.complete
+                    && m.budget
+                        .slow_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= stall)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if slow.is_empty() {
+            return;
+        }
+        for id in slow {
+            if let Some(m) = self.membership.members.remove(&id) {
+                self.membership.matrix.remove_receiver(m.row);
+            }
+            self.stats.dropped_slow += 1;
+            self.events.push_back(SenderEvent::ReceiverDropped {
+                receiver: id,
+                reason: DropReason::Slow,
+            });
+        }
+        self.membership_changed();
+        if self.membership.all_complete() {
+            // Nobody left needs the repairs still queued.
+            self.repairs.clear();
+        }
+    }
+}
+
+/// Why the server dropped a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// It asked for more repairs than its share of the rate and made no progress while every
+    /// other member completed.
+    Slow,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{gated_sender_cfg, gated_sender_with, Gated};
+    use super::*;
+    use crate::wire::{
+        AcceptRepr, BlockIndex, Holes, JoinRepr, LeaveReason, LeaveRepr, NackEntry, NackRepr,
+        ObjectId, Packet, PriorityRepr, ReceiptRepr, SessionId, UnitIndex,
+    };
+    use crate::{Destination, Transmit};
+
+    const A: ([u8; 4], u16) = ([10, 0, 0, 1], 7000);
+    const B: ([u8; 4], u16) = ([10, 0, 0, 2], 7000);
+
+    fn addr(a: ([u8; 4], u16)) -> SocketAddr {
+        SocketAddr::from(a)
+    }
+
+    /// A sender of `blocks` blocks of 4 units that waits for `members` receivers.
+    fn sender(blocks: u32, members: usize) -> Sender<Gated> {
+        let mut s = gated_sender_with(blocks, blocks);
+        s.cfg.min_receivers = members;
+        s.cfg.max_wait = Duration::from_secs(3600);
+        s
+    }
+
+    fn send(s: &mut Sender<Gated>, now: Instant, from: SocketAddr, p: Packet<'_>) -> usize {
+        let mut buf = vec![0u8; 4096];
+        let n = p.emit(&mut buf).unwrap();
+        s.handle_datagram(now, from, &buf[..n]);
+        n
+    }
+
+    /// Everything the sender sends at `now`: (where, datagram length, parsed if not a unit).
+    fn drain(s: &mut Sender<Gated>, now: Instant) -> Vec<(Transmit, Option<Vec<u8>>)> {
+        let mut buf = vec![0u8; 4096];
+        let mut out = Vec::new();
+        for _ in 0..100_000 {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+            let Some(t) = s.poll_transmit(now, &mut buf) else {
+                break;
+            };
+            let bytes = t.payload.is_none().then(|| buf[..t.len].to_vec());
+            out.push((t, bytes));
+        }
+        out
+    }
+
+    fn accepts(out: &[(Transmit, Option<Vec<u8>>)]) -> Vec<(SocketAddr, AcceptRepr, usize)> {
+        out.iter()
+            .filter_map(
+                |(t, b)| match (t.destination, b.as_deref().map(Packet::parse)) {
+                    (Destination::Peer(to), Some(Ok(Packet::Accept(a)))) => Some((to, a, t.len)),
+                    _ => None,
+                },
+            )
+            .collect()
+    }
+
+    /// Receiver `id` joins from `from` the way a receiver does (challenge, then the join that
+    /// echoes the cookie); returns its cookie.
+    fn join(s: &mut Sender<Gated>, now: Instant, from: SocketAddr, id: u64) -> u64 {
+        let session = s.cfg.session;
+        let receiver = ReceiverId(id);
+        send(
+            s,
+            now,
+            from,
+            Packet::Join(JoinRepr {
+                session,
+                receiver,
+                cookie: 0,
+            }),
+        );
+        let c = accepts(&drain(s, now));
+        assert!(c.len() == 1 && c[0].1.is_challenge(), "{c:?}");
+        let cookie = c[0].1.cookie;
+        send(
+            s,
+            now,
+            from,
+            Packet::Join(JoinRepr {
+                session,
+                receiver,
+                cookie,
+            }),
+        );
+        let a = accepts(&drain(s, now));
+        assert!(
+            a.len() == 1 && !a[0].1.is_challenge() && a[0].1.cookie == cookie,
+            "{a:?} {}",
+            s.debug_state()
+        );
+        cookie
+    }
+
+    fn every_block_nack(s: &Sender<Gated>, id: u64, cookie: u64) -> Packet<'static> {
+        Packet::Nack(NackRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(id),
+            cookie,
+            entries: (0..s.total_blocks() as u32)
+                .map(|b| NackEntry {
+                    object: ObjectId(0),
+                    block: BlockIndex(b),
+                    missing: 4,
+                    parity_seen: 0,
+                    holes: Holes::Ranges(Vec::new()),
+                })
+                .collect(),
+        })
+    }
+
+    fn receipt(s: &Sender<Gated>, id: u64, cookie: u64, complete: bool) -> Packet<'static> {
+        Packet::Receipt(ReceiptRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(id),
+            cookie,
+            complete,
+            echo_timestamp: 0,
+            echo_delay_us: 0,
+            loss_ppm: 0,
+            overflow_ppm: 0,
+            queue_ppm: 0,
+            watermark_object: ObjectId(0),
+            watermark_block: BlockIndex(0),
+            blocks_done: 0,
+            runs: Vec::new(),
+        })
+    }
+
+    /// Repair units in `out` (data units sent again).
+    fn repair_units(out: &[(Transmit, Option<Vec<u8>>)]) -> usize {
+        out.iter().filter(|(t, _)| t.payload.is_some()).count()
+    }
+
+    #[test]
+    fn a_join_from_an_unproven_address_gets_only_a_challenge_no_bigger_than_it() {
+        let mut s = sender(4, 1);
+        let t0 = Instant::now();
+        let session = s.cfg.session;
+        let n = send(
+            &mut s,
+            t0,
+            addr(A),
+            Packet::Join(JoinRepr {
+                session,
+                receiver: ReceiverId(1),
+                cookie: 0,
+            }),
+        );
+        let c = accepts(&drain(&mut s, t0));
+        assert_eq!(c.len(), 1);
+        assert!(c[0].1.is_challenge());
+        assert_eq!(c[0].0, addr(A));
+        assert!(
+            c[0].2 <= 2 * n,
+            "challenge {} bytes for a {n}-byte join",
+            c[0].2
+        );
+        assert_eq!(s.receivers(), 0, "nothing is kept before the proof");
+        // A cookie is bound to the address: the one for A is wrong from B.
+        let cookie = c[0].1.cookie;
+        send(
+            &mut s,
+            t0,
+            addr(B),
+            Packet::Join(JoinRepr {
+                session,
+                receiver: ReceiverId(1),
+                cookie,
+            }),
+        );
+        assert_eq!(s.receivers(), 0);
+        assert!(accepts(&drain(&mut s, t0))[0].1.is_challenge());
+    }
+
+    #[test]
+    fn spoofed_leave_receipt_nack_and_priority_change_nothing() {
+        let mut s = sender(4, 2);
+        let t0 = Instant::now();
+        let cookie = join(&mut s, t0, addr(A), 1);
+        drain(&mut s, t0);
+        let session = s.cfg.session;
+        let leave = |cookie| {
+            Packet::Leave(LeaveRepr {
+                session,
+                receiver: ReceiverId(1),
+                cookie,
+                reason: LeaveReason::Stopped,
+            })
+        };
+        // From the member's own address with a guessed cookie, and from another address
+        // with the right one.
+        for (from, c) in [(addr(A), cookie ^ 1), (addr(B), cookie)] {
+            send(&mut s, t0, from, leave(c));
+            let p = receipt(&s, 1, c, true);
+            send(&mut s, t0, from, p);
+            let p = every_block_nack(&s, 1, c);
+            send(&mut s, t0, from, p);
+            let p = Packet::Priority(PriorityRepr {
+                session,
+                receiver: ReceiverId(1),
+                cookie: c,
+                object: ObjectId(0),
+                block: BlockIndex(2),
+                unit: UnitIndex(0),
+                count: 2,
+            });
+            send(&mut s, t0, from, p);
+        }
+        assert_eq!(s.stats().bad_cookies, 8);
+        let r = s.receiver_report();
+        assert_eq!(r.len(), 1, "not removed");
+        assert!(!r[0].complete, "not marked complete");
+        assert_eq!(r[0].addr, addr(A), "not moved");
+        assert_eq!(repair_units(&drain(&mut s, t0)), 0, "nothing repaired");
+        // The member itself is heard.
+        send(&mut s, t0, addr(A), leave(cookie));
+        assert_eq!(s.receivers(), 0);
+    }
+
+    #[test]
+    fn a_members_address_moves_only_with_a_join_answered_at_the_new_address() {
+        let mut s = sender(4, 2);
+        let t0 = Instant::now();
+        let old = join(&mut s, t0, addr(A), 1);
+        let session = s.cfg.session;
+        // A join from B with A's cookie (a spoofer who knows the id): a challenge to B only.
+        send(
+            &mut s,
+            t0,
+            addr(B),
+            Packet::Join(JoinRepr {
+                session,
+                receiver: ReceiverId(1),
+                cookie: old,
+            }),
+        );
+        let c = accepts(&drain(&mut s, t0));
+        assert!(c[0].1.is_challenge() && c[0].0 == addr(B));
+        assert_eq!(s.receiver_report()[0].addr, addr(A));
+        // Whoever gets the challenge at B and answers it moves the member there.
+        let new = join(&mut s, t0, addr(B), 1);
+        assert_ne!(new, old);
+        assert_eq!(s.receiver_report()[0].addr, addr(B));
+        assert_eq!(s.receivers(), 1);
+    }
+
+    #[test]
+    fn nothing_is_repaired_that_was_never_sent() {
+        // Waiting for a second member: the first pass has sent nothing.
+        let mut s = sender(64, 2);
+        let t0 = Instant::now();
+        let cookie = join(&mut s, t0, addr(A), 1);
+        let p = every_block_nack(&s, 1, cookie);
+        send(&mut s, t0, addr(A), p);
+        assert_eq!(s.stats().repair_denied, 64 * 4);
+    }
+
+    #[test]
+    fn a_member_that_claims_to_miss_everything_gets_a_burst_then_its_share_of_the_rate() {
+        let mut s = sender(64, 1);
+        s.set_rate(34_000); // 1,000 datagrams of 34 bytes per second
+        let t0 = Instant::now();
+        let cookie = join(&mut s, t0, addr(A), 1);
+        // The whole first pass goes out (256 units).
+        let mut now = t0;
+        while !s.first_pass_done() {
+            now += Duration::from_millis(10);
+            drain(&mut s, now);
+        }
+        assert_eq!(s.stats().data_units, 256);
+        let p = every_block_nack(&s, 1, cookie);
+        send(&mut s, now, addr(A), p);
+        let burst = s.repair_burst() as u64;
+        assert_eq!(s.stats().repair_denied, 256 - burst);
+        let mut sent = 0;
+        for i in 1..=40 {
+            sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
+        }
+        assert_eq!(sent as u64, burst, "its burst, sent");
+        // 800 ms later: a share of 1,000 units per second for 800 ms more, no more
+        // (and within the second after which a slow member is dropped).
+        let later = now + Duration::from_millis(800);
+        let p = every_block_nack(&s, 1, cookie);
+        send(&mut s, later, addr(A), p);
+        let mut sent = 0;
+        for i in 1..=15 {
+            sent += repair_units(&drain(&mut s, later + Duration::from_millis(i * 10)));
+        }
+        let share = (800.0 * s.cfg.member_repair_share).ceil() as usize;
+        assert!(
+            sent > 0 && sent <= share + 4,
+            "{sent} units granted in 1 s: {:?} {}",
+            s.stats(),
+            s.debug_state()
+        );
+    }
+
+    #[test]
+    fn priority_requests_are_rate_limited_per_member() {
+        let mut s = sender(64, 2);
+        let t0 = Instant::now();
+        let cookie = join(&mut s, t0, addr(A), 1);
+        let session = s.cfg.session;
+        for i in 0..32 {
+            let p = Packet::Priority(PriorityRepr {
+                session,
+                receiver: ReceiverId(1),
+                cookie,
+                object: ObjectId(0),
+                block: BlockIndex(i),
+                unit: UnitIndex(0),
+                count: 1,
+            });
+            send(&mut s, t0, addr(A), p);
+        }
+        assert_eq!(s.stats().priority_denied, 32 - PRIORITY_PER_SEC as u64);
+    }
+
+    #[test]
+    fn a_slow_member_is_dropped_once_every_other_member_is_complete() {
+        let mut s = sender(64, 2);
+        let t0 = Instant::now();
+        let good = join(&mut s, t0, addr(A), 1);
+        let bad = join(&mut s, t0, addr(B), 2);
+        let mut now = t0;
+        while !s.first_pass_done() {
+            now += Duration::from_millis(10);
+            drain(&mut s, now);
+        }
+        let p = every_block_nack(&s, 2, bad);
+        send(&mut s, now, addr(B), p);
+        assert!(s.stats().repair_denied > 0);
+        let p = receipt(&s, 1, good, true);
+        send(&mut s, now, addr(A), p);
+        drain(&mut s, now);
+        assert!(
+            !s.is_finished() && s.receivers() == 2,
+            "not before its stall"
+        );
+        let later = now + SLOW_STALL + Duration::from_millis(1);
+        drain(&mut s, later);
+        assert_eq!(s.stats().dropped_slow, 1);
+        assert_eq!(s.receivers(), 1);
+        for i in 1..=50 {
+            drain(&mut s, later + Duration::from_millis(100 * i));
+        }
+        assert!(s.is_finished(), "{}", s.debug_state());
+    }
+
+    #[test]
+    fn complete_members_expire_once_silent_and_stay_in_the_summary() {
+        let mut s = sender(4, 2);
+        let t0 = Instant::now();
+        drain(&mut s, t0);
+        let c = join(&mut s, t0, addr(A), 1);
+        let p = receipt(&s, 1, c, true);
+        send(&mut s, t0, addr(A), p);
+        let later = t0 + s.cfg.receiver_timeout * 2;
+        drain(&mut s, later);
+        assert_eq!(s.receivers(), 0, "its row is free");
+        assert_eq!(s.stats().expired, 1);
+        let r = s.receiver_report();
+        assert!(r.len() == 1 && r[0].complete);
+    }
+
+    #[test]
+    fn a_solicit_from_an_unproven_address_gets_a_challenge_and_no_manifest() {
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(3600);
+        s.cfg.control = SocketAddr::from(([10, 0, 0, 9], 4000));
+        let t0 = Instant::now();
+        let solicit = |cookie| {
+            Packet::Solicit(crate::wire::SolicitRepr {
+                session: SessionId(0),
+                receiver: ReceiverId(5),
+                cookie,
+                zone: 0,
+            })
+        };
+        // A reflection attempt: many solicits "from" a victim's address.
+        let mut asked = 0;
+        for _ in 0..100 {
+            asked += send(&mut s, t0, addr(B), solicit(0));
+        }
+        let out = drain(&mut s, t0);
+        let to_b: usize = out
+            .iter()
+            .filter(|(t, _)| t.destination == Destination::Peer(addr(B)))
+            .map(|(t, _)| t.datagram_len())
+            .sum();
+        let c = accepts(&out);
+        assert!(c.iter().all(|(_, a, _)| a.is_challenge()));
+        assert_eq!(c.len(), out.len(), "nothing but challenges");
+        assert!(to_b <= 2 * asked, "{to_b} bytes answered to {asked}");
+        // Whoever gets the challenge and echoes it gets the session.
+        let cookie = c[0].1.cookie;
+        send(&mut s, t0, addr(B), solicit(cookie));
+        let out = drain(&mut s, t0);
+        let to_b = |announce: bool| {
+            out.iter()
+                .filter(|(t, _)| t.destination == Destination::Peer(addr(B)))
+                .filter_map(|(_, b)| b.as_deref().map(Packet::parse))
+                .filter(|p| match p {
+                    Ok(Packet::Announce(_)) => announce,
+                    Ok(Packet::Manifest(_)) => !announce,
+                    _ => false,
+                })
+                .count()
+        };
+        assert!(
+            to_b(true) >= 1 && to_b(false) >= 1,
+            "{} datagrams",
+            out.len()
+        );
+    }
+}
