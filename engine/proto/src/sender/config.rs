@@ -36,6 +36,11 @@ pub struct SenderConfig {
     pub min_receivers: usize,
     /// ...or once this long has passed since the first announce.
     pub max_wait: Duration,
+    /// Before the first pass starts, how long it waits for each accepted receiver's first
+    /// receipt notice (sent right after the accept): it says what that receiver holds
+    /// already (a resumed receive), which the first pass then skips when every receiver
+    /// holds it.
+    pub first_receipt_wait: Duration,
     /// Stop at this long after the first announce even if receivers are incomplete.
     pub deadline: Option<Duration>,
     /// A receiver not heard from for this long is dropped.
@@ -97,6 +102,7 @@ impl Default for SenderConfig {
             initial_grtt: Duration::from_millis(5),
             min_receivers: 0,
             max_wait: Duration::from_secs(5),
+            first_receipt_wait: Duration::from_millis(200),
             deadline: None,
             receiver_timeout: Duration::from_secs(10),
             max_receivers: 100_000,
