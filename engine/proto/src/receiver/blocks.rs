@@ -40,6 +40,24 @@ pub struct Rebuild {
 }
 
 impl Rebuild {
+    /// The units [`Rebuild::apply`] writes: those XOR repairs rebuild, and (when parity
+    /// stands in for some) every unit not held. A store that rebuilds in a copy of the block
+    /// writes these back.
+    pub fn rebuilt_units(&self) -> Vec<u16> {
+        let mut units: Vec<u16> = self.xors.iter().map(|x| x.unit).collect();
+        if !self.parity.is_empty() {
+            units.extend(self.have.iter_zeros().map(|u| u as u16));
+        }
+        units.sort_unstable();
+        units.dedup();
+        units
+    }
+
+    /// The unit size the block is cut into.
+    pub fn unit_size(&self) -> u16 {
+        self.unit_size
+    }
+
     /// Restores the missing original units of `block` (the block's bytes, with every unit
     /// it holds in place): first each XOR repair's unit from the units it holds (a few
     /// XORs), then, if parity stands in for some, the rest by decoding. False when they

@@ -351,7 +351,7 @@ impl<S: BlockStore> Receiver<S> {
             }
         };
         if let Packet::Announce(a) = &packet {
-            if Some(a.session) != self.session {
+            if !self.is_our_source(a) {
                 if !self.may_adopt(now, a) {
                     self.stats.strangers += 1;
                     return;
@@ -412,11 +412,23 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
-    /// Whether an announce of `a.session`, a session other than ours, may become our
-    /// session. Without one, any announce may (the first heard wins), except after a
-    /// fail-over, when only a source of the same content will do. In a session, another
-    /// session of the same content (a restarted server, another relay of it) is followed once
-    /// ours has been silent for `follow_after`; a live session is never left for another.
+    /// Whether `a` comes from the source we follow: our session, and the control address we
+    /// know it by (a relay serves the server's session from its own control address, so a
+    /// restarted relay is the same session from elsewhere).
+    fn is_our_source(&self, a: &AnnounceRepr) -> bool {
+        Some(a.session) == self.session
+            && self
+                .announce
+                .as_ref()
+                .is_none_or(|o| o.control == a.control)
+    }
+
+    /// Whether an announce from a source other than ours (another session, or our session
+    /// from another control address) may become our source. Without a session, any announce
+    /// may (the first heard wins), except after a fail-over, when only a source of the same
+    /// content will do. In a session, another source of the same content (a restarted server
+    /// or relay, another relay of it) is followed once ours has been silent for
+    /// `follow_after`; a live source is never left for another.
     ///
     /// This is the one place that decides which sessions a receiver adopts: a rule about who
     /// may send us a session (a trusted key's signature) belongs here.
@@ -441,8 +453,8 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
-    /// Takes `a`'s session as ours (after [`Receiver::may_adopt`] said yes). Leaving a
-    /// session for another of the same content keeps every block, as a fail-over does.
+    /// Takes `a`'s source as ours (after [`Receiver::may_adopt`] said yes). Leaving a source
+    /// for another of the same content keeps every block, as a fail-over does.
     fn adopt_session(&mut self, now: Instant, a: &AnnounceRepr) {
         if self.session.is_some() {
             self.forget_source(now);

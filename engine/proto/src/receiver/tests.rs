@@ -62,10 +62,15 @@ fn addr(b: u32) -> (ObjectId, BlockIndex) {
 }
 
 fn announce(session: u32, m: &Manifest) -> Vec<u8> {
+    announce_from(session, m, SERVER)
+}
+
+/// An announce of `session` whose server listens at `control`.
+fn announce_from(session: u32, m: &Manifest, control: SocketAddr) -> Vec<u8> {
     let bytes = m.emit().expect("manifest");
     let a = AnnounceRepr {
         session: SessionId(session),
-        control: SERVER,
+        control,
         unit_size: UNIT,
         units_per_block: UNITS,
         max_parity: 4,
@@ -328,4 +333,37 @@ fn a_receiver_follows_a_new_session_of_the_same_content_once_its_own_falls_silen
         })
         .expect("a join");
     assert_eq!(join_session, SessionId(4));
+}
+
+#[test]
+fn a_receiver_follows_its_session_to_another_control_address_once_the_old_one_is_silent() {
+    // A relay serves the server's session from its own control address: a restarted relay
+    // is the same session from another address.
+    let m = manifest(&content(4));
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks::default(),
+        bytes: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    let _ = sent(&mut r, t0);
+    accept(&mut r, 3, t0);
+    let relay = SocketAddr::from(([127, 0, 0, 1], 8));
+    r.handle_datagram(t0, relay, &announce_from(3, &m, relay));
+    assert_eq!(r.control_addr(), Some(SERVER), "a live source is kept");
+    let t1 = t0 + ReceiverConfig::default().follow_after;
+    r.handle_datagram(t1, relay, &announce_from(3, &m, relay));
+    assert_eq!(
+        r.control_addr(),
+        Some(relay),
+        "followed once the old one fell silent"
+    );
+    let mut buf = vec![0u8; 2048];
+    r.handle_timeout(t1);
+    let t = r.poll_transmit(t1, &mut buf).expect("a join");
+    assert!(matches!(Packet::parse(&buf[..t.len]), Ok(Packet::Join(_))));
+    assert_eq!(t.destination, crate::Destination::Peer(relay));
 }
