@@ -397,6 +397,25 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     }
 }
 
+/// Takes an exclusive advisory lock on `file` (`flock`) without waiting: `Ok(false)` when
+/// another open file description holds it. The lock goes with the descriptor: closing it (or
+/// the process ending, however it ends) releases it.
+pub fn try_lock_exclusive(file: &impl AsFd) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock on an open descriptor.
+        let rc = unsafe { libc::flock(file.as_fd().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
 /// Makes a directory's entries durable (a file created or renamed in it): `fsync` on the
 /// directory.
 pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {

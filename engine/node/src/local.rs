@@ -55,6 +55,8 @@ pub fn local_receivers(
             failover_after: std::time::Duration::from_secs(3),
             split: None,
             threads: 1,
+            preallocate: true,
+            verify_existing: false,
         })
         .collect()
 }

@@ -217,7 +217,26 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
             return Err(NodeError::Interrupted);
         }
         while let Some(v) = self.verifier.try_verdict() {
+            if let Some(source) = v.error {
+                // A rebuilt block's units could not be written (a full disk): stop, keeping
+                // what is recorded.
+                let path = rx
+                    .store()
+                    .paths()
+                    .get(v.object.0 as usize)
+                    .cloned()
+                    .unwrap_or_else(|| self.cfg.out.clone());
+                return Err(NodeError::Output { path, source });
+            }
             rx.handle_verified(now, v.object, v.block, v.ok);
+        }
+        if let Some(path) = rx.store().damaged() {
+            return Err(NodeError::Output {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(
+                    "another program shrank the file while it was being received",
+                ),
+            });
         }
         self.take_asks(rx, now);
         if io.is_ready(DATA) {
@@ -358,6 +377,19 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
                 self.published_any = true;
             }
             ReceiverEvent::Announced { session, control } => {
+                if self.heard {
+                    // Another session of the same content (a restarted server): its first
+                    // pass may be striped otherwise.
+                    tracing::info!(
+                        session = session.0,
+                        "following a new session of the same content"
+                    );
+                    if self.stripes.as_ref().map(|s| s.count())
+                        != rx.announced_stripes().filter(|&n| n > 1)
+                    {
+                        self.close_stripes();
+                    }
+                }
                 self.heard = true;
                 self.published.publish_session(session.0, control);
             }
@@ -373,10 +405,13 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
                 complete: false, ..
             } => return Err(Self::incomplete(rx, "the server ended the session")),
             ReceiverEvent::StoreFailed(e) => {
-                return Err(NodeError::Output {
-                    path: self.cfg.out.clone(),
-                    source: std::io::Error::other(e.0),
-                })
+                return Err(rx
+                    .store_mut()
+                    .take_failure()
+                    .unwrap_or_else(|| NodeError::Output {
+                        path: self.cfg.out.clone(),
+                        source: std::io::Error::other(e.0),
+                    }))
             }
             _ => {}
         }
