@@ -6,7 +6,7 @@
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
@@ -207,8 +207,12 @@ pub fn start_writeback(file: &impl AsFd, offset: u64, len: u64) {
     }
 }
 
+/// Guarded mappings come in chunks of this many slots, allocated as they are needed.
+const GUARD_CHUNK: usize = 1 << 12;
+/// Chunks at most: [`MAX_GUARDED_MAPPINGS`] slots in all.
+const GUARD_CHUNKS: usize = 1 << 12;
 /// Most mappings guarded at once ([`MappingGuard`]): one per input file served.
-pub const MAX_GUARDED_MAPPINGS: usize = 1 << 16;
+pub const MAX_GUARDED_MAPPINGS: usize = GUARD_CHUNK * GUARD_CHUNKS;
 
 /// One guarded mapping: `len == 0` is a free slot, `len == usize::MAX` one being filled.
 struct GuardSlot {
@@ -224,7 +228,13 @@ const FREE_SLOT: GuardSlot = GuardSlot {
     damaged: AtomicBool::new(false),
 };
 
-static GUARDS: [GuardSlot; MAX_GUARDED_MAPPINGS] = [FREE_SLOT; MAX_GUARDED_MAPPINGS];
+/// The slots, chunk by chunk: a chunk is allocated (and never freed) by the first guard that
+/// needs it; the signal handler only reads the table, so it never allocates.
+static GUARDS: [AtomicPtr<[GuardSlot; GUARD_CHUNK]>; GUARD_CHUNKS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; GUARD_CHUNKS];
+/// Where the search for a free slot starts (slots are freed rarely: a mapping lives as long as
+/// a session), so taking a slot costs about the same however many are taken.
+static GUARD_NEXT: AtomicUsize = AtomicUsize::new(0);
 /// Set once any guarded mapping was damaged: one load tells a caller there is nothing to look
 /// for.
 static ANY_DAMAGED: AtomicBool = AtomicBool::new(false);
@@ -232,6 +242,42 @@ static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 static GUARD_INSTALL: Once = Once::new();
 /// The SIGBUS action before ours: faults outside guarded mappings go to it.
 static PREVIOUS_SIGBUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+/// The chunk of slots `c`, if it is allocated.
+fn guard_chunk(c: usize) -> Option<&'static [GuardSlot; GUARD_CHUNK]> {
+    // Acquire: pairs with the Release that published the chunk, so its slots are initialized.
+    let chunk = GUARDS.get(c)?.load(Ordering::Acquire);
+    // SAFETY: a non-null chunk pointer came from a leaked Box and is never freed.
+    (!chunk.is_null()).then(|| unsafe { &*chunk })
+}
+
+/// Slot `i`, if its chunk is allocated.
+fn guard_slot(i: usize) -> Option<&'static GuardSlot> {
+    guard_chunk(i / GUARD_CHUNK).map(|c| &c[i % GUARD_CHUNK])
+}
+
+/// Slot `i`, allocating its chunk if it is not yet.
+fn guard_slot_or_new(i: usize) -> Option<&'static GuardSlot> {
+    if let Some(s) = guard_slot(i) {
+        return Some(s);
+    }
+    let cell = GUARDS.get(i / GUARD_CHUNK)?;
+    let fresh = Box::into_raw(Box::new([FREE_SLOT; GUARD_CHUNK]));
+    // Release: the chunk's slots are initialized before anyone can see the pointer.
+    if cell
+        .compare_exchange(
+            std::ptr::null_mut(),
+            fresh,
+            Ordering::Release,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: `fresh` was never published: it is ours to free.
+        drop(unsafe { Box::from_raw(fresh) });
+    }
+    guard_slot(i)
+}
 
 /// A read-only file mapping whose reads cannot kill the process when the file shrinks.
 ///
@@ -260,7 +306,11 @@ impl MappingGuard {
         if len == 0 || len == usize::MAX {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
         }
-        for (i, g) in GUARDS.iter().enumerate() {
+        let from = GUARD_NEXT.load(Ordering::Relaxed) % MAX_GUARDED_MAPPINGS;
+        for i in (from..MAX_GUARDED_MAPPINGS).chain(0..from) {
+            let Some(g) = guard_slot_or_new(i) else {
+                break;
+            };
             // Acquire/Release on `len`: the slot's `start` and `damaged` are set before its
             // length says the slot is in use, and the handler reads the length first.
             if g.len
@@ -270,6 +320,7 @@ impl MappingGuard {
                 g.start.store(addr as usize, Ordering::Relaxed);
                 g.damaged.store(false, Ordering::Relaxed);
                 g.len.store(len, Ordering::Release);
+                GUARD_NEXT.store(i + 1, Ordering::Relaxed);
                 return Ok(MappingGuard { slot: i });
             }
         }
@@ -282,7 +333,7 @@ impl MappingGuard {
     /// read there is zeros, not the file's bytes.
     pub fn is_damaged(&self) -> bool {
         // Acquire: pairs with the handler's Release; a caller that sees it true stops.
-        GUARDS[self.slot].damaged.load(Ordering::Acquire)
+        guard_slot(self.slot).is_some_and(|g| g.damaged.load(Ordering::Acquire))
     }
 
     /// Whether any guarded mapping was ever damaged (one load: the common answer is no).
@@ -293,8 +344,10 @@ impl MappingGuard {
 
 impl Drop for MappingGuard {
     fn drop(&mut self) {
-        // Release: the slot is free for a new mapping only after this one is done with.
-        GUARDS[self.slot].len.store(0, Ordering::Release);
+        if let Some(g) = guard_slot(self.slot) {
+            // Release: the slot is free for a new mapping only after this one is done with.
+            g.len.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -333,19 +386,23 @@ fn install_sigbus_handler() -> io::Result<()> {
     result
 }
 
+/// The guarded slot whose mapping holds `addr`, if any.
+fn guarded_at(addr: usize) -> Option<&'static GuardSlot> {
+    (0..GUARD_CHUNKS)
+        .filter_map(guard_chunk)
+        .flat_map(|c| c.iter())
+        .find(|g| {
+            let len = g.len.load(Ordering::Acquire);
+            let start = g.start.load(Ordering::Relaxed);
+            len != 0 && len != usize::MAX && addr >= start && addr - start < len
+        })
+}
+
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for a SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
     let page = PAGE_SIZE.load(Ordering::Relaxed).max(1);
-    for g in GUARDS.iter() {
-        let len = g.len.load(Ordering::Acquire);
-        if len == 0 || len == usize::MAX {
-            continue;
-        }
-        let start = g.start.load(Ordering::Relaxed);
-        if addr < start || addr - start >= len {
-            continue;
-        }
+    if let Some(g) = guarded_at(addr) {
         let at = addr & !(page - 1);
         // SAFETY: the page lies in a mapping the guard's owner keeps mapped while the guard
         // lives (MappingGuard's contract); MAP_FIXED replaces that page only, with private
@@ -366,7 +423,6 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             ANY_DAMAGED.store(true, Ordering::Release);
             return;
         }
-        break;
     }
     // Not a guarded mapping: what was there before decides.
     match PREVIOUS_SIGBUS.get() {
@@ -426,6 +482,15 @@ pub fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn guards_are_not_limited_to_one_chunk() {
+        let taken: Vec<MappingGuard> = (0..GUARD_CHUNK + 100)
+            .map(|i| MappingGuard::new((0x1000 * (i + 1)) as *const u8, 0x1000).expect("guard"))
+            .collect();
+        assert!(taken.iter().any(|g| g.slot >= GUARD_CHUNK));
+        assert!(taken.iter().all(|g| !g.is_damaged()));
+    }
 
     #[test]
     fn a_guarded_mapping_reads_zeros_past_a_truncation_instead_of_killing_the_process() {
