@@ -283,18 +283,19 @@ fn a_second_receive_of_a_whole_copy_transfers_nothing() {
     }
 }
 
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 /// A tmpfs mounted by a test, unmounted when dropped.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn skip_reason() -> Option<String> {
-        // SAFETY-free check: mounting needs root.
-        let uid = Command::new("id")
-            .arg("-u")
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        (uid.as_deref() != Some("0")).then(|| "mounting a tmpfs needs root".to_string())
+        (!is_root()).then(|| "mounting a tmpfs needs root".to_string())
     }
 
     fn mount(at: PathBuf, size: u64) -> Tmpfs {
@@ -550,4 +551,80 @@ fn a_restarted_relay_resumes_its_cache_and_its_receivers_follow_it() {
         u64_of(&v["upstream"], "reused_bytes") > 0,
         "the restarted relay fetched its cache again: {v}"
     );
+}
+
+/// An ext2 file system in an image file, mounted through a loop device by a test (ext2 cannot
+/// reserve space: `fallocate` fails with EOPNOTSUPP), unmounted when dropped.
+struct Ext2(PathBuf);
+
+impl Ext2 {
+    fn skip_reason() -> Option<String> {
+        if !is_root() {
+            return Some("mounting an ext2 image needs root".into());
+        }
+        if !Path::new("/dev/loop-control").exists() {
+            return Some("no loop devices (/dev/loop-control)".into());
+        }
+        let mkfs = Command::new("mkfs.ext2").arg("-V").output();
+        mkfs.is_err()
+            .then(|| "mkfs.ext2 is missing (e2fsprogs)".into())
+    }
+
+    fn mount(image: &Path, at: PathBuf, size: u64) -> Ext2 {
+        File::create(image)
+            .and_then(|f| f.set_len(size))
+            .expect("image file");
+        let st = Command::new("mkfs.ext2")
+            .args(["-q", "-F"])
+            .arg(image)
+            .status()
+            .expect("run mkfs.ext2");
+        assert!(st.success(), "mkfs.ext2: {st}");
+        std::fs::create_dir_all(&at).expect("mount point");
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(&at)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount {}: {st}", image.display());
+        Ext2(at)
+    }
+}
+
+impl Drop for Ext2 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_file_system_that_cannot_reserve_space_gets_plain_files() {
+    if !can_run(Ext2::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("ext2");
+    let g = group(9);
+    let size: u64 = (16 << 20) + 99;
+    let src = dir.path("image.bin");
+    write_sample(&src, size, 9);
+    let disk = Ext2::mount(&dir.path("ext2.img"), dir.path("disk"), 48 << 20);
+    let out = disk.0.join("copy.bin");
+    let mut r = receiver(&dir.0, "receiver", &g, &out, &[]);
+    let mut s = server(
+        &dir.0,
+        "server",
+        &g,
+        &[&src],
+        "40M",
+        &["--min-receivers", "1"],
+    );
+    s.expect_code(Duration::from_secs(60), 0);
+    r.expect_code(Duration::from_secs(30), 0);
+    assert!(
+        r.stderr().contains("cannot reserve space"),
+        "no word of the fallback: {}",
+        r.stderr()
+    );
+    assert_identical(&src, &out);
 }
