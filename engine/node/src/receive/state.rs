@@ -156,6 +156,42 @@ pub fn is_own_partial(out: &Path, file: &Path) -> bool {
     })
 }
 
+/// Removes the state files of other contents that name a file `manifest` is about to write
+/// (`out` stored as `sd` says): once the file holds other bytes, their records of it would be
+/// wrong. Done before any of those files is written, and made durable (the directory synced).
+pub(crate) fn retire_others(
+    sd: &StateDir,
+    out: &Path,
+    hash: &[u8; 32],
+    manifest: &Manifest,
+) -> io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(&sd.dir) else {
+        return Ok(());
+    };
+    let single = !sd.prefix.is_empty();
+    let ours: std::collections::HashSet<PathBuf> =
+        manifest.objects.iter().map(|o| out.join(&o.name)).collect();
+    let mut removed = false;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(h) = sd.hash_of(&name).filter(|h| h != hash) else {
+            continue;
+        };
+        // A single file's other state files all name it; a directory's, the objects they list.
+        let overlaps = single
+            || read_manifest(&e.path(), &h)
+                .is_ok_and(|m| m.objects.iter().any(|o| ours.contains(&out.join(&o.name))));
+        if overlaps {
+            std::fs::remove_file(e.path())?;
+            removed = true;
+        }
+    }
+    if removed {
+        blockcast_io::os::sync_dir(&sd.dir)?;
+    }
+    Ok(())
+}
+
 /// The lock on one `--out`: a second receive (or relay) into it is refused while a first
 /// holds it. The operating system releases it when the process ends, however it ends.
 #[derive(Debug)]
@@ -672,6 +708,41 @@ mod tests {
         StateFile::open(&sd, &hash, &bytes, m.total_blocks()).expect("state file");
         assert!(is_own_partial(&out, &out.join("sub/x.iso")));
         assert!(!is_own_partial(&out, &out.join("sub/y.iso")));
+    }
+
+    /// A manifest of one object `name` whose bytes depend on `seed`, its encoding and hash.
+    fn other(name: &str, seed: u8) -> (Manifest, Vec<u8>, [u8; 32]) {
+        let content = vec![seed; 100];
+        let m = Manifest {
+            unit_size: 8,
+            units_per_block: 4,
+            objects: vec![ObjectEntry::from_content(name, &content, 32)],
+        };
+        let bytes = m.emit().expect("manifest");
+        let hash = *blake3::hash(&bytes).as_bytes();
+        (m, bytes, hash)
+    }
+
+    #[test]
+    fn writing_other_content_into_a_file_retires_the_records_of_it() {
+        let d = Dir::new("retire");
+        let out = d.0.join("out");
+        std::fs::create_dir_all(&out).expect("out");
+        let sd = StateDir::for_out(&out, true);
+        let (a, b, keep) = (other("a", 1), other("a", 2), other("b", 3));
+        for (m, bytes, hash) in [&a, &keep] {
+            StateFile::open(&sd, hash, bytes, m.total_blocks()).expect("state file");
+        }
+        // Another content stored as "a": a's record goes, b's stays.
+        retire_others(&sd, &out, &b.2, &b.0).expect("retire");
+        let left: Vec<[u8; 32]> = find(&out).1.iter().map(|r| r.hash).collect();
+        assert_eq!(left, [keep.2]);
+        // A single file: every other content's record of it goes.
+        let file = d.0.join("one.bin");
+        let single = StateDir::for_out(&file, false);
+        StateFile::open(&single, &a.2, &a.1, 4).expect("state file");
+        retire_others(&single, &file, &b.2, &b.0).expect("retire");
+        assert!(find(&file).1.is_empty());
     }
 
     #[test]

@@ -382,6 +382,11 @@ impl BlockStore for FileStore {
             Err(_) => return Err(StoreError("the manifest cannot be encoded".into())),
         };
         let hash = *blake3::hash(&bytes).as_bytes();
+        // Records of other contents in these files are wrong from the first write on.
+        if let Err(source) = state::retire_others(&sd, &self.out, &hash, manifest) {
+            let path = sd.state_path(&hash);
+            return Err(self.fail(NodeError::Output { path, source }));
+        }
         let (state, recorded) = match StateFile::open(&sd, &hash, &bytes, base) {
             Ok(s) => s,
             Err(source) => {
