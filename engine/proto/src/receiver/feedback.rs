@@ -220,9 +220,16 @@ impl<S: BlockStore> Receiver<S> {
             self.feedback.next_join = None;
             self.events
                 .push_back(ReceiverEvent::Accepted { row: a.row });
-            // The first notice goes at once: it tells the server what we hold already (a
-            // resumed receive), which its first pass then skips.
-            self.feedback.next_receipt = Some(now);
+            // Holding blocks already (a resumed receive), the first notice goes at once: the
+            // server's first pass waits for it and skips what every receiver holds. With
+            // nothing to tell, at the usual interval (a group joining together does not
+            // answer its accepts with a burst of notices).
+            let first = if self.blocks.done.count_ones() > 0 {
+                now
+            } else {
+                now + self.receipt_interval()
+            };
+            self.feedback.next_receipt = Some(first);
             // NACKs held back until now can go.
             let held: Vec<u64> = self.feedback.nack_due.iter().copied().collect();
             for seq in held {

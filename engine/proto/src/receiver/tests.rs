@@ -367,3 +367,30 @@ fn a_receiver_follows_its_session_to_another_control_address_once_the_old_one_is
     assert!(matches!(Packet::parse(&buf[..t.len]), Ok(Packet::Join(_))));
     assert_eq!(t.destination, crate::Destination::Peer(relay));
 }
+
+#[test]
+fn a_receiver_with_nothing_to_tell_does_not_answer_its_accept_with_a_notice() {
+    // A group that joins together would answer its accepts with a burst of notices.
+    let m = manifest(&content(4));
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks::default(),
+        bytes: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    let _ = sent(&mut r, t0);
+    accept(&mut r, 3, t0);
+    assert!(
+        receipts(&sent(&mut r, t0)).is_empty(),
+        "no notice at the accept"
+    );
+    let later = t0 + ReceiverConfig::default().min_receipt_interval * 2;
+    assert_eq!(
+        receipts(&sent(&mut r, later)).len(),
+        1,
+        "the usual first notice"
+    );
+}

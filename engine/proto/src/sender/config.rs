@@ -36,10 +36,11 @@ pub struct SenderConfig {
     pub min_receivers: usize,
     /// ...or once this long has passed since the first announce.
     pub max_wait: Duration,
-    /// Before the first pass starts, how long it waits for each accepted receiver's first
-    /// receipt notice (sent right after the accept): it says what that receiver holds
-    /// already (a resumed receive), which the first pass then skips when every receiver
-    /// holds it.
+    /// Before the first pass starts, the most it waits for each accepted receiver's first
+    /// receipt notice: a receiver that holds blocks already (a resumed receive) sends one
+    /// right after the accept, and the first pass skips what every receiver holds. The wait
+    /// is 4 round trips (at least 5 ms), capped at this: a receiver with nothing to tell
+    /// sends its first notice later, and costs the start that much once.
     pub first_receipt_wait: Duration,
     /// Stop at this long after the first announce even if receivers are incomplete.
     pub deadline: Option<Duration>,

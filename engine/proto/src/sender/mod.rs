@@ -439,8 +439,16 @@ impl<S: BlockSource> Sender<S> {
         enough
             && self
                 .membership
-                .unreported_until(self.cfg.first_receipt_wait)
+                .unreported_until(self.first_receipt_wait())
                 .is_none_or(|t| now >= t)
+    }
+
+    /// How long the first pass waits for a member's first receipt notice: 4 round trips, at
+    /// least 5 ms, at most `first_receipt_wait`.
+    fn first_receipt_wait(&self) -> Duration {
+        (self.membership.grtt * 4)
+            .max(Duration::from_millis(5))
+            .min(self.cfg.first_receipt_wait)
     }
 
     fn close(&mut self, now: Instant, reason: DoneReason) {
@@ -472,9 +480,7 @@ impl<S: BlockSource> Sender<S> {
                     // Enough receivers: start at once, not at the next timer (a join arrives
                     // between timers, up to an announce interval before the next one), or
                     // when the wait for their first notices ends.
-                    let heard = self
-                        .membership
-                        .unreported_until(self.cfg.first_receipt_wait);
+                    let heard = self.membership.unreported_until(self.first_receipt_wait());
                     if self.membership.members.len() >= self.cfg.min_receivers {
                         consider(Some(heard.unwrap_or(epoch)));
                     }
@@ -710,7 +716,7 @@ mod tests {
         s.on_join(t1, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
         // Joined, but its first notice (what it holds) is not in: the start waits for it,
         // at most the bounded wait.
-        let wait_end = t1 + s.cfg.first_receipt_wait;
+        let wait_end = t1 + s.first_receipt_wait();
         assert!(s.poll_timeout().is_some_and(|t| t > t1 && t <= wait_end));
         s.handle_timeout(t1);
         assert!(!s.is_sending());
@@ -731,7 +737,8 @@ mod tests {
         let t0 = Instant::now();
         s.handle_timeout(t0);
         s.on_join(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
-        let end = t0 + s.cfg.first_receipt_wait;
+        let end = t0 + s.first_receipt_wait();
+        assert!(end > t0 && s.first_receipt_wait() <= s.cfg.first_receipt_wait);
         s.handle_timeout(end - Duration::from_millis(1));
         assert!(!s.is_sending());
         assert!(s.poll_timeout().is_some_and(|t| t <= end));
