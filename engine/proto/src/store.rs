@@ -65,7 +65,8 @@ pub trait BlockStore {
     ) {
         self.block_mut(object, block, len)[offset..offset + bytes.len()].copy_from_slice(bytes);
     }
-    /// The block was verified against its hash: it is final (a store may flush it).
+    /// The block was verified against its hash, or is reused as the store held it
+    /// ([`BlockStore::held`]): it is final (a store may flush it, and record it).
     fn block_verified(&mut self, _object: ObjectId, _block: BlockIndex) {}
     /// Called once, right after `prepare` succeeded: the blocks the store holds already (a
     /// resumed receive). A fresh store holds none, the default.

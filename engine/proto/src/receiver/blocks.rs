@@ -577,8 +577,10 @@ impl<S: BlockStore> Receiver<S> {
         } else {
             self.stats.blocks_verified += 1;
             self.stats.received_bytes += bytes;
-            self.store.block_verified(object, block);
         }
+        // Reused blocks too: one the store only might have held (hashed now) is final now,
+        // and a store that records what is verified records it.
+        self.store.block_verified(object, block);
         self.events
             .push_back(ReceiverEvent::BlockVerified { object, block });
         while self.blocks.prefix < self.numbering.total()

@@ -36,6 +36,8 @@ struct Resumed {
     held: HeldBlocks,
     /// Bytes each held block has at the start.
     bytes: Vec<(u32, Vec<u8>)>,
+    /// Blocks the receiver said are final ([`BlockStore::block_verified`]).
+    finals: Vec<u32>,
 }
 
 impl BlockStore for Resumed {
@@ -54,6 +56,10 @@ impl BlockStore for Resumed {
 
     fn held(&mut self) -> HeldBlocks {
         std::mem::take(&mut self.held)
+    }
+
+    fn block_verified(&mut self, _object: ObjectId, block: BlockIndex) {
+        self.finals.push(block.0);
     }
 }
 
@@ -169,6 +175,7 @@ fn a_resumed_receiver_adopts_a_known_manifest_at_the_announce_and_says_what_it_h
             check: Vec::new(),
         },
         bytes: Vec::new(),
+        finals: Vec::new(),
     };
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
@@ -212,6 +219,7 @@ fn blocks_held_without_a_record_are_hashed_before_they_count_and_the_join_waits_
         },
         // Block 1 is whole, block 2 holds other bytes.
         bytes: vec![(1, c[BLOCK..2 * BLOCK].to_vec()), (2, vec![9u8; BLOCK])],
+        finals: Vec::new(),
     };
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
@@ -245,6 +253,11 @@ fn blocks_held_without_a_record_are_hashed_before_they_count_and_the_join_waits_
     assert_eq!(joins(&sent(&mut r, t1)), 1, "joined once both were checked");
     assert!(r.is_verified(ObjectId(0), BlockIndex(1)));
     assert!(!r.is_verified(ObjectId(0), BlockIndex(2)));
+    assert_eq!(
+        r.store().finals,
+        [1],
+        "the store is told the block it held is final"
+    );
     let s = r.stats();
     assert_eq!((s.blocks_reused, s.reused_bytes), (1, BLOCK as u64));
     // A mismatch found at the start is not a block that failed its hash in transfer.
@@ -264,6 +277,7 @@ fn receipt_notices_go_round_every_run_of_verified_blocks() {
             check: Vec::new(),
         },
         bytes: Vec::new(),
+        finals: Vec::new(),
     };
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
@@ -301,6 +315,7 @@ fn a_receiver_follows_a_new_session_of_the_same_content_once_its_own_falls_silen
         mem: MemStore::default(),
         held: HeldBlocks::default(),
         bytes: Vec::new(),
+        finals: Vec::new(),
     };
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
@@ -344,6 +359,7 @@ fn a_receiver_follows_its_session_to_another_control_address_once_the_old_one_is
         mem: MemStore::default(),
         held: HeldBlocks::default(),
         bytes: Vec::new(),
+        finals: Vec::new(),
     };
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
@@ -376,6 +392,7 @@ fn a_receiver_with_nothing_to_tell_does_not_answer_its_accept_with_a_notice() {
         mem: MemStore::default(),
         held: HeldBlocks::default(),
         bytes: Vec::new(),
+        finals: Vec::new(),
     };
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
