@@ -219,6 +219,10 @@ pub struct Receiver<S> {
     complete: bool,
     ended: bool,
     last_heard: Option<Instant>,
+    /// When our source last announced (announces name the source; units and manifest chunks
+    /// of a restarted relay carry the same session id, so only announces tell a live source
+    /// from a dead one).
+    source_announced: Option<Instant>,
     server_lost: bool,
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
@@ -246,6 +250,7 @@ impl<S: BlockStore> Receiver<S> {
             complete: false,
             ended: false,
             last_heard: None,
+            source_announced: None,
             server_lost: false,
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
@@ -366,6 +371,8 @@ impl<S: BlockStore> Receiver<S> {
         match packet {
             Packet::Announce(a) => {
                 self.heard(now, a.timestamp);
+                // Past `is_our_source` (or just adopted): our source is alive.
+                self.source_announced = Some(now);
                 if self.cfg.split.is_some() {
                     self.split.direct_timing(now, a.timestamp);
                 }
@@ -447,7 +454,8 @@ impl<S: BlockStore> Receiver<S> {
                 ours == Some(a.manifest_hash)
                     && !self.complete
                     && self
-                        .last_heard
+                        .source_announced
+                        .or(self.last_heard)
                         .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.follow_after)
             }
         }
@@ -490,6 +498,7 @@ impl<S: BlockStore> Receiver<S> {
         self.ended = false;
         self.server_lost = false;
         self.last_heard = Some(now);
+        self.source_announced = None;
         self.first_pass.stripe_next.clear();
         // Join the new source at once, unless blocks held at the start are still being
         // checked (the join waits for them).

@@ -370,7 +370,18 @@ fn a_receiver_follows_its_session_to_another_control_address_once_the_old_one_is
     let relay = SocketAddr::from(([127, 0, 0, 1], 8));
     r.handle_datagram(t0, relay, &announce_from(3, &m, relay));
     assert_eq!(r.control_addr(), Some(SERVER), "a live source is kept");
+    // The new relay's own packets carry the session id too: they do not keep the old source
+    // alive (a manifest chunk here; its units alike).
     let t1 = t0 + ReceiverConfig::default().follow_after;
+    let mut chunk = vec![0u8; 64];
+    let n = Packet::Manifest(crate::wire::ManifestChunkRepr {
+        session: SessionId(3),
+        offset: 0,
+        bytes: &[1, 2, 3],
+    })
+    .emit(&mut chunk)
+    .expect("chunk");
+    r.handle_datagram(t1, relay, &chunk[..n]);
     r.handle_datagram(t1, relay, &announce_from(3, &m, relay));
     assert_eq!(
         r.control_addr(),
