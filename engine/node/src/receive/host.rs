@@ -230,6 +230,11 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
             }
             rx.handle_verified(now, v.object, v.block, v.ok);
         }
+        if let Some(e) = rx.store_mut().take_failure() {
+            // A block the protocol core verified in the store's own copy could not be
+            // written back (it verifies on the verify thread here, so this is not expected).
+            return Err(e);
+        }
         if let Some(path) = rx.store().damaged() {
             return Err(NodeError::Output {
                 path: path.to_path_buf(),
