@@ -57,6 +57,8 @@ pub fn local_receivers(
             threads: 1,
             trust: Vec::new(),
             expect: None,
+            preallocate: true,
+            verify_existing: false,
         })
         .collect()
 }
