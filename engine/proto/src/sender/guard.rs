@@ -613,8 +613,12 @@ mod tests {
                 .collect(),
         });
         // Its burst spent first (an earlier loss), so only the allowance can grant this one.
-        s.membership.members.get_mut(&ReceiverId(1)).unwrap().budget.bucket =
-            TokenBucket::new(0.0);
+        s.membership
+            .members
+            .get_mut(&ReceiverId(1))
+            .unwrap()
+            .budget
+            .bucket = TokenBucket::new(0.0);
         send(&mut s, now, addr(A), p);
         assert_eq!(s.stats().repair_denied, 0);
         let mut sent = 0;
