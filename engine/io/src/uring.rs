@@ -10,8 +10,9 @@
 //! # Lifetimes of in-flight memory
 //!
 //! The ring owns `queue_depth` *slots*. A slot holds everything a submitted request points
-//! at: the `msghdr`, the iovec array, the control message, the header storage, and a clone of
-//! the `Arc` of every payload source. A slot is handed out by [`SendRing::batch`], filled,
+//! at: the `msghdr`, the iovec array, the control message, the header storage, the storage
+//! of segments the caller wrote in place ([`GsoBatch::push_owned`]: sealed units, whose
+//! ciphertext lies nowhere else), and a clone of the `Arc` of every payload source. A slot is handed out by [`SendRing::batch`], filled,
 //! submitted, and only reused after its completion has been reaped; so nothing a request
 //! references is freed or rewritten before the kernel is done with it. Payload sources are
 //! [`StableBytes`]: their bytes stay put for as long as an `Arc` to them lives.
