@@ -226,10 +226,10 @@ impl Sealer {
 /// Why a datagram was not opened. Counted in [`OpenStats`], never parsed further.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenError {
-    /// Too short to hold a header and a trailer.
-    Short,
     /// TAGGED is not set: a plain packet, from someone without the secret.
     Untagged,
+    /// TAGGED, but too short to hold a header and a trailer.
+    Short,
     /// The tag does not hold: forged, altered, or sealed under another secret.
     Forged,
     /// A control packet already accepted, or older than the replay window.
@@ -245,7 +245,7 @@ pub struct OpenStats {
     pub opened: u64,
     /// Dropped: not sealed (TAGGED clear).
     pub untagged: u64,
-    /// Dropped: too short for a header and a trailer.
+    /// Dropped: too short for a header and a trailer (and not plainly untagged).
     pub short: u64,
     /// Dropped: the tag did not hold (another secret, or altered).
     pub forged: u64,
@@ -369,11 +369,11 @@ impl Opener {
     }
 
     fn open(&mut self, d: &mut [u8]) -> Result<usize, OpenError> {
+        if d.get(FLAGS_AT).is_some_and(|f| f & FLAG_TAGGED == 0) {
+            return Err(OpenError::Untagged);
+        }
         if d.len() < HEADER_LEN + TRAILER_LEN {
             return Err(OpenError::Short);
-        }
-        if d[FLAGS_AT] & FLAG_TAGGED == 0 {
-            return Err(OpenError::Untagged);
         }
         let end = d.len() - TRAILER_LEN;
         let mut sender = [0u8; SENDER_LEN];

@@ -48,9 +48,18 @@ fn another_secret_a_plain_packet_and_a_short_one_are_dropped_and_counted() {
     assert_eq!(o.open_in_place(&mut p), Err(OpenError::Untagged));
     let mut short = seal(&mut s, &plain)[..HEADER_LEN + TRAILER_LEN - 1].to_vec();
     assert_eq!(o.open_in_place(&mut short), Err(OpenError::Short));
+    // A plain packet shorter than any trailer is untagged, not short.
+    assert_eq!(
+        o.open_in_place(&mut plain[..21].to_vec()),
+        Err(OpenError::Untagged)
+    );
+    assert_eq!(
+        o.open_in_place(&mut plain[..3].to_vec()),
+        Err(OpenError::Short)
+    );
     let st = o.stats();
-    assert_eq!((st.forged, st.untagged, st.short, st.opened), (1, 1, 1, 0));
-    assert_eq!(st.dropped(), 3);
+    assert_eq!((st.forged, st.untagged, st.short, st.opened), (1, 2, 2, 0));
+    assert_eq!(st.dropped(), 5);
     // A forged sender id took no place in the key cache.
     assert!(o.keys.is_empty());
 }
