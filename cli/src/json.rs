@@ -161,6 +161,10 @@ pub struct ReceiveJson {
     pub decodes: u64,
     pub blocks_failed: u64,
     pub nacks: u64,
+    /// Bytes of blocks an earlier receive into the same place left, kept (not fetched).
+    pub reused_bytes: u64,
+    /// Bytes of blocks verified from what arrived in this run.
+    pub received_bytes: u64,
     /// The receive buffer the kernel granted, bytes.
     pub rcvbuf: usize,
     pub transfer_seconds: f64,
@@ -210,6 +214,8 @@ impl ReceiveJson {
             decodes: s.stats.decodes,
             blocks_failed: s.stats.blocks_failed,
             nacks: s.stats.nacks,
+            reused_bytes: s.stats.reused_bytes,
+            received_bytes: s.stats.received_bytes,
             rcvbuf: s.rcvbuf.0,
             transfer_seconds: s.transfer_seconds,
             sync_seconds: s.sync_seconds,

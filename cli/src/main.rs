@@ -288,6 +288,8 @@ struct ReceiveArgs {
     #[arg(long, default_value_t = 0, requires = "server")]
     zone: u16,
     #[command(flatten)]
+    resume: ResumeArgs,
+    #[command(flatten)]
     failover: FailoverArgs,
     #[command(flatten)]
     trust: TrustArgs,
@@ -295,6 +297,20 @@ struct ReceiveArgs {
     /// was given with --secret) and seal every packet sent.
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     secret: Option<PathBuf>,
+}
+
+/// What a receive does with what an earlier one into the same place left.
+#[derive(Args, Debug)]
+struct ResumeArgs {
+    /// Hash the blocks an earlier receive into the same --out recorded as verified, instead
+    /// of trusting its state file (files changed since, a disk that may have lied).
+    #[arg(long)]
+    verify_existing: bool,
+    /// Do not reserve the files' space before writing: sparse files (thin storage), and a
+    /// disk that fills up stops the transfer midway (exit 4, state kept) instead of at the
+    /// start.
+    #[arg(long)]
+    no_preallocate: bool,
 }
 
 #[derive(Args, Debug)]
@@ -334,6 +350,9 @@ struct RelayArgs {
     /// Give up if no upstream server is heard for this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// The cache resumes as a receive's --out does.
+    #[command(flatten)]
+    resume: ResumeArgs,
     #[command(flatten)]
     failover: FailoverArgs,
     #[command(flatten)]
@@ -545,6 +564,8 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             trust: a.trust.keys()?,
             expect: a.trust.expect()?,
             secret: group_secret(a.upstream_secret.as_ref().or(a.send.secret.as_ref()))?,
+            preallocate: !a.resume.no_preallocate,
+            verify_existing: a.resume.verify_existing,
         },
         downstream: groups
             .iter()
@@ -785,6 +806,8 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
             .transpose()?,
         fallback,
         failover_after,
+        preallocate: !a.resume.no_preallocate,
+        verify_existing: a.resume.verify_existing,
     };
     if cfg.play == Some(PlayTo::Stdout) && out.json {
         return Err(exit::usage(

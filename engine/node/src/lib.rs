@@ -22,7 +22,9 @@ mod stripe_rx;
 pub use content::{collect_inputs, hash_inputs, Input};
 pub use error::{NodeError, ThreadFailure};
 pub use hashcache::HashCache;
-pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary, SessionTrust};
+pub use receive::{
+    is_own_partial, receive, ReceiveConfig, ReceiveProgress, ReceiveSummary, SessionTrust,
+};
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};
 

@@ -58,6 +58,8 @@ pub fn local_receivers(
             trust: Vec::new(),
             secret: None,
             expect: None,
+            preallocate: true,
+            verify_existing: false,
         })
         .collect()
 }

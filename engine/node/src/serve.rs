@@ -19,7 +19,7 @@ use blockcast_proto::{
 };
 use blockcast_seal::{OpenStats, Secret};
 
-use crate::content::{Content, Input};
+use crate::content::{Content, Input, CHECK_INTERVAL};
 use crate::driver::{self, Flow, Input as DriverInput, Io, Out, Sends};
 use crate::hashcache::HashCache;
 use crate::stripe::{self, StripeShared, StripeStats, StripeThread};
@@ -216,9 +216,13 @@ pub(crate) fn serve_content(
             total_bytes,
             control: control_addr,
             rate: 0,
+            checked: 0..0,
+            next_check: started,
+            input_error: None,
         };
         let r = driver::run(&mut sender, &mut io, &mut host);
         let reason = host.reason;
+        let input_error = host.input_error.take();
         shared.stop.store(true, Ordering::Relaxed);
         let mut first_err = spawn_error;
         let mut data = StripeStats::default();
@@ -229,7 +233,7 @@ pub(crate) fn serve_content(
                 Err(_) => first_err = first_err.or(Some(NodeError::panicked("a data thread"))),
             }
         }
-        match (r, first_err) {
+        match (r, input_error.or(first_err)) {
             (Err(e), _) | (Ok(()), Some(e)) => Err(e),
             (Ok(()), None) => Ok((reason, data)),
         }
@@ -354,6 +358,11 @@ struct ServeHost<'a> {
     control: SocketAddr,
     /// The rate last logged.
     rate: u64,
+    /// The inputs the last check looked at, and when the next is due.
+    checked: std::ops::Range<usize>,
+    next_check: Instant,
+    /// An input changed: the session was stopped for it.
+    input_error: Option<NodeError>,
 }
 
 impl driver::Host<Sender<Content>> for ServeHost<'_> {
@@ -365,6 +374,18 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
     ) -> Result<Flow, NodeError> {
         if self.stop.load(Ordering::Relaxed) {
             sender.abort(now);
+        }
+        if self.input_error.is_none() && now >= self.next_check {
+            self.next_check = now + CHECK_INTERVAL;
+            self.checked = sender.source().next_check(&self.checked);
+            let mut turn = self.checked.clone();
+            if let Err(e) = sender.source().check_inputs(&mut turn) {
+                // What receivers would get of it no longer matches its hashes: end the
+                // session (they keep what they verified) and report it.
+                tracing::error!("{e}");
+                self.input_error = Some(e);
+                sender.abort(now);
+            }
         }
         if self.data_started {
             let (sent_before, bytes) = self.shared.progress();

@@ -128,6 +128,16 @@ pub(crate) fn run(
         ended: false,
     };
     driver::run(&mut pass, &mut io, &mut host)?;
+    if let Some(ring) = io.out.ring.as_ref() {
+        let r = ring.stats();
+        tracing::debug!(
+            stripe = pass.stripe(),
+            super_buffers = r.batches_sent,
+            segments = r.segments_sent,
+            send_buffer_full = r.err_again,
+            "first pass sent"
+        );
+    }
     let s = pass.stats();
     Ok(StripeStats {
         cpu_seconds: blockcast_io::os::thread_cpu_seconds(),

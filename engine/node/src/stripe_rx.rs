@@ -161,6 +161,11 @@ impl<'scope> StripeSockets<'scope> {
         })
     }
 
+    /// Stripes of the session these sockets were opened for (stripe 0 included).
+    pub(crate) fn count(&self) -> u16 {
+        (self.counters.len() + 1) as u16
+    }
+
     /// Descriptors the receive thread waits on for these stripes: the readers' eventfd first,
     /// then its own stripe sockets (the order [`drain`](Self::drain) takes `ready` in).
     pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {

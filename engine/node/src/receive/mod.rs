@@ -8,6 +8,7 @@
 
 mod host;
 mod split;
+mod state;
 mod store;
 mod verify;
 
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use std::net::Ipv4Addr;
 
 use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
-use blockcast_proto::wire::{BlockIndex, ObjectId, ReceiverId};
+use blockcast_proto::wire::{BlockIndex, LeaveReason, ObjectId, ReceiverId};
 use blockcast_proto::{Receiver, ReceiverConfig, ReceiverStats, SplitMember};
 use blockcast_seal::{OpenStats, Secret};
 
@@ -29,7 +30,9 @@ use crate::play::{self, PlaySummary, PlayTo, StartAt};
 use crate::published::{Ask, Published};
 use crate::NodeError;
 use host::ReceiveHost;
-use store::FileStore;
+pub use state::is_own_partial;
+use state::StateLock;
+use store::{FileStore, StoreOptions};
 use verify::Verifier;
 
 /// How to receive.
@@ -71,6 +74,13 @@ pub struct ReceiveConfig {
     /// A closed group: take only datagrams sealed with this secret, and seal what is sent
     /// (docs/wire.md §16).
     pub secret: Option<Secret>,
+    /// Reserve each file's space before writing (`fallocate`), so a full disk shows at the
+    /// start; without it files are sparse and a disk that fills stops the transfer midway
+    /// (exit with the state kept; a later receive resumes).
+    pub preallocate: bool,
+    /// Hash the blocks a state file says are verified (an earlier run into the same `out`)
+    /// instead of trusting it.
+    pub verify_existing: bool,
 }
 
 /// What the receiver knows of the session's authenticity.
@@ -268,7 +278,23 @@ fn receive_session(
         split: cfg.split,
         ..ReceiverConfig::default()
     };
-    let mut rx = Receiver::new(rcfg, FileStore::new(cfg.out.clone()));
+    // An earlier receive into `out` left state files: lock `out` now (a second receive into
+    // it stops here, before anything), and offer their manifests, so the content is adopted
+    // at its announce.
+    let (state_dir, resumable) = state::find(&cfg.out);
+    let lock = if resumable.is_empty() {
+        None
+    } else {
+        Some(StateLock::acquire(&state_dir).map_err(|e| store::lock_error(&cfg.out, e))?)
+    };
+    let options = StoreOptions {
+        preallocate: cfg.preallocate,
+        verify_existing: cfg.verify_existing,
+    };
+    let mut rx = Receiver::new(rcfg, FileStore::new(cfg.out.clone(), options, lock));
+    for r in resumable {
+        rx.offer_manifest(r.hash, r.manifest);
+    }
     let mut io = Io::new(
         inputs,
         Out {
@@ -281,7 +307,7 @@ fn receive_session(
     .protect(cfg.secret.as_ref())?;
     let started = Instant::now();
     let cpu_start = blockcast_io::os::thread_cpu_seconds();
-    let (tally, latency) = std::thread::scope(|scope| {
+    let run = std::thread::scope(|scope| {
         let verifier = Verifier::start(scope)?;
         let mut host = ReceiveHost::new(
             cfg,
@@ -298,10 +324,25 @@ fn receive_session(
         // The helper threads end whatever the result.
         let tally = host.finish();
         r.map(|()| tally)
-    })?;
+    });
+    let (tally, latency) = match run {
+        Ok(t) => t,
+        Err(e) => {
+            // Tell the server we are gone (a stop has told it already), and record what is
+            // verified: a later receive into the same place resumes from it.
+            if !matches!(e, NodeError::Interrupted) {
+                rx.leave(LeaveReason::Failed);
+                let _ = io.flush(&mut rx, Instant::now());
+            }
+            rx.store_mut().finish_state();
+            return Err(e);
+        }
+    };
     let done = tally.complete_at.unwrap_or_else(Instant::now);
     let sync_start = Instant::now();
-    rx.store_mut().sync()?;
+    let synced = rx.store_mut().sync();
+    rx.store_mut().finish_state();
+    synced?;
     let sync_seconds = sync_start.elapsed().as_secs_f64();
     Ok(ReceiveSummary {
         files: rx.store().paths(),
