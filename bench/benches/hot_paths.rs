@@ -229,7 +229,11 @@ fn sealing(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((UNIT_HEADER_LEN + unit) as u64));
         let mut sealer = Sealer::new(&secret, [1; 16]);
         g.bench_with_input(BenchmarkId::new("seal_into", unit), &unit, |b, _| {
-            b.iter(|| sealer.seal_into(&head, black_box(&payload), &mut out).unwrap())
+            b.iter(|| {
+                sealer
+                    .seal_into(&head, black_box(&payload), &mut out)
+                    .unwrap()
+            })
         });
         // Opening decrypts in place: each iteration opens a fresh copy of a sealed unit (the
         // copy is measured too, as `copy` below, to be taken off).
