@@ -242,6 +242,7 @@ fn run_session(
         xor_repairs: true,
         hash_cache: None,
         signer: None,
+        secret: None,
         statement: None,
     };
     let outs: Vec<PathBuf> = (0..s.receivers)

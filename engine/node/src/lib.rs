@@ -30,3 +30,4 @@ pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary
 
 /// CPU time the calling thread has used, in seconds.
 pub use blockcast_io::os::thread_cpu_seconds;
+pub use blockcast_seal::{OpenStats, Secret, TRAILER_LEN};

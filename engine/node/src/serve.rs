@@ -17,6 +17,7 @@ use blockcast_proto::{
     FirstPassProgress, Geometry, RateLimits, Sender, SenderConfig, SenderEvent, SenderStats,
     SplitConfig, StripePass, UnitRef,
 };
+use blockcast_seal::{OpenStats, Secret};
 
 use crate::content::{Content, Input, CHECK_INTERVAL};
 use crate::driver::{self, Flow, Input as DriverInput, Io, Out, Sends};
@@ -66,6 +67,9 @@ pub struct ServeConfig {
     /// A relay: the origin's session statement (when it was made, and its signature, if
     /// signed), passed on unchanged.
     pub statement: Option<(u64, Option<Signature>)>,
+    /// A closed group: every datagram is sealed with this secret, and only sealed ones are
+    /// taken (docs/wire.md §16).
+    pub secret: Option<Secret>,
 }
 
 /// Progress, reported a few times per second.
@@ -109,6 +113,9 @@ pub struct ServeSummary {
     pub manifest_hash: [u8; 32],
     /// The key the session statement is signed with (the origin's, for a relay).
     pub signer: Option<[u8; 32]>,
+    /// A closed group: what the control thread opened and dropped (datagrams without the
+    /// secret, forged, replayed).
+    pub sealed: Option<OpenStats>,
 }
 
 /// Serves until every accepted receiver is complete, the deadline passes, or `stop` is set.
@@ -145,6 +152,11 @@ pub(crate) fn serve_content(
     progress_cb: &mut dyn FnMut(&ServeProgress),
 ) -> Result<ServeSummary, NodeError> {
     let total_bytes = manifest.total_bytes();
+    if cfg.split && cfg.secret.is_some() {
+        return Err(NodeError::Config(
+            "a closed group (--secret) needs multicast: split mode does not seal its copies".into(),
+        ));
+    }
     let stripes = if cfg.split {
         1
     } else {
@@ -179,6 +191,7 @@ pub(crate) fn serve_content(
                     iface: cfg.iface,
                     ttl: cfg.ttl,
                     shared: &shared,
+                    secret: cfg.secret.as_ref(),
                 };
                 match std::thread::Builder::new()
                     .name(format!("bc-data-{s}"))
@@ -252,6 +265,7 @@ pub(crate) fn serve_content(
         receivers_ever: sender.receivers_ever(),
         manifest_hash: sender.manifest_hash(),
         signer: sender.statement_signer(),
+        sealed: io.open_stats(),
     })
 }
 
@@ -280,8 +294,10 @@ fn open_sockets(cfg: &ServeConfig) -> Result<(Io, SocketAddr), NodeError> {
         ring: Some(ring),
         group,
         control: Some(control),
+        seal: None,
     };
-    Ok((Io::new(vec![input], out), control_addr))
+    let io = Io::new(vec![input], out).protect(cfg.secret.as_ref())?;
+    Ok((io, control_addr))
 }
 
 /// The protocol's configuration for this server: `--rate auto` unless a rate is fixed, an

@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
 use blockcast_proto::wire::{BlockIndex, LeaveReason, ObjectId, ReceiverId};
 use blockcast_proto::{Receiver, ReceiverConfig, ReceiverStats, SplitMember};
+use blockcast_seal::{OpenStats, Secret};
 
 use crate::driver::{self, Input, Io, Out, Sends};
 use crate::play::{self, PlaySummary, PlayTo, StartAt};
@@ -70,6 +71,9 @@ pub struct ReceiveConfig {
     pub trust: Vec<[u8; 32]>,
     /// Pin the content without keys: the manifest hash, or a one-object session's BLAKE3.
     pub expect: Option<[u8; 32]>,
+    /// A closed group: take only datagrams sealed with this secret, and seal what is sent
+    /// (docs/wire.md §16).
+    pub secret: Option<Secret>,
     /// Reserve each file's space before writing (`fallocate`), so a full disk shows at the
     /// start; without it files are sparse and a disk that fills stops the transfer midway
     /// (exit with the state kept; a later receive resumes).
@@ -131,6 +135,9 @@ pub struct ReceiveSummary {
     pub stripe_datagrams: u64,
     /// The session's authenticity.
     pub session: Option<SessionTrust>,
+    /// A closed group: what the receive thread opened and dropped (datagrams without the
+    /// secret, forged, replayed).
+    pub sealed: Option<OpenStats>,
 }
 
 /// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
@@ -220,6 +227,11 @@ fn receive_session(
     published: &Published,
     asks: &mpsc::Receiver<Ask>,
 ) -> Result<ReceiveSummary, NodeError> {
+    if cfg.split.is_some() && cfg.secret.is_some() {
+        return Err(NodeError::Config(
+            "a closed group (--secret) needs multicast: split mode does not seal its copies".into(),
+        ));
+    }
     let socket_err = |e| NodeError::Io(blockcast_io::IoError::os("dup", "receive socket", e));
     // Split mode: one unicast socket for data and control; otherwise the group's socket and
     // a control socket.
@@ -289,8 +301,10 @@ fn receive_session(
             ring: None,
             group: None,
             control: Some(control),
+            seal: None,
         },
-    );
+    )
+    .protect(cfg.secret.as_ref())?;
     let started = Instant::now();
     let cpu_start = blockcast_io::os::thread_cpu_seconds();
     let run = std::thread::scope(|scope| {
@@ -351,6 +365,7 @@ fn receive_session(
         forwarded: tally.forwarded,
         stripe_datagrams: tally.stripe_datagrams,
         session: session_trust(&rx),
+        sealed: io.open_stats(),
     })
 }
 
