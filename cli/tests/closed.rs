@@ -66,27 +66,10 @@ fn serve(dir: &Path, name: &str, g: &str, src: &Path, control: u16, extra: &[&st
 
 /// A socket that hears `port` of the group on loopback, as any host on the segment can.
 fn listen(g: &str, port: u16) -> UdpSocket {
-    let g = addr(g);
-    let at = SocketAddrV4::new(*g.ip(), port);
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
-    s.set_reuse_address(true).expect("reuse");
-    s.set_multicast_all_v4(false).expect("multicast all");
-    s.set_recv_buffer_size(8 << 20).expect("rcvbuf");
-    s.bind(&SocketAddr::V4(at).into()).expect("bind group");
-    s.join_multicast_v4(g.ip(), &Ipv4Addr::LOCALHOST)
-        .expect("join");
-    s.set_read_timeout(Some(Duration::from_millis(50)))
-        .expect("timeout");
-    s.into()
-}
-
-/// A socket that sends through loopback only (TTL 1).
-fn sender() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let sock = Socket::from(s);
-    sock.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).expect("if");
-    sock.set_multicast_ttl_v4(1).expect("ttl");
-    sock.into()
+    listen_group(
+        SocketAddrV4::new(*addr(g).ip(), port),
+        Duration::from_millis(50),
+    )
 }
 
 /// What a capture saw: datagrams, and whether any held the marker.
@@ -442,7 +425,7 @@ fn packets_injected_without_the_secret_are_dropped_and_counted() {
     .emit(&mut buf)
     .expect("emit done");
     let plain_done = buf[..n].to_vec();
-    let tx = sender();
+    let tx = loopback_sender();
     let to_group = addr(&g);
     // To the receiver: a plain Done that would end an open session, an altered Announce,
     // and the genuine Announce again (a replay).

@@ -61,16 +61,7 @@ pub fn generate(name: &Path) -> Result<KeyPair, NodeError> {
         path: path.to_path_buf(),
         source,
     };
-    // Created 0600 and only if new (O_EXCL): nobody else can have opened it in between.
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&secret)
-        .map_err(|e| out(&secret, e))?;
-    f.write_all(format!("{SECRET_TAG} {}\n", hex(&seed)).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| out(&secret, e))?;
+    write_private(&secret, &format!("{SECRET_TAG} {}\n", hex(&seed)))?;
     let comment = name
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -94,18 +85,23 @@ pub fn generate(name: &Path) -> Result<KeyPair, NodeError> {
 /// exist.
 pub fn generate_group_secret(path: &Path) -> Result<(), NodeError> {
     let secret: [u8; 32] = random_bytes()?;
+    write_private(path, &format!("{GROUP_TAG} {}\n", hex(&secret)))
+}
+
+/// Writes `text` to a new file at `path`, mode 0600, synced. Created only if new (O_EXCL):
+/// nobody else can have opened it in between.
+fn write_private(path: &Path, text: &str) -> Result<(), NodeError> {
     let out = |source| NodeError::Output {
         path: path.to_path_buf(),
         source,
     };
-    // Created 0600 and only if new (O_EXCL), as a signing key is.
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(out)?;
-    f.write_all(format!("{GROUP_TAG} {}\n", hex(&secret)).as_bytes())
+    f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(out)
 }
@@ -139,7 +135,7 @@ fn read_private(path: &Path) -> Result<Vec<u8>, NodeError> {
         return Err(bad(
             path,
             format!(
-                "mode {:o}: a secret must be readable by its owner only (chmod 600)",
+                "mode {:o}: a secret or secret key must be readable by its owner only (chmod 600)",
                 meta.permissions().mode() & 0o777
             ),
         ));
@@ -163,21 +159,7 @@ fn bad(path: &Path, why: String) -> NodeError {
 
 /// Reads a secret key file (`--sign`). Refuses one that others can read, as ssh does.
 pub fn read_secret(path: &Path) -> Result<Signer, NodeError> {
-    let input = |source| NodeError::Input {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(input)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(bad(
-            path,
-            format!(
-                "mode {:o}: a secret key must be readable by its owner only (chmod 600)",
-                meta.permissions().mode() & 0o777
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(input)?;
+    let text = String::from_utf8_lossy(&read_private(path)?).into_owned();
     let mut words = text.split_whitespace();
     match (words.next(), words.next().and_then(from_hex::<32>)) {
         (Some(SECRET_TAG), Some(seed)) => Ok(Signer::from_seed(&seed)),

@@ -542,18 +542,24 @@ mod tests {
         assert_eq!(s.stats().repair_denied, 64 * 4);
     }
 
-    #[test]
-    fn a_member_that_claims_to_miss_everything_gets_its_loss_allowance_a_burst_then_its_share() {
+    /// One member, and the whole first pass (256 units) sent at 1,000 datagrams of 34 bytes
+    /// per second: the sender, the member's cookie and the time then.
+    fn one_member_after_the_first_pass() -> (Sender<Gated>, u64, Instant) {
         let mut s = sender(64, 1);
-        s.set_rate(34_000); // 1,000 datagrams of 34 bytes per second
+        s.set_rate(34_000);
         let t0 = Instant::now();
         let cookie = join(&mut s, t0, addr(A), 1);
-        // The whole first pass goes out (256 units).
         let mut now = t0;
         while !s.first_pass_done() {
             now += Duration::from_millis(10);
             drain(&mut s, now);
         }
+        (s, cookie, now)
+    }
+
+    #[test]
+    fn a_member_that_claims_to_miss_everything_gets_its_loss_allowance_a_burst_then_its_share() {
+        let (mut s, cookie, now) = one_member_after_the_first_pass();
         assert_eq!(s.stats().data_units, 256);
         let p = every_block_nack(&s, 1, cookie);
         send(&mut s, now, addr(A), p);
@@ -585,15 +591,7 @@ mod tests {
 
     #[test]
     fn a_member_that_lost_a_burst_gets_all_of_it_repaired_at_once() {
-        let mut s = sender(64, 1);
-        s.set_rate(34_000);
-        let t0 = Instant::now();
-        let cookie = join(&mut s, t0, addr(A), 1);
-        let mut now = t0;
-        while !s.first_pass_done() {
-            now += Duration::from_millis(10);
-            drain(&mut s, now);
-        }
+        let (mut s, cookie, now) = one_member_after_the_first_pass();
         // 5 % of the first pass lost at once (a socket buffer that overflowed): more than one
         // repair burst, all of it granted, none refused.
         let lost = (256.0 * 0.05) as u32 / 4 * 4;
