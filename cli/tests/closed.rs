@@ -8,14 +8,13 @@
 mod common;
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use blockcast_proto::wire::{DoneReason, DoneRepr, Packet, SessionId, FLAG_TAGGED, HEADER_LEN};
 use common::*;
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// Planted every 700 bytes of the samples, so every unit of 1,400 bytes carries it whole.
 const MARKER: &[u8] = b"blockcast-plaintext-marker:";
