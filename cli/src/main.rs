@@ -311,6 +311,12 @@ struct ResumeArgs {
     /// start.
     #[arg(long)]
     no_preallocate: bool,
+    /// Write over files found where objects go that are not partial files of an earlier
+    /// receive into this --out (without it such a file is kept and the receive exits 8). A
+    /// regular file is rewritten in place (its blocks that already match are kept); a
+    /// symbolic link or a file with other hard links is removed and made anew, never followed.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -566,6 +572,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             secret: group_secret(a.upstream_secret.as_ref().or(a.send.secret.as_ref()))?,
             preallocate: !a.resume.no_preallocate,
             verify_existing: a.resume.verify_existing,
+            overwrite: a.resume.overwrite,
         },
         downstream: groups
             .iter()
@@ -646,7 +653,8 @@ fn hash(a: HashArgs, out: &output::Output) -> Result<()> {
         });
     } else {
         for e in &entries {
-            println!("{}  {}", blake3::Hash::from(e.hash).to_hex(), e.name);
+            let name = blockcast_node::names::escaped(&e.name);
+            println!("{}  {name}", blake3::Hash::from(e.hash).to_hex());
         }
         out.say(&format!(
             "{} object(s) in {seconds:.2} s, {cached} from the cache ({})",
@@ -808,6 +816,7 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
         failover_after,
         preallocate: !a.resume.no_preallocate,
         verify_existing: a.resume.verify_existing,
+        overwrite: a.resume.overwrite,
     };
     if cfg.play == Some(PlayTo::Stdout) && out.json {
         return Err(exit::usage(

@@ -11,6 +11,7 @@ mod hashcache;
 pub mod http;
 pub mod keys;
 pub mod local;
+pub mod names;
 pub mod play;
 pub mod published;
 mod receive;
@@ -23,7 +24,8 @@ pub use content::{collect_inputs, hash_inputs, Input};
 pub use error::{NodeError, ThreadFailure};
 pub use hashcache::HashCache;
 pub use receive::{
-    is_own_partial, receive, ReceiveConfig, ReceiveProgress, ReceiveSummary, SessionTrust,
+    fuzz_state_file, is_own_partial, receive, ReceiveConfig, ReceiveProgress, ReceiveSummary,
+    SessionTrust,
 };
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};

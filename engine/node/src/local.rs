@@ -60,6 +60,7 @@ pub fn local_receivers(
             expect: None,
             preallocate: true,
             verify_existing: false,
+            overwrite: false,
         })
         .collect()
 }

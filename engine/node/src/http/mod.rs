@@ -205,3 +205,23 @@ fn reject(mut stream: TcpStream) {
     let _ = stream.write_all(body.as_bytes());
     let _ = stream.shutdown(Shutdown::Write);
 }
+
+/// Parses `bytes` as a request head as the server would, then its target and its `Range`
+/// against an object of `size` bytes; checks what each promises. For the fuzz targets
+/// (fuzz/): any input, no panic.
+#[doc(hidden)]
+pub fn fuzz_request(bytes: &[u8], size: u64) {
+    let Ok(Some((req, used))) = parse::parse_head(bytes) else {
+        return;
+    };
+    assert!(used <= bytes.len().min(parse::MAX_HEAD_BYTES));
+    let _ = parse::request_path(&req.target);
+    if let Some(range) = &req.range {
+        if let parse::RangeSpec::Bytes { start, end } = parse::parse_range(range, size) {
+            assert!(
+                start < end && end <= size,
+                "{range}: {start}..{end} of {size}"
+            );
+        }
+    }
+}

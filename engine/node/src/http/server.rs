@@ -117,8 +117,9 @@ impl Conn {
         };
         if name.is_empty() {
             let mut body = String::new();
+            // One line per object: a name's control characters (a newline) are escaped.
             for o in &manifest.objects {
-                body += &format!("{}\t{}\n", o.name, o.size);
+                body += &format!("{}\t{}\n", crate::names::escaped(&o.name), o.size);
             }
             return send_text(stream, head_only, "text/plain; charset=utf-8", &body);
         }

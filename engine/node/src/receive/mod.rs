@@ -30,8 +30,8 @@ use crate::play::{self, PlaySummary, PlayTo, StartAt};
 use crate::published::{Ask, Published};
 use crate::NodeError;
 use host::ReceiveHost;
-pub use state::is_own_partial;
 use state::StateLock;
+pub use state::{fuzz_state_file, is_own_partial};
 use store::{FileStore, StoreOptions};
 use verify::Verifier;
 
@@ -81,6 +81,10 @@ pub struct ReceiveConfig {
     /// Hash the blocks a state file says are verified (an earlier run into the same `out`)
     /// instead of trusting it.
     pub verify_existing: bool,
+    /// Write over files under `out` that are not partial files of an earlier receive (no
+    /// state file of ours names them); without it such a file stops the receive
+    /// ([`NodeError::OutputExists`]) and is kept.
+    pub overwrite: bool,
 }
 
 /// What the receiver knows of the session's authenticity.
@@ -290,6 +294,7 @@ fn receive_session(
     let options = StoreOptions {
         preallocate: cfg.preallocate,
         verify_existing: cfg.verify_existing,
+        overwrite: cfg.overwrite,
     };
     let mut rx = Receiver::new(rcfg, FileStore::new(cfg.out.clone(), options, lock));
     for r in resumable {

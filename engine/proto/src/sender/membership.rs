@@ -449,12 +449,15 @@ impl<S: BlockSource> Sender<S> {
 
     pub(super) fn on_receipt(&mut self, now: Instant, r: &ReceiptRepr) {
         let ts_now = self.timestamp(now);
+        // A member's word: it cannot have verified more blocks than the session has (a claim
+        // of more made the delivery rate below overflow: found by the `sender` fuzz target).
+        let blocks_done = r.blocks_done.min(self.numbering.total());
         let Some(m) = self.membership.members.get_mut(&r.receiver) else {
             self.stats.strangers += 1;
             return;
         };
         m.last_heard = now;
-        m.budget.progress(r.blocks_done);
+        m.budget.progress(blocks_done);
         m.reported = true;
         m.loss_ppm = r.loss_ppm;
         if r.loss_ppm > 0 {
@@ -474,7 +477,7 @@ impl<S: BlockSource> Sender<S> {
             {
                 let block = self.numbering.block_size() as u64;
                 let dt = now.saturating_duration_since(t).as_secs_f64();
-                let rate = (r.blocks_done.saturating_sub(b) * block) as f64 / dt;
+                let rate = blocks_done.saturating_sub(b).saturating_mul(block) as f64 / dt;
                 m.delivery = if m.delivery == 0 {
                     rate as u64
                 } else {
@@ -482,14 +485,14 @@ impl<S: BlockSource> Sender<S> {
                 };
                 m.delivered = Some(Delivered {
                     at: now,
-                    blocks: r.blocks_done,
+                    blocks: blocks_done,
                 });
             }
             Some(_) => {}
             None => {
                 m.delivered = Some(Delivered {
                     at: now,
-                    blocks: r.blocks_done,
+                    blocks: blocks_done,
                 });
             }
         }
@@ -599,5 +602,35 @@ mod tests {
         let d = s.slowest_delivery().unwrap();
         assert!((1_270..=1_290).contains(&d), "{d}");
         assert_eq!(s.worst_queue_ppm(), 300_000);
+    }
+
+    #[test]
+    fn a_member_claiming_more_blocks_than_exist_is_taken_at_the_session_s_count() {
+        // Regression (the `sender` fuzz target): a notice with blocks_done near u64::MAX
+        // overflowed the delivery rate's multiplication.
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let total = s.numbering.total();
+        let notice = |blocks_done: u64| ReceiptRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(1),
+            cookie: 0,
+            complete: false,
+            echo_timestamp: 0,
+            echo_delay_us: 0,
+            loss_ppm: 0,
+            overflow_ppm: 0,
+            queue_ppm: 0,
+            watermark_object: ObjectId(0),
+            watermark_block: BlockIndex(0),
+            blocks_done,
+            runs: Vec::new(),
+        };
+        s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        s.on_receipt(t0, &notice(0));
+        s.on_receipt(t0 + Duration::from_secs(1), &notice(u64::MAX / 3));
+        // All the session's blocks in one second, no more.
+        let block = s.numbering.block_size() as u64;
+        assert_eq!(s.slowest_delivery(), Some(total * block));
     }
 }
