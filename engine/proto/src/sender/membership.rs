@@ -611,8 +611,9 @@ mod tests {
         let mut s = gated_sender();
         let t0 = Instant::now();
         let total = s.numbering.total();
+        let session = s.cfg.session;
         let notice = |blocks_done: u64| ReceiptRepr {
-            session: s.cfg.session,
+            session,
             receiver: ReceiverId(1),
             cookie: 0,
             complete: false,
