@@ -564,13 +564,14 @@ impl<S: BlockSource> Sender<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::gated_sender;
+    use super::super::testing::{gated_sender, gated_sender_with};
     use super::*;
     use crate::wire::{BlockIndex, ObjectId};
 
     #[test]
     fn delivery_rate_is_what_the_slowest_receiver_verified_between_notices() {
-        let mut s = gated_sender();
+        // 16 blocks: a notice counts at most the session's blocks.
+        let mut s = gated_sender_with(16, 1);
         let t0 = Instant::now();
         let notice = |id: u64, blocks_done: u64, queue_ppm: u32| ReceiptRepr {
             session: s.cfg.session,
