@@ -332,6 +332,13 @@ impl<S: BlockSource> Sender<S> {
         self.epoch
     }
 
+    /// Changes how many accepted receivers the first pass waits for (before `max_wait`), while
+    /// it has not started: an origin holds the first pass for its batching window, then waits
+    /// for the receivers it granted the session to.
+    pub fn set_min_receivers(&mut self, n: usize) {
+        self.cfg.min_receivers = n;
+    }
+
     /// Stop: tell the group the session is over.
     pub fn abort(&mut self, now: Instant) {
         if !matches!(self.phase, Phase::Closing { .. } | Phase::Finished) {

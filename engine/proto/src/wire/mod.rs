@@ -10,6 +10,7 @@ mod control;
 mod cursor;
 mod feedback;
 pub(crate) mod manifest;
+pub mod origin;
 mod split;
 mod unit;
 
