@@ -66,7 +66,7 @@ pub fn incomplete(message: String) -> anyhow::Error {
 pub fn node(e: NodeError) -> anyhow::Error {
     let code = match &e {
         NodeError::Io(_) | NodeError::Listen { .. } | NodeError::Send { .. } => NETWORK,
-        NodeError::Input { .. } => INPUT,
+        NodeError::Input { .. } | NodeError::NotInCatalog { .. } => INPUT,
         NodeError::Output { .. } => OUTPUT,
         NodeError::Config(_) => USAGE,
         NodeError::Thread { .. } | NodeError::Internal(_) => FAILURE,

@@ -643,6 +643,8 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         xor_repairs: !a.send.no_xor_repairs,
         signer: signer(a.send.sign.as_ref())?,
         statement: None,
+        core_offset: 0,
+        gate: None,
         hash_cache: if a.no_hash_cache {
             None
         } else {

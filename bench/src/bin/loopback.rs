@@ -127,6 +127,8 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         hash_cache: None,
         signer: signer.clone(),
         statement: None,
+        core_offset: 0,
+        gate: None,
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();

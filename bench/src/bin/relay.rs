@@ -92,6 +92,8 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         hash_cache: None,
         signer: None,
         statement: None,
+        core_offset: 0,
+        gate: None,
     };
     let outs: Vec<PathBuf> = (0..total)
         .map(|i| dir.join(format!("copy-{i}.bin")))

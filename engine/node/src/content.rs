@@ -276,6 +276,38 @@ impl Content {
         })
     }
 
+    /// Maps one file whose manifest entry is already known (an origin's catalog hashed it),
+    /// without reading it; fails if its size is no longer `size`.
+    pub(crate) fn map_known(path: &Path, size: u64, block_size: usize) -> Result<Self, NodeError> {
+        let err = |source| NodeError::Input {
+            path: path.to_path_buf(),
+            source,
+        };
+        let f = File::open(path).map_err(err)?;
+        let len = f.metadata().map_err(err)?.len();
+        if len != size {
+            return Err(NodeError::Input {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "changed since it was hashed ({len} bytes, {size} then)"
+                )),
+            });
+        }
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: read-only shared mapping; the origin stops the session when the file
+            // changes or disappears (it checks its identity several times a second), the
+            // contract of a file server whose inputs are not rewritten in place.
+            Some(unsafe { Mmap::map(&f) }.map_err(err)?)
+        };
+        Ok(Content {
+            sources: vec![Arc::new(Mapped(map))],
+            block_size,
+            ready: None,
+        })
+    }
+
     /// The same files, as another sender's source.
     pub(crate) fn share(&self) -> Self {
         self.clone()

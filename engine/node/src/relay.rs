@@ -151,6 +151,8 @@ pub fn relay(
                             signer: cfg.signer.clone(),
                             // The origin's statement, unchanged: trust reaches across tiers.
                             statement: Some(published.statement().unwrap_or((0, None))),
+                            core_offset: 0,
+                            gate: None,
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());
                         let (state, down_stop) = (&state, &down_stop);

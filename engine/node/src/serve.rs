@@ -7,7 +7,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, RecvBatch, SendRing, SendRingConfig, Source};
@@ -66,6 +67,21 @@ pub struct ServeConfig {
     /// A relay: the origin's session statement (when it was made, and its signature, if
     /// signed), passed on unchanged.
     pub statement: Option<(u64, Option<Signature>)>,
+    /// Data thread `s` is pinned to core `core_offset + s` (modulo the cores): an origin
+    /// spreads its sessions' data threads over the cores.
+    pub core_offset: usize,
+    /// An origin's session: when its first pass may start ([`StartGate`]).
+    pub gate: Option<Arc<StartGate>>,
+}
+
+/// When an origin's session may start its first pass: not before `window_end` (the batching
+/// window: requests until then join before anything is sent), then as soon as every receiver
+/// the session was granted to has joined (or the session's `max_wait` has passed).
+#[derive(Debug)]
+pub struct StartGate {
+    pub window_end: Instant,
+    /// Requests granted this session so far.
+    pub granted: AtomicUsize,
 }
 
 /// Progress, reported a few times per second.
@@ -79,6 +95,10 @@ pub struct ServeProgress {
     pub rate: u64,
     /// Where receivers send to (split-mode members are given it as `--server`).
     pub control: SocketAddr,
+    /// The first pass has started.
+    pub sending: bool,
+    /// The protocol core's counters (the data threads' first pass is in `bytes_sent`).
+    pub stats: SenderStats,
 }
 
 /// One receiver as the server saw it.
@@ -174,7 +194,7 @@ pub(crate) fn serve_content(
             for pass in passes {
                 let s = usize::from(pass.stripe());
                 let t = StripeThread {
-                    core: (!cores.is_empty()).then(|| cores[s % cores.len()]),
+                    core: (!cores.is_empty()).then(|| cores[(cfg.core_offset + s) % cores.len()]),
                     group: cfg.group,
                     iface: cfg.iface,
                     ttl: cfg.ttl,
@@ -350,6 +370,15 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
         if self.stop.load(Ordering::Relaxed) {
             sender.abort(now);
         }
+        if let (Some(g), false) = (&self.cfg.gate, sender.is_sending()) {
+            // Relaxed: a count a turn old only delays the start by a turn.
+            let n = if now < g.window_end {
+                usize::MAX
+            } else {
+                g.granted.load(Ordering::Relaxed).max(1)
+            };
+            sender.set_min_receivers(n);
+        }
         if self.data_started {
             let (sent_before, bytes) = self.shared.progress();
             sender.handle_first_pass(now, FirstPassProgress { sent_before, bytes });
@@ -426,6 +455,8 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
                 total_bytes: self.total_bytes,
                 rate: sender.rate(),
                 control: self.control,
+                sending: sender.is_sending(),
+                stats: s.clone(),
             });
             self.next_progress = now + Duration::from_millis(200);
         }

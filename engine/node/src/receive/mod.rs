@@ -91,6 +91,8 @@ pub struct ReceiveProgress {
     pub blocks: u64,
     /// Once the manifest is known: the session's authenticity.
     pub session: Option<SessionTrust>,
+    /// The protocol core's counters (for metrics).
+    pub stats: Option<ReceiverStats>,
 }
 
 /// What a receive run did.
@@ -348,5 +350,6 @@ pub(crate) fn report(rx: &Receiver<FileStore>) -> ReceiveProgress {
         blocks_done: rx.blocks_done(),
         blocks: rx.total_blocks(),
         session: session_trust(rx),
+        stats: Some(rx.stats().clone()),
     }
 }
