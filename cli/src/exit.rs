@@ -54,6 +54,22 @@ pub fn net(message: String) -> anyhow::Error {
     .into()
 }
 
+pub fn input(message: String) -> anyhow::Error {
+    Coded {
+        code: INPUT,
+        message,
+    }
+    .into()
+}
+
+pub fn output_err(message: String) -> anyhow::Error {
+    Coded {
+        code: OUTPUT,
+        message,
+    }
+    .into()
+}
+
 pub fn incomplete(message: String) -> anyhow::Error {
     Coded {
         code: INCOMPLETE,

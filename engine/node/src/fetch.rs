@@ -133,6 +133,8 @@ pub fn fetch_one(
                 place(&staging.join(name), &target)?;
                 // The staging directory (and the receiver's state in it) is no longer needed.
                 let _ = std::fs::remove_dir_all(&staging);
+                // And their parent, once no other transfer uses it.
+                let _ = std::fs::remove_dir(cfg.out.join(PARTIAL_DIR));
                 let seconds = started.elapsed().as_secs_f64();
                 events(NodeEvent::ObjectSynced {
                     object: name.to_owned(),

@@ -365,13 +365,48 @@ pub fn serve(
         match prometheus_client::encoding::text::encode(&mut body, &reg) {
             Ok(()) => ApiResponse {
                 status: 200,
-                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: to_prometheus_text(&body),
             },
             Err(_) => ApiResponse::text(500, "cannot encode the metrics\n"),
         }
     });
     spawn_api(addr, "bc-metrics", handler, stop)
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics text: a counter family's help and
+/// type name its `_total` samples, and the `# UNIT` and `# EOF` lines go. Every Prometheus
+/// server and `promtool check metrics` read this format; OpenMetrics names a counter family
+/// without its suffix, which they read as a family with no samples.
+pub fn to_prometheus_text(open_metrics: &str) -> String {
+    let mut out = String::with_capacity(open_metrics.len());
+    let mut help: Option<&str> = None;
+    for line in open_metrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -395,5 +430,13 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         assert!(text.contains("blockcast_origin_sessions_total 1"), "{text}");
         assert!(text.contains("blockcast_build_info{version="), "{text}");
+        let plain = to_prometheus_text(&text);
+        assert!(
+            plain.contains("# HELP blockcast_origin_sessions_total Sessions the origin started.")
+        );
+        assert!(plain.contains(
+            "# TYPE blockcast_origin_sessions_total counter\nblockcast_origin_sessions_total 1\n"
+        ));
+        assert!(!plain.contains("# EOF"));
     }
 }
