@@ -101,7 +101,10 @@ pub fn thread_cpu_seconds() -> f64 {
 pub fn set_timer_slack(slack: Duration) {
     // SAFETY: a plain prctl with an integer argument; it changes only this thread's slack.
     unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, slack.as_nanos().max(1) as libc::c_ulong);
+        libc::prctl(
+            libc::PR_SET_TIMERSLACK,
+            slack.as_nanos().max(1) as libc::c_ulong,
+        );
     }
 }
 
