@@ -181,6 +181,8 @@ struct Running {
     thread: std::thread::JoinHandle<Result<ServeSummary, NodeError>>,
     /// Why the origin stopped it.
     failed: Option<String>,
+    /// Requests still join it.
+    joinable: bool,
     started: Instant,
     cores: Vec<usize>,
     delta: Delta,
@@ -465,6 +467,7 @@ impl OriginHost<'_> {
                 progress,
                 thread,
                 failed: None,
+                joinable: true,
                 started: Instant::now(),
                 cores,
                 delta: Delta::default(),
@@ -572,9 +575,9 @@ impl OriginHost<'_> {
         }
     }
 
-    /// Every few hundred milliseconds: sessions whose file went away are stopped, progress
-    /// goes to the metrics.
-    fn check_sessions(&mut self) {
+    /// Every few hundred milliseconds: sessions whose file went away are stopped, sessions
+    /// too far into their first pass stop taking requests, progress goes to the metrics.
+    fn check_sessions(&mut self, handler: &mut RequestHandler) {
         let ids: Vec<u32> = self.running.keys().copied().collect();
         for id in ids {
             let Some(s) = self.running.get_mut(&id) else {
@@ -591,6 +594,18 @@ impl OriginHost<'_> {
             }
             // The data threads' first pass counts as sent.
             let p = s.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(p) = &p {
+                // A receiver that joins late gets what it missed as repairs, within its share
+                // of the rate (wire.md §12.12): past that share of the object, a new session
+                // serves it sooner than this one would.
+                let late = p.sending
+                    && p.bytes_sent as f64
+                        > p.total_bytes as f64 * blockcast_proto::sender::MEMBER_REPAIR_SHARE;
+                if s.joinable && (late || s.failed.is_some()) {
+                    s.joinable = false;
+                    handler.close_session(&s.name, s.session);
+                }
+            }
             if let Some(p) = p {
                 let first_pass = p
                     .bytes_sent
@@ -675,7 +690,7 @@ impl driver::Host<RequestHandler> for OriginHost<'_> {
             self.reap(handler, id, false);
         }
         if now >= self.next_check {
-            self.check_sessions();
+            self.check_sessions(handler);
             self.next_check = now + Duration::from_millis(200);
         }
         Ok(Flow::Continue)
