@@ -515,6 +515,10 @@ struct RelayArgs {
     failover: FailoverArgs,
     #[command(flatten)]
     trust: TrustArgs,
+    /// A TOML file whose keys are this command's long flag names (e.g. `iface = "eth1"`,
+    /// `downstream = ["239.255.1.1:9000"]`); flags and BLOCKCAST_CONFIG override it.
+    #[arg(long, env = "BLOCKCAST_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
