@@ -1,6 +1,6 @@
 //! An origin's client as a library: ask for objects by name (to fetch them, or only to learn
 //! their size and hash) and for the catalog, over the origin's control protocol
-//! (docs/wire.md §16). `fetch`, the agent, the origin's own HTTP API and the edge use it.
+//! (docs/wire.md §17). `fetch`, the agent, the origin's own HTTP API and the edge use it.
 //!
 //! Each call runs the protocol's [`Requester`] on the node's one driver until every answer is
 //! in (or given up), on a socket bound to the interface's address.

@@ -116,13 +116,13 @@ impl Signer {
         self.sign(&done_message(session, reason, control))
     }
 
-    /// Signs an origin's catalog statement (wire.md §16.6).
+    /// Signs an origin's catalog statement (wire.md §17.6).
     pub fn sign_catalog(&self, c: &CatalogStatement) -> Signature {
         self.sign(&c.message())
     }
 }
 
-/// What an origin signs about its catalog (wire.md §16.6): which catalog, and its bytes' hash.
+/// What an origin signs about its catalog (wire.md §17.6): which catalog, and its bytes' hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CatalogStatement {
     pub generation: u64,

@@ -1,4 +1,4 @@
-//! An origin's request handler, sans-IO (docs/wire.md §16): answers requests for objects by
+//! An origin's request handler, sans-IO (docs/wire.md §17): answers requests for objects by
 //! name and catalog queries at the origin's listen address.
 //!
 //! The node keeps it told what there is: the catalog of hashed objects
@@ -13,7 +13,7 @@
 //! with a burst); a request that finds the bucket empty is dropped unanswered (the client
 //! asks again after its back-off). Requests waiting for a session are at most
 //! [`HandlerConfig::max_waiting`]; past that, and for a session the node cannot open, the
-//! answer is `Busy`. No answer is longer than what asked for it (§16).
+//! answer is `Busy`. No answer is longer than what asked for it (§17).
 //!
 //! Drive it as every endpoint ([`crate::Endpoint`]): datagrams that arrive at the listen
 //! address in, answers out (`poll_transmit`), timers, events.
@@ -47,7 +47,7 @@ pub struct HandlerConfig {
     /// A session the node has not opened within this long is given up: its waiting
     /// requests are answered `Busy`.
     pub open_timeout: Duration,
-    /// Signs the catalog statement (§16.6).
+    /// Signs the catalog statement (§17.6).
     pub signer: Option<Signer>,
 }
 

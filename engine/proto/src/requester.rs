@@ -1,4 +1,4 @@
-//! An origin's client, sans-IO (docs/wire.md §16): asks an origin for objects by name and for
+//! An origin's client, sans-IO (docs/wire.md §17): asks an origin for objects by name and for
 //! its catalog, and waits for the answers, asking again as it must.
 //!
 //! A request goes again after `retry` (doubling, up to `max_retry`) until answered, and after

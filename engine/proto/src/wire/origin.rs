@@ -1,4 +1,4 @@
-//! The origin's packets (wire.md §16): a client asks an origin for an object by name, or for a
+//! The origin's packets (wire.md §17): a client asks an origin for an object by name, or for a
 //! page of its catalog, and the origin answers. They are a family of their own: they travel
 //! to and from the origin's listen address, never to a session's control address, so
 //! [`Packet::parse`](super::Packet::parse) does not know their kinds (a session endpoint drops
@@ -18,9 +18,9 @@ use super::{read_addr, write_addr, WireError, ADDR_LEN, HEADER_LEN, MAGIC, MAX_N
 use crate::auth::{Signature, SIGNED_LEN};
 
 /// Shortest request or catalog query an origin answers: longer than any answer but a catalog
-/// chunk, which is cut to the query's length (wire.md §16).
+/// chunk, which is cut to the query's length (wire.md §17).
 pub const MIN_REQUEST_LEN: usize = 256;
-/// Largest serialized catalog (wire.md §16.5).
+/// Largest serialized catalog (wire.md §17.5).
 pub const MAX_CATALOG_LEN: usize = 64 << 20;
 /// Bytes of a catalog chunk before its signature block and its catalog bytes.
 pub const CHUNK_HEADER_LEN: usize = HEADER_LEN + 8 + 8 + 4 + 32 + 8 + 4 + 1;
@@ -46,7 +46,7 @@ pub enum RequestMode {
     Lookup = 1,
 }
 
-/// Client -> origin: the object named `name` (wire.md §16.1).
+/// Client -> origin: the object named `name` (wire.md §17.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestRepr {
     /// Chosen by the client (at random); the answer echoes it.
@@ -66,7 +66,7 @@ pub struct Grant {
     pub hash: [u8; 32],
 }
 
-/// Why an origin answers as it does (wire.md §16.2).
+/// Why an origin answers as it does (wire.md §17.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnswerStatus {
     /// A session for the object is being set up or running: join it.
@@ -81,34 +81,34 @@ pub enum AnswerStatus {
     Busy { retry_after_ms: u16 },
 }
 
-/// Origin -> client: the answer to request `request_id` (wire.md §16.2).
+/// Origin -> client: the answer to request `request_id` (wire.md §17.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AnswerRepr {
     pub request_id: u64,
     pub status: AnswerStatus,
 }
 
-/// Client -> origin: the catalog's bytes from `offset` (wire.md §16.3).
+/// Client -> origin: the catalog's bytes from `offset` (wire.md §17.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CatalogQueryRepr {
     pub request_id: u64,
     pub offset: u32,
 }
 
-/// Origin -> client: a chunk of the current catalog (wire.md §16.4).
+/// Origin -> client: a chunk of the current catalog (wire.md §17.4).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogChunkRepr<'a> {
     pub request_id: u64,
     /// Which catalog this is: greater for every change (a client restarts on a new one).
     pub generation: u64,
-    /// Length of the serialized catalog (§16.5).
+    /// Length of the serialized catalog (§17.5).
     pub catalog_len: u32,
     /// BLAKE3 of the serialized catalog.
     pub catalog_hash: [u8; 32],
     /// When the origin made this catalog, Unix seconds (part of the signed statement).
     pub issued: u64,
     pub offset: u32,
-    /// The origin's signature of the catalog statement (§16.6), when it signs.
+    /// The origin's signature of the catalog statement (§17.6), when it signs.
     pub sig: Option<Signature>,
     /// The catalog's bytes at `offset` (empty only at its end).
     pub bytes: &'a [u8],
@@ -365,7 +365,7 @@ impl<'a> OriginPacket<'a> {
     }
 }
 
-/// One object of a catalog (wire.md §16.5).
+/// One object of a catalog (wire.md §17.5).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogEntry {
     /// The name clients ask for: a relative path (as an object name, §5.1).
