@@ -386,6 +386,7 @@ impl OriginHost<'_> {
         let gate = Arc::new(StartGate {
             window_end: Instant::now() + self.cfg.batch_window,
             granted: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
         });
         let scfg = ServeConfig {
             inputs: Vec::new(),
@@ -688,6 +689,16 @@ impl driver::Host<RequestHandler> for OriginHost<'_> {
             .collect();
         for id in finished {
             self.reap(handler, id, false);
+        }
+        // A session that is ending takes no more requests: checked every turn, before the
+        // requests are read, since on loopback a session closes within milliseconds and a
+        // receiver granted one that is over would wait for it until its timeout.
+        for s in self.running.values_mut() {
+            // Acquire: pairs with the session's Release.
+            if s.joinable && s.gate.closing.load(Ordering::Acquire) {
+                s.joinable = false;
+                handler.close_session(&s.name, s.session);
+            }
         }
         if now >= self.next_check {
             self.check_sessions(handler);

@@ -82,6 +82,8 @@ pub struct StartGate {
     pub window_end: Instant,
     /// Requests granted this session so far.
     pub granted: AtomicUsize,
+    /// Set by the session once it is ending: the origin grants it to no one more.
+    pub closing: AtomicBool,
 }
 
 /// Progress, reported a few times per second.
@@ -422,6 +424,10 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
     }
 
     fn end(&mut self, sender: &mut Sender<Content>, now: Instant) -> Result<Flow, NodeError> {
+        if let (Some(g), true) = (&self.cfg.gate, sender.is_closing()) {
+            // Release: pairs with the origin's Acquire; nothing else rides on it.
+            g.closing.store(true, Ordering::Release);
+        }
         if !self.data_started && sender.is_sending() && !self.cfg.split {
             tracing::debug!(
                 receivers = sender.receivers(),

@@ -104,6 +104,8 @@ pub struct ReceiveSummary {
     pub seconds: f64,
     /// From the first data unit until every block was verified.
     pub transfer_seconds: f64,
+    /// When the first data unit was kept (the manifest known), if any came.
+    pub first_unit_at: Option<Instant>,
     /// Flushing the files to disk at the end (fsync).
     pub sync_seconds: f64,
     /// CPU time of the receiving thread, its verify thread and its stripe readers.
@@ -298,6 +300,7 @@ fn receive_session(
         transfer_seconds: tally
             .first_unit
             .map_or(0.0, |f| done.saturating_duration_since(f).as_secs_f64()),
+        first_unit_at: tally.first_unit,
         sync_seconds,
         cpu_seconds: blockcast_io::os::thread_cpu_seconds() - cpu_start + tally.helper_cpu,
         stats: rx.stats().clone(),

@@ -321,6 +321,12 @@ impl<S: BlockSource> Sender<S> {
         self.phase == Phase::Finished
     }
 
+    /// The session is ending (its Done is going out) or over: a receiver that joins now gets
+    /// nothing more.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. } | Phase::Finished)
+    }
+
     /// The first pass may run: enough receivers joined, or the wait ran out. An external
     /// first pass starts when this turns true.
     pub fn is_sending(&self) -> bool {
