@@ -10,12 +10,14 @@
 //! session (batching window 0: the session starts as soon as its one receiver has joined).
 //! Request-to-first-byte is from calling fetch to the first data unit kept by the receiver;
 //! request-to-whole adds the object's transfer, verification and rename into place.
-//! Throughput: the cases run interleaved (1, 2, 4, 1, 2, 4, ...); a case's figure is the
-//! median of its runs, its slowest run beside it. GB/s = bytes fetched by all / wall time
+//! Throughput: the cases run interleaved (push, 1, 2, 4, push, 1, 2, 4, ...); a case's figure
+//! is the median of its runs, its slowest run beside it. "push" is the baseline: `serve` of
+//! the same object to one receiver in this process (its hashes cached beforehand, as the
+//! origin's are), no origin. GB/s = bytes fetched by all / wall time
 //! from the first request to the last object in place. CPU = the process's user + system
 //! time over the wall time (2.0 = both cores busy), and the receivers' share of it.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -25,8 +27,9 @@ use blockcast_bench::{median, size};
 use blockcast_node::client::ClientConfig;
 use blockcast_node::events::{EventSink, NodeEvent};
 use blockcast_node::fetch::{fetch_one, FetchConfig, Fetched};
-use blockcast_node::local::write_sample;
+use blockcast_node::local::{local_receivers, run_local, write_sample};
 use blockcast_node::origin::{origin, GroupPool, OriginConfig};
+use blockcast_node::{collect_inputs, hash_inputs, HashCache, ServeConfig};
 use blockcast_proto::Geometry;
 use clap::Parser;
 
@@ -154,6 +157,42 @@ fn concurrent(b: &Bench, n: usize, bytes: u64) -> Case {
     }
 }
 
+/// The baseline: one `serve` of `obj0.bin` to one receiver, no origin.
+fn push(b: &Bench, serve: &ServeConfig, bytes: u64) -> Case {
+    let n = b.runs.fetch_add(1, Ordering::Relaxed);
+    let out = b.dir.join(format!("out-{n}"));
+    std::fs::create_dir_all(&out).expect("an output directory");
+    let mut serve = serve.clone();
+    serve.session = 0x5000 + n as u32;
+    let receivers = local_receivers(
+        serve.group,
+        serve.iface,
+        std::slice::from_ref(&out),
+        Duration::from_secs(30),
+        u64::from(serve.session) << 8,
+    );
+    let stop = AtomicBool::new(false);
+    let cpu0 = process_cpu_seconds();
+    let t0 = Instant::now();
+    let run = run_local(&serve, &receivers, &stop, &mut |_| {});
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu0;
+    run.served.expect("the push session");
+    let r = run
+        .received
+        .into_iter()
+        .next()
+        .expect("one receiver")
+        .expect("the push receiver");
+    assert_eq!(r.bytes, bytes);
+    let _ = std::fs::remove_dir_all(&out);
+    Case {
+        gbps: bytes as f64 / wall / 1e9,
+        cpu: cpu / wall,
+        receivers_cpu: r.cpu_seconds / wall,
+    }
+}
+
 fn main() {
     let a = Args::parse();
     let bytes = size(&a.size);
@@ -204,6 +243,30 @@ fn main() {
         xor_repairs: true,
         http: None,
         metrics: None,
+    };
+    let hashes = HashCache::new(dir.join("hashes"));
+    let push_cfg = ServeConfig {
+        inputs: collect_inputs(&[catalog.join("obj0.bin")]).expect("obj0.bin"),
+        group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 87, 1), cfg.data_port + 100),
+        iface,
+        control_port: 0,
+        ttl: 1,
+        rate,
+        geometry: cfg.geometry,
+        min_receivers: 1,
+        max_wait: Duration::from_secs(10),
+        deadline: Some(Duration::from_secs(600)),
+        session: 0x5000,
+        threads: a.threads,
+        split: false,
+        receiver_timeout: Duration::from_secs(10),
+        originals_factor: blockcast_proto::ORIGINALS_FACTOR,
+        xor_repairs: true,
+        hash_cache: Some(hashes.clone()),
+        signer: None,
+        statement: None,
+        core_offset: 0,
+        gate: None,
     };
     let objects = most + 1;
     // The origin says when its catalog is whole.
@@ -257,20 +320,30 @@ fn main() {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
         latency(&bench, a.latency_runs);
-        let mut results: Vec<Vec<Case>> = a.sessions.iter().map(|_| Vec::new()).collect();
+        // The push baseline's hashes, made now (the cache takes a file left alone for 2 s).
+        hash_inputs(&push_cfg.inputs, cfg.geometry.block_size(), Some(&hashes))
+            .expect("obj0.bin hashed");
+        // Case 0 is the push baseline, then each number of sessions.
+        let mut results: Vec<Vec<Case>> = (0..=a.sessions.len()).map(|_| Vec::new()).collect();
         for _ in 0..a.runs {
+            results[0].push(push(&bench, &push_cfg, bytes));
             for (i, &n) in a.sessions.iter().enumerate() {
-                results[i].push(concurrent(&bench, n, bytes));
+                results[i + 1].push(concurrent(&bench, n, bytes));
             }
         }
-        println!("| sessions at once | aggregate GB/s, median (slowest) | CPU busy, cores of 2 | of which receivers |");
-        println!("|---:|---:|---:|---:|");
+        println!("| case | aggregate GB/s, median (slowest) | vs push | CPU busy, cores of 2 | of which receivers |");
+        println!("|---|---:|---:|---:|---:|");
         let base = median(results[0].iter().map(|c| c.gbps).collect());
-        for (&n, cases) in a.sessions.iter().zip(&results) {
+        let names = std::iter::once("push: serve, 1 receiver".to_string()).chain(
+            a.sessions
+                .iter()
+                .map(|n| format!("origin: {n} session(s) at once")),
+        );
+        for (name, cases) in names.zip(&results) {
             let g = median(cases.iter().map(|c| c.gbps).collect());
             let slowest = cases.iter().map(|c| c.gbps).fold(f64::MAX, f64::min);
             println!(
-                "| {n} | {g:.2} ({slowest:.2}), {:.2}x | {:.2} | {:.2} |",
+                "| {name} | {g:.2} ({slowest:.2}) | {:.2}x | {:.2} | {:.2} |",
                 g / base,
                 median(cases.iter().map(|c| c.cpu).collect()),
                 median(cases.iter().map(|c| c.receivers_cpu).collect()),
