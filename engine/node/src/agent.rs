@@ -137,16 +137,7 @@ pub fn agent(
     ready: &mut dyn FnMut(Option<std::net::SocketAddr>),
 ) -> Result<AgentSummary, NodeError> {
     let started = Instant::now();
-    let dir = &cfg.fetch.out;
-    std::fs::create_dir_all(dir).map_err(|source| NodeError::Output {
-        path: dir.clone(),
-        source,
-    })?;
-    let mut state = AgentState::load(&cfg.state_dir)?;
-    // A record whose file is gone, or not at its size, is forgotten (fetched again).
-    state.objects.retain(|name, h| {
-        std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file() && m.len() == h.bytes)
-    });
+    let state = open_state(cfg)?;
     let metrics = AgentMetrics::default();
     let side_stop = Arc::new(AtomicBool::new(false));
     let metrics_thread = match cfg.metrics {
@@ -158,100 +149,179 @@ pub fn agent(
         None => None,
     };
     ready(metrics_thread.as_ref().map(|(_, a)| *a));
-    // Hooks that did not run to success before the last stop.
-    if let Some(hook) = &cfg.hook {
-        let owed: Vec<(String, Held)> = state
+    let (tx, rx) = mpsc::channel::<Done>();
+    let mut run = Run {
+        cfg,
+        events,
+        metrics,
+        state,
+        summary: AgentSummary::default(),
+        queue: VecDeque::new(),
+        inflight: BTreeMap::new(),
+        tx,
+        worker_stop: Arc::new(AtomicBool::new(false)),
+    };
+    let result = run.owed_hooks().and_then(|()| run.run(stop, &rx));
+    // In-flight transfers stop (their staging directories keep what arrived).
+    run.worker_stop.store(true, Ordering::Relaxed);
+    for (_, h) in std::mem::take(&mut run.inflight) {
+        let _ = h.join();
+    }
+    side_stop.store(true, Ordering::Relaxed);
+    if let Some((h, _)) = metrics_thread {
+        let _ = h.join();
+    }
+    run.summary.seconds = started.elapsed().as_secs_f64();
+    result.map(|()| run.summary)
+}
+
+/// The synced directory made, and the state read: a record whose file is gone, or not at its
+/// size, is forgotten (fetched again).
+fn open_state(cfg: &AgentConfig) -> Result<AgentState, NodeError> {
+    let dir = &cfg.fetch.out;
+    std::fs::create_dir_all(dir).map_err(|source| NodeError::Output {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut state = AgentState::load(&cfg.state_dir)?;
+    state.objects.retain(|name, h| {
+        std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file() && m.len() == h.bytes)
+    });
+    Ok(state)
+}
+
+/// One agent run: what it holds, what it is fetching, what is queued.
+struct Run<'a> {
+    cfg: &'a AgentConfig,
+    events: EventSink,
+    metrics: AgentMetrics,
+    state: AgentState,
+    summary: AgentSummary,
+    /// Objects to fetch, with the BLAKE3 the catalog names.
+    queue: VecDeque<(String, [u8; 32])>,
+    inflight: BTreeMap<String, std::thread::JoinHandle<()>>,
+    tx: mpsc::Sender<Done>,
+    worker_stop: Arc<AtomicBool>,
+}
+
+impl Run<'_> {
+    /// The loop: poll the catalog, start transfers, take their results.
+    fn run(&mut self, stop: &AtomicBool, rx: &mpsc::Receiver<Done>) -> Result<(), NodeError> {
+        let mut next_poll = Instant::now();
+        // With `once`: a poll after which nothing was left to do ends the run.
+        let mut in_sync = false;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Err(NodeError::Interrupted);
+            }
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + self.cfg.poll;
+                in_sync = self.poll();
+            }
+            if self.cfg.once && in_sync && self.queue.is_empty() && self.inflight.is_empty() {
+                return Ok(());
+            }
+            if self.start_transfers() {
+                in_sync = false;
+            }
+            let Ok(done) = rx.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            if self.finish(done)? {
+                // Whatever else changed meanwhile is seen at once.
+                next_poll = Instant::now();
+            }
+        }
+    }
+
+    /// Hooks that did not run to success before the last stop.
+    fn owed_hooks(&mut self) -> Result<(), NodeError> {
+        let Some(hook) = &self.cfg.hook else {
+            return Ok(());
+        };
+        let owed: Vec<(String, Held)> = self
+            .state
             .objects
             .iter()
             .filter(|(_, h)| !h.hooked)
             .map(|(n, h)| (n.clone(), h.clone()))
             .collect();
+        let dir = &self.cfg.fetch.out;
         for (name, h) in owed {
-            let ok = run_hook(hook, &name, &dir.join(&name), h.bytes, &h.blake3, &events);
-            if ok {
-                if let Some(e) = state.objects.get_mut(&name) {
+            if run_hook(
+                hook,
+                &name,
+                &dir.join(&name),
+                h.bytes,
+                &h.blake3,
+                &self.events,
+            ) {
+                if let Some(e) = self.state.objects.get_mut(&name) {
                     e.hooked = true;
                 }
             } else {
-                metrics.hook_failures_total.inc();
+                self.metrics.hook_failures_total.inc();
             }
         }
-        state.save(&cfg.state_dir)?;
+        self.state.save(&self.cfg.state_dir)
     }
-    let mut summary = AgentSummary::default();
-    let (tx, rx) = mpsc::channel::<Done>();
-    let mut queue: VecDeque<(String, [u8; 32])> = VecDeque::new();
-    let mut inflight: BTreeMap<String, std::thread::JoinHandle<()>> = BTreeMap::new();
-    let mut next_poll = Instant::now();
-    // With `once`: a poll after which nothing was left to do ends the run.
-    let mut in_sync = false;
-    let worker_stop = Arc::new(AtomicBool::new(false));
-    let result = loop {
-        if stop.load(Ordering::Relaxed) {
-            break Err(NodeError::Interrupted);
-        }
-        if Instant::now() >= next_poll {
-            next_poll = Instant::now() + cfg.poll;
-            match client::catalog(&cfg.fetch.client) {
-                Ok((catalog, _signer)) => {
-                    summary.polls += 1;
-                    metrics.catalog_polls_total.inc();
-                    let mut wanted = 0;
-                    let queued: BTreeSet<String> = queue.iter().map(|(n, _)| n.clone()).collect();
-                    for e in &catalog.entries {
-                        if !subscribed(&cfg.subscribe, &e.name) {
-                            continue;
-                        }
-                        let have = state
-                            .objects
-                            .get(&e.name)
-                            .and_then(|h| from_hex::<32>(&h.blake3));
-                        if have == Some(e.hash) {
-                            continue;
-                        }
-                        wanted += 1;
-                        if !queued.contains(&e.name) && !inflight.contains_key(&e.name) {
-                            queue.push_back((e.name.clone(), e.hash));
-                        }
-                    }
-                    let held = catalog
-                        .entries
-                        .iter()
-                        .filter(|e| subscribed(&cfg.subscribe, &e.name))
-                        .filter(|e| {
-                            state
-                                .objects
-                                .get(&e.name)
-                                .and_then(|h| from_hex::<32>(&h.blake3))
-                                == Some(e.hash)
-                        })
-                        .count();
-                    summary.held = held;
-                    metrics.objects_held.set(held as i64);
-                    in_sync = wanted == 0 && inflight.is_empty();
-                }
-                Err(e) => {
-                    tracing::warn!("cannot fetch the catalog: {e}");
-                    in_sync = false;
-                }
+
+    /// The BLAKE3 held for `name`, if any.
+    fn held_hash(&self, name: &str) -> Option<[u8; 32]> {
+        self.state
+            .objects
+            .get(name)
+            .and_then(|h| from_hex::<32>(&h.blake3))
+    }
+
+    /// Reads the catalog and queues what is subscribed and not held; true if nothing is left
+    /// to fetch.
+    fn poll(&mut self) -> bool {
+        let catalog = match client::catalog(&self.cfg.fetch.client) {
+            Ok((catalog, _signer)) => catalog,
+            Err(e) => {
+                tracing::warn!("cannot fetch the catalog: {e}");
+                return false;
+            }
+        };
+        self.summary.polls += 1;
+        self.metrics.catalog_polls_total.inc();
+        let (mut wanted, mut held) = (0, 0);
+        let queued: BTreeSet<String> = self.queue.iter().map(|(n, _)| n.clone()).collect();
+        for e in &catalog.entries {
+            if !subscribed(&self.cfg.subscribe, &e.name) {
+                continue;
+            }
+            if self.held_hash(&e.name) == Some(e.hash) {
+                held += 1;
+                continue;
+            }
+            wanted += 1;
+            if !queued.contains(&e.name) && !self.inflight.contains_key(&e.name) {
+                self.queue.push_back((e.name.clone(), e.hash));
             }
         }
-        if cfg.once && in_sync && queue.is_empty() && inflight.is_empty() {
-            break Ok(());
-        }
-        while inflight.len() < cfg.concurrency.max(1) {
-            let Some((name, hash)) = queue.pop_front() else {
+        self.summary.held = held;
+        self.metrics.objects_held.set(held as i64);
+        wanted == 0 && self.inflight.is_empty()
+    }
+
+    /// Starts queued transfers up to the concurrency; true if any started.
+    fn start_transfers(&mut self) -> bool {
+        let mut started = false;
+        while self.inflight.len() < self.cfg.concurrency.max(1) {
+            let Some((name, hash)) = self.queue.pop_front() else {
                 break;
             };
-            in_sync = false;
+            started = true;
             let (fcfg, tx, stop, events, hook) = (
-                cfg.fetch.clone(),
-                tx.clone(),
-                worker_stop.clone(),
-                events.clone(),
-                cfg.hook.clone(),
+                self.cfg.fetch.clone(),
+                self.tx.clone(),
+                self.worker_stop.clone(),
+                self.events.clone(),
+                self.cfg.hook.clone(),
             );
-            let rm = metrics.receiver.clone();
+            let rm = self.metrics.receiver.clone();
             let n = name.clone();
             let spawned = std::thread::Builder::new()
                 .name("bc-agent-fetch".into())
@@ -276,8 +346,8 @@ pub fn agent(
                 });
             match spawned {
                 Ok(h) => {
-                    inflight.insert(name, h);
-                    metrics.transfers.set(inflight.len() as i64);
+                    self.inflight.insert(name, h);
+                    self.metrics.transfers.set(self.inflight.len() as i64);
                 }
                 Err(e) => {
                     tracing::warn!("cannot start a transfer thread: {e}");
@@ -285,24 +355,27 @@ pub fn agent(
                 }
             }
         }
-        let Ok(done) = rx.recv_timeout(Duration::from_millis(100)) else {
-            continue;
-        };
-        if let Some(h) = inflight.remove(&done.name) {
+        started
+    }
+
+    /// Takes a transfer's result: an object in place is recorded (durably) before anything
+    /// else; true if one was.
+    fn finish(&mut self, done: Done) -> Result<bool, NodeError> {
+        if let Some(h) = self.inflight.remove(&done.name) {
             let _ = h.join();
         }
-        metrics.transfers.set(inflight.len() as i64);
+        self.metrics.transfers.set(self.inflight.len() as i64);
         match done.result {
             Ok(f) => {
                 if !f.held {
-                    summary.synced.push(f.name.clone());
-                    summary.received_bytes += f.bytes;
+                    self.summary.synced.push(f.name.clone());
+                    self.summary.received_bytes += f.bytes;
                 }
-                metrics.objects_synced_total.inc();
+                self.metrics.objects_synced_total.inc();
                 if done.hook == Some(false) {
-                    metrics.hook_failures_total.inc();
+                    self.metrics.hook_failures_total.inc();
                 }
-                state.objects.insert(
+                self.state.objects.insert(
                     f.name.clone(),
                     Held {
                         blake3: hex(&f.hash),
@@ -310,35 +383,22 @@ pub fn agent(
                         hooked: done.hook != Some(false),
                     },
                 );
-                if let Err(e) = state.save(&cfg.state_dir) {
-                    break Err(e);
-                }
-                // Whatever else changed meanwhile is seen at once.
-                next_poll = Instant::now();
+                self.state.save(&self.cfg.state_dir)?;
+                Ok(true)
             }
-            Err(NodeError::Interrupted) => {}
+            Err(NodeError::Interrupted) => Ok(false),
             Err(e) => {
-                summary.failures += 1;
-                metrics.fetch_failures_total.inc();
+                self.summary.failures += 1;
+                self.metrics.fetch_failures_total.inc();
                 tracing::warn!(object = %done.name, "fetch failed (tried again at the next poll): {e}");
-                (events)(NodeEvent::TransferFailed {
+                (self.events)(NodeEvent::TransferFailed {
                     object: done.name.clone(),
                     error: e.to_string(),
                 });
+                Ok(false)
             }
         }
-    };
-    // In-flight transfers stop (their staging directories keep what arrived).
-    worker_stop.store(true, Ordering::Relaxed);
-    for (_, h) in inflight {
-        let _ = h.join();
     }
-    side_stop.store(true, Ordering::Relaxed);
-    if let Some((h, _)) = metrics_thread {
-        let _ = h.join();
-    }
-    summary.seconds = started.elapsed().as_secs_f64();
-    result.map(|()| summary)
 }
 
 /// Runs the hook for one object; true if it exited with 0.
