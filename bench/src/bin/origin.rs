@@ -14,8 +14,10 @@
 //! is the median of its runs, its slowest run beside it. "push" is the baseline: `serve` of
 //! the same object to one receiver in this process (its hashes cached beforehand, as the
 //! origin's are), no origin. GB/s = bytes fetched by all / wall time
-//! from the first request to the last object in place. CPU = the process's user + system
-//! time over the wall time (2.0 = both cores busy), and the receivers' share of it.
+//! from the first request to the last object in place. CPU: the cores this process kept busy
+//! (its user + system time over the wall time; 2.0 = both cores), its receivers' share of
+//! that, and the cores busy on the whole machine meanwhile (/proc/stat: on a shared machine,
+//! what everyone else took too).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -74,6 +76,40 @@ fn process_cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
+/// The machine's CPU time so far, every process's: (busy, all) in ticks (/proc/stat).
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let all: f64 = v.iter().take(8).sum();
+    // idle and iowait are fields 4 and 5.
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (all - idle, all)
+}
+
+/// What a case measures around `f`: the process's CPU and the machine's, over the wall time.
+fn measured(bytes: u64, f: impl FnOnce() -> f64) -> Case {
+    let (cpu0, (busy0, all0)) = (process_cpu_seconds(), machine_ticks());
+    let t0 = Instant::now();
+    let receivers_cpu = f();
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu0;
+    let (busy1, all1) = machine_ticks();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    Case {
+        gbps: bytes as f64 / wall / 1e9,
+        cpu: cpu / wall,
+        receivers_cpu: receivers_cpu / wall,
+        machine: (busy1 - busy0) / (all1 - all0).max(1.0) * cores,
+    }
+}
+
 struct Bench {
     fetch: FetchConfig,
     dir: PathBuf,
@@ -127,34 +163,31 @@ fn latency(b: &Bench, runs: usize) {
 
 struct Case {
     gbps: f64,
+    /// Cores this process kept busy.
     cpu: f64,
+    /// Of which its receivers.
     receivers_cpu: f64,
+    /// Cores busy on the whole machine (this process and everyone else's).
+    machine: f64,
 }
 
 fn concurrent(b: &Bench, n: usize, bytes: u64) -> Case {
-    let cpu0 = process_cpu_seconds();
-    let t0 = Instant::now();
-    let fetched: Vec<Fetched> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..n)
-            .map(|i| s.spawn(move || b.fetch(&format!("obj{i}.bin"))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a fetch thread"))
-            .collect()
-    });
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds() - cpu0;
-    assert!(fetched.iter().all(|f| f.bytes == bytes));
-    let receivers_cpu: f64 = fetched
-        .iter()
-        .filter_map(|f| f.receive.as_ref().map(|r| r.cpu_seconds))
-        .sum();
-    Case {
-        gbps: (bytes * n as u64) as f64 / wall / 1e9,
-        cpu: cpu / wall,
-        receivers_cpu: receivers_cpu / wall,
-    }
+    measured(bytes * n as u64, || {
+        let fetched: Vec<Fetched> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| s.spawn(move || b.fetch(&format!("obj{i}.bin"))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a fetch thread"))
+                .collect()
+        });
+        assert!(fetched.iter().all(|f| f.bytes == bytes));
+        fetched
+            .iter()
+            .filter_map(|f| f.receive.as_ref().map(|r| r.cpu_seconds))
+            .sum()
+    })
 }
 
 /// The baseline: one `serve` of `obj0.bin` to one receiver, no origin.
@@ -172,25 +205,19 @@ fn push(b: &Bench, serve: &ServeConfig, bytes: u64) -> Case {
         u64::from(serve.session) << 8,
     );
     let stop = AtomicBool::new(false);
-    let cpu0 = process_cpu_seconds();
-    let t0 = Instant::now();
-    let run = run_local(&serve, &receivers, &stop, &mut |_| {});
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = process_cpu_seconds() - cpu0;
-    run.served.expect("the push session");
-    let r = run
-        .received
-        .into_iter()
-        .next()
-        .expect("one receiver")
-        .expect("the push receiver");
-    assert_eq!(r.bytes, bytes);
-    let _ = std::fs::remove_dir_all(&out);
-    Case {
-        gbps: bytes as f64 / wall / 1e9,
-        cpu: cpu / wall,
-        receivers_cpu: r.cpu_seconds / wall,
-    }
+    measured(bytes, || {
+        let run = run_local(&serve, &receivers, &stop, &mut |_| {});
+        run.served.expect("the push session");
+        let r = run
+            .received
+            .into_iter()
+            .next()
+            .expect("one receiver")
+            .expect("the push receiver");
+        assert_eq!(r.bytes, bytes);
+        let _ = std::fs::remove_dir_all(&out);
+        r.cpu_seconds
+    })
 }
 
 fn main() {
@@ -331,8 +358,8 @@ fn main() {
                 results[i + 1].push(concurrent(&bench, n, bytes));
             }
         }
-        println!("| case | aggregate GB/s, median (slowest) | vs push | CPU busy, cores of 2 | of which receivers |");
-        println!("|---|---:|---:|---:|---:|");
+        println!("| case | aggregate GB/s, median (slowest) | vs push | cores this process kept busy | of which receivers | cores busy on the machine |");
+        println!("|---|---:|---:|---:|---:|---:|");
         let base = median(results[0].iter().map(|c| c.gbps).collect());
         let names = std::iter::once("push: serve, 1 receiver".to_string()).chain(
             a.sessions
@@ -343,10 +370,11 @@ fn main() {
             let g = median(cases.iter().map(|c| c.gbps).collect());
             let slowest = cases.iter().map(|c| c.gbps).fold(f64::MAX, f64::min);
             println!(
-                "| {name} | {g:.2} ({slowest:.2}) | {:.2}x | {:.2} | {:.2} |",
+                "| {name} | {g:.2} ({slowest:.2}) | {:.2}x | {:.2} | {:.2} | {:.2} |",
                 g / base,
                 median(cases.iter().map(|c| c.cpu).collect()),
                 median(cases.iter().map(|c| c.receivers_cpu).collect()),
+                median(cases.iter().map(|c| c.machine).collect()),
             );
         }
         stop.store(true, Ordering::Relaxed);
