@@ -221,7 +221,7 @@ pub fn origin(a: crate::OriginArgs, stop: &AtomicBool, out: &output::Output) -> 
             a.catalog.display()
         )));
     }
-    let geometry = crate::geometry(a.unit_size, a.units_per_block, iface)?;
+    let geometry = crate::geometry(a.unit_size, a.units_per_block, iface, 0)?;
     let cfg = blockcast_node::origin::OriginConfig {
         catalog: a.catalog.clone(),
         iface,

@@ -242,6 +242,7 @@ fn run_session(
         xor_repairs: true,
         hash_cache: None,
         signer: None,
+        secret: None,
         statement: None,
         core_offset: 0,
         gate: None,

@@ -20,6 +20,8 @@ pub const OUTPUT: u8 = 4;
 pub const NETWORK: u8 = 5;
 /// No server heard within --timeout, or the session ended before everything arrived.
 pub const INCOMPLETE: u8 = 6;
+/// The output is in use: another receive or relay holds its lock (nothing was written).
+pub const BUSY: u8 = 7;
 /// Stopped by Ctrl-C.
 pub const INTERRUPTED: u8 = 130;
 
@@ -82,8 +84,11 @@ pub fn incomplete(message: String) -> anyhow::Error {
 pub fn node(e: NodeError) -> anyhow::Error {
     let code = match &e {
         NodeError::Io(_) | NodeError::Listen { .. } | NodeError::Send { .. } => NETWORK,
-        NodeError::Input { .. } | NodeError::NotInCatalog { .. } => INPUT,
+        NodeError::Input { .. }
+        | NodeError::InputChanged { .. }
+        | NodeError::NotInCatalog { .. } => INPUT,
         NodeError::Output { .. } => OUTPUT,
+        NodeError::OutputBusy { .. } => BUSY,
         NodeError::Config(_) => USAGE,
         NodeError::Thread { .. } | NodeError::Internal(_) => FAILURE,
         NodeError::NoServer { .. } | NodeError::Incomplete { .. } => INCOMPLETE,
@@ -110,7 +115,7 @@ pub fn on_interrupt(stop: Arc<AtomicBool>) {
 }
 
 #[allow(dead_code)]
-const _ALL: [u8; 8] = [
+const _ALL: [u8; 9] = [
     OK,
     FAILURE,
     USAGE,
@@ -118,6 +123,7 @@ const _ALL: [u8; 8] = [
     OUTPUT,
     NETWORK,
     INCOMPLETE,
+    BUSY,
     INTERRUPTED,
 ];
 
@@ -144,6 +150,16 @@ mod tests {
         };
         assert_eq!(code(send), NETWORK);
         assert_eq!(code(NodeError::Config("two inputs named a".into())), USAGE);
+        let busy = NodeError::OutputBusy {
+            path: "/srv/a".into(),
+            lock: "/srv/a/.blockcast/lock".into(),
+        };
+        assert_eq!(code(busy), BUSY);
+        let changed = NodeError::InputChanged {
+            path: "/srv/a.iso".into(),
+            what: "truncated".into(),
+        };
+        assert_eq!(code(changed), INPUT);
         assert_eq!(code(NodeError::Interrupted), INTERRUPTED);
     }
 

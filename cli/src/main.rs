@@ -60,7 +60,8 @@ enum Command {
     /// that serving them later starts at once; prints each object's BLAKE3.
     Hash(HashArgs),
     /// Make a signing key pair: NAME.key (the secret, mode 0600; give it to serve --sign) and
-    /// NAME.pub (give it to receivers: receive --trust NAME.pub). Never overwrites a key.
+    /// NAME.pub (give it to receivers: receive --trust NAME.pub). With --secret FILE, make a
+    /// closed group's secret instead. Never overwrites a key.
     Keygen(KeygenArgs),
     /// Serve a catalog directory on request: clients ask for objects by name (fetch, agent,
     /// the HTTP API) and every object being asked for is sent in a session of its own, on a
@@ -259,9 +260,14 @@ pub(crate) struct AgentArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["name", "secret"])))]
 struct KeygenArgs {
     /// Path and name of the key pair, without suffix: NAME.key and NAME.pub are written.
-    name: PathBuf,
+    name: Option<PathBuf>,
+    /// Write a closed group's secret (32 random bytes, mode 0600) to FILE instead: give the
+    /// same file to serve, receive and relay as --secret.
+    #[arg(long, value_name = "FILE", conflicts_with = "name")]
+    secret: Option<PathBuf>,
 }
 
 /// Who to believe: `receive`, and the upstream side of `relay`.
@@ -302,6 +308,12 @@ impl TrustArgs {
             })
             .transpose()
     }
+}
+
+/// Reads `--secret FILE` (or `--upstream-secret`).
+fn group_secret(path: Option<&PathBuf>) -> Result<Option<blockcast_node::Secret>> {
+    path.map(|p| blockcast_node::keys::read_group_secret(p).map_err(exit::node))
+        .transpose()
 }
 
 /// Reads `--sign KEY`.
@@ -378,6 +390,11 @@ struct SendArgs {
     /// passes the origin's signed statement on unchanged.
     #[arg(long, value_name = "KEY.key")]
     sign: Option<PathBuf>,
+    /// A closed group: seal every packet with this group secret (`blockcast keygen --secret
+    /// FILE`; encrypted and authenticated) and take only packets sealed with it. Receivers
+    /// need the same file. A relay uses it on both sides unless --upstream-secret is given.
+    #[arg(long, value_name = "FILE")]
+    secret: Option<PathBuf>,
 }
 
 impl SendArgs {
@@ -469,9 +486,29 @@ struct ReceiveArgs {
     #[arg(long, default_value_t = 0, requires = "server")]
     zone: u16,
     #[command(flatten)]
+    resume: ResumeArgs,
+    #[command(flatten)]
     failover: FailoverArgs,
     #[command(flatten)]
     trust: TrustArgs,
+    /// A closed group: take only packets sealed with this group secret (the file the server
+    /// was given with --secret) and seal every packet sent.
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
+    secret: Option<PathBuf>,
+}
+
+/// What a receive does with what an earlier one into the same place left.
+#[derive(Args, Debug)]
+struct ResumeArgs {
+    /// Hash the blocks an earlier receive into the same --out recorded as verified, instead
+    /// of trusting its state file (files changed since, a disk that may have lied).
+    #[arg(long)]
+    verify_existing: bool,
+    /// Do not reserve the files' space before writing: sparse files (thin storage), and a
+    /// disk that fills up stops the transfer midway (exit 4, state kept) instead of at the
+    /// start.
+    #[arg(long)]
+    no_preallocate: bool,
 }
 
 #[derive(Args, Debug)]
@@ -511,6 +548,9 @@ struct RelayArgs {
     /// Give up if no upstream server is heard for this many seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// The cache resumes as a receive's --out does.
+    #[command(flatten)]
+    resume: ResumeArgs,
     #[command(flatten)]
     failover: FailoverArgs,
     #[command(flatten)]
@@ -519,6 +559,10 @@ struct RelayArgs {
     /// `downstream = ["239.255.1.1:9000"]`); flags and BLOCKCAST_CONFIG override it.
     #[arg(long, env = "BLOCKCAST_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The upstream group's secret, when it is not --secret's (or the upstream group is
+    /// closed and the downstream ones open: then the relay serves the content in the clear).
+    #[arg(long, value_name = "FILE")]
+    upstream_secret: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -704,6 +748,9 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             threads: (cores() / 2).max(1),
             trust: a.trust.keys()?,
             expect: a.trust.expect()?,
+            secret: group_secret(a.upstream_secret.as_ref().or(a.send.secret.as_ref()))?,
+            preallocate: !a.resume.no_preallocate,
+            verify_existing: a.resume.verify_existing,
         },
         downstream: groups
             .iter()
@@ -728,7 +775,14 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         originals_factor: a.send.originals_factor,
         xor_repairs: !a.send.no_xor_repairs,
         signer: signer(a.send.sign.as_ref())?,
+        secret: group_secret(a.send.secret.as_ref())?,
     };
+    if cfg.upstream.secret.is_some() && cfg.secret.is_none() && !out.quiet {
+        // stderr, so it shows with --json too.
+        eprintln!(
+            "blockcast: warning: the upstream group is closed and the downstream groups are not: the relay serves its content in the clear"
+        );
+    }
     let summary = output::run_relay(&cfg, stop, out).map_err(exit::node)?;
     out.relay_summary(&summary);
     let short: usize = summary
@@ -791,7 +845,20 @@ fn hash(a: HashArgs, out: &output::Output) -> Result<()> {
 fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
     let (group, iface) = resolve_net(&a.net, a.split)?;
     let inputs = collect_inputs(&a.paths).map_err(exit::node)?;
-    let geometry = geometry(a.unit_size, a.units_per_block, iface)?;
+    let secret = group_secret(a.send.secret.as_ref())?;
+    if secret.is_some() && a.split {
+        return Err(exit::usage(
+            "--secret needs multicast: split mode does not seal the copies receivers forward"
+                .into(),
+        ));
+    }
+    // A sealed unit carries the trailer too.
+    let trailer = if secret.is_some() {
+        blockcast_node::TRAILER_LEN
+    } else {
+        0
+    };
+    let geometry = geometry(a.unit_size, a.units_per_block, iface, trailer)?;
     let cfg = ServeConfig {
         inputs,
         group,
@@ -813,6 +880,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         statement: None,
         core_offset: 0,
         gate: None,
+        secret,
         hash_cache: if a.no_hash_cache {
             None
         } else {
@@ -878,6 +946,7 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
         id: receiver_id()?,
         trust: a.trust.keys()?,
         expect: a.trust.expect()?,
+        secret: group_secret(a.secret.as_ref())?,
         play: match (&a.play, &a.play_cmd) {
             (Some(p), _) if p == "-" => Some(PlayTo::Stdout),
             (Some(p), _) => {
@@ -906,6 +975,8 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
             .transpose()?,
         fallback,
         failover_after,
+        preallocate: !a.resume.no_preallocate,
+        verify_existing: a.resume.verify_existing,
     };
     if cfg.play == Some(PlayTo::Stdout) && out.json {
         return Err(exit::usage(
@@ -923,14 +994,35 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
 }
 
 fn keygen(a: KeygenArgs, out: &output::Output) -> Result<()> {
-    let pair = blockcast_node::keys::generate(&a.name).map_err(exit::node)?;
+    let name = match (a.name, a.secret) {
+        (_, Some(path)) => {
+            blockcast_node::keys::generate_group_secret(&path).map_err(exit::node)?;
+            if out.json {
+                json::print(&json::KeygenJson {
+                    role: "keygen",
+                    secret: path.display().to_string(),
+                    public: None,
+                    key: None,
+                });
+            } else {
+                out.say(&format!(
+                    "wrote {} (a closed group's secret: give the same file to serve, receive and relay with --secret)",
+                    path.display()
+                ));
+            }
+            return Ok(());
+        }
+        (Some(name), None) => name,
+        (None, None) => return Err(exit::usage("keygen needs NAME or --secret FILE".into())),
+    };
+    let pair = blockcast_node::keys::generate(&name).map_err(exit::node)?;
     let key = blockcast_proto::auth::hex(&pair.key);
     if out.json {
         json::print(&json::KeygenJson {
             role: "keygen",
             secret: pair.secret.display().to_string(),
-            public: pair.public.display().to_string(),
-            key,
+            public: Some(pair.public.display().to_string()),
+            key: Some(key),
         });
     } else {
         println!("{key}");
@@ -951,15 +1043,22 @@ fn receiver_id() -> Result<u64> {
     ))
 }
 
-/// The geometry of `--unit-size` and `--units-per-block`, checked: a unit whose datagram
-/// does not fit the interface's MTU would be sent as IP fragments (slow, and under loss the
-/// kernel's reassembly queue can stall a receiver for seconds).
-fn geometry(unit_size: u16, units_per_block: u16, iface: Ipv4Addr) -> Result<Geometry> {
+/// The geometry of `--unit-size` and `--units-per-block`, checked: a unit (with `trailer`
+/// bytes of a sealed packet after it) whose datagram does not fit the interface's MTU is sent
+/// as IP fragments: slow, and under loss the kernel's reassembly queue can stall a receiver
+/// for seconds.
+fn geometry(
+    unit_size: u16,
+    units_per_block: u16,
+    iface: Ipv4Addr,
+    trailer: usize,
+) -> Result<Geometry> {
     if unit_size < 2 || unit_size % 2 != 0 || unit_size > 65_480 {
         return Err(exit::usage("--unit-size must be even, 2..=65480".into()));
     }
     if let Some(mtu) = iface_mtu(iface) {
-        let largest = mtu.saturating_sub(20 + 8 + blockcast_proto::wire::UNIT_HEADER_LEN) & !1;
+        let largest =
+            mtu.saturating_sub(20 + 8 + blockcast_proto::wire::UNIT_HEADER_LEN + trailer) & !1;
         if usize::from(unit_size) > largest {
             return Err(exit::usage(format!(
                 "--unit-size {unit_size} does not fit the interface's MTU of {mtu} bytes: use at most {largest}"

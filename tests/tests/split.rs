@@ -40,15 +40,15 @@ fn three_zones_lossless_send_each_unit_once() {
 
 #[test]
 fn the_zone_with_the_lowest_overhead_is_served_directly() {
-    // Zone 12 is 1 ms from the server, zone 11 3 ms, zone 10 5 ms. Before anything is
-    // measured the plan follows zone numbers (zone 10 first); once receipt notices have
-    // measured each member's overhead, the server plans again and serves zone 12.
+    // Zone 12 is 1 ms from the server, zone 11 3 ms, zone 10 5 ms. Unmeasured, a plan
+    // follows zone numbers (zone 10 first); the first pass waits for every member's first
+    // receipt notice, which measures its overhead, so the plan it starts with (or, were a
+    // notice late, the next one) serves zone 12.
     let mut cfg = SplitSimConfig::small(36, 3, 3, 0.0);
     cfg.object_size = 1 << 20;
     cfg.sender.rate = 4_000_000;
     let r = check(cfg);
     assert_eq!(r.direct_zone, Some(12));
-    assert!(r.plan_epoch >= 2, "plan epoch {}", r.plan_epoch);
 }
 
 #[test]

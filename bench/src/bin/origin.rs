@@ -294,6 +294,7 @@ fn main() {
         statement: None,
         core_offset: 0,
         gate: None,
+        secret: None,
     };
     let objects = most + 1;
     // The origin says when its catalog is whole.

@@ -131,6 +131,7 @@ fn run(cfg: &ClientConfig, rq: &mut Requester, host: &mut ClientHost) -> Result<
             ring: None,
             group: None,
             control: Some(socket),
+            seal: None,
         },
     );
     driver::run(rq, &mut io, host)

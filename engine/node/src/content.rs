@@ -1,9 +1,21 @@
 //! The server's content: files memory-mapped read-only, served as a block source.
+//!
+//! An input must not change while it is served: receivers check every block against the
+//! hashes taken when the session started. One that does (truncated, rewritten) stops the
+//! session with [`NodeError::InputChanged`]: the control thread looks at each input's size
+//! and change times every [`CHECK_INTERVAL`], and a read of a page its file no longer has
+//! (parity, XOR repairs, hashing read the mapping) reads zeros under a [`MappingGuard`]
+//! instead of killing the server with SIGBUS, and is reported the same way. The data
+//! threads' sends from such a page fail in the kernel (EFAULT) and are repaired like loss
+//! until the session stops.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use blockcast_io::os::MappingGuard;
 use blockcast_io::{Source, StableBytes};
 use blockcast_proto::wire::{BlockIndex, Manifest, ObjectEntry, ObjectId};
 use blockcast_proto::BlockSource;
@@ -145,17 +157,87 @@ pub fn hash_inputs(
 /// Files smaller than this are hashed every time (milliseconds; not worth a cache entry each).
 const CACHED_FROM: u64 = 8 << 20;
 
-/// A read-only mapping of a file.
-struct Mapped(Option<Mmap>);
+/// How often a server looks at its inputs for a change.
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// Inputs looked at per check (a directory of many files is looked at in turns).
+const CHECKS_PER_TURN: usize = 256;
+
+/// A read-only mapping of a file, guarded: a page the file loses reads as zeros.
+struct Mapped {
+    /// Declared before `guard`: unmapped before the guard is released.
+    map: Option<Mmap>,
+    guard: Option<MappingGuard>,
+}
+
+impl Mapped {
+    fn new(f: &File, len: u64) -> std::io::Result<Self> {
+        if len == 0 {
+            return Ok(Mapped {
+                map: None,
+                guard: None,
+            });
+        }
+        // SAFETY: read-only shared mapping; a page the file loses while mapped reads as zeros
+        // under the guard (no SIGBUS), and the change is found and stops the session.
+        let map = unsafe { Mmap::map(f)? };
+        let guard = MappingGuard::new(map.as_ptr(), map.len())?;
+        Ok(Mapped {
+            map: Some(map),
+            guard: Some(guard),
+        })
+    }
+
+    fn damaged(&self) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.is_damaged())
+    }
+}
 
 // SAFETY: the mapping's address and length are fixed for its life; it is unmapped only when
 // the value is dropped, which cannot happen while an Arc to it is shared. If the file is
-// truncated meanwhile, a send from it fails with EFAULT (the kernel copies), a read through
-// it could fault: the server documents that inputs must not change while served.
+// truncated meanwhile, a send from it fails with EFAULT (the kernel copies) and a read through
+// it reads zeros (the guard): the bytes stay readable, and the session is stopped.
 unsafe impl StableBytes for Mapped {
     fn stable_bytes(&self) -> &[u8] {
-        self.0.as_deref().unwrap_or(&[])
+        self.map.as_deref().unwrap_or(&[])
     }
+}
+
+/// What an input was when it was mapped: a change to any of it is a change to the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Stamp {
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+        }
+    }
+
+    /// How `now` differs, in words.
+    fn change(&self, now: &Stamp) -> Option<String> {
+        if now.len != self.len {
+            Some(format!("now {} bytes, was {}", now.len, self.len))
+        } else if now != self {
+            Some("modified".into())
+        } else {
+            None
+        }
+    }
+}
+
+/// One served input, for checking that it stays as it was.
+struct Watched {
+    path: PathBuf,
+    file: File,
+    stamp: Stamp,
 }
 
 /// The mapped inputs, as the sender's block source and as the ring's payload sources. A
@@ -163,6 +245,12 @@ unsafe impl StableBytes for Mapped {
 #[derive(Clone)]
 pub(crate) struct Content {
     pub sources: Vec<Source>,
+    mapped: Vec<Arc<Mapped>>,
+    /// A server's inputs as they were when mapped (none for a relay's cache, which is
+    /// written as it is served).
+    watched: Arc<Vec<Watched>>,
+    /// The paths of `mapped`, for errors.
+    paths: Arc<Vec<PathBuf>>,
     block_size: usize,
     /// A relay's cache: only verified blocks may be sent (`None`: a server's own files).
     ready: Option<Arc<Published>>,
@@ -179,6 +267,8 @@ impl Content {
         cache: Option<&HashCache>,
     ) -> Result<(Self, Vec<ObjectEntry>, usize), NodeError> {
         let mut sources: Vec<Source> = Vec::with_capacity(inputs.len());
+        let mut mapped = Vec::with_capacity(inputs.len());
+        let mut watched = Vec::with_capacity(inputs.len());
         let mut entries = Vec::with_capacity(inputs.len());
         let mut cached = 0;
         for i in inputs {
@@ -189,14 +279,7 @@ impl Content {
             let f = File::open(&i.path).map_err(err)?;
             let meta = f.metadata().map_err(err)?;
             let len = meta.len();
-            let map = if len == 0 {
-                None
-            } else {
-                // SAFETY: read-only shared mapping; the server requires inputs not to change
-                // while they are served (README), the usual contract of a file server.
-                Some(unsafe { Mmap::map(&f) }.map_err(err)?)
-            };
-            let m = Mapped(map);
+            let m = Arc::new(Mapped::new(&f, len).map_err(err)?);
             let cache = cache.filter(|_| len >= CACHED_FROM);
             let entry = match cache.and_then(|c| c.get(&i.path, &meta, block_size)) {
                 Some((hash, block_hashes)) => {
@@ -223,17 +306,62 @@ impl Content {
                 }
             };
             entries.push(entry);
-            sources.push(Arc::new(m));
+            sources.push(m.clone());
+            mapped.push(m);
+            watched.push(Watched {
+                path: i.path.clone(),
+                file: f,
+                stamp: Stamp::of(&meta),
+            });
         }
-        Ok((
-            Content {
-                sources,
-                block_size,
-                ready: None,
-            },
-            entries,
-            cached,
-        ))
+        let content = Content {
+            sources,
+            mapped,
+            paths: Arc::new(inputs.iter().map(|i| i.path.clone()).collect()),
+            watched: Arc::new(watched),
+            block_size,
+            ready: None,
+        };
+        // Hashed as they were when mapped, or not at all: a change while hashing is found
+        // here, before a manifest is made of it.
+        let mut all = 0..content.watched.len();
+        content.check_inputs(&mut all)?;
+        Ok((content, entries, cached))
+    }
+
+    /// Whether the inputs are as they were mapped: every damaged mapping, and the size and
+    /// change times of the inputs `turn` names (a check goes through the rest next time;
+    /// [`Content::next_check`]). A server calls it every [`CHECK_INTERVAL`].
+    pub(crate) fn check_inputs(&self, turn: &mut std::ops::Range<usize>) -> Result<(), NodeError> {
+        if MappingGuard::any_damaged() {
+            if let Some(i) = self.mapped.iter().position(|m| m.damaged()) {
+                return Err(NodeError::InputChanged {
+                    path: self.paths[i].clone(),
+                    what: "it shrank: a read found pages past its new end".into(),
+                });
+            }
+        }
+        for w in turn.by_ref().filter_map(|i| self.watched.get(i)) {
+            let now = w.file.metadata().map(|m| Stamp::of(&m));
+            let change = match now {
+                Ok(now) => w.stamp.change(&now),
+                Err(e) => Some(format!("it cannot be looked at: {e}")),
+            };
+            if let Some(what) = change {
+                return Err(NodeError::InputChanged {
+                    path: w.path.clone(),
+                    what,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The inputs the next check looks at, after `last`: up to a bounded number, in turn.
+    pub(crate) fn next_check(&self, last: &std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let n = self.watched.len();
+        let start = if last.end >= n { 0 } else { last.end };
+        start..(start + CHECKS_PER_TURN).min(n)
     }
 
     /// A relay's cache: maps the files a receive loop is filling (already sized to the
@@ -244,6 +372,7 @@ impl Content {
         ready: Arc<Published>,
     ) -> Result<Self, NodeError> {
         let mut sources: Vec<Source> = Vec::with_capacity(paths.len());
+        let mut mapped = Vec::with_capacity(paths.len());
         for (path, o) in paths.iter().zip(&manifest.objects) {
             let err = |source| NodeError::Input {
                 path: path.clone(),
@@ -259,18 +388,17 @@ impl Content {
                     o.size
                 )));
             }
-            let map = if len == 0 {
-                None
-            } else {
-                // SAFETY: read-only shared mapping of a file this process preallocated and
-                // writes only through its own mapping, block by block; blocks are read from
-                // here only after they are verified (and never written again).
-                Some(unsafe { Mmap::map(&f) }.map_err(err)?)
-            };
-            sources.push(Arc::new(Mapped(map)));
+            // A file this process sized and writes with pwrite, block by block; blocks are
+            // read from here only after they are verified (and never written again).
+            let m = Arc::new(Mapped::new(&f, len).map_err(err)?);
+            sources.push(m.clone());
+            mapped.push(m);
         }
         Ok(Content {
             sources,
+            mapped,
+            watched: Arc::new(Vec::new()),
+            paths: Arc::new(paths.to_vec()),
             block_size: manifest.block_size() as usize,
             ready: Some(ready),
         })
@@ -293,16 +421,19 @@ impl Content {
                 )),
             });
         }
-        let map = if len == 0 {
-            None
-        } else {
-            // SAFETY: read-only shared mapping; the origin stops the session when the file
-            // changes or disappears (it checks its identity several times a second), the
-            // contract of a file server whose inputs are not rewritten in place.
-            Some(unsafe { Mmap::map(&f) }.map_err(err)?)
-        };
+        let meta = f.metadata().map_err(err)?;
+        let m = Arc::new(Mapped::new(&f, len).map_err(err)?);
         Ok(Content {
-            sources: vec![Arc::new(Mapped(map))],
+            sources: vec![m.clone()],
+            mapped: vec![m],
+            // Watched as a server's inputs are: a change stops the session (as the origin's
+            // own check of the catalog file does).
+            watched: Arc::new(vec![Watched {
+                path: path.to_path_buf(),
+                file: f,
+                stamp: Stamp::of(&meta),
+            }]),
+            paths: Arc::new(vec![path.to_path_buf()]),
             block_size,
             ready: None,
         })
@@ -351,5 +482,67 @@ mod tests {
         let want = ObjectEntry::from_content("x", &content, 1400 * 749);
         let got = hash_object("x".into(), &content, 1400 * 749).expect("hashing threads start");
         assert_eq!(got, want);
+    }
+
+    fn served_file(name: &str, len: usize) -> (PathBuf, Content) {
+        let dir = std::env::temp_dir().join(format!("bc-content-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("input");
+        std::fs::write(&path, vec![5u8; len]).expect("input");
+        // Times well in the past: a change made now moves them, whatever the clock's grain.
+        let past = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        f.set_modified(past).expect("set mtime");
+        let input = Input {
+            path: path.clone(),
+            name: "input".into(),
+        };
+        let (content, _, _) = Content::open(&[input], 64 << 10, None).expect("open");
+        (path, content)
+    }
+
+    #[test]
+    fn an_input_truncated_while_served_reads_zeros_and_is_reported_instead_of_a_sigbus() {
+        let (path, content) = served_file("truncated", 3 << 16);
+        let mut all = 0..1;
+        assert!(content.check_inputs(&mut all).is_ok());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(4096)
+            .expect("truncate");
+        // What parity and XOR repairs do: read a block through the mapping, past the new end.
+        let block = content.block(ObjectId(0), BlockIndex(2));
+        assert!(
+            block.iter().all(|&b| b == 0),
+            "the lost pages read as zeros"
+        );
+        let e = content
+            .check_inputs(&mut (0..0))
+            .expect_err("the damage is found");
+        assert!(
+            matches!(&e, NodeError::InputChanged { path: p, .. } if p == &path),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn an_input_rewritten_in_place_while_served_is_reported() {
+        let (path, content) = served_file("rewritten", 3 << 16);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        std::os::unix::fs::FileExt::write_all_at(&f, b"other bytes", 100).expect("rewrite");
+        let e = content
+            .check_inputs(&mut (0..1))
+            .expect_err("the change is found");
+        assert!(e.to_string().contains("modified"), "{e}");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 }

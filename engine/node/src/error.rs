@@ -23,6 +23,13 @@ pub enum NodeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Another receive (or relay) is writing into the same output: it holds the lock.
+    #[error("{} is in use by another blockcast receive or relay (it holds {}); nothing was written", path.display(), lock.display())]
+    OutputBusy { path: PathBuf, lock: PathBuf },
+    /// An input changed while it was being served (truncated, rewritten): what receivers got
+    /// of it would not match its hashes.
+    #[error("{} changed while it was being served ({what}): the session was stopped", path.display())]
+    InputChanged { path: PathBuf, what: String },
     /// A configuration the protocol refuses: other flags or inputs fix it.
     #[error("{0}")]
     Config(String),

@@ -255,6 +255,11 @@ fn receive_config(
         trust: cfg.client.trust.clone(),
         // A one-object session whose object's BLAKE3 is this (wire.md §15.5).
         expect: Some(hash),
+        secret: None,
+        preallocate: true,
+        // The staging directory's state file was written by an earlier fetch of this very
+        // content, after the blocks it names were synced.
+        verify_existing: false,
     })
 }
 

@@ -30,9 +30,12 @@ mod stripe_rx;
 pub use content::{collect_inputs, hash_inputs, Input};
 pub use error::{NodeError, ThreadFailure};
 pub use hashcache::HashCache;
-pub use receive::{receive, ReceiveConfig, ReceiveProgress, ReceiveSummary, SessionTrust};
+pub use receive::{
+    is_own_partial, receive, ReceiveConfig, ReceiveProgress, ReceiveSummary, SessionTrust,
+};
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary, StartGate};
 
 /// CPU time the calling thread has used, in seconds.
 pub use blockcast_io::os::thread_cpu_seconds;
+pub use blockcast_seal::{OpenStats, Secret, TRAILER_LEN};

@@ -210,6 +210,7 @@ pub fn origin(
             ring: None,
             group: None,
             control: Some(socket),
+            seal: None,
         },
     );
     let side_stop = Arc::new(AtomicBool::new(false));
@@ -330,6 +331,21 @@ struct OriginHost<'a> {
     failures: u64,
 }
 
+impl Running {
+    /// Why the session's catalog file is no longer the one it serves, if it is not.
+    fn file_changed(&self) -> Option<String> {
+        if FileId::at(&self.path) == Some(self.id) {
+            return None;
+        }
+        let why = if self.path.exists() {
+            "changed during its session"
+        } else {
+            "disappeared during its session"
+        };
+        Some(format!("catalog file {} {why}", self.path.display()))
+    }
+}
+
 impl OriginHost<'_> {
     /// Starts a session for `name`, or says why not.
     fn start(&mut self, name: &str) -> Result<Grant, String> {
@@ -410,6 +426,8 @@ impl OriginHost<'_> {
             statement: None,
             core_offset: offset,
             gate: Some(gate.clone()),
+            // Closed groups are not offered by the origin (yet): its sessions are open.
+            secret: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let progress: Arc<Mutex<Option<ServeProgress>>> = Arc::default();
@@ -486,8 +504,13 @@ impl OriginHost<'_> {
         if !wait && !s.thread.is_finished() {
             return;
         }
-        let s = self.running.remove(&id).expect("present");
+        let mut s = self.running.remove(&id).expect("present");
         handler.close_session(&s.name, s.session);
+        // The session's own check of its input may have stopped it first: say what became
+        // of the catalog file either way.
+        if s.failed.is_none() {
+            s.failed = s.file_changed();
+        }
         self.update_session(&s);
         let result = s
             .thread
@@ -510,7 +533,13 @@ impl OriginHost<'_> {
                 sum.stats.data_bytes + sum.stats.parity_bytes,
                 s.failed.clone(),
             ),
-            Err(e) => ("failed".into(), 0, 0, 0, Some(e.to_string())),
+            Err(e) => (
+                "failed".into(),
+                0,
+                0,
+                0,
+                s.failed.clone().or_else(|| Some(e.to_string())),
+            ),
         };
         let error = error.or_else(|| match &result {
             Ok(sum) if sum.reason == DoneReason::Aborted && !self.stop.load(Ordering::Relaxed) => {
@@ -584,14 +613,11 @@ impl OriginHost<'_> {
             let Some(s) = self.running.get_mut(&id) else {
                 continue;
             };
-            if s.failed.is_none() && FileId::at(&s.path) != Some(s.id) {
-                let why = if s.path.exists() {
-                    "changed during its session"
-                } else {
-                    "disappeared during its session"
-                };
-                s.failed = Some(format!("catalog file {} {why}", s.path.display()));
-                s.stop.store(true, Ordering::Relaxed);
+            if s.failed.is_none() {
+                if let Some(why) = s.file_changed() {
+                    s.failed = Some(why);
+                    s.stop.store(true, Ordering::Relaxed);
+                }
             }
             // The data threads' first pass counts as sent.
             let p = s.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();

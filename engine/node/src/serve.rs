@@ -18,8 +18,9 @@ use blockcast_proto::{
     FirstPassProgress, Geometry, RateLimits, Sender, SenderConfig, SenderEvent, SenderStats,
     SplitConfig, StripePass, UnitRef,
 };
+use blockcast_seal::{OpenStats, Secret};
 
-use crate::content::{Content, Input};
+use crate::content::{Content, Input, CHECK_INTERVAL};
 use crate::driver::{self, Flow, Input as DriverInput, Io, Out, Sends};
 use crate::hashcache::HashCache;
 use crate::stripe::{self, StripeShared, StripeStats, StripeThread};
@@ -72,6 +73,9 @@ pub struct ServeConfig {
     pub core_offset: usize,
     /// An origin's session: when its first pass may start ([`StartGate`]).
     pub gate: Option<Arc<StartGate>>,
+    /// A closed group: every datagram is sealed with this secret, and only sealed ones are
+    /// taken (docs/wire.md §16).
+    pub secret: Option<Secret>,
 }
 
 /// When an origin's session may start its first pass: not before `window_end` (the batching
@@ -131,6 +135,9 @@ pub struct ServeSummary {
     pub manifest_hash: [u8; 32],
     /// The key the session statement is signed with (the origin's, for a relay).
     pub signer: Option<[u8; 32]>,
+    /// A closed group: what the control thread opened and dropped (datagrams without the
+    /// secret, forged, replayed).
+    pub sealed: Option<OpenStats>,
 }
 
 /// Serves until every accepted receiver is complete, the deadline passes, or `stop` is set.
@@ -167,6 +174,11 @@ pub(crate) fn serve_content(
     progress_cb: &mut dyn FnMut(&ServeProgress),
 ) -> Result<ServeSummary, NodeError> {
     let total_bytes = manifest.total_bytes();
+    if cfg.split && cfg.secret.is_some() {
+        return Err(NodeError::Config(
+            "a closed group (--secret) needs multicast: split mode does not seal its copies".into(),
+        ));
+    }
     let stripes = if cfg.split {
         1
     } else {
@@ -201,6 +213,7 @@ pub(crate) fn serve_content(
                     iface: cfg.iface,
                     ttl: cfg.ttl,
                     shared: &shared,
+                    secret: cfg.secret.as_ref(),
                 };
                 match std::thread::Builder::new()
                     .name(format!("bc-data-{s}"))
@@ -225,9 +238,13 @@ pub(crate) fn serve_content(
             total_bytes,
             control: control_addr,
             rate: 0,
+            checked: 0..0,
+            next_check: started,
+            input_error: None,
         };
         let r = driver::run(&mut sender, &mut io, &mut host);
         let reason = host.reason;
+        let input_error = host.input_error.take();
         shared.stop.store(true, Ordering::Relaxed);
         let mut first_err = spawn_error;
         let mut data = StripeStats::default();
@@ -238,7 +255,7 @@ pub(crate) fn serve_content(
                 Err(_) => first_err = first_err.or(Some(NodeError::panicked("a data thread"))),
             }
         }
-        match (r, first_err) {
+        match (r, input_error.or(first_err)) {
             (Err(e), _) | (Ok(()), Some(e)) => Err(e),
             (Ok(()), None) => Ok((reason, data)),
         }
@@ -270,6 +287,7 @@ pub(crate) fn serve_content(
         receivers_ever: sender.receivers_ever(),
         manifest_hash: sender.manifest_hash(),
         signer: sender.statement_signer(),
+        sealed: io.open_stats(),
     })
 }
 
@@ -298,8 +316,10 @@ fn open_sockets(cfg: &ServeConfig) -> Result<(Io, SocketAddr), NodeError> {
         ring: Some(ring),
         group,
         control: Some(control),
+        seal: None,
     };
-    Ok((Io::new(vec![input], out), control_addr))
+    let io = Io::new(vec![input], out).protect(cfg.secret.as_ref())?;
+    Ok((io, control_addr))
 }
 
 /// The protocol's configuration for this server: `--rate auto` unless a rate is fixed, an
@@ -364,6 +384,11 @@ struct ServeHost<'a> {
     control: SocketAddr,
     /// The rate last logged.
     rate: u64,
+    /// The inputs the last check looked at, and when the next is due.
+    checked: std::ops::Range<usize>,
+    next_check: Instant,
+    /// An input changed: the session was stopped for it.
+    input_error: Option<NodeError>,
 }
 
 impl driver::Host<Sender<Content>> for ServeHost<'_> {
@@ -384,6 +409,18 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
                 g.granted.load(Ordering::Relaxed).max(1)
             };
             sender.set_min_receivers(n);
+        }
+        if self.input_error.is_none() && now >= self.next_check {
+            self.next_check = now + CHECK_INTERVAL;
+            self.checked = sender.source().next_check(&self.checked);
+            let mut turn = self.checked.clone();
+            if let Err(e) = sender.source().check_inputs(&mut turn) {
+                // What receivers would get of it no longer matches its hashes: end the
+                // session (they keep what they verified) and report it.
+                tracing::error!("{e}");
+                self.input_error = Some(e);
+                sender.abort(now);
+            }
         }
         if self.data_started {
             let (sent_before, bytes) = self.shared.progress();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, SendRing, SendRingConfig};
 use blockcast_proto::{Endpoint, StripePass};
+use blockcast_seal::Secret;
 
 use crate::content::Content;
 use crate::driver::{self, Flow, Io, Out};
@@ -75,6 +76,8 @@ pub(crate) struct StripeThread<'a> {
     pub iface: Ipv4Addr,
     pub ttl: u32,
     pub shared: &'a StripeShared,
+    /// The group secret: this thread seals what it sends with a sender id of its own.
+    pub secret: Option<&'a Secret>,
 }
 
 /// What the data threads did.
@@ -115,14 +118,26 @@ pub(crate) fn run(
             ring: Some(ring),
             group: None,
             control: None,
+            seal: None,
         },
-    );
+    )
+    .protect(t.secret)?;
     let mut host = StripeHost {
         shared: t.shared,
         index: usize::from(pass.stripe()),
         ended: false,
     };
     driver::run(&mut pass, &mut io, &mut host)?;
+    if let Some(ring) = io.out.ring.as_ref() {
+        let r = ring.stats();
+        tracing::debug!(
+            stripe = pass.stripe(),
+            super_buffers = r.batches_sent,
+            segments = r.segments_sent,
+            send_buffer_full = r.err_again,
+            "first pass sent"
+        );
+    }
     let s = pass.stats();
     Ok(StripeStats {
         cpu_seconds: blockcast_io::os::thread_cpu_seconds(),

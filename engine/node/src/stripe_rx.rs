@@ -161,6 +161,11 @@ impl<'scope> StripeSockets<'scope> {
         })
     }
 
+    /// Stripes of the session these sockets were opened for (stripe 0 included).
+    pub(crate) fn count(&self) -> u16 {
+        (self.counters.len() + 1) as u16
+    }
+
     /// Descriptors the receive thread waits on for these stripes: the readers' eventfd first,
     /// then its own stripe sockets (the order [`drain`](Self::drain) takes `ready` in).
     pub(crate) fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
@@ -173,7 +178,7 @@ impl<'scope> StripeSockets<'scope> {
     pub(crate) fn drain(
         &mut self,
         ready: &[bool],
-        handle: &mut dyn FnMut(&RecvBatch) -> Result<(), NodeError>,
+        handle: &mut dyn FnMut(&mut RecvBatch) -> Result<(), NodeError>,
     ) -> Result<bool, NodeError> {
         let mut any = false;
         if ready.first().copied().unwrap_or(false) {
@@ -190,14 +195,14 @@ impl<'scope> StripeSockets<'scope> {
                     break;
                 }
                 any = true;
-                handle(&self.own_batch)?;
+                handle(&mut self.own_batch)?;
             }
         }
         while let Ok(msg) = self.filled.try_recv() {
             match msg {
-                Msg::Batch { reader, batch } => {
+                Msg::Batch { reader, mut batch } => {
                     any = true;
-                    let r = handle(&batch);
+                    let r = handle(&mut batch);
                     // The reader may have stopped (shutdown); then the batch is just dropped.
                     let _ = self.free[reader].send(batch);
                     r?;

@@ -36,7 +36,7 @@ pub use sender::{
     ORIGINALS_FACTOR,
 };
 pub use split::{copies, SplitConfig};
-pub use store::{BlockSource, BlockStore, MemStore, SliceSource, StoreError};
+pub use store::{BlockSource, BlockStore, HeldBlocks, MemStore, SliceSource, StoreError};
 pub use stripe::{StripePass, StripeStats};
 
 /// Where a datagram goes.

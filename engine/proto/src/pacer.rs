@@ -59,8 +59,9 @@ impl Pacer {
 
     /// A datagram of `bytes` went at `now`.
     pub fn spend(&mut self, now: Instant, bytes: usize) {
-        if self.credit == 0 {
-            // A new quantum starts with this datagram.
+        if self.credit < bytes {
+            // A new quantum starts with this datagram (what is left of the last one is less
+            // than a datagram: it would only split the next super-buffer).
             self.credit = self.quantum;
         }
         self.credit = self.credit.saturating_sub(bytes);
@@ -92,6 +93,23 @@ mod tests {
         assert_eq!(p.next_send(), Some(t0 + Duration::from_millis(3)));
         assert!(!p.ready(t0 + Duration::from_millis(2), 1));
         assert!(p.ready(t0 + Duration::from_millis(3), 1));
+    }
+
+    #[test]
+    fn a_quantum_starts_whole_when_the_last_left_less_than_a_datagram() {
+        let t0 = Instant::now();
+        // Quanta of 10 bytes, datagrams of 4: two fit, the 2 left over are dropped.
+        let mut p = Pacer::new(1_000, Duration::ZERO).with_quantum(10);
+        let mut at = t0;
+        for _ in 0..3 {
+            let mut sent = 0;
+            while p.ready(at, 4) {
+                p.spend(at, 4);
+                sent += 1;
+            }
+            assert_eq!(sent, 2, "each quantum carries two datagrams");
+            at = p.next_send().expect("paced");
+        }
     }
 
     #[test]

@@ -31,6 +31,19 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Blocks a store holds already when it is prepared: what a resumed or repeated receive finds
+/// on disk ([`BlockStore::held`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeldBlocks {
+    /// Verified by an earlier run, as a durable record of it says: they count as verified at
+    /// once and are never fetched.
+    pub verified: Vec<(ObjectId, BlockIndex)>,
+    /// Possibly here (a file that existed without a record, a record that may not have
+    /// reached the disk, or a record the user asked to check): hashed against the manifest
+    /// before they count, fetched if they do not match.
+    pub check: Vec<(ObjectId, BlockIndex)>,
+}
+
 /// Where a receiver assembles blocks.
 pub trait BlockStore {
     /// Called once, when the manifest is known: make room for every object.
@@ -52,8 +65,14 @@ pub trait BlockStore {
     ) {
         self.block_mut(object, block, len)[offset..offset + bytes.len()].copy_from_slice(bytes);
     }
-    /// The block was verified against its hash: it is final (a store may flush it).
+    /// The block was verified against its hash, or is reused as the store held it
+    /// ([`BlockStore::held`]): it is final (a store may flush it, and record it).
     fn block_verified(&mut self, _object: ObjectId, _block: BlockIndex) {}
+    /// Called once, right after `prepare` succeeded: the blocks the store holds already (a
+    /// resumed receive). A fresh store holds none, the default.
+    fn held(&mut self) -> HeldBlocks {
+        HeldBlocks::default()
+    }
 }
 
 /// A source over byte slices held in memory (tests, the simulator, small demos).

@@ -220,7 +220,31 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
             return Err(NodeError::Interrupted);
         }
         while let Some(v) = self.verifier.try_verdict() {
+            if let Some(source) = v.error {
+                // A rebuilt block's units could not be written (a full disk): stop, keeping
+                // what is recorded.
+                let path = rx
+                    .store()
+                    .paths()
+                    .get(v.object.0 as usize)
+                    .cloned()
+                    .unwrap_or_else(|| self.cfg.out.clone());
+                return Err(NodeError::Output { path, source });
+            }
             rx.handle_verified(now, v.object, v.block, v.ok);
+        }
+        if let Some(e) = rx.store_mut().take_failure() {
+            // A block the protocol core verified in the store's own copy could not be
+            // written back (it verifies on the verify thread here, so this is not expected).
+            return Err(e);
+        }
+        if let Some(path) = rx.store().damaged() {
+            return Err(NodeError::Output {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(
+                    "another program shrank the file while it was being received",
+                ),
+            });
         }
         self.take_asks(rx, now);
         if io.is_ready(DATA) {
@@ -248,15 +272,17 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         now: Instant,
         input: usize,
         batch: &mut RecvBatch,
+        opener: Option<&mut blockcast_seal::Opener>,
     ) -> Result<(), NodeError> {
         self.last_packet = now;
         match (&self.split_socket, input) {
+            // Split mode has no closed groups (receive refuses a secret with it).
             (Some(sock), DATA) => {
                 self.tally.forwarded += super::split::forward_and_handle(rx, batch, sock, now);
             }
             _ => {
                 rx.store_mut().stage(batch);
-                driver::feed(rx, now, batch);
+                driver::feed(rx, now, batch, opener);
             }
         }
         // The units were queued for writing from the batch's buffer: write them before the
@@ -284,9 +310,10 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         // Stripes 1.. (their readers' batches, or sockets this thread reads itself).
         let striped = match self.stripes.as_mut() {
             Some(st) => {
+                let mut opener = io.opener.as_mut();
                 let got = st.drain(ready, &mut |b| {
                     rx.store_mut().stage(b);
-                    driver::feed(rx, now, b);
+                    driver::feed(rx, now, b, opener.as_deref_mut());
                     rx.store_mut().flush(Some(b))
                 })?;
                 rx.note_queue(st.take_queue_ppm());
@@ -367,7 +394,22 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
                 self.published.publish_block(object.0, block.0);
                 self.published_any = true;
             }
-            ReceiverEvent::Announced { .. } => self.heard = true,
+            ReceiverEvent::Announced { session, .. } => {
+                if self.heard {
+                    // Another session of the same content (a restarted server): its first
+                    // pass may be striped otherwise.
+                    tracing::info!(
+                        session = session.0,
+                        "following a new session of the same content"
+                    );
+                    if self.stripes.as_ref().map(|s| s.count())
+                        != rx.announced_stripes().filter(|&n| n > 1)
+                    {
+                        self.close_stripes();
+                    }
+                }
+                self.heard = true;
+            }
             ReceiverEvent::Complete => self.tally.complete_at = Some(now),
             ReceiverEvent::ServerLost if rx.is_complete() => self.server_gone = true,
             ReceiverEvent::ServerLost => {
@@ -380,10 +422,13 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
                 complete: false, ..
             } => return Err(Self::incomplete(rx, "the server ended the session")),
             ReceiverEvent::StoreFailed(e) => {
-                return Err(NodeError::Output {
-                    path: self.cfg.out.clone(),
-                    source: std::io::Error::other(e.0),
-                })
+                return Err(rx
+                    .store_mut()
+                    .take_failure()
+                    .unwrap_or_else(|| NodeError::Output {
+                        path: self.cfg.out.clone(),
+                        source: std::io::Error::other(e.0),
+                    }))
             }
             _ => {}
         }

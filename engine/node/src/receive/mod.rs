@@ -8,6 +8,7 @@
 
 mod host;
 mod split;
+mod state;
 mod store;
 mod verify;
 
@@ -20,15 +21,18 @@ use std::time::{Duration, Instant};
 use std::net::Ipv4Addr;
 
 use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
-use blockcast_proto::wire::{BlockIndex, ObjectId, ReceiverId};
+use blockcast_proto::wire::{BlockIndex, LeaveReason, ObjectId, ReceiverId};
 use blockcast_proto::{Receiver, ReceiverConfig, ReceiverStats, SplitMember};
+use blockcast_seal::{OpenStats, Secret};
 
 use crate::driver::{self, Input, Io, Out, Sends};
 use crate::play::{self, PlaySummary, PlayTo, StartAt};
 use crate::published::{Ask, Published};
 use crate::NodeError;
 use host::ReceiveHost;
-use store::FileStore;
+pub use state::is_own_partial;
+use state::StateLock;
+use store::{FileStore, StoreOptions};
 use verify::Verifier;
 
 /// How to receive.
@@ -67,6 +71,16 @@ pub struct ReceiveConfig {
     pub trust: Vec<[u8; 32]>,
     /// Pin the content without keys: the manifest hash, or a one-object session's BLAKE3.
     pub expect: Option<[u8; 32]>,
+    /// A closed group: take only datagrams sealed with this secret, and seal what is sent
+    /// (docs/wire.md §16).
+    pub secret: Option<Secret>,
+    /// Reserve each file's space before writing (`fallocate`), so a full disk shows at the
+    /// start; without it files are sparse and a disk that fills stops the transfer midway
+    /// (exit with the state kept; a later receive resumes).
+    pub preallocate: bool,
+    /// Hash the blocks a state file says are verified (an earlier run into the same `out`)
+    /// instead of trusting it.
+    pub verify_existing: bool,
 }
 
 /// What the receiver knows of the session's authenticity.
@@ -125,6 +139,9 @@ pub struct ReceiveSummary {
     pub stripe_datagrams: u64,
     /// The session's authenticity.
     pub session: Option<SessionTrust>,
+    /// A closed group: what the receive thread opened and dropped (datagrams without the
+    /// secret, forged, replayed).
+    pub sealed: Option<OpenStats>,
 }
 
 /// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
@@ -214,6 +231,11 @@ fn receive_session(
     published: &Published,
     asks: &mpsc::Receiver<Ask>,
 ) -> Result<ReceiveSummary, NodeError> {
+    if cfg.split.is_some() && cfg.secret.is_some() {
+        return Err(NodeError::Config(
+            "a closed group (--secret) needs multicast: split mode does not seal its copies".into(),
+        ));
+    }
     let socket_err = |e| NodeError::Io(blockcast_io::IoError::os("dup", "receive socket", e));
     // Split mode: one unicast socket for data and control; otherwise the group's socket and
     // a control socket.
@@ -260,18 +282,36 @@ fn receive_session(
         split: cfg.split,
         ..ReceiverConfig::default()
     };
-    let mut rx = Receiver::new(rcfg, FileStore::new(cfg.out.clone()));
+    // An earlier receive into `out` left state files: lock `out` now (a second receive into
+    // it stops here, before anything), and offer their manifests, so the content is adopted
+    // at its announce.
+    let (state_dir, resumable) = state::find(&cfg.out);
+    let lock = if resumable.is_empty() {
+        None
+    } else {
+        Some(StateLock::acquire(&state_dir).map_err(|e| store::lock_error(&cfg.out, e))?)
+    };
+    let options = StoreOptions {
+        preallocate: cfg.preallocate,
+        verify_existing: cfg.verify_existing,
+    };
+    let mut rx = Receiver::new(rcfg, FileStore::new(cfg.out.clone(), options, lock));
+    for r in resumable {
+        rx.offer_manifest(r.hash, r.manifest);
+    }
     let mut io = Io::new(
         inputs,
         Out {
             ring: None,
             group: None,
             control: Some(control),
+            seal: None,
         },
-    );
+    )
+    .protect(cfg.secret.as_ref())?;
     let started = Instant::now();
     let cpu_start = blockcast_io::os::thread_cpu_seconds();
-    let (tally, latency) = std::thread::scope(|scope| {
+    let run = std::thread::scope(|scope| {
         let verifier = Verifier::start(scope)?;
         let mut host = ReceiveHost::new(
             cfg,
@@ -288,10 +328,25 @@ fn receive_session(
         // The helper threads end whatever the result.
         let tally = host.finish();
         r.map(|()| tally)
-    })?;
+    });
+    let (tally, latency) = match run {
+        Ok(t) => t,
+        Err(e) => {
+            // Tell the server we are gone (a stop has told it already), and record what is
+            // verified: a later receive into the same place resumes from it.
+            if !matches!(e, NodeError::Interrupted) {
+                rx.leave(LeaveReason::Failed);
+                let _ = io.flush(&mut rx, Instant::now());
+            }
+            rx.store_mut().finish_state();
+            return Err(e);
+        }
+    };
     let done = tally.complete_at.unwrap_or_else(Instant::now);
     let sync_start = Instant::now();
-    rx.store_mut().sync()?;
+    let synced = rx.store_mut().sync();
+    rx.store_mut().finish_state();
+    synced?;
     let sync_seconds = sync_start.elapsed().as_secs_f64();
     Ok(ReceiveSummary {
         files: rx.store().paths(),
@@ -315,6 +370,7 @@ fn receive_session(
         forwarded: tally.forwarded,
         stripe_datagrams: tally.stripe_datagrams,
         session: session_trust(&rx),
+        sealed: io.open_stats(),
     })
 }
 

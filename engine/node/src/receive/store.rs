@@ -1,11 +1,18 @@
 //! Where a receiver stores objects: preallocated files. Units are queued as the protocol core
 //! places them and written with one `pwritev` per run of consecutive units, straight from the
-//! receive batch they arrived in; blocks are read, rebuilt and hashed through shared
-//! mappings of the same files.
+//! receive batch they arrived in; blocks are read and hashed through read-only shared
+//! mappings of the same files (a rebuilt block is rebuilt in memory and its rebuilt units
+//! written with `pwrite`, on the verify thread).
 //!
 //! Why `pwritev` and not the mapping: a write through a mapping makes the kernel zero each
 //! fresh page before the unit is copied over it (measured: 1 GiB into a fresh file, 0.27 s of
-//! CPU against 0.48-0.72 through a mapping; docs/DESIGN.md).
+//! CPU against 0.48-0.72 through a mapping; docs/DESIGN.md). And nothing is ever written
+//! through a mapping: where the disk can fill (no preallocation), a write through a mapping
+//! that finds no space kills the process with SIGBUS, a `pwrite` returns ENOSPC.
+//!
+//! What is verified is recorded in a state file per content ([`super::state`]), so a
+//! receive into the same `--out` resumes; the store opens existing files without truncating
+//! them and tells the protocol core what they hold ([`BlockStore::held`]).
 //!
 //! The queued writes name where their bytes lie in the batch ([`BatchRange`]), not a pointer:
 //! [`FileStore::flush`] reads them back from that batch, and a range of an older batch is
@@ -13,15 +20,18 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use blockcast_io::os::MappingGuard;
 use blockcast_io::{BatchLocator, BatchRange, RecvBatch};
 use blockcast_proto::wire::{BlockIndex, Manifest, ObjectId};
-use blockcast_proto::{BlockStore, StoreError};
-use memmap2::MmapMut;
+use blockcast_proto::{BlockStore, HeldBlocks, StoreError};
+use memmap2::Mmap;
 
+use super::state::{self, LockError, StateDir, StateFile, StateLock, StateRecorder};
 use crate::NodeError;
 
 /// Where a queued unit's bytes are.
@@ -41,21 +51,49 @@ struct PendingWrite {
     bytes: Staged,
 }
 
-/// One object's file and its shared mapping (none for an empty object).
+/// One object's file and its read-only shared mapping (none for an empty object).
 pub(crate) struct Output {
     pub path: PathBuf,
     file: Arc<File>,
-    map: Option<MmapMut>,
+    /// Kept mapped while `base` points into it; declared before `guard`, so it is unmapped
+    /// before its guard goes.
+    _map: Option<Mmap>,
+    /// A read of the mapping past the file's end (another program shrank it) reads zeros
+    /// instead of killing the process.
+    guard: Option<MappingGuard>,
     /// The mapping's address and length (null and 0 for an empty object). Blocks are handed
-    /// out as slices of their own range only, through this pointer, so the receive thread
-    /// can write one block while the verify thread reads another (a `&mut` to the whole
-    /// mapping would alias the verify thread's block).
-    base: (*mut u8, usize),
+    /// to the verify thread as their own range of it, through this pointer.
+    base: (*const u8, usize),
 }
 
-/// Objects stored in preallocated files.
+/// How a [`FileStore`] makes room and treats what it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StoreOptions {
+    /// Reserve every object's space before the first write (`fallocate`), so a full disk is
+    /// found at the start; a filesystem that cannot falls back to plain (sparse) files.
+    pub preallocate: bool,
+    /// Hash the blocks a state file says are verified instead of trusting it.
+    pub verify_existing: bool,
+}
+
+/// Objects stored in preallocated files, with a state file that records what is verified.
 pub(crate) struct FileStore {
     out: PathBuf,
+    options: StoreOptions,
+    /// The lock on `out`, once taken (at the start if a state file was there, else when the
+    /// manifest is known, before any file is touched).
+    lock: Option<StateLock>,
+    /// Why `prepare` failed, as the node reports it (the protocol core only carries text).
+    failure: Option<NodeError>,
+    /// Records verified blocks (from `prepare` on).
+    recorder: Option<StateRecorder>,
+    /// First global block number of each object (the state file's bitmaps are global).
+    block_base: Vec<u64>,
+    /// What the files held at `prepare`, for the protocol core.
+    held: HeldBlocks,
+    /// `block_mut`'s copy of a block (the node verifies on its own thread and never asks for
+    /// one; a protocol core that hashes inline does), written back once it is verified.
+    scratch: Option<(ObjectId, BlockIndex, Vec<u8>)>,
     pub(crate) files: Vec<Output>,
     /// Per object and block, when its first unit was written.
     pub(crate) touched: Vec<Vec<Option<Instant>>>,
@@ -69,9 +107,16 @@ pub(crate) struct FileStore {
 }
 
 impl FileStore {
-    pub(crate) fn new(out: PathBuf) -> Self {
+    pub(crate) fn new(out: PathBuf, options: StoreOptions, lock: Option<StateLock>) -> Self {
         FileStore {
             out,
+            options,
+            lock,
+            failure: None,
+            recorder: None,
+            block_base: Vec::new(),
+            held: HeldBlocks::default(),
+            scratch: None,
             files: Vec::new(),
             touched: Vec::new(),
             block_size: 0,
@@ -162,12 +207,33 @@ impl FileStore {
     /// Flushes every file to the disk (at the end).
     pub(crate) fn sync(&mut self) -> Result<(), NodeError> {
         for (i, out) in self.files.iter().enumerate() {
-            if let Some(map) = &out.map {
-                map.flush().map_err(|e| self.error(i, e))?;
-            }
             out.file.sync_all().map_err(|e| self.error(i, e))?;
         }
         Ok(())
+    }
+
+    /// Records what is verified durably one last time (data synced first) and stops
+    /// recording: at the end of a run, whatever ended it.
+    pub(crate) fn finish_state(&mut self) {
+        if let Some(mut r) = self.recorder.take() {
+            r.finish();
+        }
+    }
+
+    /// Why `prepare` failed, for the node to report (taken once).
+    pub(crate) fn take_failure(&mut self) -> Option<NodeError> {
+        self.failure.take()
+    }
+
+    /// Whether a file of the mappings was shrunk by another program while we read it.
+    pub(crate) fn damaged(&self) -> Option<&Path> {
+        if !MappingGuard::any_damaged() {
+            return None;
+        }
+        self.files
+            .iter()
+            .find(|o| o.guard.as_ref().is_some_and(|g| g.is_damaged()))
+            .map(|o| o.path.as_path())
     }
 
     /// Block `block` of `object` as the verify thread needs it: where its bytes lie in the
@@ -192,18 +258,56 @@ impl FileStore {
             offset: start as u64,
         })
     }
+
+    /// Records `why` as the reason `prepare` failed and returns the protocol core's error.
+    fn fail(&mut self, why: NodeError) -> StoreError {
+        let e = StoreError(why.to_string());
+        self.failure = Some(why);
+        e
+    }
+
+    /// The lock on `out` for a receive that stores as `sd` says: taken now unless it was at
+    /// the start.
+    fn lock(&mut self, sd: &StateDir) -> Result<(), NodeError> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        self.lock = Some(StateLock::acquire(sd).map_err(|e| lock_error(&self.out, e))?);
+        Ok(())
+    }
+}
+
+/// The node error for a lock not taken.
+pub(crate) fn lock_error(out: &Path, e: LockError) -> NodeError {
+    match e {
+        LockError::Busy(lock) => NodeError::OutputBusy {
+            path: out.to_path_buf(),
+            lock,
+        },
+        LockError::Io(path, source) => NodeError::Output { path, source },
+    }
 }
 
 /// A block of the mapping handed to the verify thread, with the file to write it out from.
 pub(crate) struct BlockAccess {
-    pub ptr: *mut u8,
+    pub ptr: *const u8,
     pub len: usize,
     pub file: Arc<File>,
     pub offset: u64,
 }
 
-/// Creates `path` (and its directories) sized to `size`, reserved on disk, and maps it.
-fn preallocate(path: &Path, size: u64) -> Result<(File, Option<MmapMut>), std::io::Error> {
+/// One object's file as `prepare` found and left it.
+struct Opened {
+    file: File,
+    /// It existed at its object's size: what it holds may be reused.
+    had_size: bool,
+}
+
+/// Opens `path` (making its directories), without truncating what is there, sized to `size`
+/// and (`reserve`) reserved on disk. A file system that cannot reserve space gets a plain
+/// file: writes then find a full disk as they go (an error, never a fault: nothing writes
+/// through a mapping).
+fn open_output(path: &Path, size: u64, reserve: bool) -> std::io::Result<Opened> {
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent)?;
@@ -213,17 +317,39 @@ fn preallocate(path: &Path, size: u64) -> Result<(File, Option<MmapMut>), std::i
         .read(true)
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .open(path)?;
-    if size == 0 {
-        return Ok((file, None));
+    let had = file.metadata()?.len();
+    if had != size {
+        file.set_len(size)?;
     }
-    // Reserve every block on disk first, so a write through the mapping can never fault for
-    // lack of space (SIGBUS): a full disk is reported here, as an error.
-    blockcast_io::os::preallocate(&file, size)?;
-    // SAFETY: the file is ours (just created and truncated) and sized; no one else maps it.
-    let map = unsafe { MmapMut::map_mut(&file)? };
-    Ok((file, Some(map)))
+    if size > 0 && reserve {
+        match blockcast_io::os::preallocate(&file, size) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => tracing::warn!(
+                "{}: this file system cannot reserve space; a disk that fills up stops the transfer (its state is kept)",
+                path.display()
+            ),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Opened {
+        file,
+        had_size: had == size && size > 0,
+    })
+}
+
+/// Maps `file` (`size` bytes) read-only, guarded.
+fn map_output(file: &File, size: u64) -> std::io::Result<(Option<Mmap>, Option<MappingGuard>)> {
+    if size == 0 {
+        return Ok((None, None));
+    }
+    // SAFETY: a read-only shared mapping of our output file, which this process writes only
+    // with pwrite (never through a mapping) and holds the lock on; a page another program
+    // truncates away reads as zeros under the guard.
+    let map = unsafe { Mmap::map(file)? };
+    let guard = MappingGuard::new(map.as_ptr(), map.len())?;
+    Ok((Some(map), Some(guard)))
 }
 
 impl BlockStore for FileStore {
@@ -234,43 +360,109 @@ impl BlockStore for FileStore {
             .iter()
             .map(|o| vec![None; o.block_hashes.len()])
             .collect();
+        let mut base = 0;
+        self.block_base = manifest
+            .objects
+            .iter()
+            .map(|o| {
+                let b = base;
+                base += o.block_hashes.len() as u64;
+                b
+            })
+            .collect();
+        let as_dir = manifest.objects.len() != 1 || self.out.is_dir();
+        let sd = StateDir::for_out(&self.out, as_dir);
+        // The lock before anything is touched: a second receive into the same place stops
+        // here, the first one's files as they were.
+        if let Err(e) = self.lock(&sd) {
+            return Err(self.fail(e));
+        }
+        let bytes = match manifest.emit() {
+            Ok(b) => b,
+            Err(_) => return Err(StoreError("the manifest cannot be encoded".into())),
+        };
+        let hash = *blake3::hash(&bytes).as_bytes();
+        // Records of other contents in these files are wrong from the first write on.
+        if let Err(source) = state::retire_others(&sd, &self.out, &hash, manifest) {
+            let path = sd.state_path(&hash);
+            return Err(self.fail(NodeError::Output { path, source }));
+        }
+        let (state, recorded) = match StateFile::open(&sd, &hash, &bytes, base) {
+            Ok(s) => s,
+            Err(source) => {
+                let path = sd.state_path(&hash);
+                return Err(self.fail(NodeError::Output { path, source }));
+            }
+        };
+        let mut had_size = Vec::with_capacity(manifest.objects.len());
         for o in &manifest.objects {
             let path = self.path_for(manifest, &o.name);
-            let (file, mut map) = preallocate(&path, o.size)
-                .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display())))?;
+            let opened = match open_output(&path, o.size, self.options.preallocate) {
+                Ok(f) => f,
+                Err(source) => return Err(self.fail(NodeError::Output { path, source })),
+            };
+            let (map, guard) = match map_output(&opened.file, o.size) {
+                Ok(m) => m,
+                Err(source) => return Err(self.fail(NodeError::Output { path, source })),
+            };
             let base = map
-                .as_mut()
-                .map_or((std::ptr::null_mut(), 0), |m| (m.as_mut_ptr(), m.len()));
+                .as_ref()
+                .map_or((std::ptr::null(), 0), |m| (m.as_ptr(), m.len()));
+            had_size.push(opened.had_size);
             self.files.push(Output {
                 path,
-                file: Arc::new(file),
-                map,
+                file: Arc::new(opened.file),
+                _map: map,
+                guard,
                 base,
             });
+        }
+        self.held = self.what_is_held(manifest, recorded.as_ref(), &had_size);
+        // What is kept counts as recorded, and only that: an object whose file is gone is
+        // fetched again, a block to check is recorded once it matches.
+        let mut verified = vec![0u8; base.div_ceil(8) as usize];
+        for (o, b) in &self.held.verified {
+            let g = self.block_base[o.0 as usize] + u64::from(b.0);
+            verified[(g / 8) as usize] |= 1 << (g % 8);
+        }
+        let data = self.files.iter().map(|f| f.file.clone()).collect();
+        match StateRecorder::start(state, verified, data) {
+            Ok(r) => self.recorder = Some(r),
+            Err(e) => return Err(self.fail(NodeError::spawn("the state thread", e))),
         }
         Ok(())
     }
 
+    fn held(&mut self) -> HeldBlocks {
+        std::mem::take(&mut self.held)
+    }
+
     fn block_mut(&mut self, object: ObjectId, block: BlockIndex, len: usize) -> &mut [u8] {
+        // A copy: nothing is written through the mapping. Written back when verified.
         let start = block.0 as usize * self.block_size;
-        let out = &self.files[object.0 as usize];
-        let (base, map_len) = out.base;
+        let (base, map_len) = self.files[object.0 as usize].base;
         assert!(start + len <= map_len, "block outside its object");
-        let touched = &mut self.touched[object.0 as usize][block.0 as usize];
-        if touched.is_none() {
-            // Fault the block's pages in with one call instead of one fault per page (the
-            // kernel zeroes them either way). Advice only: on failure pages fault one by one.
-            *touched = Some(Instant::now());
-            if let Some(map) = &out.map {
-                let _ = map.advise_range(memmap2::Advice::PopulateWrite, start, len);
+        // SAFETY: [start, start+len) lies inside the live read-only mapping (checked above).
+        let bytes = unsafe { std::slice::from_raw_parts(base.add(start), len) };
+        let scratch = self.scratch.get_or_insert((object, block, Vec::new()));
+        if (scratch.0, scratch.1) != (object, block) || scratch.2.len() != len {
+            *scratch = (object, block, bytes.to_vec());
+        }
+        &mut scratch.2
+    }
+
+    fn block_verified(&mut self, object: ObjectId, block: BlockIndex) {
+        if let Some((o, b, bytes)) = self.scratch.take() {
+            if (o, b) == (object, block) {
+                let at = u64::from(b.0) * self.block_size as u64;
+                if let Err(source) = self.files[o.0 as usize].file.write_all_at(&bytes, at) {
+                    self.failure = Some(self.error(o.0 as usize, source));
+                }
             }
         }
-        // SAFETY: [start, start+len) lies inside the live mapping (checked above; the mapping
-        // is owned by `self.files` and unmapped only when the store is dropped, after the
-        // verify thread has been joined). The slice covers this block only: the protocol core
-        // writes a block only while it is not being verified, and the verify thread reads only
-        // a block the core has handed out (`VerifyBlock`) and does not write until answered.
-        unsafe { std::slice::from_raw_parts_mut(base.add(start), len) }
+        if let (Some(r), Some(base)) = (&self.recorder, self.block_base.get(object.0 as usize)) {
+            r.verified(base + u64::from(block.0));
+        }
     }
 
     fn write_unit(
@@ -301,5 +493,42 @@ impl BlockStore for FileStore {
             len: bytes.len(),
             bytes: staged,
         });
+    }
+}
+
+impl FileStore {
+    /// What the files hold, for the protocol core: per object whose file was there at its
+    /// size, the blocks the durable record names (verified, or to hash with
+    /// `verify_existing`) and those only the hint names (to hash); without a state file,
+    /// every block of such a file is hashed (an earlier copy, or a record lost).
+    fn what_is_held(
+        &self,
+        manifest: &Manifest,
+        recorded: Option<&state::Recorded>,
+        had_size: &[bool],
+    ) -> HeldBlocks {
+        let mut held = HeldBlocks::default();
+        for (i, o) in manifest.objects.iter().enumerate() {
+            if !had_size[i] {
+                continue;
+            }
+            for b in 0..o.block_hashes.len() as u32 {
+                let g = self.block_base[i] + u64::from(b);
+                let at = (ObjectId(i as u32), BlockIndex(b));
+                match recorded {
+                    Some(r) if state::bit(&r.durable, g) => {
+                        if self.options.verify_existing {
+                            held.check.push(at);
+                        } else {
+                            held.verified.push(at);
+                        }
+                    }
+                    Some(r) if state::bit(&r.hint, g) => held.check.push(at),
+                    Some(_) => {}
+                    None => held.check.push(at),
+                }
+            }
+        }
+        held
     }
 }

@@ -9,7 +9,7 @@ use blockcast_status::UnitBitmap;
 use super::{Receiver, ReceiverEvent};
 use crate::coding;
 use crate::numbering::BlockAddr;
-use crate::store::BlockStore;
+use crate::store::{BlockStore, HeldBlocks};
 use crate::wire::{BlockIndex, ObjectId, UnitPacket, XorRepr, XOR_NONE, XOR_WIDTH};
 
 /// Split mode: blocks the first pass must be ahead before an earlier block counts as passed
@@ -40,6 +40,24 @@ pub struct Rebuild {
 }
 
 impl Rebuild {
+    /// The units [`Rebuild::apply`] writes: those XOR repairs rebuild, and (when parity
+    /// stands in for some) every unit not held. A store that rebuilds in a copy of the block
+    /// writes these back.
+    pub fn rebuilt_units(&self) -> Vec<u16> {
+        let mut units: Vec<u16> = self.xors.iter().map(|x| x.unit).collect();
+        if !self.parity.is_empty() {
+            units.extend(self.have.iter_zeros().map(|u| u as u16));
+        }
+        units.sort_unstable();
+        units.dedup();
+        units
+    }
+
+    /// The unit size the block is cut into.
+    pub fn unit_size(&self) -> u16 {
+        self.unit_size
+    }
+
     /// Restores the missing original units of `block` (the block's bytes, with every unit
     /// it holds in place): first each XOR repair's unit from the units it holds (a few
     /// XORs), then, if parity stands in for some, the rest by decoding. False when they
@@ -98,6 +116,9 @@ pub(super) struct BlockState {
     pub(super) loss_counted: bool,
     /// Whole and handed out for hashing: nothing may write to it until the answer.
     pub(super) verifying: bool,
+    /// What is being hashed is what the store held at the start (not units that arrived):
+    /// a match is reused, a mismatch is simply fetched.
+    checking: bool,
 }
 
 impl BlockState {
@@ -112,6 +133,7 @@ impl BlockState {
             nack_at: None,
             loss_counted: false,
             verifying: false,
+            checking: false,
         }
     }
 
@@ -418,6 +440,51 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
+    /// What the store held when it was prepared: blocks verified before count at once, the
+    /// others are hashed before they count (on the node's verify thread, or here).
+    pub(super) fn take_held(&mut self, now: Instant, held: HeldBlocks) {
+        for (object, block) in held.verified {
+            if let Some(seq) = self.numbering.seq(object, block) {
+                if !self.blocks.done.get(seq as usize) {
+                    self.mark_done(now, seq, true);
+                }
+            }
+        }
+        for (object, block) in held.check {
+            let Some(seq) = self.numbering.seq(object, block) else {
+                continue;
+            };
+            if self.blocks.done.get(seq as usize) {
+                continue;
+            }
+            let k = self.numbering.units_in(seq);
+            let state = self.blocks.state(seq, k);
+            if state.verifying {
+                continue;
+            }
+            state.verifying = true;
+            state.checking = true;
+            self.checking += 1;
+            let Some(m) = self.manifest.as_ref() else {
+                continue;
+            };
+            let expected = m.objects[object.0 as usize].block_hashes[block.0 as usize];
+            if self.cfg.external_verify {
+                self.events.push_back(ReceiverEvent::VerifyBlock {
+                    object,
+                    block,
+                    expected,
+                    rebuild: None,
+                });
+            } else {
+                let len = self.numbering.block_len(seq);
+                let ok =
+                    blake3::hash(self.store.block_mut(object, block, len)).as_bytes() == &expected;
+                self.verified(now, seq, ok);
+            }
+        }
+    }
+
     /// Rebuilds (if needed) and verifies block `seq`, which has at least `k` units.
     fn finish_block(&mut self, now: Instant, seq: u64) {
         let BlockAddr { object, block } = self.numbering.addr(seq);
@@ -493,24 +560,31 @@ impl<S: BlockStore> Receiver<S> {
     fn verified(&mut self, now: Instant, seq: u64, ok: bool) {
         let BlockAddr { object, block } = self.numbering.addr(seq);
         let k = self.numbering.units_in(seq);
+        let checked = self.blocks.states[seq as usize]
+            .as_ref()
+            .is_some_and(|s| s.checking);
+        if checked {
+            self.checking = self.checking.saturating_sub(1);
+            if self.checking == 0 && self.row.is_none() && self.feedback.next_join.is_none() {
+                // Everything the store held is checked: join now.
+                self.feedback.next_join = Some(now);
+            }
+        }
         if ok {
             if let Some(state) = self.blocks.take_state(seq) {
                 if let Some(at) = state.nack_at {
                     self.feedback.cancel_nack(seq, at);
                 }
             }
-            self.blocks.done.set(seq as usize);
-            self.stats.blocks_verified += 1;
-            self.store.block_verified(object, block);
-            self.events
-                .push_back(ReceiverEvent::BlockVerified { object, block });
-            while self.blocks.prefix < self.numbering.total()
-                && self.blocks.done.get(self.blocks.prefix as usize)
-            {
-                self.blocks.prefix += 1;
+            self.mark_done(now, seq, checked);
+        } else if checked {
+            // The store's bytes are not this block: fetch it like any other.
+            let old = self.blocks.states[seq as usize].take();
+            if let Some(at) = old.and_then(|o| o.nack_at) {
+                self.feedback.cancel_nack(seq, at);
             }
-            if self.blocks.done.is_full() {
-                self.finish(now);
+            if self.first_pass.passed_map.get(seq as usize) {
+                self.arm(seq, now);
             }
         } else {
             // Discard what we have and fetch the block again.
@@ -529,6 +603,33 @@ impl<S: BlockStore> Receiver<S> {
             if self.first_pass.passed_map.get(seq as usize) {
                 self.arm(seq, now);
             }
+        }
+    }
+
+    /// Block `seq` is verified: from units that arrived, or (`reused`) as the store held it.
+    fn mark_done(&mut self, now: Instant, seq: u64, reused: bool) {
+        let BlockAddr { object, block } = self.numbering.addr(seq);
+        self.blocks.done.set(seq as usize);
+        let bytes = self.numbering.block_len(seq) as u64;
+        if reused {
+            self.stats.blocks_reused += 1;
+            self.stats.reused_bytes += bytes;
+        } else {
+            self.stats.blocks_verified += 1;
+            self.stats.received_bytes += bytes;
+        }
+        // Reused blocks too: one the store only might have held (hashed now) is final now,
+        // and a store that records what is verified records it.
+        self.store.block_verified(object, block);
+        self.events
+            .push_back(ReceiverEvent::BlockVerified { object, block });
+        while self.blocks.prefix < self.numbering.total()
+            && self.blocks.done.get(self.blocks.prefix as usize)
+        {
+            self.blocks.prefix += 1;
+        }
+        if self.blocks.done.is_full() {
+            self.finish(now);
         }
     }
 

@@ -18,6 +18,10 @@ use crate::{micros, Destination, Transmit};
 /// Blocks just ahead of the first pass that a priority request leaves to it.
 const PRIORITY_MARGIN: u64 = 4;
 
+/// Runs of verified blocks a periodic receipt notice reports (the first one after an accept
+/// carries as many as fit the datagram).
+const NOTICE_RUNS: usize = 32;
+
 enum Out {
     Join,
     Leave(LeaveReason),
@@ -68,6 +72,12 @@ pub(super) struct Feedback {
     socket_at_receipt: SocketCounts,
     /// The fullest the data socket's receive buffer was seen since the last notice (ppm).
     queue_max: u32,
+    /// Where the next notice's runs of verified blocks start (global numbering): each
+    /// notice goes on from where the last one stopped, so over a few notices the server hears
+    /// of every run, however many there are.
+    runs_from: u64,
+    /// Notices sent since the server accepted us.
+    notices: u64,
 }
 
 impl Feedback {
@@ -87,6 +97,8 @@ impl Feedback {
             socket: SocketCounts::default(),
             socket_at_receipt: SocketCounts::default(),
             queue_max: 0,
+            runs_from: 0,
+            notices: 0,
         }
     }
 
@@ -105,6 +117,8 @@ impl Feedback {
         self.next_join = join;
         self.socket = SocketCounts::default();
         self.socket_at_receipt = SocketCounts::default();
+        self.runs_from = 0;
+        self.notices = 0;
     }
 
     /// The earliest timer: a NACK, or (not yet accepted) a join, or (accepted) a notice.
@@ -227,7 +241,15 @@ impl<S: BlockStore> Receiver<S> {
             self.feedback.next_join = None;
             self.events
                 .push_back(ReceiverEvent::Accepted { row: a.row });
-            let first = now + self.receipt_interval();
+            // Holding blocks already (a resumed receive), the first notice goes at once: the
+            // server's first pass waits for it and skips what every receiver holds. With
+            // nothing to tell, at the usual interval (a group joining together does not
+            // answer its accepts with a burst of notices).
+            let first = if self.blocks.done.count_ones() > 0 {
+                now
+            } else {
+                now + self.receipt_interval()
+            };
             self.feedback.next_receipt = Some(first);
             // NACKs held back until now can go.
             let held: Vec<u64> = self.feedback.nack_due.iter().copied().collect();
@@ -467,7 +489,33 @@ impl<S: BlockStore> Receiver<S> {
             let a = self.numbering.addr(self.blocks.prefix);
             (a.object, a.block)
         };
-        let runs = self.done_runs(self.blocks.prefix);
+        // The first notice after an accept reports as many runs as the datagram holds; later
+        // ones a few, going on from where the last stopped.
+        let limit = if self.feedback.notices == 0 {
+            (self.cfg.max_datagram.saturating_sub(ReceiptRepr::BASE_LEN) / ReceiptRepr::RUN_LEN)
+                .max(NOTICE_RUNS)
+        } else {
+            NOTICE_RUNS
+        };
+        let from = self.feedback.runs_from.max(self.blocks.prefix);
+        let mut runs = self.done_runs(from, limit);
+        if runs.len() < limit && from > self.blocks.prefix {
+            // The end was reached: start over from the watermark.
+            let more = self.done_runs(self.blocks.prefix, limit - runs.len());
+            runs.extend(more.into_iter().filter(|r| {
+                self.numbering
+                    .seq(r.object, r.start)
+                    .is_some_and(|s| s < from)
+            }));
+        }
+        self.feedback.runs_from = match runs.last() {
+            Some(r) if runs.len() >= limit => self
+                .numbering
+                .seq(r.object, r.start)
+                .map_or(0, |s| s + u64::from(r.len)),
+            _ => 0,
+        };
+        self.feedback.notices += 1;
         let fb = &mut self.feedback;
         let loss_ppm = (fb.loss_units * 1_000_000)
             .checked_div(fb.expected_units)
@@ -506,12 +554,12 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
-    /// Up to 32 runs of verified blocks from `from` on, each inside its object.
-    fn done_runs(&self, from: u64) -> Vec<BlockRun> {
+    /// Up to `limit` runs of verified blocks from `from` on, each inside its object.
+    fn done_runs(&self, from: u64, limit: usize) -> Vec<BlockRun> {
         let total = self.numbering.total();
         let mut runs = Vec::new();
         let mut seq = from;
-        while seq < total && runs.len() < 32 {
+        while seq < total && runs.len() < limit {
             if !self.blocks.done.get(seq as usize) {
                 seq += 1;
                 continue;

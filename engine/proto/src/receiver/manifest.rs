@@ -126,18 +126,33 @@ impl<S: BlockStore> Receiver<S> {
                 return;
             }
         }
-        if first && self.manifest.is_none() {
-            self.assembly.open(a.manifest_len as usize);
-        }
         if first {
             self.events.push_back(ReceiverEvent::Announced {
                 session: a.session,
                 control: a.control,
             });
         }
-        let pass_end = self.announced_pass(&a);
+        let known = if first && self.manifest.is_none() {
+            let at = self.known_manifests.iter().position(|(h, m)| {
+                *h == a.manifest_hash
+                    && m.unit_size == a.unit_size
+                    && m.units_per_block == a.units_per_block
+            });
+            if at.is_none() {
+                self.assembly.open(a.manifest_len as usize);
+            }
+            at.map(|i| self.known_manifests.swap_remove(i).1)
+        } else {
+            None
+        };
         self.announce = Some(a);
-        if let Some(p) = pass_end {
+        if let Some(m) = known {
+            // Content we hold a manifest for (a resumed receive): no need to wait for its
+            // chunks to come round.
+            self.known_manifests.clear();
+            self.adopt_manifest(now, m);
+        }
+        if let Some(p) = self.announce.as_ref().and_then(|a| self.announced_pass(a)) {
             self.pass_through(now, p);
         }
     }
@@ -154,7 +169,7 @@ impl<S: BlockStore> Receiver<S> {
             Some(false) => return,
             Some(true) => {}
         }
-        let Some(a) = self.announce.clone() else {
+        let Some(a) = self.announce.as_ref() else {
             return;
         };
         let buf = self.assembly.bytes();
@@ -177,10 +192,22 @@ impl<S: BlockStore> Receiver<S> {
                 return;
             }
         };
+        self.adopt_manifest(now, manifest);
+        // Blocks the first pass has already gone by are missing entirely.
+        if let Some(p) = self.announce.as_ref().and_then(|a| self.announced_pass(a)) {
+            self.pass_through(now, p);
+        }
+    }
+
+    /// The manifest is known (assembled and checked, or offered by the node for the announced
+    /// hash): the store makes room, says what it holds already, and we join once what it
+    /// holds is checked.
+    fn adopt_manifest(&mut self, now: Instant, manifest: Manifest) {
         if let Some(want) = self.cfg.expect {
-            // Pinned by the object's hash (the manifest hash was checked at adoption).
+            // Pinned by the manifest hash, or by the object's hash (a one-object session).
+            let hash = self.announce.as_ref().map(|a| a.manifest_hash);
             let object_ok = manifest.objects.len() == 1 && manifest.objects[0].hash == want;
-            if want != a.manifest_hash && !object_ok {
+            if hash != Some(want) && !object_ok {
                 self.reject_session();
                 return;
             }
@@ -197,15 +224,16 @@ impl<S: BlockStore> Receiver<S> {
         self.manifest = Some(manifest);
         self.assembly.reset();
         self.events.push_back(ReceiverEvent::ManifestReady);
-        // Join once ready to place units: a server waiting for receivers then starts the
-        // first pass only when they can use it.
-        self.feedback.next_join = Some(now);
+        let held = self.store.held();
+        self.take_held(now, held);
+        // Join once ready to place units (a server waiting for receivers then starts the
+        // first pass only when they can use it) and once what the store held is checked (so
+        // the first receipt notice after the accept says all we hold).
+        if self.checking == 0 {
+            self.feedback.next_join = Some(now);
+        }
         if total == 0 {
             self.finish(now);
-        }
-        // Blocks the first pass has already gone by are missing entirely.
-        if let Some(p) = self.announce.as_ref().and_then(|a| self.announced_pass(a)) {
-            self.pass_through(now, p);
         }
     }
 }

@@ -17,6 +17,8 @@ mod blocks;
 mod feedback;
 mod manifest;
 mod split;
+#[cfg(test)]
+mod tests;
 mod trust;
 #[cfg(test)]
 mod trust_tests;
@@ -64,6 +66,9 @@ pub struct ReceiverConfig {
     pub join_interval: Duration,
     /// Report the server lost after hearing nothing for this long.
     pub idle_timeout: Duration,
+    /// Follow another session of the same content (the same manifest hash: a restarted
+    /// server, another relay) once the one we are in has been silent this long.
+    pub follow_after: Duration,
     /// Largest datagram to send (NACKs are packed up to it).
     pub max_datagram: usize,
     /// Do not hash completed blocks here: emit [`ReceiverEvent::VerifyBlock`] and wait for
@@ -121,6 +126,7 @@ impl Default for ReceiverConfig {
             min_receipt_interval: Duration::from_millis(100),
             join_interval: Duration::from_millis(100),
             idle_timeout: Duration::from_secs(30),
+            follow_after: Duration::from_millis(500),
             max_datagram: 1400,
             external_verify: false,
             split: None,
@@ -181,6 +187,12 @@ pub struct ReceiverStats {
     pub decodes: u64,
     pub blocks_verified: u64,
     pub blocks_failed: u64,
+    /// Blocks the store held already and kept (verified before, or hashed at the start).
+    pub blocks_reused: u64,
+    /// Their bytes.
+    pub reused_bytes: u64,
+    /// Bytes of the blocks verified from what arrived in this run.
+    pub received_bytes: u64,
     pub nacks: u64,
     pub nack_entries: u64,
     pub nack_bytes: u64,
@@ -189,7 +201,8 @@ pub struct ReceiverStats {
     pub bad_packets: u64,
     /// Packets of other sessions (ignored).
     pub strangers: u64,
-    /// Fail-overs to another source ([`Receiver::switch_source`]).
+    /// Fail-overs to another source ([`Receiver::switch_source`]), and sessions of the same
+    /// content followed after ours fell silent.
     pub switches: u64,
     /// Datagrams the receiving socket dropped for lack of buffer space, as last reported
     /// through [`Receiver::note_socket`].
@@ -218,6 +231,12 @@ pub struct Receiver<S> {
     announce: Option<AnnounceRepr>,
     /// The manifest hash of the session we follow, kept across a fail-over.
     known_hash: Option<[u8; 32]>,
+    /// Manifests the node already has (a resumed receive's state files), by hash: an announce
+    /// of one of them is adopted without waiting for the manifest's chunks.
+    known_manifests: Vec<([u8; 32], Manifest)>,
+    /// Blocks the store held at the start that are being hashed before they count; the join
+    /// waits for them, so the first receipt notice says what we hold.
+    checking: u64,
     assembly: ManifestAssembly,
     manifest: Option<Manifest>,
     /// The manifest's block numbering (empty until the manifest is here).
@@ -229,6 +248,10 @@ pub struct Receiver<S> {
     complete: bool,
     ended: bool,
     last_heard: Option<Instant>,
+    /// When our source last announced (announces name the source; units and manifest chunks
+    /// of a restarted relay carry the same session id, so only announces tell a live source
+    /// from a dead one).
+    source_announced: Option<Instant>,
     server_lost: bool,
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
@@ -250,6 +273,8 @@ impl<S: BlockStore> Receiver<S> {
             store,
             announce: None,
             known_hash: None,
+            known_manifests: Vec::new(),
+            checking: 0,
             assembly: ManifestAssembly::default(),
             manifest: None,
             numbering: BlockNumbering::default(),
@@ -260,6 +285,7 @@ impl<S: BlockStore> Receiver<S> {
             complete: false,
             ended: false,
             last_heard: None,
+            source_announced: None,
             server_lost: false,
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
@@ -387,15 +413,18 @@ impl<S: BlockStore> Receiver<S> {
             }
         };
         match &packet {
-            Packet::Announce(a) if self.announce.is_none() => {
-                if self.session.is_some_and(|s| s != a.session) {
+            Packet::Announce(a) if self.announce.is_none() || !self.is_our_source(a) => {
+                let ours = self.is_our_source(a);
+                if !ours && !self.may_follow(now, a) {
                     self.stats.strangers += 1;
                     return;
                 }
                 if !self.may_adopt(now, a) {
                     return;
                 }
-                self.session = Some(a.session);
+                if !ours {
+                    self.adopt_session(now, a);
+                }
             }
             // A later announce of the adopted session: its signatures are checked again.
             Packet::Announce(a)
@@ -422,6 +451,8 @@ impl<S: BlockStore> Receiver<S> {
         match packet {
             Packet::Announce(a) => {
                 self.heard(now, a.timestamp);
+                // Past `is_our_source` (or just adopted): our source is alive.
+                self.source_announced = Some(now);
                 if self.cfg.split.is_some() {
                     self.split.direct_timing(now, a.timestamp);
                 }
@@ -464,6 +495,69 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
+    /// Content the node already holds a manifest for (a resumed receive's state file): when an
+    /// announce carries this manifest hash, the manifest is taken from here at once instead
+    /// of from the chunks that follow announces. `hash` must be the BLAKE3 of the manifest's
+    /// encoding (the node checked it); a manifest whose geometry differs from the announce's
+    /// is not used.
+    pub fn offer_manifest(&mut self, hash: [u8; 32], manifest: Manifest) {
+        if self.manifest.is_none() && !self.known_manifests.iter().any(|(h, _)| *h == hash) {
+            self.known_manifests.push((hash, manifest));
+        }
+    }
+
+    /// Whether `a` comes from the source we follow: our session, and the control address we
+    /// know it by (a relay serves the server's session from its own control address, so a
+    /// restarted relay is the same session from elsewhere).
+    fn is_our_source(&self, a: &AnnounceRepr) -> bool {
+        Some(a.session) == self.session
+            && self
+                .announce
+                .as_ref()
+                .is_none_or(|o| o.control == a.control)
+    }
+
+    /// Whether an announce from a source other than ours (another session, or our session
+    /// from another control address) may become our source. Without a session, any announce
+    /// may (the first heard wins), except after a fail-over, when only a source of the same
+    /// content will do. In a session, another source of the same content (a restarted server
+    /// or relay, another relay of it) is followed once ours has been silent for
+    /// `follow_after`; a live source is never left for another. Which content and whose
+    /// signatures a receiver takes at all is [`Receiver::may_adopt`]'s to say (a new source
+    /// passes both).
+    fn may_follow(&self, now: Instant, a: &AnnounceRepr) -> bool {
+        if self.cfg.session.is_some_and(|s| s != a.session) {
+            return false;
+        }
+        let ours = self
+            .announce
+            .as_ref()
+            .map(|o| o.manifest_hash)
+            .or(self.known_hash);
+        match self.session {
+            None => ours.is_none_or(|h| h == a.manifest_hash),
+            Some(_) => {
+                ours == Some(a.manifest_hash)
+                    && !self.complete
+                    && self
+                        .source_announced
+                        .or(self.last_heard)
+                        .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.follow_after)
+            }
+        }
+    }
+
+    /// Takes `a`'s source as ours (after [`Receiver::may_follow`] and
+    /// [`Receiver::may_adopt`] said yes). Leaving a source
+    /// for another of the same content keeps every block, as a fail-over does.
+    fn adopt_session(&mut self, now: Instant, a: &AnnounceRepr) {
+        if self.session.is_some() {
+            self.forget_source(now);
+            self.stats.switches += 1;
+        }
+        self.session = Some(a.session);
+    }
+
     /// Fail over to another source of the same content (a standby relay, or the server):
     /// forget the current server, keep every block received so far, and take the next
     /// Announce whose manifest hash matches ours as the new server; join it at once. Blocks
@@ -473,26 +567,35 @@ impl<S: BlockStore> Receiver<S> {
         if self.ended && self.complete {
             return;
         }
+        self.forget_source(now);
+        self.session = self.cfg.session;
+        self.stats.switches += 1;
+    }
+
+    /// Forgets the server we had (its announce, our row, where its first pass was), keeping
+    /// the manifest and every block; the next source is joined once known.
+    fn forget_source(&mut self, now: Instant) {
         self.known_hash = self
             .announce
             .as_ref()
             .map(|a| a.manifest_hash)
             .or(self.known_hash);
         self.announce = None;
-        self.session = self.cfg.session;
         self.cookie = 0;
         self.row = None;
         self.ended = false;
         self.server_lost = false;
         self.last_heard = Some(now);
+        self.source_announced = None;
         self.first_pass.stripe_next.clear();
+        // Join the new source at once, unless blocks held at the start are still being
+        // checked (the join waits for them).
         self.feedback
-            .new_source(self.manifest.is_some().then_some(now));
+            .new_source((self.manifest.is_some() && self.checking == 0).then_some(now));
         if self.manifest.is_none() {
             // Start the manifest over from the new source.
             self.assembly.reset();
         }
-        self.stats.switches += 1;
     }
 
     fn heard(&mut self, now: Instant, timestamp: u32) {

@@ -74,7 +74,9 @@ impl<S: BlockStore> Receiver<S> {
         if !self.cfg.trust.contains(&st.key) {
             return forged(self);
         }
-        let adopted = self.announce.is_some();
+        // An announce of the source we follow: its statement was checked. From another source
+        // (one we may follow), it is checked afresh.
+        let adopted = self.announce.is_some() && self.is_our_source(a);
         if adopted {
             // The session's statement was checked: another one is a forgery, and a session
             // whose announces were signed does not take unsigned ones.
@@ -106,6 +108,7 @@ impl<S: BlockStore> Receiver<S> {
             return forged(self);
         }
         if !adopted {
+            // A new source's signatures (or the first): the session's from now on.
             self.auth = SessionAuth {
                 statement: Some(st),
                 control_signed: a.announce_sig.is_some(),

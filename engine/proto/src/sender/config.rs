@@ -45,6 +45,12 @@ pub struct SenderConfig {
     pub min_receivers: usize,
     /// ...or once this long has passed since the first announce.
     pub max_wait: Duration,
+    /// Before the first pass starts, the most it waits for each accepted receiver's first
+    /// receipt notice: a receiver that holds blocks already (a resumed receive) sends one
+    /// right after the accept, and the first pass skips what every receiver holds. The wait
+    /// is 4 round trips (at least 5 ms), capped at this: a receiver with nothing to tell
+    /// sends its first notice later, and costs the start that much once.
+    pub first_receipt_wait: Duration,
     /// Stop at this long after the first announce even if receivers are incomplete.
     pub deadline: Option<Duration>,
     /// A receiver not heard from for this long is dropped.
@@ -128,6 +134,7 @@ impl Default for SenderConfig {
             initial_grtt: Duration::from_millis(5),
             min_receivers: 0,
             max_wait: Duration::from_secs(5),
+            first_receipt_wait: Duration::from_millis(200),
             deadline: None,
             receiver_timeout: Duration::from_secs(10),
             max_receivers: 100_000,

@@ -18,6 +18,10 @@ use crate::{Destination, Transmit};
 pub(super) struct Member {
     pub(super) addr: SocketAddr,
     pub(super) row: RowId,
+    /// When it was accepted.
+    joined: Instant,
+    /// Its first receipt notice arrived (it says what the member holds already).
+    reported: bool,
     last_heard: Instant,
     pub(super) complete: bool,
     pub(super) rtt: Option<Duration>,
@@ -120,6 +124,16 @@ impl Membership {
     /// Every member holds everything (also when there is none).
     pub(super) fn all_complete(&self) -> bool {
         self.members.values().all(|m| m.complete)
+    }
+
+    /// When every member will have told what it holds, or been waited for `wait` since it
+    /// joined: `None` if all have been heard, else the latest of those deadlines.
+    pub(super) fn unreported_until(&self, wait: Duration) -> Option<Instant> {
+        self.members
+            .values()
+            .filter(|m| !m.reported)
+            .map(|m| m.joined + wait)
+            .max()
     }
 
     /// Ends a GRTT window (the estimate follows the slowest receiver seen in it) and starts
@@ -352,6 +366,8 @@ impl<S: BlockSource> Sender<S> {
             Member {
                 addr: from,
                 row,
+                joined: now,
+                reported: false,
                 last_heard: now,
                 complete: false,
                 rtt: None,
@@ -439,6 +455,7 @@ impl<S: BlockSource> Sender<S> {
         };
         m.last_heard = now;
         m.budget.progress(r.blocks_done);
+        m.reported = true;
         m.loss_ppm = r.loss_ppm;
         if r.loss_ppm > 0 {
             // A notice covering no finished block says 0: keep the last estimate then.

@@ -463,9 +463,7 @@ impl<S: BlockSource> Sender<S> {
     fn advance_phase(&mut self, now: Instant) {
         match self.phase {
             Phase::Waiting => {
-                if self.membership.members.len() >= self.cfg.min_receivers
-                    || self.since_start(now) >= self.cfg.max_wait
-                {
+                if self.first_pass_may_start(now) {
                     self.phase = Phase::Sending;
                     self.membership_changed();
                     self.events.push_back(SenderEvent::FirstPassStarted);
@@ -473,7 +471,10 @@ impl<S: BlockSource> Sender<S> {
                         a.next_step = Some(now + RateControl::STEP);
                         a.stepped_at = now;
                     }
-                    self.first_pass.next_skip_scan = Some(now);
+                    // What the members hold already is skipped from the first block on: the
+                    // skip set is filled before anything (a data thread) can send.
+                    self.scan_skips();
+                    self.first_pass.next_skip_scan = Some(now + SKIP_SCAN);
                 }
             }
             Phase::Sending => {
@@ -503,6 +504,26 @@ impl<S: BlockSource> Sender<S> {
         }
     }
 
+    /// Enough receivers joined (or the wait ran out), and each has told what it holds (or
+    /// was waited for long enough).
+    fn first_pass_may_start(&self, now: Instant) -> bool {
+        let enough = self.membership.members.len() >= self.cfg.min_receivers
+            || self.since_start(now) >= self.cfg.max_wait;
+        enough
+            && self
+                .membership
+                .unreported_until(self.first_receipt_wait())
+                .is_none_or(|t| now >= t)
+    }
+
+    /// How long the first pass waits for a member's first receipt notice: 4 round trips, at
+    /// least 5 ms, at most `first_receipt_wait`.
+    fn first_receipt_wait(&self) -> Duration {
+        (self.membership.grtt * 4)
+            .max(Duration::from_millis(5))
+            .min(self.cfg.first_receipt_wait)
+    }
+
     fn close(&mut self, now: Instant, reason: DoneReason) {
         self.phase = Phase::Closing { reason, left: 3 };
         self.closing_at = Some(now);
@@ -530,11 +551,15 @@ impl<S: BlockSource> Sender<S> {
             match self.phase {
                 Phase::Waiting => {
                     // Enough receivers: start at once, not at the next timer (a join arrives
-                    // between timers, up to an announce interval before the next one).
+                    // between timers, up to an announce interval before the next one), or
+                    // when the wait for their first notices ends.
+                    let heard = self.membership.unreported_until(self.first_receipt_wait());
                     if self.membership.members.len() >= self.cfg.min_receivers {
-                        consider(Some(epoch));
+                        consider(Some(heard.unwrap_or(epoch)));
                     }
-                    consider(Some(epoch + self.cfg.max_wait));
+                    consider(Some(
+                        (epoch + self.cfg.max_wait).max(heard.unwrap_or(epoch)),
+                    ));
                 }
                 Phase::Sending => {
                     consider(self.cfg.deadline.map(|d| epoch + d));
@@ -745,8 +770,29 @@ mod tests {
     use super::testing::gated_sender;
     use super::*;
 
+    use super::testing::units_due;
+    use crate::wire::{BlockRun, ReceiptRepr};
+
+    fn notice(s: &Sender<super::testing::Gated>, id: u64, runs: Vec<BlockRun>) -> ReceiptRepr {
+        ReceiptRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(id),
+            cookie: s.cookie_for(ReceiverId(id), SocketAddr::from(([127, 0, 0, 1], 9))),
+            complete: false,
+            echo_timestamp: 0,
+            echo_delay_us: 0,
+            loss_ppm: 0,
+            overflow_ppm: 0,
+            queue_ppm: 0,
+            watermark_object: ObjectId(0),
+            watermark_block: BlockIndex(0),
+            blocks_done: runs.iter().map(|r| u64::from(r.len)).sum(),
+            runs,
+        }
+    }
+
     #[test]
-    fn first_pass_starts_as_soon_as_enough_receivers_joined() {
+    fn the_first_pass_starts_once_enough_receivers_joined_and_said_what_they_hold() {
         let mut s = gated_sender();
         s.cfg.min_receivers = 1;
         s.cfg.max_wait = Duration::from_secs(10);
@@ -759,9 +805,18 @@ mod tests {
             .is_some_and(|t| t > t0 + Duration::from_millis(50)));
         let t1 = t0 + Duration::from_millis(1);
         s.admit(t1, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
-        // Due at once, not at the next announce.
-        assert!(s.poll_timeout().is_some_and(|t| t <= t1));
+        // Joined, but its first notice (what it holds) is not in: the start waits for it,
+        // at most the bounded wait.
+        let wait_end = t1 + s.first_receipt_wait();
+        assert!(s.poll_timeout().is_some_and(|t| t > t1 && t <= wait_end));
         s.handle_timeout(t1);
+        assert!(!s.is_sending());
+        // Its notice: due at once, not at the next announce or the end of the wait.
+        let t2 = t1 + Duration::from_millis(2);
+        let n = notice(&s, 1, Vec::new());
+        s.on_receipt(t2, &n);
+        assert!(s.poll_timeout().is_some_and(|t| t <= t2));
+        s.handle_timeout(t2);
         assert!(s.is_sending());
     }
 
@@ -805,5 +860,54 @@ mod tests {
             (3..=5).contains(&sending),
             "{sending} announces while sending"
         );
+    }
+
+    #[test]
+    fn a_receiver_that_never_reports_delays_the_first_pass_by_the_bounded_wait_only() {
+        let mut s = gated_sender();
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(10);
+        let t0 = Instant::now();
+        s.handle_timeout(t0);
+        s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        let end = t0 + s.first_receipt_wait();
+        assert!(end > t0 && s.first_receipt_wait() <= s.cfg.first_receipt_wait);
+        s.handle_timeout(end - Duration::from_millis(1));
+        assert!(!s.is_sending());
+        assert!(s.poll_timeout().is_some_and(|t| t <= end));
+        s.handle_timeout(end);
+        assert!(s.is_sending());
+    }
+
+    #[test]
+    fn blocks_every_receiver_reports_at_the_start_are_not_sent() {
+        let mut s = gated_sender();
+        s.source_mut().ready = 2;
+        s.cfg.min_receivers = 2;
+        s.cfg.max_wait = Duration::from_secs(10);
+        let t0 = Instant::now();
+        s.handle_timeout(t0);
+        for id in [1, 2] {
+            s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(id));
+        }
+        let run = |start, len| BlockRun {
+            object: ObjectId(0),
+            start: BlockIndex(start),
+            len,
+        };
+        // Both hold block 0 (a resumed receive); only one holds block 1.
+        let (a, b) = (
+            notice(&s, 1, vec![run(0, 2)]),
+            notice(&s, 2, vec![run(0, 1)]),
+        );
+        s.on_receipt(t0, &a);
+        s.on_receipt(t0, &b);
+        s.handle_timeout(t0);
+        assert!(s.is_sending());
+        // The skip set is filled when the first pass may start, before anything is sent (a
+        // data thread started now must not send block 0).
+        assert!(s.skip_set().get(0) && !s.skip_set().get(1));
+        let sent = units_due(&mut s, t0 + Duration::from_millis(1));
+        assert_eq!(sent, [(1, 0), (1, 1), (1, 2), (1, 3)]);
     }
 }

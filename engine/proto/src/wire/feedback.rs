@@ -155,8 +155,14 @@ pub struct ReceiptRepr {
 }
 
 impl ReceiptRepr {
+    /// Length of a notice without runs (receiver id, cookie, flags, seven u32s, blocks done,
+    /// run count).
+    pub const BASE_LEN: usize = HEADER_LEN + 8 + 8 + 1 + 4 * 7 + 8 + 2;
+    /// Length of one run.
+    pub const RUN_LEN: usize = 12;
+
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + 8 + 8 + 1 + 4 * 7 + 8 + 2 + 12 * self.runs.len()
+        Self::BASE_LEN + Self::RUN_LEN * self.runs.len()
     }
 }
 

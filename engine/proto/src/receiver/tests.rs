@@ -1,0 +1,428 @@
+//! A receiver resuming: a manifest it already has, blocks its store holds, receipt notices
+//! that tell the server all of it, and a session of the same content followed after a
+//! server restart.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::store::{BlockStore, HeldBlocks, MemStore, StoreError};
+use crate::wire::{
+    AcceptRepr, AnnounceRepr, BlockIndex, BlockRun, Manifest, ObjectEntry, ObjectId, Packet,
+    ReceiptRepr, ReceiverId, SessionId,
+};
+use crate::{Receiver, ReceiverConfig, ReceiverEvent};
+
+const UNIT: u16 = 8;
+const UNITS: u16 = 4;
+const BLOCK: usize = UNIT as usize * UNITS as usize;
+const SERVER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7);
+
+fn content(blocks: usize) -> Vec<u8> {
+    (0..blocks * BLOCK).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn manifest(content: &[u8]) -> Manifest {
+    Manifest {
+        unit_size: UNIT,
+        units_per_block: UNITS,
+        objects: vec![ObjectEntry::from_content("a", content, BLOCK)],
+    }
+}
+
+/// A store that holds some blocks already: `verified` as a durable record says, `check` as
+/// bytes that may or may not be the block (written into the object at `prepare`).
+struct Resumed {
+    mem: MemStore,
+    held: HeldBlocks,
+    /// Bytes each held block has at the start.
+    bytes: Vec<(u32, Vec<u8>)>,
+    /// Blocks the receiver said are final ([`BlockStore::block_verified`]).
+    finals: Vec<u32>,
+}
+
+impl BlockStore for Resumed {
+    fn prepare(&mut self, manifest: &Manifest) -> Result<(), StoreError> {
+        self.mem.prepare(manifest)?;
+        for (b, bytes) in &self.bytes {
+            let start = *b as usize * BLOCK;
+            self.mem.objects[0][start..start + bytes.len()].copy_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn block_mut(&mut self, object: ObjectId, block: BlockIndex, len: usize) -> &mut [u8] {
+        self.mem.block_mut(object, block, len)
+    }
+
+    fn held(&mut self) -> HeldBlocks {
+        std::mem::take(&mut self.held)
+    }
+
+    fn block_verified(&mut self, _object: ObjectId, block: BlockIndex) {
+        self.finals.push(block.0);
+    }
+}
+
+fn addr(b: u32) -> (ObjectId, BlockIndex) {
+    (ObjectId(0), BlockIndex(b))
+}
+
+fn announce(session: u32, m: &Manifest) -> Vec<u8> {
+    announce_from(session, m, SERVER)
+}
+
+/// An announce of `session` whose server listens at `control`.
+fn announce_from(session: u32, m: &Manifest, control: SocketAddr) -> Vec<u8> {
+    let bytes = m.emit().expect("manifest");
+    let a = AnnounceRepr {
+        session: SessionId(session),
+        control,
+        unit_size: UNIT,
+        units_per_block: UNITS,
+        max_parity: 4,
+        stripes: 1,
+        object_count: 1,
+        total_bytes: m.total_bytes(),
+        manifest_len: bytes.len() as u32,
+        manifest_hash: *blake3::hash(&bytes).as_bytes(),
+        group_size: 1,
+        grtt_us: 1000,
+        pass_object: ObjectId(0),
+        pass_block: BlockIndex(0),
+        timestamp: 1,
+        issued: 0,
+        statement_sig: None,
+        announce_sig: None,
+    };
+    let mut buf = vec![0u8; 256];
+    let n = Packet::Announce(a).emit(&mut buf).expect("announce");
+    buf.truncate(n);
+    buf
+}
+
+fn hash_of(m: &Manifest) -> [u8; 32] {
+    *blake3::hash(&m.emit().expect("manifest")).as_bytes()
+}
+
+fn receiver(store: Resumed, external_verify: bool) -> Receiver<Resumed> {
+    Receiver::new(
+        ReceiverConfig {
+            id: ReceiverId(5),
+            external_verify,
+            ..ReceiverConfig::default()
+        },
+        store,
+    )
+}
+
+/// Every packet the receiver has for the server at `now`.
+fn sent(r: &mut Receiver<Resumed>, now: Instant) -> Vec<Vec<u8>> {
+    if r.poll_timeout().is_some_and(|t| t <= now) {
+        r.handle_timeout(now);
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while let Some(t) = r.poll_transmit(now, &mut buf) {
+        out.push(buf[..t.len].to_vec());
+    }
+    out
+}
+
+fn accept(r: &mut Receiver<Resumed>, session: u32, now: Instant) {
+    let mut buf = vec![0u8; 64];
+    let a = Packet::Accept(AcceptRepr {
+        session: SessionId(session),
+        receiver: ReceiverId(5),
+        row: 0,
+        cookie: 7,
+    });
+    let n = a.emit(&mut buf).expect("accept");
+    r.handle_datagram(now, SERVER, &buf[..n]);
+}
+
+fn receipts(packets: &[Vec<u8>]) -> Vec<ReceiptRepr> {
+    packets
+        .iter()
+        .filter_map(|p| match Packet::parse(p) {
+            Ok(Packet::Receipt(r)) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn joins(packets: &[Vec<u8>]) -> usize {
+    packets
+        .iter()
+        .filter(|p| matches!(Packet::parse(p), Ok(Packet::Join(_))))
+        .count()
+}
+
+/// Blocks a set of runs covers, as block indices of object 0.
+fn covered(runs: &[BlockRun]) -> Vec<u32> {
+    let mut v: Vec<u32> = runs
+        .iter()
+        .flat_map(|r| r.start.0..r.start.0 + r.len)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn a_resumed_receiver_adopts_a_known_manifest_at_the_announce_and_says_what_it_holds_first() {
+    let c = content(10);
+    let m = manifest(&c);
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks {
+            verified: (0..4).chain(6..8).map(addr).collect(),
+            check: Vec::new(),
+        },
+        bytes: Vec::new(),
+        finals: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    // The announce alone: no manifest chunk has come.
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    assert_eq!(
+        r.manifest(),
+        Some(&m),
+        "the manifest was taken at the announce"
+    );
+    assert_eq!(r.blocks_done(), 6);
+    assert_eq!(r.stats().reused_bytes, 6 * BLOCK as u64);
+    assert_eq!(r.stats().received_bytes, 0);
+    let verified = std::iter::from_fn(|| r.poll_event())
+        .filter(|e| matches!(e, ReceiverEvent::BlockVerified { .. }))
+        .count();
+    assert_eq!(verified, 6, "every reused block is published as verified");
+    assert_eq!(joins(&sent(&mut r, t0)), 1);
+    // Accepted: the first notice goes at once, and names every block held.
+    accept(&mut r, 3, t0);
+    let first = receipts(&sent(&mut r, t0));
+    assert_eq!(first.len(), 1, "a notice right after the accept");
+    assert_eq!(first[0].blocks_done, 6);
+    assert_eq!(
+        (first[0].watermark_object, first[0].watermark_block),
+        addr(4)
+    );
+    assert_eq!(covered(&first[0].runs), [6, 7]);
+}
+
+#[test]
+fn blocks_held_without_a_record_are_hashed_before_they_count_and_the_join_waits_for_them() {
+    let c = content(6);
+    let m = manifest(&c);
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks {
+            verified: Vec::new(),
+            check: vec![addr(1), addr(2)],
+        },
+        // Block 1 is whole, block 2 holds other bytes.
+        bytes: vec![(1, c[BLOCK..2 * BLOCK].to_vec()), (2, vec![9u8; BLOCK])],
+        finals: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    let asked: Vec<(u32, bool)> = std::iter::from_fn(|| r.poll_event())
+        .filter_map(|e| match e {
+            ReceiverEvent::VerifyBlock { block, rebuild, .. } => Some((block.0, rebuild.is_none())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [(1, true), (2, true)]);
+    assert_eq!(
+        joins(&sent(&mut r, t0)),
+        0,
+        "no join while blocks are checked"
+    );
+    // The node's verify thread hashes what the store holds.
+    let bytes = |b: usize| &r.store().mem.objects[0][b * BLOCK..(b + 1) * BLOCK];
+    let ok1 = blake3::hash(bytes(1)) == blake3::hash(&c[BLOCK..2 * BLOCK]);
+    let ok2 = blake3::hash(bytes(2)) == blake3::hash(&c[2 * BLOCK..3 * BLOCK]);
+    assert!(ok1 && !ok2);
+    r.handle_verified(t0, ObjectId(0), BlockIndex(1), ok1);
+    assert_eq!(
+        joins(&sent(&mut r, t0)),
+        0,
+        "block 2 is still being checked"
+    );
+    let t1 = t0 + Duration::from_millis(1);
+    r.handle_verified(t1, ObjectId(0), BlockIndex(2), ok2);
+    assert_eq!(joins(&sent(&mut r, t1)), 1, "joined once both were checked");
+    assert!(r.is_verified(ObjectId(0), BlockIndex(1)));
+    assert!(!r.is_verified(ObjectId(0), BlockIndex(2)));
+    assert_eq!(
+        r.store().finals,
+        [1],
+        "the store is told the block it held is final"
+    );
+    let s = r.stats();
+    assert_eq!((s.blocks_reused, s.reused_bytes), (1, BLOCK as u64));
+    // A mismatch found at the start is not a block that failed its hash in transfer.
+    assert_eq!(s.blocks_failed, 0);
+}
+
+#[test]
+fn receipt_notices_go_round_every_run_of_verified_blocks() {
+    // Every other block of 400: 200 runs, more than one notice can carry.
+    let c = content(400);
+    let m = manifest(&c);
+    let held: Vec<u32> = (0..400).filter(|b| b % 2 == 1).collect();
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks {
+            verified: held.iter().copied().map(addr).collect(),
+            check: Vec::new(),
+        },
+        bytes: Vec::new(),
+        finals: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    let _ = sent(&mut r, t0);
+    accept(&mut r, 3, t0);
+    let mut heard: Vec<u32> = Vec::new();
+    let mut notices = 0;
+    let mut now = t0;
+    for _ in 0..200 {
+        for n in receipts(&sent(&mut r, now)) {
+            assert!(n.buffer_len() <= 1400, "a notice fits the datagram");
+            notices += 1;
+            heard.extend(covered(&n.runs));
+        }
+        heard.sort_unstable();
+        heard.dedup();
+        if heard == held {
+            break;
+        }
+        now += Duration::from_millis(20);
+    }
+    assert_eq!(heard, held, "the server heard of every run");
+    // The first carries as many runs as fit (111), the next ones 32 each.
+    assert!(notices <= 4, "{notices} notices to tell 200 runs");
+}
+
+#[test]
+fn a_receiver_follows_a_new_session_of_the_same_content_once_its_own_falls_silent() {
+    let c = content(4);
+    let m = manifest(&c);
+    let other = manifest(&content(5));
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks::default(),
+        bytes: Vec::new(),
+        finals: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    assert_eq!(r.session(), Some(SessionId(3)));
+    let _ = sent(&mut r, t0);
+    accept(&mut r, 3, t0);
+    let follow = ReceiverConfig::default().follow_after;
+    // A second server of the same content while ours is alive: ignored.
+    let t1 = t0 + follow / 2;
+    r.handle_datagram(t1, SERVER, &announce(4, &m));
+    assert_eq!(r.session(), Some(SessionId(3)));
+    // Ours silent for `follow_after`: another session of other content is still ignored...
+    let t2 = t0 + follow;
+    r.handle_datagram(t2, SERVER, &announce(5, &other));
+    assert_eq!(r.session(), Some(SessionId(3)));
+    // ...and one of the same content is followed: joined at once, blocks kept.
+    r.handle_datagram(t2, SERVER, &announce(4, &m));
+    assert_eq!(r.session(), Some(SessionId(4)));
+    assert_eq!(r.stats().switches, 1);
+    assert_eq!(r.manifest(), Some(&m));
+    let out = sent(&mut r, t2);
+    assert_eq!(joins(&out), 1, "joined the new session");
+    let join_session = out
+        .iter()
+        .find_map(|p| match Packet::parse(p) {
+            Ok(Packet::Join(j)) => Some(j.session),
+            _ => None,
+        })
+        .expect("a join");
+    assert_eq!(join_session, SessionId(4));
+}
+
+#[test]
+fn a_receiver_follows_its_session_to_another_control_address_once_the_old_one_is_silent() {
+    // A relay serves the server's session from its own control address: a restarted relay
+    // is the same session from another address.
+    let m = manifest(&content(4));
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks::default(),
+        bytes: Vec::new(),
+        finals: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    let _ = sent(&mut r, t0);
+    accept(&mut r, 3, t0);
+    let relay = SocketAddr::from(([127, 0, 0, 1], 8));
+    r.handle_datagram(t0, relay, &announce_from(3, &m, relay));
+    assert_eq!(r.control_addr(), Some(SERVER), "a live source is kept");
+    // The new relay's own packets carry the session id too: they do not keep the old source
+    // alive (a manifest chunk here; its units alike).
+    let t1 = t0 + ReceiverConfig::default().follow_after;
+    let mut chunk = vec![0u8; 64];
+    let n = Packet::Manifest(crate::wire::ManifestChunkRepr {
+        session: SessionId(3),
+        offset: 0,
+        bytes: &[1, 2, 3],
+    })
+    .emit(&mut chunk)
+    .expect("chunk");
+    r.handle_datagram(t1, relay, &chunk[..n]);
+    r.handle_datagram(t1, relay, &announce_from(3, &m, relay));
+    assert_eq!(
+        r.control_addr(),
+        Some(relay),
+        "followed once the old one fell silent"
+    );
+    let mut buf = vec![0u8; 2048];
+    r.handle_timeout(t1);
+    let t = r.poll_transmit(t1, &mut buf).expect("a join");
+    assert!(matches!(Packet::parse(&buf[..t.len]), Ok(Packet::Join(_))));
+    assert_eq!(t.destination, crate::Destination::Peer(relay));
+}
+
+#[test]
+fn a_receiver_with_nothing_to_tell_does_not_answer_its_accept_with_a_notice() {
+    // A group that joins together would answer its accepts with a burst of notices.
+    let m = manifest(&content(4));
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks::default(),
+        bytes: Vec::new(),
+        finals: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    let _ = sent(&mut r, t0);
+    accept(&mut r, 3, t0);
+    assert!(
+        receipts(&sent(&mut r, t0)).is_empty(),
+        "no notice at the accept"
+    );
+    let later = t0 + ReceiverConfig::default().min_receipt_interval * 2;
+    assert_eq!(
+        receipts(&sent(&mut r, later)).len(),
+        1,
+        "the usual first notice"
+    );
+}
