@@ -244,6 +244,8 @@ fn run_session(
         signer: None,
         secret: None,
         statement: None,
+        core_offset: 0,
+        gate: None,
     };
     let outs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))

@@ -59,6 +59,22 @@ pub fn net(message: String) -> anyhow::Error {
     .into()
 }
 
+pub fn input(message: String) -> anyhow::Error {
+    Coded {
+        code: INPUT,
+        message,
+    }
+    .into()
+}
+
+pub fn output_err(message: String) -> anyhow::Error {
+    Coded {
+        code: OUTPUT,
+        message,
+    }
+    .into()
+}
+
 pub fn incomplete(message: String) -> anyhow::Error {
     Coded {
         code: INCOMPLETE,
@@ -71,7 +87,9 @@ pub fn incomplete(message: String) -> anyhow::Error {
 pub fn node(e: NodeError) -> anyhow::Error {
     let code = match &e {
         NodeError::Io(_) | NodeError::Listen { .. } | NodeError::Send { .. } => NETWORK,
-        NodeError::Input { .. } | NodeError::InputChanged { .. } => INPUT,
+        NodeError::Input { .. }
+        | NodeError::InputChanged { .. }
+        | NodeError::NotInCatalog { .. } => INPUT,
         NodeError::Output { .. } => OUTPUT,
         NodeError::OutputBusy { .. } => BUSY,
         NodeError::OutputExists { .. } => EXISTS,

@@ -396,6 +396,7 @@ mod tests {
             blocks_done: 1,
             blocks: 2,
             session: None,
+            stats: None,
         };
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&ProgressJson::new(&p)).unwrap()).unwrap();

@@ -160,6 +160,8 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         hash_cache: None,
         signer: signer.clone(),
         statement: None,
+        core_offset: 0,
+        gate: None,
         secret: secret.clone(),
     };
     let stop = AtomicBool::new(false);

@@ -93,6 +93,8 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         signer: None,
         secret: None,
         statement: None,
+        core_offset: 0,
+        gate: None,
     };
     let outs: Vec<PathBuf> = (0..total)
         .map(|i| dir.join(format!("copy-{i}.bin")))

@@ -82,6 +82,12 @@ pub enum NodeError {
         blocks: u64,
         why: &'static str,
     },
+    /// An origin has no object of that name.
+    #[error("{name:?} is not in the catalog of {origin}")]
+    NotInCatalog {
+        name: String,
+        origin: std::net::SocketAddr,
+    },
     /// Stopped by the user (Ctrl-C).
     #[error("interrupted")]
     Interrupted,

@@ -4,14 +4,22 @@
 //! This is the only layer that reads the clock. It reports progress through a callback and
 //! stops when asked through an [`AtomicBool`](std::sync::atomic::AtomicBool).
 
+pub mod agent;
+pub mod catalog;
+pub mod client;
 mod content;
 mod driver;
 mod error;
+pub mod events;
+pub mod fetch;
+pub mod glob;
 mod hashcache;
 pub mod http;
 pub mod keys;
 pub mod local;
+pub mod metrics;
 pub mod names;
+pub mod origin;
 pub mod play;
 pub mod published;
 mod receive;
@@ -28,7 +36,7 @@ pub use receive::{
     SessionTrust,
 };
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
-pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};
+pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary, StartGate};
 
 /// CPU time the calling thread has used, in seconds.
 pub use blockcast_io::os::thread_cpu_seconds;

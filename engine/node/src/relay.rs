@@ -155,6 +155,8 @@ pub fn relay(
                             signer: cfg.signer.clone(),
                             // The origin's statement, unchanged: trust reaches across tiers.
                             statement: Some(published.statement().unwrap_or((0, None))),
+                            core_offset: 0,
+                            gate: None,
                             secret: cfg.secret.clone(),
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());

@@ -109,6 +109,8 @@ pub struct ReceiveProgress {
     pub blocks: u64,
     /// Once the manifest is known: the session's authenticity.
     pub session: Option<SessionTrust>,
+    /// The protocol core's counters (for metrics).
+    pub stats: Option<ReceiverStats>,
 }
 
 /// What a receive run did.
@@ -120,6 +122,8 @@ pub struct ReceiveSummary {
     pub seconds: f64,
     /// From the first data unit until every block was verified.
     pub transfer_seconds: f64,
+    /// When the first data unit was kept (the manifest known), if any came.
+    pub first_unit_at: Option<Instant>,
     /// Flushing the files to disk at the end (fsync).
     pub sync_seconds: f64,
     /// CPU time of the receiving thread, its verify thread and its stripe readers.
@@ -356,6 +360,7 @@ fn receive_session(
         transfer_seconds: tally
             .first_unit
             .map_or(0.0, |f| done.saturating_duration_since(f).as_secs_f64()),
+        first_unit_at: tally.first_unit,
         sync_seconds,
         cpu_seconds: blockcast_io::os::thread_cpu_seconds() - cpu_start + tally.helper_cpu,
         stats: rx.stats().clone(),
@@ -409,5 +414,6 @@ pub(crate) fn report(rx: &Receiver<FileStore>) -> ReceiveProgress {
         blocks_done: rx.blocks_done(),
         blocks: rx.total_blocks(),
         session: session_trust(rx),
+        stats: Some(rx.stats().clone()),
     }
 }

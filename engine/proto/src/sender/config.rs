@@ -33,6 +33,10 @@ pub struct SenderConfig {
     /// every datagram waits its own turn.
     pub pace_quantum: usize,
     pub announce_interval: Duration,
+    /// While the first pass waits for receivers, announce this often instead (when shorter):
+    /// an origin's session, whose receivers were granted it a moment ago and join as soon as
+    /// they hear it. `None`: `announce_interval` throughout.
+    pub waiting_announce_interval: Option<Duration>,
     /// Manifest chunks sent after each announce (a carousel for late joiners).
     pub manifest_chunks_per_announce: usize,
     /// Round-trip estimate until receivers have measured one.
@@ -125,6 +129,7 @@ impl Default for SenderConfig {
             burst: Duration::from_millis(2),
             pace_quantum: 0,
             announce_interval: Duration::from_millis(100),
+            waiting_announce_interval: None,
             manifest_chunks_per_announce: 64,
             initial_grtt: Duration::from_millis(5),
             min_receivers: 0,

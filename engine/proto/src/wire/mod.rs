@@ -10,6 +10,7 @@ mod control;
 mod cursor;
 mod feedback;
 pub(crate) mod manifest;
+pub mod origin;
 mod split;
 mod unit;
 
@@ -18,7 +19,7 @@ pub use feedback::{
     BlockRun, Holes, JoinRepr, LeaveReason, LeaveRepr, NackEntry, NackRepr, PriorityRepr,
     ReceiptRepr,
 };
-pub use manifest::{Manifest, ObjectEntry, MAX_MANIFEST_LEN, MAX_NAME_LEN};
+pub use manifest::{valid_name, Manifest, ObjectEntry, MAX_MANIFEST_LEN, MAX_NAME_LEN};
 pub use split::{PlanRepr, SolicitRepr, MAX_PLAN_PEERS};
 pub use unit::{
     set_copy_flags, CopyFlags, UnitHeaderRepr, UnitPacket, XorRepr, XOR_NONE, XOR_WIDTH,
