@@ -15,6 +15,7 @@ use blockcast_proto::{
 
 use crate::driver::{Datagram, Driven, Hooks, Host, HostId, Io, Links, Net, Path, Scenario};
 use crate::net::LinkFaults;
+use crate::socket::{ReceiverHost, SocketStats};
 
 /// What a simulated receiver does with its events, as the node would: verifies blocks
 /// inline when asked to (the node does it on another core), asks for priority blocks once
@@ -207,6 +208,8 @@ pub(crate) struct ServerHost<S> {
     pub stripes: Vec<Driven<StripePass<S>, SenderHooks>>,
     /// When each stripe starts (its data thread's skew).
     starts: Vec<Instant>,
+    /// The sender's rate each time it changed: (when, bytes per second).
+    pub rate_trace: Vec<(Instant, u64)>,
 }
 
 impl<S: BlockSource + Clone> ServerHost<S> {
@@ -221,6 +224,7 @@ impl<S: BlockSource + Clone> ServerHost<S> {
             external,
             stripes: Vec::new(),
             starts: Vec::new(),
+            rate_trace: Vec::new(),
         }
     }
 
@@ -288,6 +292,21 @@ impl<S: BlockSource + Clone + Send> Host for ServerHost<S> {
 
     fn poll(&mut self, now: Instant, io: &mut Io<'_>) {
         self.sender.poll(now, io);
+        let rate = self.sender.ep.rate();
+        if self.rate_trace.last().is_none_or(|&(_, r)| r != rate) {
+            if std::env::var_os("BLOCKCAST_SIM_TRACE").is_some() {
+                let tx = &self.sender.ep;
+                eprintln!(
+                    "{:?} rate {rate} {:?} backlog {} grtt {:?} stats {:?}",
+                    now.saturating_duration_since(tx.epoch().unwrap_or(now)),
+                    tx.congestion(),
+                    tx.repair_backlog(),
+                    tx.grtt(),
+                    tx.stats()
+                );
+            }
+            self.rate_trace.push((now, rate));
+        }
         self.start_stripes(now, io);
         if self.stripes.is_empty() {
             return;
@@ -321,7 +340,7 @@ impl<S: BlockSource + Clone + Send> Host for ServerHost<S> {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum SimHost<S, T> {
     Server(Box<ServerHost<S>>),
-    Receiver(Driven<Receiver<T>, ReceiverHooks>),
+    Receiver(ReceiverHost<T>),
 }
 
 impl<S, T> SimHost<S, T> {
@@ -335,7 +354,15 @@ impl<S, T> SimHost<S, T> {
     pub(crate) fn receiver(&self) -> Option<&Driven<Receiver<T>, ReceiverHooks>> {
         match self {
             SimHost::Server(_) => None,
-            SimHost::Receiver(r) => Some(r),
+            SimHost::Receiver(r) => Some(&r.rx),
+        }
+    }
+
+    /// A receiver's modelled socket, if it has one.
+    pub(crate) fn socket_stats(&self) -> Option<SocketStats> {
+        match self {
+            SimHost::Server(_) => None,
+            SimHost::Receiver(r) => r.socket_stats(),
         }
     }
 }
