@@ -299,7 +299,7 @@ impl<S: BlockSource + Clone + Send> Host for ServerHost<S> {
                 eprintln!(
                     "{:?} rate {rate} {:?} backlog {} grtt {:?} stats {:?}",
                     now.saturating_duration_since(tx.epoch().unwrap_or(now)),
-                    tx.congestion(),
+                    tx.rate_congestion(),
                     tx.repair_backlog(),
                     tx.grtt(),
                     tx.stats()

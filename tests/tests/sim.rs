@@ -313,3 +313,50 @@ fn rate_control_runs_in_the_simulator() {
         lossy.final_rate
     );
 }
+
+#[test]
+fn a_burst_of_overflow_does_not_turn_into_a_storm_of_repairs() {
+    use blockcast_proto::Geometry;
+    use blockcast_sim::ReceiverLimits;
+    // Four receivers as the node runs them, each with a 1 MiB socket buffer emptied at
+    // 7.8 MB/s, and `--rate auto` starting at eight times that: the first notices say the
+    // buffers are full and overflowing, and the news of overflow comes a buffer's worth of
+    // time late (the kernel stamps each datagram with the drop count as it queues it). The
+    // controller that backed off by a fixed share, then held 300 ms whatever the news, and
+    // cut again on notices that reported what the old rate did, repaired 1.4 times the
+    // object's units and took 1.3 times what the receivers need (docs/DESIGN.md).
+    let geometry = Geometry {
+        unit_size: 1400,
+        units_per_block: 749,
+        max_parity: 128,
+    };
+    let service: u64 = 7_812_500;
+    let limits = RateLimits {
+        start: service * 8,
+        min: service / 100,
+        max: service * 64,
+    };
+    let mut cfg = SimConfig::node_like(141, 4, 16 << 20, geometry, limits);
+    cfg.receiver_limits = Some(ReceiverLimits::new(1 << 20, service));
+    let r = check(cfg);
+    assert!(
+        r.socket_drops() > 0,
+        "no socket overflowed: the test did not test"
+    );
+    let repairs = r.repair_units + r.xor_units + r.parity_units;
+    assert!(
+        repairs * 2 < r.minimal_units,
+        "{repairs} repairs for {} units ({} dropped at the sockets, {} duplicates)",
+        r.minimal_units,
+        r.socket_drops(),
+        r.duplicates
+    );
+    // What the receivers need: every datagram of the object through 7.8 MB/s.
+    let bytes = r.minimal_units * (1400 + 26);
+    let need = Duration::from_secs_f64(bytes as f64 / service as f64);
+    assert!(
+        r.completion < need.mul_f64(1.25),
+        "took {:?}, the receivers need {need:?}",
+        r.completion
+    );
+}

@@ -3,6 +3,7 @@
 //! already (the skip set); and the rate it and the repairs are paced at, fixed or
 //! `--rate auto`.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +12,10 @@ use blockcast_status::AtomicBitmap;
 use super::{FirstPassProgress, Sender, SenderEvent};
 use crate::numbering::BlockAddr;
 use crate::pacer::Pacer;
-use crate::rate::RateControl;
+use crate::rate::{Congestion, RateControl};
 use crate::store::BlockSource;
 use crate::stripe::StripePass;
-use crate::wire::UnitHeaderRepr;
+use crate::wire::{ReceiptRepr, ReceiverId, UnitHeaderRepr};
 use crate::{Destination, Transmit, UnitRef};
 
 /// How often the first pass's skip set is brought up to date from the status matrix.
@@ -63,14 +64,37 @@ impl FirstPass {
     }
 }
 
+/// How far back the log of what was sent reaches (receivers echo send times up to a full
+/// socket buffer's worth of time old).
+const SENT_LOG_SPAN: Duration = Duration::from_secs(4);
+/// One entry of that log per this much time at most.
+const SENT_LOG_STEP: Duration = Duration::from_millis(1);
+
+/// What one member took of what was sent, measured from two of its notices: the sends between
+/// the two send times they echo (the last datagram it had read at each), less its overflow,
+/// over the time between the notices.
+#[derive(Clone, Copy, Debug)]
+struct Take {
+    echo: u32,
+    at: Instant,
+    /// Datagram bytes per second, once measured.
+    rate: Option<u64>,
+}
+
 /// `--rate auto`: the controller, its next step, and the bytes sent at the last one.
 pub(super) struct AutoRate {
     control: RateControl,
+    /// Datagram bytes sent in all (first pass and repairs), by send timestamp, ascending.
+    sent_log: VecDeque<(u32, u64)>,
+    /// Each member's take, by receiver.
+    takes: BTreeMap<ReceiverId, Take>,
     pub(super) next_step: Option<Instant>,
     /// When the last step was (or the session started).
     pub(super) stepped_at: Instant,
     /// Datagram bytes sent in all at that time.
     pub(super) sent_then: u64,
+    /// What went out per second over the last measured interval.
+    achieved: u64,
 }
 
 impl AutoRate {
@@ -80,7 +104,16 @@ impl AutoRate {
             next_step: None,
             stepped_at: Instant::now(),
             sent_then: 0,
+            achieved: 0,
+            sent_log: VecDeque::new(),
+            takes: BTreeMap::new(),
         }
+    }
+
+    /// Bytes sent in all by send timestamp `ts` (the latest entry at or before it).
+    fn sent_by(&self, ts: u32) -> Option<u64> {
+        let i = self.sent_log.partition_point(|&(t, _)| t <= ts);
+        i.checked_sub(1).map(|i| self.sent_log[i].1)
     }
 }
 
@@ -121,23 +154,123 @@ impl<S: BlockSource> Sender<S> {
         });
     }
 
+    /// Datagram bytes sent in all: the first pass (here or by the stripes) and repairs.
+    fn bytes_sent(&self) -> u64 {
+        self.stats.data_bytes + self.stats.parity_bytes + self.first_pass.external_bytes
+    }
+
+    /// `--rate auto`: notes how much has been sent by now (call after sending), so that a
+    /// receiver's echo of a send time tells how much it had read.
+    pub(super) fn log_sent(&mut self, now: Instant) {
+        let sent = self.bytes_sent();
+        let ts = self.timestamp(now);
+        let Some(a) = self.auto_rate.as_mut() else {
+            return;
+        };
+        match a.sent_log.back_mut() {
+            Some(last) if ts.wrapping_sub(last.0) < crate::micros(SENT_LOG_STEP) => {
+                last.1 = sent;
+                return;
+            }
+            _ => a.sent_log.push_back((ts, sent)),
+        }
+        let span = crate::micros(SENT_LOG_SPAN);
+        while a
+            .sent_log
+            .front()
+            .is_some_and(|&(t, _)| ts.wrapping_sub(t) > span)
+        {
+            a.sent_log.pop_front();
+        }
+    }
+
+    /// `--rate auto`: what member `r.receiver` took between its previous notice and this one.
+    fn measure_take(&mut self, now: Instant, r: &ReceiptRepr) {
+        let Some(a) = self.auto_rate.as_mut() else {
+            return;
+        };
+        if r.echo_timestamp == 0 {
+            return;
+        }
+        let prev = a.takes.get(&r.receiver).copied();
+        let mut rate = prev.and_then(|p| p.rate);
+        if let Some(p) = prev {
+            let dt = now.saturating_duration_since(p.at);
+            let sent = a
+                .sent_by(r.echo_timestamp)
+                .zip(a.sent_by(p.echo))
+                .map(|(b, a)| b.saturating_sub(a));
+            if let Some(sent) = sent.filter(|_| dt >= Duration::from_millis(10)) {
+                let kept = 1_000_000 - u64::from(r.overflow_ppm.min(1_000_000));
+                let took =
+                    (u128::from(sent) * u128::from(kept) / 1_000_000) as f64 / dt.as_secs_f64();
+                rate = Some(took as u64);
+            }
+        }
+        let keep =
+            prev.is_none_or(|p| now.saturating_duration_since(p.at) >= Duration::from_millis(10));
+        if keep {
+            a.takes.insert(
+                r.receiver,
+                Take {
+                    echo: r.echo_timestamp,
+                    at: now,
+                    rate,
+                },
+            );
+        }
+    }
+
     /// `--rate auto`: one step of the controller, on what went out since the last; the next
     /// is due [`RateControl::STEP`] later.
     pub(super) fn step_rate(&mut self, now: Instant) {
-        let sent = self.stats.data_bytes + self.stats.parity_bytes + self.first_pass.external_bytes;
-        let congestion = self.congestion();
+        let sent = self.bytes_sent();
+        let congestion = self.rate_congestion();
         if let Some(a) = self.auto_rate.as_mut() {
-            let secs = now
-                .saturating_duration_since(a.stepped_at)
-                .as_secs_f64()
-                .max(1e-3);
-            let achieved = (sent.saturating_sub(a.sent_then) as f64 / secs) as u64;
-            a.stepped_at = now;
-            a.sent_then = sent;
-            a.control.step(now, congestion, achieved);
+            let elapsed = now.saturating_duration_since(a.stepped_at);
+            // A step soon after the last (a notice asked for a cut) keeps the last measure:
+            // paced in quanta, a few milliseconds of sending say little.
+            if elapsed >= RateControl::STEP / 4 || a.achieved == 0 {
+                let secs = elapsed.as_secs_f64().max(1e-3);
+                a.achieved = (sent.saturating_sub(a.sent_then) as f64 / secs) as u64;
+                a.stepped_at = now;
+                a.sent_then = sent;
+            }
+            a.control.step(now, congestion, a.achieved);
             a.next_step = Some(now + RateControl::STEP);
         }
         self.apply_rate();
+    }
+
+    /// What `--rate auto` sees of the members' notices, fresh meaning since its last cut.
+    pub fn rate_congestion(&self) -> Congestion {
+        let since = self
+            .auto_rate
+            .as_ref()
+            .and_then(|a| a.control.cut_at())
+            .map(|t| (t, self.timestamp(t)));
+        let mut c = self.congestion_since(since);
+        // What the slowest of the members that are behind (a queue, or overflow) took.
+        if let Some(a) = self.auto_rate.as_ref() {
+            c.slowest_take = self
+                .behind()
+                .filter_map(|id| a.takes.get(&id).and_then(|t| t.rate))
+                .min();
+        }
+        c
+    }
+
+    /// A receipt notice came in: with `--rate auto`, fresh news that calls for a cut is
+    /// acted on now, not at the next step (up to [`RateControl::STEP`] later, during which
+    /// a rate too fast for a receiver overflows its socket).
+    pub(super) fn on_rate_report(&mut self, now: Instant, r: &ReceiptRepr) {
+        if self.phase != super::Phase::Sending || self.auto_rate.is_none() {
+            return;
+        }
+        self.measure_take(now, r);
+        if RateControl::wants_cut(&self.rate_congestion()) {
+            self.step_rate(now);
+        }
     }
 
     /// The blocks the first pass skips because every member holds them (sent whole ahead
@@ -179,6 +312,7 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         self.first_pass.external_bytes = self.first_pass.external_bytes.max(progress.bytes);
+        self.log_sent(now);
         let sent_before = progress.sent_before;
         if sent_before <= self.first_pass.external_sent {
             return;

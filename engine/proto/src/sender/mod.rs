@@ -342,6 +342,7 @@ impl<S: BlockSource> Sender<S> {
                 self.stats.receipts += 1;
                 self.stats.receipt_bytes += bytes.len() as u64;
                 self.on_receipt(now, &r);
+                self.on_rate_report(now, &r);
             }
             Packet::Priority(p) => {
                 self.stats.priority_requests += 1;
@@ -543,6 +544,7 @@ impl<S: BlockSource> Sender<S> {
             .send_repair(now, buf)
             .or_else(|| self.send_first_pass(now, buf))?;
         self.pacer.spend(now, t.datagram_len());
+        self.log_sent(now);
         Some(t)
     }
 
