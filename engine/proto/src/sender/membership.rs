@@ -112,11 +112,13 @@ impl Membership {
     /// the next, `window` long.
     fn end_grtt_window(&mut self, now: Instant, window: Duration) {
         if let Some(w) = self.grtt_window_max.take() {
-            // Rise at once to the slowest receiver seen; fall back slowly.
+            // Rise at once to the slowest receiver seen; fall back halfway per window (a
+            // receiver's socket queue that has drained leaves no long round trips behind, and
+            // every NACK timer scales with this).
             self.grtt = if w > self.grtt {
                 w
             } else {
-                (self.grtt * 3 + w) / 4
+                (self.grtt + w) / 2
             };
             self.grtt = self.grtt.max(Duration::from_micros(100));
         }
