@@ -89,11 +89,20 @@ pub struct RateControl {
     slow_start: bool,
     /// When the rate was last cut: notices that cover sends from before then are stale.
     cut_at: Option<Instant>,
+    /// When a member last reported socket overflow.
+    overflow_at: Option<Instant>,
+    /// The last measured take of a member that was behind ([`Congestion::slowest_take`]).
+    known_take: Option<u64>,
 }
 
 impl RateControl {
     /// How often the rate is stepped.
     pub const STEP: Duration = Duration::from_millis(100);
+    /// Heavy loss counts as congestion only this long after the last overflow report: loss is
+    /// counted once a block's NACK backoff is over, so the units a receiver's own socket
+    /// dropped come back as "loss" for a while after the overflow (and cut the rate again,
+    /// on old news, to its floor).
+    const LOSS_QUIET: Duration = Duration::from_secs(2);
     /// The deepest one cut goes without a measured take, as a share of the rate: a report
     /// is a sample, and the next fresh one is a round trip away.
     const FLOOR_SHARE: u64 = 4;
@@ -104,6 +113,8 @@ impl RateControl {
             limits,
             slow_start: true,
             cut_at: None,
+            overflow_at: None,
+            known_take: None,
         }
     }
 
@@ -118,9 +129,28 @@ impl RateControl {
         self.cut_at
     }
 
-    /// The fresh notices call for a cut (the sender may step at once, not at the next tick).
-    pub fn wants_cut(c: &Congestion) -> bool {
-        congestion_ppm(c.fresh_overflow_ppm, c.fresh_loss_ppm) > 1_000
+    /// Heavy loss, unless it may be the aftermath of overflow.
+    fn heavy_loss(&self, now: Instant, loss_ppm: u32) -> u32 {
+        let quiet = self
+            .overflow_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::LOSS_QUIET);
+        if quiet {
+            loss_ppm
+        } else {
+            0
+        }
+    }
+
+    /// Takes in what the members reported (call on every notice) and says whether the fresh
+    /// notices call for a cut (the sender may step at once, not at the next tick).
+    pub fn wants_cut(&mut self, now: Instant, c: &Congestion) -> bool {
+        if c.overflow_ppm > 0 {
+            self.overflow_at = Some(now);
+        }
+        if c.slowest_take.is_some() {
+            self.known_take = c.slowest_take;
+        }
+        congestion_ppm(c.fresh_overflow_ppm, self.heavy_loss(now, c.fresh_loss_ppm)) > 1_000
             || c.fresh_queue_ppm > QUEUE_HIGH_PPM
     }
 
@@ -135,17 +165,23 @@ impl RateControl {
     /// - Any latest notice (fresh or not) says a little overflow, or a buffer more than a
     ///   quarter full: no faster.
     /// - Else faster: by a quarter per step until the first cut or hold (slow start), by an
-    ///   eighth after, never past twice what went out.
+    ///   eighth after, at once to three quarters of the last measured take if below it, never
+    ///   past twice what went out (or the start rate).
+    ///
+    /// Heavy loss counts as congestion only when no socket overflowed in the last
+    /// [`RateControl::LOSS_QUIET`]: the units an overflow dropped are reported as loss once
+    /// their NACK backoff is over, long after the overflow.
     ///
     /// Stale notices (sent before their receiver saw anything of the new rate) never cut: cutting again on the same
     /// news would take the rate far below what the receivers take, and holding a rate for a
     /// fixed time regardless of fresh news lets a rate that is still too fast overflow them
     /// all that while.
     pub fn step(&mut self, now: Instant, c: Congestion, achieved: u64) -> u64 {
-        let fresh = congestion_ppm(c.fresh_overflow_ppm, c.fresh_loss_ppm);
-        let latest = congestion_ppm(c.overflow_ppm, c.loss_ppm);
+        let cut = self.wants_cut(now, &c);
+        let fresh = congestion_ppm(c.fresh_overflow_ppm, self.heavy_loss(now, c.fresh_loss_ppm));
+        let latest = congestion_ppm(c.overflow_ppm, self.heavy_loss(now, c.loss_ppm));
         let rate = self.rate;
-        self.rate = if Self::wants_cut(&c) {
+        self.rate = if cut {
             self.slow_start = false;
             match c.slowest_take {
                 // Three quarters of what the slowest receiver that is behind took: its
@@ -173,9 +209,14 @@ impl RateControl {
             self.slow_start = false;
             rate
         } else {
-            // Not far past what went out.
+            // Not far past what went out; straight back to three quarters of what a receiver
+            // that was behind was measured to take, if the rate is below that (after a cut
+            // on news that turned out old, or a receiver that caught up).
             let up = if self.slow_start { rate / 4 } else { rate / 8 };
-            (rate + up).min(achieved.saturating_mul(2).max(self.limits.start))
+            let back = self.known_take.map_or(0, |t| t * 3 / 4);
+            (rate + up)
+                .max(back)
+                .min(achieved.saturating_mul(2).max(self.limits.start))
         }
         .clamp(self.limits.min, self.limits.max);
         if self.rate < rate {
@@ -272,5 +313,28 @@ mod tests {
             ..Congestion::default()
         };
         assert!(rc.step(t0 + RateControl::STEP, collapsing, 1_000) < 1_000);
+    }
+
+    #[test]
+    fn loss_soon_after_overflow_is_its_aftermath_not_a_collapsing_link() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(RateLimits {
+            start: 1_000,
+            min: 10,
+            max: 10_000,
+        });
+        let cut = rc.step(t0, fresh_overflow(50_000), 1_000);
+        assert!(cut < 1_000);
+        // The units the overflow dropped are reported lost once their NACK backoff is over.
+        let lossy = Congestion {
+            loss_ppm: 500_000,
+            fresh_loss_ppm: 500_000,
+            ..Congestion::default()
+        };
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(rc.step(t1, lossy, cut) >= cut, "cut again on old news");
+        // Long after the last overflow, the same loss is a link collapsing under the rate.
+        let r = rc.rate();
+        assert!(rc.step(t0 + Duration::from_secs(3), lossy, r) < r);
     }
 }

@@ -268,7 +268,12 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         self.measure_take(now, r);
-        if RateControl::wants_cut(&self.rate_congestion()) {
+        let c = self.rate_congestion();
+        let cut = self
+            .auto_rate
+            .as_mut()
+            .is_some_and(|a| a.control.wants_cut(now, &c));
+        if cut {
             self.step_rate(now);
         }
     }
