@@ -20,10 +20,13 @@ use std::time::{Duration, Instant};
 /// Loss (not overflow) a receiver may report before it is taken for congestion on the way:
 /// a link that collapses under the rate. Steady loss below it is left to the repairs.
 pub const HEAVY_LOSS_PPM: u32 = 200_000;
-/// A receiver whose socket buffer was found more than half full is falling behind.
-pub const QUEUE_HIGH_PPM: u32 = 500_000;
-/// More than a quarter: no faster.
-pub const QUEUE_RISING_PPM: u32 = 250_000;
+/// A receiver whose socket buffer was found more than a quarter full (and no emptier than at
+/// its previous notice) is falling behind. A node asks for 32 MiB: a quarter of it is a
+/// quarter of a second of queueing at 100 MB/s, and every NACK timer scales with the round
+/// trip that queue adds.
+pub const QUEUE_HIGH_PPM: u32 = 250_000;
+/// More than a tenth: no faster.
+pub const QUEUE_RISING_PPM: u32 = 100_000;
 
 /// Bounds of the automatic rate, datagram bytes per second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,13 +160,13 @@ impl RateControl {
     /// One step: `achieved` is what went out since the last, bytes per second. Returns the
     /// new rate.
     ///
-    /// - A fresh notice says its socket overflowed, or its buffer is more than half full and
+    /// - A fresh notice says its socket overflowed, or its buffer is more than a quarter full and
     ///   not draining: go to three quarters of what the slowest receiver that is behind
     ///   took ([`Congestion::slowest_take`]: its buffer must drain, and while it does, the
     ///   receiver is busy with what is queued), unless the rate is below that already. Not measured yet: to what went out less the share that overflowed,
     ///   or a tenth down, no deeper than a quarter.
     /// - Any latest notice (fresh or not) says a little overflow, or a buffer more than a
-    ///   quarter full: no faster.
+    ///   tenth full: no faster.
     /// - Else faster: by a quarter per step until the first cut or hold (slow start), by an
     ///   eighth after, at once to three quarters of the last measured take if below it, never
     ///   past twice what went out (or the start rate).

@@ -77,8 +77,20 @@ const SENT_LOG_STEP: Duration = Duration::from_millis(1);
 struct Take {
     echo: u32,
     at: Instant,
-    /// Datagram bytes per second, once measured.
-    rate: Option<u64>,
+    /// The last few samples, datagram bytes per second (0: none yet).
+    samples: [u64; TAKE_SAMPLES],
+    next: usize,
+}
+
+/// A member's take is the most of its last few samples: a receiver thread that was not
+/// scheduled for most of one notice's window read little then, which says nothing of what it
+/// can take (a max filter, as BBR's bottleneck bandwidth).
+const TAKE_SAMPLES: usize = 4;
+
+impl Take {
+    fn rate(&self) -> Option<u64> {
+        self.samples.iter().copied().max().filter(|&r| r > 0)
+    }
 }
 
 /// `--rate auto`: the controller, its next step, and the bytes sent at the last one.
@@ -193,32 +205,33 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         let prev = a.takes.get(&r.receiver).copied();
-        let mut rate = prev.and_then(|p| p.rate);
+        let mut take = prev.unwrap_or(Take {
+            echo: r.echo_timestamp,
+            at: now,
+            samples: [0; TAKE_SAMPLES],
+            next: 0,
+        });
         if let Some(p) = prev {
             let dt = now.saturating_duration_since(p.at);
+            if dt < Duration::from_millis(10) {
+                // Too close to the last to measure: wait for a later notice.
+                return;
+            }
             let sent = a
                 .sent_by(r.echo_timestamp)
                 .zip(a.sent_by(p.echo))
                 .map(|(b, a)| b.saturating_sub(a));
-            if let Some(sent) = sent.filter(|_| dt >= Duration::from_millis(10)) {
+            if let Some(sent) = sent {
                 let kept = 1_000_000 - u64::from(r.overflow_ppm.min(1_000_000));
                 let took =
                     (u128::from(sent) * u128::from(kept) / 1_000_000) as f64 / dt.as_secs_f64();
-                rate = Some(took as u64);
+                take.samples[take.next] = took as u64;
+                take.next = (take.next + 1) % TAKE_SAMPLES;
             }
         }
-        let keep =
-            prev.is_none_or(|p| now.saturating_duration_since(p.at) >= Duration::from_millis(10));
-        if keep {
-            a.takes.insert(
-                r.receiver,
-                Take {
-                    echo: r.echo_timestamp,
-                    at: now,
-                    rate,
-                },
-            );
-        }
+        take.echo = r.echo_timestamp;
+        take.at = now;
+        a.takes.insert(r.receiver, take);
     }
 
     /// `--rate auto`: one step of the controller, on what went out since the last; the next
@@ -254,7 +267,7 @@ impl<S: BlockSource> Sender<S> {
         if let Some(a) = self.auto_rate.as_ref() {
             c.slowest_take = self
                 .behind()
-                .filter_map(|id| a.takes.get(&id).and_then(|t| t.rate))
+                .filter_map(|id| a.takes.get(&id).and_then(Take::rate))
                 .min();
         }
         c
