@@ -131,6 +131,8 @@ pub(crate) struct SenderHooks {
     pub units: u64,
     /// Datagrams sent to the group.
     pub group_sends: u64,
+    /// When each group datagram left, and its bytes.
+    pub group_log: Vec<(Instant, u32)>,
     /// When control datagrams arrived, and how many were NACKs.
     pub control_in: Vec<Instant>,
     pub nacks: u64,
@@ -140,6 +142,7 @@ impl SenderHooks {
     fn count_send(&mut self, now: Instant, t: &Transmit, bytes: &[u8]) {
         if matches!(t.destination, Destination::Group | Destination::Stripe(_)) {
             self.group_sends += 1;
+            self.group_log.push((now, bytes.len() as u32));
         }
         let Ok(unit) = UnitPacket::new_checked(bytes) else {
             return;
@@ -276,6 +279,27 @@ impl<S: BlockSource + Clone> ServerHost<S> {
         self.all_hooks().filter_map(|h| h.pass_reached).min()
     }
 
+    /// The most bytes the server sent to the group in any `window` (sliding), per second.
+    pub(crate) fn peak_rate(&self, window: Duration) -> u64 {
+        let mut log: Vec<(Instant, u32)> = self
+            .all_hooks()
+            .flat_map(|h| h.group_log.iter().copied())
+            .collect();
+        log.sort_unstable_by_key(|&(t, _)| t);
+        let (mut from, mut bytes, mut peak) = (0, 0u64, 0u64);
+        for (i, &(t, len)) in log.iter().enumerate() {
+            bytes += u64::from(len);
+            while log[from].0 + window <= t {
+                bytes -= u64::from(log[from].1);
+                from += 1;
+            }
+            if i > 0 {
+                peak = peak.max(bytes);
+            }
+        }
+        (peak as f64 / window.as_secs_f64()) as u64
+    }
+
     fn all_hooks(&self) -> impl Iterator<Item = &SenderHooks> {
         std::iter::once(&self.sender.hooks).chain(self.stripes.iter().map(|s| &s.hooks))
     }
@@ -297,11 +321,12 @@ impl<S: BlockSource + Clone + Send> Host for ServerHost<S> {
             if std::env::var_os("BLOCKCAST_SIM_TRACE").is_some() {
                 let tx = &self.sender.ep;
                 eprintln!(
-                    "{:?} rate {rate} {:?} backlog {} grtt {:?} stats {:?}",
+                    "{:?} rate {rate} {:?} backlog {} grtt {:?} first pass bytes {} stats {:?}",
                     now.saturating_duration_since(tx.epoch().unwrap_or(now)),
                     tx.rate_congestion(),
                     tx.repair_backlog(),
                     tx.grtt(),
+                    self.progress().bytes,
                     tx.stats()
                 );
             }

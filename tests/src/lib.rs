@@ -241,6 +241,9 @@ pub struct SimReport {
     pub sockets: Vec<SocketStats>,
     /// Duplicate units the receivers got, in all (sent again though already held).
     pub duplicates: u64,
+    /// The most the server (sender and stripes) sent to the group in any 200 ms, bytes per
+    /// second.
+    pub peak_rate: u64,
     /// Wall-clock time the simulation took.
     pub wall: Duration,
 }
@@ -482,6 +485,7 @@ fn count_sends(
     report.sender_finished = tx.is_finished();
     report.final_rate = tx.rate();
     report.stripe_units = server.stripe_units();
+    report.peak_rate = server.peak_rate(Duration::from_millis(200));
     if !report.sender_finished {
         report.failures.push("sender did not finish".into());
     }

@@ -360,3 +360,35 @@ fn a_burst_of_overflow_does_not_turn_into_a_storm_of_repairs() {
         r.completion
     );
 }
+
+#[test]
+fn repairs_go_inside_the_rate_not_on_top_of_the_first_pass() {
+    use blockcast_proto::Geometry;
+    // Data threads send the first pass (as the node does) at a fixed rate; four receivers lose
+    // 5 %, and NACKs come in all through the pass. Repairs used to be queued only briefly
+    // between NACKs, so the first pass kept the whole rate and the repairs went on top.
+    let geometry = Geometry {
+        unit_size: 1400,
+        units_per_block: 749,
+        max_parity: 128,
+    };
+    let rate: u64 = 64_000_000;
+    let limits = RateLimits {
+        start: rate,
+        min: rate,
+        max: rate,
+    };
+    let mut cfg = SimConfig::node_like(151, 4, 32 << 20, geometry, limits);
+    cfg.data_faults = LinkFaults::lossy(0.05);
+    let r = check(cfg);
+    assert!(
+        r.repair_units + r.xor_units > 100,
+        "few repairs: the test did not test"
+    );
+    // Pacing lets a 64 KiB quantum and a 500 us burst through: a few percent in 200 ms.
+    assert!(
+        r.peak_rate < rate * 21 / 20,
+        "sent {} B/s in 200 ms at a rate of {rate}",
+        r.peak_rate
+    );
+}

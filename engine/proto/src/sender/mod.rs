@@ -191,14 +191,9 @@ impl<S: BlockSource> Sender<S> {
         let carousel = Carousel::new(&manifest)?;
         let numbering = BlockNumbering::new(&manifest);
         let blocks = numbering.total();
-        let own_rate = if cfg.external_first_pass {
-            cfg.rate / 2
-        } else {
-            cfg.rate
-        };
         Ok(Sender {
             split: cfg.split.clone().map(SplitState::new),
-            pacer: Pacer::new(own_rate, cfg.burst).with_quantum(cfg.pace_quantum),
+            pacer: Pacer::new(cfg.rate, cfg.burst).with_quantum(cfg.pace_quantum),
             auto_rate: cfg.rate_control.map(|l| {
                 AutoRate::new(RateControl::new(RateLimits {
                     start: cfg.rate,
