@@ -10,9 +10,10 @@
 # server start -> last receiver exited (hashing the file at start included, as a first serve;
 # fsync included). Every copy is checked with BLAKE3.
 #
-# Usage: bench/spread.sh [--size 256M] [--runs 20] [--loss 5] [--receivers "1 4"]
+# Usage: bench/spread.sh [--size 256M] [--runs 20] [--loss 5] [--losses "0 5"] [--receivers "1 4"]
 #                        [--units "1400 8972"] [--bins "target/release/blockcast"]
 #                        [--work /tmp/blockcast-spread] [--run-timeout 120] [--renice]
+# --losses replaces the two loss settings (percent), e.g. --losses 0 for lossless cases only.
 # --renice lowers every running rustc and cargo (other people's builds on a shared box) to
 # nice 19 before each run.
 # --bins takes several binaries (e.g. the build before a change and this one): their runs
@@ -26,6 +27,7 @@ set -uo pipefail
 SIZE=256M
 RUNS=20
 LOSS=5
+LOSSES=""
 RECEIVERS="1 4"
 UNITS="1400 8972"
 BINS=""
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --size) SIZE=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --loss) LOSS=$2; shift 2 ;;
+    --losses) LOSSES=$2; shift 2 ;;
     --receivers) RECEIVERS=$2; shift 2 ;;
     --units) UNITS=$2; shift 2 ;;
     --bins) BINS=$2; shift 2 ;;
@@ -187,7 +190,8 @@ run_one() {  # bin n unit tag
 CSV=$WORK/runs.csv
 echo "round,bin,receivers,unit,loss_pct,seconds,ok,repair_units,socket_drops,receiver_cpu_s" > "$CSV"
 cases=()
-for n in $RECEIVERS; do for u in $UNITS; do for l in 0 $LOSS; do cases+=("$n|$u|$l"); done; done; done
+[ -n "$LOSSES" ] || LOSSES="0 $LOSS"
+for n in $RECEIVERS; do for u in $UNITS; do for l in $LOSSES; do cases+=("$n|$u|$l"); done; done; done
 log "source $BYTES bytes; $RUNS rounds of ${#cases[@]} cases x $(wc -w <<<"$BINS") binaries"
 for round in $(seq 1 "$RUNS"); do
   for c in "${cases[@]}"; do

@@ -324,7 +324,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         data: cfg.data_faults.clone(),
         control: cfg.control_faults.clone(),
     };
-    let mut net: Net<PlainHost> = Net::new(Instant::now(), links, cfg.threads);
+    let start = Instant::now();
+    let mut net: Net<PlainHost> = Net::new(start, links, cfg.threads);
     let hooks = SenderHooks {
         watch: cfg.priority.map(|(_, o, b, _, _)| (o, b)),
         ..SenderHooks::default()
@@ -350,7 +351,12 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         };
         let addr = receiver_addr(i);
         let rx = Driven::new(Receiver::new(rcfg, store), hooks, addr);
-        let host = SimHost::Receiver(ReceiverHost::new(rx, cfg.receiver_limits));
+        // Receiver i's thread first stalls i/N of the way into the period (they take turns).
+        let first_stall = cfg
+            .receiver_limits
+            .and_then(|l| l.stalls)
+            .map(|(every, _)| start + every.mul_f64((i + 1) as f64 / cfg.receivers as f64));
+        let host = SimHost::Receiver(ReceiverHost::new(rx, cfg.receiver_limits, first_stall));
         let id = net.add_host(host, &[addr], host_seed(cfg.seed, i));
         net.join(id, server);
         let start = cfg.late.iter().find(|(r, _)| *r == i).map(|(_, t)| *t);

@@ -34,6 +34,10 @@ pub struct ReceiverLimits {
     pub service_rate: u64,
     /// Most datagrams one read takes (the node's `recvmmsg` batch).
     pub batch: usize,
+    /// The receive thread is not scheduled for `.1` once every `.0` (the first stall comes
+    /// at a point of the period that differs per receiver): a host whose cores other work
+    /// shares. `None`: it always runs.
+    pub stalls: Option<(Duration, Duration)>,
 }
 
 impl ReceiverLimits {
@@ -45,6 +49,7 @@ impl ReceiverLimits {
             overhead: 256,
             service_rate,
             batch: 64,
+            stalls: None,
         }
     }
 }
@@ -58,6 +63,8 @@ pub struct SocketStats {
     pub dropped: u64,
     /// The fullest the buffer was, bytes.
     pub peak: usize,
+    /// Times the receive thread stalled ([`ReceiverLimits::stalls`]).
+    pub stalls: u64,
 }
 
 struct Queued {
@@ -80,12 +87,16 @@ pub(crate) struct SocketModel {
     busy_until: Option<Instant>,
     /// The drop count the last datagram read carried.
     drops_seen: u32,
+    /// When the receive thread is next descheduled ([`ReceiverLimits::stalls`]).
+    next_stall: Option<Instant>,
     stats: SocketStats,
 }
 
 impl SocketModel {
-    pub(crate) fn new(limits: ReceiverLimits) -> Self {
+    /// `first_stall`: when this receiver's thread first stalls, if it does.
+    pub(crate) fn new(limits: ReceiverLimits, first_stall: Option<Instant>) -> Self {
         SocketModel {
+            next_stall: first_stall.filter(|_| limits.stalls.is_some()),
             limits: ReceiverLimits {
                 service_rate: limits.service_rate.max(1),
                 batch: limits.batch.max(1),
@@ -142,7 +153,14 @@ impl SocketModel {
             self.batch.push(q);
         }
         self.stats.read += n as u64;
-        let cost = Duration::from_nanos(bytes * 1_000_000_000 / self.limits.service_rate);
+        let mut cost = Duration::from_nanos(bytes * 1_000_000_000 / self.limits.service_rate);
+        if let (Some((every, length)), Some(at)) = (self.limits.stalls, self.next_stall) {
+            if now >= at {
+                cost += length;
+                self.stats.stalls += 1;
+                self.next_stall = Some(at.max(now - every) + every);
+            }
+        }
         self.busy_until = Some(now + cost);
     }
 }
@@ -158,10 +176,11 @@ impl<T> ReceiverHost<T> {
     pub(crate) fn new(
         rx: Driven<Receiver<T>, ReceiverHooks>,
         limits: Option<ReceiverLimits>,
+        first_stall: Option<Instant>,
     ) -> Self {
         ReceiverHost {
             rx,
-            socket: limits.map(SocketModel::new),
+            socket: limits.map(|l| SocketModel::new(l, first_stall)),
         }
     }
 

@@ -257,7 +257,7 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
             };
             let rx = Driven::new(Receiver::new(rcfg, store), hooks, member_addr(i));
             let id = net.add_host(
-                SimHost::Receiver(ReceiverHost::new(rx, None)),
+                SimHost::Receiver(ReceiverHost::new(rx, None, None)),
                 &[member_addr(i)],
                 host_seed(cfg.seed, i),
             );

@@ -66,6 +66,13 @@ struct Args {
     /// Datagram bytes per second each receiver's thread takes out of its socket.
     #[arg(long)]
     service_rate: Option<u64>,
+    /// Each receiver's thread stalls (is not scheduled) for this many milliseconds once per
+    /// --stall-every (needs --buffer): a host whose cores other work shares.
+    #[arg(long)]
+    stall_ms: Option<f64>,
+    /// The period of those stalls, milliseconds (the receivers take turns).
+    #[arg(long, default_value_t = 1000.0)]
+    stall_every_ms: f64,
 }
 
 fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
@@ -96,7 +103,14 @@ fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
         c
     };
     if let (Some(b), Some(s)) = (a.buffer, a.service_rate) {
-        c.receiver_limits = Some(ReceiverLimits::new(b, s));
+        let mut l = ReceiverLimits::new(b, s);
+        l.stalls = a.stall_ms.map(|ms| {
+            (
+                Duration::from_secs_f64(a.stall_every_ms / 1000.0),
+                Duration::from_secs_f64(ms / 1000.0),
+            )
+        });
+        c.receiver_limits = Some(l);
     }
     c.store = StoreKind::Hashed;
     c.sender.max_wait = Duration::from_secs(2);
@@ -248,7 +262,7 @@ fn main() {
     );
     println!();
     println!(
-        "seed {}; virtual completion {:.3} s vs lossless {:.3} s; final rate {} B/s; repairs {} originals + {} XOR + {} parity; socket drops {}, peak fill {:?}; duplicates {}",
+        "seed {}; virtual completion {:.3} s vs lossless {:.3} s; final rate {} B/s; repairs {} originals + {} XOR + {} parity; socket drops {}, peak fill {:?}, stalls {}; duplicates {}",
         r.seed,
         r.completion.as_secs_f64(),
         r.ideal.as_secs_f64(),
@@ -258,6 +272,7 @@ fn main() {
         r.parity_units,
         r.socket_drops(),
         r.sockets.iter().map(|s| s.peak).max(),
+        r.sockets.iter().map(|s| s.stalls).sum::<u64>(),
         r.duplicates
     );
     if !r.failures.is_empty() {

@@ -65,6 +65,9 @@ pub struct Congestion {
     pub fresh_overflow_ppm: u32,
     pub fresh_queue_ppm: u32,
     pub fresh_loss_ppm: u32,
+    /// The fullest receive buffer among the latest notices that found it no emptier than the
+    /// member's notice before (a buffer draining holds nothing back).
+    pub filling_queue_ppm: u32,
     /// The slowest incomplete member's delivery rate (bytes per second), if measured (for
     /// logs: blocks are verified in lumps, after their repairs, so it is no rate to follow).
     pub slowest_delivery: Option<u64>,
@@ -166,7 +169,10 @@ impl RateControl {
     ///   receiver is busy with what is queued), unless the rate is below that already. Not measured yet: to what went out less the share that overflowed,
     ///   or a tenth down, no deeper than a quarter.
     /// - Any latest notice (fresh or not) says a little overflow, or a buffer more than a
-    ///   tenth full: no faster.
+    ///   quarter full, or more than a tenth and not draining: no faster. (A receive thread
+    ///   that another process kept off its core comes back to a queue it then drains; held
+    ///   on every such queue, four receivers taking turns held the rate at the three quarters
+    ///   of their take that the last cut left.)
     /// - Else faster: by a quarter per step until the first cut or hold (slow start), by an
     ///   eighth after, at once to three quarters of the last measured take if below it, never
     ///   past twice what went out (or the start rate).
@@ -208,7 +214,10 @@ impl RateControl {
                     target.min(rate * 9 / 10).max(rate / Self::FLOOR_SHARE)
                 }
             }
-        } else if latest > 100 || c.queue_ppm > QUEUE_RISING_PPM {
+        } else if latest > 100
+            || c.filling_queue_ppm > QUEUE_RISING_PPM
+            || c.queue_ppm > QUEUE_HIGH_PPM
+        {
             self.slow_start = false;
             rate
         } else {
@@ -291,9 +300,22 @@ mod tests {
         // A quarter full: held.
         let filling = Congestion {
             queue_ppm: 300_000,
+            filling_queue_ppm: 300_000,
             ..Congestion::default()
         };
         assert_eq!(rc.step(t0 + RateControl::STEP * 2, filling, 225), 225);
+        // Over a quarter full, even draining: held.
+        let draining = Congestion {
+            queue_ppm: 300_000,
+            ..Congestion::default()
+        };
+        assert_eq!(rc.step(t0 + RateControl::STEP * 3, draining, 225), 225);
+        // A fifth full and emptier than at the notice before: no reason to hold.
+        let draining = Congestion {
+            queue_ppm: 200_000,
+            ..Congestion::default()
+        };
+        assert!(rc.step(t0 + RateControl::STEP * 4, draining, 225) > 225);
     }
 
     #[test]

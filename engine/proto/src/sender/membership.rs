@@ -198,8 +198,11 @@ impl<S: BlockSource> Sender<S> {
                 c.fresh_overflow_ppm = c.fresh_overflow_ppm.max(m.overflow_ppm);
                 c.fresh_loss_ppm = c.fresh_loss_ppm.max(m.loss_ppm);
             }
-            if time_fresh && m.queue_ppm >= m.queue_prev_ppm {
-                c.fresh_queue_ppm = c.fresh_queue_ppm.max(m.queue_ppm);
+            if m.queue_ppm >= m.queue_prev_ppm {
+                c.filling_queue_ppm = c.filling_queue_ppm.max(m.queue_ppm);
+                if time_fresh {
+                    c.fresh_queue_ppm = c.fresh_queue_ppm.max(m.queue_ppm);
+                }
             }
         }
         c
