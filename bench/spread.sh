@@ -2,7 +2,7 @@
 # Run-to-run spread of blockcast: many interleaved runs per case, min / median / max, repairs.
 #
 # Cases: N=1 and N=4 receivers x 1400- and 8972-byte units x lossless and --loss percent
-# independent loss (nftables in each receiver namespace). Everything runs inside network
+# random loss (nftables in each receiver namespace; see --segment). Everything runs inside network
 # namespaces this script creates and deletes (a server and four receivers on a bridge in a
 # hub namespace, 10.98.0.0/24, MTU 9100 so that an 8972-byte unit, 9026 bytes with its
 # headers, is one frame); `net-guard check` runs at the end. One round runs every case once
@@ -11,9 +11,13 @@
 # fsync included). Every copy is checked with BLAKE3.
 #
 # Usage: bench/spread.sh [--size 256M] [--runs 20] [--loss 5] [--losses "0 5"] [--receivers "1 4"]
-#                        [--units "1400 8972"] [--bins "target/release/blockcast"]
+#                        [--units "1400 8972"] [--bins "target/release/blockcast"] [--segment]
 #                        [--work /tmp/blockcast-spread] [--run-timeout 120] [--renice]
 # --losses replaces the two loss settings (percent), e.g. --losses 0 for lossless cases only.
+# --segment: the server's link sends every datagram as a frame of its own (gso_max_segs 1).
+# Without it a GSO super-datagram (up to 64 KiB of units) crosses the veths and the bridge
+# whole, and the loss rule drops it whole: 5 % of super-datagrams, bursts of up to 45 units.
+# With it the loss is per datagram, as on a real link (and the receivers get no GRO batches).
 # --renice lowers every running rustc and cargo (other people's builds on a shared box) to
 # nice 19 before each run.
 # --bins takes several binaries (e.g. the build before a change and this one): their runs
@@ -34,6 +38,7 @@ BINS=""
 WORK=/tmp/blockcast-spread
 RUN_TIMEOUT=120
 RENICE=0
+SEGMENT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE=$2; shift 2 ;;
@@ -46,7 +51,8 @@ while [ $# -gt 0 ]; do
     --work) WORK=$2; shift 2 ;;
     --run-timeout) RUN_TIMEOUT=$2; shift 2 ;;
     --renice) RENICE=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --segment) SEGMENT=1; shift ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -106,6 +112,7 @@ setup_host() {  # name ip hub-port
   ip netns exec "$ns" sysctl -qw net.core.rmem_max=67108864 net.core.wmem_max=67108864 2>/dev/null || true
 }
 setup_host srv "$SRV_IP" q-srv
+[ "$SEGMENT" = 0 ] || ip -n "$P-srv" link set veth0 gso_max_segs 1
 for i in $(seq 1 $MAXN); do setup_host "r$i" "$(rip "$i")" "q-r$i"; done
 for k in rmem_max wmem_max; do
   v=$(sysctl -n net.core.$k)
@@ -215,7 +222,7 @@ bi=0
 for bin in $BINS; do
   bi=$((bi + 1))
   echo
-  echo "Binary $bi: $bin. $(numfmt --to=iec "$BYTES"), $RUNS interleaved rounds, MTU $MTU, loss by nftables in each receiver namespace."
+  echo "Binary $bi: $bin. $(numfmt --to=iec "$BYTES"), $RUNS interleaved rounds, MTU $MTU, loss by nftables in each receiver namespace ($([ "$SEGMENT" = 1 ] && echo "per datagram: --segment" || echo "per GSO super-datagram"))."
   echo
   echo "| receivers | unit | loss | s min / median / max | GB/s per receiver min / median / max | slowest / median (GB/s) | repair units, median (max) | as % of units | socket drops, median | verified | lossy / lossless time |"
   echo "|---:|---:|---:|---|---|---:|---|---:|---:|---|---:|"

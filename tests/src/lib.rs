@@ -351,12 +351,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         };
         let addr = receiver_addr(i);
         let rx = Driven::new(Receiver::new(rcfg, store), hooks, addr);
-        // Receiver i's thread first stalls i/N of the way into the period (they take turns).
-        let first_stall = cfg
-            .receiver_limits
-            .and_then(|l| l.stalls)
-            .map(|(every, _)| start + every.mul_f64((i + 1) as f64 / cfg.receivers as f64));
-        let host = SimHost::Receiver(ReceiverHost::new(rx, cfg.receiver_limits, first_stall));
+        let stall = first_stall(cfg, start, i);
+        let host = SimHost::Receiver(ReceiverHost::new(rx, cfg.receiver_limits, stall));
         let id = net.add_host(host, &[addr], host_seed(cfg.seed, i));
         net.join(id, server);
         let start = cfg.late.iter().find(|(r, _)| *r == i).map(|(_, t)| *t);
@@ -396,6 +392,13 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 }
 
 /// Checks every expected receiver against the source and notes when the last finished.
+/// When receiver `i`'s thread first stalls ([`ReceiverLimits::stalls`]): `(i + 1) / N` of the
+/// way into the period, so that the receivers take turns.
+fn first_stall(cfg: &SimConfig, start: Instant, i: usize) -> Option<Instant> {
+    let (every, _) = cfg.receiver_limits?.stalls?;
+    Some(start + every.mul_f64((i + 1) as f64 / cfg.receivers.max(1) as f64))
+}
+
 fn check_receivers(
     cfg: &SimConfig,
     net: &Net<PlainHost>,
