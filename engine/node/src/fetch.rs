@@ -228,10 +228,8 @@ fn receive_grant(
     r
 }
 
-/// The receiver's configuration for one granted session.
-// SEAM (issue 14, resume): the receiver's resume options (preallocation, re-verifying what a
-// state file claims) are set here once `ReceiveConfig` has them; resuming itself needs nothing
-// more than receiving into the same staging directory again.
+/// The receiver's configuration for one granted session. Resuming needs nothing more than
+/// receiving into the same staging directory again.
 fn receive_config(
     cfg: &FetchConfig,
     group: std::net::SocketAddrV4,
@@ -260,6 +258,9 @@ fn receive_config(
         // The staging directory's state file was written by an earlier fetch of this very
         // content, after the blocks it names were synced.
         verify_existing: false,
+        // The staging directory is fetch's own: a file there that no state file names is
+        // not ours to write over.
+        overwrite: false,
     })
 }
 

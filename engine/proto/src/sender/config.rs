@@ -19,8 +19,9 @@ pub struct SenderConfig {
     /// Stripes the blocks are dealt into (one per sending core).
     pub stripes: u16,
     /// Pacing: datagram bytes per second on the group, first pass and repairs together
-    /// (with an external first pass, repairs get half of it while any are queued, and the
-    /// first pass the rest: [`Sender::first_pass_rate`](super::Sender::first_pass_rate)). With `rate_control` this is
+    /// (with an external first pass, the first pass yields half of it while repairs are
+    /// queued, and what they took lately otherwise; repairs are paced against the whole rate
+    /// less what the first pass sent: [`Sender::first_pass_rate`](super::Sender::first_pass_rate)). With `rate_control` this is
     /// where the automatic rate starts.
     pub rate: u64,
     /// `--rate auto`: follow congestion at the receivers within these bounds

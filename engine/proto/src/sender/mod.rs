@@ -224,14 +224,9 @@ impl<S: BlockSource> Sender<S> {
         let cfg_statement = cfg.statement;
         let numbering = BlockNumbering::new(&manifest);
         let blocks = numbering.total();
-        let own_rate = if cfg.external_first_pass {
-            cfg.rate / 2
-        } else {
-            cfg.rate
-        };
         Ok(Sender {
             split: cfg.split.clone().map(SplitState::new),
-            pacer: Pacer::new(own_rate, cfg.burst).with_quantum(cfg.pace_quantum),
+            pacer: Pacer::new(cfg.rate, cfg.burst).with_quantum(cfg.pace_quantum),
             auto_rate: cfg.rate_control.map(|l| {
                 AutoRate::new(RateControl::new(RateLimits {
                     start: cfg.rate,
@@ -411,6 +406,7 @@ impl<S: BlockSource> Sender<S> {
                 self.stats.receipt_bytes += bytes.len() as u64;
                 if self.authenticate(from, r.receiver, r.cookie) {
                     self.on_receipt(now, &r);
+                    self.on_rate_report(now, &r);
                 }
             }
             Packet::Priority(p) => {
@@ -641,6 +637,7 @@ impl<S: BlockSource> Sender<S> {
             .send_repair(now, buf)
             .or_else(|| self.send_first_pass(now, buf))?;
         self.pacer.spend(now, t.datagram_len());
+        self.log_sent(now);
         Some(t)
     }
 
