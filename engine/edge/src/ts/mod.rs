@@ -1,0 +1,10 @@
+//! MPEG transport streams: the packet view, PSI tables, H.264 picture kinds and the critical
+//! rendition built from them.
+
+pub mod h264;
+pub mod packet;
+pub mod psi;
+mod rendition;
+
+pub use packet::{TsPacket, PACKET_LEN};
+pub use rendition::{CriticalFilter, Rendition, RenditionConfig, RenditionError, RenditionStats};

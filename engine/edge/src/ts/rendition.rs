@@ -1,0 +1,463 @@
+//! The critical rendition: a valid transport stream holding only the video pictures that decode
+//! on their own (or, optionally, I and P pictures without B), fed and drained packet by packet.
+//!
+//! **What is kept.** PAT and PMT, every non-video PID (audio, subtitles, other tables) from the
+//! first kept picture on, and the video PES packets of kept pictures, byte for byte: their PES
+//! headers keep PTS and DTS, so a player shows the right time and seeks as in the full rendition.
+//! A dropped video packet that carried the PCR is replaced in place by an adaptation-field-only
+//! packet with the same PCR, so the clock keeps its cadence. Continuity counters are rewritten
+//! per PID over what goes out; duplicate packets and null packets are dropped.
+//!
+//! **Order and delay.** Packets leave in input order. The filter holds the packets that arrived
+//! since the current video PES began (one picture, and what is interleaved with it) until the
+//! next video PES starts and the picture's kind is known; [`RenditionConfig::max_held_bytes`]
+//! bounds that. Nothing leaves before the first kept picture: then the latest PAT and PMT go
+//! out, then the other PIDs' packets read since the PMT (audio that precedes the first key
+//! frame), then the picture, so a caller that has output knows the input is an H.264 transport stream (the
+//! HTTP layer can still choose its status code until then).
+//!
+//! **Unit of decision.** One video PES packet is one access unit (as muxers write H.264 in TS);
+//! a PES packet that holds several pictures is kept only if every slice in it qualifies.
+
+use super::h264::{classify_pes, Picture, PictureKind};
+use super::packet::PacketError;
+use super::packet::{
+    pcr_only_packet, set_continuity_counter, TsPacket, NULL_PID, PACKET_LEN, PAT_PID,
+};
+use super::psi::{first_program_map_pid, program_streams, SectionBuffer, STREAM_TYPE_H264};
+
+/// Which pictures the rendition keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rendition {
+    /// I pictures only (IDR, or every slice I or SI).
+    KeyFrames,
+    /// I and P pictures, no B picture. A P picture may refer to a B picture that is a reference
+    /// (B pyramids); after such a B picture is dropped, only I pictures are kept until the next
+    /// IDR picture, so every picture that goes out decodes.
+    NoBFrames,
+}
+
+/// How the filter runs.
+#[derive(Clone, Copy, Debug)]
+pub struct RenditionConfig {
+    /// Which pictures are kept.
+    pub rendition: Rendition,
+    /// The most bytes of input held while a picture's kind is unknown.
+    pub max_held_bytes: usize,
+    /// The most input bytes read before the PAT and PMT must have named an H.264 stream.
+    pub max_bytes_before_video: u64,
+}
+
+impl Default for RenditionConfig {
+    fn default() -> Self {
+        RenditionConfig {
+            rendition: Rendition::KeyFrames,
+            max_held_bytes: 32 << 20,
+            max_bytes_before_video: 8 << 20,
+        }
+    }
+}
+
+/// Why the input cannot give a critical rendition. After an error the filter gives the same
+/// error to every later call and no more output. The HTTP layer maps
+/// [`RenditionError::NotTransportStream`] to 415 and the others to 422.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenditionError {
+    /// A packet does not begin with the sync byte.
+    #[error("not an MPEG transport stream: no sync byte at offset {offset}")]
+    NotTransportStream {
+        /// Input offset of the packet.
+        offset: u64,
+    },
+    /// No PAT and PMT were found (within the configured bytes, or before the input ended).
+    #[error("the transport stream has no program map table")]
+    NoProgramMap,
+    /// The program carries no H.264 video; `stream_type` is its first stream's type, if any.
+    #[error("the transport stream has no H.264 video (first stream type {stream_type:?})")]
+    NoH264Video {
+        /// The first stream's `stream_type`.
+        stream_type: Option<u8>,
+    },
+    /// The input ended before any picture that decodes on its own.
+    #[error("the H.264 video has no key frame")]
+    NoKeyFrame,
+    /// One picture, with what is interleaved with it, exceeds `max_held_bytes`.
+    #[error("a video picture exceeds {limit} bytes")]
+    PictureTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+/// What the filter has done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenditionStats {
+    /// Input packets read.
+    pub packets_in: u64,
+    /// Packets written.
+    pub packets_out: u64,
+    /// Video pictures kept.
+    pub pictures_kept: u64,
+    /// Video pictures dropped.
+    pub pictures_dropped: u64,
+    /// Dropped packets whose PCR went out in a packet of its own.
+    pub pcr_packets: u64,
+    /// Packets dropped as damaged (transport error indicator, bad adaptation field).
+    pub damaged: u64,
+    /// Duplicate packets dropped.
+    pub duplicates: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Held {
+    Video([u8; PACKET_LEN]),
+    Other([u8; PACKET_LEN]),
+}
+
+/// The streaming filter. Feed the input with [`CriticalFilter::push`] in order, in chunks of
+/// any size, then call [`CriticalFilter::finish`] once.
+pub struct CriticalFilter {
+    config: RenditionConfig,
+    failed: Option<RenditionError>,
+    partial: Vec<u8>,
+    offset: u64,
+    pat: SectionBuffer,
+    pmt: Option<(u16, SectionBuffer)>,
+    video_pid: Option<u16>,
+    /// Before the first kept picture: the latest PAT and PMT packets.
+    pat_hold: Vec<[u8; PACKET_LEN]>,
+    pmt_hold: Vec<[u8; PACKET_LEN]>,
+    /// Packets since the current video PES began, in input order.
+    held: Vec<Held>,
+    /// The current video PES packet's bytes.
+    picture: Vec<u8>,
+    in_picture: bool,
+    started: bool,
+    intra_until_idr: bool,
+    last_counter_in: Vec<Option<u8>>,
+    next_counter_out: Vec<u8>,
+    stats: RenditionStats,
+}
+
+/// The most packets of one PSI table held before the first kept picture.
+const MAX_PSI_HOLD: usize = 8;
+
+impl CriticalFilter {
+    /// A filter that has read nothing.
+    pub fn new(config: RenditionConfig) -> Self {
+        CriticalFilter {
+            config,
+            failed: None,
+            partial: Vec::with_capacity(PACKET_LEN),
+            offset: 0,
+            pat: SectionBuffer::default(),
+            pmt: None,
+            video_pid: None,
+            pat_hold: Vec::new(),
+            pmt_hold: Vec::new(),
+            held: Vec::new(),
+            picture: Vec::new(),
+            in_picture: false,
+            started: false,
+            intra_until_idr: false,
+            last_counter_in: vec![None; 1 << 13],
+            next_counter_out: vec![0; 1 << 13],
+            stats: RenditionStats::default(),
+        }
+    }
+
+    /// What the filter has done so far.
+    pub fn stats(&self) -> RenditionStats {
+        self.stats
+    }
+
+    /// The PID of the H.264 stream, once the PMT has named it.
+    pub fn video_pid(&self) -> Option<u16> {
+        self.video_pid
+    }
+
+    /// Reads the next `input` bytes and appends whole output packets to `out`.
+    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), RenditionError> {
+        self.check()?;
+        if !self.partial.is_empty() {
+            let take = (PACKET_LEN - self.partial.len()).min(input.len());
+            self.partial.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if self.partial.len() < PACKET_LEN {
+                return Ok(());
+            }
+            let mut packet = [0; PACKET_LEN];
+            packet.copy_from_slice(&self.partial);
+            self.partial.clear();
+            self.record(|filter| filter.handle_packet(&packet, out))?;
+        }
+        let mut packets = input.chunks_exact(PACKET_LEN);
+        for chunk in &mut packets {
+            let packet: &[u8; PACKET_LEN] =
+                chunk.try_into().expect("chunks_exact gives whole packets");
+            self.record(|filter| filter.handle_packet(packet, out))?;
+        }
+        self.partial.extend_from_slice(packets.remainder());
+        Ok(())
+    }
+
+    /// Ends the input: decides the last picture and writes what is left. A partial packet at
+    /// the end is dropped.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), RenditionError> {
+        self.check()?;
+        self.record(|filter| {
+            if filter.in_picture {
+                filter.end_picture(out);
+            }
+            match (filter.pmt.is_some(), filter.video_pid, filter.started) {
+                (false, _, _) => Err(RenditionError::NoProgramMap),
+                (true, None, _) => Err(RenditionError::NoProgramMap),
+                (true, Some(_), false) => Err(RenditionError::NoKeyFrame),
+                (true, Some(_), true) => Ok(()),
+            }
+        })
+    }
+
+    fn check(&self) -> Result<(), RenditionError> {
+        self.failed.map_or(Ok(()), Err)
+    }
+
+    fn record(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<(), RenditionError>,
+    ) -> Result<(), RenditionError> {
+        let result = step(self);
+        if let Err(error) = result {
+            self.failed = Some(error);
+            self.held.clear();
+            self.picture.clear();
+        }
+        result
+    }
+
+    fn handle_packet(
+        &mut self,
+        bytes: &[u8; PACKET_LEN],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RenditionError> {
+        let offset = self.offset;
+        self.offset += PACKET_LEN as u64;
+        self.stats.packets_in += 1;
+        let packet = match TsPacket::new_checked(bytes) {
+            Ok(packet) if !packet.transport_error() => packet,
+            Err(PacketError::Sync) => return Err(RenditionError::NotTransportStream { offset }),
+            Ok(_) | Err(PacketError::Malformed) => {
+                self.stats.damaged += 1;
+                return Ok(());
+            }
+        };
+        if packet.pid() == NULL_PID || self.is_duplicate(&packet) {
+            return Ok(());
+        }
+        if packet.pid() == PAT_PID {
+            self.handle_pat(&packet);
+            self.handle_psi_packet(&packet, out);
+        } else if self
+            .pmt
+            .as_ref()
+            .is_some_and(|(pid, _)| *pid == packet.pid())
+        {
+            self.handle_pmt(&packet)?;
+            self.handle_psi_packet(&packet, out);
+        } else if Some(packet.pid()) == self.video_pid {
+            self.handle_video(&packet, out)?;
+        } else if self.started && !self.in_picture {
+            self.emit(*packet.bytes(), out);
+        } else if self.video_pid.is_some() {
+            self.hold(Held::Other(*packet.bytes()))?;
+        }
+        if self.video_pid.is_none() && self.offset > self.config.max_bytes_before_video {
+            return Err(RenditionError::NoProgramMap);
+        }
+        Ok(())
+    }
+
+    /// A packet with a payload and the same counter as the one before on its PID repeats it.
+    fn is_duplicate(&mut self, packet: &TsPacket) -> bool {
+        if !packet.has_payload() {
+            return false;
+        }
+        let last = &mut self.last_counter_in[usize::from(packet.pid())];
+        let duplicate = *last == Some(packet.continuity_counter()) && !packet.discontinuity();
+        *last = Some(packet.continuity_counter());
+        self.stats.duplicates += u64::from(duplicate);
+        duplicate
+    }
+
+    fn handle_pat(&mut self, packet: &TsPacket) {
+        let Some(section) = self.pat.push(packet.unit_start(), packet.payload()) else {
+            return;
+        };
+        let Some(pmt_pid) = first_program_map_pid(&section) else {
+            return;
+        };
+        if self.pmt.as_ref().is_none_or(|(pid, _)| *pid != pmt_pid) {
+            self.pmt = Some((pmt_pid, SectionBuffer::default()));
+            self.pmt_hold.clear();
+        }
+    }
+
+    fn handle_pmt(&mut self, packet: &TsPacket) -> Result<(), RenditionError> {
+        let Some((_, buffer)) = self.pmt.as_mut() else {
+            return Ok(());
+        };
+        let Some(section) = buffer.push(packet.unit_start(), packet.payload()) else {
+            return Ok(());
+        };
+        let Some(streams) = program_streams(&section) else {
+            return Ok(());
+        };
+        match streams
+            .iter()
+            .find(|stream| stream.stream_type == STREAM_TYPE_H264)
+        {
+            Some(video) if self.video_pid.is_none() => self.video_pid = Some(video.pid),
+            Some(_) => {}
+            None => {
+                let stream_type = streams.first().map(|stream| stream.stream_type);
+                return Err(RenditionError::NoH264Video { stream_type });
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_psi_packet(&mut self, packet: &TsPacket, out: &mut Vec<u8>) {
+        if self.started {
+            if self.in_picture {
+                self.held.push(Held::Other(*packet.bytes()));
+            } else {
+                self.emit(*packet.bytes(), out);
+            }
+            return;
+        }
+        let hold = if packet.pid() == PAT_PID {
+            &mut self.pat_hold
+        } else {
+            &mut self.pmt_hold
+        };
+        if packet.unit_start() {
+            hold.clear();
+        }
+        if hold.len() < MAX_PSI_HOLD {
+            hold.push(*packet.bytes());
+        }
+    }
+
+    fn handle_video(&mut self, packet: &TsPacket, out: &mut Vec<u8>) -> Result<(), RenditionError> {
+        if packet.unit_start() {
+            if self.in_picture {
+                self.end_picture(out);
+            }
+            self.in_picture = true;
+        }
+        if !self.in_picture {
+            return Ok(());
+        }
+        self.picture.extend_from_slice(packet.payload());
+        self.hold(Held::Video(*packet.bytes()))
+    }
+
+    fn hold(&mut self, entry: Held) -> Result<(), RenditionError> {
+        self.held.push(entry);
+        let limit = self.config.max_held_bytes;
+        if self.held.len() * PACKET_LEN > limit {
+            return Err(RenditionError::PictureTooLarge { limit });
+        }
+        Ok(())
+    }
+
+    /// Decides the current picture and writes what was held with it.
+    fn end_picture(&mut self, out: &mut Vec<u8>) {
+        let keep = self.keeps(classify_pes(&self.picture));
+        self.picture.clear();
+        self.in_picture = false;
+        if keep {
+            self.stats.pictures_kept += 1;
+        } else {
+            self.stats.pictures_dropped += 1;
+        }
+        if keep && !self.started {
+            self.started = true;
+            let psi: Vec<_> = self
+                .pat_hold
+                .drain(..)
+                .chain(self.pmt_hold.drain(..))
+                .collect();
+            for packet in psi {
+                self.emit(packet, out);
+            }
+        }
+        let mut held = std::mem::take(&mut self.held);
+        if self.started {
+            for entry in &held {
+                self.write_held(*entry, keep, out);
+            }
+            held.clear();
+        } else {
+            // Before the first kept picture the other PIDs wait for it (audio that precedes
+            // the first key frame still plays); the dropped picture's packets go.
+            held.retain(|entry| matches!(entry, Held::Other(_)));
+        }
+        self.held = held;
+    }
+
+    fn write_held(&mut self, entry: Held, keep: bool, out: &mut Vec<u8>) {
+        match entry {
+            Held::Other(packet) => self.emit(packet, out),
+            Held::Video(packet) if keep => self.emit(packet, out),
+            Held::Video(bytes) => {
+                let Ok(packet) = TsPacket::new_checked(&bytes) else {
+                    return;
+                };
+                if let Some(pcr) = packet.pcr() {
+                    let pid = packet.pid();
+                    let counter = self.next_counter_out[usize::from(pid)].wrapping_sub(1);
+                    self.stats.pcr_packets += 1;
+                    self.emit(
+                        pcr_only_packet(pid, counter, pcr, packet.discontinuity()),
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the rendition keeps a picture of this kind, here in the stream.
+    fn keeps(&mut self, picture: Picture) -> bool {
+        let kind = picture.kind;
+        if kind == PictureKind::Idr {
+            self.intra_until_idr = false;
+        }
+        match self.config.rendition {
+            Rendition::KeyFrames => kind.is_intra(),
+            Rendition::NoBFrames => match kind {
+                PictureKind::Idr | PictureKind::Intra => true,
+                PictureKind::Predicted => self.started && !self.intra_until_idr,
+                PictureKind::Bipredicted | PictureKind::Unknown => {
+                    self.intra_until_idr |= picture.reference;
+                    false
+                }
+            },
+        }
+    }
+
+    /// Writes one packet with its PID's next continuity counter.
+    fn emit(&mut self, mut packet: [u8; PACKET_LEN], out: &mut Vec<u8>) {
+        let pid = usize::from(u16::from_be_bytes([packet[1] & 0x1f, packet[2]]));
+        let next = &mut self.next_counter_out[pid];
+        if packet[3] & 0x10 != 0 {
+            set_continuity_counter(&mut packet, *next);
+            *next = (*next + 1) & 0x0f;
+        } else {
+            // No payload: the counter repeats the last one sent (§2.4.3.3).
+            set_continuity_counter(&mut packet, next.wrapping_sub(1));
+        }
+        self.stats.packets_out += 1;
+        out.extend_from_slice(&packet);
+    }
+}
