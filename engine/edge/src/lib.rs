@@ -9,4 +9,5 @@
 //! Pure library code: no sockets, threads or clock.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod ts;
