@@ -266,6 +266,40 @@ impl<K: Clone + Eq + Hash> S3Fifo<K> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any sequence of inserts, reads and removals keeps the books: the weight held is the
+        /// sum of the entries' weights and never above the capacity, every evicted key was held.
+        #[test]
+        fn arbitrary_operations_keep_the_books(
+            capacity in 0u64..500,
+            ops in proptest::collection::vec((0u8..3, 0u16..40, 1u64..120), 0..400),
+        ) {
+            let mut policy = S3Fifo::new(capacity);
+            let mut held = HashMap::new();
+            for (op, key, weight) in ops {
+                match op {
+                    0 => {
+                        held.remove(&key);
+                        held.insert(key, weight);
+                        for victim in policy.insert(key, weight) {
+                            proptest::prop_assert!(held.remove(&victim).is_some());
+                        }
+                    }
+                    1 => proptest::prop_assert_eq!(policy.touch(&key), held.contains_key(&key)),
+                    _ => proptest::prop_assert_eq!(policy.remove(&key), held.remove(&key).is_some()),
+                }
+                proptest::prop_assert!(policy.bytes() <= capacity);
+                proptest::prop_assert_eq!(policy.bytes(), held.values().sum::<u64>());
+                proptest::prop_assert_eq!(policy.len(), held.len());
+            }
+            while let Some(victim) = policy.evict() {
+                proptest::prop_assert!(held.remove(&victim).is_some());
+            }
+            proptest::prop_assert!(held.is_empty());
+            proptest::prop_assert_eq!(policy.bytes(), 0);
+        }
+    }
+
     #[test]
     fn the_weight_held_never_exceeds_the_capacity() {
         let mut policy = S3Fifo::new(1000);

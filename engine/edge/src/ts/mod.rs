@@ -8,3 +8,6 @@ mod rendition;
 
 pub use packet::{TsPacket, PACKET_LEN};
 pub use rendition::{CriticalFilter, Rendition, RenditionConfig, RenditionError, RenditionStats};
+
+#[cfg(test)]
+pub(crate) mod testing;

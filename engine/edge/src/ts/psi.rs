@@ -6,7 +6,7 @@ use crc::{Crc, CRC_32_MPEG_2};
 /// The longest PAT or PMT section (§2.4.4.4: `section_length` at most 1021, plus 3).
 const MAX_SECTION: usize = 1024;
 /// A section's CRC, over the whole section including its last four bytes, leaves no remainder.
-const SECTION_CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_MPEG_2);
+pub(crate) const SECTION_CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_MPEG_2);
 
 /// H.264 video (Rec. ITU-T H.222.0 Table 2-34).
 pub const STREAM_TYPE_H264: u8 = 0x1b;
@@ -135,6 +135,24 @@ mod tests {
             0x1b, 0xe1, 0x00, 0xf0, 0x00, // H.264 on 0x100
             0x0f, 0xe1, 0x01, 0xf0, 0x02, 0x0a, 0x00, // AAC on 0x101, a 2-byte descriptor
         ])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_payloads_never_panic(
+            payloads in proptest::collection::vec((proptest::bool::ANY, proptest::collection::vec(0u8.., 0..184)), 0..20),
+        ) {
+            let mut buffer = SectionBuffer::default();
+            for (start, payload) in &payloads {
+                if let Some(section) = buffer.push(*start, payload) {
+                    proptest::prop_assert!(section.len() <= MAX_SECTION);
+                    let _ = first_program_map_pid(&section);
+                    let _ = program_streams(&section);
+                }
+                let _ = program_streams(payload);
+                let _ = first_program_map_pid(payload);
+            }
+        }
     }
 
     #[test]

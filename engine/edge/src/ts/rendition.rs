@@ -461,3 +461,225 @@ impl CriticalFilter {
         out.extend_from_slice(&packet);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    fn run(
+        rendition: Rendition,
+        packets: &[[u8; PACKET_LEN]],
+    ) -> (Result<Vec<u8>, RenditionError>, RenditionStats) {
+        let mut filter = CriticalFilter::new(RenditionConfig {
+            rendition,
+            ..RenditionConfig::default()
+        });
+        let mut out = Vec::new();
+        let result = packets
+            .iter()
+            .try_for_each(|packet| filter.push(packet, &mut out))
+            .and_then(|()| filter.finish(&mut out));
+        (result.map(|()| out), filter.stats())
+    }
+
+    #[test]
+    fn nothing_goes_out_before_the_first_key_frame_and_then_the_tables_lead() {
+        let input = [
+            pat(0),
+            pmt(0, 0x1b),
+            audio(0),
+            picture(0, false, P),
+            audio(1),
+            picture(1, false, IDR),
+            audio(2),
+            picture(2, true, P),
+            picture(3, false, B),
+        ];
+        let (out, stats) = run(Rendition::KeyFrames, &input);
+        let out = out.unwrap();
+        let expected = [
+            (0, true),
+            (PMT_PID, true),
+            (AUDIO_PID, true),
+            (AUDIO_PID, true),
+            (VIDEO_PID, true),
+            (AUDIO_PID, true),
+            // The dropped P picture carried the PCR: it goes out alone.
+            (VIDEO_PID, false),
+        ];
+        assert_eq!(pids(&out), expected);
+        assert_eq!(
+            (
+                stats.pictures_kept,
+                stats.pictures_dropped,
+                stats.pcr_packets
+            ),
+            (1, 3, 1)
+        );
+        // Counters restart from 0 per PID and the PCR-only packet repeats the video's.
+        let counters: Vec<u8> = out
+            .chunks_exact(PACKET_LEN)
+            .map(|packet| packet[3] & 0x0f)
+            .collect();
+        assert_eq!(counters, [0, 0, 0, 1, 0, 2, 0]);
+        assert_eq!(
+            &out[4 * PACKET_LEN..5 * PACKET_LEN],
+            &picture(0, false, IDR)[..]
+        );
+    }
+
+    #[test]
+    fn a_repeated_packet_goes_out_once() {
+        let input = [
+            pat(0),
+            pmt(0, 0x1b),
+            picture(0, false, IDR),
+            audio(5),
+            audio(5),
+            audio(6),
+        ];
+        let (out, stats) = run(Rendition::KeyFrames, &input);
+        let audio = pids(&out.unwrap())
+            .iter()
+            .filter(|(pid, _)| *pid == AUDIO_PID)
+            .count();
+        assert_eq!((audio, stats.duplicates), (2, 1));
+    }
+
+    #[test]
+    fn without_b_the_p_pictures_stay_until_a_reference_b_is_dropped_then_wait_for_an_idr() {
+        let pictures = [IDR, P, B, P, B_REFERENCE, P, INTRA, P, IDR, P];
+        let mut input = vec![pat(0), pmt(0, 0x1b)];
+        input.extend(
+            pictures
+                .iter()
+                .enumerate()
+                .map(|(at, slice)| picture(at as u8, false, slice)),
+        );
+        let (out, stats) = run(Rendition::NoBFrames, &input);
+        let video: Vec<_> = out
+            .unwrap()
+            .chunks_exact(PACKET_LEN)
+            .skip(2)
+            .map(|packet| packet[9..].to_vec())
+            .collect();
+        let kept: Vec<&[u8]> = [IDR, P, P, INTRA, IDR, P].to_vec();
+        assert_eq!(video.len(), kept.len());
+        for (packet, slice) in video.iter().zip(kept) {
+            assert!(packet.ends_with(slice));
+        }
+        assert_eq!((stats.pictures_kept, stats.pictures_dropped), (6, 4));
+    }
+
+    #[test]
+    fn a_program_without_h264_is_refused_as_soon_as_its_pmt_is_read() {
+        let mut filter = CriticalFilter::new(RenditionConfig::default());
+        let mut out = Vec::new();
+        filter.push(&pat(0), &mut out).unwrap();
+        // 0x24: H.265.
+        let error = RenditionError::NoH264Video {
+            stream_type: Some(0x24),
+        };
+        assert_eq!(filter.push(&pmt(0, 0x24), &mut out), Err(error));
+        assert_eq!(filter.push(&audio(0), &mut out), Err(error));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_picture_past_the_bound_is_an_error_and_without_key_frames_there_is_nothing() {
+        let config = RenditionConfig {
+            max_held_bytes: 3 * PACKET_LEN,
+            ..RenditionConfig::default()
+        };
+        let mut filter = CriticalFilter::new(config);
+        let mut out = Vec::new();
+        let mut input = vec![pat(0), pmt(0, 0x1b), picture(0, false, IDR)];
+        input.extend((1..4).map(|counter| packet(VIDEO_PID, false, counter, false, &[0; 184])));
+        let result = input
+            .iter()
+            .try_for_each(|packet| filter.push(packet, &mut out));
+        assert_eq!(
+            result,
+            Err(RenditionError::PictureTooLarge {
+                limit: 3 * PACKET_LEN
+            })
+        );
+
+        let (out, _) = run(
+            Rendition::KeyFrames,
+            &[pat(0), pmt(0, 0x1b), picture(0, false, P)],
+        );
+        assert_eq!(out, Err(RenditionError::NoKeyFrame));
+    }
+
+    #[test]
+    fn input_split_anywhere_gives_the_same_output() {
+        let input: Vec<u8> = [
+            pat(0),
+            pmt(0, 0x1b),
+            picture(0, true, IDR),
+            audio(0),
+            picture(1, true, P),
+        ]
+        .concat();
+        let (whole, _) = run(Rendition::KeyFrames, &[]);
+        assert_eq!(whole, Err(RenditionError::NoProgramMap));
+        let mut expected = None;
+        for chunk in [1, 7, 187, 188, 189, 1000] {
+            let mut filter = CriticalFilter::new(RenditionConfig::default());
+            let mut out = Vec::new();
+            for piece in input.chunks(chunk) {
+                filter.push(piece, &mut out).unwrap();
+            }
+            filter.finish(&mut out).unwrap();
+            assert_eq!(out.len(), 5 * PACKET_LEN);
+            assert_eq!(
+                expected.get_or_insert_with(|| out.clone()),
+                &out,
+                "chunks of {chunk}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod never_panics {
+    use super::super::testing::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary packets after a valid PAT and PMT (sync bytes in place, everything else
+        /// random) never panic, and whatever goes out is whole packets.
+        #[test]
+        fn arbitrary_packets_never_panic(bodies in proptest::collection::vec(any::<[u8; 32]>(), 0..200), seed in any::<u64>()) {
+            let mut filter = CriticalFilter::new(RenditionConfig::default());
+            let mut out = Vec::new();
+            let mut input = [pat(0), pmt(0, 0x1b)].concat();
+            for (at, body) in bodies.iter().enumerate() {
+                let mut packet = [0u8; PACKET_LEN];
+                for (index, byte) in packet.iter_mut().enumerate() {
+                    *byte = body[index % 32] ^ (seed >> (index % 8 * 8)) as u8 ^ at as u8;
+                }
+                packet[0] = 0x47;
+                // Most on the video PID, so pictures are assembled and classified.
+                if body[0] & 1 == 0 {
+                    packet[1] = (packet[1] & 0xe0) | 0x01;
+                    packet[2] = 0x00;
+                }
+                input.extend_from_slice(&packet);
+            }
+            let _ = filter.push(&input, &mut out).and_then(|()| filter.finish(&mut out));
+            prop_assert_eq!(out.len() % PACKET_LEN, 0);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4000)) {
+            let mut filter = CriticalFilter::new(RenditionConfig::default());
+            let mut out = Vec::new();
+            let _ = filter.push(&bytes, &mut out).and_then(|()| filter.finish(&mut out));
+            prop_assert_eq!(out.len() % PACKET_LEN, 0);
+        }
+    }
+}
