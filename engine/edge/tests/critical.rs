@@ -1,6 +1,6 @@
 //! The critical rendition of clips made by ffmpeg, checked by ffprobe and ffmpeg's decoder.
 //!
-//! Needs `ffmpeg` with libx264 and `ffprobe` (.ci/run installs ffmpeg). Without them the tests
+//! Needs `ffmpeg` with libx264 and libx265 and `ffprobe` (.ci/run installs ffmpeg). Without them the tests
 //! print why and pass off CI; under `CI=true` they fail instead.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +22,23 @@ fn have_ffmpeg() -> bool {
             "CI needs ffmpeg with libx264 and ffprobe"
         );
         eprintln!("skipped: ffmpeg with libx264 and ffprobe are needed");
+    }
+    ok
+}
+
+/// Whether ffmpeg has `encoder`; `false` (with the reason printed) off CI.
+fn have_encoder(encoder: &str) -> bool {
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-encoders"])
+        .output()
+        .unwrap();
+    let ok = String::from_utf8_lossy(&out.stdout).contains(encoder);
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs ffmpeg with {encoder}"
+        );
+        eprintln!("skipped: ffmpeg has no {encoder}");
     }
     ok
 }
@@ -215,6 +232,33 @@ fn the_no_b_rendition_holds_i_and_p_pictures_and_decodes_cleanly() {
 }
 
 #[test]
+fn the_key_frame_rendition_of_h265_holds_only_irap_pictures_and_decodes_cleanly() {
+    if !have_ffmpeg() || !have_encoder("libx265") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        "log-level=error:keyint=25:bframes=2",
+    ];
+    let clip = make_clip(dir.path(), "hevc.ts", &args);
+    let full = video_frames(&clip);
+    assert!(full.iter().any(|(_, kind)| kind == "B") && full.iter().any(|(_, kind)| kind == "P"));
+    for rendition in [Rendition::KeyFrames, Rendition::NoBFrames] {
+        let out = rendition_of(dir.path(), &clip, rendition);
+        let frames = video_frames(&out);
+        assert_eq!(frames.len(), 10, "{rendition:?}: {frames:?}");
+        assert!(frames.iter().all(|(_, kind)| kind == "I"), "{frames:?}");
+        assert_eq!(decode_errors(&out), "");
+        assert_eq!(frames[0].0, full[0].0);
+    }
+}
+
+#[test]
 fn a_transport_stream_without_h264_is_refused() {
     if !have_ffmpeg() {
         return;
@@ -225,7 +269,7 @@ fn a_transport_stream_without_h264_is_refused() {
     // 0x02: MPEG-2 video.
     assert_eq!(
         result,
-        Err(RenditionError::NoH264Video {
+        Err(RenditionError::NoSupportedVideo {
             stream_type: Some(0x02)
         })
     );

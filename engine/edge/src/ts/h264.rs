@@ -16,6 +16,8 @@ pub enum PictureKind {
     Predicted,
     /// Some slice is B.
     Bipredicted,
+    /// Refers to other pictures, P or B not read (H.265 pictures that are not IRAP).
+    Inter,
     /// No slice, or a slice header that does not parse.
     Unknown,
 }
@@ -71,11 +73,12 @@ pub fn classify_pes(pes: &[u8]) -> Picture {
 }
 
 /// The picture kind of two slices of one picture.
-fn merge(a: PictureKind, b: PictureKind) -> PictureKind {
+pub(crate) fn merge(a: PictureKind, b: PictureKind) -> PictureKind {
     use PictureKind::*;
     match (a, b) {
         (Unknown, _) | (_, Unknown) => Unknown,
         (Bipredicted, _) | (_, Bipredicted) => Bipredicted,
+        (Inter, _) | (_, Inter) => Inter,
         (Predicted, _) | (_, Predicted) => Predicted,
         (Idr, _) | (_, Idr) => Idr,
         (Intra, Intra) => Intra,
@@ -83,7 +86,7 @@ fn merge(a: PictureKind, b: PictureKind) -> PictureKind {
 }
 
 /// The elementary stream bytes of a PES packet with the optional header (§2.4.3.6).
-fn pes_payload(pes: &[u8]) -> Option<&[u8]> {
+pub(crate) fn pes_payload(pes: &[u8]) -> Option<&[u8]> {
     if pes.get(..3)? != [0, 0, 1] {
         return None;
     }
@@ -93,7 +96,7 @@ fn pes_payload(pes: &[u8]) -> Option<&[u8]> {
 
 /// The NAL units of an Annex B byte stream (start codes removed; trailing zero bytes of a
 /// four-byte start code stay on the previous unit, which slice parsing never reaches).
-fn nal_units(es: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn nal_units(es: &[u8]) -> impl Iterator<Item = &[u8]> {
     let starts: Vec<usize> = memmem::find_iter(es, &[0, 0, 1]).map(|at| at + 3).collect();
     let ends: Vec<usize> = starts
         .iter()

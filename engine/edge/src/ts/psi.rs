@@ -10,6 +10,8 @@ pub(crate) const SECTION_CRC: Crc<u32> = Crc::<u32>::new(&CRC_32_MPEG_2);
 
 /// H.264 video (Rec. ITU-T H.222.0 Table 2-34).
 pub const STREAM_TYPE_H264: u8 = 0x1b;
+/// H.265 video.
+pub const STREAM_TYPE_H265: u8 = 0x24;
 
 /// Collects one PID's payloads into whole sections.
 #[derive(Debug, Default)]

@@ -1,5 +1,6 @@
 //! The critical rendition: a valid transport stream holding only the video pictures that decode
 //! on their own (or, optionally, I and P pictures without B), fed and drained packet by packet.
+//! The video is the first H.264 stream of the first program, or else its first H.265 stream.
 //!
 //! **What is kept.** PAT and PMT, every non-video PID (audio, subtitles, other tables) from the
 //! first kept picture on, and the video PES packets of kept pictures, byte for byte: their PES
@@ -19,21 +20,34 @@
 //! **Unit of decision.** One video PES packet is one access unit (as muxers write H.264 in TS);
 //! a PES packet that holds several pictures is kept only if every slice in it qualifies.
 
-use super::h264::{classify_pes, Picture, PictureKind};
+use super::h264::{self, Picture, PictureKind};
+use super::h265;
 use super::packet::PacketError;
 use super::packet::{
     pcr_only_packet, set_continuity_counter, TsPacket, NULL_PID, PACKET_LEN, PAT_PID,
 };
-use super::psi::{first_program_map_pid, program_streams, SectionBuffer, STREAM_TYPE_H264};
+use super::psi::{
+    first_program_map_pid, program_streams, SectionBuffer, STREAM_TYPE_H264, STREAM_TYPE_H265,
+};
+
+/// The video codecs the rendition reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// H.264 (`stream_type` 0x1b), chosen when a program has both.
+    H264,
+    /// H.265 (`stream_type` 0x24).
+    H265,
+}
 
 /// Which pictures the rendition keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rendition {
-    /// I pictures only (IDR, or every slice I or SI).
+    /// I pictures only (H.264: IDR, or every slice I or SI; H.265: IRAP pictures).
     KeyFrames,
     /// I and P pictures, no B picture. A P picture may refer to a B picture that is a reference
     /// (B pyramids); after such a B picture is dropped, only I pictures are kept until the next
-    /// IDR picture, so every picture that goes out decodes.
+    /// IDR picture, so every picture that goes out decodes. H.265 pictures are not told apart
+    /// into P and B (see [`h265`]): there this is [`Rendition::KeyFrames`].
     NoBFrames,
 }
 
@@ -72,14 +86,17 @@ pub enum RenditionError {
     /// No PAT and PMT were found (within the configured bytes, or before the input ended).
     #[error("the transport stream has no program map table")]
     NoProgramMap,
-    /// The program carries no H.264 video; `stream_type` is its first stream's type, if any.
-    #[error("the transport stream has no H.264 video (first stream type {stream_type:?})")]
-    NoH264Video {
+    /// The program carries neither H.264 nor H.265 video; `stream_type` is its first stream's
+    /// type, if any.
+    #[error(
+        "the transport stream has no H.264 or H.265 video (first stream type {stream_type:?})"
+    )]
+    NoSupportedVideo {
         /// The first stream's `stream_type`.
         stream_type: Option<u8>,
     },
     /// The input ended before any picture that decodes on its own.
-    #[error("the H.264 video has no key frame")]
+    #[error("the video has no key frame")]
     NoKeyFrame,
     /// One picture, with what is interleaved with it, exceeds `max_held_bytes`.
     #[error("a video picture exceeds {limit} bytes")]
@@ -124,6 +141,7 @@ pub struct CriticalFilter {
     pat: SectionBuffer,
     pmt: Option<(u16, SectionBuffer)>,
     video_pid: Option<u16>,
+    codec: VideoCodec,
     /// Before the first kept picture: the latest PAT and PMT packets.
     pat_hold: Vec<[u8; PACKET_LEN]>,
     pmt_hold: Vec<[u8; PACKET_LEN]>,
@@ -153,6 +171,7 @@ impl CriticalFilter {
             pat: SectionBuffer::default(),
             pmt: None,
             video_pid: None,
+            codec: VideoCodec::H264,
             pat_hold: Vec::new(),
             pmt_hold: Vec::new(),
             held: Vec::new(),
@@ -171,9 +190,9 @@ impl CriticalFilter {
         self.stats
     }
 
-    /// The PID of the H.264 stream, once the PMT has named it.
-    pub fn video_pid(&self) -> Option<u16> {
-        self.video_pid
+    /// The PID and codec of the video stream, once the PMT has named it.
+    pub fn video(&self) -> Option<(u16, VideoCodec)> {
+        self.video_pid.map(|pid| (pid, self.codec))
     }
 
     /// Reads the next `input` bytes and appends whole output packets to `out`.
@@ -312,17 +331,24 @@ impl CriticalFilter {
         let Some(streams) = program_streams(&section) else {
             return Ok(());
         };
-        match streams
-            .iter()
-            .find(|stream| stream.stream_type == STREAM_TYPE_H264)
-        {
-            Some(video) if self.video_pid.is_none() => self.video_pid = Some(video.pid),
-            Some(_) => {}
-            None => {
-                let stream_type = streams.first().map(|stream| stream.stream_type);
-                return Err(RenditionError::NoH264Video { stream_type });
-            }
+        if self.video_pid.is_some() {
+            return Ok(());
         }
+        let find = |stream_type| {
+            streams
+                .iter()
+                .find(|stream| stream.stream_type == stream_type)
+        };
+        let (video, codec) = match (find(STREAM_TYPE_H264), find(STREAM_TYPE_H265)) {
+            (Some(video), _) => (video, VideoCodec::H264),
+            (None, Some(video)) => (video, VideoCodec::H265),
+            (None, None) => {
+                let stream_type = streams.first().map(|stream| stream.stream_type);
+                return Err(RenditionError::NoSupportedVideo { stream_type });
+            }
+        };
+        self.video_pid = Some(video.pid);
+        self.codec = codec;
         Ok(())
     }
 
@@ -373,7 +399,11 @@ impl CriticalFilter {
 
     /// Decides the current picture and writes what was held with it.
     fn end_picture(&mut self, out: &mut Vec<u8>) {
-        let keep = self.keeps(classify_pes(&self.picture));
+        let picture = match self.codec {
+            VideoCodec::H264 => h264::classify_pes(&self.picture),
+            VideoCodec::H265 => h265::classify_pes(&self.picture),
+        };
+        let keep = self.keeps(picture);
         self.picture.clear();
         self.in_picture = false;
         if keep {
@@ -438,7 +468,7 @@ impl CriticalFilter {
             Rendition::NoBFrames => match kind {
                 PictureKind::Idr | PictureKind::Intra => true,
                 PictureKind::Predicted => self.started && !self.intra_until_idr,
-                PictureKind::Bipredicted | PictureKind::Unknown => {
+                PictureKind::Bipredicted | PictureKind::Inter | PictureKind::Unknown => {
                     self.intra_until_idr |= picture.reference;
                     false
                 }
@@ -573,15 +603,20 @@ mod tests {
     }
 
     #[test]
-    fn a_program_without_h264_is_refused_as_soon_as_its_pmt_is_read() {
+    fn a_program_without_h264_or_h265_is_refused_as_soon_as_its_pmt_is_read() {
         let mut filter = CriticalFilter::new(RenditionConfig::default());
         let mut out = Vec::new();
         filter.push(&pat(0), &mut out).unwrap();
-        // 0x24: H.265.
-        let error = RenditionError::NoH264Video {
-            stream_type: Some(0x24),
+        filter.push(&pmt(0, 0x24), &mut out).unwrap();
+        assert_eq!(filter.video(), Some((VIDEO_PID, VideoCodec::H265)));
+
+        let mut filter = CriticalFilter::new(RenditionConfig::default());
+        filter.push(&pat(0), &mut out).unwrap();
+        // 0x02: MPEG-2 video.
+        let error = RenditionError::NoSupportedVideo {
+            stream_type: Some(0x02),
         };
-        assert_eq!(filter.push(&pmt(0, 0x24), &mut out), Err(error));
+        assert_eq!(filter.push(&pmt(0, 0x02), &mut out), Err(error));
         assert_eq!(filter.push(&audio(0), &mut out), Err(error));
         assert!(out.is_empty());
     }
