@@ -14,11 +14,14 @@
 //! next video PES starts and the picture's kind is known; [`RenditionConfig::max_held_bytes`]
 //! bounds that. Nothing leaves before the first kept picture: then the latest PAT and PMT go
 //! out, then the other PIDs' packets read since the PMT (audio that precedes the first key
-//! frame), then the picture, so a caller that has output knows the input is an H.264 transport stream (the
-//! HTTP layer can still choose its status code until then).
+//! frame; the last 1 MiB of them), then the picture. So a caller that has output knows the input is a transport stream
+//! with a key frame of a video it reads (the HTTP layer can still choose its status code until
+//! then).
 //!
 //! **Unit of decision.** One video PES packet is one access unit (as muxers write H.264 in TS);
 //! a PES packet that holds several pictures is kept only if every slice in it qualifies.
+
+use std::collections::VecDeque;
 
 use super::h264::{self, Picture, PictureKind};
 use super::h265;
@@ -145,6 +148,8 @@ pub struct CriticalFilter {
     /// Before the first kept picture: the latest PAT and PMT packets.
     pat_hold: Vec<[u8; PACKET_LEN]>,
     pmt_hold: Vec<[u8; PACKET_LEN]>,
+    /// Before the first kept picture: the latest other packets, at most [`MAX_EARLY_PACKETS`].
+    early: VecDeque<[u8; PACKET_LEN]>,
     /// Packets since the current video PES began, in input order.
     held: Vec<Held>,
     /// The current video PES packet's bytes.
@@ -159,6 +164,9 @@ pub struct CriticalFilter {
 
 /// The most packets of one PSI table held before the first kept picture.
 const MAX_PSI_HOLD: usize = 8;
+/// The most packets of other PIDs held before the first kept picture (1 MiB: the audio a muxer
+/// interleaves ahead of the video, not a whole stream without key frames).
+const MAX_EARLY_PACKETS: usize = (1 << 20) / PACKET_LEN;
 
 impl CriticalFilter {
     /// A filter that has read nothing.
@@ -174,6 +182,7 @@ impl CriticalFilter {
             codec: VideoCodec::H264,
             pat_hold: Vec::new(),
             pmt_hold: Vec::new(),
+            early: VecDeque::new(),
             held: Vec::new(),
             picture: Vec::new(),
             in_picture: false,
@@ -228,11 +237,10 @@ impl CriticalFilter {
             if filter.in_picture {
                 filter.end_picture(out);
             }
-            match (filter.pmt.is_some(), filter.video_pid, filter.started) {
-                (false, _, _) => Err(RenditionError::NoProgramMap),
-                (true, None, _) => Err(RenditionError::NoProgramMap),
-                (true, Some(_), false) => Err(RenditionError::NoKeyFrame),
-                (true, Some(_), true) => Ok(()),
+            match (filter.video_pid, filter.started) {
+                (None, _) => Err(RenditionError::NoProgramMap),
+                (Some(_), false) => Err(RenditionError::NoKeyFrame),
+                (Some(_), true) => Ok(()),
             }
         })
     }
@@ -249,6 +257,7 @@ impl CriticalFilter {
         if let Err(error) = result {
             self.failed = Some(error);
             self.held.clear();
+            self.early.clear();
             self.picture.clear();
         }
         result
@@ -285,10 +294,12 @@ impl CriticalFilter {
             self.handle_psi_packet(&packet, out);
         } else if Some(packet.pid()) == self.video_pid {
             self.handle_video(&packet, out)?;
-        } else if self.started && !self.in_picture {
+        } else if self.in_picture {
+            self.hold(Held::Other(*packet.bytes()))?;
+        } else if self.started {
             self.emit(*packet.bytes(), out);
         } else if self.video_pid.is_some() {
-            self.hold(Held::Other(*packet.bytes()))?;
+            self.keep_early(*packet.bytes());
         }
         if self.video_pid.is_none() && self.offset > self.config.max_bytes_before_video {
             return Err(RenditionError::NoProgramMap);
@@ -413,27 +424,35 @@ impl CriticalFilter {
         }
         if keep && !self.started {
             self.started = true;
-            let psi: Vec<_> = self
+            let early: Vec<_> = self
                 .pat_hold
                 .drain(..)
                 .chain(self.pmt_hold.drain(..))
                 .collect();
-            for packet in psi {
+            let early = early.into_iter().chain(std::mem::take(&mut self.early));
+            for packet in early {
                 self.emit(packet, out);
             }
         }
-        let mut held = std::mem::take(&mut self.held);
-        if self.started {
-            for entry in &held {
-                self.write_held(*entry, keep, out);
+        let held = std::mem::take(&mut self.held);
+        for entry in &held {
+            match entry {
+                _ if self.started => self.write_held(*entry, keep, out),
+                // Before the first kept picture the other PIDs wait for it (audio that
+                // precedes the first key frame still plays); the dropped picture goes.
+                Held::Other(packet) => self.keep_early(*packet),
+                Held::Video(_) => {}
             }
-            held.clear();
-        } else {
-            // Before the first kept picture the other PIDs wait for it (audio that precedes
-            // the first key frame still plays); the dropped picture's packets go.
-            held.retain(|entry| matches!(entry, Held::Other(_)));
         }
         self.held = held;
+        self.held.clear();
+    }
+
+    fn keep_early(&mut self, packet: [u8; PACKET_LEN]) {
+        if self.early.len() == MAX_EARLY_PACKETS {
+            self.early.pop_front();
+        }
+        self.early.push_back(packet);
     }
 
     fn write_held(&mut self, entry: Held, keep: bool, out: &mut Vec<u8>) {
@@ -557,6 +576,21 @@ mod tests {
             &out[4 * PACKET_LEN..5 * PACKET_LEN],
             &picture(0, false, IDR)[..]
         );
+    }
+
+    #[test]
+    fn a_long_stretch_without_key_frames_keeps_only_the_latest_early_packets() {
+        let mut input = vec![pat(0), pmt(0, 0x1b), picture(0, false, P)];
+        input.extend((0..2 * MAX_EARLY_PACKETS).map(|at| audio(at as u8 & 0x0f)));
+        input.push(picture(1, false, P));
+        input.extend((0..2 * MAX_EARLY_PACKETS).map(|at| audio(at as u8 & 0x0f)));
+        let (out, _) = run(Rendition::KeyFrames, &input);
+        assert_eq!(out, Err(RenditionError::NoKeyFrame));
+
+        input.push(picture(2, false, IDR));
+        let (out, _) = run(Rendition::KeyFrames, &input);
+        // PAT, PMT, the latest early audio, the picture.
+        assert_eq!(out.unwrap().len(), (3 + MAX_EARLY_PACKETS) * PACKET_LEN);
     }
 
     #[test]
