@@ -197,6 +197,29 @@ fn the_key_frame_rendition_holds_only_i_pictures_decodes_cleanly_and_keeps_its_d
 }
 
 #[test]
+fn an_open_gop_clip_keeps_its_idr_pictures_and_decodes_cleanly() {
+    if !have_ffmpeg_with("libx264") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // x264's open GOP: one IDR picture, then I pictures that are not IDR (recovery points).
+    let args = [H264, &["-x264-params", "open-gop=1"]].concat();
+    let clip = make_clip(dir.path(), "clip.ts", &args);
+    let key_frames = video_frames(&clip)
+        .iter()
+        .filter(|(_, kind)| kind == "I")
+        .count();
+    assert_eq!(key_frames, 10);
+    let out = rendition_of(dir.path(), &clip, Rendition::KeyFrames);
+    let frames = video_frames(&out);
+    // The I pictures that are not IDR follow dropped reference pictures: keeping them would
+    // leave frame_num gaps (a broken stream), so only the IDR picture stays.
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert!(frames.iter().all(|(_, kind)| kind == "I"), "{frames:?}");
+    assert_eq!(decode_errors(&out), "");
+}
+
+#[test]
 fn the_no_b_rendition_holds_i_and_p_pictures_and_decodes_cleanly() {
     if !have_ffmpeg_with("libx264") {
         return;

@@ -45,11 +45,12 @@ pub enum VideoCodec {
 /// Which pictures the rendition keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rendition {
-    /// I pictures only (H.264: IDR, or every slice I or SI; H.265: IRAP pictures).
+    /// I pictures only. H.264: IDR pictures, and pictures whose slices are all I or SI when no
+    /// reference picture was dropped since the last IDR (see `keeps`); H.265: IRAP pictures.
     KeyFrames,
     /// I and P pictures, no B picture. A P picture may refer to a B picture that is a reference
-    /// (B pyramids); after such a B picture is dropped, only I pictures are kept until the next
-    /// IDR picture, so every picture that goes out decodes. H.265 pictures are not told apart
+    /// (B pyramids); after such a B picture is dropped, nothing is kept until the next random
+    /// access point, so every picture that goes out decodes. H.265 pictures are not told apart
     /// into P and B (see [`h265`]): there this is [`Rendition::KeyFrames`].
     NoBFrames,
 }
@@ -156,7 +157,8 @@ pub struct CriticalFilter {
     picture: Vec<u8>,
     in_picture: bool,
     started: bool,
-    intra_until_idr: bool,
+    /// A reference picture was dropped since the last random access point.
+    gap: bool,
     last_counter_in: Vec<Option<u8>>,
     next_counter_out: Vec<u8>,
     stats: RenditionStats,
@@ -187,7 +189,8 @@ impl CriticalFilter {
             picture: Vec::new(),
             in_picture: false,
             started: false,
-            intra_until_idr: false,
+            // Nothing before the input is there: the first kept picture is a random access point.
+            gap: true,
             last_counter_in: vec![None; 1 << 13],
             next_counter_out: vec![0; 1 << 13],
             stats: RenditionStats::default(),
@@ -477,22 +480,31 @@ impl CriticalFilter {
     }
 
     /// Whether the rendition keeps a picture of this kind, here in the stream.
+    ///
+    /// A picture is kept only while no reference picture has been dropped since the last
+    /// random access point (`gap`): a later picture may refer to the dropped one, and in H.264
+    /// its `frame_num` would be missing. A decoder fills such a gap with made-up frames whose
+    /// `frame_num`s wrap (4 bits at x264's defaults) onto the next kept picture's ("illegal
+    /// short term buffer state"), and the POC of the pictures after it is derived from the
+    /// wrong predecessor. So in H.264 a random access point is an IDR picture, and an I picture
+    /// that is not IDR is kept only with no gap before it; in H.265 every IRAP picture is one.
     fn keeps(&mut self, picture: Picture) -> bool {
         let kind = picture.kind;
-        if kind == PictureKind::Idr {
-            self.intra_until_idr = false;
+        let random_access = match self.codec {
+            VideoCodec::H264 => kind == PictureKind::Idr,
+            VideoCodec::H265 => kind.is_intra(),
+        };
+        if random_access {
+            self.gap = false;
+            return true;
         }
-        match self.config.rendition {
+        let wanted = match self.config.rendition {
             Rendition::KeyFrames => kind.is_intra(),
-            Rendition::NoBFrames => match kind {
-                PictureKind::Idr | PictureKind::Intra => true,
-                PictureKind::Predicted => self.started && !self.intra_until_idr,
-                PictureKind::Bipredicted | PictureKind::Inter | PictureKind::Unknown => {
-                    self.intra_until_idr |= picture.reference;
-                    false
-                }
-            },
-        }
+            Rendition::NoBFrames => matches!(kind, PictureKind::Intra | PictureKind::Predicted),
+        };
+        let keep = wanted && !self.gap;
+        self.gap |= !keep && picture.reference;
+        keep
     }
 
     /// Writes one packet with its PID's next continuity counter.
@@ -611,29 +623,54 @@ mod tests {
         assert_eq!((audio, stats.duplicates), (2, 1));
     }
 
-    #[test]
-    fn without_b_the_p_pictures_stay_until_a_reference_b_is_dropped_then_wait_for_an_idr() {
-        let pictures = [IDR, P, B, P, B_REFERENCE, P, INTRA, P, IDR, P];
+    /// The rendered pictures' slices, in order (PAT and PMT skipped).
+    fn kept_slices(out: &[u8]) -> Vec<Vec<u8>> {
+        out.chunks_exact(PACKET_LEN)
+            .skip(2)
+            .map(|packet| packet[PACKET_LEN - 6..].to_vec())
+            .collect()
+    }
+
+    fn render_pictures(rendition: Rendition, pictures: &[&[u8]]) -> (Vec<Vec<u8>>, RenditionStats) {
         let mut input = vec![pat(0), pmt(0, 0x1b)];
         input.extend(
             pictures
                 .iter()
                 .enumerate()
-                .map(|(at, slice)| picture(at as u8, false, slice)),
+                .map(|(at, slice)| picture(at as u8 & 0x0f, false, slice)),
         );
-        let (out, stats) = run(Rendition::NoBFrames, &input);
-        let video: Vec<_> = out
-            .unwrap()
-            .chunks_exact(PACKET_LEN)
-            .skip(2)
-            .map(|packet| packet[9..].to_vec())
+        let (out, stats) = run(rendition, &input);
+        (kept_slices(&out.unwrap()), stats)
+    }
+
+    fn tail(slice: &[u8]) -> Vec<u8> {
+        let mut pes = vec![0, 0, 1, 0xe0, 0, 0, 0x80, 0x00, 0x00];
+        pes.extend_from_slice(slice);
+        pes[pes.len() - 6..].to_vec()
+    }
+
+    #[test]
+    fn without_b_the_p_pictures_stay_until_a_reference_b_is_dropped_then_wait_for_an_idr() {
+        let pictures = [IDR, P, B, P, B_REFERENCE, P, INTRA, P, IDR, P];
+        let (kept, stats) = render_pictures(Rendition::NoBFrames, &pictures);
+        let expected: Vec<_> = [IDR, P, P, IDR, P]
+            .iter()
+            .map(|slice| tail(slice))
             .collect();
-        let kept: Vec<&[u8]> = [IDR, P, P, INTRA, IDR, P].to_vec();
-        assert_eq!(video.len(), kept.len());
-        for (packet, slice) in video.iter().zip(kept) {
-            assert!(packet.ends_with(slice));
-        }
-        assert_eq!((stats.pictures_kept, stats.pictures_dropped), (6, 4));
+        assert_eq!(kept, expected);
+        assert_eq!((stats.pictures_kept, stats.pictures_dropped), (5, 5));
+    }
+
+    #[test]
+    fn an_i_picture_that_is_not_idr_is_kept_only_with_no_dropped_reference_before_it() {
+        // Dropping the non-reference B leaves no gap; dropping the P does.
+        let pictures = [INTRA, IDR, B, INTRA, P, INTRA, IDR, INTRA];
+        let (kept, _) = render_pictures(Rendition::KeyFrames, &pictures);
+        let expected: Vec<_> = [IDR, INTRA, IDR, INTRA]
+            .iter()
+            .map(|slice| tail(slice))
+            .collect();
+        assert_eq!(kept, expected);
     }
 
     #[test]
