@@ -18,7 +18,7 @@ pub enum PictureKind {
     Bipredicted,
     /// Refers to other pictures, P or B not read (H.265 pictures that are not IRAP).
     Inter,
-    /// No slice, or a slice header that does not parse.
+    /// No slice, or a slice header that does not parse (taken as a reference picture).
     Unknown,
 }
 
@@ -44,9 +44,11 @@ const SLICE_PREFIX: usize = 24;
 
 /// Classifies one PES packet (header included) carrying H.264 in Annex B byte stream form.
 pub fn classify_pes(pes: &[u8]) -> Picture {
+    // What cannot be read may be referred to: dropping it ends what the rendition keeps until
+    // the next random access point.
     let unknown = Picture {
         kind: PictureKind::Unknown,
-        reference: false,
+        reference: true,
     };
     let Some(es) = pes_payload(pes) else {
         return unknown;
@@ -66,10 +68,7 @@ pub fn classify_pes(pes: &[u8]) -> Picture {
             Some(seen) => merge(seen, slice.kind),
         });
     }
-    Picture {
-        kind: kind.unwrap_or(PictureKind::Unknown),
-        reference,
-    }
+    kind.map_or(unknown, |kind| Picture { kind, reference })
 }
 
 /// The picture kind of two slices of one picture.
@@ -193,5 +192,7 @@ mod tests {
         assert_eq!(classify_pes(&pes(AUD_SPS)).kind, PictureKind::Unknown);
         assert_eq!(classify_pes(IDR).kind, PictureKind::Unknown);
         assert_eq!(classify_pes(&[]).kind, PictureKind::Unknown);
+        // What cannot be read is taken as a reference, so dropping it leaves a gap.
+        assert!(classify_pes(&pes(AUD_SPS)).reference);
     }
 }

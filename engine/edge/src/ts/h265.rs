@@ -7,9 +7,11 @@ use super::h264::{merge, nal_units, pes_payload, Picture, PictureKind};
 
 /// Classifies one PES packet (header included) carrying H.265 in Annex B byte stream form.
 pub fn classify_pes(pes: &[u8]) -> Picture {
+    // What cannot be read may be referred to: dropping it ends what the rendition keeps until
+    // the next random access point.
     let unknown = Picture {
         kind: PictureKind::Unknown,
-        reference: false,
+        reference: true,
     };
     let Some(es) = pes_payload(pes) else {
         return unknown;
@@ -35,10 +37,7 @@ pub fn classify_pes(pes: &[u8]) -> Picture {
         reference |= !(nal_type < 16 && nal_type % 2 == 0);
         kind = Some(kind.map_or(this, |seen| merge(seen, this)));
     }
-    Picture {
-        kind: kind.unwrap_or(PictureKind::Unknown),
-        reference,
-    }
+    kind.map_or(unknown, |kind| Picture { kind, reference })
 }
 
 #[cfg(test)]
