@@ -197,7 +197,7 @@ fn the_key_frame_rendition_holds_only_i_pictures_decodes_cleanly_and_keeps_its_d
 }
 
 #[test]
-fn an_open_gop_clip_keeps_its_idr_pictures_and_decodes_cleanly() {
+fn an_open_gop_clip_keeps_its_i_pictures_renumbered_and_decodes_cleanly() {
     if !have_ffmpeg_with("libx264") {
         return;
     }
@@ -205,18 +205,29 @@ fn an_open_gop_clip_keeps_its_idr_pictures_and_decodes_cleanly() {
     // x264's open GOP: one IDR picture, then I pictures that are not IDR (recovery points).
     let args = [H264, &["-x264-params", "open-gop=1"]].concat();
     let clip = make_clip(dir.path(), "clip.ts", &args);
-    let key_frames = video_frames(&clip)
+    let full = video_frames(&clip);
+    let key_frames: Vec<f64> = full
         .iter()
         .filter(|(_, kind)| kind == "I")
-        .count();
-    assert_eq!(key_frames, 10);
-    let out = rendition_of(dir.path(), &clip, Rendition::KeyFrames);
-    let frames = video_frames(&out);
-    // The I pictures that are not IDR follow dropped reference pictures: keeping them would
-    // leave frame_num gaps (a broken stream), so only the IDR picture stays.
-    assert_eq!(frames.len(), 1, "{frames:?}");
-    assert!(frames.iter().all(|(_, kind)| kind == "I"), "{frames:?}");
-    assert_eq!(decode_errors(&out), "");
+        .map(|(time, _)| *time)
+        .collect();
+    assert_eq!(key_frames.len(), 10);
+    for rendition in [Rendition::KeyFrames, Rendition::NoBFrames] {
+        let out = rendition_of(dir.path(), &clip, rendition);
+        let frames = video_frames(&out);
+        // Every I picture, at its time: those after dropped reference pictures renumbered.
+        let times: Vec<f64> = frames
+            .iter()
+            .filter(|(_, kind)| kind == "I")
+            .map(|(time, _)| *time)
+            .collect();
+        assert_eq!(times, key_frames, "{rendition:?}: {frames:?}");
+        assert!(
+            frames.iter().all(|(_, kind)| kind == "I" || kind == "P"),
+            "{frames:?}"
+        );
+        assert_eq!(decode_errors(&out), "", "{rendition:?}");
+    }
 }
 
 #[test]

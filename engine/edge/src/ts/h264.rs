@@ -86,27 +86,33 @@ pub(crate) fn merge(a: PictureKind, b: PictureKind) -> PictureKind {
 
 /// The elementary stream bytes of a PES packet with the optional header (§2.4.3.6).
 pub(crate) fn pes_payload(pes: &[u8]) -> Option<&[u8]> {
+    pes.get(pes_payload_start(pes)?..)
+}
+
+/// Where the elementary stream bytes of a PES packet begin.
+pub(crate) fn pes_payload_start(pes: &[u8]) -> Option<usize> {
     if pes.get(..3)? != [0, 0, 1] {
         return None;
     }
-    let header_len = usize::from(*pes.get(8)?);
-    pes.get(9 + header_len..)
+    let start = 9 + usize::from(*pes.get(8)?);
+    (start <= pes.len()).then_some(start)
 }
 
 /// The NAL units of an Annex B byte stream (start codes removed; trailing zero bytes of a
 /// four-byte start code stay on the previous unit, which slice parsing never reaches).
 pub(crate) fn nal_units(es: &[u8]) -> impl Iterator<Item = &[u8]> {
+    nal_ranges(es).into_iter().map(move |range| &es[range])
+}
+
+/// Where the NAL units of an Annex B byte stream lie in it (as [`nal_units`]).
+pub(crate) fn nal_ranges(es: &[u8]) -> Vec<std::ops::Range<usize>> {
     let starts: Vec<usize> = memmem::find_iter(es, &[0, 0, 1]).map(|at| at + 3).collect();
-    let ends: Vec<usize> = starts
-        .iter()
-        .skip(1)
-        .map(|next| next - 3)
-        .chain([es.len()])
-        .collect();
+    let ends = starts.iter().skip(1).map(|next| next - 3).chain([es.len()]);
     starts
-        .into_iter()
+        .iter()
         .zip(ends)
-        .map(move |(start, end)| &es[start..end.max(start)])
+        .map(|(&start, end)| start..end.max(start))
+        .collect()
 }
 
 /// `None` when the unit is not a slice; `Some(None)` when it is one whose header does not parse.

@@ -6,6 +6,7 @@ pub mod h265;
 pub mod packet;
 pub mod psi;
 mod rendition;
+mod renumber;
 
 pub use packet::{TsPacket, PACKET_LEN};
 pub use rendition::{

@@ -32,6 +32,7 @@ use super::packet::{
 use super::psi::{
     first_program_map_pid, program_streams, SectionBuffer, STREAM_TYPE_H264, STREAM_TYPE_H265,
 };
+use super::renumber::Renumbering;
 
 /// The video codecs the rendition reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +156,9 @@ pub struct CriticalFilter {
     held: Vec<Held>,
     /// The current video PES packet's bytes.
     picture: Vec<u8>,
+    /// Where they came from: (index in `held`, offset of the payload in that packet).
+    picture_parts: Vec<(usize, usize)>,
+    renumbering: Renumbering,
     in_picture: bool,
     started: bool,
     /// A reference picture was dropped since the last random access point.
@@ -187,6 +191,8 @@ impl CriticalFilter {
             early: VecDeque::new(),
             held: Vec::new(),
             picture: Vec::new(),
+            picture_parts: Vec::new(),
+            renumbering: Renumbering::default(),
             in_picture: false,
             started: false,
             // Nothing before the input is there: the first kept picture is a random access point.
@@ -398,6 +404,8 @@ impl CriticalFilter {
         if !self.in_picture {
             return Ok(());
         }
+        self.picture_parts
+            .push((self.held.len(), PACKET_LEN - packet.payload().len()));
         self.picture.extend_from_slice(packet.payload());
         self.hold(Held::Video(*packet.bytes()))
     }
@@ -417,8 +425,9 @@ impl CriticalFilter {
             VideoCodec::H264 => h264::classify_pes(&self.picture),
             VideoCodec::H265 => h265::classify_pes(&self.picture),
         };
-        let keep = self.keeps(picture);
+        let keep = self.decide(picture);
         self.picture.clear();
+        self.picture_parts.clear();
         self.in_picture = false;
         if keep {
             self.stats.pictures_kept += 1;
@@ -479,32 +488,59 @@ impl CriticalFilter {
         }
     }
 
-    /// Whether the rendition keeps a picture of this kind, here in the stream.
+    /// Whether the rendition keeps a picture of this kind, here in the stream (renumbering it
+    /// if it must).
     ///
-    /// A picture is kept only while no reference picture has been dropped since the last
-    /// random access point (`gap`): a later picture may refer to the dropped one, and in H.264
-    /// its `frame_num` would be missing. A decoder fills such a gap with made-up frames whose
-    /// `frame_num`s wrap (4 bits at x264's defaults) onto the next kept picture's ("illegal
-    /// short term buffer state"), and the POC of the pictures after it is derived from the
-    /// wrong predecessor. So in H.264 a random access point is an IDR picture, and an I picture
-    /// that is not IDR is kept only with no gap before it; in H.265 every IRAP picture is one.
-    fn keeps(&mut self, picture: Picture) -> bool {
+    /// A picture is kept as it is only while no reference picture has been dropped since the
+    /// last random access point (`gap`): a later picture may refer to the dropped one, and in
+    /// H.264 its `frame_num` would be missing. A decoder fills such a gap with made-up frames
+    /// whose `frame_num`s wrap (4 bits at x264's defaults) onto the next kept picture's
+    /// ("illegal short term buffer state"), and the POC of the pictures after it is derived from
+    /// the wrong predecessor. In H.264 a random access point is an IDR picture; an I picture
+    /// after a gap is kept only if it can be renumbered to close the gap ([`Renumbering`]). In
+    /// H.265 every IRAP picture is a random access point.
+    fn decide(&mut self, picture: Picture) -> bool {
         let kind = picture.kind;
-        let random_access = match self.codec {
-            VideoCodec::H264 => kind == PictureKind::Idr,
-            VideoCodec::H265 => kind.is_intra(),
+        let h264 = self.codec == VideoCodec::H264;
+        if h264 {
+            self.renumbering.handle_parameter_sets(&self.picture);
+        }
+        let random_access = if h264 {
+            kind == PictureKind::Idr
+        } else {
+            kind.is_intra()
         };
-        if random_access {
-            self.gap = false;
+        let wanted = random_access
+            || match self.config.rendition {
+                Rendition::KeyFrames => kind.is_intra(),
+                Rendition::NoBFrames => matches!(kind, PictureKind::Intra | PictureKind::Predicted),
+            };
+        if random_access || (wanted && !self.gap) {
+            self.gap &= !random_access;
+            if h264 {
+                self.renumbering
+                    .handle_kept(&self.picture, picture.reference);
+            }
             return true;
         }
-        let wanted = match self.config.rendition {
-            Rendition::KeyFrames => kind.is_intra(),
-            Rendition::NoBFrames => matches!(kind, PictureKind::Intra | PictureKind::Predicted),
-        };
-        let keep = wanted && !self.gap;
-        self.gap |= !keep && picture.reference;
-        keep
+        if wanted && h264 && kind.is_intra() && self.renumbering.renumber(&mut self.picture) {
+            self.write_back_picture();
+            return true;
+        }
+        self.gap |= picture.reference;
+        false
+    }
+
+    /// Copies the (renumbered) picture bytes back into the held packets they came from.
+    fn write_back_picture(&mut self) {
+        let mut at = 0;
+        for &(index, offset) in &self.picture_parts {
+            if let Some(Held::Video(packet)) = self.held.get_mut(index) {
+                let len = PACKET_LEN - offset;
+                packet[offset..].copy_from_slice(&self.picture[at..at + len]);
+                at += len;
+            }
+        }
     }
 
     /// Writes one packet with its PID's next continuity counter.
@@ -663,7 +699,9 @@ mod tests {
 
     #[test]
     fn an_i_picture_that_is_not_idr_is_kept_only_with_no_dropped_reference_before_it() {
-        // Dropping the non-reference B leaves no gap; dropping the P does.
+        // Dropping the non-reference B leaves no gap; dropping the P does. These pictures come
+        // with no SPS or PPS, so an I picture after the gap cannot be renumbered either
+        // (tests/critical.rs renumbers a real one).
         let pictures = [INTRA, IDR, B, INTRA, P, INTRA, IDR, INTRA];
         let (kept, _) = render_pictures(Rendition::KeyFrames, &pictures);
         let expected: Vec<_> = [IDR, INTRA, IDR, INTRA]
