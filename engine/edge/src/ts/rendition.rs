@@ -46,13 +46,14 @@ pub enum VideoCodec {
 /// Which pictures the rendition keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rendition {
-    /// I pictures only. H.264: IDR pictures, and pictures whose slices are all I or SI when no
-    /// reference picture was dropped since the last IDR (see `keeps`); H.265: IRAP pictures.
+    /// I pictures only. H.264: IDR pictures, and pictures whose slices are all I or SI, those
+    /// after a dropped reference picture renumbered (or dropped where they cannot be: see
+    /// `CriticalFilter::decide`); H.265: IRAP pictures.
     KeyFrames,
     /// I and P pictures, no B picture. A P picture may refer to a B picture that is a reference
-    /// (B pyramids); after such a B picture is dropped, nothing is kept until the next random
-    /// access point, so every picture that goes out decodes. H.265 pictures are not told apart
-    /// into P and B (see [`h265`]): there this is [`Rendition::KeyFrames`].
+    /// (B pyramids); after such a B picture is dropped, only I pictures are kept (renumbered)
+    /// until the next IDR picture, so every picture that goes out decodes. H.265 pictures are
+    /// not told apart into P and B (see [`h265`]): there this is [`Rendition::KeyFrames`].
     NoBFrames,
 }
 

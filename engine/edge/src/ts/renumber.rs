@@ -3,7 +3,7 @@
 //!
 //! After a dropped reference picture, the next kept I picture's `frame_num` would leave a gap
 //! and its `pic_order_cnt_lsb` would be read against the wrong predecessor (see
-//! `CriticalFilter::keeps`). Both are fixed-width fields near the start of the slice header
+//! `CriticalFilter::decide`). Both are fixed-width fields near the start of the slice header
 //! (Rec. ITU-T H.264 §7.3.3), their widths given by the SPS, so they can be rewritten in place:
 //! `frame_num` becomes the last kept reference picture's + 1 and `pic_order_cnt_lsb` its + 2.
 //! A picture is renumbered only when every slice can be: an I picture that is a reference, a
