@@ -342,6 +342,115 @@ impl Bits<'_> {
 mod tests {
     use super::*;
 
+    /// x264's SPS, PPS and the start of an IDR slice (320x240, High 4:4:4, log2_max_frame_num 4,
+    /// POC type 0 with 6-bit lsb).
+    const SPS: &str = "67f4000d919b28283f6022000003000200000300641e28532c";
+    const PPS: &str = "68ebe3c44844";
+    const IDR: &str = "658884003bfffef6fcfc0a6d";
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&text[at..at + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn pes(nals: &[Vec<u8>]) -> Vec<u8> {
+        let mut pes = vec![0, 0, 1, 0xe0, 0, 0, 0x80, 0x00, 0x00];
+        for nal in nals {
+            pes.extend_from_slice(&[0, 0, 0, 1]);
+            pes.extend_from_slice(nal);
+        }
+        pes
+    }
+
+    /// A slice NAL unit whose header is `bits` ('0' and '1', spaces ignored), padded with ones.
+    fn slice(header: u8, bits: &str) -> Vec<u8> {
+        let mut bits: Vec<bool> = bits
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| c == '1')
+            .collect();
+        bits.resize(bits.len().div_ceil(8) * 8 + 16, true);
+        let mut nal = vec![header];
+        nal.extend(
+            bits.chunks(8)
+                .map(|byte| byte.iter().fold(0u8, |acc, &bit| acc << 1 | u8::from(bit))),
+        );
+        nal
+    }
+
+    #[test]
+    fn an_i_picture_after_a_gap_follows_the_last_kept_reference_picture() {
+        let mut renumbering = Renumbering::default();
+        let idr = pes(&[hex(SPS), hex(PPS), hex(IDR)]);
+        renumbering.handle_parameter_sets(&idr);
+        renumbering.handle_kept(&idr, true);
+        assert_eq!(renumbering.last, Some((0, 0)));
+
+        // first_mb 0, slice_type 7 (I), pps 0, frame_num 5, POC lsb 50, no memory commands.
+        let intra = slice(0x41, "1 0001000 1 0101 110010 0");
+        let mut picture = pes(&[intra.clone(), intra]);
+        assert!(renumbering.renumber(&mut picture));
+        assert_eq!(renumbering.last, Some((1, 2)));
+        for range in slices(&picture) {
+            let numbers = renumbering.numbers(&picture[range]).unwrap();
+            assert_eq!(
+                (
+                    numbers.frame_num.value,
+                    numbers.poc_lsb.map(|poc| poc.value)
+                ),
+                (1, Some(2))
+            );
+        }
+        assert!(renumbering.renumber(&mut picture));
+        assert_eq!(renumbering.last, Some((2, 4)));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary slices after real parameter sets never panic, and a picture that is not
+        /// renumbered is left as it was.
+        #[test]
+        fn arbitrary_slices_never_panic(
+            slices in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 1..40), 1..4),
+        ) {
+            let mut renumbering = Renumbering::default();
+            let idr = pes(&[hex(SPS), hex(PPS), hex(IDR)]);
+            renumbering.handle_parameter_sets(&idr);
+            renumbering.handle_kept(&idr, true);
+            let mut picture = pes(&slices);
+            let before = picture.clone();
+            if !renumbering.renumber(&mut picture) {
+                proptest::prop_assert_eq!(&picture, &before);
+            }
+            renumbering.handle_parameter_sets(&before);
+            renumbering.handle_kept(&before, true);
+        }
+    }
+
+    #[test]
+    fn p_pictures_memory_commands_and_unknown_parameter_sets_are_not_renumbered() {
+        let mut renumbering = Renumbering::default();
+        let intra = slice(0x41, "1 0001000 1 0101 110010 0");
+        // No SPS or PPS seen yet.
+        assert!(!renumbering.renumber(&mut pes(&[intra.clone()])));
+        let idr = pes(&[hex(SPS), hex(PPS), hex(IDR)]);
+        renumbering.handle_parameter_sets(&idr);
+        renumbering.handle_kept(&idr, true);
+        let cases = [
+            slice(0x41, "1 00110 1 0101 110010"),     // slice_type 5: P
+            slice(0x41, "1 0001000 1 0101 110010 1"), // adaptive_ref_pic_marking_mode_flag
+            slice(0x01, "1 0001000 1 0101 110010"),   // nal_ref_idc 0: not a reference
+        ];
+        for case in cases {
+            let mut picture = pes(&[case]);
+            let before = picture.clone();
+            assert!(!renumbering.renumber(&mut picture));
+            assert_eq!(picture, before);
+        }
+        assert_eq!(renumbering.last, Some((0, 0)));
+    }
+
     #[test]
     fn exp_golomb_codes_and_fields_read_where_they_lie() {
         // ue 0 = 1, ue 3 = 00100, then a 4-bit field 1010.
