@@ -433,7 +433,7 @@ mod tests {
         let mut renumbering = Renumbering::default();
         let intra = slice(0x41, "1 0001000 1 0101 110010 0");
         // No SPS or PPS seen yet.
-        assert!(!renumbering.renumber(&mut pes(&[intra.clone()])));
+        assert!(!renumbering.renumber(&mut pes(&[intra])));
         let idr = pes(&[hex(SPS), hex(PPS), hex(IDR)]);
         renumbering.handle_parameter_sets(&idr);
         renumbering.handle_kept(&idr, true);
