@@ -46,6 +46,23 @@ pub enum Load {
     Corrupt,
 }
 
+/// A read of one block file that touches no cache state.
+#[derive(Clone, Debug)]
+pub struct DiskRead {
+    path: PathBuf,
+}
+
+impl DiskRead {
+    /// Reads the file and checks it against `hash` (the block's BLAKE3 from the manifest).
+    pub fn read(&self, hash: &blake3::Hash) -> Load {
+        match fs::read(&self.path) {
+            Ok(bytes) if blake3::hash(&bytes) == *hash => Load::Hit(bytes),
+            Ok(_) => Load::Corrupt,
+            Err(_) => Load::Miss,
+        }
+    }
+}
+
 /// Block files in one directory under one byte budget.
 #[derive(Debug)]
 pub struct DiskTier {
@@ -146,21 +163,41 @@ impl DiskTier {
 
     /// Reads a block back and checks it against `hash`; a block that does not match is deleted.
     pub fn load(&mut self, key: &BlockKey, hash: &blake3::Hash) -> Load {
-        if !self.policy.contains(key) {
-            return Load::Miss;
-        }
-        let Ok(bytes) = fs::read(self.path(key)) else {
-            self.policy.remove(key);
+        let Some(read) = self.begin_read(key) else {
             return Load::Miss;
         };
-        if blake3::hash(&bytes) != *hash {
-            self.stats.corrupt += 1;
-            self.policy.remove(key);
-            let _ = fs::remove_file(self.path(key));
-            return Load::Corrupt;
+        let load = read.read(hash);
+        self.finish_read(key, &load);
+        load
+    }
+
+    /// The read to do for a held block, which needs nothing of the tier (so the node can do it
+    /// outside the cache's lock); hand what it finds to [`DiskTier::finish_read`].
+    pub fn begin_read(&self, key: &BlockKey) -> Option<DiskRead> {
+        self.policy.contains(key).then(|| DiskRead {
+            path: self.path(key),
+        })
+    }
+
+    /// Records what a read found: a verified block counts as a use, a missing file is forgotten,
+    /// a corrupt one is deleted. A block evicted while it was being read stays evicted; one
+    /// evicted and written again meanwhile may be deleted with the corrupt copy (a cache may
+    /// lose a block, never serve a bad one).
+    pub fn finish_read(&mut self, key: &BlockKey, load: &Load) {
+        match load {
+            Load::Hit(_) => {
+                self.policy.touch(key);
+            }
+            Load::Miss => {
+                self.policy.remove(key);
+            }
+            Load::Corrupt => {
+                self.stats.corrupt += 1;
+                if self.policy.remove(key) {
+                    let _ = fs::remove_file(self.path(key));
+                }
+            }
         }
-        self.policy.touch(key);
-        Load::Hit(bytes)
     }
 
     /// The file holding `key`.

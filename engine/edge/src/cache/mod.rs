@@ -13,7 +13,9 @@
 //! the block index), so the disk index needs no session state to survive a restart.
 //!
 //! The controller is single-threaded (`&mut self`); the node shares it behind a lock or shards
-//! it by key. Writes to disk happen in the caller's thread.
+//! it by key. A lookup can leave its disk read and hash check outside that lock
+//! ([`BlockCache::lookup`], [`DiskRead::read`], [`BlockCache::finish_read`]). Writes to disk
+//! happen in the caller's thread.
 
 pub mod disk;
 pub mod s3fifo;
@@ -22,7 +24,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use disk::{DiskStats, DiskTier, Load};
+pub use disk::{DiskRead, Load};
+use disk::{DiskStats, DiskTier};
 use s3fifo::S3Fifo;
 
 /// An object's identity in the cache: its whole-object BLAKE3 hash from the manifest.
@@ -71,6 +74,17 @@ pub enum Tier {
     Ram,
     /// The disk tier (the block is in RAM again now).
     Disk,
+}
+
+/// Where a lookup found a block.
+#[derive(Debug)]
+pub enum Lookup {
+    /// In RAM: here it is.
+    Ram(Arc<[u8]>),
+    /// On disk: read it (outside the lock), then [`BlockCache::finish_read`].
+    Disk(DiskRead),
+    /// In neither tier.
+    Miss,
 }
 
 /// A block from the cache.
@@ -160,28 +174,51 @@ impl BlockCache {
 
     /// The block, from RAM, or from disk once its bytes match `hash`.
     pub fn get(&mut self, key: &BlockKey, hash: &blake3::Hash) -> Option<CachedBlock> {
-        if let Some(bytes) = self.ram.get(key) {
-            self.stats.ram_hits += 1;
-            return Some(CachedBlock {
+        match self.lookup(key) {
+            Lookup::Ram(bytes) => Some(CachedBlock {
                 bytes,
                 tier: Tier::Ram,
-            });
-        }
-        match self.disk.load(key, hash) {
-            Load::Hit(bytes) => {
-                self.stats.disk_hits += 1;
-                let bytes: Arc<[u8]> = bytes.into();
-                self.ram.insert(*key, bytes.clone());
-                Some(CachedBlock {
-                    bytes,
-                    tier: Tier::Disk,
-                })
+            }),
+            Lookup::Disk(read) => {
+                let load = read.read(hash);
+                self.finish_read(key, load)
             }
-            Load::Miss | Load::Corrupt => {
+            Lookup::Miss => None,
+        }
+    }
+
+    /// Step one of a lookup whose disk read happens outside the cache's lock: the block from
+    /// RAM, or the read to do ([`DiskRead::read`]), whose result goes to
+    /// [`BlockCache::finish_read`]. [`BlockCache::get`] does all three.
+    pub fn lookup(&mut self, key: &BlockKey) -> Lookup {
+        if let Some(bytes) = self.ram.get(key) {
+            self.stats.ram_hits += 1;
+            return Lookup::Ram(bytes);
+        }
+        match self.disk.begin_read(key) {
+            Some(read) => Lookup::Disk(read),
+            None => {
                 self.stats.misses += 1;
-                None
+                Lookup::Miss
             }
         }
+    }
+
+    /// Step three: records what a disk read found; a verified block goes back into RAM and is
+    /// returned.
+    pub fn finish_read(&mut self, key: &BlockKey, load: Load) -> Option<CachedBlock> {
+        self.disk.finish_read(key, &load);
+        let Load::Hit(bytes) = load else {
+            self.stats.misses += 1;
+            return None;
+        };
+        self.stats.disk_hits += 1;
+        let bytes: Arc<[u8]> = bytes.into();
+        self.ram.insert(*key, bytes.clone());
+        Some(CachedBlock {
+            bytes,
+            tier: Tier::Disk,
+        })
     }
 
     /// Where the block is, without reading it.

@@ -209,3 +209,41 @@ fn a_block_larger_than_a_tier_is_skipped_by_it_without_failing() {
     assert_eq!(cache.stats().disk.write_failures, 1);
     assert!(cache.get(&key, &hash(&key)).is_none());
 }
+
+#[test]
+fn a_disk_read_done_apart_from_the_cache_is_promoted_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cache = open(dir.path(), 1, 10);
+    let (first, second) = (key(9, 0), key(9, 1));
+    cache.insert(first, block(&first));
+    cache.insert(second, block(&second));
+    let Lookup::Disk(read) = cache.lookup(&first) else {
+        panic!("the first block is on disk only");
+    };
+    // The read needs nothing of the cache: the node does it outside its lock.
+    let load = read.read(&hash(&first));
+    let found = cache.finish_read(&first, load).unwrap();
+    assert_eq!(
+        (found.tier, &found.bytes[..]),
+        (Tier::Disk, &block(&first)[..])
+    );
+    assert!(matches!(cache.lookup(&first), Lookup::Ram(_)));
+
+    let Lookup::Disk(read) = cache.lookup(&second) else {
+        panic!("the second block was evicted from RAM by the first");
+    };
+    assert!(cache
+        .finish_read(&second, read.read(&hash(&first)))
+        .is_none());
+    assert_eq!(cache.holds(&second), None);
+    let stats = cache.stats();
+    assert_eq!(
+        (
+            stats.ram_hits,
+            stats.disk_hits,
+            stats.misses,
+            stats.disk.corrupt
+        ),
+        (1, 1, 1, 1)
+    );
+}
