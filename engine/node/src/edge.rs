@@ -207,6 +207,9 @@ impl Edge {
         events: EventSink,
     ) -> Result<Arc<Self>, NodeError> {
         let cache = BlockCache::open(&cfg.cache).map_err(|e| NodeError::Config(e.to_string()))?;
+        // Fills cut short by the last stop left their staging files: the cache holds what
+        // they had verified.
+        let _ = std::fs::remove_dir_all(&cfg.staging);
         std::fs::create_dir_all(&cfg.staging).map_err(|source| NodeError::Output {
             path: cfg.staging.clone(),
             source,
