@@ -155,8 +155,8 @@ for r in $(seq 1 "$RUNS"); do
   one_run "$r" fast+slow
 done
 
-median() { sort -g | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
-slowest() { sort -g | tail -1; }
+median() { sort -g | awk '{a[NR]=$1} END{printf "%.3f", (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
+slowest() { sort -g | tail -1 | awk '{printf "%.3f", $1}'; }
 echo
 echo "object $BYTES bytes, origin --rate $RATE, slow client link $SLOW, $RUNS runs per case"
 echo
