@@ -597,6 +597,7 @@ pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Resu
             disk_bytes,
         },
         staging: a.disk.join("staging"),
+        index: a.disk.join("objects"),
         receive_timeout: seconds("--timeout", a.timeout)?.max(Duration::from_millis(100)),
         rcvbuf: a.rcvbuf,
         wait_timeout: seconds("--wait-timeout", a.wait_timeout)?.max(Duration::from_millis(100)),

@@ -76,10 +76,9 @@ enum Command {
     /// Serve an origin's objects to HTTP clients (players, curl) from a RAM tier and a disk
     /// tier: a miss fills the object from the origin once for all its clients, who are served
     /// block by block as it arrives; /NAME?rendition=critical is its key frames only
-    /// (MPEG-TS, H.264/H.265); /status shows objects, tiers, fills and clients. Not yet: a
-    /// cache index kept across restarts (blocks on disk are kept and re-verified, but each
-    /// name's first request after a restart fills again), If-Range, switching a slow client
-    /// to the critical rendition by itself.
+    /// (MPEG-TS, H.264/H.265); /status shows objects, tiers, fills and clients. The disk tier
+    /// and its index survive a restart. Not yet: If-Range, switching a slow client to the
+    /// critical rendition by itself, relay membership.
     Edge(EdgeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
@@ -281,8 +280,8 @@ pub(crate) struct EdgeArgs {
     /// The RAM tier's size (README, "Sizes and rates").
     #[arg(long, env = "BLOCKCAST_RAM", value_name = "SIZE")]
     ram: String,
-    /// The disk tier's directory (blocks under DIR/blocks, fills' staging under
-    /// DIR/staging).
+    /// The disk tier's directory (blocks under DIR/blocks, the objects' descriptions under
+    /// DIR/objects, fills' staging under DIR/staging).
     #[arg(long, env = "BLOCKCAST_DISK", value_name = "DIR")]
     disk: PathBuf,
     /// The disk tier's size.

@@ -152,29 +152,8 @@ fn setup(tag: &str, net: u8) -> Setup {
 /// 256 MiB of disk), and waits until the origin's catalog is hashed and the edge answers.
 fn start(s: &Setup, dir: &Scratch, catalog: &Path, octet: u8, ram: &str) -> (Proc, Proc, String) {
     let mut origin = start_origin(&s.lab, &s.srv, &dir.0, catalog, &s.listen, octet);
-    let http = format!("{}:8080", s.edge.addr);
-    let mut a: Vec<OsString> = vec!["edge".into()];
-    for x in [
-        "--origin",
-        &s.listen,
-        "--iface",
-        &s.edge_up.addr.to_string(),
-        "--http",
-        &http,
-        "--ram",
-        ram,
-        "--disk-size",
-        "256M",
-        "--wait-timeout",
-        "20",
-        "--json",
-    ] {
-        a.push(x.into());
-    }
-    a.push("--disk".into());
-    a.push(dir.path("edge-disk").into());
-    let mut edge = s.lab.spawn(&s.edge_up, &dir.0, "edge", a);
-    let url = format!("http://{http}");
+    let mut edge = spawn_edge(s, dir, ram, "edge");
+    let url = format!("http://{}:8080", s.edge.addr);
     let metrics_url = format!("http://{}:9300/metrics", s.srv.addr);
     let want = std::fs::read_dir(catalog).unwrap().count() as f64;
     wait_until(Duration::from_secs(30), "the origin's catalog", || {
@@ -193,6 +172,35 @@ fn start(s: &Setup, dir: &Scratch, catalog: &Path, octet: u8, ram: &str) -> (Pro
             .success()
     });
     (origin, edge, url)
+}
+
+/// `blockcast edge` (HTTP on port 8080 of its client side, the given RAM tier, 256 MiB of
+/// disk under `dir/edge-disk`), its output under `name`.
+fn spawn_edge(s: &Setup, dir: &Scratch, ram: &str, name: &str) -> Proc {
+    let http = format!("{}:8080", s.edge.addr);
+    let mut a: Vec<OsString> = vec!["edge".into()];
+    for x in [
+        "--origin",
+        &s.listen,
+        "--iface",
+        &s.edge_up.addr.to_string(),
+        "--http",
+        &http,
+        "--ram",
+        ram,
+        "--disk-size",
+        "256M",
+        "--wait-timeout",
+        "20",
+        "--metrics",
+        &format!("{}:9301", s.edge.addr),
+        "--json",
+    ] {
+        a.push(x.into());
+    }
+    a.push("--disk".into());
+    a.push(dir.path("edge-disk").into());
+    s.lab.spawn(&s.edge_up, &dir.0, name, a)
 }
 
 fn origin_sessions(s: &Setup) -> f64 {
@@ -300,6 +308,17 @@ fn an_edge_fills_once_serves_ranges_during_the_fill_and_later_clients_from_disk(
         "{disk_sent} bytes of {size} from disk"
     );
     assert!(after["tiers"]["disk_hits"].as_u64() > before["tiers"]["disk_hits"].as_u64());
+    // The metrics say the same (copied from the edge's counters twice a second), and the real
+    // Prometheus tool reads them.
+    let metrics_url = format!("http://{}:9301/metrics", s.edge.addr);
+    let mut text = String::new();
+    wait_until(Duration::from_secs(10), "the edge's metrics", || {
+        text = String::from_utf8_lossy(&curl(&s.client, &[&metrics_url]).stdout).into_owned();
+        metric(&text, "blockcast_edge_sent_disk_bytes_total")
+            >= after["sent_bytes_disk"].as_u64().unwrap() as f64
+    });
+    assert_eq!(metric(&text, "blockcast_edge_fills_total"), 1.0, "{text}");
+    promtool_check(&text);
 
     // HEAD gives the length without a body; keep-alive serves two requests on one connection.
     let out = curl(&s.client, &["-I", &format!("{url}/a.bin")]);
@@ -325,10 +344,62 @@ fn an_edge_fills_once_serves_ranges_during_the_fill_and_later_clients_from_disk(
         "one connection for both"
     );
 
+    // After a restart the disk tier and the index serve the object without the origin.
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    let mut edge = spawn_edge(&s, &dir, "2200k", "edge-again");
+    wait_until(
+        Duration::from_secs(20),
+        "the restarted edge to answer",
+        || {
+            edge.assert_running();
+            curl(&s.client, &["-f", &format!("{url}/status")])
+                .status
+                .success()
+        },
+    );
+    let third = dir.path("third.bin");
+    assert_eq!(get(&s.client, &format!("{url}/a.bin"), &third, &[]), "200");
+    assert_identical(&catalog.join("a.bin"), &third);
+    let restarted = status(&s.client, &url);
+    assert_eq!(restarted["fills"]["started"], 0, "{restarted}");
+    assert_eq!(restarted["fills"]["origin_bytes"], 0);
+    assert_eq!(restarted["sent_bytes_disk"].as_u64(), Some(size));
+    assert_eq!(origin_sessions(&s), sessions_before);
+
     edge.interrupt();
     edge.expect_code(Duration::from_secs(10), 0);
     origin.interrupt();
     origin.wait_within(Duration::from_secs(10));
+}
+
+/// `promtool check metrics` on `text` (Debian's prometheus package; .ci/run installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let why = "promtool is not installed (Debian package prometheus)".to_string();
+    let Ok(mut check) = spawned else {
+        assert!(!can_run(Some(why)));
+        return;
+    };
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn have_ffmpeg() -> Option<String> {

@@ -22,15 +22,17 @@
 //! so a stream that is not MPEG-TS or has no H.264/H.265 key frame is answered `415`/`422`
 //! before any byte of a body goes out.
 //!
-//! What the edge remembers of an object (size, block hashes, whether its critical rendition
-//! exists) lives in memory: after a restart the disk tier still holds the blocks, but the
-//! first request for a name asks the origin for its manifest again (a new fill, whose blocks
-//! already in the disk tier are stored again as they arrive).
+//! **Restarts.** Each object's description (name, size, block size, BLAKE3, block hashes) is
+//! written to the index directory when its fill learns it, and read back at start: with the
+//! disk tier, which takes its blocks back and re-verifies each as it is read, a name filled
+//! before a restart is served after it without the origin. A name keeps the content it was
+//! filled with while its blocks stay cached (the origin is not asked whether it changed).
+//! The critical renditions are not indexed: they are made again after a restart.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -58,6 +60,9 @@ pub struct EdgeConfig {
     pub cache: CacheConfig,
     /// Where fills receive their sessions (staging files, removed once the fill ends).
     pub staging: PathBuf,
+    /// Where each object's description (name, size, block hashes) is kept, so the disk
+    /// tier's blocks serve its name after a restart.
+    pub index: PathBuf,
     /// Give up on a session not heard from for this long.
     pub receive_timeout: Duration,
     pub rcvbuf: usize,
@@ -172,6 +177,7 @@ pub struct ClientEntry {
 #[derive(Debug, Default)]
 pub struct EdgeCounters {
     pub requests: AtomicU64,
+    /// Fills the origin granted.
     pub fills: AtomicU64,
     pub fill_failures: AtomicU64,
     /// Bytes the fills put into the cache (what came from the origin).
@@ -214,10 +220,15 @@ impl Edge {
             path: cfg.staging.clone(),
             source,
         })?;
+        std::fs::create_dir_all(&cfg.index).map_err(|source| NodeError::Output {
+            path: cfg.index.clone(),
+            source,
+        })?;
+        let objects = load_index(&cfg.index);
         Ok(Arc::new(Edge {
             cfg,
             cache: Mutex::new(cache),
-            objects: Mutex::new(HashMap::new()),
+            objects: Mutex::new(objects),
             clients: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(1),
             counters: EdgeCounters::default(),
@@ -311,7 +322,6 @@ impl Edge {
         st.fill_bytes = 0;
         st.fill_started = Some(Instant::now());
         st.copied.iter_mut().for_each(|c| *c = false);
-        self.counters.fills.fetch_add(1, Ordering::Relaxed);
         let (edge, o) = (self.clone(), obj.clone());
         let spawned = std::thread::Builder::new()
             .name("bc-edge-fill".into())
@@ -430,6 +440,8 @@ impl Edge {
             Some(Answer::NotFound) => return Err(EdgeError::NotFound),
             _ => return Err(EdgeError::Origin("no answer from the origin".into())),
         };
+        // A fill counts once the origin grants it (an unknown name is no fill).
+        self.counters.fills.fetch_add(1, Ordering::Relaxed);
         let SocketAddr::V4(group) = grant.group else {
             return Err(EdgeError::Origin("an IPv6 group: not supported".into()));
         };
@@ -519,6 +531,8 @@ impl Edge {
             if st.meta.as_ref().is_none_or(|m| m.id != meta.id) {
                 st.copied = vec![false; n];
                 st.meta = Some(meta.clone());
+                drop(st);
+                save_index(&self.cfg.index, &obj.name, &meta);
             }
         }
         obj.changed.notify_all();
@@ -822,6 +836,100 @@ impl Edge {
             renditions_made: c.renditions_made.load(Ordering::Relaxed),
         }
     }
+}
+
+/// An object's description as the index keeps it (one JSON file per name).
+#[derive(Serialize, serde::Deserialize)]
+struct IndexEntry {
+    name: String,
+    size: u64,
+    block_size: u64,
+    blake3: String,
+    block_hashes: Vec<String>,
+}
+
+/// The index file of `name`: named by the name's BLAKE3, so any name is a safe file name.
+fn index_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{}.json", blake3::hash(name.as_bytes()).to_hex()))
+}
+
+/// Records `name`'s description (written whole, then renamed into place). A failure is
+/// logged: the object is still served, only not known by name after a restart.
+fn save_index(dir: &Path, name: &str, meta: &Meta) {
+    let entry = IndexEntry {
+        name: name.to_owned(),
+        size: meta.size,
+        block_size: meta.block_size,
+        blake3: hex(&meta.id.0),
+        block_hashes: meta.block_hashes.iter().map(|h| hex(h)).collect(),
+    };
+    let path = index_path(dir, name);
+    let tmp = path.with_extension("tmp");
+    let written = serde_json::to_vec(&entry)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::warn!(object = name, path = %path.display(), "edge: cannot keep the object's description: {e}");
+    }
+}
+
+/// The objects the index describes (a file that does not parse is skipped and removed).
+fn load_index(dir: &Path) -> HashMap<String, Arc<Object>> {
+    let mut objects = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return objects;
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        let entry = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<IndexEntry>(&b).ok())
+            .and_then(|e| {
+                let id = blockcast_proto::auth::from_hex::<32>(&e.blake3)?;
+                let hashes = e
+                    .block_hashes
+                    .iter()
+                    .map(|h| blockcast_proto::auth::from_hex::<32>(h))
+                    .collect::<Option<Vec<_>>>()?;
+                let blocks = e.size.div_ceil(e.block_size.max(1));
+                let fits = e.block_size > 0
+                    && hashes.len() as u64 == blocks
+                    && index_path(dir, &e.name) == path;
+                fits.then(|| {
+                    let n = hashes.len();
+                    let meta = Meta {
+                        size: e.size,
+                        block_size: e.block_size,
+                        id: ContentId(id),
+                        block_hashes: hashes.into(),
+                    };
+                    (e.name, meta, n)
+                })
+            });
+        match entry {
+            Some((name, meta, n)) => {
+                let state = ObjState {
+                    meta: Some(meta),
+                    copied: vec![false; n],
+                    ..ObjState::default()
+                };
+                objects.insert(
+                    name.clone(),
+                    Arc::new(Object {
+                        name,
+                        state: Mutex::new(state),
+                        changed: Condvar::new(),
+                        critical: Mutex::new(None),
+                    }),
+                );
+            }
+            None => {
+                tracing::warn!(path = %path.display(), "edge: not an object description, removed");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    objects
 }
 
 /// The cache id of an object's critical rendition: derived from the object's, so the two

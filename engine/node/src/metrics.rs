@@ -471,7 +471,7 @@ impl EdgeMetrics {
             ),
             (
                 "blockcast_edge_fills",
-                "Fills started (objects asked of the origin)",
+                "Fills started (sessions the origin granted the edge)",
                 &self.fills_total,
             ),
             (
