@@ -77,8 +77,8 @@ enum Command {
     /// tier: a miss fills the object from the origin once for all its clients, who are served
     /// block by block as it arrives; /NAME?rendition=critical is its key frames only
     /// (MPEG-TS, H.264/H.265); /status shows objects, tiers, fills and clients. The disk tier
-    /// and its index survive a restart. Not yet: If-Range, switching a slow client to the
-    /// critical rendition by itself, relay membership.
+    /// and its index survive a restart. Not yet: switching a slow client to the critical
+    /// rendition by itself, relay membership.
     Edge(EdgeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),

@@ -324,6 +324,31 @@ fn an_edge_fills_once_serves_ranges_during_the_fill_and_later_clients_from_disk(
     let out = curl(&s.client, &["-I", &format!("{url}/a.bin")]);
     let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
     assert!(head.contains(&format!("content-length: {size}")), "{head}");
+    // If-Range: the object's tag keeps the range, another tag gets the whole object.
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("an etag")
+        .trim()
+        .to_string();
+    for (tag, code, len) in [(etag.as_str(), "206", 100), ("\"other\"", "200", size)] {
+        let got = dir.path("if-range.bin");
+        let c = get(
+            &s.client,
+            &format!("{url}/a.bin"),
+            &got,
+            &[
+                "-H",
+                "Range: bytes=100-199",
+                "-H",
+                &format!("If-Range: {tag}"),
+            ],
+        );
+        assert_eq!(
+            (c.as_str(), std::fs::metadata(&got).unwrap().len()),
+            (code, len)
+        );
+    }
     let out = curl(
         &s.client,
         &[

@@ -8,9 +8,11 @@
 //! error answer (`4xx`, `5xx`) closes it. The request head is read and parsed as by the
 //! receiver's endpoint (`super::parse`); `Range` is handled the same way (one range, `206`;
 //! `416` when unsatisfiable; other forms ignored, `200`). `HEAD` answers with the length and
-//! never sends a body. Not handled yet: `If-Range` (a `Range` is honoured whatever the
-//! validator), conditional requests, choosing the critical rendition by a client's measured
-//! throughput.
+//! never sends a body. Each object's `ETag` is its content's BLAKE3 (the critical
+//! rendition's, its own content id); `If-Range` with that tag keeps the `Range`, with anything
+//! else (another tag, a date) gets the whole object. Not handled yet: conditional requests
+//! (`If-None-Match`, `If-Modified-Since`), choosing the critical rendition by a client's
+//! measured throughput.
 //!
 //! Before the status line the object's description and the first block of the range are
 //! obtained (waiting for the fill if need be): an object the origin does not have is `404`,
@@ -273,10 +275,14 @@ fn respond(
         Ok(m) => m,
         Err(e) => return refuse(stream, head_only, &e),
     };
-    let range = if head_only {
-        None
-    } else {
-        req.range.as_deref()
+    let etag = format!("\"{}\"", blockcast_proto::auth::hex(&meta.id.0));
+    // A Range is honoured only if If-Range, when given, names this content (RFC 9110
+    // §13.1.5: a strong match of the entity tag; no Last-Modified is sent, so a date never
+    // matches).
+    let range = match (head_only, req.if_range.as_deref()) {
+        (true, _) => None,
+        (false, Some(v)) if v != etag => None,
+        (false, _) => req.range.as_deref(),
     };
     let size = meta.size;
     let (status, start, end) = match range.map(|r| parse_range(r, size)) {
@@ -300,6 +306,7 @@ fn respond(
     let mut headers = vec![
         ("Content-Type", media.to_string()),
         ("Accept-Ranges", "bytes".to_string()),
+        ("ETag", etag.clone()),
     ];
     if status == 206 {
         headers.push(("Content-Range", format!("bytes {start}-{}/{size}", end - 1)));
