@@ -3,7 +3,8 @@
 //! `Range` request during the fill; a second client of an object evicted from RAM served
 //! from disk with nothing more from the origin; an unknown name `404`; the critical
 //! rendition of an ffmpeg clip all key frames, decoding cleanly; a non-TS object asked for
-//! as critical `415`.
+//! as critical `415`; an origin that vanishes mid-fill: the client's response ends short, the
+//! edge runs on and keeps the verified blocks.
 
 mod common;
 
@@ -21,7 +22,8 @@ fn publish(catalog: &Path, name: &str, size: u64, seed: u64) {
     std::fs::rename(&tmp, catalog.join(name)).unwrap();
 }
 
-/// `blockcast origin` in `node` on `catalog`, at `listen`, groups 239.255.<octet>.0/24.
+/// `blockcast origin` in `node` on `catalog`, at `listen`, groups 239.255.<octet>.0/24,
+/// sending at `rate`.
 fn start_origin(
     lab: &Lab,
     node: &Node,
@@ -29,6 +31,7 @@ fn start_origin(
     catalog: &Path,
     listen: &str,
     octet: u8,
+    rate: &str,
 ) -> Proc {
     let metrics = format!("{}:9300", node.addr);
     let mut a: Vec<OsString> = vec!["origin".into(), "--catalog".into(), catalog.into()];
@@ -49,7 +52,7 @@ fn start_origin(
         "--join-grace",
         "0.5",
         "--rate",
-        "10M",
+        rate,
         "--metrics",
         &metrics,
         "--json",
@@ -150,9 +153,25 @@ fn setup(tag: &str, net: u8) -> Setup {
 
 /// Starts the origin and the edge (HTTP on port 8080 of its client side, the given RAM tier,
 /// 256 MiB of disk), and waits until the origin's catalog is hashed and the edge answers.
-fn start(s: &Setup, dir: &Scratch, catalog: &Path, octet: u8, ram: &str) -> (Proc, Proc, String) {
-    let mut origin = start_origin(&s.lab, &s.srv, &dir.0, catalog, &s.listen, octet);
-    let mut edge = spawn_edge(s, dir, ram, "edge");
+fn start(
+    s: &Setup,
+    dir: &Scratch,
+    catalog: &Path,
+    octet: u8,
+    ram: &str,
+    origin_rate: &str,
+    edge_extra: &[&str],
+) -> (Proc, Proc, String) {
+    let mut origin = start_origin(
+        &s.lab,
+        &s.srv,
+        &dir.0,
+        catalog,
+        &s.listen,
+        octet,
+        origin_rate,
+    );
+    let mut edge = spawn_edge(s, dir, ram, "edge", edge_extra);
     let url = format!("http://{}:8080", s.edge.addr);
     let metrics_url = format!("http://{}:9300/metrics", s.srv.addr);
     let want = std::fs::read_dir(catalog).unwrap().count() as f64;
@@ -176,7 +195,7 @@ fn start(s: &Setup, dir: &Scratch, catalog: &Path, octet: u8, ram: &str) -> (Pro
 
 /// `blockcast edge` (HTTP on port 8080 of its client side, the given RAM tier, 256 MiB of
 /// disk under `dir/edge-disk`), its output under `name`.
-fn spawn_edge(s: &Setup, dir: &Scratch, ram: &str, name: &str) -> Proc {
+fn spawn_edge(s: &Setup, dir: &Scratch, ram: &str, name: &str, extra: &[&str]) -> Proc {
     let http = format!("{}:8080", s.edge.addr);
     let mut a: Vec<OsString> = vec!["edge".into()];
     for x in [
@@ -200,6 +219,7 @@ fn spawn_edge(s: &Setup, dir: &Scratch, ram: &str, name: &str) -> Proc {
     }
     a.push("--disk".into());
     a.push(dir.path("edge-disk").into());
+    a.extend(extra.iter().map(OsString::from));
     s.lab.spawn(&s.edge_up, &dir.0, name, a)
 }
 
@@ -223,7 +243,7 @@ fn an_edge_fills_once_serves_ranges_during_the_fill_and_later_clients_from_disk(
     let size = 16u64 << 20;
     publish(&catalog, "a.bin", size, 7);
     // A RAM tier of two blocks: the object leaves RAM as it fills.
-    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 96, "2200k");
+    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 96, "2200k", "10M", &[]);
 
     // Unknown name: 404, answered at once (the origin says so).
     let out = curl(
@@ -372,7 +392,7 @@ fn an_edge_fills_once_serves_ranges_during_the_fill_and_later_clients_from_disk(
     // After a restart the disk tier and the index serve the object without the origin.
     edge.interrupt();
     edge.expect_code(Duration::from_secs(10), 0);
-    let mut edge = spawn_edge(&s, &dir, "2200k", "edge-again");
+    let mut edge = spawn_edge(&s, &dir, "2200k", "edge-again", &[]);
     wait_until(
         Duration::from_secs(20),
         "the restarted edge to answer",
@@ -508,7 +528,7 @@ fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_re
     make_clip(&clip_tmp);
     std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
     publish(&catalog, "data.bin", 300_000, 3);
-    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 97, "64M");
+    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 97, "64M", "10M", &[]);
     let full = pict_types(&catalog.join("clip.ts"));
     // The case is exercised: the clip has P and B pictures to drop.
     assert!(
@@ -564,4 +584,72 @@ fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_re
     edge.expect_code(Duration::from_secs(10), 0);
     origin.interrupt();
     origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn an_origin_that_vanishes_mid_fill_ends_the_response_short_and_the_edge_keeps_what_it_verified() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("edge-vanish");
+    let s = setup("edv", 98);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let size = 24u64 << 20;
+    publish(&catalog, "v.bin", size, 11);
+    // 4 MB/s: the fill would take 6 s; the edge gives a silent session up after 2 s.
+    let (mut origin, mut edge, url) =
+        start(&s, &dir, &catalog, 98, "64M", "4M", &["--timeout", "2"]);
+    let got = dir.path("v.bin");
+    let client = curl_spawn(&s.client, &format!("{url}/v.bin"), &got, &[]);
+    let filled = |st: &serde_json::Value| {
+        st["objects"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == "v.bin"))
+            .map_or(0, |o| o["fill_bytes"].as_u64().unwrap_or(0))
+    };
+    wait_until(Duration::from_secs(20), "a few blocks filled", || {
+        filled(&status(&s.client, &url)) >= 3 << 20
+    });
+    origin.kill();
+    let out = client.wait_with_output().unwrap();
+    // curl: 18, "partial file": the response ended short of its Content-Length.
+    assert_eq!(
+        out.status.code(),
+        Some(18),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let body = std::fs::read(&got).unwrap();
+    let whole = std::fs::read(catalog.join("v.bin")).unwrap();
+    assert!(
+        !body.is_empty() && body.len() < whole.len(),
+        "{} bytes",
+        body.len()
+    );
+    assert_eq!(
+        &whole[..body.len()],
+        &body[..],
+        "what was sent is the object's start"
+    );
+    // The edge runs on, says the fill failed, and keeps the verified blocks on disk.
+    edge.assert_running();
+    let st = status(&s.client, &url);
+    let v = st["objects"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == "v.bin"))
+        .cloned()
+        .expect("v.bin in /status");
+    assert_eq!(v["filling"], false, "{v}");
+    assert!(v["failed"].is_string(), "{v}");
+    assert!(
+        v["blocks_ram"].as_u64().unwrap() + v["blocks_disk"].as_u64().unwrap() >= 3,
+        "{v}"
+    );
+    // Written through: the disk tier holds them too.
+    assert!(st["tiers"]["disk_bytes"].as_u64() >= Some(3 << 20), "{st}");
+    assert_eq!(st["fills"]["failed"], 1, "{st}");
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
 }
