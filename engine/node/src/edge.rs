@@ -728,8 +728,10 @@ impl Edge {
         v
     }
 
-    /// `/status` as JSON.
-    pub fn status(&self) -> EdgeStatus {
+    /// `/status` as JSON. `objects`: list each object with where its blocks are (a walk over
+    /// every block under the cache's lock: `/status` does it, the metrics' twice-a-second
+    /// copy does not).
+    pub fn status(&self, objects_too: bool) -> EdgeStatus {
         let objects: Vec<Arc<Object>> = self
             .objects
             .lock()
@@ -740,6 +742,7 @@ impl Edge {
         let cache = self.cache();
         let mut list: Vec<ObjectStatus> = objects
             .iter()
+            .filter(|_| objects_too)
             .map(|o| {
                 let st = o.lock();
                 let (mut ram, mut disk) = (0, 0);
@@ -1090,7 +1093,7 @@ pub fn edge(
                 .spawn(move || {
                     let mut d = crate::metrics::Delta::default();
                     while !stop.load(Ordering::Relaxed) {
-                        m.update(&mut d, &e.status());
+                        m.update(&mut d, &e.status(false));
                         std::thread::park_timeout(Duration::from_millis(500));
                     }
                 })
@@ -1123,4 +1126,51 @@ pub fn edge(
         sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
         seconds: edge.started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(blocks: usize) -> Meta {
+        Meta {
+            size: blocks as u64 * 1000 - 10,
+            block_size: 1000,
+            id: ContentId([7; 32]),
+            block_hashes: (0..blocks).map(|b| [b as u8; 32]).collect(),
+        }
+    }
+
+    #[test]
+    fn the_index_gives_back_each_description_and_removes_what_is_not_one() {
+        let dir = std::env::temp_dir().join(format!("bc-edge-index-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        save_index(&dir, "films/a b.ts", &meta(3));
+        save_index(&dir, "c.bin", &meta(1));
+        // Garbage, and a description filed under another name's file.
+        std::fs::write(dir.join("junk.json"), b"{").unwrap();
+        std::fs::copy(index_path(&dir, "c.bin"), index_path(&dir, "d.bin")).unwrap();
+        let objects = load_index(&dir);
+        let mut names: Vec<&String> = objects.keys().collect();
+        names.sort();
+        assert_eq!(names, ["c.bin", "films/a b.ts"]);
+        let st = objects["films/a b.ts"].lock();
+        let m = st.meta.as_ref().unwrap();
+        let want = meta(3);
+        assert_eq!((m.size, m.block_size, m.id), (want.size, 1000, want.id));
+        assert_eq!(m.block_hashes, want.block_hashes);
+        assert_eq!(st.copied, [false; 3]);
+        assert!(!dir.join("junk.json").exists());
+        assert!(!index_path(&dir, "d.bin").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_critical_rendition_has_a_content_id_of_its_own() {
+        let full = ContentId([1; 32]);
+        assert_ne!(critical_id(&full), full);
+        assert_eq!(critical_id(&full), critical_id(&ContentId([1; 32])));
+        assert_ne!(critical_id(&full), critical_id(&ContentId([2; 32])));
+    }
 }

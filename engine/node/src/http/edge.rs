@@ -8,7 +8,8 @@
 //! error answer (`4xx`, `5xx`) closes it. The request head is read and parsed as by the
 //! receiver's endpoint (`super::parse`); `Range` is handled the same way (one range, `206`;
 //! `416` when unsatisfiable; other forms ignored, `200`). `HEAD` answers with the length and
-//! never sends a body. Each object's `ETag` is its content's BLAKE3 (the critical
+//! never sends a body (for an object the edge does not know yet, it starts the fill that
+//! learns the length: a player's `HEAD` is followed by its `GET`). Each object's `ETag` is its content's BLAKE3 (the critical
 //! rendition's, its own content id); `If-Range` with that tag keeps the `Range`, with anything
 //! else (another tag, a date) gets the whole object. Not handled yet: conditional requests
 //! (`If-None-Match`, `If-Modified-Since`), choosing the critical rendition by a client's
@@ -243,7 +244,7 @@ fn respond(
     };
     let name = path.strip_prefix('/').unwrap_or(&path);
     if name == "status" {
-        let body = serde_json::to_string_pretty(&edge.status()).unwrap_or_default() + "\n";
+        let body = serde_json::to_string_pretty(&edge.status(true)).unwrap_or_default() + "\n";
         return document(stream, head_only, "application/json", &body, keep);
     }
     if name.is_empty() {
