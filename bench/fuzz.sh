@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Long fuzz runs of every target in fuzz/src/lib.rs (wire, manifest, http, state, receiver,
-# sender), outside CI (cargo test runs a short smoke run of each).
+# sender, origin, catalog, sealed), outside CI (cargo test runs a short smoke run of each).
 #
 # Usage: bench/fuzz.sh [--seconds N] [--cases N] [--seed S] [TARGET...]
 #   --seconds N  libFuzzer, coverage-guided, N seconds per target (default 120). Built on the
@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     *) TARGETS+=("$1"); shift ;;
   esac
 done
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(wire manifest http state receiver sender)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(wire manifest http state receiver sender origin catalog sealed)
 OUT="$PWD/target/fuzz"
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 

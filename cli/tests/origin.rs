@@ -78,6 +78,40 @@ fn origin_args(
     a
 }
 
+/// An origin started in `srv` of `lab` on a catalog of `files` (name, size, seed) under `dir`,
+/// once its catalog is hashed: the process, the catalog directory, its events file and its
+/// listen address.
+fn origin_in(
+    lab: &Lab,
+    srv: &Node,
+    dir: &Scratch,
+    files: &[(&str, u64, u64)],
+    octet: u8,
+    extra: &[&str],
+) -> (Proc, std::path::PathBuf, std::path::PathBuf, String) {
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    for (name, size, seed) in files {
+        publish(&catalog, name, *size, *seed);
+    }
+    let ev_path = dir.path("origin.ndjson");
+    let listen = format!("{}:9100", srv.addr);
+    let args = origin_args(
+        &catalog,
+        &srv.addr.to_string(),
+        &listen,
+        octet,
+        &ev_path,
+        extra,
+    );
+    let mut origin = lab.spawn(srv, &dir.0, "origin", args);
+    wait_until(Duration::from_secs(30), "the catalog to be hashed", || {
+        origin.assert_running();
+        catalog_objects(&events(&ev_path)) == files.len() as u64
+    });
+    (origin, catalog, ev_path, listen)
+}
+
 fn fetch_in(
     lab: &Lab,
     node: &Node,
@@ -116,30 +150,18 @@ fn three_fetches_in_the_window_share_one_session_and_two_objects_run_at_once() {
         .iter()
         .map(|n| lab.add_node(n, br))
         .collect();
-    let catalog = dir.path("catalog");
-    std::fs::create_dir_all(&catalog).unwrap();
-    publish(&catalog, "a.bin", 24 << 20, 1);
-    publish(&catalog, "sub/b.bin", 16 << 20, 2);
-    publish(&catalog, "c.txt", 5_000, 3);
-    let ev_path = dir.path("origin.ndjson");
-    let listen = format!("{}:9100", srv.addr);
-    let mut origin = lab.spawn(
+    let (mut origin, catalog, ev_path, listen) = origin_in(
+        &lab,
         &srv,
-        &dir.0,
-        "origin",
-        origin_args(
-            &catalog,
-            &srv.addr.to_string(),
-            &listen,
-            94,
-            &ev_path,
-            &["--batch-window", "3", "--rate", "60M"],
-        ),
+        &dir,
+        &[
+            ("a.bin", 24 << 20, 1),
+            ("sub/b.bin", 16 << 20, 2),
+            ("c.txt", 5_000, 3),
+        ],
+        94,
+        &["--batch-window", "3", "--rate", "60M"],
     );
-    wait_until(Duration::from_secs(30), "the catalog to be hashed", || {
-        origin.assert_running();
-        catalog_objects(&events(&ev_path)) == 3
-    });
     // Three fetches of a.bin within the window, and one of b.bin beside them.
     let outs: Vec<_> = (0..3).map(|i| dir.path(&format!("out{i}"))).collect();
     let mut fetches: Vec<Proc> = clients
@@ -259,30 +281,18 @@ fn an_agent_picks_up_a_new_file_and_after_sigkill_fetches_only_what_it_lacked() 
     let br = lab.add_bridge();
     let srv = lab.add_node("srv", br);
     let host = lab.add_node("host", br);
-    let catalog = dir.path("catalog");
-    std::fs::create_dir_all(&catalog).unwrap();
-    publish(&catalog, "x1.iso", 6 << 20, 11);
-    publish(&catalog, "img/x2.iso", 6 << 20, 12);
-    publish(&catalog, "notes.txt", 10_000, 13);
-    let ev_path = dir.path("origin.ndjson");
-    let listen = format!("{}:9100", srv.addr);
-    let mut origin = lab.spawn(
+    let (mut origin, catalog, ev_path, listen) = origin_in(
+        &lab,
         &srv,
-        &dir.0,
-        "origin",
-        origin_args(
-            &catalog,
-            &srv.addr.to_string(),
-            &listen,
-            95,
-            &ev_path,
-            &["--batch-window", "0.1", "--rate", "25M"],
-        ),
+        &dir,
+        &[
+            ("x1.iso", 6 << 20, 11),
+            ("img/x2.iso", 6 << 20, 12),
+            ("notes.txt", 10_000, 13),
+        ],
+        95,
+        &["--batch-window", "0.1", "--rate", "25M"],
     );
-    wait_until(Duration::from_secs(30), "the catalog to be hashed", || {
-        origin.assert_running();
-        catalog_objects(&events(&ev_path)) == 3
-    });
     // The agent's settings in a config file (flags would override them).
     let synced = dir.path("synced");
     let config = dir.path("agent.toml");

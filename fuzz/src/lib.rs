@@ -15,7 +15,8 @@ mod session;
 
 use std::path::{Path, PathBuf};
 
-use blockcast_proto::wire::{Manifest, Packet};
+use blockcast_proto::wire::origin::{Catalog, OriginPacket, MIN_REQUEST_LEN};
+use blockcast_proto::wire::{valid_name, Manifest, Packet};
 
 pub use session::{lossy_script, sample_manifest, session_datagrams, Side};
 
@@ -30,6 +31,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("state", state),
     ("receiver", receiver),
     ("sender", sender),
+    ("origin", origin),
+    ("catalog", catalog),
+    ("sealed", sealed),
 ];
 
 /// The target called `name`.
@@ -104,6 +108,81 @@ pub fn receiver(data: &[u8]) {
 /// The server fed the same, with arbitrary datagrams injected to it.
 pub fn sender(data: &[u8]) {
     session::run(data, Side::Sender);
+}
+
+/// A datagram of the origin's own family (requests, answers, catalog queries and chunks):
+/// parsed; if it parses, emitted and parsed back to the same packet.
+pub fn origin(data: &[u8]) {
+    let Ok(p) = OriginPacket::parse(data) else {
+        return;
+    };
+    let mut buf = vec![0u8; data.len().max(MIN_REQUEST_LEN) + 64];
+    let n = p
+        .emit(&mut buf)
+        .unwrap_or_else(|e| panic!("a parsed origin packet does not emit: {e:?}: {p:?}"));
+    let again = OriginPacket::parse(&buf[..n]).expect("an emitted origin packet parses");
+    assert_eq!(again, p, "parse(emit(p)) != p");
+}
+
+/// A catalog document (as assembled from its chunks): parsed; if it parses, emitted and
+/// parsed back, its names safe, sorted and each once.
+pub fn catalog(data: &[u8]) {
+    let Ok(c) = Catalog::parse(data) else {
+        return;
+    };
+    let bytes = c.emit().expect("a parsed catalog emits");
+    assert_eq!(
+        Catalog::parse(&bytes).expect("an emitted catalog parses"),
+        c
+    );
+    for w in c.entries.windows(2) {
+        assert!(w[0].name < w[1].name, "{:?} {:?}", w[0].name, w[1].name);
+    }
+    assert!(c.entries.iter().all(|e| valid_name(&e.name)));
+}
+
+/// Closed groups: the input's first 32 bytes are the group secret, the next 16 a sender id,
+/// the rest a datagram. The datagram as it is must not open (no input forges a tag, unless it
+/// is one this target sealed itself: not possible across calls, the opener is new); sealed
+/// under the secret it opens back to itself, and with any one byte changed (the byte the
+/// input's last byte picks) it does not.
+pub fn sealed(data: &[u8]) {
+    use blockcast_seal::{Opener, Sealer, Secret, SECRET_LEN, SENDER_LEN};
+    let Some((key, rest)) = data.split_first_chunk::<SECRET_LEN>() else {
+        return;
+    };
+    let Some((sender, datagram)) = rest.split_first_chunk::<SENDER_LEN>() else {
+        return;
+    };
+    let secret = Secret::new(*key);
+    let mut opener = Opener::new(&secret);
+    let mut raw = datagram.to_vec();
+    if let Ok(n) = opener.open_in_place(&mut raw) {
+        panic!(
+            "an unsealed datagram of {} bytes opened ({n})",
+            datagram.len()
+        );
+    }
+    let mut sealer = Sealer::new(&secret, *sender);
+    let mut buf = vec![0u8; datagram.len() + blockcast_seal::TRAILER_LEN];
+    buf[..datagram.len()].copy_from_slice(datagram);
+    let Ok(len) = sealer.seal_in_place(&mut buf, datagram.len()) else {
+        return;
+    };
+    let mut tampered = buf[..len].to_vec();
+    let n = Opener::new(&secret)
+        .open_in_place(&mut buf[..len])
+        .expect("a sealed datagram opens");
+    // Opened: the datagram as given, with TAGGED set as the sealer set it.
+    assert_eq!(n, datagram.len());
+    assert_eq!(buf[..3], datagram[..3]);
+    assert_eq!(buf[5..n], datagram[5..]);
+    let at = usize::from(*datagram.last().unwrap_or(&0)) % len;
+    tampered[at] ^= 0x01;
+    assert!(
+        Opener::new(&secret).open_in_place(&mut tampered).is_err(),
+        "a sealed datagram with byte {at} changed opened"
+    );
 }
 
 /// What [`run_cases`] did.
@@ -335,6 +414,90 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 .collect(),
             lossy_script(),
         ],
+        "origin" => origin_seeds(),
+        "catalog" => vec![sample_catalog().emit().expect("catalog")],
+        // A secret and a sender id made of counting bytes (not a key of anything), then a
+        // datagram of each of a few kinds.
+        "sealed" => {
+            let mut d = session_datagrams(&[]).0;
+            d.sort_by_key(|p| p.get(3).copied());
+            d.dedup_by_key(|p| p.get(3).copied());
+            d.iter()
+                .take(4)
+                .map(|p| (0u8..48).chain(p.iter().copied()).collect())
+                .collect()
+        }
         _ => Vec::new(),
     }
+}
+
+/// A catalog of three objects.
+fn sample_catalog() -> Catalog {
+    use blockcast_proto::wire::origin::CatalogEntry;
+    Catalog {
+        generation: 7,
+        entries: ["images/a.iso", "images/b.iso", "weights/model.bin"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| CatalogEntry {
+                name: (*n).into(),
+                size: 1 << (20 + i),
+                hash: *blake3::hash(n.as_bytes()).as_bytes(),
+            })
+            .collect(),
+    }
+}
+
+/// One origin packet of each kind.
+fn origin_seeds() -> Vec<Vec<u8>> {
+    use blockcast_proto::wire::origin::{
+        AnswerRepr, AnswerStatus, CatalogChunkRepr, CatalogQueryRepr, RequestMode, RequestRepr,
+    };
+    let doc = sample_catalog().emit().expect("catalog");
+    let packets = [
+        OriginPacket::Request(RequestRepr {
+            request_id: 1,
+            mode: RequestMode::Fetch,
+            name: "images/a.iso".into(),
+        }),
+        OriginPacket::Request(RequestRepr {
+            request_id: 2,
+            mode: RequestMode::Lookup,
+            name: "weights/model.bin".into(),
+        }),
+        OriginPacket::Answer(AnswerRepr {
+            request_id: 1,
+            status: AnswerStatus::NotFound,
+        }),
+        OriginPacket::Answer(AnswerRepr {
+            request_id: 2,
+            status: AnswerStatus::Found {
+                size: 1 << 22,
+                hash: [7; 32],
+            },
+        }),
+        OriginPacket::CatalogQuery(CatalogQueryRepr {
+            request_id: 3,
+            offset: 0,
+        }),
+        OriginPacket::CatalogChunk(CatalogChunkRepr {
+            request_id: 3,
+            generation: 7,
+            catalog_len: doc.len() as u32,
+            catalog_hash: *blake3::hash(&doc).as_bytes(),
+            issued: 1_800_000_000,
+            offset: 0,
+            sig: None,
+            bytes: &doc,
+        }),
+    ];
+    packets
+        .iter()
+        .map(|p| {
+            let mut buf = vec![0u8; 1024];
+            let n = p.emit(&mut buf).expect("emit");
+            buf.truncate(n);
+            buf
+        })
+        .collect()
 }

@@ -225,6 +225,10 @@ pub struct SimReport {
     pub nack_bytes: u64,
     pub receipt_packets: u64,
     pub receipt_bytes: u64,
+    /// Repair units the server's per-member repair budget refused, and members it dropped as
+    /// slow (wire.md §12.12).
+    pub repair_denied: u64,
+    pub dropped_slow: u64,
     /// The sender finished and told the group.
     pub sender_finished: bool,
     /// Problems found; empty when the run passed.
@@ -491,6 +495,8 @@ fn count_sends(
     report.nack_bytes = s.nack_bytes;
     report.receipt_packets = s.receipts;
     report.receipt_bytes = s.receipt_bytes;
+    report.repair_denied = s.repair_denied;
+    report.dropped_slow = s.dropped_slow;
     report.sender_finished = tx.is_finished();
     report.final_rate = tx.rate();
     report.stripe_units = server.stripe_units();

@@ -397,19 +397,9 @@ mod tests {
 
     fn receipt(s: &Sender<Gated>, id: u64, cookie: u64, complete: bool) -> Packet<'static> {
         Packet::Receipt(ReceiptRepr {
-            session: s.cfg.session,
-            receiver: ReceiverId(id),
             cookie,
             complete,
-            echo_timestamp: 0,
-            echo_delay_us: 0,
-            loss_ppm: 0,
-            overflow_ppm: 0,
-            queue_ppm: 0,
-            watermark_object: ObjectId(0),
-            watermark_block: BlockIndex(0),
-            blocks_done: 0,
-            runs: Vec::new(),
+            ..super::super::testing::receipt(s, id)
         })
     }
 

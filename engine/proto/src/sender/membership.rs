@@ -623,29 +623,20 @@ impl<S: BlockSource> Sender<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{gated_sender, gated_sender_with};
+    use super::super::testing::{gated_sender, gated_sender_with, receipt};
     use super::*;
-    use crate::wire::{BlockIndex, ObjectId};
 
     #[test]
     fn delivery_rate_is_what_the_slowest_receiver_verified_between_notices() {
         // 16 blocks: a notice counts at most the session's blocks.
         let mut s = gated_sender_with(16, 1);
         let t0 = Instant::now();
+        let base = receipt(&s, 0);
         let notice = |id: u64, blocks_done: u64, queue_ppm: u32| ReceiptRepr {
-            session: s.cfg.session,
             receiver: ReceiverId(id),
-            cookie: 0,
-            complete: false,
-            echo_timestamp: 0,
-            echo_delay_us: 0,
-            loss_ppm: 0,
-            overflow_ppm: 0,
-            queue_ppm,
-            watermark_object: ObjectId(0),
-            watermark_block: BlockIndex(0),
             blocks_done,
-            runs: Vec::new(),
+            queue_ppm,
+            ..base.clone()
         };
         let (a, b) = (notice(1, 0, 0), notice(2, 0, 0));
         let (a2, b2) = (notice(1, 10, 0), notice(2, 4, 300_000));
@@ -671,21 +662,10 @@ mod tests {
         let mut s = gated_sender();
         let t0 = Instant::now();
         let total = s.numbering.total();
-        let session = s.cfg.session;
+        let base = receipt(&s, 1);
         let notice = |blocks_done: u64| ReceiptRepr {
-            session,
-            receiver: ReceiverId(1),
-            cookie: 0,
-            complete: false,
-            echo_timestamp: 0,
-            echo_delay_us: 0,
-            loss_ppm: 0,
-            overflow_ppm: 0,
-            queue_ppm: 0,
-            watermark_object: ObjectId(0),
-            watermark_block: BlockIndex(0),
             blocks_done,
-            runs: Vec::new(),
+            ..base.clone()
         };
         s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
         s.on_receipt(t0, &notice(0));

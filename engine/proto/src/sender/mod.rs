@@ -704,6 +704,26 @@ mod testing {
         gated_sender_with(2, 1)
     }
 
+    /// A receipt notice of member `id` with nothing in it and no cookie (tests set what
+    /// they need with `..receipt(s, id)`).
+    pub(super) fn receipt(s: &Sender<Gated>, id: u64) -> crate::wire::ReceiptRepr {
+        crate::wire::ReceiptRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(id),
+            cookie: 0,
+            complete: false,
+            echo_timestamp: 0,
+            echo_delay_us: 0,
+            loss_ppm: 0,
+            overflow_ppm: 0,
+            queue_ppm: 0,
+            watermark_object: ObjectId(0),
+            watermark_block: BlockIndex(0),
+            blocks_done: 0,
+            runs: Vec::new(),
+        }
+    }
+
     /// `blocks` blocks of 4 units of 8 bytes; the blocks before `ready` are available.
     pub(super) fn gated_sender_with(blocks: u32, ready: u32) -> Sender<Gated> {
         gated_sender_cfg(blocks, ready, None)
@@ -772,19 +792,10 @@ mod tests {
 
     fn notice(s: &Sender<super::testing::Gated>, id: u64, runs: Vec<BlockRun>) -> ReceiptRepr {
         ReceiptRepr {
-            session: s.cfg.session,
-            receiver: ReceiverId(id),
             cookie: s.cookie_for(ReceiverId(id), SocketAddr::from(([127, 0, 0, 1], 9))),
-            complete: false,
-            echo_timestamp: 0,
-            echo_delay_us: 0,
-            loss_ppm: 0,
-            overflow_ppm: 0,
-            queue_ppm: 0,
-            watermark_object: ObjectId(0),
-            watermark_block: BlockIndex(0),
             blocks_done: runs.iter().map(|r| u64::from(r.len)).sum(),
             runs,
+            ..super::testing::receipt(s, id)
         }
     }
 
