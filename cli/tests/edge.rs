@@ -560,6 +560,35 @@ fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_re
     assert_eq!(String::from_utf8_lossy(&errors.stderr), "", "decode errors");
     let (d_in, d_out) = (duration(&catalog.join("clip.ts")), duration(&out));
     assert!((d_in - d_out).abs() <= 1.0, "{d_out} s, input {d_in} s");
+    // A player's tool reads it straight from the edge (ranges, keep-alive, as it likes).
+    let probe = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &s.client.ns,
+            "timeout",
+            "30",
+            "ffprobe",
+            "-v",
+            "error",
+        ])
+        .args(["-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(format!("{url}/clip.ts?rendition=critical"))
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let d_http: f64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (d_http - d_out).abs() < 0.01,
+        "{d_http} s over HTTP, {d_out} s in the file"
+    );
     // The full rendition is still the clip itself.
     let whole = dir.path("whole.ts");
     assert_eq!(
