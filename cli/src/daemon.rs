@@ -1,11 +1,12 @@
 //! The long-running commands' operations surface: config files (flags > environment > file),
-//! the NDJSON event log, systemd readiness; and the `origin`, `fetch` and `agent` commands.
+//! the NDJSON event log, systemd readiness; and the `origin`, `fetch`, `agent` and `edge`
+//! commands.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -574,6 +575,91 @@ pub fn man(dir: Option<&Path>) -> Result<()> {
     for sub in cmd.get_subcommands() {
         let name = format!("blockcast-{}", sub.get_name());
         write(&name, sub.clone())?;
+    }
+    Ok(())
+}
+
+/// `blockcast edge`.
+pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
+    let client = client_config(&a.origin, &a.iface, a.request_timeout, &a.trust)?;
+    let http = parse_addr("--http", &a.http)?;
+    let ram = crate::parse_size(&a.ram)?;
+    let disk_bytes = crate::parse_size(&a.disk_size)?;
+    std::fs::create_dir_all(&a.disk)
+        .with_context(|| format!("--disk {}", a.disk.display()))
+        .map_err(|e| exit::input(format!("{e:#}")))?;
+    let cfg = blockcast_node::edge::EdgeConfig {
+        client,
+        http,
+        cache: blockcast_node::edge::CacheConfig {
+            ram_bytes: ram,
+            disk_dir: a.disk.join("blocks"),
+            disk_bytes,
+        },
+        staging: a.disk.join("staging"),
+        index: a.disk.join("objects"),
+        receive_timeout: seconds("--timeout", a.timeout)?.max(Duration::from_millis(100)),
+        rcvbuf: a.rcvbuf,
+        wait_timeout: seconds("--wait-timeout", a.wait_timeout)?.max(Duration::from_millis(100)),
+        max_connections: a.max_connections.max(1),
+        metrics: a
+            .ops
+            .metrics
+            .as_deref()
+            .map(|m| parse_addr("--metrics", m))
+            .transpose()?,
+    };
+    let events = event_log(a.ops.events.as_deref())?;
+    let quiet = out.quiet || out.json;
+    // The edge's threads watch a flag of their own, raised when the user's stop is.
+    let edge_stop = Arc::new(AtomicBool::new(false));
+    let summary = std::thread::scope(|s| {
+        let watcher = {
+            let edge_stop = edge_stop.clone();
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) && !edge_stop.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(Duration::from_millis(50));
+                }
+                edge_stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let r = blockcast_node::edge::edge(cfg, edge_stop.clone(), events, &mut |r| {
+            let line = format!(
+                "edge: http://{}/ from origin {}{}",
+                r.http,
+                a.origin,
+                r.metrics
+                    .map(|m| format!(", metrics http://{m}/metrics"))
+                    .unwrap_or_default()
+            );
+            if !quiet {
+                eprintln!("blockcast: {line}");
+            }
+            notify_ready(&line);
+        });
+        edge_stop.store(true, Ordering::Relaxed);
+        watcher.thread().unpark();
+        let _ = watcher.join();
+        r
+    });
+    notify_stopping();
+    let summary = summary.map_err(exit::node)?;
+    if out.json {
+        json::print(&RoleJson {
+            role: "edge",
+            body: &summary,
+        });
+    } else {
+        out.say(&format!(
+            "edge: {} request(s), {} fill(s) ({} failed), {} bytes from the origin, {} bytes sent from RAM and {} from disk in {:.1} s",
+            summary.requests,
+            summary.fills,
+            summary.fill_failures,
+            summary.origin_bytes,
+            summary.sent_bytes_ram,
+            summary.sent_bytes_disk,
+            summary.seconds
+        ));
     }
     Ok(())
 }

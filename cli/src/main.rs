@@ -73,6 +73,13 @@ enum Command {
     /// Keep a directory in sync with an origin's catalog (all of it, or the names or globs
     /// subscribed to): fetch new and changed objects, verify, run a hook per object.
     Agent(AgentArgs),
+    /// Serve an origin's objects to HTTP clients (players, curl) from a RAM tier and a disk
+    /// tier: a miss fills the object from the origin once for all its clients, who are served
+    /// block by block as it arrives; /NAME?rendition=critical is its key frames only
+    /// (MPEG-TS, H.264/H.265); /status shows objects, tiers, fills and clients. The disk tier
+    /// and its index survive a restart. Not yet: switching a slow client to the critical
+    /// rendition by itself, relay membership.
+    Edge(EdgeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Print the man page, or write one page per command into a directory.
@@ -253,6 +260,47 @@ pub(crate) struct AgentArgs {
     /// Receive threads per transfer.
     #[arg(long)]
     threads: Option<usize>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    ops: OpsArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct EdgeArgs {
+    /// The origin's listen address.
+    #[arg(long, env = "BLOCKCAST_ORIGIN", value_name = "ADDR:PORT")]
+    origin: String,
+    /// Interface toward the origin (name or IPv4 address).
+    #[arg(long, env = "BLOCKCAST_IFACE")]
+    iface: String,
+    /// Where clients connect, e.g. 10.0.1.1:8080 (exactly this address is bound).
+    #[arg(long, env = "BLOCKCAST_HTTP", value_name = "ADDR:PORT")]
+    http: String,
+    /// The RAM tier's size (README, "Sizes and rates").
+    #[arg(long, env = "BLOCKCAST_RAM", value_name = "SIZE")]
+    ram: String,
+    /// The disk tier's directory (blocks under DIR/blocks, the objects' descriptions under
+    /// DIR/objects, fills' staging under DIR/staging).
+    #[arg(long, env = "BLOCKCAST_DISK", value_name = "DIR")]
+    disk: PathBuf,
+    /// The disk tier's size.
+    #[arg(long, env = "BLOCKCAST_DISK_SIZE", value_name = "SIZE")]
+    disk_size: String,
+    /// Seconds a client waits for an object's description or one block before 504.
+    #[arg(long, default_value_t = 30.0)]
+    wait_timeout: f64,
+    /// Give up on a fill whose session is not heard from for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Give up on a request the origin does not answer for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    request_timeout: f64,
+    /// Client connections at once (more get 503).
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    #[arg(long, default_value_t = 32 << 20)]
+    rcvbuf: usize,
     #[command(flatten)]
     trust: TrustArgs,
     #[command(flatten)]
@@ -634,6 +682,7 @@ fn main() -> ExitCode {
         Command::Hash(a) => hash(a, &out),
         Command::Keygen(a) => keygen(a, &out),
         Command::Origin(a) => daemon::origin(a, &stop, &out),
+        Command::Edge(a) => daemon::edge(a, &stop, &out),
         Command::Fetch(a) => daemon::fetch(a, &stop, &out),
         Command::Agent(a) => daemon::agent(a, &stop, &out),
         Command::Completions(a) => daemon::completions(a.shell),

@@ -67,6 +67,7 @@ fn every_unit_passes_systemd_analyze_verify() {
         names,
         [
             "blockcast-agent.service",
+            "blockcast-edge.service",
             "blockcast-origin.service",
             "blockcast-relay.service"
         ]
@@ -168,6 +169,18 @@ fn every_config_file_is_accepted_by_its_command() {
             "--poll=-1",
         ],
         "--poll must be",
+    );
+    assert_accepted(
+        &deploy("edge.toml"),
+        &[
+            "edge",
+            "--iface",
+            IFACE,
+            "--disk",
+            dir.path("edge-disk").to_str().unwrap(),
+            "--wait-timeout=-1",
+        ],
+        "--wait-timeout must be",
     );
     assert_accepted(
         &deploy("relay.toml"),

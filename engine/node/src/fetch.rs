@@ -230,7 +230,7 @@ fn receive_grant(
 
 /// The receiver's configuration for one granted session. Resuming needs nothing more than
 /// receiving into the same staging directory again.
-fn receive_config(
+pub(crate) fn receive_config(
     cfg: &FetchConfig,
     group: std::net::SocketAddrV4,
     out: PathBuf,

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod client;
 mod content;
 mod driver;
+pub mod edge;
 mod error;
 pub mod events;
 pub mod fetch;

@@ -440,3 +440,125 @@ mod tests {
         assert!(!plain.contains("# EOF"));
     }
 }
+
+/// What an edge counts (`blockcast edge --metrics`): the edge's own counters and its tiers,
+/// copied from [`crate::edge::Edge`] by [`EdgeMetrics::update`].
+#[derive(Clone, Default)]
+pub struct EdgeMetrics {
+    pub requests_total: Counter,
+    pub fills_total: Counter,
+    pub fill_failures_total: Counter,
+    pub origin_bytes_total: Counter,
+    pub sent_bytes_ram_total: Counter,
+    pub sent_bytes_disk_total: Counter,
+    pub renditions_made_total: Counter,
+    pub ram_hits_total: Counter,
+    pub disk_hits_total: Counter,
+    pub misses_total: Counter,
+    pub fills: Gauge,
+    pub clients: Gauge,
+    pub ram_bytes: Gauge<u64, AtomicU64>,
+    pub disk_bytes: Gauge<u64, AtomicU64>,
+}
+
+impl EdgeMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        let counters: [(&str, &str, &Counter); 10] = [
+            (
+                "blockcast_edge_requests",
+                "HTTP requests answered",
+                &self.requests_total,
+            ),
+            (
+                "blockcast_edge_fills",
+                "Fills started (sessions the origin granted the edge)",
+                &self.fills_total,
+            ),
+            (
+                "blockcast_edge_fill_failures",
+                "Fills that ended before the object was whole",
+                &self.fill_failures_total,
+            ),
+            (
+                "blockcast_edge_origin_bytes",
+                "Bytes the fills took from the origin into the cache",
+                &self.origin_bytes_total,
+            ),
+            (
+                "blockcast_edge_sent_ram_bytes",
+                "Body bytes sent to clients from the RAM tier",
+                &self.sent_bytes_ram_total,
+            ),
+            (
+                "blockcast_edge_sent_disk_bytes",
+                "Body bytes sent to clients from the disk tier",
+                &self.sent_bytes_disk_total,
+            ),
+            (
+                "blockcast_edge_renditions_made",
+                "Critical renditions made",
+                &self.renditions_made_total,
+            ),
+            (
+                "blockcast_edge_ram_hits",
+                "Block lookups served from RAM",
+                &self.ram_hits_total,
+            ),
+            (
+                "blockcast_edge_disk_hits",
+                "Block lookups served from disk (verified)",
+                &self.disk_hits_total,
+            ),
+            (
+                "blockcast_edge_misses",
+                "Block lookups neither tier could serve",
+                &self.misses_total,
+            ),
+        ];
+        for (name, help, c) in counters {
+            r.register(name, help, c.clone());
+        }
+        r.register(
+            "blockcast_edge_fills_running",
+            "Fills running now",
+            self.fills.clone(),
+        );
+        r.register(
+            "blockcast_edge_clients",
+            "Client responses in progress",
+            self.clients.clone(),
+        );
+        r.register(
+            "blockcast_edge_ram_bytes",
+            "Bytes held in the RAM tier",
+            self.ram_bytes.clone(),
+        );
+        r.register(
+            "blockcast_edge_disk_bytes",
+            "Bytes held in the disk tier",
+            self.disk_bytes.clone(),
+        );
+    }
+
+    /// Copies the edge's counters and tiers (`d` remembers the last values).
+    pub fn update(&self, d: &mut Delta, s: &crate::edge::EdgeStatus) {
+        d.add("requests", &self.requests_total, s.requests);
+        d.add("fills", &self.fills_total, s.fills.started);
+        d.add("fill_failures", &self.fill_failures_total, s.fills.failed);
+        d.add(
+            "origin_bytes",
+            &self.origin_bytes_total,
+            s.fills.origin_bytes,
+        );
+        d.add("sent_ram", &self.sent_bytes_ram_total, s.sent_bytes_ram);
+        d.add("sent_disk", &self.sent_bytes_disk_total, s.sent_bytes_disk);
+        d.add("renditions", &self.renditions_made_total, s.renditions_made);
+        d.add("ram_hits", &self.ram_hits_total, s.tiers.ram_hits);
+        d.add("disk_hits", &self.disk_hits_total, s.tiers.disk_hits);
+        d.add("misses", &self.misses_total, s.tiers.misses);
+        self.fills.set(s.fills.running as i64);
+        self.clients.set(s.clients.len() as i64);
+        self.ram_bytes.set(s.tiers.ram_bytes);
+        self.disk_bytes.set(s.tiers.disk_bytes);
+    }
+}

@@ -165,6 +165,30 @@ impl Published {
         (blocks as u64 * m.block_size()).min(size)
     }
 
+    /// How many times the receive loop has published a batch so far (for
+    /// [`Published::wait_changed`]).
+    pub fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the receive loop publishes a batch after `seen` (a value of
+    /// [`Published::generation`] read before looking at the blocks), or the end, or
+    /// `deadline`.
+    pub fn wait_changed(&self, seen: u64, deadline: Instant) {
+        let mut g = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        while *g == seen && !self.is_ended() {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Waits until the manifest is known (or `deadline`, or the end).
     pub fn wait_manifest(&self, deadline: Instant) -> Option<Arc<Manifest>> {
         let mut g = self.generation.lock().unwrap_or_else(|e| e.into_inner());

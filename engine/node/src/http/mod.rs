@@ -46,6 +46,7 @@ use std::time::Duration;
 use crate::published::{Ask, Published};
 
 pub mod api;
+pub mod edge;
 mod parse;
 mod response;
 mod server;

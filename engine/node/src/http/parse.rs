@@ -16,6 +16,11 @@ pub(super) struct Request {
     pub(super) target: String,
     /// The `Range` header's value, trimmed; `None` if absent or given more than once.
     pub(super) range: Option<String>,
+    /// The `If-Range` header's value, trimmed (`Some("")` if given more than once).
+    pub(super) if_range: Option<String>,
+    /// The client keeps the connection open after the answer: HTTP/1.1 without
+    /// `Connection: close`, or HTTP/1.0 with `Connection: keep-alive` (RFC 9112 §9.3).
+    pub(super) keep_alive: bool,
 }
 
 /// Why a request head is refused.
@@ -79,10 +84,34 @@ pub(super) fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadErr
         (Some(h), None) => Some(String::from_utf8_lossy(h.value).trim().to_string()),
         _ => None,
     };
+    let mut if_ranges = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("if-range"));
+    let if_range = match (if_ranges.next(), if_ranges.next()) {
+        (None, _) => None,
+        (Some(h), None) => Some(String::from_utf8_lossy(h.value).trim().to_string()),
+        // Several: no validator matches them all.
+        (Some(_), Some(_)) => Some(String::new()),
+    };
+    let connection = |token: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    };
+    let keep_alive = if req.version == Some(1) {
+        !connection("close")
+    } else {
+        connection("keep-alive")
+    };
     let request = Request {
         method: method.to_string(),
         target: target.to_string(),
         range,
+        if_range,
+        keep_alive,
     };
     Ok(Some((request, len)))
 }
@@ -224,7 +253,32 @@ mod tests {
             method: "GET".into(),
             target: target.into(),
             range: range.map(Into::into),
+            if_range: None,
+            keep_alive: true,
         }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_the_connection_tokens() {
+        let keep = |h: &[u8]| whole(h).0.keep_alive;
+        assert!(keep(b"GET / HTTP/1.1\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.1\r\nConnection: TE, Close\r\n\r\n"));
+        assert!(!keep(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(keep(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn if_range_is_kept_once_and_refused_when_repeated() {
+        let if_range = |h: &[u8]| whole(h).0.if_range;
+        assert_eq!(if_range(b"GET / HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(
+            if_range(b"GET / HTTP/1.1\r\nIf-Range:  \"ab\" \r\n\r\n").as_deref(),
+            Some("\"ab\"")
+        );
+        assert_eq!(
+            if_range(b"GET / HTTP/1.1\r\nIf-Range: \"a\"\r\nif-range: \"a\"\r\n\r\n").as_deref(),
+            Some("")
+        );
     }
 
     #[test]
@@ -235,7 +289,13 @@ mod tests {
         assert_eq!(&head[len..], b"body");
         // Absolute form, no Range.
         let (req, _) = whole(b"GET http://h:1/a.txt HTTP/1.0\r\n\r\n");
-        assert_eq!(req, get("http://h:1/a.txt", None));
+        assert_eq!(
+            req,
+            Request {
+                keep_alive: false,
+                ..get("http://h:1/a.txt", None)
+            }
+        );
     }
 
     #[test]

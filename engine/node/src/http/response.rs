@@ -32,9 +32,12 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        415 => "Unsupported Media Type",
         416 => "Range Not Satisfiable",
+        422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "",
@@ -47,11 +50,24 @@ pub(super) fn response_head(
     headers: &[(&str, String)],
     content_length: u64,
 ) -> String {
+    response_head_kept(status, headers, content_length, false)
+}
+
+/// A status line and headers, with `Content-Length` and `Connection: keep-alive` when
+/// `keep_alive` (the connection takes another request after this answer), else
+/// `Connection: close`.
+pub(super) fn response_head_kept(
+    status: u16,
+    headers: &[(&str, String)],
+    content_length: u64,
+    keep_alive: bool,
+) -> String {
     let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in headers {
         out += &format!("{name}: {value}\r\n");
     }
-    out += &format!("Content-Length: {content_length}\r\nConnection: close\r\n\r\n");
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    out += &format!("Content-Length: {content_length}\r\nConnection: {connection}\r\n\r\n");
     out
 }
 

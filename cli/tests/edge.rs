@@ -1,0 +1,684 @@
+//! `blockcast edge` between an origin and HTTP clients, across network namespaces (root;
+//! elsewhere skipped with the reason, failed under CI): a whole object byte-identical; a
+//! `Range` request during the fill; a second client of an object evicted from RAM served
+//! from disk with nothing more from the origin; an unknown name `404`; the critical
+//! rendition of an ffmpeg clip all key frames, decoding cleanly; a non-TS object asked for
+//! as critical `415`; an origin that vanishes mid-fill: the client's response ends short, the
+//! edge runs on and keeps the verified blocks.
+
+mod common;
+
+use common::netns::{Lab, Node};
+use common::*;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Writes a sample into the catalog under a hidden name, then renames it.
+fn publish(catalog: &Path, name: &str, size: u64, seed: u64) {
+    let tmp = catalog.join(format!(".{name}.tmp"));
+    write_sample(&tmp, size, seed);
+    std::fs::rename(&tmp, catalog.join(name)).unwrap();
+}
+
+/// `blockcast origin` in `node` on `catalog`, at `listen`, groups 239.255.<octet>.0/24,
+/// sending at `rate`.
+fn start_origin(
+    lab: &Lab,
+    node: &Node,
+    dir: &Path,
+    catalog: &Path,
+    listen: &str,
+    octet: u8,
+    rate: &str,
+) -> Proc {
+    let metrics = format!("{}:9300", node.addr);
+    let mut a: Vec<OsString> = vec!["origin".into(), "--catalog".into(), catalog.into()];
+    for x in [
+        "--iface",
+        &node.addr.to_string(),
+        "--listen",
+        listen,
+        "--groups",
+        &format!("239.255.{octet}.0/24"),
+        "--settle",
+        "0",
+        "--rescan",
+        "0.2",
+        "--no-hash-cache",
+        "--batch-window",
+        "0.05",
+        "--join-grace",
+        "0.5",
+        "--rate",
+        rate,
+        "--metrics",
+        &metrics,
+        "--json",
+    ] {
+        a.push(x.into());
+    }
+    lab.spawn(node, dir, "origin", a)
+}
+
+/// Runs `curl` inside `node` (bounded by `--max-time`); returns its output.
+fn curl(node: &Node, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &node.ns, "curl", "-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl runs")
+}
+
+/// Starts `curl` inside `node` in the background, the body into `out`, the status code on
+/// its standard output.
+fn curl_spawn(node: &Node, url: &str, out: &Path, extra: &[&str]) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", &node.ns, "curl", "-sS", "--max-time", "60"])
+        .args(extra)
+        .args(["-o"])
+        .arg(out)
+        .args(["-w", "%{http_code}", url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl starts")
+}
+
+fn finish_curl(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// GETs `url` into `out`; returns the status code.
+fn get(node: &Node, url: &str, out: &Path, extra: &[&str]) -> String {
+    finish_curl(curl_spawn(node, url, out, extra))
+}
+
+fn status(node: &Node, edge_url: &str) -> serde_json::Value {
+    let out = curl(node, &[&format!("{edge_url}/status")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status is JSON")
+}
+
+/// The value of a metric (the sum of its series) in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The lab: an origin and the edge's upstream side on one bridge, the edge's client side and
+/// a client on another.
+struct Setup {
+    lab: Lab,
+    srv: Node,
+    /// The edge's interface toward the origin.
+    edge_up: Node,
+    /// The edge's interface toward clients (the same namespace).
+    edge: Node,
+    client: Node,
+    listen: String,
+}
+
+fn setup(tag: &str, net: u8) -> Setup {
+    let mut lab = Lab::new(tag, net);
+    let up = lab.add_bridge();
+    let down = lab.add_bridge();
+    let srv = lab.add_node("srv", up);
+    let edge_up = lab.add_node("edge", up);
+    let edge = lab.attach(&edge_up, down);
+    let client = lab.add_node("cl", down);
+    let listen = format!("{}:9100", srv.addr);
+    Setup {
+        lab,
+        srv,
+        edge_up,
+        edge,
+        client,
+        listen,
+    }
+}
+
+/// Starts the origin and the edge (HTTP on port 8080 of its client side, the given RAM tier,
+/// 256 MiB of disk), and waits until the origin's catalog is hashed and the edge answers.
+fn start(
+    s: &Setup,
+    dir: &Scratch,
+    catalog: &Path,
+    octet: u8,
+    ram: &str,
+    origin_rate: &str,
+    edge_extra: &[&str],
+) -> (Proc, Proc, String) {
+    let mut origin = start_origin(
+        &s.lab,
+        &s.srv,
+        &dir.0,
+        catalog,
+        &s.listen,
+        octet,
+        origin_rate,
+    );
+    let mut edge = spawn_edge(s, dir, ram, "edge", edge_extra);
+    let url = format!("http://{}:8080", s.edge.addr);
+    let metrics_url = format!("http://{}:9300/metrics", s.srv.addr);
+    let want = std::fs::read_dir(catalog).unwrap().count() as f64;
+    wait_until(Duration::from_secs(30), "the origin's catalog", || {
+        origin.assert_running();
+        let out = curl(&s.srv, &[&metrics_url]);
+        out.status.success()
+            && metric(
+                &String::from_utf8_lossy(&out.stdout),
+                "blockcast_origin_catalog_objects",
+            ) == want
+    });
+    wait_until(Duration::from_secs(20), "the edge to answer", || {
+        edge.assert_running();
+        curl(&s.client, &["-f", &format!("{url}/status")])
+            .status
+            .success()
+    });
+    (origin, edge, url)
+}
+
+/// `blockcast edge` (HTTP on port 8080 of its client side, the given RAM tier, 256 MiB of
+/// disk under `dir/edge-disk`), its output under `name`.
+fn spawn_edge(s: &Setup, dir: &Scratch, ram: &str, name: &str, extra: &[&str]) -> Proc {
+    let http = format!("{}:8080", s.edge.addr);
+    let mut a: Vec<OsString> = vec!["edge".into()];
+    for x in [
+        "--origin",
+        &s.listen,
+        "--iface",
+        &s.edge_up.addr.to_string(),
+        "--http",
+        &http,
+        "--ram",
+        ram,
+        "--disk-size",
+        "256M",
+        "--wait-timeout",
+        "20",
+        "--metrics",
+        &format!("{}:9301", s.edge.addr),
+        "--json",
+    ] {
+        a.push(x.into());
+    }
+    a.push("--disk".into());
+    a.push(dir.path("edge-disk").into());
+    a.extend(extra.iter().map(OsString::from));
+    s.lab.spawn(&s.edge_up, &dir.0, name, a)
+}
+
+fn origin_sessions(s: &Setup) -> f64 {
+    let out = curl(&s.srv, &[&format!("http://{}:9300/metrics", s.srv.addr)]);
+    metric(
+        &String::from_utf8_lossy(&out.stdout),
+        "blockcast_origin_sessions_total",
+    )
+}
+
+#[test]
+fn an_edge_fills_once_serves_ranges_during_the_fill_and_later_clients_from_disk() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("edge-fill");
+    let s = setup("edf", 96);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let size = 16u64 << 20;
+    publish(&catalog, "a.bin", size, 7);
+    // A RAM tier of two blocks: the object leaves RAM as it fills.
+    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 96, "2200k", "10M", &[]);
+
+    // Unknown name: 404, answered at once (the origin says so).
+    let out = curl(
+        &s.client,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{url}/nope.bin"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+
+    // The first client starts the fill (10 MB/s from the origin: about 1.7 s).
+    let first = dir.path("first.bin");
+    let c1 = curl_spawn(&s.client, &format!("{url}/a.bin"), &first, &[]);
+    wait_until(Duration::from_secs(20), "the fill to be under way", || {
+        let st = status(&s.client, &url);
+        st["objects"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == "a.bin"))
+            .is_some_and(|o| o["filling"] == true && o["fill_bytes"].as_u64() > Some(0))
+    });
+    // A range in the second half, asked for while the fill runs.
+    let (from, to) = (size / 2 + 12_345, size / 2 + 3_000_000);
+    let part = dir.path("part.bin");
+    let code = get(
+        &s.client,
+        &format!("{url}/a.bin"),
+        &part,
+        &["-H", &format!("Range: bytes={from}-{to}")],
+    );
+    let during = status(&s.client, &url);
+    assert_eq!(code, "206");
+    let whole = std::fs::read(catalog.join("a.bin")).unwrap();
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        &whole[from as usize..=to as usize],
+        "the range's bytes"
+    );
+    assert_eq!(finish_curl(c1), "200");
+    assert_identical(&catalog.join("a.bin"), &first);
+    let a = |st: &serde_json::Value| {
+        st["objects"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == "a.bin"))
+            .cloned()
+            .expect("a.bin in /status")
+    };
+    // The range was answered during the fill: its status read afterwards may already show
+    // the fill over, but never a second fill.
+    assert_eq!(a(&during)["fills"], 1);
+
+    // Filled, and (with two blocks of RAM) almost all of it only on disk now.
+    wait_until(Duration::from_secs(10), "the fill to end", || {
+        a(&status(&s.client, &url))["filling"] == false
+    });
+    let before = status(&s.client, &url);
+    let sessions_before = origin_sessions(&s);
+    assert_eq!(sessions_before, 1.0, "one session for the fill");
+    assert!(
+        a(&before)["blocks_ram"].as_u64() < Some(4),
+        "RAM holds at most two blocks: {}",
+        a(&before)
+    );
+    let second = dir.path("second.bin");
+    assert_eq!(get(&s.client, &format!("{url}/a.bin"), &second, &[]), "200");
+    assert_identical(&catalog.join("a.bin"), &second);
+    let after = status(&s.client, &url);
+    // Nothing more from the origin: no new fill, no new byte, no new session.
+    assert_eq!(after["fills"]["started"], before["fills"]["started"]);
+    assert_eq!(
+        after["fills"]["origin_bytes"],
+        before["fills"]["origin_bytes"]
+    );
+    assert_eq!(origin_sessions(&s), sessions_before);
+    let disk_sent =
+        after["sent_bytes_disk"].as_u64().unwrap() - before["sent_bytes_disk"].as_u64().unwrap();
+    assert!(
+        disk_sent >= size - (3 << 20),
+        "{disk_sent} bytes of {size} from disk"
+    );
+    assert!(after["tiers"]["disk_hits"].as_u64() > before["tiers"]["disk_hits"].as_u64());
+    // The metrics say the same (copied from the edge's counters twice a second), and the real
+    // Prometheus tool reads them.
+    let metrics_url = format!("http://{}:9301/metrics", s.edge.addr);
+    let mut text = String::new();
+    wait_until(Duration::from_secs(10), "the edge's metrics", || {
+        text = String::from_utf8_lossy(&curl(&s.client, &[&metrics_url]).stdout).into_owned();
+        metric(&text, "blockcast_edge_sent_disk_bytes_total")
+            >= after["sent_bytes_disk"].as_u64().unwrap() as f64
+    });
+    assert_eq!(metric(&text, "blockcast_edge_fills_total"), 1.0, "{text}");
+    promtool_check(&text);
+
+    // HEAD gives the length without a body; keep-alive serves two requests on one connection.
+    let out = curl(&s.client, &["-I", &format!("{url}/a.bin")]);
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains(&format!("content-length: {size}")), "{head}");
+    // If-Range: the object's tag keeps the range, another tag gets the whole object.
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("an etag")
+        .trim()
+        .to_string();
+    for (tag, code, len) in [(etag.as_str(), "206", 100), ("\"other\"", "200", size)] {
+        let got = dir.path("if-range.bin");
+        let c = get(
+            &s.client,
+            &format!("{url}/a.bin"),
+            &got,
+            &[
+                "-H",
+                "Range: bytes=100-199",
+                "-H",
+                &format!("If-Range: {tag}"),
+            ],
+        );
+        assert_eq!(
+            (c.as_str(), std::fs::metadata(&got).unwrap().len()),
+            (code, len)
+        );
+    }
+    let out = curl(
+        &s.client,
+        &[
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{num_connects}\n",
+            &format!("{url}/a.bin"),
+            &format!("{url}/a.bin"),
+        ],
+    );
+    let connects = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        connects.lines().collect::<Vec<_>>(),
+        ["1", "0"],
+        "one connection for both"
+    );
+
+    // After a restart the disk tier and the index serve the object without the origin.
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    let mut edge = spawn_edge(&s, &dir, "2200k", "edge-again", &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the restarted edge to answer",
+        || {
+            edge.assert_running();
+            curl(&s.client, &["-f", &format!("{url}/status")])
+                .status
+                .success()
+        },
+    );
+    let third = dir.path("third.bin");
+    assert_eq!(get(&s.client, &format!("{url}/a.bin"), &third, &[]), "200");
+    assert_identical(&catalog.join("a.bin"), &third);
+    let restarted = status(&s.client, &url);
+    assert_eq!(restarted["fills"]["started"], 0, "{restarted}");
+    assert_eq!(restarted["fills"]["origin_bytes"], 0);
+    assert_eq!(restarted["sent_bytes_disk"].as_u64(), Some(size));
+    assert_eq!(origin_sessions(&s), sessions_before);
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+/// `promtool check metrics` on `text` (Debian's prometheus package; .ci/run installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let why = "promtool is not installed (Debian package prometheus)".to_string();
+    let Ok(mut check) = spawned else {
+        assert!(!can_run(Some(why)));
+        return;
+    };
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn have_ffmpeg() -> Option<String> {
+    let ok = |tool: &str| {
+        Command::new(tool)
+            .arg("-version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    (!(ok("ffmpeg") && ok("ffprobe"))).then(|| "ffmpeg and ffprobe are needed".to_string())
+}
+
+/// A 10-second 25 fps H.264 clip with a GOP of 25, B pictures and AAC audio (as the edge
+/// crate's tests make it).
+fn make_clip(path: &Path) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc=duration=10:size=320x240:rate=25")
+        .args(["-f", "lavfi", "-i", "sine=duration=10"])
+        .args([
+            "-c:v", "libx264", "-g", "25", "-bf", "2", "-c:a", "aac", "-f", "mpegts",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Picture types of the video frames ffprobe finds.
+fn pict_types(path: &Path) -> Vec<String> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_frames"])
+        .args(["-show_entries", "frame=pict_type", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // A line may go on with side data after a comma ("I,H.26[45] User Data ...").
+        .filter_map(|l| l.split(',').next())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn duration(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_refused() {
+    if !can_run(Lab::skip_reason()) || !can_run(have_ffmpeg()) {
+        return;
+    }
+    let dir = Scratch::new("edge-critical");
+    let s = setup("edc", 97);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let clip_tmp = dir.path("clip.ts");
+    make_clip(&clip_tmp);
+    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    publish(&catalog, "data.bin", 300_000, 3);
+    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 97, "64M", "10M", &[]);
+    let full = pict_types(&catalog.join("clip.ts"));
+    // The case is exercised: the clip has P and B pictures to drop.
+    assert!(
+        full.iter().any(|t| t == "B") && full.iter().any(|t| t == "P"),
+        "{full:?}"
+    );
+
+    let out: PathBuf = dir.path("critical.ts");
+    assert_eq!(
+        get(
+            &s.client,
+            &format!("{url}/clip.ts?rendition=critical"),
+            &out,
+            &[]
+        ),
+        "200"
+    );
+    let kinds = pict_types(&out);
+    assert!(!kinds.is_empty());
+    assert!(kinds.iter().all(|t| t == "I"), "{kinds:?}");
+    assert!(kinds.len() < full.len());
+    let errors = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&out)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(errors.status.success());
+    assert_eq!(String::from_utf8_lossy(&errors.stderr), "", "decode errors");
+    let (d_in, d_out) = (duration(&catalog.join("clip.ts")), duration(&out));
+    assert!((d_in - d_out).abs() <= 1.0, "{d_out} s, input {d_in} s");
+    // A player's tool reads it straight from the edge (ranges, keep-alive, as it likes).
+    let probe = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &s.client.ns,
+            "timeout",
+            "30",
+            "ffprobe",
+            "-v",
+            "error",
+        ])
+        .args(["-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(format!("{url}/clip.ts?rendition=critical"))
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let d_http: f64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (d_http - d_out).abs() < 0.01,
+        "{d_http} s over HTTP, {d_out} s in the file"
+    );
+    // The full rendition is still the clip itself.
+    let whole = dir.path("whole.ts");
+    assert_eq!(
+        get(&s.client, &format!("{url}/clip.ts"), &whole, &[]),
+        "200"
+    );
+    assert_identical(&catalog.join("clip.ts"), &whole);
+
+    // Not a transport stream: 415, with no stream.
+    let refused = dir.path("refused");
+    assert_eq!(
+        get(
+            &s.client,
+            &format!("{url}/data.bin?rendition=critical"),
+            &refused,
+            &[]
+        ),
+        "415"
+    );
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn an_origin_that_vanishes_mid_fill_ends_the_response_short_and_the_edge_keeps_what_it_verified() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("edge-vanish");
+    let s = setup("edv", 98);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let size = 24u64 << 20;
+    publish(&catalog, "v.bin", size, 11);
+    // 4 MB/s: the fill would take 6 s; the edge gives a silent session up after 2 s.
+    let (mut origin, mut edge, url) =
+        start(&s, &dir, &catalog, 98, "64M", "4M", &["--timeout", "2"]);
+    let got = dir.path("v.bin");
+    let client = curl_spawn(&s.client, &format!("{url}/v.bin"), &got, &[]);
+    let filled = |st: &serde_json::Value| {
+        st["objects"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == "v.bin"))
+            .map_or(0, |o| o["fill_bytes"].as_u64().unwrap_or(0))
+    };
+    wait_until(Duration::from_secs(20), "a few blocks filled", || {
+        filled(&status(&s.client, &url)) >= 3 << 20
+    });
+    origin.kill();
+    let out = client.wait_with_output().unwrap();
+    // curl: 18, "partial file": the response ended short of its Content-Length.
+    assert_eq!(
+        out.status.code(),
+        Some(18),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let body = std::fs::read(&got).unwrap();
+    let whole = std::fs::read(catalog.join("v.bin")).unwrap();
+    assert!(
+        !body.is_empty() && body.len() < whole.len(),
+        "{} bytes",
+        body.len()
+    );
+    assert_eq!(
+        &whole[..body.len()],
+        &body[..],
+        "what was sent is the object's start"
+    );
+    // The edge runs on, says the fill failed, and keeps the verified blocks on disk.
+    edge.assert_running();
+    let st = status(&s.client, &url);
+    let v = st["objects"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == "v.bin"))
+        .cloned()
+        .expect("v.bin in /status");
+    assert_eq!(v["filling"], false, "{v}");
+    assert!(v["failed"].is_string(), "{v}");
+    assert!(
+        v["blocks_ram"].as_u64().unwrap() + v["blocks_disk"].as_u64().unwrap() >= 3,
+        "{v}"
+    );
+    // Written through: the disk tier holds them too.
+    assert!(st["tiers"]["disk_bytes"].as_u64() >= Some(3 << 20), "{st}");
+    assert_eq!(st["fills"]["failed"], 1, "{st}");
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+}
