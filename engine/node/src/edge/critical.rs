@@ -1,0 +1,102 @@
+//! The critical rendition of an object, made from the full object and kept in the tiers.
+
+use super::*;
+
+impl Edge {
+    /// The critical rendition of `name`: made now from the full object if not made yet.
+    /// Clients of an object whose rendition is being made wait for it.
+    pub fn critical(self: &Arc<Self>, name: &str) -> Result<Meta, EdgeError> {
+        let full = self.meta(name)?;
+        let obj = self.object(name);
+        let mut made = obj.critical.lock().unwrap_or_else(|e| e.into_inner());
+        match &*made {
+            Some(Ok(m)) if m.block_size == full.block_size && self.holds_all(m) => {
+                return Ok(m.clone())
+            }
+            Some(Err(e)) => return Err(EdgeError::Rendition(*e)),
+            _ => {}
+        }
+        let result = self.make_critical(name, &full)?;
+        *made = Some(result.clone());
+        result.map_err(EdgeError::Rendition)
+    }
+
+    fn holds_all(&self, m: &Meta) -> bool {
+        let cache = self.cache();
+        (0..m.blocks()).all(|block| {
+            cache
+                .holds(&BlockKey {
+                    object: m.id,
+                    block,
+                })
+                .is_some()
+        })
+    }
+
+    /// Runs the filter over the full object's blocks in order; stores its output as blocks.
+    fn make_critical(self: &Arc<Self>, name: &str, full: &Meta) -> Result<Critical, EdgeError> {
+        let id = critical_id(&full.id);
+        let mut filter = CriticalFilter::new(RenditionConfig::default());
+        let mut out = Vec::new();
+        let mut hashes = Vec::new();
+        let mut size = 0u64;
+        let bs = full.block_size as usize;
+        let mut store = |out: &mut Vec<u8>, all: bool, hashes: &mut Vec<[u8; 32]>| {
+            while out.len() >= bs || (all && !out.is_empty()) {
+                let take = out.len().min(bs);
+                let block: Vec<u8> = out.drain(..take).collect();
+                let key = BlockKey {
+                    object: id,
+                    block: hashes.len() as u32,
+                };
+                hashes.push(*blake3::hash(&block).as_bytes());
+                size += block.len() as u64;
+                self.cache().insert(key, block.into());
+            }
+        };
+        for block in 0..full.blocks() {
+            let served = self.full_block(name, block)?;
+            if let Err(e) = filter.push(&served.bytes, &mut out) {
+                return Ok(Err(e));
+            }
+            store(&mut out, false, &mut hashes);
+        }
+        if let Err(e) = filter.finish(&mut out) {
+            return Ok(Err(e));
+        }
+        store(&mut out, true, &mut hashes);
+        self.counters
+            .renditions_made
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Ok(Meta {
+            size,
+            block_size: full.block_size,
+            id,
+            block_hashes: hashes.into(),
+        }))
+    }
+
+    /// Block `block` of the critical rendition `meta` (made by [`Edge::critical`]).
+    pub fn critical_block(&self, meta: &Meta, block: u32) -> Result<Served, EdgeError> {
+        let hash = meta
+            .block_hashes
+            .get(block as usize)
+            .ok_or_else(|| EdgeError::Origin("block out of range".into()))?;
+        self.lookup(
+            &BlockKey {
+                object: meta.id,
+                block,
+            },
+            hash,
+        )
+        .ok_or_else(|| EdgeError::Origin("the rendition's block left both tiers".into()))
+    }
+}
+
+/// The cache id of an object's critical rendition: derived from the object's, so the two
+/// never share blocks.
+pub(super) fn critical_id(full: &ContentId) -> ContentId {
+    let mut h = blake3::Hasher::new_derive_key("blockcast edge critical rendition (key frames)");
+    h.update(&full.0);
+    ContentId(*h.finalize().as_bytes())
+}

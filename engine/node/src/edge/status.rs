@@ -1,0 +1,203 @@
+//! `/status`: the objects, tiers, fills and clients, as JSON.
+
+use super::*;
+
+impl Edge {
+    /// `/status` as JSON. `objects`: list each object with where its blocks are (a walk over
+    /// every block under the cache's lock: `/status` does it, the metrics' twice-a-second
+    /// copy does not).
+    pub fn status(&self, objects_too: bool) -> EdgeStatus {
+        let objects: Vec<Arc<Object>> = self
+            .objects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let cache = self.cache();
+        let mut list: Vec<ObjectStatus> = objects
+            .iter()
+            .filter(|_| objects_too)
+            .map(|o| {
+                let st = o.lock();
+                let (mut ram, mut disk) = (0, 0);
+                if let Some(m) = &st.meta {
+                    for block in 0..m.blocks() {
+                        match cache.holds(&BlockKey {
+                            object: m.id,
+                            block,
+                        }) {
+                            Some(Tier::Ram) => ram += 1,
+                            Some(Tier::Disk) => disk += 1,
+                            None => {}
+                        }
+                    }
+                }
+                let critical = match o.critical.try_lock() {
+                    Ok(c) => match &*c {
+                        None => "none".to_string(),
+                        Some(Ok(m)) => format!("made ({} bytes)", m.size),
+                        Some(Err(e)) => format!("impossible: {e}"),
+                    },
+                    Err(_) => "being made".to_string(),
+                };
+                ObjectStatus {
+                    name: o.name.clone(),
+                    size: st.meta.as_ref().map(|m| m.size),
+                    blake3: st.meta.as_ref().map(|m| hex(&m.id.0)),
+                    blocks: st.meta.as_ref().map_or(0, |m| m.blocks()),
+                    blocks_ram: ram,
+                    blocks_disk: disk,
+                    filling: st.filling,
+                    fills: st.fills,
+                    fill_bytes: st.fill_bytes,
+                    last_fill_seconds: st.last_fill_seconds,
+                    failed: st.failed.as_ref().map(|e| e.to_string()),
+                    critical,
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let stats = cache.stats();
+        drop(cache);
+        let now = Instant::now();
+        let mut clients: Vec<ClientStatus> = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, c)| {
+                let secs = now.duration_since(c.started).as_secs_f64();
+                let bytes = c.bytes.load(Ordering::Relaxed);
+                ClientStatus {
+                    id: *id,
+                    peer: c.peer.to_string(),
+                    object: c.object.clone(),
+                    rendition: c.rendition,
+                    bytes,
+                    seconds: secs,
+                    rate_bytes_per_sec: if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
+                }
+            })
+            .collect();
+        clients.sort_by_key(|c| c.id);
+        let c = &self.counters;
+        EdgeStatus {
+            role: "edge",
+            origin: self.cfg.client.origin.to_string(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            objects: list,
+            tiers: TiersStatus {
+                ram_bytes: stats.ram_bytes,
+                ram_capacity: self.cfg.cache.ram_bytes,
+                disk_bytes: stats.disk_bytes,
+                disk_capacity: self.cfg.cache.disk_bytes,
+                ram_hits: stats.ram_hits,
+                disk_hits: stats.disk_hits,
+                misses: stats.misses,
+                ram_evictions: stats.ram_evictions,
+                disk_evictions: stats.disk.evictions,
+                disk_corrupt: stats.disk.corrupt,
+                disk_restored: stats.disk.restored,
+                disk_write_failures: stats.disk.write_failures,
+            },
+            fills: FillsStatus {
+                started: c.fills.load(Ordering::Relaxed),
+                failed: c.fill_failures.load(Ordering::Relaxed),
+                running: objects.iter().filter(|o| o.lock().filling).count() as u64,
+                origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
+            },
+            clients,
+            requests: c.requests.load(Ordering::Relaxed),
+            sent_bytes_ram: c.sent_bytes_ram.load(Ordering::Relaxed),
+            sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
+            renditions_made: c.renditions_made.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct EdgeStatus {
+    pub role: &'static str,
+    pub origin: String,
+    pub uptime_seconds: f64,
+    pub objects: Vec<ObjectStatus>,
+    pub tiers: TiersStatus,
+    pub fills: FillsStatus,
+    pub clients: Vec<ClientStatus>,
+    pub requests: u64,
+    pub sent_bytes_ram: u64,
+    pub sent_bytes_disk: u64,
+    pub renditions_made: u64,
+}
+
+#[derive(Serialize)]
+pub struct ObjectStatus {
+    pub name: String,
+    pub size: Option<u64>,
+    pub blake3: Option<String>,
+    pub blocks: u32,
+    pub blocks_ram: u32,
+    pub blocks_disk: u32,
+    pub filling: bool,
+    pub fills: u64,
+    pub fill_bytes: u64,
+    pub last_fill_seconds: Option<f64>,
+    pub failed: Option<String>,
+    pub critical: String,
+}
+
+#[derive(Serialize)]
+pub struct TiersStatus {
+    pub ram_bytes: u64,
+    pub ram_capacity: u64,
+    pub disk_bytes: u64,
+    pub disk_capacity: u64,
+    pub ram_hits: u64,
+    pub disk_hits: u64,
+    pub misses: u64,
+    pub ram_evictions: u64,
+    pub disk_evictions: u64,
+    pub disk_corrupt: u64,
+    pub disk_restored: u64,
+    pub disk_write_failures: u64,
+}
+
+#[derive(Serialize)]
+pub struct FillsStatus {
+    pub started: u64,
+    pub failed: u64,
+    pub running: u64,
+    /// Bytes the fills took from the origin into the cache.
+    pub origin_bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct ClientStatus {
+    pub id: u64,
+    pub peer: String,
+    pub object: String,
+    pub rendition: &'static str,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub rate_bytes_per_sec: f64,
+}
+
+/// What the edge did, when it stops.
+#[derive(Clone, Debug, Serialize)]
+pub struct EdgeSummary {
+    pub requests: u64,
+    pub fills: u64,
+    pub fill_failures: u64,
+    pub origin_bytes: u64,
+    pub sent_bytes_ram: u64,
+    pub sent_bytes_disk: u64,
+    pub seconds: f64,
+}
+
+/// Where the edge listens, once it does.
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeReady {
+    pub http: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+}
