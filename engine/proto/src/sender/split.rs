@@ -208,7 +208,7 @@ impl<S: BlockSource> Sender<S> {
                             receiver: m.id,
                             epoch: sp.epoch,
                             zone: m.zone,
-                            next: m.next,
+                            nexts: m.nexts.clone(),
                             peers: m.peers.clone(),
                         },
                     );

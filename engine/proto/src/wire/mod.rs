@@ -19,7 +19,7 @@ pub use feedback::{
     ReceiptRepr,
 };
 pub use manifest::{Manifest, ObjectEntry, MAX_MANIFEST_LEN, MAX_NAME_LEN};
-pub use split::{PlanRepr, SolicitRepr, MAX_PLAN_PEERS};
+pub use split::{PlanRepr, SolicitRepr, MAX_PLAN_NEXTS, MAX_PLAN_PEERS};
 pub use unit::{
     set_copy_flags, CopyFlags, UnitHeaderRepr, UnitPacket, XorRepr, XOR_NONE, XOR_WIDTH,
 };
