@@ -38,7 +38,10 @@ use crate::wire::{
 use crate::{Destination, Transmit};
 
 use carousel::Carousel;
-pub use config::{SenderConfig, MEMBER_REPAIR_SHARE, ORIGINALS_FACTOR, XOR_GATHER_GRTTS};
+pub use config::{
+    SenderConfig, MEMBER_REPAIR_SHARE, ORIGINALS_FACTOR, SPLIT_MEMBER_REPAIR_SHARE,
+    XOR_GATHER_GRTTS,
+};
 use first_pass::{AutoRate, FirstPass, SKIP_SCAN, STALL_RECHECK};
 pub use guard::DropReason;
 use membership::Membership;
