@@ -242,7 +242,10 @@ fn run_session(
         xor_repairs: true,
         hash_cache: None,
         signer: None,
+        secret: None,
         statement: None,
+        core_offset: 0,
+        gate: None,
     };
     let outs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))

@@ -22,6 +22,9 @@ pub const NETWORK: u8 = 5;
 pub const INCOMPLETE: u8 = 6;
 /// The output is in use: another receive or relay holds its lock (nothing was written).
 pub const BUSY: u8 = 7;
+/// A file is where an object goes and is not a partial file of an earlier receive: kept
+/// (`--overwrite` replaces it).
+pub const EXISTS: u8 = 8;
 /// Stopped by Ctrl-C.
 pub const INTERRUPTED: u8 = 130;
 
@@ -56,6 +59,22 @@ pub fn net(message: String) -> anyhow::Error {
     .into()
 }
 
+pub fn input(message: String) -> anyhow::Error {
+    Coded {
+        code: INPUT,
+        message,
+    }
+    .into()
+}
+
+pub fn output_err(message: String) -> anyhow::Error {
+    Coded {
+        code: OUTPUT,
+        message,
+    }
+    .into()
+}
+
 pub fn incomplete(message: String) -> anyhow::Error {
     Coded {
         code: INCOMPLETE,
@@ -68,9 +87,12 @@ pub fn incomplete(message: String) -> anyhow::Error {
 pub fn node(e: NodeError) -> anyhow::Error {
     let code = match &e {
         NodeError::Io(_) | NodeError::Listen { .. } | NodeError::Send { .. } => NETWORK,
-        NodeError::Input { .. } | NodeError::InputChanged { .. } => INPUT,
+        NodeError::Input { .. }
+        | NodeError::InputChanged { .. }
+        | NodeError::NotInCatalog { .. } => INPUT,
         NodeError::Output { .. } => OUTPUT,
         NodeError::OutputBusy { .. } => BUSY,
+        NodeError::OutputExists { .. } => EXISTS,
         NodeError::Config(_) => USAGE,
         NodeError::Thread { .. } | NodeError::Internal(_) => FAILURE,
         NodeError::NoServer { .. } | NodeError::Incomplete { .. } => INCOMPLETE,
@@ -97,7 +119,7 @@ pub fn on_interrupt(stop: Arc<AtomicBool>) {
 }
 
 #[allow(dead_code)]
-const _ALL: [u8; 9] = [
+const _ALL: [u8; 10] = [
     OK,
     FAILURE,
     USAGE,
@@ -106,6 +128,7 @@ const _ALL: [u8; 9] = [
     NETWORK,
     INCOMPLETE,
     BUSY,
+    EXISTS,
     INTERRUPTED,
 ];
 
@@ -137,6 +160,10 @@ mod tests {
             lock: "/srv/a/.blockcast/lock".into(),
         };
         assert_eq!(code(busy), BUSY);
+        let exists = NodeError::OutputExists {
+            path: "/srv/a/b.iso".into(),
+        };
+        assert_eq!(code(exists), EXISTS);
         let changed = NodeError::InputChanged {
             path: "/srv/a.iso".into(),
             what: "truncated".into(),

@@ -51,6 +51,41 @@ pub struct ServeJson {
     pub priority_denied: u64,
     /// Members dropped as slow (they asked for more than their share, and made no progress).
     pub dropped_slow: u64,
+    /// A closed group (--secret): what the control socket opened and dropped; null without.
+    pub sealed: Option<SealedJson>,
+}
+
+/// What a closed group's opener did (docs/wire.md §16): datagrams opened, and those dropped
+/// unparsed, by reason.
+#[derive(Serialize)]
+pub struct SealedJson {
+    pub opened: u64,
+    /// Every datagram dropped: the sum of the reasons below.
+    pub dropped: u64,
+    /// Not sealed (from someone without the secret).
+    pub untagged: u64,
+    /// The tag did not hold (another secret, or altered on the way).
+    pub forged: u64,
+    /// A control packet seen before, or older than the replay window.
+    pub replayed: u64,
+    /// Too short to be sealed.
+    pub short: u64,
+    /// A control packet from one sender too many.
+    pub refused: u64,
+}
+
+impl SealedJson {
+    pub fn new(s: &blockcast_node::OpenStats) -> Self {
+        SealedJson {
+            opened: s.opened,
+            dropped: s.dropped(),
+            untagged: s.untagged,
+            forged: s.forged,
+            replayed: s.replayed,
+            short: s.short,
+            refused: s.refused,
+        }
+    }
 }
 
 /// One receiver as the server saw it.
@@ -90,6 +125,7 @@ impl ServeJson {
             repair_denied: s.stats.repair_denied,
             priority_denied: s.stats.priority_denied,
             dropped_slow: s.stats.dropped_slow,
+            sealed: s.sealed.as_ref().map(SealedJson::new),
             receivers: s
                 .receivers
                 .iter()
@@ -158,6 +194,8 @@ pub struct ReceiveJson {
     pub unchecked_signatures: u64,
     /// Parity and XOR units dropped at the parity memory bound.
     pub parity_dropped: u64,
+    /// A closed group (--secret): what the receive thread opened and dropped; null without.
+    pub sealed: Option<SealedJson>,
 }
 
 impl ReceiveJson {
@@ -197,6 +235,7 @@ impl ReceiveJson {
             forged_dones: s.stats.forged_dones,
             unchecked_signatures: s.stats.unchecked_signatures,
             parity_dropped: s.stats.parity_dropped,
+            sealed: s.sealed.as_ref().map(SealedJson::new),
         }
     }
 }
@@ -249,15 +288,16 @@ pub struct RelayJson {
     pub downstream: Vec<ServeJson>,
 }
 
-/// `keygen --json`: where the key pair went.
+/// `keygen --json`: where the key pair went (or, with `--secret`, the group secret: then
+/// `public` and `key` are null).
 #[derive(Serialize)]
 pub struct KeygenJson {
     /// Always "keygen".
     pub role: &'static str,
     pub secret: String,
-    pub public: String,
+    pub public: Option<String>,
     /// The public key, hex (what `--trust` also takes).
-    pub key: String,
+    pub key: Option<String>,
 }
 
 /// `demo --json`: the server's summary (role "demo") and the copies checked against the sample.
@@ -359,6 +399,7 @@ mod tests {
             blocks_done: 1,
             blocks: 2,
             session: None,
+            stats: None,
         };
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&ProgressJson::new(&p)).unwrap()).unwrap();

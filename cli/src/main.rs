@@ -1,10 +1,12 @@
 //! `blockcast`: send files to many receivers at once over multicast UDP.
 #![forbid(unsafe_code)]
 
+mod daemon;
 mod demo;
 mod exit;
 mod json;
 mod output;
+mod units;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -13,10 +15,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use blockcast_node::play::{PlayTo, StartAt};
 use blockcast_node::{collect_inputs, Downstream, ReceiveConfig, RelayConfig, ServeConfig};
 use blockcast_proto::Geometry;
+#[allow(unused_imports)]
+use clap::CommandFactory;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -25,7 +29,7 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Send large files to many receivers at once over multicast UDP, verified block by block"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -56,14 +60,214 @@ enum Command {
     /// that serving them later starts at once; prints each object's BLAKE3.
     Hash(HashArgs),
     /// Make a signing key pair: NAME.key (the secret, mode 0600; give it to serve --sign) and
-    /// NAME.pub (give it to receivers: receive --trust NAME.pub). Never overwrites a key.
+    /// NAME.pub (give it to receivers: receive --trust NAME.pub). With --secret FILE, make a
+    /// closed group's secret instead. Never overwrites a key.
     Keygen(KeygenArgs),
+    /// Serve a catalog directory on request: clients ask for objects by name (fetch, agent,
+    /// the HTTP API) and every object being asked for is sent in a session of its own, on a
+    /// group from the pool, requests that come together sharing one session.
+    Origin(OriginArgs),
+    /// Ask an origin for objects by name and receive them into a directory (once; an
+    /// interrupted fetch resumes, an object already whole is not fetched again).
+    Fetch(FetchArgs),
+    /// Keep a directory in sync with an origin's catalog (all of it, or the names or globs
+    /// subscribed to): fetch new and changed objects, verify, run a hook per object.
+    Agent(AgentArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page, or write one page per command into a directory.
+    Man(ManArgs),
 }
 
 #[derive(Args, Debug)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+struct ManArgs {
+    /// Write blockcast.1 and blockcast-COMMAND.1 here instead of printing blockcast.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+/// The operations surface every long-running command shares.
+#[derive(Args, Debug)]
+struct OpsArgs {
+    /// A TOML file whose keys are this command's long flag names (e.g. `iface = "eth1"`,
+    /// `subscribe = ["*.iso"]`); flags and BLOCKCAST_* variables override it.
+    #[arg(long, env = "BLOCKCAST_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics.
+    #[arg(long, env = "BLOCKCAST_METRICS", value_name = "ADDR:PORT")]
+    metrics: Option<String>,
+    /// Append events as NDJSON to this file ("-": standard output).
+    #[arg(long, env = "BLOCKCAST_EVENTS", value_name = "PATH")]
+    events: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct OriginArgs {
+    /// The catalog: a directory whose files are the objects, named by their path in it (names
+    /// with a component starting with "." are not published).
+    #[arg(long, env = "BLOCKCAST_CATALOG", value_name = "DIR")]
+    catalog: PathBuf,
+    /// Interface sessions send through (name or IPv4 address).
+    #[arg(long, env = "BLOCKCAST_IFACE")]
+    iface: String,
+    /// Where requests arrive (UDP), e.g. 10.0.0.1:9100.
+    #[arg(long, env = "BLOCKCAST_LISTEN", value_name = "ADDR:PORT")]
+    listen: String,
+    /// The pool of multicast groups sessions take theirs from, e.g. 239.255.3.0/24.
+    #[arg(long, env = "BLOCKCAST_GROUPS", value_name = "PREFIX")]
+    groups: String,
+    /// The port of every session's group (data thread s sends on port + s).
+    #[arg(long, env = "BLOCKCAST_DATA_PORT", default_value_t = 9000)]
+    data_port: u16,
+    /// Seconds a new session waits for more requests before its first pass.
+    #[arg(long, env = "BLOCKCAST_BATCH_WINDOW", default_value_t = 0.2)]
+    batch_window: f64,
+    /// Seconds after the window that the first pass waits for granted receivers to join.
+    #[arg(long, default_value_t = 2.0)]
+    join_grace: f64,
+    /// Data threads per session (spread over the cores with the other sessions').
+    #[arg(long, env = "BLOCKCAST_THREADS", default_value_t = 1)]
+    threads: usize,
+    /// Sessions at once.
+    #[arg(long, default_value_t = 64)]
+    max_sessions: usize,
+    /// Send rate per session (README, "Sizes and rates"), or auto to follow its receivers.
+    #[arg(long, env = "BLOCKCAST_RATE", default_value = "auto")]
+    rate: String,
+    #[arg(long, default_value_t = 1)]
+    ttl: u32,
+    #[arg(long, default_value_t = 1400)]
+    unit_size: u16,
+    #[arg(long, default_value_t = 749)]
+    units_per_block: u16,
+    /// Sign the catalog and every session with this key (NAME.key from `blockcast keygen`).
+    #[arg(long, env = "BLOCKCAST_SIGN", value_name = "KEY.key")]
+    sign: Option<PathBuf>,
+    /// Where hashes are kept between runs (default: $XDG_CACHE_HOME/blockcast/hashes).
+    #[arg(long, env = "BLOCKCAST_HASH_CACHE", value_name = "DIR")]
+    hash_cache: Option<PathBuf>,
+    #[arg(long, conflicts_with = "hash_cache")]
+    no_hash_cache: bool,
+    /// Seconds between scans of the catalog directory.
+    #[arg(long, default_value_t = 1.0)]
+    rescan: f64,
+    /// Seconds a file must be left alone before it is hashed and published.
+    #[arg(long, default_value_t = 1.0)]
+    settle: f64,
+    /// Answers per second to requests and catalog queries, all clients together (a storm is
+    /// answered at this rate, the rest dropped).
+    #[arg(long, default_value_t = 2000.0)]
+    answers_per_sec: f64,
+    /// Drop a receiver not heard from for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    receiver_timeout: f64,
+    /// Serve the HTTP API (GET /catalog, /sessions, /objects/NAME; POST
+    /// /objects/NAME/request) on this address.
+    #[arg(long, env = "BLOCKCAST_HTTP", value_name = "ADDR:PORT")]
+    http: Option<String>,
+    #[command(flatten)]
+    ops: OpsArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct FetchArgs {
+    /// Object names, as the origin's catalog lists them.
+    #[arg(required = true)]
+    names: Vec<String>,
+    /// The origin's listen address.
+    #[arg(long, env = "BLOCKCAST_ORIGIN", value_name = "ADDR:PORT")]
+    origin: String,
+    /// Interface to use (name or IPv4 address).
+    #[arg(long, env = "BLOCKCAST_IFACE")]
+    iface: String,
+    /// The directory objects are stored in, under their names.
+    #[arg(long)]
+    out: PathBuf,
+    /// Give up on a session not heard from for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Give up on a request the origin does not answer (or keeps saying wait) for this many
+    /// seconds.
+    #[arg(long, default_value_t = 10.0)]
+    request_timeout: f64,
+    /// Objects received at once (default: all).
+    #[arg(long)]
+    parallel: Option<usize>,
+    #[arg(long, default_value_t = 32 << 20)]
+    rcvbuf: usize,
+    /// Receive threads per object.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Append events as NDJSON to this file ("-": standard output).
+    #[arg(long, value_name = "PATH")]
+    events: Option<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AgentArgs {
+    /// The origin's listen address.
+    #[arg(long, env = "BLOCKCAST_ORIGIN", value_name = "ADDR:PORT")]
+    origin: String,
+    /// Interface to use (name or IPv4 address).
+    #[arg(long, env = "BLOCKCAST_IFACE")]
+    iface: String,
+    /// The directory kept in sync (objects under their names).
+    #[arg(long, env = "BLOCKCAST_DIR")]
+    dir: PathBuf,
+    /// Where the agent records what it holds (default: DIR/.blockcast-agent).
+    #[arg(long, env = "BLOCKCAST_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Keep only objects whose names match (a glob: *.iso, images/**, v[0-9].bin); repeat
+    /// for more. None: the whole catalog.
+    #[arg(long, value_name = "PATTERN")]
+    subscribe: Vec<String>,
+    /// Transfers at once.
+    #[arg(long, env = "BLOCKCAST_CONCURRENCY", default_value_t = 2)]
+    concurrency: usize,
+    /// Run this with sh -c after each object is in place (BLOCKCAST_OBJECT, BLOCKCAST_PATH,
+    /// BLOCKCAST_BYTES, BLOCKCAST_BLAKE3 in its environment).
+    #[arg(long, env = "BLOCKCAST_HOOK", value_name = "COMMAND")]
+    hook: Option<String>,
+    /// Seconds between looks at the catalog.
+    #[arg(long, env = "BLOCKCAST_POLL", default_value_t = 5.0)]
+    poll: f64,
+    /// Exit once everything subscribed is held.
+    #[arg(long)]
+    once: bool,
+    /// Give up on a session not heard from for this many seconds (tried again later).
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// Give up on a request or catalog the origin does not answer for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    request_timeout: f64,
+    #[arg(long, default_value_t = 32 << 20)]
+    rcvbuf: usize,
+    /// Receive threads per transfer.
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    ops: OpsArgs,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["name", "secret"])))]
 struct KeygenArgs {
     /// Path and name of the key pair, without suffix: NAME.key and NAME.pub are written.
-    name: PathBuf,
+    name: Option<PathBuf>,
+    /// Write a closed group's secret (32 random bytes, mode 0600) to FILE instead: give the
+    /// same file to serve, receive and relay as --secret.
+    #[arg(long, value_name = "FILE", conflicts_with = "name")]
+    secret: Option<PathBuf>,
 }
 
 /// Who to believe: `receive`, and the upstream side of `relay`.
@@ -104,6 +308,12 @@ impl TrustArgs {
             })
             .transpose()
     }
+}
+
+/// Reads `--secret FILE` (or `--upstream-secret`).
+fn group_secret(path: Option<&PathBuf>) -> Result<Option<blockcast_node::Secret>> {
+    path.map(|p| blockcast_node::keys::read_group_secret(p).map_err(exit::node))
+        .transpose()
 }
 
 /// Reads `--sign KEY`.
@@ -180,6 +390,11 @@ struct SendArgs {
     /// passes the origin's signed statement on unchanged.
     #[arg(long, value_name = "KEY.key")]
     sign: Option<PathBuf>,
+    /// A closed group: seal every packet with this group secret (`blockcast keygen --secret
+    /// FILE`; encrypted and authenticated) and take only packets sealed with it. Receivers
+    /// need the same file. A relay uses it on both sides unless --upstream-secret is given.
+    #[arg(long, value_name = "FILE")]
+    secret: Option<PathBuf>,
 }
 
 impl SendArgs {
@@ -276,6 +491,10 @@ struct ReceiveArgs {
     failover: FailoverArgs,
     #[command(flatten)]
     trust: TrustArgs,
+    /// A closed group: take only packets sealed with this group secret (the file the server
+    /// was given with --secret) and seal every packet sent.
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
+    secret: Option<PathBuf>,
 }
 
 /// What a receive does with what an earlier one into the same place left.
@@ -290,6 +509,12 @@ struct ResumeArgs {
     /// start.
     #[arg(long)]
     no_preallocate: bool,
+    /// Write over files found where objects go that are not partial files of an earlier
+    /// receive into this --out (without it such a file is kept and the receive exits 8). A
+    /// regular file is rewritten in place (its blocks that already match are kept); a
+    /// symbolic link or a file with other hard links is removed and made anew, never followed.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -336,6 +561,14 @@ struct RelayArgs {
     failover: FailoverArgs,
     #[command(flatten)]
     trust: TrustArgs,
+    /// A TOML file whose keys are this command's long flag names (e.g. `iface = "eth1"`,
+    /// `downstream = ["239.255.1.1:9000"]`); flags and BLOCKCAST_CONFIG override it.
+    #[arg(long, env = "BLOCKCAST_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The upstream group's secret, when it is not --secret's (or the upstream group is
+    /// closed and the downstream ones open: then the relay serves the content in the clear).
+    #[arg(long, value_name = "FILE")]
+    upstream_secret: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -378,7 +611,7 @@ pub struct DemoArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = daemon::parse_cli();
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -400,6 +633,11 @@ fn main() -> ExitCode {
         Command::Bench(a) => demo::bench(a, &stop, &out),
         Command::Hash(a) => hash(a, &out),
         Command::Keygen(a) => keygen(a, &out),
+        Command::Origin(a) => daemon::origin(a, &stop, &out),
+        Command::Fetch(a) => daemon::fetch(a, &stop, &out),
+        Command::Agent(a) => daemon::agent(a, &stop, &out),
+        Command::Completions(a) => daemon::completions(a.shell),
+        Command::Man(a) => daemon::man(a.dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -410,36 +648,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// A size (README, "Sizes and rates").
 pub fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                _ => bail!("unknown size suffix in {s:?} (use k, M or G)"),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: f64 = num.parse().with_context(|| format!("not a size: {s:?}"))?;
-    if n.is_nan() || n < 0.0 {
-        bail!("not a size: {s:?}");
-    }
-    Ok((n * mult as f64) as u64)
+    units::parse_size(s).map_err(exit::usage)
 }
 
+/// A rate in bytes per second, or `None` for auto (README, "Sizes and rates").
 pub fn parse_rate(s: &str) -> Result<Option<u64>> {
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(None);
-    }
-    let r = parse_size(s).context("--rate wants bytes per second (k, M, G) or auto")?;
-    if r == 0 {
-        bail!("--rate must be positive");
-    }
-    Ok(Some(r))
+    units::parse_rate(s).map_err(|e| exit::usage(format!("--rate {e}")))
 }
 
 /// Parses the group and resolves the interface, with one clear error for each mistake. In
@@ -538,8 +754,10 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             threads: (cores() / 2).max(1),
             trust: a.trust.keys()?,
             expect: a.trust.expect()?,
+            secret: group_secret(a.upstream_secret.as_ref().or(a.send.secret.as_ref()))?,
             preallocate: !a.resume.no_preallocate,
             verify_existing: a.resume.verify_existing,
+            overwrite: a.resume.overwrite,
         },
         downstream: groups
             .iter()
@@ -564,7 +782,14 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         originals_factor: a.send.originals_factor,
         xor_repairs: !a.send.no_xor_repairs,
         signer: signer(a.send.sign.as_ref())?,
+        secret: group_secret(a.send.secret.as_ref())?,
     };
+    if cfg.upstream.secret.is_some() && cfg.secret.is_none() && !out.quiet {
+        // stderr, so it shows with --json too.
+        eprintln!(
+            "blockcast: warning: the upstream group is closed and the downstream groups are not: the relay serves its content in the clear"
+        );
+    }
     let summary = output::run_relay(&cfg, stop, out).map_err(exit::node)?;
     out.relay_summary(&summary);
     let short: usize = summary
@@ -613,7 +838,8 @@ fn hash(a: HashArgs, out: &output::Output) -> Result<()> {
         });
     } else {
         for e in &entries {
-            println!("{}  {}", blake3::Hash::from(e.hash).to_hex(), e.name);
+            let name = blockcast_node::names::escaped(&e.name);
+            println!("{}  {name}", blake3::Hash::from(e.hash).to_hex());
         }
         out.say(&format!(
             "{} object(s) in {seconds:.2} s, {cached} from the cache ({})",
@@ -627,20 +853,20 @@ fn hash(a: HashArgs, out: &output::Output) -> Result<()> {
 fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
     let (group, iface) = resolve_net(&a.net, a.split)?;
     let inputs = collect_inputs(&a.paths).map_err(exit::node)?;
-    if a.unit_size < 2 || a.unit_size % 2 != 0 || a.unit_size > 65_480 {
-        return Err(exit::usage("--unit-size must be even, 2..=65480".into()));
+    let secret = group_secret(a.send.secret.as_ref())?;
+    if secret.is_some() && a.split {
+        return Err(exit::usage(
+            "--secret needs multicast: split mode does not seal the copies receivers forward"
+                .into(),
+        ));
     }
-    // A unit whose datagram does not fit the interface's MTU is sent as IP fragments: slow,
-    // and under loss the kernel's reassembly queue can stall a receiver for seconds.
-    if let Some(mtu) = iface_mtu(iface) {
-        let largest = mtu.saturating_sub(20 + 8 + blockcast_proto::wire::UNIT_HEADER_LEN) & !1;
-        if usize::from(a.unit_size) > largest {
-            return Err(exit::usage(format!(
-                "--unit-size {} does not fit the interface's MTU of {mtu} bytes: use at most {largest}",
-                a.unit_size
-            )));
-        }
-    }
+    // A sealed unit carries the trailer too.
+    let trailer = if secret.is_some() {
+        blockcast_node::TRAILER_LEN
+    } else {
+        0
+    };
+    let geometry = geometry(a.unit_size, a.units_per_block, iface, trailer)?;
     let cfg = ServeConfig {
         inputs,
         group,
@@ -648,11 +874,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         control_port: a.send.control_port,
         ttl: a.send.ttl,
         rate: parse_rate(&a.send.rate)?,
-        geometry: Geometry {
-            unit_size: a.unit_size,
-            units_per_block: a.units_per_block,
-            max_parity: a.units_per_block.min(128),
-        },
+        geometry,
         min_receivers: a.send.min_receivers,
         max_wait: a.send.max_wait(),
         deadline: a.send.deadline(),
@@ -664,6 +886,9 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
         xor_repairs: !a.send.no_xor_repairs,
         signer: signer(a.send.sign.as_ref())?,
         statement: None,
+        core_offset: 0,
+        gate: None,
+        secret,
         hash_cache: if a.no_hash_cache {
             None
         } else {
@@ -729,6 +954,7 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
         id: receiver_id()?,
         trust: a.trust.keys()?,
         expect: a.trust.expect()?,
+        secret: group_secret(a.secret.as_ref())?,
         play: match (&a.play, &a.play_cmd) {
             (Some(p), _) if p == "-" => Some(PlayTo::Stdout),
             (Some(p), _) => {
@@ -759,6 +985,7 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
         failover_after,
         preallocate: !a.resume.no_preallocate,
         verify_existing: a.resume.verify_existing,
+        overwrite: a.resume.overwrite,
     };
     if cfg.play == Some(PlayTo::Stdout) && out.json {
         return Err(exit::usage(
@@ -776,14 +1003,35 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
 }
 
 fn keygen(a: KeygenArgs, out: &output::Output) -> Result<()> {
-    let pair = blockcast_node::keys::generate(&a.name).map_err(exit::node)?;
+    let name = match (a.name, a.secret) {
+        (_, Some(path)) => {
+            blockcast_node::keys::generate_group_secret(&path).map_err(exit::node)?;
+            if out.json {
+                json::print(&json::KeygenJson {
+                    role: "keygen",
+                    secret: path.display().to_string(),
+                    public: None,
+                    key: None,
+                });
+            } else {
+                out.say(&format!(
+                    "wrote {} (a closed group's secret: give the same file to serve, receive and relay with --secret)",
+                    path.display()
+                ));
+            }
+            return Ok(());
+        }
+        (Some(name), None) => name,
+        (None, None) => return Err(exit::usage("keygen needs NAME or --secret FILE".into())),
+    };
+    let pair = blockcast_node::keys::generate(&name).map_err(exit::node)?;
     let key = blockcast_proto::auth::hex(&pair.key);
     if out.json {
         json::print(&json::KeygenJson {
             role: "keygen",
             secret: pair.secret.display().to_string(),
-            public: pair.public.display().to_string(),
-            key,
+            public: Some(pair.public.display().to_string()),
+            key: Some(key),
         });
     } else {
         println!("{key}");
@@ -802,6 +1050,35 @@ fn receiver_id() -> Result<u64> {
     Ok(u64::from_le_bytes(
         blockcast_node::keys::random_bytes().map_err(exit::node)?,
     ))
+}
+
+/// The geometry of `--unit-size` and `--units-per-block`, checked: a unit (with `trailer`
+/// bytes of a sealed packet after it) whose datagram does not fit the interface's MTU is sent
+/// as IP fragments: slow, and under loss the kernel's reassembly queue can stall a receiver
+/// for seconds.
+fn geometry(
+    unit_size: u16,
+    units_per_block: u16,
+    iface: Ipv4Addr,
+    trailer: usize,
+) -> Result<Geometry> {
+    if unit_size < 2 || unit_size % 2 != 0 || unit_size > 65_480 {
+        return Err(exit::usage("--unit-size must be even, 2..=65480".into()));
+    }
+    if let Some(mtu) = iface_mtu(iface) {
+        let largest =
+            mtu.saturating_sub(20 + 8 + blockcast_proto::wire::UNIT_HEADER_LEN + trailer) & !1;
+        if usize::from(unit_size) > largest {
+            return Err(exit::usage(format!(
+                "--unit-size {unit_size} does not fit the interface's MTU of {mtu} bytes: use at most {largest}"
+            )));
+        }
+    }
+    Ok(Geometry {
+        unit_size,
+        units_per_block,
+        max_parity: units_per_block.min(128),
+    })
 }
 
 /// The MTU of the interface that has address `addr` (from /sys), if it can be read.

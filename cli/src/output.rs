@@ -195,7 +195,17 @@ pub fn run_relay(
     let downs: Vec<_> = (0..cfg.downstream.len())
         .map(|i| lines.add(out.bar(0, &format!("down {i}"))))
         .collect();
+    let mut ready = false;
     let r = relay(cfg, stop, &mut |p| {
+        // The first progress comes while the upstream side waits for a session: ready.
+        if !ready {
+            ready = true;
+            crate::daemon::notify_ready(&format!(
+                "relay: {} -> {} group(s)",
+                cfg.upstream.group,
+                cfg.downstream.len()
+            ));
+        }
         up.set_length(p.upstream.total_bytes.max(1));
         up.set_position(p.upstream.bytes_verified);
         up.set_message(format!(
@@ -210,6 +220,7 @@ pub fn run_relay(
             }
         }
     });
+    crate::daemon::notify_stopping();
     up.finish_and_clear();
     for b in downs {
         b.finish_and_clear();

@@ -248,8 +248,8 @@ fn a_second_receive_of_a_whole_copy_transfers_nothing() {
     write_sample(&tree.join("a.bin"), (6 << 20) + 5, 31);
     write_sample(&tree.join("sub/b.bin"), 3 * BLOCK, 32);
     let out = dir.path("got");
-    let run = |name: &str| {
-        let mut r = receiver(&dir.0, &format!("{name}-receiver"), &g, &out, &[]);
+    let run = |name: &str, extra: &[&str]| {
+        let mut r = receiver(&dir.0, &format!("{name}-receiver"), &g, &out, extra);
         let mut s = server(
             &dir.0,
             &format!("{name}-server"),
@@ -262,19 +262,20 @@ fn a_second_receive_of_a_whole_copy_transfers_nothing() {
         r.expect_code(Duration::from_secs(30), 0);
         (s.json(), r.json())
     };
-    let (_, first) = run("first");
+    let (_, first) = run("first", &[]);
     let total = u64_of(&first, "bytes");
     assert_eq!(u64_of(&first, "received_bytes"), total, "{first}");
     // Again, with the state file the first left: known whole at once.
-    let (served, again) = run("again");
+    let (served, again) = run("again", &[]);
     assert_eq!(u64_of(&again, "reused_bytes"), total, "{again}");
     assert_eq!(u64_of(&again, "received_bytes"), 0, "{again}");
     assert_eq!(u64_of(&again, "data_units"), 0, "{again}");
     assert_eq!(u64_of(&served, "data_units"), 0, "{served}");
     assert_eq!(u64_of(&served, "repair_units"), 0, "{served}");
-    // Without it (a copy made otherwise): every block is hashed, and still nothing is sent.
+    // Without it (a copy made otherwise: not ours, so only with --overwrite): every block is
+    // hashed, and still nothing is sent.
     std::fs::remove_dir_all(out.join(".blockcast")).expect("remove the state");
-    let (served, hashed) = run("hashed");
+    let (served, hashed) = run("hashed", &["--overwrite"]);
     assert_eq!(u64_of(&hashed, "reused_bytes"), total, "{hashed}");
     assert_eq!(u64_of(&hashed, "received_bytes"), 0, "{hashed}");
     assert_eq!(u64_of(&served, "data_units"), 0, "{served}");

@@ -56,25 +56,7 @@ fn serve(dir: &Path, name: &str, g: &str, src: &Path, control: u16, extra: &[&st
 
 /// A socket that hears the group on loopback, as any host on the segment can.
 fn listen(g: &str) -> UdpSocket {
-    let g = addr(g);
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
-    s.set_reuse_address(true).expect("reuse");
-    s.set_multicast_all_v4(false).expect("multicast all");
-    s.bind(&SocketAddr::V4(g).into()).expect("bind group");
-    s.join_multicast_v4(g.ip(), &Ipv4Addr::LOCALHOST)
-        .expect("join");
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .expect("timeout");
-    s.into()
-}
-
-/// A socket that sends to the group through loopback only (TTL 1).
-fn group_sender() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let sock = Socket::from(s);
-    sock.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).expect("if");
-    sock.set_multicast_ttl_v4(1).expect("ttl");
-    sock.into()
+    listen_group(addr(g), Duration::from_millis(100))
 }
 
 /// The first Announce heard on `sock` within `limit`.
@@ -251,7 +233,7 @@ fn a_forged_done_ends_an_unsigned_session_and_is_refused_in_a_signed_one() {
                 sig: Some(mallory.sign_done(session, DoneReason::Aborted, a.control)),
             })),
         ];
-        let tx = group_sender();
+        let tx = loopback_sender();
         for d in &forged {
             tx.send_to(d, addr(&g)).expect("send forged done");
         }

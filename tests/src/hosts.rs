@@ -15,6 +15,7 @@ use blockcast_proto::{
 
 use crate::driver::{Datagram, Driven, Hooks, Host, HostId, Io, Links, Net, Path, Scenario};
 use crate::net::LinkFaults;
+use crate::socket::{ReceiverHost, SocketStats};
 
 /// What a simulated receiver does with its events, as the node would: verifies blocks
 /// inline when asked to (the node does it on another core), asks for priority blocks once
@@ -130,6 +131,8 @@ pub(crate) struct SenderHooks {
     pub units: u64,
     /// Datagrams sent to the group.
     pub group_sends: u64,
+    /// When each group datagram left, and its bytes.
+    pub group_log: Vec<(Instant, u32)>,
     /// When control datagrams arrived, and how many were NACKs.
     pub control_in: Vec<Instant>,
     pub nacks: u64,
@@ -139,6 +142,7 @@ impl SenderHooks {
     fn count_send(&mut self, now: Instant, t: &Transmit, bytes: &[u8]) {
         if matches!(t.destination, Destination::Group | Destination::Stripe(_)) {
             self.group_sends += 1;
+            self.group_log.push((now, bytes.len() as u32));
         }
         let Ok(unit) = UnitPacket::new_checked(bytes) else {
             return;
@@ -207,6 +211,8 @@ pub(crate) struct ServerHost<S> {
     pub stripes: Vec<Driven<StripePass<S>, SenderHooks>>,
     /// When each stripe starts (its data thread's skew).
     starts: Vec<Instant>,
+    /// The sender's rate each time it changed: (when, bytes per second).
+    pub rate_trace: Vec<(Instant, u64)>,
 }
 
 impl<S: BlockSource + Clone> ServerHost<S> {
@@ -221,6 +227,7 @@ impl<S: BlockSource + Clone> ServerHost<S> {
             external,
             stripes: Vec::new(),
             starts: Vec::new(),
+            rate_trace: Vec::new(),
         }
     }
 
@@ -272,6 +279,27 @@ impl<S: BlockSource + Clone> ServerHost<S> {
         self.all_hooks().filter_map(|h| h.pass_reached).min()
     }
 
+    /// The most bytes the server sent to the group in any `window` (sliding), per second.
+    pub(crate) fn peak_rate(&self, window: Duration) -> u64 {
+        let mut log: Vec<(Instant, u32)> = self
+            .all_hooks()
+            .flat_map(|h| h.group_log.iter().copied())
+            .collect();
+        log.sort_unstable_by_key(|&(t, _)| t);
+        let (mut from, mut bytes, mut peak) = (0, 0u64, 0u64);
+        for (i, &(t, len)) in log.iter().enumerate() {
+            bytes += u64::from(len);
+            while log[from].0 + window <= t {
+                bytes -= u64::from(log[from].1);
+                from += 1;
+            }
+            if i > 0 {
+                peak = peak.max(bytes);
+            }
+        }
+        (peak as f64 / window.as_secs_f64()) as u64
+    }
+
     fn all_hooks(&self) -> impl Iterator<Item = &SenderHooks> {
         std::iter::once(&self.sender.hooks).chain(self.stripes.iter().map(|s| &s.hooks))
     }
@@ -288,6 +316,22 @@ impl<S: BlockSource + Clone + Send> Host for ServerHost<S> {
 
     fn poll(&mut self, now: Instant, io: &mut Io<'_>) {
         self.sender.poll(now, io);
+        let rate = self.sender.ep.rate();
+        if self.rate_trace.last().is_none_or(|&(_, r)| r != rate) {
+            if std::env::var_os("BLOCKCAST_SIM_TRACE").is_some() {
+                let tx = &self.sender.ep;
+                eprintln!(
+                    "{:?} rate {rate} {:?} backlog {} grtt {:?} first pass bytes {} stats {:?}",
+                    now.saturating_duration_since(tx.epoch().unwrap_or(now)),
+                    tx.rate_congestion(),
+                    tx.repair_backlog(),
+                    tx.grtt(),
+                    self.progress().bytes,
+                    tx.stats()
+                );
+            }
+            self.rate_trace.push((now, rate));
+        }
         self.start_stripes(now, io);
         if self.stripes.is_empty() {
             return;
@@ -321,7 +365,7 @@ impl<S: BlockSource + Clone + Send> Host for ServerHost<S> {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum SimHost<S, T> {
     Server(Box<ServerHost<S>>),
-    Receiver(Driven<Receiver<T>, ReceiverHooks>),
+    Receiver(ReceiverHost<T>),
 }
 
 impl<S, T> SimHost<S, T> {
@@ -335,7 +379,15 @@ impl<S, T> SimHost<S, T> {
     pub(crate) fn receiver(&self) -> Option<&Driven<Receiver<T>, ReceiverHooks>> {
         match self {
             SimHost::Server(_) => None,
-            SimHost::Receiver(r) => Some(r),
+            SimHost::Receiver(r) => Some(&r.rx),
+        }
+    }
+
+    /// A receiver's modelled socket, if it has one.
+    pub(crate) fn socket_stats(&self) -> Option<SocketStats> {
+        match self {
+            SimHost::Server(_) => None,
+            SimHost::Receiver(r) => r.socket_stats(),
         }
     }
 }

@@ -18,6 +18,7 @@ mod hosts;
 mod net;
 mod queue;
 mod relay;
+mod socket;
 mod split;
 mod store;
 
@@ -33,6 +34,8 @@ use driver::{host_seed, Driven, HostId, Net};
 use hosts::{MulticastLinks, ReceiverHooks, SenderHooks, ServerHost, SimHost, UntilServerDone};
 pub use net::{LinkFaults, LossModel, SimRng};
 pub use relay::{run_relays, FailOver, RelayConfig, RelayReport, TierReport};
+use socket::ReceiverHost;
+pub use socket::{ReceiverLimits, SocketStats};
 pub use split::{run_split, SplitReport, SplitSimConfig, ZoneSpec};
 pub use store::{SimStore, StoreKind};
 
@@ -67,6 +70,9 @@ pub struct SimConfig {
     /// [`blockcast_proto::StripePass`] per stripe, each starting with a random skew of up to
     /// half a millisecond, paced at the sender's first-pass rate and reporting progress to it.
     pub stripes: u16,
+    /// The first pass is sent by "data threads" (real [`blockcast_proto::StripePass`]es)
+    /// even with one stripe, as the node sends it; with more than one stripe it always is.
+    pub external_first_pass: bool,
     /// One receiver asks for blocks first once it is accepted: (receiver, object, block, unit,
     /// count). The report says when it got the first of them and when the first pass got there.
     pub priority: Option<(usize, ObjectId, BlockIndex, UnitIndex, u32)>,
@@ -75,6 +81,10 @@ pub struct SimConfig {
     pub threads: usize,
     /// Give up at this much virtual time.
     pub time_limit: Duration,
+    /// Each receiver's data socket and CPU: a finite buffer emptied at a service rate,
+    /// reported to the receiver as the node reports its socket (`None`: every datagram is
+    /// taken the instant it arrives, nothing ever overflows).
+    pub receiver_limits: Option<ReceiverLimits>,
     pub sender: SenderConfig,
     pub receiver: ReceiverConfig,
 }
@@ -121,12 +131,54 @@ impl SimConfig {
             leaves: Vec::new(),
             store: StoreKind::Memory,
             stripes: 1,
+            external_first_pass: false,
             priority: None,
             threads: 0,
             time_limit: Duration::from_secs(60),
+            receiver_limits: None,
             sender,
             receiver,
         }
+    }
+
+    /// A session set up the way the node sets one up (engine/node `serve.rs`, `receive/`):
+    /// the first pass from a data thread ([`blockcast_proto::StripePass`], one stripe),
+    /// pacing in 64 KiB quanta with a 500 us burst, `--rate auto` within `limits` (starting
+    /// at `limits.start`), announces every 100 ms, receipt notices every 50 ms, blocks
+    /// verified outside the state machine; 100 us one-way delay (a LAN, or loopback), no
+    /// loss. Add [`SimConfig::receiver_limits`] for receivers that can be outrun.
+    pub fn node_like(
+        seed: u64,
+        receivers: usize,
+        object: usize,
+        geometry: Geometry,
+        limits: RateLimits,
+    ) -> Self {
+        let mut c = SimConfig::small(seed, receivers, 0.0);
+        c.objects = vec![object];
+        c.geometry = geometry;
+        c.rate = limits.start;
+        c.rate_control = Some(limits);
+        c.delay = Duration::from_micros(100);
+        c.external_first_pass = true;
+        c.store = StoreKind::Hashed;
+        c.time_limit = Duration::from_secs(600);
+        c.sender = SenderConfig {
+            geometry,
+            burst: Duration::from_micros(500),
+            pace_quantum: 65_536,
+            announce_interval: Duration::from_millis(100),
+            initial_grtt: Duration::from_millis(2),
+            min_receivers: receivers,
+            max_wait: Duration::from_secs(5),
+            ..SenderConfig::default()
+        };
+        c.receiver = ReceiverConfig {
+            min_receipt_interval: Duration::from_millis(50),
+            external_verify: true,
+            ..ReceiverConfig::default()
+        };
+        c
     }
 
     /// Applies `BLOCKCAST_SIM_SEED` if set (to replay a printed failing seed).
@@ -185,8 +237,22 @@ pub struct SimReport {
     pub final_rate: u64,
     /// First-pass units each stripe sent, with an external first pass (`stripes` > 1).
     pub stripe_units: Vec<u64>,
+    /// With `SimConfig::receiver_limits`: each receiver's socket, in receiver order.
+    pub sockets: Vec<SocketStats>,
+    /// Duplicate units the receivers got, in all (sent again though already held).
+    pub duplicates: u64,
+    /// The most the server (sender and stripes) sent to the group in any 200 ms, bytes per
+    /// second.
+    pub peak_rate: u64,
     /// Wall-clock time the simulation took.
     pub wall: Duration,
+}
+
+impl SimReport {
+    /// Datagrams the receivers' sockets dropped for lack of buffer space, in all.
+    pub fn socket_drops(&self) -> u64 {
+        self.sockets.iter().map(|s| s.dropped).sum()
+    }
 }
 
 impl SimReport {
@@ -240,7 +306,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     scfg.control = SERVER;
     scfg.session = SessionId((cfg.seed as u32) | 1);
     scfg.stripes = cfg.stripes.max(1);
-    scfg.external_first_pass = cfg.stripes > 1;
+    let external = cfg.stripes > 1 || cfg.external_first_pass;
+    scfg.external_first_pass = external;
     let source = ContentSource::new(content.clone(), block_size);
     let sender = match Sender::new(scfg, manifest.clone(), source) {
         Ok(s) => s,
@@ -257,12 +324,13 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         data: cfg.data_faults.clone(),
         control: cfg.control_faults.clone(),
     };
-    let mut net: Net<PlainHost> = Net::new(Instant::now(), links, cfg.threads);
+    let start = Instant::now();
+    let mut net: Net<PlainHost> = Net::new(start, links, cfg.threads);
     let hooks = SenderHooks {
         watch: cfg.priority.map(|(_, o, b, _, _)| (o, b)),
         ..SenderHooks::default()
     };
-    let server = ServerHost::new(sender, hooks, SERVER, cfg.stripes > 1);
+    let server = ServerHost::new(sender, hooks, SERVER, external);
     // The server's draws: as if it were receiver N (the receivers keep theirs as N grows).
     let seed = host_seed(cfg.seed, cfg.receivers);
     let server = net.add_host(SimHost::Server(Box::new(server)), &[SERVER], seed);
@@ -282,7 +350,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             ..ReceiverHooks::default()
         };
         let addr = receiver_addr(i);
-        let host = SimHost::Receiver(Driven::new(Receiver::new(rcfg, store), hooks, addr));
+        let rx = Driven::new(Receiver::new(rcfg, store), hooks, addr);
+        let stall = first_stall(cfg, start, i);
+        let host = SimHost::Receiver(ReceiverHost::new(rx, cfg.receiver_limits, stall));
         let id = net.add_host(host, &[addr], host_seed(cfg.seed, i));
         net.join(id, server);
         let start = cfg.late.iter().find(|(r, _)| *r == i).map(|(_, t)| *t);
@@ -322,6 +392,13 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 }
 
 /// Checks every expected receiver against the source and notes when the last finished.
+/// When receiver `i`'s thread first stalls ([`ReceiverLimits::stalls`]): `(i + 1) / N` of the
+/// way into the period, so that the receivers take turns.
+fn first_stall(cfg: &SimConfig, start: Instant, i: usize) -> Option<Instant> {
+    let (every, _) = cfg.receiver_limits?.stalls?;
+    Some(start + every.mul_f64((i + 1) as f64 / cfg.receivers.max(1) as f64))
+}
+
 fn check_receivers(
     cfg: &SimConfig,
     net: &Net<PlainHost>,
@@ -338,6 +415,8 @@ fn check_receivers(
             continue;
         };
         let rx = &r.ep;
+        report.sockets.extend(net.host(id).socket_stats());
+        report.duplicates += rx.stats().duplicates;
         report.bad_done_blocks += rx.store().bad_blocks();
         report.blocks_failed += rx.stats().blocks_failed;
         if !expected[i] {
@@ -415,6 +494,7 @@ fn count_sends(
     report.sender_finished = tx.is_finished();
     report.final_rate = tx.rate();
     report.stripe_units = server.stripe_units();
+    report.peak_rate = server.peak_rate(Duration::from_millis(200));
     if !report.sender_finished {
         report.failures.push("sender did not finish".into());
     }

@@ -22,6 +22,7 @@ use crate::content::{self, ContentSource};
 use crate::driver::{host_seed, Driven, HostId, Links, Net, Path};
 use crate::hosts::{ReceiverHooks, SenderHooks, ServerHost, SimHost, UntilServerDone};
 use crate::net::LinkFaults;
+use crate::socket::ReceiverHost;
 use crate::{SimRng, SimStore, StoreKind};
 
 /// One zone of members.
@@ -274,7 +275,7 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
             };
             let rx = Driven::new(Receiver::new(rcfg, store), hooks, member_addr(i));
             let id = net.add_host(
-                SimHost::Receiver(rx),
+                SimHost::Receiver(ReceiverHost::new(rx, None, None)),
                 &[member_addr(i)],
                 host_seed(cfg.seed, i),
             );

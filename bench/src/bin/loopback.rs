@@ -3,9 +3,10 @@
 //!
 //! `cargo run --release -p blockcast-bench --bin loopback -- --size 1G --receivers 1,4 --unit-sizes 1400,8972`
 //!
-//! `--sign plain,signed` runs each configuration unsigned and signed (`serve --sign`,
-//! receivers with `--trust`; keys made at run time), interleaved, to measure what signing
-//! costs.
+//! `--sign plain,signed,secret` runs each configuration unsigned, signed (`serve --sign`,
+//! receivers with `--trust`) and in a closed group (`--secret`: every datagram sealed with
+//! AES-256-GCM and opened by each receiver; docs/wire.md §16), keys and secrets made at run
+//! time, interleaved, to measure what signing and sealing cost.
 //!
 //! Configurations run interleaved (A B A B ...) and each figure is the median of the runs.
 //! GB/s per receiver = bytes / (first data unit -> every block verified), the slowest
@@ -47,8 +48,9 @@ struct Args {
     recv_threads: String,
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Sessions to run, comma-separated: "plain" (unsigned) and/or "signed" (the server signs
-    /// with a key made at run time, receivers trust only it).
+    /// Sessions to run, comma-separated: "plain" (unsigned), "signed" (the server signs with a
+    /// key made at run time, receivers trust only it), "secret" (a closed group: a secret
+    /// made at run time seals every datagram both ways).
     #[arg(long, default_value = "plain")]
     sign: String,
     /// Directory for the source and the copies (a disk-backed file system: page cache).
@@ -74,8 +76,35 @@ struct Spec {
     rate: Option<u64>,
     threads: usize,
     recv_threads: usize,
-    signed: bool,
+    session: Session,
     tag: u16,
+}
+
+/// How a session is protected.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Session {
+    Plain,
+    Signed,
+    Secret,
+}
+
+impl Session {
+    fn parse(s: &str) -> Session {
+        match s.trim() {
+            "plain" => Session::Plain,
+            "signed" => Session::Signed,
+            "secret" => Session::Secret,
+            other => panic!("--sign takes plain, signed and/or secret, not {other:?}"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Session::Plain => "plain",
+            Session::Signed => "signed",
+            Session::Secret => "secret",
+        }
+    }
 }
 
 fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
@@ -86,9 +115,13 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         rate,
         threads,
         recv_threads,
-        signed,
+        session,
         tag,
     } = *spec;
+    let signed = session == Session::Signed;
+    let secret = (session == Session::Secret).then(|| {
+        blockcast_node::Secret::new(blockcast_node::keys::random_bytes().expect("randomness"))
+    });
     let signer = signed.then(|| {
         blockcast_proto::auth::Signer::from_seed(
             &blockcast_node::keys::random_bytes().expect("randomness"),
@@ -127,6 +160,9 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         hash_cache: None,
         signer: signer.clone(),
         statement: None,
+        core_offset: 0,
+        gate: None,
+        secret: secret.clone(),
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();
@@ -140,6 +176,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     for r in &mut rcfgs {
         r.threads = recv_threads;
         r.trust = signer.iter().map(|s| s.public_key()).collect();
+        r.secret = secret.clone();
     }
     let run = run_local(&scfg, &rcfgs, &stop, &mut |_| {});
     let (served, got) = (run.served, run.received);
@@ -155,11 +192,24 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
                 rcpu += r.cpu_seconds;
                 sync = sync.max(r.sync_seconds);
                 ok &= blake3::hash(&std::fs::read(o).expect("read copy")) == want;
-                // Signed runs must have been authenticated, plain ones not.
+                // Signed runs must have been authenticated, plain ones not; closed ones must
+                // have opened everything they took and dropped nothing.
                 ok &= r.session.is_some_and(|t| t.signer.is_some() == signed);
+                ok &= match (&secret, r.sealed) {
+                    (Some(_), Some(s)) => s.opened > 0 && s.dropped() == 0,
+                    (None, None) => true,
+                    _ => false,
+                };
             }
             Err(e) => {
-                eprintln!("receiver failed: {e}");
+                // What the server saw of it (a member dropped as slow ends a session early).
+                let server = served.as_ref().map_or(String::new(), |s| {
+                    format!(
+                        "; server: dropped_slow {}, repair_denied {}, sealed {:?}",
+                        s.stats.dropped_slow, s.stats.repair_denied, s.sealed
+                    )
+                });
+                eprintln!("receiver failed ({} session): {e}{server}", session.name());
                 ok = false;
             }
         }
@@ -209,16 +259,8 @@ fn main() {
             .collect()
     };
     let (ts, rts) = (list(&a.threads), list(&a.recv_threads));
-    let signs: Vec<bool> = a
-        .sign
-        .split(',')
-        .map(|s| match s.trim() {
-            "plain" => false,
-            "signed" => true,
-            other => panic!("--sign takes plain and/or signed, not {other:?}"),
-        })
-        .collect();
-    let mut configs: Vec<(usize, u16, usize, usize, bool)> = Vec::new();
+    let signs: Vec<Session> = a.sign.split(',').map(Session::parse).collect();
+    let mut configs: Vec<(usize, u16, usize, usize, Session)> = Vec::new();
     for &n in &ns {
         for &u in &units {
             for &t in &ts {
@@ -242,20 +284,21 @@ fn main() {
                 rate,
                 threads: t,
                 recv_threads: rt,
-                signed: sg,
+                session: sg,
                 tag,
             };
             results[i].push(one_run(&src, &dir, &spec));
         }
     }
-    println!("| receivers | unit bytes | server / receive threads | session | GB/s per receiver (median of {}) | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
-    println!("|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---|");
+    println!("| receivers | unit bytes | server / receive threads | session | GB/s per receiver (median of {}) | slowest | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
+    println!("|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---|");
     for (i, &(n, u, t, rt, sg)) in configs.iter().enumerate() {
         let r = &results[i];
-        let session = if sg { "signed" } else { "plain" };
+        let session = sg.name();
         println!(
-            "| {n} | {u} | {t} / {rt} | {session} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {n} | {u} | {t} / {rt} | {session} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
             median(r.iter().map(|x| x.gbps).collect()),
+            r.iter().map(|x| x.gbps).fold(f64::INFINITY, f64::min),
             r.iter()
                 .map(|x| format!("{:.2}", x.gbps))
                 .collect::<Vec<_>>()

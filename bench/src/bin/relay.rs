@@ -91,7 +91,10 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         xor_repairs: true,
         hash_cache: None,
         signer: None,
+        secret: None,
         statement: None,
+        core_offset: 0,
+        gate: None,
     };
     let outs: Vec<PathBuf> = (0..total)
         .map(|i| dir.join(format!("copy-{i}.bin")))
@@ -138,6 +141,7 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
             originals_factor: blockcast_proto::ORIGINALS_FACTOR,
             xor_repairs: true,
             signer: None,
+            secret: None,
         })
         .collect();
     let stop = AtomicBool::new(false);

@@ -7,8 +7,10 @@
 
 use std::time::Duration;
 
+use blockcast_proto::{Geometry, RateLimits};
 use blockcast_sim::{
-    run, run_relays, LossModel, RelayConfig, RelayReport, SimConfig, SimReport, StoreKind,
+    run, run_relays, LinkFaults, LossModel, ReceiverLimits, RelayConfig, RelayReport, SimConfig,
+    SimReport, StoreKind,
 };
 use clap::Parser;
 
@@ -53,16 +55,63 @@ struct Args {
     /// Resend originals one by one (no XOR repairs).
     #[arg(long)]
     no_xor_repairs: bool,
+    /// Set the session up as the node does (a data thread sends the first pass, `--rate
+    /// auto` from --rate, 64 KiB pacing quanta, notices every 50 ms, 100 us delay): with
+    /// --buffer and --service-rate, receivers that the sender can outrun.
+    #[arg(long)]
+    node: bool,
+    /// Each receiver's socket buffer, bytes (needs --service-rate).
+    #[arg(long)]
+    buffer: Option<usize>,
+    /// Datagram bytes per second each receiver's thread takes out of its socket.
+    #[arg(long)]
+    service_rate: Option<u64>,
+    /// Each receiver's thread stalls (is not scheduled) for this many milliseconds once per
+    /// --stall-every (needs --buffer): a host whose cores other work shares.
+    #[arg(long)]
+    stall_ms: Option<f64>,
+    /// The period of those stalls, milliseconds (the receivers take turns).
+    #[arg(long, default_value_t = 1000.0)]
+    stall_every_ms: f64,
 }
 
 fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
-    let mut c = SimConfig::small(a.seed, receivers, loss);
-    c.objects = vec![a.size];
-    c.geometry.unit_size = a.unit_size;
-    c.geometry.units_per_block = a.units_per_block;
-    c.geometry.max_parity = a.units_per_block;
-    c.rate = a.rate;
-    c.delay = Duration::from_secs_f64(a.delay_ms / 1000.0);
+    let geometry = Geometry {
+        unit_size: a.unit_size,
+        units_per_block: a.units_per_block,
+        max_parity: a.units_per_block.min(128),
+    };
+    let mut c = if a.node {
+        let limits = RateLimits {
+            start: a.rate,
+            min: a.rate / 100,
+            max: a.rate * 8,
+        };
+        let mut c = SimConfig::node_like(a.seed, receivers, a.size, geometry, limits);
+        c.data_faults = LinkFaults::lossy(loss);
+        c.control_faults = LinkFaults::lossy(loss);
+        c
+    } else {
+        let mut c = SimConfig::small(a.seed, receivers, loss);
+        c.objects = vec![a.size];
+        c.geometry = Geometry {
+            max_parity: a.units_per_block,
+            ..geometry
+        };
+        c.rate = a.rate;
+        c.delay = Duration::from_secs_f64(a.delay_ms / 1000.0);
+        c
+    };
+    if let (Some(b), Some(s)) = (a.buffer, a.service_rate) {
+        let mut l = ReceiverLimits::new(b, s);
+        l.stalls = a.stall_ms.map(|ms| {
+            (
+                Duration::from_secs_f64(a.stall_every_ms / 1000.0),
+                Duration::from_secs_f64(ms / 1000.0),
+            )
+        });
+        c.receiver_limits = Some(l);
+    }
     c.store = StoreKind::Hashed;
     c.sender.max_wait = Duration::from_secs(2);
     c.sender.originals_factor = a.originals_factor;
@@ -213,10 +262,18 @@ fn main() {
     );
     println!();
     println!(
-        "seed {}; virtual completion {:.3} s vs lossless {:.3} s",
+        "seed {}; virtual completion {:.3} s vs lossless {:.3} s; final rate {} B/s; repairs {} originals + {} XOR + {} parity; socket drops {}, peak fill {:?}, stalls {}; duplicates {}",
         r.seed,
         r.completion.as_secs_f64(),
-        r.ideal.as_secs_f64()
+        r.ideal.as_secs_f64(),
+        r.final_rate,
+        r.repair_units,
+        r.xor_units,
+        r.parity_units,
+        r.socket_drops(),
+        r.sockets.iter().map(|s| s.peak).max(),
+        r.sockets.iter().map(|s| s.stalls).sum::<u64>(),
+        r.duplicates
     );
     if !r.failures.is_empty() {
         std::process::exit(1);

@@ -360,3 +360,29 @@ pub fn has_data_at(path: &Path, offset: u64) -> bool {
 }
 
 pub mod netns;
+
+/// A socket that hears `at` (a group and port) on loopback, as any host on the segment can;
+/// reads wait at most `timeout`.
+pub fn listen_group(at: std::net::SocketAddrV4, timeout: Duration) -> std::net::UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
+    s.set_reuse_address(true).expect("reuse");
+    s.set_multicast_all_v4(false).expect("multicast all");
+    s.set_recv_buffer_size(8 << 20).expect("rcvbuf");
+    s.bind(&std::net::SocketAddr::V4(at).into())
+        .expect("bind group");
+    s.join_multicast_v4(at.ip(), &std::net::Ipv4Addr::LOCALHOST)
+        .expect("join");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    s.into()
+}
+
+/// A socket that sends to groups through loopback only (TTL 1).
+pub fn loopback_sender() -> std::net::UdpSocket {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let sock = socket2::Socket::from(s);
+    sock.set_multicast_if_v4(&std::net::Ipv4Addr::LOCALHOST)
+        .expect("if");
+    sock.set_multicast_ttl_v4(1).expect("ttl");
+    sock.into()
+}

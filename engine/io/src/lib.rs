@@ -15,6 +15,7 @@
 //! * [`RecvBatch`]: `recvmmsg` of up to 64 datagrams, with the GRO segment size of each, and
 //!   [`split_segments`] to cut a super-datagram back into datagrams.
 //!
+//! * [`beneath`]: files opened beneath a directory, never through a symbolic link.
 //! * [`os`]: the other system calls the nodes make (waiting with a deadline, eventfd,
 //!   thread CPU time, preallocation, vectored positioned writes, write-out), wrapped once.
 //!
@@ -26,6 +27,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod beneath;
 mod error;
 pub mod iface;
 pub mod os;

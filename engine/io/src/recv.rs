@@ -7,7 +7,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::slice::Chunks;
+use std::slice::{Chunks, ChunksMut};
 use std::time::{Duration, Instant};
 
 use crate::error::IoError;
@@ -59,11 +59,15 @@ impl<'a> Datagram<'a> {
 /// Cuts a GRO super-datagram into its segments: every `segment_size` bytes, the last may be
 /// shorter. With `None` (or 0) the whole buffer is one segment; an empty buffer has none.
 pub fn split_segments(bytes: &[u8], segment_size: Option<u16>) -> Chunks<'_, u8> {
-    let size = match segment_size {
+    bytes.chunks(segment_len(bytes.len(), segment_size))
+}
+
+/// The length of each segment of a `len`-byte datagram (the last may be shorter).
+fn segment_len(len: usize, segment_size: Option<u16>) -> usize {
+    match segment_size {
         Some(s) if s > 0 => usize::from(s),
-        _ => bytes.len().max(1),
-    };
-    bytes.chunks(size)
+        _ => len.max(1),
+    }
 }
 
 /// Buffers for receiving up to 64 datagrams per system call.
@@ -208,6 +212,18 @@ impl RecvBatch {
         let m = self.meta.get(i)?;
         let start = i * self.buf_size;
         Some(&mut self.bufs[start..start + m.len])
+    }
+
+    /// The sender and the segments of the `i`-th datagram of the last batch, writable (to
+    /// open sealed datagrams in place); none if it was truncated.
+    pub fn segments_mut(&mut self, i: usize) -> Option<(SocketAddrV4, ChunksMut<'_, u8>)> {
+        let m = *self.meta.get(i)?;
+        if m.truncated {
+            return None;
+        }
+        let start = i * self.buf_size;
+        let size = segment_len(m.len, m.segment_size);
+        Some((m.source, self.bufs[start..start + m.len].chunks_mut(size)))
     }
 
     /// Datagrams received through this batch so far (a GRO super-datagram counts once, as the

@@ -10,8 +10,9 @@
 //! # Lifetimes of in-flight memory
 //!
 //! The ring owns `queue_depth` *slots*. A slot holds everything a submitted request points
-//! at: the `msghdr`, the iovec array, the control message, the header storage, and a clone of
-//! the `Arc` of every payload source. A slot is handed out by [`SendRing::batch`], filled,
+//! at: the `msghdr`, the iovec array, the control message, the header storage, the storage
+//! of segments the caller wrote in place ([`GsoBatch::push_owned`]: sealed units, whose
+//! ciphertext lies nowhere else), and a clone of the `Arc` of every payload source. A slot is handed out by [`SendRing::batch`], filled,
 //! submitted, and only reused after its completion has been reaped; so nothing a request
 //! references is freed or rewritten before the kernel is done with it. Payload sources are
 //! [`StableBytes`]: their bytes stay put for as long as an `Arc` to them lives.
@@ -213,6 +214,10 @@ struct Slot {
     iov_len: usize,
     cmsg: CmsgBuf,
     headers: Box<[u8]>,
+    /// Segments written by the caller ([`GsoBatch::push_owned`]), back to back; allocated
+    /// (`MAX_SEND_BYTES`) on first use and never resized, so iovecs into it stay valid.
+    owned: Box<[u8]>,
+    owned_len: usize,
     keep: Vec<Source>,
     state: SlotState,
     segments: u16,
@@ -240,6 +245,8 @@ impl Slot {
             cmsg: CmsgBuf([0; 32]),
             headers: vec![0u8; usize::from(max_segments) * usize::from(header_room)]
                 .into_boxed_slice(),
+            owned: Box::default(),
+            owned_len: 0,
             keep: Vec::with_capacity(usize::from(max_segments)),
             state: SlotState::Free,
             segments: 0,
@@ -250,6 +257,7 @@ impl Slot {
 
     fn reset(&mut self) {
         self.keep.clear();
+        self.owned_len = 0;
         self.iov_len = 0;
         self.segments = 0;
         self.bytes = 0;
@@ -645,6 +653,54 @@ impl GsoBatch<'_> {
         self.check(header.len(), payload.len())?;
         self.append(header, payload.as_ptr(), payload.len());
         Ok(())
+    }
+
+    /// Appends one segment of `len` bytes that the caller writes into storage the slot owns,
+    /// and returns it to be filled (all of it) before [`submit`](Self::submit).
+    ///
+    /// Call it for a segment that cannot be sent from where its bytes lie: a sealed unit,
+    /// whose ciphertext exists nowhere else. The storage is the slot's, reused only after
+    /// this super-buffer's completion is reaped; consecutive owned segments go out as one
+    /// iovec.
+    pub fn push_owned(&mut self, len: usize) -> Result<&mut [u8], BatchError> {
+        self.check(0, len)?;
+        if len < usize::from(self.segment_size) {
+            self.closed = true;
+        }
+        let slot = self.ring.slot_mut(self.idx);
+        if slot.owned.is_empty() {
+            slot.owned = vec![0u8; MAX_SEND_BYTES].into_boxed_slice();
+        }
+        // owned_len <= bytes and bytes + len <= MAX_SEND_BYTES were checked: it fits.
+        let at = slot.owned_len;
+        let Slot {
+            owned,
+            iov,
+            iov_len,
+            segments,
+            bytes,
+            owned_len,
+            ..
+        } = slot;
+        let seg = &mut owned[at..at + len];
+        let ptr = seg.as_mut_ptr();
+        match iov[..*iov_len].last_mut() {
+            // The previous segment was owned too and ends where this one starts.
+            Some(last) if (last.iov_base as usize).wrapping_add(last.iov_len) == ptr as usize => {
+                last.iov_len += len;
+            }
+            _ => {
+                iov[*iov_len] = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len,
+                };
+                *iov_len += 1;
+            }
+        }
+        *owned_len += len;
+        *segments += 1;
+        *bytes += len;
+        Ok(seg)
     }
 
     /// Appends `source[range]` as one or more segments already laid out back to back (say a
@@ -1053,6 +1109,43 @@ mod tests {
                 assert_eq!(&buf[2..n], &data[5000..5100]);
             }
         }
+    }
+
+    #[test]
+    fn owned_segments_arrive_as_written_beside_gathered_ones_and_their_storage_is_reused() {
+        let (tx, rx) = udp_pair();
+        let cfg = SendRingConfig {
+            queue_depth: 1,
+            ..SendRingConfig::default()
+        };
+        let mut ring = SendRing::new(tx, cfg).unwrap();
+        let src: Source = Arc::new(vec![0x55u8; 4000]);
+        let mut buf = [0u8; 2000];
+        for round in 0..3u8 {
+            let mut b = ring.batch(1000).unwrap();
+            b.push_owned(1000).unwrap().fill(round);
+            b.push_owned(1000).unwrap().fill(round + 10);
+            b.push(&[0xAB], &src, 0..999).unwrap();
+            b.push_owned(300).unwrap().fill(round + 20);
+            assert_eq!(b.push_owned(10), Err(BatchError::AfterShortSegment));
+            b.submit().unwrap();
+            assert!(ring.drain(Duration::from_secs(5)).unwrap());
+            for (len, first) in [
+                (1000, round),
+                (1000, round + 10),
+                (1000, 0xAB),
+                (300, round + 20),
+            ] {
+                assert_eq!(rx.recv(&mut buf).unwrap(), len);
+                assert_eq!(buf[0], first);
+                assert_eq!(buf[len - 1], if first == 0xAB { 0x55 } else { first });
+            }
+        }
+        let mut b = ring.batch(1000).unwrap();
+        assert_eq!(b.push_owned(1001), Err(BatchError::SegmentTooLong));
+        assert_eq!(b.push_owned(0), Err(BatchError::EmptySegment));
+        drop(b);
+        assert_eq!(ring.stats().segments_sent, 12);
     }
 
     #[test]

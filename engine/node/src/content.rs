@@ -404,6 +404,41 @@ impl Content {
         })
     }
 
+    /// Maps one file whose manifest entry is already known (an origin's catalog hashed it),
+    /// without reading it; fails if its size is no longer `size`.
+    pub(crate) fn map_known(path: &Path, size: u64, block_size: usize) -> Result<Self, NodeError> {
+        let err = |source| NodeError::Input {
+            path: path.to_path_buf(),
+            source,
+        };
+        let f = File::open(path).map_err(err)?;
+        let len = f.metadata().map_err(err)?.len();
+        if len != size {
+            return Err(NodeError::Input {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "changed since it was hashed ({len} bytes, {size} then)"
+                )),
+            });
+        }
+        let meta = f.metadata().map_err(err)?;
+        let m = Arc::new(Mapped::new(&f, len).map_err(err)?);
+        Ok(Content {
+            sources: vec![m.clone()],
+            mapped: vec![m],
+            // Watched as a server's inputs are: a change stops the session (as the origin's
+            // own check of the catalog file does).
+            watched: Arc::new(vec![Watched {
+                path: path.to_path_buf(),
+                file: f,
+                stamp: Stamp::of(&meta),
+            }]),
+            paths: Arc::new(vec![path.to_path_buf()]),
+            block_size,
+            ready: None,
+        })
+    }
+
     /// The same files, as another sender's source.
     pub(crate) fn share(&self) -> Self {
         self.clone()

@@ -12,6 +12,13 @@
 //! straight from where they lie, the rest sent as they are); the endpoint's events
 //! ([`Host::on_event`]); the host's bookkeeping ([`Host::end`]); then a wait until the next
 //! datagram, the endpoint's next timer or the host's cap, whichever is first.
+//!
+//! With a group secret ([`Io::protect`], docs/wire.md §16) the driver is where packets are
+//! protected, so the endpoint sees only opened packets: [`feed`] opens every datagram in
+//! place in its batch buffer and hands on only those whose tag holds (the rest are counted
+//! and never parsed); [`Out::send_due`] seals every datagram that leaves, units into storage
+//! the ring owns (a sealed unit cannot be sent from the mapping), the rest through a scratch
+//! buffer.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
@@ -19,8 +26,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use blockcast_io::os::wait_readable;
-use blockcast_io::{MulticastSender, RecvBatch, SendRing, Source};
+use blockcast_io::{GsoBatch, MulticastSender, RecvBatch, SendRing, Source};
 use blockcast_proto::{Destination, Endpoint, Transmit, UnitRef};
+use blockcast_seal::{OpenStats, Opener, Sealer, Secret, TRAILER_LEN};
 
 use crate::NodeError;
 
@@ -76,6 +84,43 @@ pub(crate) struct Out {
     pub group: Option<MulticastSender>,
     /// Unicast datagrams (control replies, NACKs, receipt notices, split mode's packets).
     pub control: Option<UdpSocket>,
+    /// With a group secret: seals every datagram that leaves.
+    pub seal: Option<Seal>,
+}
+
+/// What seals one thread's datagrams: its [`Sealer`] (a sender id of its own) and a buffer to
+/// seal datagrams that are not gathered by the ring.
+pub(crate) struct Seal {
+    sealer: Sealer,
+    scratch: Vec<u8>,
+}
+
+impl Seal {
+    /// A sealer with a fresh random sender id (never shared: docs/wire.md §16.2).
+    pub(crate) fn new(secret: &Secret) -> Result<Self, NodeError> {
+        Ok(Seal {
+            sealer: Sealer::new(secret, crate::keys::random_bytes()?),
+            scratch: Vec::with_capacity(TRANSMIT_BUF + TRAILER_LEN),
+        })
+    }
+
+    /// `bytes ‖ more` sealed, in the scratch buffer.
+    fn seal(&mut self, bytes: &[u8], more: &[u8]) -> Result<&[u8], NodeError> {
+        let len = bytes.len() + more.len();
+        self.scratch.clear();
+        self.scratch.extend_from_slice(bytes);
+        self.scratch.extend_from_slice(more);
+        self.scratch.resize(len + TRAILER_LEN, 0);
+        let n = self
+            .sealer
+            .seal_in_place(&mut self.scratch, len)
+            .map_err(sealing)?;
+        Ok(&self.scratch[..n])
+    }
+}
+
+fn sealing(e: blockcast_seal::SealError) -> NodeError {
+    NodeError::Internal(format!("sealing a datagram: {e}"))
 }
 
 /// What a node adds around the protocol.
@@ -86,15 +131,16 @@ pub(crate) trait Host<E: Endpoint> {
     }
 
     /// A batch arrived on input `input`: hand it to the endpoint (by default every datagram,
-    /// each GRO segment apart).
+    /// each GRO segment apart, opened by `opener` with a group secret).
     fn on_batch(
         &mut self,
         ep: &mut E,
         now: Instant,
         _input: usize,
         batch: &mut RecvBatch,
+        opener: Option<&mut Opener>,
     ) -> Result<(), NodeError> {
-        feed(ep, now, batch);
+        feed(ep, now, batch, opener);
         Ok(())
     }
 
@@ -136,6 +182,8 @@ pub(crate) trait Host<E: Endpoint> {
 pub(crate) struct Io {
     pub inputs: Vec<Input>,
     pub out: Out,
+    /// With a group secret: opens every datagram that arrives.
+    pub opener: Option<Opener>,
     /// Which inputs were readable at the last wait (all, when the wait was skipped).
     ready: Vec<bool>,
     extra: Vec<RawFd>,
@@ -148,9 +196,25 @@ impl Io {
             ready: vec![true; inputs.len()],
             inputs,
             out,
+            opener: None,
             extra: Vec::new(),
             buf: vec![0u8; TRANSMIT_BUF],
         }
+    }
+
+    /// With `secret`: from now on every datagram this thread sends is sealed (with a sender
+    /// id of its own) and every one it reads is opened, or dropped and counted.
+    pub(crate) fn protect(mut self, secret: Option<&Secret>) -> Result<Self, NodeError> {
+        if let Some(secret) = secret {
+            self.out.seal = Some(Seal::new(secret)?);
+            self.opener = Some(Opener::new(secret));
+        }
+        Ok(self)
+    }
+
+    /// What the opener dropped and opened (`None` without a secret).
+    pub(crate) fn open_stats(&self) -> Option<OpenStats> {
+        self.opener.as_ref().map(Opener::stats)
     }
 
     /// Replaces input `i` (a fail-over to another source's socket).
@@ -177,7 +241,26 @@ impl Io {
 }
 
 /// Hands every datagram of `batch` to `ep`, each GRO segment apart (truncated ones dropped).
-pub(crate) fn feed<E: Endpoint>(ep: &mut E, now: Instant, batch: &RecvBatch) {
+/// With `opener` each segment is opened in place first, and handed on only if it opened.
+pub(crate) fn feed<E: Endpoint>(
+    ep: &mut E,
+    now: Instant,
+    batch: &mut RecvBatch,
+    opener: Option<&mut Opener>,
+) {
+    if let Some(opener) = opener {
+        for i in 0..batch.len() {
+            let Some((source, segments)) = batch.segments_mut(i) else {
+                continue;
+            };
+            for seg in segments {
+                if let Ok(n) = opener.open_in_place(seg) {
+                    ep.handle_datagram(now, SocketAddr::V4(source), &seg[..n]);
+                }
+            }
+        }
+        return;
+    }
     for d in batch.iter() {
         if d.truncated {
             continue;
@@ -240,7 +323,7 @@ fn read_inputs<E: Sends, H: Host<E>>(
             if input.batch.recv(&input.fd, Duration::ZERO)? == 0 {
                 break;
             }
-            host.on_batch(ep, now, i, &mut input.batch)?;
+            host.on_batch(ep, now, i, &mut input.batch, io.opener.as_mut())?;
         }
     }
     Ok(())
@@ -295,14 +378,17 @@ fn wait<E: Sends, H: Host<E>>(
 
 impl Out {
     /// Sends every datagram the endpoint has due at `now`: data units gathered into GSO
-    /// super-buffers straight from their sources (only headers are copied), other datagrams
-    /// as they are.
+    /// super-buffers straight from their sources (only headers are copied; sealed, they are
+    /// written into the ring's own storage instead), other datagrams as they are (or sealed).
     pub(crate) fn send_due<E: Sends>(
         &mut self,
         ep: &mut E,
         now: Instant,
         buf: &mut [u8],
     ) -> Result<(), NodeError> {
+        // A sealed datagram is the endpoint's plus the trailer: leave room for it.
+        let trailer = if self.seal.is_some() { TRAILER_LEN } else { 0 };
+        let room = buf.len() - trailer;
         // A data unit that did not fit the last super-buffer, its header kept in `spare`.
         let mut spare = [0u8; 64];
         let mut carry: Option<Transmit> = None;
@@ -314,13 +400,13 @@ impl Out {
             }
             let (t, head): (Transmit, &[u8]) = match carry.take() {
                 Some(t) => (t, &spare[..t.len]),
-                None => match ep.poll_transmit(now, buf) {
+                None => match ep.poll_transmit(now, &mut buf[..room]) {
                     Some(t) => (t, &buf[..t.len]),
                     None => return Ok(()),
                 },
             };
             let (Some(unit), Some(ring)) = (t.payload, self.ring.as_mut()) else {
-                self.send_plain(&t, head, ep);
+                self.send_plain(&t, head, ep)?;
                 continue;
             };
             let Some((src, range)) = ep.payload(&unit) else {
@@ -328,7 +414,7 @@ impl Out {
             };
             // Open a super-buffer for this unit's size and fill it while the endpoint has more
             // units due that fit and go to the same place.
-            let seg = t.datagram_len() as u16;
+            let seg = (t.datagram_len() + trailer) as u16;
             let mut batch = ring.batch(seg).map_err(|source| NodeError::Send {
                 op: "units",
                 source,
@@ -337,18 +423,24 @@ impl Out {
             if let Destination::Peer(SocketAddr::V4(to)) = dest {
                 batch.set_destination(to);
             }
-            // The range lies inside the source: the endpoint made it from the manifest.
-            let _ = batch.push(head, src, range);
+            push_unit(&mut batch, head, src, range, self.seal.as_mut())?;
             while batch.room() > 0 {
-                let Some(next) = ep.poll_transmit(now, buf) else {
+                let Some(next) = ep.poll_transmit(now, &mut buf[..room]) else {
                     break;
                 };
                 match next.payload {
                     Some(u)
-                        if next.datagram_len() <= usize::from(seg) && next.destination == dest =>
+                        if next.datagram_len() + trailer <= usize::from(seg)
+                            && next.destination == dest =>
                     {
                         if let Some((src, range)) = ep.payload(&u) {
-                            let _ = batch.push(&buf[..next.len], src, range);
+                            push_unit(
+                                &mut batch,
+                                &buf[..next.len],
+                                src,
+                                range,
+                                self.seal.as_mut(),
+                            )?;
                         }
                     }
                     Some(_) => {
@@ -358,7 +450,7 @@ impl Out {
                     }
                     None => {
                         let (group, control) = (self.group.as_ref(), self.control.as_ref());
-                        send_small(&next, &buf[..next.len], group, control);
+                        send_small(&next, &buf[..next.len], group, control, self.seal.as_mut())?;
                     }
                 }
             }
@@ -371,26 +463,65 @@ impl Out {
 
     /// A datagram with no payload to gather (or no ring to gather it in: its payload is
     /// copied after the header).
-    fn send_plain<E: Sends>(&self, t: &Transmit, head: &[u8], ep: &E) {
+    fn send_plain<E: Sends>(&mut self, t: &Transmit, head: &[u8], ep: &E) -> Result<(), NodeError> {
+        let (group, control) = (self.group.as_ref(), self.control.as_ref());
         match t.payload.and_then(|u| ep.payload(&u)) {
-            None => send_small(t, head, self.group.as_ref(), self.control.as_ref()),
-            Some((src, range)) => {
-                let mut d = head.to_vec();
-                d.extend_from_slice(&src.stable_bytes()[range]);
-                send_small(t, &d, self.group.as_ref(), self.control.as_ref());
-            }
+            None => send_small(t, head, group, control, self.seal.as_mut()),
+            Some((src, range)) => match self.seal.as_mut() {
+                Some(seal) => {
+                    let sealed = seal.seal(head, &src.stable_bytes()[range])?;
+                    send_small(t, sealed, group, control, None)
+                }
+                None => {
+                    let mut d = head.to_vec();
+                    d.extend_from_slice(&src.stable_bytes()[range]);
+                    send_small(t, &d, group, control, None)
+                }
+            },
         }
     }
 }
 
-/// Sends one datagram as it is: to a peer through the control socket, to the group through
-/// the group socket. A full socket buffer drops it: the protocol treats that as loss.
+/// Adds one unit to a super-buffer: its header copied and its payload gathered from where it
+/// lies, or, sealed, both written sealed into the ring's storage.
+fn push_unit(
+    batch: &mut GsoBatch<'_>,
+    head: &[u8],
+    src: &Source,
+    range: Range<usize>,
+    seal: Option<&mut Seal>,
+) -> Result<(), NodeError> {
+    let Some(seal) = seal else {
+        // The range lies inside the source: the endpoint made it from the manifest.
+        let _ = batch.push(head, src, range);
+        return Ok(());
+    };
+    let Some(payload) = src.stable_bytes().get(range) else {
+        return Ok(());
+    };
+    let Ok(out) = batch.push_owned(head.len() + payload.len() + TRAILER_LEN) else {
+        return Ok(());
+    };
+    seal.sealer
+        .seal_into(head, payload, out)
+        .map(drop)
+        .map_err(sealing)
+}
+
+/// Sends one datagram as it is, or sealed with `seal`: to a peer through the control socket,
+/// to the group through the group socket. A full socket buffer drops it: the protocol treats
+/// that as loss.
 fn send_small(
     t: &Transmit,
     bytes: &[u8],
     group: Option<&MulticastSender>,
     control: Option<&UdpSocket>,
-) {
+    seal: Option<&mut Seal>,
+) -> Result<(), NodeError> {
+    let bytes = match seal {
+        Some(seal) => seal.seal(bytes, &[])?,
+        None => bytes,
+    };
     match t.destination {
         Destination::Peer(addr) => {
             if let Some(c) = control {
@@ -404,4 +535,5 @@ fn send_small(
             }
         }
     }
+    Ok(())
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use blockcast_io::{BatchError, IoError};
 
+use crate::names::shown;
+
 /// Why a node stopped before finishing its job.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -12,23 +14,34 @@ pub enum NodeError {
     #[error("{0}")]
     Io(#[from] IoError),
     /// An input could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {source}", shown(path))]
     Input {
         path: PathBuf,
         source: std::io::Error,
     },
     /// The output could not be created or written.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {source}", shown(path))]
     Output {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A file is already where an object goes and no state file of ours names it (not a
+    /// partial file of an earlier receive): it is someone else's, and kept.
+    #[error("{} exists and is not a partial file of an earlier receive: not overwritten (--overwrite replaces it)", shown(path))]
+    OutputExists { path: PathBuf },
     /// Another receive (or relay) is writing into the same output: it holds the lock.
-    #[error("{} is in use by another blockcast receive or relay (it holds {}); nothing was written", path.display(), lock.display())]
+    #[error(
+        "{} is in use by another blockcast receive or relay (it holds {}); nothing was written",
+        shown(path),
+        shown(lock)
+    )]
     OutputBusy { path: PathBuf, lock: PathBuf },
     /// An input changed while it was being served (truncated, rewritten): what receivers got
     /// of it would not match its hashes.
-    #[error("{} changed while it was being served ({what}): the session was stopped", path.display())]
+    #[error(
+        "{} changed while it was being served ({what}): the session was stopped",
+        shown(path)
+    )]
     InputChanged { path: PathBuf, what: String },
     /// A configuration the protocol refuses: other flags or inputs fix it.
     #[error("{0}")]
@@ -68,6 +81,12 @@ pub enum NodeError {
         blocks_done: u64,
         blocks: u64,
         why: &'static str,
+    },
+    /// An origin has no object of that name.
+    #[error("{name:?} is not in the catalog of {origin}")]
+    NotInCatalog {
+        name: String,
+        origin: std::net::SocketAddr,
     },
     /// Stopped by the user (Ctrl-C).
     #[error("interrupted")]
@@ -136,6 +155,11 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         assert_eq!(e.to_string(), "cannot read /srv/a.iso: entity not found");
+        let exists = NodeError::OutputExists {
+            path: "/out/a\u{1b}[2J.iso".into(),
+        };
+        let shown = exists.to_string();
+        assert!(shown.starts_with("/out/a\\u{1b}[2J.iso exists"), "{shown}");
         assert!(std::error::Error::source(&e).is_some());
         let e = NodeError::Send {
             op: "first pass",

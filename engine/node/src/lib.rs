@@ -4,13 +4,22 @@
 //! This is the only layer that reads the clock. It reports progress through a callback and
 //! stops when asked through an [`AtomicBool`](std::sync::atomic::AtomicBool).
 
+pub mod agent;
+pub mod catalog;
+pub mod client;
 mod content;
 mod driver;
 mod error;
+pub mod events;
+pub mod fetch;
+pub mod glob;
 mod hashcache;
 pub mod http;
 pub mod keys;
 pub mod local;
+pub mod metrics;
+pub mod names;
+pub mod origin;
 pub mod play;
 pub mod published;
 mod receive;
@@ -23,10 +32,12 @@ pub use content::{collect_inputs, hash_inputs, Input};
 pub use error::{NodeError, ThreadFailure};
 pub use hashcache::HashCache;
 pub use receive::{
-    is_own_partial, receive, ReceiveConfig, ReceiveProgress, ReceiveSummary, SessionTrust,
+    fuzz_state_file, is_own_partial, receive, ReceiveConfig, ReceiveProgress, ReceiveSummary,
+    SessionTrust,
 };
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
-pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary};
+pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary, StartGate};
 
 /// CPU time the calling thread has used, in seconds.
 pub use blockcast_io::os::thread_cpu_seconds;
+pub use blockcast_seal::{OpenStats, Secret, TRAILER_LEN};

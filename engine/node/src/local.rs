@@ -56,9 +56,11 @@ pub fn local_receivers(
             split: None,
             threads: 1,
             trust: Vec::new(),
+            secret: None,
             expect: None,
             preallocate: true,
             verify_existing: false,
+            overwrite: false,
         })
         .collect()
 }

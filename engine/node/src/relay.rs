@@ -55,6 +55,10 @@ pub struct RelayConfig {
     /// Sign the downstream Announces and Dones with this key (the origin's session statement
     /// is passed on unchanged either way; docs/wire.md §15.4).
     pub signer: Option<blockcast_proto::auth::Signer>,
+    /// The downstream groups' secret (closed groups, docs/wire.md §16); the upstream side's
+    /// is `upstream.secret`. The same secret on both sides is the usual choice; a relay
+    /// that opens a closed upstream and serves it without a secret downstream publishes it.
+    pub secret: Option<blockcast_seal::Secret>,
 }
 
 /// Progress of both sides, reported a few times per second.
@@ -151,6 +155,9 @@ pub fn relay(
                             signer: cfg.signer.clone(),
                             // The origin's statement, unchanged: trust reaches across tiers.
                             statement: Some(published.statement().unwrap_or((0, None))),
+                            core_offset: 0,
+                            gate: None,
+                            secret: cfg.secret.clone(),
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());
                         let (state, down_stop) = (&state, &down_stop);

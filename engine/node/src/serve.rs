@@ -7,7 +7,8 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, RecvBatch, SendRing, SendRingConfig, Source};
@@ -17,6 +18,7 @@ use blockcast_proto::{
     FirstPassProgress, Geometry, RateLimits, Sender, SenderConfig, SenderEvent, SenderStats,
     SplitConfig, StripePass, UnitRef,
 };
+use blockcast_seal::{OpenStats, Secret};
 
 use crate::content::{Content, Input, CHECK_INTERVAL};
 use crate::driver::{self, Flow, Input as DriverInput, Io, Out, Sends};
@@ -66,6 +68,26 @@ pub struct ServeConfig {
     /// A relay: the origin's session statement (when it was made, and its signature, if
     /// signed), passed on unchanged.
     pub statement: Option<(u64, Option<Signature>)>,
+    /// Data thread `s` is pinned to core `core_offset + s` (modulo the cores): an origin
+    /// spreads its sessions' data threads over the cores.
+    pub core_offset: usize,
+    /// An origin's session: when its first pass may start ([`StartGate`]).
+    pub gate: Option<Arc<StartGate>>,
+    /// A closed group: every datagram is sealed with this secret, and only sealed ones are
+    /// taken (docs/wire.md §16).
+    pub secret: Option<Secret>,
+}
+
+/// When an origin's session may start its first pass: not before `window_end` (the batching
+/// window: requests until then join before anything is sent), then as soon as every receiver
+/// the session was granted to has joined (or the session's `max_wait` has passed).
+#[derive(Debug)]
+pub struct StartGate {
+    pub window_end: Instant,
+    /// Requests granted this session so far.
+    pub granted: AtomicUsize,
+    /// Set by the session once it is ending: the origin grants it to no one more.
+    pub closing: AtomicBool,
 }
 
 /// Progress, reported a few times per second.
@@ -79,6 +101,10 @@ pub struct ServeProgress {
     pub rate: u64,
     /// Where receivers send to (split-mode members are given it as `--server`).
     pub control: SocketAddr,
+    /// The first pass has started.
+    pub sending: bool,
+    /// The protocol core's counters (the data threads' first pass is in `bytes_sent`).
+    pub stats: SenderStats,
 }
 
 /// One receiver as the server saw it.
@@ -109,6 +135,9 @@ pub struct ServeSummary {
     pub manifest_hash: [u8; 32],
     /// The key the session statement is signed with (the origin's, for a relay).
     pub signer: Option<[u8; 32]>,
+    /// A closed group: what the control thread opened and dropped (datagrams without the
+    /// secret, forged, replayed).
+    pub sealed: Option<OpenStats>,
 }
 
 /// Serves until every accepted receiver is complete, the deadline passes, or `stop` is set.
@@ -145,6 +174,11 @@ pub(crate) fn serve_content(
     progress_cb: &mut dyn FnMut(&ServeProgress),
 ) -> Result<ServeSummary, NodeError> {
     let total_bytes = manifest.total_bytes();
+    if cfg.split && cfg.secret.is_some() {
+        return Err(NodeError::Config(
+            "a closed group (--secret) needs multicast: split mode does not seal its copies".into(),
+        ));
+    }
     let stripes = if cfg.split {
         1
     } else {
@@ -174,11 +208,12 @@ pub(crate) fn serve_content(
             for pass in passes {
                 let s = usize::from(pass.stripe());
                 let t = StripeThread {
-                    core: (!cores.is_empty()).then(|| cores[s % cores.len()]),
+                    core: (!cores.is_empty()).then(|| cores[(cfg.core_offset + s) % cores.len()]),
                     group: cfg.group,
                     iface: cfg.iface,
                     ttl: cfg.ttl,
                     shared: &shared,
+                    secret: cfg.secret.as_ref(),
                 };
                 match std::thread::Builder::new()
                     .name(format!("bc-data-{s}"))
@@ -252,6 +287,7 @@ pub(crate) fn serve_content(
         receivers_ever: sender.receivers_ever(),
         manifest_hash: sender.manifest_hash(),
         signer: sender.statement_signer(),
+        sealed: io.open_stats(),
     })
 }
 
@@ -280,8 +316,10 @@ fn open_sockets(cfg: &ServeConfig) -> Result<(Io, SocketAddr), NodeError> {
         ring: Some(ring),
         group,
         control: Some(control),
+        seal: None,
     };
-    Ok((Io::new(vec![input], out), control_addr))
+    let io = Io::new(vec![input], out).protect(cfg.secret.as_ref())?;
+    Ok((io, control_addr))
 }
 
 /// The protocol's configuration for this server: `--rate auto` unless a rate is fixed, an
@@ -315,6 +353,10 @@ fn sender_config(
         // Paced threads send whole GSO super-buffers and sleep between them.
         pace_quantum: blockcast_io::MAX_SEND_BYTES,
         announce_interval: Duration::from_millis(100),
+        // An origin's receivers join within milliseconds of their grant: a tenth of the
+        // interval while they do, so that a receiver that missed the first announce does not
+        // wait a whole interval (measured in docs/DESIGN.md, 2026-12-02).
+        waiting_announce_interval: cfg.gate.as_ref().map(|_| Duration::from_millis(10)),
         min_receivers: cfg.min_receivers,
         max_wait: cfg.max_wait,
         deadline: cfg.deadline,
@@ -363,6 +405,15 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
     ) -> Result<Flow, NodeError> {
         if self.stop.load(Ordering::Relaxed) {
             sender.abort(now);
+        }
+        if let (Some(g), false) = (&self.cfg.gate, sender.is_sending()) {
+            // Relaxed: a count a turn old only delays the start by a turn.
+            let n = if now < g.window_end {
+                usize::MAX
+            } else {
+                g.granted.load(Ordering::Relaxed).max(1)
+            };
+            sender.set_min_receivers(n);
         }
         if self.input_error.is_none() && now >= self.next_check {
             self.next_check = now + CHECK_INTERVAL;
@@ -419,6 +470,10 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
     }
 
     fn end(&mut self, sender: &mut Sender<Content>, now: Instant) -> Result<Flow, NodeError> {
+        if let (Some(g), true) = (&self.cfg.gate, sender.is_closing()) {
+            // Release: pairs with the origin's Acquire; nothing else rides on it.
+            g.closing.store(true, Ordering::Release);
+        }
         if !self.data_started && sender.is_sending() && !self.cfg.split {
             tracing::debug!(
                 receivers = sender.receivers(),
@@ -452,6 +507,8 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
                 total_bytes: self.total_bytes,
                 rate: sender.rate(),
                 control: self.control,
+                sending: sender.is_sending(),
+                stats: s.clone(),
             });
             self.next_progress = now + Duration::from_millis(200);
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, SendRing, SendRingConfig};
 use blockcast_proto::{Endpoint, StripePass};
+use blockcast_seal::Secret;
 
 use crate::content::Content;
 use crate::driver::{self, Flow, Io, Out};
@@ -75,6 +76,8 @@ pub(crate) struct StripeThread<'a> {
     pub iface: Ipv4Addr,
     pub ttl: u32,
     pub shared: &'a StripeShared,
+    /// The group secret: this thread seals what it sends with a sender id of its own.
+    pub secret: Option<&'a Secret>,
 }
 
 /// What the data threads did.
@@ -115,8 +118,10 @@ pub(crate) fn run(
             ring: Some(ring),
             group: None,
             control: None,
+            seal: None,
         },
-    );
+    )
+    .protect(t.secret)?;
     let mut host = StripeHost {
         shared: t.shared,
         index: usize::from(pass.stripe()),

@@ -178,7 +178,7 @@ impl<'scope> StripeSockets<'scope> {
     pub(crate) fn drain(
         &mut self,
         ready: &[bool],
-        handle: &mut dyn FnMut(&RecvBatch) -> Result<(), NodeError>,
+        handle: &mut dyn FnMut(&mut RecvBatch) -> Result<(), NodeError>,
     ) -> Result<bool, NodeError> {
         let mut any = false;
         if ready.first().copied().unwrap_or(false) {
@@ -195,14 +195,14 @@ impl<'scope> StripeSockets<'scope> {
                     break;
                 }
                 any = true;
-                handle(&self.own_batch)?;
+                handle(&mut self.own_batch)?;
             }
         }
         while let Ok(msg) = self.filled.try_recv() {
             match msg {
-                Msg::Batch { reader, batch } => {
+                Msg::Batch { reader, mut batch } => {
                     any = true;
-                    let r = handle(&batch);
+                    let r = handle(&mut batch);
                     // The reader may have stopped (shutdown); then the batch is just dropped.
                     let _ = self.free[reader].send(batch);
                     r?;

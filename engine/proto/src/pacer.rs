@@ -70,6 +70,21 @@ impl Pacer {
         self.next = Some(self.next.map_or(floor, |t| t.max(floor)) + cost);
     }
 
+    /// `bytes` went out at `now` from elsewhere, under the same rate (another thread's share
+    /// of one budget): later datagrams of this pacer wait for them as for their own. It does
+    /// not start a quantum.
+    pub fn charge(&mut self, now: Instant, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let cost = Duration::from_nanos(
+            (u128::from(bytes) * 1_000_000_000 / u128::from(self.rate)).min(u128::from(u64::MAX))
+                as u64,
+        );
+        let floor = now.checked_sub(self.burst).unwrap_or(now);
+        self.next = Some(self.next.map_or(floor, |t| t.max(floor)) + cost);
+    }
+
     /// Sending resumes after a wait: no burst to catch up on the time spent waiting.
     pub fn restart(&mut self, now: Instant) {
         self.next = Some(self.next.map_or(now, |t| t.max(now)));
@@ -110,6 +125,16 @@ mod tests {
             assert_eq!(sent, 2, "each quantum carries two datagrams");
             at = p.next_send().expect("paced");
         }
+    }
+
+    #[test]
+    fn bytes_charged_from_elsewhere_delay_this_pacer_as_its_own() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(1_000, Duration::ZERO);
+        // Another thread sent 500 bytes of the same budget: half a second of it.
+        p.charge(t0, 500);
+        assert!(!p.ready(t0 + Duration::from_millis(499), 1));
+        assert!(p.ready(t0 + Duration::from_millis(500), 1));
     }
 
     #[test]

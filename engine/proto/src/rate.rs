@@ -3,17 +3,13 @@
 //!
 //! Each receipt notice carries the share of datagrams the receiver's own socket dropped for
 //! lack of buffer space (`overflow_ppm`, from `SO_RXQ_OVFL`) and how full that buffer got
-//! (`queue_ppm`, from `SO_MEMINFO`). Every [`RateControl::STEP`]:
-//! - Overflow, or a buffer found more than half full: the sender is too fast for that
-//!   receiver. Back off (hard under real overflow, gently otherwise), then hold for
-//!   [`RateControl::SETTLE`]: notices lag the sends by up to a notice interval, and backing
-//!   off again on the same stale news would take the rate far below what the receivers take.
-//! - A little overflow, or a buffer more than a quarter full: no faster.
-//! - Neither: faster, by a quarter per step until the first sign of a queue (slow start, as
-//!   TCP's), by 12 % per step after, never more than twice what actually went out in the
-//!   last step (a rate the sender cannot reach says nothing, and would take many steps to
-//!   come down). The receivers' delivery rate is not a cap here: under loss, blocks are
-//!   verified late (after their repairs), so it understates what they take.
+//! (`queue_ppm`, from `SO_MEMINFO`). Every [`RateControl::STEP`] (and at once when a notice
+//! calls for a cut, [`RateControl::wants_cut`]), [`RateControl::step`] cuts on fresh news of
+//! overflow to what the receivers took, cuts a little on a fresh half-full buffer, holds on
+//! any sign of a queue, and otherwise rises. A notice is fresh when it covers only what was
+//! sent after the last cut: a receiver with a full buffer reports, a buffer's worth of time
+//! later, what the rate before the cut did, and cutting again on that news took the rate far
+//! below what the receivers take (docs/DESIGN.md, the collapse entry).
 //!
 //! Loss on the way (a lossy link) does not slow the sender down unless it is heavy (over
 //! [`HEAVY_LOSS_PPM`]): slowing down does not make a lossy link lose less, and the repairs
@@ -24,10 +20,13 @@ use std::time::{Duration, Instant};
 /// Loss (not overflow) a receiver may report before it is taken for congestion on the way:
 /// a link that collapses under the rate. Steady loss below it is left to the repairs.
 pub const HEAVY_LOSS_PPM: u32 = 200_000;
-/// A receiver whose socket buffer was found more than half full is falling behind.
-pub const QUEUE_HIGH_PPM: u32 = 500_000;
-/// More than a quarter: no faster.
-pub const QUEUE_RISING_PPM: u32 = 250_000;
+/// A receiver whose socket buffer was found more than a quarter full (and no emptier than at
+/// its previous notice) is falling behind. A node asks for 32 MiB: a quarter of it is a
+/// quarter of a second of queueing at 100 MB/s, and every NACK timer scales with the round
+/// trip that queue adds.
+pub const QUEUE_HIGH_PPM: u32 = 250_000;
+/// More than a tenth: no faster.
+pub const QUEUE_RISING_PPM: u32 = 100_000;
 
 /// Bounds of the automatic rate, datagram bytes per second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +48,11 @@ impl Default for RateLimits {
     }
 }
 
-/// What the receivers reported, as the sender sums it up for one step.
+/// What the receivers reported, as the sender sums it up for one step. "Latest" is every
+/// incomplete member's latest notice; "fresh" only the notices that cover nothing sent before
+/// the rate's last cut ([`RateControl::cut_at`]): a notice echoes the send time of the last
+/// datagram the receiver had taken when it wrote (and its previous notice where its window
+/// began), so the sender can tell what the old rate did from what the new one does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Congestion {
     /// The worst socket overflow share among the members' latest notices (ppm).
@@ -58,8 +61,30 @@ pub struct Congestion {
     pub queue_ppm: u32,
     /// The worst loss among the members' latest notices (ppm).
     pub loss_ppm: u32,
-    /// The slowest incomplete member's delivery rate (bytes per second), if measured.
+    /// The same three among the fresh notices (0 where there is none).
+    pub fresh_overflow_ppm: u32,
+    pub fresh_queue_ppm: u32,
+    pub fresh_loss_ppm: u32,
+    /// The fullest receive buffer among the latest notices that found it no emptier than the
+    /// member's notice before (a buffer draining holds nothing back).
+    pub filling_queue_ppm: u32,
+    /// The slowest incomplete member's delivery rate (bytes per second), if measured (for
+    /// logs: blocks are verified in lumps, after their repairs, so it is no rate to follow).
     pub slowest_delivery: Option<u64>,
+    /// The least that a member that is behind (overflow, or a buffer over a quarter full)
+    /// took between its last two notices, datagram bytes per second: what reached its socket
+    /// of the sends between the send times its notices echo, over the time between them.
+    /// What it can take, since it could not keep up.
+    pub slowest_take: Option<u64>,
+}
+
+/// Overflow or loss, whichever says congestion (loss only when it is heavy).
+fn congestion_ppm(overflow_ppm: u32, loss_ppm: u32) -> u32 {
+    overflow_ppm.max(if loss_ppm > HEAVY_LOSS_PPM {
+        loss_ppm
+    } else {
+        0
+    })
 }
 
 /// The automatic rate's state.
@@ -68,21 +93,34 @@ pub struct RateControl {
     limits: RateLimits,
     rate: u64,
     slow_start: bool,
-    hold_until: Option<Instant>,
+    /// When the rate was last cut: notices that cover sends from before then are stale.
+    cut_at: Option<Instant>,
+    /// When a member last reported socket overflow.
+    overflow_at: Option<Instant>,
+    /// The last measured take of a member that was behind ([`Congestion::slowest_take`]).
+    known_take: Option<u64>,
 }
 
 impl RateControl {
     /// How often the rate is stepped.
     pub const STEP: Duration = Duration::from_millis(100);
-    /// How long the rate holds after a backoff.
-    pub const SETTLE: Duration = Duration::from_millis(300);
+    /// Heavy loss counts as congestion only this long after the last overflow report: loss is
+    /// counted once a block's NACK backoff is over, so the units a receiver's own socket
+    /// dropped come back as "loss" for a while after the overflow (and cut the rate again,
+    /// on old news, to its floor).
+    const LOSS_QUIET: Duration = Duration::from_secs(2);
+    /// The deepest one cut goes without a measured take, as a share of the rate: a report
+    /// is a sample, and the next fresh one is a round trip away.
+    const FLOOR_SHARE: u64 = 4;
 
     pub fn new(limits: RateLimits) -> Self {
         RateControl {
             rate: limits.start.clamp(limits.min, limits.max),
             limits,
             slow_start: true,
-            hold_until: None,
+            cut_at: None,
+            overflow_at: None,
+            known_take: None,
         }
     }
 
@@ -91,43 +129,111 @@ impl RateControl {
         self.rate
     }
 
-    /// One step: `achieved` is what went out since the last, bytes per second. Returns the
-    /// new rate.
-    pub fn step(&mut self, now: Instant, c: Congestion, achieved: u64) -> u64 {
-        let congestion = c.overflow_ppm.max(if c.loss_ppm > HEAVY_LOSS_PPM {
-            c.loss_ppm
+    /// When the rate was last cut (`None`: never): only notices covering what was sent since
+    /// then may cut it again.
+    pub fn cut_at(&self) -> Option<Instant> {
+        self.cut_at
+    }
+
+    /// Heavy loss, unless it may be the aftermath of overflow.
+    fn heavy_loss(&self, now: Instant, loss_ppm: u32) -> u32 {
+        let quiet = self
+            .overflow_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= Self::LOSS_QUIET);
+        if quiet {
+            loss_ppm
         } else {
             0
-        });
+        }
+    }
+
+    /// Takes in what the members reported (call on every notice) and says whether the fresh
+    /// notices call for a cut (the sender may step at once, not at the next tick).
+    pub fn wants_cut(&mut self, now: Instant, c: &Congestion) -> bool {
+        if c.overflow_ppm > 0 {
+            self.overflow_at = Some(now);
+        }
+        if c.slowest_take.is_some() {
+            self.known_take = c.slowest_take;
+        }
+        congestion_ppm(c.fresh_overflow_ppm, self.heavy_loss(now, c.fresh_loss_ppm)) > 1_000
+            || c.fresh_queue_ppm > QUEUE_HIGH_PPM
+    }
+
+    /// One step: `achieved` is what went out since the last, bytes per second. Returns the
+    /// new rate.
+    ///
+    /// - A fresh notice says its socket overflowed, or its buffer is more than a quarter full and
+    ///   not draining: go to three quarters of what the slowest receiver that is behind
+    ///   took ([`Congestion::slowest_take`]: its buffer must drain, and while it does, the
+    ///   receiver is busy with what is queued), unless the rate is below that already. Not measured yet: to what went out less the share that overflowed,
+    ///   or a tenth down, no deeper than a quarter.
+    /// - Any latest notice (fresh or not) says a little overflow, or a buffer more than a
+    ///   quarter full, or more than a tenth and not draining: no faster. (A receive thread
+    ///   that another process kept off its core comes back to a queue it then drains; held
+    ///   on every such queue, four receivers taking turns held the rate at the three quarters
+    ///   of their take that the last cut left.)
+    /// - Else faster: by a quarter per step until the first cut or hold (slow start), by an
+    ///   eighth after, at once to three quarters of the last measured take if below it, never
+    ///   past twice what went out (or the start rate).
+    ///
+    /// Heavy loss counts as congestion only when no socket overflowed in the last
+    /// [`RateControl::LOSS_QUIET`]: the units an overflow dropped are reported as loss once
+    /// their NACK backoff is over, long after the overflow.
+    ///
+    /// Stale notices (sent before their receiver saw anything of the new rate) never cut: cutting again on the same
+    /// news would take the rate far below what the receivers take, and holding a rate for a
+    /// fixed time regardless of fresh news lets a rate that is still too fast overflow them
+    /// all that while.
+    pub fn step(&mut self, now: Instant, c: Congestion, achieved: u64) -> u64 {
+        let cut = self.wants_cut(now, &c);
+        let fresh = congestion_ppm(c.fresh_overflow_ppm, self.heavy_loss(now, c.fresh_loss_ppm));
+        let latest = congestion_ppm(c.overflow_ppm, self.heavy_loss(now, c.loss_ppm));
         let rate = self.rate;
-        let settled = self.hold_until.is_none_or(|t| now >= t);
-        self.rate = if congestion > 1_000 || c.queue_ppm > QUEUE_HIGH_PPM {
+        self.rate = if cut {
             self.slow_start = false;
-            if settled {
-                self.hold_until = Some(now + Self::SETTLE);
-                let backed_off = if congestion > 10_000 {
-                    rate * 7 / 10
-                } else {
-                    rate * 9 / 10
-                };
-                // Straight down to what the slowest receiver verified lately, if that is
-                // lower (but no lower than half): one step instead of many.
-                match c.slowest_delivery {
-                    Some(d) => backed_off.min(d.max(rate / 2)),
-                    None => backed_off,
+            match c.slowest_take {
+                // Three quarters of what the slowest receiver that is behind took: its
+                // buffer drains at a quarter of its pace while it stays busy with what is
+                // queued (no time lost), and a rate below that already is held.
+                Some(take) => rate.min(take * 3 / 4),
+                None => {
+                    let target = if fresh > 1_000 {
+                        // What got into the sockets of what went out, less a tenth.
+                        let sent = if achieved >= rate / 2 {
+                            achieved.min(rate)
+                        } else {
+                            rate
+                        };
+                        let kept = u128::from(1_000_000 - fresh.min(1_000_000));
+                        (sent as u128 * kept / 1_000_000) as u64 * 9 / 10
+                    } else {
+                        rate * 9 / 10
+                    };
+                    // A guess goes no deeper than a quarter.
+                    target.min(rate * 9 / 10).max(rate / Self::FLOOR_SHARE)
                 }
-            } else {
-                rate
             }
-        } else if congestion > 100 || c.queue_ppm > QUEUE_RISING_PPM {
+        } else if latest > 100
+            || c.filling_queue_ppm > QUEUE_RISING_PPM
+            || c.queue_ppm > QUEUE_HIGH_PPM
+        {
             self.slow_start = false;
             rate
         } else {
-            // Not far past what went out.
+            // Not far past what went out; straight back to three quarters of what a receiver
+            // that was behind was measured to take, if the rate is below that (after a cut
+            // on news that turned out old, or a receiver that caught up).
             let up = if self.slow_start { rate / 4 } else { rate / 8 };
-            (rate + up).min(achieved.saturating_mul(2).max(self.limits.start))
+            let back = self.known_take.map_or(0, |t| t * 3 / 4);
+            (rate + up)
+                .max(back)
+                .min(achieved.saturating_mul(2).max(self.limits.start))
         }
         .clamp(self.limits.min, self.limits.max);
+        if self.rate < rate {
+            self.cut_at = Some(now);
+        }
         self.rate
     }
 }
@@ -136,31 +242,80 @@ impl RateControl {
 mod tests {
     use super::*;
 
+    fn fresh_overflow(ppm: u32) -> Congestion {
+        Congestion {
+            overflow_ppm: ppm,
+            fresh_overflow_ppm: ppm,
+            ..Congestion::default()
+        }
+    }
+
     #[test]
-    fn rises_in_slow_start_backs_off_on_overflow_then_holds_for_the_settle_time() {
+    fn rises_in_slow_start_and_cuts_to_what_the_receivers_took() {
         let t0 = Instant::now();
         let mut rc = RateControl::new(RateLimits {
-            start: 100,
+            start: 1_000,
             min: 10,
-            max: 1_000,
+            max: 10_000,
         });
-        assert_eq!(rc.step(t0, Congestion::default(), 1_000), 125);
-        let hot = Congestion {
-            overflow_ppm: 20_000,
+        assert_eq!(rc.step(t0, Congestion::default(), 1_000), 1_250);
+        // A fifth of what went out overflowed: they took 1,000 of 1,250; nine tenths of it.
+        let t1 = t0 + RateControl::STEP;
+        assert_eq!(rc.step(t1, fresh_overflow(200_000), 1_250), 900);
+        assert_eq!(rc.cut_at(), Some(t1));
+        // The same news, now stale (no notice since the cut covers only newer sends): held,
+        // not cut again.
+        let stale = Congestion {
+            overflow_ppm: 200_000,
             ..Congestion::default()
         };
-        let down = rc.step(t0 + RateControl::STEP, hot, 125);
-        assert_eq!(down, 125 * 7 / 10);
-        // Stale news within the settle time does not take it down again.
-        assert_eq!(rc.step(t0 + RateControl::STEP * 2, hot, 100), down);
-        // After it, quietly: +12 % (slow start is over), capped by twice what went out.
-        let up = rc.step(t0 + RateControl::SETTLE * 2, Congestion::default(), 1_000);
-        assert_eq!(up, down + down / 8);
+        assert_eq!(rc.step(t1 + RateControl::STEP, stale, 900), 900);
+        // Quiet: an eighth up (slow start is over), no more than twice what went out.
         assert_eq!(
-            rc.step(t0 + RateControl::SETTLE * 3, Congestion::default(), 0),
-            100,
+            rc.step(t1 + RateControl::STEP * 2, Congestion::default(), 900),
+            1_012
+        );
+        assert_eq!(
+            rc.step(t1 + RateControl::STEP * 3, Congestion::default(), 0),
+            1_000,
             "no higher than the start when nothing went out"
         );
+    }
+
+    #[test]
+    fn a_cut_goes_no_deeper_than_a_quarter_and_a_full_queue_cuts_a_tenth() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(RateLimits {
+            start: 1_000,
+            min: 10,
+            max: 10_000,
+        });
+        assert_eq!(rc.step(t0, fresh_overflow(990_000), 1_000), 250);
+        let full = Congestion {
+            queue_ppm: 800_000,
+            fresh_queue_ppm: 800_000,
+            ..Congestion::default()
+        };
+        assert_eq!(rc.step(t0 + RateControl::STEP, full, 250), 225);
+        // A quarter full: held.
+        let filling = Congestion {
+            queue_ppm: 300_000,
+            filling_queue_ppm: 300_000,
+            ..Congestion::default()
+        };
+        assert_eq!(rc.step(t0 + RateControl::STEP * 2, filling, 225), 225);
+        // Over a quarter full, even draining: held.
+        let draining = Congestion {
+            queue_ppm: 300_000,
+            ..Congestion::default()
+        };
+        assert_eq!(rc.step(t0 + RateControl::STEP * 3, draining, 225), 225);
+        // A fifth full and emptier than at the notice before: no reason to hold.
+        let draining = Congestion {
+            queue_ppm: 200_000,
+            ..Congestion::default()
+        };
+        assert!(rc.step(t0 + RateControl::STEP * 4, draining, 225) > 225);
     }
 
     #[test]
@@ -173,13 +328,38 @@ mod tests {
         });
         let lossy = Congestion {
             loss_ppm: 50_000,
+            fresh_loss_ppm: 50_000,
             ..Congestion::default()
         };
         assert!(rc.step(t0, lossy, 1_000) > 1_000);
         let collapsing = Congestion {
             loss_ppm: 300_000,
+            fresh_loss_ppm: 300_000,
             ..Congestion::default()
         };
         assert!(rc.step(t0 + RateControl::STEP, collapsing, 1_000) < 1_000);
+    }
+
+    #[test]
+    fn loss_soon_after_overflow_is_its_aftermath_not_a_collapsing_link() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(RateLimits {
+            start: 1_000,
+            min: 10,
+            max: 10_000,
+        });
+        let cut = rc.step(t0, fresh_overflow(50_000), 1_000);
+        assert!(cut < 1_000);
+        // The units the overflow dropped are reported lost once their NACK backoff is over.
+        let lossy = Congestion {
+            loss_ppm: 500_000,
+            fresh_loss_ppm: 500_000,
+            ..Congestion::default()
+        };
+        let t1 = t0 + Duration::from_millis(500);
+        assert!(rc.step(t1, lossy, cut) >= cut, "cut again on old news");
+        // Long after the last overflow, the same loss is a link collapsing under the rate.
+        let r = rc.rate();
+        assert!(rc.step(t0 + Duration::from_secs(3), lossy, r) < r);
     }
 }

@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use crate::published::{Ask, Published};
 
+pub mod api;
 mod parse;
 mod response;
 mod server;
@@ -86,42 +87,55 @@ pub fn serve_http(
     cfg: HttpConfig,
     stop: &AtomicBool,
 ) -> io::Result<()> {
-    listener.set_nonblocking(true)?;
     let active = Arc::new(AtomicUsize::new(0));
     let closing = Arc::new(AtomicBool::new(false));
     // Connections in flight stop before their next block once this returns.
     let _closing = SetOnDrop(closing.clone());
+    accept_loop(&listener, stop, |stream, peer| {
+        if active.load(Ordering::Acquire) >= cfg.max_connections {
+            tracing::warn!(%peer, "http: too many connections, answering 503");
+            reject(stream);
+            return;
+        }
+        // Only this thread increments, so the check above holds.
+        active.fetch_add(1, Ordering::AcqRel);
+        let guard = ActiveGuard(active.clone());
+        let conn = Conn {
+            published: published.clone(),
+            asks: asks.clone(),
+            cfg,
+            closing: closing.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("bc-http".into())
+            .spawn(move || {
+                let _guard = guard;
+                conn.handle(stream);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(%peer, error = %e, "http: cannot start a connection thread");
+        }
+    })
+}
+
+/// Accepts connections until `stop` is set, handing each to `conn`. Returns an error only
+/// if the listener itself fails.
+fn accept_loop(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    mut conn: impl FnMut(TcpStream, std::net::SocketAddr),
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
     while !stop.load(Ordering::Relaxed) {
-        if !wait_readable(&listener, ACCEPT_POLL_MS)? {
+        if !wait_readable(listener, ACCEPT_POLL_MS)? {
             continue;
         }
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if active.load(Ordering::Acquire) >= cfg.max_connections {
-                        tracing::warn!(%peer, "http: too many connections, answering 503");
-                        reject(stream);
-                        continue;
-                    }
-                    // Only this thread increments, so the check above holds.
-                    active.fetch_add(1, Ordering::AcqRel);
-                    let guard = ActiveGuard(active.clone());
-                    let conn = Conn {
-                        published: published.clone(),
-                        asks: asks.clone(),
-                        cfg,
-                        closing: closing.clone(),
-                    };
-                    let spawned =
-                        std::thread::Builder::new()
-                            .name("bc-http".into())
-                            .spawn(move || {
-                                let _guard = guard;
-                                conn.handle(stream);
-                            });
-                    if let Err(e) = spawned {
-                        tracing::warn!(%peer, error = %e, "http: cannot start a connection thread");
-                    }
+                    // Accepted sockets inherit no O_NONBLOCK on Linux, but say so.
+                    let _ = stream.set_nonblocking(false);
+                    conn(stream, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e)
@@ -204,4 +218,24 @@ fn reject(mut stream: TcpStream) {
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(body.as_bytes());
     let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// Parses `bytes` as a request head as the server would, then its target and its `Range`
+/// against an object of `size` bytes; checks what each promises. For the fuzz targets
+/// (fuzz/): any input, no panic.
+#[doc(hidden)]
+pub fn fuzz_request(bytes: &[u8], size: u64) {
+    let Ok(Some((req, used))) = parse::parse_head(bytes) else {
+        return;
+    };
+    assert!(used <= bytes.len().min(parse::MAX_HEAD_BYTES));
+    let _ = parse::request_path(&req.target);
+    if let Some(range) = &req.range {
+        if let parse::RangeSpec::Bytes { start, end } = parse::parse_range(range, size) {
+            assert!(
+                start < end && end <= size,
+                "{range}: {start}..{end} of {size}"
+            );
+        }
+    }
 }

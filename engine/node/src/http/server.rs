@@ -36,7 +36,7 @@ pub(super) struct Conn {
 
 /// Why no request was read.
 #[derive(Debug, PartialEq, Eq)]
-enum ReadFail {
+pub(super) enum ReadFail {
     /// The client went away: nothing to answer.
     Closed,
     /// `408`.
@@ -117,8 +117,9 @@ impl Conn {
         };
         if name.is_empty() {
             let mut body = String::new();
+            // One line per object: a name's control characters (a newline) are escaped.
             for o in &manifest.objects {
-                body += &format!("{}\t{}\n", o.name, o.size);
+                body += &format!("{}\t{}\n", crate::names::escaped(&o.name), o.size);
             }
             return send_text(stream, head_only, "text/plain; charset=utf-8", &body);
         }
@@ -268,7 +269,7 @@ impl Conn {
 
 /// Reads until the request head is whole (up to its empty line), within the limits, and
 /// parses it.
-fn read_request(stream: &mut TcpStream) -> Result<Request, ReadFail> {
+pub(super) fn read_request(stream: &mut TcpStream) -> Result<Request, ReadFail> {
     let deadline = Instant::now() + READ_TIMEOUT;
     let mut buf = vec![0u8; MAX_HEAD_BYTES];
     let mut len = 0;
@@ -312,7 +313,7 @@ fn read_request(stream: &mut TcpStream) -> Result<Request, ReadFail> {
 
 /// Ends a connection: half-closes it, then briefly drains what the client still sends, so
 /// the close does not reset the connection before the client has read the answer.
-fn finish(mut stream: TcpStream) {
+pub(super) fn finish(mut stream: TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
     let _ = stream.set_read_timeout(Some(LINGER));
     let mut scratch = [0u8; 4096];

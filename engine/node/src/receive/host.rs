@@ -273,9 +273,11 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         now: Instant,
         input: usize,
         batch: &mut RecvBatch,
+        opener: Option<&mut blockcast_seal::Opener>,
     ) -> Result<(), NodeError> {
         self.last_packet = now;
         match (&self.split_socket, input) {
+            // Split mode has no closed groups (receive refuses a secret with it).
             (Some(sock), DATA) => {
                 let f = super::split::forward_and_handle(rx, batch, sock, now);
                 self.tally.forwarded += f.sent;
@@ -283,7 +285,7 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
             }
             _ => {
                 rx.store_mut().stage(batch);
-                driver::feed(rx, now, batch);
+                driver::feed(rx, now, batch, opener);
             }
         }
         // The units were queued for writing from the batch's buffer: write them before the
@@ -311,9 +313,10 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         // Stripes 1.. (their readers' batches, or sockets this thread reads itself).
         let striped = match self.stripes.as_mut() {
             Some(st) => {
+                let mut opener = io.opener.as_mut();
                 let got = st.drain(ready, &mut |b| {
                     rx.store_mut().stage(b);
-                    driver::feed(rx, now, b);
+                    driver::feed(rx, now, b, opener.as_deref_mut());
                     rx.store_mut().flush(Some(b))
                 })?;
                 rx.note_queue(st.take_queue_ppm());

@@ -23,14 +23,15 @@ use std::net::Ipv4Addr;
 use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
 use blockcast_proto::wire::{BlockIndex, LeaveReason, ObjectId, ReceiverId};
 use blockcast_proto::{Receiver, ReceiverConfig, ReceiverStats, SplitMember};
+use blockcast_seal::{OpenStats, Secret};
 
 use crate::driver::{self, Input, Io, Out, Sends};
 use crate::play::{self, PlaySummary, PlayTo, StartAt};
 use crate::published::{Ask, Published};
 use crate::NodeError;
 use host::ReceiveHost;
-pub use state::is_own_partial;
 use state::StateLock;
+pub use state::{fuzz_state_file, is_own_partial};
 use store::{FileStore, StoreOptions};
 use verify::Verifier;
 
@@ -70,6 +71,9 @@ pub struct ReceiveConfig {
     pub trust: Vec<[u8; 32]>,
     /// Pin the content without keys: the manifest hash, or a one-object session's BLAKE3.
     pub expect: Option<[u8; 32]>,
+    /// A closed group: take only datagrams sealed with this secret, and seal what is sent
+    /// (docs/wire.md §16).
+    pub secret: Option<Secret>,
     /// Reserve each file's space before writing (`fallocate`), so a full disk shows at the
     /// start; without it files are sparse and a disk that fills stops the transfer midway
     /// (exit with the state kept; a later receive resumes).
@@ -77,6 +81,10 @@ pub struct ReceiveConfig {
     /// Hash the blocks a state file says are verified (an earlier run into the same `out`)
     /// instead of trusting it.
     pub verify_existing: bool,
+    /// Write over files under `out` that are not partial files of an earlier receive (no
+    /// state file of ours names them); without it such a file stops the receive
+    /// ([`NodeError::OutputExists`]) and is kept.
+    pub overwrite: bool,
 }
 
 /// What the receiver knows of the session's authenticity.
@@ -101,6 +109,8 @@ pub struct ReceiveProgress {
     pub blocks: u64,
     /// Once the manifest is known: the session's authenticity.
     pub session: Option<SessionTrust>,
+    /// The protocol core's counters (for metrics).
+    pub stats: Option<ReceiverStats>,
 }
 
 /// What a receive run did.
@@ -112,6 +122,8 @@ pub struct ReceiveSummary {
     pub seconds: f64,
     /// From the first data unit until every block was verified.
     pub transfer_seconds: f64,
+    /// When the first data unit was kept (the manifest known), if any came.
+    pub first_unit_at: Option<Instant>,
     /// Flushing the files to disk at the end (fsync).
     pub sync_seconds: f64,
     /// CPU time of the receiving thread, its verify thread and its stripe readers.
@@ -133,6 +145,9 @@ pub struct ReceiveSummary {
     pub stripe_datagrams: u64,
     /// The session's authenticity.
     pub session: Option<SessionTrust>,
+    /// A closed group: what the receive thread opened and dropped (datagrams without the
+    /// secret, forged, replayed).
+    pub sealed: Option<OpenStats>,
 }
 
 /// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
@@ -222,6 +237,11 @@ fn receive_session(
     published: &Published,
     asks: &mpsc::Receiver<Ask>,
 ) -> Result<ReceiveSummary, NodeError> {
+    if cfg.split.is_some() && cfg.secret.is_some() {
+        return Err(NodeError::Config(
+            "a closed group (--secret) needs multicast: split mode does not seal its copies".into(),
+        ));
+    }
     let socket_err = |e| NodeError::Io(blockcast_io::IoError::os("dup", "receive socket", e));
     // Split mode: one unicast socket for data and control; otherwise the group's socket and
     // a control socket.
@@ -280,6 +300,7 @@ fn receive_session(
     let options = StoreOptions {
         preallocate: cfg.preallocate,
         verify_existing: cfg.verify_existing,
+        overwrite: cfg.overwrite,
     };
     let mut rx = Receiver::new(rcfg, FileStore::new(cfg.out.clone(), options, lock));
     for r in resumable {
@@ -291,8 +312,10 @@ fn receive_session(
             ring: None,
             group: None,
             control: Some(control),
+            seal: None,
         },
-    );
+    )
+    .protect(cfg.secret.as_ref())?;
     let started = Instant::now();
     let cpu_start = blockcast_io::os::thread_cpu_seconds();
     let run = std::thread::scope(|scope| {
@@ -339,6 +362,7 @@ fn receive_session(
         transfer_seconds: tally
             .first_unit
             .map_or(0.0, |f| done.saturating_duration_since(f).as_secs_f64()),
+        first_unit_at: tally.first_unit,
         sync_seconds,
         cpu_seconds: blockcast_io::os::thread_cpu_seconds() - cpu_start + tally.helper_cpu,
         stats: rx.stats().clone(),
@@ -354,6 +378,7 @@ fn receive_session(
         forward_dropped: tally.forward_dropped,
         stripe_datagrams: tally.stripe_datagrams,
         session: session_trust(&rx),
+        sealed: io.open_stats(),
     })
 }
 
@@ -392,5 +417,6 @@ pub(crate) fn report(rx: &Receiver<FileStore>) -> ReceiveProgress {
         blocks_done: rx.blocks_done(),
         blocks: rx.total_blocks(),
         session: session_trust(rx),
+        stats: Some(rx.stats().clone()),
     }
 }

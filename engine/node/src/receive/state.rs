@@ -24,7 +24,8 @@
 //! durable record; the hint says what was verified since (exact after a kill, anything after
 //! a power loss), so its blocks are hashed again before they count.
 
-use std::fs::{File, OpenOptions};
+use std::collections::HashSet;
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use blockcast_io::beneath::{Access, Beneath};
 use blockcast_proto::wire::{Manifest, MAX_MANIFEST_LEN};
 
 /// The directory (under `--out`, or beside a single output file) that holds state files.
@@ -48,6 +50,9 @@ const HEADER_LEN: usize = 64;
 /// Where one `--out` keeps its state files and its lock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StateDir {
+    /// What every file of this `--out` is opened beneath: `--out` itself for a directory, the
+    /// directory holding it for a single file (docs/DESIGN.md "Safe storing").
+    pub(crate) root: PathBuf,
     dir: PathBuf,
     /// Before each file name: "" for a directory `--out`, "name." for a single file.
     prefix: String,
@@ -58,6 +63,7 @@ impl StateDir {
     pub(crate) fn for_out(out: &Path, as_dir: bool) -> Self {
         if as_dir {
             return StateDir {
+                root: out.to_path_buf(),
                 dir: out.join(STATE_DIR),
                 prefix: String::new(),
             };
@@ -70,6 +76,7 @@ impl StateDir {
             .file_name()
             .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
         StateDir {
+            root: parent.to_path_buf(),
             dir: parent.join(STATE_DIR),
             prefix: format!("{name}."),
         }
@@ -89,6 +96,23 @@ impl StateDir {
         let hex = name.strip_prefix(&self.prefix)?.strip_suffix(".state")?;
         unhex(hex)
     }
+
+    /// The root, opened (`None` if it is not there).
+    fn beneath(&self) -> Option<Beneath> {
+        Beneath::open(&self.root).ok()
+    }
+
+    /// This directory's state files: (manifest hash, path). None if it is not there.
+    fn state_files(&self, b: &Beneath) -> Vec<([u8; 32], PathBuf)> {
+        let names = b.list(&self.dir).unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|n| {
+                let hash = self.hash_of(&n.to_string_lossy())?;
+                Some((hash, self.dir.join(n)))
+            })
+            .collect()
+    }
 }
 
 /// A content an earlier receive into this `--out` left a state file for.
@@ -102,27 +126,25 @@ pub(crate) struct Resumable {
 /// replaced when their content is received again).
 pub(crate) fn find(out: &Path) -> (StateDir, Vec<Resumable>) {
     let sd = StateDir::for_out(out, out.is_dir());
+    let Some(b) = sd.beneath() else {
+        return (sd, Vec::new());
+    };
     let mut found: Vec<(std::time::SystemTime, [u8; 32], PathBuf)> = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&sd.dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(hash) = sd.hash_of(&name) {
-                let at = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(std::time::UNIX_EPOCH);
-                found.push((at, hash, e.path()));
-            }
-        }
+    for (hash, path) in sd.state_files(&b) {
+        let at = b
+            .open_file(&path, Access::Read)
+            .and_then(|f| f.metadata()?.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        found.push((at, hash, path));
     }
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
     let resumable = found
         .into_iter()
         .take(MAX_RESUMABLE)
-        .filter_map(|(_, hash, path)| match read_manifest(&path, &hash) {
+        .filter_map(|(_, hash, path)| match read_manifest(&b, &path, &hash) {
             Ok(manifest) => Some(Resumable { hash, manifest }),
             Err(e) => {
-                tracing::warn!("ignoring state file {}: {e}", path.display());
+                tracing::warn!("ignoring state file {}: {e}", crate::names::shown(&path));
                 None
             }
         })
@@ -134,26 +156,30 @@ pub(crate) fn find(out: &Path) -> (StateDir, Vec<Resumable>) {
 /// state file for `out` names it (our own resumable partial, or our copy), so a new receive
 /// may write into it. A file that no state file names is someone else's.
 pub fn is_own_partial(out: &Path, file: &Path) -> bool {
+    own_files(out, file == out).contains(file)
+}
+
+/// The output paths the state files of `out` (a single file if `single`) name: files a receive
+/// of ours left there.
+pub(crate) fn own_files(out: &Path, single: bool) -> HashSet<PathBuf> {
     // A single-file `out` has its state files beside it, one object each; a directory's
     // name each object's path under it.
-    let single = file == out;
     let sd = StateDir::for_out(out, !single);
-    let names_it = |m: &Manifest| {
-        if single {
-            m.objects.len() == 1
-        } else {
-            m.objects.iter().any(|o| out.join(&o.name) == file)
+    let Some(b) = sd.beneath() else {
+        return HashSet::new();
+    };
+    let mut own = HashSet::new();
+    for (hash, path) in sd.state_files(&b) {
+        let Ok(m) = read_manifest(&b, &path, &hash) else {
+            continue;
+        };
+        if single && m.objects.len() == 1 {
+            own.insert(out.to_path_buf());
+        } else if !single {
+            own.extend(m.objects.iter().map(|o| out.join(&o.name)));
         }
-    };
-    let Ok(entries) = std::fs::read_dir(&sd.dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        sd.hash_of(&name)
-            .and_then(|hash| read_manifest(&e.path(), &hash).ok())
-            .is_some_and(|m| names_it(&m))
-    })
+    }
+    own
 }
 
 /// Removes the state files of other contents that name a file `manifest` is about to write
@@ -165,29 +191,27 @@ pub(crate) fn retire_others(
     hash: &[u8; 32],
     manifest: &Manifest,
 ) -> io::Result<()> {
-    let Ok(entries) = std::fs::read_dir(&sd.dir) else {
+    let Some(b) = sd.beneath() else {
         return Ok(());
     };
     let single = !sd.prefix.is_empty();
-    let ours: std::collections::HashSet<PathBuf> =
-        manifest.objects.iter().map(|o| out.join(&o.name)).collect();
+    let ours: HashSet<PathBuf> = manifest.objects.iter().map(|o| out.join(&o.name)).collect();
     let mut removed = false;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(h) = sd.hash_of(&name).filter(|h| h != hash) else {
+    for (h, path) in sd.state_files(&b) {
+        if h == *hash {
             continue;
-        };
+        }
         // A single file's other state files all name it; a directory's, the objects they list.
         let overlaps = single
-            || read_manifest(&e.path(), &h)
+            || read_manifest(&b, &path, &h)
                 .is_ok_and(|m| m.objects.iter().any(|o| ours.contains(&out.join(&o.name))));
         if overlaps {
-            std::fs::remove_file(e.path())?;
+            b.remove_file(&path)?;
             removed = true;
         }
     }
     if removed {
-        blockcast_io::os::sync_dir(&sd.dir)?;
+        b.sync_dir(&sd.dir)?;
     }
     Ok(())
 }
@@ -211,14 +235,9 @@ impl StateLock {
     pub(crate) fn acquire(sd: &StateDir) -> Result<StateLock, LockError> {
         let path = sd.lock_path();
         let io_err = |e| LockError::Io(path.clone(), e);
-        std::fs::create_dir_all(&sd.dir).map_err(io_err)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err)?;
+        let b = Beneath::create(&sd.root).map_err(io_err)?;
+        b.create_dirs(&sd.dir).map_err(io_err)?;
+        let file = b.open_file(&path, Access::Create).map_err(io_err)?;
         match blockcast_io::os::try_lock_exclusive(&file) {
             Ok(true) => Ok(StateLock { _file: file }),
             Ok(false) => Err(LockError::Busy(path)),
@@ -277,8 +296,76 @@ fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
+/// What reading a state file takes: positioned reads and its length (a file; bytes when
+/// fuzzed).
+trait StateBytes {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()>;
+    fn length(&self) -> io::Result<u64>;
+}
+
+impl StateBytes for File {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, at)
+    }
+
+    fn length(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+}
+
+impl StateBytes for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        let start = usize::try_from(at).map_err(|_| bad("past the end"))?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or_else(|| bad("past the end"))?;
+        let bytes = self.get(start..end).ok_or_else(|| bad("past the end"))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn length(&self) -> io::Result<u64> {
+        Ok(self.len() as u64)
+    }
+}
+
+/// Reads `bytes` as a state file, as a resume would; with `fix`, first makes its header,
+/// manifest hash, block count and length agree (so the input reaches the slots). For the
+/// fuzz targets (fuzz/): any input, no panic; what it records names only real blocks.
+#[doc(hidden)]
+pub fn fuzz_state_file(bytes: &[u8], fix: bool) {
+    let mut bytes = bytes.to_vec();
+    if fix && bytes.len() >= HEADER_LEN {
+        let m = (bytes.len() - HEADER_LEN).min(MAX_MANIFEST_LEN);
+        let m = m.min(u16::from_le_bytes([bytes[16], bytes[17]]) as usize);
+        bytes[16..24].copy_from_slice(&(m as u64).to_le_bytes());
+        let hash = *blake3::hash(&bytes[HEADER_LEN..HEADER_LEN + m]).as_bytes();
+        bytes[32..64].copy_from_slice(&hash);
+        if let Ok(manifest) = Manifest::parse(&bytes[HEADER_LEN..HEADER_LEN + m]) {
+            let blocks = manifest.total_blocks();
+            bytes[24..32].copy_from_slice(&blocks.to_le_bytes());
+            let len = Layout::new(m, blocks).len;
+            bytes.resize(len.min(1 << 24) as usize, 0);
+        }
+    }
+    let Some(hash) = bytes.get(32..64).and_then(|h| <[u8; 32]>::try_from(h).ok()) else {
+        return;
+    };
+    let Ok((_, manifest, layout)) = read_header(bytes.as_slice(), &hash) else {
+        return;
+    };
+    if let Ok((_, recorded)) = read_slots(bytes.as_slice(), &hash, &layout) {
+        let blocks = manifest.total_blocks();
+        assert_eq!(recorded.durable.len() as u64, blocks.div_ceil(8));
+        assert_eq!(recorded.hint.len() as u64, blocks.div_ceil(8));
+    }
+}
+
 /// Reads and checks a state file's header and manifest.
-fn read_header(f: &File, hash: &[u8; 32]) -> io::Result<(Vec<u8>, Manifest, Layout)> {
+fn read_header<F: StateBytes + ?Sized>(
+    f: &F,
+    hash: &[u8; 32],
+) -> io::Result<(Vec<u8>, Manifest, Layout)> {
     let mut head = [0u8; HEADER_LEN];
     f.read_exact_at(&mut head, 0)?;
     if &head[..8] != MAGIC {
@@ -302,14 +389,14 @@ fn read_header(f: &File, hash: &[u8; 32]) -> io::Result<(Vec<u8>, Manifest, Layo
         return Err(bad("its block count does not match its manifest"));
     }
     let layout = Layout::new(bytes.len(), blocks);
-    if f.metadata()?.len() != layout.len {
+    if f.length()? != layout.len {
         return Err(bad("it has the wrong length"));
     }
     Ok((bytes, manifest, layout))
 }
 
-fn read_manifest(path: &Path, hash: &[u8; 32]) -> io::Result<Manifest> {
-    let f = File::open(path)?;
+fn read_manifest(b: &Beneath, path: &Path, hash: &[u8; 32]) -> io::Result<Manifest> {
+    let f = b.open_file(path, Access::Read)?;
     read_header(&f, hash).map(|(_, m, _)| m)
 }
 
@@ -343,7 +430,8 @@ impl StateFile {
         blocks: u64,
     ) -> io::Result<(StateFile, Option<Recorded>)> {
         let path = sd.state_path(hash);
-        if let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) {
+        let b = Beneath::create(&sd.root)?;
+        if let Ok(file) = b.open_file(&path, Access::ReadWrite) {
             match read_header(&file, hash).and_then(|(_, _, layout)| {
                 let recorded = read_slots(&file, hash, &layout)?;
                 Ok((layout, recorded))
@@ -357,10 +445,12 @@ impl StateFile {
                     };
                     return Ok((sf, Some(recorded)));
                 }
-                Err(e) => tracing::warn!("replacing state file {}: {e}", path.display()),
+                Err(e) => {
+                    tracing::warn!("replacing state file {}: {e}", crate::names::shown(&path))
+                }
             }
         }
-        std::fs::create_dir_all(&sd.dir)?;
+        b.create_dirs(&sd.dir)?;
         let layout = Layout::new(bytes.len(), blocks);
         let mut all = vec![0u8; layout.len as usize];
         all[..8].copy_from_slice(MAGIC);
@@ -376,13 +466,13 @@ impl StateFile {
         all[at..at + slot.len()].copy_from_slice(&slot);
         let tmp = path.with_extension("state.tmp");
         {
-            let f = File::create(&tmp)?;
+            let f = b.open_file(&tmp, Access::Truncate)?;
             f.write_all_at(&all, 0)?;
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, &path)?;
-        blockcast_io::os::sync_dir(&sd.dir)?;
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        b.rename(&tmp, &path)?;
+        b.sync_dir(&sd.dir)?;
+        let file = b.open_file(&path, Access::ReadWrite)?;
         Ok((
             StateFile {
                 file,
@@ -416,7 +506,11 @@ impl StateFile {
 }
 
 /// The durable slot (the good one with the higher sequence) and the hint.
-fn read_slots(f: &File, hash: &[u8; 32], layout: &Layout) -> io::Result<(u64, Recorded)> {
+fn read_slots<F: StateBytes + ?Sized>(
+    f: &F,
+    hash: &[u8; 32],
+    layout: &Layout,
+) -> io::Result<(u64, Recorded)> {
     let mut best: Option<(u64, Vec<u8>)> = None;
     for i in 0..2u64 {
         let mut slot = vec![0u8; 40 + layout.bitmap_len];
@@ -575,6 +669,7 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 mod tests {
     use super::*;
     use blockcast_proto::wire::ObjectEntry;
+    use std::fs::OpenOptions;
 
     struct Dir(PathBuf);
 

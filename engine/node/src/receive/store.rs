@@ -18,13 +18,14 @@
 //! [`FileStore::flush`] reads them back from that batch, and a range of an older batch is
 //! refused, so a write can never take bytes a later receive has put in the buffer.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use blockcast_io::beneath::{Access, Beneath};
 use blockcast_io::os::MappingGuard;
 use blockcast_io::{BatchLocator, BatchRange, RecvBatch};
 use blockcast_proto::wire::{BlockIndex, Manifest, ObjectId};
@@ -74,6 +75,8 @@ pub(crate) struct StoreOptions {
     pub preallocate: bool,
     /// Hash the blocks a state file says are verified instead of trusting it.
     pub verify_existing: bool,
+    /// Write into (or replace) files found under `out` that no state file of ours names.
+    pub overwrite: bool,
 }
 
 /// Objects stored in preallocated files, with a state file that records what is verified.
@@ -196,6 +199,53 @@ impl FileStore {
         }
     }
 
+    /// Refuses to write where a receive must not: a name inside blockcast's state directory,
+    /// or a file that is there but that no state file of ours names (someone else's) unless
+    /// `overwrite`. With `overwrite`, a foreign regular file is written in place (its blocks
+    /// that match are kept, as a copy made otherwise), and a link or a file with other names
+    /// (a hard link) is removed first and made anew, so nothing outside `out` is written.
+    /// Returns the root everything is opened beneath.
+    fn check_targets(
+        &self,
+        manifest: &Manifest,
+        sd: &StateDir,
+        as_dir: bool,
+    ) -> Result<Beneath, NodeError> {
+        let root = Beneath::create(&sd.root).map_err(|source| NodeError::Output {
+            path: sd.root.clone(),
+            source,
+        })?;
+        let mut own: Option<std::collections::HashSet<PathBuf>> = None;
+        for o in &manifest.objects {
+            let path = self.path_for(manifest, &o.name);
+            let output = |source| NodeError::Output {
+                path: path.clone(),
+                source,
+            };
+            if as_dir && o.name.split('/').next() == Some(state::STATE_DIR) {
+                let why = "the name is blockcast's state directory; not written";
+                return Err(output(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    why,
+                )));
+            }
+            let Some(found) = root.entry(&path).map_err(output)? else {
+                continue;
+            };
+            let own = own.get_or_insert_with(|| state::own_files(&self.out, !as_dir));
+            if own.contains(&path) {
+                continue;
+            }
+            if !self.options.overwrite {
+                return Err(NodeError::OutputExists { path });
+            }
+            if !found.file || found.links > 1 {
+                root.remove_file(&path).map_err(output)?;
+            }
+        }
+        Ok(root)
+    }
+
     fn path_for(&self, manifest: &Manifest, name: &str) -> PathBuf {
         if manifest.objects.len() == 1 && !self.out.is_dir() {
             self.out.clone()
@@ -303,22 +353,15 @@ struct Opened {
     had_size: bool,
 }
 
-/// Opens `path` (making its directories), without truncating what is there, sized to `size`
-/// and (`reserve`) reserved on disk. A file system that cannot reserve space gets a plain
-/// file: writes then find a full disk as they go (an error, never a fault: nothing writes
-/// through a mapping).
-fn open_output(path: &Path, size: u64, reserve: bool) -> std::io::Result<Opened> {
+/// Opens `path` beneath `root` (making its directories, following no link), without
+/// truncating what is there, sized to `size` and (`reserve`) reserved on disk. A file system
+/// that cannot reserve space gets a plain file: writes then find a full disk as they go (an
+/// error, never a fault: nothing writes through a mapping).
+fn open_output(root: &Beneath, path: &Path, size: u64, reserve: bool) -> std::io::Result<Opened> {
     if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent)?;
-        }
+        root.create_dirs(parent)?;
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
+    let file = root.open_file(path, Access::Create)?;
     let had = file.metadata()?.len();
     if had != size {
         file.set_len(size)?;
@@ -328,7 +371,7 @@ fn open_output(path: &Path, size: u64, reserve: bool) -> std::io::Result<Opened>
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Unsupported => tracing::warn!(
                 "{}: this file system cannot reserve space; a disk that fills up stops the transfer (its state is kept)",
-                path.display()
+                crate::names::shown(path)
             ),
             Err(e) => return Err(e),
         }
@@ -377,6 +420,12 @@ impl BlockStore for FileStore {
         if let Err(e) = self.lock(&sd) {
             return Err(self.fail(e));
         }
+        // Before any state file of this content exists (it names every object, so it would
+        // make every file look like ours).
+        let root = match self.check_targets(manifest, &sd, as_dir) {
+            Ok(r) => r,
+            Err(e) => return Err(self.fail(e)),
+        };
         let bytes = match manifest.emit() {
             Ok(b) => b,
             Err(_) => return Err(StoreError("the manifest cannot be encoded".into())),
@@ -397,7 +446,7 @@ impl BlockStore for FileStore {
         let mut had_size = Vec::with_capacity(manifest.objects.len());
         for o in &manifest.objects {
             let path = self.path_for(manifest, &o.name);
-            let opened = match open_output(&path, o.size, self.options.preallocate) {
+            let opened = match open_output(&root, &path, o.size, self.options.preallocate) {
                 Ok(f) => f,
                 Err(source) => return Err(self.fail(NodeError::Output { path, source })),
             };

@@ -134,7 +134,11 @@ impl<S: BlockSource> Sender<S> {
     pub(super) fn poll_carousel(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if self.carousel.announce_now {
             self.carousel.announce_now = false;
-            self.carousel.next_announce = Some(now + self.cfg.announce_interval);
+            let interval = match self.cfg.waiting_announce_interval {
+                Some(w) if self.phase == Phase::Waiting => w.min(self.cfg.announce_interval),
+                _ => self.cfg.announce_interval,
+            };
+            self.carousel.next_announce = Some(now + interval);
             self.carousel.manifest_due = self.cfg.manifest_chunks_per_announce.max(1);
             let len = Packet::Announce(self.signed_announce(now)).emit(buf).ok()?;
             self.stats.announces += 1;

@@ -19,8 +19,9 @@ pub struct SenderConfig {
     /// Stripes the blocks are dealt into (one per sending core).
     pub stripes: u16,
     /// Pacing: datagram bytes per second on the group, first pass and repairs together
-    /// (with an external first pass, repairs get half of it while any are queued, and the
-    /// first pass the rest: [`Sender::first_pass_rate`](super::Sender::first_pass_rate)). With `rate_control` this is
+    /// (with an external first pass, the first pass yields half of it while repairs are
+    /// queued, and what they took lately otherwise; repairs are paced against the whole rate
+    /// less what the first pass sent: [`Sender::first_pass_rate`](super::Sender::first_pass_rate)). With `rate_control` this is
     /// where the automatic rate starts.
     pub rate: u64,
     /// `--rate auto`: follow congestion at the receivers within these bounds
@@ -33,6 +34,10 @@ pub struct SenderConfig {
     /// every datagram waits its own turn.
     pub pace_quantum: usize,
     pub announce_interval: Duration,
+    /// While the first pass waits for receivers, announce this often instead (when shorter):
+    /// an origin's session, whose receivers were granted it a moment ago and join as soon as
+    /// they hear it. `None`: `announce_interval` throughout.
+    pub waiting_announce_interval: Option<Duration>,
     /// Manifest chunks sent after each announce (a carousel for late joiners).
     pub manifest_chunks_per_announce: usize,
     /// Round-trip estimate until receivers have measured one.
@@ -132,6 +137,7 @@ impl Default for SenderConfig {
             burst: Duration::from_millis(2),
             pace_quantum: 0,
             announce_interval: Duration::from_millis(100),
+            waiting_announce_interval: None,
             manifest_chunks_per_announce: 64,
             initial_grtt: Duration::from_millis(5),
             min_receivers: 0,

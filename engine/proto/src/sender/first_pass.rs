@@ -3,6 +3,7 @@
 //! already (the skip set); and the rate it and the repairs are paced at, fixed or
 //! `--rate auto`.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +12,10 @@ use blockcast_status::AtomicBitmap;
 use super::{FirstPassProgress, Sender, SenderEvent};
 use crate::numbering::BlockAddr;
 use crate::pacer::Pacer;
-use crate::rate::RateControl;
+use crate::rate::{Congestion, RateControl};
 use crate::store::BlockSource;
 use crate::stripe::StripePass;
-use crate::wire::UnitHeaderRepr;
+use crate::wire::{ReceiptRepr, ReceiverId, UnitHeaderRepr};
 use crate::{Destination, Transmit, UnitRef};
 
 /// How often the first pass's skip set is brought up to date from the status matrix.
@@ -46,7 +47,14 @@ pub(super) struct FirstPass {
     pub(super) next_skip_scan: Option<Instant>,
     /// The first pass waits for a block that is not available yet: look again at this time.
     pub(super) stall_check: Option<Instant>,
+    /// External first pass: what this sender sent itself (repairs) per second over its last
+    /// measured window, and where the current window began (when, and its bytes then).
+    repair_rate: u64,
+    repair_window: Option<(Instant, u64)>,
 }
+
+/// How long a window the rate of repairs is measured over.
+const REPAIR_WINDOW: Duration = Duration::from_millis(20);
 
 impl FirstPass {
     /// A first pass over `blocks` blocks, from block 0 unless the node sends it (`external`).
@@ -59,18 +67,55 @@ impl FirstPass {
             skip: Arc::new(AtomicBitmap::new(blocks as usize)),
             next_skip_scan: None,
             stall_check: None,
+            repair_rate: 0,
+            repair_window: None,
         }
+    }
+}
+
+/// How far back the log of what was sent reaches (receivers echo send times up to a full
+/// socket buffer's worth of time old).
+const SENT_LOG_SPAN: Duration = Duration::from_secs(4);
+/// One entry of that log per this much time at most.
+const SENT_LOG_STEP: Duration = Duration::from_millis(1);
+
+/// What one member took of what was sent, measured from two of its notices: the sends between
+/// the two send times they echo (the last datagram it had read at each), less its overflow,
+/// over the time between the notices.
+#[derive(Clone, Copy, Debug)]
+struct Take {
+    echo: u32,
+    at: Instant,
+    /// The last few samples, datagram bytes per second (0: none yet).
+    samples: [u64; TAKE_SAMPLES],
+    next: usize,
+}
+
+/// A member's take is the most of its last few samples: a receiver thread that was not
+/// scheduled for most of one notice's window read little then, which says nothing of what it
+/// can take (a max filter, as BBR's bottleneck bandwidth).
+const TAKE_SAMPLES: usize = 4;
+
+impl Take {
+    fn rate(&self) -> Option<u64> {
+        self.samples.iter().copied().max().filter(|&r| r > 0)
     }
 }
 
 /// `--rate auto`: the controller, its next step, and the bytes sent at the last one.
 pub(super) struct AutoRate {
     control: RateControl,
+    /// Datagram bytes sent in all (first pass and repairs), by send timestamp, ascending.
+    sent_log: VecDeque<(u32, u64)>,
+    /// Each member's take, by receiver.
+    takes: BTreeMap<ReceiverId, Take>,
     pub(super) next_step: Option<Instant>,
     /// When the last step was (or the session started).
     pub(super) stepped_at: Instant,
     /// Datagram bytes sent in all at that time.
     pub(super) sent_then: u64,
+    /// What went out per second over the last measured interval.
+    achieved: u64,
 }
 
 impl AutoRate {
@@ -80,7 +125,16 @@ impl AutoRate {
             next_step: None,
             stepped_at: Instant::now(),
             sent_then: 0,
+            achieved: 0,
+            sent_log: VecDeque::new(),
+            takes: BTreeMap::new(),
         }
+    }
+
+    /// Bytes sent in all by send timestamp `ts` (the latest entry at or before it).
+    fn sent_by(&self, ts: u32) -> Option<u64> {
+        let i = self.sent_log.partition_point(|&(t, _)| t <= ts);
+        i.checked_sub(1).map(|i| self.sent_log[i].1)
     }
 }
 
@@ -93,14 +147,39 @@ impl<S: BlockSource> Sender<S> {
             .map_or(self.cfg.rate, |a| a.control.rate())
     }
 
-    /// An external first pass's share of the rate: all of it, or half while repairs or
-    /// priority blocks are queued (they take the other half).
+    /// An external first pass's share of the rate: what the repairs (and priority blocks)
+    /// leave of it: half while any are queued, else the rest of what they took over the last
+    /// few milliseconds. The repairs are paced against the same budget (the stripes' bytes
+    /// are charged to the sender's pacer as they are reported), so together they stay
+    /// within the rate. Before, repairs had a pacer of their own at half the rate and the
+    /// first pass the whole rate whenever none was queued, which, as NACKs come in one by one,
+    /// was most of the time: up to 1.5 times the rate went out (in the simulator, 8.9 MB/s
+    /// at a rate of 6.3 overflowed receivers that take 7.8).
     pub fn first_pass_rate(&self) -> u64 {
         let rate = self.rate();
-        if self.repair_backlog() > 0 {
-            (rate / 2).max(1)
+        let half = rate / 2;
+        let repairs = if self.repair_backlog() > 0 {
+            half
         } else {
-            rate
+            self.first_pass.repair_rate.min(half)
+        };
+        (rate - repairs).max(1)
+    }
+
+    /// External first pass: measures what this sender sends itself (repairs), for
+    /// [`Sender::first_pass_rate`].
+    fn measure_repairs(&mut self, now: Instant) {
+        let own = self.stats.data_bytes + self.stats.parity_bytes;
+        match self.first_pass.repair_window {
+            Some((at, bytes)) => {
+                let dt = now.saturating_duration_since(at);
+                if dt >= REPAIR_WINDOW {
+                    self.first_pass.repair_rate =
+                        (own.saturating_sub(bytes) as f64 / dt.as_secs_f64()) as u64;
+                    self.first_pass.repair_window = Some((now, own));
+                }
+            }
+            None => self.first_pass.repair_window = Some((now, own)),
         }
     }
 
@@ -111,33 +190,152 @@ impl<S: BlockSource> Sender<S> {
         self.apply_rate();
     }
 
-    /// Paces this sender's own sends at its share of the rate.
+    /// Paces this sender's own sends at the rate (with an external first pass, the stripes'
+    /// bytes are charged to the same pacer as they report them: repairs get what the first
+    /// pass leaves).
     fn apply_rate(&mut self) {
         let rate = self.rate();
-        self.pacer.set_rate(if self.cfg.external_first_pass {
-            (rate / 2).max(1)
-        } else {
-            rate
+        self.pacer.set_rate(rate);
+    }
+
+    /// Datagram bytes sent in all: the first pass (here or by the stripes) and repairs.
+    fn bytes_sent(&self) -> u64 {
+        self.stats.data_bytes + self.stats.parity_bytes + self.first_pass.external_bytes
+    }
+
+    /// `--rate auto`: notes how much has been sent by now (call after sending), so that a
+    /// receiver's echo of a send time tells how much it had read.
+    pub(super) fn log_sent(&mut self, now: Instant) {
+        let sent = self.bytes_sent();
+        let ts = self.timestamp(now);
+        let Some(a) = self.auto_rate.as_mut() else {
+            return;
+        };
+        match a.sent_log.back_mut() {
+            Some(last) if ts.wrapping_sub(last.0) < crate::micros(SENT_LOG_STEP) => {
+                last.1 = sent;
+                return;
+            }
+            _ => a.sent_log.push_back((ts, sent)),
+        }
+        let span = crate::micros(SENT_LOG_SPAN);
+        while a
+            .sent_log
+            .front()
+            .is_some_and(|&(t, _)| ts.wrapping_sub(t) > span)
+        {
+            a.sent_log.pop_front();
+        }
+    }
+
+    /// `--rate auto`: what member `r.receiver` took between its previous notice and this one.
+    fn measure_take(&mut self, now: Instant, r: &ReceiptRepr) {
+        let epoch = self.epoch;
+        let Some(a) = self.auto_rate.as_mut() else {
+            return;
+        };
+        if r.echo_timestamp == 0 {
+            return;
+        }
+        // A member's first notice measures from the first send: its socket got everything
+        // from then on (a late joiner's first sample overstates its take, which only makes
+        // a cut shallower). So a receiver already behind at its first notice is measured
+        // before its buffer overflows, not a notice later.
+        let first_send = a
+            .sent_log
+            .iter()
+            .find(|&&(_, b)| b > 0)
+            .zip(epoch)
+            .map(|(&(ts, _), e)| (ts, e + Duration::from_micros(u64::from(ts))));
+        let prev = a.takes.get(&r.receiver).copied();
+        let from = prev.map(|p| (p.echo, p.at)).or(first_send);
+        let mut take = prev.unwrap_or(Take {
+            echo: r.echo_timestamp,
+            at: now,
+            samples: [0; TAKE_SAMPLES],
+            next: 0,
         });
+        if let Some((echo, at)) = from {
+            let dt = now.saturating_duration_since(at);
+            if dt < Duration::from_millis(10) {
+                // Too close to the last to measure: wait for a later notice.
+                if prev.is_some() {
+                    return;
+                }
+            } else {
+                let sent = a
+                    .sent_by(r.echo_timestamp)
+                    .zip(a.sent_by(echo).or(Some(0)))
+                    .map(|(b, a)| b.saturating_sub(a));
+                if let Some(sent) = sent {
+                    let kept = 1_000_000 - u64::from(r.overflow_ppm.min(1_000_000));
+                    let took =
+                        (u128::from(sent) * u128::from(kept) / 1_000_000) as f64 / dt.as_secs_f64();
+                    take.samples[take.next] = took as u64;
+                    take.next = (take.next + 1) % TAKE_SAMPLES;
+                }
+            }
+        }
+        take.echo = r.echo_timestamp;
+        take.at = now;
+        a.takes.insert(r.receiver, take);
     }
 
     /// `--rate auto`: one step of the controller, on what went out since the last; the next
     /// is due [`RateControl::STEP`] later.
     pub(super) fn step_rate(&mut self, now: Instant) {
-        let sent = self.stats.data_bytes + self.stats.parity_bytes + self.first_pass.external_bytes;
-        let congestion = self.congestion();
+        let sent = self.bytes_sent();
+        let congestion = self.rate_congestion();
         if let Some(a) = self.auto_rate.as_mut() {
-            let secs = now
-                .saturating_duration_since(a.stepped_at)
-                .as_secs_f64()
-                .max(1e-3);
-            let achieved = (sent.saturating_sub(a.sent_then) as f64 / secs) as u64;
-            a.stepped_at = now;
-            a.sent_then = sent;
-            a.control.step(now, congestion, achieved);
+            let elapsed = now.saturating_duration_since(a.stepped_at);
+            // A step soon after the last (a notice asked for a cut) keeps the last measure:
+            // paced in quanta, a few milliseconds of sending say little.
+            if elapsed >= RateControl::STEP / 4 || a.achieved == 0 {
+                let secs = elapsed.as_secs_f64().max(1e-3);
+                a.achieved = (sent.saturating_sub(a.sent_then) as f64 / secs) as u64;
+                a.stepped_at = now;
+                a.sent_then = sent;
+            }
+            a.control.step(now, congestion, a.achieved);
             a.next_step = Some(now + RateControl::STEP);
         }
         self.apply_rate();
+    }
+
+    /// What `--rate auto` sees of the members' notices, fresh meaning since its last cut.
+    pub fn rate_congestion(&self) -> Congestion {
+        let since = self
+            .auto_rate
+            .as_ref()
+            .and_then(|a| a.control.cut_at())
+            .map(|t| (t, self.timestamp(t)));
+        let mut c = self.congestion_since(since);
+        // What the slowest of the members that are behind (a queue, or overflow) took.
+        if let Some(a) = self.auto_rate.as_ref() {
+            c.slowest_take = self
+                .behind()
+                .filter_map(|id| a.takes.get(&id).and_then(Take::rate))
+                .min();
+        }
+        c
+    }
+
+    /// A receipt notice came in: with `--rate auto`, fresh news that calls for a cut is
+    /// acted on now, not at the next step (up to [`RateControl::STEP`] later, during which
+    /// a rate too fast for a receiver overflows its socket).
+    pub(super) fn on_rate_report(&mut self, now: Instant, r: &ReceiptRepr) {
+        if self.phase != super::Phase::Sending || self.auto_rate.is_none() {
+            return;
+        }
+        self.measure_take(now, r);
+        let c = self.rate_congestion();
+        let cut = self
+            .auto_rate
+            .as_mut()
+            .is_some_and(|a| a.control.wants_cut(now, &c));
+        if cut {
+            self.step_rate(now);
+        }
     }
 
     /// The blocks the first pass skips because every member holds them (sent whole ahead
@@ -178,7 +376,14 @@ impl<S: BlockSource> Sender<S> {
         if !self.cfg.external_first_pass {
             return;
         }
+        // One budget: what the stripes sent leaves that much less for the repairs.
+        let more = progress
+            .bytes
+            .saturating_sub(self.first_pass.external_bytes);
+        self.pacer.charge(now, more);
         self.first_pass.external_bytes = self.first_pass.external_bytes.max(progress.bytes);
+        self.log_sent(now);
+        self.measure_repairs(now);
         let sent_before = progress.sent_before;
         if sent_before <= self.first_pass.external_sent {
             return;

@@ -28,6 +28,14 @@ const PRIORITY_PER_SEC: f64 = 8.0;
 const AHEAD_BURST: f64 = 16.0;
 const AHEAD_PER_SEC: f64 = 4.0;
 
+/// The part of the first pass (what it has sent so far) that a member may ask for at any
+/// speed: an honest receiver loses in bursts (a socket buffer that overflowed while its
+/// thread was not scheduled: 5 % of a first pass at once on loopback), and the whole link is
+/// the fastest way to mend that. Beyond it, a burst and a share of the rate ([`charge`]). A
+/// member that claims to miss everything gets this once plus its share: 1/20 + 1/32 of the
+/// session, within the 1.10x that docs/SECURITY.md promises.
+const LOSS_ALLOWANCE: f64 = 1.0 / 20.0;
+
 /// A slow member whose reported progress has not moved for this long (or for two blocks'
 /// time at its share of the rate, if longer) is dropped once every other member is complete.
 const SLOW_STALL: Duration = Duration::from_secs(1);
@@ -86,7 +94,8 @@ pub(super) struct Allowance {
 }
 
 /// Charges `m` for `units` of repairs: true if its budget allows them (what it can have
-/// missed, and its bucket), else it is marked slow and nothing is charged.
+/// missed; within [`LOSS_ALLOWANCE`] of that at once, beyond it from its bucket), else it is
+/// marked slow and nothing is charged.
 pub(super) fn charge(m: &mut Member, now: Instant, a: Allowance, units: u64) -> bool {
     if units == 0 {
         return true;
@@ -94,7 +103,9 @@ pub(super) fn charge(m: &mut Member, now: Instant, a: Allowance, units: u64) -> 
     let b = &mut m.budget;
     b.bucket.set_burst(a.burst);
     let missable = a.missable + a.repairs_sent.saturating_sub(b.repairs_at_join);
-    if b.charged + units > missable || !b.bucket.take(now, a.per_sec, units as f64) {
+    let lost = b.charged + units;
+    let allowed = lost as f64 <= a.missable as f64 * LOSS_ALLOWANCE;
+    if lost > missable || !(allowed || b.bucket.take(now, a.per_sec, units as f64)) {
         b.slow_since.get_or_insert(now);
         return false;
     }
@@ -532,22 +543,29 @@ mod tests {
         assert_eq!(s.stats().repair_denied, 64 * 4);
     }
 
-    #[test]
-    fn a_member_that_claims_to_miss_everything_gets_a_burst_then_its_share_of_the_rate() {
+    /// One member, and the whole first pass (256 units) sent at 1,000 datagrams of 34 bytes
+    /// per second: the sender, the member's cookie and the time then.
+    fn one_member_after_the_first_pass() -> (Sender<Gated>, u64, Instant) {
         let mut s = sender(64, 1);
-        s.set_rate(34_000); // 1,000 datagrams of 34 bytes per second
+        s.set_rate(34_000);
         let t0 = Instant::now();
         let cookie = join(&mut s, t0, addr(A), 1);
-        // The whole first pass goes out (256 units).
         let mut now = t0;
         while !s.first_pass_done() {
             now += Duration::from_millis(10);
             drain(&mut s, now);
         }
+        (s, cookie, now)
+    }
+
+    #[test]
+    fn a_member_that_claims_to_miss_everything_gets_its_loss_allowance_a_burst_then_its_share() {
+        let (mut s, cookie, now) = one_member_after_the_first_pass();
         assert_eq!(s.stats().data_units, 256);
         let p = every_block_nack(&s, 1, cookie);
         send(&mut s, now, addr(A), p);
-        let burst = s.repair_burst() as u64;
+        // What an honest receiver may have lost at once, then its burst.
+        let burst = (256.0 * LOSS_ALLOWANCE) as u64 + s.repair_burst() as u64;
         assert_eq!(s.stats().repair_denied, 256 - burst);
         let mut sent = 0;
         for i in 1..=40 {
@@ -570,6 +588,43 @@ mod tests {
             s.stats(),
             s.debug_state()
         );
+    }
+
+    #[test]
+    fn a_member_that_lost_a_burst_gets_all_of_it_repaired_at_once() {
+        let (mut s, cookie, now) = one_member_after_the_first_pass();
+        // 5 % of the first pass lost at once (a socket buffer that overflowed): more than one
+        // repair burst, all of it granted, none refused.
+        let lost = (256.0 * 0.05) as u32 / 4 * 4;
+        assert!(u64::from(lost) > s.repair_burst() as u64 / 8);
+        let p = Packet::Nack(NackRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(1),
+            cookie,
+            entries: (0..lost / 4)
+                .map(|b| NackEntry {
+                    object: ObjectId(0),
+                    block: BlockIndex(b * 5),
+                    missing: 4,
+                    parity_seen: 0,
+                    holes: Holes::Ranges(Vec::new()),
+                })
+                .collect(),
+        });
+        // Its burst spent first (an earlier loss), so only the allowance can grant this one.
+        s.membership
+            .members
+            .get_mut(&ReceiverId(1))
+            .unwrap()
+            .budget
+            .bucket = TokenBucket::new(0.0);
+        send(&mut s, now, addr(A), p);
+        assert_eq!(s.stats().repair_denied, 0);
+        let mut sent = 0;
+        for i in 1..=10 {
+            sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
+        }
+        assert_eq!(sent as u32, lost);
     }
 
     #[test]

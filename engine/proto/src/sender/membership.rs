@@ -32,6 +32,14 @@ pub(super) struct Member {
     overflow_ppm: u32,
     /// How full its socket's receive buffer got, from its latest notice (parts per million).
     queue_ppm: u32,
+    /// The buffer fill its previous notice reported (falling: it is draining).
+    queue_prev_ppm: u32,
+    /// For `--rate auto` to tell stale notices from fresh ones: the send time its previous
+    /// notice echoed (the last unit it had read then: its latest notice's overflow counts
+    /// units sent after it) and when that notice came (its latest notice's queue fill was
+    /// seen since), and the same of its latest notice.
+    window_from: Option<(u32, Instant)>,
+    echoed: Option<(u32, Instant)>,
     /// Its verified blocks at its previous notice, and when that notice came.
     delivered: Option<Delivered>,
     /// Bytes per second it verified between notices, smoothed; 0 until measured.
@@ -140,11 +148,13 @@ impl Membership {
     /// the next, `window` long.
     fn end_grtt_window(&mut self, now: Instant, window: Duration) {
         if let Some(w) = self.grtt_window_max.take() {
-            // Rise at once to the slowest receiver seen; fall back slowly.
+            // Rise at once to the slowest receiver seen; fall back halfway per window (a
+            // receiver's socket queue that has drained leaves no long round trips behind, and
+            // every NACK timer scales with this).
             self.grtt = if w > self.grtt {
                 w
             } else {
-                (self.grtt * 3 + w) / 4
+                (self.grtt + w) / 2
             };
             self.grtt = self.grtt.max(Duration::from_micros(100));
         }
@@ -202,18 +212,55 @@ impl<S: BlockSource> Sender<S> {
     /// What the members' latest receipt notices say of congestion, summed up for
     /// `--rate auto`.
     pub fn congestion(&self) -> Congestion {
-        Congestion {
-            overflow_ppm: self.worst_overflow_ppm(),
-            queue_ppm: self.worst_queue_ppm(),
-            loss_ppm: self
-                .membership
-                .members
-                .values()
-                .map(|m| m.loss_ppm)
-                .max()
-                .unwrap_or(0),
+        self.congestion_since(None)
+    }
+
+    /// The same, with the worst among the notices that report only on what the rate did since
+    /// `since` (an instant, and the send timestamp of it) apart: overflow counted on units
+    /// sent since then (the kernel stamps each datagram with the drop count as it queues
+    /// it), a buffer's fill seen since then (read as it is). A buffer whose fill fell since
+    /// the member's previous notice is draining: no news of a queue.
+    pub(super) fn congestion_since(&self, since: Option<(Instant, u32)>) -> Congestion {
+        let mut c = Congestion {
             slowest_delivery: self.slowest_delivery(),
+            ..Congestion::default()
+        };
+        for m in self.membership.members.values().filter(|m| !m.complete) {
+            c.overflow_ppm = c.overflow_ppm.max(m.overflow_ppm);
+            c.queue_ppm = c.queue_ppm.max(m.queue_ppm);
+            c.loss_ppm = c.loss_ppm.max(m.loss_ppm);
+            let (units_fresh, time_fresh) = match (since, m.window_from) {
+                (None, _) => (true, true),
+                (Some(_), None) => (false, false),
+                // Timestamps wrap after 71 minutes: compare by distance.
+                (Some((at, ts)), Some((echo, heard))) => {
+                    (echo.wrapping_sub(ts) < u32::MAX / 2, heard >= at)
+                }
+            };
+            if units_fresh {
+                c.fresh_overflow_ppm = c.fresh_overflow_ppm.max(m.overflow_ppm);
+                c.fresh_loss_ppm = c.fresh_loss_ppm.max(m.loss_ppm);
+            }
+            if m.queue_ppm >= m.queue_prev_ppm {
+                c.filling_queue_ppm = c.filling_queue_ppm.max(m.queue_ppm);
+                if time_fresh {
+                    c.fresh_queue_ppm = c.fresh_queue_ppm.max(m.queue_ppm);
+                }
+            }
         }
+        c
+    }
+
+    /// Incomplete members whose latest notice says they are behind: their socket overflowed,
+    /// or its buffer was more than a quarter full.
+    pub(super) fn behind(&self) -> impl Iterator<Item = ReceiverId> + '_ {
+        self.membership
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                !m.complete && (m.overflow_ppm > 0 || m.queue_ppm > crate::rate::QUEUE_RISING_PPM)
+            })
+            .map(|(id, _)| *id)
     }
 
     /// The worst socket overflow share among the members' latest receipt notices (parts per
@@ -375,6 +422,9 @@ impl<S: BlockSource> Sender<S> {
                 loss_est_ppm: 0,
                 overflow_ppm: 0,
                 queue_ppm: 0,
+                queue_prev_ppm: 0,
+                window_from: None,
+                echoed: None,
                 delivered: None,
                 delivery: 0,
                 marked: 0,
@@ -460,12 +510,15 @@ impl<S: BlockSource> Sender<S> {
 
     pub(super) fn on_receipt(&mut self, now: Instant, r: &ReceiptRepr) {
         let ts_now = self.timestamp(now);
+        // A member's word: it cannot have verified more blocks than the session has (a claim
+        // of more made the delivery rate below overflow: found by the `sender` fuzz target).
+        let blocks_done = r.blocks_done.min(self.numbering.total());
         let Some(m) = self.membership.members.get_mut(&r.receiver) else {
             self.stats.strangers += 1;
             return;
         };
         m.last_heard = now;
-        m.budget.progress(r.blocks_done);
+        m.budget.progress(blocks_done);
         m.reported = true;
         m.loss_ppm = r.loss_ppm;
         if r.loss_ppm > 0 {
@@ -477,7 +530,10 @@ impl<S: BlockSource> Sender<S> {
             };
         }
         m.overflow_ppm = r.overflow_ppm;
-        m.queue_ppm = r.queue_ppm;
+        m.queue_prev_ppm = std::mem::replace(&mut m.queue_ppm, r.queue_ppm);
+        if r.echo_timestamp != 0 {
+            m.window_from = m.echoed.replace((r.echo_timestamp, now));
+        }
         // Delivery rate: what it verified since its previous notice (at least 20 ms ago).
         match m.delivered {
             Some(Delivered { at: t, blocks: b })
@@ -485,7 +541,7 @@ impl<S: BlockSource> Sender<S> {
             {
                 let block = self.numbering.block_size() as u64;
                 let dt = now.saturating_duration_since(t).as_secs_f64();
-                let rate = (r.blocks_done.saturating_sub(b) * block) as f64 / dt;
+                let rate = blocks_done.saturating_sub(b).saturating_mul(block) as f64 / dt;
                 m.delivery = if m.delivery == 0 {
                     rate as u64
                 } else {
@@ -493,14 +549,14 @@ impl<S: BlockSource> Sender<S> {
                 };
                 m.delivered = Some(Delivered {
                     at: now,
-                    blocks: r.blocks_done,
+                    blocks: blocks_done,
                 });
             }
             Some(_) => {}
             None => {
                 m.delivered = Some(Delivered {
                     at: now,
-                    blocks: r.blocks_done,
+                    blocks: blocks_done,
                 });
             }
         }
@@ -522,6 +578,12 @@ impl<S: BlockSource> Sender<S> {
             }
             let w = &mut self.membership.grtt_window_max;
             *w = Some(w.map_or(sample, |w| w.max(sample)));
+            // Rise at once (the window's end only lets it fall): a receiver whose socket
+            // queue grew has its repairs that much later, and a NACK retried on the old
+            // estimate asks again for repairs still queued in its socket.
+            if sample > self.membership.grtt {
+                self.membership.grtt = sample;
+            }
         }
         let row = m.row;
         let marked = m.marked;
@@ -572,13 +634,14 @@ impl<S: BlockSource> Sender<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::gated_sender;
+    use super::super::testing::{gated_sender, gated_sender_with};
     use super::*;
     use crate::wire::{BlockIndex, ObjectId};
 
     #[test]
     fn delivery_rate_is_what_the_slowest_receiver_verified_between_notices() {
-        let mut s = gated_sender();
+        // 16 blocks: a notice counts at most the session's blocks.
+        let mut s = gated_sender_with(16, 1);
         let t0 = Instant::now();
         let notice = |id: u64, blocks_done: u64, queue_ppm: u32| ReceiptRepr {
             session: s.cfg.session,
@@ -610,5 +673,36 @@ mod tests {
         let d = s.slowest_delivery().unwrap();
         assert!((1_270..=1_290).contains(&d), "{d}");
         assert_eq!(s.worst_queue_ppm(), 300_000);
+    }
+
+    #[test]
+    fn a_member_claiming_more_blocks_than_exist_is_taken_at_the_session_s_count() {
+        // Regression (the `sender` fuzz target): a notice with blocks_done near u64::MAX
+        // overflowed the delivery rate's multiplication.
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let total = s.numbering.total();
+        let session = s.cfg.session;
+        let notice = |blocks_done: u64| ReceiptRepr {
+            session,
+            receiver: ReceiverId(1),
+            cookie: 0,
+            complete: false,
+            echo_timestamp: 0,
+            echo_delay_us: 0,
+            loss_ppm: 0,
+            overflow_ppm: 0,
+            queue_ppm: 0,
+            watermark_object: ObjectId(0),
+            watermark_block: BlockIndex(0),
+            blocks_done,
+            runs: Vec::new(),
+        };
+        s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        s.on_receipt(t0, &notice(0));
+        s.on_receipt(t0 + Duration::from_secs(1), &notice(u64::MAX / 3));
+        // All the session's blocks in one second, no more.
+        let block = s.numbering.block_size() as u64;
+        assert_eq!(s.slowest_delivery(), Some(total * block));
     }
 }

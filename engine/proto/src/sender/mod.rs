@@ -227,14 +227,9 @@ impl<S: BlockSource> Sender<S> {
         let cfg_statement = cfg.statement;
         let numbering = BlockNumbering::new(&manifest);
         let blocks = numbering.total();
-        let own_rate = if cfg.external_first_pass {
-            cfg.rate / 2
-        } else {
-            cfg.rate
-        };
         Ok(Sender {
             split: cfg.split.clone().map(SplitState::new),
-            pacer: Pacer::new(own_rate, cfg.burst).with_quantum(cfg.pace_quantum),
+            pacer: Pacer::new(cfg.rate, cfg.burst).with_quantum(cfg.pace_quantum),
             auto_rate: cfg.rate_control.map(|l| {
                 AutoRate::new(RateControl::new(RateLimits {
                     start: cfg.rate,
@@ -324,6 +319,12 @@ impl<S: BlockSource> Sender<S> {
         self.phase == Phase::Finished
     }
 
+    /// The session is ending (its Done is going out) or over: a receiver that joins now gets
+    /// nothing more.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. } | Phase::Finished)
+    }
+
     /// The first pass may run: enough receivers joined, or the wait ran out. An external
     /// first pass starts when this turns true.
     pub fn is_sending(&self) -> bool {
@@ -333,6 +334,13 @@ impl<S: BlockSource> Sender<S> {
     /// The session's start: unit timestamps are microseconds since this instant.
     pub fn epoch(&self) -> Option<Instant> {
         self.epoch
+    }
+
+    /// Changes how many accepted receivers the first pass waits for (before `max_wait`), while
+    /// it has not started: an origin holds the first pass for its batching window, then waits
+    /// for the receivers it granted the session to.
+    pub fn set_min_receivers(&mut self, n: usize) {
+        self.cfg.min_receivers = n;
     }
 
     /// Stop: tell the group the session is over.
@@ -401,6 +409,7 @@ impl<S: BlockSource> Sender<S> {
                 self.stats.receipt_bytes += bytes.len() as u64;
                 if self.authenticate(from, r.receiver, r.cookie) {
                     self.on_receipt(now, &r);
+                    self.on_rate_report(now, &r);
                 }
             }
             Packet::Priority(p) => {
@@ -631,6 +640,7 @@ impl<S: BlockSource> Sender<S> {
             .send_repair(now, buf)
             .or_else(|| self.send_first_pass(now, buf))?;
         self.pacer.spend(now, t.datagram_len());
+        self.log_sent(now);
         Some(t)
     }
 
@@ -808,6 +818,48 @@ mod tests {
         assert!(s.poll_timeout().is_some_and(|t| t <= t2));
         s.handle_timeout(t2);
         assert!(s.is_sending());
+    }
+
+    /// Announces sent (and the last one's time) by driving `s` from `from` to `to` in 1 ms
+    /// steps.
+    fn announces_between(s: &mut Sender<super::testing::Gated>, from: Instant, to: Instant) -> u64 {
+        let mut buf = vec![0u8; 4096];
+        let before = s.stats().announces;
+        let mut now = from;
+        while now <= to {
+            if s.poll_timeout().is_some_and(|t| t <= now) {
+                s.handle_timeout(now);
+            }
+            while s.poll_transmit(now, &mut buf).is_some() {}
+            now += Duration::from_millis(1);
+        }
+        s.stats().announces - before
+    }
+
+    #[test]
+    fn a_waiting_origin_session_announces_at_its_shorter_interval_until_it_sends() {
+        let mut s = gated_sender();
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(10);
+        s.cfg.waiting_announce_interval = Some(Duration::from_millis(10));
+        let t0 = Instant::now();
+        // 200 ms of waiting: an announce every 10 ms, not every 100.
+        let waiting = announces_between(&mut s, t0, t0 + Duration::from_millis(200));
+        assert!(
+            (19..=21).contains(&waiting),
+            "{waiting} announces while waiting"
+        );
+        assert!(!s.is_sending());
+        let t1 = t0 + Duration::from_millis(201);
+        s.admit(t1, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        s.handle_timeout(t1);
+        assert!(s.is_sending());
+        // Sending: back to the announce interval (100 ms).
+        let sending = announces_between(&mut s, t1, t1 + Duration::from_millis(400));
+        assert!(
+            (3..=5).contains(&sending),
+            "{sending} announces while sending"
+        );
     }
 
     #[test]

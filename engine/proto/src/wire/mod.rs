@@ -10,6 +10,7 @@ mod control;
 mod cursor;
 mod feedback;
 pub(crate) mod manifest;
+pub mod origin;
 mod split;
 mod unit;
 
@@ -18,7 +19,7 @@ pub use feedback::{
     BlockRun, Holes, JoinRepr, LeaveReason, LeaveRepr, NackEntry, NackRepr, PriorityRepr,
     ReceiptRepr,
 };
-pub use manifest::{Manifest, ObjectEntry, MAX_MANIFEST_LEN, MAX_NAME_LEN};
+pub use manifest::{valid_name, Manifest, ObjectEntry, MAX_MANIFEST_LEN, MAX_NAME_LEN};
 pub use split::{PlanRepr, SolicitRepr, MAX_PLAN_NEXTS, MAX_PLAN_PEERS};
 pub use unit::{
     set_copy_flags, CopyFlags, UnitHeaderRepr, UnitPacket, XorRepr, XOR_NONE, XOR_WIDTH,
@@ -51,7 +52,8 @@ pub const FLAG_COPY_ZONE: u8 = 0x02;
 /// Unit flag (split mode, wire.md §2.2, §14): the member that gets this unit forwards a copy, with
 /// both copy flags set, to its designated member in the next cell.
 pub const FLAG_COPY_NEXT: u8 = 0x04;
-/// Header flag reserved for an authentication trailer (wire.md §2.2); v1 rejects it.
+/// Header flag of a sealed datagram (wire.md §2.2, §16): a closed group's opener checks and
+/// clears it before parsing, so these parsers reject it (a member without the secret does).
 pub const FLAG_TAGGED: u8 = 0x80;
 const KNOWN_FLAGS: u8 = FLAG_REPAIR | FLAG_COPY_ZONE | FLAG_COPY_NEXT;
 /// Offset of the flags byte in every packet.

@@ -1,0 +1,3 @@
+//! libFuzzer driver of the `manifest` target (fuzz/src/lib.rs).
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| blockcast_fuzz::manifest(data));
