@@ -852,10 +852,12 @@ mod tests {
         assert!(!s.is_sending());
         let t1 = t0 + Duration::from_millis(201);
         s.admit(t1, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
-        s.handle_timeout(t1);
+        // The first pass waits for the member's first notice, at most first_receipt_wait.
+        let t2 = t1 + s.first_receipt_wait();
+        s.handle_timeout(t2);
         assert!(s.is_sending());
         // Sending: back to the announce interval (100 ms).
-        let sending = announces_between(&mut s, t1, t1 + Duration::from_millis(400));
+        let sending = announces_between(&mut s, t2, t2 + Duration::from_millis(400));
         assert!(
             (3..=5).contains(&sending),
             "{sending} announces while sending"
