@@ -571,7 +571,8 @@ impl<S: BlockSource> Sender<S> {
                             (None, Some(b)) if !self.pass_ready() => Some(b),
                             (a, _) => a,
                         };
-                        consider(due);
+                        // Split mode: a new plan holds the units back until it has arrived.
+                        consider(due.map(|d| self.split_hold().map_or(d, |h| d.max(h))));
                     } else if self.first_pass.next.is_some() {
                         consider(self.first_pass.stall_check);
                     }
@@ -622,6 +623,9 @@ impl<S: BlockSource> Sender<S> {
             return None;
         }
         self.end_work_without_members();
+        if self.split_hold().is_some_and(|t| now < t) {
+            return None;
+        }
         // Paced data: repairs first, then the first pass.
         if !self.has_paced_work() {
             if self.first_pass.next.is_some() {
