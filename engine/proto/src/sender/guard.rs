@@ -725,6 +725,43 @@ mod tests {
     }
 
     #[test]
+    fn in_split_mode_the_first_unit_leaves_when_the_plan_s_hold_ends() {
+        // The first plan holds the units back for half an rtt; the sender must ask to be
+        // woken then (the pacer names no time before anything was sent), not at its next
+        // announce.
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        join(&mut s, t0, addr(A), 1);
+        let mut now = t0;
+        let mut planned = None;
+        let unit_at = loop {
+            let out = drain(&mut s, now);
+            if out.iter().any(|(t, _)| t.payload.is_some()) {
+                break now;
+            }
+            let plan = out
+                .iter()
+                .any(|(_, b)| matches!(b.as_deref().map(Packet::parse), Some(Ok(Packet::Plan(_)))));
+            if plan && planned.is_none() {
+                planned = Some(now);
+            }
+            let next = s.poll_timeout().expect("a timer while sending");
+            assert!(next < t0 + Duration::from_secs(10), "no unit sent");
+            now = next.max(now);
+        };
+        let planned = planned.expect("a plan before the first unit");
+        assert!(
+            unit_at <= planned + s.grtt(),
+            "plan at {:?}, first unit {:?} later, grtt {:?}",
+            planned - t0,
+            unit_at - planned,
+            s.grtt()
+        );
+    }
+
+    #[test]
     fn complete_members_expire_once_silent_and_stay_in_the_summary() {
         let mut s = sender(4, 2);
         let t0 = Instant::now();

@@ -571,8 +571,12 @@ impl<S: BlockSource> Sender<S> {
                             (None, Some(b)) if !self.pass_ready() => Some(b),
                             (a, _) => a,
                         };
-                        // Split mode: a new plan holds the units back until it has arrived.
-                        consider(due.map(|d| self.split_hold().map_or(d, |h| d.max(h))));
+                        // Split mode: a new plan holds the units back until it has arrived
+                        // (with nothing sent yet the pacer names no time: the hold's end).
+                        consider(match (due, self.split_hold()) {
+                            (Some(d), Some(h)) => Some(d.max(h)),
+                            (d, h) => d.or(h),
+                        });
                     } else if self.first_pass.next.is_some() {
                         consider(self.first_pass.stall_check);
                     }
@@ -623,7 +627,7 @@ impl<S: BlockSource> Sender<S> {
             return None;
         }
         self.end_work_without_members();
-        if self.split_hold().is_some_and(|t| now < t) {
+        if self.split_holding(now) {
             return None;
         }
         // Paced data: repairs first, then the first pass.

@@ -258,6 +258,21 @@ impl<S: BlockSource> Sender<S> {
         self.split.as_ref().and_then(|sp| sp.units_from)
     }
 
+    /// Split mode: whether units are held back at `now` (a hold that has ended is cleared, so
+    /// it is no longer a timer).
+    pub(super) fn split_holding(&mut self, now: Instant) -> bool {
+        let Some(sp) = self.split.as_mut() else {
+            return false;
+        };
+        match sp.units_from {
+            Some(t) if now < t => true,
+            _ => {
+                sp.units_from = None;
+                false
+            }
+        }
+    }
+
     /// Split mode: the next unicast packet standing in for a group packet.
     pub(super) fn poll_fanout(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         loop {
