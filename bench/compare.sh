@@ -21,7 +21,10 @@
 # receiver daemon never exits: server start -> server exit, which happens once every client
 # has reported the file complete). Start-up of the receivers is not timed (they are started
 # and given 1 s before the server starts). --loss applies to N=4 only.
+# `bench/compare.sh split-vs-bt [options]` runs bench/split-vs-bt.sh instead: blockcast's split
+# mode against BitTorrent (aria2c + opentracker), 1 GiB to four members (see that script).
 set -uo pipefail
+if [ "${1:-}" = split-vs-bt ]; then shift; exec "$(dirname "$0")/split-vs-bt.sh" "$@"; fi
 
 SIZE=256M
 REPS=3

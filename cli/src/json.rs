@@ -171,6 +171,8 @@ pub struct ReceiveJson {
     pub sync_seconds: f64,
     pub cpu_seconds: f64,
     pub forwarded: u64,
+    /// Split mode: copies the member's send buffer refused (datagrams), lost to the peers.
+    pub forward_dropped: u64,
     pub stripe_datagrams: u64,
     /// Bytes handed to the player (null without --play / --play-cmd).
     pub played_bytes: Option<u64>,
@@ -221,6 +223,7 @@ impl ReceiveJson {
             sync_seconds: s.sync_seconds,
             cpu_seconds: s.cpu_seconds,
             forwarded: s.forwarded,
+            forward_dropped: s.forward_dropped,
             stripe_datagrams: s.stripe_datagrams,
             played_bytes: s.play.as_ref().map(|p| p.bytes),
             first_byte_seconds: s.play.as_ref().and_then(|p| p.first_byte_secs),

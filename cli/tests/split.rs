@@ -188,6 +188,8 @@ fn a_member_killed_mid_transfer_is_planned_around() {
         p.kill();
     }
     server.expect_code(Duration::from_secs(70), 0);
+    let v = server.json();
+    eprintln!("server summary: {v}");
     for (i, (p, out)) in members.iter_mut().enumerate() {
         if i == victim {
             continue;
@@ -195,8 +197,6 @@ fn a_member_killed_mid_transfer_is_planned_around() {
         p.expect_code(Duration::from_secs(20), 0);
         assert_identical(&src, out);
     }
-    let v = server.json();
-    eprintln!("server summary: {v}");
     assert_eq!(v["result"], "complete", "{v}");
     let receivers = v["receivers"].as_array().expect("receivers");
     assert_eq!(receivers.len(), 5, "the dead member is timed out: {v}");

@@ -64,6 +64,11 @@ pub(crate) trait Links: Sync {
     fn delay(&self, from: HostId, to: HostId) -> Duration;
     /// What may happen to a datagram on the way.
     fn faults(&self, from: HostId, to: HostId, path: Path) -> &LinkFaults;
+    /// The host's upload bandwidth, bytes per second (`None`: unlimited). Its datagrams leave
+    /// one after another at that rate, in the order it sends them, before their link's delay.
+    fn upload(&self, _from: HostId) -> Option<u64> {
+        None
+    }
 }
 
 /// A datagram arriving at a host.
@@ -235,6 +240,8 @@ struct Draws {
     burst: BurstState,
     /// The unicast links it sends on, by destination, made when first used.
     links: HashMap<HostId, Link>,
+    /// With an upload bandwidth: when its uplink is free again.
+    uplink_free: Option<Instant>,
 }
 
 /// One unicast link's own draws.
@@ -299,9 +306,22 @@ impl<'a> Io<'a> {
         }
     }
 
+    /// When a datagram of `len` bytes sent now has left the host: now, or after the ones
+    /// before it on a host with an upload bandwidth.
+    fn departure(&mut self, len: usize) -> Instant {
+        let Some(rate) = self.wire.links.upload(self.host).filter(|&r| r > 0) else {
+            return self.now;
+        };
+        let start = self.draws.uplink_free.map_or(self.now, |t| t.max(self.now));
+        let done = start + Duration::from_nanos((len as u64).saturating_mul(1_000_000_000) / rate);
+        self.draws.uplink_free = Some(done);
+        done
+    }
+
     /// Sends `bytes` from the host's address `from`: to one address, or to its group.
     pub(crate) fn send(&mut self, from: SocketAddr, to: Destination, bytes: Arc<[u8]>) {
-        let (now, host, wire) = (self.now, self.host, self.wire);
+        let now = self.departure(bytes.len());
+        let (host, wire) = (self.host, self.wire);
         match to {
             Destination::Group | Destination::Stripe(_) => {
                 // The copies leave together and reach the nearest member first.
@@ -402,6 +422,7 @@ impl<H: Host> Net<H> {
                 rng: SimRng::new(seed),
                 burst: BurstState::default(),
                 links: HashMap::new(),
+                uplink_free: None,
             },
         });
         id

@@ -49,6 +49,10 @@ pub struct SplitSimConfig {
     pub loss: f64,
     /// Members (global index, zones in order) that fall silent at a time.
     pub deaths: Vec<(usize, Duration)>,
+    /// Upload bandwidth of each member and of the server, bytes per second (`None`:
+    /// unlimited): what a host sends leaves one datagram after another at that rate.
+    pub member_upload: Option<u64>,
+    pub server_upload: Option<u64>,
     pub store: StoreKind,
     pub time_limit: Duration,
     pub sender: SenderConfig,
@@ -100,6 +104,8 @@ impl SplitSimConfig {
             geometry,
             loss,
             deaths: Vec::new(),
+            member_upload: None,
+            server_upload: None,
             store: StoreKind::Memory,
             time_limit: Duration::from_secs(60),
             sender,
@@ -129,8 +135,9 @@ pub struct SplitReport {
     pub server_units: u64,
     /// Units in the object.
     pub object_units: u64,
-    /// Copies members forwarded.
+    /// Copies members forwarded, in all and by the member that forwarded most.
     pub forwarded: u64,
+    pub busiest_forwarded: u64,
     /// NACK packets the server got.
     pub nacks: u64,
     /// The newest plan epoch, and the zone of the first cell (served directly).
@@ -177,6 +184,8 @@ struct ZoneLinks {
     zones: Vec<ZoneSpec>,
     inter_zone: Duration,
     faults: LinkFaults,
+    member_upload: Option<u64>,
+    server_upload: Option<u64>,
 }
 
 impl Links for ZoneLinks {
@@ -191,6 +200,13 @@ impl Links for ZoneLinks {
 
     fn faults(&self, _from: HostId, _to: HostId, _path: Path) -> &LinkFaults {
         &self.faults
+    }
+
+    fn upload(&self, from: HostId) -> Option<u64> {
+        match self.zone[from.0] {
+            None => self.server_upload,
+            Some(_) => self.member_upload,
+        }
     }
 }
 
@@ -230,6 +246,8 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
         zones: cfg.zones.clone(),
         inter_zone: cfg.inter_zone_delay,
         faults: LinkFaults::lossy(cfg.loss),
+        member_upload: cfg.member_upload,
+        server_upload: cfg.server_upload,
     };
     let base = Instant::now();
     let mut net: Net<SplitHost> = Net::new(base, links, 1);
@@ -297,6 +315,7 @@ pub fn run_split(cfg: &SplitSimConfig) -> SplitReport {
             continue;
         };
         report.forwarded += m.hooks.forwarded;
+        report.busiest_forwarded = report.busiest_forwarded.max(m.hooks.forwarded);
         report.blocks_failed += m.ep.stats().blocks_failed;
         report.bad_done_blocks += m.ep.store().bad_blocks();
         if let Some(f) = &m.hooks.failure {

@@ -9,7 +9,7 @@ fn check(cfg: SplitSimConfig) -> SplitReport {
     let cfg = cfg.with_env_seed();
     let r = run_split(&cfg);
     eprintln!(
-        "split seed {} members {} identical {}/{} time {:?} server units {} ({:.2}x the object) forwarded {} nacks {} plan epoch {} direct zone {:?} wall {:?}",
+        "split seed {} members {} identical {}/{} time {:?} server units {} ({:.3}x the object) forwarded {} (busiest member {:.2}x the mean) nacks {} plan epoch {} direct zone {:?} wall {:?}",
         r.seed,
         r.members,
         r.identical,
@@ -18,6 +18,7 @@ fn check(cfg: SplitSimConfig) -> SplitReport {
         r.server_units,
         r.server_units as f64 / r.object_units as f64,
         r.forwarded,
+        r.busiest_forwarded as f64 * r.members as f64 / r.forwarded.max(1) as f64,
         r.nacks,
         r.plan_epoch,
         r.direct_zone,
@@ -64,6 +65,15 @@ fn three_hundred_members_in_four_zones_with_loss_and_a_death() {
     ];
     let r = check(cfg);
     assert_eq!(r.identical, 298);
+    // Zone 10 is 7 ms from the server and 4 ms through the copy tree: units sent before the
+    // plans had reached everyone missed whole cells (3.4x the object from the server). At 1 %
+    // loss on each of at most four links a member loses about 4 % of the units; the parity
+    // for the worst of 300, its own losses and the deaths stay well under a quarter more.
+    assert!(
+        r.server_units * 4 <= r.object_units * 5,
+        "the server sent {:.3}x the object",
+        r.server_units as f64 / r.object_units as f64
+    );
     assert!(
         r.plan_epoch >= 2,
         "no plan without the dead: {}",
@@ -77,6 +87,27 @@ fn loss_is_repaired_through_the_copies() {
         let r = check(SplitSimConfig::small(seed, 3, 5, loss));
         assert!(r.server_units > r.object_units, "lossy run without repair");
     }
+}
+
+/// Members' upload bandwidth is part of the simulated network. In a cell of four, the owner
+/// of a quarter of the units uploads three copies of it to its peers and one to each of the
+/// two child cells: 1.25 objects. With member uplinks at half the server's rate that takes 2.5
+/// times as long as the server's own sending, so the copies, not the server, set the pace (in
+/// virtual time), and every member still ends with every unit.
+#[test]
+fn narrow_member_uplinks_set_the_pace() {
+    let wide = check(SplitSimConfig::small(40, 3, 4, 0.0));
+    let mut cfg = SplitSimConfig::small(40, 3, 4, 0.0);
+    cfg.member_upload = Some(cfg.sender.rate / 2);
+    let sending = Duration::from_secs_f64(cfg.object_size as f64 / cfg.sender.rate as f64);
+    let narrow = check(cfg);
+    assert!(
+        narrow.time >= wide.time + sending,
+        "uplinks at half the server's rate: {:?}, unlimited: {:?}, the server's sending {:?}",
+        narrow.time,
+        wide.time,
+        sending
+    );
 }
 
 /// The sender fans out to its members in hash-map order, which changes from run to run;
@@ -97,14 +128,40 @@ fn a_split_run_is_replayed_by_its_seed() {
     assert_eq!(figures(&check(cfg.clone())), figures(&check(cfg)));
 }
 
-/// Thousands of members: run with `cargo test -p blockcast-sim --test split -- --ignored`.
-#[test]
-#[ignore = "thousands of members: a minute of CPU"]
-fn three_thousand_members() {
-    let mut cfg = SplitSimConfig::small(35, 3, 1000, 0.01);
-    cfg.object_size = 64 << 10;
+/// The copy tree at scale: `members` in three zones of 256-byte units, 512 units per block, a
+/// 256 KiB object, 1 % loss on every link (server, copies, feedback), one death.
+fn at_scale(seed: u64, members: usize) -> SplitSimConfig {
+    let mut cfg = SplitSimConfig::small(seed, 3, members / 3, 0.01);
+    cfg.geometry.units_per_block = 512;
+    cfg.geometry.max_parity = 256;
+    cfg.object_size = 256 << 10;
     cfg.store = StoreKind::Hashed;
     cfg.deaths = vec![(7, Duration::from_millis(40))];
     cfg.time_limit = Duration::from_secs(120);
-    check(cfg);
+    cfg
+}
+
+/// 3,000 members through a tree of 48 cells (depth 3) cost the server little more than the
+/// object, where a chain of the same cells cost 15.8x (docs/DESIGN.md, 2026-11-22), and take
+/// less than twice the time of 300 (6 cells, depth 1). Figures: bench/RESULTS.md.
+#[test]
+fn three_thousand_members_through_a_copy_tree_cost_the_server_little_more_than_the_object() {
+    let small = check(at_scale(38, 300));
+    let big = check(at_scale(38, 3000));
+    let server = big.server_units as f64 / big.object_units as f64;
+    let time = big.time.as_secs_f64() / small.time.as_secs_f64();
+    eprintln!("3,000 members: server {server:.3}x the object, time {time:.2}x 300 members'");
+    assert!(server <= 1.35, "server sent {server:.3}x the object");
+    assert!(time <= 2.0, "3,000 members took {time:.2}x the time of 300");
+}
+
+/// Ten thousand members: run with `cargo test -p blockcast-sim --test split -- --ignored`.
+#[test]
+#[ignore = "ten thousand members: minutes of CPU"]
+fn ten_thousand_members() {
+    let r = check(at_scale(39, 10_000));
+    eprintln!(
+        "10,000 members: server {:.3}x the object",
+        r.server_units as f64 / r.object_units as f64
+    );
 }

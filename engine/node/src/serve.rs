@@ -363,6 +363,11 @@ fn sender_config(
         initial_grtt: Duration::from_millis(2),
         originals_factor: cfg.originals_factor,
         xor_repairs: cfg.xor_repairs,
+        member_repair_share: if cfg.split {
+            blockcast_proto::SPLIT_MEMBER_REPAIR_SHARE
+        } else {
+            blockcast_proto::MEMBER_REPAIR_SHARE
+        },
         ..SenderConfig::default()
     })
 }

@@ -33,7 +33,7 @@ pub use receiver::{
 };
 pub use sender::{
     FirstPassProgress, MemberReport, Sender, SenderConfig, SenderEvent, SenderStats,
-    ORIGINALS_FACTOR,
+    MEMBER_REPAIR_SHARE, ORIGINALS_FACTOR, SPLIT_MEMBER_REPAIR_SHARE,
 };
 pub use split::{copies, SplitConfig};
 pub use store::{BlockSource, BlockStore, HeldBlocks, MemStore, SliceSource, StoreError};

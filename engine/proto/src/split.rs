@@ -4,13 +4,15 @@
 //! Members are grouped by the zone they name. Zones are ordered by measured overhead (the mean
 //! send->receipt time of their members, the lowest first: that zone is served directly), and a
 //! zone larger than [`SplitConfig::max_cell`] members is cut into several copy cells. The cells
-//! form a chain: the server sends each unit by unicast to exactly one member of the first cell
-//! (its owner, chosen per run of consecutive units, weighted by measured capacity); a member that
-//! gets a unit with both copy flags forwards it to every other member of its cell (no flags) and
-//! to its designated member of the next cell (both flags), which spreads it there in turn. Each
-//! member's designated member is chosen greedily: the one of the next cell with the least load
-//! per capacity so far, the lower overhead first on a tie, so no member of the next cell
-//! relays much more than its share.
+//! form a tree of fan-out [`SplitConfig::fanout`], in that order (cell c > 0 is a child of cell
+//! (c - 1) / fanout): the server sends each unit by unicast to exactly one member of the root
+//! cell (its owner, chosen per run of consecutive units, weighted by measured capacity); a member
+//! that gets a unit with both copy flags forwards it to every other member of its cell (no flags)
+//! and to its designated member of each child cell (both flags), which spread it there in turn.
+//! A unit crosses depth + 2 links (log of the cell count), not one per cell as in a chain, so
+//! loss and repairs travel a short path. Each member's designated members are chosen greedily:
+//! the one of the child cell with the least load per capacity so far, the lower overhead first
+//! on a tie, so no member of a child cell relays much more than its share.
 //!
 //! Everything here is a pure function of the members' measurements: the sender calls it when
 //! membership changes and from time to time as measurements move.
@@ -20,7 +22,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::receiver::CopyTargets;
-use crate::wire::{CopyFlags, ReceiverId, MAX_PLAN_PEERS};
+use crate::wire::{CopyFlags, ReceiverId, MAX_PLAN_NEXTS, MAX_PLAN_PEERS};
 
 /// Where a member forwards a unit that arrived with copy flags, and with which flags each
 /// copy goes ([`Receiver::copy_targets`](crate::Receiver::copy_targets) names the peers): a
@@ -31,7 +33,7 @@ pub fn copies(targets: CopyTargets<'_>) -> impl Iterator<Item = (SocketAddr, Cop
         .zone
         .iter()
         .map(|&a| (a, CopyFlags::NONE))
-        .chain(targets.next.map(|a| (a, CopyFlags::ALL)))
+        .chain(targets.next.iter().map(|&a| (a, CopyFlags::ALL)))
 }
 
 /// How split mode behaves. `Default` gives the values the CLI starts from.
@@ -48,6 +50,8 @@ pub struct SplitConfig {
     pub replan_interval: Duration,
     /// After a membership change, the plan is rebuilt at most this often.
     pub replan_gap: Duration,
+    /// Child cells per cell of the copy tree (1: a chain); at most `MAX_PLAN_NEXTS`.
+    pub fanout: usize,
 }
 
 impl Default for SplitConfig {
@@ -58,6 +62,7 @@ impl Default for SplitConfig {
             plan_interval: Duration::from_millis(500),
             replan_interval: Duration::from_secs(2),
             replan_gap: Duration::from_millis(100),
+            fanout: MAX_PLAN_NEXTS,
         }
     }
 }
@@ -79,7 +84,8 @@ pub(crate) struct MemberPlan {
     pub id: ReceiverId,
     pub addr: SocketAddr,
     pub zone: u16,
-    pub next: Option<SocketAddr>,
+    /// Its designated member in each child cell of the copy tree.
+    pub nexts: Vec<SocketAddr>,
     pub peers: Vec<SocketAddr>,
 }
 
@@ -89,9 +95,9 @@ pub(crate) struct Plan {
     /// Owner slots: a unit's run is hashed to a slot; each member of the first cell holds
     /// slots in proportion to its capacity.
     pub owners: Vec<SocketAddr>,
-    /// Every member's plan, in chain order.
+    /// Every member's plan, in cell order.
     pub members: Vec<MemberPlan>,
-    /// The cells in chain order (member ids).
+    /// The cells in tree order (member ids): cell c > 0 is a child of cell (c - 1) / fanout.
     pub cells: Vec<Vec<ReceiverId>>,
 }
 
@@ -99,8 +105,12 @@ pub(crate) struct Plan {
 const OWNER_SLOTS: usize = 256;
 
 /// Overhead differences below about this much are noise (a busy receive loop, a scheduler
-/// tick), not capacity: it is added to both sides of the ratio.
-const OVERHEAD_FLOOR: Duration = Duration::from_millis(2);
+/// tick, a host whose cores are shared), not capacity: it is added to both sides of the
+/// ratio. The weights compare members of one cell, which are in one zone (near each other),
+/// so what tells them apart is mostly load, and a member briefly starved of CPU must not lose
+/// most of its share of the units: on the namespace bench (four members on two busy cores)
+/// a 2 ms floor left one member uploading 1.37x the mean.
+const OVERHEAD_FLOOR: Duration = Duration::from_millis(10);
 
 /// A member's capacity weight, in eighths (1..=8): its overhead against the best in its cell
 /// (lower overhead: faster to feed; both plus [`OVERHEAD_FLOOR`]) times the share of units it
@@ -183,40 +193,26 @@ pub(crate) fn plan(members: &[MemberInfo], cfg: &SplitConfig, default_rtt: Durat
         owners.push(first[i].addr);
     }
     // Load each first-cell member relays: its share of the units.
-    let mut load: Vec<f64> = counts
+    let load: Vec<f64> = counts
         .iter()
         .map(|&c| c as f64 / OWNER_SLOTS as f64)
         .collect();
-    let mut next: Vec<Vec<Option<SocketAddr>>> =
-        cells.iter().map(|c| vec![None; c.len()]).collect();
-    for i in 0..cells.len().saturating_sub(1) {
-        let to = &cells[i + 1];
-        let best = to.iter().map(rtt_of).min().unwrap_or(default_rtt);
-        let cap: Vec<f64> = to
-            .iter()
-            .map(|m| f64::from(weight(m, best, default_rtt)))
-            .collect();
-        let mut assigned = vec![0.0f64; to.len()];
-        let mut order: Vec<usize> = (0..cells[i].len()).collect();
-        order.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
-        for a in order {
-            // A member that relays nothing yet still gets a designated member (a plan change
-            // may give it load); it counts for a sliver so these spread too.
-            let l = load[a].max(1e-6);
-            // `to` is sorted by overhead within its zone's deal, so the first minimum is the
-            // lower overhead.
-            let t = (0..to.len())
-                .min_by(|&x, &y| {
-                    ((assigned[x] + l) / cap[x])
-                        .total_cmp(&((assigned[y] + l) / cap[y]))
-                        .then(rtt_of(&to[x]).cmp(&rtt_of(&to[y])))
-                        .then(x.cmp(&y))
-                })
-                .unwrap_or(0);
-            assigned[t] += l;
-            next[i][a] = Some(to[t].addr);
+    // The copy tree: cell c > 0 hangs under cell (c - 1) / fanout, so the cells nearest the
+    // server (the lowest overhead) are nearest the root and the depth grows with the log of
+    // the cell count. Every member of a cell names one member of each child cell.
+    let fanout = cfg.fanout.clamp(1, MAX_PLAN_NEXTS);
+    let mut loads: Vec<Vec<f64>> = cells.iter().map(|c| vec![0.0; c.len()]).collect();
+    loads[0] = load;
+    let mut nexts: Vec<Vec<Vec<SocketAddr>>> =
+        cells.iter().map(|c| vec![Vec::new(); c.len()]).collect();
+    for child in 1..cells.len() {
+        let parent = (child - 1) / fanout;
+        let (assigned, named) =
+            designate(&cells[parent], &loads[parent], &cells[child], default_rtt);
+        loads[child] = assigned;
+        for (a, t) in named.into_iter().enumerate() {
+            nexts[parent][a].push(cells[child][t].addr);
         }
-        load = assigned;
     }
     let mut out = Vec::with_capacity(members.len());
     for (ci, cell) in cells.iter().enumerate() {
@@ -225,7 +221,7 @@ pub(crate) fn plan(members: &[MemberInfo], cfg: &SplitConfig, default_rtt: Durat
                 id: m.id,
                 addr: m.addr,
                 zone: m.zone,
-                next: next[ci][mi],
+                nexts: std::mem::take(&mut nexts[ci][mi]),
                 peers: cell
                     .iter()
                     .filter(|p| p.id != m.id)
@@ -242,6 +238,47 @@ pub(crate) fn plan(members: &[MemberInfo], cfg: &SplitConfig, default_rtt: Durat
             .map(|c| c.iter().map(|m| m.id).collect())
             .collect(),
     }
+}
+
+/// Gives each member of cell `from` (relaying `load`, its share of the units) a designated
+/// member of cell `to`, greedily: the members relaying most first, each to the member of `to`
+/// with the least (relayed load + its load) / capacity, the lower overhead first on a tie, so
+/// relaying in `to` is spread in proportion to capacity. Returns the load each member of `to`
+/// relays on, and the index in `to` each member of `from` names.
+fn designate(
+    from: &[MemberInfo],
+    load: &[f64],
+    to: &[MemberInfo],
+    default_rtt: Duration,
+) -> (Vec<f64>, Vec<usize>) {
+    let rtt_of = |m: &MemberInfo| m.rtt.unwrap_or(default_rtt);
+    let best = to.iter().map(rtt_of).min().unwrap_or(default_rtt);
+    let cap: Vec<f64> = to
+        .iter()
+        .map(|m| f64::from(weight(m, best, default_rtt)))
+        .collect();
+    let mut assigned = vec![0.0f64; to.len()];
+    let mut named = vec![0usize; from.len()];
+    let mut order: Vec<usize> = (0..from.len()).collect();
+    order.sort_by(|&a, &b| load[b].total_cmp(&load[a]).then(a.cmp(&b)));
+    for a in order {
+        // A member that relays nothing yet still gets a designated member (a plan change
+        // may give it load); it counts for a sliver so these spread too.
+        let l = load[a].max(1e-6);
+        // `to` is sorted by overhead within its zone's deal, so the first minimum is the
+        // lower overhead.
+        let t = (0..to.len())
+            .min_by(|&x, &y| {
+                ((assigned[x] + l) / cap[x])
+                    .total_cmp(&((assigned[y] + l) / cap[y]))
+                    .then(rtt_of(&to[x]).cmp(&rtt_of(&to[y])))
+                    .then(x.cmp(&y))
+            })
+            .unwrap_or(0);
+        assigned[t] += l;
+        named[a] = t;
+    }
+    (assigned, named)
 }
 
 /// The owner slot of a unit: consecutive units of a block (or parity units of a block) share
@@ -274,7 +311,7 @@ mod tests {
     }
 
     #[test]
-    fn the_lowest_overhead_zone_is_served_and_chained_in_order() {
+    fn the_lowest_overhead_zone_is_served_and_the_others_hang_under_it() {
         let mut ms = Vec::new();
         for i in 0..6 {
             // Zone 7 is near (1 ms), zone 3 middling (5 ms), zone 5 far (20 ms).
@@ -293,8 +330,8 @@ mod tests {
             let n = p.owners.iter().filter(|a| **a == addr).count();
             assert!((42..=43).contains(&n), "{n} slots");
         }
-        // Each member of a cell but the last names one member of the next cell, each of which
-        // is named once (6 -> 6); the last cell names nobody.
+        // Both other cells are children of the root: each member of the root names one member
+        // of each, and each of those is named once (6 -> 6); the leaves name nobody.
         for (ci, cell) in p.cells.iter().enumerate() {
             let plans: Vec<&MemberPlan> =
                 p.members.iter().filter(|m| cell.contains(&m.id)).collect();
@@ -302,10 +339,21 @@ mod tests {
                 assert_eq!(m.peers.len(), cell.len() - 1);
                 assert!(!m.peers.contains(&m.addr));
             }
-            if ci + 1 == p.cells.len() {
-                assert!(plans.iter().all(|m| m.next.is_none()));
-            } else {
-                let mut named: Vec<SocketAddr> = plans.iter().map(|m| m.next.unwrap()).collect();
+            if ci > 0 {
+                assert!(plans.iter().all(|m| m.nexts.is_empty()));
+                continue;
+            }
+            for (k, child) in p.cells[1..].iter().enumerate() {
+                let addrs: Vec<SocketAddr> = ms
+                    .iter()
+                    .filter(|m| child.contains(&m.id))
+                    .map(|m| m.addr)
+                    .collect();
+                let mut named: Vec<SocketAddr> = plans.iter().map(|m| m.nexts[k]).collect();
+                assert!(
+                    named.iter().all(|a| addrs.contains(a)),
+                    "child {k} in order"
+                );
                 named.sort();
                 named.dedup();
                 assert_eq!(named.len(), cell.len(), "balanced: each named once");
@@ -326,15 +374,75 @@ mod tests {
         assert!(p.members.iter().all(|m| m.peers.len() <= MAX_PLAN_PEERS));
         // 334 members in zone 0 -> 6 cells of 55 or 56.
         assert_eq!(p.cells.len(), 6 + 6 + 6);
-        let with_next = p.members.iter().filter(|m| m.next.is_some()).count();
-        assert_eq!(with_next, 1000 - p.cells.last().unwrap().len());
+        // A tree of fan-out 4 over 18 cells: cells 0..=4 have children (cell 4: only 17), the
+        // others are leaves; the depth is 2 (17 -> 4 -> 0).
+        let fanout = cfg.fanout;
+        for (ci, cell) in p.cells.iter().enumerate() {
+            let children = (fanout * ci + 1..=fanout * ci + fanout)
+                .filter(|&c| c < p.cells.len())
+                .count();
+            for m in p.members.iter().filter(|m| cell.contains(&m.id)) {
+                assert_eq!(m.nexts.len(), children, "cell {ci}");
+            }
+        }
+        assert_eq!(
+            p.members.iter().filter(|m| !m.nexts.is_empty()).count(),
+            p.cells[..5].iter().map(Vec::len).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn members_of_a_tree_upload_evenly() {
+        // Every unit enters a cell at one member (in the root: its owner; below: the member
+        // its parent's entry names), which sends it to each other member of the cell and to
+        // one member of each child cell. Count what each member uploads per unit of the object.
+        let ms: Vec<MemberInfo> = (0..600).map(|i| member(i, 0, Some(1))).collect();
+        let cfg = SplitConfig::default();
+        let p = plan(&ms, &cfg, Duration::from_millis(5));
+        let idx = |a: SocketAddr| p.members.iter().position(|m| m.addr == a).unwrap();
+        let cell_of: std::collections::HashMap<SocketAddr, usize> = p
+            .members
+            .iter()
+            .map(|m| {
+                let c = p.cells.iter().position(|c| c.contains(&m.id)).unwrap();
+                (m.addr, c)
+            })
+            .collect();
+        let mut entry = vec![0.0f64; p.members.len()];
+        for a in &p.owners {
+            entry[idx(*a)] += 1.0 / p.owners.len() as f64;
+        }
+        // Cells in tree order: a parent's entries are known before its children's.
+        let mut upload = vec![0.0f64; p.members.len()];
+        for c in 0..p.cells.len() {
+            for (i, m) in p.members.iter().enumerate() {
+                if cell_of[&m.addr] != c || entry[i] == 0.0 {
+                    continue;
+                }
+                upload[i] += entry[i] * (m.peers.len() + m.nexts.len()) as f64;
+                for n in &m.nexts {
+                    entry[idx(*n)] += entry[i];
+                }
+            }
+        }
+        let mean = upload.iter().sum::<f64>() / upload.len() as f64;
+        let max = upload.iter().cloned().fold(0.0, f64::max);
+        assert!(max <= 1.3 * mean, "busiest {max:.3} mean {mean:.3}");
+        // Every cell received every unit exactly once (its entries' shares sum to one).
+        for c in 0..p.cells.len() {
+            let s: f64 = (0..p.members.len())
+                .filter(|&i| cell_of[&p.members[i].addr] == c)
+                .map(|i| entry[i])
+                .sum();
+            assert!((s - 1.0).abs() < 1e-9, "cell {c}: {s}");
+        }
     }
 
     #[test]
     fn capacity_weights_the_owner_shares() {
-        // Member 0's overhead is ten times the others': it owns a quarter of their share.
+        // Member 0's overhead is thirty times the others': it owns a quarter of their share.
         let ms = vec![
-            member(0, 0, Some(20)),
+            member(0, 0, Some(60)),
             member(1, 0, Some(2)),
             member(2, 0, Some(2)),
         ];
@@ -439,12 +547,13 @@ mod state_machine_tests {
         assert_eq!(rx.session(), Some(session));
         assert!(rx.copy_targets(CopyFlags::ALL).is_empty(), "no plan yet");
         let plan = |epoch, next: Option<SocketAddr>, peers: Vec<SocketAddr>| {
+            let nexts = next.into_iter().collect();
             emit(&Packet::Plan(PlanRepr {
                 session,
                 receiver: ReceiverId(5),
                 epoch,
                 zone: 3,
-                next,
+                nexts,
                 peers,
             }))
         };
@@ -457,12 +566,12 @@ mod state_machine_tests {
         assert_eq!(rx.plan_epoch(), Some(2));
         let all = rx.copy_targets(CopyFlags::ALL);
         assert_eq!(all.zone, &[peer(1), peer(2)]);
-        assert_eq!(all.next, Some(peer(9)));
+        assert_eq!(all.next, &[peer(9)]);
         let zone_only = rx.copy_targets(CopyFlags {
             zone: true,
             next: false,
         });
-        assert_eq!((zone_only.zone.len(), zone_only.next), (2, None));
+        assert_eq!((zone_only.zone.len(), zone_only.next.len()), (2, 0));
         assert!(rx.copy_targets(CopyFlags::NONE).is_empty());
     }
 }

@@ -34,6 +34,7 @@ pub(crate) struct Tally {
     pub helper_cpu: f64,
     pub stripe_datagrams: u64,
     pub forwarded: u64,
+    pub forward_dropped: u64,
 }
 
 pub(crate) struct ReceiveHost<'a, 'scope, 'env> {
@@ -278,7 +279,9 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         match (&self.split_socket, input) {
             // Split mode has no closed groups (receive refuses a secret with it).
             (Some(sock), DATA) => {
-                self.tally.forwarded += super::split::forward_and_handle(rx, batch, sock, now);
+                let f = super::split::forward_and_handle(rx, batch, sock, now);
+                self.tally.forwarded += f.sent;
+                self.tally.forward_dropped += f.dropped;
             }
             _ => {
                 rx.store_mut().stage(batch);

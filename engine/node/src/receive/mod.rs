@@ -138,6 +138,8 @@ pub struct ReceiveSummary {
     pub block_latency_us: [u64; 4],
     /// Split mode: copies forwarded to other members (datagrams).
     pub forwarded: u64,
+    /// Split mode: copies the kernel refused (a full send buffer), datagrams.
+    pub forward_dropped: u64,
     /// Datagrams read from the sockets of stripes 1.. of a striped first pass (a GRO
     /// super-datagram counts once).
     pub stripe_datagrams: u64,
@@ -373,6 +375,7 @@ fn receive_session(
             latency.max(),
         ],
         forwarded: tally.forwarded,
+        forward_dropped: tally.forward_dropped,
         stripe_datagrams: tally.stripe_datagrams,
         session: session_trust(&rx),
         sealed: io.open_stats(),

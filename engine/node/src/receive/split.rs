@@ -11,17 +11,32 @@ use blockcast_proto::Receiver;
 
 use super::store::FileStore;
 
+/// Copies forwarded, in datagrams.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Forwarded {
+    /// Sent to a peer.
+    pub sent: u64,
+    /// Refused by the kernel (a full send buffer): lost to that peer, repaired as loss.
+    pub dropped: u64,
+}
+
+impl std::ops::AddAssign for Forwarded {
+    fn add_assign(&mut self, o: Forwarded) {
+        self.sent += o.sent;
+        self.dropped += o.dropped;
+    }
+}
+
 /// Forwards copies of the units of `batch`, then hands every datagram to the protocol. A GRO
 /// super-datagram whose segments all carry the same flags goes to each peer whole (one GSO
-/// send per peer), its flags rewritten in place; otherwise segment by segment. Returns the
-/// datagrams forwarded.
+/// send per peer), its flags rewritten in place; otherwise segment by segment.
 pub(crate) fn forward_and_handle(
     rx: &mut Receiver<FileStore>,
     batch: &mut RecvBatch,
     socket: &UdpSocket,
     now: Instant,
-) -> u64 {
-    let mut sent = 0u64;
+) -> Forwarded {
+    let mut sent = Forwarded::default();
     for i in 0..batch.len() {
         let Some(d) = batch.get(i) else { continue };
         if d.truncated {
@@ -93,9 +108,9 @@ fn forward(
     seg: Option<u16>,
     copy: CopyFlags,
     socket: &UdpSocket,
-) -> u64 {
+) -> Forwarded {
     let segments = bytes.len().div_ceil(size) as u64;
-    let mut sent = 0;
+    let mut sent = Forwarded::default();
     let mut flags_now: Option<CopyFlags> = None;
     for (to, flags) in blockcast_proto::copies(rx.copy_targets(copy)) {
         let SocketAddr::V4(to) = to else { continue };
@@ -107,7 +122,9 @@ fn forward(
         }
         // A full send buffer drops the copy: the protocol treats it as loss.
         if send(socket, to, bytes, seg) {
-            sent += segments;
+            sent.sent += segments;
+        } else {
+            sent.dropped += segments;
         }
     }
     sent

@@ -105,13 +105,14 @@ pub struct SplitMember {
 pub struct CopyTargets<'a> {
     /// Forward a copy with no copy flags to each of these (the other members of my cell).
     pub zone: &'a [SocketAddr],
-    /// Forward a copy with both copy flags to this one (my member in the next cell).
-    pub next: Option<SocketAddr>,
+    /// Forward a copy with both copy flags to each of these (my member in each next cell of
+    /// the copy tree).
+    pub next: &'a [SocketAddr],
 }
 
 impl CopyTargets<'_> {
     pub fn is_empty(&self) -> bool {
-        self.zone.is_empty() && self.next.is_none()
+        self.zone.is_empty() && self.next.is_empty()
     }
 }
 

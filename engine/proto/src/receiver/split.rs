@@ -98,11 +98,11 @@ impl<S: BlockStore> Receiver<S> {
         match &self.split.plan {
             Some(p) => CopyTargets {
                 zone: if copy.zone { &p.peers } else { &[] },
-                next: if copy.next { p.next } else { None },
+                next: if copy.next { &p.nexts } else { &[] },
             },
             None => CopyTargets {
                 zone: &[],
-                next: None,
+                next: &[],
             },
         }
     }

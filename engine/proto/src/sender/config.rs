@@ -109,6 +109,13 @@ pub const ORIGINALS_FACTOR: u32 = 4;
 /// member that claims to miss everything costs the session about 3 %, plus one block).
 pub const MEMBER_REPAIR_SHARE: f64 = 1.0 / 32.0;
 
+/// [`SenderConfig::member_repair_share`] in split mode: a member there takes every unit from
+/// up to a cell's worth of senders at once (the server and its peers' copies) and forwards on
+/// the same thread, so an honest member starved of CPU overflows its socket and loses more than
+/// 3 % (measured 1-12 % on the namespace bench, docs/DESIGN.md 2026-12-02); refused, it waits
+/// for its repairs at 3 % of the rate. One member can cost the session an eighth of the rate.
+pub const SPLIT_MEMBER_REPAIR_SHARE: f64 = 1.0 / 8.0;
+
 /// How long the server holds a block's XOR repairs after its first NACK, in round trips:
 /// receivers draw their NACK times from a window of a few round trips, and a combination can
 /// only serve the receivers whose NACKs are in.

@@ -293,6 +293,7 @@ mod tests {
 
     const A: ([u8; 4], u16) = ([10, 0, 0, 1], 7000);
     const B: ([u8; 4], u16) = ([10, 0, 0, 2], 7000);
+    const C: ([u8; 4], u16) = ([10, 0, 0, 3], 7000);
 
     fn addr(a: ([u8; 4], u16)) -> SocketAddr {
         SocketAddr::from(a)
@@ -666,6 +667,88 @@ mod tests {
             drain(&mut s, later + Duration::from_millis(100 * i));
         }
         assert!(s.is_finished(), "{}", s.debug_state());
+    }
+
+    #[test]
+    fn in_split_mode_a_slow_member_is_not_dropped_as_a_silent_member_expires() {
+        // Until the silent member expires, the plan routes units and repairs through it: the
+        // slow member's stall is counted again from the plan without it.
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.min_receivers = 3;
+        s.cfg.max_wait = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        let good = join(&mut s, t0, addr(A), 1);
+        let bad = join(&mut s, t0, addr(B), 2);
+        join(&mut s, t0, addr(C), 3);
+        let mut now = t0;
+        while !s.first_pass_done() {
+            now += Duration::from_millis(10);
+            drain(&mut s, now);
+        }
+        let p = every_block_nack(&s, 2, bad);
+        send(&mut s, now, addr(B), p);
+        assert!(s.stats().repair_denied > 0);
+        // The good member completes; both keep reporting, the third is silent.
+        let report = |s: &mut Sender<Gated>, now: Instant| {
+            let p = receipt(s, 1, good, true);
+            send(s, now, addr(A), p);
+            let p = receipt(s, 2, bad, false);
+            send(s, now, addr(B), p);
+            drain(s, now);
+        };
+        while s.stats().expired == 0 {
+            assert!(now < t0 + s.cfg.receiver_timeout * 2, "never expired");
+            now += Duration::from_millis(100);
+            report(&mut s, now);
+        }
+        assert_eq!(
+            (s.stats().dropped_slow, s.receivers()),
+            (0, 2),
+            "not as the silent member expires"
+        );
+        let later = now + SLOW_STALL + Duration::from_millis(100);
+        while now < later {
+            now += Duration::from_millis(100);
+            report(&mut s, now);
+        }
+        assert_eq!(s.stats().dropped_slow, 1, "a stall after the new plan");
+    }
+
+    #[test]
+    fn in_split_mode_the_first_unit_leaves_when_the_plan_s_hold_ends() {
+        // The first plan holds the units back for half an rtt; the sender must ask to be
+        // woken then (the pacer names no time before anything was sent), not at its next
+        // announce.
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        join(&mut s, t0, addr(A), 1);
+        let mut now = t0;
+        let mut planned = None;
+        let unit_at = loop {
+            let out = drain(&mut s, now);
+            if out.iter().any(|(t, _)| t.payload.is_some()) {
+                break now;
+            }
+            let plan = out
+                .iter()
+                .any(|(_, b)| matches!(b.as_deref().map(Packet::parse), Some(Ok(Packet::Plan(_)))));
+            if plan && planned.is_none() {
+                planned = Some(now);
+            }
+            let next = s.poll_timeout().expect("a timer while sending");
+            assert!(next < t0 + Duration::from_secs(10), "no unit sent");
+            now = next.max(now);
+        };
+        let planned = planned.expect("a plan before the first unit");
+        assert!(
+            unit_at <= planned + s.grtt(),
+            "plan at {:?}, first unit {:?} later, grtt {:?}",
+            planned - t0,
+            unit_at - planned,
+            s.grtt()
+        );
     }
 
     #[test]

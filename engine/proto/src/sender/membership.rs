@@ -476,6 +476,7 @@ impl<S: BlockSource> Sender<S> {
             .filter(|(_, m)| now.saturating_duration_since(m.last_heard) > timeout)
             .map(|(id, _)| *id)
             .collect();
+        let expired = !gone.is_empty();
         for id in gone {
             if let Some(m) = self.membership.members.remove(&id) {
                 self.membership.matrix.remove_receiver(m.row);
@@ -493,6 +494,16 @@ impl<S: BlockSource> Sender<S> {
         if let Some(sp) = self.split.as_mut() {
             sp.solicitors
                 .retain(|_, s| now.saturating_duration_since(s.last_heard) <= timeout);
+            if expired {
+                // Until now the plan routed units and repairs through the silent member, so
+                // what the others were refused or lost meanwhile is the plan's doing, not
+                // theirs: a slow member's stall is counted again from the new plan.
+                for m in self.membership.members.values_mut() {
+                    if m.budget.slow_since.is_some() {
+                        m.budget.slow_since = Some(now);
+                    }
+                }
+            }
         }
         self.membership.next_scan = Some(now + timeout / 4);
     }

@@ -38,7 +38,10 @@ use crate::wire::{
 use crate::{Destination, Transmit};
 
 use carousel::Carousel;
-pub use config::{SenderConfig, MEMBER_REPAIR_SHARE, ORIGINALS_FACTOR, XOR_GATHER_GRTTS};
+pub use config::{
+    SenderConfig, MEMBER_REPAIR_SHARE, ORIGINALS_FACTOR, SPLIT_MEMBER_REPAIR_SHARE,
+    XOR_GATHER_GRTTS,
+};
 use first_pass::{AutoRate, FirstPass, SKIP_SCAN, STALL_RECHECK};
 pub use guard::DropReason;
 use membership::Membership;
@@ -568,7 +571,12 @@ impl<S: BlockSource> Sender<S> {
                             (None, Some(b)) if !self.pass_ready() => Some(b),
                             (a, _) => a,
                         };
-                        consider(due);
+                        // Split mode: a new plan holds the units back until it has arrived
+                        // (with nothing sent yet the pacer names no time: the hold's end).
+                        consider(match (due, self.split_hold()) {
+                            (Some(d), Some(h)) => Some(d.max(h)),
+                            (d, h) => d.or(h),
+                        });
                     } else if self.first_pass.next.is_some() {
                         consider(self.first_pass.stall_check);
                     }
@@ -619,6 +627,9 @@ impl<S: BlockSource> Sender<S> {
             return None;
         }
         self.end_work_without_members();
+        if self.split_holding(now) {
+            return None;
+        }
         // Paced data: repairs first, then the first pass.
         if !self.has_paced_work() {
             if self.first_pass.next.is_some() {

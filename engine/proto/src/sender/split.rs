@@ -53,6 +53,9 @@ pub(super) struct SplitState {
     next_plan_round: Option<Instant>,
     pub(super) solicitors: BTreeMap<ReceiverId, Solicitor>,
     fanout: VecDeque<FanOut>,
+    /// A new plan holds the units back until it has reached every member (wire.md §14):
+    /// no unit leaves before this.
+    units_from: Option<Instant>,
 }
 
 impl SplitState {
@@ -68,6 +71,7 @@ impl SplitState {
             next_plan_round: None,
             solicitors: BTreeMap::new(),
             fanout: VecDeque::new(),
+            units_from: None,
         }
     }
 }
@@ -189,6 +193,13 @@ impl<S: BlockSource> Sender<S> {
                     loss_ppm: m.loss_ppm,
                 })
                 .collect();
+            // One way to the farthest member: what a plan sent now takes to reach everyone.
+            let reach = infos
+                .iter()
+                .map(|m| m.rtt.unwrap_or(grtt))
+                .max()
+                .unwrap_or(grtt)
+                / 2;
             let session = self.cfg.session;
             let Some(sp) = self.split.as_mut() else {
                 return;
@@ -208,7 +219,7 @@ impl<S: BlockSource> Sender<S> {
                             receiver: m.id,
                             epoch: sp.epoch,
                             zone: m.zone,
-                            next: m.next,
+                            nexts: m.nexts.clone(),
                             peers: m.peers.clone(),
                         },
                     );
@@ -219,6 +230,13 @@ impl<S: BlockSource> Sender<S> {
                 }
                 sp.plan = plan;
                 sp.next_plan_round = Some(now + sp.cfg.plan_interval);
+                // The plans leave now, ahead of any unit (the fan-out goes first). A copy can
+                // travel faster than the server's own packet to a member (a near zone's cells
+                // relay to a far one), and a member forwards by the plan it holds: a unit
+                // sent at once would reach members whose new role (a cell to spread it in, a
+                // child cell to pass it to) is still on its way, and whole cells would miss
+                // it. So units wait until the plans are there.
+                sp.units_from = Some(now + reach);
             }
         }
         let Some(sp) = self.split.as_mut() else {
@@ -232,6 +250,26 @@ impl<S: BlockSource> Sender<S> {
                 });
             }
             sp.next_plan_round = Some(now + sp.cfg.plan_interval);
+        }
+    }
+
+    /// Split mode: no unit leaves before this (a new plan is on its way to the members).
+    pub(super) fn split_hold(&self) -> Option<Instant> {
+        self.split.as_ref().and_then(|sp| sp.units_from)
+    }
+
+    /// Split mode: whether units are held back at `now` (a hold that has ended is cleared, so
+    /// it is no longer a timer).
+    pub(super) fn split_holding(&mut self, now: Instant) -> bool {
+        let Some(sp) = self.split.as_mut() else {
+            return false;
+        };
+        match sp.units_from {
+            Some(t) if now < t => true,
+            _ => {
+                sp.units_from = None;
+                false
+            }
         }
     }
 

@@ -20,7 +20,7 @@ pub use feedback::{
     ReceiptRepr,
 };
 pub use manifest::{valid_name, Manifest, ObjectEntry, MAX_MANIFEST_LEN, MAX_NAME_LEN};
-pub use split::{PlanRepr, SolicitRepr, MAX_PLAN_PEERS};
+pub use split::{PlanRepr, SolicitRepr, MAX_PLAN_NEXTS, MAX_PLAN_PEERS};
 pub use unit::{
     set_copy_flags, CopyFlags, UnitHeaderRepr, UnitPacket, XorRepr, XOR_NONE, XOR_WIDTH,
 };

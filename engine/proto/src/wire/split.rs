@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 /// Most cell peers one plan names (wire.md §13.1): a plan then fits a 1500-byte MTU.
 pub const MAX_PLAN_PEERS: usize = 63;
+/// Most next-cell members one plan names (wire.md §13.1): the copy tree's fan-out.
+pub const MAX_PLAN_NEXTS: usize = 4;
 
 /// Server -> member (split mode): where this member forwards copies (wire.md §13.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,22 +20,16 @@ pub struct PlanRepr {
     pub epoch: u32,
     /// The member's zone, as it asked.
     pub zone: u16,
-    /// Its designated member in the next cell, if there is a next cell.
-    pub next: Option<SocketAddr>,
+    /// Its designated member in each next cell of the copy tree (none in a leaf cell; at
+    /// most [`MAX_PLAN_NEXTS`]).
+    pub nexts: Vec<SocketAddr>,
     /// The other members of its copy cell (at most [`MAX_PLAN_PEERS`]).
     pub peers: Vec<SocketAddr>,
 }
 
 impl PlanRepr {
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN
-            + 8
-            + 4
-            + 2
-            + 1
-            + self.next.map_or(0, |_| ADDR_LEN)
-            + 2
-            + ADDR_LEN * self.peers.len()
+        HEADER_LEN + 8 + 4 + 2 + 1 + ADDR_LEN * self.nexts.len() + 2 + ADDR_LEN * self.peers.len()
     }
 }
 
@@ -57,11 +53,14 @@ pub(super) fn read_plan(session: SessionId, r: &mut Reader<'_>) -> Result<PlanRe
     let receiver = ReceiverId(r.u64()?);
     let epoch = r.u32()?;
     let zone = r.u16()?;
-    let next = match r.u8()? {
-        0 => None,
-        1 => Some(read_addr(r)?),
-        _ => return Err(WireError::Malformed),
-    };
+    let next_count = usize::from(r.u8()?);
+    if next_count > MAX_PLAN_NEXTS {
+        return Err(WireError::Malformed);
+    }
+    let mut nexts = Vec::with_capacity(next_count);
+    for _ in 0..next_count {
+        nexts.push(read_addr(r)?);
+    }
     let count = usize::from(r.u16()?);
     if count > MAX_PLAN_PEERS || count * ADDR_LEN != r.remaining() {
         return Err(WireError::Malformed);
@@ -70,7 +69,7 @@ pub(super) fn read_plan(session: SessionId, r: &mut Reader<'_>) -> Result<PlanRe
     for _ in 0..count {
         peers.push(read_addr(r)?);
     }
-    if !next.iter().chain(peers.iter()).all(peer_addr_ok) {
+    if !nexts.iter().chain(peers.iter()).all(peer_addr_ok) {
         return Err(WireError::Malformed);
     }
     Ok(PlanRepr {
@@ -78,24 +77,24 @@ pub(super) fn read_plan(session: SessionId, r: &mut Reader<'_>) -> Result<PlanRe
         receiver,
         epoch,
         zone,
-        next,
+        nexts,
         peers,
     })
 }
 
 pub(super) fn write_plan(p: &PlanRepr, w: &mut Writer<'_>) -> Result<(), WireError> {
-    if p.peers.len() > MAX_PLAN_PEERS || !p.next.iter().chain(p.peers.iter()).all(peer_addr_ok) {
+    if p.peers.len() > MAX_PLAN_PEERS
+        || p.nexts.len() > MAX_PLAN_NEXTS
+        || !p.nexts.iter().chain(p.peers.iter()).all(peer_addr_ok)
+    {
         return Err(WireError::Malformed);
     }
     w.u64(p.receiver.0)?;
     w.u32(p.epoch)?;
     w.u16(p.zone)?;
-    match &p.next {
-        None => w.u8(0)?,
-        Some(a) => {
-            w.u8(1)?;
-            write_addr(w, a)?;
-        }
+    w.u8(p.nexts.len() as u8)?;
+    for a in &p.nexts {
+        write_addr(w, a)?;
     }
     w.u16(p.peers.len() as u16)?;
     for a in &p.peers {

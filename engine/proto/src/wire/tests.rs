@@ -216,15 +216,15 @@ fn arb_packet() -> impl Strategy<Value = Packet<'static>> {
         (
             s.clone(),
             any::<(u64, u32, u16)>(),
-            proptest::option::of(arb_addr()),
+            proptest::collection::vec(arb_addr(), 0..=MAX_PLAN_NEXTS),
             proptest::collection::vec(arb_addr(), 0..=MAX_PLAN_PEERS)
         )
-            .prop_map(|(session, m, next, peers)| Packet::Plan(PlanRepr {
+            .prop_map(|(session, m, nexts, peers)| Packet::Plan(PlanRepr {
                 session,
                 receiver: ReceiverId(m.0),
                 epoch: m.1,
                 zone: m.2,
-                next,
+                nexts,
                 peers,
             })),
         (s.clone(), any::<u64>(), any::<u16>()).prop_map(|(session, r, zone)| Packet::Solicit(
@@ -490,7 +490,7 @@ fn plans_are_bounded_and_name_unicast_peers() {
         receiver: ReceiverId(7),
         epoch: 1,
         zone: 2,
-        next: Some(peer),
+        nexts: vec![peer; MAX_PLAN_NEXTS],
         peers: vec![peer; MAX_PLAN_PEERS],
     };
     let p = Packet::Plan(plan.clone());
@@ -512,6 +512,21 @@ fn plans_are_bounded_and_name_unicast_peers() {
     let mut long = buf[..n].to_vec();
     long.extend_from_slice(&buf[n - 19..n]);
     assert_eq!(Packet::parse(&long), Err(WireError::Malformed));
+    // So is one next too many.
+    plan.peers.pop();
+    plan.nexts.push(peer);
+    assert_eq!(
+        Packet::Plan(plan.clone()).emit(&mut buf),
+        Err(WireError::Malformed)
+    );
+    plan.nexts.pop();
+    let n = Packet::Plan(plan.clone()).emit(&mut buf).unwrap();
+    buf[24] = MAX_PLAN_NEXTS as u8 + 1;
+    assert_eq!(Packet::parse(&buf[..n]), Err(WireError::Malformed));
+    // A plan with one next is laid out as before the tree (has_next = 1, then the address).
+    plan.nexts = vec![peer];
+    let n = Packet::Plan(plan.clone()).emit(&mut buf).unwrap();
+    assert_eq!((buf[24], n), (1, 27 + 19 * (1 + MAX_PLAN_PEERS)));
     // A multicast or unspecified peer is refused.
     for bad in ["239.255.0.1:9000", "0.0.0.0:9000", "10.0.0.1:0"] {
         plan.peers = vec![bad.parse().unwrap()];
