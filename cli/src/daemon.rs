@@ -187,6 +187,29 @@ pub fn notify_ready(status: &str) {
     ]);
 }
 
+/// Says the service is up: on stderr unless `quiet`, and to systemd.
+fn ready(quiet: bool, line: &str) {
+    if !quiet {
+        eprintln!("blockcast: {line}");
+    }
+    notify_ready(line);
+}
+
+impl crate::OpsArgs {
+    /// `--metrics`, parsed.
+    fn metrics_addr(&self) -> Result<Option<SocketAddr>> {
+        self.metrics
+            .as_deref()
+            .map(|m| parse_addr("--metrics", m))
+            .transpose()
+    }
+
+    /// `--events`, opened.
+    fn event_sink(&self) -> Result<EventSink> {
+        event_log(self.events.as_deref())
+    }
+}
+
 /// Tells systemd the service is stopping.
 pub fn notify_stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
@@ -256,14 +279,9 @@ pub fn origin(a: crate::OriginArgs, stop: &AtomicBool, out: &output::Output) -> 
             .as_deref()
             .map(|h| parse_addr("--http", h))
             .transpose()?,
-        metrics: a
-            .ops
-            .metrics
-            .as_deref()
-            .map(|m| parse_addr("--metrics", m))
-            .transpose()?,
+        metrics: a.ops.metrics_addr()?,
     };
-    let events = event_log(a.ops.events.as_deref())?;
+    let events = a.ops.event_sink()?;
     let quiet = out.quiet || out.json;
     let summary = blockcast_node::origin::origin(&cfg, stop, events, &mut |r| {
         let line = format!(
@@ -278,10 +296,7 @@ pub fn origin(a: crate::OriginArgs, stop: &AtomicBool, out: &output::Output) -> 
                 .map(|m| format!(", metrics http://{m}/metrics"))
                 .unwrap_or_default()
         );
-        if !quiet {
-            eprintln!("blockcast: {line}");
-        }
-        notify_ready(&line);
+        ready(quiet, &line);
     });
     notify_stopping();
     let summary = match summary {
@@ -502,14 +517,9 @@ pub fn agent(a: crate::AgentArgs, stop: &AtomicBool, out: &output::Output) -> Re
         hook: a.hook.clone(),
         poll: seconds("--poll", a.poll)?.max(Duration::from_millis(100)),
         once: a.once,
-        metrics: a
-            .ops
-            .metrics
-            .as_deref()
-            .map(|m| parse_addr("--metrics", m))
-            .transpose()?,
+        metrics: a.ops.metrics_addr()?,
     };
-    let events = event_log(a.ops.events.as_deref())?;
+    let events = a.ops.event_sink()?;
     let quiet = out.quiet || out.json;
     let r = blockcast_node::agent::agent(&cfg, stop, events, &mut |m| {
         let line = format!(
@@ -519,10 +529,7 @@ pub fn agent(a: crate::AgentArgs, stop: &AtomicBool, out: &output::Output) -> Re
             m.map(|m| format!(", metrics http://{m}/metrics"))
                 .unwrap_or_default()
         );
-        if !quiet {
-            eprintln!("blockcast: {line}");
-        }
-        notify_ready(&line);
+        ready(quiet, &line);
     });
     notify_stopping();
     let summary = r.map_err(exit::node)?;
@@ -602,14 +609,9 @@ pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Resu
         rcvbuf: a.rcvbuf,
         wait_timeout: seconds("--wait-timeout", a.wait_timeout)?.max(Duration::from_millis(100)),
         max_connections: a.max_connections.max(1),
-        metrics: a
-            .ops
-            .metrics
-            .as_deref()
-            .map(|m| parse_addr("--metrics", m))
-            .transpose()?,
+        metrics: a.ops.metrics_addr()?,
     };
-    let events = event_log(a.ops.events.as_deref())?;
+    let events = a.ops.event_sink()?;
     let quiet = out.quiet || out.json;
     // The edge's threads watch a flag of their own, raised when the user's stop is.
     let edge_stop = Arc::new(AtomicBool::new(false));
@@ -632,10 +634,7 @@ pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Resu
                     .map(|m| format!(", metrics http://{m}/metrics"))
                     .unwrap_or_default()
             );
-            if !quiet {
-                eprintln!("blockcast: {line}");
-            }
-            notify_ready(&line);
+            ready(quiet, &line);
         });
         edge_stop.store(true, Ordering::Relaxed);
         watcher.thread().unpark();
