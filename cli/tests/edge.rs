@@ -7,6 +7,8 @@
 //! edge runs on and keeps the verified blocks.
 
 mod common;
+#[path = "../../engine/edge/tests/common/media.rs"]
+mod media;
 
 use common::netns::{Lab, Node};
 use common::*;
@@ -447,89 +449,20 @@ fn promtool_check(text: &str) {
     );
 }
 
-fn have_ffmpeg() -> Option<String> {
-    let ok = |tool: &str| {
-        Command::new(tool)
-            .arg("-version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    (!(ok("ffmpeg") && ok("ffprobe"))).then(|| "ffmpeg and ffprobe are needed".to_string())
-}
-
-/// A 10-second 25 fps H.264 clip with a GOP of 25, B pictures and AAC audio (as the edge
-/// crate's tests make it).
-fn make_clip(path: &Path) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg("testsrc=duration=10:size=320x240:rate=25")
-        .args(["-f", "lavfi", "-i", "sine=duration=10"])
-        .args([
-            "-c:v", "libx264", "-g", "25", "-bf", "2", "-c:a", "aac", "-f", "mpegts",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Picture types of the video frames ffprobe finds.
-fn pict_types(path: &Path) -> Vec<String> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_frames"])
-        .args(["-show_entries", "frame=pict_type", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffprobe: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        // A line may go on with side data after a comma ("I,H.26[45] User Data ...").
-        .filter_map(|l| l.split(',').next())
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-fn duration(path: &Path) -> f64 {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
 #[test]
 fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_refused() {
-    if !can_run(Lab::skip_reason()) || !can_run(have_ffmpeg()) {
+    if !can_run(Lab::skip_reason()) || !can_run(media::ffmpeg_missing("libx264")) {
         return;
     }
     let dir = Scratch::new("edge-critical");
     let s = setup("edc", 97);
     let catalog = dir.path("catalog");
     std::fs::create_dir_all(&catalog).unwrap();
-    let clip_tmp = dir.path("clip.ts");
-    make_clip(&clip_tmp);
+    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
     std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
     publish(&catalog, "data.bin", 300_000, 3);
     let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 97, "64M", "10M", &[]);
-    let full = pict_types(&catalog.join("clip.ts"));
+    let full = media::pict_types(&catalog.join("clip.ts"));
     // The case is exercised: the clip has P and B pictures to drop.
     assert!(
         full.iter().any(|t| t == "B") && full.iter().any(|t| t == "P"),
@@ -546,19 +479,15 @@ fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_re
         ),
         "200"
     );
-    let kinds = pict_types(&out);
+    let kinds = media::pict_types(&out);
     assert!(!kinds.is_empty());
     assert!(kinds.iter().all(|t| t == "I"), "{kinds:?}");
     assert!(kinds.len() < full.len());
-    let errors = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&out)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(errors.status.success());
-    assert_eq!(String::from_utf8_lossy(&errors.stderr), "", "decode errors");
-    let (d_in, d_out) = (duration(&catalog.join("clip.ts")), duration(&out));
+    assert_eq!(media::decode_errors(&out), "", "decode errors");
+    let (d_in, d_out) = (
+        media::duration(&catalog.join("clip.ts")),
+        media::duration(&out),
+    );
     assert!((d_in - d_out).abs() <= 1.0, "{d_out} s, input {d_in} s");
     // A player's tool reads it straight from the edge (ranges, keep-alive, as it likes).
     let probe = Command::new("ip")

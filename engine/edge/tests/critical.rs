@@ -5,61 +5,18 @@
 //! instead.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
+#[path = "common/media.rs"]
+mod media;
 
 use blockcast_edge::ts::{CriticalFilter, Rendition, RenditionConfig, RenditionError};
+use media::{decode_errors, duration, make_clip, video_frames, H264};
 
 /// Whether ffmpeg (with `encoder`) and ffprobe are here; `false` (with the reason printed) off CI.
 fn have_ffmpeg_with(encoder: &str) -> bool {
-    let encoders = Command::new("ffmpeg")
-        .args(["-hide_banner", "-encoders"])
-        .output();
-    let probe = Command::new("ffprobe").arg("-version").output();
-    let why_not = match (&encoders, &probe) {
-        (Ok(encoders), Ok(probe)) if probe.status.success() => {
-            let listed = String::from_utf8_lossy(&encoders.stdout).contains(encoder);
-            (!listed).then(|| format!("ffmpeg has no {encoder} encoder"))
-        }
-        _ => Some("ffmpeg and ffprobe are needed".to_string()),
-    };
-    common::can_run(why_not)
+    common::can_run(media::ffmpeg_missing(encoder))
 }
-
-fn ffmpeg(args: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A 10-second 25 fps clip with a GOP of 25, two B pictures between P pictures and AAC audio.
-fn make_clip(dir: &Path, name: &str, video_args: &[&str]) -> PathBuf {
-    let path = dir.join(name);
-    let mut args = vec![
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=duration=10:size=320x240:rate=25",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=duration=10",
-    ];
-    args.extend_from_slice(video_args);
-    args.extend_from_slice(&["-c:a", "aac", "-f", "mpegts", path.to_str().unwrap()]);
-    ffmpeg(&args);
-    path
-}
-
-const H264: &[&str] = &["-c:v", "libx264", "-g", "25", "-bf", "2"];
 
 /// Runs the filter over `input` in uneven chunks, as blocks of a file arrive.
 fn render(input: &[u8], rendition: Rendition) -> Result<Vec<u8>, RenditionError> {
@@ -73,63 +30,6 @@ fn render(input: &[u8], rendition: Rendition) -> Result<Vec<u8>, RenditionError>
     }
     filter.finish(&mut out)?;
     Ok(out)
-}
-
-/// (presentation time, picture type) of every video frame ffprobe finds.
-fn video_frames(path: &Path) -> Vec<(f64, String)> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_frames"])
-        .args([
-            "-show_entries",
-            "frame=pts_time,pict_type",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffprobe: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(',');
-            let time = fields.next()?.parse().ok()?;
-            Some((time, fields.next()?.to_string()))
-        })
-        .collect()
-}
-
-/// What ffmpeg's decoder reports about a file at level error (nothing when it decodes cleanly).
-fn decode_errors(path: &Path) -> String {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The whole file's duration as ffprobe reads it.
-fn duration(path: &Path) -> f64 {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 /// Every PID's continuity counter goes up by one per packet with a payload and stays put on a
