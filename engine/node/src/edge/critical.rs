@@ -6,11 +6,17 @@ impl Edge {
     /// The critical rendition of `name`: made now from the full object if not made yet.
     /// Clients of an object whose rendition is being made wait for it.
     pub fn critical(self: &Arc<Self>, name: &str) -> Result<Meta, EdgeError> {
+        self.critical_made(name).map(|m| m.meta)
+    }
+
+    /// The critical rendition of `name` with the full rendition's bitrate (measured as the
+    /// rendition was made).
+    pub fn critical_made(self: &Arc<Self>, name: &str) -> Result<MadeCritical, EdgeError> {
         let full = self.meta(name)?;
         let obj = self.object(name);
         let mut made = obj.critical.lock().unwrap_or_else(|e| e.into_inner());
         match &*made {
-            Some(Ok(m)) if m.block_size == full.block_size && self.holds_all(m) => {
+            Some(Ok(m)) if m.meta.block_size == full.block_size && self.holds_all(&m.meta) => {
                 return Ok(m.clone())
             }
             Some(Err(e)) => return Err(EdgeError::Rendition(*e)),
@@ -37,6 +43,7 @@ impl Edge {
     fn make_critical(self: &Arc<Self>, name: &str, full: &Meta) -> Result<Critical, EdgeError> {
         let id = critical_id(&full.id);
         let mut filter = CriticalFilter::new(RenditionConfig::default());
+        let mut bitrate = super::auto::TsBitrate::default();
         let mut out = Vec::new();
         let mut hashes = Vec::new();
         let mut size = 0u64;
@@ -56,6 +63,7 @@ impl Edge {
         };
         for block in 0..full.blocks() {
             let served = self.full_block(name, block)?;
+            bitrate.push(&served.bytes);
             if let Err(e) = filter.push(&served.bytes, &mut out) {
                 return Ok(Err(e));
             }
@@ -68,11 +76,14 @@ impl Edge {
         self.counters
             .renditions_made
             .fetch_add(1, Ordering::Relaxed);
-        Ok(Ok(Meta {
-            size,
-            block_size: full.block_size,
-            id,
-            block_hashes: hashes.into(),
+        Ok(Ok(MadeCritical {
+            meta: Meta {
+                size,
+                block_size: full.block_size,
+                id,
+                block_hashes: hashes.into(),
+            },
+            full_bytes_per_sec: bitrate.bytes_per_sec(),
         }))
     }
 

@@ -36,7 +36,7 @@ impl Edge {
                 let critical = match o.critical.try_lock() {
                     Ok(c) => match &*c {
                         None => "none".to_string(),
-                        Some(Ok(m)) => format!("made ({} bytes)", m.size),
+                        Some(Ok(m)) => format!("made ({} bytes)", m.meta.size),
                         Some(Err(e)) => format!("impossible: {e}"),
                     },
                     Err(_) => "being made".to_string(),
@@ -74,6 +74,7 @@ impl Edge {
                     peer: c.peer.to_string(),
                     object: c.object.clone(),
                     rendition: c.rendition,
+                    auto: c.auto,
                     bytes,
                     seconds: secs,
                     rate_bytes_per_sec: if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
@@ -178,6 +179,8 @@ pub struct ClientStatus {
     pub peer: String,
     pub object: String,
     pub rendition: &'static str,
+    /// Present when `?rendition=auto` chose the rendition: what it compared.
+    pub auto: Option<AutoChoice>,
     pub bytes: u64,
     pub seconds: f64,
     pub rate_bytes_per_sec: f64,

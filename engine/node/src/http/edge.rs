@@ -35,7 +35,7 @@ use super::parse::{
 };
 use super::response::{content_type, response_head_kept};
 use super::server::finish;
-use crate::edge::{Edge, EdgeError, Meta, Served};
+use crate::edge::{auto, AutoChoice, Edge, EdgeError, Meta, Served};
 
 /// How long a connection waits for the first byte of a request head (the idle time of a
 /// kept-alive connection too), and for the rest of it.
@@ -196,19 +196,75 @@ fn document(
     Ok(true)
 }
 
+/// The rendition a query asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    Full,
+    Critical,
+    /// Chosen by the client's measured delivery rate ([`crate::edge::auto`]).
+    Auto,
+}
+
 /// Which rendition a query asks for; `None` for a query this endpoint does not know.
-fn rendition(query: &str) -> Option<bool> {
-    let mut critical = false;
+fn rendition(query: &str) -> Option<Asked> {
+    let mut asked = Asked::Full;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("rendition", "critical")) => critical = true,
-            Some(("rendition", "full")) => critical = false,
+            Some(("rendition", "critical")) => asked = Asked::Critical,
+            Some(("rendition", "full")) => asked = Asked::Full,
+            Some(("rendition", "auto")) => asked = Asked::Auto,
             Some(("rendition", _)) => return None,
             // Other parameters (a player's cache buster) are ignored.
             _ => {}
         }
     }
-    Some(critical)
+    Some(asked)
+}
+
+/// Whether a request's `Range` (if any) starts at byte 0: only such a response chooses a
+/// rendition afresh under `auto`.
+fn starts_at_zero(range: Option<&str>) -> bool {
+    range.is_none_or(|r| {
+        r.trim()
+            .strip_prefix("bytes=")
+            .is_some_and(|r| r.trim_start().starts_with("0-"))
+    })
+}
+
+/// The rendition `auto` gives this request (true: critical) and what it compared.
+fn choose_auto(
+    edge: &Arc<Edge>,
+    peer: SocketAddr,
+    name: &str,
+    range: Option<&str>,
+) -> Result<(bool, AutoChoice), EdgeError> {
+    let ip = peer.ip();
+    let measured = edge.rates.rate(ip);
+    let mut choice = AutoChoice {
+        measured_bytes_per_sec: measured,
+        full_bytes_per_sec: None,
+        kept: false,
+    };
+    if !starts_at_zero(range) {
+        // A seek: the bytes must come from the rendition the client is reading.
+        choice.kept = true;
+        return Ok((edge.rates.chosen(ip, name).unwrap_or(false), choice));
+    }
+    let critical = match measured {
+        // No sample yet: the full rendition (the response measures the client).
+        None => false,
+        Some(rate) => match edge.critical_made(name) {
+            Ok(made) => {
+                choice.full_bytes_per_sec = made.full_bytes_per_sec;
+                made.full_bytes_per_sec.is_some_and(|full| rate < full)
+            }
+            // No critical rendition of this object: the full one, whatever the rate.
+            Err(EdgeError::Rendition(_)) => false,
+            Err(e) => return Err(e),
+        },
+    };
+    edge.rates.choose(ip, name, critical);
+    Ok((critical, choice))
 }
 
 /// Answers one request. `Ok(true)`: the connection may take another.
@@ -258,14 +314,22 @@ fn respond(
     if !blockcast_proto::wire::valid_name(name) {
         return short(stream, head_only, 404, &[], "not found\n");
     }
-    let Some(critical) = rendition(query) else {
+    let Some(asked) = rendition(query) else {
         return short(
             stream,
             head_only,
             400,
             &[],
-            "unknown rendition (rendition=full or rendition=critical)\n",
+            "unknown rendition (rendition=full, critical or auto)\n",
         );
+    };
+    let (critical, auto) = match asked {
+        Asked::Full => (false, None),
+        Asked::Critical => (true, None),
+        Asked::Auto => match choose_auto(edge, peer, name, req.range.as_deref()) {
+            Ok((critical, choice)) => (critical, Some(choice)),
+            Err(e) => return refuse(stream, head_only, &e),
+        },
     };
     let meta = if critical {
         edge.critical(name)
@@ -308,6 +372,10 @@ fn respond(
         ("Content-Type", media.to_string()),
         ("Accept-Ranges", "bytes".to_string()),
         ("ETag", etag.clone()),
+        (
+            "X-Rendition",
+            if critical { "critical" } else { "full" }.to_string(),
+        ),
     ];
     if status == 206 {
         headers.push(("Content-Range", format!("bytes {start}-{}/{size}", end - 1)));
@@ -331,7 +399,9 @@ fn respond(
         Ok(b) => b,
         Err(e) => return refuse(stream, false, &e),
     };
-    let client = edge.client(peer, name, if critical { "critical" } else { "full" });
+    let client = edge.client(peer, name, if critical { "critical" } else { "full" }, auto);
+    let before = auto::tcp_delivery(stream);
+    let body_started = Instant::now();
     let head = response_head_kept(status, &headers, end - start, keep);
     stream.write_all(head.as_bytes())?;
     send_body(
@@ -344,6 +414,15 @@ fn respond(
         &block,
         &client.entry,
     )?;
+    // The client's delivery rate over this response, for `auto` (any rendition measures).
+    if let Some(before) = before {
+        if end - start >= auto::MIN_SAMPLE_BYTES || (start == 0 && end == size) {
+            let limit = edge.config().wait_timeout.max(READ_TIMEOUT);
+            if let Some(rate) = auto::delivery_rate(stream, before, body_started, limit) {
+                edge.rates.record(peer.ip(), rate);
+            }
+        }
+    }
     Ok(true)
 }
 
@@ -405,14 +484,24 @@ fn refuse(stream: &mut TcpStream, head_only: bool, e: &EdgeError) -> io::Result<
 
 #[cfg(test)]
 mod tests {
-    use super::rendition;
+    use super::{rendition, starts_at_zero, Asked};
 
     #[test]
     fn the_query_names_the_rendition_and_other_parameters_are_ignored() {
-        assert_eq!(rendition(""), Some(false));
-        assert_eq!(rendition("rendition=critical"), Some(true));
-        assert_eq!(rendition("t=5&rendition=critical"), Some(true));
-        assert_eq!(rendition("rendition=full"), Some(false));
+        assert_eq!(rendition(""), Some(Asked::Full));
+        assert_eq!(rendition("rendition=critical"), Some(Asked::Critical));
+        assert_eq!(rendition("t=5&rendition=critical"), Some(Asked::Critical));
+        assert_eq!(rendition("rendition=full"), Some(Asked::Full));
+        assert_eq!(rendition("rendition=auto"), Some(Asked::Auto));
         assert_eq!(rendition("rendition=low"), None);
+    }
+
+    #[test]
+    fn only_a_response_from_byte_zero_chooses_afresh() {
+        assert!(starts_at_zero(None));
+        assert!(starts_at_zero(Some("bytes=0-")));
+        assert!(starts_at_zero(Some("bytes=0-99")));
+        assert!(!starts_at_zero(Some("bytes=100-")));
+        assert!(!starts_at_zero(Some("bytes=-100")));
     }
 }
