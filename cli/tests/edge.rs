@@ -682,6 +682,7 @@ fn auto_gives_a_client_slower_than_the_clip_key_frames_and_a_fast_client_the_cli
         },
     );
     assert_eq!(finish_curl(c), "200");
+    eprintln!("the slow client in /status: {seen}");
     assert_eq!(seen["rendition"], "critical", "{seen}");
     let (measured, full) = (
         seen["auto"]["measured_bytes_per_sec"].as_f64().unwrap(),
