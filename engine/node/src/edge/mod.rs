@@ -20,7 +20,8 @@
 //! order, by [`CriticalFilter`]; its output is cut into blocks of the object's block size and
 //! stored in the same cache under a content id of its own. Clients get it once it is whole,
 //! so a stream that is not MPEG-TS or has no H.264/H.265 key frame is answered `415`/`422`
-//! before any byte of a body goes out.
+//! before any byte of a body goes out. `?rendition=auto` gives it to clients measured slower
+//! than the full rendition's bitrate ([`auto`]).
 //!
 //! **Restarts.** Each object's description (name, size, block size, BLAKE3, block hashes) is
 //! written to the index directory when its fill learns it, and read back at start: with the

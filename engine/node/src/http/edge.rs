@@ -1,6 +1,7 @@
 //! The edge's client side: HTTP/1.1 with keep-alive, objects at `/NAME` from the edge's
-//! tiers ([`crate::edge`]), the critical rendition at `/NAME?rendition=critical`, the
-//! edge's state at `/status`.
+//! tiers ([`crate::edge`]), the critical rendition at `/NAME?rendition=critical`, either one
+//! by the client's measured delivery rate at `/NAME?rendition=auto` ([`crate::edge::auto`];
+//! the `X-Rendition` header says which), the edge's state at `/status`.
 //!
 //! One thread per connection (at most [`crate::edge::EdgeConfig::max_connections`]; past
 //! that `503`). A connection answers requests one after the other while the client keeps it
@@ -12,8 +13,7 @@
 //! learns the length: a player's `HEAD` is followed by its `GET`). Each object's `ETag` is its content's BLAKE3 (the critical
 //! rendition's, its own content id); `If-Range` with that tag keeps the `Range`, with anything
 //! else (another tag, a date) gets the whole object. Not handled yet: conditional requests
-//! (`If-None-Match`, `If-Modified-Since`), choosing the critical rendition by a client's
-//! measured throughput.
+//! (`If-None-Match`, `If-Modified-Since`), switching renditions in the middle of a response.
 //!
 //! Before the status line the object's description and the first block of the range are
 //! obtained (waiting for the fill if need be): an object the origin does not have is `404`,
