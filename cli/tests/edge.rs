@@ -649,6 +649,30 @@ fn auto_gives_a_client_slower_than_the_clip_key_frames_and_a_fast_client_the_cli
     assert!(headers(&h).contains("x-rendition: full"), "{}", headers(&h));
     assert_identical(&catalog.join("clip.ts"), &got);
 
+    // Measured now, and fast: the clip again, with no critical rendition made for it.
+    let got = dir.path("fast-second.ts");
+    assert_eq!(
+        get(&s.client, &auto, &got, &["-D", h.to_str().unwrap()]),
+        "200"
+    );
+    assert!(headers(&h).contains("x-rendition: full"), "{}", headers(&h));
+    assert_identical(&catalog.join("clip.ts"), &got);
+    let st = status(&s.client, &url);
+    assert_eq!(st["renditions_made"], 0, "{st}");
+    let figure = |st: &serde_json::Value, who: &Node| {
+        st["measured"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["addr"] == who.addr.to_string()))
+            .and_then(|m| m["delivery_bytes_per_sec"].as_f64())
+    };
+    // It was measured (its first response), faster than the clip's bitrate.
+    eprintln!(
+        "the fast client measured: {fast_figure:?}",
+        fast_figure = figure(&st, &s.client)
+    );
+    let fast = figure(&st, &s.client).expect("the fast client measured");
+    assert!(fast > clip.len() as f64 / secs, "{st}");
+
     // The slow client's first response (64 KiB from byte 0) is full too, and measures it.
     let part = dir.path("slow-part.ts");
     assert_eq!(

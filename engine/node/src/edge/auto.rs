@@ -69,6 +69,17 @@ impl PeerRates {
         self.lock().get(&ip).and_then(|p| p.rate.map(|(r, _)| r))
     }
 
+    /// Every client address with a figure: (address, bytes per second, seconds since taken).
+    pub fn measured(&self) -> Vec<(IpAddr, f64, f64)> {
+        let mut v: Vec<_> = self
+            .lock()
+            .iter()
+            .filter_map(|(ip, p)| p.rate.map(|(r, at)| (*ip, r, at.elapsed().as_secs_f64())))
+            .collect();
+        v.sort_by_key(|(ip, _, _)| *ip);
+        v
+    }
+
     /// The rendition `auto` gave `ip` for `name` last (true: critical).
     pub fn chosen(&self, ip: IpAddr, name: &str) -> Option<bool> {
         self.lock()

@@ -27,6 +27,33 @@ impl Edge {
         result.map_err(EdgeError::Rendition)
     }
 
+    /// The full rendition's bitrate (bytes per second) for `?rendition=auto`: exact once the
+    /// critical rendition is made (the whole object's clock), else estimated from the
+    /// object's first blocks the tiers hold (up to [`BITRATE_BLOCKS`]), waiting for block 0
+    /// only, so a client that turns out fast enough never waits for the rendition.
+    pub fn full_bitrate(self: &Arc<Self>, name: &str) -> Result<Option<f64>, EdgeError> {
+        let obj = self.object(name);
+        if let Ok(made) = obj.critical.try_lock() {
+            if let Some(Ok(m)) = &*made {
+                return Ok(m.full_bytes_per_sec);
+            }
+        }
+        let meta = self.meta(name)?;
+        let mut rate = super::auto::TsBitrate::default();
+        rate.push(&self.full_block(name, 0)?.bytes);
+        for block in 1..meta.blocks().min(BITRATE_BLOCKS) {
+            let key = BlockKey {
+                object: meta.id,
+                block,
+            };
+            match self.lookup(&key, &meta.block_hashes[block as usize]) {
+                Some(s) => rate.push(&s.bytes),
+                None => break,
+            }
+        }
+        Ok(rate.bytes_per_sec())
+    }
+
     fn holds_all(&self, m: &Meta) -> bool {
         let cache = self.cache();
         (0..m.blocks()).all(|block| {
@@ -103,6 +130,9 @@ impl Edge {
         .ok_or_else(|| EdgeError::Origin("the rendition's block left both tiers".into()))
     }
 }
+
+/// Blocks at an object's start that estimate its bitrate before its critical rendition is made.
+const BITRATE_BLOCKS: u32 = 4;
 
 /// The cache id of an object's critical rendition: derived from the object's, so the two
 /// never share blocks.

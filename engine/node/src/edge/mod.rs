@@ -39,7 +39,8 @@ mod status;
 use index::load_index;
 
 pub use status::{
-    ClientStatus, EdgeReady, EdgeStatus, EdgeSummary, FillsStatus, ObjectStatus, TiersStatus,
+    ClientStatus, EdgeReady, EdgeStatus, EdgeSummary, FillsStatus, MeasuredClient, ObjectStatus,
+    TiersStatus,
 };
 
 use std::collections::HashMap;

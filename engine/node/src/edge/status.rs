@@ -82,6 +82,16 @@ impl Edge {
             })
             .collect();
         clients.sort_by_key(|c| c.id);
+        let measured = self
+            .rates
+            .measured()
+            .into_iter()
+            .map(|(ip, rate, age)| MeasuredClient {
+                addr: ip.to_string(),
+                delivery_bytes_per_sec: rate,
+                seconds_ago: age,
+            })
+            .collect();
         let c = &self.counters;
         EdgeStatus {
             role: "edge",
@@ -109,6 +119,7 @@ impl Edge {
                 origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
             },
             clients,
+            measured,
             requests: c.requests.load(Ordering::Relaxed),
             sent_bytes_ram: c.sent_bytes_ram.load(Ordering::Relaxed),
             sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
@@ -126,6 +137,8 @@ pub struct EdgeStatus {
     pub tiers: TiersStatus,
     pub fills: FillsStatus,
     pub clients: Vec<ClientStatus>,
+    /// Each client address's latest measured delivery rate (what `?rendition=auto` compares).
+    pub measured: Vec<MeasuredClient>,
     pub requests: u64,
     pub sent_bytes_ram: u64,
     pub sent_bytes_disk: u64,
@@ -184,6 +197,13 @@ pub struct ClientStatus {
     pub bytes: u64,
     pub seconds: f64,
     pub rate_bytes_per_sec: f64,
+}
+
+#[derive(Serialize)]
+pub struct MeasuredClient {
+    pub addr: String,
+    pub delivery_bytes_per_sec: f64,
+    pub seconds_ago: f64,
 }
 
 /// What the edge did, when it stops.

@@ -253,15 +253,20 @@ fn choose_auto(
     let critical = match measured {
         // No sample yet: the full rendition (the response measures the client).
         None => false,
-        Some(rate) => match edge.critical_made(name) {
-            Ok(made) => {
-                choice.full_bytes_per_sec = made.full_bytes_per_sec;
-                made.full_bytes_per_sec.is_some_and(|full| rate < full)
+        Some(rate) => {
+            let full = edge.full_bitrate(name)?;
+            choice.full_bytes_per_sec = full;
+            if full.is_some_and(|full| rate < full) {
+                match edge.critical_made(name) {
+                    Ok(_) => true,
+                    // No critical rendition of this object: the full one, whatever the rate.
+                    Err(EdgeError::Rendition(_)) => false,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                false
             }
-            // No critical rendition of this object: the full one, whatever the rate.
-            Err(EdgeError::Rendition(_)) => false,
-            Err(e) => return Err(e),
-        },
+        }
     };
     edge.rates.choose(ip, name, critical);
     Ok((critical, choice))
