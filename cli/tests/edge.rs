@@ -4,7 +4,8 @@
 //! from disk with nothing more from the origin; an unknown name `404`; the critical
 //! rendition of an ffmpeg clip all key frames, decoding cleanly; a non-TS object asked for
 //! as critical `415`; an origin that vanishes mid-fill: the client's response ends short, the
-//! edge runs on and keeps the verified blocks.
+//! edge runs on and keeps the verified blocks; `?rendition=auto`: a client on a `tbf`-limited
+//! link below the clip's bitrate gets the critical rendition, a fast one the clip itself.
 
 mod common;
 #[path = "../../engine/edge/tests/common/media.rs"]
@@ -610,4 +611,147 @@ fn an_origin_that_vanishes_mid_fill_ends_the_response_short_and_the_edge_keeps_w
     assert_eq!(st["fills"]["failed"], 1, "{st}");
     edge.interrupt();
     edge.expect_code(Duration::from_secs(10), 0);
+}
+
+/// The response headers curl dumped (`-D`), lower-cased.
+fn headers(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap().to_ascii_lowercase()
+}
+
+#[test]
+fn auto_gives_a_client_slower_than_the_clip_key_frames_and_a_fast_client_the_clip() {
+    if !can_run(Lab::skip_reason()) || !can_run(media::ffmpeg_missing("libx264")) {
+        return;
+    }
+    let dir = Scratch::new("edge-auto");
+    let mut s = setup("eda", 99);
+    let down = 1;
+    let slow = s.lab.add_node("slow", down);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
+    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    let clip = std::fs::read(catalog.join("clip.ts")).unwrap();
+    let secs = media::duration(&catalog.join("clip.ts"));
+    // The slow client's link: two thirds of the clip's bitrate (size over duration).
+    let slow_rate = (clip.len() as f64 / secs * 8.0 * 2.0 / 3.0) as u64;
+    s.lab.shape(&slow, &format!("{slow_rate}bit"));
+    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 99, "64M", "10M", &[]);
+    let auto = format!("{url}/clip.ts?rendition=auto");
+    let h = dir.path("headers");
+
+    // The fast client, not measured yet: the clip itself (this response measures it).
+    let got = dir.path("fast-first.ts");
+    assert_eq!(
+        get(&s.client, &auto, &got, &["-D", h.to_str().unwrap()]),
+        "200"
+    );
+    assert!(headers(&h).contains("x-rendition: full"), "{}", headers(&h));
+    assert_identical(&catalog.join("clip.ts"), &got);
+
+    // Measured now, and fast: the clip again, with no critical rendition made for it.
+    let got = dir.path("fast-second.ts");
+    assert_eq!(
+        get(&s.client, &auto, &got, &["-D", h.to_str().unwrap()]),
+        "200"
+    );
+    assert!(headers(&h).contains("x-rendition: full"), "{}", headers(&h));
+    assert_identical(&catalog.join("clip.ts"), &got);
+    let st = status(&s.client, &url);
+    assert_eq!(st["renditions_made"], 0, "{st}");
+    let figure = |st: &serde_json::Value, who: &Node| {
+        st["measured"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["addr"] == who.addr.to_string()))
+            .and_then(|m| m["delivery_bytes_per_sec"].as_f64())
+    };
+    // It was measured (its first response), faster than the clip's bitrate.
+    eprintln!(
+        "the fast client measured: {fast_figure:?}",
+        fast_figure = figure(&st, &s.client)
+    );
+    let fast = figure(&st, &s.client).expect("the fast client measured");
+    assert!(fast > clip.len() as f64 / secs, "{st}");
+
+    // The slow client's first response (64 KiB from byte 0) is full too, and measures it.
+    let part = dir.path("slow-part.ts");
+    assert_eq!(
+        get(&slow, &auto, &part, &["-H", "Range: bytes=0-65535"]),
+        "206"
+    );
+    assert_eq!(std::fs::read(&part).unwrap(), &clip[..65536]);
+
+    // Its next request from byte 0 gets the critical rendition; /status says so meanwhile.
+    let slow_out = dir.path("slow.ts");
+    let slow_h = dir.path("slow-headers");
+    let c = curl_spawn(&slow, &auto, &slow_out, &["-D", slow_h.to_str().unwrap()]);
+    let mut seen = serde_json::Value::Null;
+    wait_until(
+        Duration::from_secs(20),
+        "the slow client in /status",
+        || {
+            let st = status(&s.client, &url);
+            if let Some(c) = st["clients"].as_array().and_then(|c| {
+                // This response, not the last one (measured before it started).
+                c.iter().find(|c| {
+                    c["peer"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with(&format!("{}:", slow.addr)))
+                        && c["auto"]["measured_bytes_per_sec"].is_number()
+                })
+            }) {
+                seen = c.clone();
+            }
+            !seen.is_null()
+        },
+    );
+    assert_eq!(finish_curl(c), "200");
+    eprintln!("the slow client in /status: {seen}");
+    assert_eq!(seen["rendition"], "critical", "{seen}");
+    let (measured, full) = (
+        seen["auto"]["measured_bytes_per_sec"].as_f64().unwrap(),
+        seen["auto"]["full_bytes_per_sec"].as_f64().unwrap(),
+    );
+    assert!(measured < full, "{seen}");
+    assert!(headers(&slow_h).contains("x-rendition: critical"));
+    let kinds = media::pict_types(&slow_out);
+    assert!(
+        !kinds.is_empty() && kinds.iter().all(|t| t == "I"),
+        "{kinds:?}"
+    );
+    assert_eq!(media::decode_errors(&slow_out), "", "decode errors");
+    // Byte for byte the critical rendition.
+    let critical = dir.path("critical.ts");
+    assert_eq!(
+        get(
+            &s.client,
+            &format!("{url}/clip.ts?rendition=critical"),
+            &critical,
+            &[]
+        ),
+        "200"
+    );
+    let critical = std::fs::read(&critical).unwrap();
+    assert_eq!(std::fs::read(&slow_out).unwrap(), critical);
+    // A seek by the slow client stays on the rendition it is reading.
+    let seek = dir.path("slow-seek.ts");
+    assert_eq!(
+        get(&slow, &auto, &seek, &["-H", "Range: bytes=1000-1999"]),
+        "206"
+    );
+    assert_eq!(std::fs::read(&seek).unwrap(), &critical[1000..2000]);
+
+    // The fast client, measured now, still gets the clip itself.
+    let got = dir.path("fast-again.ts");
+    assert_eq!(
+        get(&s.client, &auto, &got, &["-D", h.to_str().unwrap()]),
+        "200"
+    );
+    assert!(headers(&h).contains("x-rendition: full"), "{}", headers(&h));
+    assert_identical(&catalog.join("clip.ts"), &got);
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
 }

@@ -306,6 +306,20 @@ impl Lab {
         self.spawn(node, dir, name, args)
     }
 
+    /// Limits what the hub sends toward `node` (its downlink) to `rate` (tc's units, such as
+    /// `128kbit`) with a token bucket filter of a 4 KB bucket, as a slow client's link.
+    pub fn shape(&self, node: &Node, rate: &str) {
+        let [_, _, bridge, host] = node.addr.octets();
+        let port = format!("p{bridge}-{host}");
+        in_ns(
+            &self.hub,
+            &[
+                "tc", "qdisc", "add", "dev", &port, "root", "tbf", "rate", rate, "burst", "4kb",
+                "latency", "400ms",
+            ],
+        );
+    }
+
     /// Drops `permille`/1000 of the UDP datagrams that arrive at `node`, at random
     /// (`numgen random mod 1000 < permille`). One table per node holds every rule of this lab.
     pub fn drop_udp(&self, node: &Node, permille: u32) {

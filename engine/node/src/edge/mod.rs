@@ -20,7 +20,8 @@
 //! order, by [`CriticalFilter`]; its output is cut into blocks of the object's block size and
 //! stored in the same cache under a content id of its own. Clients get it once it is whole,
 //! so a stream that is not MPEG-TS or has no H.264/H.265 key frame is answered `415`/`422`
-//! before any byte of a body goes out.
+//! before any byte of a body goes out. `?rendition=auto` gives it to clients measured slower
+//! than the full rendition's bitrate ([`auto`]).
 //!
 //! **Restarts.** Each object's description (name, size, block size, BLAKE3, block hashes) is
 //! written to the index directory when its fill learns it, and read back at start: with the
@@ -29,6 +30,7 @@
 //! filled with while its blocks stay cached (the origin is not asked whether it changed).
 //! The critical renditions are not indexed: they are made again after a restart.
 
+pub mod auto;
 mod critical;
 mod fill;
 mod index;
@@ -37,7 +39,8 @@ mod status;
 use index::load_index;
 
 pub use status::{
-    ClientStatus, EdgeReady, EdgeStatus, EdgeSummary, FillsStatus, ObjectStatus, TiersStatus,
+    ClientStatus, EdgeReady, EdgeStatus, EdgeSummary, FillsStatus, MeasuredClient, ObjectStatus,
+    TiersStatus,
 };
 
 use std::collections::HashMap;
@@ -149,8 +152,17 @@ struct ObjState {
     last_fill_seconds: Option<f64>,
 }
 
+/// A critical rendition, and the bitrate of the full rendition it was made from.
+#[derive(Clone, Debug)]
+pub struct MadeCritical {
+    pub meta: Meta,
+    /// The full rendition's size over its duration (first to last PCR), bytes per second;
+    /// `None` when its clock could not be read.
+    pub full_bytes_per_sec: Option<f64>,
+}
+
 /// The critical rendition of one object, once made (or found impossible).
-type Critical = Result<Meta, RenditionError>;
+type Critical = Result<MadeCritical, RenditionError>;
 
 /// One object the edge knows (by name).
 #[derive(Debug)]
@@ -180,8 +192,21 @@ pub struct ClientEntry {
     pub peer: SocketAddr,
     pub object: String,
     pub rendition: &'static str,
+    /// How the rendition was chosen: `auto` with the figures it compared, or asked for.
+    pub auto: Option<AutoChoice>,
     pub started: Instant,
     pub bytes: AtomicU64,
+}
+
+/// What `?rendition=auto` compared for a response.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AutoChoice {
+    /// The client's latest measured delivery rate, bytes per second (none yet: full).
+    pub measured_bytes_per_sec: Option<f64>,
+    /// The full rendition's bitrate, bytes per second.
+    pub full_bytes_per_sec: Option<f64>,
+    /// Kept from an earlier response for this name (a `Range` past byte 0).
+    pub kept: bool,
 }
 
 /// The edge's counters.
@@ -207,6 +232,8 @@ pub struct Edge {
     clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
     next_client: AtomicU64,
     pub counters: EdgeCounters,
+    /// Clients' measured delivery rates, for `?rendition=auto`.
+    pub rates: auto::PeerRates,
     stop: Arc<AtomicBool>,
     events: EventSink,
     started: Instant,
@@ -243,6 +270,7 @@ impl Edge {
             clients: Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(1),
             counters: EdgeCounters::default(),
+            rates: auto::PeerRates::default(),
             stop,
             events,
             started: Instant::now(),
@@ -403,12 +431,14 @@ impl Edge {
         peer: SocketAddr,
         object: &str,
         rendition: &'static str,
+        auto: Option<AutoChoice>,
     ) -> ClientGuard {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(ClientEntry {
             peer,
             object: object.to_owned(),
             rendition,
+            auto,
             started: Instant::now(),
             bytes: AtomicU64::new(0),
         });

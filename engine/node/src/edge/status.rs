@@ -36,7 +36,7 @@ impl Edge {
                 let critical = match o.critical.try_lock() {
                     Ok(c) => match &*c {
                         None => "none".to_string(),
-                        Some(Ok(m)) => format!("made ({} bytes)", m.size),
+                        Some(Ok(m)) => format!("made ({} bytes)", m.meta.size),
                         Some(Err(e)) => format!("impossible: {e}"),
                     },
                     Err(_) => "being made".to_string(),
@@ -74,6 +74,7 @@ impl Edge {
                     peer: c.peer.to_string(),
                     object: c.object.clone(),
                     rendition: c.rendition,
+                    auto: c.auto,
                     bytes,
                     seconds: secs,
                     rate_bytes_per_sec: if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
@@ -81,6 +82,16 @@ impl Edge {
             })
             .collect();
         clients.sort_by_key(|c| c.id);
+        let measured = self
+            .rates
+            .measured()
+            .into_iter()
+            .map(|(ip, rate, age)| MeasuredClient {
+                addr: ip.to_string(),
+                delivery_bytes_per_sec: rate,
+                seconds_ago: age,
+            })
+            .collect();
         let c = &self.counters;
         EdgeStatus {
             role: "edge",
@@ -108,6 +119,7 @@ impl Edge {
                 origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
             },
             clients,
+            measured,
             requests: c.requests.load(Ordering::Relaxed),
             sent_bytes_ram: c.sent_bytes_ram.load(Ordering::Relaxed),
             sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
@@ -125,6 +137,8 @@ pub struct EdgeStatus {
     pub tiers: TiersStatus,
     pub fills: FillsStatus,
     pub clients: Vec<ClientStatus>,
+    /// Each client address's latest measured delivery rate (what `?rendition=auto` compares).
+    pub measured: Vec<MeasuredClient>,
     pub requests: u64,
     pub sent_bytes_ram: u64,
     pub sent_bytes_disk: u64,
@@ -178,9 +192,18 @@ pub struct ClientStatus {
     pub peer: String,
     pub object: String,
     pub rendition: &'static str,
+    /// Present when `?rendition=auto` chose the rendition: what it compared.
+    pub auto: Option<AutoChoice>,
     pub bytes: u64,
     pub seconds: f64,
     pub rate_bytes_per_sec: f64,
+}
+
+#[derive(Serialize)]
+pub struct MeasuredClient {
+    pub addr: String,
+    pub delivery_bytes_per_sec: f64,
+    pub seconds_ago: f64,
 }
 
 /// What the edge did, when it stops.

@@ -1,6 +1,7 @@
 //! The edge's client side: HTTP/1.1 with keep-alive, objects at `/NAME` from the edge's
-//! tiers ([`crate::edge`]), the critical rendition at `/NAME?rendition=critical`, the
-//! edge's state at `/status`.
+//! tiers ([`crate::edge`]), the critical rendition at `/NAME?rendition=critical`, either one
+//! by the client's measured delivery rate at `/NAME?rendition=auto` ([`crate::edge::auto`];
+//! the `X-Rendition` header says which), the edge's state at `/status`.
 //!
 //! One thread per connection (at most [`crate::edge::EdgeConfig::max_connections`]; past
 //! that `503`). A connection answers requests one after the other while the client keeps it
@@ -12,8 +13,7 @@
 //! learns the length: a player's `HEAD` is followed by its `GET`). Each object's `ETag` is its content's BLAKE3 (the critical
 //! rendition's, its own content id); `If-Range` with that tag keeps the `Range`, with anything
 //! else (another tag, a date) gets the whole object. Not handled yet: conditional requests
-//! (`If-None-Match`, `If-Modified-Since`), choosing the critical rendition by a client's
-//! measured throughput.
+//! (`If-None-Match`, `If-Modified-Since`), switching renditions in the middle of a response.
 //!
 //! Before the status line the object's description and the first block of the range are
 //! obtained (waiting for the fill if need be): an object the origin does not have is `404`,
@@ -35,7 +35,7 @@ use super::parse::{
 };
 use super::response::{content_type, response_head_kept};
 use super::server::finish;
-use crate::edge::{Edge, EdgeError, Meta, Served};
+use crate::edge::{auto, AutoChoice, Edge, EdgeError, Meta, Served};
 
 /// How long a connection waits for the first byte of a request head (the idle time of a
 /// kept-alive connection too), and for the rest of it.
@@ -196,19 +196,80 @@ fn document(
     Ok(true)
 }
 
+/// The rendition a query asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    Full,
+    Critical,
+    /// Chosen by the client's measured delivery rate ([`crate::edge::auto`]).
+    Auto,
+}
+
 /// Which rendition a query asks for; `None` for a query this endpoint does not know.
-fn rendition(query: &str) -> Option<bool> {
-    let mut critical = false;
+fn rendition(query: &str) -> Option<Asked> {
+    let mut asked = Asked::Full;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some(("rendition", "critical")) => critical = true,
-            Some(("rendition", "full")) => critical = false,
+            Some(("rendition", "critical")) => asked = Asked::Critical,
+            Some(("rendition", "full")) => asked = Asked::Full,
+            Some(("rendition", "auto")) => asked = Asked::Auto,
             Some(("rendition", _)) => return None,
             // Other parameters (a player's cache buster) are ignored.
             _ => {}
         }
     }
-    Some(critical)
+    Some(asked)
+}
+
+/// Whether a request's `Range` (if any) starts at byte 0: only such a response chooses a
+/// rendition afresh under `auto`.
+fn starts_at_zero(range: Option<&str>) -> bool {
+    range.is_none_or(|r| {
+        r.trim()
+            .strip_prefix("bytes=")
+            .is_some_and(|r| r.trim_start().starts_with("0-"))
+    })
+}
+
+/// The rendition `auto` gives this request (true: critical) and what it compared.
+fn choose_auto(
+    edge: &Arc<Edge>,
+    peer: SocketAddr,
+    name: &str,
+    range: Option<&str>,
+) -> Result<(bool, AutoChoice), EdgeError> {
+    let ip = peer.ip();
+    let measured = edge.rates.rate(ip);
+    let mut choice = AutoChoice {
+        measured_bytes_per_sec: measured,
+        full_bytes_per_sec: None,
+        kept: false,
+    };
+    if !starts_at_zero(range) {
+        // A seek: the bytes must come from the rendition the client is reading.
+        choice.kept = true;
+        return Ok((edge.rates.chosen(ip, name).unwrap_or(false), choice));
+    }
+    let critical = match measured {
+        // No sample yet: the full rendition (the response measures the client).
+        None => false,
+        Some(rate) => {
+            let full = edge.full_bitrate(name)?;
+            choice.full_bytes_per_sec = full;
+            if full.is_some_and(|full| rate < full) {
+                match edge.critical_made(name) {
+                    Ok(_) => true,
+                    // No critical rendition of this object: the full one, whatever the rate.
+                    Err(EdgeError::Rendition(_)) => false,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                false
+            }
+        }
+    };
+    edge.rates.choose(ip, name, critical);
+    Ok((critical, choice))
 }
 
 /// Answers one request. `Ok(true)`: the connection may take another.
@@ -258,14 +319,22 @@ fn respond(
     if !blockcast_proto::wire::valid_name(name) {
         return short(stream, head_only, 404, &[], "not found\n");
     }
-    let Some(critical) = rendition(query) else {
+    let Some(asked) = rendition(query) else {
         return short(
             stream,
             head_only,
             400,
             &[],
-            "unknown rendition (rendition=full or rendition=critical)\n",
+            "unknown rendition (rendition=full, critical or auto)\n",
         );
+    };
+    let (critical, auto) = match asked {
+        Asked::Full => (false, None),
+        Asked::Critical => (true, None),
+        Asked::Auto => match choose_auto(edge, peer, name, req.range.as_deref()) {
+            Ok((critical, choice)) => (critical, Some(choice)),
+            Err(e) => return refuse(stream, head_only, &e),
+        },
     };
     let meta = if critical {
         edge.critical(name)
@@ -308,6 +377,10 @@ fn respond(
         ("Content-Type", media.to_string()),
         ("Accept-Ranges", "bytes".to_string()),
         ("ETag", etag.clone()),
+        (
+            "X-Rendition",
+            if critical { "critical" } else { "full" }.to_string(),
+        ),
     ];
     if status == 206 {
         headers.push(("Content-Range", format!("bytes {start}-{}/{size}", end - 1)));
@@ -331,7 +404,9 @@ fn respond(
         Ok(b) => b,
         Err(e) => return refuse(stream, false, &e),
     };
-    let client = edge.client(peer, name, if critical { "critical" } else { "full" });
+    let client = edge.client(peer, name, if critical { "critical" } else { "full" }, auto);
+    let before = auto::tcp_delivery(stream);
+    let body_started = Instant::now();
     let head = response_head_kept(status, &headers, end - start, keep);
     stream.write_all(head.as_bytes())?;
     send_body(
@@ -344,6 +419,15 @@ fn respond(
         &block,
         &client.entry,
     )?;
+    // The client's delivery rate over this response, for `auto` (any rendition measures).
+    if let Some(before) = before {
+        if end - start >= auto::MIN_SAMPLE_BYTES || (start == 0 && end == size) {
+            let limit = edge.config().wait_timeout.max(READ_TIMEOUT);
+            if let Some(rate) = auto::delivery_rate(stream, before, body_started, limit) {
+                edge.rates.record(peer.ip(), rate);
+            }
+        }
+    }
     Ok(true)
 }
 
@@ -405,14 +489,24 @@ fn refuse(stream: &mut TcpStream, head_only: bool, e: &EdgeError) -> io::Result<
 
 #[cfg(test)]
 mod tests {
-    use super::rendition;
+    use super::{rendition, starts_at_zero, Asked};
 
     #[test]
     fn the_query_names_the_rendition_and_other_parameters_are_ignored() {
-        assert_eq!(rendition(""), Some(false));
-        assert_eq!(rendition("rendition=critical"), Some(true));
-        assert_eq!(rendition("t=5&rendition=critical"), Some(true));
-        assert_eq!(rendition("rendition=full"), Some(false));
+        assert_eq!(rendition(""), Some(Asked::Full));
+        assert_eq!(rendition("rendition=critical"), Some(Asked::Critical));
+        assert_eq!(rendition("t=5&rendition=critical"), Some(Asked::Critical));
+        assert_eq!(rendition("rendition=full"), Some(Asked::Full));
+        assert_eq!(rendition("rendition=auto"), Some(Asked::Auto));
         assert_eq!(rendition("rendition=low"), None);
+    }
+
+    #[test]
+    fn only_a_response_from_byte_zero_chooses_afresh() {
+        assert!(starts_at_zero(None));
+        assert!(starts_at_zero(Some("bytes=0-")));
+        assert!(starts_at_zero(Some("bytes=0-99")));
+        assert!(!starts_at_zero(Some("bytes=100-")));
+        assert!(!starts_at_zero(Some("bytes=-100")));
     }
 }
