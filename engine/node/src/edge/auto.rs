@@ -17,6 +17,7 @@
 //! that starts later stays on the rendition that client was last given for that name, so a
 //! player's seeks never mix the bytes of two renditions.
 
+pub use blockcast_io::os::{tcp_delivery, TcpDelivery};
 use std::collections::HashMap;
 use std::net::{IpAddr, TcpStream};
 use std::sync::Mutex;
@@ -94,52 +95,6 @@ impl PeerRates {
             .chosen
             .insert(name.to_owned(), critical);
     }
-}
-
-/// The parts of the kernel's `struct tcp_info` (linux/tcp.h) a sample needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpDelivery {
-    /// Bytes the peer acknowledged over the connection's life (`tcpi_bytes_acked`).
-    pub bytes_acked: u64,
-    /// Segments sent and not acknowledged (`tcpi_unacked`).
-    pub unacked: u32,
-    /// Bytes written and not sent yet (`tcpi_notsent_bytes`).
-    pub notsent: u32,
-}
-
-/// Offsets in `struct tcp_info` (stable: the kernel only appends fields).
-const UNACKED_AT: usize = 24;
-const BYTES_ACKED_AT: usize = 120;
-const NOTSENT_AT: usize = 144;
-const TCP_INFO_LEN: usize = 232;
-
-/// Reads `TCP_INFO` from `stream`; `None` when the kernel is too old to give the fields
-/// (before Linux 4.6) or the call fails.
-pub fn tcp_delivery(stream: &TcpStream) -> Option<TcpDelivery> {
-    use std::os::fd::AsRawFd;
-    let mut buf = [0u8; TCP_INFO_LEN];
-    let mut len = TCP_INFO_LEN as libc::socklen_t;
-    // SAFETY: `buf` is a live, writable buffer of `len` bytes for the whole call; the kernel
-    // writes at most `len` bytes into it and stores the length it wrote in `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            buf.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || (len as usize) < NOTSENT_AT + 4 {
-        return None;
-    }
-    let u32_at = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or([0; 4]));
-    let u64_at = |at: usize| u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or([0; 8]));
-    Some(TcpDelivery {
-        bytes_acked: u64_at(BYTES_ACKED_AT),
-        unacked: u32_at(UNACKED_AT),
-        notsent: u32_at(NOTSENT_AT),
-    })
 }
 
 /// Waits (up to `limit`) until everything written to `stream` is acknowledged, then returns
