@@ -373,18 +373,12 @@ fn respond(
     } else {
         content_type(name)
     };
-    let mut headers = vec![
-        ("Content-Type", media.to_string()),
-        ("Accept-Ranges", "bytes".to_string()),
-        ("ETag", etag.clone()),
-        (
-            "X-Rendition",
-            if critical { "critical" } else { "full" }.to_string(),
-        ),
-    ];
-    if status == 206 {
-        headers.push(("Content-Range", format!("bytes {start}-{}/{size}", end - 1)));
-    }
+    let headers = body_headers(
+        media,
+        etag,
+        critical,
+        (status == 206).then_some((start, end, size)),
+    );
     if head_only || start >= end {
         let head = response_head_kept(status, &headers, end - start, keep);
         stream.write_all(head.as_bytes())?;
@@ -420,15 +414,50 @@ fn respond(
         &client.entry,
     )?;
     // The client's delivery rate over this response, for `auto` (any rendition measures).
-    if let Some(before) = before {
-        if end - start >= auto::MIN_SAMPLE_BYTES || (start == 0 && end == size) {
-            let limit = edge.config().wait_timeout.max(READ_TIMEOUT);
-            if let Some(rate) = auto::delivery_rate(stream, before, body_started, limit) {
-                edge.rates.record(peer.ip(), rate);
-            }
-        }
+    if end - start >= auto::MIN_SAMPLE_BYTES || (start == 0 && end == size) {
+        record_rate(edge, stream, peer, before, body_started);
     }
     Ok(true)
+}
+
+/// The headers of a body response; `range`: (start, end, size) of a 206's part.
+fn body_headers(
+    media: &str,
+    etag: String,
+    critical: bool,
+    range: Option<(u64, u64, u64)>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("Content-Type", media.to_string()),
+        ("Accept-Ranges", "bytes".to_string()),
+        ("ETag", etag),
+        (
+            "X-Rendition",
+            if critical { "critical" } else { "full" }.to_string(),
+        ),
+    ];
+    if let Some((start, end, size)) = range {
+        headers.push(("Content-Range", format!("bytes {start}-{}/{size}", end - 1)));
+    }
+    headers
+}
+
+/// Records the client's delivery rate over the response that just went out (for `auto`),
+/// once its bytes are acknowledged.
+fn record_rate(
+    edge: &Arc<Edge>,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    before: Option<auto::TcpDelivery>,
+    body_started: Instant,
+) {
+    let Some(before) = before else {
+        return;
+    };
+    let limit = edge.config().wait_timeout.max(READ_TIMEOUT);
+    if let Some(rate) = auto::delivery_rate(stream, before, body_started, limit) {
+        edge.rates.record(peer.ip(), rate);
+    }
 }
 
 /// Sends bytes `start..end`, block by block (`first`: the block holding `start`).
