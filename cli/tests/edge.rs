@@ -421,35 +421,6 @@ fn an_edge_fills_once_serves_ranges_during_the_fill_and_later_clients_from_disk(
     origin.wait_within(Duration::from_secs(10));
 }
 
-/// `promtool check metrics` on `text` (Debian's prometheus package; .ci/run installs it).
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let spawned = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let why = "promtool is not installed (Debian package prometheus)".to_string();
-    let Ok(mut check) = spawned else {
-        assert!(!can_run(Some(why)));
-        return;
-    };
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_refused() {
     if !can_run(Lab::skip_reason()) || !can_run(media::ffmpeg_missing("libx264")) {

@@ -535,29 +535,7 @@ fn the_metrics_pass_promtool_and_a_request_storm_is_answered_at_a_bounded_rate()
     );
     assert!(limited + not_found <= 20_000.0, "{limited} + {not_found}");
     // The real Prometheus tool reads it.
-    let mut check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        check
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-    }
-    let out = check.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(body);
     origin.interrupt();
     origin.expect_code(Duration::from_secs(20), 0);
 }

@@ -386,3 +386,32 @@ pub fn loopback_sender() -> std::net::UdpSocket {
     sock.set_multicast_ttl_v4(1).expect("ttl");
     sock.into()
 }
+
+/// `promtool check metrics` on `text` (Debian's prometheus package; .ci/run installs it).
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let spawned = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let why = "promtool is not installed (Debian package prometheus)".to_string();
+    let Ok(mut check) = spawned else {
+        assert!(!can_run(Some(why)));
+        return;
+    };
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -229,6 +229,63 @@ pub(crate) fn receive_shared(
     })
 }
 
+/// The receive thread's sockets: in split mode one unicast socket for data and control (and
+/// a clone for forwarding copies); otherwise the group's socket and a control socket. Warns
+/// when the kernel capped the receive buffer.
+fn open_sockets(cfg: &ReceiveConfig) -> Result<Sockets, NodeError> {
+    let socket_err = |e| NodeError::Io(blockcast_io::IoError::os("dup", "receive socket", e));
+    let sockets = match cfg.split {
+        Some(_) => {
+            let (sock, granted) =
+                blockcast_io::bind_data_unicast(SocketAddrV4::new(cfg.iface, 0), cfg.rcvbuf)?;
+            let control = sock.try_clone().map_err(socket_err)?;
+            let forward = sock.try_clone().map_err(socket_err)?;
+            Sockets {
+                inputs: vec![Input::new(sock, RecvBatch::new(8, GRO_BUFFER_SIZE)?)],
+                control,
+                split_socket: Some(forward),
+                granted,
+            }
+        }
+        None => {
+            let data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
+            let granted = data.recv_buffer();
+            let control = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
+            let inputs = vec![
+                Input::new(data, RecvBatch::new(8, GRO_BUFFER_SIZE)?),
+                Input::new(
+                    control.try_clone().map_err(socket_err)?,
+                    RecvBatch::new(8, 2048)?,
+                ),
+            ];
+            Sockets {
+                inputs,
+                control,
+                split_socket: None,
+                granted,
+            }
+        }
+    };
+    let granted = sockets.granted;
+    if granted.capped_by_sysctl {
+        tracing::warn!(
+            "the kernel capped the receive buffer at {} bytes (asked for {}): raise net.core.rmem_max (sysctl -w net.core.rmem_max=67108864), or bursts will be lost and repaired",
+            granted.effective,
+            granted.requested
+        );
+    }
+    Ok(sockets)
+}
+
+/// What [`open_sockets`] opened.
+struct Sockets {
+    inputs: Vec<Input>,
+    control: std::net::UdpSocket,
+    /// Split mode: the socket copies are forwarded through.
+    split_socket: Option<std::net::UdpSocket>,
+    granted: blockcast_io::BufferSize,
+}
+
 /// The receive thread: sockets, the protocol core on the node's driver, the summary.
 fn receive_session(
     cfg: &ReceiveConfig,
@@ -242,39 +299,12 @@ fn receive_session(
             "a closed group (--secret) needs multicast: split mode does not seal its copies".into(),
         ));
     }
-    let socket_err = |e| NodeError::Io(blockcast_io::IoError::os("dup", "receive socket", e));
-    // Split mode: one unicast socket for data and control; otherwise the group's socket and
-    // a control socket.
-    let (inputs, control, split_socket, granted) = match cfg.split {
-        Some(_) => {
-            let (sock, granted) =
-                blockcast_io::bind_data_unicast(SocketAddrV4::new(cfg.iface, 0), cfg.rcvbuf)?;
-            let control = sock.try_clone().map_err(socket_err)?;
-            let forward = sock.try_clone().map_err(socket_err)?;
-            let data = Input::new(sock, RecvBatch::new(8, GRO_BUFFER_SIZE)?);
-            (vec![data], control, Some(forward), granted)
-        }
-        None => {
-            let data = MulticastReceiver::new(cfg.group, cfg.iface, cfg.rcvbuf, true)?;
-            let granted = data.recv_buffer();
-            let control = blockcast_io::bind_unicast(SocketAddr::from((cfg.iface, 0)), true)?;
-            let inputs = vec![
-                Input::new(data, RecvBatch::new(8, GRO_BUFFER_SIZE)?),
-                Input::new(
-                    control.try_clone().map_err(socket_err)?,
-                    RecvBatch::new(8, 2048)?,
-                ),
-            ];
-            (inputs, control, None, granted)
-        }
-    };
-    if granted.capped_by_sysctl {
-        tracing::warn!(
-            "the kernel capped the receive buffer at {} bytes (asked for {}): raise net.core.rmem_max (sysctl -w net.core.rmem_max=67108864), or bursts will be lost and repaired",
-            granted.effective,
-            granted.requested
-        );
-    }
+    let Sockets {
+        inputs,
+        control,
+        split_socket,
+        granted,
+    } = open_sockets(cfg)?;
     let trust = blockcast_proto::auth::TrustedKeys::new(&cfg.trust)
         .map_err(|e| NodeError::Config(format!("--trust: {e}")))?;
     let rcfg = ReceiverConfig {
