@@ -196,6 +196,10 @@ pub struct ReceiveJson {
     pub parity_dropped: u64,
     /// A closed group (--secret): what the receive thread opened and dropped; null without.
     pub sealed: Option<SealedJson>,
+    /// The datapath the data came through: "socket" or "xdp" (AF_XDP).
+    pub datapath: &'static str,
+    /// Frames received through AF_XDP (0 on the socket path).
+    pub xdp_frames: u64,
 }
 
 impl ReceiveJson {
@@ -236,6 +240,8 @@ impl ReceiveJson {
             unchecked_signatures: s.stats.unchecked_signatures,
             parity_dropped: s.stats.parity_dropped,
             sealed: s.sealed.as_ref().map(SealedJson::new),
+            datapath: s.datapath,
+            xdp_frames: s.xdp_frames,
         }
     }
 }

@@ -114,11 +114,12 @@ impl Output {
             json::print(&ReceiveJson::new(s));
         } else {
             self.say(&format!(
-                "received {} file(s), {} bytes in {:.2} s ({:.1} MB/s), every block verified",
+                "received {} file(s), {} bytes in {:.2} s ({:.1} MB/s, datapath {}), every block verified",
                 s.files.len(),
                 s.bytes,
                 s.seconds,
-                s.bytes as f64 / s.seconds.max(1e-9) / 1e6
+                s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
+                s.datapath
             ));
         }
     }

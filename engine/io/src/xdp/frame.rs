@@ -98,6 +98,18 @@ pub struct UdpFrame<'a> {
 /// The UDP datagram in `frame` (Ethernet II, IPv4 with or without options, not a fragment),
 /// or `None`; every length is checked against the frame, so any bytes are safe to pass.
 pub fn parse_udp(frame: &[u8]) -> Option<UdpFrame<'_>> {
+    let (src, dst, at) = udp_payload_range(frame)?;
+    Some(UdpFrame {
+        src,
+        dst,
+        payload: &frame[at],
+    })
+}
+
+/// What [`parse_udp`] finds, with the payload as its range in `frame` (to open it in place).
+pub fn udp_payload_range(
+    frame: &[u8],
+) -> Option<(SocketAddrV4, SocketAddrV4, std::ops::Range<usize>)> {
     if frame.get(12..14)? != [0x08, 0x00] {
         return None;
     }
@@ -120,11 +132,12 @@ pub fn parse_udp(frame: &[u8]) -> Option<UdpFrame<'_>> {
         return None;
     }
     let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
-    Some(UdpFrame {
-        src: SocketAddrV4::new(addr(12), u16::from_be_bytes([udp[0], udp[1]])),
-        dst: SocketAddrV4::new(addr(16), u16::from_be_bytes([udp[2], udp[3]])),
-        payload: &udp[8..udp_len],
-    })
+    let start = 14 + ihl + 8;
+    Some((
+        SocketAddrV4::new(addr(12), u16::from_be_bytes([udp[0], udp[1]])),
+        SocketAddrV4::new(addr(16), u16::from_be_bytes([udp[2], udp[3]])),
+        start..start + udp_len - 8,
+    ))
 }
 
 #[cfg(test)]

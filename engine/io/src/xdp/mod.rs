@@ -21,8 +21,10 @@ mod xsk;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 pub use bpf::XdpFilter;
-pub use frame::{multicast_mac, parse_udp, UdpFrame, UdpFrameHeader, FRAME_HEADERS};
-pub use xsk::{BindMode, XdpSocket, XskConfig, XskStats};
+pub use frame::{
+    multicast_mac, parse_udp, udp_payload_range, UdpFrame, UdpFrameHeader, FRAME_HEADERS,
+};
+pub use xsk::{BindMode, XdpSocket, XskBatch, XskConfig, XskStats};
 
 use crate::error::IoError;
 

@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::error::IoError;
+use crate::recv::{BatchLocator, BatchRange, ReceivedBytes};
+
+/// Generations of AF_XDP batches start here, so a range of a socket batch (counted from 0)
+/// is never taken for one of a frame batch.
+const XSK_GENERATIONS: u64 = 1 << 63;
 
 /// How the socket binds: zero-copy (the driver DMAs into the UMEM) or copy mode (the kernel
 /// copies between its buffers and the UMEM).
@@ -221,6 +226,73 @@ pub struct XdpSocket {
     zero_copy: bool,
     ifindex: u32,
     queue: u32,
+    /// The frames of the batch being handed out: (address, length), each inside the UMEM.
+    batch: Vec<(usize, usize)>,
+    generation: u64,
+    received: u64,
+}
+
+/// The frames of one receive: each one's bytes where they lie in the UMEM, ours until the
+/// batch is handed back to the fill ring (after the closure given to
+/// [`XdpSocket::receive_batch`] returns). As a [`ReceivedBytes`], a store can queue writes
+/// from the frames by place and read them back before then.
+pub struct XskBatch<'a> {
+    base: *mut u8,
+    umem_len: usize,
+    frames: &'a [(usize, usize)],
+    generation: u64,
+}
+
+impl XskBatch<'_> {
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The `i`-th frame (an Ethernet frame).
+    pub fn frame(&self, i: usize) -> Option<&[u8]> {
+        let &(addr, len) = self.frames.get(i)?;
+        // SAFETY: `addr..addr+len` lies inside the UMEM (checked when the batch was made);
+        // the frame is ours (taken from the RX ring, not yet on the fill ring) for the
+        // batch's life, and the shared borrow of the batch excludes `frame_mut`.
+        Some(unsafe { std::slice::from_raw_parts(self.base.add(addr), len) })
+    }
+
+    /// The `i`-th frame, writable (to open a sealed datagram in place).
+    pub fn frame_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        let &(addr, len) = self.frames.get(i)?;
+        // SAFETY: as in `frame`; the exclusive borrow of the batch makes this the only
+        // reference to the frame, and frames of one batch do not overlap (distinct chunks).
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.add(addr), len) })
+    }
+}
+
+impl ReceivedBytes for XskBatch<'_> {
+    fn locator(&self) -> BatchLocator {
+        BatchLocator {
+            base: self.base as usize,
+            len: self.umem_len,
+            generation: self.generation,
+        }
+    }
+
+    fn bytes_at(&self, r: &BatchRange) -> Option<&[u8]> {
+        if r.generation != self.generation {
+            return None;
+        }
+        // Only bytes inside one frame of this batch: never a frame the kernel may be writing.
+        let i = self
+            .frames
+            .iter()
+            .position(|&(a, l)| a <= r.range.start && r.range.end <= a + l)?;
+        let (addr, _) = self.frames[i];
+        self.frame(i)?.get(r.range.start - addr..r.range.end - addr)
+    }
 }
 
 fn setsockopt<T>(fd: RawFd, name: libc::c_int, value: &T, op: &'static str) -> Result<(), IoError> {
@@ -388,6 +460,9 @@ impl XdpSocket {
             zero_copy,
             ifindex,
             queue,
+            batch: Vec::with_capacity(ring_size as usize),
+            generation: XSK_GENERATIONS,
+            received: 0,
         };
         // Every frame not kept for sending waits on the fill ring (at most a ring's worth).
         let rx_frames = (tx_frames..frames).take(ring_size as usize);
@@ -461,25 +536,50 @@ impl XdpSocket {
     /// in the UMEM), then gives those frames back to the fill ring in one batch. Returns how
     /// many frames were handed over.
     pub fn receive(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
-        let n = self.rx.available().min(max as u32);
+        self.receive_batch(max, |batch| {
+            for i in 0..batch.len() {
+                if let Some(f) = batch.frame(i) {
+                    each(f);
+                }
+            }
+        })
+        .0
+    }
+
+    /// Takes up to `max` received frames as one [`XskBatch`] for `with`, then gives them back
+    /// to the fill ring at once. Returns how many frames were taken and what `with` returned.
+    pub fn receive_batch<R>(
+        &mut self,
+        max: usize,
+        with: impl FnOnce(&mut XskBatch<'_>) -> R,
+    ) -> (usize, R) {
+        // The fill ring has room for every frame we take back: the kernel consumed from it
+        // each frame it put on the RX ring, and both rings have the same size.
+        let n = self.rx.available().min(max as u32).min(self.fill.free());
         let frame_mask = !(u64::from(self.frame_size) - 1);
-        // The fill ring has room for every frame we take: it holds at most what the RX ring
-        // does not, and both have the same size.
-        let room = self.fill.free();
-        let n = n.min(room);
+        self.batch.clear();
         for k in 0..n {
             let desc = self.rx.read(self.rx.local.wrapping_add(k));
             let (addr, len) = (desc.addr as usize, desc.len as usize);
+            // A descriptor outside the UMEM (never from a sane kernel) is skipped, not read.
             if addr
                 .checked_add(len)
                 .is_some_and(|end| end <= self.umem.len)
             {
-                // SAFETY: `addr..addr+len` lies inside the UMEM (checked above); the kernel
-                // wrote this frame before publishing the descriptor and does not touch it again
-                // until we return it through the fill ring, after `each` has returned.
-                let frame = unsafe { std::slice::from_raw_parts(self.umem.ptr.add(addr), len) };
-                each(frame);
+                self.batch.push((addr, len));
             }
+        }
+        self.generation = self.generation.wrapping_add(1) | XSK_GENERATIONS;
+        let mut batch = XskBatch {
+            base: self.umem.ptr,
+            umem_len: self.umem.len,
+            frames: &self.batch,
+            generation: self.generation,
+        };
+        let r = with(&mut batch);
+        // The frames go back only now, after `with` and every borrow of the batch ended.
+        for k in 0..n {
+            let desc = self.rx.read(self.rx.local.wrapping_add(k));
             let at = self.fill.local;
             self.fill.write(at, desc.addr & frame_mask);
             self.fill.local = at.wrapping_add(1);
@@ -487,7 +587,27 @@ impl XdpSocket {
         self.rx.local = self.rx.local.wrapping_add(n);
         self.rx.publish(self.rx.consumer);
         self.fill.publish(self.fill.producer);
-        n as usize
+        self.received += u64::from(n);
+        if n > 0 && self.fill.needs_wakeup() {
+            // A zero-copy driver asks to be told that the fill ring has frames again.
+            // SAFETY: a wake-up with no buffer; the kernel writes nothing.
+            unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+        (n as usize, r)
+    }
+
+    /// Frames received in all.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Takes back the frames the kernel has sent (the completion ring).

@@ -1,0 +1,148 @@
+//! Choosing the datapath (`--datapath auto|socket|xdp`) and opening AF_XDP for a session.
+//!
+//! With XDP, a program on the interface takes the session's data (UDP to the group's address
+//! on its port and the stripe ports above it) into one AF_XDP socket per rx queue, read by the
+//! receive thread; everything else (control traffic, other sessions, ARP, IGMP) goes up the
+//! kernel's stack as before. The group stays joined on the ordinary data socket, so bridges
+//! and switches keep forwarding it, and that socket gets whatever the program passes.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use blockcast_io::xdp::{XdpFilter, XdpProgram, XdpSocket, XskConfig};
+use blockcast_proto::wire::MAX_STRIPES;
+
+use crate::NodeError;
+
+/// Which datapath a node uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Datapath {
+    /// The kernel's UDP sockets (recvmmsg + GRO, io_uring + GSO).
+    #[default]
+    Socket,
+    /// AF_XDP, or fail with the reason.
+    Xdp,
+    /// AF_XDP where it works (native XDP on the interface), the socket path otherwise, with
+    /// the reason logged.
+    Auto,
+}
+
+impl Datapath {
+    /// The name shown and written in summaries: `socket` or `xdp`.
+    pub fn name(used_xdp: bool) -> &'static str {
+        if used_xdp {
+            "xdp"
+        } else {
+            "socket"
+        }
+    }
+}
+
+/// A session's AF_XDP receive side: the program and a socket per rx queue.
+pub(crate) struct XdpInputs {
+    /// Declared first: the sockets close before the program detaches.
+    pub sockets: Vec<XdpSocket>,
+    _program: XdpProgram,
+    /// What was opened, for the log: "veth0, 1 queue, copy mode".
+    pub described: String,
+}
+
+impl XdpInputs {
+    /// Frames received on every socket.
+    pub(crate) fn received(&self) -> u64 {
+        self.sockets.iter().map(XdpSocket::received).sum()
+    }
+
+    /// Frames the kernel dropped for a full RX ring or an empty fill ring, on every socket.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.stats().ok())
+            .map(|s| s.rx_dropped + s.rx_ring_full + s.rx_fill_ring_empty)
+            .sum()
+    }
+}
+
+/// The name of the interface that has address `addr`.
+fn iface_named(addr: Ipv4Addr) -> Result<String, String> {
+    let all = blockcast_io::iface::list().map_err(|e| e.to_string())?;
+    all.into_iter()
+        .find(|i| i.ipv4.contains(&addr))
+        .map(|i| i.name)
+        .ok_or_else(|| format!("no interface has address {addr}"))
+}
+
+/// The interface's rx queues (sysfs; 1 when it cannot be read).
+fn rx_queues(iface: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Opens AF_XDP for the session on `group` arriving at the interface of `iface`: the program
+/// (the group's address, its port and the stripe ports above it) and one socket per rx queue.
+pub(crate) fn open_receive(group: SocketAddrV4, iface: Ipv4Addr) -> Result<XdpInputs, String> {
+    let name = iface_named(iface)?;
+    let last = group.port().saturating_add(MAX_STRIPES as u16 - 1);
+    let filter = XdpFilter {
+        dst: Some(*group.ip()),
+        ports: group.port()..=last,
+    };
+    let program = XdpProgram::attach(&name, &filter).map_err(|e| e.to_string())?;
+    let queues = rx_queues(&name).min(blockcast_io::xdp::MAX_QUEUES);
+    let mut sockets = Vec::with_capacity(queues as usize);
+    for q in 0..queues {
+        let socket = XdpSocket::open(program.ifindex(), q, XskConfig::default())
+            .map_err(|e| e.to_string())?;
+        program.register(&socket).map_err(|e| e.to_string())?;
+        sockets.push(socket);
+    }
+    let mode = if sockets.iter().all(XdpSocket::zero_copy) {
+        "zero-copy"
+    } else {
+        "copy mode"
+    };
+    Ok(XdpInputs {
+        described: format!(
+            "{name}, {queues} queue{}, {mode}",
+            if queues == 1 { "" } else { "s" }
+        ),
+        sockets,
+        _program: program,
+    })
+}
+
+/// Applies `choice` for a receiver: `Ok(Some)` with XDP open, `Ok(None)` for the socket path
+/// (chosen, or `auto` falling back, logged), `Err` when `xdp` was asked for and cannot work.
+pub(crate) fn choose_receive(
+    choice: Datapath,
+    group: SocketAddrV4,
+    iface: Ipv4Addr,
+) -> Result<Option<XdpInputs>, NodeError> {
+    match choice {
+        Datapath::Socket => Ok(None),
+        Datapath::Xdp => match open_receive(group, iface) {
+            Ok(x) => {
+                tracing::info!("datapath: xdp ({})", x.described);
+                Ok(Some(x))
+            }
+            Err(why) => Err(NodeError::Datapath(format!(
+                "--datapath xdp cannot receive on {iface}: {why}"
+            ))),
+        },
+        Datapath::Auto => match open_receive(group, iface) {
+            Ok(x) => {
+                tracing::info!("datapath auto: xdp ({})", x.described);
+                Ok(Some(x))
+            }
+            Err(why) => {
+                tracing::warn!("datapath auto: socket (XDP not possible on {iface}: {why})");
+                Ok(None)
+            }
+        },
+    }
+}
