@@ -52,6 +52,12 @@ pub struct ServeJson {
     /// Members dropped as slow (they asked for more than their share, and made no progress).
     pub dropped_slow: u64,
     /// A closed group (--secret): what the control socket opened and dropped; null without.
+    /// How the first pass left: "socket" or "xdp" (AF_XDP frames).
+    pub datapath: &'static str,
+    /// First-pass units sent as AF_XDP frames (0 on the socket path).
+    pub xdp_frames: u64,
+    /// First-pass units dropped for want of a free AF_XDP frame (repaired like any loss).
+    pub xdp_dropped: u64,
     pub sealed: Option<SealedJson>,
 }
 
@@ -125,6 +131,9 @@ impl ServeJson {
             repair_denied: s.stats.repair_denied,
             priority_denied: s.stats.priority_denied,
             dropped_slow: s.stats.dropped_slow,
+            datapath: s.datapath,
+            xdp_frames: s.xdp_frames,
+            xdp_dropped: s.xdp_dropped,
             sealed: s.sealed.as_ref().map(SealedJson::new),
             receivers: s
                 .receivers

@@ -512,6 +512,11 @@ struct ServeArgs {
     /// rebuilt without it).
     #[arg(long, default_value_t = 10.0)]
     receiver_timeout: f64,
+    /// How the data threads send the first pass: io_uring on the kernel's sockets, AF_XDP
+    /// frames (one data thread per tx queue of the interface; repairs and control stay on
+    /// sockets), or auto (XDP where the interface takes native XDP; the summary says which).
+    #[arg(long, value_enum, default_value_t = DatapathArg::Socket)]
+    datapath: DatapathArg,
 }
 
 #[derive(Args, Debug)]
@@ -978,6 +983,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
                 .or_else(blockcast_node::HashCache::default_dir)
                 .map(blockcast_node::HashCache::new)
         },
+        datapath: a.datapath.node(),
     };
     let (a_max_wait, a_min_receivers) = (a.send.max_wait, a.send.min_receivers);
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;

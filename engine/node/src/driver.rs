@@ -31,7 +31,7 @@ use blockcast_io::{GsoBatch, MulticastSender, RecvBatch, SendRing, Source};
 use blockcast_proto::{Destination, Endpoint, Transmit, UnitRef};
 use blockcast_seal::{OpenStats, Opener, Sealer, Secret, TRAILER_LEN};
 
-use crate::xdp::XdpInputs;
+use crate::xdp::{XdpInputs, XdpOut};
 use crate::NodeError;
 
 /// Batches read from one socket per turn at most (the rest waits for the next turn, so
@@ -90,6 +90,8 @@ pub(crate) struct Out {
     pub control: Option<UdpSocket>,
     /// With a group secret: seals every datagram that leaves.
     pub seal: Option<Seal>,
+    /// Data units as AF_XDP frames (`--datapath xdp` on a data thread), instead of the ring.
+    pub xdp: Option<XdpOut>,
 }
 
 /// What seals one thread's datagrams: its [`Sealer`] (a sender id of its own) and a buffer to
@@ -469,9 +471,20 @@ impl Out {
                 Some(t) => (t, &spare[..t.len]),
                 None => match ep.poll_transmit(now, &mut buf[..room]) {
                     Some(t) => (t, &buf[..t.len]),
-                    None => return Ok(()),
+                    None => {
+                        if let Some(x) = self.xdp.as_mut() {
+                            x.flush()?;
+                        }
+                        return Ok(());
+                    }
                 },
             };
+            if let (Some(unit), Some(x)) = (t.payload, self.xdp.as_mut()) {
+                if let Some((src, range)) = ep.payload(&unit) {
+                    push_frame(x, head, &src.stable_bytes()[range], self.seal.as_mut())?;
+                }
+                continue;
+            }
             let (Some(unit), Some(ring)) = (t.payload, self.ring.as_mut()) else {
                 self.send_plain(&t, head, ep)?;
                 continue;
@@ -547,6 +560,26 @@ impl Out {
             },
         }
     }
+}
+
+/// Writes one unit into an AF_XDP frame after its headers: its header and its payload copied
+/// from where it lies (the mapped content), or, sealed, both written sealed.
+fn push_frame(
+    x: &mut XdpOut,
+    head: &[u8],
+    payload: &[u8],
+    mut seal: Option<&mut Seal>,
+) -> Result<(), NodeError> {
+    x.send(|body| match seal.as_deref_mut() {
+        Some(seal) => seal.sealer.seal_into(head, payload, body).ok(),
+        None => {
+            let n = head.len() + payload.len();
+            let body = body.get_mut(..n)?;
+            body[..head.len()].copy_from_slice(head);
+            body[head.len()..].copy_from_slice(payload);
+            Some(n)
+        }
+    })
 }
 
 /// Adds one unit to a super-buffer: its header copied and its payload gathered from where it

@@ -205,6 +205,12 @@ pub(crate) fn program(filter: &XdpFilter, map_fd: RawFd) -> Vec<Insn> {
     p
 }
 
+/// A program that passes every frame (`r0 = XDP_PASS; exit`): attached and detached to learn
+/// whether an interface takes native XDP.
+pub(crate) fn pass_program() -> Vec<Insn> {
+    vec![Insn::mov_imm(0, XDP_PASS), Insn::exit()]
+}
+
 /// `bpf(cmd, attr, size)`.
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> libc::c_long {
     // SAFETY: `attr` is a live, initialised `#[repr(C)]` attribute struct of the layout the

@@ -24,7 +24,7 @@ pub use bpf::XdpFilter;
 pub use frame::{
     multicast_mac, parse_udp, udp_payload_range, UdpFrame, UdpFrameHeader, FRAME_HEADERS,
 };
-pub use xsk::{BindMode, XdpSocket, XskBatch, XskConfig, XskStats};
+pub use xsk::{BindMode, Push, XdpSocket, XskBatch, XskConfig, XskStats};
 
 use crate::error::IoError;
 
@@ -59,6 +59,17 @@ impl XdpProgram {
             iface: iface.to_string(),
             ifindex,
         })
+    }
+
+    /// Whether `iface` takes a native XDP program: attaches one that passes every frame and
+    /// detaches it at once. A sender needs no program of its own (AF_XDP sends without one),
+    /// but where native XDP is refused the driver has no XDP support and AF_XDP only copies.
+    pub fn probe_native(iface: &str) -> Result<(), IoError> {
+        let ifindex = ifindex(iface)?;
+        let prog = bpf::load_xdp(&bpf::pass_program())?;
+        let link = bpf::attach_xdp(&prog, ifindex, iface)?;
+        drop(link);
+        Ok(())
     }
 
     /// The interface's index.

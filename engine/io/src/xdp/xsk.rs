@@ -57,6 +57,17 @@ impl Default for XskConfig {
     }
 }
 
+/// What [`XdpSocket::push`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    /// The frame is queued (sent at the next [`XdpSocket::flush`]).
+    Queued,
+    /// No frame or TX entry was free; nothing was written.
+    Full,
+    /// The writer returned no length (or one beyond the frame); the frame stays free.
+    Refused,
+}
+
 /// The kernel's AF_XDP counters for one socket (`XDP_STATISTICS`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XskStats {
@@ -622,18 +633,18 @@ impl XdpSocket {
         n as usize
     }
 
-    /// Writes one frame with `fill` (given the frame's bytes, it returns the length written)
-    /// and queues it for sending. False when no frame or TX entry is free: call
-    /// [`XdpSocket::flush`] and try again.
-    pub fn push(&mut self, fill: impl FnOnce(&mut [u8]) -> usize) -> bool {
+    /// Writes one frame with `fill` (given the frame's bytes, it returns the length written,
+    /// or `None` to send nothing) and queues it for sending. [`Push::Full`] when no frame or
+    /// TX entry is free: call [`XdpSocket::flush`] and try again.
+    pub fn push(&mut self, fill: impl FnOnce(&mut [u8]) -> Option<usize>) -> Push {
         if self.free.is_empty() {
             self.complete();
         }
         if self.tx.free() == 0 {
-            return false;
+            return Push::Full;
         }
         let Some(addr) = self.free.pop() else {
-            return false;
+            return Push::Full;
         };
         // SAFETY: `addr` came from our free list, so the kernel holds no reference to this
         // frame; it lies inside the UMEM (frames are `frame_size` apart below its length).
@@ -643,7 +654,10 @@ impl XdpSocket {
                 self.frame_size as usize,
             )
         };
-        let len = fill(frame).min(self.frame_size as usize);
+        let Some(len) = fill(frame).filter(|&n| n > 0 && n <= self.frame_size as usize) else {
+            self.free.push(addr);
+            return Push::Refused;
+        };
         let at = self.tx.local;
         self.tx.write(
             at,
@@ -655,7 +669,7 @@ impl XdpSocket {
         );
         self.tx.local = at.wrapping_add(1);
         self.queued += 1;
-        true
+        Push::Queued
     }
 
     /// Frames free for [`XdpSocket::push`] without waiting for completions.

@@ -349,6 +349,7 @@ fn receive_session(
             group: None,
             control: Some(control),
             seal: None,
+            xdp: None,
         },
     )
     .protect(cfg.secret.as_ref())?;
