@@ -129,3 +129,70 @@ fn a_server_on_xdp_reaches_socket_and_xdp_receivers() {
     assert_eq!(r0_summary["datapath"], "socket");
     assert!(r0_summary["nacks"].as_u64().unwrap() > 0, "{r0_summary}");
 }
+
+/// Loopback has no native XDP: `--datapath auto` says so and receives on sockets, while
+/// `--datapath xdp` (receive or serve) exits at once with the reason (exit 5, network).
+#[test]
+fn without_native_xdp_auto_falls_back_and_xdp_fails_clearly() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("xdp-lo");
+    let mut lab = Lab::new("xlo", 97);
+    let br = lab.add_bridge();
+    let node = lab.add_node("lo", br);
+    // Everything on the node's loopback (its own namespace): server and receivers.
+    let on_lo = Node {
+        addr: std::net::Ipv4Addr::LOCALHOST,
+        iface: "lo",
+        ..node
+    };
+    let group = format!("239.255.97.{}:47300", 1 + std::process::id() % 250);
+    let src = dir.path("sample.bin");
+    write_sample(&src, 2 << 20, 29);
+
+    // xdp asked for: a clear failure, before any packet.
+    let mut rx_xdp = lab.receive(
+        &on_lo,
+        &dir.0,
+        "rx-xdp",
+        &group,
+        &dir.path("never.bin"),
+        &["--datapath", "xdp", "--timeout", "20"],
+    );
+    rx_xdp.expect_code(Duration::from_secs(10), 5);
+    let why = rx_xdp.stderr();
+    assert!(
+        why.contains("--datapath xdp cannot receive on 127.0.0.1") && why.contains("no native XDP"),
+        "{why}"
+    );
+    let mut srv_xdp = lab.serve(&on_lo, &dir.0, &src, &group, &["--datapath", "xdp"]);
+    srv_xdp.expect_code(Duration::from_secs(10), 5);
+    let why = srv_xdp.stderr();
+    assert!(
+        why.contains("--datapath xdp cannot send on 127.0.0.1") && why.contains("no native XDP"),
+        "{why}"
+    );
+
+    // auto: falls back with a message, and the transfer completes on sockets.
+    let out = dir.path("auto.bin");
+    let auto = ["--datapath", "auto", "--timeout", "20"];
+    let mut r = lab.receive(&on_lo, &dir.0, "rx-auto", &group, &out, &auto);
+    let mut extra = SERVE.to_vec();
+    extra[3] = "1"; // --min-receivers
+    extra.extend(["--datapath", "auto"]);
+    let mut s = lab.serve(&on_lo, &dir.0, &src, &group, &extra);
+    s.expect_code(Duration::from_secs(60), 0);
+    r.expect_code(Duration::from_secs(10), 0);
+    assert_identical(&src, &out);
+    assert_eq!(r.json()["datapath"], "socket");
+    assert_eq!(s.json()["datapath"], "socket");
+    for p in [&r, &s] {
+        let said = p.stderr();
+        assert!(
+            said.contains("datapath auto: socket (XDP not possible on 127.0.0.1")
+                && said.contains("no native XDP"),
+            "{said}"
+        );
+    }
+}

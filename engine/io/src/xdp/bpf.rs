@@ -380,11 +380,23 @@ pub(crate) fn attach_xdp(prog: &OwnedFd, ifindex: u32, iface: &str) -> Result<Ow
         flags: XDP_FLAGS_DRV_MODE,
         ..Default::default()
     };
-    fd_from(
-        bpf(BPF_LINK_CREATE, &mut attr),
+    let rc = bpf(BPF_LINK_CREATE, &mut attr);
+    if rc >= 0 {
+        return fd_from(rc, "bpf(BPF_LINK_CREATE, XDP native)", iface);
+    }
+    let err = std::io::Error::last_os_error();
+    let hint = match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => ": its driver has no native XDP",
+        Some(libc::EBUSY | libc::EEXIST) => ": another XDP program is attached to it",
+        Some(libc::EPERM) => ": attaching XDP needs CAP_NET_ADMIN and CAP_BPF, or root",
+        Some(libc::EINVAL) => ": its MTU or settings do not allow XDP",
+        _ => "",
+    };
+    Err(IoError::os(
         "bpf(BPF_LINK_CREATE, XDP native)",
-        format!("interface {iface} (index {ifindex})"),
-    )
+        format!("interface {iface} (index {ifindex}){hint}"),
+        err,
+    ))
 }
 
 #[cfg(test)]
