@@ -52,6 +52,8 @@ pub struct ServeJson {
     /// Members dropped as slow (they asked for more than their share, and made no progress).
     pub dropped_slow: u64,
     /// A closed group (--secret): what the control socket opened and dropped; null without.
+    /// CPU time of the control thread and the data threads, seconds.
+    pub cpu_seconds: f64,
     /// How the first pass left: "socket" or "xdp" (AF_XDP frames).
     pub datapath: &'static str,
     /// First-pass units sent as AF_XDP frames (0 on the socket path).
@@ -131,6 +133,7 @@ impl ServeJson {
             repair_denied: s.stats.repair_denied,
             priority_denied: s.stats.priority_denied,
             dropped_slow: s.stats.dropped_slow,
+            cpu_seconds: s.cpu_seconds,
             datapath: s.datapath,
             xdp_frames: s.xdp_frames,
             xdp_dropped: s.xdp_dropped,
