@@ -1,7 +1,7 @@
 //! The XDP program, assembled here as BPF instructions, and the `bpf(2)` calls that create its
 //! map, load it and attach it.
 //!
-//! The program (about 30 instructions) reads the frame with bounds-checked direct packet
+//! The program (29 instructions) reads the frame with bounds-checked direct packet
 //! access: Ethernet type IPv4, IPv4 without options and not a fragment, protocol UDP, the
 //! destination address (when the filter names one) and the destination port inside the
 //! filter's range. Such a frame is redirected to the XSKMAP entry of the queue it arrived on
