@@ -196,3 +196,66 @@ fn without_native_xdp_auto_falls_back_and_xdp_fails_clearly() {
         );
     }
 }
+
+/// A relay whose upstream side is on XDP forwards a copy that arrives whole downstream.
+#[test]
+fn a_relay_receives_its_upstream_over_xdp() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("xdp-relay");
+    let mut lab = Lab::new("xrl", 98);
+    let (up, down) = (lab.add_bridge(), lab.add_bridge());
+    let srv = lab.add_node("srv", up);
+    let relay = lab.add_node("rly", up);
+    let relay_down = lab.attach(&relay, down);
+    let rcv = lab.add_node("rcv", down);
+    let pid = std::process::id();
+    let upstream = format!("239.255.98.1:{}", 47_400 + pid % 100);
+    let downstream = format!("239.255.98.2:{}", 47_600 + pid % 100);
+    let src = dir.path("sample.bin");
+    write_sample(&src, 4 << 20, 31);
+    let out = dir.path("rcv.bin");
+    let mut r = lab.receive(&rcv, &dir.0, "rcv", &downstream, &out, &["--timeout", "30"]);
+    let cache = dir.path("cache.bin").display().to_string();
+    let mut relay_proc = lab.spawn(
+        &relay,
+        &dir.0,
+        "relay",
+        [
+            "relay",
+            "--upstream",
+            &upstream,
+            "--iface",
+            &relay.addr.to_string(),
+            "--downstream",
+            &downstream,
+            "--downstream-iface",
+            &relay_down.addr.to_string(),
+            "--cache",
+            &cache,
+            "--datapath",
+            "xdp",
+            "--rate",
+            "50M",
+            "--max-wait",
+            "20",
+            "--timeout",
+            "30",
+            "--json",
+        ],
+    );
+    let mut extra = SERVE.to_vec();
+    extra[3] = "1"; // --min-receivers: the relay
+    let mut s = lab.serve(&srv, &dir.0, &src, &upstream, &extra);
+    s.expect_code(Duration::from_secs(60), 0);
+    r.expect_code(Duration::from_secs(60), 0);
+    relay_proc.expect_code(Duration::from_secs(30), 0);
+    assert_identical(&src, &out);
+    let summary = relay_proc.json();
+    assert_eq!(summary["upstream"]["datapath"], "xdp", "{summary}");
+    assert!(
+        summary["upstream"]["xdp_frames"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+}

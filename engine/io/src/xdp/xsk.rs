@@ -714,7 +714,7 @@ impl XdpSocket {
                     }
                 }
             }
-            if calls > (self.fill.mask + 1) / 16 {
+            if calls > (self.tx.mask + 1) / 16 {
                 break;
             }
         }
