@@ -67,6 +67,12 @@ impl Output {
                 s.stats.xor_carried,
                 s.stats.nacks
             ));
+            if s.datapath == "xdp" {
+                self.say(&format!(
+                    "datapath xdp: {} first-pass units sent as AF_XDP frames ({} dropped for want of a free frame)",
+                    s.xdp_frames, s.xdp_dropped
+                ));
+            }
             self.say(&format!(
                 "manifest {} ({}); receivers can pin it with --expect",
                 blockcast_proto::auth::hex(&s.manifest_hash),
