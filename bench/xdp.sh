@@ -166,6 +166,7 @@ run_one() {  # datapath n tag
   done
 }
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 CSV=$WORK/runs.csv
 echo "round,datapath,receivers,seconds,ok,server_cpu_s,receivers_cpu_s,repair_units,drops,used" > "$CSV"
 log "source $BYTES bytes; $RUNS rounds of receivers {$RECEIVERS} x datapaths {socket xdp}; rate $RATE"
@@ -186,7 +187,7 @@ GB=$(echo "$BYTES / 1000000000" | bc -l)
 med() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) exit; print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 col() { awk -F, -v d="$1" -v n="$2" -v c="$3" 'NR > 1 && $2 == d && $3 == n && $5 == 1 {print $c}' "$CSV"; }
 echo
-echo "$BIN; $(numfmt --to=iec "$BYTES"), $RUNS interleaved rounds, rate $RATE, MTU 1500, 1400-byte units, one data thread; $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "$BIN; $(numfmt --to=iec "$BYTES"), $RUNS interleaved rounds, rate $RATE, MTU 1500, 1400-byte units, one data thread; $(nproc) cores; load average before: $LOAD_BEFORE, after: $(cut -d' ' -f1-3 /proc/loadavg) (a figure is noise unless both are well under the core count)."
 echo
 echo "| receivers | datapath | s min / median / max | GB/s per receiver (median) | server CPU s/GB | receivers' CPU s/GB (sum) | repair units (median) | drops (median) | verified | xdp / socket time |"
 echo "|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
