@@ -14,9 +14,11 @@
 # included). Every copy is checked with BLAKE3.
 #
 # Usage: bench/xdp.sh [--size 512M] [--runs 5] [--receivers "1 4"] [--rate 2G]
-#                     [--bin target/release/blockcast] [--work /tmp/blockcast-xdp] [--renice]
+#                     [--datapaths "socket xdp"] [--bin target/release/blockcast]
+#                     [--work /tmp/blockcast-xdp] [--renice]
 # --rate is the server's fixed rate (both datapaths: the same pacing); "auto" follows the
-# receivers. --renice lowers every running rustc and cargo to nice 19 before each run.
+# receivers. --datapaths "xdp" runs one datapath only (under `perf record`, say). --renice
+# lowers every running rustc and cargo to nice 19 before each run.
 # Output: one Markdown table (per case and datapath: time min / median / max, GB/s per
 # receiver at the median, server CPU s/GB, receivers' CPU s/GB summed over receivers, repair
 # units, socket + XDP drops, xdp / socket time), and a CSV of every run in the work directory.
@@ -26,6 +28,7 @@ SIZE=512M
 RUNS=5
 RECEIVERS="1 4"
 RATE=2G
+DATAPATHS="socket xdp"
 BIN=""
 WORK=/tmp/blockcast-xdp
 RENICE=0
@@ -35,10 +38,11 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift 2 ;;
     --receivers) RECEIVERS=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
+    --datapaths) DATAPATHS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --work) WORK=$2; shift 2 ;;
     --renice) RENICE=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -169,11 +173,11 @@ run_one() {  # datapath n tag
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 CSV=$WORK/runs.csv
 echo "round,datapath,receivers,seconds,ok,server_cpu_s,receivers_cpu_s,repair_units,drops,used" > "$CSV"
-log "source $BYTES bytes; $RUNS rounds of receivers {$RECEIVERS} x datapaths {socket xdp}; rate $RATE"
+log "source $BYTES bytes; $RUNS rounds of receivers {$RECEIVERS} x datapaths {$DATAPATHS}; rate $RATE"
 for round in $(seq 1 "$RUNS"); do
   for n in $RECEIVERS; do
     use_receivers "$n"
-    for dp in socket xdp; do
+    for dp in $DATAPATHS; do
       SEQ=$((SEQ + 1))
       run_one "$dp" "$n" "$SEQ.$dp.n$n"
       echo "$round,$dp,$n,$ELAPSED,$OK,$SCPU,$RCPU,$REPAIRS,$DROPS,$USED" >> "$CSV"
@@ -192,7 +196,7 @@ echo
 echo "| receivers | datapath | s min / median / max | GB/s per receiver (median) | server CPU s/GB | receivers' CPU s/GB (sum) | repair units (median) | drops (median) | verified | xdp / socket time |"
 echo "|---:|---|---|---:|---:|---:|---:|---:|---|---:|"
 for n in $RECEIVERS; do
-  for dp in socket xdp; do
+  for dp in $DATAPATHS; do
     secs=$(col "$dp" "$n" 4 | sort -g)
     cnt=$(awk -F, -v d="$dp" -v n="$n" 'NR > 1 && $2 == d && $3 == n' "$CSV" | wc -l)
     okc=$(col "$dp" "$n" 4 | wc -l)
