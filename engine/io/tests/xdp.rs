@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use blockcast_io::xdp::{
-    hardware_address, ifindex, parse_udp, Push, UdpFrameHeader, XdpFilter, XdpProgram, XdpSocket,
-    XskConfig, FRAME_HEADERS,
+    hardware_address, ifindex, parse_udp, BindMode, Push, UdpFrameHeader, XdpFilter, XdpProgram,
+    XdpSocket, XskConfig, FRAME_HEADERS,
 };
 
 const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -196,6 +196,15 @@ fn the_program_takes_only_the_session_port_and_the_tx_ring_reaches_a_socket() {
                 link.contains(" xdp ") || link.contains(" xdp\n"),
                 "native XDP on vb: {link}"
             );
+            // veth has no zero-copy mode: asked for alone it is refused, and auto copies.
+            let zero_copy = XskConfig {
+                mode: BindMode::ZeroCopy,
+                ..XskConfig::default()
+            };
+            let refused = XdpSocket::open(ifindex("vb").unwrap(), 0, zero_copy)
+                .err()
+                .expect("zero-copy refused on veth");
+            assert!(refused.to_string().contains("XDP_ZEROCOPY"), "{refused}");
             let mut xsk = XdpSocket::open(ifindex("vb").unwrap(), 0, XskConfig::default())
                 .expect("open an AF_XDP socket on vb");
             assert!(!xsk.zero_copy(), "veth has no zero-copy mode");

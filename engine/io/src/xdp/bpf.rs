@@ -438,4 +438,34 @@ mod tests {
             .expect("address compare");
         assert_eq!(addr.code & 0x07, JMP32);
     }
+
+    /// Root only (loading a program needs CAP_BPF): skipped with the reason elsewhere, failed
+    /// under `CI=true`.
+    #[test]
+    fn a_refused_program_says_what_the_verifier_said() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").map_or(true, |v| v != "true"),
+                "loading BPF needs root (CI=true: this test must run)"
+            );
+            eprintln!("skipped: loading BPF needs root");
+            return;
+        }
+        // A packet load without the bounds check the verifier demands.
+        let bad = [Insn::load(W, 2, 1, 0), Insn::load(B, 0, 2, 0), Insn::exit()];
+        let err = load_xdp(&bad).expect_err("the verifier refuses an unchecked packet load");
+        let text = err.to_string();
+        assert!(
+            text.contains("verifier:") && text.contains("invalid access to packet"),
+            "{text}"
+        );
+        // And the real program loads.
+        let map = create_xskmap(4).expect("an XSKMAP");
+        let filter = XdpFilter {
+            dst: Some("239.255.1.2".parse().unwrap()),
+            ports: 5000..=5063,
+        };
+        load_xdp(&program(&filter, map.as_raw_fd())).expect("the verifier takes the program");
+    }
 }
