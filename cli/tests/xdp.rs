@@ -259,3 +259,48 @@ fn a_relay_receives_its_upstream_over_xdp() {
         "{summary}"
     );
 }
+
+/// A closed group on XDP both ways: the server seals each unit into its frame, the receiver
+/// opens it in place in the UMEM; the copy is whole and every datagram opened.
+#[test]
+fn a_closed_group_runs_on_xdp_both_ways() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("xdp-sealed");
+    let mut lab = Lab::new("xsl", 99);
+    let br = lab.add_bridge();
+    let srv = lab.add_node("srv", br);
+    let rcv = lab.add_node("rcv", br);
+    let secret = dir.path("group.secret");
+    let mut keygen = Proc::spawn(
+        &dir.0,
+        "keygen",
+        [
+            "keygen".into(),
+            "--secret".into(),
+            secret.clone().into_os_string(),
+        ],
+    );
+    keygen.expect_code(Duration::from_secs(10), 0);
+    let secret = secret.display().to_string();
+    let group = format!("239.255.99.{}:47500", 1 + std::process::id() % 250);
+    let src = dir.path("sample.bin");
+    write_sample(&src, 4 << 20, 37);
+    let out = dir.path("rcv.bin");
+    let rx_args = ["--datapath", "xdp", "--timeout", "30", "--secret", &secret];
+    let mut r = lab.receive(&rcv, &dir.0, "rcv", &group, &out, &rx_args);
+    let mut extra = SERVE.to_vec();
+    extra[3] = "1"; // --min-receivers
+    extra.extend(["--datapath", "xdp", "--secret", &secret]);
+    let mut s = lab.serve(&srv, &dir.0, &src, &group, &extra);
+    s.expect_code(Duration::from_secs(60), 0);
+    r.expect_code(Duration::from_secs(10), 0);
+    let summary = check_xdp_copy(&r, &src, &out);
+    let sealed = &summary["sealed"];
+    assert!(sealed["opened"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(sealed["dropped"], 0, "{summary}");
+    let served = s.json();
+    assert_eq!(served["datapath"], "xdp", "{served}");
+    assert!(served["xdp_frames"].as_u64().unwrap() > 0, "{served}");
+}
