@@ -510,9 +510,17 @@ impl XdpSocket {
             } else {
                 "XDP_COPY"
             };
-            return Err(IoError::last_os(
+            let err = std::io::Error::last_os_error();
+            let hint = match err.raw_os_error() {
+                Some(libc::EBUSY) => ": another AF_XDP socket is bound to this queue",
+                Some(libc::EOPNOTSUPP) if zero_copy => ": the driver has no zero-copy mode",
+                Some(libc::EINVAL) => ": the interface has no such queue",
+                _ => "",
+            };
+            return Err(IoError::os(
                 "bind(AF_XDP)",
-                format!("queue {queue} of interface index {ifindex}, {mode}"),
+                format!("queue {queue} of interface index {ifindex}, {mode}{hint}"),
+                err,
             ));
         }
         Ok(socket)
