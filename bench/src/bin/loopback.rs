@@ -5,7 +5,7 @@
 //!
 //! `--sign plain,signed,secret` runs each configuration unsigned, signed (`serve --sign`,
 //! receivers with `--trust`) and in a closed group (`--secret`: every datagram sealed with
-//! AES-256-GCM and opened by each receiver; docs/wire.md §16), keys and secrets made at run
+//! AEGIS-256X4 and opened by each receiver; docs/wire.md §16), keys and secrets made at run
 //! time, interleaved, to measure what signing and sealing cost.
 //!
 //! Configurations run interleaved (A B A B ...) and each figure is the median of the runs.
