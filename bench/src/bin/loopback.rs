@@ -219,6 +219,16 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     let (scpu, repairs) = served.as_ref().map_or((0.0, 0), |s| {
         (s.cpu_seconds, s.stats.repair_units + s.stats.parity_units)
     });
+    // Each run on stderr: what a slow run's server refused tells a repair budget from a rate.
+    if let Ok(s) = &served {
+        eprintln!(
+            "run: {n} x {unit} B {}: {:.2} GB/s, repair+parity units {repairs}, refused {}, dropped slow {}",
+            session.name(),
+            gb / slowest.max(1e-9),
+            s.stats.repair_denied,
+            s.stats.dropped_slow
+        );
+    }
     Run {
         gbps: gb / slowest.max(1e-9),
         server_cpu_per_gb: scpu / gb,
