@@ -22,6 +22,8 @@ pub struct ServeJson {
     pub bytes: u64,
     pub seconds: f64,
     pub mb_per_s: f64,
+    /// CPU seconds of the server's threads (control and data), for CPU per GB.
+    pub cpu_seconds: f64,
     /// How the session ended: "complete", "deadline" or "aborted".
     pub result: String,
     pub data_units: u64,
@@ -106,6 +108,7 @@ impl ServeJson {
             bytes: s.bytes,
             seconds: s.seconds,
             mb_per_s: mb_per_s(s.bytes, s.seconds),
+            cpu_seconds: s.cpu_seconds,
             result: format!("{:?}", s.reason).to_lowercase(),
             data_units: s.stats.data_units,
             repair_units: s.stats.repair_units,
