@@ -59,8 +59,8 @@ done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BC=${BC_BIN:-$ROOT/target/release/blockcast}
-GUARD=$ROOT/../shared/tools/net-guard
-[ -x "$GUARD" ] || GUARD=/work/shared/tools/net-guard
+. "$ROOT/bench/lib/netns.sh"
+GUARD=$(ns_guard_path "$ROOT")
 MAXN=4
 P=bcmp                      # namespace prefix: $P-hub, $P-srv, $P-r1 .. $P-r4
 SRV_IP=10.99.0.1
@@ -95,56 +95,14 @@ fi
 ALL_NS=("$P-hub" "$P-srv")
 for i in $(seq 1 $MAXN); do ALL_NS+=("$P-r$i"); done
 
-kill_ns_procs() {  # every process inside our namespaces was started by this script
-  local ns pid
-  for ns in "${ALL_NS[@]}"; do
-    ip netns list 2>/dev/null | grep -qw "^$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-  done
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  kill_ns_procs
-  sleep 0.2
-  for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-  rm -rf "$WORK/out"
-  log "namespaces deleted: $(ip netns list | grep -c "^$P-") left; $("$GUARD" check)"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+ns_cleanup_on_exit "$WORK/out"
 
 # ---------------------------------------------------------------- topology
-# Leftovers of an earlier interrupted run of this script.
-for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-
 log "creating namespaces ${ALL_NS[*]} (bridge in $P-hub, mtu $MTU)"
-ip netns add "$P-hub"
-ip -n "$P-hub" link set lo up
-# No IGMP snooping (there is no querier): the bridge floods multicast to every port that is up.
-ip -n "$P-hub" link add br0 type bridge mcast_snooping 0
-ip -n "$P-hub" link set br0 mtu "$MTU" up
-setup_host() {  # name ip hub-port
-  local ns=$P-$1 addr=$2 port=$3
-  ip netns add "$ns"
-  ip link add "$port" netns "$P-hub" type veth peer name veth0 netns "$ns"
-  ip -n "$P-hub" link set "$port" mtu "$MTU" master br0 up
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set lo multicast on
-  ip -n "$ns" link set veth0 mtu "$MTU" up
-  ip -n "$ns" addr add "$addr/24" dev veth0
-  ip -n "$ns" route add 224.0.0.0/4 dev veth0
-  # net.core.rmem_max/wmem_max are per network namespace on recent kernels; set them where
-  # writable (on older kernels they are global and the root value applies).
-  ip netns exec "$ns" sysctl -qw net.core.rmem_max=67108864 net.core.wmem_max=67108864 2>/dev/null || true
-}
-setup_host srv "$SRV_IP" p-srv
-for i in $(seq 1 $MAXN); do setup_host "r$i" "$(rip "$i")" "p-r$i"; done
-for k in rmem_max wmem_max; do
-  v=$(sysctl -n net.core.$k)
-  [ "$v" -ge 67108864 ] || { log "raising root net.core.$k $v -> 67108864"; sysctl -qw net.core.$k=67108864; }
-done
+ns_hub
+ns_host srv "$SRV_IP" p-srv
+for i in $(seq 1 $MAXN); do ns_host "r$i" "$(rip "$i")" "p-r$i"; done
+ns_raise_root_buffers
 ip -n "$P-srv" -br link show veth0 | grep -q LOWER_UP || die "topology: server veth is not up"
 
 use_receivers() {  # bring up the hub ports of receivers 1..n, the others down (no flooding to idle hosts)
@@ -339,7 +297,7 @@ for c in "${cases[@]}"; do
       sync
       RUN_BYTES=$BYTES RUN_HASH=$SRC_HASH
       "run_$tool" "$n" "$tag"
-      kill_ns_procs   # anything a tool left behind
+      ns_kill_procs   # anything a tool left behind
       if [ "$OK" = 1 ]; then
         g=$(echo "scale=9; $RUN_BYTES / $ELAPSED / 1000000000" | bc -l)
         g=$(gbps "$g")

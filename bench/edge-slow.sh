@@ -35,7 +35,8 @@ done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [ -n "$BIN" ] || BIN=$ROOT/target/release/blockcast
-GUARD=/work/shared/tools/net-guard
+. "$ROOT/bench/lib/netns.sh"
+GUARD=$(ns_guard_path "$ROOT")
 P=bcedg
 SRV=10.97.0.1
 EDGE_UP=10.97.0.2
@@ -50,26 +51,7 @@ for t in ip tc curl jq; do command -v $t >/dev/null || die "needs $t"; done
 [ -x "$BIN" ] || die "no binary $BIN"
 
 ALL_NS=("$P-hub" "$P-srv" "$P-edge" "$P-fast" "$P-slow")
-kill_ns_procs() {  # every process inside these namespaces was started by this script
-  local ns pid
-  for ns in "${ALL_NS[@]}"; do
-    ip netns list 2>/dev/null | grep -qw "^$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-  done
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  kill_ns_procs
-  for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-  rm -rf "$WORK/edge-disk" "$WORK/catalog"
-  log "namespaces deleted: $(ip netns list | grep -c "^$P-") left; $("$GUARD" check)"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+ns_cleanup_on_exit "$WORK/edge-disk" "$WORK/catalog"
 ip netns add "$P-hub"
 ip -n "$P-hub" link set lo up
 for br in br0 br1; do

@@ -47,8 +47,8 @@ done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BC=${BC_BIN:-$ROOT/target/release/blockcast}
-GUARD=$ROOT/../shared/tools/net-guard
-[ -x "$GUARD" ] || GUARD=/work/shared/tools/net-guard
+. "$ROOT/bench/lib/netns.sh"
+GUARD=$(ns_guard_path "$ROOT")
 N=4
 P=bcbt                        # namespaces: $P-hub, $P-srv, $P-m1 .. $P-m4
 SRV_IP=10.98.0.1
@@ -80,55 +80,15 @@ fi
 "$GUARD" up || die "net-guard up failed"
 ALL_NS=("$P-hub" "$P-srv")
 for i in $(seq 1 $N); do ALL_NS+=("$P-m$i"); done
-kill_ns_procs() {  # every process inside our namespaces was started by this script
-  local ns pid
-  for ns in "${ALL_NS[@]}"; do
-    ip netns list 2>/dev/null | grep -qw "^$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-  done
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  kill_ns_procs
-  sleep 0.2
-  for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-  rm -rf "$WORK/out"
-  log "namespaces deleted: $(ip netns list | grep -c "^$P-") left; $("$GUARD" check)"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+ns_cleanup_on_exit "$WORK/out"
 
 # ---------------------------------------------------------------- topology
-for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-ip netns add "$P-hub"
-ip -n "$P-hub" link set lo up
-ip -n "$P-hub" link add br0 type bridge
-ip -n "$P-hub" link set br0 mtu $MTU up
+ns_hub
 ip -n "$P-hub" addr add "$TRACKER_IP/24" dev br0
-setup_host() {  # name ip hub-port
-  local ns=$P-$1 addr=$2 port=$3
-  ip netns add "$ns"
-  ip link add "$port" netns "$P-hub" type veth peer name veth0 netns "$ns"
-  ip -n "$P-hub" link set "$port" mtu $MTU master br0 up
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set veth0 mtu $MTU up
-  ip -n "$ns" addr add "$addr/24" dev veth0
-  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 2>/dev/null || true
-  ip netns exec "$ns" sysctl -qw net.core.rmem_max=67108864 net.core.wmem_max=67108864 2>/dev/null || true
-}
-setup_host srv "$SRV_IP" p-srv
-for i in $(seq 1 $N); do setup_host "m$i" "$(mip "$i")" "p-m$i"; done
-ip netns exec "$P-hub" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 2>/dev/null || true
-for k in rmem_max wmem_max; do
-  v=$(sysctl -n net.core.$k)
-  [ "$v" -ge 67108864 ] || { log "raising root net.core.$k $v -> 67108864"; sysctl -qw net.core.$k=67108864; }
-done
-# No namespace has a default route: nothing can be sent anywhere but the bridge's subnet.
-for ns in "${ALL_NS[@]}"; do
-  ip -n "$ns" route show default | grep -q . && die "$ns has a default route"
-done
+ns_host srv "$SRV_IP" p-srv
+for i in $(seq 1 $N); do ns_host "m$i" "$(mip "$i")" "p-m$i"; done
+ns_raise_root_buffers
+ns_check_no_default_route
 
 # ---------------------------------------------------------------- files
 mkdir -p "$WORK/src" "$WORK/logs" "$WORK/out"

@@ -22,10 +22,13 @@
 # nice 19 before each run.
 # --bins takes several binaries (e.g. the build before a change and this one): their runs
 # alternate within every round, so both see the same machine. BC_SERVE_ARGS adds flags to
-# every `serve`; BC_SERVE_LOG="-vv" keeps its debug log (rate steps) in the logs instead of -q.
+# every `serve`, BC_RECEIVE_ARGS to every `receive`; BC_SERVE_LOG="-vv" keeps the server's
+# debug log (rate steps) in the logs instead of -q. A "binary" may be a wrapper script that adds
+# flags (e.g. `exec blockcast "$1" --datapath xdp "${@:2}"`), to interleave two settings.
 # Output: a Markdown table per binary (time and GB/s min / median / max, slowest / median,
-# repair units as a share of the object's units, the receivers' socket drops, lossy median
-# over lossless median), and a CSV of every run in the work directory.
+# repair units as a share of the object's units, the receivers' socket drops, CPU seconds per
+# GB of the server and of each receiver (medians), lossy median over lossless median), and a
+# CSV of every run in the work directory.
 set -uo pipefail
 
 SIZE=256M
@@ -59,8 +62,8 @@ done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [ -n "$BINS" ] || BINS=$ROOT/target/release/blockcast
-GUARD=$ROOT/../shared/tools/net-guard
-[ -x "$GUARD" ] || GUARD=/work/shared/tools/net-guard
+. "$ROOT/bench/lib/netns.sh"
+GUARD=$(ns_guard_path "$ROOT")
 MTU=9100
 MAXN=4
 P=bcspr
@@ -76,48 +79,12 @@ for b in $BINS; do [ -x "$b" ] || die "no binary $b"; done
 "$GUARD" up || die "net-guard up failed"
 ALL_NS=("$P-hub" "$P-srv")
 for i in $(seq 1 $MAXN); do ALL_NS+=("$P-r$i"); done
-kill_ns_procs() {  # every process inside our namespaces was started by this script
-  local ns pid
-  for ns in "${ALL_NS[@]}"; do
-    ip netns list 2>/dev/null | grep -qw "^$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-  done
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  kill_ns_procs
-  for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-  rm -rf "$WORK/out"
-  log "namespaces deleted: $(ip netns list | grep -c "^$P-") left; $("$GUARD" check)"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-ip netns add "$P-hub"
-ip -n "$P-hub" link set lo up
-ip -n "$P-hub" link add br0 type bridge mcast_snooping 0
-ip -n "$P-hub" link set br0 mtu "$MTU" up
-setup_host() {  # name ip hub-port
-  local ns=$P-$1 addr=$2 port=$3
-  ip netns add "$ns"
-  ip link add "$port" netns "$P-hub" type veth peer name veth0 netns "$ns"
-  ip -n "$P-hub" link set "$port" mtu "$MTU" master br0 up
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set veth0 mtu "$MTU" up
-  ip -n "$ns" addr add "$addr/24" dev veth0
-  ip -n "$ns" route add 224.0.0.0/4 dev veth0
-  ip netns exec "$ns" sysctl -qw net.core.rmem_max=67108864 net.core.wmem_max=67108864 2>/dev/null || true
-}
-setup_host srv "$SRV_IP" q-srv
+ns_cleanup_on_exit "$WORK/out"
+ns_hub
+ns_host srv "$SRV_IP" q-srv
 [ "$SEGMENT" = 0 ] || ip -n "$P-srv" link set veth0 gso_max_segs 1
-for i in $(seq 1 $MAXN); do setup_host "r$i" "$(rip "$i")" "q-r$i"; done
-for k in rmem_max wmem_max; do
-  v=$(sysctl -n net.core.$k)
-  [ "$v" -ge 67108864 ] || sysctl -qw net.core.$k=67108864
-done
+for i in $(seq 1 $MAXN); do ns_host "r$i" "$(rip "$i")" "q-r$i"; done
+ns_raise_root_buffers
 
 use_receivers() {
   local n=$1 i
@@ -156,7 +123,8 @@ now() { date +%s.%N; }
 SEQ=0
 
 # One run: sets ELAPSED, OK, REPAIRS (units sent again: originals, XOR repairs, parity),
-# DROPS (the receivers' socket drops, summed), RCPU (the receivers' CPU seconds, summed).
+# DROPS (the receivers' socket drops, summed), RCPU (the receivers' CPU seconds, summed), SCPU
+# (the server's CPU seconds).
 run_one() {  # bin n unit tag
   local bin=$1 n=$2 unit=$3 tag=$4 i t0 t1 rc=0 pids=() spid h
   local group=239.255.74.$((1 + SEQ % 200)):$((9400 + SEQ % 100))
@@ -166,7 +134,7 @@ run_one() {  # bin n unit tag
   rm -rf "$WORK/out"; for i in $(seq 1 "$n"); do mkdir -p "$WORK/out/r$i"; done
   for i in $(seq 1 "$n"); do
     ip netns exec "$P-r$i" "${TO[@]}" "$bin" receive --group "$group" --iface "$(rip "$i")" \
-      --out "$WORK/out/r$i/copy" --timeout 30 -q --json >"$WORK/logs/$tag.r$i.json" 2>&1 &
+      --out "$WORK/out/r$i/copy" --timeout 30 -q --json ${BC_RECEIVE_ARGS:-} >"$WORK/logs/$tag.r$i.json" 2>&1 &
     pids+=($!)
   done
   sleep 1
@@ -178,7 +146,7 @@ run_one() {  # bin n unit tag
   for i in "${pids[@]}"; do wait "$i" || rc=$?; done
   t1=$(now)
   wait "$spid" || rc=$?
-  kill_ns_procs
+  ns_kill_procs
   ELAPSED=$(echo "$t1 - $t0" | bc -l)
   OK=1
   [ "$rc" = 0 ] || OK=0
@@ -187,6 +155,7 @@ run_one() {  # bin n unit tag
     [ "$h" = "$SRC_HASH" ] || OK=0
   done
   REPAIRS=$(jq -s 'last | .repair_units + .xor_units + .parity_units' "$WORK/logs/$tag.srv.json" 2>/dev/null || echo 0)
+  SCPU=$(jq -s 'last | .cpu_seconds // 0' "$WORK/logs/$tag.srv.json" 2>/dev/null || echo 0)
   DROPS=0; RCPU=0
   for i in $(seq 1 "$n"); do
     DROPS=$(( DROPS + $(jq -s 'map(select(.event == "summary")) | last | .socket_drops // 0' "$WORK/logs/$tag.r$i.json" 2>/dev/null || echo 0) ))
@@ -195,7 +164,7 @@ run_one() {  # bin n unit tag
 }
 
 CSV=$WORK/runs.csv
-echo "round,bin,receivers,unit,loss_pct,seconds,ok,repair_units,socket_drops,receiver_cpu_s" > "$CSV"
+echo "round,bin,receivers,unit,loss_pct,seconds,ok,repair_units,socket_drops,receiver_cpu_s,server_cpu_s" > "$CSV"
 cases=()
 [ -n "$LOSSES" ] || LOSSES="0 $LOSS"
 for n in $RECEIVERS; do for u in $UNITS; do for l in $LOSSES; do cases+=("$n|$u|$l"); done; done; done
@@ -209,7 +178,7 @@ for round in $(seq 1 "$RUNS"); do
     for bin in $BINS; do
       SEQ=$((SEQ + 1)); bi=$((bi + 1))
       run_one "$bin" "$n" "$u" "$SEQ.b$bi.n$n.u$u.l$l"
-      echo "$round,$bi,$n,$u,$l,$ELAPSED,$OK,$REPAIRS,$DROPS,$RCPU" >> "$CSV"
+      echo "$round,$bi,$n,$u,$l,$ELAPSED,$OK,$REPAIRS,$DROPS,$RCPU,$SCPU" >> "$CSV"
       log "round $round bin $bi n=$n unit=$u loss=$l%: $(printf '%.2f' "$ELAPSED") s, ok=$OK, repairs $REPAIRS, drops $DROPS"
     done
   done
@@ -224,8 +193,8 @@ for bin in $BINS; do
   echo
   echo "Binary $bi: $bin. $(numfmt --to=iec "$BYTES"), $RUNS interleaved rounds, MTU $MTU, loss by nftables in each receiver namespace ($([ "$SEGMENT" = 1 ] && echo "per datagram: --segment" || echo "per GSO super-datagram"))."
   echo
-  echo "| receivers | unit | loss | s min / median / max | GB/s per receiver min / median / max | slowest / median (GB/s) | repair units, median (max) | as % of units | socket drops, median | verified | lossy / lossless time |"
-  echo "|---:|---:|---:|---|---|---:|---|---:|---:|---|---:|"
+  echo "| receivers | unit | loss | s min / median / max | GB/s per receiver min / median / max | slowest / median (GB/s) | repair units, median (max) | as % of units | socket drops, median | server CPU s/GB | receiver CPU s/GB | verified | lossy / lossless time |"
+  echo "|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|---:|"
   for c in "${cases[@]}"; do
     IFS='|' read -r n u l <<<"$c"
     rows=$(awk -F, -v b="$bi" -v n="$n" -v u="$u" -v l="$l" 'NR > 1 && $2 == b && $3 == n && $4 == u && $5 == l' "$CSV")
@@ -236,6 +205,9 @@ for bin in $BINS; do
     g() { printf '%.3f' "$(echo "$BYTES / $1 / 1000000000" | bc -l)"; }
     rmed=$(cut -d, -f8 <<<"$rows" | sort -g | med); rmax=$(cut -d, -f8 <<<"$rows" | sort -g | tail -1)
     dmed=$(cut -d, -f9 <<<"$rows" | sort -g | med)
+    gb=$(echo "$BYTES / 1000000000" | bc -l)
+    rcpu=$(cut -d, -f10 <<<"$rows" | sort -g | med); scpu=$(cut -d, -f11 <<<"$rows" | sort -g | med)
+    rcpu=$(printf '%.2f' "$(echo "${rcpu:-0} / $n / $gb" | bc -l)"); scpu=$(printf '%.2f' "$(echo "${scpu:-0} / $gb" | bc -l)")
     okc=$(cut -d, -f7 <<<"$rows" | grep -c '^1$')
     pct=$(echo "scale=2; 100 * $rmed / $(units_of "$u")" | bc -l)
     ratio=$(echo "scale=3; $smed / $smax" | bc -l)
@@ -244,9 +216,9 @@ for bin in $BINS; do
       base=$(awk -F, -v b="$bi" -v n="$n" -v u="$u" 'NR > 1 && $2 == b && $3 == n && $4 == u && $5 == 0 {print $6}' "$CSV" | sort -g | med)
       lossy=$(printf '%.2fx' "$(echo "$smed / $base" | bc -l)")
     fi
-    printf '| %s | %s | %s %% | %.2f / %.2f / %.2f | %s / %s / %s | %.2f | %s (%s) | %s | %s | %s/%s | %s |\n' \
+    printf '| %s | %s | %s %% | %.2f / %.2f / %.2f | %s / %s / %s | %.2f | %s (%s) | %s | %s | %s | %s | %s/%s | %s |\n' \
       "$n" "$u" "$l" "$smin" "$smed" "$smax" "$(g "$smax")" "$(g "$smed")" "$(g "$smin")" "$ratio" \
-      "$rmed" "$rmax" "$pct" "$dmed" "$okc" "$cnt" "$lossy"
+      "$rmed" "$rmax" "$pct" "$dmed" "$scpu" "$rcpu" "$okc" "$cnt" "$lossy"
   done
 done
 echo

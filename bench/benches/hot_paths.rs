@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the hot paths: unit header encode/decode, status bitmaps, parity
 //! encode/decode per block size, NACK encode/decode, the in-order verified prefix, what a
 //! signed session costs per announce (sign at the server, check at a receiver), and what a
-//! closed group costs per unit (seal at the server, open at a receiver: AES-256-GCM).
+//! closed group costs per unit (seal at the server, open at a receiver: AEGIS-256X4).
 //!
 //! `cargo bench -p blockcast-bench --bench hot_paths`
 

@@ -22,6 +22,8 @@ pub struct ServeJson {
     pub bytes: u64,
     pub seconds: f64,
     pub mb_per_s: f64,
+    /// CPU seconds of the server's threads (control and data), for CPU per GB.
+    pub cpu_seconds: f64,
     /// How the session ended: "complete", "deadline" or "aborted".
     pub result: String,
     pub data_units: u64,
@@ -52,8 +54,6 @@ pub struct ServeJson {
     /// Members dropped as slow (they asked for more than their share, and made no progress).
     pub dropped_slow: u64,
     /// A closed group (--secret): what the control socket opened and dropped; null without.
-    /// CPU time of the control thread and the data threads, seconds.
-    pub cpu_seconds: f64,
     /// How the first pass left: "socket" or "xdp" (AF_XDP frames).
     pub datapath: &'static str,
     /// First-pass units sent as AF_XDP frames (0 on the socket path).
@@ -114,6 +114,7 @@ impl ServeJson {
             bytes: s.bytes,
             seconds: s.seconds,
             mb_per_s: mb_per_s(s.bytes, s.seconds),
+            cpu_seconds: s.cpu_seconds,
             result: format!("{:?}", s.reason).to_lowercase(),
             data_units: s.stats.data_units,
             repair_units: s.stats.repair_units,
@@ -133,7 +134,6 @@ impl ServeJson {
             repair_denied: s.stats.repair_denied,
             priority_denied: s.stats.priority_denied,
             dropped_slow: s.stats.dropped_slow,
-            cpu_seconds: s.cpu_seconds,
             datapath: s.datapath,
             xdp_frames: s.xdp_frames,
             xdp_dropped: s.xdp_dropped,

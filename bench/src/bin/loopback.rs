@@ -5,7 +5,7 @@
 //!
 //! `--sign plain,signed,secret` runs each configuration unsigned, signed (`serve --sign`,
 //! receivers with `--trust`) and in a closed group (`--secret`: every datagram sealed with
-//! AES-256-GCM and opened by each receiver; docs/wire.md §16), keys and secrets made at run
+//! AEGIS-256X4 and opened by each receiver; docs/wire.md §16), keys and secrets made at run
 //! time, interleaved, to measure what signing and sealing cost.
 //!
 //! Configurations run interleaved (A B A B ...) and each figure is the median of the runs.
@@ -220,6 +220,16 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     let (scpu, repairs) = served.as_ref().map_or((0.0, 0), |s| {
         (s.cpu_seconds, s.stats.repair_units + s.stats.parity_units)
     });
+    // Each run on stderr: what a slow run's server refused tells a repair budget from a rate.
+    if let Ok(s) = &served {
+        eprintln!(
+            "run: {n} x {unit} B {}: {:.2} GB/s, repair+parity units {repairs}, refused {}, dropped slow {}",
+            session.name(),
+            gb / slowest.max(1e-9),
+            s.stats.repair_denied,
+            s.stats.dropped_slow
+        );
+    }
     Run {
         gbps: gb / slowest.max(1e-9),
         server_cpu_per_gb: scpu / gb,

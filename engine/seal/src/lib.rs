@@ -2,7 +2,7 @@
 //!
 //! With a group secret every datagram, in both directions, is sealed as a whole: the 10-byte
 //! common header stays in the clear and is authenticated, everything after it (a unit's
-//! header and payload, every control body) is encrypted with AES-256-GCM, and a 40-byte
+//! header and payload, every control body) is encrypted with AEGIS-256X4, and a 40-byte
 //! trailer follows:
 //!
 //! ```text
@@ -12,7 +12,7 @@
 //! **Nonces never repeat under one key.** Each sealing endpoint (a server's control thread and
 //! each of its data threads, a receiver, each side of a relay) draws a random 128-bit sender
 //! id when it starts and seals under its own key, `BLAKE3-derive_key(KEY_CONTEXT, secret ‖
-//! sender)`. Its nonce is `class ‖ 0 0 0 ‖ counter` (12 bytes), where `class` is 1 for control
+//! sender)`. Its nonce is `class ‖ 0 (23 bytes) ‖ counter` (32 bytes), where `class` is 1 for control
 //! packets and 0 for units and manifest chunks, and each class has its own counter that only
 //! goes up and never wraps ([`SealError::Exhausted`] at 2^64 − 1). So two datagrams share a
 //! (key, nonce) only if two endpoints drew the same 128-bit id: with n endpoints ever under
@@ -35,8 +35,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use aegis::aegis256x4::Aegis256X4;
 use blockcast_proto::wire::{Kind, FLAG_TAGGED, HEADER_LEN};
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
 /// Bytes of the random sender id in the trailer.
 pub const SENDER_LEN: usize = 16;
@@ -49,7 +49,7 @@ pub const TRAILER_LEN: usize = SENDER_LEN + COUNTER_LEN + TAG_LEN;
 /// Bytes of a group secret.
 pub const SECRET_LEN: usize = 32;
 /// The BLAKE3 key-derivation context of a sender's key (never used for anything else).
-pub const KEY_CONTEXT: &str = "blockcast wire v2 2026-12-02 sender key (AES-256-GCM)";
+pub const KEY_CONTEXT: &str = "blockcast wire v2 2026-12-02 sender key (AEGIS-256X4)";
 /// Control packets remembered below the highest one accepted from a sender.
 pub const REPLAY_WINDOW: u64 = 256;
 /// Senders whose control packets an opener tracks at most (more than any session's members;
@@ -58,6 +58,41 @@ pub const MAX_SENDERS: usize = 1 << 18;
 /// Sender keys an opener keeps ready at most; past that it starts over (a key is derived
 /// again in well under a microsecond).
 const KEY_CACHE: usize = 4096;
+
+/// Bytes of an AEGIS-256X4 nonce.
+const NONCE_LEN: usize = 32;
+
+/// One sender's AEGIS-256X4 key (derived from the secret and the sender id).
+#[derive(Clone)]
+struct SenderKey([u8; 32]);
+
+impl SenderKey {
+    /// Encrypts `body` in place and returns the tag over `header` and the ciphertext.
+    fn seal(&self, class: Class, counter: u64, header: &[u8], body: &mut [u8]) -> [u8; TAG_LEN] {
+        Aegis256X4::<TAG_LEN>::new(&self.0, &class.nonce(counter)).encrypt_in_place(body, header)
+    }
+
+    /// Checks `tag` over `header` and `body`, then decrypts `body` in place; on a failed check
+    /// `body` is left as it was.
+    fn open(
+        &self,
+        class: Class,
+        counter: u64,
+        header: &[u8],
+        body: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        Aegis256X4::<TAG_LEN>::new(&self.0, &class.nonce(counter))
+            .decrypt_in_place(body, tag, header)
+            .is_ok()
+    }
+}
+
+impl Drop for SenderKey {
+    fn drop(&mut self) {
+        self.0.fill(0);
+    }
+}
 
 /// Offset of the kind byte and of the flags byte in the common header (wire.md §2).
 const KIND_AT: usize = 3;
@@ -72,17 +107,14 @@ impl Secret {
         Secret(bytes)
     }
 
-    /// The AES-256-GCM key of `sender` under this secret.
-    fn sender_key(&self, sender: &[u8; SENDER_LEN]) -> LessSafeKey {
+    /// The AEGIS-256X4 key of `sender` under this secret.
+    fn sender_key(&self, sender: &[u8; SENDER_LEN]) -> SenderKey {
         let mut material = [0u8; SECRET_LEN + SENDER_LEN];
         material[..SECRET_LEN].copy_from_slice(&self.0);
         material[SECRET_LEN..].copy_from_slice(sender);
         let key = blake3::derive_key(KEY_CONTEXT, &material);
         material.fill(0);
-        // A 32-byte key is what AES-256-GCM takes: this cannot fail.
-        let unbound = UnboundKey::new(&AES_256_GCM, &key)
-            .unwrap_or_else(|_| unreachable!("AES-256-GCM takes 32-byte keys"));
-        LessSafeKey::new(unbound)
+        SenderKey(key)
     }
 }
 
@@ -122,11 +154,12 @@ impl Class {
         }
     }
 
-    fn nonce(self, counter: u64) -> Nonce {
-        let mut n = [0u8; 12];
+    /// `class ‖ 0 (23 bytes) ‖ counter`, big-endian (wire.md §16.2).
+    fn nonce(self, counter: u64) -> [u8; NONCE_LEN] {
+        let mut n = [0u8; NONCE_LEN];
         n[0] = self as u8;
-        n[4..].copy_from_slice(&counter.to_be_bytes());
-        Nonce::assume_unique_for_key(n)
+        n[NONCE_LEN - COUNTER_LEN..].copy_from_slice(&counter.to_be_bytes());
+        n
     }
 }
 
@@ -153,7 +186,7 @@ impl std::error::Error for SealError {}
 /// Seals what one endpoint sends. Make one per sending thread, with a fresh random sender id.
 pub struct Sealer {
     sender: [u8; SENDER_LEN],
-    key: LessSafeKey,
+    key: SenderKey,
     /// The next counter of each class.
     next: [u64; 2],
 }
@@ -192,12 +225,7 @@ impl Sealer {
         header.copy_from_slice(&buf[..HEADER_LEN]);
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                class.nonce(counter),
-                Aad::from(&header),
-                &mut buf[HEADER_LEN..len],
-            )
-            .map_err(|_| SealError::NoRoom)?;
+            .seal(class, counter, &header, &mut buf[HEADER_LEN..len]);
         let t = &mut buf[len..len + TRAILER_LEN];
         t[..SENDER_LEN].copy_from_slice(&self.sender);
         t[SENDER_LEN..SENDER_LEN + COUNTER_LEN].copy_from_slice(&counter.to_be_bytes());
@@ -335,7 +363,9 @@ impl Window {
 /// Opens what one endpoint receives (any number of senders). Make one per receiving thread.
 pub struct Opener {
     secret: Secret,
-    keys: HashMap<[u8; SENDER_LEN], LessSafeKey>,
+    keys: HashMap<[u8; SENDER_LEN], SenderKey>,
+    /// The sender of the last datagram opened, and its key.
+    last: Option<([u8; SENDER_LEN], SenderKey)>,
     windows: HashMap<[u8; SENDER_LEN], Window>,
     stats: OpenStats,
 }
@@ -345,6 +375,7 @@ impl Opener {
         Opener {
             secret: secret.clone(),
             keys: HashMap::new(),
+            last: None,
             windows: HashMap::new(),
             stats: OpenStats::default(),
         }
@@ -381,8 +412,8 @@ impl Opener {
         let mut c = [0u8; COUNTER_LEN];
         c.copy_from_slice(&d[end + SENDER_LEN..end + SENDER_LEN + COUNTER_LEN]);
         let counter = u64::from_be_bytes(c);
-        let tag =
-            Tag::try_from(&d[end + SENDER_LEN + COUNTER_LEN..]).map_err(|_| OpenError::Short)?;
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&d[end + SENDER_LEN + COUNTER_LEN..]);
         // The kind is read before the tag is checked only to choose the nonce space and the
         // window: the header is authenticated, so a changed kind fails the tag.
         let class = Class::of(d[KIND_AT]);
@@ -395,26 +426,37 @@ impl Opener {
         }
         let mut header = [0u8; HEADER_LEN];
         header.copy_from_slice(&d[..HEADER_LEN]);
-        // A sender's key is kept only once a datagram of it opened: forged sender ids cost a
-        // derivation each, never a place in the cache.
-        let fresh = (!self.keys.contains_key(&sender)).then(|| self.secret.sender_key(&sender));
-        let key = match (&fresh, self.keys.get(&sender)) {
-            (Some(k), _) | (None, Some(k)) => k,
-            (None, None) => return Err(OpenError::Forged),
+        let body = &mut d[HEADER_LEN..end];
+        // Datagrams come in runs from one sender (a GRO batch is one flow): the last sender's
+        // key is tried before the cache is looked up.
+        let opened = match &self.last {
+            Some((s, k)) if *s == sender => k.open(class, counter, &header, body, &tag),
+            _ => match self.keys.get(&sender) {
+                Some(k) => {
+                    let ok = k.open(class, counter, &header, body, &tag);
+                    if ok {
+                        self.last = Some((sender, k.clone()));
+                    }
+                    ok
+                }
+                None => {
+                    // A sender's key is kept only once a datagram of it opened: forged sender
+                    // ids cost a derivation each, never a place in the cache.
+                    let k = self.secret.sender_key(&sender);
+                    let ok = k.open(class, counter, &header, body, &tag);
+                    if ok {
+                        if self.keys.len() >= KEY_CACHE {
+                            self.keys.clear();
+                        }
+                        self.keys.insert(sender, k.clone());
+                        self.last = Some((sender, k));
+                    }
+                    ok
+                }
+            },
         };
-        key.open_in_place_separate_tag(
-            class.nonce(counter),
-            Aad::from(&header),
-            tag,
-            &mut d[HEADER_LEN..end],
-            0..,
-        )
-        .map_err(|_| OpenError::Forged)?;
-        if let Some(k) = fresh {
-            if self.keys.len() >= KEY_CACHE {
-                self.keys.clear();
-            }
-            self.keys.insert(sender, k);
+        if !opened {
+            return Err(OpenError::Forged);
         }
         if class == Class::Control {
             self.windows

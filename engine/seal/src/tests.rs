@@ -36,6 +36,36 @@ fn a_sealed_datagram_opens_to_what_was_sent_and_hides_its_body() {
     assert_eq!(o.stats().opened, 1);
 }
 
+/// The construction wire.md §16 specifies, rebuilt here from its parts (BLAKE3 key derivation,
+/// AEGIS-256X4 with a 16-byte tag, the nonce layout): a sealed datagram is exactly that.
+#[test]
+fn a_sealed_datagram_is_what_the_wire_spec_describes() {
+    let sender = [0x33; SENDER_LEN];
+    let mut s = Sealer::new(&secret(5), sender);
+    let plain = datagram(Kind::Nack as u8, 0x02, b"a control body");
+    s.seal_in_place(&mut [0; 64], 20).unwrap(); // control counter 0 used up
+    let sealed = seal(&mut s, &plain); // control counter 1
+    let mut material = [5u8; SECRET_LEN + SENDER_LEN];
+    material[SECRET_LEN..].copy_from_slice(&sender);
+    let key = blake3::derive_key(
+        "blockcast wire v2 2026-12-02 sender key (AEGIS-256X4)",
+        &material,
+    );
+    let mut nonce = [0u8; 32];
+    nonce[0] = 1; // the control class
+    nonce[31] = 1; // counter 1, big-endian in the last 8 bytes
+    let mut header = plain[..HEADER_LEN].to_vec();
+    header[FLAGS_AT] |= FLAG_TAGGED;
+    let mut body = plain[HEADER_LEN..].to_vec();
+    let tag = Aegis256X4::<16>::new(&key, &nonce).encrypt_in_place(&mut body, &header);
+    let mut expect = header;
+    expect.extend_from_slice(&body);
+    expect.extend_from_slice(&sender);
+    expect.extend_from_slice(&1u64.to_be_bytes());
+    expect.extend_from_slice(&tag);
+    assert_eq!(sealed, expect);
+}
+
 #[test]
 fn another_secret_a_plain_packet_and_a_short_one_are_dropped_and_counted() {
     let mut s = Sealer::new(&secret(1), [7; SENDER_LEN]);
