@@ -49,8 +49,9 @@ done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [ -n "$BIN" ] || BIN=$ROOT/target/release/blockcast
-GUARD=$ROOT/../shared/tools/net-guard
-[ -x "$GUARD" ] || GUARD=/work/shared/tools/net-guard
+. "$ROOT/bench/lib/netns.sh"
+GUARD=$(ns_guard_path "$ROOT")
+MTU=1500
 MAXN=4
 P=bcxdp
 SRV_IP=10.97.0.1
@@ -65,47 +66,12 @@ for t in nft ip b3sum bc jq; do command -v $t >/dev/null || die "needs $t"; done
 "$GUARD" up || die "net-guard up failed"
 ALL_NS=("$P-hub" "$P-srv")
 for i in $(seq 1 $MAXN); do ALL_NS+=("$P-r$i"); done
-kill_ns_procs() {  # every process inside our namespaces was started by this script
-  local ns pid
-  for ns in "${ALL_NS[@]}"; do
-    ip netns list 2>/dev/null | grep -qw "^$ns" || continue
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-  done
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  kill_ns_procs
-  for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-  rm -rf "$WORK/out"
-  log "namespaces deleted: $(ip netns list | grep -c "^$P-") left; $("$GUARD" check)"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
-ip netns add "$P-hub"
-ip -n "$P-hub" link set lo up
-ip -n "$P-hub" link add br0 type bridge mcast_snooping 0
-ip -n "$P-hub" link set br0 up
-setup_host() {  # name ip hub-port
-  local ns=$P-$1 addr=$2 port=$3
-  ip netns add "$ns"
-  ip link add "$port" netns "$P-hub" type veth peer name veth0 netns "$ns"
-  ip -n "$P-hub" link set "$port" master br0 up
-  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-  ip -n "$ns" link set lo up
-  ip -n "$ns" link set veth0 up
-  ip -n "$ns" addr add "$addr/24" dev veth0
-  ip -n "$ns" route add 224.0.0.0/4 dev veth0
-}
-setup_host srv "$SRV_IP" q-srv
-for i in $(seq 1 $MAXN); do setup_host "r$i" "$(rip "$i")" "q-r$i"; done
-for k in rmem_max wmem_max; do
-  v=$(sysctl -n net.core.$k)
-  [ "$v" -ge 67108864 ] || sysctl -qw net.core.$k=67108864
-done
+ns_cleanup_on_exit "$WORK/out"
+ns_hub
+ns_host srv "$SRV_IP" q-srv
+for i in $(seq 1 $MAXN); do ns_host "r$i" "$(rip "$i")" "q-r$i"; done
+ns_raise_root_buffers
+ns_check_no_default_route
 
 use_receivers() {
   local n=$1 i
@@ -152,7 +118,7 @@ run_one() {  # datapath n tag
   for i in "${pids[@]}"; do wait "$i" || rc=$?; done
   t1=$(now)
   wait "$spid" || rc=$?
-  kill_ns_procs
+  ns_kill_procs
   ELAPSED=$(echo "$t1 - $t0" | bc -l)
   OK=1
   [ "$rc" = 0 ] || OK=0
