@@ -246,6 +246,7 @@ fn run_session(
         statement: None,
         core_offset: 0,
         gate: None,
+        datapath: blockcast_node::Datapath::Socket,
     };
     let outs: Vec<PathBuf> = (0..s.receivers)
         .map(|i| dir.join(format!("copy-{i}.bin")))

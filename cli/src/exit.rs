@@ -86,7 +86,10 @@ pub fn incomplete(message: String) -> anyhow::Error {
 /// Maps a node error to its exit code.
 pub fn node(e: NodeError) -> anyhow::Error {
     let code = match &e {
-        NodeError::Io(_) | NodeError::Listen { .. } | NodeError::Send { .. } => NETWORK,
+        NodeError::Io(_)
+        | NodeError::Listen { .. }
+        | NodeError::Send { .. }
+        | NodeError::Datapath(_) => NETWORK,
         NodeError::Input { .. }
         | NodeError::InputChanged { .. }
         | NodeError::NotInCatalog { .. } => INPUT,

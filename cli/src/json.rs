@@ -54,6 +54,12 @@ pub struct ServeJson {
     /// Members dropped as slow (they asked for more than their share, and made no progress).
     pub dropped_slow: u64,
     /// A closed group (--secret): what the control socket opened and dropped; null without.
+    /// How the first pass left: "socket" or "xdp" (AF_XDP frames).
+    pub datapath: &'static str,
+    /// First-pass units sent as AF_XDP frames (0 on the socket path).
+    pub xdp_frames: u64,
+    /// First-pass units dropped for want of a free AF_XDP frame (repaired like any loss).
+    pub xdp_dropped: u64,
     pub sealed: Option<SealedJson>,
 }
 
@@ -128,6 +134,9 @@ impl ServeJson {
             repair_denied: s.stats.repair_denied,
             priority_denied: s.stats.priority_denied,
             dropped_slow: s.stats.dropped_slow,
+            datapath: s.datapath,
+            xdp_frames: s.xdp_frames,
+            xdp_dropped: s.xdp_dropped,
             sealed: s.sealed.as_ref().map(SealedJson::new),
             receivers: s
                 .receivers
@@ -199,6 +208,10 @@ pub struct ReceiveJson {
     pub parity_dropped: u64,
     /// A closed group (--secret): what the receive thread opened and dropped; null without.
     pub sealed: Option<SealedJson>,
+    /// The datapath the data came through: "socket" or "xdp" (AF_XDP).
+    pub datapath: &'static str,
+    /// Frames received through AF_XDP (0 on the socket path).
+    pub xdp_frames: u64,
 }
 
 impl ReceiveJson {
@@ -239,6 +252,8 @@ impl ReceiveJson {
             unchecked_signatures: s.stats.unchecked_signatures,
             parity_dropped: s.stats.parity_dropped,
             sealed: s.sealed.as_ref().map(SealedJson::new),
+            datapath: s.datapath,
+            xdp_frames: s.xdp_frames,
         }
     }
 }

@@ -386,6 +386,29 @@ struct HashArgs {
     hash_cache: Option<PathBuf>,
 }
 
+/// `--datapath`: how a session's data moves.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum DatapathArg {
+    /// AF_XDP where native XDP works on the interface, sockets otherwise (says which).
+    Auto,
+    /// The kernel's UDP sockets.
+    #[default]
+    Socket,
+    /// AF_XDP (kernel bypass; root or CAP_NET_ADMIN + CAP_BPF, native XDP on the
+    /// interface); exits with the reason where it cannot work.
+    Xdp,
+}
+
+impl DatapathArg {
+    fn node(self) -> blockcast_node::Datapath {
+        match self {
+            DatapathArg::Auto => blockcast_node::Datapath::Auto,
+            DatapathArg::Socket => blockcast_node::Datapath::Socket,
+            DatapathArg::Xdp => blockcast_node::Datapath::Xdp,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 struct NetArgs {
     /// Multicast group and port, e.g. 239.255.0.1:9000 (not with split mode).
@@ -489,6 +512,11 @@ struct ServeArgs {
     /// rebuilt without it).
     #[arg(long, default_value_t = 10.0)]
     receiver_timeout: f64,
+    /// How the data threads send the first pass: io_uring on the kernel's sockets, AF_XDP
+    /// frames (one data thread per tx queue of the interface; repairs and control stay on
+    /// sockets), or auto (XDP where the interface takes native XDP; the summary says which).
+    #[arg(long, value_enum, default_value_t = DatapathArg::Socket)]
+    datapath: DatapathArg,
 }
 
 #[derive(Args, Debug)]
@@ -543,6 +571,11 @@ struct ReceiveArgs {
     /// was given with --secret) and seal every packet sent.
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     secret: Option<PathBuf>,
+    /// How the group's data arrives: the kernel's sockets, AF_XDP (an XDP program takes the
+    /// session's datagrams on the interface; control traffic and group membership stay on
+    /// sockets), or auto (XDP where it works; the summary's "datapath" says which).
+    #[arg(long, value_enum, default_value_t = DatapathArg::Socket)]
+    datapath: DatapathArg,
 }
 
 /// What a receive does with what an earlier one into the same place left.
@@ -617,6 +650,10 @@ struct RelayArgs {
     /// closed and the downstream ones open: then the relay serves the content in the clear).
     #[arg(long, value_name = "FILE")]
     upstream_secret: Option<PathBuf>,
+    /// How the upstream group's data arrives: sockets, AF_XDP, or auto (see `receive
+    /// --datapath`).
+    #[arg(long, value_enum, default_value_t = DatapathArg::Socket)]
+    datapath: DatapathArg,
 }
 
 #[derive(Args, Debug)]
@@ -807,6 +844,7 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             preallocate: !a.resume.no_preallocate,
             verify_existing: a.resume.verify_existing,
             overwrite: a.resume.overwrite,
+            datapath: a.datapath.node(),
         },
         downstream: groups
             .iter()
@@ -945,6 +983,7 @@ fn serve(a: ServeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
                 .or_else(blockcast_node::HashCache::default_dir)
                 .map(blockcast_node::HashCache::new)
         },
+        datapath: a.datapath.node(),
     };
     let (a_max_wait, a_min_receivers) = (a.send.max_wait, a.send.min_receivers);
     let summary = output::run_serve(&cfg, stop, out).map_err(exit::node)?;
@@ -1035,6 +1074,7 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
         preallocate: !a.resume.no_preallocate,
         verify_existing: a.resume.verify_existing,
         overwrite: a.resume.overwrite,
+        datapath: a.datapath.node(),
     };
     if cfg.play == Some(PlayTo::Stdout) && out.json {
         return Err(exit::usage(

@@ -67,6 +67,12 @@ impl Output {
                 s.stats.xor_carried,
                 s.stats.nacks
             ));
+            if s.datapath == "xdp" {
+                self.say(&format!(
+                    "datapath xdp: {} first-pass units sent as AF_XDP frames ({} dropped for want of a free frame)",
+                    s.xdp_frames, s.xdp_dropped
+                ));
+            }
             self.say(&format!(
                 "manifest {} ({}); receivers can pin it with --expect",
                 blockcast_proto::auth::hex(&s.manifest_hash),
@@ -114,11 +120,12 @@ impl Output {
             json::print(&ReceiveJson::new(s));
         } else {
             self.say(&format!(
-                "received {} file(s), {} bytes in {:.2} s ({:.1} MB/s), every block verified",
+                "received {} file(s), {} bytes in {:.2} s ({:.1} MB/s, datapath {}), every block verified",
                 s.files.len(),
                 s.bytes,
                 s.seconds,
-                s.bytes as f64 / s.seconds.max(1e-9) / 1e6
+                s.bytes as f64 / s.seconds.max(1e-9) / 1e6,
+                s.datapath
             ));
         }
     }

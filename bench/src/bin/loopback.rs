@@ -163,6 +163,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         core_offset: 0,
         gate: None,
         secret: secret.clone(),
+        datapath: blockcast_node::Datapath::Socket,
     };
     let stop = AtomicBool::new(false);
     let outs: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("copy-{i}.bin"))).collect();

@@ -295,6 +295,7 @@ fn main() {
         core_offset: 0,
         gate: None,
         secret: None,
+        datapath: blockcast_node::Datapath::Socket,
     };
     let objects = most + 1;
     // The origin says when its catalog is whole.

@@ -95,6 +95,7 @@ fn one_run(src: &Path, dir: &Path, a: &Args, rate: Option<u64>, tiers: bool, tag
         statement: None,
         core_offset: 0,
         gate: None,
+        datapath: blockcast_node::Datapath::Socket,
     };
     let outs: Vec<PathBuf> = (0..total)
         .map(|i| dir.join(format!("copy-{i}.bin")))

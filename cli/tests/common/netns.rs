@@ -97,6 +97,21 @@ fn tool_missing(tool: &str) -> bool {
         .map_or(true, |s| !s.success())
 }
 
+/// The sum of the `packets N` counters in `nft list` output.
+fn packets_counted(text: &str) -> u64 {
+    let mut words = text.split_whitespace();
+    let mut n = 0;
+    while let Some(w) = words.next() {
+        if w == "packets" {
+            n += words
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    n
+}
+
 /// The namespaces `ip netns list` shows.
 pub fn namespaces() -> Vec<String> {
     let out = Command::new("ip")
@@ -331,6 +346,54 @@ impl Lab {
         );
     }
 
+    /// Makes `node`'s interface take at most one segment per GSO packet, so the kernel cuts
+    /// a UDP GSO super-buffer into datagrams as it leaves `node`: rules on the bridge then
+    /// see (and drop) datagrams one by one, not 64 KB at a time.
+    pub fn segment_leaving(&self, node: &Node) {
+        in_ns(
+            &node.ns,
+            &["ip", "link", "set", "dev", node.iface, "gso_max_segs", "1"],
+        );
+    }
+
+    /// Drops `permille`/1000 of the UDP frames the hub's bridge forwards to `node`, at random,
+    /// and counts them ([`Lab::dropped_toward`]). Unlike [`Lab::drop_udp`] this happens before
+    /// the frames reach the node, so an XDP program there (which sees frames before the
+    /// node's nftables) sees the loss too.
+    pub fn drop_udp_toward(&self, node: &Node, permille: u32) {
+        let [_, _, bridge, host] = node.addr.octets();
+        nft_in(
+            &self.hub,
+            &format!(
+                "table bridge bc_loss_{bridge}_{host} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    oifname \"p{bridge}-{host}\" meta l4proto udp numgen random mod 1000 < {permille} counter drop\n  }}\n}}\n"
+            ),
+        );
+    }
+
+    /// Frames [`Lab::drop_udp_toward`] dropped toward `node` so far.
+    pub fn dropped_toward(&self, node: &Node) -> u64 {
+        let [_, _, bridge, host] = node.addr.octets();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.hub, "nft", "list", "table", "bridge"])
+            .arg(format!("bc_loss_{bridge}_{host}"))
+            .output()
+            .expect("run nft list");
+        assert!(out.status.success(), "nft list in {}", self.hub);
+        packets_counted(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Drops every UDP datagram to `group` that reaches `node`'s own input (its kernel's UDP
+    /// sockets); frames an XDP program takes before that are not touched.
+    pub fn ban_group_input(&self, node: &Node, group: &str) {
+        let (addr, port) = group.split_once(':').expect("GROUP:PORT");
+        nft_in(
+            &node.ns,
+            &format!(
+                "table inet bc_noinput {{\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    ip daddr {addr} udp dport {port} counter drop\n  }}\n}}\n"
+            ),
+        );
+    }
+
     /// Drops (and counts) every IPv4 multicast datagram `node` sends or receives, so a mode run
     /// there provably does without multicast; read the count with [`Lab::multicast_dropped`].
     pub fn drop_multicast(&self, node: &Node) {
@@ -348,18 +411,7 @@ impl Lab {
             .output()
             .expect("run nft list");
         assert!(out.status.success(), "nft list in {}", node.ns);
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut words = text.split_whitespace();
-        let mut n = 0;
-        while let Some(w) = words.next() {
-            if w == "packets" {
-                n += words
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-        n
+        packets_counted(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// The namespaces this lab made (hub first).

@@ -15,6 +15,8 @@
 //! * [`RecvBatch`]: `recvmmsg` of up to 64 datagrams, with the GRO segment size of each, and
 //!   [`split_segments`] to cut a super-datagram back into datagrams.
 //!
+//! * [`xdp`]: AF_XDP beside the socket path: an XDP program assembled here and loaded with
+//!   `bpf(2)`, sockets with their UMEM and rings, Ethernet/IPv4/UDP frames.
 //! * [`beneath`]: files opened beneath a directory, never through a symbolic link.
 //! * [`os`]: the other system calls the nodes make (waiting with a deadline, eventfd,
 //!   thread CPU time, preallocation, vectored positioned writes, write-out), wrapped once.
@@ -36,10 +38,12 @@ mod socket;
 mod sys;
 mod unicast;
 mod uring;
+pub mod xdp;
 
 pub use error::IoError;
 pub use recv::{
-    split_segments, BatchLocator, BatchRange, Datagram, RecvBatch, GRO_BUFFER_SIZE, MAX_RECV_BATCH,
+    split_segments, BatchLocator, BatchRange, Datagram, ReceivedBytes, RecvBatch, GRO_BUFFER_SIZE,
+    MAX_RECV_BATCH,
 };
 pub use socket::{bind_unicast, receive_queue_ppm, BufferSize, MulticastReceiver, MulticastSender};
 pub use unicast::{bind_data_unicast, send_segments};

@@ -95,8 +95,8 @@ pub struct RecvBatch {
 /// (until its next `recv`), checked when read back ([`RecvBatch::bytes_at`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchRange {
-    generation: u64,
-    range: std::ops::Range<usize>,
+    pub(crate) generation: u64,
+    pub(crate) range: std::ops::Range<usize>,
 }
 
 impl BatchRange {
@@ -114,9 +114,28 @@ impl BatchRange {
 /// Places slices of one generation of a [`RecvBatch`] (see [`RecvBatch::locator`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchLocator {
-    base: usize,
-    len: usize,
-    generation: u64,
+    pub(crate) base: usize,
+    pub(crate) len: usize,
+    pub(crate) generation: u64,
+}
+
+/// Received bytes that a store queues writes from by their place, and reads back when it
+/// makes the writes: a [`RecvBatch`], or a batch of AF_XDP frames
+/// ([`XskBatch`](crate::xdp::XskBatch)). A range of another batch or generation is refused.
+pub trait ReceivedBytes {
+    /// What places slices of this batch ([`BatchLocator::range_of`]).
+    fn locator(&self) -> BatchLocator;
+    /// The bytes `r` names, if `r` was taken from this batch since it last received.
+    fn bytes_at(&self, r: &BatchRange) -> Option<&[u8]>;
+}
+
+impl ReceivedBytes for RecvBatch {
+    fn locator(&self) -> BatchLocator {
+        RecvBatch::locator(self)
+    }
+    fn bytes_at(&self, r: &BatchRange) -> Option<&[u8]> {
+        RecvBatch::bytes_at(self, r)
+    }
 }
 
 impl BatchLocator {

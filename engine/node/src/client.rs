@@ -132,6 +132,7 @@ fn run(cfg: &ClientConfig, rq: &mut Requester, host: &mut ClientHost) -> Result<
             group: None,
             control: Some(socket),
             seal: None,
+            xdp: None,
         },
     );
     driver::run(rq, &mut io, host)

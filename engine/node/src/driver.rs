@@ -26,15 +26,19 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use blockcast_io::os::wait_readable;
+use blockcast_io::xdp::{udp_payload_range, XskBatch};
 use blockcast_io::{GsoBatch, MulticastSender, RecvBatch, SendRing, Source};
 use blockcast_proto::{Destination, Endpoint, Transmit, UnitRef};
 use blockcast_seal::{OpenStats, Opener, Sealer, Secret, TRAILER_LEN};
 
+use crate::xdp::{XdpInputs, XdpOut};
 use crate::NodeError;
 
 /// Batches read from one socket per turn at most (the rest waits for the next turn, so
 /// timers and sends are not starved by a flood).
 const MAX_BATCHES_PER_TURN: usize = 64;
+/// Frames taken from an AF_XDP socket's RX ring at once (then given back to its fill ring).
+const XDP_BATCH: usize = 64;
 /// A wait shorter than this is not worth a system call: the next turn starts at once. Kept
 /// tiny: a thread that spins through short waits takes a core from the others (on a 2-core
 /// host a spinning data thread halved a receiver's throughput), and a paced thread's waits
@@ -86,6 +90,8 @@ pub(crate) struct Out {
     pub control: Option<UdpSocket>,
     /// With a group secret: seals every datagram that leaves.
     pub seal: Option<Seal>,
+    /// Data units as AF_XDP frames (`--datapath xdp` on a data thread), instead of the ring.
+    pub xdp: Option<XdpOut>,
 }
 
 /// What seals one thread's datagrams: its [`Sealer`] (a sender id of its own) and a buffer to
@@ -144,6 +150,20 @@ pub(crate) trait Host<E: Endpoint> {
         Ok(())
     }
 
+    /// A batch of AF_XDP frames arrived: hand their datagrams to the endpoint (by default
+    /// each frame's UDP payload where it lies, opened in place with a group secret). The
+    /// frames go back to the fill ring when this returns.
+    fn on_frames(
+        &mut self,
+        ep: &mut E,
+        now: Instant,
+        batch: &mut XskBatch<'_>,
+        opener: Option<&mut Opener>,
+    ) -> Result<(), NodeError> {
+        feed_frames(ep, now, batch, opener);
+        Ok(())
+    }
+
     /// Descriptors of other threads' wake-ups, waited on after the inputs.
     fn extra_fds(&self, _fds: &mut Vec<RawFd>) {}
 
@@ -184,6 +204,8 @@ pub(crate) struct Io {
     pub out: Out,
     /// With a group secret: opens every datagram that arrives.
     pub opener: Option<Opener>,
+    /// The session's data over AF_XDP (`--datapath xdp`), read beside the inputs.
+    pub xdp: Option<XdpInputs>,
     /// Which inputs were readable at the last wait (all, when the wait was skipped).
     ready: Vec<bool>,
     extra: Vec<RawFd>,
@@ -197,6 +219,7 @@ impl Io {
             inputs,
             out,
             opener: None,
+            xdp: None,
             extra: Vec::new(),
             buf: vec![0u8; TRANSMIT_BUF],
         }
@@ -271,6 +294,34 @@ pub(crate) fn feed<E: Endpoint>(
     }
 }
 
+/// Hands the UDP payload of every frame of `batch` to `ep`, where it lies in the frame (frames
+/// that are not UDP over IPv4 are skipped). With `opener` each payload is opened in place
+/// first, and handed on only if it opened.
+pub(crate) fn feed_frames<E: Endpoint>(
+    ep: &mut E,
+    now: Instant,
+    batch: &mut XskBatch<'_>,
+    mut opener: Option<&mut Opener>,
+) {
+    for i in 0..batch.len() {
+        let Some(frame) = batch.frame_mut(i) else {
+            continue;
+        };
+        let Some((source, _, at)) = udp_payload_range(frame) else {
+            continue;
+        };
+        let payload = &mut frame[at];
+        match opener.as_deref_mut() {
+            Some(opener) => {
+                if let Ok(n) = opener.open_in_place(payload) {
+                    ep.handle_datagram(now, SocketAddr::V4(source), &payload[..n]);
+                }
+            }
+            None => ep.handle_datagram(now, SocketAddr::V4(source), payload),
+        }
+    }
+}
+
 /// Runs `ep` until the host or the endpoint says stop.
 pub(crate) fn run<E: Sends, H: Host<E>>(
     ep: &mut E,
@@ -326,6 +377,20 @@ fn read_inputs<E: Sends, H: Host<E>>(
             host.on_batch(ep, now, i, &mut input.batch, io.opener.as_mut())?;
         }
     }
+    // AF_XDP: a look at each RX ring is a load of its producer index, no system call.
+    if let Some(xdp) = io.xdp.as_mut() {
+        for socket in &mut xdp.sockets {
+            for _ in 0..MAX_BATCHES_PER_TURN {
+                let opener = io.opener.as_mut();
+                let (n, r) =
+                    socket.receive_batch(XDP_BATCH, |b| host.on_frames(ep, now, b, opener));
+                r?;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -367,12 +432,16 @@ fn wait<E: Sends, H: Host<E>>(
     }
     let mut fds: Vec<RawFd> = io.inputs.iter().map(|i| i.fd.as_raw_fd()).collect();
     fds.extend_from_slice(&io.extra);
+    // AF_XDP sockets last: their readiness needs no flag (their rings are always looked at).
+    if let Some(xdp) = &io.xdp {
+        fds.extend(xdp.sockets.iter().map(AsRawFd::as_raw_fd));
+    }
     let mut ready = vec![false; fds.len()];
     wait_readable(&fds, left, &mut ready);
     let n = io.inputs.len();
     io.ready.clear();
     io.ready.extend_from_slice(&ready[..n]);
-    extra_ready.copy_from_slice(&ready[n..]);
+    extra_ready.copy_from_slice(&ready[n..n + io.extra.len()]);
     Ok(())
 }
 
@@ -402,9 +471,20 @@ impl Out {
                 Some(t) => (t, &spare[..t.len]),
                 None => match ep.poll_transmit(now, &mut buf[..room]) {
                     Some(t) => (t, &buf[..t.len]),
-                    None => return Ok(()),
+                    None => {
+                        if let Some(x) = self.xdp.as_mut() {
+                            x.flush()?;
+                        }
+                        return Ok(());
+                    }
                 },
             };
+            if let (Some(unit), Some(x)) = (t.payload, self.xdp.as_mut()) {
+                if let Some((src, range)) = ep.payload(&unit) {
+                    push_frame(x, head, &src.stable_bytes()[range], self.seal.as_mut())?;
+                }
+                continue;
+            }
             let (Some(unit), Some(ring)) = (t.payload, self.ring.as_mut()) else {
                 self.send_plain(&t, head, ep)?;
                 continue;
@@ -480,6 +560,26 @@ impl Out {
             },
         }
     }
+}
+
+/// Writes one unit into an AF_XDP frame after its headers: its header and its payload copied
+/// from where it lies (the mapped content), or, sealed, both written sealed.
+fn push_frame(
+    x: &mut XdpOut,
+    head: &[u8],
+    payload: &[u8],
+    mut seal: Option<&mut Seal>,
+) -> Result<(), NodeError> {
+    x.send(|body| match seal.as_deref_mut() {
+        Some(seal) => seal.sealer.seal_into(head, payload, body).ok(),
+        None => {
+            let n = head.len() + payload.len();
+            let body = body.get_mut(..n)?;
+            body[..head.len()].copy_from_slice(head);
+            body[head.len()..].copy_from_slice(payload);
+            Some(n)
+        }
+    })
 }
 
 /// Adds one unit to a super-buffer: its header copied and its payload gathered from where it

@@ -43,6 +43,9 @@ pub enum NodeError {
         shown(path)
     )]
     InputChanged { path: PathBuf, what: String },
+    /// The datapath asked for (`--datapath xdp`) cannot work here; the message says why.
+    #[error("{0}")]
+    Datapath(String),
     /// A configuration the protocol refuses: other flags or inputs fix it.
     #[error("{0}")]
     Config(String),

@@ -255,6 +255,7 @@ pub(crate) fn receive_config(
         expect: Some(hash),
         secret: None,
         preallocate: true,
+        datapath: crate::Datapath::Socket,
         // The staging directory's state file was written by an earlier fetch of this very
         // content, after the blocks it names were synced.
         verify_existing: false,

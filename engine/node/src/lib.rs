@@ -28,6 +28,7 @@ mod relay;
 mod serve;
 mod stripe;
 mod stripe_rx;
+mod xdp;
 
 pub use content::{collect_inputs, hash_inputs, Input};
 pub use error::{NodeError, ThreadFailure};
@@ -38,6 +39,7 @@ pub use receive::{
 };
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary, StartGate};
+pub use xdp::Datapath;
 
 /// CPU time the calling thread has used, in seconds.
 pub use blockcast_io::os::thread_cpu_seconds;

@@ -61,6 +61,7 @@ pub fn local_receivers(
             preallocate: true,
             verify_existing: false,
             overwrite: false,
+            datapath: crate::Datapath::Socket,
         })
         .collect()
 }

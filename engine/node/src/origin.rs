@@ -211,6 +211,7 @@ pub fn origin(
             group: None,
             control: Some(socket),
             seal: None,
+            xdp: None,
         },
     );
     let side_stop = Arc::new(AtomicBool::new(false));
@@ -428,6 +429,7 @@ impl OriginHost<'_> {
             gate: Some(gate.clone()),
             // Closed groups are not offered by the origin (yet): its sessions are open.
             secret: None,
+            datapath: crate::Datapath::Socket,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let progress: Arc<Mutex<Option<ServeProgress>>> = Arc::default();

@@ -158,6 +158,7 @@ pub fn relay(
                             core_offset: 0,
                             gate: None,
                             secret: cfg.secret.clone(),
+                            datapath: crate::Datapath::Socket,
                         };
                         let (content, manifest) = (content.share(), (*manifest).clone());
                         let (state, down_stop) = (&state, &down_stop);

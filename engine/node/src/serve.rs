@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use blockcast_io::{MulticastSender, RecvBatch, SendRing, SendRingConfig, Source};
 use blockcast_proto::auth::{Signature, Signer};
-use blockcast_proto::wire::{DoneReason, Manifest, ReceiverId, SessionId};
+use blockcast_proto::wire::{DoneReason, Manifest, ReceiverId, SessionId, UNIT_HEADER_LEN};
 use blockcast_proto::{
     FirstPassProgress, Geometry, RateLimits, Sender, SenderConfig, SenderEvent, SenderStats,
     SplitConfig, StripePass, UnitRef,
 };
-use blockcast_seal::{OpenStats, Secret};
+use blockcast_seal::{OpenStats, Secret, TRAILER_LEN};
 
 use crate::content::{Content, Input, CHECK_INTERVAL};
 use crate::driver::{self, Flow, Input as DriverInput, Io, Out, Sends};
@@ -76,6 +76,10 @@ pub struct ServeConfig {
     /// A closed group: every datagram is sealed with this secret, and only sealed ones are
     /// taken (docs/wire.md §16).
     pub secret: Option<Secret>,
+    /// How the data threads send the first pass: io_uring on sockets, or AF_XDP frames
+    /// (at most one data thread per tx queue of the interface). Repairs, announces and
+    /// control traffic stay on the control thread's sockets.
+    pub datapath: crate::Datapath,
 }
 
 /// When an origin's session may start its first pass: not before `window_end` (the batching
@@ -138,6 +142,11 @@ pub struct ServeSummary {
     /// A closed group: what the control thread opened and dropped (datagrams without the
     /// secret, forged, replayed).
     pub sealed: Option<OpenStats>,
+    /// How the first pass left: `socket` or `xdp`.
+    pub datapath: &'static str,
+    /// First-pass units sent as AF_XDP frames, and dropped for want of a free frame.
+    pub xdp_frames: u64,
+    pub xdp_dropped: u64,
 }
 
 /// Serves until every accepted receiver is complete, the deadline passes, or `stop` is set.
@@ -193,6 +202,21 @@ pub(crate) fn serve_content(
             usize::from(cfg.group.port()) + stripes - 1
         )));
     }
+    let mut xdp = match (cfg.split, cfg.datapath) {
+        (true, crate::Datapath::Xdp) => return Err(NodeError::Datapath(
+            "--datapath xdp is for a multicast group: split mode's unicast data stays on sockets"
+                .into(),
+        )),
+        (true, _) => None,
+        (false, choice) => {
+            let trailer = if cfg.secret.is_some() { TRAILER_LEN } else { 0 };
+            let datagram = usize::from(cfg.geometry.unit_size) + UNIT_HEADER_LEN + trailer;
+            crate::xdp::choose_send(choice, cfg.iface, stripes, datagram)?
+        }
+    };
+    // One data thread per AF_XDP socket (per tx queue).
+    let stripes = xdp.as_ref().map_or(stripes, |x| x.sockets.len());
+    let datapath = crate::Datapath::name(xdp.is_some());
     let (mut io, control_addr) = open_sockets(cfg)?;
     let scfg = sender_config(cfg, stripes, control_addr)?;
     let mut sender =
@@ -214,6 +238,7 @@ pub(crate) fn serve_content(
                     ttl: cfg.ttl,
                     shared: &shared,
                     secret: cfg.secret.as_ref(),
+                    xdp: xdp.as_mut().and_then(|x| Some((x.sockets.pop()?, x.mac))),
                 };
                 match std::thread::Builder::new()
                     .name(format!("bc-data-{s}"))
@@ -288,6 +313,9 @@ pub(crate) fn serve_content(
         manifest_hash: sender.manifest_hash(),
         signer: sender.statement_signer(),
         sealed: io.open_stats(),
+        datapath,
+        xdp_frames: data.xdp_frames,
+        xdp_dropped: data.xdp_dropped,
     })
 }
 
@@ -317,6 +345,7 @@ fn open_sockets(cfg: &ServeConfig) -> Result<(Io, SocketAddr), NodeError> {
         group,
         control: Some(control),
         seal: None,
+        xdp: None,
     };
     let io = Io::new(vec![input], out).protect(cfg.secret.as_ref())?;
     Ok((io, control_addr))

@@ -14,6 +14,7 @@ use blockcast_seal::Secret;
 use crate::content::Content;
 use crate::driver::{self, Flow, Io, Out};
 use crate::published::WaitError;
+use crate::xdp::XdpOut;
 use crate::NodeError;
 
 /// What the control thread and the data threads share.
@@ -78,6 +79,9 @@ pub(crate) struct StripeThread<'a> {
     pub shared: &'a StripeShared,
     /// The group secret: this thread seals what it sends with a sender id of its own.
     pub secret: Option<&'a Secret>,
+    /// `--datapath xdp`: this thread's AF_XDP socket and the interface's Ethernet address;
+    /// its units leave as frames through the socket's TX ring instead of the io_uring ring.
+    pub xdp: Option<(blockcast_io::xdp::XdpSocket, [u8; 6])>,
 }
 
 /// What the data threads did.
@@ -87,6 +91,9 @@ pub(crate) struct StripeStats {
     /// First-pass units and datagram bytes handed to the kernel.
     pub units: u64,
     pub bytes: u64,
+    /// Units sent as AF_XDP frames, and units dropped for want of a free frame.
+    pub xdp_frames: u64,
+    pub xdp_dropped: u64,
 }
 
 impl StripeStats {
@@ -94,6 +101,8 @@ impl StripeStats {
         self.cpu_seconds += o.cpu_seconds;
         self.units += o.units;
         self.bytes += o.bytes;
+        self.xdp_frames += o.xdp_frames;
+        self.xdp_dropped += o.xdp_dropped;
     }
 }
 
@@ -111,14 +120,31 @@ pub(crate) fn run(
     // Each stripe has its own port (docs/wire.md §3.1): a receiver reads it on its own socket.
     let group = SocketAddrV4::new(*t.group.ip(), t.group.port() + pass.stripe());
     let socket = MulticastSender::new(group, t.iface, t.ttl, 4 << 20)?;
-    let ring = SendRing::new(socket, SendRingConfig::default())?;
+    let (ring, xdp, _port) = match t.xdp {
+        // The socket stays open, unused, so the frames' source port is one this host owns.
+        Some((xsk, mac)) => {
+            let src = socket.local_addr()?;
+            let ttl = t.ttl.min(255) as u8;
+            (
+                None,
+                Some(XdpOut::new(xsk, mac, src, group, ttl)),
+                Some(socket),
+            )
+        }
+        None => (
+            Some(SendRing::new(socket, SendRingConfig::default())?),
+            None,
+            None,
+        ),
+    };
     let mut io = Io::new(
         Vec::new(),
         Out {
-            ring: Some(ring),
+            ring,
             group: None,
             control: None,
             seal: None,
+            xdp,
         },
     )
     .protect(t.secret)?;
@@ -139,10 +165,17 @@ pub(crate) fn run(
         );
     }
     let s = pass.stats();
+    let (xdp_frames, xdp_dropped) = io
+        .out
+        .xdp
+        .as_ref()
+        .map_or((0, 0), |x| (x.frames, x.dropped));
     Ok(StripeStats {
         cpu_seconds: blockcast_io::os::thread_cpu_seconds(),
         units: s.units,
         bytes: s.bytes,
+        xdp_frames,
+        xdp_dropped,
     })
 }
 

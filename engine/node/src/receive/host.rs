@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
+use blockcast_io::xdp::XskBatch;
 use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
 use blockcast_proto::wire::{BlockIndex, LeaveReason, ObjectId, UnitIndex};
 use blockcast_proto::{Receiver, ReceiverEvent};
@@ -150,6 +151,11 @@ impl<'a, 'scope, 'env> ReceiveHost<'a, 'scope, 'env> {
         let sock = MulticastReceiver::new(to, self.cfg.iface, self.cfg.rcvbuf, true)?;
         // A new socket counts its drops from 0.
         io.replace_input(DATA, Input::new(sock, RecvBatch::new(8, GRO_BUFFER_SIZE)?));
+        if io.xdp.take().is_some() {
+            // The program takes only the first group's address: the other source's data
+            // comes through the new socket.
+            tracing::warn!("failing over to {to}: its data is received on the socket path");
+        }
         self.close_stripes();
         rx.switch_source(now);
         self.last_packet = now;
@@ -297,6 +303,23 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         Ok(())
     }
 
+    fn on_frames(
+        &mut self,
+        rx: &mut Receiver<FileStore>,
+        now: Instant,
+        batch: &mut XskBatch<'_>,
+        opener: Option<&mut blockcast_seal::Opener>,
+    ) -> Result<(), NodeError> {
+        self.last_packet = now;
+        // As for a socket's batch: units are queued by their place in the frames and written
+        // from there before the frames go back to the fill ring.
+        rx.store_mut().stage(batch);
+        driver::feed_frames(rx, now, batch, opener);
+        rx.store_mut().flush(Some(batch))?;
+        self.got_data = true;
+        Ok(())
+    }
+
     fn extra_fds(&self, fds: &mut Vec<std::os::fd::RawFd>) {
         if let Some(s) = &self.stripes {
             fds.extend(s.fds());
@@ -334,16 +357,25 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         if self.got_data || striped {
             // What every data socket received and dropped (for the loss reports).
             let (more, more_drops) = self.stripes.as_ref().map_or((0, 0), |s| s.socket_totals());
+            let (xdp, xdp_drops) = io
+                .xdp
+                .as_ref()
+                .map_or((0, 0), |x| (x.received(), x.dropped() as u32));
             let batch = &io.inputs[DATA].batch;
             rx.note_socket(
-                batch.received() + more,
-                batch.socket_drops().unwrap_or(0).wrapping_add(more_drops),
+                batch.received() + more + xdp,
+                batch
+                    .socket_drops()
+                    .unwrap_or(0)
+                    .wrapping_add(more_drops)
+                    .wrapping_add(xdp_drops),
             );
         }
         self.got_data = false;
         // A striped session: open its other stripes' sockets before this turn's packets go
-        // out (the join among them), so the first pass finds them joined.
-        if self.stripes.is_none() && self.cfg.split.is_none() {
+        // out (the join among them), so the first pass finds them joined. With XDP the
+        // program takes the stripe ports too (the group is joined once, for every port).
+        if self.stripes.is_none() && self.cfg.split.is_none() && io.xdp.is_none() {
             if let Some(n) = rx.announced_stripes().filter(|&n| n > 1) {
                 self.stripes = Some(StripeSockets::open(
                     self.scope,

@@ -81,6 +81,8 @@ pub struct ReceiveConfig {
     /// Hash the blocks a state file says are verified (an earlier run into the same `out`)
     /// instead of trusting it.
     pub verify_existing: bool,
+    /// The datapath for the session's data: sockets, AF_XDP, or AF_XDP where it works.
+    pub datapath: crate::Datapath,
     /// Write over files under `out` that are not partial files of an earlier receive (no
     /// state file of ours names them); without it such a file stops the receive
     /// ([`NodeError::OutputExists`]) and is kept.
@@ -148,6 +150,10 @@ pub struct ReceiveSummary {
     /// A closed group: what the receive thread opened and dropped (datagrams without the
     /// secret, forged, replayed).
     pub sealed: Option<OpenStats>,
+    /// The datapath the data came through: `socket` or `xdp`.
+    pub datapath: &'static str,
+    /// Frames received through AF_XDP (0 on the socket path).
+    pub xdp_frames: u64,
 }
 
 /// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
@@ -343,9 +349,19 @@ fn receive_session(
             group: None,
             control: Some(control),
             seal: None,
+            xdp: None,
         },
     )
     .protect(cfg.secret.as_ref())?;
+    io.xdp = match (cfg.split, cfg.datapath) {
+        (Some(_), crate::Datapath::Xdp) => return Err(NodeError::Datapath(
+            "--datapath xdp is for a multicast group: split mode's unicast data stays on sockets"
+                .into(),
+        )),
+        (Some(_), _) => None,
+        (None, choice) => crate::xdp::choose_receive(choice, cfg.group, cfg.iface)?,
+    };
+    let datapath = crate::Datapath::name(io.xdp.is_some());
     let started = Instant::now();
     let cpu_start = blockcast_io::os::thread_cpu_seconds();
     let run = std::thread::scope(|scope| {
@@ -409,6 +425,8 @@ fn receive_session(
         stripe_datagrams: tally.stripe_datagrams,
         session: session_trust(&rx),
         sealed: io.open_stats(),
+        datapath,
+        xdp_frames: io.xdp.as_ref().map_or(0, |x| x.received()),
     })
 }
 

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use blockcast_io::beneath::{Access, Beneath};
 use blockcast_io::os::MappingGuard;
-use blockcast_io::{BatchLocator, BatchRange, RecvBatch};
+use blockcast_io::{BatchLocator, BatchRange, ReceivedBytes};
 use blockcast_proto::wire::{BlockIndex, Manifest, ObjectId};
 use blockcast_proto::{BlockStore, HeldBlocks, StoreError};
 use memmap2::Mmap;
@@ -136,14 +136,14 @@ impl FileStore {
 
     /// The datagrams of `batch` are about to be handed to the protocol core: queue their
     /// units by their place in it.
-    pub(crate) fn stage(&mut self, batch: &RecvBatch) {
+    pub(crate) fn stage(&mut self, batch: &dyn ReceivedBytes) {
         self.staged = Some(batch.locator());
     }
 
     /// Makes the queued unit writes, reading their bytes from `batch` (the one staged): each
     /// run of writes that follow each other in one file is one `pwritev` (a GRO
     /// super-datagram of consecutive units is one call).
-    pub(crate) fn flush(&mut self, batch: Option<&RecvBatch>) -> Result<(), NodeError> {
+    pub(crate) fn flush(&mut self, batch: Option<&dyn ReceivedBytes>) -> Result<(), NodeError> {
         self.staged = None;
         let pending = std::mem::take(&mut self.pending);
         let r = self.write_out(&pending, batch);
@@ -156,7 +156,7 @@ impl FileStore {
     fn write_out(
         &self,
         pending: &[PendingWrite],
-        batch: Option<&RecvBatch>,
+        batch: Option<&dyn ReceivedBytes>,
     ) -> Result<(), NodeError> {
         let mut slices: Vec<IoSlice<'_>> = Vec::new();
         let mut i = 0;
