@@ -5,7 +5,9 @@
 //! rendition of an ffmpeg clip all key frames, decoding cleanly; a non-TS object asked for
 //! as critical `415`; an origin that vanishes mid-fill: the client's response ends short, the
 //! edge runs on and keeps the verified blocks; `?rendition=auto`: a client on a `tbf`-limited
-//! link below the clip's bitrate gets the critical rendition, a fast one the clip itself.
+//! link below the clip's bitrate gets the critical rendition, a fast one the clip itself;
+//! an edge sitting on a group takes what `serve` pushes there and serves it, during the push
+//! and after, with nothing asked of the origin.
 
 mod common;
 #[path = "../../engine/edge/tests/common/media.rs"]
@@ -720,6 +722,102 @@ fn auto_gives_a_client_slower_than_the_clip_key_frames_and_a_fast_client_the_cli
     );
     assert!(headers(&h).contains("x-rendition: full"), "{}", headers(&h));
     assert_identical(&catalog.join("clip.ts"), &got);
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn an_edge_on_a_group_serves_what_is_pushed_there_during_and_after_with_nothing_from_the_origin() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("edge-group");
+    let s = setup("edg", 100);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let size = 8u64 << 20;
+    // The origin has the same file: a request that reached it would be granted and counted.
+    publish(&catalog, "a.bin", size, 11);
+    let src = dir.path("push");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::copy(catalog.join("a.bin"), src.join("a.bin")).unwrap();
+    let group = "239.255.200.1:9400";
+    let (mut origin, mut edge, url) =
+        start(&s, &dir, &catalog, 100, "64M", "10M", &["--group", group]);
+
+    // 2 MB/s: the push takes about four seconds, time for a client to ask midway.
+    let mut server = s.lab.serve(
+        &s.srv,
+        &dir.0,
+        &src.join("a.bin"),
+        group,
+        &["--rate", "2M", "--min-receivers", "1"],
+    );
+    let a = |st: &serde_json::Value| {
+        st["objects"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == "a.bin"))
+            .cloned()
+    };
+    wait_until(Duration::from_secs(20), "the push to be under way", || {
+        server.assert_running();
+        a(&status(&s.client, &url)).is_some_and(|o| {
+            o["filling"] == true
+                && o["fill_bytes"].as_u64() > Some(0)
+                && o["fill_bytes"].as_u64() < Some(size / 2)
+        })
+    });
+    // A client while it arrives (waiting block by block), and a range in its second half.
+    let during = dir.path("during.bin");
+    let c1 = curl_spawn(&s.client, &format!("{url}/a.bin"), &during, &[]);
+    let (from, to) = (size / 2 + 777, size - 5);
+    let part = dir.path("part.bin");
+    let code = get(
+        &s.client,
+        &format!("{url}/a.bin"),
+        &part,
+        &["-H", &format!("Range: bytes={from}-{to}")],
+    );
+    assert_eq!(code, "206");
+    let whole = std::fs::read(catalog.join("a.bin")).unwrap();
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        &whole[from as usize..=to as usize],
+        "the range's bytes"
+    );
+    assert_eq!(finish_curl(c1), "200");
+    assert_identical(&catalog.join("a.bin"), &during);
+    server.expect_code(Duration::from_secs(30), 0);
+
+    // After the push: served from the tiers.
+    let after = dir.path("after.bin");
+    assert_eq!(get(&s.client, &format!("{url}/a.bin"), &after, &[]), "200");
+    assert_identical(&catalog.join("a.bin"), &after);
+    let st = status(&s.client, &url);
+    let obj = a(&st).expect("a.bin in /status");
+    assert_eq!(obj["fills"], 1, "{obj}");
+    assert_eq!(obj["blocks_ram"].as_u64(), obj["blocks"].as_u64(), "{obj}");
+    // Written through to disk as it arrived.
+    assert!(st["tiers"]["disk_bytes"].as_u64() >= Some(size), "{st}");
+    // Nothing from the origin: no fill, no byte, no session; all from the group.
+    assert_eq!(st["fills"]["started"], 0, "{st}");
+    assert_eq!(st["fills"]["origin_bytes"], 0);
+    assert_eq!(st["fills"]["group_bytes"].as_u64(), Some(size));
+    assert_eq!(st["groups"][0]["group"], group);
+    assert_eq!(st["groups"][0]["sessions_whole"], 1, "{st}");
+    assert_eq!(origin_sessions(&s), 0.0);
+    let metrics_url = format!("http://{}:9301/metrics", s.edge.addr);
+    let mut text = String::new();
+    wait_until(Duration::from_secs(10), "the edge's metrics", || {
+        text = String::from_utf8_lossy(&curl(&s.client, &[&metrics_url]).stdout).into_owned();
+        metric(&text, "blockcast_edge_group_bytes_total") == size as f64
+    });
+    assert_eq!(metric(&text, "blockcast_edge_origin_bytes_total"), 0.0);
+    assert_eq!(metric(&text, "blockcast_edge_group_sessions_total"), 1.0);
+    promtool_check(&text);
 
     edge.interrupt();
     edge.expect_code(Duration::from_secs(10), 0);

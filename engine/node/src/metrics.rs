@@ -449,6 +449,8 @@ pub struct EdgeMetrics {
     pub fills_total: Counter,
     pub fill_failures_total: Counter,
     pub origin_bytes_total: Counter,
+    pub group_bytes_total: Counter,
+    pub group_sessions_total: Counter,
     pub sent_bytes_ram_total: Counter,
     pub sent_bytes_disk_total: Counter,
     pub renditions_made_total: Counter,
@@ -463,7 +465,7 @@ pub struct EdgeMetrics {
 
 impl EdgeMetrics {
     pub fn register(&self, r: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 12] = [
             (
                 "blockcast_edge_requests",
                 "HTTP requests answered",
@@ -483,6 +485,16 @@ impl EdgeMetrics {
                 "blockcast_edge_origin_bytes",
                 "Bytes the fills took from the origin into the cache",
                 &self.origin_bytes_total,
+            ),
+            (
+                "blockcast_edge_group_bytes",
+                "Bytes the groups' sessions put into the cache (relay membership)",
+                &self.group_bytes_total,
+            ),
+            (
+                "blockcast_edge_group_sessions",
+                "Sessions the edge's group members received",
+                &self.group_sessions_total,
             ),
             (
                 "blockcast_edge_sent_ram_bytes",
@@ -549,6 +561,12 @@ impl EdgeMetrics {
             "origin_bytes",
             &self.origin_bytes_total,
             s.fills.origin_bytes,
+        );
+        d.add("group_bytes", &self.group_bytes_total, s.fills.group_bytes);
+        d.add(
+            "group_sessions",
+            &self.group_sessions_total,
+            s.groups.iter().map(|g| g.sessions).sum(),
         );
         d.add("sent_ram", &self.sent_bytes_ram_total, s.sent_bytes_ram);
         d.add("sent_disk", &self.sent_bytes_disk_total, s.sent_bytes_disk);

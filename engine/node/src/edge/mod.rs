@@ -34,17 +34,18 @@ pub mod auto;
 mod critical;
 mod fill;
 mod index;
+mod member;
 mod status;
 
 use index::load_index;
 
 pub use status::{
-    ClientStatus, EdgeReady, EdgeStatus, EdgeSummary, FillsStatus, MeasuredClient, ObjectStatus,
-    TiersStatus,
+    ClientStatus, EdgeReady, EdgeStatus, EdgeSummary, FillsStatus, GroupStatus, MeasuredClient,
+    ObjectStatus, TiersStatus,
 };
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +56,7 @@ pub use blockcast_edge::cache::CacheConfig;
 use blockcast_edge::cache::{BlockCache, BlockKey, CacheStats, ContentId, Lookup, Tier};
 use blockcast_edge::ts::{CriticalFilter, RenditionConfig, RenditionError};
 use blockcast_proto::auth::hex;
+use blockcast_proto::wire::{Manifest, ObjectEntry};
 use serde::Serialize;
 
 use crate::client::{self, Answer, ClientConfig};
@@ -66,8 +68,16 @@ use crate::NodeError;
 /// How the edge runs.
 #[derive(Clone, Debug)]
 pub struct EdgeConfig {
-    /// The origin and how to ask it.
-    pub client: ClientConfig,
+    /// The origin and how to ask it; `None`: the edge serves only what its groups announce
+    /// (a name it has not seen is `404`).
+    pub client: Option<ClientConfig>,
+    /// Groups the edge sits on as a member, taking every object announced there into its
+    /// tiers ([`member`]).
+    pub groups: Vec<SocketAddrV4>,
+    /// This host's interface toward the origin and the groups.
+    pub iface: Ipv4Addr,
+    /// Keys the groups' sessions must be signed by (empty: any session).
+    pub trust: Vec<[u8; 32]>,
     /// Where clients connect.
     pub http: SocketAddr,
     /// The tiers.
@@ -100,6 +110,16 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The description of `entry`, an object of `manifest`.
+    fn of(manifest: &Manifest, entry: &ObjectEntry) -> Self {
+        Meta {
+            size: entry.size,
+            block_size: manifest.block_size(),
+            id: ContentId(entry.hash),
+            block_hashes: entry.block_hashes.clone().into(),
+        }
+    }
+
     fn blocks(&self) -> u32 {
         self.block_hashes.len() as u32
     }
@@ -234,6 +254,8 @@ pub struct Edge {
     pub counters: EdgeCounters,
     /// Clients' measured delivery rates, for `?rendition=auto`.
     pub rates: auto::PeerRates,
+    /// What each group's member took (in the order of `cfg.groups`).
+    groups: Vec<member::GroupCounters>,
     stop: Arc<AtomicBool>,
     events: EventSink,
     started: Instant,
@@ -263,7 +285,9 @@ impl Edge {
             source,
         })?;
         let objects = load_index(&cfg.index);
+        let groups = cfg.groups.iter().map(|_| Default::default()).collect();
         Ok(Arc::new(Edge {
+            groups,
             cfg,
             cache: Mutex::new(cache),
             objects: Mutex::new(objects),
@@ -547,11 +571,33 @@ pub fn edge(
         }
         None => None,
     };
+    let mut members = Vec::new();
+    for i in 0..edge.cfg.groups.len() {
+        let e = edge.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("bc-edge-group-{i}"))
+            .spawn(move || e.member(i));
+        match spawned {
+            Ok(h) => members.push(h),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for h in members {
+                    let _ = h.join();
+                }
+                return Err(NodeError::spawn("a group member thread", e));
+            }
+        }
+    }
     ready(&EdgeReady {
         http,
         metrics: metrics.as_ref().map(|((_, a), _)| *a),
     });
     let served = crate::http::edge::serve_edge(listener, edge.clone(), &stop);
+    // The members see the stop at their next progress (a few times a second).
+    stop.store(true, Ordering::Relaxed);
+    for h in members {
+        let _ = h.join();
+    }
     if let Some(((h, _), updater)) = metrics {
         let _ = h.join();
         updater.thread().unpark();
@@ -567,6 +613,11 @@ pub fn edge(
         fills: c.fills.load(Ordering::Relaxed),
         fill_failures: c.fill_failures.load(Ordering::Relaxed),
         origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
+        group_bytes: edge
+            .groups
+            .iter()
+            .map(|g| g.bytes.load(Ordering::Relaxed))
+            .sum(),
         sent_bytes_ram: c.sent_bytes_ram.load(Ordering::Relaxed),
         sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
         seconds: edge.started.elapsed().as_secs_f64(),

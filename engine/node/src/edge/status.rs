@@ -92,10 +92,25 @@ impl Edge {
                 seconds_ago: age,
             })
             .collect();
+        let groups: Vec<GroupStatus> = self
+            .cfg
+            .groups
+            .iter()
+            .zip(&self.groups)
+            .map(|(g, c)| GroupStatus {
+                group: g.to_string(),
+                receiving: c.receiving.load(Ordering::Relaxed),
+                sessions: c.sessions.load(Ordering::Relaxed),
+                sessions_whole: c.sessions_whole.load(Ordering::Relaxed),
+                objects: c.objects.load(Ordering::Relaxed),
+                bytes: c.bytes.load(Ordering::Relaxed),
+                failures: c.failures.load(Ordering::Relaxed),
+            })
+            .collect();
         let c = &self.counters;
         EdgeStatus {
             role: "edge",
-            origin: self.cfg.client.origin.to_string(),
+            origin: self.cfg.client.as_ref().map(|c| c.origin.to_string()),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             objects: list,
             tiers: TiersStatus {
@@ -117,7 +132,9 @@ impl Edge {
                 failed: c.fill_failures.load(Ordering::Relaxed),
                 running: objects.iter().filter(|o| o.lock().filling).count() as u64,
                 origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
+                group_bytes: groups.iter().map(|g| g.bytes).sum(),
             },
+            groups,
             clients,
             measured,
             requests: c.requests.load(Ordering::Relaxed),
@@ -131,11 +148,14 @@ impl Edge {
 #[derive(Serialize)]
 pub struct EdgeStatus {
     pub role: &'static str,
-    pub origin: String,
+    /// The origin's address (none: the edge serves what its groups announce).
+    pub origin: Option<String>,
     pub uptime_seconds: f64,
     pub objects: Vec<ObjectStatus>,
     pub tiers: TiersStatus,
     pub fills: FillsStatus,
+    /// The groups the edge sits on as a member.
+    pub groups: Vec<GroupStatus>,
     pub clients: Vec<ClientStatus>,
     /// Each client address's latest measured delivery rate (what `?rendition=auto` compares).
     pub measured: Vec<MeasuredClient>,
@@ -184,6 +204,26 @@ pub struct FillsStatus {
     pub running: u64,
     /// Bytes the fills took from the origin into the cache.
     pub origin_bytes: u64,
+    /// Bytes the groups' sessions put into the cache.
+    pub group_bytes: u64,
+}
+
+/// What the edge's member of one group took.
+#[derive(Serialize)]
+pub struct GroupStatus {
+    pub group: String,
+    /// A session's objects are being copied now.
+    pub receiving: bool,
+    /// Sessions whose manifest was learnt.
+    pub sessions: u64,
+    /// Sessions taken whole (every object in the cache).
+    pub sessions_whole: u64,
+    /// Objects those sessions announced.
+    pub objects: u64,
+    /// Bytes put into the cache from this group.
+    pub bytes: u64,
+    /// Receives that failed (silence is no failure).
+    pub failures: u64,
 }
 
 #[derive(Serialize)]
@@ -213,6 +253,8 @@ pub struct EdgeSummary {
     pub fills: u64,
     pub fill_failures: u64,
     pub origin_bytes: u64,
+    /// Bytes the groups' sessions put into the cache.
+    pub group_bytes: u64,
     pub sent_bytes_ram: u64,
     pub sent_bytes_disk: u64,
     pub seconds: f64,
