@@ -267,6 +267,7 @@ pub fn origin(a: crate::OriginArgs, stop: &AtomicBool, out: &output::Output) -> 
                 .or_else(blockcast_node::HashCache::default_dir)
                 .map(blockcast_node::HashCache::new)
         },
+        critical: a.critical.clone(),
         rescan: seconds("--rescan", a.rescan)?.max(Duration::from_millis(10)),
         settle: seconds("--settle", a.settle)?,
         answers_per_sec: a.answers_per_sec.max(1.0),

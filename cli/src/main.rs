@@ -161,6 +161,11 @@ pub(crate) struct OriginArgs {
     hash_cache: Option<PathBuf>,
     #[arg(long, conflicts_with = "hash_cache")]
     no_hash_cache: bool,
+    /// Publish the critical (key-frame) rendition of each MPEG-TS file (H.264 or H.265) as a
+    /// second object, `.critical/<the file's BLAKE3>`, made when the file enters the catalog
+    /// and kept in DIR (outside the catalog); an edge serves it for ?rendition=critical.
+    #[arg(long, env = "BLOCKCAST_CRITICAL", value_name = "DIR")]
+    critical: Option<PathBuf>,
     /// Seconds between scans of the catalog directory.
     #[arg(long, default_value_t = 1.0)]
     rescan: f64,

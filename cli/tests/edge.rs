@@ -7,7 +7,8 @@
 //! edge runs on and keeps the verified blocks; `?rendition=auto`: a client on a `tbf`-limited
 //! link below the clip's bitrate gets the critical rendition, a fast one the clip itself;
 //! an edge sitting on a group takes what `serve` pushes there and serves it, during the push
-//! and after, with nothing asked of the origin.
+//! and after, with nothing asked of the origin; an origin that publishes the critical
+//! rendition as a second object: the edge serves that one (fetched, not the full clip).
 
 mod common;
 #[path = "../../engine/edge/tests/common/media.rs"]
@@ -27,17 +28,17 @@ fn publish(catalog: &Path, name: &str, size: u64, seed: u64) {
     std::fs::rename(&tmp, catalog.join(name)).unwrap();
 }
 
-/// `blockcast origin` in `node` on `catalog`, at `listen`, groups 239.255.<octet>.0/24,
-/// sending at `rate`.
+/// `blockcast origin` in the lab's origin host on `catalog`, at its listen address, groups
+/// 239.255.<octet>.0/24, sending at `rate`, then `extra` arguments.
 fn start_origin(
-    lab: &Lab,
-    node: &Node,
+    s: &Setup,
     dir: &Path,
     catalog: &Path,
-    listen: &str,
     octet: u8,
     rate: &str,
+    extra: &[OsString],
 ) -> Proc {
+    let (lab, node, listen) = (&s.lab, &s.srv, s.listen.as_str());
     let metrics = format!("{}:9300", node.addr);
     let mut a: Vec<OsString> = vec!["origin".into(), "--catalog".into(), catalog.into()];
     for x in [
@@ -64,6 +65,7 @@ fn start_origin(
     ] {
         a.push(x.into());
     }
+    a.extend(extra.iter().cloned());
     lab.spawn(node, dir, "origin", a)
 }
 
@@ -167,15 +169,7 @@ fn start(
     origin_rate: &str,
     edge_extra: &[&str],
 ) -> (Proc, Proc, String) {
-    let mut origin = start_origin(
-        &s.lab,
-        &s.srv,
-        &dir.0,
-        catalog,
-        &s.listen,
-        octet,
-        origin_rate,
-    );
+    let mut origin = start_origin(s, &dir.0, catalog, octet, origin_rate, &[]);
     let mut edge = spawn_edge(s, dir, ram, "edge", edge_extra);
     let url = format!("http://{}:8080", s.edge.addr);
     let metrics_url = format!("http://{}:9300/metrics", s.srv.addr);
@@ -818,6 +812,135 @@ fn an_edge_on_a_group_serves_what_is_pushed_there_during_and_after_with_nothing_
     assert_eq!(metric(&text, "blockcast_edge_origin_bytes_total"), 0.0);
     assert_eq!(metric(&text, "blockcast_edge_group_sessions_total"), 1.0);
     promtool_check(&text);
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn an_origin_publishing_the_critical_rendition_sends_it_and_the_edge_does_not_make_its_own() {
+    if !can_run(Lab::skip_reason()) || !can_run(media::ffmpeg_missing("libx264")) {
+        return;
+    }
+    let dir = Scratch::new("edge-origin-critical");
+    let s = setup("edo", 101);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
+    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    publish(&catalog, "data.bin", 300_000, 5);
+    let clip = std::fs::read(catalog.join("clip.ts")).unwrap();
+    let linked = format!(".critical/{}", blake3::hash(&clip).to_hex());
+    let events = dir.path("origin-events.ndjson");
+    let renditions = dir.path("renditions");
+    let mut origin = start_origin(
+        &s,
+        &dir.0,
+        &catalog,
+        101,
+        "10M",
+        &[
+            "--critical".into(),
+            renditions.clone().into(),
+            "--events".into(),
+            events.clone().into(),
+        ],
+    );
+    // Three objects: the clip, its rendition (made as the clip entered the catalog) and the
+    // data file, which is no transport stream and gets none.
+    let metrics_url = format!("http://{}:9300/metrics", s.srv.addr);
+    wait_until(Duration::from_secs(30), "the origin's catalog", || {
+        origin.assert_running();
+        let out = curl(&s.srv, &[&metrics_url]);
+        metric(
+            &String::from_utf8_lossy(&out.stdout),
+            "blockcast_origin_catalog_objects",
+        ) == 3.0
+    });
+    let made = std::fs::read_dir(&renditions).unwrap().count();
+    assert_eq!(made, 1, "one rendition file");
+    let mut edge = spawn_edge(&s, &dir, "64M", "edge", &[]);
+    let url = format!("http://{}:8080", s.edge.addr);
+    wait_until(Duration::from_secs(20), "the edge to answer", || {
+        edge.assert_running();
+        curl(&s.client, &["-f", &format!("{url}/status")])
+            .status
+            .success()
+    });
+
+    let out: PathBuf = dir.path("critical.ts");
+    assert_eq!(
+        get(
+            &s.client,
+            &format!("{url}/clip.ts?rendition=critical"),
+            &out,
+            &[]
+        ),
+        "200"
+    );
+    let kinds = media::pict_types(&out);
+    let full = media::pict_types(&catalog.join("clip.ts"));
+    assert!(!kinds.is_empty());
+    assert!(kinds.iter().all(|t| t == "I"), "{kinds:?}");
+    assert!(kinds.len() < full.len());
+    assert_eq!(media::decode_errors(&out), "", "decode errors");
+    let (d_in, d_out) = (
+        media::duration(&catalog.join("clip.ts")),
+        media::duration(&out),
+    );
+    assert!((d_in - d_out).abs() <= 1.0, "{d_out} s, input {d_in} s");
+    // Byte for byte the origin's rendition file.
+    let published = renditions.join(format!("{}.ts", blake3::hash(&clip).to_hex()));
+    assert_identical(&published, &out);
+
+    // The edge took it from the origin: no rendition made here, and the origin sent the
+    // rendition object, never the full clip.
+    let st = status(&s.client, &url);
+    assert_eq!(st["renditions_made"], 0, "{st}");
+    assert_eq!(st["renditions_from_origin"], 1, "{st}");
+    let clip_status = st["objects"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == "clip.ts"))
+        .cloned()
+        .expect("clip.ts in /status");
+    assert_eq!(clip_status["fills"], 0, "{clip_status}");
+    assert!(
+        clip_status["critical"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&format!("from the origin as {linked}"))),
+        "{clip_status}"
+    );
+    assert_eq!(origin_sessions(&s), 1.0);
+    let started: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "session_started")
+        .map(|e| e["object"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(started, std::slice::from_ref(&linked));
+
+    // A second client: from the tiers, nothing more from the origin.
+    let again = dir.path("again.ts");
+    assert_eq!(
+        get(
+            &s.client,
+            &format!("{url}/clip.ts?rendition=critical"),
+            &again,
+            &[]
+        ),
+        "200"
+    );
+    assert_identical(&published, &again);
+    assert_eq!(origin_sessions(&s), 1.0);
+    // The metrics count it too.
+    let edge_metrics = format!("http://{}:9301/metrics", s.edge.addr);
+    wait_until(Duration::from_secs(10), "the edge's metrics", || {
+        let text = String::from_utf8_lossy(&curl(&s.client, &[&edge_metrics]).stdout).into_owned();
+        metric(&text, "blockcast_edge_renditions_from_origin_total") == 1.0
+    });
 
     edge.interrupt();
     edge.expect_code(Duration::from_secs(10), 0);

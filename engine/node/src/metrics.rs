@@ -454,6 +454,7 @@ pub struct EdgeMetrics {
     pub sent_bytes_ram_total: Counter,
     pub sent_bytes_disk_total: Counter,
     pub renditions_made_total: Counter,
+    pub renditions_from_origin_total: Counter,
     pub ram_hits_total: Counter,
     pub disk_hits_total: Counter,
     pub misses_total: Counter,
@@ -465,7 +466,7 @@ pub struct EdgeMetrics {
 
 impl EdgeMetrics {
     pub fn register(&self, r: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 12] = [
+        let counters: [(&str, &str, &Counter); 13] = [
             (
                 "blockcast_edge_requests",
                 "HTTP requests answered",
@@ -510,6 +511,11 @@ impl EdgeMetrics {
                 "blockcast_edge_renditions_made",
                 "Critical renditions made",
                 &self.renditions_made_total,
+            ),
+            (
+                "blockcast_edge_renditions_from_origin",
+                "Critical renditions taken from the origin's second object",
+                &self.renditions_from_origin_total,
             ),
             (
                 "blockcast_edge_ram_hits",
@@ -571,6 +577,11 @@ impl EdgeMetrics {
         d.add("sent_ram", &self.sent_bytes_ram_total, s.sent_bytes_ram);
         d.add("sent_disk", &self.sent_bytes_disk_total, s.sent_bytes_disk);
         d.add("renditions", &self.renditions_made_total, s.renditions_made);
+        d.add(
+            "renditions_from_origin",
+            &self.renditions_from_origin_total,
+            s.renditions_from_origin,
+        );
         d.add("ram_hits", &self.ram_hits_total, s.tiers.ram_hits);
         d.add("disk_hits", &self.disk_hits_total, s.tiers.disk_hits);
         d.add("misses", &self.misses_total, s.tiers.misses);

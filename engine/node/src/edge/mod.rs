@@ -176,6 +176,9 @@ struct ObjState {
 #[derive(Clone, Debug)]
 pub struct MadeCritical {
     pub meta: Meta,
+    /// The origin's object it is (`.critical/<BLAKE3>`, filled like any object), or `None`
+    /// when the edge made it from the full object.
+    pub source: Option<String>,
     /// The full rendition's size over its duration (first to last PCR), bytes per second;
     /// `None` when its clock could not be read.
     pub full_bytes_per_sec: Option<f64>,
@@ -241,6 +244,8 @@ pub struct EdgeCounters {
     pub sent_bytes_ram: AtomicU64,
     pub sent_bytes_disk: AtomicU64,
     pub renditions_made: AtomicU64,
+    /// Critical renditions taken from the origin (its second object) instead of made here.
+    pub renditions_from_origin: AtomicU64,
     pub not_found: AtomicU64,
 }
 

@@ -36,7 +36,10 @@ impl Edge {
                 let critical = match o.critical.try_lock() {
                     Ok(c) => match &*c {
                         None => "none".to_string(),
-                        Some(Ok(m)) => format!("made ({} bytes)", m.meta.size),
+                        Some(Ok(m)) => match &m.source {
+                            Some(s) => format!("from the origin as {s} ({} bytes)", m.meta.size),
+                            None => format!("made ({} bytes)", m.meta.size),
+                        },
                         Some(Err(e)) => format!("impossible: {e}"),
                     },
                     Err(_) => "being made".to_string(),
@@ -141,6 +144,7 @@ impl Edge {
             sent_bytes_ram: c.sent_bytes_ram.load(Ordering::Relaxed),
             sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
             renditions_made: c.renditions_made.load(Ordering::Relaxed),
+            renditions_from_origin: c.renditions_from_origin.load(Ordering::Relaxed),
         }
     }
 }
@@ -163,6 +167,8 @@ pub struct EdgeStatus {
     pub sent_bytes_ram: u64,
     pub sent_bytes_disk: u64,
     pub renditions_made: u64,
+    /// Critical renditions taken from the origin (its second object) instead of made here.
+    pub renditions_from_origin: u64,
 }
 
 #[derive(Serialize)]

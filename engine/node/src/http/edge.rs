@@ -336,12 +336,16 @@ fn respond(
             Err(e) => return refuse(stream, head_only, &e),
         },
     };
-    let meta = if critical {
-        edge.critical(name)
+    // The critical rendition as it was made (or taken from the origin), or the full one.
+    let made = if critical {
+        edge.critical_made(name).map(Some)
     } else {
-        edge.meta(name)
+        Ok(None)
     };
-    let meta = match meta {
+    let (meta, made) = match made.and_then(|m| match m {
+        Some(m) => Ok((m.meta.clone(), Some(m))),
+        None => edge.meta(name).map(|meta| (meta, None)),
+    }) {
         Ok(m) => m,
         Err(e) => return refuse(stream, head_only, &e),
     };
@@ -386,10 +390,9 @@ fn respond(
         return Ok(true);
     }
     let block = |b: u32| -> Result<Served, EdgeError> {
-        if critical {
-            edge.critical_block(&meta, b)
-        } else {
-            edge.full_block(name, b)
+        match &made {
+            Some(m) => edge.critical_block(m, b),
+            None => edge.full_block(name, b),
         }
     };
     let bs = meta.block_size.max(1);
