@@ -8,7 +8,9 @@
 //! link below the clip's bitrate gets the critical rendition, a fast one the clip itself;
 //! an edge sitting on a group takes what `serve` pushes there and serves it, during the push
 //! and after, with nothing asked of the origin; an origin that publishes the critical
-//! rendition as a second object: the edge serves that one (fetched, not the full clip).
+//! rendition as a second object: the edge serves that one (fetched, not the full clip); an
+//! `auto` response to a client that proves slower than the clip switches to key frames at a
+//! key frame in its middle, one valid stream.
 
 mod common;
 #[path = "../../engine/edge/tests/common/media.rs"]
@@ -941,6 +943,84 @@ fn an_origin_publishing_the_critical_rendition_sends_it_and_the_edge_does_not_ma
         let text = String::from_utf8_lossy(&curl(&s.client, &[&edge_metrics]).stdout).into_owned();
         metric(&text, "blockcast_edge_renditions_from_origin_total") == 1.0
     });
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn auto_switches_a_slow_clients_response_to_key_frames_at_a_key_frame_in_its_middle() {
+    if !can_run(Lab::skip_reason()) || !can_run(media::ffmpeg_missing("libx264")) {
+        return;
+    }
+    let dir = Scratch::new("edge-switch");
+    let mut s = setup("eds", 102);
+    let slow = s.lab.add_node("slow", 1);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
+    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    let clip = std::fs::read(catalog.join("clip.ts")).unwrap();
+    let secs = media::duration(&catalog.join("clip.ts"));
+    // Two thirds of the clip's bitrate (size over duration).
+    let slow_rate = (clip.len() as f64 / secs * 8.0 * 2.0 / 3.0) as u64;
+    s.lab.shape(&slow, &format!("{slow_rate}bit"));
+    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 102, "64M", "10M", &[]);
+
+    // Not measured before: the response starts on the clip itself, and may switch.
+    let out = dir.path("switched.ts");
+    let h = dir.path("headers");
+    let c = curl_spawn(
+        &slow,
+        &format!("{url}/clip.ts?rendition=auto"),
+        &out,
+        &["-D", h.to_str().unwrap()],
+    );
+    let mut during = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "the response to switch", || {
+        during = status(&s.client, &url);
+        during["clients"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["switched_at_byte"].is_u64()))
+    });
+    assert_eq!(finish_curl(c), "200");
+    let head = headers(&h);
+    assert!(head.contains("x-rendition: full"), "{head}");
+    assert!(head.contains("x-rendition-switch: critical"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    let got = std::fs::read(&out).unwrap();
+    let client = during["clients"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["switched_at_byte"].is_u64()))
+        .cloned()
+        .unwrap();
+    let seam = client["switched_at_byte"].as_u64().unwrap() as usize;
+    eprintln!("switched after {seam} of {} bytes: {client}", clip.len());
+    // The clip byte for byte up to the seam, in its middle (after some of it, before its end).
+    assert!(seam > 0 && seam < clip.len(), "{seam}");
+    assert_eq!(&got[..seam], &clip[..seam]);
+    assert!(got.len() < clip.len());
+    // One valid stream: counters continue across the seam on every PID, the decoder reports
+    // nothing, the duration is the clip's.
+    media::assert_continuous(&got);
+    assert_eq!(media::decode_errors(&out), "", "decode errors");
+    let d_out = media::duration(&out);
+    assert!((secs - d_out).abs() <= 1.0, "{d_out} s, the clip {secs} s");
+    // P and B pictures before the seam, key frames only after it (two GOPs at least).
+    let kinds = media::pict_types(&out);
+    let last_other = kinds
+        .iter()
+        .rposition(|t| t != "I")
+        .expect("P or B pictures");
+    assert!(kinds[..last_other].iter().any(|t| t == "B"), "{kinds:?}");
+    assert!(kinds[last_other + 1..].len() >= 2, "{kinds:?}");
+    let full = media::pict_types(&catalog.join("clip.ts"));
+    assert!(kinds.len() < full.len(), "{kinds:?}");
+    // Counted; the client now gets key frames for this name (a seek stays on them).
+    let st = status(&s.client, &url);
+    assert_eq!(st["rendition_switches"], 1, "{st}");
 
     edge.interrupt();
     edge.expect_code(Duration::from_secs(10), 0);

@@ -455,6 +455,7 @@ pub struct EdgeMetrics {
     pub sent_bytes_disk_total: Counter,
     pub renditions_made_total: Counter,
     pub renditions_from_origin_total: Counter,
+    pub rendition_switches_total: Counter,
     pub ram_hits_total: Counter,
     pub disk_hits_total: Counter,
     pub misses_total: Counter,
@@ -466,7 +467,7 @@ pub struct EdgeMetrics {
 
 impl EdgeMetrics {
     pub fn register(&self, r: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 13] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "blockcast_edge_requests",
                 "HTTP requests answered",
@@ -516,6 +517,11 @@ impl EdgeMetrics {
                 "blockcast_edge_renditions_from_origin",
                 "Critical renditions taken from the origin's second object",
                 &self.renditions_from_origin_total,
+            ),
+            (
+                "blockcast_edge_rendition_switches",
+                "Auto responses switched to the critical rendition at a key frame",
+                &self.rendition_switches_total,
             ),
             (
                 "blockcast_edge_ram_hits",
@@ -581,6 +587,11 @@ impl EdgeMetrics {
             "renditions_from_origin",
             &self.renditions_from_origin_total,
             s.renditions_from_origin,
+        );
+        d.add(
+            "rendition_switches",
+            &self.rendition_switches_total,
+            s.rendition_switches,
         );
         d.add("ram_hits", &self.ram_hits_total, s.tiers.ram_hits);
         d.add("disk_hits", &self.disk_hits_total, s.tiers.disk_hits);

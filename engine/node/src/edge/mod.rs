@@ -219,6 +219,9 @@ pub struct ClientEntry {
     pub auto: Option<AutoChoice>,
     pub started: Instant,
     pub bytes: AtomicU64,
+    /// Body bytes sent before an `auto` response switched to the critical rendition
+    /// (`u64::MAX`: it did not).
+    pub switched_at: AtomicU64,
 }
 
 /// What `?rendition=auto` compared for a response.
@@ -246,6 +249,8 @@ pub struct EdgeCounters {
     pub renditions_made: AtomicU64,
     /// Critical renditions taken from the origin (its second object) instead of made here.
     pub renditions_from_origin: AtomicU64,
+    /// `auto` responses switched to the critical rendition mid-response.
+    pub rendition_switches: AtomicU64,
     pub not_found: AtomicU64,
 }
 
@@ -470,6 +475,7 @@ impl Edge {
             auto,
             started: Instant::now(),
             bytes: AtomicU64::new(0),
+            switched_at: AtomicU64::new(u64::MAX),
         });
         self.clients
             .lock()

@@ -72,12 +72,18 @@ impl Edge {
             .map(|(id, c)| {
                 let secs = now.duration_since(c.started).as_secs_f64();
                 let bytes = c.bytes.load(Ordering::Relaxed);
+                let switched_at = c.switched_at.load(Ordering::Relaxed);
                 ClientStatus {
                     id: *id,
                     peer: c.peer.to_string(),
                     object: c.object.clone(),
-                    rendition: c.rendition,
+                    rendition: if switched_at == u64::MAX {
+                        c.rendition
+                    } else {
+                        "full, then critical"
+                    },
                     auto: c.auto,
+                    switched_at_byte: (switched_at != u64::MAX).then_some(switched_at),
                     bytes,
                     seconds: secs,
                     rate_bytes_per_sec: if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
@@ -145,6 +151,7 @@ impl Edge {
             sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
             renditions_made: c.renditions_made.load(Ordering::Relaxed),
             renditions_from_origin: c.renditions_from_origin.load(Ordering::Relaxed),
+            rendition_switches: c.rendition_switches.load(Ordering::Relaxed),
         }
     }
 }
@@ -169,6 +176,8 @@ pub struct EdgeStatus {
     pub renditions_made: u64,
     /// Critical renditions taken from the origin (its second object) instead of made here.
     pub renditions_from_origin: u64,
+    /// `auto` responses switched to the critical rendition at a key frame mid-response.
+    pub rendition_switches: u64,
 }
 
 #[derive(Serialize)]
@@ -240,6 +249,9 @@ pub struct ClientStatus {
     pub rendition: &'static str,
     /// Present when `?rendition=auto` chose the rendition: what it compared.
     pub auto: Option<AutoChoice>,
+    /// An `auto` response that switched to the critical rendition at a key frame: the body
+    /// bytes sent before the switch.
+    pub switched_at_byte: Option<u64>,
     pub bytes: u64,
     pub seconds: f64,
     pub rate_bytes_per_sec: f64,
