@@ -197,11 +197,16 @@ fn start(
 /// `blockcast edge` (HTTP on port 8080 of its client side, the given RAM tier, 256 MiB of
 /// disk under `dir/edge-disk`), its output under `name`.
 fn spawn_edge(s: &Setup, dir: &Scratch, ram: &str, name: &str, extra: &[&str]) -> Proc {
+    let mut with_origin = vec!["--origin", &s.listen];
+    with_origin.extend_from_slice(extra);
+    spawn_edge_only(s, dir, ram, name, &with_origin)
+}
+
+/// [`spawn_edge`] without `--origin` (unless `extra` gives one).
+fn spawn_edge_only(s: &Setup, dir: &Scratch, ram: &str, name: &str, extra: &[&str]) -> Proc {
     let http = format!("{}:8080", s.edge.addr);
     let mut a: Vec<OsString> = vec!["edge".into()];
     for x in [
-        "--origin",
-        &s.listen,
         "--iface",
         &s.edge_up.addr.to_string(),
         "--http",
@@ -792,7 +797,12 @@ fn an_edge_on_a_group_serves_what_is_pushed_there_during_and_after_with_nothing_
     let after = dir.path("after.bin");
     assert_eq!(get(&s.client, &format!("{url}/a.bin"), &after, &[]), "200");
     assert_identical(&catalog.join("a.bin"), &after);
-    let st = status(&s.client, &url);
+    // The member counts the session once its receive has ended too.
+    let mut st = serde_json::Value::Null;
+    wait_until(Duration::from_secs(10), "the session taken whole", || {
+        st = status(&s.client, &url);
+        st["groups"][0]["sessions_whole"] == 1
+    });
     let obj = a(&st).expect("a.bin in /status");
     assert_eq!(obj["fills"], 1, "{obj}");
     assert_eq!(obj["blocks_ram"].as_u64(), obj["blocks"].as_u64(), "{obj}");
@@ -803,7 +813,6 @@ fn an_edge_on_a_group_serves_what_is_pushed_there_during_and_after_with_nothing_
     assert_eq!(st["fills"]["origin_bytes"], 0);
     assert_eq!(st["fills"]["group_bytes"].as_u64(), Some(size));
     assert_eq!(st["groups"][0]["group"], group);
-    assert_eq!(st["groups"][0]["sessions_whole"], 1, "{st}");
     assert_eq!(origin_sessions(&s), 0.0);
     let metrics_url = format!("http://{}:9301/metrics", s.edge.addr);
     let mut text = String::new();
@@ -1026,4 +1035,58 @@ fn auto_switches_a_slow_clients_response_to_key_frames_at_a_key_frame_in_its_mid
     edge.expect_code(Duration::from_secs(10), 0);
     origin.interrupt();
     origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn an_edge_with_only_a_group_serves_what_is_pushed_and_404_for_anything_else() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("edge-group-only");
+    let s = setup("edn", 103);
+    let src = dir.path("b.bin");
+    let size = 3u64 << 20;
+    write_sample(&src, size, 13);
+    let group = "239.255.201.1:9400";
+    let mut edge = spawn_edge_only(&s, &dir, "64M", "edge", &["--group", group]);
+    let url = format!("http://{}:8080", s.edge.addr);
+    wait_until(Duration::from_secs(20), "the edge to answer", || {
+        edge.assert_running();
+        curl(&s.client, &["-f", &format!("{url}/status")])
+            .status
+            .success()
+    });
+    // No origin to ask: a name no group announced is 404 at once.
+    let out = curl(
+        &s.client,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{url}/b.bin"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    let st = status(&s.client, &url);
+    assert!(st["origin"].is_null(), "{st}");
+
+    let mut server = s
+        .lab
+        .serve(&s.srv, &dir.0, &src, group, &["--min-receivers", "1"]);
+    server.expect_code(Duration::from_secs(30), 0);
+    let got = dir.path("got.bin");
+    assert_eq!(get(&s.client, &format!("{url}/b.bin"), &got, &[]), "200");
+    assert_identical(&src, &got);
+    // The member counts the session once its receive has ended too.
+    let mut st = serde_json::Value::Null;
+    wait_until(Duration::from_secs(10), "the session taken whole", || {
+        st = status(&s.client, &url);
+        st["groups"][0]["sessions_whole"] == 1
+    });
+    assert_eq!(st["fills"]["group_bytes"].as_u64(), Some(size), "{st}");
+    assert_eq!(st["fills"]["started"], 0);
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
 }
