@@ -45,6 +45,9 @@ fn lead(bitrate: f64) -> u64 {
     (bitrate as u64).max(64 << 10)
 }
 
+/// The least time between two samples of the acknowledgements.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
 /// A fill stall longer than this restarts the rate window.
 const STALL: Duration = Duration::from_millis(50);
 
@@ -88,6 +91,9 @@ impl PacedWriter<'_> {
         }
         let deadline = Instant::now() + self.give_up;
         let mut acked = self.acked()?;
+        // Polled from 50 µs up to 5 ms: a fast client's acknowledgements come within
+        // microseconds, a slow one's need not be asked for a thousand times a second.
+        let mut pause = Duration::from_micros(50);
         while self.written + self.buf.len() as u64 > acked + self.lead {
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
@@ -95,7 +101,8 @@ impl PacedWriter<'_> {
                     "the client took nothing for too long",
                 ));
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
             acked = self.acked()?;
             self.sample(acked);
         }
@@ -108,6 +115,14 @@ impl PacedWriter<'_> {
 
     fn sample(&mut self, acked: u64) {
         let now = Instant::now();
+        // At most one sample per 10 ms: a window holds at most 200.
+        if self
+            .samples
+            .back()
+            .is_some_and(|&(t, _)| now.duration_since(t) < SAMPLE_EVERY)
+        {
+            return;
+        }
         self.samples.push_back((now, acked));
         // Keep the newest sample at least a window old, and nothing older.
         while self.samples.len() > 2 && now.duration_since(self.samples[1].0) >= WINDOW {
