@@ -378,7 +378,12 @@ impl Edge {
                         return Err(why);
                     }
                     _ => {
+                        seen_end = Some(st.fill_ends);
                         self.start_fill(&obj, &mut st);
+                        if !st.filling {
+                            // It could not start (no thread): its failure is read above.
+                            continue;
+                        }
                     }
                 }
             }
@@ -418,6 +423,12 @@ impl Edge {
                 }
                 refills += 1;
                 self.start_fill(&obj, &mut st);
+                if !st.filling {
+                    return Err(st
+                        .failed
+                        .clone()
+                        .unwrap_or(EdgeError::Origin("the fill did not start".into())));
+                }
             }
             let ends = st.fill_ends;
             let copied = |st: &ObjState| st.copied.get(block as usize).copied().unwrap_or(false);
