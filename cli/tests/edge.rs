@@ -1038,7 +1038,7 @@ fn auto_switches_a_slow_clients_response_to_key_frames_at_a_key_frame_in_its_mid
 }
 
 #[test]
-fn an_edge_with_only_a_group_serves_what_is_pushed_and_404_for_anything_else() {
+fn an_edge_with_only_a_group_serves_what_is_pushed_takes_it_once_and_404_for_anything_else() {
     if !can_run(Lab::skip_reason()) {
         return;
     }
@@ -1071,10 +1071,33 @@ fn an_edge_with_only_a_group_serves_what_is_pushed_and_404_for_anything_else() {
     let st = status(&s.client, &url);
     assert!(st["origin"].is_null(), "{st}");
 
-    let mut server = s
+    // A second receiver on a link at a quarter of the send rate keeps the session going (in
+    // repairs, until its deadline) after the edge has it all: the edge hears it again and
+    // leaves it.
+    let mut s = s;
+    let rx2 = s.lab.add_node("rx2", 0);
+    s.lab.shape(&rx2, "4mbit");
+    let mut server = s.lab.serve(
+        &s.srv,
+        &dir.0,
+        &src,
+        group,
+        &["--min-receivers", "2", "--rate", "2M", "--deadline", "10"],
+    );
+    let mut other = s
         .lab
-        .serve(&s.srv, &dir.0, &src, group, &["--min-receivers", "1"]);
-    server.expect_code(Duration::from_secs(30), 0);
+        .receive(&rx2, &dir.0, "rx2", group, &dir.path("rx2.bin"), &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the edge to leave a session it took",
+        || {
+            server.assert_running();
+            status(&s.client, &url)["groups"][0]["repeats_left"].as_u64() >= Some(1)
+        },
+    );
+    // However the slow receiver fares, the session ends by its deadline.
+    server.wait_within(Duration::from_secs(20));
+    other.wait_within(Duration::from_secs(20));
     let got = dir.path("got.bin");
     assert_eq!(get(&s.client, &format!("{url}/b.bin"), &got, &[]), "200");
     assert_identical(&src, &got);
@@ -1084,7 +1107,9 @@ fn an_edge_with_only_a_group_serves_what_is_pushed_and_404_for_anything_else() {
         st = status(&s.client, &url);
         st["groups"][0]["sessions_whole"] == 1
     });
+    // Taken once: no byte of it received twice.
     assert_eq!(st["fills"]["group_bytes"].as_u64(), Some(size), "{st}");
+    assert_eq!(st["groups"][0]["sessions"], 1, "{st}");
     assert_eq!(st["fills"]["started"], 0);
 
     edge.interrupt();

@@ -25,6 +25,8 @@ pub struct GroupCounters {
     pub objects: AtomicU64,
     /// Bytes put into the cache from this group.
     pub bytes: AtomicU64,
+    /// Sessions heard again after they were taken whole, and left.
+    pub repeats_left: AtomicU64,
     /// Receives that ended in an error other than silence.
     pub failures: AtomicU64,
     /// A session is being received now.
@@ -165,6 +167,7 @@ impl Edge {
             .is_some_and(|(s, c)| *s == session && *c == contents)
         {
             session_stop.store(true, Ordering::Relaxed);
+            counters.repeats_left.fetch_add(1, Ordering::Relaxed);
             return Copied::AlreadyTaken;
         }
         counters.sessions.fetch_add(1, Ordering::Relaxed);

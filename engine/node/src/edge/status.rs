@@ -113,6 +113,7 @@ impl Edge {
                 sessions_whole: c.sessions_whole.load(Ordering::Relaxed),
                 objects: c.objects.load(Ordering::Relaxed),
                 bytes: c.bytes.load(Ordering::Relaxed),
+                repeats_left: c.repeats_left.load(Ordering::Relaxed),
                 failures: c.failures.load(Ordering::Relaxed),
             })
             .collect();
@@ -237,6 +238,8 @@ pub struct GroupStatus {
     pub objects: u64,
     /// Bytes put into the cache from this group.
     pub bytes: u64,
+    /// Sessions heard again after they were taken whole, and left.
+    pub repeats_left: u64,
     /// Receives that failed (silence is no failure).
     pub failures: u64,
 }
