@@ -7,7 +7,9 @@
 //! receiver, and a copier thread puts each block into the cache as soon as the receiver has
 //! verified it (write-through: RAM and disk). One fill per object at a time, whatever the
 //! number of clients: clients never talk to the origin, they wait for blocks of the fill.
-//! An unknown name is answered by the origin at once and gives `404`.
+//! An unknown name is answered by the origin at once and gives `404`. An edge may also sit
+//! on groups as a member ([`member`]): every object of every session announced there is a
+//! fill of its name, without the origin.
 //!
 //! **Clients read from the tiers.** A client's response goes block by block: each block is
 //! looked up in the cache (RAM, else disk, re-verified against the manifest's block hash,
@@ -16,12 +18,15 @@
 //! fill never waits for any client. A block in neither tier (evicted from both) starts a new
 //! fill of its object.
 //!
-//! **The critical rendition** of an object is made once, from the full object's blocks in
+//! **The critical rendition** of an object is the origin's when it publishes one (the object
+//! `.critical/<BLAKE3 of the full object>`, filled like any other); else it is made once,
+//! from the full object's blocks in
 //! order, by [`CriticalFilter`]; its output is cut into blocks of the object's block size and
 //! stored in the same cache under a content id of its own. Clients get it once it is whole,
 //! so a stream that is not MPEG-TS or has no H.264/H.265 key frame is answered `415`/`422`
 //! before any byte of a body goes out. `?rendition=auto` gives it to clients measured slower
-//! than the full rendition's bitrate ([`auto`]).
+//! than the full rendition's bitrate ([`auto`]), at a response's start or, for a response
+//! from byte 0 without a `Range`, at a key frame in its middle (`http/switch.rs`).
 //!
 //! **Restarts.** Each object's description (name, size, block size, BLAKE3, block hashes) is
 //! written to the index directory when its fill learns it, and read back at start: with the
