@@ -8,7 +8,7 @@
 //! verified it (write-through: RAM and disk). One fill per object at a time, whatever the
 //! number of clients: clients never talk to the origin, they wait for blocks of the fill.
 //! An unknown name is answered by the origin at once and gives `404`. An edge may also sit
-//! on groups as a member ([`member`]): every object of every session announced there is a
+//! on groups as a member (`member.rs`): every object of every session announced there is a
 //! fill of its name, without the origin.
 //!
 //! **Clients read from the tiers.** A client's response goes block by block: each block is
@@ -77,7 +77,7 @@ pub struct EdgeConfig {
     /// (a name it has not seen is `404`).
     pub client: Option<ClientConfig>,
     /// Groups the edge sits on as a member, taking every object announced there into its
-    /// tiers ([`member`]).
+    /// tiers (`member.rs`).
     pub groups: Vec<SocketAddrV4>,
     /// This host's interface toward the origin and the groups.
     pub iface: Ipv4Addr,

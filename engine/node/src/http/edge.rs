@@ -14,7 +14,7 @@
 //! rendition's, its own content id); `If-Range` with that tag keeps the `Range`, with anything
 //! else (another tag, a date) gets the whole object. Not handled yet: conditional requests
 //! (`If-None-Match`, `If-Modified-Since`). An `auto` request from byte 0 without a `Range`
-//! may switch to the critical rendition in the middle of its response ([`super::switch`]).
+//! may switch to the critical rendition in the middle of its response (`switch.rs`).
 //!
 //! Before the status line the object's description and the first block of the range are
 //! obtained (waiting for the fill if need be): an object the origin does not have is `404`,
