@@ -603,6 +603,12 @@ pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Resu
         .iter()
         .map(|g| crate::parse_group("--group", g))
         .collect::<Result<Vec<_>>>()?;
+    // Checked here: flags the config file may give are parsed leniently (`with_config`).
+    if client.is_none() && groups.is_empty() {
+        return Err(exit::usage(
+            "the edge needs --origin, --group, or both (where its content comes from)".into(),
+        ));
+    }
     let http = parse_addr("--http", &a.http)?;
     let ram = crate::parse_size(&a.ram)?;
     let disk_bytes = crate::parse_size(&a.disk_size)?;

@@ -1115,3 +1115,17 @@ fn an_edge_with_only_a_group_serves_what_is_pushed_takes_it_once_and_404_for_any
     edge.interrupt();
     edge.expect_code(Duration::from_secs(10), 0);
 }
+
+#[test]
+fn an_edge_with_neither_an_origin_nor_a_group_is_a_usage_error() {
+    let dir = Scratch::new("edge-usage");
+    let out = Command::new(common::BIN)
+        .args(["edge", "--iface", "127.0.0.1", "--http", "127.0.0.1:0"])
+        .args(["--ram", "1M", "--disk-size", "1M", "--disk"])
+        .arg(dir.path("disk"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--origin, --group"), "{err}");
+}
