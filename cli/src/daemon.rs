@@ -267,6 +267,7 @@ pub fn origin(a: crate::OriginArgs, stop: &AtomicBool, out: &output::Output) -> 
                 .or_else(blockcast_node::HashCache::default_dir)
                 .map(blockcast_node::HashCache::new)
         },
+        critical: a.critical.clone(),
         rescan: seconds("--rescan", a.rescan)?.max(Duration::from_millis(10)),
         settle: seconds("--settle", a.settle)?,
         answers_per_sec: a.answers_per_sec.max(1.0),
@@ -588,7 +589,26 @@ pub fn man(dir: Option<&Path>) -> Result<()> {
 
 /// `blockcast edge`.
 pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
-    let client = client_config(&a.origin, &a.iface, a.request_timeout, &a.trust)?;
+    let client = match &a.origin {
+        Some(origin) => Some(client_config(
+            origin,
+            &a.iface,
+            a.request_timeout,
+            &a.trust,
+        )?),
+        None => None,
+    };
+    let groups = a
+        .group
+        .iter()
+        .map(|g| crate::parse_group("--group", g))
+        .collect::<Result<Vec<_>>>()?;
+    // Checked here: flags the config file may give are parsed leniently (`with_config`).
+    if client.is_none() && groups.is_empty() {
+        return Err(exit::usage(
+            "the edge needs --origin, --group, or both (where its content comes from)".into(),
+        ));
+    }
     let http = parse_addr("--http", &a.http)?;
     let ram = crate::parse_size(&a.ram)?;
     let disk_bytes = crate::parse_size(&a.disk_size)?;
@@ -597,6 +617,9 @@ pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Resu
         .map_err(|e| exit::input(format!("{e:#}")))?;
     let cfg = blockcast_node::edge::EdgeConfig {
         client,
+        groups: groups.clone(),
+        iface: crate::resolve_iface(&a.iface)?,
+        trust: a.trust.keys()?,
         http,
         cache: blockcast_node::edge::CacheConfig {
             ram_bytes: ram,
@@ -626,10 +649,16 @@ pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Resu
             })
         };
         let r = blockcast_node::edge::edge(cfg, edge_stop.clone(), events, &mut |r| {
+            let from: Vec<String> = a
+                .origin
+                .iter()
+                .map(|o| format!("origin {o}"))
+                .chain(groups.iter().map(|g| format!("group {g}")))
+                .collect();
             let line = format!(
-                "edge: http://{}/ from origin {}{}",
+                "edge: http://{}/ from {}{}",
                 r.http,
-                a.origin,
+                from.join(", "),
                 r.metrics
                     .map(|m| format!(", metrics http://{m}/metrics"))
                     .unwrap_or_default()
@@ -650,11 +679,12 @@ pub fn edge(a: crate::EdgeArgs, stop: &AtomicBool, out: &output::Output) -> Resu
         });
     } else {
         out.say(&format!(
-            "edge: {} request(s), {} fill(s) ({} failed), {} bytes from the origin, {} bytes sent from RAM and {} from disk in {:.1} s",
+            "edge: {} request(s), {} fill(s) ({} failed), {} bytes from the origin, {} from groups, {} bytes sent from RAM and {} from disk in {:.1} s",
             summary.requests,
             summary.fills,
             summary.fill_failures,
             summary.origin_bytes,
+            summary.group_bytes,
             summary.sent_bytes_ram,
             summary.sent_bytes_disk,
             summary.seconds

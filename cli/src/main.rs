@@ -161,6 +161,11 @@ pub(crate) struct OriginArgs {
     hash_cache: Option<PathBuf>,
     #[arg(long, conflicts_with = "hash_cache")]
     no_hash_cache: bool,
+    /// Publish the critical (key-frame) rendition of each MPEG-TS file (H.264 or H.265) as a
+    /// second object, `.critical/<the file's BLAKE3>`, made when the file enters the catalog
+    /// and kept in DIR (outside the catalog); an edge serves it for ?rendition=critical.
+    #[arg(long, env = "BLOCKCAST_CRITICAL", value_name = "DIR")]
+    critical: Option<PathBuf>,
     /// Seconds between scans of the catalog directory.
     #[arg(long, default_value_t = 1.0)]
     rescan: f64,
@@ -268,10 +273,20 @@ pub(crate) struct AgentArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct EdgeArgs {
-    /// The origin's listen address.
-    #[arg(long, env = "BLOCKCAST_ORIGIN", value_name = "ADDR:PORT")]
-    origin: String,
-    /// Interface toward the origin (name or IPv4 address).
+    /// The origin's listen address: names not yet cached are asked of it. Without it the
+    /// edge serves what its --group sessions announce.
+    #[arg(
+        long,
+        env = "BLOCKCAST_ORIGIN",
+        value_name = "ADDR:PORT",
+        required_unless_present = "group"
+    )]
+    origin: Option<String>,
+    /// Sit on this multicast group as a member and take every object announced there into
+    /// the tiers, e.g. 239.255.0.1:9000 (repeat for several groups).
+    #[arg(long, value_name = "GROUP:PORT")]
+    group: Vec<String>,
+    /// Interface toward the origin and the groups (name or IPv4 address).
     #[arg(long, env = "BLOCKCAST_IFACE")]
     iface: String,
     /// Where clients connect, e.g. 10.0.1.1:8080 (exactly this address is bound).
@@ -760,7 +775,7 @@ fn resolve_net(net: &NetArgs, split: bool) -> Result<(SocketAddrV4, Ipv4Addr)> {
 }
 
 /// A multicast ADDRESS:PORT given to `flag`.
-fn parse_group(flag: &str, s: &str) -> Result<SocketAddrV4> {
+pub(crate) fn parse_group(flag: &str, s: &str) -> Result<SocketAddrV4> {
     let group: SocketAddrV4 = s.parse().map_err(|_| {
         exit::usage(format!(
             "{flag} {s:?} is not ADDRESS:PORT (e.g. 239.255.0.1:9000)"

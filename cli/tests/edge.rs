@@ -5,7 +5,12 @@
 //! rendition of an ffmpeg clip all key frames, decoding cleanly; a non-TS object asked for
 //! as critical `415`; an origin that vanishes mid-fill: the client's response ends short, the
 //! edge runs on and keeps the verified blocks; `?rendition=auto`: a client on a `tbf`-limited
-//! link below the clip's bitrate gets the critical rendition, a fast one the clip itself.
+//! link below the clip's bitrate gets the critical rendition, a fast one the clip itself;
+//! an edge sitting on a group takes what `serve` pushes there and serves it, during the push
+//! and after, with nothing asked of the origin; an origin that publishes the critical
+//! rendition as a second object: the edge serves that one (fetched, not the full clip); an
+//! `auto` response to a client that proves slower than the clip switches to key frames at a
+//! key frame in its middle, one valid stream.
 
 mod common;
 #[path = "../../engine/edge/tests/common/media.rs"]
@@ -25,17 +30,17 @@ fn publish(catalog: &Path, name: &str, size: u64, seed: u64) {
     std::fs::rename(&tmp, catalog.join(name)).unwrap();
 }
 
-/// `blockcast origin` in `node` on `catalog`, at `listen`, groups 239.255.<octet>.0/24,
-/// sending at `rate`.
+/// `blockcast origin` in the lab's origin host on `catalog`, at its listen address, groups
+/// 239.255.<octet>.0/24, sending at `rate`, then `extra` arguments.
 fn start_origin(
-    lab: &Lab,
-    node: &Node,
+    s: &Setup,
     dir: &Path,
     catalog: &Path,
-    listen: &str,
     octet: u8,
     rate: &str,
+    extra: &[OsString],
 ) -> Proc {
+    let (lab, node, listen) = (&s.lab, &s.srv, s.listen.as_str());
     let metrics = format!("{}:9300", node.addr);
     let mut a: Vec<OsString> = vec!["origin".into(), "--catalog".into(), catalog.into()];
     for x in [
@@ -62,6 +67,7 @@ fn start_origin(
     ] {
         a.push(x.into());
     }
+    a.extend(extra.iter().cloned());
     lab.spawn(node, dir, "origin", a)
 }
 
@@ -165,15 +171,7 @@ fn start(
     origin_rate: &str,
     edge_extra: &[&str],
 ) -> (Proc, Proc, String) {
-    let mut origin = start_origin(
-        &s.lab,
-        &s.srv,
-        &dir.0,
-        catalog,
-        &s.listen,
-        octet,
-        origin_rate,
-    );
+    let mut origin = start_origin(s, &dir.0, catalog, octet, origin_rate, &[]);
     let mut edge = spawn_edge(s, dir, ram, "edge", edge_extra);
     let url = format!("http://{}:8080", s.edge.addr);
     let metrics_url = format!("http://{}:9300/metrics", s.srv.addr);
@@ -199,11 +197,16 @@ fn start(
 /// `blockcast edge` (HTTP on port 8080 of its client side, the given RAM tier, 256 MiB of
 /// disk under `dir/edge-disk`), its output under `name`.
 fn spawn_edge(s: &Setup, dir: &Scratch, ram: &str, name: &str, extra: &[&str]) -> Proc {
+    let mut with_origin = vec!["--origin", &s.listen];
+    with_origin.extend_from_slice(extra);
+    spawn_edge_only(s, dir, ram, name, &with_origin)
+}
+
+/// [`spawn_edge`] without `--origin` (unless `extra` gives one).
+fn spawn_edge_only(s: &Setup, dir: &Scratch, ram: &str, name: &str, extra: &[&str]) -> Proc {
     let http = format!("{}:8080", s.edge.addr);
     let mut a: Vec<OsString> = vec!["edge".into()];
     for x in [
-        "--origin",
-        &s.listen,
         "--iface",
         &s.edge_up.addr.to_string(),
         "--http",
@@ -725,4 +728,404 @@ fn auto_gives_a_client_slower_than_the_clip_key_frames_and_a_fast_client_the_cli
     edge.expect_code(Duration::from_secs(10), 0);
     origin.interrupt();
     origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn an_edge_on_a_group_serves_what_is_pushed_there_during_and_after_with_nothing_from_the_origin() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("edge-group");
+    let s = setup("edg", 100);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let size = 8u64 << 20;
+    // The origin has the same file: a request that reached it would be granted and counted.
+    publish(&catalog, "a.bin", size, 11);
+    let src = dir.path("push");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::copy(catalog.join("a.bin"), src.join("a.bin")).unwrap();
+    let group = "239.255.200.1:9400";
+    let (mut origin, mut edge, url) =
+        start(&s, &dir, &catalog, 100, "64M", "10M", &["--group", group]);
+
+    // 2 MB/s: the push takes about four seconds, time for a client to ask midway.
+    let mut server = s.lab.serve(
+        &s.srv,
+        &dir.0,
+        &src.join("a.bin"),
+        group,
+        &["--rate", "2M", "--min-receivers", "1"],
+    );
+    let a = |st: &serde_json::Value| {
+        st["objects"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == "a.bin"))
+            .cloned()
+    };
+    wait_until(Duration::from_secs(20), "the push to be under way", || {
+        server.assert_running();
+        a(&status(&s.client, &url)).is_some_and(|o| {
+            o["filling"] == true
+                && o["fill_bytes"].as_u64() > Some(0)
+                && o["fill_bytes"].as_u64() < Some(size / 2)
+        })
+    });
+    // A client while it arrives (waiting block by block), and a range in its second half.
+    let during = dir.path("during.bin");
+    let c1 = curl_spawn(&s.client, &format!("{url}/a.bin"), &during, &[]);
+    let (from, to) = (size / 2 + 777, size - 5);
+    let part = dir.path("part.bin");
+    let code = get(
+        &s.client,
+        &format!("{url}/a.bin"),
+        &part,
+        &["-H", &format!("Range: bytes={from}-{to}")],
+    );
+    assert_eq!(code, "206");
+    let whole = std::fs::read(catalog.join("a.bin")).unwrap();
+    assert_eq!(
+        std::fs::read(&part).unwrap(),
+        &whole[from as usize..=to as usize],
+        "the range's bytes"
+    );
+    assert_eq!(finish_curl(c1), "200");
+    assert_identical(&catalog.join("a.bin"), &during);
+    server.expect_code(Duration::from_secs(30), 0);
+
+    // After the push: served from the tiers.
+    let after = dir.path("after.bin");
+    assert_eq!(get(&s.client, &format!("{url}/a.bin"), &after, &[]), "200");
+    assert_identical(&catalog.join("a.bin"), &after);
+    // The member counts the session once its receive has ended too.
+    let mut st = serde_json::Value::Null;
+    wait_until(Duration::from_secs(10), "the session taken whole", || {
+        st = status(&s.client, &url);
+        st["groups"][0]["sessions_whole"] == 1
+    });
+    let obj = a(&st).expect("a.bin in /status");
+    assert_eq!(obj["fills"], 1, "{obj}");
+    assert_eq!(obj["blocks_ram"].as_u64(), obj["blocks"].as_u64(), "{obj}");
+    // Written through to disk as it arrived.
+    assert!(st["tiers"]["disk_bytes"].as_u64() >= Some(size), "{st}");
+    // Nothing from the origin: no fill, no byte, no session; all from the group.
+    assert_eq!(st["fills"]["started"], 0, "{st}");
+    assert_eq!(st["fills"]["origin_bytes"], 0);
+    assert_eq!(st["fills"]["group_bytes"].as_u64(), Some(size));
+    assert_eq!(st["groups"][0]["group"], group);
+    assert_eq!(origin_sessions(&s), 0.0);
+    let metrics_url = format!("http://{}:9301/metrics", s.edge.addr);
+    let mut text = String::new();
+    wait_until(Duration::from_secs(10), "the edge's metrics", || {
+        text = String::from_utf8_lossy(&curl(&s.client, &[&metrics_url]).stdout).into_owned();
+        metric(&text, "blockcast_edge_group_bytes_total") == size as f64
+    });
+    assert_eq!(metric(&text, "blockcast_edge_origin_bytes_total"), 0.0);
+    assert_eq!(metric(&text, "blockcast_edge_group_sessions_total"), 1.0);
+    promtool_check(&text);
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn an_origin_publishing_the_critical_rendition_sends_it_and_the_edge_does_not_make_its_own() {
+    if !can_run(Lab::skip_reason()) || !can_run(media::ffmpeg_missing("libx264")) {
+        return;
+    }
+    let dir = Scratch::new("edge-origin-critical");
+    let s = setup("edo", 101);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
+    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    publish(&catalog, "data.bin", 300_000, 5);
+    let clip = std::fs::read(catalog.join("clip.ts")).unwrap();
+    let linked = format!(".critical/{}", blake3::hash(&clip).to_hex());
+    let events = dir.path("origin-events.ndjson");
+    let renditions = dir.path("renditions");
+    let mut origin = start_origin(
+        &s,
+        &dir.0,
+        &catalog,
+        101,
+        "10M",
+        &[
+            "--critical".into(),
+            renditions.clone().into(),
+            "--events".into(),
+            events.clone().into(),
+        ],
+    );
+    // Three objects: the clip, its rendition (made as the clip entered the catalog) and the
+    // data file, which is no transport stream and gets none.
+    let metrics_url = format!("http://{}:9300/metrics", s.srv.addr);
+    wait_until(Duration::from_secs(30), "the origin's catalog", || {
+        origin.assert_running();
+        let out = curl(&s.srv, &[&metrics_url]);
+        metric(
+            &String::from_utf8_lossy(&out.stdout),
+            "blockcast_origin_catalog_objects",
+        ) == 3.0
+    });
+    let made = std::fs::read_dir(&renditions).unwrap().count();
+    assert_eq!(made, 1, "one rendition file");
+    let mut edge = spawn_edge(&s, &dir, "64M", "edge", &[]);
+    let url = format!("http://{}:8080", s.edge.addr);
+    wait_until(Duration::from_secs(20), "the edge to answer", || {
+        edge.assert_running();
+        curl(&s.client, &["-f", &format!("{url}/status")])
+            .status
+            .success()
+    });
+
+    let out: PathBuf = dir.path("critical.ts");
+    assert_eq!(
+        get(
+            &s.client,
+            &format!("{url}/clip.ts?rendition=critical"),
+            &out,
+            &[]
+        ),
+        "200"
+    );
+    let kinds = media::pict_types(&out);
+    let full = media::pict_types(&catalog.join("clip.ts"));
+    assert!(!kinds.is_empty());
+    assert!(kinds.iter().all(|t| t == "I"), "{kinds:?}");
+    assert!(kinds.len() < full.len());
+    assert_eq!(media::decode_errors(&out), "", "decode errors");
+    let (d_in, d_out) = (
+        media::duration(&catalog.join("clip.ts")),
+        media::duration(&out),
+    );
+    assert!((d_in - d_out).abs() <= 1.0, "{d_out} s, input {d_in} s");
+    // Byte for byte the origin's rendition file.
+    let published = renditions.join(format!("{}.ts", blake3::hash(&clip).to_hex()));
+    assert_identical(&published, &out);
+
+    // The edge took it from the origin: no rendition made here, and the origin sent the
+    // rendition object, never the full clip.
+    let st = status(&s.client, &url);
+    assert_eq!(st["renditions_made"], 0, "{st}");
+    assert_eq!(st["renditions_from_origin"], 1, "{st}");
+    let clip_status = st["objects"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["name"] == "clip.ts"))
+        .cloned()
+        .expect("clip.ts in /status");
+    assert_eq!(clip_status["fills"], 0, "{clip_status}");
+    assert!(
+        clip_status["critical"]
+            .as_str()
+            .is_some_and(|c| c.starts_with(&format!("from the origin as {linked}"))),
+        "{clip_status}"
+    );
+    assert_eq!(origin_sessions(&s), 1.0);
+    let started: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "session_started")
+        .map(|e| e["object"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(started, std::slice::from_ref(&linked));
+
+    // A second client: from the tiers, nothing more from the origin.
+    let again = dir.path("again.ts");
+    assert_eq!(
+        get(
+            &s.client,
+            &format!("{url}/clip.ts?rendition=critical"),
+            &again,
+            &[]
+        ),
+        "200"
+    );
+    assert_identical(&published, &again);
+    assert_eq!(origin_sessions(&s), 1.0);
+    // The metrics count it too.
+    let edge_metrics = format!("http://{}:9301/metrics", s.edge.addr);
+    wait_until(Duration::from_secs(10), "the edge's metrics", || {
+        let text = String::from_utf8_lossy(&curl(&s.client, &[&edge_metrics]).stdout).into_owned();
+        metric(&text, "blockcast_edge_renditions_from_origin_total") == 1.0
+    });
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn auto_switches_a_slow_clients_response_to_key_frames_at_a_key_frame_in_its_middle() {
+    if !can_run(Lab::skip_reason()) || !can_run(media::ffmpeg_missing("libx264")) {
+        return;
+    }
+    let dir = Scratch::new("edge-switch");
+    let mut s = setup("eds", 102);
+    let slow = s.lab.add_node("slow", 1);
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
+    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    let clip = std::fs::read(catalog.join("clip.ts")).unwrap();
+    let secs = media::duration(&catalog.join("clip.ts"));
+    // Two thirds of the clip's bitrate (size over duration).
+    let slow_rate = (clip.len() as f64 / secs * 8.0 * 2.0 / 3.0) as u64;
+    s.lab.shape(&slow, &format!("{slow_rate}bit"));
+    let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 102, "64M", "10M", &[]);
+
+    // Not measured before: the response starts on the clip itself, and may switch.
+    let out = dir.path("switched.ts");
+    let h = dir.path("headers");
+    let c = curl_spawn(
+        &slow,
+        &format!("{url}/clip.ts?rendition=auto"),
+        &out,
+        &["-D", h.to_str().unwrap()],
+    );
+    let mut during = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "the response to switch", || {
+        during = status(&s.client, &url);
+        during["clients"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["switched_at_byte"].is_u64()))
+    });
+    assert_eq!(finish_curl(c), "200");
+    let head = headers(&h);
+    assert!(head.contains("x-rendition: full"), "{head}");
+    assert!(head.contains("x-rendition-switch: critical"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    let got = std::fs::read(&out).unwrap();
+    let client = during["clients"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["switched_at_byte"].is_u64()))
+        .cloned()
+        .unwrap();
+    let seam = client["switched_at_byte"].as_u64().unwrap() as usize;
+    eprintln!("switched after {seam} of {} bytes: {client}", clip.len());
+    // The clip byte for byte up to the seam, in its middle (after some of it, before its end).
+    assert!(seam > 0 && seam < clip.len(), "{seam}");
+    assert_eq!(&got[..seam], &clip[..seam]);
+    assert!(got.len() < clip.len());
+    // One valid stream: counters continue across the seam on every PID, the decoder reports
+    // nothing, the duration is the clip's.
+    media::assert_continuous(&got);
+    assert_eq!(media::decode_errors(&out), "", "decode errors");
+    let d_out = media::duration(&out);
+    assert!((secs - d_out).abs() <= 1.0, "{d_out} s, the clip {secs} s");
+    // P and B pictures before the seam, key frames only after it (two GOPs at least).
+    let kinds = media::pict_types(&out);
+    let last_other = kinds
+        .iter()
+        .rposition(|t| t != "I")
+        .expect("P or B pictures");
+    assert!(kinds[..last_other].iter().any(|t| t == "B"), "{kinds:?}");
+    assert!(kinds[last_other + 1..].len() >= 2, "{kinds:?}");
+    let full = media::pict_types(&catalog.join("clip.ts"));
+    assert!(kinds.len() < full.len(), "{kinds:?}");
+    // Counted; the client now gets key frames for this name (a seek stays on them).
+    let st = status(&s.client, &url);
+    assert_eq!(st["rendition_switches"], 1, "{st}");
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+#[test]
+fn an_edge_with_only_a_group_serves_what_is_pushed_takes_it_once_and_404_for_anything_else() {
+    if !can_run(Lab::skip_reason()) {
+        return;
+    }
+    let dir = Scratch::new("edge-group-only");
+    let s = setup("edn", 103);
+    let src = dir.path("b.bin");
+    let size = 3u64 << 20;
+    write_sample(&src, size, 13);
+    let group = "239.255.201.1:9400";
+    let mut edge = spawn_edge_only(&s, &dir, "64M", "edge", &["--group", group]);
+    let url = format!("http://{}:8080", s.edge.addr);
+    wait_until(Duration::from_secs(20), "the edge to answer", || {
+        edge.assert_running();
+        curl(&s.client, &["-f", &format!("{url}/status")])
+            .status
+            .success()
+    });
+    // No origin to ask: a name no group announced is 404 at once.
+    let out = curl(
+        &s.client,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{url}/b.bin"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    let st = status(&s.client, &url);
+    assert!(st["origin"].is_null(), "{st}");
+
+    // A second receiver on a link at a quarter of the send rate keeps the session going (in
+    // repairs, until its deadline) after the edge has it all: the edge hears it again and
+    // leaves it.
+    let mut s = s;
+    let rx2 = s.lab.add_node("rx2", 0);
+    s.lab.shape(&rx2, "4mbit");
+    let mut server = s.lab.serve(
+        &s.srv,
+        &dir.0,
+        &src,
+        group,
+        &["--min-receivers", "2", "--rate", "2M", "--deadline", "10"],
+    );
+    let mut other = s
+        .lab
+        .receive(&rx2, &dir.0, "rx2", group, &dir.path("rx2.bin"), &[]);
+    wait_until(
+        Duration::from_secs(20),
+        "the edge to leave a session it took",
+        || {
+            server.assert_running();
+            status(&s.client, &url)["groups"][0]["repeats_left"].as_u64() >= Some(1)
+        },
+    );
+    // However the slow receiver fares, the session ends by its deadline.
+    server.wait_within(Duration::from_secs(20));
+    other.wait_within(Duration::from_secs(20));
+    let got = dir.path("got.bin");
+    assert_eq!(get(&s.client, &format!("{url}/b.bin"), &got, &[]), "200");
+    assert_identical(&src, &got);
+    // The member counts the session once its receive has ended too.
+    let mut st = serde_json::Value::Null;
+    wait_until(Duration::from_secs(10), "the session taken whole", || {
+        st = status(&s.client, &url);
+        st["groups"][0]["sessions_whole"] == 1
+    });
+    // Taken once: no byte of it received twice.
+    assert_eq!(st["fills"]["group_bytes"].as_u64(), Some(size), "{st}");
+    assert_eq!(st["groups"][0]["sessions"], 1, "{st}");
+    assert_eq!(st["fills"]["started"], 0);
+
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+}
+
+#[test]
+fn an_edge_with_neither_an_origin_nor_a_group_is_a_usage_error() {
+    let dir = Scratch::new("edge-usage");
+    let out = Command::new(common::BIN)
+        .args(["edge", "--iface", "127.0.0.1", "--http", "127.0.0.1:0"])
+        .args(["--ram", "1M", "--disk-size", "1M", "--disk"])
+        .arg(dir.path("disk"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--origin, --group"), "{err}");
 }

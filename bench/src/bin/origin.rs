@@ -262,6 +262,7 @@ fn main() {
         max_sessions: 16,
         signer: None,
         hash_cache: None,
+        critical: None,
         rescan: Duration::from_millis(100),
         settle: Duration::ZERO,
         answers_per_sec: 2_000.0,

@@ -32,34 +32,10 @@ fn render(input: &[u8], rendition: Rendition) -> Result<Vec<u8>, RenditionError>
     Ok(out)
 }
 
-/// Every PID's continuity counter goes up by one per packet with a payload and stays put on a
-/// packet without one (ISO/IEC 13818-1 §2.4.3.3); returns the packets with no payload.
-fn assert_continuous(ts: &[u8]) -> usize {
-    assert_eq!(ts.len() % 188, 0);
-    let mut last = std::collections::HashMap::new();
-    let mut without_payload = 0;
-    for (index, packet) in ts.chunks_exact(188).enumerate() {
-        assert_eq!(packet[0], 0x47, "packet {index}");
-        let pid = u16::from_be_bytes([packet[1] & 0x1f, packet[2]]);
-        let counter = packet[3] & 0x0f;
-        let payload = packet[3] & 0x10 != 0;
-        without_payload += usize::from(!payload);
-        if let Some(previous) = last.insert(pid, counter) {
-            let expected = if payload {
-                (previous + 1) & 0x0f
-            } else {
-                previous
-            };
-            assert_eq!(counter, expected, "packet {index}, PID {pid:#x}");
-        }
-    }
-    without_payload
-}
-
 fn rendition_of(dir: &Path, clip: &Path, rendition: Rendition) -> PathBuf {
     let out = render(&std::fs::read(clip).unwrap(), rendition).expect("an H.264 clip renders");
     // The case is exercised: pictures that carried the clock were dropped.
-    assert!(assert_continuous(&out) > 0, "no PCR-only packet");
+    assert!(media::assert_continuous(&out) > 0, "no PCR-only packet");
     let path = dir.join(format!("{rendition:?}.ts"));
     std::fs::write(&path, out).unwrap();
     path

@@ -8,6 +8,14 @@
 //! (temporary files, the state directories of agents and fetches). A file whose identity
 //! (device, inode, size, modification and change times) differs from the one it was hashed
 //! with is hashed again; a file that disappears leaves the catalog at the next scan.
+//!
+//! With a critical directory ([`ScanConfig::critical`]), each file that enters the catalog and
+//! is an MPEG-TS with H.264 or H.265 video also gets its key-frame rendition (the filter the
+//! edge runs, `blockcast_edge::ts::CriticalFilter`), made right after the file is hashed,
+//! written to `DIR/<BLAKE3 of the file>.ts` and published as a second object named
+//! [`critical_name`] of the file's BLAKE3: the name links it to the full object's content, so
+//! an edge that holds an object knows which rendition belongs to it whatever the object's name.
+//! Names that begin with `.` never come from the directory, so no file can take that name.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -84,6 +92,16 @@ pub struct ScanConfig {
     pub rescan: Duration,
     pub settle: Duration,
     pub hash_cache: Option<HashCache>,
+    /// Make and publish each MPEG-TS file's critical rendition, kept in this directory.
+    pub critical: Option<PathBuf>,
+}
+
+/// Where critical renditions are listed: `.critical/<BLAKE3 of the full object, hex>`.
+pub const CRITICAL_PREFIX: &str = ".critical/";
+
+/// The catalog name of the critical rendition of the object whose BLAKE3 is `full`.
+pub fn critical_name(full: &[u8; 32]) -> String {
+    format!("{CRITICAL_PREFIX}{}", blockcast_proto::auth::hex(full))
 }
 
 /// The shared latest snapshot: the scanner replaces it, readers take a clone of the `Arc`.
@@ -145,6 +163,8 @@ pub fn walk(dir: &Path) -> BTreeMap<String, (PathBuf, FileId)> {
 /// Runs the scanner until `stop`: scans at once, then every `rescan`.
 pub fn run(cfg: ScanConfig, shared: &Shared, stop: &AtomicBool) {
     let mut objects: BTreeMap<String, CatalogObject> = BTreeMap::new();
+    // The critical renditions, by the full object's name.
+    let mut critical: BTreeMap<String, CatalogObject> = BTreeMap::new();
     let mut generation = 0u64;
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
@@ -155,6 +175,7 @@ pub fn run(cfg: ScanConfig, shared: &Shared, stop: &AtomicBool) {
         // Gone, or changed since hashed: out (hashed again below if still there).
         let before = objects.len();
         objects.retain(|name, o| found.get(name).is_some_and(|(_, id)| *id == o.id));
+        critical.retain(|name, _| objects.contains_key(name));
         changed |= objects.len() != before;
         let mut todo: Vec<(String, PathBuf, FileId)> = found
             .iter()
@@ -163,7 +184,7 @@ pub fn run(cfg: ScanConfig, shared: &Shared, stop: &AtomicBool) {
             .collect();
         let unready: Vec<String> = todo.iter().map(|(n, ..)| n.clone()).collect();
         if changed || !unready.is_empty() {
-            generation = publish(shared, &objects, &unready, generation);
+            generation = publish(shared, &objects, &critical, &unready, generation);
         }
         // Hash what has settled, one file at a time, publishing after each.
         todo.retain(|(_, _, id)| {
@@ -182,16 +203,30 @@ pub fn run(cfg: ScanConfig, shared: &Shared, stop: &AtomicBool) {
                 // Published only if the file did not change while it was hashed.
                 Ok((mut entries, _)) if FileId::at(&path) == Some(id) && entries.len() == 1 => {
                     let entry = Arc::new(entries.remove(0));
-                    objects.insert(name.clone(), CatalogObject { path, id, entry });
+                    let obj = CatalogObject { path, id, entry };
+                    if let Some(dir) = &cfg.critical {
+                        if let Some(c) = make_critical(&cfg, dir, &name, &obj) {
+                            critical.insert(name.clone(), c);
+                        }
+                    }
+                    objects.insert(name.clone(), obj);
+                    changed = true;
                     let unready: Vec<String> = found
                         .keys()
                         .filter(|n| !objects.contains_key(*n))
                         .cloned()
                         .collect();
-                    generation = publish(shared, &objects, &unready, generation);
+                    generation = publish(shared, &objects, &critical, &unready, generation);
                 }
                 Ok(_) => tracing::debug!(%name, "changed while hashed: hashed again later"),
                 Err(e) => tracing::warn!(%name, "cannot hash: {e}"),
+            }
+        }
+        // Every file hashed and its rendition made: what else the directory holds belongs to
+        // objects that left the catalog (or an earlier run's).
+        if let Some(dir) = &cfg.critical {
+            if changed && found.keys().all(|n| objects.contains_key(n)) {
+                remove_unlisted(dir, &critical);
             }
         }
         let end = std::time::Instant::now() + cfg.rescan;
@@ -201,14 +236,134 @@ pub fn run(cfg: ScanConfig, shared: &Shared, stop: &AtomicBool) {
     }
 }
 
+/// The critical rendition of `obj` (catalog name `name`): the file `DIR/<BLAKE3>.ts` made
+/// now if an earlier scan or run has not made it, then hashed as an object of its own.
+/// `None` when the file is not an MPEG-TS with H.264/H.265 key frames (said at debug level:
+/// most catalog files are not), changed meanwhile, or cannot be read or written.
+fn make_critical(
+    cfg: &ScanConfig,
+    dir: &Path,
+    name: &str,
+    obj: &CatalogObject,
+) -> Option<CatalogObject> {
+    let hex = blockcast_proto::auth::hex(&obj.entry.hash);
+    let path = dir.join(format!("{hex}.ts"));
+    if FileId::at(&path).is_none() {
+        match filter_file(&obj.path, &path) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%name, "no critical rendition: {e}");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(%name, "cannot make the critical rendition: {e}");
+                return None;
+            }
+        }
+        if FileId::at(&obj.path) != Some(obj.id) {
+            // Made from a file that changed meanwhile: made again when it is hashed again.
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+    }
+    let id = FileId::at(&path)?;
+    let input = Input {
+        path: path.clone(),
+        name: critical_name(&obj.entry.hash),
+    };
+    match crate::hash_inputs(&[input], cfg.block_size, cfg.hash_cache.as_ref()) {
+        Ok((mut entries, _)) if entries.len() == 1 => Some(CatalogObject {
+            path,
+            id,
+            entry: Arc::new(entries.remove(0)),
+        }),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(%name, "cannot hash the critical rendition: {e}");
+            None
+        }
+    }
+}
+
+/// Runs the critical filter over the file at `from` into `to` (written as `.tmp`, renamed
+/// once whole). The outer error is I/O, the inner one the filter's verdict.
+fn filter_file(
+    from: &Path,
+    to: &Path,
+) -> std::io::Result<Result<(), blockcast_edge::ts::RenditionError>> {
+    use blockcast_edge::ts::{CriticalFilter, RenditionConfig};
+    use std::io::{Read, Write};
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = to.with_extension("tmp");
+    let mut input = std::fs::File::open(from)?;
+    let mut output = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let mut filter = CriticalFilter::new(RenditionConfig::default());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = Vec::new();
+    let verdict = loop {
+        let n = input.read(&mut buf)?;
+        let r = if n == 0 {
+            filter.finish(&mut out)
+        } else {
+            filter.push(&buf[..n], &mut out)
+        };
+        if r.is_err() {
+            break r;
+        }
+        output.write_all(&out)?;
+        out.clear();
+        if n == 0 {
+            break Ok(());
+        }
+    };
+    if verdict.is_err() {
+        drop(output);
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(verdict);
+    }
+    output
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    std::fs::rename(&tmp, to)?;
+    Ok(Ok(()))
+}
+
+/// Deletes the renditions in `dir` (files named `<64 hex digits>.ts` or `.tmp`; others are
+/// left alone) that are not listed (their objects left the catalog).
+fn remove_unlisted(dir: &Path, critical: &BTreeMap<String, CatalogObject>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        let ours = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|s| blockcast_proto::auth::from_hex::<32>(s).is_some())
+            && path.extension().is_some_and(|x| x == "ts" || x == "tmp");
+        if ours && !critical.values().any(|c| c.path == path) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// Publishes a snapshot; returns its generation (greater than `last`: Unix microseconds, or
 /// one more than the last where the clock is behind).
 fn publish(
     shared: &Shared,
     objects: &BTreeMap<String, CatalogObject>,
+    critical: &BTreeMap<String, CatalogObject>,
     unready: &[String],
     last: u64,
 ) -> u64 {
+    // The renditions under their own names (two files with the same content share one).
+    let mut objects = objects.clone();
+    for c in critical.values() {
+        objects.insert(c.entry.name.clone(), c.clone());
+    }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
@@ -226,7 +381,7 @@ fn publish(
     };
     shared.publish(Snapshot {
         catalog,
-        objects: objects.clone(),
+        objects,
         unready: unready.to_vec(),
         issued: now.as_secs(),
     });
@@ -266,6 +421,7 @@ mod tests {
             rescan: Duration::from_millis(20),
             settle: Duration::ZERO,
             hash_cache: None,
+            critical: None,
         };
         let t = {
             let (shared, stop) = (shared.clone(), stop.clone());

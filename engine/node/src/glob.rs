@@ -138,9 +138,14 @@ impl Pattern {
     }
 }
 
-/// Whether `name` is subscribed to: it matches one of `patterns` (none: everything).
+/// Whether `name` is subscribed to: it matches one of `patterns` (none: everything but the
+/// origin's critical renditions, `.critical/...`, which are for edges; a pattern can still
+/// name them).
 pub fn subscribed(patterns: &[Pattern], name: &str) -> bool {
-    patterns.is_empty() || patterns.iter().any(|p| p.matches(name))
+    if patterns.is_empty() {
+        return !name.starts_with(crate::catalog::CRITICAL_PREFIX);
+    }
+    patterns.iter().any(|p| p.matches(name))
 }
 
 #[cfg(test)]
@@ -178,6 +183,12 @@ mod tests {
         assert!(m("x[-a]", "x-"));
         assert!(Pattern::new("bad[").is_err());
         assert!(subscribed(&[], "anything"));
+        // The origin's critical renditions only when a pattern names them.
+        assert!(!subscribed(&[], ".critical/00ff"));
+        assert!(subscribed(
+            &[Pattern::new(".critical/*").unwrap()],
+            ".critical/00ff"
+        ));
         let p = [
             Pattern::new("*.iso").unwrap(),
             Pattern::new("models/**").unwrap(),

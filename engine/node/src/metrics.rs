@@ -449,9 +449,13 @@ pub struct EdgeMetrics {
     pub fills_total: Counter,
     pub fill_failures_total: Counter,
     pub origin_bytes_total: Counter,
+    pub group_bytes_total: Counter,
+    pub group_sessions_total: Counter,
     pub sent_bytes_ram_total: Counter,
     pub sent_bytes_disk_total: Counter,
     pub renditions_made_total: Counter,
+    pub renditions_from_origin_total: Counter,
+    pub rendition_switches_total: Counter,
     pub ram_hits_total: Counter,
     pub disk_hits_total: Counter,
     pub misses_total: Counter,
@@ -463,7 +467,7 @@ pub struct EdgeMetrics {
 
 impl EdgeMetrics {
     pub fn register(&self, r: &mut Registry) {
-        let counters: [(&str, &str, &Counter); 10] = [
+        let counters: [(&str, &str, &Counter); 14] = [
             (
                 "blockcast_edge_requests",
                 "HTTP requests answered",
@@ -485,6 +489,16 @@ impl EdgeMetrics {
                 &self.origin_bytes_total,
             ),
             (
+                "blockcast_edge_group_bytes",
+                "Bytes the groups' sessions put into the cache (relay membership)",
+                &self.group_bytes_total,
+            ),
+            (
+                "blockcast_edge_group_sessions",
+                "Sessions the edge's group members received",
+                &self.group_sessions_total,
+            ),
+            (
                 "blockcast_edge_sent_ram_bytes",
                 "Body bytes sent to clients from the RAM tier",
                 &self.sent_bytes_ram_total,
@@ -498,6 +512,16 @@ impl EdgeMetrics {
                 "blockcast_edge_renditions_made",
                 "Critical renditions made",
                 &self.renditions_made_total,
+            ),
+            (
+                "blockcast_edge_renditions_from_origin",
+                "Critical renditions taken from the origin's second object",
+                &self.renditions_from_origin_total,
+            ),
+            (
+                "blockcast_edge_rendition_switches",
+                "Auto responses switched to the critical rendition at a key frame",
+                &self.rendition_switches_total,
             ),
             (
                 "blockcast_edge_ram_hits",
@@ -550,9 +574,25 @@ impl EdgeMetrics {
             &self.origin_bytes_total,
             s.fills.origin_bytes,
         );
+        d.add("group_bytes", &self.group_bytes_total, s.fills.group_bytes);
+        d.add(
+            "group_sessions",
+            &self.group_sessions_total,
+            s.groups.iter().map(|g| g.sessions).sum(),
+        );
         d.add("sent_ram", &self.sent_bytes_ram_total, s.sent_bytes_ram);
         d.add("sent_disk", &self.sent_bytes_disk_total, s.sent_bytes_disk);
         d.add("renditions", &self.renditions_made_total, s.renditions_made);
+        d.add(
+            "renditions_from_origin",
+            &self.renditions_from_origin_total,
+            s.renditions_from_origin,
+        );
+        d.add(
+            "rendition_switches",
+            &self.rendition_switches_total,
+            s.rendition_switches,
+        );
         d.add("ram_hits", &self.ram_hits_total, s.tiers.ram_hits);
         d.add("disk_hits", &self.disk_hits_total, s.tiers.disk_hits);
         d.add("misses", &self.misses_total, s.tiers.misses);

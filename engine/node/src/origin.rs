@@ -115,6 +115,9 @@ pub struct OriginConfig {
     pub max_sessions: usize,
     pub signer: Option<Signer>,
     pub hash_cache: Option<HashCache>,
+    /// Publish each MPEG-TS file's critical (key-frame) rendition as a second object, made
+    /// when the file enters the catalog and kept in this directory ([`catalog`]).
+    pub critical: Option<PathBuf>,
     /// How often the catalog directory is scanned.
     pub rescan: Duration,
     /// How long a file must be left alone before it is hashed and published.
@@ -223,6 +226,7 @@ pub fn origin(
             rescan: cfg.rescan,
             settle: cfg.settle,
             hash_cache: cfg.hash_cache.clone(),
+            critical: cfg.critical.clone(),
         };
         let (shared, stop) = (shared.clone(), side_stop.clone());
         std::thread::Builder::new()

@@ -7,6 +7,7 @@ pub mod packet;
 pub mod psi;
 mod rendition;
 mod renumber;
+pub mod seam;
 
 pub use packet::{TsPacket, PACKET_LEN};
 pub use rendition::{

@@ -115,3 +115,27 @@ pub fn duration(path: &Path) -> f64 {
 pub fn pict_types(path: &Path) -> Vec<String> {
     video_frames(path).into_iter().map(|(_, t)| t).collect()
 }
+
+/// Every PID's continuity counter goes up by one per packet with a payload and stays put on a
+/// packet without one (ISO/IEC 13818-1 §2.4.3.3); returns the packets with no payload.
+pub fn assert_continuous(ts: &[u8]) -> usize {
+    assert_eq!(ts.len() % 188, 0);
+    let mut last = std::collections::HashMap::new();
+    let mut without_payload = 0;
+    for (index, packet) in ts.chunks_exact(188).enumerate() {
+        assert_eq!(packet[0], 0x47, "packet {index}");
+        let pid = u16::from_be_bytes([packet[1] & 0x1f, packet[2]]);
+        let counter = packet[3] & 0x0f;
+        let payload = packet[3] & 0x10 != 0;
+        without_payload += usize::from(!payload);
+        if let Some(previous) = last.insert(pid, counter) {
+            let expected = if payload {
+                (previous + 1) & 0x0f
+            } else {
+                previous
+            };
+            assert_eq!(counter, expected, "packet {index}, PID {pid:#x}");
+        }
+    }
+    without_payload
+}

@@ -29,6 +29,11 @@ impl Edge {
     /// The fill thread: ask the origin, receive, copy verified blocks into the cache.
     fn fill(self: &Arc<Self>, obj: &Arc<Object>) {
         let result = self.run_fill(obj);
+        self.end_fill(obj, result);
+    }
+
+    /// A fill of `obj` (from the origin or a group) ended: clients waiting for it see how.
+    pub(super) fn end_fill(&self, obj: &Object, result: Result<(), EdgeError>) {
         let mut st = obj.lock();
         st.filling = false;
         st.fill_ends += 1;
@@ -51,7 +56,11 @@ impl Edge {
     }
 
     fn run_fill(self: &Arc<Self>, obj: &Arc<Object>) -> Result<(), EdgeError> {
-        let answer = client::request(&self.cfg.client, std::slice::from_ref(&obj.name), false)
+        let Some(client) = &self.cfg.client else {
+            // No origin: what the groups have not announced is unknown.
+            return Err(EdgeError::NotFound);
+        };
+        let answer = client::request(client, std::slice::from_ref(&obj.name), false)
             .map_err(|e| EdgeError::Origin(e.to_string()))?
             .pop();
         let grant = match answer {
@@ -74,7 +83,7 @@ impl Edge {
         std::fs::create_dir_all(&staging)
             .map_err(|e| EdgeError::Origin(format!("{}: {e}", staging.display())))?;
         let fetch_cfg = FetchConfig {
-            client: self.cfg.client.clone(),
+            client: client.clone(),
             out: self.cfg.staging.clone(),
             receive_timeout: self.cfg.receive_timeout,
             rcvbuf: self.cfg.rcvbuf,
@@ -113,11 +122,11 @@ impl Edge {
         result
     }
 
-    /// Puts each block the receiver verifies into the cache, until all are in or the
-    /// receive ends.
+    /// The origin fill's copier: checks that the session carries `obj` alone, then puts each
+    /// block the receiver verifies into the cache, until all are in or the receive ends.
     fn copy_blocks(
         &self,
-        obj: &Object,
+        obj: &Arc<Object>,
         published: &Published,
         fill_stop: &AtomicBool,
     ) -> Result<(), EdgeError> {
@@ -138,77 +147,140 @@ impl Edge {
                 entry.name
             )));
         }
-        let meta = Meta {
-            size: entry.size,
-            block_size: manifest.block_size(),
-            id: ContentId(entry.hash),
-            block_hashes: entry.block_hashes.clone().into(),
-        };
-        let n = meta.blocks() as usize;
-        {
-            let mut st = obj.lock();
-            if st.meta.as_ref().is_none_or(|m| m.id != meta.id) {
-                st.copied = vec![false; n];
-                st.meta = Some(meta.clone());
-                drop(st);
-                save_index(&self.cfg.index, &obj.name, &meta);
-            }
-        }
-        obj.changed.notify_all();
+        let meta = Meta::of(&manifest, entry);
+        self.learn_meta(obj, &meta);
         let path = published
             .paths()
             .and_then(|p| p.first().cloned())
             .ok_or_else(|| EdgeError::Origin("no output file".into()))?;
-        let mut file = None;
-        let mut done = vec![false; n];
-        let mut left = n;
-        while left > 0 {
+        let mut targets = [CopyTarget::new(obj.clone(), meta, 0, path)];
+        self.copy_verified(&mut targets, published, &self.counters.origin_bytes);
+        targets[0].result()
+    }
+
+    /// Records what a fill learnt of `obj` (its lock not held): a description that is new
+    /// (or whose content changed) resets which blocks were copied and goes to the index.
+    pub(super) fn learn_meta(&self, obj: &Object, meta: &Meta) {
+        let mut st = obj.lock();
+        if st.meta.as_ref().is_none_or(|m| m.id != meta.id) {
+            st.copied = vec![false; meta.blocks() as usize];
+            st.meta = Some(meta.clone());
+            drop(st);
+            save_index(&self.cfg.index, &obj.name, meta);
+        } else {
+            drop(st);
+        }
+        obj.changed.notify_all();
+    }
+
+    /// Puts each block of `targets` the receiver verifies into the cache (RAM, written
+    /// through to disk), marks it copied and wakes the object's clients, until every block
+    /// is in or the receive ends. The bytes are counted in `counted`. A target whose file
+    /// cannot be read stops being copied (its `error` says why); the others go on.
+    pub(super) fn copy_verified(
+        &self,
+        targets: &mut [CopyTarget],
+        published: &Published,
+        counted: &AtomicU64,
+    ) {
+        loop {
             let seen = published.generation();
             let ended = published.is_ended();
-            for (b, d) in done.iter_mut().enumerate() {
-                if *d || !published.is_verified(0, b as u32) {
-                    continue;
+            for t in targets.iter_mut().filter(|t| t.error.is_none()) {
+                if let Err(e) = self.copy_target(t, published, counted) {
+                    t.error = Some(e);
                 }
-                if file.is_none() {
-                    file = Some(
-                        std::fs::File::open(&path)
-                            .map_err(|e| EdgeError::Origin(format!("{}: {e}", path.display())))?,
-                    );
-                }
-                let f = file.as_ref().expect("opened above");
-                let start = b as u64 * meta.block_size;
-                let len = meta.block_size.min(meta.size - start) as usize;
-                let mut bytes = vec![0u8; len];
-                f.read_exact_at(&mut bytes, start)
-                    .map_err(|e| EdgeError::Origin(format!("{}: {e}", path.display())))?;
-                let key = BlockKey {
-                    object: meta.id,
-                    block: b as u32,
-                };
-                self.cache().insert(key, bytes.into());
-                self.counters
-                    .origin_bytes
-                    .fetch_add(len as u64, Ordering::Relaxed);
-                *d = true;
-                left -= 1;
-                let mut st = obj.lock();
-                if let Some(c) = st.copied.get_mut(b) {
-                    *c = true;
-                }
-                st.fill_bytes += len as u64;
-                drop(st);
-                obj.changed.notify_all();
             }
-            if left == 0 {
-                break;
-            }
-            if ended {
-                return Err(EdgeError::Origin(format!(
-                    "the session ended with {left} of {n} blocks missing"
-                )));
+            if targets.iter().all(|t| t.left == 0 || t.error.is_some()) || ended {
+                return;
             }
             published.wait_changed(seen, Instant::now() + Duration::from_secs(1));
         }
+    }
+
+    /// Copies the blocks of `t` verified since the last call.
+    fn copy_target(
+        &self,
+        t: &mut CopyTarget,
+        published: &Published,
+        counted: &AtomicU64,
+    ) -> Result<(), EdgeError> {
+        let meta = &t.meta;
+        for b in 0..t.done.len() {
+            if t.done[b] || !published.is_verified(t.index, b as u32) {
+                continue;
+            }
+            let read_error =
+                |e: std::io::Error| EdgeError::Origin(format!("{}: {e}", t.path.display()));
+            let file = match &t.file {
+                Some(f) => f,
+                None => t
+                    .file
+                    .insert(std::fs::File::open(&t.path).map_err(read_error)?),
+            };
+            let start = b as u64 * meta.block_size;
+            let len = meta.block_size.min(meta.size - start) as usize;
+            let mut bytes = vec![0u8; len];
+            file.read_exact_at(&mut bytes, start).map_err(read_error)?;
+            let key = BlockKey {
+                object: meta.id,
+                block: b as u32,
+            };
+            self.cache().insert(key, bytes.into());
+            counted.fetch_add(len as u64, Ordering::Relaxed);
+            t.done[b] = true;
+            t.left -= 1;
+            let mut st = t.obj.lock();
+            if let Some(c) = st.copied.get_mut(b) {
+                *c = true;
+            }
+            st.fill_bytes += len as u64;
+            drop(st);
+            t.obj.changed.notify_all();
+        }
         Ok(())
+    }
+}
+
+/// One object of a session whose verified blocks go into the cache.
+pub(super) struct CopyTarget {
+    pub obj: Arc<Object>,
+    pub meta: Meta,
+    /// Its index in the session's manifest.
+    pub index: u32,
+    /// The receiver's file of it.
+    pub path: PathBuf,
+    file: Option<std::fs::File>,
+    done: Vec<bool>,
+    left: usize,
+    error: Option<EdgeError>,
+}
+
+impl CopyTarget {
+    pub fn new(obj: Arc<Object>, meta: Meta, index: u32, path: PathBuf) -> Self {
+        let n = meta.blocks() as usize;
+        CopyTarget {
+            obj,
+            meta,
+            index,
+            path,
+            file: None,
+            done: vec![false; n],
+            left: n,
+            error: None,
+        }
+    }
+
+    /// How the copy of this object ended: whole, or why not.
+    pub fn result(&self) -> Result<(), EdgeError> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None if self.left > 0 => Err(EdgeError::Origin(format!(
+                "the session ended with {} of {} blocks missing",
+                self.left,
+                self.done.len()
+            ))),
+            None => Ok(()),
+        }
     }
 }

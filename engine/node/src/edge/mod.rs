@@ -7,7 +7,9 @@
 //! receiver, and a copier thread puts each block into the cache as soon as the receiver has
 //! verified it (write-through: RAM and disk). One fill per object at a time, whatever the
 //! number of clients: clients never talk to the origin, they wait for blocks of the fill.
-//! An unknown name is answered by the origin at once and gives `404`.
+//! An unknown name is answered by the origin at once and gives `404`. An edge may also sit
+//! on groups as a member (`member.rs`): every object of every session announced there is a
+//! fill of its name, without the origin.
 //!
 //! **Clients read from the tiers.** A client's response goes block by block: each block is
 //! looked up in the cache (RAM, else disk, re-verified against the manifest's block hash,
@@ -16,12 +18,15 @@
 //! fill never waits for any client. A block in neither tier (evicted from both) starts a new
 //! fill of its object.
 //!
-//! **The critical rendition** of an object is made once, from the full object's blocks in
+//! **The critical rendition** of an object is the origin's when it publishes one (the object
+//! `.critical/<BLAKE3 of the full object>`, filled like any other); else it is made once,
+//! from the full object's blocks in
 //! order, by [`CriticalFilter`]; its output is cut into blocks of the object's block size and
 //! stored in the same cache under a content id of its own. Clients get it once it is whole,
 //! so a stream that is not MPEG-TS or has no H.264/H.265 key frame is answered `415`/`422`
 //! before any byte of a body goes out. `?rendition=auto` gives it to clients measured slower
-//! than the full rendition's bitrate ([`auto`]).
+//! than the full rendition's bitrate ([`auto`]), at a response's start or, for a response
+//! from byte 0 without a `Range`, at a key frame in its middle (`http/switch.rs`).
 //!
 //! **Restarts.** Each object's description (name, size, block size, BLAKE3, block hashes) is
 //! written to the index directory when its fill learns it, and read back at start: with the
@@ -34,17 +39,18 @@ pub mod auto;
 mod critical;
 mod fill;
 mod index;
+mod member;
 mod status;
 
 use index::load_index;
 
 pub use status::{
-    ClientStatus, EdgeReady, EdgeStatus, EdgeSummary, FillsStatus, MeasuredClient, ObjectStatus,
-    TiersStatus,
+    ClientStatus, EdgeReady, EdgeStatus, EdgeSummary, FillsStatus, GroupStatus, MeasuredClient,
+    ObjectStatus, TiersStatus,
 };
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +61,7 @@ pub use blockcast_edge::cache::CacheConfig;
 use blockcast_edge::cache::{BlockCache, BlockKey, CacheStats, ContentId, Lookup, Tier};
 use blockcast_edge::ts::{CriticalFilter, RenditionConfig, RenditionError};
 use blockcast_proto::auth::hex;
+use blockcast_proto::wire::{Manifest, ObjectEntry};
 use serde::Serialize;
 
 use crate::client::{self, Answer, ClientConfig};
@@ -66,8 +73,16 @@ use crate::NodeError;
 /// How the edge runs.
 #[derive(Clone, Debug)]
 pub struct EdgeConfig {
-    /// The origin and how to ask it.
-    pub client: ClientConfig,
+    /// The origin and how to ask it; `None`: the edge serves only what its groups announce
+    /// (a name it has not seen is `404`).
+    pub client: Option<ClientConfig>,
+    /// Groups the edge sits on as a member, taking every object announced there into its
+    /// tiers (`member.rs`).
+    pub groups: Vec<SocketAddrV4>,
+    /// This host's interface toward the origin and the groups.
+    pub iface: Ipv4Addr,
+    /// Keys the groups' sessions must be signed by (empty: any session).
+    pub trust: Vec<[u8; 32]>,
     /// Where clients connect.
     pub http: SocketAddr,
     /// The tiers.
@@ -100,6 +115,16 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The description of `entry`, an object of `manifest`.
+    fn of(manifest: &Manifest, entry: &ObjectEntry) -> Self {
+        Meta {
+            size: entry.size,
+            block_size: manifest.block_size(),
+            id: ContentId(entry.hash),
+            block_hashes: entry.block_hashes.clone().into(),
+        }
+    }
+
     fn blocks(&self) -> u32 {
         self.block_hashes.len() as u32
     }
@@ -156,6 +181,9 @@ struct ObjState {
 #[derive(Clone, Debug)]
 pub struct MadeCritical {
     pub meta: Meta,
+    /// The origin's object it is (`.critical/<BLAKE3>`, filled like any object), or `None`
+    /// when the edge made it from the full object.
+    pub source: Option<String>,
     /// The full rendition's size over its duration (first to last PCR), bytes per second;
     /// `None` when its clock could not be read.
     pub full_bytes_per_sec: Option<f64>,
@@ -196,6 +224,9 @@ pub struct ClientEntry {
     pub auto: Option<AutoChoice>,
     pub started: Instant,
     pub bytes: AtomicU64,
+    /// Body bytes sent before an `auto` response switched to the critical rendition
+    /// (`u64::MAX`: it did not).
+    pub switched_at: AtomicU64,
 }
 
 /// What `?rendition=auto` compared for a response.
@@ -221,6 +252,10 @@ pub struct EdgeCounters {
     pub sent_bytes_ram: AtomicU64,
     pub sent_bytes_disk: AtomicU64,
     pub renditions_made: AtomicU64,
+    /// Critical renditions taken from the origin (its second object) instead of made here.
+    pub renditions_from_origin: AtomicU64,
+    /// `auto` responses switched to the critical rendition mid-response.
+    pub rendition_switches: AtomicU64,
     pub not_found: AtomicU64,
 }
 
@@ -234,6 +269,8 @@ pub struct Edge {
     pub counters: EdgeCounters,
     /// Clients' measured delivery rates, for `?rendition=auto`.
     pub rates: auto::PeerRates,
+    /// What each group's member took (in the order of `cfg.groups`).
+    groups: Vec<member::GroupCounters>,
     stop: Arc<AtomicBool>,
     events: EventSink,
     started: Instant,
@@ -263,7 +300,9 @@ impl Edge {
             source,
         })?;
         let objects = load_index(&cfg.index);
+        let groups = cfg.groups.iter().map(|_| Default::default()).collect();
         Ok(Arc::new(Edge {
+            groups,
             cfg,
             cache: Mutex::new(cache),
             objects: Mutex::new(objects),
@@ -344,7 +383,12 @@ impl Edge {
                         return Err(why);
                     }
                     _ => {
+                        seen_end = Some(st.fill_ends);
                         self.start_fill(&obj, &mut st);
+                        if !st.filling {
+                            // It could not start (no thread): its failure is read above.
+                            continue;
+                        }
                     }
                 }
             }
@@ -384,6 +428,12 @@ impl Edge {
                 }
                 refills += 1;
                 self.start_fill(&obj, &mut st);
+                if !st.filling {
+                    return Err(st
+                        .failed
+                        .clone()
+                        .unwrap_or(EdgeError::Origin("the fill did not start".into())));
+                }
             }
             let ends = st.fill_ends;
             let copied = |st: &ObjState| st.copied.get(block as usize).copied().unwrap_or(false);
@@ -441,6 +491,7 @@ impl Edge {
             auto,
             started: Instant::now(),
             bytes: AtomicU64::new(0),
+            switched_at: AtomicU64::new(u64::MAX),
         });
         self.clients
             .lock()
@@ -547,11 +598,33 @@ pub fn edge(
         }
         None => None,
     };
+    let mut members = Vec::new();
+    for i in 0..edge.cfg.groups.len() {
+        let e = edge.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("bc-edge-group-{i}"))
+            .spawn(move || e.member(i));
+        match spawned {
+            Ok(h) => members.push(h),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                for h in members {
+                    let _ = h.join();
+                }
+                return Err(NodeError::spawn("a group member thread", e));
+            }
+        }
+    }
     ready(&EdgeReady {
         http,
         metrics: metrics.as_ref().map(|((_, a), _)| *a),
     });
     let served = crate::http::edge::serve_edge(listener, edge.clone(), &stop);
+    // The members see the stop at their next progress (a few times a second).
+    stop.store(true, Ordering::Relaxed);
+    for h in members {
+        let _ = h.join();
+    }
     if let Some(((h, _), updater)) = metrics {
         let _ = h.join();
         updater.thread().unpark();
@@ -567,6 +640,11 @@ pub fn edge(
         fills: c.fills.load(Ordering::Relaxed),
         fill_failures: c.fill_failures.load(Ordering::Relaxed),
         origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
+        group_bytes: edge
+            .groups
+            .iter()
+            .map(|g| g.bytes.load(Ordering::Relaxed))
+            .sum(),
         sent_bytes_ram: c.sent_bytes_ram.load(Ordering::Relaxed),
         sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
         seconds: edge.started.elapsed().as_secs_f64(),

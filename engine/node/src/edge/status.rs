@@ -36,7 +36,10 @@ impl Edge {
                 let critical = match o.critical.try_lock() {
                     Ok(c) => match &*c {
                         None => "none".to_string(),
-                        Some(Ok(m)) => format!("made ({} bytes)", m.meta.size),
+                        Some(Ok(m)) => match &m.source {
+                            Some(s) => format!("from the origin as {s} ({} bytes)", m.meta.size),
+                            None => format!("made ({} bytes)", m.meta.size),
+                        },
                         Some(Err(e)) => format!("impossible: {e}"),
                     },
                     Err(_) => "being made".to_string(),
@@ -69,12 +72,18 @@ impl Edge {
             .map(|(id, c)| {
                 let secs = now.duration_since(c.started).as_secs_f64();
                 let bytes = c.bytes.load(Ordering::Relaxed);
+                let switched_at = c.switched_at.load(Ordering::Relaxed);
                 ClientStatus {
                     id: *id,
                     peer: c.peer.to_string(),
                     object: c.object.clone(),
-                    rendition: c.rendition,
+                    rendition: if switched_at == u64::MAX {
+                        c.rendition
+                    } else {
+                        "full, then critical"
+                    },
                     auto: c.auto,
+                    switched_at_byte: (switched_at != u64::MAX).then_some(switched_at),
                     bytes,
                     seconds: secs,
                     rate_bytes_per_sec: if secs > 0.0 { bytes as f64 / secs } else { 0.0 },
@@ -92,10 +101,26 @@ impl Edge {
                 seconds_ago: age,
             })
             .collect();
+        let groups: Vec<GroupStatus> = self
+            .cfg
+            .groups
+            .iter()
+            .zip(&self.groups)
+            .map(|(g, c)| GroupStatus {
+                group: g.to_string(),
+                receiving: c.receiving.load(Ordering::Relaxed),
+                sessions: c.sessions.load(Ordering::Relaxed),
+                sessions_whole: c.sessions_whole.load(Ordering::Relaxed),
+                objects: c.objects.load(Ordering::Relaxed),
+                bytes: c.bytes.load(Ordering::Relaxed),
+                repeats_left: c.repeats_left.load(Ordering::Relaxed),
+                failures: c.failures.load(Ordering::Relaxed),
+            })
+            .collect();
         let c = &self.counters;
         EdgeStatus {
             role: "edge",
-            origin: self.cfg.client.origin.to_string(),
+            origin: self.cfg.client.as_ref().map(|c| c.origin.to_string()),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             objects: list,
             tiers: TiersStatus {
@@ -117,13 +142,17 @@ impl Edge {
                 failed: c.fill_failures.load(Ordering::Relaxed),
                 running: objects.iter().filter(|o| o.lock().filling).count() as u64,
                 origin_bytes: c.origin_bytes.load(Ordering::Relaxed),
+                group_bytes: groups.iter().map(|g| g.bytes).sum(),
             },
+            groups,
             clients,
             measured,
             requests: c.requests.load(Ordering::Relaxed),
             sent_bytes_ram: c.sent_bytes_ram.load(Ordering::Relaxed),
             sent_bytes_disk: c.sent_bytes_disk.load(Ordering::Relaxed),
             renditions_made: c.renditions_made.load(Ordering::Relaxed),
+            renditions_from_origin: c.renditions_from_origin.load(Ordering::Relaxed),
+            rendition_switches: c.rendition_switches.load(Ordering::Relaxed),
         }
     }
 }
@@ -131,11 +160,14 @@ impl Edge {
 #[derive(Serialize)]
 pub struct EdgeStatus {
     pub role: &'static str,
-    pub origin: String,
+    /// The origin's address (none: the edge serves what its groups announce).
+    pub origin: Option<String>,
     pub uptime_seconds: f64,
     pub objects: Vec<ObjectStatus>,
     pub tiers: TiersStatus,
     pub fills: FillsStatus,
+    /// The groups the edge sits on as a member.
+    pub groups: Vec<GroupStatus>,
     pub clients: Vec<ClientStatus>,
     /// Each client address's latest measured delivery rate (what `?rendition=auto` compares).
     pub measured: Vec<MeasuredClient>,
@@ -143,6 +175,10 @@ pub struct EdgeStatus {
     pub sent_bytes_ram: u64,
     pub sent_bytes_disk: u64,
     pub renditions_made: u64,
+    /// Critical renditions taken from the origin (its second object) instead of made here.
+    pub renditions_from_origin: u64,
+    /// `auto` responses switched to the critical rendition at a key frame mid-response.
+    pub rendition_switches: u64,
 }
 
 #[derive(Serialize)]
@@ -184,6 +220,28 @@ pub struct FillsStatus {
     pub running: u64,
     /// Bytes the fills took from the origin into the cache.
     pub origin_bytes: u64,
+    /// Bytes the groups' sessions put into the cache.
+    pub group_bytes: u64,
+}
+
+/// What the edge's member of one group took.
+#[derive(Serialize)]
+pub struct GroupStatus {
+    pub group: String,
+    /// A session's objects are being copied now.
+    pub receiving: bool,
+    /// Sessions whose manifest was learnt.
+    pub sessions: u64,
+    /// Sessions taken whole (every object in the cache).
+    pub sessions_whole: u64,
+    /// Objects those sessions announced.
+    pub objects: u64,
+    /// Bytes put into the cache from this group.
+    pub bytes: u64,
+    /// Sessions heard again after they were taken whole, and left.
+    pub repeats_left: u64,
+    /// Receives that failed (silence is no failure).
+    pub failures: u64,
 }
 
 #[derive(Serialize)]
@@ -194,6 +252,9 @@ pub struct ClientStatus {
     pub rendition: &'static str,
     /// Present when `?rendition=auto` chose the rendition: what it compared.
     pub auto: Option<AutoChoice>,
+    /// An `auto` response that switched to the critical rendition at a key frame: the body
+    /// bytes sent before the switch.
+    pub switched_at_byte: Option<u64>,
     pub bytes: u64,
     pub seconds: f64,
     pub rate_bytes_per_sec: f64,
@@ -213,6 +274,8 @@ pub struct EdgeSummary {
     pub fills: u64,
     pub fill_failures: u64,
     pub origin_bytes: u64,
+    /// Bytes the groups' sessions put into the cache.
+    pub group_bytes: u64,
     pub sent_bytes_ram: u64,
     pub sent_bytes_disk: u64,
     pub seconds: f64,

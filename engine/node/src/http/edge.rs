@@ -13,7 +13,8 @@
 //! learns the length: a player's `HEAD` is followed by its `GET`). Each object's `ETag` is its content's BLAKE3 (the critical
 //! rendition's, its own content id); `If-Range` with that tag keeps the `Range`, with anything
 //! else (another tag, a date) gets the whole object. Not handled yet: conditional requests
-//! (`If-None-Match`, `If-Modified-Since`), switching renditions in the middle of a response.
+//! (`If-None-Match`, `If-Modified-Since`). An `auto` request from byte 0 without a `Range`
+//! may switch to the critical rendition in the middle of its response (`switch.rs`).
 //!
 //! Before the status line the object's description and the first block of the range are
 //! obtained (waiting for the fill if need be): an object the origin does not have is `404`,
@@ -33,7 +34,7 @@ use blockcast_edge::ts::RenditionError;
 use super::parse::{
     parse_head, parse_range, request_path, HeadError, RangeSpec, Request, MAX_HEAD_BYTES,
 };
-use super::response::{content_type, response_head_kept};
+use super::response::{content_type, response_head_close_delimited, response_head_kept};
 use super::server::finish;
 use crate::edge::{auto, AutoChoice, Edge, EdgeError, Meta, Served};
 
@@ -336,15 +337,26 @@ fn respond(
             Err(e) => return refuse(stream, head_only, &e),
         },
     };
-    let meta = if critical {
-        edge.critical(name)
+    // The critical rendition as it was made (or taken from the origin), or the full one.
+    let made = if critical {
+        edge.critical_made(name).map(Some)
     } else {
-        edge.meta(name)
+        Ok(None)
     };
-    let meta = match meta {
+    let (meta, made) = match made.and_then(|m| match m {
+        Some(m) => Ok((m.meta.clone(), Some(m))),
+        None => edge.meta(name).map(|meta| (meta, None)),
+    }) {
         Ok(m) => m,
         Err(e) => return refuse(stream, head_only, &e),
     };
+    // An `auto` response from byte 0 without a `Range` may switch to the critical rendition
+    // at a key frame if the client proves slow (`super::switch`).
+    if auto.is_some() && made.is_none() && !head_only && req.range.is_none() && meta.size > 0 {
+        if let Some(done) = respond_switching(edge, stream, peer, name, &meta, auto)? {
+            return Ok(done);
+        }
+    }
     let etag = format!("\"{}\"", blockcast_proto::auth::hex(&meta.id.0));
     // A Range is honoured only if If-Range, when given, names this content (RFC 9110
     // §13.1.5: a strong match of the entity tag; no Last-Modified is sent, so a date never
@@ -386,10 +398,9 @@ fn respond(
         return Ok(true);
     }
     let block = |b: u32| -> Result<Served, EdgeError> {
-        if critical {
-            edge.critical_block(&meta, b)
-        } else {
-            edge.full_block(name, b)
+        match &made {
+            Some(m) => edge.critical_block(m, b),
+            None => edge.full_block(name, b),
         }
     };
     let bs = meta.block_size.max(1);
@@ -418,6 +429,55 @@ fn respond(
         record_rate(edge, stream, peer, before, body_started);
     }
     Ok(true)
+}
+
+/// Answers with a full-rendition response that may switch to the critical one
+/// ([`super::switch`]); `None` when it cannot (no bitrate, no `TCP_INFO`): then an ordinary
+/// response is made.
+fn respond_switching(
+    edge: &Arc<Edge>,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    name: &str,
+    meta: &Meta,
+    auto: Option<AutoChoice>,
+) -> io::Result<Option<bool>> {
+    let Ok(Some(bitrate)) = edge.full_bitrate(name) else {
+        return Ok(None);
+    };
+    let Some(before) = auto::tcp_delivery(stream) else {
+        return Ok(None);
+    };
+    let first = match edge.full_block(name, 0) {
+        Ok(b) => b,
+        Err(e) => return refuse(stream, false, &e).map(Some),
+    };
+    let etag = format!("\"{}\"", blockcast_proto::auth::hex(&meta.id.0));
+    let mut headers = body_headers(content_type(name), etag, false, None);
+    headers.push(("X-Rendition-Switch", "critical".to_string()));
+    let head = response_head_close_delimited(200, &headers);
+    // What the switch compares, for /status.
+    let auto = auto.map(|a| AutoChoice {
+        full_bytes_per_sec: Some(bitrate),
+        ..a
+    });
+    let client = edge.client(peer, name, "full", auto);
+    let body_started = Instant::now();
+    super::switch::send_switching(
+        edge,
+        stream,
+        peer,
+        name,
+        meta,
+        first,
+        bitrate,
+        before,
+        &head,
+        &client.entry,
+    )?;
+    record_rate(edge, stream, peer, Some(before), body_started);
+    // The body ends with the connection.
+    Ok(Some(false))
 }
 
 /// The headers of a body response; `range`: (start, end, size) of a 206's part.

@@ -50,6 +50,7 @@ pub mod edge;
 mod parse;
 mod response;
 mod server;
+mod switch;
 #[cfg(test)]
 mod tests;
 

@@ -71,6 +71,17 @@ pub(super) fn response_head_kept(
     out
 }
 
+/// A status line and headers for a body whose length is not known when it starts: no
+/// `Content-Length`, and the connection closes to end it (RFC 9112 §6.3, item 8).
+pub(super) fn response_head_close_delimited(status: u16, headers: &[(&str, String)]) -> String {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (name, value) in headers {
+        out += &format!("{name}: {value}\r\n");
+    }
+    out += "Connection: close\r\n\r\n";
+    out
+}
+
 pub(super) fn write_all_parts(stream: &mut TcpStream, head: &str, body: &[u8]) -> io::Result<()> {
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
