@@ -105,6 +105,7 @@ impl Edge {
             verify_existing: false,
             // The staging directory is the member's own, emptied above.
             overwrite: true,
+            datapath: crate::Datapath::Socket,
         };
         let published = Arc::new(Published::default());
         let session_stop = AtomicBool::new(false);
