@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_status::UnitBitmap;
 
-use super::guard::{charge, Allowance};
+use super::guard::{charge, parity_key, refund, Allowance, Quote, Shares};
 use super::{Sender, SenderEvent, XOR_GATHER_GRTTS};
 use crate::coding;
 use crate::numbering::BlockAddr;
@@ -50,6 +50,8 @@ pub(super) struct Repair {
     /// XOR repairs wait until then for the other receivers' NACKs.
     gather_until: Option<Instant>,
     queued: bool,
+    /// Who pays for what is queued.
+    shares: Shares,
 }
 
 impl Repair {
@@ -169,15 +171,54 @@ impl<S: BlockSource> Sender<S> {
         allowance: Allowance,
         units: u64,
     ) -> bool {
+        self.pay(now, receiver, allowance, units as f64, units)
+    }
+
+    /// Charges member `receiver` `cost` units for a request of `units` repair units
+    /// ([`charge`]); counts `units` refused if its budget does not allow it.
+    fn pay(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        allowance: Allowance,
+        cost: f64,
+        units: u64,
+    ) -> bool {
         let Some(m) = self.membership.members.get_mut(&receiver) else {
             return false;
         };
-        if charge(m, now, allowance, units) {
+        if charge(m, now, allowance, cost) {
             return true;
         }
         self.membership.any_denied = true;
         self.stats.repair_denied += units;
         false
+    }
+
+    /// Charges member `receiver` for its share of block `seq`'s repairs (`q`), gives the
+    /// members it now shares them with their difference back, and records its keys. False
+    /// (and nothing changes) if its budget does not allow it.
+    fn pay_share(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        allowance: Allowance,
+        seq: u64,
+        q: Quote,
+        units: u64,
+    ) -> bool {
+        if !self.pay(now, receiver, allowance, q.cost, units) {
+            return false;
+        }
+        for (r, back) in &q.refunds {
+            if let Some(m) = self.membership.members.get_mut(r) {
+                refund(m, *back);
+            }
+        }
+        if let Some(r) = self.repairs.blocks.get_mut(&seq) {
+            r.shares.commit(receiver, q);
+        }
+        true
     }
 
     /// A priority request from a member: the blocks it names go out whole, first.
@@ -223,6 +264,13 @@ impl<S: BlockSource> Sender<S> {
                     return;
                 }
                 self.queue_priority(seq);
+                if !free {
+                    // It paid for the whole block: others that NACK units of it share them.
+                    if let Some(r) = self.repairs.blocks.get_mut(&seq) {
+                        let q = r.shares.quote(p.receiver, 0..k as u32, |_| false);
+                        r.shares.commit(p.receiver, q);
+                    }
+                }
             }
         }
     }
@@ -280,14 +328,25 @@ impl<S: BlockSource> Sender<S> {
         } else {
             0
         };
-        let in_flight = r.parity_end.saturating_sub(e.parity_seen.max(settled));
+        let seen = e.parity_seen.max(settled);
+        let in_flight = r.parity_end.saturating_sub(seen);
         let want = e.missing.saturating_sub(in_flight);
+        // Of the parity in flight it will use, what is still queued is shared with whoever
+        // else asked for it; what went out already is paid for.
+        let queued_from = seen.max(r.parity_next);
+        let use_queued = e
+            .missing
+            .min(in_flight)
+            .saturating_sub(r.parity_next.saturating_sub(seen));
+        let queued_parity = (queued_from..queued_from.saturating_add(use_queued)).map(parity_key);
         if want == 0 {
+            let q = r.shares.quote(receiver, queued_parity, |_| false);
+            self.pay_share(now, receiver, allowance, seq, q, 0);
             return;
         }
         let whole = e.missing >= k;
         let listed = !matches!(&e.holes, Holes::Ranges(r) if r.is_empty());
-        // What this entry adds to the repair queue, charged to the member first.
+        // What this entry adds to the repair queue.
         let how = if !whole && !by_originals && r.parity_end + want <= max_parity {
             How::Parity(want)
         } else if xor && !whole && listed {
@@ -313,20 +372,24 @@ impl<S: BlockSource> Sender<S> {
             }
             How::Originals(units)
         };
-        let cost = match &how {
-            How::Parity(n) => u64::from(*n),
-            How::Xor(list) => {
-                let old = r.wants.iter().find(|w| w.receiver == receiver);
-                list.iter()
-                    .filter(|u| old.is_none_or(|w| w.units.binary_search(u).is_err()))
-                    .count() as u64
+        // Its share of every repair unit it needs that is queued, and all of what it adds.
+        let (q, units) = match &how {
+            How::Parity(n) => {
+                let end = r.parity_end;
+                let keys = queued_parity.chain((end..end.saturating_add(*n)).map(parity_key));
+                (r.shares.quote(receiver, keys, |_| false), u64::from(*n))
             }
-            How::Originals(units) => match r.originals.as_ref() {
-                Some(o) => units.iter().filter(|&&u| !o.get(usize::from(u))).count() as u64,
-                None => units.len() as u64,
-            },
+            How::Xor(list) | How::Originals(list) => {
+                let keys = list.iter().map(|&u| u32::from(u));
+                let queued = |key: u32| {
+                    r.originals
+                        .as_ref()
+                        .is_some_and(|o| key < u32::from(k) && o.get(key as usize))
+                };
+                (r.shares.quote(receiver, keys, queued), list.len() as u64)
+            }
         };
-        if !self.charge_member(now, receiver, allowance, cost) {
+        if !self.pay_share(now, receiver, allowance, seq, q, units) {
             return;
         }
         let Some(r) = self.repairs.blocks.get_mut(&seq) else {
@@ -421,11 +484,13 @@ impl<S: BlockSource> Sender<S> {
                 let round_end = r.parity_end;
                 r.parity_next += 1;
                 r.last_sent = Some(now);
+                r.shares.sent(parity_key(index));
                 return self.parity_unit(now, buf, seq, index, round_end);
             }
             if let Some(orig) = r.originals.as_mut() {
                 if let Some(u) = orig.iter_ones().next() {
                     orig.clear(u);
+                    r.shares.sent(u as u32);
                     if orig.count_ones() == 0 {
                         r.whole_sent_at = Some(now);
                         if std::mem::take(&mut r.whole) {
@@ -451,6 +516,9 @@ impl<S: BlockSource> Sender<S> {
                     continue;
                 }
                 let (units, n) = next_combo(&mut r.wants);
+                for &u in &units[..n] {
+                    r.shares.sent(u32::from(u));
+                }
                 r.wants.retain(|w| !w.units.is_empty());
                 if r.wants.is_empty() {
                     r.gather_until = None;
@@ -463,6 +531,7 @@ impl<S: BlockSource> Sender<S> {
             }
             r.gather_until = None;
             r.queued = false;
+            r.shares.clear();
             self.repairs.queue.pop_front();
         }
         None
