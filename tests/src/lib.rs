@@ -211,6 +211,8 @@ pub struct SimReport {
     pub blocks_failed: u64,
     /// From the first data unit to the last expected receiver's completion.
     pub completion: Duration,
+    /// From the first data unit to the last first-pass unit (the tail is what follows).
+    pub first_pass: Duration,
     /// The first pass alone at the configured rate: the lossless lower bound.
     pub ideal: Duration,
     pub minimal_units: u64,
@@ -455,6 +457,9 @@ fn check_receivers(
     }
     if let (Some(first), Some(last)) = (first, last_complete) {
         report.completion = last.saturating_duration_since(first);
+    }
+    if let (Some(first), Some(end)) = (first, server.last_pass_unit()) {
+        report.first_pass = end.saturating_duration_since(first);
     }
     if let (Some(first), Some(p)) = (first, cfg.priority) {
         let asked = net.host(receivers[p.0]).receiver();

@@ -449,3 +449,49 @@ fn receivers_kept_off_their_cores_in_turn_do_not_hold_the_rate_down() {
         r.minimal_units
     );
 }
+
+#[test]
+fn five_percent_loss_costs_at_most_a_tenth_more_time_than_none() {
+    use blockcast_proto::Geometry;
+    // One and four receivers as the node runs them (a data thread's first pass at a fixed
+    // rate), 64 MiB of 1400-byte units, with no loss and with 5 % independent loss on every
+    // copy of the data. The loss's repairs take their share of the rate; what must not be
+    // added is the tail: NACK round trips after the first pass for repairs lost on the way
+    // (each retried after its backoff), and repairs that waited for the pass to end.
+    let geometry = Geometry {
+        unit_size: 1400,
+        units_per_block: 749,
+        max_parity: 128,
+    };
+    let rate: u64 = 200_000_000;
+    let limits = RateLimits {
+        start: rate,
+        min: rate,
+        max: rate,
+    };
+    for n in [1, 4] {
+        let mut cfg = SimConfig::node_like(171, n, 64 << 20, geometry, limits);
+        let lossless = check(cfg.clone());
+        assert_eq!(lossless.repair_units + lossless.xor_units, 0);
+        cfg.data_faults = LinkFaults::lossy(0.05);
+        let lossy = check(cfg);
+        let ratio = lossy.completion.as_secs_f64() / lossless.completion.as_secs_f64();
+        eprintln!(
+            "{n} receivers: lossless {:?}, 5 % loss {:?} ({ratio:.3}x; first pass {:?}), \
+             {} originals, {} XOR, {} parity, {} NACKs, {} units refused",
+            lossless.completion,
+            lossy.completion,
+            lossy.first_pass,
+            lossy.repair_units,
+            lossy.xor_units,
+            lossy.parity_units,
+            lossy.nack_packets,
+            lossy.repair_denied
+        );
+        assert!(
+            lossy.repair_units + lossy.xor_units > 0,
+            "nothing repaired: the test did not test"
+        );
+        assert!(ratio <= 1.10, "{n} receivers: 5 % loss took {ratio:.3}x");
+    }
+}

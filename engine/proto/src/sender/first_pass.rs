@@ -376,6 +376,7 @@ impl<S: BlockSource> Sender<S> {
         if !self.cfg.external_first_pass {
             return;
         }
+        self.repairs.now = Some(now);
         // One budget: what the stripes sent leaves that much less for the repairs.
         let more = progress
             .bytes

@@ -28,12 +28,13 @@ const PRIORITY_PER_SEC: f64 = 8.0;
 const AHEAD_BURST: f64 = 16.0;
 const AHEAD_PER_SEC: f64 = 4.0;
 
-/// The part of the first pass (what it has sent so far) that a member may ask for at any
-/// speed: an honest receiver loses in bursts (a socket buffer that overflowed while its
-/// thread was not scheduled: 5 % of a first pass at once on loopback), and the whole link is
-/// the fastest way to mend that. Beyond it, a burst and a share of the rate ([`charge`]). A
-/// member that claims to miss everything gets this once plus its share: 1/20 + 1/32 of the
-/// session, within the 1.10x that docs/SECURITY.md promises.
+/// The part of what it can have missed (the first pass so far, and the repairs sent since
+/// it joined: it loses those as it loses the rest) that a member may ask for at any speed: an
+/// honest receiver loses in bursts (a socket buffer that overflowed while its thread was not
+/// scheduled: 5 % of a first pass at once on loopback), and the whole link is the fastest way
+/// to mend that. Beyond it, a burst and a share of the rate ([`charge`]). A member that claims
+/// to miss everything gets this once (1/19 of the first pass, its own repairs counted) plus
+/// its share: within the 1.10x that docs/SECURITY.md promises.
 const LOSS_ALLOWANCE: f64 = 1.0 / 20.0;
 
 /// A slow member whose reported progress has not moved for this long (or for two blocks'
@@ -101,16 +102,31 @@ pub(super) fn charge(m: &mut Member, now: Instant, a: Allowance, units: f64) -> 
         return true;
     }
     let b = &mut m.budget;
-    b.bucket.set_burst(a.burst);
-    let missable = a.missable + a.repairs_sent.saturating_sub(b.repairs_at_join);
-    let lost = b.charged + units;
-    let allowed = lost <= a.missable as f64 * LOSS_ALLOWANCE;
-    if lost > missable as f64 || !(allowed || b.bucket.take(now, a.per_sec, units)) {
+    let Some(beyond) = within(b, now, a, units) else {
         b.slow_since.get_or_insert(now);
         return false;
+    };
+    if beyond > 0.0 {
+        b.bucket.take(now, a.per_sec, beyond);
     }
     b.charged += units;
     true
+}
+
+/// Whether `m` could be charged `units` now ([`charge`]), without charging it.
+pub(super) fn affords(m: &mut Member, now: Instant, a: Allowance, units: f64) -> bool {
+    units <= 0.0 || within(&mut m.budget, now, a, units).is_some()
+}
+
+/// If budget `b` allows `units` more: how many of them come out of its bucket (only what goes
+/// past the loss allowance does).
+fn within(b: &mut RepairBudget, now: Instant, a: Allowance, units: f64) -> Option<f64> {
+    b.bucket.set_burst(a.burst);
+    let missable = a.missable + a.repairs_sent.saturating_sub(b.repairs_at_join);
+    let lost = b.charged + units;
+    let beyond = (lost - missable as f64 * LOSS_ALLOWANCE).min(units);
+    let ok = lost <= missable as f64 && (beyond <= 0.0 || b.bucket.holds(now, a.per_sec, beyond));
+    ok.then_some(beyond)
 }
 
 /// Gives `m` back `units` it was charged (another member now shares them).

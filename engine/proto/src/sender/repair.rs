@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_status::UnitBitmap;
 
-use super::guard::{charge, parity_key, refund, Allowance, Quote, Shares};
+use super::guard::{affords, charge, parity_key, refund, Allowance, Quote, Shares};
 use super::{Sender, SenderEvent, XOR_GATHER_GRTTS};
 use crate::coding;
 use crate::numbering::BlockAddr;
@@ -20,6 +20,28 @@ use crate::{Destination, Transmit};
 
 /// Most blocks one priority request may ask for.
 const PRIORITY_BLOCKS: u32 = 16;
+
+/// The tail: the first pass is over, or will be within this many GRTTs (a NACK retried for a
+/// repair lost on the way waits about six: its backoff window and the round trip). A repair
+/// answered there goes with parity for its own loss ([`tail_parity`]), so that one round
+/// mends the block: a retry there is time added to the transfer, not hidden behind the pass.
+const TAIL_GRTTS: u32 = 8;
+
+/// The most loss a member's estimate may claim for the tail's extra parity (parts per
+/// million): a member reporting more gets no more.
+const TAIL_LOSS_CAP_PPM: u32 = 100_000;
+
+/// Extra parity units for a repair of `units` units to a member losing `loss_ppm`: its
+/// expected loss of them and two standard deviations (independent loss), so that it
+/// completes the block from this round in about 98 cases in 100.
+fn tail_parity(units: u64, loss_ppm: u32) -> u16 {
+    if units == 0 || loss_ppm == 0 {
+        return 0;
+    }
+    let p = f64::from(loss_ppm.min(TAIL_LOSS_CAP_PPM)) / 1e6;
+    let mean = units as f64 * p;
+    (mean + 2.0 * mean.sqrt()).ceil().min(f64::from(u16::MAX)) as u16
+}
 
 /// What one receiver's latest NACK for a block asked for, for XOR repairs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,11 +77,13 @@ pub(super) struct Repair {
 }
 
 impl Repair {
-    /// Until when the block waits for more NACKs, if XOR repairs are all it has left to send.
-    fn gathering(&self) -> Option<Instant> {
+    /// Until when the block waits for more NACKs, if XOR repairs are all it has left to send
+    /// and it is still waiting at `now`.
+    fn gathering(&self, now: Option<Instant>) -> Option<Instant> {
         let idle = self.parity_next >= self.parity_end
             && self.originals.as_ref().is_none_or(|o| o.count_ones() == 0);
-        self.gather_until.filter(|_| idle && !self.wants.is_empty())
+        self.gather_until
+            .filter(|&t| idle && !self.wants.is_empty() && now.is_none_or(|now| now < t))
     }
 }
 
@@ -115,6 +139,9 @@ pub(super) struct Repairs {
     /// Repairs go as originals ([`Sender::repair_by_originals`]), as decided at this instant.
     by_originals: bool,
     originals_checked: Option<Instant>,
+    /// The latest time the sender was called with: a block whose gathering has ended by then
+    /// is backlog, not waiting.
+    pub(super) now: Option<Instant>,
 }
 
 impl Repairs {
@@ -137,6 +164,7 @@ impl<S: BlockSource> Sender<S> {
             return self.repairs.queue.len();
         }
         // Blocks whose XOR repairs wait for more NACKs have nothing to send yet.
+        let now = self.repairs.now;
         self.repairs
             .queue
             .iter()
@@ -144,7 +172,7 @@ impl<S: BlockSource> Sender<S> {
                 self.repairs
                     .blocks
                     .get(s)
-                    .and_then(Repair::gathering)
+                    .and_then(|r| r.gathering(now))
                     .is_none()
             })
             .count()
@@ -156,6 +184,7 @@ impl<S: BlockSource> Sender<S> {
             self.stats.strangers += 1;
             return;
         }
+        self.repairs.now = Some(now);
         let incomplete = self.membership.incomplete();
         let allowance = self.allowance();
         for e in &n.entries {
@@ -373,7 +402,7 @@ impl<S: BlockSource> Sender<S> {
             How::Originals(units)
         };
         // Its share of every repair unit it needs that is queued, and all of what it adds.
-        let (q, units) = match &how {
+        let (mut q, units) = match &how {
             How::Parity(n) => {
                 let end = r.parity_end;
                 let keys = queued_parity.chain((end..end.saturating_add(*n)).map(parity_key));
@@ -389,12 +418,35 @@ impl<S: BlockSource> Sender<S> {
                 (r.shares.quote(receiver, keys, queued), list.len() as u64)
             }
         };
+        // In the tail, parity for the repair's own loss, so that one round mends the block:
+        // charged to the member as the repair is, and left out where its budget would not
+        // stretch to it (the repair itself is what it asked for).
+        let mut extra = 0;
+        if !whole && self.in_tail() {
+            let queued = self.repairs.blocks.get(&seq).map_or(0, |r| r.parity_end);
+            let adds = match &how {
+                How::Parity(n) => *n,
+                _ => 0,
+            };
+            let room = max_parity.saturating_sub(queued.saturating_add(adds));
+            if let Some(m) = self.membership.members.get_mut(&receiver) {
+                let more = tail_parity(units, m.loss_est_ppm).min(room);
+                if affords(m, now, allowance, q.cost + f64::from(more)) {
+                    extra = more;
+                }
+            }
+        }
+        q.cost += f64::from(extra);
         if !self.pay_share(now, receiver, allowance, seq, q, units) {
             return;
         }
         let Some(r) = self.repairs.blocks.get_mut(&seq) else {
             return;
         };
+        if extra > 0 {
+            r.parity_end += extra;
+            self.stats.tail_parity += u64::from(extra);
+        }
         match how {
             How::Parity(n) => r.parity_end += n,
             How::Xor(list) => {
@@ -405,9 +457,10 @@ impl<S: BlockSource> Sender<S> {
                         units: list,
                     }),
                 }
-                let until = *r.gather_until.get_or_insert(now + gather);
+                r.gather_until.get_or_insert(now + gather);
                 if r.wants.len() >= incomplete {
-                    r.gather_until = Some(until.min(now));
+                    // Everybody asked: nothing more to wait for.
+                    r.gather_until = Some(now);
                 }
             }
             How::Originals(units) => {
@@ -423,6 +476,19 @@ impl<S: BlockSource> Sender<S> {
             r.queued = true;
             self.repairs.queue.push_back(seq);
         }
+    }
+
+    /// Whether a repair queued now is in the tail ([`TAIL_GRTTS`]): the first pass is over,
+    /// or what it has left takes less at its rate.
+    fn in_tail(&self) -> bool {
+        if self.first_pass_done() {
+            return true;
+        }
+        let passed = self.allowance().passed;
+        let left =
+            self.numbering.total().saturating_sub(passed) * self.numbering.block_size() as u64;
+        let secs = left as f64 / self.first_pass_rate().max(1) as f64;
+        secs < (self.grtt() * TAIL_GRTTS).as_secs_f64()
     }
 
     /// Whether repairs go as originals now ([`SenderConfig::originals_factor`]); decided
@@ -465,7 +531,7 @@ impl<S: BlockSource> Sender<S> {
         }
         let mut first: Option<Instant> = None;
         for seq in &self.repairs.queue {
-            let t = self.repairs.blocks.get(seq)?.gathering()?;
+            let t = self.repairs.blocks.get(seq)?.gathering(None)?;
             first = Some(first.map_or(t, |f| f.min(t)));
         }
         first
@@ -474,6 +540,7 @@ impl<S: BlockSource> Sender<S> {
     pub(super) fn send_repair(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         // Blocks still gathering NACKs for their XOR repairs step aside, once each; after the
         // first pass nothing waits (the tail's round trips are the transfer's end).
+        self.repairs.now = Some(now);
         let mut rotations = self.repairs.queue.len();
         let tail = self.first_pass_done();
         while let Some(&seq) = self.repairs.queue.front() {
@@ -717,6 +784,20 @@ mod tests {
         }
         // 11 distinct units (12 wants) in fewer datagrams than originals would take.
         assert!(datagrams < 11, "{datagrams} datagrams");
+    }
+
+    #[test]
+    fn the_tail_s_extra_parity_covers_a_repair_s_own_loss_and_no_more_than_the_cap() {
+        // 35 units at 5 %: 1.75 expected lost, two standard deviations more.
+        assert_eq!(tail_parity(35, 50_000), 5);
+        assert_eq!(tail_parity(1, 50_000), 1);
+        assert_eq!(tail_parity(0, 50_000), 0);
+        assert_eq!(tail_parity(35, 0), 0);
+        // A member claiming to lose everything gets what the cap allows.
+        assert_eq!(
+            tail_parity(700, 1_000_000),
+            tail_parity(700, TAIL_LOSS_CAP_PPM)
+        );
     }
 
     #[test]
