@@ -221,6 +221,8 @@ pub struct SimReport {
     /// XOR repairs (each one datagram carrying two to four units).
     pub xor_units: u64,
     pub parity_units: u64,
+    /// Of those, parity added to repairs in the tail for the repairs' own loss.
+    pub tail_parity: u64,
     pub data_bytes: u64,
     pub parity_bytes: u64,
     pub nack_packets: u64,
@@ -494,6 +496,7 @@ fn count_sends(
     report.repair_units = s.repair_units;
     report.xor_units = s.xor_units;
     report.parity_units = s.parity_units;
+    report.tail_parity = s.tail_parity;
     report.data_bytes = s.data_bytes + stripes.1;
     report.parity_bytes = s.parity_bytes;
     report.nack_packets = s.nacks;

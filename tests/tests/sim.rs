@@ -212,7 +212,8 @@ fn small_groups_are_repaired_with_originals_large_ones_with_parity() {
     // Four receivers that lose alike: resending the union of their holes costs about 4x
     // parity's units and spares each of them a decode of the whole block.
     let small = check(SimConfig::small(91, 4, 0.05));
-    assert_eq!(small.parity_units, 0);
+    // Parity only where the tail's repairs carry it for their own loss.
+    assert!(small.parity_units <= small.tail_parity);
     assert!(small.repair_units + small.xor_units > 0);
     // Forty: the originals would cost about 40x, so parity it is.
     let large = check(SimConfig::small(92, 40, 0.05));

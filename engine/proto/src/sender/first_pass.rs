@@ -392,8 +392,7 @@ impl<S: BlockSource> Sender<S> {
         let was_done = self.first_pass_done();
         self.first_pass.external_sent = sent_before.min(self.numbering.total());
         if !was_done && self.first_pass_done() {
-            self.events.push_back(SenderEvent::FirstPassDone);
-            self.carousel.announce_now = true;
+            self.first_pass_over();
         }
         self.advance_phase(now);
     }
@@ -437,6 +436,14 @@ impl<S: BlockSource> Sender<S> {
         })
     }
 
+    /// The first pass is over: say so, and tell receivers at once (and twice more a round
+    /// trip apart) so that they NACK the tail.
+    fn first_pass_over(&mut self) {
+        self.events.push_back(SenderEvent::FirstPassDone);
+        self.carousel.announce_now = true;
+        self.carousel.pass_end_repeats = 2;
+    }
+
     pub(super) fn send_first_pass(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let PassCursor { mut seq, unit } = self.first_pass.next?;
         let total = self.numbering.total();
@@ -447,8 +454,7 @@ impl<S: BlockSource> Sender<S> {
                     seq += 1;
                 } else {
                     self.first_pass.next = None;
-                    self.events.push_back(SenderEvent::FirstPassDone);
-                    self.carousel.announce_now = true;
+                    self.first_pass_over();
                     return None;
                 }
             }
@@ -472,9 +478,7 @@ impl<S: BlockSource> Sender<S> {
             })
         };
         if self.first_pass.next.is_none() {
-            self.events.push_back(SenderEvent::FirstPassDone);
-            // Tell receivers at once that the first pass is over, so they NACK the tail.
-            self.carousel.announce_now = true;
+            self.first_pass_over();
         }
         self.data_unit(now, buf, seq, unit, false)
     }
