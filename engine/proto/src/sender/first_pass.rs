@@ -390,7 +390,9 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         let was_done = self.first_pass_done();
+        let from = self.first_pass.external_sent;
         self.first_pass.external_sent = sent_before.min(self.numbering.total());
+        self.tail_fec(from, self.first_pass.external_sent);
         if !was_done && self.first_pass_done() {
             self.first_pass_over();
         }
@@ -477,6 +479,9 @@ impl<S: BlockSource> Sender<S> {
                 unit: 0,
             })
         };
+        if next_unit >= units {
+            self.tail_fec(seq, seq + 1);
+        }
         if self.first_pass.next.is_none() {
             self.first_pass_over();
         }

@@ -27,6 +27,12 @@ const PRIORITY_BLOCKS: u32 = 16;
 /// mends the block: a retry there is time added to the transfer, not hidden behind the pass.
 const TAIL_GRTTS: u32 = 8;
 
+/// The last blocks of the first pass that get parity before any NACK ([`Sender::tail_fec`]):
+/// those whose pass ends within this many GRTTs of the pass's end, whose NACK (after a backoff
+/// of up to 4.25 GRTTs, about one on average in small groups) and its repair would come after
+/// it. Each costs a receiver that lost any of it a decode of the block, so no more than that.
+const FEC_GRTTS: u32 = 4;
+
 /// The most loss a member's estimate may claim for the tail's extra parity (parts per
 /// million): a member reporting more gets no more.
 const TAIL_LOSS_CAP_PPM: u32 = 100_000;
@@ -478,9 +484,53 @@ impl<S: BlockSource> Sender<S> {
         }
     }
 
+    /// Blocks `from..to` have just had their first pass. In the tail ([`TAIL_GRTTS`]), each
+    /// gets parity for the loss the members measure, before any NACK: a NACK for one of the
+    /// pass's last blocks would come after the pass, a round trip of added time, so the end of
+    /// the pass should leave little to NACK. The count is [`tail_parity`] of the block's units
+    /// at the highest smoothed loss among the members still receiving (capped); nothing where
+    /// nobody reports loss. It is the server's own choice, charged to nobody, and bounded by
+    /// the blocks in the tail and `max_parity`.
+    pub(super) fn tail_fec(&mut self, from: u64, to: u64) {
+        if from >= to || self.split.is_some() || !self.pass_ends_within(FEC_GRTTS) {
+            return;
+        }
+        let loss = self
+            .membership
+            .members
+            .values()
+            .filter(|m| !m.complete)
+            .map(|m| m.loss_est_ppm)
+            .max()
+            .unwrap_or(0);
+        let max_parity = self.cfg.geometry.max_parity;
+        for seq in from..to.min(self.numbering.total()) {
+            if self.all_hold(seq) || self.first_pass.skip.get(seq as usize) {
+                continue;
+            }
+            let k = u64::from(self.numbering.units_in(seq));
+            let r = self.repairs.blocks.entry(seq).or_default();
+            let n = tail_parity(k, loss).min(max_parity.saturating_sub(r.parity_end));
+            if n == 0 {
+                continue;
+            }
+            r.parity_end += n;
+            self.stats.tail_parity += u64::from(n);
+            if !r.queued {
+                r.queued = true;
+                self.repairs.queue.push_back(seq);
+            }
+        }
+    }
+
     /// Whether a repair queued now is in the tail ([`TAIL_GRTTS`]): the first pass is over,
     /// or what it has left takes less at its rate.
-    fn in_tail(&self) -> bool {
+    pub(super) fn in_tail(&self) -> bool {
+        self.pass_ends_within(TAIL_GRTTS)
+    }
+
+    /// The first pass is over, or what it has left takes less than `grtts` GRTTs at its rate.
+    fn pass_ends_within(&self, grtts: u32) -> bool {
         if self.first_pass_done() {
             return true;
         }
@@ -488,7 +538,7 @@ impl<S: BlockSource> Sender<S> {
         let left =
             self.numbering.total().saturating_sub(passed) * self.numbering.block_size() as u64;
         let secs = left as f64 / self.first_pass_rate().max(1) as f64;
-        secs < (self.grtt() * TAIL_GRTTS).as_secs_f64()
+        secs < (self.grtt() * grtts).as_secs_f64()
     }
 
     /// Whether repairs go as originals now ([`SenderConfig::originals_factor`]); decided
