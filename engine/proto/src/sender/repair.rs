@@ -385,27 +385,13 @@ impl<S: BlockSource> Sender<S> {
         let how = if !whole && !by_originals && r.parity_end + want <= max_parity {
             How::Parity(want)
         } else if xor && !whole && listed {
-            let mut list: Vec<u16> = e
-                .holes
-                .units()
-                .take(usize::from(k))
-                .filter(|&u| u < k)
-                .collect();
-            list.sort_unstable();
-            list.dedup();
-            How::Xor(list)
+            How::Xor(hole_units(e, k))
+        } else if listed {
+            // Parity cannot cover it: the originals it lists.
+            How::Originals(hole_units(e, k))
         } else {
-            // Parity cannot cover it (or the receiver has nothing): the originals it lists.
-            let mut units: Vec<u16> = e
-                .holes
-                .units()
-                .take(usize::from(k))
-                .filter(|&u| u < k)
-                .collect();
-            if !listed {
-                units = (0..k).collect();
-            }
-            How::Originals(units)
+            // The receiver has nothing of the block.
+            How::Originals((0..k).collect())
         };
         // Its share of every repair unit it needs that is queued, and all of what it adds.
         let (mut q, units) = match &how {
@@ -424,24 +410,15 @@ impl<S: BlockSource> Sender<S> {
                 (r.shares.quote(receiver, keys, queued), list.len() as u64)
             }
         };
-        // In the tail, parity for the repair's own loss, so that one round mends the block:
-        // charged to the member as the repair is, and left out where its budget would not
-        // stretch to it (the repair itself is what it asked for).
-        let mut extra = 0;
-        if !whole && self.in_tail() {
-            let queued = self.repairs.blocks.get(&seq).map_or(0, |r| r.parity_end);
-            let adds = match &how {
-                How::Parity(n) => *n,
-                _ => 0,
-            };
-            let room = max_parity.saturating_sub(queued.saturating_add(adds));
-            if let Some(m) = self.membership.members.get_mut(&receiver) {
-                let more = tail_parity(units, m.loss_est_ppm).min(room);
-                if affords(m, now, allowance, q.cost + f64::from(more)) {
-                    extra = more;
-                }
-            }
-        }
+        let adds = match &how {
+            How::Parity(n) => *n,
+            _ => 0,
+        };
+        let extra = if whole {
+            0
+        } else {
+            self.tail_extra(now, receiver, seq, adds, units, q.cost)
+        };
         q.cost += f64::from(extra);
         if !self.pay_share(now, receiver, allowance, seq, q, units) {
             return;
@@ -481,6 +458,40 @@ impl<S: BlockSource> Sender<S> {
         if !r.queued {
             r.queued = true;
             self.repairs.queue.push_back(seq);
+        }
+    }
+
+    /// In the tail, parity for the own loss of a repair of `units` units to `receiver` (on
+    /// top of the `adds` parity units it queues for block `seq`), so that one round mends the
+    /// block: charged to the member with the repair's `cost`, and left out where its budget
+    /// would not stretch to it (the repair itself is what it asked for).
+    fn tail_extra(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        seq: u64,
+        adds: u16,
+        units: u64,
+        cost: f64,
+    ) -> u16 {
+        if !self.in_tail() {
+            return 0;
+        }
+        let allowance = self.allowance();
+        let queued = self.repairs.blocks.get(&seq).map_or(0, |r| r.parity_end);
+        let room = self
+            .cfg
+            .geometry
+            .max_parity
+            .saturating_sub(queued.saturating_add(adds));
+        let Some(m) = self.membership.members.get_mut(&receiver) else {
+            return 0;
+        };
+        let more = tail_parity(units, m.loss_est_ppm).min(room);
+        if affords(m, now, allowance, cost + f64::from(more)) {
+            more
+        } else {
+            0
         }
     }
 
@@ -738,6 +749,19 @@ impl<S: BlockSource> Sender<S> {
         };
         self.route(t, buf, seq, true, index)
     }
+}
+
+/// The units below `k` a NACK entry lists as missing, ascending, each once.
+fn hole_units(e: &NackEntry, k: u16) -> Vec<u16> {
+    let mut list: Vec<u16> = e
+        .holes
+        .units()
+        .take(usize::from(k))
+        .filter(|&u| u < k)
+        .collect();
+    list.sort_unstable();
+    list.dedup();
+    list
 }
 
 /// Picks the next XOR repair from what each receiver wants of one block: up to
