@@ -375,8 +375,20 @@ impl<S: BlockSource> Sender<S> {
             .saturating_sub(r.parity_next.saturating_sub(seen));
         let queued_parity = (queued_from..queued_from.saturating_add(use_queued)).map(parity_key);
         if want == 0 {
-            let q = r.shares.quote(receiver, queued_parity, |_| false);
-            self.pay_share(now, receiver, allowance, seq, q, 0);
+            let mut q = r.shares.quote(receiver, queued_parity, |_| false);
+            // Covered by parity in flight; in the tail, enough more of it that losing some
+            // does not cost another round (what is in flight beyond its need counts).
+            let spare = in_flight - e.missing;
+            let extra = if e.missing < k {
+                self.tail_extra(now, receiver, seq, 0, u64::from(e.missing), q.cost)
+                    .saturating_sub(spare)
+            } else {
+                0
+            };
+            q.cost += f64::from(extra);
+            if self.pay_share(now, receiver, allowance, seq, q, 0) && extra > 0 {
+                self.queue_parity(seq, extra);
+            }
             return;
         }
         let whole = e.missing >= k;
@@ -423,13 +435,12 @@ impl<S: BlockSource> Sender<S> {
         if !self.pay_share(now, receiver, allowance, seq, q, units) {
             return;
         }
+        if extra > 0 {
+            self.queue_parity(seq, extra);
+        }
         let Some(r) = self.repairs.blocks.get_mut(&seq) else {
             return;
         };
-        if extra > 0 {
-            r.parity_end += extra;
-            self.stats.tail_parity += u64::from(extra);
-        }
         match how {
             How::Parity(n) => r.parity_end += n,
             How::Xor(list) => {
@@ -455,6 +466,17 @@ impl<S: BlockSource> Sender<S> {
                 }
             }
         }
+        if !r.queued {
+            r.queued = true;
+            self.repairs.queue.push_back(seq);
+        }
+    }
+
+    /// Queues `n` more parity units of block `seq` for the tail ([`tail_parity`]).
+    fn queue_parity(&mut self, seq: u64, n: u16) {
+        let r = self.repairs.blocks.entry(seq).or_default();
+        r.parity_end += n;
+        self.stats.tail_parity += u64::from(n);
         if !r.queued {
             r.queued = true;
             self.repairs.queue.push_back(seq);
@@ -522,14 +544,8 @@ impl<S: BlockSource> Sender<S> {
             let k = u64::from(self.numbering.units_in(seq));
             let r = self.repairs.blocks.entry(seq).or_default();
             let n = tail_parity(k, loss).min(max_parity.saturating_sub(r.parity_end));
-            if n == 0 {
-                continue;
-            }
-            r.parity_end += n;
-            self.stats.tail_parity += u64::from(n);
-            if !r.queued {
-                r.queued = true;
-                self.repairs.queue.push_back(seq);
+            if n > 0 {
+                self.queue_parity(seq, n);
             }
         }
     }
