@@ -127,6 +127,8 @@ pub(crate) struct SenderHooks {
     /// The block asked for first, and when the first pass sent its first unit.
     pub watch: Option<(ObjectId, BlockIndex)>,
     pub pass_reached: Option<Instant>,
+    /// When it sent its latest first-pass unit (neither a repair nor parity).
+    pub last_pass_unit: Option<Instant>,
     /// Units and parity units sent (datagrams that parse as units).
     pub units: u64,
     /// Datagrams sent to the group.
@@ -152,6 +154,9 @@ impl SenderHooks {
             return;
         }
         self.first_data.get_or_insert(now);
+        if !unit.is_repair() && !unit.is_parity() {
+            self.last_pass_unit = Some(now);
+        }
         if !unit.is_repair() && self.watch == Some((unit.object(), unit.block())) {
             self.pass_reached.get_or_insert(now);
         }
@@ -267,6 +272,11 @@ impl<S: BlockSource + Clone> ServerHost<S> {
     /// First-pass units each stripe sent.
     pub(crate) fn stripe_units(&self) -> Vec<u64> {
         self.stripes.iter().map(|s| s.ep.stats().units).collect()
+    }
+
+    /// When the last first-pass unit left, from the sender or a stripe.
+    pub(crate) fn last_pass_unit(&self) -> Option<Instant> {
+        self.all_hooks().filter_map(|h| h.last_pass_unit).max()
     }
 
     /// When the first data unit left, from the sender or a stripe.

@@ -211,6 +211,8 @@ pub struct SimReport {
     pub blocks_failed: u64,
     /// From the first data unit to the last expected receiver's completion.
     pub completion: Duration,
+    /// From the first data unit to the last first-pass unit (the tail is what follows).
+    pub first_pass: Duration,
     /// The first pass alone at the configured rate: the lossless lower bound.
     pub ideal: Duration,
     pub minimal_units: u64,
@@ -219,6 +221,8 @@ pub struct SimReport {
     /// XOR repairs (each one datagram carrying two to four units).
     pub xor_units: u64,
     pub parity_units: u64,
+    /// Of those, parity added to repairs in the tail for the repairs' own loss.
+    pub tail_parity: u64,
     pub data_bytes: u64,
     pub parity_bytes: u64,
     pub nack_packets: u64,
@@ -456,6 +460,9 @@ fn check_receivers(
     if let (Some(first), Some(last)) = (first, last_complete) {
         report.completion = last.saturating_duration_since(first);
     }
+    if let (Some(first), Some(end)) = (first, server.last_pass_unit()) {
+        report.first_pass = end.saturating_duration_since(first);
+    }
     if let (Some(first), Some(p)) = (first, cfg.priority) {
         let asked = net.host(receivers[p.0]).receiver();
         if let Some(got) = asked.and_then(|r| r.hooks.asked_verified_at) {
@@ -489,6 +496,7 @@ fn count_sends(
     report.repair_units = s.repair_units;
     report.xor_units = s.xor_units;
     report.parity_units = s.parity_units;
+    report.tail_parity = s.tail_parity;
     report.data_bytes = s.data_bytes + stripes.1;
     report.parity_bytes = s.parity_bytes;
     report.nack_packets = s.nacks;

@@ -35,6 +35,12 @@ impl TokenBucket {
         self.last = Some(now);
     }
 
+    /// Whether the bucket holds `n` tokens, refilling at `per_sec` since the last use.
+    pub(crate) fn holds(&mut self, now: Instant, per_sec: f64, n: f64) -> bool {
+        self.refill(now, per_sec);
+        self.tokens >= n
+    }
+
     /// Takes `n` tokens if the bucket holds them, refilling at `per_sec` since the last use.
     pub(crate) fn take(&mut self, now: Instant, per_sec: f64, n: f64) -> bool {
         self.refill(now, per_sec);

@@ -343,9 +343,12 @@ impl<S: BlockStore> Receiver<S> {
         }
         if !unit.is_parity() && !unit.is_repair() {
             self.pass_stripe(now, seq);
-        } else if unit.is_repair() && index + 1 == k {
-            // The last unit of a block sent whole ahead of the first pass (a priority
-            // request): what is missing now was lost, so NACK it without waiting for the pass.
+        } else if unit.is_parity() || (unit.is_repair() && index + 1 == k) {
+            // Parity: the server repairs a block only once its first pass is over (another
+            // receiver NACKed it), so this one's is over too, even if the announce that says
+            // so for the last blocks was lost. The last unit of a block sent whole ahead of
+            // the first pass (a priority request): what is missing now was lost. Either way,
+            // NACK it without waiting for more.
             self.mark_passed(now, seq);
         }
         let full = self.blocks.held_bytes + us > self.cfg.max_parity_bytes;
@@ -404,6 +407,8 @@ impl<S: BlockStore> Receiver<S> {
             self.stats.bad_packets += 1;
             return;
         }
+        // As with parity: repairs come only for blocks whose first pass is over.
+        self.mark_passed(now, seq);
         let full = self.blocks.held_bytes + us > self.cfg.max_parity_bytes;
         let state = self.blocks.state(seq, k);
         if state.verifying {

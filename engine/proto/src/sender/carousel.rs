@@ -19,6 +19,8 @@ pub(super) struct Carousel {
     pub(super) next_announce: Option<Instant>,
     /// An announce goes out at the next chance (its timer ran out, or the first pass ended).
     pub(super) announce_now: bool,
+    /// Announces still to repeat soon after the one that said the first pass is over.
+    pub(super) pass_end_repeats: u8,
     /// Manifest chunks still to send after the latest announce.
     manifest_due: usize,
     /// The next manifest chunk: each announce's chunks go on from where the last stopped.
@@ -34,6 +36,7 @@ impl Carousel {
             hash,
             next_announce: None,
             announce_now: true,
+            pass_end_repeats: 0,
             manifest_due: 0,
             manifest_cursor: 0,
         })
@@ -137,6 +140,16 @@ impl<S: BlockSource> Sender<S> {
             let interval = match self.cfg.waiting_announce_interval {
                 Some(w) if self.phase == Phase::Waiting => w.min(self.cfg.announce_interval),
                 _ => self.cfg.announce_interval,
+            };
+            // The announce that says the first pass is over is all that tells a receiver the
+            // last blocks' passes are: it goes again a round trip later, twice, so that one
+            // lost copy does not cost an announce interval of tail.
+            let interval = if self.carousel.pass_end_repeats > 0 {
+                self.carousel.pass_end_repeats -= 1;
+                self.carousel.announce_now = false;
+                (self.grtt() * 2).min(interval)
+            } else {
+                interval
             };
             self.carousel.next_announce = Some(now + interval);
             self.carousel.manifest_due = self.cfg.manifest_chunks_per_announce.max(1);

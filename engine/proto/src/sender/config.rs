@@ -117,9 +117,10 @@ pub const MEMBER_REPAIR_SHARE: f64 = 1.0 / 32.0;
 pub const SPLIT_MEMBER_REPAIR_SHARE: f64 = 1.0 / 8.0;
 
 /// How long the server holds a block's XOR repairs after its first NACK, in round trips:
-/// receivers draw their NACK times from a window of a few round trips, and a combination can
-/// only serve the receivers whose NACKs are in.
-pub const XOR_GATHER_GRTTS: u32 = 2;
+/// receivers draw their NACK times from a window of up to 4.25 round trips (the default
+/// backoff factor of 4, plus a quarter), and a combination can only serve the receivers whose
+/// NACKs are in. While the first pass runs the wait costs nothing (the block steps aside).
+pub const XOR_GATHER_GRTTS: u32 = 4;
 
 impl Default for SenderConfig {
     fn default() -> Self {

@@ -376,6 +376,7 @@ impl<S: BlockSource> Sender<S> {
         if !self.cfg.external_first_pass {
             return;
         }
+        self.repairs.now = Some(now);
         // One budget: what the stripes sent leaves that much less for the repairs.
         let more = progress
             .bytes
@@ -389,10 +390,11 @@ impl<S: BlockSource> Sender<S> {
             return;
         }
         let was_done = self.first_pass_done();
+        let from = self.first_pass.external_sent;
         self.first_pass.external_sent = sent_before.min(self.numbering.total());
+        self.tail_fec(from, self.first_pass.external_sent);
         if !was_done && self.first_pass_done() {
-            self.events.push_back(SenderEvent::FirstPassDone);
-            self.carousel.announce_now = true;
+            self.first_pass_over();
         }
         self.advance_phase(now);
     }
@@ -436,6 +438,14 @@ impl<S: BlockSource> Sender<S> {
         })
     }
 
+    /// The first pass is over: say so, and tell receivers at once (and twice more a round
+    /// trip apart) so that they NACK the tail.
+    fn first_pass_over(&mut self) {
+        self.events.push_back(SenderEvent::FirstPassDone);
+        self.carousel.announce_now = true;
+        self.carousel.pass_end_repeats = 2;
+    }
+
     pub(super) fn send_first_pass(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let PassCursor { mut seq, unit } = self.first_pass.next?;
         let total = self.numbering.total();
@@ -446,8 +456,7 @@ impl<S: BlockSource> Sender<S> {
                     seq += 1;
                 } else {
                     self.first_pass.next = None;
-                    self.events.push_back(SenderEvent::FirstPassDone);
-                    self.carousel.announce_now = true;
+                    self.first_pass_over();
                     return None;
                 }
             }
@@ -470,10 +479,11 @@ impl<S: BlockSource> Sender<S> {
                 unit: 0,
             })
         };
+        if next_unit >= units {
+            self.tail_fec(seq, seq + 1);
+        }
         if self.first_pass.next.is_none() {
-            self.events.push_back(SenderEvent::FirstPassDone);
-            // Tell receivers at once that the first pass is over, so they NACK the tail.
-            self.carousel.announce_now = true;
+            self.first_pass_over();
         }
         self.data_unit(now, buf, seq, unit, false)
     }

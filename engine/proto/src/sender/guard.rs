@@ -28,12 +28,13 @@ const PRIORITY_PER_SEC: f64 = 8.0;
 const AHEAD_BURST: f64 = 16.0;
 const AHEAD_PER_SEC: f64 = 4.0;
 
-/// The part of the first pass (what it has sent so far) that a member may ask for at any
-/// speed: an honest receiver loses in bursts (a socket buffer that overflowed while its
-/// thread was not scheduled: 5 % of a first pass at once on loopback), and the whole link is
-/// the fastest way to mend that. Beyond it, a burst and a share of the rate ([`charge`]). A
-/// member that claims to miss everything gets this once plus its share: 1/20 + 1/32 of the
-/// session, within the 1.10x that docs/SECURITY.md promises.
+/// The part of what it can have missed (the first pass so far, and the repairs sent since
+/// it joined: it loses those as it loses the rest) that a member may ask for at any speed: an
+/// honest receiver loses in bursts (a socket buffer that overflowed while its thread was not
+/// scheduled: 5 % of a first pass at once on loopback), and the whole link is the fastest way
+/// to mend that. Beyond it, a burst and a share of the rate ([`charge`]). A member that claims
+/// to miss everything gets this once (1/19 of the first pass, its own repairs counted) plus
+/// its share: within the 1.10x that docs/SECURITY.md promises.
 const LOSS_ALLOWANCE: f64 = 1.0 / 20.0;
 
 /// A slow member whose reported progress has not moved for this long (or for two blocks'
@@ -47,8 +48,8 @@ pub(super) struct RepairBudget {
     bucket: TokenBucket,
     priority: TokenBucket,
     ahead: TokenBucket,
-    /// Units charged so far.
-    charged: u64,
+    /// Units charged so far, less what other members took over of them ([`Shares`]).
+    charged: f64,
     /// Repair units the server had sent when the member joined.
     repairs_at_join: u64,
     /// Since when it has been a slow member: a demand of its was refused (it asks for more
@@ -64,7 +65,7 @@ impl RepairBudget {
             bucket: TokenBucket::new(burst_units),
             priority: TokenBucket::new(PRIORITY_PER_SEC),
             ahead: TokenBucket::new(AHEAD_BURST),
-            charged: 0,
+            charged: 0.0,
             repairs_at_join: repairs_sent,
             slow_since: None,
             blocks_done: 0,
@@ -96,21 +97,150 @@ pub(super) struct Allowance {
 /// Charges `m` for `units` of repairs: true if its budget allows them (what it can have
 /// missed; within [`LOSS_ALLOWANCE`] of that at once, beyond it from its bucket), else it is
 /// marked slow and nothing is charged.
-pub(super) fn charge(m: &mut Member, now: Instant, a: Allowance, units: u64) -> bool {
-    if units == 0 {
+pub(super) fn charge(m: &mut Member, now: Instant, a: Allowance, units: f64) -> bool {
+    if units <= 0.0 {
         return true;
     }
     let b = &mut m.budget;
-    b.bucket.set_burst(a.burst);
-    let missable = a.missable + a.repairs_sent.saturating_sub(b.repairs_at_join);
-    let lost = b.charged + units;
-    let allowed = lost as f64 <= a.missable as f64 * LOSS_ALLOWANCE;
-    if lost > missable || !(allowed || b.bucket.take(now, a.per_sec, units as f64)) {
+    let Some(beyond) = within(b, now, a, units) else {
         b.slow_since.get_or_insert(now);
         return false;
+    };
+    if beyond > 0.0 {
+        b.bucket.take(now, a.per_sec, beyond);
     }
     b.charged += units;
     true
+}
+
+/// Whether `m` could be charged `units` now ([`charge`]), without charging it.
+pub(super) fn affords(m: &mut Member, now: Instant, a: Allowance, units: f64) -> bool {
+    units <= 0.0 || within(&mut m.budget, now, a, units).is_some()
+}
+
+/// If budget `b` allows `units` more: how many of them come out of its bucket (only what goes
+/// past the loss allowance does).
+fn within(b: &mut RepairBudget, now: Instant, a: Allowance, units: f64) -> Option<f64> {
+    b.bucket.set_burst(a.burst);
+    let missable = a.missable + a.repairs_sent.saturating_sub(b.repairs_at_join);
+    let lost = b.charged + units;
+    let beyond = (lost - missable as f64 * LOSS_ALLOWANCE).min(units);
+    let ok = lost <= missable as f64 && (beyond <= 0.0 || b.bucket.holds(now, a.per_sec, beyond));
+    ok.then_some(beyond)
+}
+
+/// Gives `m` back `units` it was charged (another member now shares them).
+pub(super) fn refund(m: &mut Member, units: f64) {
+    m.budget.charged = (m.budget.charged - units).max(0.0);
+}
+
+/// The key of parity unit `index` in [`Shares`] (original units are keyed by their index).
+pub(super) fn parity_key(index: u16) -> u32 {
+    0x1_0000 + u32::from(index)
+}
+
+/// Who pays for the repairs of one block that are queued and not yet sent: a repair unit that
+/// several members asked for is charged to each of them in equal shares, so that a loss four
+/// members share costs each a quarter of it, whichever asked first. Keys name the repair:
+/// an original unit's index, or [`parity_key`].
+///
+/// The shares add up to one for every key someone asked for: the units sent for one member
+/// alone are charged to it in full, so its budget still bounds what it can make the server
+/// send. A share is fixed once its unit is sent.
+#[derive(Default, Debug)]
+pub(super) struct Shares {
+    /// Each member that asked, with the keys it was charged for (ascending).
+    askers: Vec<(ReceiverId, Vec<u32>)>,
+}
+
+/// What one request costs ([`Shares::quote`]).
+#[derive(Debug, Default)]
+pub(super) struct Quote {
+    /// Units charged to the member asking.
+    pub(super) cost: f64,
+    /// Keys it takes a share of (ascending).
+    keys: Vec<u32>,
+    /// What each earlier asker gets back.
+    pub(super) refunds: Vec<(ReceiverId, f64)>,
+}
+
+impl Shares {
+    /// What `receiver` pays for `keys` (ascending): nothing for a key it already pays for, or
+    /// one queued without a payer (`queued`: a block sent whole ahead of the first pass, a
+    /// payer that left); 1 for a new key; `1/(m+1)` for a key `m` others pay for, who each get
+    /// back the difference between `1/m` and `1/(m+1)`.
+    pub(super) fn quote(
+        &self,
+        receiver: ReceiverId,
+        keys: impl IntoIterator<Item = u32>,
+        queued: impl Fn(u32) -> bool,
+    ) -> Quote {
+        let has = |l: &Vec<u32>, k: u32| l.binary_search(&k).is_ok();
+        let own = self.askers.iter().find(|(r, _)| *r == receiver);
+        let mut q = Quote::default();
+        for k in keys {
+            if own.is_some_and(|(_, l)| has(l, k)) {
+                continue;
+            }
+            let m = self
+                .askers
+                .iter()
+                .filter(|(r, l)| *r != receiver && has(l, k))
+                .count();
+            if m == 0 {
+                if !queued(k) {
+                    q.cost += 1.0;
+                    q.keys.push(k);
+                }
+                continue;
+            }
+            let (now, was) = (1.0 / (m + 1) as f64, 1.0 / m as f64);
+            q.cost += now;
+            q.keys.push(k);
+            for (r, l) in &self.askers {
+                if *r != receiver && has(l, k) {
+                    match q.refunds.iter_mut().find(|(x, _)| x == r) {
+                        Some((_, v)) => *v += was - now,
+                        None => q.refunds.push((*r, was - now)),
+                    }
+                }
+            }
+        }
+        q
+    }
+
+    /// `receiver` paid `q`: it shares its keys from now on.
+    pub(super) fn commit(&mut self, receiver: ReceiverId, q: Quote) {
+        if q.keys.is_empty() {
+            return;
+        }
+        let i = match self.askers.iter().position(|(r, _)| *r == receiver) {
+            Some(i) => i,
+            None => {
+                self.askers.push((receiver, Vec::new()));
+                self.askers.len() - 1
+            }
+        };
+        let l = &mut self.askers[i].1;
+        l.extend(q.keys);
+        l.sort_unstable();
+        l.dedup();
+    }
+
+    /// The repair `key` went out: its shares are final.
+    pub(super) fn sent(&mut self, key: u32) {
+        for (_, l) in &mut self.askers {
+            if let Ok(i) = l.binary_search(&key) {
+                l.remove(i);
+            }
+        }
+        self.askers.retain(|(_, l)| !l.is_empty());
+    }
+
+    /// Nothing of the block is queued any more.
+    pub(super) fn clear(&mut self) {
+        self.askers.clear();
+    }
 }
 
 impl<S: BlockSource> Sender<S> {
@@ -615,6 +745,44 @@ mod tests {
             sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
         }
         assert_eq!(sent as u32, lost);
+    }
+
+    #[test]
+    fn a_repair_four_members_ask_for_costs_each_a_quarter_and_one_alone_all_of_it() {
+        let mut sh = Shares::default();
+        let ids: Vec<ReceiverId> = (1..=4).map(ReceiverId).collect();
+        let mut paid = [0.0f64; 4];
+        let idx = |r: ReceiverId| ids.iter().position(|&x| x == r).unwrap();
+        // Units 0..8 lost by all four, unit 9 by the last alone; they ask in turn.
+        for (i, &id) in ids.iter().enumerate() {
+            let keys: Vec<u32> = if i == 3 {
+                (0..10).collect()
+            } else {
+                (0..8).collect()
+            };
+            let q = sh.quote(id, keys, |_| false);
+            paid[i] += q.cost;
+            for &(r, back) in &q.refunds {
+                paid[idx(r)] -= back;
+            }
+            sh.commit(id, q);
+        }
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        for p in &paid[..3] {
+            assert!(close(*p, 2.0), "{paid:?}");
+        }
+        assert!(close(paid[3], 2.0 + 2.0), "{paid:?}");
+        assert!(
+            close(paid.iter().sum::<f64>(), 10.0),
+            "the shares add up to the units"
+        );
+        // Asking again for what it pays for costs nothing; once sent, a unit asked for again
+        // is a new repair.
+        assert_eq!(sh.quote(ids[0], 0..8, |_| false).cost, 0.0);
+        sh.sent(0);
+        assert_eq!(sh.quote(ids[0], 0..8, |_| false).cost, 1.0);
+        // A unit queued without a payer (a block sent whole ahead of the first pass) is free.
+        assert_eq!(sh.quote(ids[0], [20], |k| k == 20).cost, 0.0);
     }
 
     #[test]

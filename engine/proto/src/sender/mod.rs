@@ -101,6 +101,9 @@ pub struct SenderStats {
     pub xor_carried: u64,
     pub parity_units: u64,
     pub parity_bytes: u64,
+    /// Parity units added to repairs in the tail for the repairs' own loss (counted in
+    /// `parity_units` as they go).
+    pub tail_parity: u64,
     pub announces: u64,
     pub manifest_chunks: u64,
     pub control_sent: u64,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use blockcast_status::UnitBitmap;
 
-use super::guard::{charge, Allowance};
+use super::guard::{affords, charge, parity_key, refund, Allowance, Quote, Shares};
 use super::{Sender, SenderEvent, XOR_GATHER_GRTTS};
 use crate::coding;
 use crate::numbering::BlockAddr;
@@ -20,6 +20,34 @@ use crate::{Destination, Transmit};
 
 /// Most blocks one priority request may ask for.
 const PRIORITY_BLOCKS: u32 = 16;
+
+/// The tail: the first pass is over, or will be within this many GRTTs (a NACK retried for a
+/// repair lost on the way waits about six: its backoff window and the round trip). A repair
+/// answered there goes with parity for its own loss ([`tail_parity`]), so that one round
+/// mends the block: a retry there is time added to the transfer, not hidden behind the pass.
+const TAIL_GRTTS: u32 = 8;
+
+/// The last blocks of the first pass that get parity before any NACK ([`Sender::tail_fec`]):
+/// those whose pass ends within this many GRTTs of the pass's end, whose NACK (after a backoff
+/// of up to 4.25 GRTTs, about one on average in small groups) and its repair would come after
+/// it. Each costs a receiver that lost any of it a decode of the block, so no more than that.
+const FEC_GRTTS: u32 = 4;
+
+/// The most loss a member's estimate may claim for the tail's extra parity (parts per
+/// million): a member reporting more gets no more.
+const TAIL_LOSS_CAP_PPM: u32 = 100_000;
+
+/// Extra parity units for a repair of `units` units to a member losing `loss_ppm`: its
+/// expected loss of them and two standard deviations (independent loss), so that it
+/// completes the block from this round in about 98 cases in 100.
+fn tail_parity(units: u64, loss_ppm: u32) -> u16 {
+    if units == 0 || loss_ppm == 0 {
+        return 0;
+    }
+    let p = f64::from(loss_ppm.min(TAIL_LOSS_CAP_PPM)) / 1e6;
+    let mean = units as f64 * p;
+    (mean + 2.0 * mean.sqrt()).ceil().min(f64::from(u16::MAX)) as u16
+}
 
 /// What one receiver's latest NACK for a block asked for, for XOR repairs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,14 +78,18 @@ pub(super) struct Repair {
     /// XOR repairs wait until then for the other receivers' NACKs.
     gather_until: Option<Instant>,
     queued: bool,
+    /// Who pays for what is queued.
+    shares: Shares,
 }
 
 impl Repair {
-    /// Until when the block waits for more NACKs, if XOR repairs are all it has left to send.
-    fn gathering(&self) -> Option<Instant> {
+    /// Until when the block waits for more NACKs, if XOR repairs are all it has left to send
+    /// and it is still waiting at `now`.
+    fn gathering(&self, now: Option<Instant>) -> Option<Instant> {
         let idle = self.parity_next >= self.parity_end
             && self.originals.as_ref().is_none_or(|o| o.count_ones() == 0);
-        self.gather_until.filter(|_| idle && !self.wants.is_empty())
+        self.gather_until
+            .filter(|&t| idle && !self.wants.is_empty() && now.is_none_or(|now| now < t))
     }
 }
 
@@ -113,6 +145,9 @@ pub(super) struct Repairs {
     /// Repairs go as originals ([`Sender::repair_by_originals`]), as decided at this instant.
     by_originals: bool,
     originals_checked: Option<Instant>,
+    /// The latest time the sender was called with: a block whose gathering has ended by then
+    /// is backlog, not waiting.
+    pub(super) now: Option<Instant>,
 }
 
 impl Repairs {
@@ -135,6 +170,7 @@ impl<S: BlockSource> Sender<S> {
             return self.repairs.queue.len();
         }
         // Blocks whose XOR repairs wait for more NACKs have nothing to send yet.
+        let now = self.repairs.now;
         self.repairs
             .queue
             .iter()
@@ -142,7 +178,7 @@ impl<S: BlockSource> Sender<S> {
                 self.repairs
                     .blocks
                     .get(s)
-                    .and_then(Repair::gathering)
+                    .and_then(|r| r.gathering(now))
                     .is_none()
             })
             .count()
@@ -154,6 +190,7 @@ impl<S: BlockSource> Sender<S> {
             self.stats.strangers += 1;
             return;
         }
+        self.repairs.now = Some(now);
         let incomplete = self.membership.incomplete();
         let allowance = self.allowance();
         for e in &n.entries {
@@ -169,15 +206,54 @@ impl<S: BlockSource> Sender<S> {
         allowance: Allowance,
         units: u64,
     ) -> bool {
+        self.pay(now, receiver, allowance, units as f64, units)
+    }
+
+    /// Charges member `receiver` `cost` units for a request of `units` repair units
+    /// ([`charge`]); counts `units` refused if its budget does not allow it.
+    fn pay(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        allowance: Allowance,
+        cost: f64,
+        units: u64,
+    ) -> bool {
         let Some(m) = self.membership.members.get_mut(&receiver) else {
             return false;
         };
-        if charge(m, now, allowance, units) {
+        if charge(m, now, allowance, cost) {
             return true;
         }
         self.membership.any_denied = true;
         self.stats.repair_denied += units;
         false
+    }
+
+    /// Charges member `receiver` for its share of block `seq`'s repairs (`q`), gives the
+    /// members it now shares them with their difference back, and records its keys. False
+    /// (and nothing changes) if its budget does not allow it.
+    fn pay_share(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        allowance: Allowance,
+        seq: u64,
+        q: Quote,
+        units: u64,
+    ) -> bool {
+        if !self.pay(now, receiver, allowance, q.cost, units) {
+            return false;
+        }
+        for (r, back) in &q.refunds {
+            if let Some(m) = self.membership.members.get_mut(r) {
+                refund(m, *back);
+            }
+        }
+        if let Some(r) = self.repairs.blocks.get_mut(&seq) {
+            r.shares.commit(receiver, q);
+        }
+        true
     }
 
     /// A priority request from a member: the blocks it names go out whole, first.
@@ -223,6 +299,13 @@ impl<S: BlockSource> Sender<S> {
                     return;
                 }
                 self.queue_priority(seq);
+                if !free {
+                    // It paid for the whole block: others that NACK units of it share them.
+                    if let Some(r) = self.repairs.blocks.get_mut(&seq) {
+                        let q = r.shares.quote(p.receiver, 0..k as u32, |_| false);
+                        r.shares.commit(p.receiver, q);
+                    }
+                }
             }
         }
     }
@@ -280,54 +363,80 @@ impl<S: BlockSource> Sender<S> {
         } else {
             0
         };
-        let in_flight = r.parity_end.saturating_sub(e.parity_seen.max(settled));
+        let seen = e.parity_seen.max(settled);
+        let in_flight = r.parity_end.saturating_sub(seen);
         let want = e.missing.saturating_sub(in_flight);
+        // Of the parity in flight it will use, what is still queued is shared with whoever
+        // else asked for it; what went out already is paid for.
+        let queued_from = seen.max(r.parity_next);
+        let use_queued = e
+            .missing
+            .min(in_flight)
+            .saturating_sub(r.parity_next.saturating_sub(seen));
+        let queued_parity = (queued_from..queued_from.saturating_add(use_queued)).map(parity_key);
         if want == 0 {
+            let mut q = r.shares.quote(receiver, queued_parity, |_| false);
+            // Covered by parity in flight; in the tail, enough more of it that losing some
+            // does not cost another round (what is in flight beyond its need counts).
+            let spare = in_flight - e.missing;
+            let extra = if e.missing < k {
+                self.tail_extra(now, receiver, seq, 0, u64::from(e.missing), q.cost)
+                    .saturating_sub(spare)
+            } else {
+                0
+            };
+            q.cost += f64::from(extra);
+            if self.pay_share(now, receiver, allowance, seq, q, 0) && extra > 0 {
+                self.queue_parity(seq, extra);
+            }
             return;
         }
         let whole = e.missing >= k;
         let listed = !matches!(&e.holes, Holes::Ranges(r) if r.is_empty());
-        // What this entry adds to the repair queue, charged to the member first.
+        // What this entry adds to the repair queue.
         let how = if !whole && !by_originals && r.parity_end + want <= max_parity {
             How::Parity(want)
         } else if xor && !whole && listed {
-            let mut list: Vec<u16> = e
-                .holes
-                .units()
-                .take(usize::from(k))
-                .filter(|&u| u < k)
-                .collect();
-            list.sort_unstable();
-            list.dedup();
-            How::Xor(list)
+            How::Xor(hole_units(e, k))
+        } else if listed {
+            // Parity cannot cover it: the originals it lists.
+            How::Originals(hole_units(e, k))
         } else {
-            // Parity cannot cover it (or the receiver has nothing): the originals it lists.
-            let mut units: Vec<u16> = e
-                .holes
-                .units()
-                .take(usize::from(k))
-                .filter(|&u| u < k)
-                .collect();
-            if !listed {
-                units = (0..k).collect();
-            }
-            How::Originals(units)
+            // The receiver has nothing of the block.
+            How::Originals((0..k).collect())
         };
-        let cost = match &how {
-            How::Parity(n) => u64::from(*n),
-            How::Xor(list) => {
-                let old = r.wants.iter().find(|w| w.receiver == receiver);
-                list.iter()
-                    .filter(|u| old.is_none_or(|w| w.units.binary_search(u).is_err()))
-                    .count() as u64
+        // Its share of every repair unit it needs that is queued, and all of what it adds.
+        let (mut q, units) = match &how {
+            How::Parity(n) => {
+                let end = r.parity_end;
+                let keys = queued_parity.chain((end..end.saturating_add(*n)).map(parity_key));
+                (r.shares.quote(receiver, keys, |_| false), u64::from(*n))
             }
-            How::Originals(units) => match r.originals.as_ref() {
-                Some(o) => units.iter().filter(|&&u| !o.get(usize::from(u))).count() as u64,
-                None => units.len() as u64,
-            },
+            How::Xor(list) | How::Originals(list) => {
+                let keys = list.iter().map(|&u| u32::from(u));
+                let queued = |key: u32| {
+                    r.originals
+                        .as_ref()
+                        .is_some_and(|o| key < u32::from(k) && o.get(key as usize))
+                };
+                (r.shares.quote(receiver, keys, queued), list.len() as u64)
+            }
         };
-        if !self.charge_member(now, receiver, allowance, cost) {
+        let adds = match &how {
+            How::Parity(n) => *n,
+            _ => 0,
+        };
+        let extra = if whole {
+            0
+        } else {
+            self.tail_extra(now, receiver, seq, adds, units, q.cost)
+        };
+        q.cost += f64::from(extra);
+        if !self.pay_share(now, receiver, allowance, seq, q, units) {
             return;
+        }
+        if extra > 0 {
+            self.queue_parity(seq, extra);
         }
         let Some(r) = self.repairs.blocks.get_mut(&seq) else {
             return;
@@ -342,9 +451,10 @@ impl<S: BlockSource> Sender<S> {
                         units: list,
                     }),
                 }
-                let until = *r.gather_until.get_or_insert(now + gather);
+                r.gather_until.get_or_insert(now + gather);
                 if r.wants.len() >= incomplete {
-                    r.gather_until = Some(until.min(now));
+                    // Everybody asked: nothing more to wait for.
+                    r.gather_until = Some(now);
                 }
             }
             How::Originals(units) => {
@@ -360,6 +470,102 @@ impl<S: BlockSource> Sender<S> {
             r.queued = true;
             self.repairs.queue.push_back(seq);
         }
+    }
+
+    /// Queues `n` more parity units of block `seq` for the tail ([`tail_parity`]).
+    fn queue_parity(&mut self, seq: u64, n: u16) {
+        let r = self.repairs.blocks.entry(seq).or_default();
+        r.parity_end += n;
+        self.stats.tail_parity += u64::from(n);
+        if !r.queued {
+            r.queued = true;
+            self.repairs.queue.push_back(seq);
+        }
+    }
+
+    /// In the tail, parity for the own loss of a repair of `units` units to `receiver` (on
+    /// top of the `adds` parity units it queues for block `seq`), so that one round mends the
+    /// block: charged to the member with the repair's `cost`, and left out where its budget
+    /// would not stretch to it (the repair itself is what it asked for).
+    fn tail_extra(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        seq: u64,
+        adds: u16,
+        units: u64,
+        cost: f64,
+    ) -> u16 {
+        if !self.in_tail() {
+            return 0;
+        }
+        let allowance = self.allowance();
+        let queued = self.repairs.blocks.get(&seq).map_or(0, |r| r.parity_end);
+        let room = self
+            .cfg
+            .geometry
+            .max_parity
+            .saturating_sub(queued.saturating_add(adds));
+        let Some(m) = self.membership.members.get_mut(&receiver) else {
+            return 0;
+        };
+        let more = tail_parity(units, m.loss_est_ppm).min(room);
+        if affords(m, now, allowance, cost + f64::from(more)) {
+            more
+        } else {
+            0
+        }
+    }
+
+    /// Blocks `from..to` have just had their first pass. In the tail ([`TAIL_GRTTS`]), each
+    /// gets parity for the loss the members measure, before any NACK: a NACK for one of the
+    /// pass's last blocks would come after the pass, a round trip of added time, so the end of
+    /// the pass should leave little to NACK. The count is [`tail_parity`] of the block's units
+    /// at the highest smoothed loss among the members still receiving (capped); nothing where
+    /// nobody reports loss. It is the server's own choice, charged to nobody, and bounded by
+    /// the blocks in the tail and `max_parity`.
+    pub(super) fn tail_fec(&mut self, from: u64, to: u64) {
+        if from >= to || self.split.is_some() || !self.pass_ends_within(FEC_GRTTS) {
+            return;
+        }
+        let loss = self
+            .membership
+            .members
+            .values()
+            .filter(|m| !m.complete)
+            .map(|m| m.loss_est_ppm)
+            .max()
+            .unwrap_or(0);
+        let max_parity = self.cfg.geometry.max_parity;
+        for seq in from..to.min(self.numbering.total()) {
+            if self.all_hold(seq) || self.first_pass.skip.get(seq as usize) {
+                continue;
+            }
+            let k = u64::from(self.numbering.units_in(seq));
+            let r = self.repairs.blocks.entry(seq).or_default();
+            let n = tail_parity(k, loss).min(max_parity.saturating_sub(r.parity_end));
+            if n > 0 {
+                self.queue_parity(seq, n);
+            }
+        }
+    }
+
+    /// Whether a repair queued now is in the tail ([`TAIL_GRTTS`]): the first pass is over,
+    /// or what it has left takes less at its rate.
+    pub(super) fn in_tail(&self) -> bool {
+        self.pass_ends_within(TAIL_GRTTS)
+    }
+
+    /// The first pass is over, or what it has left takes less than `grtts` GRTTs at its rate.
+    fn pass_ends_within(&self, grtts: u32) -> bool {
+        if self.first_pass_done() {
+            return true;
+        }
+        let passed = self.allowance().passed;
+        let left =
+            self.numbering.total().saturating_sub(passed) * self.numbering.block_size() as u64;
+        let secs = left as f64 / self.first_pass_rate().max(1) as f64;
+        secs < (self.grtt() * grtts).as_secs_f64()
     }
 
     /// Whether repairs go as originals now ([`SenderConfig::originals_factor`]); decided
@@ -402,7 +608,7 @@ impl<S: BlockSource> Sender<S> {
         }
         let mut first: Option<Instant> = None;
         for seq in &self.repairs.queue {
-            let t = self.repairs.blocks.get(seq)?.gathering()?;
+            let t = self.repairs.blocks.get(seq)?.gathering(None)?;
             first = Some(first.map_or(t, |f| f.min(t)));
         }
         first
@@ -411,6 +617,7 @@ impl<S: BlockSource> Sender<S> {
     pub(super) fn send_repair(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         // Blocks still gathering NACKs for their XOR repairs step aside, once each; after the
         // first pass nothing waits (the tail's round trips are the transfer's end).
+        self.repairs.now = Some(now);
         let mut rotations = self.repairs.queue.len();
         let tail = self.first_pass_done();
         while let Some(&seq) = self.repairs.queue.front() {
@@ -421,11 +628,13 @@ impl<S: BlockSource> Sender<S> {
                 let round_end = r.parity_end;
                 r.parity_next += 1;
                 r.last_sent = Some(now);
+                r.shares.sent(parity_key(index));
                 return self.parity_unit(now, buf, seq, index, round_end);
             }
             if let Some(orig) = r.originals.as_mut() {
                 if let Some(u) = orig.iter_ones().next() {
                     orig.clear(u);
+                    r.shares.sent(u as u32);
                     if orig.count_ones() == 0 {
                         r.whole_sent_at = Some(now);
                         if std::mem::take(&mut r.whole) {
@@ -451,6 +660,9 @@ impl<S: BlockSource> Sender<S> {
                     continue;
                 }
                 let (units, n) = next_combo(&mut r.wants);
+                for &u in &units[..n] {
+                    r.shares.sent(u32::from(u));
+                }
                 r.wants.retain(|w| !w.units.is_empty());
                 if r.wants.is_empty() {
                     r.gather_until = None;
@@ -463,6 +675,7 @@ impl<S: BlockSource> Sender<S> {
             }
             r.gather_until = None;
             r.queued = false;
+            r.shares.clear();
             self.repairs.queue.pop_front();
         }
         None
@@ -552,6 +765,19 @@ impl<S: BlockSource> Sender<S> {
         };
         self.route(t, buf, seq, true, index)
     }
+}
+
+/// The units below `k` a NACK entry lists as missing, ascending, each once.
+fn hole_units(e: &NackEntry, k: u16) -> Vec<u16> {
+    let mut list: Vec<u16> = e
+        .holes
+        .units()
+        .take(usize::from(k))
+        .filter(|&u| u < k)
+        .collect();
+    list.sort_unstable();
+    list.dedup();
+    list
 }
 
 /// Picks the next XOR repair from what each receiver wants of one block: up to
@@ -648,6 +874,20 @@ mod tests {
         }
         // 11 distinct units (12 wants) in fewer datagrams than originals would take.
         assert!(datagrams < 11, "{datagrams} datagrams");
+    }
+
+    #[test]
+    fn the_tail_s_extra_parity_covers_a_repair_s_own_loss_and_no_more_than_the_cap() {
+        // 35 units at 5 %: 1.75 expected lost, two standard deviations more.
+        assert_eq!(tail_parity(35, 50_000), 5);
+        assert_eq!(tail_parity(1, 50_000), 1);
+        assert_eq!(tail_parity(0, 50_000), 0);
+        assert_eq!(tail_parity(35, 0), 0);
+        // A member claiming to lose everything gets what the cap allows.
+        assert_eq!(
+            tail_parity(700, 1_000_000),
+            tail_parity(700, TAIL_LOSS_CAP_PPM)
+        );
     }
 
     #[test]
