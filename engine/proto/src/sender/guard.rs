@@ -19,6 +19,17 @@ use crate::wire::{ReceiverId, UNIT_HEADER_LEN};
 pub(super) const CHALLENGES_PER_SEC: f64 = 10_000.0;
 pub(super) const CHALLENGE_BURST: f64 = 1_000.0;
 
+/// The challenge burst for a server that waits for `min_receivers` (and admits at most
+/// `max_receivers`): [`CHALLENGE_BURST`], or the whole group the first pass waits for if
+/// larger, so that a group that starts together is let in at once (each member needs one
+/// challenge; at 3,000 members a burst of 1,000 left 2,000 waiting for the rate, and the first
+/// pass started 200 ms later). The sustained rate stays [`CHALLENGES_PER_SEC`], and a challenge
+/// is still at most 1.15 times the datagram it answers: what a spoofer can reflect off the
+/// server grows by one challenge per expected member, once.
+pub(super) fn challenge_burst(min_receivers: usize, max_receivers: usize) -> f64 {
+    CHALLENGE_BURST.max(min_receivers.min(max_receivers) as f64)
+}
+
 /// Priority requests one member may make per second (and in a burst).
 const PRIORITY_PER_SEC: f64 = 8.0;
 
@@ -749,6 +760,40 @@ mod tests {
             unit_at - planned,
             s.grtt()
         );
+    }
+
+    #[test]
+    fn a_group_that_starts_together_is_challenged_at_once_and_a_flood_only_at_the_rate() {
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.max_wait = Duration::from_secs(3600);
+        let group = 3 * CHALLENGE_BURST as usize;
+        s.set_min_receivers(group);
+        let t0 = Instant::now();
+        let solicit = |i: usize| {
+            Packet::Solicit(crate::wire::SolicitRepr {
+                session: SessionId(0),
+                receiver: ReceiverId(i as u64 + 1),
+                cookie: 0,
+                zone: 0,
+            })
+        };
+        let from = |i: usize| SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 7000));
+        // The whole group asks at once, then twice as many spoofed Solicits in the same
+        // instant: each member gets its challenge, the flood nothing.
+        for i in 0..3 * group {
+            send(&mut s, t0, from(i), solicit(i));
+        }
+        let c = accepts(&drain(&mut s, t0));
+        assert_eq!(c.len(), group);
+        assert!(c.iter().all(|(_, a, _)| a.is_challenge()));
+        assert_eq!(s.stats().challenges_dropped, 2 * group as u64);
+        // A flood that goes on gets the sustained rate, not the burst again.
+        let later = t0 + Duration::from_millis(100);
+        for i in 0..group {
+            send(&mut s, later, from(i), solicit(i));
+        }
+        let answered = accepts(&drain(&mut s, later)).len();
+        assert_eq!(answered, (CHALLENGES_PER_SEC / 10.0) as usize);
     }
 
     #[test]
