@@ -797,6 +797,45 @@ mod tests {
     }
 
     #[test]
+    fn in_split_mode_a_new_plan_goes_three_times_within_two_round_trips() {
+        // A member that misses its Plan forwards nothing (or by an old plan) until the plan is
+        // sent again: a new plan is repeated as the units' hold ends and a round trip later,
+        // not only every plan interval.
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        join(&mut s, t0, addr(A), 1);
+        let mut now = t0;
+        let mut plans = Vec::new();
+        let mut first_unit = None;
+        while now < t0 + Duration::from_millis(400) {
+            for (t, b) in drain(&mut s, now) {
+                if t.payload.is_some() {
+                    first_unit.get_or_insert(now);
+                }
+                if matches!(b.as_deref().map(Packet::parse), Some(Ok(Packet::Plan(_)))) {
+                    assert_eq!(t.destination, Destination::Peer(addr(A)));
+                    plans.push(now);
+                }
+            }
+            now += Duration::from_micros(100);
+        }
+        assert_eq!(plans.len(), 3, "plans at {plans:?}");
+        let first_unit = first_unit.expect("units sent");
+        assert!(
+            plans[1] <= first_unit,
+            "the repeat leaves ahead of the units"
+        );
+        assert!(
+            plans[2] <= plans[0] + s.grtt() * 2,
+            "plans at {:?}, grtt {:?}",
+            plans.iter().map(|t| *t - t0).collect::<Vec<_>>(),
+            s.grtt()
+        );
+    }
+
+    #[test]
     fn complete_members_expire_once_silent_and_stay_in_the_summary() {
         let mut s = sender(4, 2);
         let t0 = Instant::now();
