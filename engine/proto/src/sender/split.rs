@@ -210,7 +210,7 @@ impl<S: BlockSource> Sender<S> {
             let Some(sp) = self.split.as_mut() else {
                 return;
             };
-            let plan = planner::plan(&infos, &sp.cfg, grtt);
+            let plan = planner::plan(&infos, &sp.cfg, grtt, &sp.plan);
             sp.dirty = false;
             sp.last_replan = Some(now);
             sp.next_replan = Some(now + sp.cfg.replan_interval);
