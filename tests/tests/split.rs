@@ -81,6 +81,24 @@ fn three_hundred_members_in_four_zones_with_loss_and_a_death() {
     );
 }
 
+/// Four zones of 20, lossless, the first plan unmeasured: zone 10 (7 ms from the server) is
+/// served directly and zone 13 (1 ms) gets its copies 10.5 ms after they leave. Its members
+/// hear the end of the first pass from the server before any copy has reached them (the
+/// copy path's delay not yet measured) and must not NACK units on their way: each unit
+/// leaves the server once.
+#[test]
+fn a_member_waits_for_its_first_copy_before_it_nacks() {
+    let mut cfg = SplitSimConfig::small(41, 4, 20, 0.0);
+    cfg.object_size = 128 << 10;
+    let r = check(cfg);
+    assert_eq!(
+        r.direct_zone,
+        Some(10),
+        "the case: a far zone served directly"
+    );
+    assert_eq!((r.server_units, r.nacks), (r.object_units, 0));
+}
+
 #[test]
 fn loss_is_repaired_through_the_copies() {
     for (seed, loss) in [(33u64, 0.01), (34, 0.05)] {
