@@ -146,27 +146,14 @@ fn a_split_run_is_replayed_by_its_seed() {
     assert_eq!(figures(&check(cfg.clone())), figures(&check(cfg)));
 }
 
-/// The copy tree at scale: `members` in three zones of 256-byte units, 512 units per block, a
-/// 256 KiB object, 1 % loss on every link (server, copies, feedback), one death.
-fn at_scale(seed: u64, members: usize) -> SplitSimConfig {
-    let mut cfg = SplitSimConfig::small(seed, 3, members / 3, 0.01);
-    cfg.geometry.units_per_block = 512;
-    cfg.geometry.max_parity = 256;
-    cfg.object_size = 256 << 10;
-    cfg.store = StoreKind::Hashed;
-    cfg.deaths = vec![(7, Duration::from_millis(40))];
-    cfg.time_limit = Duration::from_secs(120);
-    cfg
-}
-
 /// 3,000 members through a tree of 48 cells (depth 3) cost the server little more than the
 /// object, where a chain of the same cells cost 15.8x (docs/DESIGN.md, 2026-11-22), and take
 /// at most half as long again as 300 (6 cells, depth 1): the whole group is let in by one
 /// burst of challenges. Figures: bench/RESULTS.md.
 #[test]
 fn three_thousand_members_through_a_copy_tree_cost_the_server_little_more_than_the_object() {
-    let small = check(at_scale(38, 300));
-    let big = check(at_scale(38, 3000));
+    let small = check(SplitSimConfig::at_scale(38, 300));
+    let big = check(SplitSimConfig::at_scale(38, 3000));
     let server = big.server_units as f64 / big.object_units as f64;
     let time = big.time.as_secs_f64() / small.time.as_secs_f64();
     eprintln!("3,000 members: server {server:.3}x the object, time {time:.2}x 300 members'");
@@ -178,7 +165,7 @@ fn three_thousand_members_through_a_copy_tree_cost_the_server_little_more_than_t
 #[test]
 #[ignore = "ten thousand members: minutes of CPU"]
 fn ten_thousand_members() {
-    let r = check(at_scale(39, 10_000));
+    let r = check(SplitSimConfig::at_scale(39, 10_000));
     eprintln!(
         "10,000 members: server {:.3}x the object",
         r.server_units as f64 / r.object_units as f64
