@@ -147,9 +147,10 @@ fn a_split_run_is_replayed_by_its_seed() {
 }
 
 /// 3,000 members through a tree of 48 cells (depth 3) cost the server little more than the
-/// object, where a chain of the same cells cost 15.8x (docs/DESIGN.md, 2026-11-22), and take
-/// at most half as long again as 300 (6 cells, depth 1): the whole group is let in by one
-/// burst of challenges. Figures: bench/RESULTS.md.
+/// object (1.109x: parity for five links at 1 % and a member dead before the first pass),
+/// where a chain of the same cells cost 15.8x (docs/DESIGN.md, 2026-11-22), and take at most
+/// half as long again as 300 (6 cells, depth 1): the whole group is let in by one burst of
+/// challenges. Figures: bench/RESULTS.md.
 #[test]
 fn three_thousand_members_through_a_copy_tree_cost_the_server_little_more_than_the_object() {
     let small = check(SplitSimConfig::at_scale(38, 300));
@@ -157,7 +158,7 @@ fn three_thousand_members_through_a_copy_tree_cost_the_server_little_more_than_t
     let server = big.server_units as f64 / big.object_units as f64;
     let time = big.time.as_secs_f64() / small.time.as_secs_f64();
     eprintln!("3,000 members: server {server:.3}x the object, time {time:.2}x 300 members'");
-    assert!(server <= 1.35, "server sent {server:.3}x the object");
+    assert!(server <= 1.15, "server sent {server:.3}x the object");
     assert!(time <= 1.5, "3,000 members took {time:.2}x the time of 300");
 }
 
