@@ -113,6 +113,20 @@ impl SplitSimConfig {
         }
     }
 
+    /// The copy tree at scale: `members` in three zones of 256-byte units, 512 units per
+    /// block, a 256 KiB object, 1 % loss on every link (server, copies, feedback), member 7
+    /// dying at 40 ms.
+    pub fn at_scale(seed: u64, members: usize) -> Self {
+        let mut cfg = SplitSimConfig::small(seed, 3, members / 3, 0.01);
+        cfg.geometry.units_per_block = 512;
+        cfg.geometry.max_parity = 256;
+        cfg.object_size = 256 << 10;
+        cfg.store = StoreKind::Hashed;
+        cfg.deaths = vec![(7, Duration::from_millis(40))];
+        cfg.time_limit = Duration::from_secs(120);
+        cfg
+    }
+
     /// Applies `BLOCKCAST_SIM_SEED` if set (to replay a printed failing seed).
     pub fn with_env_seed(mut self) -> Self {
         self.seed = crate::env_seed(self.seed);

@@ -27,6 +27,15 @@ impl TokenBucket {
         self.tokens = self.tokens.min(burst);
     }
 
+    /// Raises the most the bucket holds to `burst` (if larger) and fills the new room at
+    /// once: a bucket sized for more work from now on (never lowered here).
+    pub(crate) fn grow_to(&mut self, burst: f64) {
+        if burst > self.burst {
+            self.tokens += burst - self.burst;
+            self.burst = burst;
+        }
+    }
+
     fn refill(&mut self, now: Instant, per_sec: f64) {
         if let Some(last) = self.last {
             let dt = now.saturating_duration_since(last).as_secs_f64();

@@ -124,7 +124,14 @@ fn weight(m: &MemberInfo, best: Duration, default_rtt: Duration) -> u32 {
 }
 
 /// Builds the plan for `members`; `default_rtt` stands in for members not measured yet.
-pub(crate) fn plan(members: &[MemberInfo], cfg: &SplitConfig, default_rtt: Duration) -> Plan {
+/// Members keep the cell they had in `prev` (the plan in force) while their zone keeps its
+/// number of cells ([`deal`]).
+pub(crate) fn plan(
+    members: &[MemberInfo],
+    cfg: &SplitConfig,
+    default_rtt: Duration,
+    prev: &Plan,
+) -> Plan {
     if members.is_empty() {
         return Plan::default();
     }
@@ -145,16 +152,11 @@ pub(crate) fn plan(members: &[MemberInfo], cfg: &SplitConfig, default_rtt: Durat
         .collect();
     // The zone with the lowest overhead is served directly; the others follow in order.
     zones.sort_by_key(|(mean, z, _)| (*mean, *z));
-    // Cells: a zone of n members becomes ceil(n / max_cell) cells, dealt round robin so each
-    // cell gets members of every overhead and the cells are the same size give or take one.
+    // Cells: a zone of n members becomes ceil(n / max_cell) cells of the same size give or
+    // take one, each kept from the plan in force where it can be.
     let mut cells: Vec<Vec<MemberInfo>> = Vec::new();
-    for (_, _, ms) in zones {
-        let n = ms.len().div_ceil(max_cell);
-        let mut zone_cells: Vec<Vec<MemberInfo>> = vec![Vec::new(); n];
-        for (i, m) in ms.into_iter().enumerate() {
-            zone_cells[i % n].push(m);
-        }
-        cells.extend(zone_cells);
+    for (_, z, ms) in zones {
+        cells.extend(deal(ms, max_cell, prev_cells(prev, z)));
     }
     // Owner slots for the first cell, by capacity (largest remainder).
     let first = &cells[0];
@@ -240,6 +242,70 @@ pub(crate) fn plan(members: &[MemberInfo], cfg: &SplitConfig, default_rtt: Durat
     }
 }
 
+/// The cells of zone `zone` in `prev`, in tree order (member ids).
+fn prev_cells(prev: &Plan, zone: u16) -> Vec<&[ReceiverId]> {
+    let zone_of: BTreeMap<ReceiverId, u16> = prev.members.iter().map(|m| (m.id, m.zone)).collect();
+    prev.cells
+        .iter()
+        .filter(|c| c.first().and_then(|id| zone_of.get(id)) == Some(&zone))
+        .map(Vec::as_slice)
+        .collect()
+}
+
+/// Deals the members of one zone (`ms`, from the lowest overhead up) into ceil(n / max_cell)
+/// cells of the same size give or take one. While the zone keeps the number of cells it had
+/// in the plan in force (`prev`), every member stays in its cell: newcomers fill the
+/// smallest cells, and a cell more than one member larger than another gives its newest
+/// members up. Otherwise the members are dealt round robin, so each cell gets members of
+/// every overhead. Why keep cells: a member forwards by the plan it holds, so a plan that
+/// moves members between cells makes the units in flight (and any member whose new Plan is
+/// late) copy to the old cells and miss the new ones; measurements arriving one by one
+/// re-dealt every member each time.
+fn deal(ms: Vec<MemberInfo>, max_cell: usize, prev: Vec<&[ReceiverId]>) -> Vec<Vec<MemberInfo>> {
+    let n = ms.len().div_ceil(max_cell);
+    let mut cells: Vec<Vec<MemberInfo>> = vec![Vec::new(); n];
+    if prev.len() != n {
+        for (i, m) in ms.into_iter().enumerate() {
+            cells[i % n].push(m);
+        }
+        return cells;
+    }
+    let mut kept: BTreeMap<ReceiverId, usize> = BTreeMap::new();
+    for (c, ids) in prev.iter().enumerate() {
+        for id in *ids {
+            kept.insert(*id, c);
+        }
+    }
+    let mut newcomers = Vec::new();
+    for m in ms {
+        match kept.get(&m.id) {
+            Some(&c) => cells[c].push(m),
+            None => newcomers.push(m),
+        }
+    }
+    // In the order of the plan in force (the newest last), whatever the measurements say.
+    for (c, ids) in prev.iter().enumerate() {
+        cells[c].sort_by_key(|m| ids.iter().position(|id| *id == m.id));
+    }
+    for m in newcomers {
+        if let Some(c) = (0..n).min_by_key(|&c| (cells[c].len(), c)) {
+            cells[c].push(m);
+        }
+    }
+    while let (Some(big), Some(small)) = (
+        (0..n).max_by_key(|&c| (cells[c].len(), std::cmp::Reverse(c))),
+        (0..n).min_by_key(|&c| (cells[c].len(), c)),
+    ) {
+        if cells[big].len() <= cells[small].len() + 1 {
+            break;
+        }
+        if let Some(m) = cells[big].pop() {
+            cells[small].push(m);
+        }
+    }
+    cells
+}
+
 /// Gives each member of cell `from` (relaying `load`, its share of the units) a designated
 /// member of cell `to`, greedily: the members relaying most first, each to the member of `to`
 /// with the least (relayed load + its load) / capacity, the lower overhead first on a tie, so
@@ -319,7 +385,12 @@ mod tests {
             ms.push(member(100 + i, 7, Some(1)));
             ms.push(member(200 + i, 5, Some(20)));
         }
-        let p = plan(&ms, &SplitConfig::default(), Duration::from_millis(5));
+        let p = plan(
+            &ms,
+            &SplitConfig::default(),
+            Duration::from_millis(5),
+            &Plan::default(),
+        );
         assert_eq!(p.cells.len(), 3);
         let zone_of = |id: &ReceiverId| ms.iter().find(|m| m.id == *id).unwrap().zone;
         let order: Vec<u16> = p.cells.iter().map(|c| zone_of(&c[0])).collect();
@@ -365,7 +436,7 @@ mod tests {
     fn big_zones_are_cut_into_bounded_cells() {
         let ms: Vec<MemberInfo> = (0..1000).map(|i| member(i, (i % 3) as u16, None)).collect();
         let cfg = SplitConfig::default();
-        let p = plan(&ms, &cfg, Duration::from_millis(5));
+        let p = plan(&ms, &cfg, Duration::from_millis(5), &Plan::default());
         assert_eq!(p.members.len(), 1000);
         assert!(p
             .cells
@@ -398,7 +469,7 @@ mod tests {
         // one member of each child cell. Count what each member uploads per unit of the object.
         let ms: Vec<MemberInfo> = (0..600).map(|i| member(i, 0, Some(1))).collect();
         let cfg = SplitConfig::default();
-        let p = plan(&ms, &cfg, Duration::from_millis(5));
+        let p = plan(&ms, &cfg, Duration::from_millis(5), &Plan::default());
         let idx = |a: SocketAddr| p.members.iter().position(|m| m.addr == a).unwrap();
         let cell_of: std::collections::HashMap<SocketAddr, usize> = p
             .members
@@ -439,6 +510,62 @@ mod tests {
     }
 
     #[test]
+    fn members_keep_their_cells_as_measurements_arrive_and_newcomers_fill_the_smallest() {
+        let cfg = SplitConfig::default();
+        let cells_of = |p: &Plan| -> Vec<Vec<ReceiverId>> {
+            let mut c: Vec<Vec<ReceiverId>> = p
+                .cells
+                .iter()
+                .map(|c| {
+                    let mut c = c.clone();
+                    c.sort();
+                    c
+                })
+                .collect();
+            c.sort();
+            c
+        };
+        // 300 members of one zone, unmeasured: five cells of 60.
+        let mut ms: Vec<MemberInfo> = (0..300).map(|i| member(i, 0, None)).collect();
+        let first = plan(&ms, &cfg, Duration::from_millis(5), &Plan::default());
+        assert_eq!(first.cells.len(), 5);
+        // Every member measured, in an order unlike the ids: dealt afresh, most would move.
+        for m in ms.iter_mut() {
+            m.rtt = Some(Duration::from_micros(1000 + (m.id.0 * 7919) % 5000));
+        }
+        let fresh = plan(&ms, &cfg, Duration::from_millis(5), &Plan::default());
+        assert_ne!(
+            cells_of(&fresh),
+            cells_of(&first),
+            "the measurements re-deal"
+        );
+        let kept = plan(&ms, &cfg, Duration::from_millis(5), &first);
+        assert_eq!(
+            cells_of(&kept),
+            cells_of(&first),
+            "kept from the plan in force"
+        );
+        // Ten leave from one cell and ten join: the newcomers fill that cell.
+        let gone: Vec<ReceiverId> = first.cells[2][..10].to_vec();
+        ms.retain(|m| !gone.contains(&m.id));
+        ms.extend((1000..1010).map(|i| member(i, 0, Some(2))));
+        let next = plan(&ms, &cfg, Duration::from_millis(5), &kept);
+        for (old, new) in kept.cells.iter().zip(&next.cells) {
+            let stayed = old.iter().filter(|id| !gone.contains(id));
+            assert!(
+                stayed.into_iter().all(|id| new.contains(id)),
+                "nobody moved"
+            );
+            assert_eq!(new.len(), 60);
+        }
+        // More cells are needed (385 members: seven): the zone is dealt again, evenly.
+        ms.extend((2000..2085).map(|i| member(i, 0, Some(2))));
+        let grown = plan(&ms, &cfg, Duration::from_millis(5), &next);
+        assert_eq!(grown.cells.len(), 7);
+        assert!(grown.cells.iter().all(|c| c.len() == 55));
+    }
+
+    #[test]
     fn capacity_weights_the_owner_shares() {
         // Member 0's overhead is thirty times the others': it owns a quarter of their share.
         let ms = vec![
@@ -446,7 +573,12 @@ mod tests {
             member(1, 0, Some(2)),
             member(2, 0, Some(2)),
         ];
-        let p = plan(&ms, &SplitConfig::default(), Duration::from_millis(5));
+        let p = plan(
+            &ms,
+            &SplitConfig::default(),
+            Duration::from_millis(5),
+            &Plan::default(),
+        );
         let n = |i: usize| p.owners.iter().filter(|a| **a == ms[i].addr).count();
         assert_eq!(n(0) + n(1) + n(2), OWNER_SLOTS);
         assert!(

@@ -114,6 +114,9 @@ pub(super) struct BlockState {
     pub(super) nack_at: Option<Instant>,
     /// Its loss was counted (once, when its first NACK timer fired).
     pub(super) loss_counted: bool,
+    /// Split mode: its NACK timer was armed before any unit had arrived (the copy path's
+    /// delay unmeasured); once one has, the timer is armed afresh.
+    pub(super) armed_unmeasured: bool,
     /// Whole and handed out for hashing: nothing may write to it until the answer.
     pub(super) verifying: bool,
     /// What is being hashed is what the store held at the start (not units that arrived):
@@ -132,6 +135,7 @@ impl BlockState {
             last_parity_at: None,
             nack_at: None,
             loss_counted: false,
+            armed_unmeasured: false,
             verifying: false,
             checking: false,
         }

@@ -273,7 +273,9 @@ impl<S: BlockStore> Receiver<S> {
         let grtt = self.grtt();
         let n = f64::from(self.group_size()) + 1.0;
         let x = self.rng.unit();
+        let unmeasured = self.cfg.split.is_some() && !self.split.units_seen();
         let state = self.blocks.state(seq, k);
+        state.armed_unmeasured = unmeasured;
         let missing = usize::from(k).saturating_sub(state.held());
         // NORM-style backoff: most receivers draw near the top of the window, few early, so
         // the first NACKs' repairs reach the rest before their timers fire. Receivers that
@@ -343,6 +345,23 @@ impl<S: BlockStore> Receiver<S> {
         if state.verifying {
             // Out for rebuild and hashing: the answer decides (a failure re-arms it).
             return;
+        }
+        if self.cfg.split.is_some() && state.armed_unmeasured {
+            if self.split.wait_for_copies(now, grtt) {
+                // No unit yet: look again a round trip later, not asking for units that may
+                // be on their way.
+                let at = now + grtt.max(Duration::from_millis(1));
+                state.nack_at = Some(at);
+                self.feedback.timers.insert(NackTimer { at, seq });
+                return;
+            }
+            if self.split.units_seen() {
+                // Copies are coming: the backoff again, with the copy lag as measured now.
+                self.arm(seq, now);
+                return;
+            }
+            // No unit within the wait: the path is taken to be broken, NACK now.
+            state.armed_unmeasured = false;
         }
         let held = state.held();
         let missing = usize::from(k).saturating_sub(held);

@@ -31,7 +31,17 @@ pub(super) struct SplitState {
     /// How much later than a direct packet copies arrive (the copy path's extra delay),
     /// smoothed; NACKs wait this much longer.
     pub(super) copy_lag: Duration,
+    /// A unit of the session has arrived (the copy lag is measured).
+    units_seen: bool,
+    /// Since when a NACK has waited for the first unit.
+    waiting_since: Option<Instant>,
 }
+
+/// How long NACKs wait for the first unit to arrive, in round trips (at least
+/// [`FIRST_COPY_WAIT_MIN`]): beyond it the path is taken to be broken and the member NACKs
+/// (repairs come through the plan the server makes without a member that stopped).
+const FIRST_COPY_WAIT_GRTTS: u32 = 8;
+const FIRST_COPY_WAIT_MIN: Duration = Duration::from_millis(50);
 
 impl SplitState {
     /// The time offset (local arrival - server send) of a packet, microseconds, against the
@@ -52,8 +62,27 @@ impl SplitState {
         self.direct_offset = Some(self.direct_offset.map_or(o, |d| d.min(o)));
     }
 
+    /// A unit of the session has arrived.
+    pub(super) fn units_seen(&self) -> bool {
+        self.units_seen
+    }
+
+    /// Whether a NACK due at `now` waits for the first unit: until one has arrived, the
+    /// copy path's delay is not measured (the copy lag reads 0), and an announce can say the
+    /// first pass has gone by blocks whose copies are still on their way (a zone near the
+    /// server hears the announce long before copies through a far zone's cells reach it).
+    pub(super) fn wait_for_copies(&mut self, now: Instant, grtt: Duration) -> bool {
+        if self.units_seen {
+            return false;
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        let cap = (grtt * FIRST_COPY_WAIT_GRTTS).max(FIRST_COPY_WAIT_MIN);
+        now < since + cap
+    }
+
     /// A unit (possibly a copy of a copy) measures the copy path's extra delay.
     pub(super) fn copy_timing(&mut self, now: Instant, timestamp: u32) {
+        self.units_seen = true;
         let Some(direct) = self.direct_offset else {
             return;
         };

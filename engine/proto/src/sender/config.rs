@@ -96,7 +96,8 @@ pub struct SenderConfig {
     /// Each member's repairs beyond a burst of one block: at most this share of the rate
     /// (docs/wire.md §12.11). More makes it a slow member.
     pub member_repair_share: f64,
-    /// Challenges (Accepts handing out a cookie) sent per second at most.
+    /// Challenges (Accepts handing out a cookie) sent per second at most, after a burst of
+    /// 1,000 or `min_receivers`, whichever is larger.
     pub challenges_per_sec: f64,
 }
 

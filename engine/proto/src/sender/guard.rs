@@ -19,6 +19,17 @@ use crate::wire::{ReceiverId, UNIT_HEADER_LEN};
 pub(super) const CHALLENGES_PER_SEC: f64 = 10_000.0;
 pub(super) const CHALLENGE_BURST: f64 = 1_000.0;
 
+/// The challenge burst for a server that waits for `min_receivers` (and admits at most
+/// `max_receivers`): [`CHALLENGE_BURST`], or the whole group the first pass waits for if
+/// larger, so that a group that starts together is let in at once (each member needs one
+/// challenge; at 3,000 members a burst of 1,000 left 2,000 waiting for the rate, and the first
+/// pass started 200 ms later). The sustained rate stays [`CHALLENGES_PER_SEC`], and a challenge
+/// is still at most 1.15 times the datagram it answers: what a spoofer can reflect off the
+/// server grows by one challenge per expected member, once.
+pub(super) fn challenge_burst(min_receivers: usize, max_receivers: usize) -> f64 {
+    CHALLENGE_BURST.max(min_receivers.min(max_receivers) as f64)
+}
+
 /// Priority requests one member may make per second (and in a burst).
 const PRIORITY_PER_SEC: f64 = 8.0;
 
@@ -915,6 +926,79 @@ mod tests {
             "plan at {:?}, first unit {:?} later, grtt {:?}",
             planned - t0,
             unit_at - planned,
+            s.grtt()
+        );
+    }
+
+    #[test]
+    fn a_group_that_starts_together_is_challenged_at_once_and_a_flood_only_at_the_rate() {
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.max_wait = Duration::from_secs(3600);
+        let group = 3 * CHALLENGE_BURST as usize;
+        s.set_min_receivers(group);
+        let t0 = Instant::now();
+        let solicit = |i: usize| {
+            Packet::Solicit(crate::wire::SolicitRepr {
+                session: SessionId(0),
+                receiver: ReceiverId(i as u64 + 1),
+                cookie: 0,
+                zone: 0,
+            })
+        };
+        let from = |i: usize| SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 7000));
+        // The whole group asks at once, then twice as many spoofed Solicits in the same
+        // instant: each member gets its challenge, the flood nothing.
+        for i in 0..3 * group {
+            send(&mut s, t0, from(i), solicit(i));
+        }
+        let c = accepts(&drain(&mut s, t0));
+        assert_eq!(c.len(), group);
+        assert!(c.iter().all(|(_, a, _)| a.is_challenge()));
+        assert_eq!(s.stats().challenges_dropped, 2 * group as u64);
+        // A flood that goes on gets the sustained rate, not the burst again.
+        let later = t0 + Duration::from_millis(100);
+        for i in 0..group {
+            send(&mut s, later, from(i), solicit(i));
+        }
+        let answered = accepts(&drain(&mut s, later)).len();
+        assert_eq!(answered, (CHALLENGES_PER_SEC / 10.0) as usize);
+    }
+
+    #[test]
+    fn in_split_mode_a_new_plan_goes_three_times_within_two_round_trips() {
+        // A member that misses its Plan forwards nothing (or by an old plan) until the plan is
+        // sent again: a new plan is repeated as the units' hold ends and a round trip later,
+        // not only every plan interval.
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        join(&mut s, t0, addr(A), 1);
+        let mut now = t0;
+        let mut plans = Vec::new();
+        let mut first_unit = None;
+        while now < t0 + Duration::from_millis(400) {
+            for (t, b) in drain(&mut s, now) {
+                if t.payload.is_some() {
+                    first_unit.get_or_insert(now);
+                }
+                if matches!(b.as_deref().map(Packet::parse), Some(Ok(Packet::Plan(_)))) {
+                    assert_eq!(t.destination, Destination::Peer(addr(A)));
+                    plans.push(now);
+                }
+            }
+            now += Duration::from_micros(100);
+        }
+        assert_eq!(plans.len(), 3, "plans at {plans:?}");
+        let first_unit = first_unit.expect("units sent");
+        assert!(
+            plans[1] <= first_unit,
+            "the repeat leaves ahead of the units"
+        );
+        assert!(
+            plans[2] <= plans[0] + s.grtt() * 2,
+            "plans at {:?}, grtt {:?}",
+            plans.iter().map(|t| *t - t0).collect::<Vec<_>>(),
             s.grtt()
         );
     }

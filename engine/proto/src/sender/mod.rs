@@ -230,6 +230,7 @@ impl<S: BlockSource> Sender<S> {
         let cfg_statement = cfg.statement;
         let numbering = BlockNumbering::new(&manifest);
         let blocks = numbering.total();
+        let challenge_burst = guard::challenge_burst(cfg.min_receivers, cfg.max_receivers);
         Ok(Sender {
             split: cfg.split.clone().map(SplitState::new),
             pacer: Pacer::new(cfg.rate, cfg.burst).with_quantum(cfg.pace_quantum),
@@ -252,7 +253,7 @@ impl<S: BlockSource> Sender<S> {
             closing_at: None,
             events: VecDeque::new(),
             stats: SenderStats::default(),
-            challenges: TokenBucket::new(guard::CHALLENGE_BURST),
+            challenges: TokenBucket::new(challenge_burst),
             statement_sig: cfg_statement,
             signed_announce: None,
         })
@@ -344,6 +345,9 @@ impl<S: BlockSource> Sender<S> {
     /// for the receivers it granted the session to.
     pub fn set_min_receivers(&mut self, n: usize) {
         self.cfg.min_receivers = n;
+        // A larger group is let in by a larger burst of challenges.
+        self.challenges
+            .grow_to(guard::challenge_burst(n, self.cfg.max_receivers));
     }
 
     /// Stop: tell the group the session is over.

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Phase, Sender, SenderEvent};
 use crate::split::{self as planner, MemberInfo, SplitConfig};
@@ -51,6 +51,10 @@ pub(super) struct SplitState {
     last_replan: Option<Instant>,
     next_replan: Option<Instant>,
     next_plan_round: Option<Instant>,
+    /// Quick repeats of a new plan still to come after the next round, and the gap between
+    /// them (a round trip to the farthest member).
+    quick_repeats: u8,
+    repeat_gap: Duration,
     pub(super) solicitors: BTreeMap<ReceiverId, Solicitor>,
     fanout: VecDeque<FanOut>,
     /// A new plan holds the units back until it has reached every member (wire.md §14):
@@ -69,6 +73,8 @@ impl SplitState {
             last_replan: None,
             next_replan: None,
             next_plan_round: None,
+            quick_repeats: 0,
+            repeat_gap: Duration::ZERO,
             solicitors: BTreeMap::new(),
             fanout: VecDeque::new(),
             units_from: None,
@@ -204,7 +210,7 @@ impl<S: BlockSource> Sender<S> {
             let Some(sp) = self.split.as_mut() else {
                 return;
             };
-            let plan = planner::plan(&infos, &sp.cfg, grtt);
+            let plan = planner::plan(&infos, &sp.cfg, grtt, &sp.plan);
             sp.dirty = false;
             sp.last_replan = Some(now);
             sp.next_replan = Some(now + sp.cfg.replan_interval);
@@ -229,7 +235,14 @@ impl<S: BlockSource> Sender<S> {
                     });
                 }
                 sp.plan = plan;
-                sp.next_plan_round = Some(now + sp.cfg.plan_interval);
+                // A member that misses its new Plan forwards by its old one (or, missing its
+                // first, not at all): every unit it owns or relays then misses whole cells
+                // until the next round. So a new plan goes again when the hold ends (ahead of
+                // the first units) and once more a round trip later, then every
+                // `plan_interval`.
+                sp.next_plan_round = Some(now + reach);
+                sp.quick_repeats = 1;
+                sp.repeat_gap = reach * 2;
                 // The plans leave now, ahead of any unit (the fan-out goes first). A copy can
                 // travel faster than the server's own packet to a member (a near zone's cells
                 // relay to a far one), and a member forwards by the plan it holds: a unit
@@ -249,7 +262,13 @@ impl<S: BlockSource> Sender<S> {
                     fan: Fan::Plan(m.id),
                 });
             }
-            sp.next_plan_round = Some(now + sp.cfg.plan_interval);
+            let gap = if sp.quick_repeats > 0 {
+                sp.quick_repeats -= 1;
+                sp.repeat_gap
+            } else {
+                sp.cfg.plan_interval
+            };
+            sp.next_plan_round = Some(now + gap);
         }
     }
 
