@@ -153,13 +153,28 @@ fn a_split_run_is_replayed_by_its_seed() {
 /// challenges. Figures: bench/RESULTS.md.
 #[test]
 fn three_thousand_members_through_a_copy_tree_cost_the_server_little_more_than_the_object() {
-    let small = check(SplitSimConfig::at_scale(38, 300));
-    let big = check(SplitSimConfig::at_scale(38, 3000));
+    // Issue 17's figures: 1 % loss on every link, no deaths; at most 1.10x the object from the
+    // server, and within 1.5x the virtual time of 300 members (seeds 37-46: 1.075-1.088x, and
+    // 1.15x the mean time; `split_seeds` runs them).
+    let alive = |members| SplitSimConfig {
+        deaths: Vec::new(),
+        ..SplitSimConfig::at_scale(38, members)
+    };
+    let small = check(alive(300));
+    let big = check(alive(3000));
     let server = big.server_units as f64 / big.object_units as f64;
     let time = big.time.as_secs_f64() / small.time.as_secs_f64();
     eprintln!("3,000 members: server {server:.3}x the object, time {time:.2}x 300 members'");
-    assert!(server <= 1.15, "server sent {server:.3}x the object");
+    assert!(server <= 1.10, "server sent {server:.3}x the object");
     assert!(time <= 1.5, "3,000 members took {time:.2}x the time of 300");
+    // A member of the root cell dying at 40 ms, before the first pass: its cell-mates lose
+    // what it owned until the plan without it (seeds 37-46: 1.068-1.122x).
+    let dead = check(SplitSimConfig::at_scale(38, 3000));
+    let server = dead.server_units as f64 / dead.object_units as f64;
+    assert!(
+        server <= 1.15,
+        "with a death the server sent {server:.3}x the object"
+    );
 }
 
 /// Ten thousand members: run with `cargo test -p blockcast-sim --test split -- --ignored`.

@@ -33,6 +33,10 @@ fn config(name: &str, seed: u64) -> Option<SplitSimConfig> {
         },
         "300" => SplitSimConfig::at_scale(seed, 300),
         "3000" => SplitSimConfig::at_scale(seed, 3000),
+        "300-no-death" => SplitSimConfig {
+            deaths: Vec::new(),
+            ..SplitSimConfig::at_scale(seed, 300)
+        },
         "3000-no-death" => SplitSimConfig {
             deaths: Vec::new(),
             ..SplitSimConfig::at_scale(seed, 3000)
