@@ -75,8 +75,20 @@ pub(crate) struct MemberInfo {
     pub zone: u16,
     /// Measured send->receipt time (direct from the server), if any yet.
     pub rtt: Option<Duration>,
+    /// The least of its last few send->receipt times, once there are two: what the capacity
+    /// weights use ([`RECENT_RTTS`]).
+    pub rtt_floor: Option<Duration>,
     pub loss_ppm: u32,
 }
+
+/// Send->receipt samples a member's [`MemberInfo::rtt_floor`] is the least of. A member's
+/// first notices come while it starts (its output file made and reserved, its first copy
+/// awaited): taken as its capacity, a first sample of 20-40 ms against the others' 1-3 ms gave
+/// it a quarter of their share of the units for the whole run (the namespace bench: one member
+/// forwarding 1.6 times the file, three 0.4). The least of the recent samples is what the
+/// member can do when it is not held up (as BBR's min RTT); a member that slows for good has
+/// every recent sample high, and is planned around as the window moves.
+pub(crate) const RECENT_RTTS: usize = 8;
 
 /// One member's part of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,7 +129,7 @@ const OVERHEAD_FLOOR: Duration = Duration::from_millis(10);
 /// receives (its loss), both floored at a quarter so a slow member still takes part.
 /// Quantized so that small changes in measurements do not change the plan.
 fn weight(m: &MemberInfo, best: Duration, default_rtt: Duration) -> u32 {
-    let rtt = m.rtt.unwrap_or(default_rtt) + OVERHEAD_FLOOR;
+    let rtt = m.rtt_floor.unwrap_or(default_rtt) + OVERHEAD_FLOOR;
     let speed = ((best + OVERHEAD_FLOOR).as_secs_f64() / rtt.as_secs_f64()).clamp(0.25, 1.0);
     let delivery = (1.0 - f64::from(m.loss_ppm) / 1e6).clamp(0.25, 1.0);
     ((speed * delivery * 8.0).round() as u32).clamp(1, 8)
@@ -160,8 +172,16 @@ pub(crate) fn plan(
     }
     // Owner slots for the first cell, by capacity (largest remainder).
     let first = &cells[0];
-    let best = first.iter().map(rtt_of).min().unwrap_or(default_rtt);
-    let weights: Vec<u32> = first.iter().map(|m| weight(m, best, default_rtt)).collect();
+    // A member not measured yet counts as the best measured one of its cell: weighted down
+    // on no evidence, the first plans (made before every first notice is in) gave the
+    // measured members most of the units, and on the namespace bench one member forwarded
+    // 1.5 times the file while another forwarded 0.4 (docs/DESIGN.md, 2026-12-02).
+    let best = first
+        .iter()
+        .filter_map(|m| m.rtt_floor)
+        .min()
+        .unwrap_or(default_rtt);
+    let weights: Vec<u32> = first.iter().map(|m| weight(m, best, best)).collect();
     let total: u32 = weights.iter().sum();
     let mut owners = Vec::with_capacity(OWNER_SLOTS);
     let mut counts: Vec<usize> = weights
@@ -318,10 +338,15 @@ fn designate(
     default_rtt: Duration,
 ) -> (Vec<f64>, Vec<usize>) {
     let rtt_of = |m: &MemberInfo| m.rtt.unwrap_or(default_rtt);
-    let best = to.iter().map(rtt_of).min().unwrap_or(default_rtt);
+    // Not measured yet: as the best measured (see `plan`).
+    let best = to
+        .iter()
+        .filter_map(|m| m.rtt_floor)
+        .min()
+        .unwrap_or(default_rtt);
     let cap: Vec<f64> = to
         .iter()
-        .map(|m| f64::from(weight(m, best, default_rtt)))
+        .map(|m| f64::from(weight(m, best, best)))
         .collect();
     let mut assigned = vec![0.0f64; to.len()];
     let mut named = vec![0usize; from.len()];
@@ -372,6 +397,7 @@ mod tests {
             addr: SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 9000)),
             zone,
             rtt: rtt_ms.map(Duration::from_millis),
+            rtt_floor: rtt_ms.map(Duration::from_millis),
             loss_ppm: 0,
         }
     }

@@ -25,6 +25,11 @@ pub(super) struct Member {
     last_heard: Instant,
     pub(super) complete: bool,
     pub(super) rtt: Option<Duration>,
+    /// Its last send->receipt samples, microseconds, oldest overwritten first, and how many
+    /// it has had: split mode's capacity weights take the least of them
+    /// ([`crate::split::RECENT_RTTS`]).
+    pub(super) recent_rtts: [u32; crate::split::RECENT_RTTS],
+    pub(super) rtt_samples: u32,
     pub(super) loss_ppm: u32,
     /// Its loss rate, smoothed over the notices that reported any (parts per million).
     pub(super) loss_est_ppm: u32,
@@ -172,7 +177,20 @@ impl Member {
             loss_ppm: self.loss_ppm,
         }
     }
+
+    /// The least of its recent send->receipt samples, once it has two
+    /// ([`crate::split::MemberInfo::rtt_floor`]).
+    pub(super) fn rtt_floor(&self) -> Option<Duration> {
+        let n = (self.rtt_samples as usize).min(self.recent_rtts.len());
+        (n >= 2).then(|| {
+            let us = self.recent_rtts[..n].iter().copied().min().unwrap_or(0);
+            Duration::from_micros(u64::from(us))
+        })
+    }
 }
+
+/// Samples in a member's capacity floor.
+const RECENT: usize = crate::split::RECENT_RTTS;
 
 impl<S: BlockSource> Sender<S> {
     /// The status matrix: receivers x blocks, receive and request status.
@@ -418,6 +436,8 @@ impl<S: BlockSource> Sender<S> {
                 last_heard: now,
                 complete: false,
                 rtt: None,
+                recent_rtts: [0; crate::split::RECENT_RTTS],
+                rtt_samples: 0,
                 loss_ppm: 0,
                 loss_est_ppm: 0,
                 overflow_ppm: 0,
@@ -569,9 +589,14 @@ impl<S: BlockSource> Sender<S> {
                 Some(old) => (old * 7 + sample) / 8,
                 None => sample,
             });
-            if first {
-                // Split mode: a first measurement may change the plan (which zone is served
-                // directly, who relays to whom), so plan again soon.
+            let slot = m.rtt_samples as usize % m.recent_rtts.len();
+            m.recent_rtts[slot] = u32::try_from(sample.as_micros()).unwrap_or(u32::MAX);
+            m.rtt_samples = m.rtt_samples.saturating_add(1);
+            // Split mode: a first measurement may change the plan (which zone is served
+            // directly, who relays to whom), and so may the capacity floor once it stands on
+            // two samples and again on a full window: plan again soon.
+            let floor_moved = m.rtt_samples == 2 || m.rtt_samples == RECENT as u32;
+            if first || floor_moved {
                 if let Some(sp) = self.split.as_mut() {
                     sp.dirty = true;
                 }

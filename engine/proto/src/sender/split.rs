@@ -196,6 +196,7 @@ impl<S: BlockSource> Sender<S> {
                     addr: m.addr,
                     zone: m.zone,
                     rtt: m.rtt,
+                    rtt_floor: m.rtt_floor(),
                     loss_ppm: m.loss_ppm,
                 })
                 .collect();
