@@ -229,6 +229,24 @@ fn spawn_edge_only(s: &Setup, dir: &Scratch, ram: &str, name: &str, extra: &[&st
     s.lab.spawn(&s.edge_up, &dir.0, name, a)
 }
 
+/// An edge that exits cleanly on SIGINT (0), then its origin.
+fn stop(edge: &mut Proc, origin: &mut Proc) {
+    edge.interrupt();
+    edge.expect_code(Duration::from_secs(10), 0);
+    origin.interrupt();
+    origin.wait_within(Duration::from_secs(10));
+}
+
+/// A catalog directory in `dir` holding `clip.ts`, an H.264 clip made by ffmpeg (made beside
+/// it and moved in whole, so a scanning origin never sees half of it).
+fn clip_catalog(dir: &Scratch) -> PathBuf {
+    let catalog = dir.path("catalog");
+    std::fs::create_dir_all(&catalog).unwrap();
+    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
+    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    catalog
+}
+
 fn origin_sessions(s: &Setup) -> f64 {
     let out = curl(&s.srv, &[&format!("http://{}:9300/metrics", s.srv.addr)]);
     metric(
@@ -418,10 +436,7 @@ fn an_edge_fills_once_serves_ranges_during_the_fill_and_later_clients_from_disk(
     assert_eq!(restarted["sent_bytes_disk"].as_u64(), Some(size));
     assert_eq!(origin_sessions(&s), sessions_before);
 
-    edge.interrupt();
-    edge.expect_code(Duration::from_secs(10), 0);
-    origin.interrupt();
-    origin.wait_within(Duration::from_secs(10));
+    stop(&mut edge, &mut origin);
 }
 
 #[test]
@@ -431,10 +446,7 @@ fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_re
     }
     let dir = Scratch::new("edge-critical");
     let s = setup("edc", 97);
-    let catalog = dir.path("catalog");
-    std::fs::create_dir_all(&catalog).unwrap();
-    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
-    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    let catalog = clip_catalog(&dir);
     publish(&catalog, "data.bin", 300_000, 3);
     let (mut origin, mut edge, url) = start(&s, &dir, &catalog, 97, "64M", "10M", &[]);
     let full = media::pict_types(&catalog.join("clip.ts"));
@@ -513,10 +525,7 @@ fn the_critical_rendition_of_a_clip_is_key_frames_only_and_a_non_ts_object_is_re
         "415"
     );
 
-    edge.interrupt();
-    edge.expect_code(Duration::from_secs(10), 0);
-    origin.interrupt();
-    origin.wait_within(Duration::from_secs(10));
+    stop(&mut edge, &mut origin);
 }
 
 #[test]
@@ -601,10 +610,7 @@ fn auto_gives_a_client_slower_than_the_clip_key_frames_and_a_fast_client_the_cli
     let mut s = setup("eda", 99);
     let down = 1;
     let slow = s.lab.add_node("slow", down);
-    let catalog = dir.path("catalog");
-    std::fs::create_dir_all(&catalog).unwrap();
-    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
-    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    let catalog = clip_catalog(&dir);
     let clip = std::fs::read(catalog.join("clip.ts")).unwrap();
     let secs = media::duration(&catalog.join("clip.ts"));
     // The slow client's link: two thirds of the clip's bitrate (size over duration).
@@ -724,10 +730,7 @@ fn auto_gives_a_client_slower_than_the_clip_key_frames_and_a_fast_client_the_cli
     assert!(headers(&h).contains("x-rendition: full"), "{}", headers(&h));
     assert_identical(&catalog.join("clip.ts"), &got);
 
-    edge.interrupt();
-    edge.expect_code(Duration::from_secs(10), 0);
-    origin.interrupt();
-    origin.wait_within(Duration::from_secs(10));
+    stop(&mut edge, &mut origin);
 }
 
 #[test]
@@ -824,10 +827,7 @@ fn an_edge_on_a_group_serves_what_is_pushed_there_during_and_after_with_nothing_
     assert_eq!(metric(&text, "blockcast_edge_group_sessions_total"), 1.0);
     promtool_check(&text);
 
-    edge.interrupt();
-    edge.expect_code(Duration::from_secs(10), 0);
-    origin.interrupt();
-    origin.wait_within(Duration::from_secs(10));
+    stop(&mut edge, &mut origin);
 }
 
 #[test]
@@ -837,10 +837,7 @@ fn an_origin_publishing_the_critical_rendition_sends_it_and_the_edge_does_not_ma
     }
     let dir = Scratch::new("edge-origin-critical");
     let s = setup("edo", 101);
-    let catalog = dir.path("catalog");
-    std::fs::create_dir_all(&catalog).unwrap();
-    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
-    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    let catalog = clip_catalog(&dir);
     publish(&catalog, "data.bin", 300_000, 5);
     let clip = std::fs::read(catalog.join("clip.ts")).unwrap();
     let linked = format!(".critical/{}", blake3::hash(&clip).to_hex());
@@ -953,10 +950,7 @@ fn an_origin_publishing_the_critical_rendition_sends_it_and_the_edge_does_not_ma
         metric(&text, "blockcast_edge_renditions_from_origin_total") == 1.0
     });
 
-    edge.interrupt();
-    edge.expect_code(Duration::from_secs(10), 0);
-    origin.interrupt();
-    origin.wait_within(Duration::from_secs(10));
+    stop(&mut edge, &mut origin);
 }
 
 #[test]
@@ -967,10 +961,7 @@ fn auto_switches_a_slow_clients_response_to_key_frames_at_a_key_frame_in_its_mid
     let dir = Scratch::new("edge-switch");
     let mut s = setup("eds", 102);
     let slow = s.lab.add_node("slow", 1);
-    let catalog = dir.path("catalog");
-    std::fs::create_dir_all(&catalog).unwrap();
-    let clip_tmp = media::make_clip(&dir.0, "clip.ts", media::H264);
-    std::fs::rename(&clip_tmp, catalog.join("clip.ts")).unwrap();
+    let catalog = clip_catalog(&dir);
     let clip = std::fs::read(catalog.join("clip.ts")).unwrap();
     let secs = media::duration(&catalog.join("clip.ts"));
     // Two thirds of the clip's bitrate (size over duration).
@@ -1031,10 +1022,7 @@ fn auto_switches_a_slow_clients_response_to_key_frames_at_a_key_frame_in_its_mid
     let st = status(&s.client, &url);
     assert_eq!(st["rendition_switches"], 1, "{st}");
 
-    edge.interrupt();
-    edge.expect_code(Duration::from_secs(10), 0);
-    origin.interrupt();
-    origin.wait_within(Duration::from_secs(10));
+    stop(&mut edge, &mut origin);
 }
 
 #[test]
