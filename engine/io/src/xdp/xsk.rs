@@ -484,45 +484,7 @@ impl XdpSocket {
             socket.fill.local = n as u32 + 1;
         }
         socket.fill.publish(socket.fill.producer);
-        let addr = libc::sockaddr_xdp {
-            sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: libc::XDP_USE_NEED_WAKEUP
-                | if zero_copy {
-                    libc::XDP_ZEROCOPY
-                } else {
-                    libc::XDP_COPY
-                },
-            sxdp_ifindex: ifindex,
-            sxdp_queue_id: queue,
-            sxdp_shared_umem_fd: 0,
-        };
-        // SAFETY: `addr` is a live sockaddr_xdp whose size we pass; the kernel only reads it.
-        let rc = unsafe {
-            libc::bind(
-                raw,
-                (&addr as *const libc::sockaddr_xdp).cast(),
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            let mode = if zero_copy {
-                "XDP_ZEROCOPY"
-            } else {
-                "XDP_COPY"
-            };
-            let err = std::io::Error::last_os_error();
-            let hint = match err.raw_os_error() {
-                Some(libc::EBUSY) => ": another AF_XDP socket is bound to this queue",
-                Some(libc::EOPNOTSUPP) if zero_copy => ": the driver has no zero-copy mode",
-                Some(libc::EINVAL) => ": the interface has no such queue",
-                _ => "",
-            };
-            return Err(IoError::os(
-                "bind(AF_XDP)",
-                format!("queue {queue} of interface index {ifindex}, {mode}{hint}"),
-                err,
-            ));
-        }
+        bind_xsk(raw, ifindex, queue, zero_copy)?;
         Ok(socket)
     }
 
@@ -743,6 +705,51 @@ impl XdpSocket {
             tx_invalid: s.tx_invalid_descs,
         })
     }
+}
+
+/// Binds the AF_XDP socket `raw` to queue `queue` of interface `ifindex`, in zero-copy or copy
+/// mode, with the kernel's reason (and what it usually means) if it refuses.
+fn bind_xsk(raw: libc::c_int, ifindex: u32, queue: u32, zero_copy: bool) -> Result<(), IoError> {
+    let addr = libc::sockaddr_xdp {
+        sxdp_family: libc::AF_XDP as u16,
+        sxdp_flags: libc::XDP_USE_NEED_WAKEUP
+            | if zero_copy {
+                libc::XDP_ZEROCOPY
+            } else {
+                libc::XDP_COPY
+            },
+        sxdp_ifindex: ifindex,
+        sxdp_queue_id: queue,
+        sxdp_shared_umem_fd: 0,
+    };
+    // SAFETY: `addr` is a live sockaddr_xdp whose size we pass; the kernel only reads it.
+    let rc = unsafe {
+        libc::bind(
+            raw,
+            (&addr as *const libc::sockaddr_xdp).cast(),
+            std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let mode = if zero_copy {
+            "XDP_ZEROCOPY"
+        } else {
+            "XDP_COPY"
+        };
+        let err = std::io::Error::last_os_error();
+        let hint = match err.raw_os_error() {
+            Some(libc::EBUSY) => ": another AF_XDP socket is bound to this queue",
+            Some(libc::EOPNOTSUPP) if zero_copy => ": the driver has no zero-copy mode",
+            Some(libc::EINVAL) => ": the interface has no such queue",
+            _ => "",
+        };
+        return Err(IoError::os(
+            "bind(AF_XDP)",
+            format!("queue {queue} of interface index {ifindex}, {mode}{hint}"),
+            err,
+        ));
+    }
+    Ok(())
 }
 
 // SAFETY: the raw pointers refer to mappings this value owns and frees; every access goes

@@ -305,17 +305,8 @@ fn respond(
         return short(stream, head_only, 404, &[], "not found\n");
     };
     let name = path.strip_prefix('/').unwrap_or(&path);
-    if name == "status" {
-        let body = serde_json::to_string_pretty(&edge.status(true)).unwrap_or_default() + "\n";
-        return document(stream, head_only, "application/json", &body, keep);
-    }
-    if name.is_empty() {
-        let mut body = String::new();
-        for (n, size) in edge.names() {
-            let size = size.map_or_else(|| "-".to_string(), |s| s.to_string());
-            body += &format!("{}\t{size}\n", crate::names::escaped(&n));
-        }
-        return document(stream, head_only, "text/plain; charset=utf-8", &body, keep);
+    if let Some(done) = listing(edge, stream, name, head_only, keep) {
+        return done;
     }
     if !blockcast_proto::wire::valid_name(name) {
         return short(stream, head_only, 404, &[], "not found\n");
@@ -429,6 +420,36 @@ fn respond(
         record_rate(edge, stream, peer, before, body_started);
     }
     Ok(true)
+}
+
+/// `/status` (the controller's view, JSON) and `/` (every name and its size): the answer, or
+/// `None` for an object's name.
+fn listing(
+    edge: &Arc<Edge>,
+    stream: &mut TcpStream,
+    name: &str,
+    head_only: bool,
+    keep: bool,
+) -> Option<io::Result<bool>> {
+    if name == "status" {
+        let body = serde_json::to_string_pretty(&edge.status(true)).unwrap_or_default() + "\n";
+        return Some(document(stream, head_only, "application/json", &body, keep));
+    }
+    if name.is_empty() {
+        let mut body = String::new();
+        for (n, size) in edge.names() {
+            let size = size.map_or_else(|| "-".to_string(), |s| s.to_string());
+            body += &format!("{}\t{size}\n", crate::names::escaped(&n));
+        }
+        return Some(document(
+            stream,
+            head_only,
+            "text/plain; charset=utf-8",
+            &body,
+            keep,
+        ));
+    }
+    None
 }
 
 /// Answers with a full-rendition response that may switch to the critical one
