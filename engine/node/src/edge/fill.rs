@@ -92,34 +92,44 @@ impl Edge {
         };
         let rcfg = crate::fetch::receive_config(&fetch_cfg, group, staging.clone(), grant.hash)
             .map_err(|e| EdgeError::Origin(e.to_string()))?;
+        let (r, copied) = self.receive_beside(&rcfg, |p, stop| self.copy_blocks(obj, p, stop));
+        let copied =
+            copied.unwrap_or_else(|| Err(EdgeError::Origin("the fill's copier panicked".into())));
+        let _ = std::fs::remove_dir_all(&staging);
+        match (r, copied) {
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(EdgeError::Origin(e.to_string())),
+            (Ok(_), Ok(())) => Ok(()),
+        }
+    }
+
+    /// Receives the session `rcfg` names (stopped when the edge stops) with a copier beside
+    /// it on its own thread, which takes the blocks the receive publishes until the receive
+    /// ends or the stop is set. The receive's result, and the copier's (`None`: it panicked).
+    pub(super) fn receive_beside<T: Send>(
+        &self,
+        rcfg: &crate::receive::ReceiveConfig,
+        copier: impl FnOnce(&Published, &AtomicBool) -> T + Send,
+    ) -> (Result<crate::receive::ReceiveSummary, NodeError>, Option<T>) {
         let published = Arc::new(Published::default());
-        let fill_stop = AtomicBool::new(false);
-        let result = std::thread::scope(|s| {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
             let copier = {
-                let (p, fill_stop) = (published.clone(), &fill_stop);
-                s.spawn(move || self.copy_blocks(obj, &p, fill_stop))
+                let (p, stop) = (published.clone(), &stop);
+                s.spawn(move || copier(&p, stop))
             };
             let r = crate::receive::receive_shared(
-                &rcfg,
-                &fill_stop,
+                rcfg,
+                &stop,
                 &mut |_| {
                     if self.is_stopping() {
-                        fill_stop.store(true, Ordering::Relaxed);
+                        stop.store(true, Ordering::Relaxed);
                     }
                 },
                 published.clone(),
             );
-            let copied = copier
-                .join()
-                .unwrap_or(Err(EdgeError::Origin("the fill's copier panicked".into())));
-            match (r, copied) {
-                (_, Err(e)) => Err(e),
-                (Err(e), Ok(())) => Err(EdgeError::Origin(e.to_string())),
-                (Ok(_), Ok(())) => Ok(()),
-            }
-        });
-        let _ = std::fs::remove_dir_all(&staging);
-        result
+            (r, copier.join().ok())
+        })
     }
 
     /// The origin fill's copier: checks that the session carries `obj` alone, then puts each

@@ -12,7 +12,7 @@
 
 use super::fill::CopyTarget;
 use super::*;
-use crate::receive::{receive_shared, ReceiveConfig};
+use crate::receive::ReceiveConfig;
 
 /// What a member has taken from one group, for `/status`.
 #[derive(Debug, Default)]
@@ -107,28 +107,12 @@ impl Edge {
             overwrite: true,
             datapath: crate::Datapath::Socket,
         };
-        let published = Arc::new(Published::default());
-        let session_stop = AtomicBool::new(false);
-        let (received, copied) = std::thread::scope(|s| {
-            let copier = {
-                let (p, session_stop) = (published.clone(), &session_stop);
-                let taken = &*taken;
-                s.spawn(move || self.copy_session(group, counters, &p, session_stop, taken))
-            };
-            let r = receive_shared(
-                &rcfg,
-                &session_stop,
-                &mut |_| {
-                    if self.is_stopping() {
-                        session_stop.store(true, Ordering::Relaxed);
-                    }
-                },
-                published.clone(),
-            );
-            // The copier ends with the receive (published ends it).
-            let copied = copier.join().unwrap_or(Copied::Nothing);
-            (r, copied)
+        let taken_now = &*taken;
+        // The copier ends with the receive (published ends it).
+        let (received, copied) = self.receive_beside(&rcfg, |p, stop| {
+            self.copy_session(group, counters, p, stop, taken_now)
         });
+        let copied = copied.unwrap_or(Copied::Nothing);
         counters.receiving.store(false, Ordering::Relaxed);
         match (received, copied) {
             (_, Copied::AlreadyTaken) => Ok(true),
