@@ -392,7 +392,7 @@ impl<S: BlockSource> Sender<S> {
         let was_done = self.first_pass_done();
         let from = self.first_pass.external_sent;
         self.first_pass.external_sent = sent_before.min(self.numbering.total());
-        self.tail_fec(from, self.first_pass.external_sent);
+        self.tail_fec(now, from, self.first_pass.external_sent);
         if !was_done && self.first_pass_done() {
             self.first_pass_over();
         }
@@ -480,7 +480,7 @@ impl<S: BlockSource> Sender<S> {
             })
         };
         if next_unit >= units {
-            self.tail_fec(seq, seq + 1);
+            self.tail_fec(now, seq, seq + 1);
         }
         if self.first_pass.next.is_none() {
             self.first_pass_over();

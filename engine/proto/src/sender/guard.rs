@@ -722,6 +722,34 @@ mod tests {
     }
 
     #[test]
+    fn a_small_group_s_tail_repairs_go_twice_and_without_parity() {
+        // One member, the first pass over: the unit it lost goes twice (a copy lost would cost
+        // a round trip at the end), and no parity goes with it (a decode of the block).
+        let (mut s, cookie, now) = one_member_after_the_first_pass();
+        let p = Packet::Nack(NackRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(1),
+            cookie,
+            entries: vec![NackEntry {
+                object: ObjectId(0),
+                block: BlockIndex(3),
+                missing: 1,
+                parity_seen: 0,
+                holes: Holes::Ranges(vec![(2, 1)]),
+            }],
+        });
+        send(&mut s, now, addr(A), p);
+        let mut sent = 0;
+        for i in 1..=10 {
+            sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
+        }
+        assert_eq!(sent, 2, "{:?}", s.stats());
+        assert_eq!(s.stats().tail_copies, 1);
+        assert_eq!(s.stats().parity_units, 0);
+        assert_eq!(s.stats().repair_denied, 0);
+    }
+
+    #[test]
     fn a_member_that_lost_a_burst_gets_all_of_it_repaired_at_once() {
         let (mut s, cookie, now) = one_member_after_the_first_pass();
         // 5 % of the first pass lost at once (a socket buffer that overflowed): more than one

@@ -33,6 +33,11 @@ const TAIL_GRTTS: u32 = 8;
 /// it. Each costs a receiver that lost any of it a decode of the block, so no more than that.
 const FEC_GRTTS: u32 = 4;
 
+/// What a receiver decodes of a block from parity per second, on one core: a 749-unit block
+/// of 1,400-byte units (1 MiB) takes 1.46 ms whatever it lost (bench/RESULTS.md, "Hot
+/// paths"), against 0.4 ms to encode and about 0.2 ms to hash it.
+const DECODE_BYTES_PER_SEC: f64 = 700e6;
+
 /// The most loss a member's estimate may claim for the tail's extra parity (parts per
 /// million): a member reporting more gets no more.
 const TAIL_LOSS_CAP_PPM: u32 = 100_000;
@@ -47,6 +52,13 @@ fn tail_parity(units: u64, loss_ppm: u32) -> u16 {
     let p = f64::from(loss_ppm.min(TAIL_LOSS_CAP_PPM)) / 1e6;
     let mean = units as f64 * p;
     (mean + 2.0 * mean.sqrt()).ceil().min(f64::from(u16::MAX)) as u16
+}
+
+/// A repair sent in the tail to a small group, to go once more ([`Repair::again`]).
+#[derive(Clone, Copy, Debug)]
+enum Again {
+    Original(u16),
+    Xor([u16; XOR_WIDTH], usize),
 }
 
 /// What one receiver's latest NACK for a block asked for, for XOR repairs.
@@ -80,6 +92,11 @@ pub(super) struct Repair {
     queued: bool,
     /// Who pays for what is queued.
     shares: Shares,
+    /// Originals and XOR repairs go twice ([`Sender::tail_copies`]): a NACK in a small
+    /// group's tail asked for them, and its member paid for both.
+    twice: bool,
+    /// Those sent once so far, to go again after the block's other repairs.
+    again: Vec<Again>,
 }
 
 impl Repair {
@@ -432,6 +449,12 @@ impl<S: BlockSource> Sender<S> {
             self.tail_extra(now, receiver, seq, adds, units, q.cost)
         };
         q.cost += f64::from(extra);
+        let twice = !whole
+            && !matches!(how, How::Parity(_))
+            && self.tail_copies(now, receiver, allowance, q.cost);
+        if twice {
+            q.cost *= 2.0;
+        }
         if !self.pay_share(now, receiver, allowance, seq, q, units) {
             return;
         }
@@ -441,6 +464,7 @@ impl<S: BlockSource> Sender<S> {
         let Some(r) = self.repairs.blocks.get_mut(&seq) else {
             return;
         };
+        r.twice |= twice;
         match how {
             How::Parity(n) => r.parity_end += n,
             How::Xor(list) => {
@@ -496,7 +520,9 @@ impl<S: BlockSource> Sender<S> {
         units: u64,
         cost: f64,
     ) -> u16 {
-        if !self.in_tail() {
+        // A small group's repairs are originals and XOR repairs; in the tail they go twice
+        // ([`Repair::again`]) instead of with parity.
+        if !self.in_tail() || self.repairs.by_originals {
             return 0;
         }
         let allowance = self.allowance();
@@ -523,9 +549,15 @@ impl<S: BlockSource> Sender<S> {
     /// the pass should leave little to NACK. The count is [`tail_parity`] of the block's units
     /// at the highest smoothed loss among the members still receiving (capped); nothing where
     /// nobody reports loss. It is the server's own choice, charged to nobody, and bounded by
-    /// the blocks in the tail and `max_parity`.
-    pub(super) fn tail_fec(&mut self, from: u64, to: u64) {
+    /// the blocks in the tail and `max_parity`. Not for a small group (repairs by originals):
+    /// parity there costs each receiver a decode of the whole block, at 0.7 GB/s on one core
+    /// about 1.5 ms per MiB, more than the round trip it saves on a LAN (docs/DESIGN.md
+    /// 2026-12-02, "the tail of a small group").
+    pub(super) fn tail_fec(&mut self, now: Instant, from: u64, to: u64) {
         if from >= to || self.split.is_some() || !self.pass_ends_within(FEC_GRTTS) {
+            return;
+        }
+        if self.repair_by_originals(now) && !self.decode_beats_round_trip(from) {
             return;
         }
         let loss = self
@@ -548,6 +580,37 @@ impl<S: BlockSource> Sender<S> {
                 self.queue_parity(seq, n);
             }
         }
+    }
+
+    /// Whether a repair costing `cost` that `receiver` asked for goes twice: in a small
+    /// group's tail (repairs by originals, the first pass over or ending within
+    /// [`TAIL_GRTTS`]), where one of them lost costs a NACK round trip at the end of the
+    /// transfer, if the member's budget stretches to both. Parity covered such a loss before,
+    /// but costs every receiver that uses it a decode of the whole block (docs/DESIGN.md
+    /// 2026-12-02, "the tail of a small group").
+    fn tail_copies(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        allowance: Allowance,
+        cost: f64,
+    ) -> bool {
+        if !self.repairs.by_originals || !self.in_tail() {
+            return false;
+        }
+        self.membership
+            .members
+            .get_mut(&receiver)
+            .is_some_and(|m| affords(m, now, allowance, cost * 2.0))
+    }
+
+    /// Whether a receiver decodes block `seq` from parity in less than the round trip a
+    /// NACK for it would add ([`DECODE_BYTES_PER_SEC`]).
+    fn decode_beats_round_trip(&self, seq: u64) -> bool {
+        let len = self
+            .numbering
+            .block_len(seq.min(self.numbering.total().saturating_sub(1)));
+        (len as f64 / DECODE_BYTES_PER_SEC) < self.grtt().as_secs_f64()
     }
 
     /// Whether a repair queued now is in the tail ([`TAIL_GRTTS`]): the first pass is over,
@@ -635,6 +698,9 @@ impl<S: BlockSource> Sender<S> {
                 if let Some(u) = orig.iter_ones().next() {
                     orig.clear(u);
                     r.shares.sent(u as u32);
+                    if r.twice && !r.whole {
+                        r.again.push(Again::Original(u as u16));
+                    }
                     if orig.count_ones() == 0 {
                         r.whole_sent_at = Some(now);
                         if std::mem::take(&mut r.whole) {
@@ -663,6 +729,9 @@ impl<S: BlockSource> Sender<S> {
                 for &u in &units[..n] {
                     r.shares.sent(u32::from(u));
                 }
+                if r.twice && n > 0 {
+                    r.again.push(Again::Xor(units, n));
+                }
                 r.wants.retain(|w| !w.units.is_empty());
                 if r.wants.is_empty() {
                     r.gather_until = None;
@@ -673,8 +742,18 @@ impl<S: BlockSource> Sender<S> {
                     _ => self.xor_unit(buf, seq, units, n),
                 };
             }
+            if let Some(a) = r.again.pop() {
+                self.stats.tail_copies += 1;
+                return match a {
+                    Again::Original(u) | Again::Xor([u, ..], 1) => {
+                        self.data_unit(now, buf, seq, u, true)
+                    }
+                    Again::Xor(units, n) => self.xor_unit(buf, seq, units, n),
+                };
+            }
             r.gather_until = None;
             r.queued = false;
+            r.twice = false;
             r.shares.clear();
             self.repairs.queue.pop_front();
         }
