@@ -201,6 +201,29 @@ impl<S: BlockSource> Sender<S> {
             .count()
     }
 
+    /// Datagram bytes of the repairs queued and ready to go (blocks still gathering NACKs
+    /// for their XOR repairs count once they are done): parity, originals, one XOR repair per
+    /// unit a member wants (an upper bound), and tail copies.
+    pub fn repair_backlog_bytes(&self) -> u64 {
+        let now = self.repairs.now;
+        let datagram = (UNIT_HEADER_LEN + usize::from(self.cfg.geometry.unit_size)) as u64;
+        let gathering = |r: &Repair| !self.first_pass_done() && r.gathering(now).is_some();
+        let units: u64 = self
+            .repairs
+            .queue
+            .iter()
+            .filter_map(|s| self.repairs.blocks.get(s))
+            .filter(|r| !gathering(r))
+            .map(|r| {
+                let parity = u64::from(r.parity_end.saturating_sub(r.parity_next));
+                let originals = r.originals.as_ref().map_or(0, |o| o.count_ones()) as u64;
+                let wanted: usize = r.wants.iter().map(|w| w.units.len()).sum();
+                parity + originals + wanted as u64 + r.again.len() as u64
+            })
+            .sum();
+        units * datagram
+    }
+
     /// A NACK from a member: each block it names joins that block's repairs.
     pub(super) fn on_nack(&mut self, now: Instant, n: &NackRepr) {
         if self.heard_from(now, n.receiver).is_none() {
