@@ -33,11 +33,6 @@ const TAIL_GRTTS: u32 = 8;
 /// it. Each costs a receiver that lost any of it a decode of the block, so no more than that.
 const FEC_GRTTS: u32 = 4;
 
-/// What a receiver decodes of a block from parity per second, on one core: a 749-unit block
-/// of 1,400-byte units (1 MiB) takes 1.46 ms whatever it lost (bench/RESULTS.md, "Hot
-/// paths"), against 0.4 ms to encode and about 0.2 ms to hash it.
-const DECODE_BYTES_PER_SEC: f64 = 700e6;
-
 /// The most loss a member's estimate may claim for the tail's extra parity (parts per
 /// million): a member reporting more gets no more.
 const TAIL_LOSS_CAP_PPM: u32 = 100_000;
@@ -573,14 +568,15 @@ impl<S: BlockSource> Sender<S> {
     /// at the highest smoothed loss among the members still receiving (capped); nothing where
     /// nobody reports loss. It is the server's own choice, charged to nobody, and bounded by
     /// the blocks in the tail and `max_parity`. Not for a small group (repairs by originals):
-    /// parity there costs each receiver a decode of the whole block, at 0.7 GB/s on one core
-    /// about 1.5 ms per MiB, more than the round trip it saves on a LAN (docs/DESIGN.md
-    /// 2026-12-02, "the tail of a small group").
+    /// parity there costs each receiver that lost any of the block a decode of all of it
+    /// (1.46 ms per MiB on one core, whatever was lost: 7x the hash), and across namespaces,
+    /// where the receivers share the cores, that decode cost more time than the NACK round
+    /// trip it saves (docs/DESIGN.md 2026-12-02, "the tail of a small group").
     pub(super) fn tail_fec(&mut self, now: Instant, from: u64, to: u64) {
         if from >= to || self.split.is_some() || !self.pass_ends_within(FEC_GRTTS) {
             return;
         }
-        if self.repair_by_originals(now) && !self.decode_beats_round_trip(from) {
+        if self.repair_by_originals(now) {
             return;
         }
         let loss = self
@@ -625,15 +621,6 @@ impl<S: BlockSource> Sender<S> {
             .members
             .get_mut(&receiver)
             .is_some_and(|m| affords(m, now, allowance, cost * 2.0))
-    }
-
-    /// Whether a receiver decodes block `seq` from parity in less than the round trip a
-    /// NACK for it would add ([`DECODE_BYTES_PER_SEC`]).
-    fn decode_beats_round_trip(&self, seq: u64) -> bool {
-        let len = self
-            .numbering
-            .block_len(seq.min(self.numbering.total().saturating_sub(1)));
-        (len as f64 / DECODE_BYTES_PER_SEC) < self.grtt().as_secs_f64()
     }
 
     /// Whether a repair queued now is in the tail ([`TAIL_GRTTS`]): the first pass is over,
