@@ -223,6 +223,8 @@ pub struct SimReport {
     pub parity_units: u64,
     /// Of those, parity added to repairs in the tail for the repairs' own loss.
     pub tail_parity: u64,
+    /// Originals and XOR repairs sent twice in a small group's tail.
+    pub tail_copies: u64,
     pub data_bytes: u64,
     pub parity_bytes: u64,
     pub nack_packets: u64,
@@ -497,6 +499,7 @@ fn count_sends(
     report.xor_units = s.xor_units;
     report.parity_units = s.parity_units;
     report.tail_parity = s.tail_parity;
+    report.tail_copies = s.tail_copies;
     report.data_bytes = s.data_bytes + stripes.1;
     report.parity_bytes = s.parity_bytes;
     report.nack_packets = s.nacks;

@@ -51,6 +51,10 @@ struct SocketCounts {
     dropped: u32,
 }
 
+/// The first repeat of an unanswered join; later ones wait twice as long each, up to
+/// [`ReceiverConfig::join_interval`](super::ReceiverConfig::join_interval).
+const FIRST_JOIN_RETRY: Duration = Duration::from_millis(10);
+
 /// The NACK timers, the out-queue, and what the next receipt notice reports.
 pub(super) struct Feedback {
     pub(super) timers: BTreeSet<NackTimer>,
@@ -59,6 +63,8 @@ pub(super) struct Feedback {
     /// A priority request made before the server accepted us.
     held_priority: Option<PriorityRepr>,
     pub(super) next_join: Option<Instant>,
+    /// Joins sent since the last accept or new source (the retry interval doubles with each).
+    join_tries: u32,
     pub(super) next_receipt: Option<Instant>,
     pub(super) complete_acked: bool,
     complete_tries: u32,
@@ -88,6 +94,7 @@ impl Feedback {
             out: VecDeque::new(),
             held_priority: None,
             next_join: None,
+            join_tries: 0,
             next_receipt: None,
             complete_acked: false,
             complete_tries: 0,
@@ -115,6 +122,7 @@ impl Feedback {
         self.echo = None;
         self.next_receipt = None;
         self.next_join = join;
+        self.join_tries = 0;
         self.socket = SocketCounts::default();
         self.socket_at_receipt = SocketCounts::default();
         self.runs_from = 0;
@@ -223,8 +231,7 @@ impl<S: BlockStore> Receiver<S> {
         if self.cfg.split.is_some() && self.manifest.is_none() {
             self.split.solicit_now();
         } else if self.feedback.next_join.is_some() {
-            self.feedback.out.push_back(Out::Join);
-            self.feedback.next_join = Some(now + self.cfg.join_interval.max(self.grtt() * 2));
+            self.send_join(now);
         }
     }
 
@@ -239,6 +246,7 @@ impl<S: BlockStore> Receiver<S> {
             self.cookie = a.cookie;
             self.row = Some(a.row);
             self.feedback.next_join = None;
+            self.feedback.join_tries = 0;
             self.events
                 .push_back(ReceiverEvent::Accepted { row: a.row });
             // Holding blocks already (a resumed receive), the first notice goes at once: the
@@ -294,6 +302,23 @@ impl<S: BlockStore> Receiver<S> {
         self.feedback.timers.insert(NackTimer { at, seq });
     }
 
+    /// Queues a join and sets when to repeat it: [`FIRST_JOIN_RETRY`] after the first,
+    /// doubling up to `join_interval`, jittered (a group that heard the same announce does
+    /// not repeat together), and never sooner than two GRTTs. Each step of the handshake (the
+    /// join, the challenge, the join with the cookie, the accept) can be lost; waiting the
+    /// whole interval for each made a lossy start up to 100 ms later per loss (measured,
+    /// docs/DESIGN.md 2026-12-02).
+    fn send_join(&mut self, now: Instant) {
+        self.feedback.out.push_back(Out::Join);
+        let tries = self.feedback.join_tries.min(16);
+        self.feedback.join_tries = self.feedback.join_tries.saturating_add(1);
+        let base = FIRST_JOIN_RETRY
+            .saturating_mul(1 << tries)
+            .min(self.cfg.join_interval);
+        let jittered = base.mul_f64(0.75 + 0.5 * self.rng.unit());
+        self.feedback.next_join = Some(now + jittered.max(self.grtt() * 2));
+    }
+
     fn receipt_interval(&mut self) -> Duration {
         let spread = f64::from(self.group_size()) / self.cfg.group_receipt_rate.max(1.0);
         let base = self.cfg.min_receipt_interval.as_secs_f64().max(spread);
@@ -304,8 +329,7 @@ impl<S: BlockStore> Receiver<S> {
     /// Timers: a join until accepted, receipt notices once accepted, and NACK timers.
     pub(super) fn feedback_timeout(&mut self, now: Instant) {
         if self.feedback.next_join.is_some_and(|t| now >= t) && self.row.is_none() {
-            self.feedback.out.push_back(Out::Join);
-            self.feedback.next_join = Some(now + self.cfg.join_interval.max(self.grtt() * 2));
+            self.send_join(now);
         }
         if self.feedback.next_receipt.is_some_and(|t| now >= t) && self.row.is_some() {
             if self.complete && self.cfg.split.is_some() {

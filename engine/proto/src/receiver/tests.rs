@@ -426,3 +426,40 @@ fn a_receiver_with_nothing_to_tell_does_not_answer_its_accept_with_a_notice() {
         "the usual first notice"
     );
 }
+
+#[test]
+fn an_unanswered_join_is_repeated_soon_then_less_and_less_often() {
+    let c = content(4);
+    let m = manifest(&c);
+    let store = Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks::default(),
+        bytes: Vec::new(),
+        finals: Vec::new(),
+    };
+    let mut r = receiver(store, true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    assert_eq!(joins(&sent(&mut r, t0)), 1);
+    // No answer (the challenge or the accept lost on the way): when the join goes again.
+    let at: Vec<u64> = (1..=400)
+        .filter(|&ms| joins(&sent(&mut r, t0 + Duration::from_millis(ms))) > 0)
+        .collect();
+    // 10 ms after the first (jittered by a quarter), not a whole join interval (100 ms).
+    assert!((7..=13).contains(&at[0]), "{at:?}");
+    let gaps: Vec<u64> = std::iter::once(at[0])
+        .chain(at.windows(2).map(|w| w[1] - w[0]))
+        .collect();
+    // Each wait about twice the one before, up to the interval.
+    assert!((14..=26).contains(&gaps[1]), "{gaps:?}");
+    assert!(gaps.iter().all(|&g| g <= 126), "{gaps:?}");
+    assert!(gaps[gaps.len() - 1] >= 74, "{gaps:?}");
+    // Accepted: no more joins.
+    let now = t0 + Duration::from_millis(400);
+    accept(&mut r, 3, now);
+    let later: usize = (401..=800)
+        .map(|ms| joins(&sent(&mut r, t0 + Duration::from_millis(ms))))
+        .sum();
+    assert_eq!(later, 0);
+}

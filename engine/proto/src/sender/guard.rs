@@ -44,9 +44,12 @@ const AHEAD_PER_SEC: f64 = 4.0;
 /// honest receiver loses in bursts (a socket buffer that overflowed while its thread was not
 /// scheduled: 5 % of a first pass at once on loopback), and the whole link is the fastest way
 /// to mend that. Beyond it, a burst and a share of the rate ([`charge`]). A member that claims
-/// to miss everything gets this once (1/19 of the first pass, its own repairs counted) plus
-/// its share: within the 1.10x that docs/SECURITY.md promises.
-const LOSS_ALLOWANCE: f64 = 1.0 / 20.0;
+/// to miss everything gets this once (1/17 of the first pass, its own repairs counted) plus
+/// its share: within the 1.10x that docs/SECURITY.md promises. 1/18, not 1/20: an honest
+/// receiver losing 5 % needs 5.26 % of what was sent (it loses its repairs too), and at 1/20
+/// it was held to its bucket from the middle of the transfer on: 58,000 units refused in
+/// the simulator and a tail of 70 ms at 120 MB/s, none at 1/18 (docs/DESIGN.md 2026-12-02).
+const LOSS_ALLOWANCE: f64 = 1.0 / 18.0;
 
 /// A slow member whose reported progress has not moved for this long (or for two blocks'
 /// time at its share of the rate, if longer) is dropped once every other member is complete.
@@ -695,8 +698,9 @@ mod tests {
         assert_eq!(s.stats().data_units, 256);
         let p = every_block_nack(&s, 1, cookie);
         send(&mut s, now, addr(A), p);
-        // What an honest receiver may have lost at once, then its burst.
-        let burst = (256.0 * LOSS_ALLOWANCE) as u64 + s.repair_burst() as u64;
+        // What an honest receiver may have lost at once, then its burst, in whole blocks (a
+        // NACK entry is granted whole or not at all).
+        let burst = ((256.0 * LOSS_ALLOWANCE + s.repair_burst()) / 4.0) as u64 * 4;
         assert_eq!(s.stats().repair_denied, 256 - burst);
         let mut sent = 0;
         for i in 1..=40 {
@@ -719,6 +723,34 @@ mod tests {
             s.stats(),
             s.debug_state()
         );
+    }
+
+    #[test]
+    fn a_small_group_s_tail_repairs_go_twice_and_without_parity() {
+        // One member, the first pass over: the unit it lost goes twice (a copy lost would cost
+        // a round trip at the end), and no parity goes with it (a decode of the block).
+        let (mut s, cookie, now) = one_member_after_the_first_pass();
+        let p = Packet::Nack(NackRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(1),
+            cookie,
+            entries: vec![NackEntry {
+                object: ObjectId(0),
+                block: BlockIndex(3),
+                missing: 1,
+                parity_seen: 0,
+                holes: Holes::Ranges(vec![(2, 1)]),
+            }],
+        });
+        send(&mut s, now, addr(A), p);
+        let mut sent = 0;
+        for i in 1..=10 {
+            sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
+        }
+        assert_eq!(sent, 2, "{:?}", s.stats());
+        assert_eq!(s.stats().tail_copies, 1);
+        assert_eq!(s.stats().parity_units, 0);
+        assert_eq!(s.stats().repair_denied, 0);
     }
 
     #[test]

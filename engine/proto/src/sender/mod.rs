@@ -104,6 +104,9 @@ pub struct SenderStats {
     /// Parity units added to repairs in the tail for the repairs' own loss (counted in
     /// `parity_units` as they go).
     pub tail_parity: u64,
+    /// Originals and XOR repairs sent a second time in a small group's tail (counted in
+    /// `repair_units` or `xor_units` as they go).
+    pub tail_copies: u64,
     pub announces: u64,
     pub manifest_chunks: u64,
     pub control_sent: u64,

@@ -49,6 +49,13 @@ fn tail_parity(units: u64, loss_ppm: u32) -> u16 {
     (mean + 2.0 * mean.sqrt()).ceil().min(f64::from(u16::MAX)) as u16
 }
 
+/// A repair sent in the tail to a small group, to go once more ([`Repair::again`]).
+#[derive(Clone, Copy, Debug)]
+enum Again {
+    Original(u16),
+    Xor([u16; XOR_WIDTH], usize),
+}
+
 /// What one receiver's latest NACK for a block asked for, for XOR repairs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Wanted {
@@ -80,6 +87,11 @@ pub(super) struct Repair {
     queued: bool,
     /// Who pays for what is queued.
     shares: Shares,
+    /// Originals and XOR repairs go twice ([`Sender::tail_copies`]): a NACK in a small
+    /// group's tail asked for them, and its member paid for both.
+    twice: bool,
+    /// Those sent once so far, to go again after the block's other repairs.
+    again: Vec<Again>,
 }
 
 impl Repair {
@@ -182,6 +194,29 @@ impl<S: BlockSource> Sender<S> {
                     .is_none()
             })
             .count()
+    }
+
+    /// Datagram bytes of the repairs queued and ready to go (blocks still gathering NACKs
+    /// for their XOR repairs count once they are done): parity, originals, one XOR repair per
+    /// unit a member wants (an upper bound), and tail copies.
+    pub fn repair_backlog_bytes(&self) -> u64 {
+        let now = self.repairs.now;
+        let datagram = (UNIT_HEADER_LEN + usize::from(self.cfg.geometry.unit_size)) as u64;
+        let gathering = |r: &Repair| !self.first_pass_done() && r.gathering(now).is_some();
+        let units: u64 = self
+            .repairs
+            .queue
+            .iter()
+            .filter_map(|s| self.repairs.blocks.get(s))
+            .filter(|r| !gathering(r))
+            .map(|r| {
+                let parity = u64::from(r.parity_end.saturating_sub(r.parity_next));
+                let originals = r.originals.as_ref().map_or(0, |o| o.count_ones()) as u64;
+                let wanted: usize = r.wants.iter().map(|w| w.units.len()).sum();
+                parity + originals + wanted as u64 + r.again.len() as u64
+            })
+            .sum();
+        units * datagram
     }
 
     /// A NACK from a member: each block it names joins that block's repairs.
@@ -432,6 +467,12 @@ impl<S: BlockSource> Sender<S> {
             self.tail_extra(now, receiver, seq, adds, units, q.cost)
         };
         q.cost += f64::from(extra);
+        let twice = !whole
+            && !matches!(how, How::Parity(_))
+            && self.tail_copies(now, receiver, allowance, q.cost);
+        if twice {
+            q.cost *= 2.0;
+        }
         if !self.pay_share(now, receiver, allowance, seq, q, units) {
             return;
         }
@@ -441,6 +482,7 @@ impl<S: BlockSource> Sender<S> {
         let Some(r) = self.repairs.blocks.get_mut(&seq) else {
             return;
         };
+        r.twice |= twice;
         match how {
             How::Parity(n) => r.parity_end += n,
             How::Xor(list) => {
@@ -496,7 +538,9 @@ impl<S: BlockSource> Sender<S> {
         units: u64,
         cost: f64,
     ) -> u16 {
-        if !self.in_tail() {
+        // A small group's repairs are originals and XOR repairs; in the tail they go twice
+        // ([`Repair::again`]) instead of with parity.
+        if !self.in_tail() || self.repairs.by_originals {
             return 0;
         }
         let allowance = self.allowance();
@@ -523,9 +567,16 @@ impl<S: BlockSource> Sender<S> {
     /// the pass should leave little to NACK. The count is [`tail_parity`] of the block's units
     /// at the highest smoothed loss among the members still receiving (capped); nothing where
     /// nobody reports loss. It is the server's own choice, charged to nobody, and bounded by
-    /// the blocks in the tail and `max_parity`.
-    pub(super) fn tail_fec(&mut self, from: u64, to: u64) {
+    /// the blocks in the tail and `max_parity`. Not for a small group (repairs by originals):
+    /// parity there costs each receiver that lost any of the block a decode of all of it
+    /// (1.46 ms per MiB on one core, whatever was lost: 7x the hash), and across namespaces,
+    /// where the receivers share the cores, that decode cost more time than the NACK round
+    /// trip it saves (docs/DESIGN.md 2026-12-02, "the tail of a small group").
+    pub(super) fn tail_fec(&mut self, now: Instant, from: u64, to: u64) {
         if from >= to || self.split.is_some() || !self.pass_ends_within(FEC_GRTTS) {
+            return;
+        }
+        if self.repair_by_originals(now) {
             return;
         }
         let loss = self
@@ -548,6 +599,28 @@ impl<S: BlockSource> Sender<S> {
                 self.queue_parity(seq, n);
             }
         }
+    }
+
+    /// Whether a repair costing `cost` that `receiver` asked for goes twice: in a small
+    /// group's tail (repairs by originals, the first pass over or ending within
+    /// [`TAIL_GRTTS`]), where one of them lost costs a NACK round trip at the end of the
+    /// transfer, if the member's budget stretches to both. Parity covered such a loss before,
+    /// but costs every receiver that uses it a decode of the whole block (docs/DESIGN.md
+    /// 2026-12-02, "the tail of a small group").
+    fn tail_copies(
+        &mut self,
+        now: Instant,
+        receiver: ReceiverId,
+        allowance: Allowance,
+        cost: f64,
+    ) -> bool {
+        if !self.repairs.by_originals || !self.in_tail() {
+            return false;
+        }
+        self.membership
+            .members
+            .get_mut(&receiver)
+            .is_some_and(|m| affords(m, now, allowance, cost * 2.0))
     }
 
     /// Whether a repair queued now is in the tail ([`TAIL_GRTTS`]): the first pass is over,
@@ -635,6 +708,9 @@ impl<S: BlockSource> Sender<S> {
                 if let Some(u) = orig.iter_ones().next() {
                     orig.clear(u);
                     r.shares.sent(u as u32);
+                    if r.twice && !r.whole {
+                        r.again.push(Again::Original(u as u16));
+                    }
                     if orig.count_ones() == 0 {
                         r.whole_sent_at = Some(now);
                         if std::mem::take(&mut r.whole) {
@@ -663,6 +739,9 @@ impl<S: BlockSource> Sender<S> {
                 for &u in &units[..n] {
                     r.shares.sent(u32::from(u));
                 }
+                if r.twice && n > 0 {
+                    r.again.push(Again::Xor(units, n));
+                }
                 r.wants.retain(|w| !w.units.is_empty());
                 if r.wants.is_empty() {
                     r.gather_until = None;
@@ -673,8 +752,18 @@ impl<S: BlockSource> Sender<S> {
                     _ => self.xor_unit(buf, seq, units, n),
                 };
             }
+            if let Some(a) = r.again.pop() {
+                self.stats.tail_copies += 1;
+                return match a {
+                    Again::Original(u) | Again::Xor([u, ..], 1) => {
+                        self.data_unit(now, buf, seq, u, true)
+                    }
+                    Again::Xor(units, n) => self.xor_unit(buf, seq, units, n),
+                };
+            }
             r.gather_until = None;
             r.queued = false;
+            r.twice = false;
             r.shares.clear();
             self.repairs.queue.pop_front();
         }
