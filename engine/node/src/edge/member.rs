@@ -105,6 +105,7 @@ impl Edge {
             verify_existing: false,
             // The staging directory is the member's own, emptied above.
             overwrite: true,
+            block_buffers: crate::DEFAULT_BLOCK_BUFFER_BYTES,
             datapath: crate::Datapath::Socket,
         };
         let taken_now = &*taken;

@@ -6,6 +6,7 @@
 //! copies of the units it gets as their copy flags and its plan say, straight from the
 //! received (GRO super-)datagram with the flags rewritten in place, one GSO send per peer.
 
+mod buffers;
 mod host;
 mod split;
 mod state;
@@ -29,6 +30,7 @@ use crate::driver::{self, Input, Io, Out, Sends};
 use crate::play::{self, PlaySummary, PlayTo, StartAt};
 use crate::published::{Ask, Published};
 use crate::NodeError;
+pub use buffers::DEFAULT_BLOCK_BUFFER_BYTES;
 use host::ReceiveHost;
 use state::StateLock;
 pub use state::{fuzz_state_file, is_own_partial};
@@ -87,6 +89,10 @@ pub struct ReceiveConfig {
     /// state file of ours names them); without it such a file stops the receive
     /// ([`NodeError::OutputExists`]) and is kept.
     pub overwrite: bool,
+    /// Bytes of block buffers at most: blocks are assembled in them, hashed there and
+    /// written past the page cache ([`DEFAULT_BLOCK_BUFFER_BYTES`]); 0: every block is
+    /// written through the page cache.
+    pub block_buffers: usize,
 }
 
 /// What the receiver knows of the session's authenticity.
@@ -337,6 +343,7 @@ fn receive_session(
         preallocate: cfg.preallocate,
         verify_existing: cfg.verify_existing,
         overwrite: cfg.overwrite,
+        block_buffer_bytes: cfg.block_buffers,
     };
     let mut rx = Receiver::new(rcfg, FileStore::new(cfg.out.clone(), options, lock));
     for r in resumable {
