@@ -48,6 +48,8 @@ pub(crate) struct BlockBuffers {
     buf_len: usize,
     block_size: usize,
     limit_bytes: usize,
+    /// Attempts at blocks that took a buffer, and that took the file.
+    attempts: (u64, u64),
 }
 
 impl BlockBuffers {
@@ -62,6 +64,7 @@ impl BlockBuffers {
             buf_len: 0,
             block_size: 0,
             limit_bytes,
+            attempts: (0, 0),
         }
     }
 
@@ -119,6 +122,11 @@ impl BlockBuffers {
             None => None,
         };
         let buffered = buf.is_some();
+        if buffered {
+            self.attempts.0 += 1;
+        } else {
+            self.attempts.1 += 1;
+        }
         if let Some(p) = self.place(object, block) {
             *p = buf.map_or(Place::File, Place::Buffer);
         }
@@ -190,6 +198,11 @@ impl BlockBuffers {
         self.free.push(buf);
     }
 
+    /// Attempts at blocks that took a buffer, and that took the file.
+    pub(crate) fn attempts(&self) -> (u64, u64) {
+        self.attempts
+    }
+
     /// Buffers made so far (for tests: whether the pool ran out).
     #[cfg(test)]
     pub(crate) fn made(&self) -> usize {
@@ -227,7 +240,9 @@ mod tests {
         assert!(!p.place_unit(o, b(0)));
         assert!(!p.place_unit(o, b(3)));
         p.attempt_over(o, b(0), Some(out));
-        assert!(p.place_unit(o, b(3)));
+        // Block 3 went to the file while the pool was empty; block 4 takes the buffer back.
+        assert!(!p.place_unit(o, b(3)));
+        assert!(p.place_unit(o, b(4)));
         // The file attempt ends; the next one at it may take a buffer.
         p.attempt_over(o, b(2), None);
         assert!(!p.place_unit(o, b(2)));

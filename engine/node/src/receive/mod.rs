@@ -11,6 +11,8 @@ mod host;
 mod split;
 mod state;
 mod store;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};

@@ -378,6 +378,25 @@ impl FileStore {
         })
     }
 
+    /// Attempts at blocks assembled in a buffer, and in the file.
+    pub(crate) fn attempts(&self) -> (u64, u64) {
+        self.buffers.attempts()
+    }
+
+    /// Drops the `O_DIRECT` descriptors, as if the file system had refused them.
+    #[cfg(test)]
+    pub(crate) fn refuse_direct(&mut self) {
+        for f in &mut self.files {
+            f.direct = None;
+        }
+    }
+
+    /// Whether a file is written with `O_DIRECT` (its file system took the flag).
+    #[cfg(test)]
+    pub(crate) fn writes_direct(&self) -> bool {
+        self.files.iter().any(|f| f.direct.is_some())
+    }
+
     /// The verify thread's answer on block `block` came (or it never went out): the next unit
     /// of the block starts a new attempt; `buf` is its buffer, back to the pool.
     pub(crate) fn attempt_over(

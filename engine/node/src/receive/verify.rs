@@ -448,6 +448,14 @@ impl<'scope> Verifier<'scope> {
         Some(v)
     }
 
+    /// An answer, waiting up to `timeout` for one.
+    #[cfg(test)]
+    pub(crate) fn wait_verdict(&mut self, timeout: Duration) -> Option<Verdict> {
+        let v = self.verdicts.recv_timeout(timeout).ok()?;
+        self.outstanding -= 1;
+        Some(v)
+    }
+
     /// Blocks out for verification.
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding
