@@ -404,6 +404,12 @@ fn receive_session(
             return Err(e);
         }
     };
+    let (buffered, page_cache) = rx.store().attempts();
+    tracing::debug!(
+        buffered,
+        page_cache,
+        "blocks assembled in block buffers and through the page cache"
+    );
     let done = tally.complete_at.unwrap_or_else(Instant::now);
     let sync_start = Instant::now();
     let synced = rx.store_mut().sync();

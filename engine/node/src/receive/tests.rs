@@ -296,5 +296,5 @@ fn is_tmpfs(path: &Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: as above; the call writes only into `st`.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == libc::TMPFS_MAGIC as i64
+    rc == 0 && st.f_type == libc::TMPFS_MAGIC
 }
