@@ -162,6 +162,10 @@ pub struct ReceiveSummary {
     pub datapath: &'static str,
     /// Frames received through AF_XDP (0 on the socket path).
     pub xdp_frames: u64,
+    /// Attempts at blocks assembled in block buffers (written past the page cache), and
+    /// through the page cache (the pool was used up, or none was asked for).
+    pub blocks_buffered: u64,
+    pub blocks_page_cache: u64,
 }
 
 /// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
@@ -404,12 +408,7 @@ fn receive_session(
             return Err(e);
         }
     };
-    let (buffered, page_cache) = rx.store().attempts();
-    tracing::debug!(
-        buffered,
-        page_cache,
-        "blocks assembled in block buffers and through the page cache"
-    );
+    let (blocks_buffered, blocks_page_cache) = rx.store().attempts();
     let done = tally.complete_at.unwrap_or_else(Instant::now);
     let sync_start = Instant::now();
     let synced = rx.store_mut().sync();
@@ -442,6 +441,8 @@ fn receive_session(
         sealed: io.open_stats(),
         datapath,
         xdp_frames: io.xdp.as_ref().map_or(0, |x| x.received()),
+        blocks_buffered,
+        blocks_page_cache,
     })
 }
 
