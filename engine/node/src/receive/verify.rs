@@ -35,6 +35,9 @@ use crate::NodeError;
 /// 1.2 GB/s: docs/DESIGN.md).
 const WRITES_IN_FLIGHT: usize = 8;
 
+/// How long the thread waits on its writes before it looks for jobs again.
+const JOB_WAIT: Duration = Duration::from_millis(1);
+
 const ALIGN: u64 = AlignedBuf::ALIGN as u64;
 
 /// A block to rebuild (when parity stands in for some units) and hash.
@@ -123,8 +126,10 @@ impl Worker {
                 match jobs.try_recv() {
                     Ok(j) => j,
                     Err(_) => {
-                        // Nothing to hash: wait for a write (and come back for jobs then).
-                        let _ = self.reap(Some(Duration::from_millis(100)));
+                        // Nothing to hash: wait for a write, but not long (a job that comes
+                        // meanwhile waits for this; a write on a busy disk takes tens of
+                        // milliseconds).
+                        let _ = self.reap(Some(JOB_WAIT));
                         continue;
                     }
                 }
