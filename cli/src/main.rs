@@ -864,7 +864,9 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             preallocate: !a.resume.no_preallocate,
             verify_existing: a.resume.verify_existing,
             overwrite: a.resume.overwrite,
-            block_buffers: blockcast_node::DEFAULT_BLOCK_BUFFER_BYTES,
+            // Each block is sent on from the cache files as soon as it is verified: through
+            // the page cache it is read back from memory, not from the disk.
+            block_buffers: 0,
             datapath: a.datapath.node(),
         },
         downstream: groups
