@@ -155,8 +155,9 @@ impl WriteRing {
 
     /// Queues a write of `buf[range]` at `offset` of `file` and submits it. The ring keeps
     /// `buf` until the write's [`WriteDone`] (errors of the write come there). Full (no room)
-    /// or a range outside the buffer: the buffer comes back at once, with the error. For an `O_DIRECT` file, `range.start`, its
-    /// length and `offset` must be multiples of the disk's block size.
+    /// or a range outside the buffer: the buffer comes back at once, with the error. For an
+    /// `O_DIRECT` file, `range.start`, its length and `offset` must be multiples of the
+    /// disk's block size.
     pub fn submit(
         &mut self,
         file: Arc<File>,

@@ -8,8 +8,9 @@
 //! 4 KiB-aligned middle with `O_DIRECT` through an io_uring ([`WriteRing`]: a direct write is
 //! synchronous, and one at a time caps the disk well below what several in flight reach), the
 //! two unaligned edges with `pwrite` (a page or two per block, written out with the rest of
-//! the page cache: the state file's syncs, the kernel's flusher, the `fsync` at the end). The buffer goes back
-//! with the verdict. Where `O_DIRECT` is refused the whole block goes out with `pwrite`.
+//! the page cache: the state file's syncs, the kernel's flusher, the `fsync` at the end). The
+//! buffer goes back with the verdict. Where `O_DIRECT` is refused the whole block goes out
+//! with `pwrite`.
 //!
 //! A block whose units went to the file is hashed through the mapping; one to rebuild is
 //! copied out of the (read-only) mapping, rebuilt and hashed in memory, and only if it
