@@ -155,9 +155,10 @@ impl FileStore {
         self.staged = Some(batch.locator());
     }
 
-    /// Makes the queued unit writes, reading their bytes from `batch` (the one staged): each
-    /// run of writes that follow each other in one file is one `pwritev` (a GRO
-    /// super-datagram of consecutive units is one call).
+    /// Makes the queued unit writes, reading their bytes from `batch` (the one staged): units
+    /// of blocks assembled in buffers are copied there; on the file path, each run of writes
+    /// that follow each other in one file is one `pwritev` (a GRO super-datagram of
+    /// consecutive units is one call).
     pub(crate) fn flush(&mut self, batch: Option<&dyn ReceivedBytes>) -> Result<(), NodeError> {
         self.staged = None;
         let mut pending = std::mem::take(&mut self.pending);
