@@ -286,6 +286,108 @@ fn on_tmpfs_blocks_in_buffers_land_whole() {
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
+/// Block `b` (of `block` bytes) of `data` in a buffer, for the verify thread, with the file
+/// and the descriptor its middle is to be written through; and its hash.
+fn buffered_block(
+    data: &[u8],
+    b: usize,
+    block: usize,
+    file: &std::sync::Arc<std::fs::File>,
+    direct: &std::sync::Arc<std::fs::File>,
+) -> (super::store::BlockAccess, [u8; 32]) {
+    use blockcast_io::AlignedBuf;
+
+    use super::store::{BlockAccess, BlockBytes};
+    let offset = b * block;
+    let head = offset % AlignedBuf::ALIGN;
+    let mut buf = AlignedBuf::zeroed(block + AlignedBuf::ALIGN).expect("buffer");
+    let bytes = &data[offset..offset + block];
+    buf[head..head + block].copy_from_slice(bytes);
+    let at = BlockAccess {
+        bytes: BlockBytes::Buffered { buf, head },
+        len: block,
+        file: file.clone(),
+        direct: Some(direct.clone()),
+        offset: offset as u64,
+    };
+    (at, *blake3::hash(bytes).as_bytes())
+}
+
+/// A file of `len` bytes in a fresh directory, opened to read and write.
+fn sized_file(name: &str, len: u64) -> (PathBuf, PathBuf, std::sync::Arc<std::fs::File>) {
+    let dir = scratch(&std::env::temp_dir(), name);
+    let path = dir.join("copy.bin");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("output");
+    file.set_len(len).expect("size");
+    (dir, path, std::sync::Arc::new(file))
+}
+
+/// A direct write the file system answers with `EINVAL` (here: a descriptor that takes no
+/// writes at all, a timerfd, standing in for it) is made again through the page cache, and
+/// the blocks after it go that way.
+#[test]
+fn a_direct_write_refused_with_einval_is_made_through_the_page_cache() {
+    use std::os::fd::FromRawFd;
+
+    use blockcast_proto::wire::{BlockIndex, ObjectId};
+
+    let block = 9000usize;
+    let (dir, path, file) = sized_file("einval", 3 * block as u64);
+    // SAFETY: timerfd_create takes no pointers; the descriptor is checked and then owned.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC) };
+    assert!(fd >= 0, "timerfd_create");
+    // SAFETY: a fresh descriptor nothing else owns.
+    let refusing = std::sync::Arc::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let data = content(3 * block);
+    std::thread::scope(|scope| {
+        let mut verifier = Verifier::start(scope).expect("verify thread");
+        for b in 1..3usize {
+            let (at, expected) = buffered_block(&data, b, block, &file, &refusing);
+            assert!(verifier.submit(ObjectId(0), BlockIndex(b as u32), at, expected, None));
+            let v = verifier
+                .wait_verdict(Duration::from_secs(10))
+                .expect("a verdict");
+            assert!(v.ok && v.error.is_none(), "block {b}: {:?}", v.error);
+            assert!(v.buffer.is_some(), "the buffer comes back");
+        }
+        verifier.finish();
+    });
+    let got = std::fs::read(&path).expect("the output");
+    assert!(got[block..] == data[block..], "the blocks did not land");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// A direct write that fails otherwise (here: a descriptor open for reading only) is an
+/// error in the block's verdict (the receive stops with it), the buffer back with it.
+#[test]
+fn a_failed_direct_write_is_an_error_in_the_verdict() {
+    use blockcast_proto::wire::{BlockIndex, ObjectId};
+
+    let block = 9000usize;
+    let (dir, path, file) = sized_file("write-error", 2 * block as u64);
+    let read_only = std::sync::Arc::new(std::fs::File::open(&path).expect("read only"));
+    let data = content(2 * block);
+    std::thread::scope(|scope| {
+        let mut verifier = Verifier::start(scope).expect("verify thread");
+        let (at, expected) = buffered_block(&data, 1, block, &file, &read_only);
+        assert!(verifier.submit(ObjectId(0), BlockIndex(1), at, expected, None));
+        let v = verifier
+            .wait_verdict(Duration::from_secs(10))
+            .expect("a verdict");
+        assert!(!v.ok, "a block that was not written passed");
+        assert!(v.error.is_some(), "the write's error was lost");
+        assert!(v.buffer.is_some(), "the buffer comes back");
+        verifier.finish();
+    });
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
 /// Whether `path` lies on a tmpfs (`statfs`).
 fn is_tmpfs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
