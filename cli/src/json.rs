@@ -212,6 +212,10 @@ pub struct ReceiveJson {
     pub datapath: &'static str,
     /// Frames received through AF_XDP (0 on the socket path).
     pub xdp_frames: u64,
+    /// Blocks assembled in block buffers (written past the page cache), and through the page
+    /// cache (none free, or --block-buffers 0).
+    pub blocks_buffered: u64,
+    pub blocks_page_cache: u64,
 }
 
 impl ReceiveJson {
@@ -254,6 +258,8 @@ impl ReceiveJson {
             sealed: s.sealed.as_ref().map(SealedJson::new),
             datapath: s.datapath,
             xdp_frames: s.xdp_frames,
+            blocks_buffered: s.blocks_buffered,
+            blocks_page_cache: s.blocks_page_cache,
         }
     }
 }

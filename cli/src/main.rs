@@ -552,6 +552,11 @@ struct ReceiveArgs {
     /// cores; each block is also hashed on a thread of its own).
     #[arg(long)]
     threads: Option<usize>,
+    /// Memory for block buffers, MiB: a block is assembled in one, hashed there and written
+    /// to the file past the page cache (O_DIRECT); a block that finds none free is written
+    /// through the page cache. 0: every block through the page cache.
+    #[arg(long, value_name = "MIB", default_value_t = blockcast_node::DEFAULT_BLOCK_BUFFER_BYTES >> 20)]
+    block_buffers: usize,
     /// Play while receiving: write the verified bytes, in order, to standard output ("-").
     #[arg(long, value_name = "-")]
     play: Option<String>,
@@ -859,6 +864,9 @@ fn relay(a: RelayArgs, stop: &AtomicBool, out: &output::Output) -> Result<()> {
             preallocate: !a.resume.no_preallocate,
             verify_existing: a.resume.verify_existing,
             overwrite: a.resume.overwrite,
+            // Each block is sent on from the cache files as soon as it is verified: through
+            // the page cache it is read back from memory, not from the disk.
+            block_buffers: 0,
             datapath: a.datapath.node(),
         },
         downstream: groups
@@ -1089,6 +1097,7 @@ fn receive(a: ReceiveArgs, stop: &AtomicBool, out: &output::Output) -> Result<()
         preallocate: !a.resume.no_preallocate,
         verify_existing: a.resume.verify_existing,
         overwrite: a.resume.overwrite,
+        block_buffers: a.block_buffers.saturating_mul(1 << 20),
         datapath: a.datapath.node(),
     };
     if cfg.play == Some(PlayTo::Stdout) && out.json {

@@ -186,9 +186,14 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     let mut slowest = 0.0f64;
     let mut rcpu = 0.0;
     let mut sync = 0.0f64;
+    let mut paths = (0, 0);
+    let mut failed = 0;
     for (g, o) in got.iter().zip(&outs) {
         match g {
             Ok(r) => {
+                paths.0 += r.blocks_buffered;
+                paths.1 += r.blocks_page_cache;
+                failed += r.stats.blocks_failed;
                 slowest = slowest.max(r.transfer_seconds);
                 rcpu += r.cpu_seconds;
                 sync = sync.max(r.sync_seconds);
@@ -223,11 +228,13 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
     // Each run on stderr: what a slow run's server refused tells a repair budget from a rate.
     if let Ok(s) = &served {
         eprintln!(
-            "run: {n} x {unit} B {}: {:.2} GB/s, repair+parity units {repairs}, refused {}, dropped slow {}",
+            "run: {n} x {unit} B {}: {:.2} GB/s, repair+parity units {repairs}, refused {}, dropped slow {}, blocks buffered {} / through the page cache {}, failed hashes {failed}",
             session.name(),
             gb / slowest.max(1e-9),
             s.stats.repair_denied,
-            s.stats.dropped_slow
+            s.stats.dropped_slow,
+            paths.0,
+            paths.1
         );
     }
     Run {

@@ -12,6 +12,8 @@
 //! * [`SendRing`]: io_uring `SENDMSG` of GSO super-buffers gathered from
 //!   `[header | payload]` segments, payload sent from where it lies; in-flight memory is owned
 //!   by the ring's slots until the completion is reaped.
+//! * [`WriteRing`]: io_uring positioned file writes (`O_DIRECT` ones several in flight) from
+//!   [`AlignedBuf`]s the ring owns until each completion is reaped.
 //! * [`RecvBatch`]: `recvmmsg` of up to 64 datagrams, with the GRO segment size of each, and
 //!   [`split_segments`] to cut a super-datagram back into datagrams.
 //!
@@ -48,6 +50,6 @@ pub use recv::{
 pub use socket::{bind_unicast, receive_queue_ppm, BufferSize, MulticastReceiver, MulticastSender};
 pub use unicast::{bind_data_unicast, send_segments};
 pub use uring::{
-    BatchError, GsoBatch, RingMode, SendRing, SendRingConfig, SendStats, Source, StableBytes,
-    MAX_GSO_SEGMENTS, MAX_SEND_BYTES,
+    AlignedBuf, BatchError, GsoBatch, RingMode, SendRing, SendRingConfig, SendStats, Source,
+    StableBytes, WriteDone, WriteRing, MAX_GSO_SEGMENTS, MAX_SEND_BYTES,
 };

@@ -220,6 +220,19 @@ pub fn start_writeback(file: &impl AsFd, offset: u64, len: u64) {
     }
 }
 
+/// A second descriptor on the file `file` is open on, for writing with `O_DIRECT` (past the
+/// page cache): opened again through `/proc/self/fd`, so it is the same file whatever its
+/// name is now. `EINVAL` where the file system refuses `O_DIRECT` (tmpfs); an error too where
+/// `/proc` is not mounted.
+pub fn reopen_direct(file: &impl AsFd) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = format!("/proc/self/fd/{}", file.as_fd().as_raw_fd());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// Guarded mappings come in chunks of this many slots, allocated as they are needed.
 const GUARD_CHUNK: usize = 1 << 12;
 /// Chunks at most: [`MAX_GUARDED_MAPPINGS`] slots in all.

@@ -262,6 +262,7 @@ pub(crate) fn receive_config(
         // The staging directory is fetch's own: a file there that no state file names is
         // not ours to write over.
         overwrite: false,
+        block_buffers: crate::DEFAULT_BLOCK_BUFFER_BYTES,
     })
 }
 

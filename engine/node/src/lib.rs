@@ -35,7 +35,7 @@ pub use error::{NodeError, ThreadFailure};
 pub use hashcache::HashCache;
 pub use receive::{
     fuzz_state_file, is_own_partial, receive, ReceiveConfig, ReceiveProgress, ReceiveSummary,
-    SessionTrust,
+    SessionTrust, DEFAULT_BLOCK_BUFFER_BYTES,
 };
 pub use relay::{relay, Downstream, RelayConfig, RelayProgress, RelaySummary};
 pub use serve::{serve, ReceiverSummary, ServeConfig, ServeProgress, ServeSummary, StartGate};

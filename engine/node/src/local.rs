@@ -61,6 +61,7 @@ pub fn local_receivers(
             preallocate: true,
             verify_existing: false,
             overwrite: false,
+            block_buffers: crate::DEFAULT_BLOCK_BUFFER_BYTES,
             datapath: crate::Datapath::Socket,
         })
         .collect()

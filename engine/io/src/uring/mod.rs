@@ -21,8 +21,10 @@
 //! their slots rather than free memory the kernel may still read.
 
 mod batch;
+mod write;
 
 pub use batch::GsoBatch;
+pub use write::{AlignedBuf, WriteDone, WriteRing};
 
 use std::cell::UnsafeCell;
 use std::fmt;
@@ -563,7 +565,7 @@ impl Drop for SendRing {
     }
 }
 
-fn build_ring(entries: u32) -> Result<(IoUring, RingMode), IoError> {
+pub(crate) fn build_ring(entries: u32) -> Result<(IoUring, RingMode), IoError> {
     let mut last = None;
     for mode in [
         RingMode::DeferTaskrun,

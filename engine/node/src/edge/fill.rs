@@ -90,8 +90,11 @@ impl Edge {
             threads: 1,
             retries: 0,
         };
-        let rcfg = crate::fetch::receive_config(&fetch_cfg, group, staging.clone(), grant.hash)
+        let mut rcfg = crate::fetch::receive_config(&fetch_cfg, group, staging.clone(), grant.hash)
             .map_err(|e| EdgeError::Origin(e.to_string()))?;
+        // The block copier reads each block as soon as it is verified: through the page cache
+        // from memory, not from the disk.
+        rcfg.block_buffers = 0;
         let (r, copied) = self.receive_beside(&rcfg, |p, stop| self.copy_blocks(obj, p, stop));
         let copied =
             copied.unwrap_or_else(|| Err(EdgeError::Origin("the fill's copier panicked".into())));

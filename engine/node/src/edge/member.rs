@@ -105,6 +105,9 @@ impl Edge {
             verify_existing: false,
             // The staging directory is the member's own, emptied above.
             overwrite: true,
+            // The block copier reads each block as soon as it is verified: through the page
+            // cache from memory, not from the disk.
+            block_buffers: 0,
             datapath: crate::Datapath::Socket,
         };
         let taken_now = &*taken;

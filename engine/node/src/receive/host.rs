@@ -201,6 +201,7 @@ impl<'a, 'scope, 'env> ReceiveHost<'a, 'scope, 'env> {
             None => false,
         };
         if !submitted {
+            rx.store_mut().attempt_over(object, block, None);
             rx.handle_verified(now, object, block, false);
         }
     }
@@ -227,9 +228,11 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
             return Err(NodeError::Interrupted);
         }
         while let Some(v) = self.verifier.try_verdict() {
+            // Its buffer back to the pool (the block is in the file, or fetched anew).
+            rx.store_mut().attempt_over(v.object, v.block, v.buffer);
             if let Some(source) = v.error {
-                // A rebuilt block's units could not be written (a full disk): stop, keeping
-                // what is recorded.
+                // A block (or its rebuilt units) could not be written (a full disk): stop,
+                // keeping what is recorded.
                 let path = rx
                     .store()
                     .paths()

@@ -6,10 +6,13 @@
 //! copies of the units it gets as their copy flags and its plan say, straight from the
 //! received (GRO super-)datagram with the flags rewritten in place, one GSO send per peer.
 
+mod buffers;
 mod host;
 mod split;
 mod state;
 mod store;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
@@ -29,6 +32,7 @@ use crate::driver::{self, Input, Io, Out, Sends};
 use crate::play::{self, PlaySummary, PlayTo, StartAt};
 use crate::published::{Ask, Published};
 use crate::NodeError;
+pub use buffers::DEFAULT_BLOCK_BUFFER_BYTES;
 use host::ReceiveHost;
 use state::StateLock;
 pub use state::{fuzz_state_file, is_own_partial};
@@ -87,6 +91,10 @@ pub struct ReceiveConfig {
     /// state file of ours names them); without it such a file stops the receive
     /// ([`NodeError::OutputExists`]) and is kept.
     pub overwrite: bool,
+    /// Bytes of block buffers at most: blocks are assembled in them, hashed there and
+    /// written past the page cache ([`DEFAULT_BLOCK_BUFFER_BYTES`]); 0: every block is
+    /// written through the page cache.
+    pub block_buffers: usize,
 }
 
 /// What the receiver knows of the session's authenticity.
@@ -154,6 +162,10 @@ pub struct ReceiveSummary {
     pub datapath: &'static str,
     /// Frames received through AF_XDP (0 on the socket path).
     pub xdp_frames: u64,
+    /// Attempts at blocks assembled in block buffers (written past the page cache), and
+    /// through the page cache (the pool was used up, or none was asked for).
+    pub blocks_buffered: u64,
+    pub blocks_page_cache: u64,
 }
 
 /// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
@@ -337,6 +349,7 @@ fn receive_session(
         preallocate: cfg.preallocate,
         verify_existing: cfg.verify_existing,
         overwrite: cfg.overwrite,
+        block_buffer_bytes: cfg.block_buffers,
     };
     let mut rx = Receiver::new(rcfg, FileStore::new(cfg.out.clone(), options, lock));
     for r in resumable {
@@ -395,6 +408,7 @@ fn receive_session(
             return Err(e);
         }
     };
+    let (blocks_buffered, blocks_page_cache) = rx.store().attempts();
     let done = tally.complete_at.unwrap_or_else(Instant::now);
     let sync_start = Instant::now();
     let synced = rx.store_mut().sync();
@@ -427,6 +441,8 @@ fn receive_session(
         sealed: io.open_stats(),
         datapath,
         xdp_frames: io.xdp.as_ref().map_or(0, |x| x.received()),
+        blocks_buffered,
+        blocks_page_cache,
     })
 }
 

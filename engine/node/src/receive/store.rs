@@ -1,8 +1,10 @@
 //! Where a receiver stores objects: preallocated files. Units are queued as the protocol core
-//! places them and written with one `pwritev` per run of consecutive units, straight from the
-//! receive batch they arrived in; blocks are read and hashed through read-only shared
-//! mappings of the same files (a rebuilt block is rebuilt in memory and its rebuilt units
-//! written with `pwrite`, on the verify thread).
+//! places them and, at the end of each receive batch, copied into their block's buffer (a
+//! bounded pool, [`super::buffers`]: the verify thread hashes the block there and writes it to
+//! the file past the page cache) or, for a block that found the pool empty, written with one
+//! `pwritev` per run of consecutive units, straight from the batch; such blocks are read and
+//! hashed through read-only shared mappings of the same files (a rebuilt block is rebuilt in
+//! memory and its rebuilt units written with `pwrite`, on the verify thread).
 //!
 //! Why `pwritev` and not the mapping: a write through a mapping makes the kernel zero each
 //! fresh page before the unit is copied over it (measured: 1 GiB into a fresh file, 0.27 s of
@@ -27,11 +29,12 @@ use std::time::Instant;
 
 use blockcast_io::beneath::{Access, Beneath};
 use blockcast_io::os::MappingGuard;
-use blockcast_io::{BatchLocator, BatchRange, ReceivedBytes};
+use blockcast_io::{AlignedBuf, BatchLocator, BatchRange, ReceivedBytes};
 use blockcast_proto::wire::{BlockIndex, Manifest, ObjectId};
 use blockcast_proto::{BlockStore, HeldBlocks, StoreError};
 use memmap2::Mmap;
 
+use super::buffers::BlockBuffers;
 use super::state::{self, LockError, StateDir, StateFile, StateLock, StateRecorder};
 use crate::NodeError;
 
@@ -46,16 +49,22 @@ enum Staged {
 /// One unit write not made yet.
 struct PendingWrite {
     object: usize,
+    block: BlockIndex,
     /// Offset in the object's file.
     offset: u64,
     len: usize,
     bytes: Staged,
+    /// Into the block's buffer (else the file).
+    buffered: bool,
 }
 
 /// One object's file and its read-only shared mapping (none for an empty object).
 pub(crate) struct Output {
     pub path: PathBuf,
     file: Arc<File>,
+    /// The same file opened with `O_DIRECT`, for blocks assembled in buffers (none where the
+    /// file system refuses it, or without buffers).
+    direct: Option<Arc<File>>,
     /// Kept mapped while `base` points into it; declared before `guard`, so it is unmapped
     /// before its guard goes.
     _map: Option<Mmap>,
@@ -77,6 +86,9 @@ pub(crate) struct StoreOptions {
     pub verify_existing: bool,
     /// Write into (or replace) files found under `out` that no state file of ours names.
     pub overwrite: bool,
+    /// Bytes of block buffers at most ([`super::buffers`]); 0: every block through the page
+    /// cache.
+    pub block_buffer_bytes: usize,
 }
 
 /// Objects stored in preallocated files, with a state file that records what is verified.
@@ -107,6 +119,8 @@ pub(crate) struct FileStore {
     pending: Vec<PendingWrite>,
     /// Bytes of units that came from elsewhere than a staged batch.
     owned: Vec<u8>,
+    /// The pool of block buffers, and where each block in progress is assembled.
+    buffers: BlockBuffers,
 }
 
 impl FileStore {
@@ -126,6 +140,7 @@ impl FileStore {
             staged: None,
             pending: Vec::new(),
             owned: Vec::new(),
+            buffers: BlockBuffers::new(options.block_buffer_bytes),
         }
     }
 
@@ -140,19 +155,56 @@ impl FileStore {
         self.staged = Some(batch.locator());
     }
 
-    /// Makes the queued unit writes, reading their bytes from `batch` (the one staged): each
-    /// run of writes that follow each other in one file is one `pwritev` (a GRO
-    /// super-datagram of consecutive units is one call).
+    /// Makes the queued unit writes, reading their bytes from `batch` (the one staged): units
+    /// of blocks assembled in buffers are copied there; on the file path, each run of writes
+    /// that follow each other in one file is one `pwritev` (a GRO super-datagram of
+    /// consecutive units is one call).
     pub(crate) fn flush(&mut self, batch: Option<&dyn ReceivedBytes>) -> Result<(), NodeError> {
         self.staged = None;
-        let pending = std::mem::take(&mut self.pending);
-        let r = self.write_out(&pending, batch);
+        let mut pending = std::mem::take(&mut self.pending);
+        let r = self
+            .copy_buffered(&mut pending, batch)
+            .and_then(|()| self.write_out(&pending, batch));
         self.pending = pending;
         self.pending.clear();
         self.owned.clear();
         r
     }
 
+    /// Copies the queued units of blocks assembled in buffers into their buffers. A unit
+    /// whose block has left its buffer since (spilled to the file) is left to `write_out`.
+    fn copy_buffered(
+        &mut self,
+        pending: &mut [PendingWrite],
+        batch: Option<&dyn ReceivedBytes>,
+    ) -> Result<(), NodeError> {
+        for p in pending.iter_mut().filter(|p| p.buffered) {
+            let bytes = match &p.bytes {
+                Staged::Batch(r) => batch.and_then(|b| b.bytes_at(r)),
+                Staged::Owned(r) => self.owned.get(r.clone()),
+            };
+            let Some(bytes) = bytes.filter(|b| b.len() == p.len) else {
+                return Err(self.error(
+                    p.object,
+                    std::io::Error::other("a queued unit's bytes are gone (batch reused)"),
+                ));
+            };
+            let in_block = p.offset - p.block.0 as u64 * self.block_size as u64;
+            let at = self.buffers.head(p.block) + in_block as usize;
+            match self.buffers.buffer_mut(ObjectId(p.object as u32), p.block) {
+                Some(buf) if at + p.len <= buf.len() => buf[at..at + p.len].copy_from_slice(bytes),
+                Some(_) => {
+                    return Err(NodeError::Internal(
+                        "a unit outside its block's buffer".into(),
+                    ))
+                }
+                None => p.buffered = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the queued units of blocks on the file path: one `pwritev` per run.
     fn write_out(
         &self,
         pending: &[PendingWrite],
@@ -161,11 +213,19 @@ impl FileStore {
         let mut slices: Vec<IoSlice<'_>> = Vec::new();
         let mut i = 0;
         while i < pending.len() {
+            if pending[i].buffered {
+                i += 1;
+                continue;
+            }
             let (object, start) = (pending[i].object, pending[i].offset);
             let mut end = start;
             let mut j = i;
             slices.clear();
-            while j < pending.len() && pending[j].object == object && pending[j].offset == end {
+            while j < pending.len()
+                && !pending[j].buffered
+                && pending[j].object == object
+                && pending[j].offset == end
+            {
                 let p = &pending[j];
                 let bytes = match &p.bytes {
                     Staged::Batch(r) => batch.and_then(|b| b.bytes_at(r)),
@@ -286,8 +346,9 @@ impl FileStore {
             .map(|o| o.path.as_path())
     }
 
-    /// Block `block` of `object` as the verify thread needs it: where its bytes lie in the
-    /// mapping, and the file and offset to start its write-out from.
+    /// Block `block` of `object` as the verify thread needs it: its buffer (taken out of the
+    /// store until [`Self::attempt_over`]) or where its bytes lie in the mapping, and the
+    /// file and offset to write it (or start its write-out) from.
     pub(crate) fn block_for_verify(
         &mut self,
         object: ObjectId,
@@ -300,13 +361,52 @@ impl FileStore {
         if len == 0 || start + len > map_len {
             return None;
         }
-        Some(BlockAccess {
+        let (file, direct) = (out.file.clone(), out.direct.clone());
+        let bytes = match self.buffers.take(object, block) {
+            Some(buf) => BlockBytes::Buffered {
+                buf,
+                head: self.buffers.head(block),
+            },
             // SAFETY: in bounds of the live mapping, checked above.
-            ptr: unsafe { base.add(start) },
+            None => BlockBytes::Mapped(unsafe { base.add(start) }),
+        };
+        Some(BlockAccess {
+            bytes,
             len,
-            file: out.file.clone(),
+            file,
+            direct,
             offset: start as u64,
         })
+    }
+
+    /// Attempts at blocks assembled in a buffer, and in the file.
+    pub(crate) fn attempts(&self) -> (u64, u64) {
+        self.buffers.attempts()
+    }
+
+    /// Drops the `O_DIRECT` descriptors, as if the file system had refused them.
+    #[cfg(test)]
+    pub(crate) fn refuse_direct(&mut self) {
+        for f in &mut self.files {
+            f.direct = None;
+        }
+    }
+
+    /// Whether a file is written with `O_DIRECT` (its file system took the flag).
+    #[cfg(test)]
+    pub(crate) fn writes_direct(&self) -> bool {
+        self.files.iter().any(|f| f.direct.is_some())
+    }
+
+    /// The verify thread's answer on block `block` came (or it never went out): the next unit
+    /// of the block starts a new attempt; `buf` is its buffer, back to the pool.
+    pub(crate) fn attempt_over(
+        &mut self,
+        object: ObjectId,
+        block: BlockIndex,
+        buf: Option<AlignedBuf>,
+    ) {
+        self.buffers.attempt_over(object, block, buf);
     }
 
     /// Records `why` as the reason `prepare` failed and returns the protocol core's error.
@@ -338,11 +438,22 @@ pub(crate) fn lock_error(out: &Path, e: LockError) -> NodeError {
     }
 }
 
-/// A block of the mapping handed to the verify thread, with the file to write it out from.
+/// Where the verify thread finds a block's bytes.
+pub(crate) enum BlockBytes {
+    /// In the read-only mapping (the block's units were written to the file).
+    Mapped(*const u8),
+    /// In a buffer of the pool, from `head` on (the file offset modulo 4 KiB); written to the
+    /// file once it matches.
+    Buffered { buf: AlignedBuf, head: usize },
+}
+
+/// A block handed to the verify thread, with the file to write it (or its write-out) to.
 pub(crate) struct BlockAccess {
-    pub ptr: *const u8,
+    pub bytes: BlockBytes,
     pub len: usize,
     pub file: Arc<File>,
+    /// The file opened with `O_DIRECT` (none where refused).
+    pub direct: Option<Arc<File>>,
     pub offset: u64,
 }
 
@@ -398,6 +509,10 @@ fn map_output(file: &File, size: u64) -> std::io::Result<(Option<Mmap>, Option<M
 impl BlockStore for FileStore {
     fn prepare(&mut self, manifest: &Manifest) -> Result<(), StoreError> {
         self.block_size = manifest.block_size() as usize;
+        self.buffers.prepare(
+            self.block_size,
+            manifest.objects.iter().map(|o| o.block_hashes.len()),
+        );
         self.touched = manifest
             .objects
             .iter()
@@ -458,9 +573,11 @@ impl BlockStore for FileStore {
                 .as_ref()
                 .map_or((std::ptr::null(), 0), |m| (m.as_ptr(), m.len()));
             had_size.push(opened.had_size);
+            let direct = self.open_direct(&opened.file, o.size, &path);
             self.files.push(Output {
                 path,
                 file: Arc::new(opened.file),
+                direct,
                 _map: map,
                 guard,
                 base,
@@ -489,6 +606,18 @@ impl BlockStore for FileStore {
     fn block_mut(&mut self, object: ObjectId, block: BlockIndex, len: usize) -> &mut [u8] {
         // A copy: nothing is written through the mapping. Written back when verified.
         let start = block.0 as usize * self.block_size;
+        if let Some(buf) = self.buffers.spill(object, block) {
+            // Read through the mapping from here on: what the buffer holds goes to the file.
+            let head = self.buffers.head(block);
+            let bytes = &buf[head..head + len];
+            if let Err(source) = self.files[object.0 as usize]
+                .file
+                .write_all_at(bytes, start as u64)
+            {
+                self.failure = Some(self.error(object.0 as usize, source));
+            }
+            self.buffers.give_back(buf);
+        }
         let (base, map_len) = self.files[object.0 as usize].base;
         assert!(start + len <= map_len, "block outside its object");
         // SAFETY: [start, start+len) lies inside the live read-only mapping (checked above).
@@ -528,6 +657,7 @@ impl BlockStore for FileStore {
         if touched.is_none() {
             *touched = Some(Instant::now());
         }
+        let buffered = self.buffers.place_unit(object, block);
         let staged = match self.staged.and_then(|l| l.range_of(bytes)) {
             Some(r) => Staged::Batch(r),
             None => {
@@ -538,14 +668,37 @@ impl BlockStore for FileStore {
         };
         self.pending.push(PendingWrite {
             object: object.0 as usize,
+            block,
             offset: (start + offset) as u64,
             len: bytes.len(),
             bytes: staged,
+            buffered,
         });
     }
 }
 
 impl FileStore {
+    /// The `O_DIRECT` descriptor for an object's file, when blocks may be buffered and the
+    /// file system allows it (said once, at debug level, where it does not).
+    fn open_direct(&self, file: &File, size: u64, path: &Path) -> Option<Arc<File>> {
+        if self.options.block_buffer_bytes == 0 || size == 0 {
+            return None;
+        }
+        match blockcast_io::os::reopen_direct(file) {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::debug!(
+                        "{}: no O_DIRECT here ({e}): blocks in buffers are written through the page cache",
+                        crate::names::shown(path)
+                    )
+                });
+                None
+            }
+        }
+    }
+
     /// What the files hold, for the protocol core: per object whose file was there at its
     /// size, the blocks the durable record names (verified, or to hash with
     /// `verify_existing`) and those only the hint names (to hash); without a state file,

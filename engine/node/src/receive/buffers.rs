@@ -1,0 +1,251 @@
+//! Block buffers: a bounded pool of aligned buffers that blocks in progress are assembled in,
+//! past the page cache.
+//!
+//! A block whose first unit arrives while a buffer is free (or one more may be made) takes
+//! it, and every unit of that attempt at the block is copied into it (by the store's
+//! `flush`, from the receive batch). The verify thread hashes (and rebuilds) the block in the
+//! buffer while it is still in cache, writes it to the file (its 4 KiB-aligned middle with
+//! `O_DIRECT`), and hands the buffer back with its verdict. A block that finds the pool empty
+//! takes the page-cache path: its units are written to the file with `pwritev` and it is
+//! hashed through the mapping. A block is never half in a buffer and half in the file: the
+//! choice is made at an attempt's first unit and holds until its verdict.
+//!
+//! Where the block lies in its buffer: at `start % ALIGN` (its file offset modulo 4 KiB), so
+//! that the buffer's aligned addresses line up with the file's aligned offsets and the
+//! middle of the block can be written from where it lies.
+
+use blockcast_io::AlignedBuf;
+use blockcast_proto::wire::{BlockIndex, ObjectId};
+
+/// What the pool holds at most by default, in bytes (about 60 one-MiB blocks).
+pub const DEFAULT_BLOCK_BUFFER_BYTES: usize = 64 << 20;
+
+/// Where an attempt at a block puts its units.
+#[derive(Debug, Default)]
+enum Place {
+    /// No unit of the current attempt yet.
+    #[default]
+    Fresh,
+    /// The file (through the page cache).
+    File,
+    /// A buffer of the pool.
+    Buffer(AlignedBuf),
+    /// Its buffer is with the verify thread until the verdict.
+    Out,
+}
+
+/// The pool and, per block, where its current attempt is assembled.
+#[derive(Debug)]
+pub(crate) struct BlockBuffers {
+    /// Per object, per block.
+    places: Vec<Vec<Place>>,
+    free: Vec<AlignedBuf>,
+    /// Buffers made and not lost (free, holding a block, or out with the verify thread).
+    made: usize,
+    /// Buffers at most.
+    most: usize,
+    /// Each buffer's length: a block and the offset it starts at, rounded up to 4 KiB.
+    buf_len: usize,
+    block_size: usize,
+    limit_bytes: usize,
+    /// Attempts at blocks that took a buffer, and that took the file.
+    attempts: (u64, u64),
+}
+
+impl BlockBuffers {
+    /// A pool of at most `limit_bytes` of buffers (0: every block through the page cache),
+    /// sized once the blocks are known ([`Self::prepare`]).
+    pub(crate) fn new(limit_bytes: usize) -> Self {
+        BlockBuffers {
+            places: Vec::new(),
+            free: Vec::new(),
+            made: 0,
+            most: 0,
+            buf_len: 0,
+            block_size: 0,
+            limit_bytes,
+            attempts: (0, 0),
+        }
+    }
+
+    /// The blocks: `block_size`, and each object's count of them.
+    pub(crate) fn prepare(&mut self, block_size: usize, blocks: impl Iterator<Item = usize>) {
+        self.block_size = block_size;
+        self.buf_len = (block_size + AlignedBuf::ALIGN - 1).next_multiple_of(AlignedBuf::ALIGN);
+        self.most = self.limit_bytes / self.buf_len.max(1);
+        self.places = blocks
+            .map(|n| (0..n).map(|_| Place::Fresh).collect())
+            .collect();
+    }
+
+    /// Where block `block`'s bytes start in its buffer.
+    pub(crate) fn head(&self, block: BlockIndex) -> usize {
+        (block.0 as usize * self.block_size) % AlignedBuf::ALIGN
+    }
+
+    fn place(&mut self, object: ObjectId, block: BlockIndex) -> Option<&mut Place> {
+        self.places
+            .get_mut(object.0 as usize)?
+            .get_mut(block.0 as usize)
+    }
+
+    /// A unit of `block` is about to be written: whether it goes into the block's buffer
+    /// (true) or the file. An attempt's first unit decides, taking a buffer if one is free.
+    pub(crate) fn place_unit(&mut self, object: ObjectId, block: BlockIndex) -> bool {
+        let Some(at) = self
+            .places
+            .get(object.0 as usize)
+            .and_then(|p| p.get(block.0 as usize))
+        else {
+            return false;
+        };
+        match at {
+            Place::Buffer(_) => return true,
+            Place::File | Place::Out => return false,
+            Place::Fresh => {}
+        }
+        let buf = match self.free.pop() {
+            Some(b) => Some(b),
+            None if self.made < self.most => match AlignedBuf::zeroed(self.buf_len) {
+                Ok(b) => {
+                    self.made += 1;
+                    Some(b)
+                }
+                Err(e) => {
+                    // No memory for another: this block and the next go through the page
+                    // cache, as when the pool is used up.
+                    tracing::debug!("a block buffer could not be made ({e}); pool capped");
+                    self.most = self.made;
+                    None
+                }
+            },
+            None => None,
+        };
+        let buffered = buf.is_some();
+        if buffered {
+            self.attempts.0 += 1;
+        } else {
+            self.attempts.1 += 1;
+        }
+        if let Some(p) = self.place(object, block) {
+            *p = buf.map_or(Place::File, Place::Buffer);
+        }
+        buffered
+    }
+
+    /// The buffer block `block` is assembled in, if it is.
+    pub(crate) fn buffer_mut(
+        &mut self,
+        object: ObjectId,
+        block: BlockIndex,
+    ) -> Option<&mut AlignedBuf> {
+        match self.place(object, block)? {
+            Place::Buffer(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Takes block `block`'s buffer out, to the verify thread, until its verdict.
+    pub(crate) fn take(&mut self, object: ObjectId, block: BlockIndex) -> Option<AlignedBuf> {
+        let p = self.place(object, block)?;
+        if !matches!(p, Place::Buffer(_)) {
+            return None;
+        }
+        match std::mem::replace(p, Place::Out) {
+            Place::Buffer(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The attempt at block `block` is over (its verdict came, or it never went out): the
+    /// next unit starts a new one. `buf` is its buffer back (none: on the file, or lost).
+    pub(crate) fn attempt_over(
+        &mut self,
+        object: ObjectId,
+        block: BlockIndex,
+        buf: Option<AlignedBuf>,
+    ) {
+        let Some(p) = self.place(object, block) else {
+            return;
+        };
+        let was = std::mem::take(p);
+        match (was, buf) {
+            (_, Some(b)) => self.free.push(b),
+            (Place::Buffer(b), None) => self.free.push(b),
+            // Its buffer went to the verify thread and did not come back.
+            (Place::Out, None) => self.made -= 1,
+            _ => {}
+        }
+    }
+
+    /// Takes block `block`'s buffer back into the pool and has its attempt go on in the
+    /// file: for a caller that reads the block through the mapping. Returns the buffer's
+    /// block bytes to write to the file first (the caller puts the buffer back with
+    /// [`Self::give_back`]).
+    pub(crate) fn spill(&mut self, object: ObjectId, block: BlockIndex) -> Option<AlignedBuf> {
+        let p = self.place(object, block)?;
+        if !matches!(p, Place::Buffer(_)) {
+            return None;
+        }
+        match std::mem::replace(p, Place::File) {
+            Place::Buffer(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// A spilled buffer, back into the pool.
+    pub(crate) fn give_back(&mut self, buf: AlignedBuf) {
+        self.free.push(buf);
+    }
+
+    /// Attempts at blocks that took a buffer, and that took the file.
+    pub(crate) fn attempts(&self) -> (u64, u64) {
+        self.attempts
+    }
+
+    /// Buffers made so far (for tests: whether the pool ran out).
+    #[cfg(test)]
+    pub(crate) fn made(&self) -> usize {
+        self.made
+    }
+
+    /// Buffers at most.
+    #[cfg(test)]
+    pub(crate) fn most(&self) -> usize {
+        self.most
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_keeps_its_place_until_its_attempt_is_over_and_an_empty_pool_sends_blocks_to_the_file(
+    ) {
+        let bs = 749 * 1400;
+        let mut p = BlockBuffers::new(2 * (bs + 8192));
+        p.prepare(bs, [5].into_iter());
+        assert_eq!(p.most(), 2);
+        let (o, b) = (ObjectId(0), |i| BlockIndex(i));
+        assert!(p.place_unit(o, b(0)));
+        assert!(p.place_unit(o, b(1)));
+        // Used up: block 2 goes to the file, and stays there for this attempt.
+        assert!(!p.place_unit(o, b(2)));
+        assert!(p.place_unit(o, b(0)));
+        let out = p.take(o, b(0)).unwrap();
+        assert!(out.len() >= bs + p.head(b(0)));
+        assert_eq!(out.as_ptr() as usize % 4096, 0);
+        // Out with the verify thread: no unit goes anywhere new meanwhile.
+        assert!(!p.place_unit(o, b(0)));
+        assert!(!p.place_unit(o, b(3)));
+        p.attempt_over(o, b(0), Some(out));
+        // Block 3 went to the file while the pool was empty; block 4 takes the buffer back.
+        assert!(!p.place_unit(o, b(3)));
+        assert!(p.place_unit(o, b(4)));
+        // The file attempt ends; the next one at it may take a buffer.
+        p.attempt_over(o, b(2), None);
+        assert!(!p.place_unit(o, b(2)));
+        assert_eq!(p.made(), 2);
+    }
+}
