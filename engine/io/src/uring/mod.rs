@@ -429,20 +429,8 @@ impl SendRing {
             // Slots are free already: submit what is queued without waiting.
             return Ok(reaped + self.flush()?);
         }
-        let ts = types::Timespec::new()
-            .sec(timeout.as_secs())
-            .nsec(timeout.subsec_nanos());
-        let args = types::SubmitArgs::new().timespec(&ts);
         self.stats.enter_calls += 1;
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) => {}
-            Err(e) => return Err(IoError::os("io_uring_enter", "SendRing::wait", e)),
-        }
+        submit_and_wait(&self.ring, timeout, "SendRing::wait")?;
         Ok(reaped + self.reap())
     }
 
@@ -562,6 +550,32 @@ impl Drop for SendRing {
             // rather than free memory under it.
             std::mem::forget(std::mem::take(&mut self.slots));
         }
+    }
+}
+
+/// Submits what is queued on `ring` and waits up to `timeout` for a completion. The time
+/// running out, a signal, or a completion queue too full to take more (the caller reaps) is
+/// no error.
+pub(crate) fn submit_and_wait(
+    ring: &IoUring,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), IoError> {
+    let ts = types::Timespec::new()
+        .sec(timeout.as_secs())
+        .nsec(timeout.subsec_nanos());
+    let args = types::SubmitArgs::new().timespec(&ts);
+    match ring.submitter().submit_with_args(1, &args) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(IoError::os("io_uring_enter", what, e)),
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types, IoUring};
 
-use super::{build_ring, RingMode};
+use super::{build_ring, submit_and_wait, RingMode};
 use crate::error::IoError;
 
 /// Zeroed bytes at an address that is a multiple of [`AlignedBuf::ALIGN`], their length a
@@ -225,19 +225,7 @@ impl WriteRing {
                 if left.is_zero() {
                     break;
                 }
-                let ts = types::Timespec::new()
-                    .sec(left.as_secs())
-                    .nsec(left.subsec_nanos());
-                let args = types::SubmitArgs::new().timespec(&ts);
-                match self.ring.submitter().submit_with_args(1, &args) {
-                    Ok(_) => {}
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                        ) => {}
-                    Err(e) => return Err(IoError::os("io_uring_enter", "WriteRing::complete", e)),
-                }
+                submit_and_wait(&self.ring, left, "WriteRing::complete")?;
                 self.reap(done);
             }
         }
