@@ -17,7 +17,7 @@ use std::alloc::{self, Layout};
 use std::fs::File;
 use std::io;
 use std::ops::{Deref, DerefMut, Range};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +112,9 @@ struct WriteSlot {
     tag: u64,
 }
 
+/// The completion of the poll [`WriteRing::wake_on`] arms (no slot has this index).
+const WAKE: u64 = u64::MAX;
+
 /// Positioned writes (`IORING_OP_WRITE`) of owned buffers, up to a fixed number in flight.
 pub struct WriteRing {
     ring: IoUring,
@@ -119,6 +122,10 @@ pub struct WriteRing {
     slots: Vec<Option<WriteSlot>>,
     free: Vec<usize>,
     in_flight: usize,
+    /// A poll for [`WriteRing::wake_on`]'s descriptor is out.
+    wake_armed: bool,
+    /// It completed since [`WriteRing::take_woken`] last looked.
+    woken: bool,
 }
 
 impl WriteRing {
@@ -128,13 +135,16 @@ impl WriteRing {
         if !(1..=1024).contains(&depth) {
             return Err(IoError::invalid("WriteRing::new", format!("depth {depth}")));
         }
-        let (ring, mode) = build_ring(depth.next_power_of_two() as u32)?;
+        // One entry more than the writes: the wake-up poll.
+        let (ring, mode) = build_ring((depth + 1).next_power_of_two() as u32)?;
         Ok(WriteRing {
             ring,
             mode,
             slots: (0..depth).map(|_| None).collect(),
             free: (0..depth).rev().collect(),
             in_flight: 0,
+            wake_armed: false,
+            woken: false,
         })
     }
 
@@ -207,9 +217,34 @@ impl WriteRing {
         debug_assert!(pushed.is_ok(), "the submission queue holds every slot");
     }
 
+    /// Makes the next wait of [`WriteRing::complete`] end also when `fd` is readable (an
+    /// eventfd another thread pokes when it hands this thread work): arms a one-shot poll for
+    /// it unless one is out. [`WriteRing::take_woken`] says whether it fired. `fd` must stay
+    /// open while the poll is out (the ring holds the file; it is cancelled with the ring).
+    pub fn wake_on(&mut self, fd: BorrowedFd<'_>) {
+        if self.wake_armed {
+            return;
+        }
+        let entry = opcode::PollAdd::new(types::Fd(fd.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(WAKE);
+        // SAFETY: a poll reads no memory of ours; the queue has room for it (one entry more
+        // than the writes, and at most one poll is out).
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_ok() {
+            self.wake_armed = true;
+            let _ = self.ring.submit();
+        }
+    }
+
+    /// Whether the poll of [`WriteRing::wake_on`] fired since the last call.
+    pub fn take_woken(&mut self) -> bool {
+        std::mem::take(&mut self.woken)
+    }
+
     /// Takes the completed writes into `done` (a short write is continued, not reported).
     /// With `wait`, blocks until at least one completes first (at most `timeout`), unless
-    /// nothing is in flight.
+    /// nothing is in flight or the poll of [`WriteRing::wake_on`] fires.
     pub fn complete(
         &mut self,
         wait: Option<Duration>,
@@ -220,7 +255,7 @@ impl WriteRing {
         self.reap(done);
         if let Some(timeout) = wait {
             let deadline = Instant::now() + timeout;
-            while done.len() == before && self.in_flight > 0 {
+            while done.len() == before && !self.woken && self.in_flight > 0 {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -249,6 +284,11 @@ impl WriteRing {
             .collect();
         let mut again = false;
         for (idx, res) in cqes {
+            if idx == WAKE {
+                self.wake_armed = false;
+                self.woken = true;
+                continue;
+            }
             let idx = idx as usize;
             let Some(slot) = self.slots.get_mut(idx).and_then(|s| s.as_mut()) else {
                 continue;
@@ -325,6 +365,50 @@ mod tests {
         assert_eq!(b.len(), 8192);
         assert_eq!(b.as_ptr() as usize % AlignedBuf::ALIGN, 0);
         assert!(b.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_poked_eventfd_ends_the_wait_for_a_write_that_is_still_out() {
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        // A write that cannot complete yet: into a pipe whose buffer is full.
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills `fds` with two fresh descriptors, owned below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors nothing else owns.
+        let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_SETFL on our own descriptor.
+        unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        let chunk = [7u8; 4096];
+        // SAFETY: writes from `chunk`, until the pipe takes no more.
+        while unsafe { libc::write(wr.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) } > 0 {}
+        // SAFETY: F_SETFL on our own descriptor: the ring's write now waits for room.
+        unsafe { libc::fcntl(wr.as_raw_fd(), libc::F_SETFL, 0) };
+        let file = Arc::new(File::from(wr));
+        let mut ring = WriteRing::new(2).unwrap();
+        let buf = AlignedBuf::zeroed(4096).unwrap();
+        ring.submit(file, buf, 0..4096, 0, 9)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let wake = crate::os::EventFd::new().unwrap();
+        wake.poke();
+        ring.wake_on(wake.as_fd());
+        let mut done = Vec::new();
+        // Without the poll this waits the whole minute: the write is stuck.
+        ring.complete(Some(Duration::from_secs(60)), &mut done)
+            .unwrap();
+        assert!(done.is_empty());
+        assert!(ring.take_woken());
+        assert_eq!(ring.in_flight(), 1);
+        // Room in the pipe: the write completes.
+        let mut sink = vec![0u8; 1 << 20];
+        // SAFETY: reads into `sink`, which is large enough for the pipe's whole buffer.
+        unsafe { libc::read(rd.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) };
+        ring.complete(Some(Duration::from_secs(60)), &mut done)
+            .unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].tag, 9);
+        assert!(done[0].result.is_ok(), "{:?}", done[0].result);
+        assert!(!ring.take_woken());
     }
 
     #[test]

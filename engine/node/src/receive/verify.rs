@@ -21,11 +21,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{mpsc, Arc};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Duration;
 
+use blockcast_io::os::EventFd;
 use blockcast_io::{AlignedBuf, WriteDone, WriteRing};
 use blockcast_proto::wire::{BlockIndex, ObjectId};
 use blockcast_proto::Rebuild;
@@ -37,8 +39,9 @@ use crate::NodeError;
 /// 1.2 GB/s: docs/DESIGN.md).
 const WRITES_IN_FLIGHT: usize = 8;
 
-/// How long the thread waits on its writes before it looks for jobs again.
-const JOB_WAIT: Duration = Duration::from_millis(1);
+/// The longest the thread waits for a write or a job in one go (either ends the wait: a
+/// job pokes the thread's eventfd, which its ring polls).
+const WRITE_WAIT: Duration = Duration::from_millis(100);
 
 const ALIGN: u64 = AlignedBuf::ALIGN as u64;
 
@@ -82,6 +85,8 @@ struct Writing {
 /// The verify thread's state: its ring and the writes out.
 struct Worker {
     verdicts: mpsc::Sender<Verdict>,
+    /// Poked by the receive thread with each job ([`WriteRing::wake_on`]).
+    wake: Arc<EventFd>,
     ring: Option<WriteRing>,
     writing: HashMap<u64, Writing>,
     done: Vec<WriteDone>,
@@ -91,7 +96,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(verdicts: mpsc::Sender<Verdict>) -> Self {
+    fn new(verdicts: mpsc::Sender<Verdict>, wake: Arc<EventFd>) -> Self {
         let ring = match WriteRing::new(WRITES_IN_FLIGHT) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -103,6 +108,7 @@ impl Worker {
         };
         Worker {
             verdicts,
+            wake,
             ring,
             writing: HashMap::new(),
             done: Vec::new(),
@@ -128,10 +134,16 @@ impl Worker {
                 match jobs.try_recv() {
                     Ok(j) => j,
                     Err(_) => {
-                        // Nothing to hash: wait for a write, but not long (a job that comes
-                        // meanwhile waits for this; a write on a busy disk takes tens of
-                        // milliseconds).
-                        let _ = self.reap(Some(JOB_WAIT));
+                        // Nothing to hash: wait for a write, or for a job (the receive
+                        // thread pokes `wake` with each; cleared before the jobs are looked
+                        // at again, so none is missed).
+                        if let Some(ring) = self.ring.as_mut() {
+                            ring.wake_on(self.wake.as_fd());
+                        }
+                        let _ = self.reap(Some(WRITE_WAIT));
+                        if self.ring.as_mut().is_some_and(|r| r.take_woken()) {
+                            self.wake.clear();
+                        }
                         continue;
                     }
                 }
@@ -401,6 +413,8 @@ fn write_rebuilt(file: &File, offset: u64, r: &Rebuild, block: &[u8]) -> std::io
 /// The receive thread's handle on the verify thread.
 pub(crate) struct Verifier<'scope> {
     jobs: Option<mpsc::Sender<Job>>,
+    /// Poked with each job: the verify thread waits on it beside its writes.
+    wake: Arc<EventFd>,
     verdicts: mpsc::Receiver<Verdict>,
     worker: ScopedJoinHandle<'scope, f64>,
     /// Jobs out and not answered.
@@ -411,16 +425,19 @@ impl<'scope> Verifier<'scope> {
     pub(crate) fn start<'env>(scope: &'scope Scope<'scope, 'env>) -> Result<Self, NodeError> {
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let (res_tx, verdicts) = mpsc::channel::<Verdict>();
+        let wake = Arc::new(EventFd::new().map_err(|e| NodeError::spawn("the verify thread", e))?);
+        let worker_wake = wake.clone();
         let worker = std::thread::Builder::new()
             .name("bc-verify".into())
             .spawn_scoped(scope, move || {
                 // The ring is made here: it may be set up for this one thread.
-                Worker::new(res_tx).run(job_rx);
+                Worker::new(res_tx, worker_wake).run(job_rx);
                 blockcast_io::os::thread_cpu_seconds()
             })
             .map_err(|e| NodeError::spawn("the verify thread", e))?;
         Ok(Verifier {
             jobs: Some(job_tx),
+            wake,
             verdicts,
             worker,
             outstanding: 0,
@@ -445,6 +462,9 @@ impl<'scope> Verifier<'scope> {
             rebuild,
         };
         let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        if sent {
+            self.wake.poke();
+        }
         self.outstanding += usize::from(sent);
         sent
     }
@@ -473,6 +493,8 @@ impl<'scope> Verifier<'scope> {
     /// seconds.
     pub(crate) fn finish(mut self) -> f64 {
         self.jobs = None;
+        // Wakes it if it waits on its writes, to see the hang-up.
+        self.wake.poke();
         self.worker.join().unwrap_or(0.0)
     }
 }
