@@ -47,16 +47,9 @@ pub(super) struct FirstPass {
     pub(super) next_skip_scan: Option<Instant>,
     /// The first pass waits for a block that is not available yet: look again at this time.
     pub(super) stall_check: Option<Instant>,
-    /// External first pass: what this sender sent itself (repairs) per second over its last
-    /// measured window, and where the current window began (when, and its bytes then).
-    repair_rate: u64,
-    repair_window: Option<(Instant, u64)>,
     /// External first pass: when its bytes were last charged to the sender's pacer.
     charged_at: Option<Instant>,
 }
-
-/// How long a window the rate of repairs is measured over.
-const REPAIR_WINDOW: Duration = Duration::from_millis(20);
 
 /// Queued repairs get the share of the rate that sends them within this long (up to half
 /// of it): about a GRTT on a LAN, a small share for the few units a NACK asks for.
@@ -73,9 +66,7 @@ impl FirstPass {
             skip: Arc::new(AtomicBitmap::new(blocks as usize)),
             next_skip_scan: None,
             stall_check: None,
-            repair_rate: 0,
             charged_at: None,
-            repair_window: None,
         }
     }
 }
@@ -154,21 +145,18 @@ impl<S: BlockSource> Sender<S> {
             .map_or(self.cfg.rate, |a| a.control.rate())
     }
 
-    /// An external first pass's share of the rate: what the repairs (and priority blocks)
-    /// leave of it: half while any are queued, else the rest of what they took over the last
-    /// few milliseconds. The repairs are paced against the same budget (the stripes' bytes
-    /// are charged to the sender's pacer as they are reported), so together they stay
-    /// within the rate. Before, repairs had a pacer of their own at half the rate and the
-    /// first pass the whole rate whenever none was queued, which, as NACKs come in one by one,
-    /// was most of the time: up to 1.5 times the rate went out (in the simulator, 8.9 MB/s
-    /// at a rate of 6.3 overflowed receivers that take 7.8).
-    ///
-    /// While repairs are queued they get what sends them within [`REPAIR_DRAIN`] (and at
-    /// least what they took lately), up to half. A flat half whenever any was queued held the
-    /// first pass near half the rate all through a lossy transfer, as the NACKs of 5 % loss
-    /// keep a few units queued most of the time: at a fixed 120 MB/s across namespaces 5 %
-    /// loss took 1.40-1.45x the lossless time, for 5-6 % more datagrams (docs/DESIGN.md
-    /// 2026-12-02, "the first pass yields what the repairs need").
+    /// An external first pass's share of the rate: what the queued repairs (and priority
+    /// blocks) leave of it, they getting what sends them within [`REPAIR_DRAIN`], up to half.
+    /// The repairs are paced against the same budget (the stripes' bytes are charged to the
+    /// sender's pacer as they are reported), so together they stay within the rate. Before,
+    /// repairs had a pacer of their own at half the rate and the first pass the whole rate
+    /// whenever none was queued: up to 1.5 times the rate went out (in the simulator, 8.9 MB/s
+    /// at a rate of 6.3 overflowed receivers that take 7.8). Then a flat half whenever any
+    /// was queued (and the rate they took lately when none was) held the first pass near half
+    /// the rate through a lossy transfer, as the NACKs of 5 % loss keep a few units queued
+    /// most of the time: at a fixed 120 MB/s across namespaces 5 % loss took 1.40-1.45x the
+    /// lossless time for 5-6 % more datagrams (docs/DESIGN.md 2026-12-02, "what 5 % loss
+    /// cost across namespaces").
     pub fn first_pass_rate(&self) -> u64 {
         let rate = self.rate();
         let half = rate / 2;
@@ -176,23 +164,6 @@ impl<S: BlockSource> Sender<S> {
         let drain = (queued as f64 / REPAIR_DRAIN.as_secs_f64()) as u64;
         let repairs = drain.min(half);
         (rate - repairs).max(1)
-    }
-
-    /// External first pass: measures what this sender sends itself (repairs), for
-    /// [`Sender::first_pass_rate`].
-    fn measure_repairs(&mut self, now: Instant) {
-        let own = self.stats.data_bytes + self.stats.parity_bytes;
-        match self.first_pass.repair_window {
-            Some((at, bytes)) => {
-                let dt = now.saturating_duration_since(at);
-                if dt >= REPAIR_WINDOW {
-                    self.first_pass.repair_rate =
-                        (own.saturating_sub(bytes) as f64 / dt.as_secs_f64()) as u64;
-                    self.first_pass.repair_window = Some((now, own));
-                }
-            }
-            None => self.first_pass.repair_window = Some((now, own)),
-        }
     }
 
     /// Change the rate (datagram bytes per second, first pass and repairs together); with
@@ -397,7 +368,6 @@ impl<S: BlockSource> Sender<S> {
         self.pacer.charge(since, now, more);
         self.first_pass.external_bytes = self.first_pass.external_bytes.max(progress.bytes);
         self.log_sent(now);
-        self.measure_repairs(now);
         let sent_before = progress.sent_before;
         if sent_before <= self.first_pass.external_sent {
             return;
