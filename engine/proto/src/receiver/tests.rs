@@ -63,6 +63,16 @@ impl BlockStore for Resumed {
     }
 }
 
+/// A store that holds nothing at the start.
+fn empty() -> Resumed {
+    Resumed {
+        mem: MemStore::default(),
+        held: HeldBlocks::default(),
+        bytes: Vec::new(),
+        finals: Vec::new(),
+    }
+}
+
 fn addr(b: u32) -> (ObjectId, BlockIndex) {
     (ObjectId(0), BlockIndex(b))
 }
@@ -315,12 +325,7 @@ fn a_receiver_follows_a_new_session_of_the_same_content_once_its_own_falls_silen
     let c = content(4);
     let m = manifest(&c);
     let other = manifest(&content(5));
-    let store = Resumed {
-        mem: MemStore::default(),
-        held: HeldBlocks::default(),
-        bytes: Vec::new(),
-        finals: Vec::new(),
-    };
+    let store = empty();
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
     let t0 = Instant::now();
@@ -359,12 +364,7 @@ fn a_receiver_follows_its_session_to_another_control_address_once_the_old_one_is
     // A relay serves the server's session from its own control address: a restarted relay
     // is the same session from another address.
     let m = manifest(&content(4));
-    let store = Resumed {
-        mem: MemStore::default(),
-        held: HeldBlocks::default(),
-        bytes: Vec::new(),
-        finals: Vec::new(),
-    };
+    let store = empty();
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
     let t0 = Instant::now();
@@ -403,12 +403,7 @@ fn a_receiver_follows_its_session_to_another_control_address_once_the_old_one_is
 fn a_receiver_with_nothing_to_tell_does_not_answer_its_accept_with_a_notice() {
     // A group that joins together would answer its accepts with a burst of notices.
     let m = manifest(&content(4));
-    let store = Resumed {
-        mem: MemStore::default(),
-        held: HeldBlocks::default(),
-        bytes: Vec::new(),
-        finals: Vec::new(),
-    };
+    let store = empty();
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
     let t0 = Instant::now();
@@ -431,12 +426,7 @@ fn a_receiver_with_nothing_to_tell_does_not_answer_its_accept_with_a_notice() {
 fn an_unanswered_join_is_repeated_soon_then_less_and_less_often() {
     let c = content(4);
     let m = manifest(&c);
-    let store = Resumed {
-        mem: MemStore::default(),
-        held: HeldBlocks::default(),
-        bytes: Vec::new(),
-        finals: Vec::new(),
-    };
+    let store = empty();
     let mut r = receiver(store, true);
     r.offer_manifest(hash_of(&m), m.clone());
     let t0 = Instant::now();
