@@ -28,6 +28,24 @@ fn check(cfg: SimConfig) -> SimReport {
     r
 }
 
+/// The node's block geometry: 749 units of 1400 bytes, up to 128 parity units.
+fn node_geometry() -> blockcast_proto::Geometry {
+    blockcast_proto::Geometry {
+        unit_size: 1400,
+        units_per_block: 749,
+        max_parity: 128,
+    }
+}
+
+/// `--rate` fixed at `rate` (the controller's bounds all at it).
+fn fixed_rate(rate: u64) -> RateLimits {
+    RateLimits {
+        start: rate,
+        min: rate,
+        max: rate,
+    }
+}
+
 #[test]
 fn one_receiver_lossless() {
     let r = check(SimConfig::small(1, 1, 0.0));
@@ -317,7 +335,6 @@ fn rate_control_runs_in_the_simulator() {
 
 #[test]
 fn a_burst_of_overflow_does_not_turn_into_a_storm_of_repairs() {
-    use blockcast_proto::Geometry;
     use blockcast_sim::ReceiverLimits;
     // Four receivers as the node runs them, each with a 1 MiB socket buffer emptied at
     // 7.8 MB/s, and `--rate auto` starting at eight times that: the first notices say the
@@ -326,11 +343,7 @@ fn a_burst_of_overflow_does_not_turn_into_a_storm_of_repairs() {
     // controller that backed off by a fixed share, then held 300 ms whatever the news, and
     // cut again on notices that reported what the old rate did, repaired 1.4 times the
     // object's units and took 1.3 times what the receivers need (docs/DESIGN.md).
-    let geometry = Geometry {
-        unit_size: 1400,
-        units_per_block: 749,
-        max_parity: 128,
-    };
+    let geometry = node_geometry();
     let service: u64 = 7_812_500;
     let limits = RateLimits {
         start: service * 8,
@@ -377,21 +390,12 @@ fn a_burst_of_overflow_does_not_turn_into_a_storm_of_repairs() {
 
 #[test]
 fn repairs_go_inside_the_rate_not_on_top_of_the_first_pass() {
-    use blockcast_proto::Geometry;
     // Data threads send the first pass (as the node does) at a fixed rate; four receivers lose
     // 5 %, and NACKs come in all through the pass. Repairs used to be queued only briefly
     // between NACKs, so the first pass kept the whole rate and the repairs went on top.
-    let geometry = Geometry {
-        unit_size: 1400,
-        units_per_block: 749,
-        max_parity: 128,
-    };
+    let geometry = node_geometry();
     let rate: u64 = 64_000_000;
-    let limits = RateLimits {
-        start: rate,
-        min: rate,
-        max: rate,
-    };
+    let limits = fixed_rate(rate);
     let mut cfg = SimConfig::node_like(151, 4, 32 << 20, geometry, limits);
     cfg.data_faults = LinkFaults::lossy(0.05);
     let r = check(cfg);
@@ -409,17 +413,12 @@ fn repairs_go_inside_the_rate_not_on_top_of_the_first_pass() {
 
 #[test]
 fn receivers_kept_off_their_cores_in_turn_do_not_hold_the_rate_down() {
-    use blockcast_proto::Geometry;
     use blockcast_sim::ReceiverLimits;
     // Four receivers as the node runs them, each taking 37.5 MB/s but kept off its core for
     // 200 ms of every second (in turn), as on a host whose cores other work shares: each
     // comes back to a queue it then drains. Held while any buffer was over a tenth full, the
     // rate stayed at the three quarters of their take that the last cut left.
-    let geometry = Geometry {
-        unit_size: 1400,
-        units_per_block: 749,
-        max_parity: 128,
-    };
+    let geometry = node_geometry();
     let service: u64 = 37_500_000;
     let limits = RateLimits {
         start: 250_000_000,
@@ -453,24 +452,15 @@ fn receivers_kept_off_their_cores_in_turn_do_not_hold_the_rate_down() {
 
 #[test]
 fn five_percent_loss_costs_at_most_a_tenth_more_time_than_none() {
-    use blockcast_proto::Geometry;
     // One and four receivers as the node runs them (a data thread's first pass at a fixed
     // rate), 256 MiB of 1400-byte units, with no loss and with 5 % independent loss on every
     // copy of the data. (At 64 MiB a member's repair budget hid that an allowance of 1/20
     // is short of the 5.26 % a 5 % loss needs: its burst covered the difference.) The loss's repairs take their share of the rate; what must not be
     // added is the tail: NACK round trips after the first pass for repairs lost on the way
     // (each retried after its backoff), and repairs that waited for the pass to end.
-    let geometry = Geometry {
-        unit_size: 1400,
-        units_per_block: 749,
-        max_parity: 128,
-    };
+    let geometry = node_geometry();
     let rate: u64 = 200_000_000;
-    let limits = RateLimits {
-        start: rate,
-        min: rate,
-        max: rate,
-    };
+    let limits = fixed_rate(rate);
     for n in [1, 4] {
         let mut cfg = SimConfig::node_like(171, n, 256 << 20, geometry, limits);
         let lossless = check(cfg.clone());

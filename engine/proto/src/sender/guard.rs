@@ -451,6 +451,14 @@ mod tests {
         s
     }
 
+    /// A split-mode sender of 64 blocks that waits for one member.
+    fn split_sender() -> Sender<Gated> {
+        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
+        s.cfg.min_receivers = 1;
+        s.cfg.max_wait = Duration::from_secs(3600);
+        s
+    }
+
     fn send(s: &mut Sender<Gated>, now: Instant, from: SocketAddr, p: Packet<'_>) -> usize {
         let mut buf = vec![0u8; 4096];
         let n = p.emit(&mut buf).unwrap();
@@ -930,9 +938,7 @@ mod tests {
         // The first plan holds the units back for half an rtt; the sender must ask to be
         // woken then (the pacer names no time before anything was sent), not at its next
         // announce.
-        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
-        s.cfg.min_receivers = 1;
-        s.cfg.max_wait = Duration::from_secs(3600);
+        let mut s = split_sender();
         let t0 = Instant::now();
         join(&mut s, t0, addr(A), 1);
         let mut now = t0;
@@ -1001,9 +1007,7 @@ mod tests {
         // A member that misses its Plan forwards nothing (or by an old plan) until the plan is
         // sent again: a new plan is repeated as the units' hold ends and a round trip later,
         // not only every plan interval.
-        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
-        s.cfg.min_receivers = 1;
-        s.cfg.max_wait = Duration::from_secs(3600);
+        let mut s = split_sender();
         let t0 = Instant::now();
         join(&mut s, t0, addr(A), 1);
         let mut now = t0;
@@ -1053,9 +1057,7 @@ mod tests {
 
     #[test]
     fn a_solicit_from_an_unproven_address_gets_a_challenge_and_no_manifest() {
-        let mut s = gated_sender_cfg(64, 64, Some(crate::split::SplitConfig::default()));
-        s.cfg.min_receivers = 1;
-        s.cfg.max_wait = Duration::from_secs(3600);
+        let mut s = split_sender();
         s.cfg.control = SocketAddr::from(([10, 0, 0, 9], 4000));
         let t0 = Instant::now();
         let solicit = |cookie| {

@@ -145,39 +145,35 @@ impl Repairs {
 }
 
 impl<S: BlockSource> Sender<S> {
-    /// Blocks waiting in the repair queue (NACK answers and priority blocks).
-    pub fn repair_backlog(&self) -> usize {
-        if self.first_pass_done() {
-            return self.repairs.queue.len();
-        }
-        // Blocks whose XOR repairs wait for more NACKs have nothing to send yet.
+    /// The queued blocks whose repairs can go now: before the first pass is over, blocks
+    /// whose XOR repairs wait for more NACKs have nothing to send yet.
+    fn ready_repairs(&self) -> impl Iterator<Item = u64> + '_ {
         let now = self.repairs.now;
-        self.repairs
-            .queue
-            .iter()
-            .filter(|s| {
-                self.repairs
+        let pass_done = self.first_pass_done();
+        self.repairs.queue.iter().copied().filter(move |s| {
+            pass_done
+                || self
+                    .repairs
                     .blocks
                     .get(s)
                     .and_then(|r| r.gathering(now))
                     .is_none()
-            })
-            .count()
+        })
     }
 
-    /// Datagram bytes of the repairs queued and ready to go (blocks still gathering NACKs
-    /// for their XOR repairs count once they are done): parity, originals, one XOR repair per
-    /// unit a member wants (an upper bound), and tail copies.
+    /// Blocks waiting in the repair queue (NACK answers and priority blocks) with something
+    /// to send now.
+    pub fn repair_backlog(&self) -> usize {
+        self.ready_repairs().count()
+    }
+
+    /// Datagram bytes of the repairs queued and ready to go: parity, originals, one XOR
+    /// repair per unit a member wants (an upper bound), and tail copies.
     pub fn repair_backlog_bytes(&self) -> u64 {
-        let now = self.repairs.now;
         let datagram = (UNIT_HEADER_LEN + usize::from(self.cfg.geometry.unit_size)) as u64;
-        let gathering = |r: &Repair| !self.first_pass_done() && r.gathering(now).is_some();
         let units: u64 = self
-            .repairs
-            .queue
-            .iter()
-            .filter_map(|s| self.repairs.blocks.get(s))
-            .filter(|r| !gathering(r))
+            .ready_repairs()
+            .filter_map(|s| self.repairs.blocks.get(&s))
             .map(|r| {
                 let parity = u64::from(r.parity_end.saturating_sub(r.parity_next));
                 let originals = r.originals.as_ref().map_or(0, |o| o.count_ones()) as u64;
