@@ -417,7 +417,10 @@ fn receivers_kept_off_their_cores_in_turn_do_not_hold_the_rate_down() {
     // Four receivers as the node runs them, each taking 37.5 MB/s but kept off its core for
     // 200 ms of every second (in turn), as on a host whose cores other work shares: each
     // comes back to a queue it then drains. Held while any buffer was over a tenth full, the
-    // rate stayed at the three quarters of their take that the last cut left.
+    // rate stayed at the three quarters of their take that the last cut left. Cut on the
+    // queue a receiver found when it came back (the queue of its pause, not of the rate), it
+    // took 1.19-1.32x what they need at seeds 2-8 (1.10x at seed 1): several seeds, since
+    // where the pauses fall against the rate's steps decides which notices cut.
     let geometry = node_geometry();
     let service: u64 = 37_500_000;
     let limits = RateLimits {
@@ -425,29 +428,37 @@ fn receivers_kept_off_their_cores_in_turn_do_not_hold_the_rate_down() {
         min: 2_500_000,
         max: 2_000_000_000,
     };
-    let mut cfg = SimConfig::node_like(1, 4, 64 << 20, geometry, limits);
-    let mut l = ReceiverLimits::new(16 << 20, service);
-    l.stalls = Some((Duration::from_secs(1), Duration::from_millis(200)));
-    cfg.receiver_limits = Some(l);
-    let r = check(cfg);
-    assert!(
-        r.sockets.iter().all(|s| s.stalls > 0),
-        "no receiver stalled: the test did not test"
-    );
-    // What the receivers need: every datagram through 37.5 MB/s for four fifths of the time.
-    let bytes = r.minimal_units * (1400 + 26);
-    let need = Duration::from_secs_f64(bytes as f64 / (service as f64 * 0.8));
-    assert!(
-        r.completion < need.mul_f64(1.15),
-        "took {:?}, the receivers need {need:?}",
-        r.completion
-    );
-    let repairs = r.repair_units + r.xor_units + r.parity_units;
-    assert!(
-        repairs * 100 < r.minimal_units,
-        "{repairs} repairs for {} units",
-        r.minimal_units
-    );
+    for seed in 1..=4 {
+        let mut cfg = SimConfig::node_like(seed, 4, 64 << 20, geometry, limits);
+        let mut l = ReceiverLimits::new(16 << 20, service);
+        l.stalls = Some((Duration::from_secs(1), Duration::from_millis(200)));
+        cfg.receiver_limits = Some(l);
+        let r = check(cfg);
+        assert!(
+            r.sockets.iter().all(|s| s.stalls > 0),
+            "no receiver stalled: the test did not test"
+        );
+        // What the receivers need: every datagram through 37.5 MB/s for four fifths of the
+        // time.
+        let bytes = r.minimal_units * (1400 + 26);
+        let need = Duration::from_secs_f64(bytes as f64 / (service as f64 * 0.8));
+        eprintln!(
+            "seed {seed}: took {:?}, the receivers need {need:?}: {:.3}x",
+            r.completion,
+            r.completion.as_secs_f64() / need.as_secs_f64()
+        );
+        assert!(
+            r.completion < need.mul_f64(1.15),
+            "seed {seed}: took {:?}, the receivers need {need:?}",
+            r.completion
+        );
+        let repairs = r.repair_units + r.xor_units + r.parity_units;
+        assert!(
+            repairs * 100 < r.minimal_units,
+            "seed {seed}: {repairs} repairs for {} units",
+            r.minimal_units
+        );
+    }
 }
 
 #[test]

@@ -39,6 +39,13 @@ pub(super) struct Member {
     queue_ppm: u32,
     /// The buffer fill its previous notice reported (falling: it is draining).
     queue_prev_ppm: u32,
+    /// Its notices' pace: when the latest came, and the usual time between two (smoothed
+    /// over the gaps that were not pauses).
+    notice_at: Option<Instant>,
+    notice_gap: Option<Duration>,
+    /// Its latest notice came after a pause ([`PAUSE_GAPS`] usual gaps or more): its thread
+    /// was off its core, and the queue it found came in while it was away.
+    paused: bool,
     /// For `--rate auto` to tell stale notices from fresh ones: the send time its previous
     /// notice echoed (the last unit it had read then: its latest notice's overflow counts
     /// units sent after it) and when that notice came (its latest notice's queue fill was
@@ -62,6 +69,12 @@ pub(super) struct Member {
 /// Members that left complete (expired after falling silent), kept for the summary: at most
 /// this many.
 const DEPARTED_KEPT: usize = 4096;
+
+/// A notice that comes this many of its member's usual gaps after the one before comes after
+/// a pause: the receive thread was kept off its core (another process, the host's other
+/// work), or its notices were lost. Notices are jittered by a quarter either way, so two in a
+/// row are never this far apart otherwise.
+const PAUSE_GAPS: u32 = 2;
 
 /// A member's count of verified blocks, as of one receipt notice.
 #[derive(Clone, Copy, Debug)]
@@ -178,6 +191,25 @@ impl Member {
         }
     }
 
+    /// A notice came at `now`: was it after a pause ([`PAUSE_GAPS`])? The usual gap follows
+    /// the gaps that were not.
+    fn note_pace(&mut self, now: Instant) {
+        let gap = self.notice_at.map(|t| now.saturating_duration_since(t));
+        self.notice_at = Some(now);
+        let Some(gap) = gap else {
+            return;
+        };
+        self.paused = self
+            .notice_gap
+            .is_some_and(|usual| gap > usual * PAUSE_GAPS);
+        if !self.paused {
+            self.notice_gap = Some(match self.notice_gap {
+                Some(usual) => (usual * 3 + gap) / 4,
+                None => gap,
+            });
+        }
+    }
+
     /// The least of its recent send->receipt samples, once it has two
     /// ([`crate::split::MemberInfo::rtt_floor`]).
     pub(super) fn rtt_floor(&self) -> Option<Duration> {
@@ -259,7 +291,9 @@ impl<S: BlockSource> Sender<S> {
                 c.fresh_overflow_ppm = c.fresh_overflow_ppm.max(m.overflow_ppm);
                 c.fresh_loss_ppm = c.fresh_loss_ppm.max(m.loss_ppm);
             }
-            if m.queue_ppm >= m.queue_prev_ppm {
+            // A queue found after a pause filled while the receive thread was away: the
+            // next notice says whether it drains.
+            if m.queue_ppm >= m.queue_prev_ppm && !m.paused {
                 c.filling_queue_ppm = c.filling_queue_ppm.max(m.queue_ppm);
                 if time_fresh {
                     c.fresh_queue_ppm = c.fresh_queue_ppm.max(m.queue_ppm);
@@ -443,6 +477,9 @@ impl<S: BlockSource> Sender<S> {
                 overflow_ppm: 0,
                 queue_ppm: 0,
                 queue_prev_ppm: 0,
+                notice_at: None,
+                notice_gap: None,
+                paused: false,
                 window_from: None,
                 echoed: None,
                 delivered: None,
@@ -551,6 +588,7 @@ impl<S: BlockSource> Sender<S> {
         }
         m.overflow_ppm = r.overflow_ppm;
         m.queue_prev_ppm = std::mem::replace(&mut m.queue_ppm, r.queue_ppm);
+        m.note_pace(now);
         if r.echo_timestamp != 0 {
             m.window_from = m.echoed.replace((r.echo_timestamp, now));
         }
@@ -709,5 +747,36 @@ mod tests {
         // All the session's blocks in one second, no more.
         let block = s.numbering.block_size() as u64;
         assert_eq!(s.slowest_delivery(), Some(total * block));
+    }
+
+    #[test]
+    fn a_queue_found_after_a_pause_is_not_news_until_the_next_notice() {
+        // A receive thread kept off its core comes back to a queue that filled while it was
+        // away: that notice alone does not say the rate is too fast; the next one, at the
+        // usual pace, says whether the queue drains.
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let base = receipt(&s, 1);
+        let notice = |queue_ppm: u32| ReceiptRepr {
+            queue_ppm,
+            ..base.clone()
+        };
+        s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        let ms = Duration::from_millis;
+        for i in 0..4 {
+            s.on_receipt(t0 + ms(50 * i), &notice(10_000));
+        }
+        assert_eq!(s.congestion().filling_queue_ppm, 10_000);
+        // 250 ms of silence, then a buffer 40 % full.
+        let back = t0 + ms(150 + 250);
+        s.on_receipt(back, &notice(400_000));
+        let c = s.congestion();
+        assert_eq!((c.queue_ppm, c.filling_queue_ppm), (400_000, 0));
+        // At the usual pace: fuller still is news of a rate too fast.
+        s.on_receipt(back + ms(50), &notice(450_000));
+        assert_eq!(s.congestion().filling_queue_ppm, 450_000);
+        // Draining is not.
+        s.on_receipt(back + ms(100), &notice(300_000));
+        assert_eq!(s.congestion().filling_queue_ppm, 0);
     }
 }
