@@ -168,6 +168,7 @@ impl SimConfig {
             burst: Duration::from_micros(500),
             pace_quantum: 65_536,
             announce_interval: Duration::from_millis(100),
+            waiting_announce_interval: Some(Duration::from_millis(10)),
             initial_grtt: Duration::from_millis(2),
             min_receivers: receivers,
             max_wait: Duration::from_secs(5),

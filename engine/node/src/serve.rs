@@ -382,10 +382,12 @@ fn sender_config(
         // Paced threads send whole GSO super-buffers and sleep between them.
         pace_quantum: blockcast_io::MAX_SEND_BYTES,
         announce_interval: Duration::from_millis(100),
-        // An origin's receivers join within milliseconds of their grant: a tenth of the
-        // interval while they do, so that a receiver that missed the first announce does not
-        // wait a whole interval (measured in docs/DESIGN.md, 2026-12-02).
-        waiting_announce_interval: cfg.gate.as_ref().map(|_| Duration::from_millis(10)),
+        // Receivers that are listening (an origin's, granted the session a moment ago; a
+        // fleet started before the server) join within milliseconds of the announce and the
+        // manifest: a tenth of the interval while the first pass waits, so that one that lost
+        // the announce or a manifest chunk does not wait a whole interval, and the first pass
+        // with it (measured in docs/DESIGN.md, 2026-12-02).
+        waiting_announce_interval: Some(Duration::from_millis(10)),
         min_receivers: cfg.min_receivers,
         max_wait: cfg.max_wait,
         deadline: cfg.deadline,

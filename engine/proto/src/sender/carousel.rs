@@ -11,6 +11,14 @@ use crate::wire::{
 };
 use crate::{micros, Transmit};
 
+/// The most bytes per second the carousel sends while the first pass waits for members
+/// ([`crate::SenderConfig::waiting_announce_interval`]): a small manifest goes round every
+/// waiting interval, a large one no faster than this.
+const WAITING_CAROUSEL_RATE: u64 = 2_000_000;
+
+/// About what an announce takes on the wire (signed: 64-byte signatures and the statement).
+const ANNOUNCE_BYTES: usize = 300;
+
 /// The announce timer and the manifest carousel.
 pub(super) struct Carousel {
     /// The manifest as sent in chunks; its hash goes in every announce.
@@ -132,15 +140,36 @@ impl<S: BlockSource> Sender<S> {
         }
     }
 
+    /// The time to the next announce: the configured interval, or while the first pass waits
+    /// for members the shorter waiting interval, as long as a turn of the carousel (the
+    /// announce and the manifest chunks after it) does not go round faster than
+    /// [`WAITING_CAROUSEL_RATE`].
+    pub(super) fn announce_interval_now(&self) -> Duration {
+        let interval = self.cfg.announce_interval;
+        let Some(waiting) = self
+            .cfg
+            .waiting_announce_interval
+            .filter(|_| self.phase == Phase::Waiting)
+        else {
+            return interval;
+        };
+        let chunks = self.cfg.manifest_chunks_per_announce.max(1);
+        let turn = self
+            .carousel
+            .bytes
+            .len()
+            .min(chunks.saturating_mul(usize::from(self.cfg.geometry.unit_size)))
+            + ANNOUNCE_BYTES;
+        let by_bytes = Duration::from_secs_f64(turn as f64 / WAITING_CAROUSEL_RATE as f64);
+        waiting.max(by_bytes).min(interval)
+    }
+
     /// The announce, or the next manifest chunk after it, to the group ([`Carousel::is_due`]
     /// says whether one is due).
     pub(super) fn poll_carousel(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         if self.carousel.announce_now {
             self.carousel.announce_now = false;
-            let interval = match self.cfg.waiting_announce_interval {
-                Some(w) if self.phase == Phase::Waiting => w.min(self.cfg.announce_interval),
-                _ => self.cfg.announce_interval,
-            };
+            let interval = self.announce_interval_now();
             // The announce that says the first pass is over is all that tells a receiver the
             // last blocks' passes are: it goes again a round trip later, twice, so that one
             // lost copy does not cost an announce interval of tail.

@@ -34,9 +34,12 @@ pub struct SenderConfig {
     /// every datagram waits its own turn.
     pub pace_quantum: usize,
     pub announce_interval: Duration,
-    /// While the first pass waits for receivers, announce this often instead (when shorter):
-    /// an origin's session, whose receivers were granted it a moment ago and join as soon as
-    /// they hear it. `None`: `announce_interval` throughout.
+    /// While the first pass waits for receivers, announce this often instead (when shorter,
+    /// and no faster than the carousel's waiting byte rate allows): receivers that are
+    /// listening join as soon as they hear the announce and the manifest, and one that lost
+    /// either should not wait a whole interval for the next (a node's sessions, and an
+    /// origin's, whose receivers were granted it a moment ago). `None`: `announce_interval`
+    /// throughout.
     pub waiting_announce_interval: Option<Duration>,
     /// Manifest chunks sent after each announce (a carousel for late joiners).
     pub manifest_chunks_per_announce: usize,

@@ -894,6 +894,23 @@ mod tests {
     }
 
     #[test]
+    fn a_large_manifest_goes_round_no_faster_than_the_waiting_byte_rate() {
+        let mut s = gated_sender();
+        s.cfg.waiting_announce_interval = Some(Duration::from_millis(10));
+        // A turn of 64 chunks of 1,200 bytes: 77 KB, 38 ms at 2 MB/s.
+        s.cfg.geometry.unit_size = 1200;
+        s.carousel.bytes = vec![0; 1 << 20];
+        let t = s.announce_interval_now();
+        assert!(
+            (Duration::from_millis(38)..Duration::from_millis(40)).contains(&t),
+            "{t:?}"
+        );
+        // A megabyte a turn: the usual interval, no longer.
+        s.cfg.manifest_chunks_per_announce = 1024;
+        assert_eq!(s.announce_interval_now(), s.cfg.announce_interval);
+    }
+
+    #[test]
     fn a_receiver_that_never_reports_delays_the_first_pass_by_the_bounded_wait_only() {
         let mut s = gated_sender();
         s.cfg.min_receivers = 1;
