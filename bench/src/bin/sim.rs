@@ -38,9 +38,10 @@ struct Args {
     /// Sender rate, bytes per second (virtual).
     #[arg(long, default_value_t = 20_000_000)]
     rate: u64,
-    /// One-way delay, milliseconds.
-    #[arg(long, default_value_t = 1.0)]
-    delay_ms: f64,
+    /// One-way delay, milliseconds (default 1; 0.1 with --node, the simulator's node-like
+    /// sessions).
+    #[arg(long)]
+    delay_ms: Option<f64>,
     /// Run the receivers x loss table instead of one run, as Markdown.
     #[arg(long)]
     table: bool,
@@ -73,6 +74,9 @@ struct Args {
     /// The period of those stalls, milliseconds (the receivers take turns).
     #[arg(long, default_value_t = 1000.0)]
     stall_every_ms: f64,
+    /// With --node: send at --rate throughout (as `serve --rate`), not from it by `--rate auto`.
+    #[arg(long)]
+    fixed: bool,
 }
 
 fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
@@ -82,14 +86,25 @@ fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
         max_parity: a.units_per_block.min(128),
     };
     let mut c = if a.node {
-        let limits = RateLimits {
-            start: a.rate,
-            min: a.rate / 100,
-            max: a.rate * 8,
+        let limits = if a.fixed {
+            RateLimits {
+                start: a.rate,
+                min: a.rate,
+                max: a.rate,
+            }
+        } else {
+            RateLimits {
+                start: a.rate,
+                min: a.rate / 100,
+                max: a.rate * 8,
+            }
         };
         let mut c = SimConfig::node_like(a.seed, receivers, a.size, geometry, limits);
         c.data_faults = LinkFaults::lossy(loss);
         c.control_faults = LinkFaults::lossy(loss);
+        if let Some(ms) = a.delay_ms {
+            c.delay = Duration::from_secs_f64(ms / 1000.0);
+        }
         c
     } else {
         let mut c = SimConfig::small(a.seed, receivers, loss);
@@ -99,7 +114,7 @@ fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
             ..geometry
         };
         c.rate = a.rate;
-        c.delay = Duration::from_secs_f64(a.delay_ms / 1000.0);
+        c.delay = Duration::from_secs_f64(a.delay_ms.unwrap_or(1.0) / 1000.0);
         c
     };
     if let (Some(b), Some(s)) = (a.buffer, a.service_rate) {
