@@ -13,7 +13,6 @@
 //! done with it. Dropping the ring waits for what is in flight (bounded), and leaks the slots
 //! of anything still out rather than free memory the kernel may read.
 
-use std::alloc::{self, Layout};
 use std::fs::File;
 use std::io;
 use std::ops::{Deref, DerefMut, Range};
@@ -34,7 +33,7 @@ pub struct AlignedBuf {
     len: usize,
 }
 
-// SAFETY: an owned heap allocation, like a Vec<u8>: nothing else points into it.
+// SAFETY: an owned mapping, like a Vec<u8>'s heap memory: nothing else points into it.
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared access only reads.
 unsafe impl Sync for AlignedBuf {}
@@ -45,13 +44,33 @@ impl AlignedBuf {
     pub const ALIGN: usize = 4096;
 
     /// `len` zeroed bytes, rounded up to a multiple of [`Self::ALIGN`] (at least one).
+    ///
+    /// Its own anonymous mapping, its pages faulted in at once (`MAP_POPULATE`): the kernel
+    /// hands out zeroed pages, so nothing is written here, and one call maps them all where a
+    /// first touch would take a fault per page (a block buffer is 257 pages; a fault is a
+    /// kernel entry and return, costly under the SRSO mitigation).
     pub fn zeroed(len: usize) -> io::Result<Self> {
-        let len = len.max(1).div_ceil(Self::ALIGN) * Self::ALIGN;
-        let layout = Layout::from_size_align(len, Self::ALIGN)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
-        // SAFETY: the layout's size is not zero.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        let len = len
+            .max(1)
+            .checked_next_multiple_of(Self::ALIGN)
+            .filter(|&l| l <= isize::MAX as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
+        // SAFETY: a fresh private anonymous mapping; no memory of ours is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
         Ok(AlignedBuf { ptr, len })
     }
 }
@@ -73,13 +92,8 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with this size and alignment (checked there).
-        unsafe {
-            alloc::dealloc(
-                self.ptr.as_ptr(),
-                Layout::from_size_align_unchecked(self.len, Self::ALIGN),
-            )
-        }
+        // SAFETY: mapped in `zeroed` with this length, and owned by this value alone.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -231,10 +245,8 @@ impl WriteRing {
         // SAFETY: a poll reads no memory of ours; the queue has room for it (one entry more
         // than the writes, and at most one poll is out).
         let pushed = unsafe { self.ring.submission().push(&entry) };
-        if pushed.is_ok() {
-            self.wake_armed = true;
-            let _ = self.ring.submit();
-        }
+        // Queued only: the wait that follows submits it with its own system call.
+        self.wake_armed = pushed.is_ok();
     }
 
     /// Whether the poll of [`WriteRing::wake_on`] fired since the last call.
@@ -251,7 +263,11 @@ impl WriteRing {
         done: &mut Vec<WriteDone>,
     ) -> Result<(), IoError> {
         let before = done.len();
-        self.enter(0)?;
+        let (queued, work) = self.pending();
+        // Entries queued and about to wait: the wait's system call submits them.
+        if work || (queued && wait.is_none()) {
+            self.enter(0)?;
+        }
         self.reap(done);
         if let Some(timeout) = wait {
             let deadline = Instant::now() + timeout;
@@ -267,6 +283,17 @@ impl WriteRing {
         Ok(())
     }
 
+    /// Whether entries are queued and not submitted, and whether the kernel holds work for
+    /// this thread that only a system call runs (the taskrun flag, which the ring's deferred
+    /// or cooperative task work sets up; a plain ring posts its completions without one), or
+    /// completions that overflowed the queue. Neither: a look at the completion queue is all
+    /// a reap needs, without a system call.
+    fn pending(&mut self) -> (bool, bool) {
+        let mut sq = self.ring.submission();
+        sq.sync();
+        (!sq.is_empty(), sq.taskrun() || sq.cq_overflow())
+    }
+
     /// Submits what is queued and runs completions the kernel holds for this thread.
     fn enter(&mut self, want: usize) -> Result<(), IoError> {
         match self.ring.submit_and_wait(want) {
@@ -277,13 +304,14 @@ impl WriteRing {
     }
 
     fn reap(&mut self, done: &mut Vec<WriteDone>) {
-        let cqes: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
         let mut again = false;
-        for (idx, res) in cqes {
+        // One completion at a time off the queue (the queue's head moves as each is taken):
+        // no list of them is made.
+        loop {
+            let Some(cqe) = self.ring.completion().next() else {
+                break;
+            };
+            let (idx, res) = (cqe.user_data(), cqe.result());
             if idx == WAKE {
                 self.wake_armed = false;
                 self.woken = true;
