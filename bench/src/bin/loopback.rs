@@ -56,6 +56,10 @@ struct Args {
     /// Directory for the source and the copies (a disk-backed file system: page cache).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Each receiver's block buffers, MiB (`receive --block-buffers`); default: the
+    /// receiver's default.
+    #[arg(long, value_name = "MIB")]
+    block_buffers: Option<usize>,
 }
 
 struct Run {
@@ -78,6 +82,7 @@ struct Spec {
     recv_threads: usize,
     session: Session,
     tag: u16,
+    block_buffers: Option<usize>,
 }
 
 /// How a session is protected.
@@ -117,6 +122,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         recv_threads,
         session,
         tag,
+        block_buffers,
     } = *spec;
     let signed = session == Session::Signed;
     let secret = (session == Session::Secret).then(|| {
@@ -178,6 +184,9 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         r.threads = recv_threads;
         r.trust = signer.iter().map(|s| s.public_key()).collect();
         r.secret = secret.clone();
+        if let Some(mib) = block_buffers {
+            r.block_buffers = mib << 20;
+        }
     }
     let run = run_local(&scfg, &rcfgs, &stop, &mut |_| {});
     let (served, got) = (run.served, run.received);
@@ -304,6 +313,7 @@ fn main() {
                 recv_threads: rt,
                 session: sg,
                 tag,
+                block_buffers: a.block_buffers,
             };
             results[i].push(one_run(&src, &dir, &spec));
         }

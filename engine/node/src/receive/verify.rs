@@ -150,7 +150,19 @@ impl Worker {
             };
             self.take(job);
         }
-        while self.in_flight() > 0 && self.reap(Some(Duration::from_millis(100))) {}
+        while self.in_flight() > 0 && self.wait_for_write() {}
+    }
+
+    /// Waits for a write to complete (up to 100 ms) and answers it: `reap` for a caller that
+    /// looks at the jobs only after. A poke seen earlier (which ends the ring's wait while
+    /// it is not taken) is taken and cleared first; the caller looks at the jobs after this,
+    /// so none is missed. Without it the wait returned at once, over and over, while the
+    /// disk was busy: a spin. False if the ring failed.
+    fn wait_for_write(&mut self) -> bool {
+        if self.ring.as_mut().is_some_and(|r| r.take_woken()) {
+            self.wake.clear();
+        }
+        self.reap(Some(Duration::from_millis(100)))
     }
 
     fn answer(&self, v: Verdict) {
@@ -244,7 +256,7 @@ impl Worker {
         }
         // Room for it: the oldest writes answered first.
         while self.ring.as_ref().is_some_and(|r| !r.has_room()) {
-            if !self.reap(Some(Duration::from_millis(100))) {
+            if !self.wait_for_write() {
                 break;
             }
         }
@@ -306,7 +318,9 @@ impl Worker {
 
     /// Answers the writes in `self.done`.
     fn settle(&mut self) {
-        for d in std::mem::take(&mut self.done) {
+        // Drained, not consumed: the list keeps its room for the next reap.
+        let mut done = std::mem::take(&mut self.done);
+        for d in done.drain(..) {
             let Some(w) = self.writing.remove(&d.tag) else {
                 continue;
             };
@@ -332,6 +346,7 @@ impl Worker {
                 buffer: Some(d.buf),
             });
         }
+        self.done = done;
     }
 }
 
