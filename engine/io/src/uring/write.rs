@@ -282,6 +282,11 @@ impl WriteRing {
                 self.reap(done);
             }
         }
+        // Queued for a wait that did not happen (a write had completed, or the poll had
+        // fired): submitted now, not left for a later call.
+        if self.pending().0 {
+            self.enter(0)?;
+        }
         Ok(())
     }
 
@@ -427,6 +432,13 @@ mod tests {
         ring.complete(Some(Duration::from_secs(60)), &mut done)
             .unwrap();
         assert!(done.is_empty());
+        // Armed again before the poke is taken: that call does not wait (the poke is
+        // pending), and the poll it queued must not be left unsubmitted for a later one.
+        wake.clear();
+        ring.wake_on(wake.as_fd());
+        ring.complete(Some(Duration::from_secs(60)), &mut done)
+            .unwrap();
+        assert!(!ring.pending().0, "the poll was left in the queue");
         assert!(ring.take_woken());
         assert_eq!(ring.in_flight(), 1);
         // Room in the pipe: the write completes.
