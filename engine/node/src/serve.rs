@@ -519,11 +519,14 @@ impl driver::Host<Sender<Content>> for ServeHost<'_> {
         }
         if sender.rate() != self.rate {
             self.rate = sender.rate();
-            let c = sender.congestion();
+            let c = sender.rate_congestion();
             tracing::debug!(
                 rate = self.rate,
                 overflow_ppm = c.overflow_ppm,
                 queue_ppm = c.queue_ppm,
+                fresh_overflow_ppm = c.fresh_overflow_ppm,
+                fresh_queue_ppm = c.fresh_queue_ppm,
+                take = c.slowest_take,
                 delivery = c.slowest_delivery,
                 grtt_us = sender.grtt().as_micros() as u64,
                 "rate step"
