@@ -14,6 +14,10 @@
 //! that the buffer's aligned addresses line up with the file's aligned offsets and the
 //! middle of the block can be written from where it lies.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::Arc;
+
 use blockcast_io::AlignedBuf;
 use blockcast_proto::wire::{BlockIndex, ObjectId};
 
@@ -44,6 +48,13 @@ pub(crate) struct BlockBuffers {
     made: usize,
     /// Buffers at most.
     most: usize,
+    /// Buffers that a thread of their own makes ahead of the first units ([`Self::prepare`]),
+    /// as they are made; `None` once it is done.
+    coming: Option<Receiver<AlignedBuf>>,
+    /// Buffers claimed for making, by that thread or by this one: never more than `most`.
+    claimed: Arc<AtomicUsize>,
+    /// The making threads' CPU so far, nanoseconds: the receiver's own.
+    maker_cpu: Arc<AtomicU64>,
     /// Each buffer's length: a block and the offset it starts at, rounded up to 4 KiB.
     buf_len: usize,
     block_size: usize,
@@ -61,6 +72,9 @@ impl BlockBuffers {
             free: Vec::new(),
             made: 0,
             most: 0,
+            coming: None,
+            claimed: Arc::new(AtomicUsize::new(0)),
+            maker_cpu: Arc::new(AtomicU64::new(0)),
             buf_len: 0,
             block_size: 0,
             limit_bytes,
@@ -68,14 +82,87 @@ impl BlockBuffers {
         }
     }
 
-    /// The blocks: `block_size`, and each object's count of them.
+    /// The blocks: `block_size`, and each object's count of them. The pool (no more buffers
+    /// than blocks) is made from now on by a thread of its own, so that the receive thread
+    /// does not make them while the first units pour in: 63 buffers are about 58 ms of
+    /// system time on a 2-vCPU guest, and a receive thread slowed by that at the start is
+    /// measured to take less than it can, and the rate cut to it (docs/DESIGN.md,
+    /// 2026-12-03). A unit that finds no buffer made yet makes one itself.
     pub(crate) fn prepare(&mut self, block_size: usize, blocks: impl Iterator<Item = usize>) {
         self.block_size = block_size;
         self.buf_len = (block_size + AlignedBuf::ALIGN - 1).next_multiple_of(AlignedBuf::ALIGN);
-        self.most = self.limit_bytes / self.buf_len.max(1);
         self.places = blocks
             .map(|n| (0..n).map(|_| Place::Fresh).collect())
             .collect();
+        let blocks: usize = self.places.iter().map(Vec::len).sum();
+        self.most = (self.limit_bytes / self.buf_len.max(1)).min(blocks);
+        self.claimed = Arc::new(AtomicUsize::new(self.made));
+        self.coming = None;
+        if self.made >= self.most {
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        let (claimed, most, len) = (self.claimed.clone(), self.most, self.buf_len);
+        let cpu = self.maker_cpu.clone();
+        let maker = std::thread::Builder::new()
+            .name("bc-buffers".into())
+            .spawn(move || {
+                let mut last = blockcast_io::os::thread_cpu_seconds();
+                while claimed.fetch_add(1, Ordering::Relaxed) < most {
+                    // A failure (no memory) ends the making; the receive thread's own attempt
+                    // at that claim finds the same.
+                    let Ok(b) = AlignedBuf::zeroed(len) else {
+                        break;
+                    };
+                    let now = blockcast_io::os::thread_cpu_seconds();
+                    cpu.fetch_add(((now - last) * 1e9) as u64, Ordering::Relaxed);
+                    last = now;
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            });
+        // Without a thread the receive thread makes every buffer as before.
+        self.coming = maker.ok().map(|_| rx);
+    }
+
+    /// A buffer not made before: from the making thread, or made here.
+    fn fresh(&mut self) -> Option<AlignedBuf> {
+        if let Some(rx) = &self.coming {
+            match rx.try_recv() {
+                Ok(b) => {
+                    self.made += 1;
+                    return Some(b);
+                }
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => self.coming = None,
+            }
+        }
+        if self.claimed.fetch_add(1, Ordering::Relaxed) >= self.most {
+            // Every buffer is claimed: the making thread has the last ones in hand (a
+            // millisecond each), or the pool is used up.
+            let b = self.coming.as_ref().and_then(|rx| rx.recv().ok());
+            if b.is_some() {
+                self.made += 1;
+            } else {
+                self.coming = None;
+            }
+            return b;
+        }
+        match AlignedBuf::zeroed(self.buf_len) {
+            Ok(b) => {
+                self.made += 1;
+                Some(b)
+            }
+            Err(e) => {
+                // No memory for another: this block and the next go through the page
+                // cache, as when the pool is used up.
+                tracing::debug!("a block buffer could not be made ({e}); pool capped");
+                self.claimed.store(usize::MAX / 2, Ordering::Relaxed);
+                self.most = self.made;
+                None
+            }
+        }
     }
 
     /// Where block `block`'s bytes start in its buffer.
@@ -106,19 +193,7 @@ impl BlockBuffers {
         }
         let buf = match self.free.pop() {
             Some(b) => Some(b),
-            None if self.made < self.most => match AlignedBuf::zeroed(self.buf_len) {
-                Ok(b) => {
-                    self.made += 1;
-                    Some(b)
-                }
-                Err(e) => {
-                    // No memory for another: this block and the next go through the page
-                    // cache, as when the pool is used up.
-                    tracing::debug!("a block buffer could not be made ({e}); pool capped");
-                    self.most = self.made;
-                    None
-                }
-            },
+            None if self.made < self.most => self.fresh(),
             None => None,
         };
         let buffered = buf.is_some();
@@ -172,8 +247,11 @@ impl BlockBuffers {
         match (was, buf) {
             (_, Some(b)) => self.free.push(b),
             (Place::Buffer(b), None) => self.free.push(b),
-            // Its buffer went to the verify thread and did not come back.
-            (Place::Out, None) => self.made -= 1,
+            // Its buffer went to the verify thread and did not come back: another may be made.
+            (Place::Out, None) => {
+                self.made -= 1;
+                self.claimed.fetch_sub(1, Ordering::Relaxed);
+            }
             _ => {}
         }
     }
@@ -201,6 +279,11 @@ impl BlockBuffers {
     /// Attempts at blocks that took a buffer, and that took the file.
     pub(crate) fn attempts(&self) -> (u64, u64) {
         self.attempts
+    }
+
+    /// CPU seconds the thread that makes the pool has spent (part of the receiver's CPU).
+    pub(crate) fn maker_cpu(&self) -> f64 {
+        self.maker_cpu.load(Ordering::Relaxed) as f64 / 1e9
     }
 
     /// Buffers made so far (for tests: whether the pool ran out).
@@ -247,5 +330,25 @@ mod tests {
         p.attempt_over(o, b(2), None);
         assert!(!p.place_unit(o, b(2)));
         assert_eq!(p.made(), 2);
+        // A buffer that went out and did not come back is made again.
+        let lost = p.take(o, b(4)).unwrap();
+        drop(lost);
+        p.attempt_over(o, b(4), None);
+        assert_eq!(p.made(), 1);
+        assert!(p.place_unit(o, b(4)));
+        assert_eq!(p.made(), 2);
+    }
+
+    #[test]
+    fn no_more_buffers_are_made_than_there_are_blocks() {
+        let bs = 749 * 1400;
+        let mut p = BlockBuffers::new(64 << 20);
+        p.prepare(bs, [2, 1].into_iter());
+        assert_eq!(p.most(), 3);
+        let o = |i| ObjectId(i);
+        assert!(p.place_unit(o(0), BlockIndex(0)));
+        assert!(p.place_unit(o(0), BlockIndex(1)));
+        assert!(p.place_unit(o(1), BlockIndex(0)));
+        assert_eq!(p.made(), 3);
     }
 }

@@ -424,7 +424,9 @@ fn receive_session(
             .map_or(0.0, |f| done.saturating_duration_since(f).as_secs_f64()),
         first_unit_at: tally.first_unit,
         sync_seconds,
-        cpu_seconds: blockcast_io::os::thread_cpu_seconds() - cpu_start + tally.helper_cpu,
+        cpu_seconds: blockcast_io::os::thread_cpu_seconds() - cpu_start
+            + tally.helper_cpu
+            + rx.store().buffers_cpu(),
         stats: rx.stats().clone(),
         rcvbuf: (granted.effective, granted.capped_by_sysctl),
         play: None,

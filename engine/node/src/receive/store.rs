@@ -384,6 +384,11 @@ impl FileStore {
         self.buffers.attempts()
     }
 
+    /// CPU seconds spent making block buffers off the receive thread.
+    pub(crate) fn buffers_cpu(&self) -> f64 {
+        self.buffers.maker_cpu()
+    }
+
     /// Drops the `O_DIRECT` descriptors, as if the file system had refused them.
     #[cfg(test)]
     pub(crate) fn refuse_direct(&mut self) {
