@@ -366,8 +366,8 @@ pub(crate) fn run<E: Sends, H: Host<E>>(
 /// the time it was read. After the first batch of an input, reading stops as soon as one of
 /// the endpoint's timers is due: under a flood the socket never runs dry, and a turn of 64
 /// full GRO batches (up to 32 MiB) took 100-140 ms on a loaded 2-core host, every receipt
-/// notice (the sender's only news of a filling buffer) that late (docs/DESIGN.md,
-/// 2026-12-03).
+/// notice (the sender's only news of a filling buffer) that late (docs/DESIGN.md, "receipt
+/// notices that waited for the end of a turn").
 fn read_inputs<E: Sends, H: Host<E>>(
     ep: &mut E,
     io: &mut Io,

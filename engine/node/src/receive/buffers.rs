@@ -86,8 +86,8 @@ impl BlockBuffers {
     /// than blocks) is made from now on by a thread of its own, so that the receive thread
     /// does not make them while the first units pour in: 63 buffers are about 58 ms of
     /// system time on a 2-vCPU guest, and a receive thread slowed by that at the start is
-    /// measured to take less than it can, and the rate cut to it (docs/DESIGN.md,
-    /// 2026-12-03). A unit that finds no buffer made yet makes one itself.
+    /// measured to take less than it can, and the rate cut to it (docs/DESIGN.md, "block
+    /// buffers made ahead"). A unit that finds no buffer made yet makes one itself.
     pub(crate) fn prepare(&mut self, block_size: usize, blocks: impl Iterator<Item = usize>) {
         self.block_size = block_size;
         self.buf_len = (block_size + AlignedBuf::ALIGN - 1).next_multiple_of(AlignedBuf::ALIGN);
