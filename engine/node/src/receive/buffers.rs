@@ -108,10 +108,10 @@ impl BlockBuffers {
             .name("bc-buffers".into())
             .spawn(move || {
                 let mut last = blockcast_io::os::thread_cpu_seconds();
-                while claimed.fetch_add(1, Ordering::Relaxed) < most {
-                    // A failure (no memory) ends the making; the receive thread's own attempt
-                    // at that claim finds the same.
+                while claim(&claimed, most) {
                     let Ok(b) = AlignedBuf::zeroed(len) else {
+                        // No memory: no more are made, here or by the receive thread.
+                        claimed.store(usize::MAX / 2, Ordering::Relaxed);
                         break;
                     };
                     let now = blockcast_io::os::thread_cpu_seconds();
@@ -138,7 +138,7 @@ impl BlockBuffers {
                 Err(TryRecvError::Disconnected) => self.coming = None,
             }
         }
-        if self.claimed.fetch_add(1, Ordering::Relaxed) >= self.most {
+        if !claim(&self.claimed, self.most) {
             // Every buffer is claimed: the making thread has the last ones in hand (a
             // millisecond each), or the pool is used up.
             let b = self.coming.as_ref().and_then(|rx| rx.recv().ok());
@@ -299,6 +299,16 @@ impl BlockBuffers {
     }
 }
 
+/// Claims the making of one more buffer if fewer than `most` are claimed: `claimed` counts
+/// exactly the buffers made or being made (less those lost).
+fn claim(claimed: &AtomicUsize, most: usize) -> bool {
+    claimed
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+            (c < most).then_some(c + 1)
+        })
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +358,11 @@ mod tests {
         let o = |i| ObjectId(i);
         assert!(p.place_unit(o(0), BlockIndex(0)));
         assert!(p.place_unit(o(0), BlockIndex(1)));
+        assert!(p.place_unit(o(1), BlockIndex(0)));
+        assert_eq!(p.made(), 3);
+        // One that went out and was lost is made again, made ahead or not.
+        drop(p.take(o(1), BlockIndex(0)).unwrap());
+        p.attempt_over(o(1), BlockIndex(0), None);
         assert!(p.place_unit(o(1), BlockIndex(0)));
         assert_eq!(p.made(), 3);
     }
