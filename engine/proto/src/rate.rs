@@ -66,9 +66,9 @@ pub struct Congestion {
     pub fresh_queue_ppm: u32,
     pub fresh_loss_ppm: u32,
     /// The fullest receive buffer among the latest notices that found it no emptier than the
-    /// member's notice before and came at the member's usual pace (a buffer draining holds
-    /// nothing back, and one a receive thread found on coming back to its core is news of
-    /// its pause until its next notice says the buffer still fills).
+    /// member's notice before (a buffer draining holds nothing back). One a receive thread
+    /// found on coming back to its core holds the rate but is not fresh news that cuts
+    /// (`fresh_queue_ppm`) until its next notice says the buffer still fills.
     pub filling_queue_ppm: u32,
     /// The slowest incomplete member's delivery rate (bytes per second), if measured (for
     /// logs: blocks are verified in lumps, after their repairs, so it is no rate to follow).

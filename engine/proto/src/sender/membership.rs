@@ -292,10 +292,12 @@ impl<S: BlockSource> Sender<S> {
                 c.fresh_loss_ppm = c.fresh_loss_ppm.max(m.loss_ppm);
             }
             // A queue found after a pause filled while the receive thread was away: the
-            // next notice says whether it drains.
-            if m.queue_ppm >= m.queue_prev_ppm && !m.paused {
+            // next notice says whether it drains, and until then it does not cut. It holds
+            // the rate all the same: a rise on one (a receiver 15 % full after a pause, the
+            // rate up by an eighth) had the buffer full within 30 ms.
+            if m.queue_ppm >= m.queue_prev_ppm {
                 c.filling_queue_ppm = c.filling_queue_ppm.max(m.queue_ppm);
-                if time_fresh {
+                if time_fresh && !m.paused {
                     c.fresh_queue_ppm = c.fresh_queue_ppm.max(m.queue_ppm);
                 }
             }
@@ -771,10 +773,13 @@ mod tests {
         let back = t0 + ms(150 + 250);
         s.on_receipt(back, &notice(400_000));
         let c = s.congestion();
-        assert_eq!((c.queue_ppm, c.filling_queue_ppm), (400_000, 0));
+        // Not news that cuts; it holds the rate (no rise) until the next notice.
+        assert_eq!((c.queue_ppm, c.fresh_queue_ppm), (400_000, 0));
+        assert_eq!(c.filling_queue_ppm, 400_000);
         // At the usual pace: fuller still is news of a rate too fast.
         s.on_receipt(back + ms(50), &notice(450_000));
-        assert_eq!(s.congestion().filling_queue_ppm, 450_000);
+        let c = s.congestion();
+        assert_eq!((c.filling_queue_ppm, c.fresh_queue_ppm), (450_000, 450_000));
         // Draining is not.
         s.on_receipt(back + ms(100), &notice(300_000));
         assert_eq!(s.congestion().filling_queue_ppm, 0);
