@@ -86,18 +86,16 @@ fn config(a: &Args, receivers: usize, loss: f64, bursty: bool) -> SimConfig {
         max_parity: a.units_per_block.min(128),
     };
     let mut c = if a.node {
-        let limits = if a.fixed {
-            RateLimits {
-                start: a.rate,
-                min: a.rate,
-                max: a.rate,
-            }
+        // --fixed: the automatic rate pinned to --rate.
+        let (min, max) = if a.fixed {
+            (a.rate, a.rate)
         } else {
-            RateLimits {
-                start: a.rate,
-                min: a.rate / 100,
-                max: a.rate * 8,
-            }
+            (a.rate / 100, a.rate * 8)
+        };
+        let limits = RateLimits {
+            start: a.rate,
+            min,
+            max,
         };
         let mut c = SimConfig::node_like(a.seed, receivers, a.size, geometry, limits);
         c.data_faults = LinkFaults::lossy(loss);
