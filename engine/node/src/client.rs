@@ -133,6 +133,7 @@ fn run(cfg: &ClientConfig, rq: &mut Requester, host: &mut ClientHost) -> Result<
             control: Some(socket),
             seal: None,
             xdp: None,
+            group_ring: false,
         },
     );
     driver::run(rq, &mut io, host)

@@ -45,6 +45,9 @@ const XDP_BATCH: usize = 64;
 /// host a spinning data thread halved a receiver's throughput), and a paced thread's waits
 /// are a GSO super-buffer's worth of time, tens of microseconds.
 const MIN_WAIT: Duration = Duration::from_micros(2);
+/// Group datagrams without a payload this long or longer go into super-buffers where the ring
+/// is on the group ([`Out::group_ring`]): repairs, not announces or done notices.
+const GATHERED_MIN: usize = 1024;
 /// Largest datagram an endpoint writes.
 const TRANSMIT_BUF: usize = 65_536;
 
@@ -93,6 +96,10 @@ pub(crate) struct Out {
     pub seal: Option<Seal>,
     /// Data units as AF_XDP frames (`--datapath xdp` on a data thread), instead of the ring.
     pub xdp: Option<XdpOut>,
+    /// The ring's socket is connected to the group (a server's control thread): group
+    /// datagrams without a payload that are as long as units (XOR repairs, parity) are
+    /// gathered into super-buffers too, one system call for many instead of one each.
+    pub group_ring: bool,
 }
 
 /// What seals one thread's datagrams: its [`Sealer`] (a sender id of its own) and a buffer to
@@ -463,9 +470,18 @@ fn wait<E: Sends, H: Host<E>>(
 }
 
 impl Out {
+    /// Whether `t` goes into a super-buffer: a data unit (its payload gathered from where it
+    /// lies), or, where the ring's socket is the group's ([`Self::group_ring`]), a group
+    /// datagram without a payload at least [`GATHERED_MIN`] long (an XOR repair, a parity
+    /// unit), copied into the ring's storage.
+    fn gathers(&self, t: &Transmit) -> bool {
+        self.ring.is_some() && gathered(self.group_ring, t)
+    }
+
     /// Sends every datagram the endpoint has due at `now`: data units gathered into GSO
     /// super-buffers straight from their sources (only headers are copied; sealed, they are
-    /// written into the ring's own storage instead), other datagrams as they are (or sealed).
+    /// written into the ring's own storage instead), unit-sized group datagrams (repairs)
+    /// copied into super-buffers of their own, other datagrams as they are (or sealed).
     pub(crate) fn send_due<E: Sends>(
         &mut self,
         ep: &mut E,
@@ -475,8 +491,9 @@ impl Out {
         // A sealed datagram is the endpoint's plus the trailer: leave room for it.
         let trailer = if self.seal.is_some() { TRAILER_LEN } else { 0 };
         let room = buf.len() - trailer;
-        // A data unit that did not fit the last super-buffer, its header kept in `spare`.
-        let mut spare = [0u8; 64];
+        // A datagram that did not fit the last super-buffer: its header (a unit's) or its
+        // whole bytes, kept in `spare`.
+        let mut spare: Vec<u8> = Vec::new();
         let mut carry: Option<Transmit> = None;
         loop {
             if let Some(ring) = self.ring.as_mut() {
@@ -502,15 +519,22 @@ impl Out {
                 }
                 continue;
             }
-            let (Some(unit), Some(ring)) = (t.payload, self.ring.as_mut()) else {
+            if !self.gathers(&t) {
                 self.send_plain(&t, head, ep)?;
                 continue;
+            }
+            let first = match t.payload {
+                Some(unit) => match ep.payload(&unit) {
+                    Some((src, range)) => Some((src, range)),
+                    None => continue,
+                },
+                None => None,
             };
-            let Some((src, range)) = ep.payload(&unit) else {
+            let Some(ring) = self.ring.as_mut() else {
                 continue;
             };
-            // Open a super-buffer for this unit's size and fill it while the endpoint has more
-            // units due that fit and go to the same place.
+            // Open a super-buffer for this datagram's size and fill it while the endpoint has
+            // more due that fit and go to the same place.
             let seg = (t.datagram_len() + trailer) as u16;
             let mut batch = ring.batch(seg).map_err(|source| NodeError::Send {
                 op: "units",
@@ -520,16 +544,27 @@ impl Out {
             if let Destination::Peer(SocketAddr::V4(to)) = dest {
                 batch.set_destination(to);
             }
-            push_unit(&mut batch, head, src, range, self.seal.as_mut())?;
+            match first {
+                Some((src, range)) => push_unit(&mut batch, head, src, range, self.seal.as_mut())?,
+                None => push_datagram(&mut batch, head, self.seal.as_mut())?,
+            }
             while batch.room() > 0 {
                 let Some(next) = ep.poll_transmit(now, &mut buf[..room]) else {
                     break;
                 };
+                if !gathered(self.group_ring, &next) {
+                    let (group, control) = (self.group.as_ref(), self.control.as_ref());
+                    send_small(&next, &buf[..next.len], group, control, self.seal.as_mut())?;
+                    continue;
+                }
+                if next.datagram_len() + trailer > usize::from(seg) || next.destination != dest {
+                    spare.clear();
+                    spare.extend_from_slice(&buf[..next.len]);
+                    carry = Some(next);
+                    break;
+                }
                 match next.payload {
-                    Some(u)
-                        if next.datagram_len() + trailer <= usize::from(seg)
-                            && next.destination == dest =>
-                    {
+                    Some(u) => {
                         if let Some((src, range)) = ep.payload(&u) {
                             push_unit(
                                 &mut batch,
@@ -540,15 +575,7 @@ impl Out {
                             )?;
                         }
                     }
-                    Some(_) => {
-                        spare[..next.len].copy_from_slice(&buf[..next.len]);
-                        carry = Some(next);
-                        break;
-                    }
-                    None => {
-                        let (group, control) = (self.group.as_ref(), self.control.as_ref());
-                        send_small(&next, &buf[..next.len], group, control, self.seal.as_mut())?;
-                    }
+                    None => push_datagram(&mut batch, &buf[..next.len], self.seal.as_mut())?,
                 }
             }
             let _ = batch.submit();
@@ -623,6 +650,36 @@ fn push_unit(
         .seal_into(head, payload, out)
         .map(drop)
         .map_err(sealing)
+}
+
+/// Whether `t` goes into a super-buffer when there is a ring (see [`Out::gathers`]).
+fn gathered(group_ring: bool, t: &Transmit) -> bool {
+    t.payload.is_some()
+        || (group_ring && t.destination == Destination::Group && t.len >= GATHERED_MIN)
+}
+
+/// Adds one whole datagram (no payload to gather: an XOR repair, a parity unit) to a
+/// super-buffer, copied (or sealed) into the ring's storage.
+fn push_datagram(
+    batch: &mut GsoBatch<'_>,
+    bytes: &[u8],
+    seal: Option<&mut Seal>,
+) -> Result<(), NodeError> {
+    let len = bytes.len() + if seal.is_some() { TRAILER_LEN } else { 0 };
+    let Ok(out) = batch.push_owned(len) else {
+        return Ok(());
+    };
+    match seal {
+        Some(seal) => seal
+            .sealer
+            .seal_into(bytes, &[], out)
+            .map(drop)
+            .map_err(sealing),
+        None => {
+            out.copy_from_slice(bytes);
+            Ok(())
+        }
+    }
 }
 
 /// Sends one datagram as it is, or sealed with `seal`: to a peer through the control socket,
@@ -715,6 +772,7 @@ mod tests {
             control: None,
             seal: None,
             xdp: None,
+            group_ring: false,
         };
         Io::new(inputs, out)
     }
@@ -753,5 +811,125 @@ mod tests {
         };
         read_inputs(&mut ep, &mut io, &mut Plain).unwrap();
         assert_eq!(ep.got, 2, "an input starved");
+    }
+
+    /// Hands out `lens` group datagrams without a payload, each filled with its index.
+    struct Repairs {
+        lens: Vec<usize>,
+        next: usize,
+    }
+
+    impl Endpoint for Repairs {
+        type Event = ();
+        fn handle_datagram(&mut self, _now: Instant, _from: SocketAddr, _bytes: &[u8]) {}
+        fn handle_timeout(&mut self, _now: Instant) {}
+        fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+            let len = *self.lens.get(self.next)?;
+            buf[..len].fill(self.next as u8);
+            self.next += 1;
+            Some(Transmit {
+                destination: Destination::Group,
+                len,
+                payload: None,
+            })
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            None
+        }
+        fn poll_event(&mut self) -> Option<()> {
+            None
+        }
+        fn is_finished(&self) -> bool {
+            false
+        }
+    }
+
+    impl Sends for Repairs {}
+
+    /// What a GRO receiver on the group gets for `lens` sent through an `Out` whose ring is on
+    /// the group (`group_ring`): each datagram as (segment size, its segments' lengths and
+    /// first bytes).
+    fn sent_as(group_ring: bool, lens: &[usize]) -> Vec<(Option<u16>, Vec<(usize, u8)>)> {
+        use blockcast_io::{MulticastReceiver, SendRingConfig};
+        use std::net::SocketAddrV4;
+        let lo = Ipv4Addr::LOCALHOST;
+        // A port no other test uses now: the kernel's pick for a unicast socket held meanwhile.
+        let hold = UdpSocket::bind((lo, 0)).unwrap();
+        let port = hold.local_addr().unwrap().port();
+        let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 77, 9), port);
+        let rx = MulticastReceiver::new(group, lo, 4 << 20, true).unwrap();
+        let ring_socket = MulticastSender::new(group, lo, 1, 1 << 20).unwrap();
+        let mut io = Io::new(
+            Vec::new(),
+            Out {
+                ring: Some(SendRing::new(ring_socket, SendRingConfig::default()).unwrap()),
+                group: Some(MulticastSender::new(group, lo, 1, 1 << 20).unwrap()),
+                control: None,
+                seal: None,
+                xdp: None,
+                group_ring,
+            },
+        );
+        let mut ep = Repairs {
+            lens: lens.to_vec(),
+            next: 0,
+        };
+        let mut buf = vec![0u8; TRANSMIT_BUF];
+        io.out.send_due(&mut ep, Instant::now(), &mut buf).unwrap();
+        if let Some(ring) = io.out.ring.as_mut() {
+            assert!(
+                ring.drain(Duration::from_secs(5)).unwrap(),
+                "sends not done"
+            );
+        }
+        let rx: std::os::fd::OwnedFd = rx.into();
+        let mut batch = RecvBatch::new(8, blockcast_io::GRO_BUFFER_SIZE).unwrap();
+        let (mut got, mut bytes) = (Vec::new(), 0);
+        let want: usize = lens.iter().sum();
+        let until = Instant::now() + Duration::from_secs(5);
+        while bytes < want && Instant::now() < until {
+            if batch.recv(&rx, Duration::from_millis(100)).unwrap() == 0 {
+                continue;
+            }
+            for d in batch.iter() {
+                bytes += d.bytes.len();
+                got.push((
+                    d.segment_size,
+                    d.segments().map(|s| (s.len(), s[0])).collect::<Vec<_>>(),
+                ));
+            }
+        }
+        drop(hold);
+        got
+    }
+
+    #[test]
+    fn unit_sized_repairs_leave_in_one_super_buffer_where_the_ring_is_on_the_group() {
+        // An announce-sized datagram, five repairs as long as units, a shorter one (an
+        // object's last unit), and a done notice.
+        let lens = [100, 1432, 1432, 1432, 1432, 1432, 1200, 60];
+        let got = sent_as(true, &lens);
+        let announce = (None, vec![(100, 0)]);
+        let repairs = (
+            Some(1432),
+            (1..=5)
+                .map(|i| (1432, i as u8))
+                .chain([(1200, 6)])
+                .collect::<Vec<_>>(),
+        );
+        let done = (None, vec![(60, 7)]);
+        // The plain socket's and the ring's datagrams may pass each other; each arrives whole.
+        assert_eq!(got.len(), 3, "{got:?}");
+        for want in [announce, repairs, done] {
+            assert!(got.contains(&want), "{want:?} not in {got:?}");
+        }
+        // Without: each datagram on its own, in order (one socket).
+        let got = sent_as(false, &lens);
+        let each: Vec<_> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (None, vec![(l, i as u8)]))
+            .collect();
+        assert_eq!(got, each);
     }
 }

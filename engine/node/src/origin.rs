@@ -215,6 +215,7 @@ pub fn origin(
             control: Some(socket),
             seal: None,
             xdp: None,
+            group_ring: false,
         },
     );
     let side_stop = Arc::new(AtomicBool::new(false));

@@ -346,6 +346,8 @@ fn open_sockets(cfg: &ServeConfig) -> Result<(Io, SocketAddr), NodeError> {
         control: Some(control),
         seal: None,
         xdp: None,
+        // In split mode the ring is on a unicast socket, and nothing goes to a group.
+        group_ring: !cfg.split,
     };
     let io = Io::new(vec![input], out).protect(cfg.secret.as_ref())?;
     Ok((io, control_addr))

@@ -145,6 +145,7 @@ pub(crate) fn run(
             control: None,
             seal: None,
             xdp,
+            group_ring: false,
         },
     )
     .protect(t.secret)?;

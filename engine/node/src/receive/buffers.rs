@@ -145,7 +145,10 @@ impl BlockBuffers {
             if b.is_some() {
                 self.made += 1;
             } else {
+                // Every claim is taken and the maker is done (all sent, or out of memory):
+                // the pool is what has been made, and later blocks ask no more.
                 self.coming = None;
+                self.most = self.made;
             }
             return b;
         }

@@ -363,6 +363,7 @@ fn receive_session(
             control: Some(control),
             seal: None,
             xdp: None,
+            group_ring: false,
         },
     )
     .protect(cfg.secret.as_ref())?;
