@@ -846,10 +846,14 @@ mod tests {
 
     impl Sends for Repairs {}
 
+    /// A datagram as a GRO receiver got it: its segment size, and each segment's length and
+    /// first byte.
+    type Arrived = (Option<u16>, Vec<(usize, u8)>);
+
     /// What a GRO receiver on the group gets for `lens` sent through an `Out` whose ring is on
     /// the group (`group_ring`): each datagram as (segment size, its segments' lengths and
     /// first bytes).
-    fn sent_as(group_ring: bool, lens: &[usize]) -> Vec<(Option<u16>, Vec<(usize, u8)>)> {
+    fn sent_as(group_ring: bool, lens: &[usize]) -> Vec<Arrived> {
         use blockcast_io::{MulticastReceiver, SendRingConfig};
         use std::net::SocketAddrV4;
         let lo = Ipv4Addr::LOCALHOST;
