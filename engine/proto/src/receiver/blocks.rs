@@ -112,6 +112,8 @@ pub(super) struct BlockState {
     pub(super) round_end: u16,
     pub(super) last_parity_at: Option<Instant>,
     pub(super) nack_at: Option<Instant>,
+    /// When its last NACK went (its timer is then the retry's); cleared when it is armed anew.
+    pub(super) nacked_at: Option<Instant>,
     /// Its loss was counted (once, when its first NACK timer fired).
     pub(super) loss_counted: bool,
     /// Split mode: its NACK timer was armed before any unit had arrived (the copy path's
@@ -134,6 +136,7 @@ impl BlockState {
             round_end: 0,
             last_parity_at: None,
             nack_at: None,
+            nacked_at: None,
             loss_counted: false,
             armed_unmeasured: false,
             verifying: false,
@@ -261,11 +264,20 @@ impl<S: BlockStore> Receiver<S> {
             return;
         }
         let end = end.min(self.numbering.total());
+        let was_over = self.first_pass_over();
         while self.first_pass.passed < end {
             let seq = self.first_pass.passed;
             self.first_pass.passed += 1;
             self.mark_passed(now, seq);
         }
+        if !was_over && self.first_pass_over() {
+            self.pull_in_retries(now);
+        }
+    }
+
+    /// The first pass has gone by every block (the announce said so).
+    pub(super) fn first_pass_over(&self) -> bool {
+        self.manifest.is_some() && self.first_pass.passed >= self.numbering.total()
     }
 
     /// A first-pass unit of block `seq` arrived: its stripe's sender is done with every

@@ -284,6 +284,7 @@ impl<S: BlockStore> Receiver<S> {
         let unmeasured = self.cfg.split.is_some() && !self.split.units_seen();
         let state = self.blocks.state(seq, k);
         state.armed_unmeasured = unmeasured;
+        state.nacked_at = None;
         let missing = usize::from(k).saturating_sub(state.held());
         // NORM-style backoff: most receivers draw near the top of the window, few early, so
         // the first NACKs' repairs reach the rest before their timers fire. Receivers that
@@ -362,6 +363,7 @@ impl<S: BlockStore> Receiver<S> {
     fn on_nack_timer(&mut self, now: Instant, seq: u64) {
         let k = self.numbering.units_in(seq);
         let grtt = self.grtt();
+        let pass_over = self.first_pass_over();
         let Some(state) = self.blocks.states[seq as usize].as_mut() else {
             return;
         };
@@ -415,14 +417,45 @@ impl<S: BlockStore> Receiver<S> {
             self.feedback.nack_due.insert(seq);
             return;
         }
+        state.nacked_at = Some(now);
         self.feedback.nack_due.insert(seq);
-        // If neither the NACK nor its repair arrives, ask again.
-        let retry = grtt.mul_f64(2.0 + self.cfg.backoff_factor)
-            + Duration::from_millis(1)
-            + self.split.copy_lag;
+        // If neither the NACK nor its repair arrives, ask again: while the first pass runs,
+        // after the others' backoff window (the server gathers their NACKs for a block) and
+        // a round trip; once the pass is over nothing is gathered and the answer follows the
+        // NACK within a round trip, so after two (a repair lost at the end of a transfer
+        // otherwise cost six GRTTs of idle time there).
+        let window = if pass_over {
+            0.0
+        } else {
+            self.cfg.backoff_factor
+        };
+        let retry = grtt.mul_f64(2.0 + window) + Duration::from_millis(1) + self.split.copy_lag;
         let at = now + retry;
         state.nack_at = Some(at);
         self.feedback.timers.insert(NackTimer { at, seq });
+    }
+
+    /// The first pass is over: a retry armed while it ran (six GRTTs after its NACK) comes
+    /// two GRTTs after the NACK instead, as one armed from now on would ([`Self::on_nack_timer`]).
+    pub(super) fn pull_in_retries(&mut self, now: Instant) {
+        let soon = self.grtt() * 2 + Duration::from_millis(1) + self.split.copy_lag;
+        let moved: Vec<(NackTimer, Instant)> = self
+            .feedback
+            .timers
+            .iter()
+            .filter_map(|t| {
+                let state = self.blocks.states.get(t.seq as usize)?.as_ref()?;
+                let at = (state.nacked_at? + soon).max(now);
+                (at < t.at).then_some((*t, at))
+            })
+            .collect();
+        for (old, at) in moved {
+            self.feedback.timers.remove(&old);
+            self.feedback.timers.insert(NackTimer { at, seq: old.seq });
+            if let Some(state) = self.blocks.states[old.seq as usize].as_mut() {
+                state.nack_at = Some(at);
+            }
+        }
     }
 
     /// The next packet for the server: what is queued (joins, leaves, priority requests,

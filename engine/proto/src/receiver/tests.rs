@@ -1,6 +1,6 @@
 //! A receiver resuming: a manifest it already has, blocks its store holds, receipt notices
 //! that tell the server all of it, and a session of the same content followed after a
-//! server restart.
+//! server restart; and when a NACK is asked again.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -83,6 +83,16 @@ fn announce(session: u32, m: &Manifest) -> Vec<u8> {
 
 /// An announce of `session` whose server listens at `control`.
 fn announce_from(session: u32, m: &Manifest, control: SocketAddr) -> Vec<u8> {
+    announce_pass(session, m, control, (ObjectId(0), BlockIndex(0)))
+}
+
+/// An announce whose first pass is at `pass` (`ObjectId(u32::MAX)`: over).
+fn announce_pass(
+    session: u32,
+    m: &Manifest,
+    control: SocketAddr,
+    pass: (ObjectId, BlockIndex),
+) -> Vec<u8> {
     let bytes = m.emit().expect("manifest");
     let a = AnnounceRepr {
         session: SessionId(session),
@@ -97,8 +107,8 @@ fn announce_from(session: u32, m: &Manifest, control: SocketAddr) -> Vec<u8> {
         manifest_hash: *blake3::hash(&bytes).as_bytes(),
         group_size: 1,
         grtt_us: 1000,
-        pass_object: ObjectId(0),
-        pass_block: BlockIndex(0),
+        pass_object: pass.0,
+        pass_block: pass.1,
         timestamp: 1,
         issued: 0,
         statement_sig: None,
@@ -452,4 +462,69 @@ fn an_unanswered_join_is_repeated_soon_then_less_and_less_often() {
         .map(|ms| joins(&sent(&mut r, t0 + Duration::from_millis(ms))))
         .sum();
     assert_eq!(later, 0);
+}
+
+/// NACK entries for block `b` among `packets`.
+fn nacks_of(packets: &[Vec<u8>], b: u32) -> usize {
+    packets
+        .iter()
+        .filter_map(|p| match Packet::parse(p) {
+            Ok(Packet::Nack(n)) => Some(n.entries.iter().filter(|e| e.block.0 == b).count()),
+            _ => None,
+        })
+        .sum()
+}
+
+/// The first time from `from` on (in steps of `step`, up to `limit`) that the receiver NACKs
+/// block 0.
+fn next_nack(r: &mut Receiver<Resumed>, from: Instant, step: Duration, limit: Duration) -> Instant {
+    let mut t = from;
+    while t < from + limit {
+        if nacks_of(&sent(r, t), 0) > 0 {
+            return t;
+        }
+        t += step;
+    }
+    panic!("no NACK within {limit:?}");
+}
+
+#[test]
+fn a_nack_is_asked_again_two_round_trips_after_it_once_the_first_pass_is_over() {
+    let c = content(3);
+    let m = manifest(&c);
+    let mut r = receiver(empty(), true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    // GRTT 1 ms (the announce's); the pass has gone by block 0, of which nothing came.
+    r.handle_datagram(t0, SERVER, &announce_pass(3, &m, SERVER, addr(1)));
+    accept(&mut r, 3, t0);
+    let step = Duration::from_micros(100);
+    let grtt = Duration::from_millis(1);
+    let first = next_nack(&mut r, t0, step, grtt * 10);
+    // While the pass runs the retry waits for the others' backoff window: six GRTTs and 1 ms.
+    let again = next_nack(&mut r, first + step, step, grtt * 20);
+    let late = grtt * 6 + Duration::from_millis(1);
+    assert!(
+        again - first >= late,
+        "asked again after {:?}",
+        again - first
+    );
+    // The announce says the pass is over (just after a NACK): the retry comes two GRTTs and
+    // 1 ms after that NACK, not six.
+    let over = (ObjectId(u32::MAX), BlockIndex(0));
+    r.handle_datagram(again + step, SERVER, &announce_pass(3, &m, SERVER, over));
+    let third = next_nack(&mut r, again + step, step, grtt * 20);
+    let soon = grtt * 2 + Duration::from_millis(1);
+    assert!(
+        third - again >= soon && third - again <= soon + step * 2,
+        "asked again after {:?} once the pass was over",
+        third - again
+    );
+    // And a NACK sent after that is retried as soon.
+    let fourth = next_nack(&mut r, third + step, step, grtt * 20);
+    assert!(
+        fourth - third <= soon + step,
+        "asked again after {:?}",
+        fourth - third
+    );
 }
