@@ -363,7 +363,7 @@ impl<S: BlockStore> Receiver<S> {
     fn on_nack_timer(&mut self, now: Instant, seq: u64) {
         let k = self.numbering.units_in(seq);
         let grtt = self.grtt();
-        let pass_over = self.first_pass_over();
+        let retry = self.nack_retry();
         let Some(state) = self.blocks.states[seq as usize].as_mut() else {
             return;
         };
@@ -419,26 +419,30 @@ impl<S: BlockStore> Receiver<S> {
         }
         state.nacked_at = Some(now);
         self.feedback.nack_due.insert(seq);
-        // If neither the NACK nor its repair arrives, ask again: while the first pass runs,
-        // after the others' backoff window (the server gathers their NACKs for a block) and
-        // a round trip; once the pass is over nothing is gathered and the answer follows the
-        // NACK within a round trip, so after two (a repair lost at the end of a transfer
-        // otherwise cost six GRTTs of idle time there).
-        let window = if pass_over {
-            0.0
-        } else {
-            self.cfg.backoff_factor
-        };
-        let retry = grtt.mul_f64(2.0 + window) + Duration::from_millis(1) + self.split.copy_lag;
+        // If neither the NACK nor its repair arrives, ask again.
         let at = now + retry;
         state.nack_at = Some(at);
         self.feedback.timers.insert(NackTimer { at, seq });
     }
 
+    /// How long after a NACK it is asked again if neither it nor its repair arrived: while
+    /// the first pass runs, after the others' backoff window (the server gathers their NACKs
+    /// for a block) and two round trips; once the pass is over nothing is gathered and the
+    /// answer follows the NACK within a round trip, so after two (a repair lost at the end of
+    /// a transfer otherwise cost six GRTTs of idle time there).
+    fn nack_retry(&self) -> Duration {
+        let window = if self.first_pass_over() {
+            0.0
+        } else {
+            self.cfg.backoff_factor
+        };
+        self.grtt().mul_f64(2.0 + window) + Duration::from_millis(1) + self.split.copy_lag
+    }
+
     /// The first pass is over: a retry armed while it ran (six GRTTs after its NACK) comes
     /// two GRTTs after the NACK instead, as one armed from now on would ([`Self::on_nack_timer`]).
     pub(super) fn pull_in_retries(&mut self, now: Instant) {
-        let soon = self.grtt() * 2 + Duration::from_millis(1) + self.split.copy_lag;
+        let soon = self.nack_retry();
         let moved: Vec<(NackTimer, Instant)> = self
             .feedback
             .timers
