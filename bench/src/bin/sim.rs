@@ -275,14 +275,17 @@ fn main() {
     );
     println!();
     println!(
-        "seed {}; virtual completion {:.3} s vs lossless {:.3} s; final rate {} B/s; repairs {} originals + {} XOR + {} parity; socket drops {}, peak fill {:?}, stalls {}; duplicates {}",
+        "seed {}; virtual completion {:.3} s (first pass {:.3} s, tail {:.3} s) vs lossless {:.3} s; final rate {} B/s; repairs {} originals + {} XOR + {} parity ({} tail copies); socket drops {}, peak fill {:?}, stalls {}; duplicates {}",
         r.seed,
         r.completion.as_secs_f64(),
+        r.first_pass.as_secs_f64(),
+        r.completion.saturating_sub(r.first_pass).as_secs_f64(),
         r.ideal.as_secs_f64(),
         r.final_rate,
         r.repair_units,
         r.xor_units,
         r.parity_units,
+        r.tail_copies,
         r.socket_drops(),
         r.sockets.iter().map(|s| s.peak).max(),
         r.sockets.iter().map(|s| s.stalls).sum::<u64>(),
