@@ -271,11 +271,18 @@ impl<S: BlockStore> Receiver<S> {
             self.mark_passed(now, seq);
         }
         if !was_over && self.first_pass_over() {
-            self.pull_in_retries(now);
+            self.pull_in_timers(now);
         }
     }
 
-    /// The first pass has gone by every block (the announce said so).
+    /// Whether the last first-pass unit of the last block is the first pass's last unit: one
+    /// stripe sends every block in order, each unit in order; not in split mode, where copies
+    /// come from members in no set order.
+    fn ends_the_pass(&self) -> bool {
+        self.cfg.split.is_none() && self.stripes() == 1
+    }
+
+    /// The first pass has gone by every block (the announce said so, or its last unit came).
     pub(super) fn first_pass_over(&self) -> bool {
         self.manifest.is_some() && self.first_pass.passed >= self.numbering.total()
     }
@@ -359,6 +366,11 @@ impl<S: BlockStore> Receiver<S> {
         }
         if !unit.is_parity() && !unit.is_repair() {
             self.pass_stripe(now, seq);
+            if index + 1 == k && seq + 1 == self.numbering.total() && self.ends_the_pass() {
+                // The last unit of the last block: the pass is over (the announce that says
+                // so comes after it, one in twenty lost at 5 %).
+                self.pass_through(now, seq + 1);
+            }
         } else if unit.is_parity() || (unit.is_repair() && index + 1 == k) {
             // Parity: the server repairs a block only once its first pass is over (another
             // receiver NACKed it), so this one's is over too, even if the announce that says

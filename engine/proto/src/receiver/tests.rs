@@ -478,18 +478,115 @@ fn nacks_of(packets: &[Vec<u8>], b: u32) -> usize {
 /// The first time from `from` on (in steps of `step`, up to `limit`) that the receiver NACKs
 /// block 0.
 fn next_nack(r: &mut Receiver<Resumed>, from: Instant, step: Duration, limit: Duration) -> Instant {
+    next_nack_of(r, 0, from, step, limit).unwrap_or_else(|| panic!("no NACK within {limit:?}"))
+}
+
+/// The first time from `from` on (in steps of `step`, up to `limit`) that the receiver NACKs
+/// block `b`, if it does.
+fn next_nack_of(
+    r: &mut Receiver<Resumed>,
+    b: u32,
+    from: Instant,
+    step: Duration,
+    limit: Duration,
+) -> Option<Instant> {
     let mut t = from;
     while t < from + limit {
-        if nacks_of(&sent(r, t), 0) > 0 {
-            return t;
+        if nacks_of(&sent(r, t), b) > 0 {
+            return Some(t);
         }
         t += step;
     }
-    panic!("no NACK within {limit:?}");
+    None
+}
+
+/// A first-pass unit of `c`: unit `index` of block `b`.
+fn data_unit(c: &[u8], session: u32, b: u32, index: u16) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let h = crate::wire::UnitHeaderRepr {
+        session: SessionId(session),
+        parity: false,
+        repair: false,
+        object: ObjectId(0),
+        block: BlockIndex(b),
+        index,
+        round_end: 0,
+        timestamp: 0,
+    };
+    let n = h.emit(&mut buf).expect("unit header");
+    let at = b as usize * BLOCK + usize::from(index) * usize::from(UNIT);
+    buf.truncate(n);
+    buf.extend_from_slice(&c[at..at + usize::from(UNIT)]);
+    buf
 }
 
 #[test]
-fn a_nack_is_asked_again_two_round_trips_after_it_once_the_first_pass_is_over() {
+fn the_last_unit_of_the_last_block_ends_the_pass_and_its_block_is_nacked_at_once() {
+    let c = content(3);
+    let m = manifest(&c);
+    let step = Duration::from_micros(100);
+    let grtt = Duration::from_millis(1);
+    // A unit of the last block that is not its last: blocks 0 and 1 are passed, the last
+    // one is not (the rest of it may be coming).
+    let mut r = receiver(empty(), true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    let t0 = Instant::now();
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    accept(&mut r, 3, t0);
+    r.handle_datagram(t0, SERVER, &data_unit(&c, 3, 2, 0));
+    assert!(next_nack_of(&mut r, 1, t0, step, grtt * 10).is_some());
+    assert_eq!(next_nack_of(&mut r, 2, t0, step, grtt * 30), None);
+    // Its last unit: the pass is over, the block is NACKed after the tail's backoff (one
+    // GRTT at most, and a quarter) without waiting for the announce that says so.
+    let mut r = receiver(empty(), true);
+    r.offer_manifest(hash_of(&m), m.clone());
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    accept(&mut r, 3, t0);
+    r.handle_datagram(t0, SERVER, &data_unit(&c, 3, 2, UNITS - 1));
+    let at = next_nack_of(&mut r, 2, t0, step, grtt * 30).expect("the last block NACKed");
+    assert!(
+        at - t0 <= grtt + grtt / 4 + step,
+        "NACKed after {:?}",
+        at - t0
+    );
+}
+
+#[test]
+fn a_first_nack_still_in_its_backoff_when_the_pass_ends_is_drawn_again_from_the_tail_s_window() {
+    let c = content(3);
+    let m = manifest(&c);
+    let step = Duration::from_micros(50);
+    let grtt = Duration::from_millis(1);
+    let over = (ObjectId(u32::MAX), BlockIndex(0));
+    let mut waits = Vec::new();
+    for seed in 1..=24 {
+        let mut r = Receiver::new(
+            ReceiverConfig {
+                id: ReceiverId(5),
+                external_verify: true,
+                seed,
+                ..ReceiverConfig::default()
+            },
+            empty(),
+        );
+        r.offer_manifest(hash_of(&m), m.clone());
+        let t0 = Instant::now();
+        r.handle_datagram(t0, SERVER, &announce(3, &m));
+        accept(&mut r, 3, t0);
+        // The pass goes by block 0 (nothing of it came): its NACK is armed with the pass's
+        // window (four GRTTs); the pass ends at once.
+        r.handle_datagram(t0, SERVER, &announce_pass(3, &m, SERVER, addr(1)));
+        r.handle_datagram(t0 + step, SERVER, &announce_pass(3, &m, SERVER, over));
+        let at = next_nack_of(&mut r, 0, t0 + step, step, grtt * 10).expect("NACKed");
+        waits.push((at - t0).as_micros());
+    }
+    // One GRTT and a quarter at most after the pass ended, whatever the first draw was.
+    let most = (grtt + grtt / 4 + step * 2).as_micros();
+    assert!(waits.iter().all(|&w| w <= most), "waits (us): {waits:?}");
+}
+
+#[test]
+fn a_nack_is_asked_again_a_round_trip_and_a_quarter_after_it_once_the_first_pass_is_over() {
     let c = content(3);
     let m = manifest(&c);
     let mut r = receiver(empty(), true);
@@ -509,12 +606,12 @@ fn a_nack_is_asked_again_two_round_trips_after_it_once_the_first_pass_is_over() 
         "asked again after {:?}",
         again - first
     );
-    // The announce says the pass is over (just after a NACK): the retry comes two GRTTs and
-    // 1 ms after that NACK, not six.
+    // The announce says the pass is over (just after a NACK): the retry comes a GRTT and a
+    // quarter and 1 ms after that NACK, not six GRTTs.
     let over = (ObjectId(u32::MAX), BlockIndex(0));
     r.handle_datagram(again + step, SERVER, &announce_pass(3, &m, SERVER, over));
     let third = next_nack(&mut r, again + step, step, grtt * 20);
-    let soon = grtt * 2 + Duration::from_millis(1);
+    let soon = grtt + grtt / 4 + Duration::from_millis(1);
     assert!(
         third - again >= soon && third - again <= soon + step * 2,
         "asked again after {:?} once the pass was over",
