@@ -441,9 +441,13 @@ impl<S: BlockStore> Receiver<S> {
     }
 
     /// The NACK backoff window in GRTTs: `backoff_factor`, or once the first pass is over
-    /// in a group of at most [`QUICK_TAIL_GROUP`], [`TAIL_BACKOFF_FACTOR`].
+    /// in a group of at most [`QUICK_TAIL_GROUP`], [`TAIL_BACKOFF_FACTOR`] (not in split
+    /// mode, whose tail waits for members' copies and was not measured with it).
     fn backoff_factor(&self) -> f64 {
-        if self.first_pass_over() && self.group_size() <= QUICK_TAIL_GROUP {
+        if self.first_pass_over()
+            && self.group_size() <= QUICK_TAIL_GROUP
+            && self.cfg.split.is_none()
+        {
             self.cfg.backoff_factor.min(TAIL_BACKOFF_FACTOR)
         } else {
             self.cfg.backoff_factor
