@@ -20,13 +20,13 @@ const PRIORITY_MARGIN: u64 = 4;
 
 /// Once the first pass is over, a NACK is asked again this many GRTTs (and 1 ms) after it:
 /// nothing is gathered then, the repair follows the NACK within a round trip and the quarter
-/// is for the queue ahead of it (docs/DESIGN.md, "the tail's NACKs, 2026-12-03").
+/// is for the queue ahead of it (docs/DESIGN.md, 2026-12-03, "the tail's NACKs sooner").
 const TAIL_RETRY_GRTTS: f64 = 1.25;
 
 /// Groups of at most this many receivers NACK the tail after a backoff window of
 /// [`TAIL_BACKOFF_FACTOR`] GRTTs instead of `backoff_factor`: the window is there so that the
 /// first NACKs' repairs spare the others theirs, which in a group this small spares few
-/// (simulated: the same NACK count at 4 to 100 receivers, 60 % more at 1,000).
+/// (simulated: the same NACK count at 16 to 100 receivers, 60 % more at 1,000).
 const QUICK_TAIL_GROUP: u32 = 128;
 
 /// The tail's backoff window in GRTTs for a group of at most [`QUICK_TAIL_GROUP`].
