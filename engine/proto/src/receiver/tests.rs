@@ -500,6 +500,15 @@ fn next_nack_of(
     None
 }
 
+/// A receiver of `m` in session 3, accepted at `t0`, the first pass at block 0.
+fn joined(m: &Manifest, t0: Instant) -> Receiver<Resumed> {
+    let mut r = receiver(empty(), true);
+    r.offer_manifest(hash_of(m), m.clone());
+    r.handle_datagram(t0, SERVER, &announce(3, m));
+    accept(&mut r, 3, t0);
+    r
+}
+
 /// A first-pass unit of `c`: unit `index` of block `b`.
 fn data_unit(c: &[u8], session: u32, b: u32, index: u16) -> Vec<u8> {
     let mut buf = vec![0u8; 256];
@@ -528,20 +537,14 @@ fn the_last_unit_of_the_last_block_ends_the_pass_and_its_block_is_nacked_at_once
     let grtt = Duration::from_millis(1);
     // A unit of the last block that is not its last: blocks 0 and 1 are passed, the last
     // one is not (the rest of it may be coming).
-    let mut r = receiver(empty(), true);
-    r.offer_manifest(hash_of(&m), m.clone());
     let t0 = Instant::now();
-    r.handle_datagram(t0, SERVER, &announce(3, &m));
-    accept(&mut r, 3, t0);
+    let mut r = joined(&m, t0);
     r.handle_datagram(t0, SERVER, &data_unit(&c, 3, 2, 0));
     assert!(next_nack_of(&mut r, 1, t0, step, grtt * 10).is_some());
     assert_eq!(next_nack_of(&mut r, 2, t0, step, grtt * 30), None);
     // Its last unit: the pass is over, the block is NACKed after the tail's backoff (one
     // GRTT at most, and a quarter) without waiting for the announce that says so.
-    let mut r = receiver(empty(), true);
-    r.offer_manifest(hash_of(&m), m.clone());
-    r.handle_datagram(t0, SERVER, &announce(3, &m));
-    accept(&mut r, 3, t0);
+    let mut r = joined(&m, t0);
     r.handle_datagram(t0, SERVER, &data_unit(&c, 3, 2, UNITS - 1));
     let at = next_nack_of(&mut r, 2, t0, step, grtt * 30).expect("the last block NACKed");
     assert!(
