@@ -291,31 +291,34 @@ impl<S: BlockStore> Receiver<S> {
         if self.blocks.done.get(seq as usize) {
             return;
         }
+        let unmeasured = self.cfg.split.is_some() && !self.split.units_seen();
+        let at = now + self.backoff(seq);
+        let k = self.numbering.units_in(seq);
+        let state = self.blocks.state(seq, k);
+        state.armed_unmeasured = unmeasured;
+        state.nacked_at = None;
+        if let Some(old) = state.nack_at.replace(at) {
+            self.feedback.timers.remove(&NackTimer { at: old, seq });
+        }
+        self.feedback.timers.insert(NackTimer { at, seq });
+    }
+
+    /// A fresh draw of block `seq`'s first-NACK backoff.
+    fn backoff(&mut self, seq: u64) -> Duration {
         let k = self.numbering.units_in(seq);
         let grtt = self.grtt();
         let n = f64::from(self.group_size()) + 1.0;
         let x = self.rng.unit();
-        let unmeasured = self.cfg.split.is_some() && !self.split.units_seen();
-        let factor = self.backoff_factor();
-        let state = self.blocks.state(seq, k);
-        state.armed_unmeasured = unmeasured;
-        state.nacked_at = None;
-        let missing = usize::from(k).saturating_sub(state.held());
+        let window = grtt.as_secs_f64() * self.backoff_factor();
+        let missing = usize::from(k).saturating_sub(self.blocks.state(seq, k).held());
         // NORM-style backoff: most receivers draw near the top of the window, few early, so
         // the first NACKs' repairs reach the rest before their timers fire. Receivers that
         // miss more units go earlier: their repairs cover those that miss fewer.
         let spread = (1.0 + x.ln() / n.ln()).max(0.0);
         let bias = 0.5 + 0.5 / (missing.max(1) as f64).min(8.0);
-        let window = grtt.as_secs_f64() * factor;
         // Split mode: copies come later than the server's own packets by the copy path's
         // delay; a NACK before that would ask for units on their way.
-        let delay =
-            Duration::from_secs_f64(window * spread * bias) + grtt / 4 + self.split.copy_lag;
-        let at = now + delay;
-        if let Some(old) = state.nack_at.replace(at) {
-            self.feedback.timers.remove(&NackTimer { at: old, seq });
-        }
-        self.feedback.timers.insert(NackTimer { at, seq });
+        Duration::from_secs_f64(window * spread * bias) + grtt / 4 + self.split.copy_lag
     }
 
     /// Queues a join and sets when to repeat it: [`FIRST_JOIN_RETRY`] after the first,
@@ -474,53 +477,28 @@ impl<S: BlockStore> Receiver<S> {
     /// the tail's window if that makes it sooner.
     pub(super) fn pull_in_timers(&mut self, now: Instant) {
         let soon = self.nack_retry();
-        let moved: Vec<(NackTimer, Instant)> = self
-            .feedback
-            .timers
-            .iter()
-            .filter_map(|t| {
-                let state = self.blocks.states.get(t.seq as usize)?.as_ref()?;
-                let at = (state.nacked_at? + soon).max(now);
-                (at < t.at).then_some((*t, at))
-            })
-            .collect();
-        for (old, at) in moved {
-            self.feedback.timers.remove(&old);
-            self.feedback.timers.insert(NackTimer { at, seq: old.seq });
-            if let Some(state) = self.blocks.states[old.seq as usize].as_mut() {
-                state.nack_at = Some(at);
-            }
-        }
-        if self.backoff_factor() >= self.cfg.backoff_factor {
-            return;
-        }
-        let first: Vec<NackTimer> = self
-            .feedback
-            .timers
-            .iter()
-            .filter(|t| {
-                let state = self
-                    .blocks
-                    .states
-                    .get(t.seq as usize)
-                    .and_then(Option::as_ref);
-                state.is_some_and(|s| s.nacked_at.is_none() && !s.armed_unmeasured)
-            })
-            .copied()
-            .collect();
-        for old in first {
-            self.arm(old.seq, now);
-            let Some(state) = self.blocks.states[old.seq as usize].as_mut() else {
+        let redraw = self.backoff_factor() < self.cfg.backoff_factor;
+        let timers: Vec<NackTimer> = self.feedback.timers.iter().copied().collect();
+        for t in timers {
+            let Some(state) = self
+                .blocks
+                .states
+                .get(t.seq as usize)
+                .and_then(Option::as_ref)
+            else {
                 continue;
             };
-            if let Some(drawn) = state.nack_at.filter(|&at| at > old.at) {
-                // Later than it was: it keeps its first draw.
-                self.feedback.timers.remove(&NackTimer {
-                    at: drawn,
-                    seq: old.seq,
-                });
-                self.feedback.timers.insert(old);
-                state.nack_at = Some(old.at);
+            let at = match state.nacked_at {
+                Some(nacked) => (nacked + soon).max(now),
+                None if redraw && !state.armed_unmeasured => now + self.backoff(t.seq),
+                None => continue,
+            };
+            if at < t.at {
+                self.feedback.timers.remove(&t);
+                self.feedback.timers.insert(NackTimer { at, seq: t.seq });
+                if let Some(state) = self.blocks.states[t.seq as usize].as_mut() {
+                    state.nack_at = Some(at);
+                }
             }
         }
     }
