@@ -30,6 +30,9 @@ pub struct ServeJson {
     pub repair_units: u64,
     pub xor_units: u64,
     pub xor_carried: u64,
+    /// Units of blocks sent whole ahead of the first pass for priority requests (counted in
+    /// `repair_units`; the first pass skipped those blocks).
+    pub ahead_units: u64,
     pub parity_units: u64,
     pub nacks: u64,
     pub nack_bytes: u64,
@@ -120,6 +123,7 @@ impl ServeJson {
             repair_units: s.stats.repair_units,
             xor_units: s.stats.xor_units,
             xor_carried: s.stats.xor_carried,
+            ahead_units: s.stats.ahead_units,
             parity_units: s.stats.parity_units,
             nacks: s.stats.nacks,
             nack_bytes: s.stats.nack_bytes,

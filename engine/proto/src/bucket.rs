@@ -21,6 +21,16 @@ impl TokenBucket {
         }
     }
 
+    /// A bucket empty at `now` that fills from then on at its rate, up to `burst`: what it
+    /// gives in all is its rate times the time since `now`, never more.
+    pub(crate) fn empty(burst: f64, now: Instant) -> Self {
+        TokenBucket {
+            tokens: 0.0,
+            burst,
+            last: Some(now),
+        }
+    }
+
     /// Changes the most the bucket holds (its tokens are capped at once).
     pub(crate) fn set_burst(&mut self, burst: f64) {
         self.burst = burst;
@@ -79,5 +89,17 @@ mod tests {
         assert!(b.take(t1, 100.0, 5.0));
         assert!(!b.take(t0 + Duration::from_secs(60), 100.0, 11.0));
         assert!(b.take(t0 + Duration::from_secs(60), 100.0, 10.0));
+    }
+
+    #[test]
+    fn an_empty_bucket_gives_its_rate_from_when_it_was_made_and_nothing_before() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::empty(10.0, t0);
+        assert!(!b.take(t0, 100.0, 1.0));
+        let t1 = t0 + Duration::from_millis(50);
+        assert!(!b.take(t1, 100.0, 6.0));
+        assert!(b.take(t1, 100.0, 5.0));
+        assert!(b.take(t0 + Duration::from_secs(60), 100.0, 10.0));
+        assert!(!b.take(t0 + Duration::from_secs(60), 100.0, 1.0));
     }
 }

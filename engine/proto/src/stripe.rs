@@ -43,6 +43,11 @@ pub struct StripePass<S> {
     numbering: BlockNumbering,
     source: S,
     skip: Arc<AtomicBitmap>,
+    /// Blocks a stripe has started, or the control thread took from the pass to send whole:
+    /// whoever sets a block's bit first sends it ([`Sender::stripe_pass`](crate::Sender::stripe_pass)).
+    claimed: Arc<AtomicBitmap>,
+    /// The block this stripe set the bit of in `claimed`.
+    owned: Option<u64>,
     epoch: Instant,
     pacer: Pacer,
     /// Next (block number, unit) to send; `None` once the stripe is done.
@@ -56,7 +61,8 @@ pub struct StripePass<S> {
 
 impl<S: BlockSource> StripePass<S> {
     /// Stripe `stripe` of `stripes`, sending units of `session` stamped from `epoch`, paced
-    /// by `pacer` set to the whole first pass's rate (the stripe takes its share).
+    /// by `pacer` set to the whole first pass's rate (the stripe takes its share). It skips
+    /// the blocks in `skip`, and those in `claimed` that it did not set itself.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         session: SessionId,
@@ -65,6 +71,7 @@ impl<S: BlockSource> StripePass<S> {
         numbering: BlockNumbering,
         source: S,
         skip: Arc<AtomicBitmap>,
+        claimed: Arc<AtomicBitmap>,
         epoch: Instant,
         mut pacer: Pacer,
     ) -> Self {
@@ -78,6 +85,8 @@ impl<S: BlockSource> StripePass<S> {
             numbering,
             source,
             skip,
+            claimed,
+            owned: None,
             epoch,
             pacer: {
                 pacer.set_rate(share(pacer.rate(), stripes));
@@ -144,7 +153,7 @@ impl<S: BlockSource> Endpoint for StripePass<S> {
         loop {
             let (seq, unit) = self.next?;
             if unit == 0 && self.skip.get(seq as usize) {
-                // Every member holds it (sent whole ahead of the pass for a priority request).
+                // Every member holds it (or it goes whole ahead of the pass).
                 self.next_block(seq);
                 continue;
             }
@@ -164,6 +173,16 @@ impl<S: BlockSource> Endpoint for StripePass<S> {
                     .map_or(now, |w| w.1);
                 self.waiting = Some((addr, since));
                 return None;
+            }
+            if unit == 0 && self.owned != Some(seq) {
+                if !self.claimed.set(seq as usize) {
+                    // It goes whole ahead of the pass for a priority request: the control
+                    // thread set its bit first (one atomic read-modify-write: the block goes
+                    // out once, by one of them).
+                    self.next_block(seq);
+                    continue;
+                }
+                self.owned = Some(seq);
             }
             if self.waiting.take().is_some() {
                 // No burst to catch up on time spent waiting.
@@ -245,7 +264,8 @@ mod tests {
     fn a_stripe_sends_its_blocks_in_order_skips_held_ones_and_reports_progress() {
         let (bytes, m) = manifest(8 * 5 + 3);
         let n = BlockNumbering::new(&m);
-        let skip = Arc::new(AtomicBitmap::new(n.total() as usize));
+        let blocks = n.total() as usize;
+        let skip = Arc::new(AtomicBitmap::new(blocks));
         skip.set(3);
         let t0 = Instant::now();
         let source = SliceSource::new(vec![&bytes[..]], 8);
@@ -256,6 +276,7 @@ mod tests {
             n,
             source,
             skip,
+            Arc::new(AtomicBitmap::new(blocks)),
             t0,
             Pacer::new(u64::MAX, Duration::ZERO),
         );
@@ -285,10 +306,51 @@ mod tests {
     }
 
     #[test]
-    fn a_stripe_is_paced_at_its_share_of_the_rate() {
+    fn a_block_goes_out_once_whether_the_stripe_or_the_control_thread_claims_it_first() {
         let (bytes, m) = manifest(8 * 4);
         let n = BlockNumbering::new(&m);
         let skip = Arc::new(AtomicBitmap::new(n.total() as usize));
+        let claimed = Arc::new(AtomicBitmap::new(n.total() as usize));
+        let t0 = Instant::now();
+        // One 30-byte datagram per second: the stripe stops after each unit.
+        let mut p = StripePass::new(
+            SessionId(7),
+            0,
+            1,
+            n,
+            SliceSource::new(vec![&bytes[..]], 8),
+            skip,
+            claimed.clone(),
+            t0,
+            Pacer::new(30, Duration::ZERO),
+        );
+        let mut buf = [0u8; 64];
+        let mut blocks = Vec::new();
+        let mut now = t0;
+        for _ in 0..16 {
+            if let Some(t) = p.poll_transmit(now, &mut buf) {
+                let mut d = buf[..t.len].to_vec();
+                d.extend_from_slice(t.payload.expect("a unit").bytes(p.source()));
+                blocks.push(UnitPacket::new_checked(&d[..]).expect("a unit").block().0);
+                if blocks.len() == 1 {
+                    // The control thread takes block 0, which the stripe has started (it
+                    // keeps it), and block 2, which it has not (the stripe skips it).
+                    assert!(!claimed.set(0));
+                    assert!(claimed.set(2));
+                }
+            }
+            now = p.poll_timeout().unwrap_or(now);
+        }
+        assert_eq!(blocks, [0, 0, 1, 1, 3, 3]);
+        assert!(p.is_finished());
+    }
+
+    #[test]
+    fn a_stripe_is_paced_at_its_share_of_the_rate() {
+        let (bytes, m) = manifest(8 * 4);
+        let n = BlockNumbering::new(&m);
+        let blocks = n.total() as usize;
+        let skip = Arc::new(AtomicBitmap::new(blocks));
         let t0 = Instant::now();
         // 2 stripes at 2 * 30 bytes/s: one 30-byte datagram (26-byte header + 4) per second.
         let mut p = StripePass::new(
@@ -298,6 +360,7 @@ mod tests {
             n,
             SliceSource::new(vec![&bytes[..]], 8),
             skip,
+            Arc::new(AtomicBitmap::new(blocks)),
             t0,
             Pacer::new(60, Duration::ZERO),
         );

@@ -44,6 +44,9 @@ pub(super) struct FirstPass {
     external_bytes: u64,
     /// Blocks the first pass skips: every member holds them already.
     pub(super) skip: Arc<AtomicBitmap>,
+    /// External first pass: blocks a stripe has started, or that were taken from the pass to
+    /// go whole ahead of it; whoever sets a block's bit first sends it.
+    claimed: Arc<AtomicBitmap>,
     pub(super) next_skip_scan: Option<Instant>,
     /// The first pass waits for a block that is not available yet: look again at this time.
     pub(super) stall_check: Option<Instant>,
@@ -64,6 +67,7 @@ impl FirstPass {
             external_sent: 0,
             external_bytes: 0,
             skip: Arc::new(AtomicBitmap::new(blocks as usize)),
+            claimed: Arc::new(AtomicBitmap::new(blocks as usize)),
             next_skip_scan: None,
             stall_check: None,
             charged_at: None,
@@ -345,6 +349,7 @@ impl<S: BlockSource> Sender<S> {
                 self.numbering.clone(),
                 self.source.clone(),
                 self.first_pass.skip.clone(),
+                self.first_pass.claimed.clone(),
                 epoch,
                 Pacer::new(self.first_pass_rate(), self.cfg.burst)
                     .with_quantum(self.cfg.pace_quantum),
@@ -388,6 +393,13 @@ impl<S: BlockSource> Sender<S> {
         } else {
             self.first_pass.next.is_none()
         }
+    }
+
+    /// Takes block `seq` from the first pass, to go whole ahead of it: false if the pass has
+    /// it already (a data thread started it, perhaps since it last reported its position).
+    /// A first pass of the sender's own has no such race: its position is exact.
+    pub(super) fn take_from_pass(&self, seq: u64) -> bool {
+        !self.cfg.external_first_pass || self.first_pass.claimed.set(seq as usize)
     }
 
     /// Brings the skip set up to date: blocks ahead of the first pass that every member

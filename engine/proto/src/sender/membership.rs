@@ -461,7 +461,7 @@ impl<S: BlockSource> Sender<S> {
             .and_then(|sp| sp.solicitors.remove(&id))
             .map_or(0, |s| s.zone);
         self.membership_changed();
-        let budget = self.new_budget();
+        let budget = self.new_budget(now);
         self.membership.members.insert(
             id,
             Member {

@@ -107,6 +107,9 @@ pub struct SenderStats {
     /// Originals and XOR repairs sent a second time in a small group's tail (counted in
     /// `repair_units` or `xor_units` as they go).
     pub tail_copies: u64,
+    /// Units of blocks sent whole ahead of the first pass for a priority request (counted in
+    /// `repair_units` as they go; the first pass skips those blocks).
+    pub ahead_units: u64,
     pub announces: u64,
     pub manifest_chunks: u64,
     pub control_sent: u64,

@@ -46,6 +46,9 @@ pub(super) struct Repair {
     whole_sent_at: Option<Instant>,
     /// The originals queued are the whole block (a priority request).
     whole: bool,
+    /// Of the originals queued, those of a block ahead of the first pass, which skips it: the
+    /// first pass's units, sent early (`SenderStats::ahead_units`), not repairs.
+    ahead: Option<UnitBitmap>,
     /// Original units to send again.
     originals: Option<UnitBitmap>,
     /// XOR repairs: what each receiver's latest NACK for the block asked for and is not yet
@@ -56,9 +59,11 @@ pub(super) struct Repair {
     queued: bool,
     /// Who pays for what is queued.
     shares: Shares,
-    /// Originals and XOR repairs go twice ([`Sender::tail_copies`]): a NACK in a small
-    /// group's tail asked for them, and its member paid for both.
-    twice: bool,
+    /// The units whose originals and XOR repairs go twice ([`Sender::tail_copies`]): a NACK
+    /// in a small group's tail asked for them, and its member paid for both. Per unit: with
+    /// one flag for the block, a block another member asked for whole went twice as well,
+    /// unpaid for.
+    twice: Option<UnitBitmap>,
     /// Those sent once so far, to go again after the block's other repairs.
     again: Vec<Again>,
 }
@@ -294,11 +299,20 @@ impl<S: BlockSource> Sender<S> {
                 // The blocks at the first pass's position (one per stripe) are on their way.
                 let in_flight = allowance.passed + u64::from(self.cfg.stripes);
                 let again = seq < in_flight || self.first_pass.skip.get(seq as usize);
-                let free = !again && self.free_ahead(now, p.receiver);
+                let mut free = !again && self.free_ahead(now, p.receiver);
                 if !free && !self.charge_member(now, p.receiver, allowance, k) {
                     return;
                 }
-                self.queue_priority(seq);
+                if !again && !self.take_from_pass(seq) {
+                    // A data thread started it since it last reported where it is: it goes
+                    // again, paid for (taken as ahead, two blocks of a 64 MiB priority flood
+                    // went out twice for nothing, 2 % of the session).
+                    if free && !self.charge_member(now, p.receiver, allowance, k) {
+                        return;
+                    }
+                    free = false;
+                }
+                self.queue_priority(seq, free);
                 if !free {
                     // It paid for the whole block: others that NACK units of it share them.
                     if let Some(r) = self.repairs.blocks.get_mut(&seq) {
@@ -312,9 +326,17 @@ impl<S: BlockSource> Sender<S> {
 
     /// Sends block `seq` whole, ahead of the repairs already queued: a receiver is waiting to
     /// play or serve it. The first pass goes on meanwhile (data threads are not held).
-    fn queue_priority(&mut self, seq: u64) {
+    /// `ahead`: the block is ahead of the first pass, sent whole in its place.
+    fn queue_priority(&mut self, seq: u64, ahead: bool) {
         let k = usize::from(self.numbering.units_in(seq));
         let r = self.repairs.blocks.entry(seq).or_default();
+        r.ahead = ahead.then(|| {
+            let mut all = UnitBitmap::new(k);
+            for u in 0..k {
+                all.set(u);
+            }
+            all
+        });
         let originals = r.originals.get_or_insert_with(|| UnitBitmap::new(k));
         for u in 0..k {
             originals.set(u);
@@ -447,7 +469,16 @@ impl<S: BlockSource> Sender<S> {
         let Some(r) = self.repairs.blocks.get_mut(&seq) else {
             return;
         };
-        r.twice |= twice;
+        if twice {
+            if let How::Xor(list) | How::Originals(list) = &how {
+                let t = r
+                    .twice
+                    .get_or_insert_with(|| UnitBitmap::new(usize::from(k)));
+                for &u in list {
+                    t.set(usize::from(u));
+                }
+            }
+        }
         match how {
             How::Parity(n) => r.parity_end += n,
             How::Xor(list) => {
@@ -546,10 +577,26 @@ impl<S: BlockSource> Sender<S> {
                 if let Some(u) = orig.iter_ones().next() {
                     orig.clear(u);
                     r.shares.sent(u as u32);
-                    if r.twice && !r.whole {
+                    // A member that wants it as an XOR repair gets it now (all of a block's
+                    // originals go before its XOR repairs). Left in, it went out a second time
+                    // for nothing: a member NACKing a block sent whole ahead of the pass, which
+                    // the pass had gone by, got it whole and again unit by unit (4,615 units
+                    // of a 64 MiB priority flood, 10 % of the session).
+                    let unit = u as u16;
+                    for w in &mut r.wants {
+                        if let Ok(i) = w.units.binary_search(&unit) {
+                            w.units.remove(i);
+                        }
+                    }
+                    r.wants.retain(|w| !w.units.is_empty());
+                    if !r.whole && r.twice.as_ref().is_some_and(|t| t.get(u)) {
                         r.again.push(Again::Original(u as u16));
                     }
+                    if r.ahead.as_mut().is_some_and(|a| a.clear(u)) {
+                        self.stats.ahead_units += 1;
+                    }
                     if orig.count_ones() == 0 {
+                        r.ahead = None;
                         r.whole_sent_at = Some(now);
                         if std::mem::take(&mut r.whole) {
                             // The group got it whole (the first pass skips it since it was
@@ -577,7 +624,8 @@ impl<S: BlockSource> Sender<S> {
                 for &u in &units[..n] {
                     r.shares.sent(u32::from(u));
                 }
-                if r.twice && n > 0 {
+                let paid_twice = |t: &UnitBitmap| units[..n].iter().any(|&u| t.get(usize::from(u)));
+                if r.twice.as_ref().is_some_and(paid_twice) {
                     r.again.push(Again::Xor(units, n));
                 }
                 r.wants.retain(|w| !w.units.is_empty());
@@ -601,7 +649,7 @@ impl<S: BlockSource> Sender<S> {
             }
             r.gather_until = None;
             r.queued = false;
-            r.twice = false;
+            r.twice = None;
             r.shares.clear();
             self.repairs.queue.pop_front();
         }
