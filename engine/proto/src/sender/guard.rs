@@ -568,6 +568,16 @@ mod tests {
         })
     }
 
+    /// Sends the first pass, from `t0` in steps of 10 ms: the time it is over.
+    fn past_the_first_pass(s: &mut Sender<Gated>, t0: Instant) -> Instant {
+        let mut now = t0;
+        while !s.first_pass_done() {
+            now += Duration::from_millis(10);
+            drain(s, now);
+        }
+        now
+    }
+
     /// Repair units in `out` (data units sent again).
     fn repair_units(out: &[(Transmit, Option<Vec<u8>>)]) -> usize {
         out.iter().filter(|(t, _)| t.payload.is_some()).count()
@@ -704,11 +714,7 @@ mod tests {
         s.set_rate(34_000);
         let t0 = Instant::now();
         let cookie = join(&mut s, t0, addr(A), 1);
-        let mut now = t0;
-        while !s.first_pass_done() {
-            now += Duration::from_millis(10);
-            drain(&mut s, now);
-        }
+        let now = past_the_first_pass(&mut s, t0);
         (s, cookie, t0, now)
     }
 
@@ -889,11 +895,7 @@ mod tests {
             count: 16,
         });
         send(&mut s, t0, addr(A), p);
-        let mut now = t0;
-        while !s.first_pass_done() {
-            now += Duration::from_millis(10);
-            drain(&mut s, now);
-        }
+        past_the_first_pass(&mut s, t0);
         let st = s.stats();
         assert_eq!(
             (st.repair_units, st.ahead_units),
@@ -913,11 +915,7 @@ mod tests {
         let t0 = Instant::now();
         let a = join(&mut s, t0, addr(A), 1);
         let b = join(&mut s, t0, addr(B), 2);
-        let mut now = t0;
-        while !s.first_pass_done() {
-            now += Duration::from_millis(10);
-            drain(&mut s, now);
-        }
+        let now = past_the_first_pass(&mut s, t0);
         let nack = |id: u64, cookie: u64, missing: u16, holes: Holes| {
             Packet::Nack(NackRepr {
                 session: s.cfg.session,
@@ -955,11 +953,7 @@ mod tests {
         let t0 = Instant::now();
         let good = join(&mut s, t0, addr(A), 1);
         let bad = join(&mut s, t0, addr(B), 2);
-        let mut now = t0;
-        while !s.first_pass_done() {
-            now += Duration::from_millis(10);
-            drain(&mut s, now);
-        }
+        let now = past_the_first_pass(&mut s, t0);
         let p = every_block_nack(&s, 2, bad);
         send(&mut s, now, addr(B), p);
         assert!(s.stats().repair_denied > 0);
@@ -991,11 +985,7 @@ mod tests {
         let good = join(&mut s, t0, addr(A), 1);
         let bad = join(&mut s, t0, addr(B), 2);
         join(&mut s, t0, addr(C), 3);
-        let mut now = t0;
-        while !s.first_pass_done() {
-            now += Duration::from_millis(10);
-            drain(&mut s, now);
-        }
+        let mut now = past_the_first_pass(&mut s, t0);
         let p = every_block_nack(&s, 2, bad);
         send(&mut s, now, addr(B), p);
         assert!(s.stats().repair_denied > 0);
