@@ -5,8 +5,9 @@
 //! lack of buffer space (`overflow_ppm`, from `SO_RXQ_OVFL`) and how full that buffer got
 //! (`queue_ppm`, from `SO_MEMINFO`). Every [`RateControl::STEP`] (and at once when a notice
 //! calls for a cut, [`RateControl::wants_cut`]), [`RateControl::step`] cuts on fresh news of
-//! overflow to what the receivers took, cuts a little on a fresh half-full buffer, holds on
-//! any sign of a queue, and otherwise rises. A notice is fresh when it covers only what was
+//! overflow to what the receivers took, cuts on a fresh buffer over a quarter full that is
+//! still filling (past slow start only a standing one: seen at two notices in a row, or over
+//! three quarters full), holds on any sign of a queue, and otherwise rises. A notice is fresh when it covers only what was
 //! sent after the last cut: a receiver with a full buffer reports, a buffer's worth of time
 //! later, what the rate before the cut did, and cutting again on that news took the rate far
 //! below what the receivers take (docs/DESIGN.md, the collapse entry).
@@ -27,6 +28,11 @@ pub const HEAVY_LOSS_PPM: u32 = 200_000;
 pub const QUEUE_HIGH_PPM: u32 = 250_000;
 /// More than a tenth: no faster.
 pub const QUEUE_RISING_PPM: u32 = 100_000;
+/// More than three quarters full: a queue that cuts at once, standing or not (a notice or
+/// two from overflowing). Below it a queue seen once, after a notice that found the buffer
+/// near empty, is a stall's excursion ([`Congestion::fresh_standing_queue_ppm`]): at half, a
+/// 45 ms stall at 400 MB/s still cut (the simulator, docs/DESIGN.md "short stalls").
+pub const QUEUE_FULL_PPM: u32 = 750_000;
 
 /// Bounds of the automatic rate, datagram bytes per second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +76,13 @@ pub struct Congestion {
     /// found on coming back to its core holds the rate but is not fresh news that cuts
     /// (`fresh_queue_ppm`) until its next notice says the buffer still fills.
     pub filling_queue_ppm: u32,
+    /// The same as `fresh_queue_ppm`, among the members whose notice before found their
+    /// buffer more than a tenth full too (or whose buffer is more than three quarters full,
+    /// [`QUEUE_FULL_PPM`]): a standing queue. One notice's queue after one before that found
+    /// the buffer near empty is an excursion (the receive thread was off its core a while,
+    /// shorter than a pause the notices' pace shows) and cuts only in slow start; the next
+    /// notice says whether it drains.
+    pub fresh_standing_queue_ppm: u32,
     /// The slowest incomplete member's delivery rate (bytes per second), if measured (for
     /// logs: blocks are verified in lumps, after their repairs, so it is no rate to follow).
     pub slowest_delivery: Option<u64>,
@@ -158,15 +171,25 @@ impl RateControl {
         if c.slowest_take.is_some() {
             self.known_take = c.slowest_take;
         }
+        // Past slow start only a standing queue cuts: a receiver kept off its core for a
+        // few tens of milliseconds comes back to a queue of the rate times that, which it
+        // then drains; cutting on each such excursion ratcheted the rate down to where it
+        // stayed under a quarter of the buffer (docs/DESIGN.md, "short stalls").
+        let queue = if self.slow_start {
+            c.fresh_queue_ppm
+        } else {
+            c.fresh_standing_queue_ppm
+        };
         congestion_ppm(c.fresh_overflow_ppm, self.heavy_loss(now, c.fresh_loss_ppm)) > 1_000
-            || c.fresh_queue_ppm > QUEUE_HIGH_PPM
+            || queue > QUEUE_HIGH_PPM
     }
 
     /// One step: `achieved` is what went out since the last, bytes per second. Returns the
     /// new rate.
     ///
     /// - A fresh notice says its socket overflowed, or its buffer is more than a quarter full and
-    ///   not draining: go to three quarters of what the slowest receiver that is behind
+    ///   not draining (past slow start: a standing queue, [`Congestion::fresh_standing_queue_ppm`]):
+    ///   go to three quarters of what the slowest receiver that is behind
     ///   took ([`Congestion::slowest_take`]: its buffer must drain, and while it does, the
     ///   receiver is busy with what is queued), unless the rate is below that already. Not measured yet: to what went out less the share that overflowed,
     ///   or a tenth down, no deeper than a quarter.
@@ -296,6 +319,7 @@ mod tests {
         let full = Congestion {
             queue_ppm: 800_000,
             fresh_queue_ppm: 800_000,
+            fresh_standing_queue_ppm: 800_000,
             ..Congestion::default()
         };
         assert_eq!(rc.step(t0 + RateControl::STEP, full, 250), 225);
@@ -318,6 +342,39 @@ mod tests {
             ..Congestion::default()
         };
         assert!(rc.step(t0 + RateControl::STEP * 4, draining, 225) > 225);
+    }
+
+    #[test]
+    fn past_slow_start_a_queue_seen_once_holds_the_rate_and_a_standing_one_cuts_it() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(RateLimits {
+            start: 1_000,
+            min: 10,
+            max: 10_000,
+        });
+        // In slow start any fresh queue over a quarter cuts: the rate may be far above what
+        // the receivers take, and the next notice may find the buffer overflowed.
+        let once = Congestion {
+            queue_ppm: 400_000,
+            fresh_queue_ppm: 400_000,
+            filling_queue_ppm: 400_000,
+            ..Congestion::default()
+        };
+        assert!(rc.wants_cut(t0, &once));
+        assert_eq!(rc.step(t0, once, 1_000), 900);
+        // Past it, the same queue seen once (the notice before found the buffer near empty)
+        // is a stall's excursion: no cut, and no rise either.
+        let t1 = t0 + RateControl::STEP;
+        assert!(!rc.wants_cut(t1, &once));
+        assert_eq!(rc.step(t1, once, 900), 900);
+        // Seen again and still filling: a standing queue, cut.
+        let standing = Congestion {
+            fresh_standing_queue_ppm: 400_000,
+            ..once
+        };
+        let t2 = t1 + RateControl::STEP;
+        assert!(rc.wants_cut(t2, &standing));
+        assert_eq!(rc.step(t2, standing, 900), 810);
     }
 
     #[test]

@@ -299,6 +299,11 @@ impl<S: BlockSource> Sender<S> {
                 c.filling_queue_ppm = c.filling_queue_ppm.max(m.queue_ppm);
                 if time_fresh && !m.paused {
                     c.fresh_queue_ppm = c.fresh_queue_ppm.max(m.queue_ppm);
+                    if m.queue_prev_ppm > crate::rate::QUEUE_RISING_PPM
+                        || m.queue_ppm > crate::rate::QUEUE_FULL_PPM
+                    {
+                        c.fresh_standing_queue_ppm = c.fresh_standing_queue_ppm.max(m.queue_ppm);
+                    }
                 }
             }
         }
@@ -783,5 +788,37 @@ mod tests {
         // Draining is not.
         s.on_receipt(back + ms(100), &notice(300_000));
         assert_eq!(s.congestion().filling_queue_ppm, 0);
+    }
+
+    #[test]
+    fn a_queue_is_standing_when_the_notice_before_found_one_too_or_it_is_near_full() {
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let base = receipt(&s, 1);
+        let notice = |queue_ppm: u32| ReceiptRepr {
+            queue_ppm,
+            ..base.clone()
+        };
+        s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        let ms = Duration::from_millis;
+        for i in 0..4 {
+            s.on_receipt(t0 + ms(50 * i), &notice(20_000));
+        }
+        // At the usual pace, 40 % after 2 %: fresh news of a queue, but an excursion.
+        s.on_receipt(t0 + ms(200), &notice(400_000));
+        let c = s.congestion();
+        assert_eq!(
+            (c.fresh_queue_ppm, c.fresh_standing_queue_ppm),
+            (400_000, 0)
+        );
+        // Still filling at the next notice: standing.
+        s.on_receipt(t0 + ms(250), &notice(420_000));
+        let c = s.congestion();
+        assert_eq!(c.fresh_standing_queue_ppm, 420_000);
+        // Drained, then over three quarters at once: standing all the same.
+        s.on_receipt(t0 + ms(300), &notice(20_000));
+        assert_eq!(s.congestion().fresh_standing_queue_ppm, 0);
+        s.on_receipt(t0 + ms(350), &notice(800_000));
+        assert_eq!(s.congestion().fresh_standing_queue_ppm, 800_000);
     }
 }
