@@ -189,7 +189,7 @@ impl RateControl {
     ///
     /// - A fresh notice says its socket overflowed, or its buffer is more than a quarter full and
     ///   not draining (past slow start: a standing queue, [`Congestion::fresh_standing_queue_ppm`]):
-    ///   go to three quarters of what the slowest receiver that is behind
+    ///   go to seven eighths of what the slowest receiver that is behind
     ///   took ([`Congestion::slowest_take`]: its buffer must drain, and while it does, the
     ///   receiver is busy with what is queued), unless the rate is below that already. Not measured yet: to what went out less the share that overflowed,
     ///   or a tenth down, no deeper than a quarter.
@@ -218,10 +218,13 @@ impl RateControl {
         self.rate = if cut {
             self.slow_start = false;
             match c.slowest_take {
-                // Three quarters of what the slowest receiver that is behind took: its
-                // buffer drains at a quarter of its pace while it stays busy with what is
-                // queued (no time lost), and a rate below that already is held.
-                Some(take) => rate.min(take * 3 / 4),
+                // Seven eighths of what the slowest receiver that is behind took: its
+                // buffer drains at an eighth of its pace while it stays busy with what is
+                // queued (no time lost), and a rate below that already is held. At three
+                // quarters the buffer emptied within a few steps and the receiver then
+                // idled a quarter of the time until the rate had risen back (docs/DESIGN.md,
+                // "a cut to seven eighths").
+                Some(take) => rate.min(take * 7 / 8),
                 None => {
                     let target = if fresh > 1_000 {
                         // What got into the sockets of what went out, less a tenth.
@@ -342,6 +345,24 @@ mod tests {
             ..Congestion::default()
         };
         assert!(rc.step(t0 + RateControl::STEP * 4, draining, 225) > 225);
+    }
+
+    #[test]
+    fn a_cut_goes_to_seven_eighths_of_what_the_slowest_receiver_behind_took() {
+        let t0 = Instant::now();
+        let mut rc = RateControl::new(RateLimits {
+            start: 1_000,
+            min: 10,
+            max: 10_000,
+        });
+        let behind = |take: u64| Congestion {
+            slowest_take: Some(take),
+            ..fresh_overflow(50_000)
+        };
+        // Its buffer drains at an eighth of its pace while it stays busy.
+        assert_eq!(rc.step(t0, behind(800), 1_000), 700);
+        // A rate below that already is held.
+        assert_eq!(rc.step(t0 + RateControl::STEP, behind(900), 700), 700);
     }
 
     #[test]

@@ -785,6 +785,40 @@ mod tests {
     }
 
     #[test]
+    fn a_small_group_s_tail_repairs_go_once_while_a_member_s_buffer_is_filled() {
+        // The same, but the member's latest notice found its socket buffer 30 % full: the
+        // receivers set the pace, and a copy costs each of them the time to read and drop it
+        // (with 5 % loss and receivers taking 300 MB/s the tail was as long as the first pass).
+        let (mut s, cookie, _, now) = one_member_after_the_first_pass();
+        let notice = Packet::Receipt(ReceiptRepr {
+            cookie,
+            queue_ppm: 300_000,
+            ..super::super::testing::receipt(&s, 1)
+        });
+        send(&mut s, now, addr(A), notice);
+        let p = Packet::Nack(NackRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(1),
+            cookie,
+            entries: vec![NackEntry {
+                object: ObjectId(0),
+                block: BlockIndex(3),
+                missing: 1,
+                parity_seen: 0,
+                holes: Holes::Ranges(vec![(2, 1)]),
+            }],
+        });
+        send(&mut s, now, addr(A), p);
+        let mut sent = 0;
+        for i in 1..=10 {
+            sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
+        }
+        assert_eq!(sent, 1, "{:?}", s.stats());
+        assert_eq!(s.stats().tail_copies, 0);
+        assert_eq!(s.stats().repair_denied, 0);
+    }
+
+    #[test]
     fn a_member_that_lost_a_burst_gets_all_of_it_repaired_at_once() {
         let (mut s, cookie, _, now) = one_member_after_the_first_pass();
         // 5 % of the first pass lost at once (a socket buffer that overflowed): more than one
