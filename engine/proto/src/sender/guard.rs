@@ -756,43 +756,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_small_group_s_tail_repairs_go_twice_and_without_parity() {
-        // One member, the first pass over: the unit it lost goes twice (a copy lost would cost
-        // a round trip at the end), and no parity goes with it (a decode of the block).
-        let (mut s, cookie, _, now) = one_member_after_the_first_pass();
-        let p = Packet::Nack(NackRepr {
-            session: s.cfg.session,
-            receiver: ReceiverId(1),
-            cookie,
-            entries: vec![NackEntry {
-                object: ObjectId(0),
-                block: BlockIndex(3),
-                missing: 1,
-                parity_seen: 0,
-                holes: Holes::Ranges(vec![(2, 1)]),
-            }],
-        });
-        send(&mut s, now, addr(A), p);
-        let mut sent = 0;
-        for i in 1..=10 {
-            sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
-        }
-        assert_eq!(sent, 2, "{:?}", s.stats());
-        assert_eq!(s.stats().tail_copies, 1);
-        assert_eq!(s.stats().parity_units, 0);
-        assert_eq!(s.stats().repair_denied, 0);
-    }
-
-    #[test]
-    fn a_small_group_s_tail_repairs_go_once_while_a_member_s_buffer_is_filled() {
-        // The same, but the member's latest notice found its socket buffer 30 % full: the
-        // receivers set the pace, and a copy costs each of them the time to read and drop it
-        // (with 5 % loss and receivers taking 300 MB/s the tail was as long as the first pass).
+    /// One member, the first pass over, whose latest notice found its buffer `queue_ppm` full,
+    /// NACKs one unit: the repair units sent for it in the next 100 ms.
+    fn one_unit_repaired_in_the_tail(queue_ppm: u32) -> (usize, Sender<Gated>) {
         let (mut s, cookie, _, now) = one_member_after_the_first_pass();
         let notice = Packet::Receipt(ReceiptRepr {
             cookie,
-            queue_ppm: 300_000,
+            queue_ppm,
             ..super::super::testing::receipt(&s, 1)
         });
         send(&mut s, now, addr(A), notice);
@@ -813,6 +783,26 @@ mod tests {
         for i in 1..=10 {
             sent += repair_units(&drain(&mut s, now + Duration::from_millis(i * 10)));
         }
+        (sent, s)
+    }
+
+    #[test]
+    fn a_small_group_s_tail_repairs_go_twice_and_without_parity() {
+        // One member, the first pass over: the unit it lost goes twice (a copy lost would cost
+        // a round trip at the end), and no parity goes with it (a decode of the block).
+        let (sent, s) = one_unit_repaired_in_the_tail(0);
+        assert_eq!(sent, 2, "{:?}", s.stats());
+        assert_eq!(s.stats().tail_copies, 1);
+        assert_eq!(s.stats().parity_units, 0);
+        assert_eq!(s.stats().repair_denied, 0);
+    }
+
+    #[test]
+    fn a_small_group_s_tail_repairs_go_once_while_a_member_s_buffer_is_filled() {
+        // The same, but the member's latest notice found its socket buffer 30 % full: the
+        // receivers set the pace, and a copy costs each of them the time to read and drop it
+        // (with 5 % loss and receivers taking 300 MB/s the tail was as long as the first pass).
+        let (sent, s) = one_unit_repaired_in_the_tail(300_000);
         assert_eq!(sent, 1, "{:?}", s.stats());
         assert_eq!(s.stats().tail_copies, 0);
         assert_eq!(s.stats().repair_denied, 0);

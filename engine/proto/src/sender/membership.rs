@@ -704,7 +704,7 @@ impl<S: BlockSource> Sender<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{gated_sender, gated_sender_with, receipt};
+    use super::super::testing::{gated_sender, gated_sender_with, receipt, Gated};
     use super::*;
 
     #[test]
@@ -756,23 +756,32 @@ mod tests {
         assert_eq!(s.slowest_delivery(), Some(total * block));
     }
 
+    /// One member, admitted at the instant returned, whose four notices 50 ms apart found its
+    /// buffer `queue_ppm` full; and its notice with another fill.
+    fn member_at_its_usual_pace(
+        queue_ppm: u32,
+    ) -> (Sender<Gated>, Instant, impl Fn(u32) -> ReceiptRepr) {
+        let mut s = gated_sender();
+        let t0 = Instant::now();
+        let base = receipt(&s, 1);
+        let notice = move |queue_ppm: u32| ReceiptRepr {
+            queue_ppm,
+            ..base.clone()
+        };
+        s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        for i in 0..4 {
+            s.on_receipt(t0 + Duration::from_millis(50 * i), &notice(queue_ppm));
+        }
+        (s, t0, notice)
+    }
+
     #[test]
     fn a_queue_found_after_a_pause_is_not_news_until_the_next_notice() {
         // A receive thread kept off its core comes back to a queue that filled while it was
         // away: that notice alone does not say the rate is too fast; the next one, at the
         // usual pace, says whether the queue drains.
-        let mut s = gated_sender();
-        let t0 = Instant::now();
-        let base = receipt(&s, 1);
-        let notice = |queue_ppm: u32| ReceiptRepr {
-            queue_ppm,
-            ..base.clone()
-        };
-        s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        let (mut s, t0, notice) = member_at_its_usual_pace(10_000);
         let ms = Duration::from_millis;
-        for i in 0..4 {
-            s.on_receipt(t0 + ms(50 * i), &notice(10_000));
-        }
         assert_eq!(s.congestion().filling_queue_ppm, 10_000);
         // 250 ms of silence, then a buffer 40 % full.
         let back = t0 + ms(150 + 250);
@@ -792,18 +801,8 @@ mod tests {
 
     #[test]
     fn a_queue_is_standing_when_the_notice_before_found_one_too_or_it_is_near_full() {
-        let mut s = gated_sender();
-        let t0 = Instant::now();
-        let base = receipt(&s, 1);
-        let notice = |queue_ppm: u32| ReceiptRepr {
-            queue_ppm,
-            ..base.clone()
-        };
-        s.admit(t0, SocketAddr::from(([127, 0, 0, 1], 9)), ReceiverId(1));
+        let (mut s, t0, notice) = member_at_its_usual_pace(20_000);
         let ms = Duration::from_millis;
-        for i in 0..4 {
-            s.on_receipt(t0 + ms(50 * i), &notice(20_000));
-        }
         // At the usual pace, 40 % after 2 %: fresh news of a queue, but an excursion.
         s.on_receipt(t0 + ms(200), &notice(400_000));
         let c = s.congestion();
