@@ -809,6 +809,65 @@ mod tests {
     }
 
     #[test]
+    fn after_the_pass_nacks_wait_for_each_other_while_the_receivers_set_the_pace() {
+        // Two members, the first pass over, each NACKing a different unit of block 3, the
+        // second 1 ms after the first. In the tail nothing waits: each unit goes at once,
+        // alone (and twice). While a member's buffer is over a tenth full, every repair
+        // datagram costs each receiver a read, so the first NACK waits for the second and both
+        // go as one XOR repair (with 5 % loss and receivers taking 300 MB/s, lone originals
+        // were half the repairs).
+        for queue_ppm in [0, 300_000] {
+            let mut s = sender(64, 2);
+            s.set_rate(34_000);
+            let t0 = Instant::now();
+            let ca = join(&mut s, t0, addr(A), 1);
+            let cb = join(&mut s, t0, addr(B), 2);
+            let now = past_the_first_pass(&mut s, t0);
+            let notice = Packet::Receipt(ReceiptRepr {
+                cookie: ca,
+                queue_ppm,
+                ..super::super::testing::receipt(&s, 1)
+            });
+            send(&mut s, now, addr(A), notice);
+            let session = s.cfg.session;
+            let nack = |id: u64, cookie: u64, unit: u16| {
+                Packet::Nack(NackRepr {
+                    session,
+                    receiver: ReceiverId(id),
+                    cookie,
+                    entries: vec![NackEntry {
+                        object: ObjectId(0),
+                        block: BlockIndex(3),
+                        missing: 1,
+                        parity_seen: 0,
+                        holes: Holes::Ranges(vec![(unit, 1)]),
+                    }],
+                })
+            };
+            let before = s.stats().clone();
+            send(&mut s, now, addr(A), nack(1, ca, 1));
+            drain(&mut s, now);
+            let then = now + Duration::from_millis(1);
+            send(&mut s, then, addr(B), nack(2, cb, 2));
+            for i in 0..10 {
+                drain(&mut s, then + Duration::from_millis(i * 10));
+            }
+            let st = s.stats();
+            let originals = st.repair_units - before.repair_units;
+            let xors = st.xor_units - before.xor_units;
+            if queue_ppm == 0 {
+                assert!(originals >= 2 && xors == 0, "{st:?}");
+            } else {
+                assert_eq!(
+                    (originals, xors, st.xor_carried - before.xor_carried),
+                    (0, 1, 2)
+                );
+            }
+            assert_eq!(st.repair_denied, 0);
+        }
+    }
+
+    #[test]
     fn a_member_that_lost_a_burst_gets_all_of_it_repaired_at_once() {
         let (mut s, cookie, _, now) = one_member_after_the_first_pass();
         // 5 % of the first pass lost at once (a socket buffer that overflowed): more than one

@@ -333,6 +333,18 @@ impl<S: BlockSource> Sender<S> {
             .unwrap_or(0)
     }
 
+    /// A member still receiving found its socket buffer more than a tenth full at its latest
+    /// notice: the receivers, not the rate, set the pace. Then every repair datagram costs
+    /// each receiver the time to read it (and to drop it, if it was for another), so repairs
+    /// are gathered into XOR repairs even after the first pass, and none goes twice
+    /// (docs/DESIGN.md, "no tail copies while the receivers set the pace").
+    pub(super) fn receivers_behind(&self) -> bool {
+        self.membership
+            .members
+            .values()
+            .any(|m| !m.complete && m.queue_ppm > crate::rate::QUEUE_RISING_PPM)
+    }
+
     /// The fullest receive buffer among the members' latest receipt notices (parts per
     /// million of the buffer): a receiver falling behind, before it overflows.
     pub fn worst_queue_ppm(&self) -> u32 {

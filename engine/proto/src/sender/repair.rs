@@ -150,13 +150,21 @@ impl Repairs {
 }
 
 impl<S: BlockSource> Sender<S> {
+    /// XOR repairs wait for other members' NACKs ([`Repair::gather_until`]) while the first
+    /// pass runs, and after it while the receivers set the pace
+    /// ([`Sender::receivers_behind`]): in the tail otherwise, where each round trip is time
+    /// added to the transfer, nothing waits.
+    fn gathers(&self) -> bool {
+        !self.first_pass_done() || self.receivers_behind()
+    }
+
     /// The queued blocks whose repairs can go now: before the first pass is over, blocks
     /// whose XOR repairs wait for more NACKs have nothing to send yet.
     fn ready_repairs(&self) -> impl Iterator<Item = u64> + '_ {
         let now = self.repairs.now;
-        let pass_done = self.first_pass_done();
+        let gathers = self.gathers();
         self.repairs.queue.iter().copied().filter(move |s| {
-            pass_done
+            !gathers
                 || self
                     .repairs
                     .blocks
@@ -545,7 +553,7 @@ impl<S: BlockSource> Sender<S> {
     /// When every queued repair is an XOR repair still gathering NACKs: the earliest time one
     /// of them is done gathering.
     pub(super) fn repair_gathering(&self) -> Option<Instant> {
-        if self.first_pass_done() {
+        if !self.gathers() {
             return None;
         }
         let mut first: Option<Instant> = None;
@@ -561,7 +569,7 @@ impl<S: BlockSource> Sender<S> {
         // first pass nothing waits (the tail's round trips are the transfer's end).
         self.repairs.now = Some(now);
         let mut rotations = self.repairs.queue.len();
-        let tail = self.first_pass_done();
+        let tail = !self.gathers();
         while let Some(&seq) = self.repairs.queue.front() {
             let BlockAddr { object, block } = self.numbering.addr(seq);
             let r = self.repairs.blocks.get_mut(&seq)?;

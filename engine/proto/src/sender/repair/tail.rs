@@ -154,9 +154,7 @@ impl<S: BlockSource> Sender<S> {
         if !self.repairs.by_originals || !self.in_tail() {
             return false;
         }
-        // A member's buffer more than a tenth full: the receivers, not the rate, set the
-        // pace, and every copy costs each of them the time to read and drop it.
-        if self.worst_queue_ppm() > crate::rate::QUEUE_RISING_PPM {
+        if self.receivers_behind() {
             return false;
         }
         self.membership
