@@ -756,6 +756,22 @@ mod tests {
         );
     }
 
+    /// Member `id`'s NACK of unit `unit` of block 3.
+    fn nack_of_block_3(s: &Sender<Gated>, id: u64, cookie: u64, unit: u16) -> Packet<'static> {
+        Packet::Nack(NackRepr {
+            session: s.cfg.session,
+            receiver: ReceiverId(id),
+            cookie,
+            entries: vec![NackEntry {
+                object: ObjectId(0),
+                block: BlockIndex(3),
+                missing: 1,
+                parity_seen: 0,
+                holes: Holes::Ranges(vec![(unit, 1)]),
+            }],
+        })
+    }
+
     /// One member, the first pass over, whose latest notice found its buffer `queue_ppm` full,
     /// NACKs one unit: the repair units sent for it in the next 100 ms.
     fn one_unit_repaired_in_the_tail(queue_ppm: u32) -> (usize, Sender<Gated>) {
@@ -766,18 +782,7 @@ mod tests {
             ..super::super::testing::receipt(&s, 1)
         });
         send(&mut s, now, addr(A), notice);
-        let p = Packet::Nack(NackRepr {
-            session: s.cfg.session,
-            receiver: ReceiverId(1),
-            cookie,
-            entries: vec![NackEntry {
-                object: ObjectId(0),
-                block: BlockIndex(3),
-                missing: 1,
-                parity_seen: 0,
-                holes: Holes::Ranges(vec![(2, 1)]),
-            }],
-        });
+        let p = nack_of_block_3(&s, 1, cookie, 2);
         send(&mut s, now, addr(A), p);
         let mut sent = 0;
         for i in 1..=10 {
@@ -829,26 +834,13 @@ mod tests {
                 ..super::super::testing::receipt(&s, 1)
             });
             send(&mut s, now, addr(A), notice);
-            let session = s.cfg.session;
-            let nack = |id: u64, cookie: u64, unit: u16| {
-                Packet::Nack(NackRepr {
-                    session,
-                    receiver: ReceiverId(id),
-                    cookie,
-                    entries: vec![NackEntry {
-                        object: ObjectId(0),
-                        block: BlockIndex(3),
-                        missing: 1,
-                        parity_seen: 0,
-                        holes: Holes::Ranges(vec![(unit, 1)]),
-                    }],
-                })
-            };
             let before = s.stats().clone();
-            send(&mut s, now, addr(A), nack(1, ca, 1));
+            let p = nack_of_block_3(&s, 1, ca, 1);
+            send(&mut s, now, addr(A), p);
             drain(&mut s, now);
             let then = now + Duration::from_millis(1);
-            send(&mut s, then, addr(B), nack(2, cb, 2));
+            let p = nack_of_block_3(&s, 2, cb, 2);
+            send(&mut s, then, addr(B), p);
             for i in 0..10 {
                 drain(&mut s, then + Duration::from_millis(i * 10));
             }

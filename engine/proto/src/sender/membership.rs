@@ -124,7 +124,15 @@ pub(super) struct Membership {
     pub(super) any_denied: bool,
     /// Members that expired complete, for the summary.
     departed: Vec<MemberReport>,
+    /// A member still receiving found its buffer more than a tenth full at its latest notice
+    /// ([`Sender::receivers_behind`]), as of `behind_checked` or a notice since.
+    behind: bool,
+    behind_checked: Option<Instant>,
 }
+
+/// How often whether every member's buffer has drained is looked at again (it looks at
+/// every member): a notice that finds one filled says so at once.
+const BEHIND_CHECK: Duration = Duration::from_millis(100);
 
 impl Membership {
     pub(super) fn new(max_receivers: usize, blocks: u64, grtt: Duration) -> Self {
@@ -139,7 +147,29 @@ impl Membership {
             next_scan: None,
             any_denied: false,
             departed: Vec::new(),
+            behind: false,
+            behind_checked: None,
         }
+    }
+
+    /// Takes in a notice whose member (`member_behind`: still receiving, its buffer more than
+    /// a tenth full) came at `now`.
+    fn note_behind(&mut self, now: Instant, member_behind: bool) {
+        if member_behind {
+            self.behind = true;
+            return;
+        }
+        if self
+            .behind_checked
+            .is_some_and(|t| now.saturating_duration_since(t) < BEHIND_CHECK)
+        {
+            return;
+        }
+        self.behind_checked = Some(now);
+        self.behind = self
+            .members
+            .values()
+            .any(|m| !m.complete && m.queue_ppm > crate::rate::QUEUE_RISING_PPM);
     }
 
     /// Members still receiving.
@@ -338,11 +368,11 @@ impl<S: BlockSource> Sender<S> {
     /// each receiver the time to read it (and to drop it, if it was for another), so repairs
     /// are gathered into XOR repairs even after the first pass, and none goes twice
     /// (docs/DESIGN.md, "no tail copies while the receivers set the pace").
+    ///
+    /// Asked for every repair datagram sent: a flag the notices keep
+    /// ([`Membership::note_behind`]), not a look at every member.
     pub(super) fn receivers_behind(&self) -> bool {
-        self.membership
-            .members
-            .values()
-            .any(|m| !m.complete && m.queue_ppm > crate::rate::QUEUE_RISING_PPM)
+        self.membership.behind
     }
 
     /// The fullest receive buffer among the members' latest receipt notices (parts per
@@ -678,6 +708,12 @@ impl<S: BlockSource> Sender<S> {
                 receiver: r.receiver,
             });
         }
+        let member_behind = self
+            .membership
+            .members
+            .get(&r.receiver)
+            .is_some_and(|m| !m.complete && m.queue_ppm > crate::rate::QUEUE_RISING_PPM);
+        self.membership.note_behind(now, member_behind);
         // Receive status: the watermark (only what is new since the last notice) and the
         // runs past it.
         let total = self.numbering.total();

@@ -379,7 +379,6 @@ impl<S: BlockSource> Sender<S> {
         let max_parity = self.cfg.geometry.max_parity;
         let by_originals = self.repair_by_originals(now);
         let xor = by_originals && self.cfg.xor_repairs && self.split.is_none();
-        let gather = self.grtt() * XOR_GATHER_GRTTS;
         let settle = self.grtt() * 2;
         let r = self.repairs.blocks.entry(seq).or_default();
         // Parity this receiver may still get: what is queued, and what was sent so recently
@@ -474,6 +473,24 @@ impl<S: BlockSource> Sender<S> {
         if extra > 0 {
             self.queue_parity(seq, extra);
         }
+        self.queue_entry(now, seq, receiver, how, twice, incomplete);
+    }
+
+    /// Queues what one NACK entry of `receiver`, paid for, adds to block `seq`'s repairs
+    /// (`twice`: its originals and XOR repairs go twice); its XOR repairs wait for the other
+    /// members' NACKs ([`XOR_GATHER_GRTTS`]), no longer once all `incomplete` members have
+    /// asked.
+    fn queue_entry(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        receiver: ReceiverId,
+        how: How,
+        twice: bool,
+        incomplete: usize,
+    ) {
+        let k = self.numbering.units_in(seq);
+        let gather = self.grtt() * XOR_GATHER_GRTTS;
         let Some(r) = self.repairs.blocks.get_mut(&seq) else {
             return;
         };
