@@ -206,6 +206,9 @@ impl<S: BlockSource> Hooks<StripePass<S>> for SenderHooks {
 /// pass may begin (drawn from the server's generator), and keeps that offset.
 pub(crate) const STRIPE_START_SKEW: Duration = Duration::from_micros(500);
 
+/// How often `BLOCKCAST_SIM_TRACE` prints the sender's state when its rate holds.
+const TRACE_EVERY: Duration = Duration::from_millis(25);
+
 /// A server: the [`Sender`], and with an external first pass one [`StripePass`] per stripe
 /// (the node's data threads), made once the sender is sending, paced at
 /// [`Sender::first_pass_rate`] and reporting their progress back.
@@ -327,7 +330,13 @@ impl<S: BlockSource + Clone + Send> Host for ServerHost<S> {
     fn poll(&mut self, now: Instant, io: &mut Io<'_>) {
         self.sender.poll(now, io);
         let rate = self.sender.ep.rate();
-        if self.rate_trace.last().is_none_or(|&(_, r)| r != rate) {
+        let changed = self.rate_trace.last().is_none_or(|&(_, r)| r != rate);
+        // With the trace on: every rate change, and every 25 ms of virtual time between.
+        let due = self
+            .rate_trace
+            .last()
+            .is_some_and(|&(t, _)| now.saturating_duration_since(t) >= TRACE_EVERY);
+        if changed || due {
             if std::env::var_os("BLOCKCAST_SIM_TRACE").is_some() {
                 let tx = &self.sender.ep;
                 eprintln!(

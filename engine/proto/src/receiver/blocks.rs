@@ -308,8 +308,8 @@ impl<S: BlockStore> Receiver<S> {
         }
     }
 
-    /// Block `seq`'s first pass is over: if it is incomplete it misses units, so count them
-    /// as lost and arm its NACK timer.
+    /// Block `seq`'s first pass is over: if it is incomplete it misses units, so arm its
+    /// NACK timer (its loss is counted when that fires, [`Feedback::count_loss`]).
     fn mark_passed(&mut self, now: Instant, seq: u64) {
         if !self
             .first_pass
@@ -319,7 +319,10 @@ impl<S: BlockStore> Receiver<S> {
         {
             return;
         }
-        self.feedback.expected_units += u64::from(self.numbering.units_in(seq));
+        if self.blocks.done.get(seq as usize) {
+            // Whole already: nothing of it lost.
+            self.feedback.count_loss(self.numbering.units_in(seq), 0);
+        }
         self.arm(seq, now);
     }
 
@@ -607,6 +610,11 @@ impl<S: BlockStore> Receiver<S> {
             if let Some(state) = self.blocks.take_state(seq) {
                 if let Some(at) = state.nack_at {
                     self.feedback.cancel_nack(seq, at);
+                }
+                if !state.loss_counted && self.first_pass.passed_map.get(seq as usize) {
+                    // Whole before its NACK timer fired: what it missed at the pass came in
+                    // the time a late unit may take, so nothing of it was lost.
+                    self.feedback.count_loss(k, 0);
                 }
             }
             self.mark_done(now, seq, checked);

@@ -50,11 +50,13 @@ pub(super) struct NackTimer {
     seq: u64,
 }
 
-/// The latest server timestamp and when it arrived, echoed in receipt notices.
+/// The latest server timestamp, when we took its packet and how long that packet had waited
+/// in our socket ([`super::lag::QueueLag`]), echoed in receipt notices.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Echo {
     pub(super) timestamp: u32,
     pub(super) at: Instant,
+    pub(super) lag: Duration,
 }
 
 /// The data socket's counters, from the node: datagrams received, and dropped for lack of
@@ -85,7 +87,7 @@ pub(super) struct Feedback {
     /// The latest server timestamp and when it arrived, echoed in receipt notices.
     pub(super) echo: Option<Echo>,
     loss_units: u64,
-    pub(super) expected_units: u64,
+    expected_units: u64,
     /// The data socket's datagrams received and dropped for lack of buffer space (from the
     /// node), now and at the last receipt notice.
     socket: SocketCounts,
@@ -101,6 +103,17 @@ pub(super) struct Feedback {
 }
 
 impl Feedback {
+    /// A block of `k` units whose first pass is over lost `lost` of them: counted together,
+    /// when its loss is known (its first NACK timer, or whole before that), so that a notice's
+    /// `loss_ppm` is the loss of the blocks it counts. Counted apart (the units when the pass
+    /// went by, the loss a backoff later), the notices after the pass counted loss against
+    /// nothing: 30 % where 5 % was lost, and the rate was cut to a third for the tail
+    /// (docs/DESIGN.md, "loss counted against its own blocks").
+    pub(super) fn count_loss(&mut self, k: u16, lost: u64) {
+        self.expected_units += u64::from(k);
+        self.loss_units += lost;
+    }
+
     pub(super) fn new() -> Self {
         Feedback {
             timers: BTreeSet::new(),
@@ -317,8 +330,12 @@ impl<S: BlockStore> Receiver<S> {
         let spread = (1.0 + x.ln() / n.ln()).max(0.0);
         let bias = 0.5 + 0.5 / (missing.max(1) as f64).min(8.0);
         // Split mode: copies come later than the server's own packets by the copy path's
-        // delay; a NACK before that would ask for units on their way.
-        Duration::from_secs_f64(window * spread * bias) + grtt / 4 + self.split.copy_lag
+        // delay; a NACK before that would ask for units on their way. And whatever answers
+        // another member's NACK reaches us behind what our socket holds now.
+        Duration::from_secs_f64(window * spread * bias)
+            + grtt / 4
+            + self.split.copy_lag
+            + self.lag.lag()
     }
 
     /// Queues a join and sets when to repeat it: [`FIRST_JOIN_RETRY`] after the first,
@@ -412,7 +429,8 @@ impl<S: BlockStore> Receiver<S> {
         if !state.loss_counted {
             // Units still missing once the backoff has passed were lost (late ones were not).
             state.loss_counted = true;
-            self.feedback.loss_units += (usize::from(k) - state.have.count_ones()) as u64;
+            let lost = usize::from(k) - state.have.count_ones();
+            self.feedback.count_loss(k, lost as u64);
         }
         if missing == 0 {
             return;
@@ -468,7 +486,8 @@ impl<S: BlockStore> Receiver<S> {
         } else {
             2.0 + self.cfg.backoff_factor
         };
-        self.grtt().mul_f64(grtts) + Duration::from_millis(1) + self.split.copy_lag
+        // The repair comes behind what our socket holds now: the GRTT leaves that out.
+        self.grtt().mul_f64(grtts) + Duration::from_millis(1) + self.split.copy_lag + self.lag.lag()
     }
 
     /// The first pass is over: a retry armed while it ran (six GRTTs after its NACK) comes
@@ -600,7 +619,15 @@ impl<S: BlockStore> Receiver<S> {
 
     fn receipt(&mut self, now: Instant) -> ReceiptRepr {
         let (echo_timestamp, echo_delay_us) = match self.feedback.echo {
-            Some(e) => (e.timestamp, micros(now.saturating_duration_since(e.at))),
+            // Held since we took it, and in our socket before that: the server's round trip
+            // is the path's. Counted in, a receiver behind a full buffer made the GRTT 70 ms
+            // where the path takes 0.2, and every repair round of the tail waited that long
+            // after the buffers had drained (docs/DESIGN.md, "the GRTT leaves the receivers'
+            // queues out").
+            Some(e) => (
+                e.timestamp,
+                micros(now.saturating_duration_since(e.at) + e.lag),
+            ),
             None => (0, 0),
         };
         let total = self.numbering.total();

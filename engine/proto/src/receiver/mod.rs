@@ -15,6 +15,7 @@
 
 mod blocks;
 mod feedback;
+mod lag;
 mod manifest;
 mod split;
 #[cfg(test)]
@@ -257,6 +258,10 @@ pub struct Receiver<S> {
     events: VecDeque<ReceiverEvent>,
     stats: ReceiverStats,
     split: SplitState,
+    /// How long the server's packets wait in our socket before we take them (outside split
+    /// mode): what we ask for comes behind that, so NACK timers wait that much longer, and the
+    /// round trips we report leave it out (the server's GRTT is the path's, [`lag`]).
+    lag: lag::QueueLag,
     /// The cookie of the server's latest Accept (or challenge), echoed in every packet to it.
     cookie: u64,
     auth: SessionAuth,
@@ -291,6 +296,7 @@ impl<S: BlockStore> Receiver<S> {
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
             split: SplitState::default(),
+            lag: lag::QueueLag::default(),
             cookie: 0,
             auth: SessionAuth::default(),
             rejected: Vec::new(),
@@ -589,6 +595,8 @@ impl<S: BlockStore> Receiver<S> {
         self.last_heard = Some(now);
         self.source_announced = None;
         self.first_pass.stripe_next.clear();
+        // Another server's clock: its offsets start over.
+        self.lag = lag::QueueLag::default();
         // Join the new source at once, unless blocks held at the start are still being
         // checked (the join waits for them).
         self.feedback
@@ -602,7 +610,16 @@ impl<S: BlockStore> Receiver<S> {
     fn heard(&mut self, now: Instant, timestamp: u32) {
         self.last_heard = Some(now);
         self.server_lost = false;
-        self.feedback.echo = Some(Echo { timestamp, at: now });
+        if self.cfg.split.is_none() {
+            // Split mode measures its copy path apart (its announces come by unicast, its
+            // units by chains of copies), and plans with round trips that count the queue.
+            self.lag.sample(now, timestamp);
+        }
+        self.feedback.echo = Some(Echo {
+            timestamp,
+            at: now,
+            lag: self.lag.lag(),
+        });
     }
 
     /// Handles timers: call when the instant from [`Receiver::poll_timeout`] has passed.

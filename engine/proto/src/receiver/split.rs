@@ -5,18 +5,11 @@
 use std::time::{Duration, Instant};
 
 use super::feedback::peer;
+use super::lag::ClockBase;
 use super::{CopyTargets, Receiver};
 use crate::store::BlockStore;
 use crate::wire::{CopyFlags, Packet, PlanRepr, SolicitRepr};
 use crate::Transmit;
-
-/// The local instant and server timestamp of the first direct packet, the base for
-/// comparing one-way delays.
-#[derive(Clone, Copy, Debug)]
-struct ClockBase {
-    local: Instant,
-    server: u32,
-}
 
 /// Split mode's state (outside split mode it stays as made: no plan, no copy lag).
 #[derive(Default)]
@@ -47,13 +40,7 @@ impl SplitState {
     /// The time offset (local arrival - server send) of a packet, microseconds, against the
     /// first direct packet's.
     fn offset(&mut self, now: Instant, timestamp: u32) -> i64 {
-        let base = *self.clock_base.get_or_insert(ClockBase {
-            local: now,
-            server: timestamp,
-        });
-        let local = now.saturating_duration_since(base.local).as_micros() as i64;
-        let remote = i64::from(timestamp.wrapping_sub(base.server) as i32);
-        local - remote
+        ClockBase::offset(&mut self.clock_base, now, timestamp)
     }
 
     /// A packet straight from the server (announce) sets the reference delay.

@@ -93,6 +93,17 @@ fn announce_pass(
     control: SocketAddr,
     pass: (ObjectId, BlockIndex),
 ) -> Vec<u8> {
+    announce_sent(session, m, control, pass, 1)
+}
+
+/// The same, stamped as sent at `timestamp` (the server's clock, us).
+fn announce_sent(
+    session: u32,
+    m: &Manifest,
+    control: SocketAddr,
+    pass: (ObjectId, BlockIndex),
+    timestamp: u32,
+) -> Vec<u8> {
     let bytes = m.emit().expect("manifest");
     let a = AnnounceRepr {
         session: SessionId(session),
@@ -109,7 +120,7 @@ fn announce_pass(
         grtt_us: 1000,
         pass_object: pass.0,
         pass_block: pass.1,
-        timestamp: 1,
+        timestamp,
         issued: 0,
         statement_sig: None,
         announce_sig: None,
@@ -511,6 +522,11 @@ fn joined(m: &Manifest, t0: Instant) -> Receiver<Resumed> {
 
 /// A first-pass unit of `c`: unit `index` of block `b`.
 fn data_unit(c: &[u8], session: u32, b: u32, index: u16) -> Vec<u8> {
+    data_unit_sent(c, session, b, index, 0)
+}
+
+/// The same, stamped as sent at `timestamp` (the server's clock, us).
+fn data_unit_sent(c: &[u8], session: u32, b: u32, index: u16, timestamp: u32) -> Vec<u8> {
     let mut buf = vec![0u8; 256];
     let h = crate::wire::UnitHeaderRepr {
         session: SessionId(session),
@@ -520,7 +536,7 @@ fn data_unit(c: &[u8], session: u32, b: u32, index: u16) -> Vec<u8> {
         block: BlockIndex(b),
         index,
         round_end: 0,
-        timestamp: 0,
+        timestamp,
     };
     let n = h.emit(&mut buf).expect("unit header");
     let at = b as usize * BLOCK + usize::from(index) * usize::from(UNIT);
@@ -610,9 +626,16 @@ fn a_nack_is_asked_again_a_round_trip_and_a_quarter_after_it_once_the_first_pass
         again - first
     );
     // The announce says the pass is over (just after a NACK): the retry comes a GRTT and a
-    // quarter and 1 ms after that NACK, not six GRTTs.
+    // quarter and 1 ms after that NACK, not six GRTTs. It is stamped as sent when it arrives
+    // (with one stamped at the start, the receiver would take the time between for its own
+    // socket's queue, and wait that much longer).
     let over = (ObjectId(u32::MAX), BlockIndex(0));
-    r.handle_datagram(again + step, SERVER, &announce_pass(3, &m, SERVER, over));
+    let sent_at = 1 + (again + step - t0).as_micros() as u32;
+    r.handle_datagram(
+        again + step,
+        SERVER,
+        &announce_sent(3, &m, SERVER, over, sent_at),
+    );
     let third = next_nack(&mut r, again + step, step, grtt * 20);
     let soon = grtt + grtt / 4 + Duration::from_millis(1);
     assert!(
@@ -627,4 +650,106 @@ fn a_nack_is_asked_again_a_round_trip_and_a_quarter_after_it_once_the_first_pass
         "asked again after {:?}",
         fourth - third
     );
+}
+
+/// Steps `r` from `from` in steps of `step` until it sends a receipt notice (up to `limit`),
+/// noting whether block `b` was NACKed on the way.
+fn next_receipt(
+    r: &mut Receiver<Resumed>,
+    b: u32,
+    from: Instant,
+    step: Duration,
+    limit: Duration,
+) -> (Instant, ReceiptRepr, bool) {
+    let mut nacked = false;
+    let mut t = from;
+    while t < from + limit {
+        let out = sent(r, t);
+        nacked |= nacks_of(&out, b) > 0;
+        if let Some(n) = receipts(&out).pop() {
+            return (t, n, nacked);
+        }
+        t += step;
+    }
+    panic!("no receipt notice within {limit:?}");
+}
+
+#[test]
+fn a_notice_counts_loss_against_the_blocks_whose_loss_it_counts() {
+    // Blocks whose pass ends just before a notice are counted by the next one, with their
+    // loss: counted at the pass and their loss a backoff later, the notice after the pass
+    // counted one block's loss against the next block alone (twice the loss there was).
+    let c = content(4);
+    let m = manifest(&c);
+    let t0 = Instant::now();
+    // Sent as it arrives (no queue in the receiver's socket).
+    let unit =
+        |b: u32, i: u16, at: Instant| data_unit_sent(&c, 3, b, i, 1 + (at - t0).as_micros() as u32);
+    let mut r = receiver(empty(), false);
+    r.offer_manifest(hash_of(&m), m.clone());
+    r.handle_datagram(t0, SERVER, &announce(3, &m));
+    accept(&mut r, 3, t0);
+    for i in 0..UNITS {
+        r.handle_datagram(t0, SERVER, &unit(0, i, t0));
+    }
+    // Just before the first notice is due, block 1 goes by without its last unit.
+    let due = r.poll_timeout().expect("the first notice's time");
+    let step = Duration::from_micros(50);
+    let before = due - step;
+    for i in 0..UNITS - 1 {
+        r.handle_datagram(before, SERVER, &unit(1, i, before));
+    }
+    r.handle_datagram(before, SERVER, &unit(2, 0, before));
+    let (at, first, nacked) = next_receipt(&mut r, 1, before, step, Duration::from_secs(1));
+    assert!(!nacked, "block 1 was NACKed before the first notice");
+    assert_eq!(first.loss_ppm, 0, "block 0 came whole");
+    // Block 2 comes whole and goes by; block 1's NACK timer fires; the next notice counts
+    // both: one unit lost of eight.
+    for i in 1..UNITS {
+        r.handle_datagram(at, SERVER, &unit(2, i, at));
+    }
+    r.handle_datagram(at, SERVER, &unit(3, 0, at));
+    let (_, second, nacked) = next_receipt(&mut r, 1, at + step, step, Duration::from_secs(1));
+    assert!(
+        nacked,
+        "block 1's NACK timer fired before the second notice"
+    );
+    assert_eq!(second.loss_ppm, 125_000);
+}
+
+#[test]
+fn a_receiver_behind_its_socket_s_queue_leaves_it_out_of_its_round_trip_and_waits_it_out() {
+    let c = content(3);
+    let m = manifest(&c);
+    let step = Duration::from_micros(100);
+    let t0 = Instant::now();
+    // Two receivers alike, but one takes the same packets 30 ms after they were sent: its
+    // socket holds 30 ms of them.
+    let run = |queued: Duration| {
+        let mut r = receiver(empty(), false);
+        r.offer_manifest(hash_of(&m), m.clone());
+        r.handle_datagram(t0, SERVER, &announce(3, &m));
+        accept(&mut r, 3, t0);
+        // The first unit came straight through (it sets the path's delay); the second, sent
+        // 10 ms in, passes block 0 with two of its units missing.
+        r.handle_datagram(t0, SERVER, &data_unit_sent(&c, 3, 0, 0, 1));
+        let took = t0 + Duration::from_millis(10) + queued;
+        r.handle_datagram(took, SERVER, &data_unit_sent(&c, 3, 1, 0, 10_001));
+        let first = next_nack(&mut r, took, step, Duration::from_millis(100));
+        let again = next_nack(&mut r, first + step, step, Duration::from_millis(200));
+        let (at, notice, _) = next_receipt(&mut r, 0, again + step, step, Duration::from_secs(1));
+        (first - took, again - first, notice, at - took)
+    };
+    let (first, again, notice, held) = run(Duration::ZERO);
+    let (first_q, again_q, notice_q, held_q) = run(Duration::from_millis(30));
+    // Its NACK waits the queue out, and so does its retry: what it asks for comes behind it.
+    assert_eq!(first_q, first + Duration::from_millis(30));
+    assert_eq!(again_q, again + Duration::from_millis(30));
+    // Its notice echoes the same send time, and says it held that packet 30 ms longer than
+    // it did: the server's round trip is the path's, not the queue's.
+    assert_eq!(notice_q.echo_timestamp, notice.echo_timestamp);
+    let path =
+        |n: &ReceiptRepr, held: Duration| i64::from(n.echo_delay_us) - held.as_micros() as i64;
+    assert_eq!(path(&notice, held), 0);
+    assert_eq!(path(&notice_q, held_q), 30_000);
 }
