@@ -513,6 +513,29 @@ fn short_stalls_the_buffer_absorbs_do_not_ratchet_the_rate_down() {
     stalled_receivers_keep_up(t, 1..=3);
 }
 
+/// A lossy run against its lossless twin: printed, checked that something was repaired (else
+/// the test did not test), and the lossy time over the lossless returned.
+fn loss_cost(label: &str, lossless: &SimReport, lossy: &SimReport) -> f64 {
+    let ratio = lossy.completion.as_secs_f64() / lossless.completion.as_secs_f64();
+    eprintln!(
+        "{label}: lossless {:?}, 5 % loss {:?} ({ratio:.3}x; first pass {:?}), \
+         {} originals, {} XOR, {} parity, {} NACKs, {} units refused",
+        lossless.completion,
+        lossy.completion,
+        lossy.first_pass,
+        lossy.repair_units,
+        lossy.xor_units,
+        lossy.parity_units,
+        lossy.nack_packets,
+        lossy.repair_denied
+    );
+    assert!(
+        lossy.repair_units + lossy.xor_units > 0,
+        "{label}: nothing repaired: the test did not test"
+    );
+    ratio
+}
+
 #[test]
 fn five_percent_loss_costs_at_most_a_tenth_more_time_than_none() {
     // One and four receivers as the node runs them (a data thread's first pass at a fixed
@@ -534,23 +557,7 @@ fn five_percent_loss_costs_at_most_a_tenth_more_time_than_none() {
         );
         cfg.data_faults = LinkFaults::lossy(0.05);
         let lossy = check(cfg);
-        let ratio = lossy.completion.as_secs_f64() / lossless.completion.as_secs_f64();
-        eprintln!(
-            "{n} receivers: lossless {:?}, 5 % loss {:?} ({ratio:.3}x; first pass {:?}), \
-             {} originals, {} XOR, {} parity, {} NACKs, {} units refused",
-            lossless.completion,
-            lossy.completion,
-            lossy.first_pass,
-            lossy.repair_units,
-            lossy.xor_units,
-            lossy.parity_units,
-            lossy.nack_packets,
-            lossy.repair_denied
-        );
-        assert!(
-            lossy.repair_units + lossy.xor_units > 0,
-            "nothing repaired: the test did not test"
-        );
+        let ratio = loss_cost(&format!("{n} receivers"), &lossless, &lossy);
         assert_eq!(
             lossy.repair_denied, 0,
             "{n} receivers: an honest member's repairs were refused"
@@ -579,21 +586,7 @@ fn five_percent_loss_where_the_receivers_set_the_pace_costs_little_more_than_non
         let lossless = check(cfg.clone());
         cfg.data_faults = LinkFaults::lossy(0.05);
         let lossy = check(cfg);
-        let ratio = lossy.completion.as_secs_f64() / lossless.completion.as_secs_f64();
-        eprintln!(
-            "seed {seed}: lossless {:?}, 5 % loss {:?} ({ratio:.3}x; first pass {:?}), \
-             {} originals, {} XOR, {} units refused",
-            lossless.completion,
-            lossy.completion,
-            lossy.first_pass,
-            lossy.repair_units,
-            lossy.xor_units,
-            lossy.repair_denied
-        );
-        assert!(
-            lossy.repair_units + lossy.xor_units > 0,
-            "nothing repaired: the test did not test"
-        );
+        let ratio = loss_cost(&format!("seed {seed}"), &lossless, &lossy);
         assert!(ratio <= 1.25, "seed {seed}: 5 % loss took {ratio:.3}x");
     }
 }
