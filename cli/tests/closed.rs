@@ -78,7 +78,7 @@ struct Capture {
     bytes: u64,
     tagged: u64,
     marked: u64,
-    /// The first sealed Announce seen (to replay and to alter).
+    /// The latest sealed Announce seen (to replay and to alter).
     announce: Option<Vec<u8>>,
 }
 
@@ -88,7 +88,7 @@ impl Capture {
         self.bytes += o.bytes;
         self.tagged += o.tagged;
         self.marked += o.marked;
-        self.announce = self.announce.take().or(o.announce);
+        self.announce = o.announce.or(self.announce.take());
     }
 }
 
@@ -106,7 +106,10 @@ fn capture_one(sock: &UdpSocket, stop: &AtomicBool, limit: Duration) -> Capture 
         c.bytes += n as u64;
         if n > HEADER_LEN && d[4] & FLAG_TAGGED != 0 {
             c.tagged += 1;
-            if d[3] == ANNOUNCE && c.announce.is_none() {
+            if d[3] == ANNOUNCE {
+                // The latest: the receiver joined on an announce the capture saw too, so it
+                // has seen this one (the first may predate the receiver's joining the group,
+                // on a host slow to start it, and would not read as a replay).
                 c.announce = Some(d.to_vec());
             }
         }
