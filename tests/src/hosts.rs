@@ -219,7 +219,8 @@ pub(crate) struct ServerHost<S> {
     pub stripes: Vec<Driven<StripePass<S>, SenderHooks>>,
     /// When each stripe starts (its data thread's skew).
     starts: Vec<Instant>,
-    /// The sender's rate each time it changed: (when, bytes per second).
+    /// The sender's rate each time it changed, and every [`TRACE_EVERY`] between: (when,
+    /// bytes per second).
     pub rate_trace: Vec<(Instant, u64)>,
 }
 

@@ -50,13 +50,12 @@ pub(super) struct NackTimer {
     seq: u64,
 }
 
-/// The latest server timestamp, when we took its packet and how long that packet had waited
-/// in our socket ([`super::lag::QueueLag`]), echoed in receipt notices.
+/// The latest server timestamp and when we took its packet, echoed in receipt notices (with
+/// how long that packet had waited in our socket, [`super::lag::QueueLag::lag`]).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Echo {
     pub(super) timestamp: u32,
     pub(super) at: Instant,
-    pub(super) lag: Duration,
 }
 
 /// The data socket's counters, from the node: datagrams received, and dropped for lack of
@@ -626,7 +625,7 @@ impl<S: BlockStore> Receiver<S> {
             // queues out").
             Some(e) => (
                 e.timestamp,
-                micros(now.saturating_duration_since(e.at) + e.lag),
+                micros(now.saturating_duration_since(e.at) + self.lag.lag()),
             ),
             None => (0, 0),
         };

@@ -58,11 +58,9 @@ impl QueueLag {
             self.least = None;
             self.window_start = Some(now);
         }
-        self.least = Some(self.least.map_or(o, |l| l.min(o)));
-        let least = self
-            .least_before
-            .map_or(o, |b| b.min(o))
-            .min(self.least.unwrap_or(o));
+        let least_now = self.least.map_or(o, |l| l.min(o));
+        self.least = Some(least_now);
+        let least = self.least_before.map_or(least_now, |b| b.min(least_now));
         self.lag = Duration::from_micros((o - least).clamp(0, 10_000_000) as u64);
     }
 

@@ -615,11 +615,7 @@ impl<S: BlockStore> Receiver<S> {
             // units by chains of copies), and plans with round trips that count the queue.
             self.lag.sample(now, timestamp);
         }
-        self.feedback.echo = Some(Echo {
-            timestamp,
-            at: now,
-            lag: self.lag.lag(),
-        });
+        self.feedback.echo = Some(Echo { timestamp, at: now });
     }
 
     /// Handles timers: call when the instant from [`Receiver::poll_timeout`] has passed.

@@ -166,10 +166,7 @@ impl Membership {
             return;
         }
         self.behind_checked = Some(now);
-        self.behind = self
-            .members
-            .values()
-            .any(|m| !m.complete && m.queue_ppm > crate::rate::QUEUE_RISING_PPM);
+        self.behind = self.members.values().any(Member::behind);
     }
 
     /// Members still receiving.
@@ -211,6 +208,11 @@ impl Membership {
 }
 
 impl Member {
+    /// Still receiving, and its latest notice found its buffer more than a tenth full.
+    fn behind(&self) -> bool {
+        !self.complete && self.queue_ppm > crate::rate::QUEUE_RISING_PPM
+    }
+
     fn report(&self, id: ReceiverId) -> MemberReport {
         MemberReport {
             id,
@@ -712,7 +714,7 @@ impl<S: BlockSource> Sender<S> {
             .membership
             .members
             .get(&r.receiver)
-            .is_some_and(|m| !m.complete && m.queue_ppm > crate::rate::QUEUE_RISING_PPM);
+            .is_some_and(Member::behind);
         self.membership.note_behind(now, member_behind);
         // Receive status: the watermark (only what is new since the last notice) and the
         // runs past it.
