@@ -47,12 +47,27 @@ const AHEAD_PER_SEC: f64 = 4.0;
 /// overflow before the pass has gone far). Beyond it, a share of the rate, from a bucket that
 /// starts empty ([`charge`]): what a member gets in all is at most this allowance plus its
 /// share of the rate for as long as it is a member, whatever it asks for and when. A member
-/// that claims to miss everything gets 1/17 of the first pass (its own repairs counted) plus
-/// its share: within the 1.10x that docs/SECURITY.md promises. 1/18, not 1/20: an honest
+/// that claims to miss everything, and whose notices do not report heavier loss
+/// ([`LOSS_ALLOWANCE_MAX`]), gets 1/17 of the first pass (its own repairs counted) plus its
+/// share: within the 1.10x that docs/SECURITY.md promises. 1/18, not 1/20: an honest
 /// receiver losing 5 % needs 5.26 % of what was sent (it loses its repairs too), and at 1/20
 /// it was held to its bucket from the middle of the transfer on: 58,000 units refused in
 /// the simulator and a tail of 70 ms at 120 MB/s, none at 1/18 (docs/DESIGN.md 2026-12-02).
 const LOSS_ALLOWANCE: f64 = 1.0 / 18.0;
+
+/// The most of what it can have missed that a member may ask for at any speed, once its
+/// receipt notices report that much loss (or socket overflow): a third, what loss of 23 %
+/// needs ([`RepairBudget::loss_share`]). A receiver whose socket overflowed while the rate
+/// found its pace loses a burst on top of the link's loss (in the simulator, 3-25 % of the
+/// object behind a 32 MiB buffer that filled before the first notice came back), and a lossy
+/// link loses 10 % and more; held to [`LOSS_ALLOWANCE`] and its bucket beyond, such a
+/// receiver waited 0.4-1.5 s for repairs the link could send in 20-80 ms (docs/DESIGN.md,
+/// "an allowance that follows the reported loss"; at a quarter, the 25 % burst still waited
+/// 0.35 s). A member that lies in its notices can have half the first pass sent again (a
+/// third of the pass and of its own repairs), where one that only floods NACKs gets 1/17: a
+/// member can do worse to the session by reporting overflow it did not have (the rate
+/// follows the worst member), so its word is taken here too, within this bound.
+const LOSS_ALLOWANCE_MAX: f64 = 1.0 / 3.0;
 
 /// A slow member whose reported progress has not moved for this long (or for two blocks'
 /// time at its share of the rate, if longer) is dropped once every other member is complete.
@@ -76,6 +91,8 @@ pub(super) struct RepairBudget {
     pub(super) slow_since: Option<Instant>,
     /// Verified blocks it last reported.
     blocks_done: u64,
+    /// The worst loss (or socket overflow) its receipt notices reported, ppm.
+    reported_loss_ppm: u32,
 }
 
 impl RepairBudget {
@@ -89,6 +106,7 @@ impl RepairBudget {
             repairs_at_join: repairs_sent,
             slow_since: None,
             blocks_done: 0,
+            reported_loss_ppm: 0,
         }
     }
 
@@ -98,6 +116,21 @@ impl RepairBudget {
             self.blocks_done = blocks_done;
             self.slow_since = None;
         }
+    }
+
+    /// Its receipt notice reports `ppm` of loss (or socket overflow, whichever is more).
+    pub(super) fn reported_loss(&mut self, ppm: u32) {
+        self.reported_loss_ppm = self.reported_loss_ppm.max(ppm.min(1_000_000));
+    }
+
+    /// The share of what it can have missed that it may ask for at any speed: what the worst
+    /// loss it reported needs (a receiver losing a share `p` needs `p / (1 - p)` of what is
+    /// sent: it loses repairs too), and an eighth more; at least [`LOSS_ALLOWANCE`], at most
+    /// [`LOSS_ALLOWANCE_MAX`].
+    fn loss_share(&self) -> f64 {
+        let p = f64::from(self.reported_loss_ppm) / 1e6;
+        let needs = if p < 1.0 { p / (1.0 - p) } else { 1.0 };
+        (needs * 9.0 / 8.0).clamp(LOSS_ALLOWANCE, LOSS_ALLOWANCE_MAX)
     }
 }
 
@@ -115,8 +148,8 @@ pub(super) struct Allowance {
 }
 
 /// Charges `m` for `units` of repairs: true if its budget allows them (what it can have
-/// missed; within [`LOSS_ALLOWANCE`] of that at once, beyond it from its bucket), else it is
-/// marked slow and nothing is charged.
+/// missed; within its loss allowance of that at once, [`RepairBudget::loss_share`], beyond it
+/// from its bucket), else it is marked slow and nothing is charged.
 pub(super) fn charge(m: &mut Member, now: Instant, a: Allowance, units: f64) -> bool {
     if units <= 0.0 {
         return true;
@@ -144,7 +177,7 @@ fn within(b: &mut RepairBudget, now: Instant, a: Allowance, units: f64) -> Optio
     b.bucket.set_burst(a.burst);
     let missable = a.missable + a.repairs_sent.saturating_sub(b.repairs_at_join);
     let lost = b.charged + units;
-    let allowance = (missable as f64 * LOSS_ALLOWANCE).max(a.burst);
+    let allowance = (missable as f64 * b.loss_share()).max(a.burst);
     let beyond = (lost - allowance).min(units);
     let ok = lost <= missable as f64 && (beyond <= 0.0 || b.bucket.holds(now, a.per_sec, beyond));
     ok.then_some(beyond)
@@ -710,7 +743,12 @@ mod tests {
     /// One member, and the whole first pass (256 units) sent at 1,000 datagrams of 34 bytes
     /// per second: the sender, the member's cookie and the time then.
     fn one_member_after_the_first_pass() -> (Sender<Gated>, u64, Instant, Instant) {
-        let mut s = sender(64, 1);
+        one_member_after_a_first_pass_of(64)
+    }
+
+    /// [`one_member_after_the_first_pass`], of `blocks` blocks of 4 units.
+    fn one_member_after_a_first_pass_of(blocks: u32) -> (Sender<Gated>, u64, Instant, Instant) {
+        let mut s = sender(blocks, 1);
         s.set_rate(34_000);
         let t0 = Instant::now();
         let cookie = join(&mut s, t0, addr(A), 1);
@@ -754,6 +792,42 @@ mod tests {
             s.stats(),
             s.debug_state()
         );
+    }
+
+    #[test]
+    fn a_member_that_reports_heavy_loss_may_ask_for_up_to_a_third_at_once() {
+        // What a NACK for every block of a 1,024-unit first pass gets at once, after a
+        // notice that reports `loss_ppm` of loss and `overflow_ppm` of socket overflow: its
+        // allowance, and what its bucket filled with since it joined, in whole blocks (an
+        // entry is granted whole or not at all).
+        let granted = |loss_ppm: u32, overflow_ppm: u32| {
+            let (mut s, cookie, t0, now) = one_member_after_a_first_pass_of(256);
+            assert_eq!(s.stats().data_units, 1024);
+            let notice = Packet::Receipt(ReceiptRepr {
+                cookie,
+                loss_ppm,
+                overflow_ppm,
+                ..super::super::testing::receipt(&s, 1)
+            });
+            send(&mut s, now, addr(A), notice);
+            let p = every_block_nack(&s, 1, cookie);
+            send(&mut s, now, addr(A), p);
+            let filled = ((now - t0).as_secs_f64() * s.allowance().per_sec).min(s.repair_burst());
+            assert!(filled > 4.0, "{filled}");
+            let whole_blocks = move |allowance: f64| ((allowance + filled) / 4.0) as u64 * 4;
+            (1024 - s.stats().repair_denied, whole_blocks)
+        };
+        // 5 % needs no more than 1/18 (57 units), and one block (64 units) is more.
+        let (got, whole_blocks) = granted(50_000, 0);
+        assert_eq!(got, whole_blocks(64.0));
+        // 10 %, lost on the way or in its own socket: a ninth of what was sent, and an eighth
+        // more (128 units).
+        let (got, whole_blocks) = granted(100_000, 0);
+        assert_eq!(got, whole_blocks(1024.0 / 9.0 * 9.0 / 8.0));
+        assert_eq!(granted(0, 100_000).0, got);
+        // Claiming to lose everything gets a third, no more.
+        let (got, whole_blocks) = granted(1_000_000, 1_000_000);
+        assert_eq!(got, whole_blocks(1024.0 / 3.0));
     }
 
     /// Member `id`'s NACK of unit `unit` of block 3.

@@ -627,6 +627,7 @@ impl<S: BlockSource> Sender<S> {
         };
         m.last_heard = now;
         m.budget.progress(blocks_done);
+        m.budget.reported_loss(r.loss_ppm.max(r.overflow_ppm));
         m.reported = true;
         m.loss_ppm = r.loss_ppm;
         if r.loss_ppm > 0 {
