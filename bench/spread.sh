@@ -27,8 +27,9 @@
 # flags (e.g. `exec blockcast "$1" --datapath xdp "${@:2}"`), to interleave two settings.
 # Output: a Markdown table per binary (time and GB/s min / median / max, slowest / median,
 # repair units as a share of the object's units, the receivers' socket drops, CPU seconds per
-# GB of the server and of each receiver (medians), lossy median over lossless median), and a
-# CSV of every run in the work directory.
+# GB of the server and of each receiver (medians), lossy median over lossless median, and the
+# share of the machine's CPU time the hypervisor took while a run ran: the median, and the
+# slowest run's), and a CSV of every run in the work directory.
 set -uo pipefail
 
 SIZE=256M
@@ -122,9 +123,14 @@ TO=(timeout -k 5 "$RUN_TIMEOUT")
 now() { date +%s.%N; }
 SEQ=0
 
+# The machine's CPU time so far: "steal total" in clock ticks, from /proc/stat (steal: time
+# the hypervisor gave this guest's CPUs to others; total: user to steal).
+cpu_ticks() { awk '$1 == "cpu" {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit}' /proc/stat; }
+
 # One run: sets ELAPSED, OK, REPAIRS (units sent again: originals, XOR repairs, parity),
 # DROPS (the receivers' socket drops, summed), RCPU (the receivers' CPU seconds, summed), SCPU
-# (the server's CPU seconds).
+# (the server's CPU seconds), STEAL (per cent of the machine's CPU time the hypervisor took
+# while the run ran: a slow run with a high figure is the host's, not ours).
 run_one() {  # bin n unit tag
   local bin=$1 n=$2 unit=$3 tag=$4 i t0 t1 rc=0 pids=() spid h
   local group=239.255.74.$((1 + SEQ % 200)):$((9400 + SEQ % 100))
@@ -139,12 +145,16 @@ run_one() {  # bin n unit tag
   done
   sleep 1
   t0=$(now)
+  local c0 c1
+  c0=$(cpu_ticks)
   ip netns exec "$P-srv" "${TO[@]}" "$bin" serve "$SRC" --group "$group" --iface "$SRV_IP" \
     --unit-size "$unit" --min-receivers "$n" --max-wait 20 --deadline 100 ${BC_SERVE_LOG:--q} --json \
     --no-hash-cache ${BC_SERVE_ARGS:-} >"$WORK/logs/$tag.srv.json" 2>"$WORK/logs/$tag.srv.err" &
   spid=$!
   for i in "${pids[@]}"; do wait "$i" || rc=$?; done
   t1=$(now)
+  c1=$(cpu_ticks)
+  STEAL=$(awk -v a="$c0" -v b="$c1" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0)}')
   wait "$spid" || rc=$?
   ns_kill_procs
   ELAPSED=$(echo "$t1 - $t0" | bc -l)
@@ -164,7 +174,7 @@ run_one() {  # bin n unit tag
 }
 
 CSV=$WORK/runs.csv
-echo "round,bin,receivers,unit,loss_pct,seconds,ok,repair_units,socket_drops,receiver_cpu_s,server_cpu_s" > "$CSV"
+echo "round,bin,receivers,unit,loss_pct,seconds,ok,repair_units,socket_drops,receiver_cpu_s,server_cpu_s,steal_pct" > "$CSV"
 cases=()
 [ -n "$LOSSES" ] || LOSSES="0 $LOSS"
 for n in $RECEIVERS; do for u in $UNITS; do for l in $LOSSES; do cases+=("$n|$u|$l"); done; done; done
@@ -178,8 +188,8 @@ for round in $(seq 1 "$RUNS"); do
     for bin in $BINS; do
       SEQ=$((SEQ + 1)); bi=$((bi + 1))
       run_one "$bin" "$n" "$u" "$SEQ.b$bi.n$n.u$u.l$l"
-      echo "$round,$bi,$n,$u,$l,$ELAPSED,$OK,$REPAIRS,$DROPS,$RCPU,$SCPU" >> "$CSV"
-      log "round $round bin $bi n=$n unit=$u loss=$l%: $(printf '%.2f' "$ELAPSED") s, ok=$OK, repairs $REPAIRS, drops $DROPS"
+      echo "$round,$bi,$n,$u,$l,$ELAPSED,$OK,$REPAIRS,$DROPS,$RCPU,$SCPU,$STEAL" >> "$CSV"
+      log "round $round bin $bi n=$n unit=$u loss=$l%: $(printf '%.2f' "$ELAPSED") s, ok=$OK, repairs $REPAIRS, drops $DROPS, steal $STEAL %"
     done
   done
 done
@@ -193,8 +203,8 @@ for bin in $BINS; do
   echo
   echo "Binary $bi: $bin. $(numfmt --to=iec "$BYTES"), $RUNS interleaved rounds, MTU $MTU, loss by nftables in each receiver namespace ($([ "$SEGMENT" = 1 ] && echo "per datagram: --segment" || echo "per GSO super-datagram"))."
   echo
-  echo "| receivers | unit | loss | s min / median / max | GB/s per receiver min / median / max | slowest / median (GB/s) | repair units, median (max) | as % of units | socket drops, median | server CPU s/GB | receiver CPU s/GB | verified | lossy / lossless time |"
-  echo "|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|---:|"
+  echo "| receivers | unit | loss | s min / median / max | GB/s per receiver min / median / max | slowest / median (GB/s) | repair units, median (max) | as % of units | socket drops, median | server CPU s/GB | receiver CPU s/GB | verified | lossy / lossless time | steal %, median (slowest run) |"
+  echo "|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|---:|---|"
   for c in "${cases[@]}"; do
     IFS='|' read -r n u l <<<"$c"
     rows=$(awk -F, -v b="$bi" -v n="$n" -v u="$u" -v l="$l" 'NR > 1 && $2 == b && $3 == n && $4 == u && $5 == l' "$CSV")
@@ -214,11 +224,14 @@ for bin in $BINS; do
     lossy=""
     if [ "$l" != 0 ]; then
       base=$(awk -F, -v b="$bi" -v n="$n" -v u="$u" 'NR > 1 && $2 == b && $3 == n && $4 == u && $5 == 0 {print $6}' "$CSV" | sort -g | med)
-      lossy=$(printf '%.2fx' "$(echo "$smed / $base" | bc -l)")
+      # No lossless case among --losses: nothing to compare with.
+      [ -n "$base" ] && lossy=$(printf '%.2fx' "$(echo "$smed / $base" | bc -l)")
     fi
-    printf '| %s | %s | %s %% | %.2f / %.2f / %.2f | %s / %s / %s | %.2f | %s (%s) | %s | %s | %s | %s | %s/%s | %s |\n' \
+    steal=$(cut -d, -f12 <<<"$rows" | sort -g | med)
+    steal_slowest=$(sort -t, -k6,6g <<<"$rows" | tail -1 | cut -d, -f12)
+    printf '| %s | %s | %s %% | %.2f / %.2f / %.2f | %s / %s / %s | %.2f | %s (%s) | %s | %s | %s | %s | %s/%s | %s | %s (%s) |\n' \
       "$n" "$u" "$l" "$smin" "$smed" "$smax" "$(g "$smax")" "$(g "$smed")" "$(g "$smin")" "$ratio" \
-      "$rmed" "$rmax" "$pct" "$dmed" "$scpu" "$rcpu" "$okc" "$cnt" "$lossy"
+      "$rmed" "$rmax" "$pct" "$dmed" "$scpu" "$rcpu" "$okc" "$cnt" "$lossy" "$steal" "$steal_slowest"
   done
 done
 echo
