@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use blockcast_bench::{median, size};
+use blockcast_bench::{cpu_ticks, median, size, steal_pct};
 use blockcast_node::local::{local_receivers, run_local, write_sample};
 use blockcast_node::{Input, ServeConfig};
 use blockcast_proto::Geometry;
@@ -69,6 +69,8 @@ struct Run {
     sync_s: f64,
     repairs: u64,
     ok: bool,
+    /// Per cent of the machine's CPU time the hypervisor took while the run ran.
+    steal_pct: f64,
 }
 
 /// One configuration of one run.
@@ -253,6 +255,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         sync_s: sync,
         repairs,
         ok,
+        steal_pct: 0.0,
     }
 }
 
@@ -315,16 +318,19 @@ fn main() {
                 tag,
                 block_buffers: a.block_buffers,
             };
-            results[i].push(one_run(&src, &dir, &spec));
+            let before = cpu_ticks();
+            let mut run = one_run(&src, &dir, &spec);
+            run.steal_pct = steal_pct(before, cpu_ticks());
+            results[i].push(run);
         }
     }
-    println!("| receivers | unit bytes | server / receive threads | session | GB/s per receiver (median of {}) | slowest | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified |", a.runs);
-    println!("|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---|");
+    println!("| receivers | unit bytes | server / receive threads | session | GB/s per receiver (median of {}) | slowest | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified | steal % (each run) |", a.runs);
+    println!("|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---|---|");
     for (i, &(n, u, t, rt, sg)) in configs.iter().enumerate() {
         let r = &results[i];
         let session = sg.name();
         println!(
-            "| {n} | {u} | {t} / {rt} | {session} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {n} | {u} | {t} / {rt} | {session} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             median(r.iter().map(|x| x.gbps).collect()),
             r.iter().map(|x| x.gbps).fold(f64::INFINITY, f64::min),
             r.iter()
@@ -340,6 +346,10 @@ fn main() {
             } else {
                 "FAILED"
             },
+            r.iter()
+                .map(|x| format!("{:.0}", x.steal_pct))
+                .collect::<Vec<_>>()
+                .join(" "),
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
