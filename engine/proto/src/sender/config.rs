@@ -108,9 +108,11 @@ pub struct SenderConfig {
 /// lose alike get originals (measured in docs/DESIGN.md, 2026-11-22).
 pub const ORIGINALS_FACTOR: u32 = 4;
 
-/// The default [`SenderConfig::member_repair_share`]: a member that loses up to about 3 % of
-/// what is sent keeps up; one that asks for more gets that much of the rate, no more (so one
-/// member that claims to miss everything costs the session about 3 %, plus one block).
+/// The default [`SenderConfig::member_repair_share`]: beyond its loss allowance (1/18 of what
+/// it can have missed, up to 1/3 when its notices report that much loss: sender/guard.rs), a
+/// member that loses up to about 3 % more of what is sent keeps up; one that asks for more
+/// gets that much of the rate, no more (so one member that claims to miss everything costs
+/// the session its allowance and about 3 %).
 pub const MEMBER_REPAIR_SHARE: f64 = 1.0 / 32.0;
 
 /// [`SenderConfig::member_repair_share`] in split mode: a member there takes every unit from
