@@ -536,6 +536,24 @@ fn loss_cost(label: &str, lossless: &SimReport, lossy: &SimReport) -> f64 {
     ratio
 }
 
+/// `receivers` receivers taking 300 MB/s each from a 32 MiB buffer, `--rate auto` from
+/// 1 GB/s (the receivers set the pace), 128 MiB: the time with `loss` on every copy of the
+/// data over the time without ([`loss_cost`]).
+fn paced_loss_cost(seed: u64, receivers: usize, loss: f64) -> f64 {
+    use blockcast_sim::ReceiverLimits;
+    let geometry = node_geometry();
+    let mut cfg = SimConfig::node_like(seed, receivers, 128 << 20, geometry, RateLimits::default());
+    cfg.receiver_limits = Some(ReceiverLimits::new(32 << 20, 300_000_000));
+    let lossless = check(cfg.clone());
+    cfg.data_faults = LinkFaults::lossy(loss);
+    let lossy = check(cfg);
+    loss_cost(
+        &format!("seed {seed}, {receivers} receivers"),
+        &lossless,
+        &lossy,
+    )
+}
+
 #[test]
 fn five_percent_loss_costs_at_most_a_tenth_more_time_than_none() {
     // One and four receivers as the node runs them (a data thread's first pass at a fixed
@@ -575,15 +593,8 @@ fn a_receiver_that_overflows_in_slow_start_is_mended_at_the_link_s_pace_not_its_
     // once; the rest came from its bucket, at 1/32 of the rate (200,000-450,000 units
     // refused): 0.83-0.98 s against 0.46-0.49 s lossless (1.82-2.02x); 1.05-1.07x now that
     // the allowance follows the loss its notices report.
-    use blockcast_sim::ReceiverLimits;
-    let geometry = node_geometry();
     for seed in [2, 5, 10, 11] {
-        let mut cfg = SimConfig::node_like(seed, 1, 128 << 20, geometry, RateLimits::default());
-        cfg.receiver_limits = Some(ReceiverLimits::new(32 << 20, 300_000_000));
-        let lossless = check(cfg.clone());
-        cfg.data_faults = LinkFaults::lossy(0.05);
-        let lossy = check(cfg);
-        let ratio = loss_cost(&format!("seed {seed}"), &lossless, &lossy);
+        let ratio = paced_loss_cost(seed, 1, 0.05);
         assert!(ratio <= 1.25, "seed {seed}: 5 % loss took {ratio:.3}x");
     }
 }
@@ -594,21 +605,14 @@ fn ten_percent_loss_costs_its_repairs_and_no_wait_for_a_budget() {
     // once, and the rest came from its bucket at 1/32 of the rate. One receiver at a fixed
     // 200 MB/s: 1.84 s against 0.68 s lossless (2.69x); four where the receivers set the
     // pace: 0.87 s against 0.47 s (1.85x). Now 1.11x and 1.08x.
-    use blockcast_sim::ReceiverLimits;
-    let geometry = node_geometry();
-    let fixed = SimConfig::node_like(1, 1, 128 << 20, geometry, fixed_rate(200_000_000));
-    let mut paced = SimConfig::node_like(1, 4, 128 << 20, geometry, RateLimits::default());
-    paced.receiver_limits = Some(ReceiverLimits::new(32 << 20, 300_000_000));
-    for (label, mut cfg, bound) in [
-        ("one, fixed rate", fixed, 1.25),
-        ("four, paced", paced, 1.25),
-    ] {
-        let lossless = check(cfg.clone());
-        cfg.data_faults = LinkFaults::lossy(0.10);
-        let lossy = check(cfg);
-        let ratio = loss_cost(label, &lossless, &lossy);
-        assert!(ratio <= bound, "{label}: 10 % loss took {ratio:.3}x");
-    }
+    let mut cfg = SimConfig::node_like(1, 1, 128 << 20, node_geometry(), fixed_rate(200_000_000));
+    let lossless = check(cfg.clone());
+    cfg.data_faults = LinkFaults::lossy(0.10);
+    let lossy = check(cfg);
+    let fixed = loss_cost("one, fixed rate", &lossless, &lossy);
+    assert!(fixed <= 1.25, "one, fixed rate: 10 % loss took {fixed:.3}x");
+    let paced = paced_loss_cost(1, 4, 0.10);
+    assert!(paced <= 1.25, "four, paced: 10 % loss took {paced:.3}x");
 }
 
 #[test]
@@ -623,15 +627,8 @@ fn five_percent_loss_where_the_receivers_set_the_pace_costs_little_more_than_non
     // loss took 1.38-1.60x the lossless time at seeds 1-3 (1.03-1.05x now): the receivers
     // measure their own socket's queue, leave it out of the round trips they report and wait
     // it out themselves before asking again.
-    use blockcast_sim::ReceiverLimits;
-    let geometry = node_geometry();
     for seed in 1..=3 {
-        let mut cfg = SimConfig::node_like(seed, 4, 128 << 20, geometry, RateLimits::default());
-        cfg.receiver_limits = Some(ReceiverLimits::new(32 << 20, 300_000_000));
-        let lossless = check(cfg.clone());
-        cfg.data_faults = LinkFaults::lossy(0.05);
-        let lossy = check(cfg);
-        let ratio = loss_cost(&format!("seed {seed}"), &lossless, &lossy);
+        let ratio = paced_loss_cost(seed, 4, 0.05);
         assert!(ratio <= 1.25, "seed {seed}: 5 % loss took {ratio:.3}x");
     }
 }
