@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use blockcast_node::local::{local_receivers, run_local, write_sample};
+use blockcast_node::local::{cpu_ticks, local_receivers, run_local, steal_pct, write_sample};
 use blockcast_node::{Input, ReceiveSummary, ServeConfig, ServeSummary};
 use blockcast_proto::Geometry;
 
@@ -83,7 +83,9 @@ pub fn bench(a: BenchArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
     if s.unit_size < 2 || s.unit_size % 2 != 0 || s.unit_size > 8972 {
         return Err(exit::usage("--unit-size must be even, 2..=8972".into()));
     }
+    let before = cpu_ticks();
     let o = in_temp_dir("bench", |dir| run_session(&s, dir, stop, out, false))?;
+    let steal = steal_pct(before, cpu_ticks());
     // The slowest receiver's transfer (first data unit -> every block verified).
     let transfer = o
         .received
@@ -131,6 +133,7 @@ pub fn bench(a: BenchArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
                 max: lat[3],
             },
             copies_verified: s.receivers,
+            host_steal_pct: steal,
         });
         return Ok(());
     }
@@ -170,6 +173,13 @@ pub fn bench(a: BenchArgs, stop: &AtomicBool, out: &Output) -> Result<()> {
         lat[2] as f64 / 1e3,
         lat[3] as f64 / 1e3
     );
+    if steal >= 1.0 {
+        // A virtual machine whose host ran other guests on its CPUs meanwhile: on a shared
+        // host the figures above move with this (bench/RESULTS.md, "the host's steal").
+        println!(
+            "  host         the hypervisor took {steal:.0} % of this machine's CPU time during the run: figures are low"
+        );
+    }
     Ok(())
 }
 

@@ -356,6 +356,9 @@ pub struct BenchJson {
     pub worst_loss_ppm: u32,
     pub block_latency_us: LatencyJson,
     pub copies_verified: usize,
+    /// Per cent of the machine's CPU time the hypervisor gave to others while the session
+    /// ran (steal, /proc/stat; 0 on bare metal or where it cannot be read).
+    pub host_steal_pct: f64,
 }
 
 /// Block-completion latency percentiles, microseconds.

@@ -499,6 +499,8 @@ fn bench_measures_a_verified_local_transfer() {
     assert_eq!(v["bytes"], 16 << 20);
     let per = v["gb_per_s_per_receiver"].as_f64().expect("a rate");
     assert!(per > 0.0, "{v}");
+    let steal = v["host_steal_pct"].as_f64().expect("the host's steal");
+    assert!((0.0..=100.0).contains(&steal), "{v}");
     let p50 = v["block_latency_us"]["p50"].as_u64().expect("a latency");
     let max = v["block_latency_us"]["max"].as_u64().expect("a latency");
     assert!(p50 > 0 && p50 <= max, "{v}");

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use blockcast_bench::{cpu_ticks, median, size, steal_pct};
-use blockcast_node::local::{local_receivers, run_local, write_sample};
+use blockcast_bench::{median, size};
+use blockcast_node::local::{cpu_ticks, local_receivers, run_local, steal_pct, write_sample};
 use blockcast_node::{Input, ServeConfig};
 use blockcast_proto::Geometry;
 use clap::Parser;
