@@ -126,6 +126,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         tag,
         block_buffers,
     } = *spec;
+    let ticks = cpu_ticks();
     let signed = session == Session::Signed;
     let secret = (session == Session::Secret).then(|| {
         blockcast_node::Secret::new(blockcast_node::keys::random_bytes().expect("randomness"))
@@ -255,7 +256,7 @@ fn one_run(src: &Path, dir: &Path, spec: &Spec) -> Run {
         sync_s: sync,
         repairs,
         ok,
-        steal_pct: 0.0,
+        steal_pct: steal_pct(ticks, cpu_ticks()),
     }
 }
 
@@ -318,10 +319,7 @@ fn main() {
                 tag,
                 block_buffers: a.block_buffers,
             };
-            let before = cpu_ticks();
-            let mut run = one_run(&src, &dir, &spec);
-            run.steal_pct = steal_pct(before, cpu_ticks());
-            results[i].push(run);
+            results[i].push(one_run(&src, &dir, &spec));
         }
     }
     println!("| receivers | unit bytes | server / receive threads | session | GB/s per receiver (median of {}) | slowest | all runs | server CPU s/GB | receiver CPU s/GB | fsync s | repair+parity units | verified | steal % (each run) |", a.runs);

@@ -470,6 +470,28 @@ fn wait<E: Sends, H: Host<E>>(
 }
 
 impl Out {
+    /// Logs (debug) what this thread sent in super-buffers: how many, the units in them, and
+    /// how often the socket's buffer was full. `stripe`: a data thread's; `None`: the server's
+    /// control thread (its repairs, and the first pass with no data thread).
+    pub(crate) fn log_super_buffers(&self, stripe: Option<u16>) {
+        let Some(ring) = self.ring.as_ref() else {
+            return;
+        };
+        let r = ring.stats();
+        let what = if stripe.is_some() {
+            "first pass sent"
+        } else {
+            "repairs sent"
+        };
+        tracing::debug!(
+            stripe = ?stripe,
+            super_buffers = r.batches_sent,
+            segments = r.segments_sent,
+            send_buffer_full = r.err_again,
+            "{what}"
+        );
+    }
+
     /// Whether `t` goes into a super-buffer: a data unit (its payload gathered from where it
     /// lies), or, where the ring's socket is the group's ([`Self::group_ring`]), a group
     /// datagram without a payload at least [`GATHERED_MIN`] long (an XOR repair, a parity

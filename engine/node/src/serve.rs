@@ -268,17 +268,7 @@ pub(crate) fn serve_content(
             input_error: None,
         };
         let r = driver::run(&mut sender, &mut io, &mut host);
-        if let Some(ring) = io.out.ring.as_ref() {
-            // What the control thread sent in super-buffers: repairs, and with no data thread
-            // the first pass too (the stripes log theirs, "first pass sent").
-            let r = ring.stats();
-            tracing::debug!(
-                super_buffers = r.batches_sent,
-                segments = r.segments_sent,
-                send_buffer_full = r.err_again,
-                "repairs sent"
-            );
-        }
+        io.out.log_super_buffers(None);
         let reason = host.reason;
         let input_error = host.input_error.take();
         shared.stop.store(true, Ordering::Relaxed);

@@ -155,16 +155,7 @@ pub(crate) fn run(
         ended: false,
     };
     driver::run(&mut pass, &mut io, &mut host)?;
-    if let Some(ring) = io.out.ring.as_ref() {
-        let r = ring.stats();
-        tracing::debug!(
-            stripe = pass.stripe(),
-            super_buffers = r.batches_sent,
-            segments = r.segments_sent,
-            send_buffer_full = r.err_again,
-            "first pass sent"
-        );
-    }
+    io.out.log_super_buffers(Some(pass.stripe()));
     let s = pass.stats();
     let (xdp_frames, xdp_dropped) = io
         .out
