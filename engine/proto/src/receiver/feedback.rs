@@ -423,6 +423,15 @@ impl<S: BlockStore> Receiver<S> {
             // No unit within the wait: the path is taken to be broken, NACK now.
             state.armed_unmeasured = false;
         }
+        if let Some(due) = state.nacked_at.map(|t| t + retry) {
+            if now < due {
+                // A retry, but our socket's queue grew since the NACK: its repair may be
+                // waiting in it.
+                state.nack_at = Some(due);
+                self.feedback.timers.insert(NackTimer { at: due, seq });
+                return;
+            }
+        }
         let held = state.held();
         let missing = usize::from(k).saturating_sub(held);
         if !state.loss_counted {
