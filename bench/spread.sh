@@ -30,7 +30,10 @@
 # repair units as a share of the object's units, the receivers' socket drops, CPU seconds per
 # GB of the server and of each receiver (medians), lossy median over lossless median, and the
 # share of the machine's CPU time the hypervisor took while a run ran: the median, and the
-# slowest run's), and a CSV of every run in the work directory.
+# slowest run's; and the host's speed just before each run: the time one core takes to hash
+# the source, in the page cache, with BLAKE3, which is memory and vector work like ours and
+# shows a host slowed by its neighbours' caches or memory traffic, which steal does not), and
+# a CSV of every run in the work directory.
 set -uo pipefail
 
 SIZE=256M
@@ -132,7 +135,14 @@ SEQ=0
 # the hypervisor gave this guest's CPUs to others; total: user to steal).
 cpu_ticks() { awk '$1 == "cpu" {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit}' /proc/stat; }
 
-# One run: sets ELAPSED, OK, REPAIRS (units sent again: originals, XOR repairs, parity),
+# The host's speed now: seconds one core takes to hash the source (in the page cache).
+probe() {
+  local a b
+  a=$(now); b3sum --num-threads 1 --no-names "$SRC" >/dev/null; b=$(now)
+  printf '%.3f' "$(echo "$b - $a" | bc -l)"
+}
+
+# One run: sets PROBE (the host's speed just before it, `probe`), ELAPSED, OK, REPAIRS (units sent again: originals, XOR repairs, parity),
 # DROPS (the receivers' socket drops, summed), RCPU (the receivers' CPU seconds, summed), SCPU
 # (the server's CPU seconds), STEAL (per cent of the machine's CPU time the hypervisor took
 # while the run ran: a slow run with a high figure is the host's, not ours).
@@ -143,6 +153,7 @@ run_one() {  # bin n unit tag
     for p in $(pgrep -f 'rustc|cargo'); do renice -n 19 -p "$p" >/dev/null 2>&1; done
   fi
   rm -rf "$WORK/out"; for i in $(seq 1 "$n"); do mkdir -p "$WORK/out/r$i"; done
+  PROBE=$(probe)
   for i in $(seq 1 "$n"); do
     ip netns exec "$P-r$i" "${TO[@]}" "$bin" receive --group "$group" --iface "$(rip "$i")" \
       --out "$WORK/out/r$i/copy" --timeout 30 -q --json ${BC_RECEIVE_ARGS:-} >"$WORK/logs/$tag.r$i.json" 2>&1 &
@@ -179,7 +190,7 @@ run_one() {  # bin n unit tag
 }
 
 CSV=$WORK/runs.csv
-echo "round,bin,receivers,unit,loss_pct,seconds,ok,repair_units,socket_drops,receiver_cpu_s,server_cpu_s,steal_pct" > "$CSV"
+echo "round,bin,receivers,unit,loss_pct,seconds,ok,repair_units,socket_drops,receiver_cpu_s,server_cpu_s,steal_pct,probe_s" > "$CSV"
 cases=()
 [ -n "$LOSSES" ] || LOSSES="0 $LOSS"
 for n in $RECEIVERS; do for u in $UNITS; do for l in $LOSSES; do cases+=("$n|$u|$l"); done; done; done
@@ -193,8 +204,8 @@ for round in $(seq 1 "$RUNS"); do
     for bin in $BINS; do
       SEQ=$((SEQ + 1)); bi=$((bi + 1))
       run_one "$bin" "$n" "$u" "$SEQ.b$bi.n$n.u$u.l$l"
-      echo "$round,$bi,$n,$u,$l,$ELAPSED,$OK,$REPAIRS,$DROPS,$RCPU,$SCPU,$STEAL" >> "$CSV"
-      log "round $round bin $bi n=$n unit=$u loss=$l%: $(printf '%.2f' "$ELAPSED") s, ok=$OK, repairs $REPAIRS, drops $DROPS, steal $STEAL %"
+      echo "$round,$bi,$n,$u,$l,$ELAPSED,$OK,$REPAIRS,$DROPS,$RCPU,$SCPU,$STEAL,$PROBE" >> "$CSV"
+      log "round $round bin $bi n=$n unit=$u loss=$l%: $(printf '%.2f' "$ELAPSED") s, ok=$OK, repairs $REPAIRS, drops $DROPS, steal $STEAL %, host probe $PROBE s"
     done
   done
 done
@@ -208,8 +219,8 @@ for bin in $BINS; do
   echo
   echo "Binary $bi: $bin. $(numfmt --to=iec "$BYTES"), $RUNS interleaved rounds, MTU $MTU, loss by nftables in each receiver namespace ($([ "$SEGMENT" = 1 ] && echo "per datagram: --segment" || echo "per GSO super-datagram"))."
   echo
-  echo "| receivers | unit | loss | s min / median / max | GB/s per receiver min / median / max | slowest / median (GB/s) | repair units, median (max) | as % of units | socket drops, median | server CPU s/GB | receiver CPU s/GB | verified | lossy / lossless time | steal %, median (slowest run) |"
-  echo "|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|---:|---|"
+  echo "| receivers | unit | loss | s min / median / max | GB/s per receiver min / median / max | slowest / median (GB/s) | repair units, median (max) | as % of units | socket drops, median | server CPU s/GB | receiver CPU s/GB | verified | lossy / lossless time | steal %, median (slowest run) | host probe s, median (slowest run) |"
+  echo "|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---|---:|---|---|"
   for c in "${cases[@]}"; do
     IFS='|' read -r n u l <<<"$c"
     rows=$(awk -F, -v b="$bi" -v n="$n" -v u="$u" -v l="$l" 'NR > 1 && $2 == b && $3 == n && $4 == u && $5 == l' "$CSV")
@@ -234,10 +245,23 @@ for bin in $BINS; do
     fi
     steal=$(cut -d, -f12 <<<"$rows" | sort -g | med)
     steal_slowest=$(sort -t, -k6,6g <<<"$rows" | tail -1 | cut -d, -f12)
-    printf '| %s | %s | %s %% | %.2f / %.2f / %.2f | %s / %s / %s | %.2f | %s (%s) | %s | %s | %s | %s | %s/%s | %s | %s (%s) |\n' \
+    probe_med=$(cut -d, -f13 <<<"$rows" | sort -g | med)
+    probe_slowest=$(sort -t, -k6,6g <<<"$rows" | tail -1 | cut -d, -f13)
+    printf '| %s | %s | %s %% | %.2f / %.2f / %.2f | %s / %s / %s | %.2f | %s (%s) | %s | %s | %s | %s | %s/%s | %s | %s (%s) | %s (%s) |\n' \
       "$n" "$u" "$l" "$smin" "$smed" "$smax" "$(g "$smax")" "$(g "$smed")" "$(g "$smin")" "$ratio" \
-      "$rmed" "$rmax" "$pct" "$dmed" "$scpu" "$rcpu" "$okc" "$cnt" "$lossy" "$steal" "$steal_slowest"
+      "$rmed" "$rmax" "$pct" "$dmed" "$scpu" "$rcpu" "$okc" "$cnt" "$lossy" "$steal" "$steal_slowest" \
+      "$probe_med" "$probe_slowest"
   done
+  # How far each case's times follow the host's speed: Pearson's r of time and probe.
+  echo
+  printf 'Time against the host probe (r, per case, in the order above):'
+  for c in "${cases[@]}"; do
+    IFS='|' read -r n u l <<<"$c"
+    awk -F, -v b="$bi" -v n="$n" -v u="$u" -v l="$l" '
+      NR > 1 && $2 == b && $3 == n && $4 == u && $5 == l {x = $13; y = $6; k++; sx += x; sy += y; sxx += x * x; syy += y * y; sxy += x * y}
+      END {d = (k * sxx - sx * sx) * (k * syy - sy * sy); if (k > 2 && d > 0) printf " %.2f", (k * sxy - sx * sy) / sqrt(d); else printf " -"}' "$CSV"
+  done
+  echo
 done
 echo
 echo "Every run: $CSV; logs: $WORK/logs"
