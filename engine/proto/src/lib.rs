@@ -30,6 +30,7 @@ pub use numbering::{BlockAddr, BlockNumbering};
 pub use rate::{Congestion, RateControl, RateLimits};
 pub use receiver::{
     CopyTargets, Rebuild, Receiver, ReceiverConfig, ReceiverEvent, ReceiverStats, SplitMember,
+    UnitsWanted,
 };
 pub use sender::{
     FirstPassProgress, MemberReport, Sender, SenderConfig, SenderEvent, SenderStats,

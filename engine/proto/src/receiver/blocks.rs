@@ -10,7 +10,7 @@ use super::{Receiver, ReceiverEvent};
 use crate::coding;
 use crate::numbering::BlockAddr;
 use crate::store::{BlockStore, HeldBlocks};
-use crate::wire::{BlockIndex, ObjectId, UnitPacket, XorRepr, XOR_NONE, XOR_WIDTH};
+use crate::wire::{BlockIndex, ObjectId, UnitView, XorRepr, XOR_NONE, XOR_WIDTH};
 
 /// Split mode: blocks the first pass must be ahead before an earlier block counts as passed
 /// (copies take paths of different lengths, so units arrive less in order than by multicast).
@@ -344,7 +344,7 @@ impl<S: BlockStore> Receiver<S> {
         Some(seq)
     }
 
-    pub(super) fn on_unit(&mut self, now: Instant, unit: &UnitPacket<&[u8]>) {
+    pub(super) fn on_unit(&mut self, now: Instant, unit: &impl UnitView) {
         let Some(seq) = self.open_block(unit.object(), unit.block()) else {
             return;
         };

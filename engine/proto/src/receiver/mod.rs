@@ -36,11 +36,35 @@ use crate::rng::Rng;
 use crate::store::{BlockStore, StoreError};
 use crate::wire::{
     AnnounceRepr, BlockIndex, DoneReason, DoneRepr, Manifest, ObjectId, Packet, ReceiverId,
-    SessionId, UnitPacket, WireError,
+    SessionId, UnitPacket, UnitParts, UnitView, WireError,
 };
 use crate::Transmit;
 
 pub use blocks::Rebuild;
+
+/// Which units of a block a receiver still wants ([`Receiver::units_wanted`]).
+#[derive(Clone, Copy, Debug)]
+pub enum UnitsWanted<'a> {
+    /// None (verified, out for hashing, or not a block of the session).
+    None,
+    /// All of its `n` units: nothing of it held.
+    All(u16),
+    /// Those not set in the bitmap of units held (or to be rebuilt).
+    Missing(&'a blockcast_status::UnitBitmap),
+}
+
+impl UnitsWanted<'_> {
+    /// Whether unit `index` is wanted.
+    pub fn get(&self, index: u16) -> bool {
+        match self {
+            UnitsWanted::None => false,
+            UnitsWanted::All(n) => index < *n,
+            UnitsWanted::Missing(have) => {
+                usize::from(index) < have.len() && !have.get(usize::from(index))
+            }
+        }
+    }
+}
 use blocks::{Blocks, PassFrontier};
 use feedback::{Echo, Feedback};
 use manifest::ManifestAssembly;
@@ -388,6 +412,85 @@ impl<S: BlockStore> Receiver<S> {
         self.announce.as_ref().map_or(1, |a| a.group_size.max(1))
     }
 
+    /// Handles a data or parity unit that arrived in two pieces: its header (`head`, the
+    /// unit header's bytes exactly) and its payload, which the receiver's batch put straight
+    /// where the unit belongs (the store sees the payload at its place and copies nothing).
+    /// Returns false, handling nothing, if `head` is not a unit's header: the caller then
+    /// joins the pieces and hands them to [`Self::handle_datagram`].
+    pub fn handle_unit_parts(
+        &mut self,
+        now: Instant,
+        _from: SocketAddr,
+        head: &[u8],
+        payload: &[u8],
+    ) -> bool {
+        let Ok(unit) = UnitParts::new_checked(head, payload) else {
+            return false;
+        };
+        if !self.ended {
+            self.take_unit(now, &unit);
+        }
+        true
+    }
+
+    /// Whether unit `index` of `block` is still wanted: its block is being assembled (not
+    /// verified, not handed out for hashing) and the unit is neither held nor known to be
+    /// rebuilt. A receiver asks before it lets the kernel write a datagram's payload where
+    /// that unit belongs: only where nothing held can be overwritten.
+    pub fn wants_unit(&self, object: ObjectId, block: BlockIndex, index: u16) -> bool {
+        self.units_wanted(object, block).get(index)
+    }
+
+    /// [`Self::wants_unit`] for every unit of `block`, looked up once.
+    pub fn units_wanted(&self, object: ObjectId, block: BlockIndex) -> UnitsWanted<'_> {
+        let Some(seq) = self.numbering.seq(object, block) else {
+            return UnitsWanted::None;
+        };
+        if self.ended || self.blocks.done.get(seq as usize) {
+            return UnitsWanted::None;
+        }
+        match self.blocks.states.get(seq as usize) {
+            Some(Some(state)) if state.verifying => UnitsWanted::None,
+            Some(Some(state)) => UnitsWanted::Missing(&state.have),
+            // No unit of it yet: nothing of it held.
+            Some(None) => UnitsWanted::All(self.numbering.units_in(seq)),
+            None => UnitsWanted::None,
+        }
+    }
+
+    /// The block after `block` on its stripe's port (the next one its stripe's first pass
+    /// sends), if there is one.
+    pub fn next_on_stripe(
+        &self,
+        object: ObjectId,
+        block: BlockIndex,
+    ) -> Option<(ObjectId, BlockIndex)> {
+        let next = self.numbering.seq(object, block)? + self.stripes();
+        (next < self.numbering.total()).then(|| {
+            let a = self.numbering.addr(next);
+            (a.object, a.block)
+        })
+    }
+
+    /// A unit of the session, whole or in pieces: what it tells of the server, then its
+    /// payload.
+    fn take_unit(&mut self, now: Instant, unit: &impl UnitView) {
+        if Some(unit.session()) != self.session {
+            self.stats.strangers += 1;
+            return;
+        }
+        if self.cfg.split.is_some() {
+            // Split mode: a unit may come by a chain of copies, so its timestamp does not
+            // measure this member's own overhead; only the server's direct packets do.
+            self.last_heard = Some(now);
+            self.server_lost = false;
+            self.split.copy_timing(now, unit.timestamp());
+        } else {
+            self.heard(now, unit.timestamp());
+        }
+        self.on_unit(now, unit);
+    }
+
     /// Handles one datagram from the group or the server.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         if self.ended {
@@ -395,20 +498,7 @@ impl<S: BlockStore> Receiver<S> {
         }
         // Units are the hot path: read them through the zero-copy view.
         if let Ok(unit) = UnitPacket::new_checked(bytes) {
-            if Some(unit.session()) != self.session {
-                self.stats.strangers += 1;
-                return;
-            }
-            if self.cfg.split.is_some() {
-                // Split mode: a unit may come by a chain of copies, so its timestamp does not
-                // measure this member's own overhead; only the server's direct packets do.
-                self.last_heard = Some(now);
-                self.server_lost = false;
-                self.split.copy_timing(now, unit.timestamp());
-            } else {
-                self.heard(now, unit.timestamp());
-            }
-            self.on_unit(now, &unit);
+            self.take_unit(now, &unit);
             return;
         }
         let packet = match Packet::parse(bytes) {

@@ -794,3 +794,45 @@ fn a_receiver_behind_its_socket_s_queue_leaves_it_out_of_its_round_trip_and_wait
     assert_eq!(path(&notice, held), 0);
     assert_eq!(path(&notice_q, held_q), 30_000);
 }
+
+#[test]
+fn a_unit_is_wanted_until_it_is_held_and_its_block_out_for_hashing_wants_none() {
+    let c = content(3);
+    let m = manifest(&c);
+    let t0 = Instant::now();
+    let mut r = joined(&m, t0);
+    let (o, b) = addr(0);
+    assert!((0..UNITS).all(|i| r.wants_unit(o, b, i)));
+    assert!(!r.wants_unit(o, b, UNITS), "past the block's units");
+    assert!(
+        !r.wants_unit(o, BlockIndex(3), 0),
+        "past the object's blocks"
+    );
+    // A unit in two pieces, its header apart from its payload, counts as the whole one.
+    let d = data_unit(&c, 3, 0, 1);
+    let (head, payload) = d.split_at(crate::wire::UNIT_HEADER_LEN);
+    assert!(r.handle_unit_parts(t0, SERVER, head, payload));
+    assert!(!r.wants_unit(o, b, 1));
+    assert!(r.wants_unit(o, b, 2));
+    // Not a unit's header: handled by nobody, for the caller to join and hand on whole.
+    let a = announce(3, &m);
+    assert!(!r.handle_unit_parts(t0, SERVER, &a[..26], &a[26..]));
+    for i in [0, 2, 3] {
+        r.handle_datagram(t0, SERVER, &data_unit(&c, 3, 0, i));
+    }
+    // Whole: out for hashing, nothing of it wanted until the answer.
+    let verify = std::iter::from_fn(|| r.poll_event())
+        .any(|e| matches!(e, ReceiverEvent::VerifyBlock { block, .. } if block == b));
+    assert!(verify);
+    assert!((0..UNITS).all(|i| !r.wants_unit(o, b, i)));
+    r.handle_verified(t0, o, b, true);
+    assert!((0..UNITS).all(|i| !r.wants_unit(o, b, i)));
+    // A block whose hash failed is wanted again whole.
+    let (o1, b1) = addr(1);
+    for i in 0..UNITS {
+        r.handle_datagram(t0, SERVER, &data_unit(&c, 3, 1, i));
+    }
+    assert!(!r.wants_unit(o1, b1, 0));
+    r.handle_verified(t0, o1, b1, false);
+    assert!((0..UNITS).all(|i| r.wants_unit(o1, b1, i)));
+}

@@ -22,7 +22,8 @@ pub use feedback::{
 pub use manifest::{valid_name, Manifest, ObjectEntry, MAX_MANIFEST_LEN, MAX_NAME_LEN};
 pub use split::{PlanRepr, SolicitRepr, MAX_PLAN_NEXTS, MAX_PLAN_PEERS};
 pub use unit::{
-    set_copy_flags, CopyFlags, UnitHeaderRepr, UnitPacket, XorRepr, XOR_NONE, XOR_WIDTH,
+    set_copy_flags, CopyFlags, UnitHeaderRepr, UnitPacket, UnitParts, UnitView, XorRepr, XOR_NONE,
+    XOR_WIDTH,
 };
 
 use control::{read_signature, write_signature};

@@ -82,6 +82,15 @@ pub struct UnitPacket<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> UnitPacket<T> {
     /// Checks the common header, the kind (data or parity) and the length.
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
+        let p = Self::header_checked(buf)?;
+        if p.payload().is_empty() {
+            return Err(WireError::Truncated);
+        }
+        Ok(p)
+    }
+
+    /// [`Self::new_checked`] without the payload: `buf` may end with the header.
+    fn header_checked(buf: T) -> Result<Self, WireError> {
         let bytes = buf.as_ref();
         let header = Header::parse(bytes)?;
         if !matches!(header.kind, Kind::Data | Kind::Parity) {
@@ -97,9 +106,6 @@ impl<T: AsRef<[u8]>> UnitPacket<T> {
             }
         } else if p.round_end() != 0 {
             return Err(WireError::Malformed);
-        }
-        if p.payload().is_empty() {
-            return Err(WireError::Truncated);
         }
         Ok(p)
     }
@@ -151,6 +157,106 @@ impl<T: AsRef<[u8]>> UnitPacket<T> {
     }
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[UNIT_HEADER_LEN..]
+    }
+}
+
+/// A data or parity unit received in two pieces: its header where the receive batch put it,
+/// its payload where the receiver placed it (straight into its block's buffer). The same
+/// checks as [`UnitPacket::new_checked`] over the two pieces joined.
+#[derive(Clone, Copy, Debug)]
+pub struct UnitParts<'a> {
+    head: UnitPacket<&'a [u8]>,
+    payload: &'a [u8],
+}
+
+impl<'a> UnitParts<'a> {
+    /// `head`: exactly the unit header's bytes; `payload`: what followed them.
+    pub fn new_checked(head: &'a [u8], payload: &'a [u8]) -> Result<Self, WireError> {
+        if head.len() != UNIT_HEADER_LEN {
+            return Err(WireError::Malformed);
+        }
+        if payload.is_empty() {
+            return Err(WireError::Truncated);
+        }
+        let head = UnitPacket::header_checked(head)?;
+        Ok(UnitParts { head, payload })
+    }
+}
+
+/// What the receiver reads of a unit, whether it came whole ([`UnitPacket`]) or in two
+/// pieces ([`UnitParts`]).
+pub trait UnitView {
+    fn header(&self) -> Header;
+    fn is_parity(&self) -> bool;
+    fn is_repair(&self) -> bool;
+    fn object(&self) -> ObjectId;
+    fn block(&self) -> BlockIndex;
+    fn index(&self) -> u16;
+    fn round_end(&self) -> u16;
+    fn timestamp(&self) -> u32;
+    fn payload(&self) -> &[u8];
+    fn session(&self) -> SessionId {
+        self.header().session
+    }
+}
+
+impl<T: AsRef<[u8]>> UnitView for UnitPacket<T> {
+    fn header(&self) -> Header {
+        UnitPacket::header(self)
+    }
+    fn is_parity(&self) -> bool {
+        UnitPacket::is_parity(self)
+    }
+    fn is_repair(&self) -> bool {
+        UnitPacket::is_repair(self)
+    }
+    fn object(&self) -> ObjectId {
+        UnitPacket::object(self)
+    }
+    fn block(&self) -> BlockIndex {
+        UnitPacket::block(self)
+    }
+    fn index(&self) -> u16 {
+        UnitPacket::index(self)
+    }
+    fn round_end(&self) -> u16 {
+        UnitPacket::round_end(self)
+    }
+    fn timestamp(&self) -> u32 {
+        UnitPacket::timestamp(self)
+    }
+    fn payload(&self) -> &[u8] {
+        UnitPacket::payload(self)
+    }
+}
+
+impl UnitView for UnitParts<'_> {
+    fn header(&self) -> Header {
+        self.head.header()
+    }
+    fn is_parity(&self) -> bool {
+        self.head.is_parity()
+    }
+    fn is_repair(&self) -> bool {
+        self.head.is_repair()
+    }
+    fn object(&self) -> ObjectId {
+        self.head.object()
+    }
+    fn block(&self) -> BlockIndex {
+        self.head.block()
+    }
+    fn index(&self) -> u16 {
+        self.head.index()
+    }
+    fn round_end(&self) -> u16 {
+        self.head.round_end()
+    }
+    fn timestamp(&self) -> u32 {
+        self.head.timestamp()
+    }
+    fn payload(&self) -> &[u8] {
+        self.payload
     }
 }
 
