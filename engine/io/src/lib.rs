@@ -44,8 +44,8 @@ pub mod xdp;
 
 pub use error::IoError;
 pub use recv::{
-    split_segments, BatchLocator, BatchRange, Datagram, ReceivedBytes, RecvBatch, GRO_BUFFER_SIZE,
-    MAX_RECV_BATCH,
+    split_segments, BatchLocator, BatchRange, Datagram, PlacedSegments, ReceivedBytes, RecvBatch,
+    Segment, Slot, GRO_BUFFER_SIZE, MAX_RECV_BATCH,
 };
 pub use socket::{bind_unicast, receive_queue_ppm, BufferSize, MulticastReceiver, MulticastSender};
 pub use unicast::{bind_data_unicast, send_segments};

@@ -89,7 +89,209 @@ pub struct RecvBatch {
     drops: Option<u32>,
     /// Counts the `recv` calls: bytes of one batch are told from the next one's.
     generation: u64,
+    /// Where the next `recv` puts payloads ([`Self::place_next`]); used once.
+    plan: Option<Plan>,
+    /// How the last `recv` laid each message out: `pieces[chains[i].clone()]` for message
+    /// `i` (an empty range: the message lies whole in its buffer).
+    pieces: Vec<Piece>,
+    chains: Vec<std::ops::Range<usize>>,
+    /// The header length of the last `recv`'s layout.
+    laid_head: usize,
+    /// The system call's scatter lists (kept to avoid an allocation per call).
+    iovs: Vec<libc::iovec>,
 }
+
+/// Where a receiver wants the payload of a datagram it expects ([`RecvBatch::place_next`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Slot {
+    /// `len` bytes at `ptr`; what makes them fit to be written is
+    /// [`RecvBatch::place_next`]'s contract.
+    pub fn new(ptr: *mut u8, len: usize) -> Self {
+        Slot { ptr, len }
+    }
+}
+
+/// The next `recv`'s layout: datagrams expected one after the other, each `head` bytes of
+/// header and then a payload (in its [`Slot`], or in the message's buffer for a `None`).
+#[derive(Debug)]
+struct Plan {
+    head: usize,
+    /// Datagrams expected per message (GRO segments).
+    per_message: usize,
+    /// Payload bytes of a datagram expected without a slot.
+    unit: usize,
+    slots: Vec<Option<Slot>>,
+}
+
+/// A stretch of a message's bytes: `len` bytes from offset `start` of the message, written
+/// to the batch's buffer at `at` or to a slot.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    start: usize,
+    len: usize,
+    at: PieceAt,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum PieceAt {
+    Buffer(usize),
+    Slot(*mut u8),
+}
+
+/// The datagrams of one message of a batch ([`RecvBatch::segments_placed`]).
+pub struct PlacedSegments<'a> {
+    batch: &'a RecvBatch,
+    /// The message's buffer in the batch's.
+    base: usize,
+    /// Its layout (empty: it lies whole in its buffer).
+    pieces: &'a [Piece],
+    /// The piece where the next datagram starts (no earlier one can hold it).
+    k: usize,
+    start: usize,
+    len: usize,
+    size: usize,
+}
+
+impl<'a> PlacedSegments<'a> {
+    /// Bytes `from..to` of the message, all in piece `p`.
+    fn bytes(&self, p: &Piece, from: usize, to: usize) -> &'a [u8] {
+        match p.at {
+            PieceAt::Buffer(b) => &self.batch.bufs[b + from - p.start..b + to - p.start],
+            // SAFETY: the slot was valid for writes of `p.len` bytes when laid out and stays
+            // so until the batch's next `recv` (place_next's contract), which needs `&mut`
+            // of the batch this borrows; `from..to` lies within the piece, and the kernel
+            // wrote those bytes (the message reached `to`).
+            PieceAt::Slot(ptr) => unsafe {
+                std::slice::from_raw_parts(ptr.add(from - p.start), to - from)
+            },
+        }
+    }
+}
+
+impl<'a> Iterator for PlacedSegments<'a> {
+    type Item = Segment<'a>;
+
+    fn next(&mut self) -> Option<Segment<'a>> {
+        if self.start >= self.len {
+            return None;
+        }
+        let (start, end) = (self.start, (self.start + self.size).min(self.len));
+        self.start = end;
+        if self.pieces.is_empty() {
+            return Some(Segment::Whole(
+                &self.batch.bufs[self.base + start..self.base + end],
+            ));
+        }
+        let holds = |p: &Piece, from: usize, to: usize| p.start <= from && to <= p.start + p.len;
+        while self.k < self.pieces.len() && !holds(&self.pieces[self.k], start, start + 1) {
+            self.k += 1;
+        }
+        let pieces = self.pieces;
+        let Some(first) = pieces.get(self.k) else {
+            return Some(Segment::Joined(Vec::new()));
+        };
+        if holds(first, start, end) {
+            return Some(match first.at {
+                PieceAt::Buffer(_) => Segment::Whole(self.bytes(first, start, end)),
+                PieceAt::Slot(_) => Segment::Joined(self.bytes(first, start, end).to_vec()),
+            });
+        }
+        let split = start + self.batch.laid_head;
+        if let (PieceAt::Buffer(_), Some(next)) = (first.at, pieces.get(self.k + 1)) {
+            if self.batch.laid_head > 0
+                && first.start + first.len == split
+                && matches!(next.at, PieceAt::Slot(_))
+                && holds(next, split, end)
+            {
+                return Some(Segment::Parts {
+                    head: self.bytes(first, start, split),
+                    payload: self.bytes(next, split, end),
+                });
+            }
+        }
+        let mut joined = Vec::with_capacity(end - start);
+        for p in &pieces[self.k..] {
+            let (from, to) = (start.max(p.start), end.min(p.start + p.len));
+            if from >= to {
+                break;
+            }
+            joined.extend_from_slice(self.bytes(p, from, to));
+        }
+        Some(Segment::Joined(joined))
+    }
+}
+
+/// Lays one message out, piece after piece.
+struct Layout<'a> {
+    pieces: &'a mut Vec<Piece>,
+    /// The message's first piece in `pieces`.
+    first: usize,
+    /// The message's buffer: where it starts in the batch's, and its length.
+    base: usize,
+    room: usize,
+    /// Bytes of the message laid out so far, and of its buffer used.
+    start: usize,
+    used: usize,
+}
+
+impl Layout<'_> {
+    /// `len` bytes more of the message's buffer (at most what is left of it), merged with
+    /// the piece before when that was of the buffer too.
+    fn buffer(&mut self, len: usize) {
+        let len = len.min(self.room - self.used);
+        let n = self.pieces.len();
+        match self.pieces.last_mut() {
+            Some(last) if n > self.first && matches!(last.at, PieceAt::Buffer(_)) => {
+                last.len += len
+            }
+            _ => self.pieces.push(Piece {
+                start: self.start,
+                len,
+                at: PieceAt::Buffer(self.base + self.used),
+            }),
+        }
+        self.start += len;
+        self.used += len;
+    }
+
+    fn slot(&mut self, slot: Slot) {
+        self.pieces.push(Piece {
+            start: self.start,
+            len: slot.len,
+            at: PieceAt::Slot(slot.ptr),
+        });
+        self.start += slot.len;
+    }
+}
+
+/// One datagram of a batch received with [`RecvBatch::place_next`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Segment<'a> {
+    /// Whole in the batch's buffer.
+    Whole(&'a [u8]),
+    /// Its first `head` bytes in the batch's buffer, the rest in a slot: where the receiver
+    /// expected it (or another datagram, if the guess was wrong).
+    Parts {
+        /// The header's bytes (the layout's `head`).
+        head: &'a [u8],
+        /// What followed them.
+        payload: &'a [u8],
+    },
+    /// Cut across the layout in another way (not what was expected): joined in a copy.
+    Joined(Vec<u8>),
+}
+
+// SAFETY: the raw pointers a batch holds are its scatter list (into its own buffer, and the
+// slots of a layout) and the slots of its last layout. They are dereferenced only through
+// `&mut self` or `&self` by whichever thread owns the batch, and the slots only under
+// `place_next`'s contract (valid and unshared until the batch is read), which binds the
+// caller on any thread; nothing about them is tied to the thread that laid them out.
+unsafe impl Send for RecvBatch {}
 
 /// Where some bytes of a batch lie in its buffer: valid for one generation of the batch
 /// (until its next `recv`), checked when read back ([`RecvBatch::bytes_at`]).
@@ -178,7 +380,84 @@ impl RecvBatch {
             received: 0,
             drops: None,
             generation: 0,
+            plan: None,
+            pieces: Vec::new(),
+            chains: Vec::new(),
+            laid_head: 0,
+            iovs: Vec::new(),
         })
+    }
+
+    /// Lays the next [`recv`](Self::recv) out for datagrams the caller expects: message `m`
+    /// of the batch is expected to hold `per_message` datagrams (GRO segments; 1 without
+    /// GRO), the `j`-th of them datagram `m * per_message + j` of `slots`. Each datagram is
+    /// expected to be `head` bytes of header and then a payload: the header goes to the
+    /// batch's buffer, the payload into its slot, or for a `None` into the buffer after its
+    /// header (`unit` bytes expected). Whatever arrives is received whole: a message longer
+    /// than expected goes on into its buffer, and one laid out otherwise than expected is
+    /// joined again ([`Segment::Joined`]). Read such a batch with [`Self::segments_placed`].
+    ///
+    /// Messages past the slots are received as by a plain `recv`. The layout serves one call.
+    ///
+    /// # Safety
+    /// Every slot must be valid for writes of its length, must not overlap another slot or
+    /// the batch, and must stay valid, and neither read nor written by anything else, from
+    /// this call until the datagrams of the next `recv` have been read (its segments dropped)
+    /// and before the one after. The kernel writes any bytes that arrive into the slots,
+    /// whatever datagram they belong to.
+    pub unsafe fn place_next(
+        &mut self,
+        head: usize,
+        per_message: usize,
+        unit: usize,
+        slots: &[Option<Slot>],
+    ) {
+        let mut plan = self.plan.take().unwrap_or(Plan {
+            head: 0,
+            per_message: 1,
+            unit: 0,
+            slots: Vec::new(),
+        });
+        plan.head = head;
+        plan.per_message = per_message.clamp(1, MAX_RECV_BATCH);
+        plan.unit = unit;
+        plan.slots.clear();
+        plan.slots.extend_from_slice(slots);
+        self.plan = Some(plan);
+    }
+
+    /// Whether message `i` of the last batch was laid out by a plan ([`Self::place_next`]):
+    /// its bytes are not in one piece, and only [`Self::segments_placed`] reads it.
+    fn laid_out(&self, i: usize) -> bool {
+        self.chains.get(i).is_some_and(|c| !c.is_empty())
+    }
+
+    /// The datagrams of message `i` of a batch received after [`Self::place_next`] (or of
+    /// any batch: a message without a layout is cut as [`Datagram::segments`] does), in
+    /// order; none for a truncated message.
+    pub fn segments_placed(&self, i: usize) -> Option<(SocketAddrV4, PlacedSegments<'_>)> {
+        let m = self.meta.get(i)?;
+        if m.truncated {
+            return None;
+        }
+        let chain = self.chains.get(i).cloned().unwrap_or(0..0);
+        let pieces = if chain.is_empty() {
+            &[][..]
+        } else {
+            &self.pieces[chain]
+        };
+        Some((
+            m.source,
+            PlacedSegments {
+                batch: self,
+                base: i * self.buf_size,
+                pieces,
+                k: 0,
+                start: 0,
+                len: m.len,
+                size: segment_len(m.len, m.segment_size),
+            },
+        ))
     }
 
     /// Receives up to `batch` datagrams from `socket`, waiting at most `timeout` for the first.
@@ -190,6 +469,7 @@ impl RecvBatch {
         let fd = socket.as_fd().as_raw_fd();
         self.meta.clear();
         self.generation += 1;
+        self.lay_out();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(n) = self.try_recvmmsg(fd)? {
@@ -201,6 +481,11 @@ impl RecvBatch {
             }
             wait_readable(fd, left)?;
         }
+    }
+
+    /// The most messages one `recv` returns.
+    pub fn capacity(&self) -> usize {
+        self.batch
     }
 
     /// Datagrams in the last batch.
@@ -215,6 +500,9 @@ impl RecvBatch {
 
     /// The `i`-th datagram of the last batch.
     pub fn get(&self, i: usize) -> Option<Datagram<'_>> {
+        if self.laid_out(i) {
+            return None;
+        }
         let m = self.meta.get(i)?;
         let start = i * self.buf_size;
         Some(Datagram {
@@ -228,6 +516,9 @@ impl RecvBatch {
     /// The bytes of the `i`-th datagram of the last batch, writable (to rewrite a header in
     /// place before forwarding it).
     pub fn bytes_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        if self.laid_out(i) {
+            return None;
+        }
         let m = self.meta.get(i)?;
         let start = i * self.buf_size;
         Some(&mut self.bufs[start..start + m.len])
@@ -236,6 +527,9 @@ impl RecvBatch {
     /// The sender and the segments of the `i`-th datagram of the last batch, writable (to
     /// open sealed datagrams in place); none if it was truncated.
     pub fn segments_mut(&mut self, i: usize) -> Option<(SocketAddrV4, ChunksMut<'_, u8>)> {
+        if self.laid_out(i) {
+            return None;
+        }
         let m = *self.meta.get(i)?;
         if m.truncated {
             return None;
@@ -289,36 +583,102 @@ impl RecvBatch {
     }
 
     /// One non-blocking `recvmmsg`; `None` when nothing is queued.
+    /// Lays out each message's bytes for the next call: the plan's pieces, or the message's
+    /// buffer whole. Fills `self.pieces`, `self.chains` and `self.iovs`.
+    fn lay_out(&mut self) {
+        self.pieces.clear();
+        self.chains.clear();
+        self.iovs.clear();
+        let plan = self.plan.take();
+        let bufs = self.bufs.as_mut_ptr();
+        for i in 0..self.batch {
+            let base = i * self.buf_size;
+            let first = self.pieces.len();
+            if let Some(p) = &plan {
+                let from = (i * p.per_message).min(p.slots.len());
+                let to = ((i + 1) * p.per_message).min(p.slots.len());
+                if p.slots[from..to].iter().any(Option::is_some) {
+                    let mut lay = Layout {
+                        pieces: &mut self.pieces,
+                        first,
+                        base,
+                        room: self.buf_size,
+                        start: 0,
+                        used: 0,
+                    };
+                    for slot in &p.slots[from..to] {
+                        match slot {
+                            Some(slot) => {
+                                lay.buffer(p.head);
+                                lay.slot(*slot);
+                            }
+                            None => lay.buffer(p.head + p.unit),
+                        }
+                    }
+                    // The rest of the buffer: a message longer than expected.
+                    lay.buffer(usize::MAX);
+                }
+            }
+            if self.pieces.len() == first {
+                self.pieces.push(Piece {
+                    start: 0,
+                    len: self.buf_size,
+                    at: PieceAt::Buffer(base),
+                });
+                self.chains.push(first..first);
+            } else {
+                self.chains.push(first..self.pieces.len());
+            }
+            for piece in &self.pieces[first..] {
+                let ptr = match piece.at {
+                    // SAFETY: every buffer piece lies within message i's buf_size bytes.
+                    PieceAt::Buffer(b) => unsafe { bufs.add(b) },
+                    PieceAt::Slot(ptr) => ptr,
+                };
+                self.iovs.push(libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: piece.len,
+                });
+            }
+        }
+        self.laid_head = plan.as_ref().map_or(0, |p| p.head);
+        // Kept for its allocation.
+        self.plan = plan.map(|mut p| {
+            p.slots.clear();
+            p
+        });
+    }
+
     fn try_recvmmsg(&mut self, fd: RawFd) -> Result<Option<usize>, IoError> {
         let batch = self.batch;
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_RECV_BATCH];
         // SAFETY: mmsghdr is a C struct of pointers and integers; all-zero is a valid value.
         let mut hdrs: [libc::mmsghdr; MAX_RECV_BATCH] = unsafe { std::mem::zeroed() };
-        let bufs = self.bufs.as_mut_ptr();
         let names = self.names.as_mut_ptr();
         let cmsgs = self.cmsgs.as_mut_ptr();
-        for i in 0..batch {
-            // SAFETY: i < batch, and bufs holds batch * buf_size bytes, names and cmsgs hold
-            // batch entries, so every offset stays inside its allocation.
+        let iovs = self.iovs.as_mut_ptr();
+        let mut at = 0;
+        for (i, (hdr, chain)) in hdrs.iter_mut().zip(&self.chains).enumerate().take(batch) {
+            // A message without a layout has one piece (its whole buffer); one with a layout,
+            // its chain's pieces.
+            let n = chain.len().max(1);
+            // SAFETY: i < batch, and names and cmsgs hold batch entries; `iovs[at..at + n]`
+            // are message i's entries (lay_out pushed them in order).
             unsafe {
-                iov[i].iov_base = bufs.add(i * self.buf_size).cast();
-                iov[i].iov_len = self.buf_size;
-                let h = &mut hdrs[i].msg_hdr;
+                let h = &mut hdr.msg_hdr;
                 h.msg_name = names.add(i).cast();
                 h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                h.msg_iov = &mut iov[i];
-                h.msg_iovlen = 1;
+                h.msg_iov = iovs.add(at);
+                h.msg_iovlen = n as _;
                 h.msg_control = cmsgs.add(i).cast();
                 h.msg_controllen = CMSG_ROOM as _;
             }
+            at += n;
         }
         let rc = loop {
-            // SAFETY: `hdrs[..batch]` point at buffers owned by `self` (and `iov` on this
-            // stack frame) that stay valid and unaliased for the call; the kernel writes at
-            // most the lengths given. No timeout pointer is passed.
+            // SAFETY: `hdrs[..batch]` point at buffers owned by `self` (its scatter list
+            // `iovs`, and through it its buffer and the layout's slots, which place_next's
+            // caller vouched for) that stay valid and unaliased for the call; the kernel
+            // writes at most the lengths given. No timeout pointer is passed.
             let rc = unsafe {
                 libc::recvmmsg(
                     fd,
@@ -341,7 +701,11 @@ impl RecvBatch {
         for (i, h) in hdrs.iter().enumerate().take(rc) {
             let hdr = &h.msg_hdr;
             let truncated = hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let len = (h.msg_len as usize).min(self.buf_size);
+            let room = match self.chains.get(i) {
+                Some(c) if !c.is_empty() => self.pieces[c.clone()].iter().map(|p| p.len).sum(),
+                _ => self.buf_size,
+            };
+            let len = (h.msg_len as usize).min(room);
             let source = if hdr.msg_namelen as usize >= std::mem::size_of::<libc::sockaddr_in>()
                 && i32::from(self.names[i].sin_family) == libc::AF_INET
             {

@@ -134,6 +134,125 @@ mod tests {
         }
     }
 
+    /// Datagram `i` of a test stream: a 4-byte header `[i; 4]`, then `len` bytes of `i + 100`.
+    fn numbered(i: u8, len: usize) -> Vec<u8> {
+        let mut d = vec![i; 4];
+        d.extend(std::iter::repeat_n(i + 100, len));
+        d
+    }
+
+    #[test]
+    fn a_laid_out_receive_puts_expected_payloads_in_their_slots_and_the_rest_whole() {
+        use crate::{Segment, Slot};
+        let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        let (a, _) = bind_data_unicast(lo, 1 << 20).unwrap();
+        let (b, _) = bind_data_unicast(lo, 1 << 20).unwrap();
+        let to = match b.local_addr().unwrap() {
+            std::net::SocketAddr::V4(v4) => v4,
+            _ => unreachable!("bound to IPv4"),
+        };
+        let mut dest = vec![0u8; 6 * 100];
+        let base = dest.as_mut_ptr();
+        let mut rx = RecvBatch::new(4, crate::GRO_BUFFER_SIZE).unwrap();
+        // Sends `bytes` (in `seg`-byte segments), lays the receive out for up to six
+        // 100-byte payloads with slots where `with_slot`, and returns each datagram
+        // received: how it came, its bytes, and whether its payload lies in `dest`.
+        let mut round = |bytes: &[u8], seg: Option<u16>, with_slot: &dyn Fn(usize) -> bool| {
+            send_segments(&a, to, bytes, seg).unwrap();
+            let slots: Vec<Option<Slot>> = (0..6)
+                // SAFETY (of the pointer arithmetic): j * 100 + 100 <= dest.len().
+                .map(|j| with_slot(j).then(|| Slot::new(unsafe { base.add(j * 100) }, 100)))
+                .collect();
+            let mut got = Vec::new();
+            let mut received = 0;
+            while received < bytes.len() {
+                // SAFETY: the slots lie apart in `dest`, which outlives the batch and is
+                // read only after the segments are dropped.
+                unsafe { rx.place_next(4, 6, 100, &slots) };
+                assert!(
+                    rx.recv(&b, Duration::from_secs(2)).unwrap() > 0,
+                    "timed out"
+                );
+                for i in 0..rx.len() {
+                    let (_, segs) = rx.segments_placed(i).unwrap();
+                    for s in segs {
+                        let got_one = match s {
+                            Segment::Whole(w) => ("whole", w.to_vec(), false),
+                            Segment::Parts { head, payload } => {
+                                let at = payload.as_ptr() as usize;
+                                let inside = (base as usize..base as usize + 600).contains(&at);
+                                ("parts", [head, payload].concat(), inside)
+                            }
+                            Segment::Joined(j) => ("joined", j, false),
+                        };
+                        received += got_one.1.len();
+                        got.push(got_one);
+                    }
+                }
+            }
+            got
+        };
+
+        // As expected: six 104-byte datagrams in one super-datagram (the last 44 bytes), the
+        // third without a slot.
+        let first: Vec<u8> = (0..6u8)
+            .flat_map(|i| numbered(i, if i == 5 { 40 } else { 100 }))
+            .collect();
+        let got = round(&first, Some(104), &|j| j != 2);
+        assert_eq!(got.len(), 6);
+        for (i, (kind, bytes, in_dest)) in got.iter().enumerate() {
+            assert_eq!(bytes, &numbered(i as u8, if i == 5 { 40 } else { 100 }));
+            assert_eq!(
+                (*kind, *in_dest),
+                if i == 2 {
+                    ("whole", false)
+                } else {
+                    ("parts", true)
+                }
+            );
+        }
+        let dest_now = |r: std::ops::Range<usize>| {
+            // SAFETY: within `dest`, which nothing writes to between receives.
+            unsafe { std::slice::from_raw_parts(base.add(r.start), r.len()) }.to_vec()
+        };
+        assert_eq!(
+            dest_now(100..200),
+            [101u8; 100],
+            "datagram 1's payload in its slot"
+        );
+        assert_eq!(
+            dest_now(500..540),
+            [105u8; 40],
+            "the short last one's, at its slot's start"
+        );
+        assert_eq!(
+            dest_now(200..300),
+            [0u8; 100],
+            "no slot, nothing written there"
+        );
+        // Another datagram than expected still comes whole: a 30-byte one in two pieces,
+        // three 60-byte segments across the layout, joined in a copy where they straddle it.
+        let got = round(&numbered(6, 26), None, &|_| true);
+        assert_eq!(got, vec![("parts", numbered(6, 26), true)]);
+        let third: Vec<u8> = (7..10u8).flat_map(|i| numbered(i, 56)).collect();
+        let got = round(&third, Some(60), &|_| true);
+        let kinds: Vec<&str> = got.iter().map(|g| g.0).collect();
+        assert_eq!(kinds, ["parts", "joined", "joined"]);
+        for (k, (_, bytes, _)) in got.iter().enumerate() {
+            assert_eq!(bytes, &numbered(7 + k as u8, 56));
+        }
+        // Unplanned: a plain receive.
+        send_segments(&a, to, &numbered(10, 20), None).unwrap();
+        assert!(rx.recv(&b, Duration::from_secs(2)).unwrap() > 0);
+        let (_, segs) = rx.segments_placed(0).unwrap();
+        let segs: Vec<Segment<'_>> = segs.collect();
+        assert_eq!(segs, vec![Segment::Whole(&numbered(10, 20)[..])]);
+        assert_eq!(rx.get(0).unwrap().bytes, &numbered(10, 20)[..]);
+        drop(segs);
+        // The slots took whatever came: datagram 8's tail and 9's head now lie in slot 1.
+        assert_eq!(&dest[112..116], &[9u8; 4][..]);
+    }
+
     #[test]
     fn a_ring_sends_each_super_buffer_to_its_own_destination() {
         use crate::{SendRing, SendRingConfig, Source};
