@@ -220,6 +220,9 @@ pub struct ReceiveJson {
     /// cache (none free, or --block-buffers 0).
     pub blocks_buffered: u64,
     pub blocks_page_cache: u64,
+    /// Data units read straight into their place in a block buffer (no copy after the
+    /// kernel's).
+    pub units_in_place: u64,
 }
 
 impl ReceiveJson {
@@ -264,6 +267,7 @@ impl ReceiveJson {
             xdp_frames: s.xdp_frames,
             blocks_buffered: s.blocks_buffered,
             blocks_page_cache: s.blocks_page_cache,
+            units_in_place: s.units_in_place,
         }
     }
 }

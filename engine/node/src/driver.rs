@@ -144,6 +144,10 @@ pub(crate) trait Host<E: Endpoint> {
         Ok(Flow::Continue)
     }
 
+    /// Input `input` is about to be read into `batch`: lay the receive out
+    /// ([`RecvBatch::place_next`]) if the host knows where payloads belong.
+    fn before_recv(&mut self, _ep: &mut E, _input: usize, _batch: &mut RecvBatch) {}
+
     /// A batch arrived on input `input`: hand it to the endpoint (by default every datagram,
     /// each GRO segment apart, opened by `opener` with a group secret).
     fn on_batch(
@@ -391,6 +395,7 @@ fn read_inputs<E: Sends, H: Host<E>>(
             if n > 0 && due(ep, now) {
                 break;
             }
+            host.before_recv(ep, i, &mut input.batch);
             if input.batch.recv(&input.fd, Duration::ZERO)? == 0 {
                 break;
             }

@@ -14,6 +14,7 @@ use blockcast_io::{MulticastReceiver, RecvBatch, GRO_BUFFER_SIZE};
 use blockcast_proto::wire::{BlockIndex, LeaveReason, ObjectId, UnitIndex};
 use blockcast_proto::{Receiver, ReceiverEvent};
 
+use super::place::Placer;
 use super::store::FileStore;
 use super::verify::Verifier;
 use super::{report, ReceiveConfig, ReceiveProgress};
@@ -36,6 +37,8 @@ pub(crate) struct Tally {
     pub stripe_datagrams: u64,
     pub forwarded: u64,
     pub forward_dropped: u64,
+    /// Units read in two pieces, their payload in a guessed place ([`Placer`]).
+    pub parts: u64,
 }
 
 pub(crate) struct ReceiveHost<'a, 'scope, 'env> {
@@ -69,6 +72,8 @@ pub(crate) struct ReceiveHost<'a, 'scope, 'env> {
     /// Forged announces and Dones refused so far (logged as they grow).
     refused: (u64, u64),
     tally: Tally,
+    /// Guesses where the data socket's next units go, to receive them there.
+    placer: Placer,
 }
 
 impl<'a, 'scope, 'env> ReceiveHost<'a, 'scope, 'env> {
@@ -112,12 +117,14 @@ impl<'a, 'scope, 'env> ReceiveHost<'a, 'scope, 'env> {
             asked: HashMap::new(),
             refused: (0, 0),
             tally: Tally::default(),
+            placer: Placer::new(cfg.secret.is_none() && cfg.split.is_none()),
         })
     }
 
     /// Ends the helper threads (always, whatever the run's result) and returns the tally.
     pub(crate) fn finish(mut self) -> (Tally, hdrhistogram::Histogram<u64>) {
         self.close_stripes();
+        self.tally.parts = self.placer.parts;
         self.tally.helper_cpu += self.verifier.finish();
         (self.tally, self.latency)
     }
@@ -276,6 +283,12 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
         Ok(Flow::Continue)
     }
 
+    fn before_recv(&mut self, rx: &mut Receiver<FileStore>, input: usize, batch: &mut RecvBatch) {
+        if input == DATA {
+            self.placer.plan(rx, batch);
+        }
+    }
+
     fn on_batch(
         &mut self,
         rx: &mut Receiver<FileStore>,
@@ -291,6 +304,10 @@ impl driver::Host<Receiver<FileStore>> for ReceiveHost<'_, '_, '_> {
                 let f = super::split::forward_and_handle(rx, batch, sock, now);
                 self.tally.forwarded += f.sent;
                 self.tally.forward_dropped += f.dropped;
+            }
+            (_, DATA) if self.placer.enabled() && opener.is_none() => {
+                rx.store_mut().stage(batch);
+                self.placer.feed(rx, now, batch);
             }
             _ => {
                 rx.store_mut().stage(batch);

@@ -8,6 +8,7 @@
 
 mod buffers;
 mod host;
+mod place;
 mod split;
 mod state;
 mod store;
@@ -166,6 +167,9 @@ pub struct ReceiveSummary {
     /// through the page cache (the pool was used up, or none was asked for).
     pub blocks_buffered: u64,
     pub blocks_page_cache: u64,
+    /// Data units the socket read wrote straight into their place in a block buffer (no
+    /// copy after the kernel's).
+    pub units_in_place: u64,
 }
 
 /// Receives one session into `cfg.out`. Returns when every object is whole and verified (and
@@ -410,6 +414,12 @@ fn receive_session(
         }
     };
     let (blocks_buffered, blocks_page_cache) = rx.store().attempts();
+    tracing::debug!(
+        "units received into their place: {} of {} (read in two pieces: {})",
+        rx.store().in_place,
+        rx.stats().data_units,
+        tally.parts
+    );
     let done = tally.complete_at.unwrap_or_else(Instant::now);
     let sync_start = Instant::now();
     let synced = rx.store_mut().sync();
@@ -446,6 +456,7 @@ fn receive_session(
         xdp_frames: io.xdp.as_ref().map_or(0, |x| x.received()),
         blocks_buffered,
         blocks_page_cache,
+        units_in_place: rx.store().in_place,
     })
 }
 

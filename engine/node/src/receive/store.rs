@@ -44,6 +44,9 @@ enum Staged {
     Batch(BatchRange),
     /// Copied into the store's own buffer (bytes that did not come from a staged batch).
     Owned(std::ops::Range<usize>),
+    /// Already where they belong, in the block's buffer: the receive put them there
+    /// ([`FileStore::slot`]).
+    InPlace,
 }
 
 /// One unit write not made yet.
@@ -121,6 +124,8 @@ pub(crate) struct FileStore {
     owned: Vec<u8>,
     /// The pool of block buffers, and where each block in progress is assembled.
     buffers: BlockBuffers,
+    /// Units the receive wrote where they belong (no copy).
+    pub(crate) in_place: u64,
 }
 
 impl FileStore {
@@ -141,6 +146,7 @@ impl FileStore {
             pending: Vec::new(),
             owned: Vec::new(),
             buffers: BlockBuffers::new(options.block_buffer_bytes),
+            in_place: 0,
         }
     }
 
@@ -182,6 +188,9 @@ impl FileStore {
             let bytes = match &p.bytes {
                 Staged::Batch(r) => batch.and_then(|b| b.bytes_at(r)),
                 Staged::Owned(r) => self.owned.get(r.clone()),
+                // Written where it belongs by the receive; its block cannot have left its
+                // buffer since (a block leaves it only between batches).
+                Staged::InPlace => continue,
             };
             let Some(bytes) = bytes.filter(|b| b.len() == p.len) else {
                 return Err(self.error(
@@ -230,6 +239,7 @@ impl FileStore {
                 let bytes = match &p.bytes {
                     Staged::Batch(r) => batch.and_then(|b| b.bytes_at(r)),
                     Staged::Owned(r) => self.owned.get(r.clone()),
+                    Staged::InPlace => None,
                 };
                 let Some(bytes) = bytes.filter(|b| b.len() == p.len) else {
                     return Err(self.error(
@@ -377,6 +387,30 @@ impl FileStore {
             direct,
             offset: start as u64,
         })
+    }
+
+    /// Where block `block` starts in its buffer, and the bytes from there to the buffer's
+    /// end, for the receive to write units' payloads in their places
+    /// ([`blockcast_io::RecvBatch::place_next`]); none unless the block's current attempt is
+    /// assembled in a buffer. The place stays valid until the block leaves its buffer, which
+    /// happens only between batches (its verify hand-off, or a spill).
+    pub(crate) fn block_place(
+        &mut self,
+        object: ObjectId,
+        block: BlockIndex,
+    ) -> Option<(*mut u8, usize)> {
+        let head = self.buffers.head(block);
+        let buf = self.buffers.buffer_mut(object, block)?;
+        let room = buf.len().checked_sub(head)?;
+        // SAFETY: head <= buf.len() (checked above): the pointer stays within the buffer.
+        Some((unsafe { buf.as_mut_ptr().add(head) }, room))
+    }
+
+    /// Takes a buffer for block `block`'s attempt ahead of its first unit, as that unit
+    /// would (a free one, or a new one while the pool may grow); whether the block is (now)
+    /// assembled in one.
+    pub(crate) fn claim_buffer(&mut self, object: ObjectId, block: BlockIndex) -> bool {
+        self.buffers.place_unit(object, block)
     }
 
     /// Attempts at blocks assembled in a buffer, and in the file.
@@ -663,7 +697,16 @@ impl BlockStore for FileStore {
             *touched = Some(Instant::now());
         }
         let buffered = self.buffers.place_unit(object, block);
+        let head = self.buffers.head(block);
+        let in_place = buffered
+            && self
+                .buffers
+                .buffer_mut(object, block)
+                .and_then(|b| b.get(head + offset..))
+                .is_some_and(|at| std::ptr::eq(at.as_ptr(), bytes.as_ptr()));
+        self.in_place += u64::from(in_place);
         let staged = match self.staged.and_then(|l| l.range_of(bytes)) {
+            _ if in_place => Staged::InPlace,
             Some(r) => Staged::Batch(r),
             None => {
                 let at = self.owned.len();

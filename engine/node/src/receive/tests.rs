@@ -12,8 +12,11 @@ use blockcast_proto::{
     SliceSource,
 };
 
+use super::place::Placer;
 use super::store::{FileStore, StoreOptions};
 use super::verify::Verifier;
+use blockcast_io::RecvBatch;
+use std::net::UdpSocket;
 
 const SERVER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7);
 const MEMBER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8);
@@ -54,17 +57,23 @@ struct Received {
     writes_direct: bool,
     /// Units XOR repairs or parity stood in for.
     rebuilt: u64,
+    /// Units the receive wrote where they belong, and units read in two pieces.
+    in_place: u64,
+    parts: u64,
 }
 
 /// Sends `data` from a sender to a receiver storing into `out`, dropping the first-pass
 /// units `lost` says, with `buffers` bytes of block buffers (without `direct`: as where the
 /// file system refuses `O_DIRECT`); the host's part (verify thread, verdicts) as the node
-/// does it.
+/// does it. With `socket` the datagrams go through a loopback socket and are read as the
+/// node reads them, each read laid out for the units expected ([`Placer`]), and units 5 and
+/// 6 of blocks 10-12 are sent the other way round (where the guess is wrong).
 fn receive_in_memory(
     data: &[u8],
     out: &Path,
     buffers: usize,
     direct: bool,
+    socket: bool,
     lost: impl Fn(u32, u16) -> bool,
 ) -> Received {
     let block_size = GEOMETRY.block_size();
@@ -95,6 +104,16 @@ fn receive_in_memory(
         ..ReceiverConfig::default()
     };
     let mut rx = Receiver::new(rcfg, FileStore::new(out.to_path_buf(), options, None));
+    let mut placer = Placer::new(true);
+    let pair = socket.then(|| {
+        let rx_sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx_sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx_sock.set_nonblocking(true).expect("nonblocking");
+        (tx_sock, rx_sock)
+    });
+    let mut batch = RecvBatch::new(8, blockcast_io::GRO_BUFFER_SIZE).expect("batch");
+    let mut held: Option<Vec<u8>> = None;
+    let mut sent = 0u64;
     std::thread::scope(|scope| {
         let mut verifier = Verifier::start(scope).expect("verify thread");
         let mut now = Instant::now();
@@ -114,9 +133,34 @@ fn receive_in_memory(
                 if first_pass.is_some_and(|p| lost(p.block().0, p.index())) {
                     continue;
                 }
-                if matches!(t.destination, Destination::Group | Destination::Peer(_)) {
-                    rx.handle_datagram(now, SERVER, &datagram);
+                if !matches!(t.destination, Destination::Group | Destination::Peer(_)) {
+                    continue;
                 }
+                let Some((tx_sock, rx_sock)) = &pair else {
+                    rx.handle_datagram(now, SERVER, &datagram);
+                    continue;
+                };
+                let to = rx_sock.local_addr().expect("address");
+                // Read before the socket's buffer fills.
+                sent += 1;
+                if sent % 32 == 0 {
+                    drain(&mut placer, &mut rx, &mut batch, rx_sock, now);
+                }
+                match first_pass.map(|p| (p.block().0, p.index())) {
+                    Some((10..=12, 5)) => held = Some(datagram),
+                    Some((10..=12, 6)) => {
+                        tx_sock.send_to(&datagram, to).expect("send");
+                        if let Some(five) = held.take() {
+                            tx_sock.send_to(&five, to).expect("send");
+                        }
+                    }
+                    _ => {
+                        tx_sock.send_to(&datagram, to).expect("send");
+                    }
+                }
+            }
+            if let Some((_, rx_sock)) = &pair {
+                drain(&mut placer, &mut rx, &mut batch, rx_sock, now);
             }
             // As the node does after each batch: the queued units written (no batch staged:
             // from the store's own copies).
@@ -178,6 +222,28 @@ fn receive_in_memory(
         attempts: rx.store().attempts(),
         writes_direct: rx.store().writes_direct(),
         rebuilt: rx.stats().xor_units + rx.stats().parity_units,
+        in_place: rx.store().in_place,
+        parts: placer.parts,
+    }
+}
+
+/// Reads what `sock` holds as the node reads its data socket: each read laid out for the
+/// units expected, the batch handled, its units written before the next read.
+fn drain(
+    placer: &mut Placer,
+    rx: &mut Receiver<FileStore>,
+    batch: &mut RecvBatch,
+    sock: &UdpSocket,
+    now: Instant,
+) {
+    loop {
+        placer.plan(rx, batch);
+        if batch.recv(sock, Duration::ZERO).expect("recv") == 0 {
+            break;
+        }
+        rx.store_mut().stage(batch);
+        placer.feed(rx, now, batch);
+        rx.store_mut().flush(Some(batch)).expect("flush");
     }
 }
 
@@ -203,7 +269,7 @@ fn blocks_in_buffers_and_in_the_page_cache_land_whole_in_one_receive_rebuilt_one
     let out = dir.join("copy.bin");
     // Three buffers: blocks 1-3 hold them while they wait for repairs.
     let buf_len = (9000 + 4095usize).next_multiple_of(4096);
-    let got = receive_in_memory(&data, &out, 3 * buf_len, true, lossy);
+    let got = receive_in_memory(&data, &out, 3 * buf_len, true, false, lossy);
     assert!(
         got.bytes == data,
         "the received file differs from the source"
@@ -232,11 +298,44 @@ fn blocks_in_buffers_and_in_the_page_cache_land_whole_in_one_receive_rebuilt_one
 }
 
 #[test]
+fn units_read_into_their_place_and_units_read_into_another_s_land_whole() {
+    let data = sample();
+    let dir = scratch(&std::env::temp_dir(), "placed");
+    let out = dir.join("copy.bin");
+    // Two units lost: each repaired later, wherever the guess of that read put it.
+    let lost = |b, u| matches!((b, u), (7, 3) | (15, 0));
+    let got = receive_in_memory(&data, &out, 64 << 20, true, true, lost);
+    assert!(
+        got.bytes == data,
+        "the received file differs from the source"
+    );
+    // Every block in a buffer; units read where they belong: all but the first read's, the
+    // swapped ones, those a loss put out of step in their read, and the repairs.
+    assert!(got.attempts.0 >= 24, "buffered {:?}", got.attempts);
+    assert!(
+        got.in_place >= 150,
+        "{} of {} units read into their place ({} in two pieces)",
+        got.in_place,
+        data.len().div_ceil(1000),
+        got.parts
+    );
+    // Units 5 and 6 of three blocks came the other way round: read in each other's place,
+    // and copied to their own.
+    assert!(
+        got.parts >= got.in_place + 4,
+        "{} units read in two pieces, {} in their place",
+        got.parts,
+        got.in_place
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
 fn without_buffers_every_block_takes_the_page_cache_path() {
     let data = sample();
     let dir = scratch(&std::env::temp_dir(), "unbuffered");
     let out = dir.join("copy.bin");
-    let got = receive_in_memory(&data, &out, 0, true, lossy);
+    let got = receive_in_memory(&data, &out, 0, true, false, lossy);
     assert!(
         got.bytes == data,
         "the received file differs from the source"
@@ -251,7 +350,7 @@ fn where_o_direct_is_refused_blocks_in_buffers_go_through_the_page_cache() {
     let data = sample();
     let dir = scratch(&std::env::temp_dir(), "refused");
     let out = dir.join("copy.bin");
-    let got = receive_in_memory(&data, &out, 64 << 20, false, lossy);
+    let got = receive_in_memory(&data, &out, 64 << 20, false, false, lossy);
     assert!(
         got.bytes == data,
         "the received file differs from the source"
@@ -277,7 +376,7 @@ fn on_tmpfs_blocks_in_buffers_land_whole() {
     let data = sample();
     let dir = scratch(shm, "tmpfs");
     let out = dir.join("copy.bin");
-    let got = receive_in_memory(&data, &out, 64 << 20, true, lossy);
+    let got = receive_in_memory(&data, &out, 64 << 20, true, false, lossy);
     assert!(
         got.bytes == data,
         "the received file differs from the source"
