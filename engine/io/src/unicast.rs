@@ -97,8 +97,8 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
-    #[test]
-    fn a_super_datagram_is_forwarded_whole_and_arrives_in_segments() {
+    /// Two data sockets on loopback (with GRO), and the second one's address.
+    fn pair() -> (UdpSocket, UdpSocket, SocketAddrV4) {
         let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
         let (a, _) = bind_data_unicast(lo, 1 << 20).unwrap();
         let (b, _) = bind_data_unicast(lo, 1 << 20).unwrap();
@@ -106,6 +106,12 @@ mod tests {
             std::net::SocketAddr::V4(v4) => v4,
             _ => unreachable!("bound to IPv4"),
         };
+        (a, b, to)
+    }
+
+    #[test]
+    fn a_super_datagram_is_forwarded_whole_and_arrives_in_segments() {
+        let (a, b, to) = pair();
         // Ten 100-byte segments and a short one, numbered.
         let mut bytes = Vec::new();
         for i in 0..11u8 {
@@ -144,13 +150,7 @@ mod tests {
     #[test]
     fn a_laid_out_receive_puts_expected_payloads_in_their_slots_and_the_rest_whole() {
         use crate::{Segment, Slot};
-        let lo = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
-        let (a, _) = bind_data_unicast(lo, 1 << 20).unwrap();
-        let (b, _) = bind_data_unicast(lo, 1 << 20).unwrap();
-        let to = match b.local_addr().unwrap() {
-            std::net::SocketAddr::V4(v4) => v4,
-            _ => unreachable!("bound to IPv4"),
-        };
+        let (a, b, to) = pair();
         let mut dest = vec![0u8; 6 * 100];
         let base = dest.as_mut_ptr();
         let mut rx = RecvBatch::new(4, crate::GRO_BUFFER_SIZE).unwrap();

@@ -26,10 +26,9 @@ pub(crate) struct Placer {
     enabled: bool,
     /// The unit after the last first-pass data unit seen.
     next: Option<(ObjectId, BlockIndex, u16)>,
-    /// Datagrams per message (GRO segments) in the last batch, at least 1.
+    /// Datagrams per message (GRO segments) in the last batch that ended with a first-pass
+    /// unit, at least 1.
     per_message: usize,
-    /// Messages in the last batch.
-    messages: usize,
     slots: Vec<Option<Slot>>,
     /// The header of the last datagram of the batch being handled.
     last_head: [u8; UNIT_HEADER_LEN],
@@ -46,7 +45,6 @@ impl Placer {
             enabled,
             next: None,
             per_message: 1,
-            messages: 0,
             slots: Vec::new(),
             last_head: [0; UNIT_HEADER_LEN],
             last_len: 0,
@@ -64,6 +62,12 @@ impl Placer {
         if !self.enabled {
             return;
         }
+        // Without GRO batches (each datagram alone) a layout saves nothing: the kernel's
+        // copy into the buffers costs what the copy from the batch did (docs/DESIGN.md,
+        // 2026-12-04).
+        if self.per_message < 2 {
+            return;
+        }
         let Some((mut object, mut block, first)) = self.next else {
             return;
         };
@@ -74,9 +78,10 @@ impl Placer {
         else {
             return;
         };
-        // As many as the last read brought (at least a message's worth): a read that brings
-        // more reads the rest as before.
-        let want = self.per_message * self.messages.clamp(1, batch.capacity());
+        // As many as a full read brings, in messages as large as the last ones: a plan for
+        // only as many as the last read brought left a quarter of the units unplaced at full
+        // speed (reads grow when the receiver falls behind), and costs little more.
+        let want = self.per_message * batch.capacity();
         self.slots.clear();
         let mut any = false;
         let mut index = usize::from(first);
@@ -129,7 +134,6 @@ impl Placer {
     /// Hands every datagram of `batch` to `rx` (as [`crate::driver::feed`] does), a unit in
     /// its guessed place as two pieces, and learns from the batch what comes next.
     pub(crate) fn feed(&mut self, rx: &mut Receiver<FileStore>, now: Instant, batch: &RecvBatch) {
-        self.messages = batch.len();
         self.last_len = 0;
         let mut most = 1;
         for i in 0..batch.len() {
@@ -161,8 +165,7 @@ impl Placer {
             }
             most = most.max(n);
         }
-        self.per_message = most;
-        self.learn();
+        self.learn(most);
     }
 
     /// Keeps the header of the datagram being handled (the last one's is what `learn` reads).
@@ -173,8 +176,10 @@ impl Placer {
     }
 
     /// After a batch: if its last datagram was a unit of the first pass, the next read is
-    /// expected to bring the units after it.
-    fn learn(&mut self) {
+    /// expected to bring the units after it, in messages of as many datagrams as the
+    /// batch's largest (`most`). A batch of other datagrams (an announce, a repair) changes
+    /// nothing.
+    fn learn(&mut self, most: usize) {
         if self.last_len < UNIT_HEADER_LEN {
             return;
         }
@@ -185,6 +190,7 @@ impl Placer {
         if u.is_parity() || u.is_repair() {
             return;
         }
+        self.per_message = most;
         self.next = u.index().checked_add(1).map(|i| (u.object(), u.block(), i));
     }
 }

@@ -184,46 +184,48 @@ impl<'a> UnitParts<'a> {
 }
 
 /// What the receiver reads of a unit, whether it came whole ([`UnitPacket`]) or in two
-/// pieces ([`UnitParts`]).
+/// pieces ([`UnitParts`]): its header's fields, through a view of the header alone, and its
+/// payload.
 pub trait UnitView {
-    fn header(&self) -> Header;
-    fn is_parity(&self) -> bool;
-    fn is_repair(&self) -> bool;
-    fn object(&self) -> ObjectId;
-    fn block(&self) -> BlockIndex;
-    fn index(&self) -> u16;
-    fn round_end(&self) -> u16;
-    fn timestamp(&self) -> u32;
+    /// A view of the unit's header bytes (its payload accessor gives nothing).
+    fn head(&self) -> UnitPacket<&[u8]>;
     fn payload(&self) -> &[u8];
+
+    fn header(&self) -> Header {
+        self.head().header()
+    }
     fn session(&self) -> SessionId {
-        self.header().session
+        self.head().session()
+    }
+    fn is_parity(&self) -> bool {
+        self.head().is_parity()
+    }
+    fn is_repair(&self) -> bool {
+        self.head().is_repair()
+    }
+    fn object(&self) -> ObjectId {
+        self.head().object()
+    }
+    fn block(&self) -> BlockIndex {
+        self.head().block()
+    }
+    fn index(&self) -> u16 {
+        self.head().index()
+    }
+    fn round_end(&self) -> u16 {
+        self.head().round_end()
+    }
+    fn timestamp(&self) -> u32 {
+        self.head().timestamp()
     }
 }
 
 impl<T: AsRef<[u8]>> UnitView for UnitPacket<T> {
-    fn header(&self) -> Header {
-        UnitPacket::header(self)
-    }
-    fn is_parity(&self) -> bool {
-        UnitPacket::is_parity(self)
-    }
-    fn is_repair(&self) -> bool {
-        UnitPacket::is_repair(self)
-    }
-    fn object(&self) -> ObjectId {
-        UnitPacket::object(self)
-    }
-    fn block(&self) -> BlockIndex {
-        UnitPacket::block(self)
-    }
-    fn index(&self) -> u16 {
-        UnitPacket::index(self)
-    }
-    fn round_end(&self) -> u16 {
-        UnitPacket::round_end(self)
-    }
-    fn timestamp(&self) -> u32 {
-        UnitPacket::timestamp(self)
+    fn head(&self) -> UnitPacket<&[u8]> {
+        UnitPacket {
+            buf: &self.buf.as_ref()[..UNIT_HEADER_LEN],
+            header: self.header,
+        }
     }
     fn payload(&self) -> &[u8] {
         UnitPacket::payload(self)
@@ -231,29 +233,8 @@ impl<T: AsRef<[u8]>> UnitView for UnitPacket<T> {
 }
 
 impl UnitView for UnitParts<'_> {
-    fn header(&self) -> Header {
-        self.head.header()
-    }
-    fn is_parity(&self) -> bool {
-        self.head.is_parity()
-    }
-    fn is_repair(&self) -> bool {
-        self.head.is_repair()
-    }
-    fn object(&self) -> ObjectId {
-        self.head.object()
-    }
-    fn block(&self) -> BlockIndex {
-        self.head.block()
-    }
-    fn index(&self) -> u16 {
-        self.head.index()
-    }
-    fn round_end(&self) -> u16 {
-        self.head.round_end()
-    }
-    fn timestamp(&self) -> u32 {
-        self.head.timestamp()
+    fn head(&self) -> UnitPacket<&[u8]> {
+        self.head
     }
     fn payload(&self) -> &[u8] {
         self.payload
