@@ -1,15 +1,18 @@
 //! Units received straight into their place: the receive thread guesses which units the next
-//! read of the data socket brings (the ones after the last first-pass unit it saw, in the same
-//! block) and lays the read out so that the kernel writes each one's payload where it belongs
-//! in its block's buffer, its header into the batch ([`RecvBatch::place_next`]). A right guess
-//! saves the copy from the batch into the buffer (about a tenth of a receiver's CPU per GB);
-//! a wrong one costs a copy, as before: the payload is handed to the protocol core where it
-//! landed and the store copies it to its place.
+//! read of the data socket brings (the ones after the last first-pass unit it saw, through its
+//! block and on into the next blocks of its stripe) and lays the read out so that the kernel
+//! writes each one's payload where it belongs in its block's buffer, its header into the batch
+//! ([`RecvBatch::place_next`]). A right guess saves the copy from the batch into the buffer
+//! where the kernel hands over GRO batches (without them the kernel's copy into the buffer
+//! costs what it saves, and reads are not laid out); a wrong one costs a copy, as before: the
+//! payload is handed to the protocol core where it landed and the store copies it to its
+//! place.
 //!
-//! Only units the protocol core still wants are guessed into their place ([`Receiver::wants_unit`]),
-//! and only into blocks assembled in a buffer, so whatever the kernel writes there lands on
-//! nothing held. What lands in a guessed place is read (or copied out) before anything is
-//! written to the buffer: the store makes its writes after the batch is handled.
+//! Only units the protocol core still wants are guessed into their place
+//! ([`Receiver::units_wanted`]), and only into blocks assembled in a buffer, so whatever the
+//! kernel writes there lands on nothing held. What lands in a guessed place is read (or copied
+//! out) before anything is written to the buffer: the store makes its writes after the batch
+//! is handled.
 
 use std::net::SocketAddr;
 use std::time::Instant;
