@@ -582,7 +582,6 @@ impl RecvBatch {
         (0..self.meta.len()).filter_map(move |i| self.get(i))
     }
 
-    /// One non-blocking `recvmmsg`; `None` when nothing is queued.
     /// Lays out each message's bytes for the next call: the plan's pieces, or the message's
     /// buffer whole. Fills `self.pieces`, `self.chains` and `self.iovs`.
     fn lay_out(&mut self) {
@@ -649,6 +648,8 @@ impl RecvBatch {
         });
     }
 
+    /// One non-blocking `recvmmsg` into the layout of [`Self::lay_out`]; `None` when nothing
+    /// is queued.
     fn try_recvmmsg(&mut self, fd: RawFd) -> Result<Option<usize>, IoError> {
         let batch = self.batch;
         // SAFETY: mmsghdr is a C struct of pointers and integers; all-zero is a valid value.

@@ -33,9 +33,6 @@ pub(crate) struct Placer {
     /// unit, at least 1.
     per_message: usize,
     slots: Vec<Option<Slot>>,
-    /// The header of the last datagram of the batch being handled.
-    last_head: [u8; UNIT_HEADER_LEN],
-    last_len: usize,
     /// Units read in two pieces (their payload in a guessed place: theirs, or another's).
     pub parts: u64,
 }
@@ -49,8 +46,6 @@ impl Placer {
             next: None,
             per_message: 1,
             slots: Vec::new(),
-            last_head: [0; UNIT_HEADER_LEN],
-            last_len: 0,
             parts: 0,
         }
     }
@@ -137,8 +132,10 @@ impl Placer {
     /// Hands every datagram of `batch` to `rx` (as [`crate::driver::feed`] does), a unit in
     /// its guessed place as two pieces, and learns from the batch what comes next.
     pub(crate) fn feed(&mut self, rx: &mut Receiver<FileStore>, now: Instant, batch: &RecvBatch) {
-        self.last_len = 0;
         let mut most = 1;
+        // The last datagram's first bytes: where they lie in the batch, or (joined) a copy.
+        let mut last: Option<&[u8]> = None;
+        let mut joined = [0u8; UNIT_HEADER_LEN];
         for i in 0..batch.len() {
             let Some((source, segments)) = batch.segments_placed(i) else {
                 continue;
@@ -149,11 +146,11 @@ impl Placer {
                 n += 1;
                 match s {
                     Segment::Whole(bytes) => {
-                        self.note(bytes);
+                        last = Some(bytes);
                         rx.handle_datagram(now, from, bytes);
                     }
                     Segment::Parts { head, payload } => {
-                        self.note(head);
+                        last = Some(head);
                         if rx.handle_unit_parts(now, from, head, payload) {
                             self.parts += 1;
                         } else {
@@ -161,33 +158,30 @@ impl Placer {
                         }
                     }
                     Segment::Joined(bytes) => {
-                        self.note(&bytes);
+                        let k = bytes.len().min(UNIT_HEADER_LEN);
+                        joined[..k].copy_from_slice(&bytes[..k]);
+                        last = Some(&joined[..k]);
                         rx.handle_datagram(now, from, &bytes);
                     }
                 }
             }
             most = most.max(n);
         }
-        self.learn(most);
-    }
-
-    /// Keeps the header of the datagram being handled (the last one's is what `learn` reads).
-    fn note(&mut self, bytes: &[u8]) {
-        let n = bytes.len().min(UNIT_HEADER_LEN);
-        self.last_head[..n].copy_from_slice(&bytes[..n]);
-        self.last_len = n;
-    }
-
-    /// After a batch: if its last datagram was a unit of the first pass, the next read is
-    /// expected to bring the units after it, in messages of as many datagrams as the
-    /// batch's largest (`most`). A batch of other datagrams (an announce, a repair) changes
-    /// nothing.
-    fn learn(&mut self, most: usize) {
-        if self.last_len < UNIT_HEADER_LEN {
-            return;
+        if let Some(head) = last {
+            self.learn(head, most);
         }
-        // A header and a one-byte stand-in payload: the view checks the header alone.
-        let Ok(u) = UnitParts::new_checked(&self.last_head, &[0]) else {
+    }
+
+    /// After a batch: if its last datagram (`head`, its first bytes) was a unit of the first
+    /// pass, the next read is expected to bring the units after it, in messages of as many
+    /// datagrams as the batch's largest (`most`). A batch that ended with another datagram
+    /// (an announce, a repair) changes nothing.
+    fn learn(&mut self, head: &[u8], most: usize) {
+        // The header and a one-byte stand-in payload: the view checks the header alone.
+        let Some(head) = head.get(..UNIT_HEADER_LEN) else {
+            return;
+        };
+        let Ok(u) = UnitParts::new_checked(head, &[0]) else {
             return;
         };
         if u.is_parity() || u.is_repair() {

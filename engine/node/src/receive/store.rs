@@ -45,7 +45,7 @@ enum Staged {
     /// Copied into the store's own buffer (bytes that did not come from a staged batch).
     Owned(std::ops::Range<usize>),
     /// Already where they belong, in the block's buffer: the receive put them there
-    /// ([`FileStore::slot`]).
+    /// ([`FileStore::block_place`]).
     InPlace,
 }
 

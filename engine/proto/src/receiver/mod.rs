@@ -42,6 +42,13 @@ use crate::Transmit;
 
 pub use blocks::Rebuild;
 
+use blocks::{Blocks, PassFrontier};
+use feedback::{Echo, Feedback};
+use manifest::ManifestAssembly;
+use split::SplitState;
+pub use trust::manifest_bound;
+use trust::{SessionAuth, SIGNATURE_CHECK_BURST};
+
 /// Which units of a block a receiver still wants ([`Receiver::units_wanted`]).
 #[derive(Clone, Copy, Debug)]
 pub enum UnitsWanted<'a> {
@@ -65,12 +72,6 @@ impl UnitsWanted<'_> {
         }
     }
 }
-use blocks::{Blocks, PassFrontier};
-use feedback::{Echo, Feedback};
-use manifest::ManifestAssembly;
-use split::SplitState;
-pub use trust::manifest_bound;
-use trust::{SessionAuth, SIGNATURE_CHECK_BURST};
 
 /// How a receiver behaves. `Default` gives the values the CLI starts from.
 #[derive(Clone, Debug)]

@@ -191,9 +191,6 @@ pub trait UnitView {
     fn head(&self) -> UnitPacket<&[u8]>;
     fn payload(&self) -> &[u8];
 
-    fn header(&self) -> Header {
-        self.head().header()
-    }
     fn session(&self) -> SessionId {
         self.head().session()
     }
